@@ -1,0 +1,44 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+)
+
+// Backend is the storage behind one NBD export. The file backend serves a plain
+// disk; replica.Node implements it to mirror writes to a peer.
+//
+// Contract:
+//   - Methods are called concurrently from many goroutines. The server never has
+//     two overlapping writes (WriteAt, Trim, WriteZeroes) in flight at once: a
+//     request that overlaps an earlier one still in flight waits for it, so
+//     overlapping writes reach the backend in the order the client sent them.
+//   - Buffers passed in are owned by the caller and valid only until the method
+//     returns; a backend that keeps data (a send queue) copies it.
+//   - Offsets and lengths are already checked against Size(): off >= 0 and
+//     off+len <= Size().
+//   - fua asks for the data to be durable before the method returns, as if a
+//     Flush followed.
+//   - Flush makes every write that completed before Flush was called durable.
+//   - An error wrapping ErrInvalid is answered with EINVAL, ErrNoSpace with
+//     ENOSPC, ErrReadOnly with EPERM, ErrShutdown with ESHUTDOWN; any other error
+//     with EIO. The connection stays open in every case.
+type Backend interface {
+	Size() int64
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
+	// Trim discards the range; later reads may return old data or zeroes.
+	Trim(ctx context.Context, off, length int64, fua bool) error
+	// WriteZeroes makes the range read back as zeroes. noHole asks that the
+	// blocks stay allocated.
+	WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error
+	Flush(ctx context.Context) error
+}
+
+// Errors a Backend may wrap to choose the NBD error code sent to the client.
+var (
+	ErrInvalid  = errors.New("nbd: invalid request")
+	ErrNoSpace  = errors.New("nbd: no space left")
+	ErrReadOnly = errors.New("nbd: export is read-only")
+	ErrShutdown = errors.New("nbd: server is shutting down")
+)

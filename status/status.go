@@ -1,0 +1,61 @@
+// Package status describes the state of one resource as the daemon reports it:
+// the facts behind RUN/NAME/status (the /proc/drbd-like text), `urbd status
+// --json` and `urbd status --watch`. It does no I/O.
+package status
+
+import "time"
+
+// Resource is a snapshot of one resource. Field names and JSON names are stable:
+// scripts depend on them.
+type Resource struct {
+	Minor    int    `json:"minor"`
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"` // "A", "B" or "C"
+
+	ConnState  string `json:"cstate"`      // StandAlone, WFConnection, Connected, SyncSource, SyncTarget, VerifyS, VerifyT
+	Role       string `json:"role"`        // Primary, Secondary
+	PeerRole   string `json:"peer_role"`   // Primary, Secondary, Unknown
+	DiskState  string `json:"dstate"`      // UpToDate, Inconsistent, Outdated, DUnknown
+	PeerDisk   string `json:"peer_dstate"` // same values
+	Suspended  bool   `json:"suspended"`   // writes held (on-peer-loss suspend)
+	SplitBrain bool   `json:"split_brain"`
+	Reason     string `json:"reason,omitempty"` // why the last state change happened, in words
+
+	// Counters, in KiB except where noted.
+	NetSendKiB   uint64 `json:"ns"`
+	NetRecvKiB   uint64 `json:"nr"`
+	DiskWriteKiB uint64 `json:"dw"`
+	DiskReadKiB  uint64 `json:"dr"`
+	ALWrites     uint64 `json:"al"` // activity-log metadata writes
+	BMWrites     uint64 `json:"bm"` // bitmap metadata writes
+	LocalPending uint64 `json:"lo"` // local I/O in flight
+	PeerPending  uint64 `json:"pe"` // requests sent to the peer, not yet answered
+	Unacked      uint64 `json:"ua"` // requests received from the peer, not yet answered
+	AppPending   uint64 `json:"ap"` // application requests in flight
+	OutOfSyncKiB uint64 `json:"oos"`
+
+	NBDClients int `json:"nbd_clients"`
+
+	Sync *Sync `json:"sync,omitempty"` // present while resyncing or verifying
+}
+
+// Sync is the progress of a running resync or online verify.
+type Sync struct {
+	TotalKiB     uint64        `json:"total_kib"`     // out of sync when the resync started (plus any added since)
+	RemainingKiB uint64        `json:"remaining_kib"` // still to copy
+	SpeedKiB     uint64        `json:"speed_kib"`     // recent rate, KiB/s
+	AvgSpeedKiB  uint64        `json:"avg_speed_kib"` // since the start, KiB/s
+	WantKiB      uint64        `json:"want_kib"`      // configured rate, KiB/s
+	ETA          time.Duration `json:"eta_ns"`
+	VerifiedKiB  uint64        `json:"verified_kib,omitempty"`     // verify only
+	Differing    uint64        `json:"differing_blocks,omitempty"` // verify only
+}
+
+// Percent is the part of the resync done, 0..100.
+func (s *Sync) Percent() float64 {
+	if s == nil || s.TotalKiB == 0 {
+		return 100
+	}
+	done := s.TotalKiB - min(s.RemainingKiB, s.TotalKiB)
+	return 100 * float64(done) / float64(s.TotalKiB)
+}
