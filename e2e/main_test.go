@@ -22,7 +22,7 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	urbdBin = filepath.Join(dir, "urbd")
-	build := exec.Command("go", "build", "-race", "-o", urbdBin, "../cmd/urbd")
+	build := exec.Command("go", "build", "-o", urbdBin, "../cmd/urbd")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building urbd:", err)
