@@ -1,0 +1,281 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotBlockStorage is wrapped by OpenFile for paths that are neither a
+// regular file nor a block device.
+var ErrNotBlockStorage = errors.New("nbd: not a regular file or block device")
+
+// File is a Backend over a regular file or a block device. All methods may be
+// called concurrently; reads and writes go straight to pread/pwrite on the
+// descriptor, with no lock. Flush and fua writes share fdatasync calls (group
+// commit, see Flush).
+//
+// A failed fdatasync is sticky: Linux may drop the dirty pages it could not
+// write and report success on the next call, so once one fails every later
+// Flush and fua write fails too (the export then answers EIO), and the
+// operator must restart on a healthy disk.
+type File struct {
+	f        *os.File
+	fd       int
+	size     int64
+	readOnly bool
+	blockDev bool
+
+	// sync performs one fdatasync; tests replace it to count calls.
+	sync func() error
+
+	mu      sync.Mutex
+	cond    *sync.Cond // signalled when a sync completes; uses mu
+	running bool       // a sync is in progress
+	started uint64     // number of syncs started (the running one included)
+	done    uint64     // number of syncs completed
+	waiting int        // callers blocked in Flush (for tests)
+	syncErr error      // first failed sync; sticky
+}
+
+var _ Backend = (*File)(nil)
+
+// fileZeroes is a shared read-only source for writing fileZeroes.
+var fileZeroes = make([]byte, 1<<20)
+
+// OpenFile opens a regular file or a block device as a Backend. The size is
+// the file's size or, for a block device, BLKGETSIZE64. readOnly opens the
+// path O_RDONLY and makes every write return ErrReadOnly. Close the File
+// when no request uses it any more.
+func OpenFile(path string, readOnly bool) (*File, error) {
+	flags := os.O_RDWR
+	if readOnly {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: open disk: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("nbd: open disk: %w", err)
+	}
+	b := &File{f: f, fd: int(f.Fd()), readOnly: readOnly}
+	switch {
+	case fi.Mode().IsRegular():
+		b.size = fi.Size()
+	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
+		var sz uint64
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&sz))); errno != 0 {
+			f.Close()
+			return nil, fmt.Errorf("nbd: open disk %s: BLKGETSIZE64: %w", path, errno)
+		}
+		b.size = int64(sz)
+		b.blockDev = true
+	default:
+		f.Close()
+		return nil, fmt.Errorf("%w: %s", ErrNotBlockStorage, path)
+	}
+	b.sync = func() error { return unix.Fdatasync(b.fd) }
+	b.cond = sync.NewCond(&b.mu)
+	return b, nil
+}
+
+// Size returns the size in bytes, fixed at open.
+func (b *File) Size() int64 { return b.size }
+
+// Close closes the descriptor. No method may be running or called after.
+func (b *File) Close() error { return b.f.Close() }
+
+// ReadAt fills p from off with pread. Reading past the end of a file that
+// shrank underneath returns an error wrapping io.ErrUnexpectedEOF.
+func (b *File) ReadAt(_ context.Context, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pread(b.fd, p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("nbd: read %d bytes at %d: %w", len(p), off, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("nbd: read %d bytes at %d: %w", len(p), off, io.ErrUnexpectedEOF)
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+// WriteAt writes p at off with pwrite, then, if fua, flushes (group commit).
+func (b *File) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if b.readOnly {
+		return ErrReadOnly
+	}
+	if err := b.pwrite(p, off); err != nil {
+		return err
+	}
+	if fua {
+		return b.Flush(ctx)
+	}
+	return nil
+}
+
+func (b *File) pwrite(p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pwrite(b.fd, p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("nbd: write %d bytes at %d: %w", len(p), off, fileErrno(err))
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+// fileErrno wraps ENOSPC, EDQUOT and EFBIG so the server answers ENOSPC.
+func fileErrno(err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.EFBIG) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}
+
+// Trim punches a hole (regular file) or issues BLKDISCARD (block device).
+// Trim is advisory: a file system or device that cannot discard makes it a
+// successful no-op.
+func (b *File) Trim(ctx context.Context, off, length int64, fua bool) error {
+	if b.readOnly {
+		return ErrReadOnly
+	}
+	if length == 0 {
+		return nil
+	}
+	var err error
+	if b.blockDev {
+		r := [2]uint64{uint64(off), uint64(length)}
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), unix.BLKDISCARD, uintptr(unsafe.Pointer(&r)))
+		if errno != 0 {
+			err = errno
+		}
+	} else {
+		err = b.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	}
+	if err != nil && !fileUnsupported(err) {
+		return fmt.Errorf("nbd: trim %d bytes at %d: %w", length, off, err)
+	}
+	if fua {
+		return b.Flush(ctx)
+	}
+	return nil
+}
+
+// WriteZeroes makes the range read as fileZeroes: on a regular file with
+// fallocate ZERO_RANGE when noHole (blocks stay allocated) or PUNCH_HOLE
+// otherwise; on a block device with BLKZEROOUT. Where those are not
+// supported it writes fileZeroes.
+func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
+	if b.readOnly {
+		return ErrReadOnly
+	}
+	if length == 0 {
+		return nil
+	}
+	var err error
+	if b.blockDev {
+		r := [2]uint64{uint64(off), uint64(length)}
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&r)))
+		if errno != 0 {
+			err = errno
+		}
+	} else if noHole {
+		err = b.fallocate(unix.FALLOC_FL_ZERO_RANGE, off, length)
+	} else {
+		err = b.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if err != nil && fileUnsupported(err) {
+			err = b.fallocate(unix.FALLOC_FL_ZERO_RANGE, off, length)
+		}
+	}
+	if err != nil {
+		if !fileUnsupported(err) {
+			return fmt.Errorf("nbd: write fileZeroes %d bytes at %d: %w", length, off, fileErrno(err))
+		}
+		if err := b.writeZeroes(off, length); err != nil {
+			return err
+		}
+	}
+	if fua {
+		return b.Flush(ctx)
+	}
+	return nil
+}
+
+func (b *File) writeZeroes(off, length int64) error {
+	for length > 0 {
+		n := min(length, int64(len(fileZeroes)))
+		if err := b.pwrite(fileZeroes[:n], off); err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+func (b *File) fallocate(mode uint32, off, length int64) error {
+	for {
+		err := unix.Fallocate(b.fd, mode, off, length)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func fileUnsupported(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS)
+}
+
+// Flush makes every write that completed before the call durable with
+// fdatasync. Concurrent callers share syncs (group commit): a caller that
+// arrives while a sync runs waits for the next one, which starts when the
+// running one ends and covers every caller that arrived meanwhile; so N
+// concurrent Flush calls cost at most two fdatasyncs. ctx is not consulted:
+// a sync in progress cannot be abandoned.
+func (b *File) Flush(context.Context) error {
+	if b.readOnly {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// A sync that already started may have missed this caller's writes, so
+	// this caller needs the next one to start.
+	want := b.started + 1
+	for b.done < want && b.syncErr == nil {
+		if b.running {
+			b.waiting++
+			b.cond.Wait()
+			b.waiting--
+			continue
+		}
+		b.running = true
+		b.started++
+		gen := b.started
+		b.mu.Unlock()
+		err := b.sync()
+		b.mu.Lock()
+		b.running = false
+		b.done = gen
+		if err != nil && b.syncErr == nil {
+			b.syncErr = fmt.Errorf("nbd: fdatasync: %w", err)
+		}
+		b.cond.Broadcast()
+	}
+	return b.syncErr
+}
