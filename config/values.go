@@ -1,0 +1,95 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/urbd/urbd/internal/units"
+)
+
+// The value types below decode and check one setting each. The TOML library
+// turns their UnmarshalText errors into errors carrying the key's line.
+
+// sizeValue is a byte count such as "4KiB" or 4096.
+type sizeValue struct {
+	n   int64
+	set bool
+}
+
+func (v *sizeValue) UnmarshalText(b []byte) error {
+	n, err := units.ParseSize(string(b))
+	if err != nil {
+		return err
+	}
+	v.n, v.set = n, true
+	return nil
+}
+
+// rateValue is a rate in bytes per second such as "100MiB" or "100MiB/s".
+type rateValue struct {
+	n   int64
+	set bool
+}
+
+func (v *rateValue) UnmarshalText(b []byte) error {
+	n, err := units.ParseRate(string(b))
+	if err != nil {
+		return err
+	}
+	if n <= 0 {
+		return fmt.Errorf("invalid rate %q: must be more than 0, e.g. 100MiB", b)
+	}
+	v.n, v.set = n, true
+	return nil
+}
+
+// durationValue is a Go duration such as "6s" or "1m30s".
+type durationValue struct {
+	d   time.Duration
+	set bool
+}
+
+func (v *durationValue) UnmarshalText(b []byte) error {
+	d, err := time.ParseDuration(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q: use a number with a unit, e.g. 6s, 500ms, 1m", b)
+	}
+	if d <= 0 {
+		return fmt.Errorf("invalid duration %q: must be more than 0", b)
+	}
+	v.d, v.set = d, true
+	return nil
+}
+
+// protocolValue is the replication protocol: A, B or C.
+type protocolValue struct{ s string }
+
+func (v *protocolValue) UnmarshalText(b []byte) error {
+	s := strings.ToUpper(strings.TrimSpace(string(b)))
+	switch s {
+	case "A", "B", "C":
+		v.s = s
+		return nil
+	}
+	return fmt.Errorf("invalid protocol %q: use A, B or C", b)
+}
+
+// peerLossValue is the on-peer-loss policy.
+type peerLossValue struct{ s string }
+
+// On-peer-loss policies.
+const (
+	OnPeerLossContinue = "continue"
+	OnPeerLossSuspend  = "suspend"
+)
+
+func (v *peerLossValue) UnmarshalText(b []byte) error {
+	s := strings.ToLower(strings.TrimSpace(string(b)))
+	switch s {
+	case OnPeerLossContinue, OnPeerLossSuspend:
+		v.s = s
+		return nil
+	}
+	return fmt.Errorf("invalid on-peer-loss %q: use continue or suspend", b)
+}

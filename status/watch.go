@@ -1,0 +1,166 @@
+package status
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/urbd/urbd/internal/units"
+)
+
+// ANSI sequences used by RenderWatch.
+const (
+	ansiClear  = "\x1b[H\x1b[2J"
+	ansiRed    = "\x1b[1;31m"
+	ansiYellow = "\x1b[1;33m"
+	ansiGreen  = "\x1b[32m"
+	ansiBold   = "\x1b[1m"
+	ansiReset  = "\x1b[0m"
+)
+
+// Watch view geometry.
+const (
+	defaultWidth = 80
+	minWidth     = 40
+	maxWidth     = 200
+	labelWidth   = 15 // indent plus the longest label, "out of sync:", plus a space
+)
+
+// RenderWatch draws one frame of `urbd status --watch` for a terminal width
+// columns wide (80 when width <= 0): it clears the screen, prints a header
+// with now, then per resource the local/peer roles, the connection, both
+// disks, a progress bar with percentage, ETA and rates while resyncing or
+// verifying, the out-of-sync amount in binary units and warnings. Alarming
+// states are coloured so they catch the eye: split brain and suspended
+// writes in red, StandAlone, WFConnection, Inconsistent, Outdated and
+// DUnknown in yellow; healthy states in green.
+//
+// RenderWatch is a pure function of its arguments (it reads no clock), so a
+// caller redraws by calling it again with a new snapshot. Write errors are
+// ignored: a terminal that went away is noticed by the caller's next read of
+// its input or by its signal handling.
+func RenderWatch(w io.Writer, now time.Time, rs []Resource, width int) {
+	if width <= 0 {
+		width = defaultWidth
+	}
+	width = max(minWidth, min(width, maxWidth))
+	var b bytes.Buffer
+	b.WriteString(ansiClear)
+	title := "urbd status"
+	stamp := now.UTC().Format("2006-01-02 15:04:05 UTC")
+	pad := max(1, width-len(title)-len(stamp))
+	b.WriteString(ansiBold + title + ansiReset + strings.Repeat(" ", pad) + stamp + "\n")
+	if len(rs) == 0 {
+		b.WriteString("\nno resources are running\n")
+	}
+	for _, r := range sortedByMinor(rs) {
+		b.WriteByte('\n')
+		renderResource(&b, &r, width)
+	}
+	w.Write(b.Bytes())
+}
+
+func renderResource(b *bytes.Buffer, r *Resource, width int) {
+	proto := r.Protocol
+	if proto == "" {
+		proto = "?"
+	}
+	fmt.Fprintf(b, "%s%s%s  minor %d, protocol %s, %s\n", ansiBold, token(r.Name, "?"), ansiReset,
+		r.Minor, token(proto, "?"), plural(r.NBDClients, "NBD client"))
+	line(b, "role", paint(r.Role, "Unknown")+" (local) / "+paint(r.PeerRole, "Unknown")+" (peer)")
+	line(b, "connection", paint(r.ConnState, "Unconfigured"))
+	line(b, "disk", paint(r.DiskState, "DUnknown")+" (local) / "+paint(r.PeerDisk, "DUnknown")+" (peer)")
+	if s := r.Sync; s != nil {
+		verb := "resync"
+		if r.ConnState == "VerifyS" || r.ConnState == "VerifyT" {
+			verb = "verify"
+		}
+		permil := perMille(s.TotalKiB, s.RemainingKiB)
+		barWidth := max(10, min(50, width-labelWidth-30))
+		line(b, verb, fmt.Sprintf("%s %3d.%d%%  ETA %s", bar(permil, barWidth), permil/10, permil%10, eta(s.ETA)))
+		left := min(s.RemainingKiB, s.TotalKiB)
+		rates := fmt.Sprintf("%s left of %s, %s/s now, %s/s average", kib(left), kib(s.TotalKiB),
+			kib(s.SpeedKiB), kib(s.AvgSpeedKiB))
+		if s.WantKiB > 0 {
+			rates += ", limit " + kib(s.WantKiB) + "/s"
+		}
+		line(b, "", rates)
+		if verb == "verify" {
+			line(b, "", fmt.Sprintf("%s verified, %s differing", kib(s.VerifiedKiB), plural(int(min(s.Differing, 1<<31)), "block")))
+		}
+	}
+	oos := kib(r.OutOfSyncKiB)
+	if r.OutOfSyncKiB > 0 {
+		oos = ansiYellow + oos + ansiReset
+	}
+	line(b, "out of sync", oos)
+	line(b, "traffic", fmt.Sprintf("sent %s, received %s, written %s, read %s",
+		kib(r.NetSendKiB), kib(r.NetRecvKiB), kib(r.DiskWriteKiB), kib(r.DiskReadKiB)))
+	line(b, "in flight", fmt.Sprintf("app %d, local %d, peer %d, unacked %d",
+		r.AppPending, r.LocalPending, r.PeerPending, r.Unacked))
+	if r.SplitBrain {
+		line(b, "", ansiRed+"SPLIT BRAIN"+ansiReset+": run 'urbd connect --discard-my-data "+token(r.Name, "NAME")+
+			"' on the node whose changes are to be lost")
+	}
+	if r.Suspended {
+		line(b, "", ansiRed+"SUSPENDED"+ansiReset+": writes wait for the peer")
+	}
+	if r.Reason != "" {
+		line(b, "reason", oneLine(r.Reason, max(10, width-labelWidth)))
+	}
+}
+
+// line prints one labelled row of the watch view.
+func line(b *bytes.Buffer, label, text string) {
+	if label != "" {
+		label += ":"
+	}
+	fmt.Fprintf(b, "  %-*s%s\n", labelWidth-2, label, text)
+}
+
+// paint colours a state word by how alarming it is.
+func paint(state, def string) string {
+	s := token(state, def)
+	switch s {
+	case "StandAlone", "WFConnection", "Inconsistent", "Outdated", "DUnknown", "Unconfigured":
+		return ansiYellow + s + ansiReset
+	case "UpToDate", "Connected", "Primary":
+		return ansiGreen + s + ansiReset
+	}
+	return s
+}
+
+// bar draws a progress bar of width cells for permil tenths of a percent.
+func bar(permil uint64, width int) string {
+	full := int(permil * uint64(width) / 1000)
+	return "[" + strings.Repeat("#", full) + strings.Repeat("-", width-full) + "]"
+}
+
+// eta prints a remaining time as H:MM:SS, or "unknown" when not positive.
+func eta(d time.Duration) string {
+	if d <= 0 {
+		return "unknown"
+	}
+	s := int64(d.Seconds())
+	return fmt.Sprintf("%d:%02d:%02d", s/3600, (s%3600)/60, s%60)
+}
+
+// kib prints n KiB in binary units, e.g. 20480 -> "20MiB"; 0 prints "0B".
+func kib(n uint64) string {
+	if n == 0 {
+		return "0B"
+	}
+	if n > 1<<52 {
+		n = 1 << 52
+	}
+	return units.FormatSize(int64(n) << 10)
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
