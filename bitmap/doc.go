@@ -1,0 +1,82 @@
+// Package bitmap tracks which regions of a replicated disk may differ from
+// the peer, and keeps that knowledge crash safe: the out-of-sync bitmap, the
+// activity log (write-intent extents) and the resource's metadata, in files
+// of one directory (--meta).
+//
+// # Model
+//
+// The out-of-sync Bitmap has one bit per block (--bitmap-block, default
+// 4 KiB). A set bit means "may differ from the peer": set for a write the peer
+// did not confirm, for every write while disconnected, for the union of both
+// bitmaps at a resync; cleared as resync copies.
+//
+// The activity log (AL) splits the disk into extents (default 4 MiB) and
+// holds at most ALExtents of them (default 1237) on disk. A write may start
+// only when each extent it touches is in the on-disk AL ("hot"). Writes to hot
+// extents cost no metadata I/O.
+//
+// # The invariant
+//
+// At every instant,
+//
+//	on-disk bitmap ∪ blocks of on-disk AL extents
+//	    ⊇ blocks with a write in flight ∪ blocks set in the in-memory bitmap
+//	    ⊇ blocks that may differ between the nodes.
+//
+// After a crash, Open loads the bitmap and marks every block of every AL
+// extent dirty, so nothing that may differ is ever taken as clean.
+//
+// # Ordering rules
+//
+//  1. BeginWrite returns only after every extent of the range is in the AL on
+//     disk (the AL file was fsynced, renamed and its directory fsynced). Only
+//     then may the caller issue the local write or send it to the peer.
+//  2. A write the peer did not confirm is marked with MarkOutOfSync before its
+//     EndWrite. While the write is in flight its extent cannot leave the AL,
+//     so the mark is covered; after EndWrite the extent may be evicted, and
+//     eviction persists the bitmap first if the extent has bits that are not
+//     on disk yet.
+//  3. Eviction order: (a) the victim's hot bit is cleared (no new write can
+//     start in it), (b) its bits are compared with the last durable bitmap and
+//     the bitmap is written if needed, (c) the AL is written without it.
+//  4. MarkInSync only clears memory; the on-disk bitmap keeps the bits until
+//     the next bitmap write. A superset on disk is always safe.
+//  5. Sweep drops idle extents (no write in flight, untouched since the
+//     previous Sweep) whose blocks are all in sync, with one AL write.
+//  6. Close persists the bitmap, then writes an empty AL marked clean.
+//  7. Open, after an unclean shutdown, writes the bitmap (with the AL extents
+//     marked) before it writes the AL without them; on creation it writes the
+//     bitmap, the AL and last the meta file, which marks the directory
+//     complete.
+//  8. A failed metadata write leaves the file old or new (unknown which): the
+//     Store then assumes the intersection is durable (bits in both bitmaps,
+//     extents in both logs) and returns the error; the write that needed it
+//     must not be issued.
+//
+// # Files
+//
+// Every file is written whole through FS.WriteFileAtomic (temp file, fsync,
+// rename, fsync of the directory) and is framed as
+//
+//	magic [8]byte | version u32 | body | crc32c u32   (little endian)
+//
+//	meta   "URBDMETA": node id u64, size i64, bitmap block i64, extent size i64,
+//	       uuid current, bitmap, history[0], history[1] u64, peer node id u64,
+//	       reserved u64, flags u32, role (len u8 + bytes), disk (len u8 + bytes)
+//	bitmap "URBDBMAP": size i64, block i64, nwords u64, words [nwords]u64
+//	al     "URBDALOG": flags u32 (1 = clean), seq u64, size i64, extent i64,
+//	       count u32, extents [count]u64
+//
+// A file with a bad magic, version, length or checksum, a field out of range,
+// or missing when the others exist, is corrupt: Open marks the whole disk
+// dirty (a full resync), never clean, and reports it through Recovered. Every
+// length is checked against what the geometry allows before anything is
+// allocated.
+//
+// # Concurrency
+//
+// Bitmap, Store and MemFS are safe for concurrent use. BeginWrite/EndWrite on
+// hot extents take no lock (one CAS per extent). Metadata writes are
+// serialised: one runner at a time (Store.busy), with Store.mu released during
+// the I/O. Lock order: Store.mu before Bitmap.mu; Store.metaMu is independent.
+package bitmap

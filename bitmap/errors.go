@@ -1,0 +1,23 @@
+package bitmap
+
+import "errors"
+
+// Sentinel errors. Returned errors wrap them with %w and add the file, range or
+// geometry that matters; test them with errors.Is.
+var (
+	// ErrGeometry: the disk size, bitmap block or extent size differs from the
+	// stored metadata or from another bitmap, or is invalid.
+	ErrGeometry = errors.New("bitmap: geometry mismatch")
+	// ErrRange: an offset, length or word range lies outside the disk/bitmap.
+	ErrRange = errors.New("bitmap: range out of bounds")
+	// ErrCorrupt: a metadata file has a bad magic, version, length, checksum or
+	// field. Open never returns it: it treats the file as "all dirty" and
+	// reports it through Recovered/Recovery.
+	ErrCorrupt = errors.New("bitmap: corrupt metadata file")
+	// ErrTooLarge: a write spans more extents than the activity log holds.
+	ErrTooLarge = errors.New("bitmap: range spans more extents than the activity log holds")
+	// ErrClosed: the Store was closed.
+	ErrClosed = errors.New("bitmap: store closed")
+	// ErrInvalid: an invalid argument (Options, Meta field).
+	ErrInvalid = errors.New("bitmap: invalid argument")
+)

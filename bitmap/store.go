@@ -1,0 +1,567 @@
+package bitmap
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/bits"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Defaults, from DRBD.
+const (
+	DefaultBitmapBlock = 4 << 10
+	DefaultExtentSize  = 4 << 20
+	DefaultALExtents   = 1237
+)
+
+// Names of the files in the metadata directory.
+const (
+	MetaFile   = "meta"
+	BitmapFile = "bitmap"
+	ALFile     = "al"
+)
+
+// Values of Meta.Role and Meta.Disk used by urbd.
+const (
+	RolePrimary   = "Primary"
+	RoleSecondary = "Secondary"
+
+	DiskUpToDate     = "UpToDate"
+	DiskInconsistent = "Inconsistent"
+	DiskOutdated     = "Outdated"
+)
+
+// Meta.Flags bits. The Store stores Flags but never interprets them.
+const (
+	FlagCrashedPrimary   uint32 = 1 << 0 // set while Primary, cleared on clean demotion/shutdown
+	FlagResyncInProgress uint32 = 1 << 1 // this node is a resync target that has not finished
+	FlagPeerOutdated     uint32 = 1 << 2 // the peer's disk is known to be Outdated
+)
+
+// UUIDs are the generation identifiers that decide the resync direction.
+type UUIDs struct {
+	Current uint64    // current data generation
+	Bitmap  uint64    // generation at which the bitmap started recording, 0 if none
+	History [2]uint64 // older generations, newest first
+}
+
+// Meta is the resource's identity and generation state, persisted in DIR/meta.
+// Size, BitmapBlock and ExtentSize are the geometry; they never change for the
+// life of the metadata.
+type Meta struct {
+	NodeID      uint64
+	Size        int64
+	BitmapBlock int64
+	ExtentSize  int64
+	UUIDs       UUIDs
+	Role        string // RolePrimary/RoleSecondary as last set by the operator; at most 32 printable ASCII bytes
+	Disk        string // DiskUpToDate, DiskInconsistent or DiskOutdated; at most 32 printable ASCII bytes
+	PeerNodeID  uint64
+	Flags       uint32 // Flag* bits
+}
+
+// Options configure Open. Zero values take defaults: BitmapBlock and
+// ExtentSize the stored values (or DefaultBitmapBlock/DefaultExtentSize on
+// creation), ALExtents DefaultALExtents, FS OSFS(). Size 0 takes the stored
+// size and is an error on creation.
+type Options struct {
+	Size, BitmapBlock, ExtentSize int64
+	ALExtents                     int
+	FS                            FS
+}
+
+// Recovery is what Open found in the metadata directory.
+type Recovery struct {
+	Created      bool     // the directory had no metadata; it was created
+	Clean        bool     // the previous run ended with Close (nothing beyond the bitmap may differ)
+	ALExtents    int      // extents found in the activity log after an unclean shutdown, all marked dirty
+	Corrupt      bool     // a file was torn, truncated, corrupt or missing: the whole disk was marked dirty
+	CorruptFiles []string // which files, with the reason
+}
+
+// Extent state word, one per extent of the disk, changed only with atomic
+// compare-and-swap:
+//
+//	bits 0..31  writes in flight (BeginWrite without EndWrite yet)
+//	bit  32     hot: the extent is in the activity log on disk
+//	bit  33     referenced since the clock hand last passed (eviction order)
+//	bit  34     touched since the previous Sweep
+//
+// Only the hot bit gates the fast path: a pin (inflight+1) is taken only on a
+// hot extent, and the hot bit is cleared (eviction, Sweep, Close) only when
+// no write is in flight, by CAS, so a pin and an eviction never both succeed.
+// A state that is not hot changes only with Store.mu held.
+const (
+	stInflight uint64 = 1<<32 - 1
+	stHot      uint64 = 1 << 32
+	stRef      uint64 = 1 << 33
+	stTouched  uint64 = 1 << 34
+	stFresh           = stHot | stRef | stTouched
+)
+
+// Store is the crash-safe metadata of one resource: Meta, the out-of-sync
+// bitmap and the activity log, in one directory. All methods are safe for
+// concurrent use; see doc.go for the ordering rules.
+type Store struct {
+	dir      string
+	fs       FS
+	size     int64
+	block    int64
+	extent   int64
+	extShift uint  // log2(extent)
+	bitShift uint  // log2(extent/block): bits per extent = 1<<bitShift
+	nExt     int64 // extents of the disk
+	capacity int   // ALExtents
+
+	bm *Bitmap
+	st []atomic.Uint64 // per-extent state, see stHot
+
+	waiters  atomic.Int64 // BeginWrite calls in the slow path; EndWrite wakes them
+	outside  atomic.Bool  // bits were set outside hot extents since the last bitmap write
+	alWrites atomic.Uint64
+	bmWrites atomic.Uint64
+
+	metaMu sync.Mutex // serialises SaveMeta; guards meta
+	meta   Meta
+
+	mu        sync.Mutex
+	cv        sync.Cond      // on mu; broadcast after every metadata round and when an extent goes idle while waiters > 0
+	busy      bool           // a metadata write (AL or bitmap) is running; only its runner changes members/disk
+	closed    bool           // Close has started
+	members   []uint64       // extents in the activity log on disk, in clock order
+	memberIdx map[uint64]int // extent -> index in members
+	hand      int            // clock hand into members
+	want      map[uint64]int // extent -> granted BeginWrite calls not yet pinned (never evicted while > 0)
+	queue     []*request     // waiting BeginWrite calls, FIFO
+	disk      []uint64       // bitmap words known durable (a subset of the file on disk)
+	alSeq     uint64         // sequence number of the last activity log written
+	rec       Recovery
+}
+
+// request is one BeginWrite waiting in the slow path; guarded by Store.mu.
+type request struct {
+	first, last int64 // extents
+	granted     bool  // a round added its extents; they stay in the log (Store.want) until it pins them
+	err         error // set when a metadata round that included it failed
+}
+
+// Open loads the metadata in dir, or creates it (new NodeID, Disk
+// "Inconsistent", empty bitmap, empty activity log) when dir holds none. A
+// geometry that differs from the stored one is an error wrapping ErrGeometry
+// naming both, and nothing is written. After an unclean shutdown every block
+// of every extent in the activity log is marked dirty; a torn, truncated,
+// corrupt or missing file marks the whole disk dirty (and a lost meta gets a
+// fresh identity with Disk "Inconsistent"). Either is reported by Recovered.
+// Open then makes that state durable (bitmap, then an empty activity log)
+// before returning, so a crash right after Open loses nothing.
+func Open(dir string, opt Options) (*Store, error) {
+	fsys := opt.FS
+	if fsys == nil {
+		fsys = OSFS()
+	}
+	if opt.ALExtents == 0 {
+		opt.ALExtents = DefaultALExtents
+	}
+	if opt.ALExtents < 1 || opt.ALExtents > 1<<20 {
+		return nil, fmt.Errorf("%w: al-extents %d must be from 1 to %d", ErrInvalid, opt.ALExtents, 1<<20)
+	}
+	if opt.Size < 0 || opt.BitmapBlock < 0 || opt.ExtentSize < 0 {
+		return nil, fmt.Errorf("%w: negative size in %+v", ErrInvalid, opt)
+	}
+	if err := fsys.MkdirAll(dir); err != nil {
+		return nil, fmt.Errorf("bitmap: create %s: %w", dir, err)
+	}
+	var rec Recovery
+	corrupt := func(file string, err error) {
+		rec.Corrupt = true
+		rec.CorruptFiles = append(rec.CorruptFiles, fmt.Sprintf("%s: %v", file, err))
+	}
+
+	// Meta decides the geometry.
+	var meta Meta
+	haveMeta := false
+	data, err := fsys.ReadFile(filepath.Join(dir, MetaFile), maxMetaLen)
+	switch {
+	case err == nil:
+		meta, err = decodeMeta(data)
+		if err != nil {
+			corrupt(MetaFile, err)
+		} else {
+			haveMeta = true
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		// First creation, unless other files show metadata was here.
+		for _, f := range []string{BitmapFile, ALFile} {
+			if _, e := fsys.ReadFile(filepath.Join(dir, f), 0); !errors.Is(e, fs.ErrNotExist) {
+				corrupt(MetaFile, errors.New("missing while "+f+" exists"))
+				break
+			}
+		}
+		rec.Created = !rec.Corrupt
+	case errors.Is(err, ErrCorrupt):
+		corrupt(MetaFile, err)
+	default:
+		return nil, fmt.Errorf("bitmap: read %s: %w", filepath.Join(dir, MetaFile), err)
+	}
+	if haveMeta {
+		if err := checkGeometry(meta, opt); err != nil {
+			return nil, fmt.Errorf("%w (metadata in %s)", err, dir)
+		}
+	} else {
+		meta = Meta{
+			NodeID:      newNodeID(),
+			Size:        opt.Size,
+			BitmapBlock: orDefault(opt.BitmapBlock, DefaultBitmapBlock),
+			ExtentSize:  orDefault(opt.ExtentSize, DefaultExtentSize),
+			Disk:        DiskInconsistent,
+		}
+		if meta.Size == 0 {
+			return nil, fmt.Errorf("%w: creating metadata in %s needs the disk size", ErrInvalid, dir)
+		}
+		if err := validGeometry(meta.Size, meta.BitmapBlock, meta.ExtentSize); err != nil {
+			return nil, err
+		}
+	}
+
+	s := newStore(dir, fsys, meta, opt.ALExtents)
+	removeTemps(fsys, dir)
+
+	// The bitmap and the activity log.
+	alDirty := false // the AL needs rewriting
+	bmDirty := false // the bitmap needs rewriting
+	if rec.Created {
+		alDirty, bmDirty = true, true
+	} else {
+		words := make([]uint64, s.bm.NumWords())
+		data, err := fsys.ReadFile(filepath.Join(dir, BitmapFile), bmFileLen(int64(len(words))))
+		if err == nil {
+			err = decodeBitmap(data, s.size, s.block, words)
+		}
+		switch {
+		case err == nil:
+			s.bm.loadWords(words)
+			copy(s.disk, words)
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrCorrupt):
+			corrupt(BitmapFile, err)
+		default:
+			return nil, fmt.Errorf("bitmap: read %s: %w", filepath.Join(dir, BitmapFile), err)
+		}
+
+		data, err = fsys.ReadFile(filepath.Join(dir, ALFile), alFileLen(s.nExt))
+		var al alState
+		if err == nil {
+			al, err = decodeAL(data, s.size, s.extent)
+		}
+		switch {
+		case err == nil:
+			s.alSeq = al.seq
+			rec.Clean = al.clean
+			rec.ALExtents = len(al.extents)
+			for _, e := range al.extents {
+				s.bm.Set(int64(e)<<s.extShift, s.extent)
+			}
+			bmDirty = len(al.extents) > 0
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrCorrupt):
+			corrupt(ALFile, err)
+		default:
+			return nil, fmt.Errorf("bitmap: read %s: %w", filepath.Join(dir, ALFile), err)
+		}
+		alDirty = true // a fresh, empty, not-clean AL: Clean is true next time only after Close
+		if rec.Corrupt {
+			s.bm.SetAll()
+			bmDirty = true
+		}
+	}
+
+	// Make the recovered state durable: bitmap first, then the AL without the
+	// extents it covers, then (on creation or after losing it) meta, which
+	// marks the directory complete.
+	if bmDirty {
+		if err := s.persistBitmapOpen(); err != nil {
+			return nil, err
+		}
+	}
+	if alDirty {
+		if err := s.writeAL(alState{seq: s.alSeq + 1}); err != nil {
+			return nil, err
+		}
+		s.alSeq++
+	}
+	if !haveMeta {
+		if err := s.writeMeta(meta); err != nil {
+			return nil, err
+		}
+	}
+	s.rec = rec
+	return s, nil
+}
+
+func orDefault(v, d int64) int64 {
+	if v == 0 {
+		return d
+	}
+	return v
+}
+
+func checkGeometry(m Meta, opt Options) error {
+	var diffs []string
+	if opt.Size != 0 && opt.Size != m.Size {
+		diffs = append(diffs, fmt.Sprintf("disk size %d (stored %d)", opt.Size, m.Size))
+	}
+	if opt.BitmapBlock != 0 && opt.BitmapBlock != m.BitmapBlock {
+		diffs = append(diffs, fmt.Sprintf("bitmap block %d (stored %d)", opt.BitmapBlock, m.BitmapBlock))
+	}
+	if opt.ExtentSize != 0 && opt.ExtentSize != m.ExtentSize {
+		diffs = append(diffs, fmt.Sprintf("extent size %d (stored %d)", opt.ExtentSize, m.ExtentSize))
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("%w: requested %s", ErrGeometry, strings.Join(diffs, ", "))
+	}
+	return nil
+}
+
+func newNodeID() uint64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:]) // never fails on Linux (Go 1.24+ crashes instead)
+		if id := binary.LittleEndian.Uint64(b[:]); id != 0 {
+			return id
+		}
+	}
+}
+
+func newStore(dir string, fsys FS, meta Meta, capacity int) *Store {
+	s := &Store{
+		dir:       dir,
+		fs:        fsys,
+		size:      meta.Size,
+		block:     meta.BitmapBlock,
+		extent:    meta.ExtentSize,
+		extShift:  uint(bits.TrailingZeros64(uint64(meta.ExtentSize))),
+		bitShift:  uint(bits.TrailingZeros64(uint64(meta.ExtentSize / meta.BitmapBlock))),
+		nExt:      ceilDiv(meta.Size, meta.ExtentSize),
+		capacity:  capacity,
+		meta:      meta,
+		memberIdx: make(map[uint64]int),
+		want:      make(map[uint64]int),
+	}
+	s.cv.L = &s.mu
+	s.bm = New(meta.Size, meta.BitmapBlock)
+	s.st = make([]atomic.Uint64, s.nExt)
+	s.disk = make([]uint64, s.bm.NumWords())
+	return s
+}
+
+// removeTemps deletes temp files left by writes interrupted by a crash
+// (renameio names them "." + name + digits). Best effort.
+func removeTemps(fsys FS, dir string) {
+	names, err := fsys.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		for _, f := range []string{MetaFile, BitmapFile, ALFile} {
+			p := "." + f
+			if rest, ok := strings.CutPrefix(n, p); ok && rest != "" {
+				if _, err := strconv.ParseUint(strings.TrimPrefix(rest, "-"), 10, 64); err == nil {
+					_ = fsys.Remove(filepath.Join(dir, n))
+				}
+			}
+		}
+	}
+}
+
+// Meta returns the current metadata.
+func (s *Store) Meta() Meta {
+	s.metaMu.Lock()
+	defer s.metaMu.Unlock()
+	return s.meta
+}
+
+// SaveMeta replaces the metadata; it is durable on return. The geometry fields
+// must equal the store's (ErrGeometry), Role and Disk must be at most 32
+// printable ASCII bytes (ErrInvalid). Calls are serialised.
+func (s *Store) SaveMeta(m Meta) error {
+	if m.Size != s.size || m.BitmapBlock != s.block || m.ExtentSize != s.extent {
+		return fmt.Errorf("%w: meta with size %d block %d extent %d for a store of size %d block %d extent %d",
+			ErrGeometry, m.Size, m.BitmapBlock, m.ExtentSize, s.size, s.block, s.extent)
+	}
+	if err := validStateString(m.Role); err != nil {
+		return fmt.Errorf("%w: role %v", ErrInvalid, err)
+	}
+	if err := validStateString(m.Disk); err != nil {
+		return fmt.Errorf("%w: disk state %v", ErrInvalid, err)
+	}
+	return s.writeMeta(m)
+}
+
+func (s *Store) writeMeta(m Meta) error {
+	s.metaMu.Lock()
+	defer s.metaMu.Unlock()
+	p := filepath.Join(s.dir, MetaFile)
+	if err := s.fs.WriteFileAtomic(p, encodeMeta(m)); err != nil {
+		return fmt.Errorf("bitmap: write %s: %w", p, err)
+	}
+	s.meta = m
+	return nil
+}
+
+// Bitmap is the live out-of-sync bitmap. Reading it and Set/Clear on it are
+// fine; to keep the crash guarantees, mark writes through MarkOutOfSync and
+// MarkInSync rather than through the Bitmap directly.
+func (s *Store) Bitmap() *Bitmap { return s.bm }
+
+// Recovered reports what Open found: how many activity-log extents were
+// marked dirty after an unclean shutdown, and whether a file was corrupt or
+// missing (the whole disk was marked dirty).
+func (s *Store) Recovered() (alExtents int, corrupt bool) {
+	return s.rec.ALExtents, s.rec.Corrupt
+}
+
+// Recovery is the full report of what Open found.
+func (s *Store) Recovery() Recovery {
+	r := s.rec
+	r.CorruptFiles = append([]string(nil), r.CorruptFiles...)
+	return r
+}
+
+// Counters are the numbers of activity-log and bitmap writes since Open
+// (including the ones Open made).
+func (s *Store) Counters() (alWrites, bmWrites uint64) {
+	return s.alWrites.Load(), s.bmWrites.Load()
+}
+
+// ExtentSize is the activity-log extent size in bytes.
+func (s *Store) ExtentSize() int64 { return s.extent }
+
+// ALExtents is the activity-log capacity in extents.
+func (s *Store) ALExtents() int { return s.capacity }
+
+// HotExtents is the number of extents currently in the activity log.
+func (s *Store) HotExtents() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.members)
+}
+
+// writeAL writes the activity log. Called by the single runner (busy, or Open).
+func (s *Store) writeAL(st alState) error {
+	p := filepath.Join(s.dir, ALFile)
+	if err := s.fs.WriteFileAtomic(p, encodeAL(s.size, s.extent, st)); err != nil {
+		return fmt.Errorf("bitmap: write %s: %w", p, err)
+	}
+	s.alWrites.Add(1)
+	return nil
+}
+
+// writeBitmap writes words as the bitmap file. Called by the single runner.
+func (s *Store) writeBitmap(words []uint64) error {
+	p := filepath.Join(s.dir, BitmapFile)
+	if err := s.fs.WriteFileAtomic(p, encodeBitmap(s.size, s.block, words)); err != nil {
+		return fmt.Errorf("bitmap: write %s: %w", p, err)
+	}
+	s.bmWrites.Add(1)
+	return nil
+}
+
+func (s *Store) persistBitmapOpen() error {
+	snap := make([]uint64, len(s.disk))
+	s.bm.snapshotInto(snap)
+	if err := s.writeBitmap(snap); err != nil {
+		return err
+	}
+	s.disk = snap
+	return nil
+}
+
+// ---- out-of-sync marking ----
+
+// MarkOutOfSync records in memory that [off, off+length) may differ from the
+// peer. Called for a write the peer did not confirm, or any write while
+// disconnected, before EndWrite for that write: the range's extents are then
+// hot, and the bits become durable by the activity-log rules (persisted before
+// the extent leaves the log). A range marked outside a BeginWrite/EndWrite
+// window is durable only after the next PersistBitmap, Sweep or Close.
+func (s *Store) MarkOutOfSync(off, length int64) {
+	first, last, ok := s.extentsOf(off, length)
+	if !ok {
+		return
+	}
+	// Set before reading the hot bits: an eviction clears hot before it
+	// reads the bits, so one of the two sees the other.
+	s.bm.Set(off, length)
+	for e := first; e <= last; e++ {
+		if s.st[e].Load()&stHot == 0 {
+			s.outside.Store(true)
+			return
+		}
+	}
+}
+
+// MarkInSync records that [off, off+length) (block aligned) was copied to the
+// peer. In memory only: the on-disk bitmap may keep the bits until the next
+// bitmap write, which is safe (a superset).
+func (s *Store) MarkInSync(off, length int64) {
+	s.bm.Clear(off, length)
+}
+
+// extentsOf clips [off, off+length) to the disk and returns its extents.
+func (s *Store) extentsOf(off, length int64) (first, last int64, ok bool) {
+	if length <= 0 || off >= s.size {
+		return 0, 0, false
+	}
+	if off < 0 {
+		length += off
+		off = 0
+	}
+	if length <= 0 {
+		return 0, 0, false
+	}
+	end := s.size
+	if length < s.size-off {
+		end = off + length
+	}
+	return off >> s.extShift, (end - 1) >> s.extShift, true
+}
+
+// extentBitsLocked returns the bitmap bit range of extent e.
+func (s *Store) extentBits(e int64) (first, last int64) {
+	first = e << s.bitShift
+	last = min(first+(1<<s.bitShift), s.bm.nbits) - 1
+	return first, last
+}
+
+// extentDirty reports whether extent e has any bit set in memory.
+func (s *Store) extentDirty(e int64) bool {
+	first, last := s.extentBits(e)
+	s.bm.mu.Lock()
+	defer s.bm.mu.Unlock()
+	return s.bm.anyBitsLocked(first, last)
+}
+
+// extentUnpersistedLocked reports whether extent e has a bit set in memory
+// that is not in s.disk. s.mu must be held (s.disk).
+func (s *Store) extentUnpersistedLocked(e int64) bool {
+	first, last := s.extentBits(e)
+	s.bm.mu.Lock()
+	defer s.bm.mu.Unlock()
+	for i := first; i <= last; {
+		w := i >> 6
+		hi := uint(63)
+		if last>>6 == w {
+			hi = uint(last & 63)
+		}
+		if s.bm.words[w]&^s.disk[w]&maskRange(uint(i&63), hi) != 0 {
+			return true
+		}
+		i = (w + 1) << 6
+	}
+	return false
+}

@@ -1,0 +1,299 @@
+package bitmap
+
+import (
+	"errors"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+)
+
+const (
+	tMiB = int64(1) << 20
+	tDir = "/meta/r0"
+)
+
+func openMem(t *testing.T, fsys *MemFS, opt Options) *Store {
+	t.Helper()
+	opt.FS = fsys
+	s, err := Open(tDir, opt)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestOpenCreatesAndReopens(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 64 * tMiB})
+	m := s.Meta()
+	if m.NodeID == 0 || m.Disk != DiskInconsistent || m.Size != 64*tMiB ||
+		m.BitmapBlock != DefaultBitmapBlock || m.ExtentSize != DefaultExtentSize {
+		t.Fatalf("fresh meta = %+v", m)
+	}
+	if r := s.Recovery(); !r.Created || r.Corrupt || r.ALExtents != 0 {
+		t.Fatalf("fresh recovery = %+v", r)
+	}
+	if s.Bitmap().DirtyBlocks() != 0 {
+		t.Fatalf("fresh bitmap has %d dirty blocks", s.Bitmap().DirtyBlocks())
+	}
+	m.Role, m.Disk, m.UUIDs.Current, m.Flags = RolePrimary, DiskUpToDate, 42, FlagCrashedPrimary
+	if err := s.SaveMeta(m); err != nil {
+		t.Fatal(err)
+	}
+	s.Bitmap().Set(5*tMiB, 4096)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openMem(t, fsys.Reboot(), Options{Size: 64 * tMiB})
+	if got := s2.Meta(); got != m {
+		t.Fatalf("meta after reopen = %+v, want %+v", got, m)
+	}
+	if r := s2.Recovery(); r.Created || !r.Clean || r.Corrupt || r.ALExtents != 0 {
+		t.Fatalf("recovery after clean close = %+v", r)
+	}
+	if !s2.Bitmap().IsSet(5*tMiB, 1) || s2.Bitmap().DirtyBlocks() != 1 {
+		t.Fatalf("bitmap after reopen: %d dirty", s2.Bitmap().DirtyBlocks())
+	}
+}
+
+func TestOpenGeometryMismatch(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 64 * tMiB})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, opt := range []Options{
+		{Size: 128 * tMiB},
+		{Size: 64 * tMiB, BitmapBlock: 8192},
+		{Size: 64 * tMiB, ExtentSize: 8 * tMiB},
+	} {
+		opt.FS = fsys.Reboot()
+		_, err := Open(tDir, opt)
+		if !errors.Is(err, ErrGeometry) {
+			t.Errorf("Open(%+v) = %v, want ErrGeometry", opt, err)
+		}
+	}
+	// Zero takes the stored geometry.
+	s2 := openMem(t, fsys.Reboot(), Options{})
+	if s2.Meta().Size != 64*tMiB {
+		t.Fatalf("size %d", s2.Meta().Size)
+	}
+}
+
+func TestOpenInvalidOptions(t *testing.T) {
+	for _, opt := range []Options{
+		{},                                   // no size on creation
+		{Size: 64 * tMiB, BitmapBlock: 3000}, // not a power of two
+		{Size: 64 * tMiB, BitmapBlock: 256},  // too small
+		{Size: 64 * tMiB, ExtentSize: 2048},  // smaller than the block
+		{Size: 64 * tMiB, ALExtents: -1},     // negative
+		{Size: -1},                           // negative
+		{Size: 1 << 62, BitmapBlock: 512},    // bitmap too large
+	} {
+		opt.FS = NewMemFS()
+		if _, err := Open(tDir, opt); err == nil {
+			t.Errorf("Open(%+v) succeeded", opt)
+		} else if !errors.Is(err, ErrGeometry) && !errors.Is(err, ErrInvalid) {
+			t.Errorf("Open(%+v) = %v, want ErrGeometry or ErrInvalid", opt, err)
+		}
+	}
+}
+
+// TestHotExtentCostsOneALWrite: 10,000 writes to one extent cost exactly one
+// AL write.
+func TestHotExtentCostsOneALWrite(t *testing.T) {
+	s := openMem(t, NewMemFS(), Options{Size: 64 * tMiB})
+	al0, bm0 := s.Counters()
+	for i := range 10000 {
+		off := 8*tMiB + int64(i%1024)*4096
+		if err := s.BeginWrite(off, 4096); err != nil {
+			t.Fatal(err)
+		}
+		s.EndWrite(off, 4096)
+	}
+	al, bm := s.Counters()
+	if al-al0 != 1 || bm != bm0 {
+		t.Fatalf("10000 writes to one extent: %d AL writes, %d bitmap writes; want 1, 0", al-al0, bm-bm0)
+	}
+}
+
+func TestBeginWriteErrors(t *testing.T) {
+	s := openMem(t, NewMemFS(), Options{Size: 64 * tMiB, ALExtents: 2})
+	for _, c := range []struct {
+		off, n int64
+		want   error
+	}{
+		{-1, 10, ErrRange},
+		{64 * tMiB, 1, ErrRange},
+		{64*tMiB - 1, 2, ErrRange},
+		{0, -5, ErrRange},
+		{1, 1 << 62, ErrRange},
+		{0, 12 * tMiB, ErrTooLarge}, // 3 extents, the log holds 2
+	} {
+		if err := s.BeginWrite(c.off, c.n); !errors.Is(err, c.want) {
+			t.Errorf("BeginWrite(%d, %d) = %v, want %v", c.off, c.n, err, c.want)
+		}
+	}
+	if err := s.BeginWrite(5, 0); err != nil {
+		t.Errorf("zero length: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BeginWrite(0, 4096); !errors.Is(err, ErrClosed) {
+		t.Errorf("after Close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+func TestEvictionPersistsBitmapFirst(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 64 * tMiB, ALExtents: 2})
+	w := func(off int64, fail bool) {
+		t.Helper()
+		if err := s.BeginWrite(off, 4096); err != nil {
+			t.Fatal(err)
+		}
+		if fail {
+			s.MarkOutOfSync(off, 4096)
+		}
+		s.EndWrite(off, 4096)
+	}
+	w(0, true)       // extent 0, dirty
+	w(4*tMiB, false) // extent 1
+	_, bm0 := s.Counters()
+	start := fsys.Ops()
+	w(8*tMiB, false) // evicts extent 0 or 1
+	w(12*tMiB, false)
+	log := fsys.Log()[start:]
+	_, bm := s.Counters()
+	if bm-bm0 != 1 {
+		t.Fatalf("bitmap writes %d, want 1 (extent 0 is dirty and evicted once); log %v", bm-bm0, log)
+	}
+	// The bitmap write comes before the AL write that drops dirty extent 0;
+	// dropping clean extent 1 needs no bitmap write.
+	if want := []string{"write bitmap", "write al", "write al"}; !slices.Equal(log, want) {
+		t.Fatalf("log %v, want %v", log, want)
+	}
+	s2 := openMem(t, fsys.Reboot(), Options{})
+	if !s2.Bitmap().IsSet(0, 4096) {
+		t.Fatal("dirty block lost after crash")
+	}
+	if n, corrupt := s2.Recovered(); n != 2 || corrupt {
+		t.Fatalf("Recovered = %d, %v; want 2 extents, not corrupt", n, corrupt)
+	}
+}
+
+func TestSweepDropsIdleInSyncExtents(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 64 * tMiB})
+	for e := range int64(4) {
+		if err := s.BeginWrite(e*4*tMiB, 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.MarkOutOfSync(0, 4096)
+	for e := range int64(3) {
+		s.EndWrite(e*4*tMiB, 4096)
+	}
+	// Every extent was touched: the first Sweep drops nothing.
+	al0, _ := s.Counters()
+	if err := s.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if al, _ := s.Counters(); al != al0 || s.HotExtents() != 4 {
+		t.Fatalf("first sweep: %d AL writes, %d hot", al-al0, s.HotExtents())
+	}
+	// Second Sweep: extents 1 and 2 are idle and in sync; 0 is dirty, 3 busy.
+	if err := s.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if al, _ := s.Counters(); al != al0+1 || s.HotExtents() != 2 {
+		t.Fatalf("second sweep: %d AL writes, %d hot; want 1, 2", al-al0, s.HotExtents())
+	}
+	s.MarkInSync(0, 4096)
+	s.EndWrite(12*tMiB, 4096)
+	if err := s.Sweep(); err != nil { // 0 is in sync now, 3 idle: both go
+		t.Fatal(err)
+	}
+	if s.HotExtents() != 0 {
+		t.Fatalf("third sweep left %d hot", s.HotExtents())
+	}
+}
+
+func TestConcurrentWritersShareALWrites(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 256 * tMiB, ALExtents: 8})
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 500 {
+				off := int64((g*7+i*13)%64) * 4 * tMiB
+				off += int64(i%3) * 4096
+				if err := s.BeginWrite(off, 8192); err != nil {
+					errs <- err
+					return
+				}
+				if i%17 == 0 {
+					s.MarkOutOfSync(off, 8192)
+				}
+				s.EndWrite(off, 8192)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if h := s.HotExtents(); h > 8 {
+		t.Fatalf("%d hot extents, capacity 8", h)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openMem(t, fsys.Reboot(), Options{})
+	if s2.Bitmap().DirtyBlocks() != s.Bitmap().DirtyBlocks() {
+		t.Fatalf("dirty after clean reopen %d, before %d", s2.Bitmap().DirtyBlocks(), s.Bitmap().DirtyBlocks())
+	}
+}
+
+func TestOSFSRoundTrip(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "meta", "r0")
+	s, err := Open(dir, Options{Size: 16 * tMiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BeginWrite(4*tMiB, 4096); err != nil {
+		t.Fatal(err)
+	}
+	s.MarkOutOfSync(4*tMiB, 4096)
+	s.EndWrite(4*tMiB, 4096)
+	// No Close: a crash. Reopen marks the AL extent dirty.
+	s2, err := Open(dir, Options{Size: 16 * tMiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, corrupt := s2.Recovered(); n != 1 || corrupt {
+		t.Fatalf("Recovered = %d, %v", n, corrupt)
+	}
+	if got := s2.Bitmap().DirtyBytes(); got != 4*tMiB {
+		t.Fatalf("dirty %d bytes, want the whole extent", got)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	names, err := OSFS().ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 3 {
+		t.Fatalf("files %v, want meta, bitmap, al", names)
+	}
+}
