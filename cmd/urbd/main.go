@@ -35,7 +35,7 @@ func run(args []string) int {
 	sort.Slice(commands, func(i, j int) bool { return commands[i].Name < commands[j].Name })
 	for _, c := range commands {
 		c.Before = chain(refuseTrailingFlags, c.Before)
-		c.Flags = append(c.Flags, runDirFlag)
+		c.Flags = append(c.Flags, &cli.StringFlag{Name: "run-dir", Usage: "directory for control sockets and status files (default: the global --run-dir)"})
 	}
 	app := &cli.App{
 		Name:                   "urbd",
@@ -87,6 +87,20 @@ func chain(fns ...cli.BeforeFunc) cli.BeforeFunc {
 
 func oneLine(err error) string {
 	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
+}
+
+// runDir is the --run-dir given after the command, or else the global one
+// (which carries the default and URBD_RUN_DIR).
+func runDir(c *cli.Context) string {
+	for _, ctx := range c.Lineage() {
+		if ctx == nil {
+			continue
+		}
+		if v := ctx.String("run-dir"); v != "" {
+			return v
+		}
+	}
+	return runDirFlag.Value
 }
 
 // resourceName returns the single NAME argument of a command.

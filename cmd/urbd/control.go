@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/urbd/urbd/daemon"
+	"github.com/urbd/urbd/internal/units"
+)
+
+// controlCommand builds a command that sends one request to the running
+// daemon of NAME and prints its one-line answer.
+func controlCommand(name, usage, desc string, flags []cli.Flag, build func(*cli.Context) (daemon.Request, error)) *cli.Command {
+	return &cli.Command{
+		Name:        name,
+		Usage:       usage,
+		ArgsUsage:   "NAME",
+		Description: desc,
+		Flags:       flags,
+		Action: func(c *cli.Context) error {
+			res, err := resourceName(c)
+			if err != nil {
+				return err
+			}
+			req, err := build(c)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(c.Context, 60*time.Second)
+			defer cancel()
+			resp, err := daemon.Call(ctx, runDir(c), res, req)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s: %s\n", res, resp.Message)
+			return nil
+		},
+	}
+}
+
+func plain(cmd string) func(*cli.Context) (daemon.Request, error) {
+	return func(c *cli.Context) (daemon.Request, error) {
+		return daemon.Request{Cmd: cmd, Force: c.Bool("force"), Discard: c.Bool("discard-my-data")}, nil
+	}
+}
+
+func init() {
+	commands = append(commands,
+		controlCommand("primary", "promote the resource: serve NBD clients",
+			`Refused while the peer is Primary, or while the local disk is not UpToDate unless --force.
+Example: urbd primary r0; on a new resource: urbd primary --force r0 (this node's data wins).`,
+			[]cli.Flag{&cli.BoolFlag{Name: "force", Usage: "promote even if the local disk is not UpToDate"}}, plain("primary")),
+		controlCommand("secondary", "demote the resource: stop serving NBD clients",
+			`Refused while NBD clients are attached unless --force, which flushes and disconnects them.
+Example: urbd secondary r0`,
+			[]cli.Flag{&cli.BoolFlag{Name: "force", Usage: "flush and disconnect attached NBD clients"}}, plain("secondary")),
+		controlCommand("connect", "leave StandAlone and connect to the peer",
+			`After a split brain, run on the node whose changes are to be thrown away:
+   urbd connect --discard-my-data r0
+It becomes SyncTarget for the union of both nodes' changes.`,
+			[]cli.Flag{&cli.BoolFlag{Name: "discard-my-data", Usage: "resolve a split brain: this node's changes are dropped"}}, plain("connect")),
+		controlCommand("disconnect", "drop the peer connection and stay StandAlone", "Example: urbd disconnect r0", nil, plain("disconnect")),
+		controlCommand("invalidate", "discard this node's data and resync all of it from the peer",
+			"Needs a connected peer with an UpToDate disk. Example: urbd invalidate r0", nil, plain("invalidate")),
+		controlCommand("verify", "compare every block with the peer by checksum and resync the differences",
+			"Runs in the background; urbd status shows VerifyS and its progress. Example: urbd verify r0", nil, plain("verify")),
+		controlCommand("down", "stop the resource's daemon cleanly", "Example: urbd down r0", nil, plain("down")),
+		controlCommand("adjust", "change settings of a running resource",
+			"Example: urbd adjust --resync-rate 200MiB r0",
+			[]cli.Flag{&cli.StringFlag{Name: "resync-rate", Required: true, Usage: "new resync rate per second, e.g. 50MiB; 0 = unlimited"}},
+			func(c *cli.Context) (daemon.Request, error) {
+				r, err := units.ParseRate(c.String("resync-rate"))
+				if err != nil {
+					return daemon.Request{}, fmt.Errorf("--resync-rate: %w", err)
+				}
+				return daemon.Request{Cmd: "adjust", Rate: r}, nil
+			}),
+	)
+}
+
+var _ = os.Stdout

@@ -1,0 +1,129 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/urbd/urbd/status"
+)
+
+// Request is one command sent to a running daemon over RUN/NAME/control.sock,
+// as one JSON line. The daemon answers with one Response line.
+type Request struct {
+	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, invalidate, verify, down
+	Force   bool   `json:"force,omitempty"`
+	Discard bool   `json:"discard,omitempty"`
+	Rate    int64  `json:"rate,omitempty"` // bytes/s, for adjust
+}
+
+// Response is the daemon's answer. Error is one line that says what to do.
+type Response struct {
+	OK      bool             `json:"ok"`
+	Error   string           `json:"error,omitempty"`
+	Message string           `json:"message,omitempty"`
+	Status  *status.Resource `json:"status,omitempty"`
+}
+
+// ErrNotRunning means no daemon answers for the resource.
+var ErrNotRunning = errors.New("daemon: resource is not running")
+
+// SocketPath is where the daemon of resource name listens for commands.
+func SocketPath(runDir, name string) string {
+	return filepath.Join(runDir, name, "control.sock")
+}
+
+// StatusPath is the resource's /proc/drbd-like status file.
+func StatusPath(runDir, name string) string {
+	return filepath.Join(runDir, name, "status")
+}
+
+// Call sends one request to the daemon of resource name and returns its
+// answer. A refusal is returned as an error carrying the daemon's message.
+func Call(ctx context.Context, runDir, name string, req Request) (*Response, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", SocketPath(runDir, name))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s (no daemon at %s; start it with urbd up %s, or set --run-dir)", ErrNotRunning, name, SocketPath(runDir, name), name)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return nil, fmt.Errorf("daemon: sending %s to %s: %w", req.Cmd, name, err)
+	}
+	var resp Response
+	sc := bufio.NewScanner(conn)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	if !sc.Scan() {
+		return nil, fmt.Errorf("daemon: %s: no answer to %s", name, req.Cmd)
+	}
+	if err := json.Unmarshal(sc.Bytes(), &resp); err != nil {
+		return nil, fmt.Errorf("daemon: %s: bad answer to %s: %w", name, req.Cmd, err)
+	}
+	if !resp.OK {
+		return &resp, errors.New(resp.Error)
+	}
+	return &resp, nil
+}
+
+// Resources lists the resources with a control socket under runDir.
+func Resources(runDir string) ([]string, error) {
+	entries, err := os.ReadDir(runDir)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if _, err := os.Stat(SocketPath(runDir, e.Name())); err == nil {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// handler executes one control request.
+type handler func(ctx context.Context, req Request) Response
+
+// serveControl answers requests on ln until ctx is cancelled.
+func serveControl(ctx context.Context, ln net.Listener, h handler) {
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(2 * time.Minute))
+			sc := bufio.NewScanner(conn)
+			sc.Buffer(make([]byte, 4096), 64<<10)
+			if !sc.Scan() {
+				return
+			}
+			var req Request
+			var resp Response
+			if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
+				resp = Response{Error: "bad request: " + err.Error()}
+			} else {
+				resp = h(ctx, req)
+			}
+			json.NewEncoder(conn).Encode(resp)
+		}()
+	}
+}

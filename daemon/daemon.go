@@ -1,0 +1,300 @@
+// Package daemon runs one replicated resource: it opens the disk and its
+// metadata, starts the replication node, serves the NBD export, answers the
+// control socket and keeps the status file current. cmd/urbd's `up` command
+// is a thin wrapper around Run.
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urbd/urbd/bitmap"
+	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/protocol"
+	"github.com/urbd/urbd/replica"
+	"github.com/urbd/urbd/status"
+)
+
+// Version is printed in the status file's first line.
+const Version = "0.1"
+
+// Options configure one resource on this node (the flags of `urbd up`).
+type Options struct {
+	Name        string
+	Disk        string
+	Meta        string
+	NBD         string // unix:PATH or tcp:HOST:PORT
+	ListenPeer  string
+	Peer        string
+	Protocol    byte
+	ResyncRate  int64
+	SecretFile  string
+	TLSCert     string
+	TLSKey      string
+	TLSCA       string
+	Timeout     time.Duration
+	OnPeerLoss  string // continue or suspend
+	BitmapBlock int64
+	AssumeClean bool
+	RunDir      string
+	// Event, if set, receives the node's events (handlers, metrics).
+	Event func(event string, extra map[string]string)
+	// Observe, if set, receives every application request (metrics).
+	Observe func(kind string, peer bool, bytes int, d time.Duration)
+	// Ready, if set, is called once the resource serves its control socket.
+	Ready  func(*replica.Node)
+	Logger *slog.Logger
+}
+
+// extentSize is the activity-log extent, DRBD's 4 MiB.
+const extentSize = 4 << 20
+
+// Run serves the resource until ctx is cancelled or `urbd down` is received,
+// then stops cleanly: NBD clients finish and are flushed, the peer session
+// closes and the metadata is marked clean.
+func Run(ctx context.Context, o Options) error {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("resource", o.Name)
+	if err := validName(o.Name); err != nil {
+		return err
+	}
+	switch o.OnPeerLoss {
+	case "", "continue", "suspend":
+	default:
+		return fmt.Errorf("--on-peer-loss %q: use continue or suspend", o.OnPeerLoss)
+	}
+	var secret []byte
+	if o.SecretFile != "" {
+		b, err := os.ReadFile(o.SecretFile)
+		if err != nil {
+			return fmt.Errorf("reading --secret-file: %w", err)
+		}
+		secret = bytes.TrimSpace(b)
+		if len(secret) == 0 {
+			return fmt.Errorf("--secret-file %s is empty", o.SecretFile)
+		}
+	}
+	tlsCfg, err := loadTLS(o)
+	if err != nil {
+		return err
+	}
+
+	disk, err := nbd.OpenFile(o.Disk, false)
+	if err != nil {
+		return fmt.Errorf("opening --disk: %w", err)
+	}
+	defer disk.Close()
+	fresh := !metaExists(o.Meta)
+	store, err := bitmap.Open(o.Meta, bitmap.Options{Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize})
+	if err != nil {
+		return fmt.Errorf("opening --meta %s: %w", o.Meta, err)
+	}
+	if fresh {
+		if err := replica.InitialUUIDs(store, o.Name, o.AssumeClean); err != nil {
+			store.Close()
+			return err
+		}
+		log.Info("created metadata", "dir", o.Meta, "assume_clean", o.AssumeClean)
+	}
+
+	node, err := replica.New(replica.Config{
+		Name: o.Name, Disk: disk, Store: store, Protocol: o.Protocol,
+		ListenPeer: o.ListenPeer, Peer: o.Peer, Secret: secret, TLS: tlsCfg,
+		Timeout: o.Timeout, SuspendOnPeerLoss: o.OnPeerLoss == "suspend",
+		ResyncRate: o.ResyncRate, Logger: log, Event: o.Event, Observe: o.Observe,
+	})
+	if err != nil {
+		store.Close()
+		return err
+	}
+
+	srv := &nbd.Server{
+		Logger: log,
+		Lookup: func(name string) (*nbd.Export, error) {
+			if err := node.CheckServe(); err != nil {
+				return nil, err
+			}
+			return &nbd.Export{Name: o.Name, Description: "urbd resource " + o.Name, Backend: node, MultiConn: true}, nil
+		},
+		List: func() []string { return []string{o.Name} },
+	}
+	node.SetClientCounter(srv.Clients)
+
+	dir := filepath.Join(o.RunDir, o.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		node.Close()
+		return fmt.Errorf("creating run dir: %w", err)
+	}
+	ctl, err := listenUnix(SocketPath(o.RunDir, o.Name))
+	if err != nil {
+		node.Close()
+		return err
+	}
+	defer os.Remove(SocketPath(o.RunDir, o.Name))
+	nbdLn, err := nbd.Listen(o.NBD)
+	if err != nil {
+		ctl.Close()
+		node.Close()
+		return fmt.Errorf("--nbd: %w", err)
+	}
+
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	errc := make(chan error, 3)
+	go func() { errc <- node.Run(ctx) }()
+	go func() { errc <- srv.Serve(ctx, nbdLn) }()
+	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
+		return execute(cctx, node, srv, req, stop)
+	})
+	statusDone := make(chan struct{})
+	go func() {
+		defer close(statusDone)
+		writeStatusLoop(ctx, StatusPath(o.RunDir, o.Name), node, log)
+	}()
+	if o.Ready != nil {
+		o.Ready(node)
+	}
+	log.Info("resource up", "nbd", o.NBD, "listen_peer", o.ListenPeer, "peer", o.Peer, "protocol", string(node.Status().Protocol))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		if runErr != nil {
+			log.Error("stopping after an error", "err", runErr)
+		}
+	}
+	stop()
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("NBD shutdown", "err", err)
+	}
+	if err := node.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	<-statusDone
+	os.Remove(StatusPath(o.RunDir, o.Name))
+	log.Info("resource down")
+	return runErr
+}
+
+// execute runs one control request against the node.
+func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Request, stop func()) Response {
+	var err error
+	msg := ""
+	switch req.Cmd {
+	case "status":
+		st := node.Status()
+		return Response{OK: true, Status: &st}
+	case "primary":
+		err = node.Promote(req.Force)
+		msg = "Primary"
+	case "secondary":
+		if req.Force && srv.Clients() > 0 {
+			if cerr := srv.CloseClients(ctx); cerr != nil {
+				err = cerr
+				break
+			}
+		}
+		err = node.Demote(req.Force)
+		msg = "Secondary"
+	case "connect":
+		err = node.Connect(req.Discard)
+		msg = "connecting"
+		if req.Discard {
+			msg = "connecting; this node's changes will be discarded"
+		}
+	case "disconnect":
+		err = node.Disconnect()
+		msg = "StandAlone"
+	case "adjust":
+		node.AdjustRate(req.Rate)
+		msg = "resync rate set"
+	case "invalidate":
+		err = node.Invalidate()
+		msg = "invalidated: full resync from the peer"
+	case "verify":
+		err = node.Verify()
+		msg = "online verify started; watch urbd status"
+	case "down":
+		stop()
+		msg = "stopping"
+	default:
+		return Response{Error: fmt.Sprintf("unknown command %q", req.Cmd)}
+	}
+	if err != nil {
+		return Response{Error: err.Error()}
+	}
+	return Response{OK: true, Message: msg}
+}
+
+// writeStatusLoop rewrites the status file at least once a second and on
+// every state change, until ctx is cancelled.
+func writeStatusLoop(ctx context.Context, path string, node *replica.Node, log *slog.Logger) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var lastErr string
+	for {
+		changed := node.Changed()
+		var buf bytes.Buffer
+		status.WriteText(&buf, Version, []status.Resource{node.Status()})
+		if err := status.WriteAtomic(path, buf.Bytes()); err != nil && err.Error() != lastErr {
+			lastErr = err.Error()
+			log.Warn("writing the status file", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-changed:
+		}
+	}
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s is in use: is urbd up already running for this resource?", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+func metaExists(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	return err == nil && len(entries) > 0
+}
+
+func validName(name string) error {
+	if name == "" || strings.ContainsAny(name, "/\\ \t\n") || name == "." || name == ".." || len(name) > protocol.MaxResource {
+		return fmt.Errorf("invalid resource name %q: use letters, digits, - and _", name)
+	}
+	return nil
+}
+
+func loadTLS(o Options) (*tls.Config, error) {
+	if o.TLSCert == "" && o.TLSKey == "" && o.TLSCA == "" {
+		return nil, nil
+	}
+	if o.TLSCert == "" || o.TLSKey == "" || o.TLSCA == "" {
+		return nil, errors.New("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+	}
+	return protocol.LoadTLS(o.TLSCert, o.TLSKey, o.TLSCA)
+}

@@ -1,0 +1,421 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/urbd/urbd/protocol"
+)
+
+// Run accepts and dials the peer until ctx is cancelled. Both nodes listen
+// and dial; when both connections succeed, the one dialed by the node with
+// the larger node id is kept, which both sides compute alike.
+func (n *Node) Run(ctx context.Context) error {
+	var ln net.Listener
+	if n.cfg.ListenPeer != "" {
+		var err error
+		ln, err = net.Listen("tcp", n.cfg.ListenPeer)
+		if err != nil {
+			return fmt.Errorf("replica: listening for the peer on %s: %w", n.cfg.ListenPeer, err)
+		}
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	if ln != nil {
+		g.Go(func() error {
+			<-ctx.Done()
+			return ln.Close()
+		})
+		g.Go(func() error { return n.acceptLoop(ctx, ln) })
+	}
+	if n.cfg.Peer != "" {
+		g.Go(func() error { return n.dialLoop(ctx) })
+	}
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (n *Node) protoConfig() protocol.Config {
+	bm := n.store.Bitmap()
+	return protocol.Config{
+		Resource:    n.cfg.Name,
+		Size:        uint64(n.disk.Size()),
+		NodeID:      n.nodeID,
+		BitmapBlock: uint32(bm.BlockSize()),
+		Secret:      n.cfg.Secret,
+		TLS:         n.cfg.TLS,
+		Timeout:     n.cfg.Timeout,
+	}
+}
+
+func (n *Node) acceptLoop(ctx context.Context, ln net.Listener) error {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		go func() {
+			hctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+			defer cancel()
+			ps, err := protocol.Handshake(hctx, conn, n.protoConfig(), false)
+			if err != nil {
+				conn.Close()
+				n.noteConnError(err)
+				return
+			}
+			n.offer(ps, false)
+		}()
+	}
+}
+
+func (n *Node) dialLoop(ctx context.Context) error {
+	backoff := 200 * time.Millisecond
+	for {
+		n.mu.Lock()
+		want := n.wantConn && n.sess == nil && (n.peerID == 0 || n.nodeID > n.peerID)
+		n.mu.Unlock()
+		if want {
+			if err := n.dialOnce(ctx); err != nil {
+				n.noteConnError(err)
+				backoff = min(backoff*2, 2*time.Second)
+			} else {
+				backoff = 200 * time.Millisecond
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.kick:
+		case <-time.After(backoff):
+		}
+	}
+}
+
+func (n *Node) dialOnce(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "tcp", n.cfg.Peer)
+	if err != nil {
+		return err
+	}
+	ps, err := protocol.Handshake(dctx, conn, n.protoConfig(), true)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	n.offer(ps, true)
+	return nil
+}
+
+// noteConnError logs a failed connection attempt once per distinct reason
+// and shows it in the status, so a wrong secret or size is visible at once.
+func (n *Node) noteConnError(err error) {
+	msg := err.Error()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.lastConnErr == msg {
+		return
+	}
+	n.lastConnErr = msg
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, errConnRefused) {
+		n.log.Debug("peer connection failed", "err", msg)
+		return
+	}
+	n.log.Warn("peer connection failed", "err", msg)
+	n.setStateLocked("peer connection failed: "+msg, func(*State) {})
+	n.notifyLocked()
+}
+
+var errConnRefused = errors.New("connection refused")
+
+// offer adopts a freshly authenticated session, or closes it when it loses
+// the tie-break, when the node is StandAlone, or when it duplicates the live
+// session. A new session from the same peer replaces a live one: the peer
+// restarted and the old session is dead even if we have not noticed yet.
+func (n *Node) offer(ps *protocol.Session, dialer bool) {
+	peerID := ps.Peer().NodeID
+	if peerID == n.nodeID {
+		n.noteConnError(fmt.Errorf("replica: peer has the same node id %016x: was the metadata copied? recreate one side's --meta", peerID))
+		ps.Close()
+		return
+	}
+	n.mu.Lock()
+	n.peerID = peerID
+	keep := (dialer && n.nodeID > peerID) || (!dialer && peerID > n.nodeID)
+	if !keep || !n.wantConn {
+		n.mu.Unlock()
+		ps.Close()
+		return
+	}
+	old := n.sess
+	n.mu.Unlock()
+	if old != nil {
+		old.close(errors.New("replaced by a new connection from the peer"))
+		<-old.finished
+	}
+	s := newSession(n, ps)
+	n.mu.Lock()
+	if n.sess != nil || !n.wantConn {
+		n.mu.Unlock()
+		ps.Close()
+		return
+	}
+	n.sess = s
+	n.lastConnErr = ""
+	n.mu.Unlock()
+	go n.runSession(s)
+}
+
+// runSession drives one session from the state exchange to its end.
+func (n *Node) runSession(s *session) {
+	var g errgroup.Group
+	g.Go(s.controlLoop)
+	g.Go(s.dataLoop)
+	g.Go(s.resyncLoop)
+	g.Go(s.keepalive)
+	g.Go(func() error { return n.negotiate(s) })
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		<-s.ctx.Done()
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- g.Wait() }()
+	var err error
+	select {
+	case err = <-errc:
+	case <-s.ctx.Done():
+		err = <-errc
+	}
+	s.mu.Lock()
+	cerr := s.err
+	s.mu.Unlock()
+	if cerr == nil {
+		cerr = err
+	}
+	if cerr == nil {
+		cerr = errors.New("session ended")
+	}
+	s.close(cerr)
+	s.wg.Wait()
+	close(s.finished)
+}
+
+// negotiate exchanges states with the peer, decides with Decide, and starts
+// replication or a resync. It then follows the peer's state changes.
+func (n *Node) negotiate(s *session) error {
+	n.mu.Lock()
+	local := n.localSideLocked()
+	n.mu.Unlock()
+	s.sendState(local)
+	var peerSt protocol.State
+	select {
+	case peerSt = <-s.peerStates:
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+	peer := sideFromWire(peerSt, s.peer.NodeID)
+
+	n.mu.Lock()
+	local = n.localSideLocked()
+	plan := Decide(local, peer)
+	if plan.Decision == BecomeSyncTarget && n.st.Role == Primary {
+		plan = Plan{Decision: SplitBrain, Reason: "this node is Primary but the peer has newer data: demote it or resolve with --discard-my-data on the peer"}
+	}
+	n.discard = false
+	n.peerUUIDs = peer.UUIDs
+	peerRole := Secondary
+	if peer.Primary {
+		peerRole = Primary
+	}
+	peerDisk := ParseDiskState(peer.Disk)
+	switch plan.Decision {
+	case NoSync, BecomeSyncSource, BecomeSyncTarget, BothInconsistent:
+	default:
+		n.wantConn = false
+		n.setStateLocked(plan.Reason, func(st *State) {
+			st.Conn = StandAlone
+			st.SplitBrain = plan.Decision == SplitBrain
+		})
+		n.mu.Unlock()
+		n.log.Error("refusing to connect: "+plan.Decision.String(), "reason", plan.Reason)
+		if plan.Decision == SplitBrain {
+			n.event("split-brain", map[string]string{"URBD_REASON": plan.Reason})
+		}
+		s.ps.Control().Send(&protocol.Refuse{Code: 0, Reason: plan.Decision.String() + ": " + plan.Reason})
+		return fmt.Errorf("%w: %s", ErrSplitBrain, plan.Reason)
+	}
+	conn := Connected
+	switch plan.Decision {
+	case BecomeSyncSource:
+		conn = SyncSource
+	case BecomeSyncTarget:
+		conn = SyncTarget
+	case NoSync:
+		if n.uuids.Bitmap != 0 && n.uuids.Current == peer.UUIDs.Current {
+			n.uuids = n.uuids.ConnectedInSync()
+		}
+	}
+	n.setStateLocked("connected: "+plan.Reason, func(st *State) {
+		st.Conn = conn
+		st.PeerRole = peerRole
+		st.PeerDisk = peerDisk
+		st.SplitBrain = false
+		if conn == SyncTarget {
+			st.Disk = Inconsistent
+		}
+	})
+	if err := n.saveMetaLocked(); err != nil {
+		n.mu.Unlock()
+		return err
+	}
+	s.mu.Lock()
+	s.live = true
+	s.mu.Unlock()
+	close(s.ready)
+	n.mu.Unlock()
+	n.event("peer-back", map[string]string{"URBD_PEER_ROLE": peerRole.String()})
+
+	if conn != Connected {
+		if plan.Full {
+			n.store.Bitmap().SetAll()
+		}
+		if err := s.sendBitmap(); err != nil {
+			return err
+		}
+		select {
+		case <-s.peerBitmap:
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		}
+		if err := n.store.PersistBitmap(); err != nil {
+			return err
+		}
+		n.event("resync-started", map[string]string{"URBD_DIRECTION": conn.String()})
+		if conn == SyncSource {
+			if err := n.runSyncSource(s); err != nil {
+				return err
+			}
+		} else if err := n.waitSyncTarget(s); err != nil {
+			return err
+		}
+	}
+	return n.followPeer(s)
+}
+
+// followPeer applies the peer's state changes for the rest of the session,
+// and starts a resync when this node is Primary and blocks went out of sync
+// while connected.
+func (n *Node) followPeer(s *session) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		case st := <-s.peerStates:
+			peer := sideFromWire(st, s.peer.NodeID)
+			n.mu.Lock()
+			n.peerUUIDs = peer.UUIDs
+			n.setStateLocked("peer state changed", func(x *State) {
+				x.PeerRole = Secondary
+				if peer.Primary {
+					x.PeerRole = Primary
+				}
+				x.PeerDisk = ParseDiskState(peer.Disk)
+			})
+			n.mu.Unlock()
+		case <-n.syncKick:
+		case <-tick.C:
+		}
+		n.mu.Lock()
+		again := n.st.Conn == Connected && n.st.Role == Primary && n.store.Bitmap().DirtyBlocks() > 0
+		if again {
+			n.setStateLocked("blocks went out of sync while connected", func(x *State) { x.Conn = SyncSource })
+		}
+		n.mu.Unlock()
+		if again {
+			if err := n.runSyncSource(s); err != nil {
+				return err
+			}
+		}
+		n.mu.Lock()
+		renegotiate := n.st.Conn == Connected && n.st.Role == Secondary && n.store.Bitmap().DirtyBlocks() > 0
+		n.mu.Unlock()
+		if renegotiate {
+			// Blocks marked here (a failed write, an online verify) are copied
+			// by the side the UUIDs choose: reconnect and decide again.
+			return errors.New("replica: out-of-sync blocks on the secondary: reconnecting to resync them")
+		}
+	}
+}
+
+// sessionEnded is called once when a session closes: the node goes back to
+// WFConnection (or StandAlone) and, as a Primary that had an up-to-date peer,
+// starts a new data generation.
+func (n *Node) sessionEnded(s *session, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.sess != s {
+		return
+	}
+	n.sess = nil
+	n.progress = nil
+	wasConnected := n.st.Conn.Connected()
+	if n.st.Role == Primary && wasConnected {
+		n.uuids = n.uuids.NewCurrent(randomID())
+	}
+	reason := "peer connection lost: " + err.Error()
+	n.setStateLocked(reason, func(st *State) {
+		if n.wantConn {
+			st.Conn = WFConnection
+		} else {
+			st.Conn = StandAlone
+		}
+		st.PeerRole = RoleUnknown
+		st.PeerDisk = DUnknown
+	})
+	if serr := n.saveMetaLocked(); serr != nil {
+		n.log.Error("saving metadata after peer loss failed", "err", serr)
+	}
+	if wasConnected {
+		n.event("peer-lost", map[string]string{"URBD_REASON": err.Error()})
+	}
+	n.kickConnect()
+}
+
+// localSideLocked describes this node for Decide. n.mu must be held.
+func (n *Node) localSideLocked() Side {
+	return Side{
+		UUIDs:          n.uuids,
+		Disk:           n.st.Disk.String(),
+		Primary:        n.st.Role == Primary,
+		CrashedPrimary: n.crashedPri,
+		DiscardMyData:  n.discard,
+		BitmapDirty:    n.store.Bitmap().DirtyBlocks() > 0,
+		NodeID:         n.nodeID,
+	}
+}
+
+func (n *Node) kickSync() {
+	select {
+	case n.syncKick <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,380 @@
+package replica
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/urbd/urbd/bitmap"
+	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/resync"
+	"github.com/urbd/urbd/status"
+)
+
+// Config describes one replicated resource on this node.
+type Config struct {
+	Name       string
+	Disk       nbd.Backend   // the local disk
+	Store      *bitmap.Store // metadata, bitmap and activity log in --meta
+	Protocol   byte          // 'A', 'B' or 'C'
+	ListenPeer string        // HOST:PORT this node accepts its peer on ("" = do not listen)
+	Peer       string        // HOST:PORT of the peer
+	Secret     []byte        // shared secret; nil = no authentication
+	TLS        *tls.Config   // nil = plain TCP
+	Timeout    time.Duration // peer loss is declared after this long without an answer
+	// SuspendOnPeerLoss holds writes while the peer is away instead of going
+	// on alone (--on-peer-loss suspend).
+	SuspendOnPeerLoss bool
+	ResyncRate        int64 // bytes/s; 0 = unlimited
+	Logger            *slog.Logger
+	Clock             resync.Clock // nil = real time
+	// Event, if set, is called (from its own goroutine) on split-brain,
+	// peer-lost, peer-back, resync-started, resync-done, promoted, demoted.
+	Event func(event string, extra map[string]string)
+	// Observe, if set, is called after each application request with its
+	// kind ("read", "write", "flush", "trim", "zero"), size and duration;
+	// peer is true for the peer's share of a replicated write.
+	Observe func(kind string, peer bool, bytes int, d time.Duration)
+}
+
+// Node is one replicated resource on this host: it serves the NBD export
+// (nbd.Backend) and talks to the peer. Its methods are safe for concurrent use.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	clock  resync.Clock
+	disk   nbd.Backend
+	store  *bitmap.Store
+	rl     *rangeLock
+	rate   *resync.Limiter
+	nodeID uint64
+
+	mu          sync.Mutex
+	st          State // guarded by mu
+	uuids       UUIDs // guarded by mu; persisted in the store's Meta
+	wantConn    bool  // guarded by mu: false in StandAlone (disconnect, split brain)
+	discard     bool  // guarded by mu: --discard-my-data for the next connection
+	crashedPri  bool  // guarded by mu: stopped uncleanly while Primary
+	sess        *session
+	changed     chan struct{} // closed and replaced on every state change
+	progress    *resync.Progress
+	verify      *status.Sync
+	clients     func() int    // how many NBD clients are attached
+	kick        chan struct{} // wakes the dialer
+	syncKick    chan struct{} // wakes the resync check
+	peerID      uint64        // guarded by mu: the peer's node id, once known
+	peerUUIDs   UUIDs         // guarded by mu: the peer's UUIDs at the last state
+	lastConnErr string        // guarded by mu: the last connection failure, logged once
+
+	stats counters
+}
+
+// counters are the status file's ns/nr/dw/dr/lo/pe/ua/ap, in bytes or requests.
+type counters struct {
+	netSend, netRecv, diskWrite, diskRead atomic.Uint64 // bytes
+	localPending, peerPending             atomic.Int64
+	unacked, appPending                   atomic.Int64
+}
+
+// New opens the resource described by cfg. It does not connect; call Run.
+func New(cfg Config) (*Node, error) {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 6 * time.Second
+	}
+	switch cfg.Protocol {
+	case 'A', 'B', 'C':
+	case 0:
+		cfg.Protocol = 'C'
+	default:
+		return nil, fmt.Errorf("replica: unknown protocol %q: use A, B or C", cfg.Protocol)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = resync.RealClock()
+	}
+	m := cfg.Store.Meta()
+	n := &Node{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		clock:    cfg.Clock,
+		disk:     cfg.Disk,
+		store:    cfg.Store,
+		rl:       newRangeLock(),
+		rate:     resync.NewLimiter(cfg.Clock, cfg.ResyncRate),
+		nodeID:   m.NodeID,
+		wantConn: true,
+		changed:  make(chan struct{}),
+		kick:     make(chan struct{}, 1),
+		syncKick: make(chan struct{}, 1),
+		clients:  func() int { return 0 },
+	}
+	n.uuids = uuidsFromMeta(m)
+	n.st = State{
+		Name:     cfg.Name,
+		Role:     Secondary,
+		PeerRole: RoleUnknown,
+		Conn:     WFConnection,
+		Disk:     ParseDiskState(m.Disk),
+		PeerDisk: DUnknown,
+	}
+	if m.Flags&flagPrimary != 0 {
+		if m.Flags&flagClean != 0 {
+			n.st.Role = Primary // a clean stop keeps the role
+		} else {
+			n.crashedPri = true // crashed while Primary: come back Secondary
+		}
+	}
+	if _, corrupt := cfg.Store.Recovered(); corrupt {
+		n.log.Warn("metadata was torn or corrupt: treating the whole disk as out of sync")
+	}
+	// From here on the metadata says "running": a crash leaves the clean flag off.
+	if err := n.saveMetaLocked(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Meta flags kept by the replica in bitmap.Meta.Flags.
+const (
+	flagPrimary = 1 << 0 // the role at the last save was Primary
+	flagClean   = 1 << 1 // the daemon stopped cleanly after that save
+)
+
+// InitialUUIDs sets up a freshly created resource. With assumeClean the disk
+// is declared UpToDate with a current UUID derived from the resource name and
+// size, so that two freshly created identical disks (both set up with
+// assumeClean) need no initial sync.
+func InitialUUIDs(store *bitmap.Store, name string, assumeClean bool) error {
+	m := store.Meta()
+	if !assumeClean {
+		return nil
+	}
+	h := fnv.New64a()
+	fmt.Fprintf(h, "urbd-assume-clean:%s:%d", name, m.Size)
+	m.UUIDs.Current = h.Sum64() | 1
+	m.Disk = UpToDate.String()
+	return store.SaveMeta(m)
+}
+
+func uuidsFromMeta(m bitmap.Meta) UUIDs {
+	return UUIDs{Current: m.UUIDs.Current, Bitmap: m.UUIDs.Bitmap, History: m.UUIDs.History}
+}
+
+// saveMetaLocked makes the role, disk state and UUIDs durable. n.mu must be
+// held (or the node not yet shared).
+func (n *Node) saveMetaLocked() error {
+	m := n.store.Meta()
+	m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = n.uuids.Current, n.uuids.Bitmap, n.uuids.History
+	m.Disk = n.st.Disk.String()
+	m.Flags &^= flagPrimary | flagClean
+	if n.st.Role == Primary || n.crashedPri {
+		m.Flags |= flagPrimary
+	}
+	if err := n.store.SaveMeta(m); err != nil {
+		return fmt.Errorf("replica: %s: saving metadata: %w", n.cfg.Name, err)
+	}
+	return nil
+}
+
+// SetClientCounter tells the node how to count attached NBD clients (for the
+// demotion check and the status).
+func (n *Node) SetClientCounter(f func() int) { n.clients = f }
+
+// Changed returns a channel closed at the next state change.
+func (n *Node) Changed() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.changed
+}
+
+// notifyLocked wakes everyone waiting for a state change. n.mu must be held.
+func (n *Node) notifyLocked() {
+	close(n.changed)
+	n.changed = make(chan struct{})
+}
+
+// setStateLocked applies a transition, logs it with its reason and wakes
+// waiters. n.mu must be held.
+func (n *Node) setStateLocked(reason string, f func(s *State)) {
+	old := n.st
+	f(&n.st)
+	n.st.Reason = reason
+	if old != n.st {
+		n.log.Info("state change", "cs", n.st.Conn.String(), "ro", n.st.Role.String()+"/"+n.st.PeerRole.String(),
+			"ds", n.st.Disk.String()+"/"+n.st.PeerDisk.String(), "reason", reason)
+		n.notifyLocked()
+	}
+}
+
+func (n *Node) event(name string, extra map[string]string) {
+	if n.cfg.Event != nil {
+		go n.cfg.Event(name, extra)
+	}
+}
+
+// State returns a copy of the current state.
+func (n *Node) State() State {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.st
+}
+
+// CheckServe is the NBD export's gate: nil when a client may attach.
+func (n *Node) CheckServe() error {
+	return n.State().CanServe()
+}
+
+// Promote makes this node Primary (`urbd primary [--force]`).
+func (n *Node) Promote(force bool) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err := n.st.CanPromote(force); err != nil {
+		return fmt.Errorf("%s: %w", n.cfg.Name, err)
+	}
+	if n.st.Role == Primary {
+		return nil
+	}
+	if !n.st.Conn.Connected() || n.uuids.Current == 0 {
+		// A new data generation starts here: without a peer, or on a disk
+		// that never had one (the first --force decides whose data wins).
+		n.uuids = n.uuids.NewCurrent(randomID())
+	}
+	reason := "promoted by operator"
+	if force && n.st.Disk != UpToDate {
+		reason = "promoted by operator with --force: local data wins"
+		n.st.Disk = UpToDate
+	}
+	n.setStateLocked(reason, func(s *State) { s.Role = Primary })
+	n.crashedPri = false
+	if err := n.saveMetaLocked(); err != nil {
+		return err
+	}
+	if s := n.sess; s != nil {
+		s.sendState(n.localSideLocked())
+	}
+	n.event("promoted", map[string]string{"URBD_ROLE": "Primary"})
+	n.kickSync()
+	return nil
+}
+
+// Demote makes this node Secondary (`urbd secondary [--force]`). The caller
+// disconnects the NBD clients first when force is set.
+func (n *Node) Demote(force bool) error {
+	if err := n.State().CanDemote(force, n.clients()); err != nil {
+		return fmt.Errorf("%s: %w", n.cfg.Name, err)
+	}
+	if err := n.disk.Flush(context.Background()); err != nil {
+		return fmt.Errorf("replica: %s: flush before demotion: %w", n.cfg.Name, err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st.Role == Secondary {
+		return nil
+	}
+	n.setStateLocked("demoted by operator", func(s *State) { s.Role = Secondary })
+	if err := n.saveMetaLocked(); err != nil {
+		return err
+	}
+	if s := n.sess; s != nil {
+		s.sendState(n.localSideLocked())
+	}
+	n.event("demoted", map[string]string{"URBD_ROLE": "Secondary"})
+	return nil
+}
+
+// Connect leaves StandAlone and starts connecting to the peer again. With
+// discard, this node's changes since the split are thrown away: it becomes
+// SyncTarget for the union of both bitmaps.
+func (n *Node) Connect(discard bool) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if discard {
+		if err := n.st.CanDiscard(); err != nil {
+			return fmt.Errorf("%s: %w", n.cfg.Name, err)
+		}
+	}
+	n.discard = discard
+	n.wantConn = true
+	if n.st.Conn == StandAlone {
+		n.setStateLocked("connect requested by operator", func(s *State) { s.Conn = WFConnection; s.SplitBrain = false })
+	}
+	n.kickConnect()
+	return nil
+}
+
+// Disconnect drops the peer session and stays StandAlone until Connect.
+func (n *Node) Disconnect() error {
+	n.mu.Lock()
+	n.wantConn = false
+	s := n.sess
+	n.setStateLocked("disconnect requested by operator", func(st *State) { st.Conn = StandAlone })
+	n.mu.Unlock()
+	if s != nil {
+		s.close(errors.New("disconnected by operator"))
+		<-s.finished
+	}
+	return nil
+}
+
+// AdjustRate changes the resync rate live (`urbd adjust --resync-rate`).
+func (n *Node) AdjustRate(bytesPerSec int64) {
+	n.rate.SetRate(bytesPerSec)
+	n.log.Info("resync rate changed", "bytes_per_sec", bytesPerSec)
+}
+
+// Close stops the node after the daemon stopped serving: it drops the peer
+// session, persists the bitmap and marks the metadata clean.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	n.wantConn = false
+	s := n.sess
+	n.mu.Unlock()
+	if s != nil {
+		s.close(errors.New("shutting down"))
+		<-s.finished
+	}
+	err := n.disk.Flush(context.Background())
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m := n.store.Meta()
+	m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = n.uuids.Current, n.uuids.Bitmap, n.uuids.History
+	m.Disk = n.st.Disk.String()
+	m.Flags &^= flagPrimary | flagClean
+	if n.st.Role == Primary {
+		m.Flags |= flagPrimary
+	}
+	if err == nil {
+		m.Flags |= flagClean
+	}
+	if serr := n.store.SaveMeta(m); err == nil {
+		err = serr
+	}
+	if cerr := n.store.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func randomID() uint64 {
+	for {
+		if v := rand.Uint64(); v != 0 {
+			return v
+		}
+	}
+}
+
+func (n *Node) kickConnect() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,337 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/urbd/urbd/protocol"
+)
+
+// session is one live connection to the peer. It tracks the writes sent and
+// not yet answered (pending), the writes answered but not yet covered by a
+// peer flush (the transfer log), and the resync copies in flight.
+//
+// Lock order: sendMu before mu. Neither is held across a disk write.
+type session struct {
+	n    *Node
+	ps   *protocol.Session
+	peer protocol.Hello
+
+	ctx    context.Context // cancelled when the session dies
+	cancel context.CancelFunc
+
+	sendMu sync.Mutex // data-stream sends: sequence order equals wire order
+	seq    uint64     // guarded by sendMu
+
+	mu       sync.Mutex
+	closed   bool                // guarded by mu
+	err      error               // why it closed; guarded by mu
+	live     bool                // guarded by mu: application writes are replicated
+	pending  map[uint64]*request // guarded by mu
+	tlog     []tlEntry           // guarded by mu: done on the peer, not yet flushed there
+	rsWait   map[uint64]chan uint32
+	sumWait  map[uint64]chan *protocol.ChecksumReply
+	rsSeq    atomic.Uint64
+	lastRecv atomic.Int64 // unix nanos of the last frame from the peer
+
+	wantRecv   atomic.Bool         // the peer runs protocol B
+	peerStates chan protocol.State // control-stream states, in order
+	peerBitmap chan struct{}       // closed when the peer's bitmap arrived
+	bitmapSeen bool                // guarded by mu
+	ready      chan struct{}       // closed once this side decided (Decide)
+	syncDone   chan struct{}       // closed when the peer sent SyncDone
+	doneOnce   sync.Once
+
+	wg       sync.WaitGroup // the session's goroutines
+	finished chan struct{}  // closed after cleanup, when every goroutine returned
+}
+
+type tlEntry struct {
+	seq         uint64
+	off, length int64
+}
+
+// request is one write or flush sent to the peer.
+type request struct {
+	s           *session
+	seq         uint64
+	off, length int64
+	flush, fua  bool
+	sent        chan struct{} // handed to the socket (protocol A)
+	received    chan struct{} // the peer has it (protocol B)
+	done        chan struct{} // the peer wrote it (protocol C), or it failed
+	ok          bool          // set before done is closed
+	recvOnce    sync.Once
+}
+
+func newSession(n *Node, ps *protocol.Session) *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{
+		n: n, ps: ps, peer: ps.Peer(),
+		ctx: ctx, cancel: cancel,
+		pending:    make(map[uint64]*request),
+		rsWait:     make(map[uint64]chan uint32),
+		sumWait:    make(map[uint64]chan *protocol.ChecksumReply),
+		peerStates: make(chan protocol.State, 64),
+		peerBitmap: make(chan struct{}),
+		ready:      make(chan struct{}),
+		syncDone:   make(chan struct{}),
+		finished:   make(chan struct{}),
+	}
+	s.touch()
+	return s
+}
+
+func (s *session) touch() { s.lastRecv.Store(time.Now().UnixNano()) }
+
+// wait blocks until the peer's answer that the protocol needs, and reports
+// whether the peer took the write. For protocols A and B the request stays
+// pending after wait returns, until the peer's AckDone.
+func (r *request) wait(ctx context.Context, proto byte) bool {
+	var ch chan struct{}
+	switch proto {
+	case 'A':
+		ch = r.sent
+	case 'B':
+		ch = r.received
+	default:
+		ch = r.done
+	}
+	select {
+	case <-ch:
+		return true
+	case <-r.done:
+		return r.ok
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// sendWrite sends a replicated write, or returns nil when the session is not
+// replicating (closed, or still deciding).
+func (s *session) sendWrite(off, length int64, data []byte, flags uint32) *request {
+	r := &request{s: s, off: off, length: length, fua: flags&protocol.FlagFUA != 0,
+		sent: make(chan struct{}), received: make(chan struct{}), done: make(chan struct{})}
+	s.sendMu.Lock()
+	s.mu.Lock()
+	if s.closed || !s.live {
+		s.mu.Unlock()
+		s.sendMu.Unlock()
+		return nil
+	}
+	s.seq++
+	r.seq = s.seq
+	s.pending[r.seq] = r
+	s.mu.Unlock()
+	s.n.stats.peerPending.Add(1)
+	w := &protocol.Write{Seq: r.seq, Offset: uint64(off), Flags: flags, Length: uint32(length), Data: data}
+	err := s.ps.Data().Send(w)
+	s.sendMu.Unlock()
+	if err != nil {
+		s.close(fmt.Errorf("sending write: %w", err))
+		return r // close failed it
+	}
+	s.n.stats.netSend.Add(uint64(len(data)))
+	close(r.sent)
+	return r
+}
+
+// sendFlush asks the peer to make everything it acknowledged durable.
+func (s *session) sendFlush() *request {
+	r := &request{s: s, flush: true, sent: make(chan struct{}), received: make(chan struct{}), done: make(chan struct{})}
+	s.sendMu.Lock()
+	s.mu.Lock()
+	if s.closed || !s.live {
+		s.mu.Unlock()
+		s.sendMu.Unlock()
+		return nil
+	}
+	s.seq++
+	r.seq = s.seq
+	s.pending[r.seq] = r
+	s.mu.Unlock()
+	err := s.ps.Data().Send(&protocol.Flush{Seq: r.seq})
+	s.sendMu.Unlock()
+	if err != nil {
+		s.close(fmt.Errorf("sending flush: %w", err))
+		return r
+	}
+	close(r.sent)
+	return r
+}
+
+// complete finishes a request with the peer's verdict. A write the peer
+// failed is marked out of sync; one it wrote but has not flushed enters the
+// transfer log. Either way its activity-log reference is released.
+func (s *session) complete(seq uint64, ok bool) {
+	s.mu.Lock()
+	r := s.pending[seq]
+	if r == nil {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.pending, seq)
+	if r.flush && ok {
+		// Everything answered before this flush is durable on the peer.
+		keep := s.tlog[:0]
+		for _, e := range s.tlog {
+			if e.seq > seq {
+				keep = append(keep, e)
+			}
+		}
+		s.tlog = keep
+	}
+	if !r.flush && ok && !r.fua {
+		s.tlog = append(s.tlog, tlEntry{seq: r.seq, off: r.off, length: r.length})
+	}
+	tlogLen := len(s.tlog)
+	s.mu.Unlock()
+	s.finish(r, ok)
+	if tlogLen > 4096 {
+		// Bound the transfer log: ask the peer to flush in the background.
+		if f := s.sendFlush(); f != nil {
+			go f.wait(s.ctx, 'C')
+		}
+	}
+}
+
+func (s *session) finish(r *request, ok bool) {
+	if !r.flush {
+		if !ok {
+			s.n.store.MarkOutOfSync(r.off, r.length)
+		}
+		s.n.store.EndWrite(r.off, r.length)
+		s.n.stats.peerPending.Add(-1)
+	}
+	r.ok = ok
+	r.recvOnce.Do(func() { close(r.received) })
+	close(r.done)
+}
+
+func (s *session) markReceived(seq uint64) {
+	s.mu.Lock()
+	r := s.pending[seq]
+	s.mu.Unlock()
+	if r != nil {
+		r.recvOnce.Do(func() { close(r.received) })
+	}
+}
+
+// close ends the session once: it fails every pending request (marking its
+// blocks out of sync), marks the transfer log out of sync, persists the
+// bitmap, and tells the node.
+func (s *session) close(err error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.err = err
+	pend := s.pending
+	s.pending = map[uint64]*request{}
+	tl := s.tlog
+	s.tlog = nil
+	for seq, ch := range s.rsWait {
+		delete(s.rsWait, seq)
+		close(ch)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.ps.Close()
+	for _, e := range tl {
+		s.n.store.MarkOutOfSync(e.off, e.length)
+	}
+	for _, r := range pend {
+		if !r.flush {
+			s.n.store.MarkOutOfSync(r.off, r.length)
+		}
+	}
+	if len(tl) > 0 || len(pend) > 0 {
+		if perr := s.n.store.PersistBitmap(); perr != nil {
+			s.n.log.Error("persisting the bitmap after peer loss failed", "err", perr)
+		}
+	}
+	s.n.sessionEnded(s, err)
+	for _, r := range pend {
+		s.finish(r, false)
+	}
+}
+
+// sendState tells the peer this node's state.
+func (s *session) sendState(side Side) {
+	st := protocol.State{Role: protocol.RoleSecondary, Disk: diskToWire(ParseDiskState(side.Disk)),
+		UUIDs: protocol.UUIDs(side.UUIDs)}
+	if side.Primary {
+		st.Role = protocol.RolePrimary
+	}
+	if side.DiscardMyData {
+		st.Flags |= protocol.FlagDiscardMyData
+	}
+	if side.CrashedPrimary {
+		st.Flags |= protocol.FlagWasPrimaryCrashed
+	}
+	if side.BitmapDirty {
+		st.Flags |= flagBitmapDirty
+	}
+	if s.n.cfg.Protocol == 'B' {
+		st.Flags |= flagWantReceived
+	}
+	if err := s.ps.Control().Send(&st); err != nil {
+		s.close(fmt.Errorf("sending state: %w", err))
+	}
+}
+
+// State flags of the replica, above the protocol's own bits (which the
+// protocol carries unchanged).
+const (
+	// flagBitmapDirty: the sender's out-of-sync bitmap has bits set.
+	flagBitmapDirty uint32 = 1 << 16
+	// flagWantReceived: the sender runs protocol B and wants an AckReceived
+	// before each AckDone.
+	flagWantReceived uint32 = 1 << 17
+)
+
+func diskToWire(d DiskState) uint8 {
+	switch d {
+	case UpToDate:
+		return protocol.DiskUpToDate
+	case Outdated:
+		return protocol.DiskOutdated
+	case Inconsistent:
+		return protocol.DiskInconsistent
+	default:
+		return protocol.DiskUnknown
+	}
+}
+
+func diskFromWire(d uint8) DiskState {
+	switch d {
+	case protocol.DiskUpToDate:
+		return UpToDate
+	case protocol.DiskOutdated:
+		return Outdated
+	case protocol.DiskInconsistent:
+		return Inconsistent
+	default:
+		return DUnknown
+	}
+}
+
+func sideFromWire(st protocol.State, nodeID uint64) Side {
+	return Side{
+		NodeID:         nodeID,
+		UUIDs:          UUIDs(st.UUIDs),
+		Disk:           diskFromWire(st.Disk).String(),
+		Primary:        st.Role == protocol.RolePrimary,
+		CrashedPrimary: st.Flags&protocol.FlagWasPrimaryCrashed != 0,
+		DiscardMyData:  st.Flags&protocol.FlagDiscardMyData != 0,
+		BitmapDirty:    st.Flags&flagBitmapDirty != 0,
+	}
+}
+
+var errPeerTimeout = errors.New("replica: no answer from the peer within the timeout")

@@ -1,0 +1,59 @@
+package replica
+
+import (
+	"github.com/urbd/urbd/status"
+)
+
+// Status returns the facts behind the status file and `urbd status --json`.
+func (n *Node) Status() status.Resource {
+	al, bm := n.store.Counters()
+	n.mu.Lock()
+	st := n.st
+	prog := n.progress
+	var verify status.Sync
+	if n.verify != nil {
+		verify = *n.verify
+	}
+	susp := n.suspendedLocked()
+	n.mu.Unlock()
+	r := status.Resource{
+		Name:         n.cfg.Name,
+		Protocol:     string(n.cfg.Protocol),
+		ConnState:    st.Conn.String(),
+		Role:         st.Role.String(),
+		PeerRole:     st.PeerRole.String(),
+		DiskState:    st.Disk.String(),
+		PeerDisk:     st.PeerDisk.String(),
+		Suspended:    susp,
+		SplitBrain:   st.SplitBrain,
+		Reason:       st.Reason,
+		NetSendKiB:   n.stats.netSend.Load() >> 10,
+		NetRecvKiB:   n.stats.netRecv.Load() >> 10,
+		DiskWriteKiB: n.stats.diskWrite.Load() >> 10,
+		DiskReadKiB:  n.stats.diskRead.Load() >> 10,
+		ALWrites:     al,
+		BMWrites:     bm,
+		LocalPending: uint64(max(0, n.stats.localPending.Load())),
+		PeerPending:  uint64(max(0, n.stats.peerPending.Load())),
+		Unacked:      uint64(max(0, n.stats.unacked.Load())),
+		AppPending:   uint64(max(0, n.stats.appPending.Load())),
+		OutOfSyncKiB: uint64(n.store.Bitmap().DirtyBytes()) >> 10,
+		NBDClients:   n.clients(),
+	}
+	if prog != nil {
+		snap := prog.Snapshot()
+		r.Sync = &status.Sync{
+			TotalKiB:     uint64(snap.Total) >> 10,
+			RemainingKiB: uint64(snap.Remaining) >> 10,
+			SpeedKiB:     uint64(snap.Speed) >> 10,
+			AvgSpeedKiB:  uint64(snap.AvgSpeed) >> 10,
+			WantKiB:      uint64(n.rate.Rate()) >> 10,
+			ETA:          snap.ETA,
+			Differing:    verify.Differing,
+		}
+		if st.Conn == VerifyS || st.Conn == VerifyT {
+			r.Sync.VerifiedKiB = uint64(snap.Total-snap.Remaining) >> 10
+		}
+	}
+	return r
+}

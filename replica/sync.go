@@ -1,0 +1,345 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/urbd/urbd/protocol"
+	"github.com/urbd/urbd/resync"
+	"github.com/urbd/urbd/status"
+)
+
+// Resync tuning: a copy is one run of dirty blocks of at most syncChunk
+// bytes; syncWindow copies are in flight at once.
+const (
+	syncChunk  = 1 << 20
+	syncWindow = 16
+)
+
+// runSyncSource copies every block set in the (merged) bitmap to the peer,
+// then completes the resync on both sides. Application writes go on; a copy
+// holds the range lock from its read to the target's answer (ordering rule 5).
+func (n *Node) runSyncSource(s *session) error {
+	bm := n.store.Bitmap()
+	prog := resync.NewProgress(n.clock, bm.DirtyBytes())
+	n.mu.Lock()
+	n.progress = prog
+	n.notifyLocked()
+	n.mu.Unlock()
+	if err := s.ps.Control().Send(&protocol.SyncStart{Direction: protocol.SyncSource, BitmapBlock: uint32(bm.BlockSize()), TotalBits: uint64(bm.NumWords()) * 64}); err != nil {
+		return err
+	}
+	n.log.Info("resync started", "direction", "SyncSource", "bytes", bm.DirtyBytes())
+
+	sem := make(chan struct{}, syncWindow)
+	var wg sync.WaitGroup
+	var firstErr error
+	var errMu sync.Mutex
+	fail := func(err error) {
+		errMu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		errMu.Unlock()
+	}
+	failed := func() error {
+		errMu.Lock()
+		defer errMu.Unlock()
+		return firstErr
+	}
+	for {
+		pos := int64(0)
+		copied := false
+		for {
+			if err := failed(); err != nil {
+				wg.Wait()
+				return err
+			}
+			off, length, ok := bm.NextDirty(pos, syncChunk)
+			if !ok {
+				break
+			}
+			pos = off + length
+			copied = true
+			if err := n.rate.Wait(s.ctx, length); err != nil {
+				wg.Wait()
+				return err
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-s.ctx.Done():
+				wg.Wait()
+				return s.ctx.Err()
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if err := n.copyRange(s, off, length); err != nil {
+					fail(err)
+					s.close(err)
+					return
+				}
+				prog.Done(length)
+			}()
+		}
+		wg.Wait()
+		if err := failed(); err != nil {
+			return err
+		}
+		if !copied && bm.DirtyBlocks() == 0 {
+			break
+		}
+		if !copied {
+			// Bits set behind the scan position: go round again.
+			continue
+		}
+	}
+	return n.finishSyncSource(s)
+}
+
+// copyRange sends one run of blocks to the sync target and marks it in sync
+// once the target wrote it.
+func (n *Node) copyRange(s *session, off, length int64) error {
+	unlock, err := n.rl.lock(s.ctx, off, length)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	buf := make([]byte, length)
+	if err := n.disk.ReadAt(s.ctx, buf, off); err != nil {
+		return fmt.Errorf("replica: resync read at %d+%d: %w", off, length, err)
+	}
+	n.stats.diskRead.Add(uint64(length))
+	seq := s.rsSeq.Add(1)
+	ch := make(chan uint32, 1)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrPeerLost
+	}
+	s.rsWait[seq] = ch
+	s.mu.Unlock()
+	if err := s.ps.Resync().Send(&protocol.ResyncData{Seq: seq, Offset: uint64(off), Data: buf}); err != nil {
+		return err
+	}
+	n.stats.netSend.Add(uint64(length))
+	select {
+	case code, ok := <-ch:
+		if !ok {
+			return ErrPeerLost
+		}
+		if code != protocol.CodeOK {
+			return fmt.Errorf("replica: peer failed resync write at %d+%d (errno %d)", off, length, code)
+		}
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+	n.store.MarkInSync(off, length)
+	return nil
+}
+
+// finishSyncSource completes a resync on this side and tells the target.
+func (n *Node) finishSyncSource(s *session) error {
+	n.mu.Lock()
+	n.uuids = n.uuids.SyncSourceDone()
+	n.progress = nil
+	n.setStateLocked("resync finished", func(st *State) { st.Conn = Connected; st.PeerDisk = UpToDate })
+	err := n.saveMetaLocked()
+	local := n.localSideLocked()
+	n.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := n.store.PersistBitmap(); err != nil {
+		return err
+	}
+	if err := s.ps.Control().Send(&protocol.SyncDone{}); err != nil {
+		return err
+	}
+	s.sendState(local)
+	n.log.Info("resync finished", "direction", "SyncSource")
+	n.event("resync-done", map[string]string{"URBD_DIRECTION": "SyncSource"})
+	return nil
+}
+
+// waitSyncTarget waits for the source's SyncDone and makes this disk UpToDate.
+func (n *Node) waitSyncTarget(s *session) error {
+	bm := n.store.Bitmap()
+	prog := resync.NewProgress(n.clock, bm.DirtyBytes())
+	n.mu.Lock()
+	n.progress = prog
+	n.notifyLocked()
+	n.mu.Unlock()
+	select {
+	case <-s.syncDone:
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+	if left := bm.DirtyBytes(); left > 0 {
+		// The source copies only its own bits; ours are all in its merged
+		// bitmap, so this means blocks changed on both sides: keep them
+		// marked and report it.
+		n.log.Warn("resync finished with blocks still marked", "bytes", left)
+	}
+	n.mu.Lock()
+	n.uuids = n.uuids.SyncTargetDone(n.peerUUIDs)
+	n.progress = nil
+	n.setStateLocked("resync finished", func(st *State) { st.Conn = Connected; st.Disk = UpToDate })
+	err := n.saveMetaLocked()
+	local := n.localSideLocked()
+	n.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := n.store.PersistBitmap(); err != nil {
+		return err
+	}
+	s.sendState(local)
+	n.log.Info("resync finished", "direction", "SyncTarget")
+	n.event("resync-done", map[string]string{"URBD_DIRECTION": "SyncTarget"})
+	return nil
+}
+
+func (n *Node) syncProgress() *resync.Progress {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.progress
+}
+
+// Invalidate throws this node's data away and fetches all of it from the
+// peer (`urbd invalidate`): the whole bitmap is set, the disk becomes
+// Inconsistent, and the session is restarted so the peer becomes SyncSource.
+func (n *Node) Invalidate() error {
+	n.mu.Lock()
+	if n.st.Role == Primary {
+		n.mu.Unlock()
+		return fmt.Errorf("%s: %w: invalidate a Secondary", n.cfg.Name, ErrDiscardPrimary)
+	}
+	if !n.st.Conn.Connected() || n.st.PeerDisk != UpToDate {
+		n.mu.Unlock()
+		return fmt.Errorf("%s: %w: invalidate needs a connected peer with an UpToDate disk", n.cfg.Name, ErrNotConnected)
+	}
+	n.store.Bitmap().SetAll()
+	n.setStateLocked("invalidated by operator: full resync from the peer", func(st *State) { st.Disk = Inconsistent })
+	err := n.saveMetaLocked()
+	s := n.sess
+	n.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := n.store.PersistBitmap(); err != nil {
+		return err
+	}
+	if s != nil {
+		s.close(fmt.Errorf("invalidated: reconnecting for a full resync"))
+		<-s.finished
+	}
+	n.kickConnect()
+	return nil
+}
+
+// Verify compares every block with the peer by checksum (`urbd verify`),
+// marks the differing blocks out of sync and lets the resync copy them
+// (as Primary, or on the next connection). It runs in the background; the
+// status shows VerifyS and its progress.
+func (n *Node) Verify() error {
+	n.mu.Lock()
+	s := n.sess
+	if s == nil || n.st.Conn != Connected {
+		n.mu.Unlock()
+		return fmt.Errorf("%s: %w: verify needs a connected, idle peer (state %s)", n.cfg.Name, ErrNotConnected, n.st.Conn)
+	}
+	prog := resync.NewProgress(n.clock, n.disk.Size())
+	n.progress = prog
+	n.verify = &status.Sync{}
+	n.setStateLocked("online verify started by operator", func(st *State) { st.Conn = VerifyS })
+	n.mu.Unlock()
+	go func() {
+		diff, err := n.runVerify(s, prog)
+		n.mu.Lock()
+		n.progress = nil
+		n.verify = nil
+		if n.sess == s && n.st.Conn == VerifyS {
+			n.setStateLocked(fmt.Sprintf("online verify finished: %d blocks differ", diff), func(st *State) { st.Conn = Connected })
+		}
+		n.mu.Unlock()
+		if err != nil {
+			n.log.Error("online verify stopped", "err", err)
+			return
+		}
+		n.log.Info("online verify finished", "differing_blocks", diff)
+		n.kickSync()
+	}()
+	return nil
+}
+
+// runVerify walks the disk in chunks: the peer's checksums against ours.
+func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
+	bs := n.store.Bitmap().BlockSize()
+	size := n.disk.Size()
+	chunk := min(int64(syncChunk), bs*protocol.MaxSums)
+	var diff int64
+	buf := make([]byte, chunk)
+	for off := int64(0); off < size; off += chunk {
+		length := min(chunk, size-off)
+		if err := n.rate.Wait(s.ctx, length); err != nil {
+			return diff, err
+		}
+		seq := s.rsSeq.Add(1)
+		ch := make(chan *protocol.ChecksumReply, 1)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return diff, ErrPeerLost
+		}
+		s.sumWait[seq] = ch
+		s.mu.Unlock()
+		unlock, err := n.rl.lock(s.ctx, off, length)
+		if err != nil {
+			return diff, err
+		}
+		if err := s.ps.Resync().Send(&protocol.ChecksumRequest{Seq: seq, Offset: uint64(off), Length: uint32(length), BlockSize: uint32(bs)}); err != nil {
+			unlock()
+			return diff, err
+		}
+		if err := n.disk.ReadAt(s.ctx, buf[:length], off); err != nil {
+			unlock()
+			return diff, err
+		}
+		local := blockSums(buf[:length], bs)
+		var reply *protocol.ChecksumReply
+		select {
+		case reply = <-ch:
+		case <-s.ctx.Done():
+			unlock()
+			return diff, s.ctx.Err()
+		}
+		unlock()
+		if len(reply.Sums) != len(local) {
+			return diff, fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(reply.Sums), len(local))
+		}
+		for i := range local {
+			if !bytes.Equal(local[i][:], reply.Sums[i][:]) {
+				diff++
+				n.store.MarkOutOfSync(off+int64(i)*bs, min(bs, size-off-int64(i)*bs))
+			}
+		}
+		prog.Done(length)
+		n.mu.Lock()
+		if n.verify != nil {
+			n.verify.Differing = uint64(diff)
+		}
+		n.mu.Unlock()
+	}
+	if diff > 0 {
+		if err := n.store.PersistBitmap(); err != nil {
+			return diff, err
+		}
+	}
+	return diff, nil
+}
+
+var _ = context.Background

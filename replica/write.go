@@ -1,0 +1,216 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/protocol"
+)
+
+// The Node is an nbd.Backend: the NBD server calls these for application I/O.
+var _ nbd.Backend = (*Node)(nil)
+
+// Size is the size of the replicated disk.
+func (n *Node) Size() int64 { return n.disk.Size() }
+
+// ReadAt reads from the local disk: a Primary is always UpToDate (or forced).
+func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
+	start := n.clock.Now()
+	n.stats.localPending.Add(1)
+	err := n.disk.ReadAt(ctx, p, off)
+	n.stats.localPending.Add(-1)
+	n.stats.diskRead.Add(uint64(len(p)))
+	n.observe("read", false, len(p), start)
+	return err
+}
+
+// WriteAt replicates a write; see writeOp.
+func (n *Node) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	var flags uint32
+	if fua {
+		flags |= protocol.FlagFUA
+	}
+	return n.writeOp(ctx, "write", off, int64(len(p)), p, flags, func(ctx context.Context) error {
+		return n.disk.WriteAt(ctx, p, off, fua)
+	})
+}
+
+// Trim replicates a discard.
+func (n *Node) Trim(ctx context.Context, off, length int64, fua bool) error {
+	flags := uint32(protocol.FlagTrim)
+	if fua {
+		flags |= protocol.FlagFUA
+	}
+	return n.writeOp(ctx, "trim", off, length, nil, flags, func(ctx context.Context) error {
+		return n.disk.Trim(ctx, off, length, fua)
+	})
+}
+
+// WriteZeroes replicates a zeroing write.
+func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
+	flags := uint32(protocol.FlagZero)
+	if fua {
+		flags |= protocol.FlagFUA
+	}
+	if noHole {
+		flags |= protocol.FlagNoHole
+	}
+	return n.writeOp(ctx, "zero", off, length, nil, flags, func(ctx context.Context) error {
+		return n.disk.WriteZeroes(ctx, off, length, fua, noHole)
+	})
+}
+
+// writeOp is the replicated write path shared by writes, trims and zeroes:
+//
+//  1. wait while writes are suspended (on-peer-loss suspend, peer away);
+//  2. make the activity-log extent durable (ordering rule 1);
+//  3. take the range lock against a resync copy of the same blocks;
+//  4. send to the peer (if connected and replicating) and write locally, in
+//     parallel;
+//  5. answer when the protocol says so. The extent stays referenced until the
+//     peer answered or the write was marked out of sync.
+func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data []byte, flags uint32, local func(context.Context) error) error {
+	if err := n.CheckServe(); err != nil {
+		return fmt.Errorf("%w: %v", nbd.ErrReadOnly, err)
+	}
+	start := n.clock.Now()
+	n.stats.appPending.Add(1)
+	defer n.stats.appPending.Add(-1)
+	if err := n.waitNotSuspended(ctx); err != nil {
+		return err
+	}
+	if err := n.store.BeginWrite(off, length); err != nil {
+		return fmt.Errorf("replica: %s: activity log: %w", n.cfg.Name, err)
+	}
+	unlock, err := n.rl.lock(ctx, off, length)
+	if err != nil {
+		n.store.EndWrite(off, length)
+		return err
+	}
+	n.rate.NoteAppIO(length)
+
+	req := n.replicate(off, length, data, flags)
+
+	n.stats.localPending.Add(1)
+	lerr := local(ctx)
+	n.stats.localPending.Add(-1)
+	if kind != "trim" && kind != "zero" {
+		n.stats.diskWrite.Add(uint64(length))
+	}
+	unlock()
+	n.observe(kind, false, int(length), start)
+
+	if req == nil {
+		// Not replicating: the write exists here only.
+		n.store.MarkOutOfSync(off, length)
+		n.store.EndWrite(off, length)
+		if lerr == nil && n.cfg.SuspendOnPeerLoss {
+			return n.waitInSync(ctx, off, length)
+		}
+		return lerr
+	}
+	if lerr != nil {
+		// The peer may have the data and we do not: the blocks differ.
+		n.store.MarkOutOfSync(off, length)
+	}
+	peerOK := req.wait(ctx, n.cfg.Protocol)
+	n.observe(kind, true, int(length), start)
+	if !peerOK && lerr == nil && n.cfg.SuspendOnPeerLoss {
+		return n.waitInSync(ctx, off, length)
+	}
+	return lerr
+}
+
+// replicate sends a write to the peer if a session is replicating, and
+// returns the request tracking the peer's answers, or nil when the write is
+// not replicated. The request releases the activity-log extent when it
+// completes.
+func (n *Node) replicate(off, length int64, data []byte, flags uint32) *request {
+	n.mu.Lock()
+	s := n.sess
+	n.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	return s.sendWrite(off, length, data, flags)
+}
+
+// Flush makes every completed write durable on both disks (protocol C and B;
+// protocol A flushes the peer too but cannot promise it for queued writes).
+// Concurrent flushes share fdatasync calls on each side (group commit).
+func (n *Node) Flush(ctx context.Context) error {
+	start := n.clock.Now()
+	n.mu.Lock()
+	s := n.sess
+	n.mu.Unlock()
+	var peer *request
+	if s != nil {
+		peer = s.sendFlush()
+	}
+	err := n.disk.Flush(ctx)
+	if peer != nil {
+		peer.wait(ctx, 'C')
+	}
+	n.observe("flush", false, 0, start)
+	return err
+}
+
+func (n *Node) observe(kind string, peer bool, bytes int, start time.Time) {
+	if n.cfg.Observe != nil {
+		n.cfg.Observe(kind, peer, bytes, n.clock.Now().Sub(start))
+	}
+}
+
+// waitNotSuspended blocks a new write while writes are suspended.
+func (n *Node) waitNotSuspended(ctx context.Context) error {
+	for {
+		n.mu.Lock()
+		susp := n.suspendedLocked()
+		ch := n.changed
+		n.mu.Unlock()
+		if !susp {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// suspendedLocked reports whether application writes are held: with
+// on-peer-loss suspend, while a Primary has no UpToDate, connected peer.
+func (n *Node) suspendedLocked() bool {
+	if !n.cfg.SuspendOnPeerLoss || n.st.Role != Primary {
+		return false
+	}
+	return !(n.st.Conn == Connected && n.st.PeerDisk == UpToDate) && n.st.Conn != SyncSource
+}
+
+// waitInSync holds the answer to a write that reached only the local disk
+// until a resync copied it to the peer (on-peer-loss suspend): no
+// acknowledged write then exists on one disk only.
+func (n *Node) waitInSync(ctx context.Context, off, length int64) error {
+	for {
+		n.mu.Lock()
+		ch := n.changed
+		n.mu.Unlock()
+		if !n.store.Bitmap().IsSet(off, length) {
+			n.mu.Lock()
+			ok := n.st.Conn.Connected()
+			n.mu.Unlock()
+			if ok {
+				return nil
+			}
+		}
+		select {
+		case <-ch:
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
