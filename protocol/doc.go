@@ -1,0 +1,52 @@
+// Package protocol is urbd's peer wire protocol: the frame format, the
+// message types, the handshake (version and geometry check, HMAC-SHA256
+// challenge-response over a shared secret, optional mutual TLS) and the
+// session of three yamux streams that the replication engine talks over.
+// SPEC.md in this directory defines every byte.
+//
+// # Using it
+//
+// Dial or accept a net.Conn, then call Handshake on it (dialer=true on the
+// side that dialed). The returned Session carries three Streams:
+//
+//   - Control: State, Ping/PingAck, Refuse, SyncStart, Bitmap, SyncDone.
+//   - Data: Write, Ack, Flush, FlushAck, in the order the primary issued them.
+//   - Resync: ResyncData, ResyncAck, ChecksumRequest, ChecksumReply.
+//
+// Keeping replicated writes and resync traffic on separate streams lets each
+// be flow-controlled on its own (yamux windows of 16 MiB per stream), so a
+// resync never sits in front of an application write.
+//
+// # Ordering rules
+//
+//   - Frames on one Stream arrive in the order they were sent; each frame
+//     carries a per-stream sequence number and a gap closes the session. There
+//     is no ordering between streams: a Flush on the data stream orders only
+//     Writes on the data stream.
+//   - Send returns once the frame has been handed to yamux (or to the frame
+//     that follows it in the same coalesced write, which its Send hands
+//     over before returning). It does not mean the peer received it; only an
+//     Ack, FlushAck or ResyncAck says that.
+//   - Nothing the replication engine sends can pass the handshake: streams
+//     exist only after both sides proved the secret and agreed on version,
+//     resource name, disk size and bitmap block size.
+//
+// # Concurrency and buffers
+//
+// Stream.Send is safe for concurrent use; frames never interleave. Concurrent
+// small sends are coalesced into one transport write without a timer: the
+// last queued sender writes the batch. Stream.Recv must be called from one
+// goroutine. Recv returns pointers to freshly allocated messages, but
+// Write.Data and ResyncData.Data alias the Stream's receive buffer and are
+// valid only until the next Recv on that Stream (RecvOwned copies them).
+// Send does not retain the caller's buffers after it returns.
+//
+// # Errors
+//
+// Every error wraps a sentinel (ErrChecksum, ErrTooLarge, ErrAuth,
+// ErrSizeMismatch, ...) for errors.Is. Any malformed input from the peer, and
+// any transport error, closes that session only (Session.Done fires,
+// Session.Err tells why); nothing in this package panics on peer input, and
+// every length read from the wire is checked against a per-kind limit before
+// a buffer is allocated.
+package protocol

@@ -1,0 +1,93 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Every error returned by this package that has one of these
+// causes wraps it, so callers test with errors.Is, never by text.
+var (
+	// ErrBadMagic: a frame did not start with the magic bytes "URBD".
+	ErrBadMagic = errors.New("protocol: bad frame magic")
+	// ErrChecksum: a frame's CRC32C does not match its header and payload.
+	ErrChecksum = errors.New("protocol: frame checksum mismatch")
+	// ErrTooLarge: a frame's payload length exceeds the limit for its kind.
+	ErrTooLarge = errors.New("protocol: frame too large")
+	// ErrUnknownKind: a frame carries a kind this version does not define, or
+	// Send was given a Message type this package cannot encode.
+	ErrUnknownKind = errors.New("protocol: unknown message kind")
+	// ErrMalformed: a frame's payload does not parse as its kind (wrong length,
+	// out-of-range field, trailing bytes), or the frame sequence skipped.
+	ErrMalformed = errors.New("protocol: malformed message")
+	// ErrTruncated: DecodeFrame was given fewer bytes than one whole frame.
+	ErrTruncated = errors.New("protocol: truncated frame")
+	// ErrInvalid: a message given to Send or AppendFrame cannot be encoded
+	// (a field out of range); nothing was sent and the stream stays usable.
+	ErrInvalid = errors.New("protocol: invalid message")
+	// ErrUnexpected: a well-formed message arrived where the protocol does not
+	// allow it (a Write during the handshake, a Hello after it).
+	ErrUnexpected = errors.New("protocol: unexpected message")
+
+	// ErrAuth: the peer has the wrong shared secret, or only one side has one.
+	ErrAuth = errors.New("protocol: authentication failed")
+	// ErrSizeMismatch: the two disks differ in size.
+	ErrSizeMismatch = errors.New("protocol: disk size mismatch")
+	// ErrResourceMismatch: the two sides configure different resource names.
+	ErrResourceMismatch = errors.New("protocol: resource name mismatch")
+	// ErrBitmapBlockMismatch: the two sides use different bitmap block sizes.
+	ErrBitmapBlockMismatch = errors.New("protocol: bitmap block size mismatch")
+	// ErrVersion: the peer speaks another protocol version.
+	ErrVersion = errors.New("protocol: version mismatch")
+	// ErrRefused: the peer sent Refuse; the error text carries its reason.
+	// When the Refuse code names a cause (RefuseSize...) the error also wraps
+	// the matching sentinel (ErrSizeMismatch...).
+	ErrRefused = errors.New("protocol: refused by peer")
+	// ErrClosed: the session was closed (locally, by the peer, or after an
+	// error on any stream). Session.Err tells why.
+	ErrClosed = errors.New("protocol: session closed")
+)
+
+// Refuse codes: why a peer refuses a connection. Codes up to 255 are reserved
+// for this package; the replication engine may use its own codes above that.
+const (
+	RefuseOther       uint32 = 0 // see Reason
+	RefuseVersion     uint32 = 1 // protocol version mismatch
+	RefuseResource    uint32 = 2 // resource name mismatch
+	RefuseSize        uint32 = 3 // disk size mismatch
+	RefuseBitmapBlock uint32 = 4 // bitmap block size mismatch
+	RefuseAuth        uint32 = 5 // wrong or missing shared secret
+	RefuseSplitBrain  uint32 = 6 // both sides changed data independently
+	RefuseBothPrimary uint32 = 7 // both sides are Primary
+	RefuseBusy        uint32 = 8 // the resource already has a peer connection
+	RefuseProtocol    uint32 = 9 // the peer sent a malformed or unexpected frame
+)
+
+// refuseSentinel maps a Refuse code to the sentinel a local check would have
+// returned for the same cause, or nil.
+func refuseSentinel(code uint32) error {
+	switch code {
+	case RefuseVersion:
+		return ErrVersion
+	case RefuseResource:
+		return ErrResourceMismatch
+	case RefuseSize:
+		return ErrSizeMismatch
+	case RefuseBitmapBlock:
+		return ErrBitmapBlockMismatch
+	case RefuseAuth:
+		return ErrAuth
+	case RefuseProtocol:
+		return ErrMalformed
+	}
+	return nil
+}
+
+// Err returns the error a Refuse stands for: it wraps ErrRefused, the
+// sentinel matching Code if any, and carries Reason in its text.
+func (r *Refuse) Err() error {
+	if s := refuseSentinel(r.Code); s != nil {
+		return fmt.Errorf("%w (%w): %s", ErrRefused, s, r.Reason)
+	}
+	return fmt.Errorf("%w (code %d): %s", ErrRefused, r.Code, r.Reason)
+}

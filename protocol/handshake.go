@@ -1,0 +1,596 @@
+package protocol
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Additional handshake sentinels.
+var (
+	// ErrTLS: the TLS handshake failed (for example, the peer's certificate
+	// is not signed by the configured CA, or it sent none).
+	ErrTLS = errors.New("protocol: TLS handshake failed")
+	// ErrSameNode: the peer announced this node's own NodeID (a node
+	// connected to itself, or two nodes configured with one identity).
+	ErrSameNode = errors.New("protocol: peer has this node's id")
+)
+
+// DefaultTimeout is used when Config.Timeout is zero (DRBD's default).
+const DefaultTimeout = 6 * time.Second
+
+// streamWindow is the yamux receive window of each stream: enough for a
+// burst of 1 MiB writes in flight on a fast link.
+const streamWindow = 16 << 20
+
+// Config for the handshake.
+type Config struct {
+	Resource    string
+	Size        uint64 // disk size in bytes; must match the peer's
+	NodeID      uint64 // this node's id; 0 = unset (not compared)
+	BitmapBlock uint32 // bytes per dirty-bitmap bit; must match the peer's
+	// Secret is the shared secret (from --secret-file); nil or empty = no
+	// authentication, and then the peer must have none either.
+	Secret []byte
+	// TLS enables mutual TLS; nil = plain TCP. Build it with LoadTLS.
+	TLS *tls.Config
+	// Timeout bounds the whole handshake; after it, it is the yamux keepalive
+	// budget (a dead peer is detected within Timeout) and bounds each
+	// transport write of a Stream. Zero means DefaultTimeout.
+	Timeout time.Duration
+	// LogOutput receives yamux's diagnostics; nil discards them.
+	LogOutput io.Writer
+}
+
+func (c *Config) timeout() time.Duration {
+	if c.Timeout <= 0 {
+		return DefaultTimeout
+	}
+	return c.Timeout
+}
+
+func (c *Config) hello() Hello {
+	return Hello{Version: Version, Resource: c.Resource, Size: c.Size, NodeID: c.NodeID, BitmapBlock: c.BitmapBlock}
+}
+
+func (c *Config) authMode() uint8 {
+	if len(c.Secret) > 0 {
+		return AuthHMAC
+	}
+	return AuthNone
+}
+
+// Session is an established peer connection: one transport (TCP or TLS)
+// multiplexed by yamux into the control, data and resync streams.
+//
+// All methods are safe for concurrent use. The Session dies on Close, when
+// the peer closes or stops answering keepalives, and on any error on any of
+// its streams; Done is closed then and Err tells why.
+type Session struct {
+	conn    net.Conn // the transport below yamux (a *tls.Conn with TLS)
+	ys      *yamux.Session
+	peer    Hello
+	streams [3]*Stream
+
+	mu  sync.Mutex
+	err error // first reason the session died; guarded by mu
+
+	watchDone chan struct{} // closed when the watch goroutine returns
+}
+
+// Peer returns the peer's Hello.
+func (s *Session) Peer() Hello { return s.peer }
+
+// Control returns the control stream (State, Ping, Refuse, SyncStart, Bitmap...).
+func (s *Session) Control() *Stream { return s.streams[StreamControl] }
+
+// Data returns the data stream (Write, Ack, Flush, FlushAck).
+func (s *Session) Data() *Stream { return s.streams[StreamData] }
+
+// Resync returns the resync stream (ResyncData, ResyncAck, Checksum*).
+func (s *Session) Resync() *Stream { return s.streams[StreamResync] }
+
+// RemoteAddr returns the peer's transport address.
+func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// Done is closed when the session dies (either side, any stream error).
+func (s *Session) Done() <-chan struct{} { return s.ys.CloseChan() }
+
+// Err returns nil while the session is alive, then the first reason it
+// died; it wraps ErrClosed after a local Close.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil && s.closed() {
+		return ErrClosed
+	}
+	return s.err
+}
+
+// Close closes the session and its transport, and waits for the session's
+// goroutines. Pending and later Send and Recv calls fail with ErrClosed.
+func (s *Session) Close() error {
+	s.fail(fmt.Errorf("%w locally", ErrClosed))
+	<-s.watchDone
+	return nil
+}
+
+func (s *Session) closed() bool { return s.ys.IsClosed() }
+
+// fail records err (if it is the first) and closes the yamux session, which
+// closes the transport.
+func (s *Session) fail(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.mu.Unlock()
+	s.ys.Close()
+}
+
+// watch owns no stream: it refuses streams the peer opens after the
+// handshake and records why yamux shut down. Close waits for it.
+func (s *Session) watch() {
+	defer close(s.watchDone)
+	for {
+		st, err := s.ys.AcceptStream()
+		if err != nil {
+			s.mu.Lock()
+			if s.err == nil {
+				s.err = fmt.Errorf("%w: %v", ErrClosed, err)
+			}
+			s.mu.Unlock()
+			return
+		}
+		st.Close()
+		s.fail(fmt.Errorf("%w: peer opened an extra stream", ErrUnexpected))
+	}
+}
+
+// Handshake runs on a freshly dialed (dialer=true) or accepted (dialer=false)
+// connection and returns the established Session. See SPEC.md "Handshake":
+// optional TLS; Hello exchange (version, resource, size and bitmap block must
+// match: a mismatch is told to the peer with Refuse and returned as an error
+// naming both values); mutual HMAC-SHA256 challenge-response over the secret;
+// then yamux and its three streams. The dialer is the yamux client and opens
+// the streams.
+//
+// The whole handshake is bounded by cfg.Timeout and ctx. On failure conn is
+// closed and the error wraps ErrVersion, ErrResourceMismatch, ErrSizeMismatch,
+// ErrBitmapBlockMismatch, ErrSameNode, ErrAuth, ErrTLS, ErrRefused (with the
+// peer's cause when it has one), a decoding sentinel, or ctx's error. On
+// success the Session owns conn.
+func Handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool) (*Session, error) {
+	if len(cfg.Resource) > MaxResource {
+		conn.Close()
+		return nil, fmt.Errorf("%w: resource name of %d bytes, limit %d", ErrInvalid, len(cfg.Resource), MaxResource)
+	}
+	timeout := cfg.timeout()
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if err := conn.SetDeadline(deadline); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("protocol: handshake: %w", err)
+	}
+	// Cancelling ctx interrupts blocked reads and writes.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	s, err := handshake(ctx, conn, cfg, dialer, deadline)
+	if !stop() && err == nil {
+		// ctx ended while finishing: the transport deadline may be in the past.
+		s.fail(fmt.Errorf("protocol: handshake: %w", context.Cause(ctx)))
+		<-s.watchDone
+		err = fmt.Errorf("protocol: handshake: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		conn.Close()
+		if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
+		return nil, err
+	}
+	return s, nil
+}
+
+func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, deadline time.Time) (*Session, error) {
+	role := "acceptor"
+	if dialer {
+		role = "dialer"
+	}
+	var binding []byte
+	if cfg.TLS != nil {
+		var tc *tls.Conn
+		if dialer {
+			tc = tls.Client(conn, cfg.TLS)
+		} else {
+			tc = tls.Server(conn, cfg.TLS)
+		}
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, fmt.Errorf("%w (%s): %w", ErrTLS, role, err)
+		}
+		cs := tc.ConnectionState()
+		b, err := cs.ExportKeyingMaterial("urbd auth v1", nil, 32)
+		if err != nil {
+			return nil, fmt.Errorf("%w: keying material: %w", ErrTLS, err)
+		}
+		binding = b
+		conn = tc
+	}
+	rc := &rawConn{c: conn}
+	peer, err := exchangeHello(rc, &cfg, dialer)
+	if err != nil {
+		return nil, err
+	}
+	if err := authenticate(rc, &cfg, dialer, binding); err != nil {
+		return nil, err
+	}
+	// The transport now belongs to yamux, which has its own timeouts.
+	if err := conn.SetDeadline(time.Time{}); err != nil {
+		return nil, fmt.Errorf("protocol: handshake: %w", err)
+	}
+	return startSession(ctx, conn, &cfg, dialer, peer, deadline)
+}
+
+// checkHello compares the peer's Hello with the local configuration and
+// returns the Refuse to send and the local error for the first mismatch.
+func checkHello(cfg *Config, p *Hello) (*Refuse, error) {
+	var code uint32
+	var err error
+	switch {
+	case p.Version != Version:
+		code, err = RefuseVersion, fmt.Errorf("%w: local version %d, peer version %d", ErrVersion, Version, p.Version)
+	case p.Resource != cfg.Resource:
+		code, err = RefuseResource, fmt.Errorf("%w: local %q, peer %q", ErrResourceMismatch, cfg.Resource, p.Resource)
+	case p.Size != cfg.Size:
+		code, err = RefuseSize, fmt.Errorf("%w: local %d bytes, peer %d bytes", ErrSizeMismatch, cfg.Size, p.Size)
+	case p.BitmapBlock != cfg.BitmapBlock:
+		code, err = RefuseBitmapBlock, fmt.Errorf("%w: local %d bytes, peer %d bytes", ErrBitmapBlockMismatch, cfg.BitmapBlock, p.BitmapBlock)
+	case p.NodeID != 0 && p.NodeID == cfg.NodeID:
+		code, err = RefuseOther, fmt.Errorf("%w: both are node %d", ErrSameNode, p.NodeID)
+	default:
+		return nil, nil
+	}
+	// The reason is written from the receiver's point of view: its value
+	// is "peer", ours is "local" on its side.
+	var reason string
+	switch code {
+	case RefuseVersion:
+		reason = fmt.Sprintf("version mismatch: local version %d, peer version %d", p.Version, Version)
+	case RefuseResource:
+		reason = fmt.Sprintf("resource name mismatch: local %q, peer %q", p.Resource, cfg.Resource)
+	case RefuseSize:
+		reason = fmt.Sprintf("disk size mismatch: local %d bytes, peer %d bytes", p.Size, cfg.Size)
+	case RefuseBitmapBlock:
+		reason = fmt.Sprintf("bitmap block size mismatch: local %d bytes, peer %d bytes", p.BitmapBlock, cfg.BitmapBlock)
+	default:
+		reason = fmt.Sprintf("both nodes have node id %d", p.NodeID)
+	}
+	return &Refuse{Code: code, Reason: reason}, err
+}
+
+// exchangeHello: the dialer sends its Hello first, the acceptor answers with
+// its own or a Refuse. Both sides check the other's.
+func exchangeHello(rc *rawConn, cfg *Config, dialer bool) (Hello, error) {
+	local := cfg.hello()
+	if dialer {
+		if err := rc.send(&local); err != nil {
+			return Hello{}, err
+		}
+	}
+	m, err := rc.recv()
+	if err != nil {
+		return Hello{}, err
+	}
+	peer, ok := m.(*Hello)
+	if !ok {
+		return Hello{}, rc.unexpected(m, "Hello")
+	}
+	if ref, err := checkHello(cfg, peer); err != nil {
+		rc.send(ref)
+		return Hello{}, err
+	}
+	if !dialer {
+		if err := rc.send(&local); err != nil {
+			return Hello{}, err
+		}
+	}
+	return *peer, nil
+}
+
+// authMAC is the proof a side sends: HMAC-SHA256 keyed by the secret over a
+// label, the sender's role, the nonce it was challenged with, its own nonce,
+// and the TLS channel binding (empty without TLS).
+func authMAC(secret []byte, dialer bool, challenge, own *[NonceLen]byte, binding []byte) [MACLen]byte {
+	h := hmac.New(sha256.New, secret)
+	h.Write([]byte("urbd auth v1\x00"))
+	if dialer {
+		h.Write([]byte{'D'})
+	} else {
+		h.Write([]byte{'A'})
+	}
+	h.Write(challenge[:])
+	h.Write(own[:])
+	h.Write(binding)
+	var mac [MACLen]byte
+	h.Sum(mac[:0])
+	return mac
+}
+
+// authenticate runs the challenge-response (see SPEC.md). The dialer
+// speaks first at every step, so it also works over unbuffered pipes.
+func authenticate(rc *rawConn, cfg *Config, dialer bool, binding []byte) error {
+	local := AuthChallenge{Mode: cfg.authMode()}
+	if local.Mode == AuthHMAC {
+		if _, err := rand.Read(local.Nonce[:]); err != nil {
+			return fmt.Errorf("protocol: nonce: %w", err)
+		}
+	}
+	var peer *AuthChallenge
+	for step := 0; step < 2; step++ {
+		if dialer == (step == 0) {
+			if err := rc.send(&local); err != nil {
+				return err
+			}
+			continue
+		}
+		m, err := rc.recv()
+		if err != nil {
+			return err
+		}
+		var ok bool
+		if peer, ok = m.(*AuthChallenge); !ok {
+			return rc.unexpected(m, "AuthChallenge")
+		}
+		if peer.Mode != local.Mode {
+			return rc.refuseAuth(modeMismatch(local.Mode))
+		}
+	}
+	if local.Mode == AuthHMAC {
+		mine := AuthResponse{MAC: authMAC(cfg.Secret, dialer, &peer.Nonce, &local.Nonce, binding)}
+		want := authMAC(cfg.Secret, !dialer, &local.Nonce, &peer.Nonce, binding)
+		for step := 0; step < 2; step++ {
+			if dialer == (step == 0) {
+				if err := rc.send(&mine); err != nil {
+					return err
+				}
+				continue
+			}
+			m, err := rc.recv()
+			if err != nil {
+				return err
+			}
+			resp, ok := m.(*AuthResponse)
+			if !ok {
+				return rc.unexpected(m, "AuthResponse")
+			}
+			if !hmac.Equal(resp.MAC[:], want[:]) {
+				return rc.refuseAuth("the peer's response does not match the shared secret")
+			}
+		}
+	}
+	if dialer {
+		return rc.send(&AuthOK{})
+	}
+	m, err := rc.recv()
+	if err != nil {
+		return err
+	}
+	if _, ok := m.(*AuthOK); !ok {
+		return rc.unexpected(m, "AuthOK")
+	}
+	return nil
+}
+
+func modeMismatch(local uint8) string {
+	if local == AuthHMAC {
+		return "the peer has no shared secret but this node requires one"
+	}
+	return "the peer requires a shared secret but this node has none configured"
+}
+
+// yamuxConfig derives yamux settings from the handshake timeout: keepalive
+// every third of it, a ping unanswered for half of it kills the session, so
+// a dead peer is noticed within Timeout.
+func yamuxConfig(cfg *Config) *yamux.Config {
+	t := cfg.timeout()
+	yc := yamux.DefaultConfig()
+	yc.MaxStreamWindowSize = streamWindow
+	yc.EnableKeepAlive = true
+	yc.KeepAliveInterval = t / 3
+	yc.ConnectionWriteTimeout = t / 2
+	yc.StreamOpenTimeout = t
+	yc.StreamCloseTimeout = t
+	yc.AcceptBacklog = 8
+	yc.LogOutput = cfg.LogOutput
+	if yc.LogOutput == nil {
+		yc.LogOutput = io.Discard
+	}
+	return yc
+}
+
+// startSession starts yamux over conn and sets up the three streams: the
+// dialer opens them and sends StreamOpen on each; the acceptor accepts them
+// and assigns each by its StreamOpen.
+func startSession(ctx context.Context, conn net.Conn, cfg *Config, dialer bool, peer Hello, deadline time.Time) (*Session, error) {
+	yc := yamuxConfig(cfg)
+	var ys *yamux.Session
+	var err error
+	if dialer {
+		ys, err = yamux.Client(conn, yc)
+	} else {
+		ys, err = yamux.Server(conn, yc)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("protocol: yamux: %w", err)
+	}
+	s := &Session{conn: conn, ys: ys, peer: peer, watchDone: make(chan struct{})}
+	timeout := cfg.timeout()
+	if dialer {
+		for id := uint8(0); id < 3; id++ {
+			ymx, err := ys.OpenStream()
+			if err != nil {
+				ys.Close()
+				return nil, fmt.Errorf("protocol: open %s stream: %w", streamName(id), err)
+			}
+			st := newStream(s, id, ymx, timeout)
+			s.streams[id] = st
+			if err := st.Send(&StreamOpen{Stream: id}); err != nil {
+				ys.Close()
+				return nil, err
+			}
+		}
+	} else {
+		for range 3 {
+			ymx, err := ys.AcceptStreamWithContext(ctx)
+			if err != nil {
+				ys.Close()
+				return nil, fmt.Errorf("protocol: accept stream: %w", err)
+			}
+			id, st, err := acceptStream(s, ymx, timeout, deadline)
+			if err == nil && s.streams[id] != nil {
+				err = fmt.Errorf("%w: %s stream opened twice", ErrUnexpected, streamName(id))
+			}
+			if err != nil {
+				ys.Close()
+				return nil, err
+			}
+			s.streams[id] = st
+		}
+	}
+	go s.watch()
+	return s, nil
+}
+
+// acceptStream reads the StreamOpen that starts an accepted stream.
+func acceptStream(s *Session, ymx *yamux.Stream, timeout time.Duration, deadline time.Time) (uint8, *Stream, error) {
+	if err := ymx.SetReadDeadline(deadline); err != nil {
+		return 0, nil, err
+	}
+	st := newStream(s, 0, ymx, timeout)
+	open, err := st.recvStreamOpen()
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := ymx.SetReadDeadline(time.Time{}); err != nil {
+		return 0, nil, err
+	}
+	st.id = open.Stream
+	return open.Stream, st, nil
+}
+
+// recvStreamOpen reads the first frame of an accepted stream, which must be
+// a StreamOpen. Errors do not close the session (the caller does).
+func (st *Stream) recvStreamOpen() (*StreamOpen, error) {
+	if _, err := io.ReadFull(st.r, st.hdr[:]); err != nil {
+		return nil, fmt.Errorf("protocol: accept stream: %w", err)
+	}
+	h, err := parseHeader(st.hdr[:])
+	if err != nil {
+		return nil, err
+	}
+	if h.Kind != KindStreamOpen || h.Seq != 0 {
+		return nil, fmt.Errorf("%w: stream starts with %v seq %d", ErrUnexpected, h.Kind, h.Seq)
+	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(st.r, p); err != nil {
+		return nil, fmt.Errorf("protocol: accept stream: %w", err)
+	}
+	if err := checkCRC(st.hdr[:], h, p); err != nil {
+		return nil, err
+	}
+	m, err := decodePayload(h.Kind, p)
+	if err != nil {
+		return nil, err
+	}
+	st.rseq = 1
+	return m.(*StreamOpen), nil
+}
+
+// rawConn exchanges handshake frames directly on the transport, unbuffered
+// so no byte meant for yamux is consumed.
+type rawConn struct {
+	c    net.Conn
+	wseq uint32
+	rseq uint32
+	buf  []byte
+	hdr  [HeaderLen]byte
+}
+
+func (rc *rawConn) send(m Message) error {
+	b, err := AppendFrame(rc.buf[:0], rc.wseq, m)
+	if err != nil {
+		return err
+	}
+	rc.buf = b
+	rc.wseq++
+	if _, err := rc.c.Write(b); err != nil {
+		return fmt.Errorf("protocol: handshake: send %v: %w", m.Kind(), err)
+	}
+	return nil
+}
+
+// recv reads one handshake frame. Only handshake kinds are accepted, so the
+// payload read is small whatever length a hostile peer announces.
+func (rc *rawConn) recv() (Message, error) {
+	if _, err := io.ReadFull(rc.c, rc.hdr[:]); err != nil {
+		return nil, fmt.Errorf("protocol: handshake: receive: %w", err)
+	}
+	h, err := parseHeader(rc.hdr[:])
+	if err != nil {
+		if errors.Is(err, ErrVersion) {
+			rc.send(&Refuse{Code: RefuseVersion, Reason: fmt.Sprintf("version mismatch: local version %d, peer version %d", h.Version, Version)})
+		}
+		return nil, fmt.Errorf("protocol: handshake: %w", err)
+	}
+	switch h.Kind {
+	case KindHello, KindRefuse, KindAuthChallenge, KindAuthResponse, KindAuthOK:
+	default:
+		return nil, fmt.Errorf("protocol: handshake: %w: %v frame", ErrUnexpected, h.Kind)
+	}
+	if h.Seq != rc.rseq {
+		return nil, fmt.Errorf("protocol: handshake: %w: frame sequence %d, expected %d", ErrMalformed, h.Seq, rc.rseq)
+	}
+	rc.rseq++
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(rc.c, p); err != nil {
+		return nil, fmt.Errorf("protocol: handshake: receive: %w", err)
+	}
+	if err := checkCRC(rc.hdr[:], h, p); err != nil {
+		return nil, fmt.Errorf("protocol: handshake: %w", err)
+	}
+	m, err := decodePayload(h.Kind, p)
+	if err != nil {
+		return nil, fmt.Errorf("protocol: handshake: %w", err)
+	}
+	if r, ok := m.(*Refuse); ok {
+		return nil, r.Err()
+	}
+	return m, nil
+}
+
+// unexpected reports a message out of order (and tells the peer).
+func (rc *rawConn) unexpected(m Message, want string) error {
+	err := fmt.Errorf("protocol: handshake: %w: %v, expected %s", ErrUnexpected, m.Kind(), want)
+	rc.send(&Refuse{Code: RefuseProtocol, Reason: fmt.Sprintf("expected %s, got %v", want, m.Kind())})
+	return err
+}
+
+// refuseAuth tells the peer authentication failed and returns ErrAuth.
+func (rc *rawConn) refuseAuth(reason string) error {
+	rc.send(&Refuse{Code: RefuseAuth, Reason: reason})
+	return fmt.Errorf("%w: %s", ErrAuth, reason)
+}
