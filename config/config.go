@@ -359,8 +359,11 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 	}
 	nodes := sortedKeys(rt.Node)
 	if len(nodes) != 2 {
-		return nil, p.errf(ErrNodeCount, rkey, "resource %s has %d node(s) (%s); define exactly two [resource.%s.node.NAME] tables",
-			name, len(nodes), strings.Join(nodes, ", "), name)
+		have := "no nodes"
+		if len(nodes) > 0 {
+			have = fmt.Sprintf("%d (%s)", len(nodes), strings.Join(nodes, ", "))
+		}
+		return nil, p.errf(ErrNodeCount, rkey, "resource %s has %s; define exactly two [resource.%s.node.NAME] tables", name, have, name)
 	}
 	c := &raw.Common
 	base := Resource{
