@@ -20,8 +20,8 @@
 //
 // The driver reports every application read and write with NoteAppIO(n).
 // The limiter keeps the application bytes of the last AppWindow (1 s, in
-// 100 ms buckets) and derives the application rate app = bytes / 1 s. Before
-// each piece Wait computes the effective rate:
+// 100 ms buckets) and derives the application rate app = bytes / the time
+// those buckets cover. Before each piece Wait computes the effective rate:
 //
 //	app == 0:  effective = rate
 //	app  > 0:  effective = max(min(minRate, rate), rate - app)

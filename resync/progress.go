@@ -91,12 +91,27 @@ func (p *Progress) Done(n int64) {
 	p.buckets[slot] += n
 }
 
-func (p *Progress) bucketIndex(t time.Time) int64 {
-	d := t.Sub(p.start)
-	if d < 0 {
+func (p *Progress) bucketIndex(t time.Time) int64 { return bucketOf(p.start, t, speedBucket) }
+
+// bucketOf numbers the bucket of length g that holds t, counting from
+// origin: bucket i holds the half-open span (origin+(i-1)g, origin+ig], so
+// that a window ending exactly at a bucket boundary counts what happened
+// after its start and up to and including now. Times at or before origin
+// fall in bucket 0.
+func bucketOf(origin, t time.Time, g time.Duration) int64 {
+	d := t.Sub(origin)
+	if d <= 0 {
 		return 0
 	}
-	return int64(d / speedBucket)
+	return int64((d + g - 1) / g)
+}
+
+// bucketStart returns the exclusive start of bucket i, never before origin.
+func bucketStart(origin time.Time, i int64, g time.Duration) time.Time {
+	if i <= 1 {
+		return origin
+	}
+	return origin.Add(time.Duration(i-1) * g)
 }
 
 // Snapshot returns the current state.
@@ -116,7 +131,8 @@ func (p *Progress) Snapshot() Snapshot {
 	}
 
 	// Recent speed: the buckets of the last SpeedWindow, divided by the
-	// exact time they cover (from the start of the oldest one to now).
+	// exact time they cover (from the start of the oldest one, or of the
+	// run, to now).
 	cur := p.bucketIndex(now)
 	oldest := max(cur-(speedBuckets-1), 0)
 	var sum int64
@@ -125,7 +141,7 @@ func (p *Progress) Snapshot() Snapshot {
 			sum += p.buckets[i]
 		}
 	}
-	if covered := now.Sub(p.start.Add(time.Duration(oldest) * speedBucket)); covered > 0 {
+	if covered := now.Sub(bucketStart(p.start, oldest, speedBucket)); covered > 0 {
 		s.Speed = int64(float64(sum) / covered.Seconds())
 	}
 

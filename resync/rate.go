@@ -174,7 +174,8 @@ func (l *Limiter) EffectiveRate() int64 {
 }
 
 // AppRate returns the application I/O rate in bytes/s measured over the
-// last AppWindow.
+// last AppWindow (at 100 ms granularity); any application byte in the
+// window makes it at least 1.
 func (l *Limiter) AppRate() int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -193,6 +194,13 @@ func (l *Limiter) NoteAppIO(n int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clk.Now()
+	if now.Before(l.epoch) {
+		// The clock stepped backwards: restart the window from now.
+		l.epoch = now
+		for i := range l.appIdx {
+			l.appIdx[i] = -1
+		}
+	}
 	idx := l.bucketIndex(now)
 	slot := int(idx % appBuckets)
 	if l.appIdx[slot] != idx {
@@ -202,26 +210,26 @@ func (l *Limiter) NoteAppIO(n int64) {
 	l.app[slot] += n
 }
 
-func (l *Limiter) bucketIndex(t time.Time) int64 {
-	d := t.Sub(l.epoch)
-	if d < 0 {
-		return 0
-	}
-	return int64(d / appBucket)
-}
+func (l *Limiter) bucketIndex(t time.Time) int64 { return bucketOf(l.epoch, t, appBucket) }
 
 // appRateLocked sums the buckets of the last AppWindow (the current bucket
-// and the appBuckets-1 before it) and divides by AppWindow. l.mu must be
-// held.
+// and the appBuckets-1 before it) and divides by the time they cover, from
+// the start of the oldest to now (at least one bucket's length, so a burst
+// right after the epoch does not read as a huge rate). l.mu must be held.
 func (l *Limiter) appRateLocked(now time.Time) int64 {
 	cur := l.bucketIndex(now)
+	oldest := max(cur-(appBuckets-1), 0)
 	var sum int64
 	for i, idx := range l.appIdx {
-		if idx >= 0 && idx <= cur && cur-idx < appBuckets {
+		if idx >= oldest && idx <= cur {
 			sum += l.app[i]
 		}
 	}
-	return int64(float64(sum) / AppWindow.Seconds())
+	if sum == 0 {
+		return 0
+	}
+	covered := max(now.Sub(bucketStart(l.epoch, oldest, appBucket)), appBucket)
+	return max(int64(float64(sum)/covered.Seconds()), 1)
 }
 
 // effectiveLocked computes the effective rate at now. l.mu must be held.

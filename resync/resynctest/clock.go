@@ -115,6 +115,17 @@ func (c *Clock) NextDeadline() (time.Time, bool) {
 	return at[0], true
 }
 
+// LastDeadline returns the deadline of the most recently armed timer that
+// is still pending, and true, or false when none is pending.
+func (c *Clock) LastDeadline() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.waiters) == 0 {
+		return time.Time{}, false
+	}
+	return c.waiters[len(c.waiters)-1].at, true
+}
+
 // BlockUntil blocks until at least n timers are pending. It lets a test
 // know, without sleeping, that the code under test is waiting on the clock.
 func (c *Clock) BlockUntil(n int) {
