@@ -48,7 +48,8 @@ const maxReasonLen = 512
 // the protocol are DRBD's: 's' (writes suspended) or 'r' (running), then
 // 'a', 'p', 'u' (resync paused by dependency, peer or user; urbd never pauses
 // that way, so they print '-'), the congestion reason and 's' for a suspended
-// activity log (both always '-').
+// activity log (both always '-'). A protocol other than A, B or C prints as
+// '-'.
 //
 // The two progress lines appear only when Sync is set; "verified:" replaces
 // "sync'ed:" during an online verify, the percentage is truncated to
@@ -89,7 +90,7 @@ func writeResource(b *bytes.Buffer, r *Resource) {
 	if r.Name != "" {
 		name = token(r.Name, "?") + " "
 	}
-	proto := byte(' ')
+	proto := byte('-') // DRBD prints ' ', which would shift the fields of whitespace-splitting parsers
 	if len(r.Protocol) == 1 && r.Protocol[0] >= 'A' && r.Protocol[0] <= 'C' {
 		proto = r.Protocol[0]
 	}

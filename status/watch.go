@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/urbd/urbd/internal/units"
 )
@@ -37,6 +38,8 @@ const (
 // writes in red, StandAlone, WFConnection, Inconsistent, Outdated and
 // DUnknown in yellow; healthy states in green.
 //
+// Lines wider than the terminal are cut and end in "…".
+//
 // RenderWatch is a pure function of its arguments (it reads no clock), so a
 // caller redraws by calling it again with a new snapshot. Write errors are
 // ignored: a terminal that went away is noticed by the caller's next read of
@@ -59,7 +62,44 @@ func RenderWatch(w io.Writer, now time.Time, rs []Resource, width int) {
 		b.WriteByte('\n')
 		renderResource(&b, &r, width)
 	}
-	w.Write(b.Bytes())
+	var out bytes.Buffer
+	out.Grow(b.Len())
+	for l := range strings.Lines(b.String()) {
+		out.WriteString(fit(strings.TrimSuffix(l, "\n"), width))
+		out.WriteByte('\n')
+	}
+	w.Write(out.Bytes())
+}
+
+// fit cuts line to width visible columns, not counting ANSI escape
+// sequences, and marks a cut with "…". A cut line ends with a colour reset.
+func fit(line string, width int) string {
+	visible, cut, colour := 0, -1, false
+	for i := 0; i < len(line); {
+		if line[i] == 0x1b {
+			colour = true
+			j := i + 1
+			for j < len(line) && !(line[j] >= 'A' && line[j] <= 'Z' || line[j] >= 'a' && line[j] <= 'z') {
+				j++
+			}
+			i = j + 1
+			continue
+		}
+		_, size := utf8.DecodeRuneInString(line[i:])
+		visible++
+		if visible == width && cut < 0 {
+			cut = i
+		}
+		i += size
+	}
+	if visible <= width {
+		return line
+	}
+	out := line[:cut] + "…"
+	if colour {
+		out += ansiReset
+	}
+	return out
 }
 
 func renderResource(b *bytes.Buffer, r *Resource, width int) {
@@ -72,6 +112,17 @@ func renderResource(b *bytes.Buffer, r *Resource, width int) {
 	line(b, "role", paint(r.Role, "Unknown")+" (local) / "+paint(r.PeerRole, "Unknown")+" (peer)")
 	line(b, "connection", paint(r.ConnState, "Unconfigured"))
 	line(b, "disk", paint(r.DiskState, "DUnknown")+" (local) / "+paint(r.PeerDisk, "DUnknown")+" (peer)")
+	if r.SplitBrain {
+		line(b, "warning", ansiRed+"SPLIT BRAIN"+ansiReset+": both nodes changed the data; nothing is copied")
+		line(b, "", "on the node whose changes are to be lost, run:")
+		line(b, "", "urbd connect --discard-my-data "+token(r.Name, "NAME"))
+	}
+	if r.Suspended {
+		line(b, "warning", ansiRed+"SUSPENDED"+ansiReset+": writes wait for the peer")
+	}
+	if r.Reason != "" {
+		line(b, "reason", oneLine(r.Reason, max(10, width-labelWidth)))
+	}
 	if s := r.Sync; s != nil {
 		verb := "resync"
 		if r.ConnState == "VerifyS" || r.ConnState == "VerifyT" {
@@ -81,8 +132,8 @@ func renderResource(b *bytes.Buffer, r *Resource, width int) {
 		barWidth := max(10, min(50, width-labelWidth-30))
 		line(b, verb, fmt.Sprintf("%s %3d.%d%%  ETA %s", bar(permil, barWidth), permil/10, permil%10, eta(s.ETA)))
 		left := min(s.RemainingKiB, s.TotalKiB)
-		rates := fmt.Sprintf("%s left of %s, %s/s now, %s/s average", kib(left), kib(s.TotalKiB),
-			kib(s.SpeedKiB), kib(s.AvgSpeedKiB))
+		line(b, "", fmt.Sprintf("%s left of %s", kib(left), kib(s.TotalKiB)))
+		rates := fmt.Sprintf("%s/s now, %s/s average", kib(s.SpeedKiB), kib(s.AvgSpeedKiB))
 		if s.WantKiB > 0 {
 			rates += ", limit " + kib(s.WantKiB) + "/s"
 		}
@@ -100,16 +151,6 @@ func renderResource(b *bytes.Buffer, r *Resource, width int) {
 		kib(r.NetSendKiB), kib(r.NetRecvKiB), kib(r.DiskWriteKiB), kib(r.DiskReadKiB)))
 	line(b, "in flight", fmt.Sprintf("app %d, local %d, peer %d, unacked %d",
 		r.AppPending, r.LocalPending, r.PeerPending, r.Unacked))
-	if r.SplitBrain {
-		line(b, "", ansiRed+"SPLIT BRAIN"+ansiReset+": run 'urbd connect --discard-my-data "+token(r.Name, "NAME")+
-			"' on the node whose changes are to be lost")
-	}
-	if r.Suspended {
-		line(b, "", ansiRed+"SUSPENDED"+ansiReset+": writes wait for the peer")
-	}
-	if r.Reason != "" {
-		line(b, "reason", oneLine(r.Reason, max(10, width-labelWidth)))
-	}
 }
 
 // line prints one labelled row of the watch view.
