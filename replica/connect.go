@@ -138,7 +138,7 @@ func (n *Node) noteConnError(err error) {
 		return
 	}
 	n.log.Warn("peer connection failed", "err", msg)
-	n.setStateLocked("peer connection failed: "+msg, func(*State) {})
+	n.st.Reason = "peer connection failed: " + msg
 	n.notifyLocked()
 }
 
@@ -182,37 +182,21 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) {
 	go n.runSession(s)
 }
 
-// runSession drives one session from the state exchange to its end.
+// runSession drives one session from the state exchange to its end. The
+// first of its goroutines to stop closes the session, which stops the rest.
 func (n *Node) runSession(s *session) {
-	var g errgroup.Group
-	g.Go(s.controlLoop)
-	g.Go(s.dataLoop)
-	g.Go(s.resyncLoop)
-	g.Go(s.keepalive)
-	g.Go(func() error { return n.negotiate(s) })
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		<-s.ctx.Done()
-	}()
-	errc := make(chan error, 1)
-	go func() { errc <- g.Wait() }()
-	var err error
-	select {
-	case err = <-errc:
-	case <-s.ctx.Done():
-		err = <-errc
+	loops := []func() error{s.controlLoop, s.dataLoop, s.resyncLoop, s.keepalive, func() error { return n.negotiate(s) }}
+	for _, loop := range loops {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			err := loop()
+			if err == nil || isClosedErr(err) {
+				err = ErrPeerLost
+			}
+			s.close(err)
+		}()
 	}
-	s.mu.Lock()
-	cerr := s.err
-	s.mu.Unlock()
-	if cerr == nil {
-		cerr = err
-	}
-	if cerr == nil {
-		cerr = errors.New("session ended")
-	}
-	s.close(cerr)
 	s.wg.Wait()
 	close(s.finished)
 }
@@ -279,6 +263,9 @@ func (n *Node) negotiate(s *session) error {
 		st.SplitBrain = false
 		if conn == SyncTarget {
 			st.Disk = Inconsistent
+		}
+		if conn == SyncSource {
+			st.PeerDisk = Inconsistent
 		}
 	})
 	if err := n.saveMetaLocked(); err != nil {
@@ -377,7 +364,9 @@ func (n *Node) sessionEnded(s *session, err error) {
 	}
 	n.sess = nil
 	n.progress = nil
-	wasConnected := n.st.Conn.Connected()
+	s.mu.Lock()
+	wasConnected := s.live // the peer had our data until now
+	s.mu.Unlock()
 	if n.st.Role == Primary && wasConnected {
 		n.uuids = n.uuids.NewCurrent(randomID())
 	}

@@ -207,8 +207,9 @@ func (n *Node) notifyLocked() {
 func (n *Node) setStateLocked(reason string, f func(s *State)) {
 	old := n.st
 	f(&n.st)
-	n.st.Reason = reason
+	n.st.Reason = old.Reason
 	if old != n.st {
+		n.st.Reason = reason
 		n.log.Info("state change", "cs", n.st.Conn.String(), "ro", n.st.Role.String()+"/"+n.st.PeerRole.String(),
 			"ds", n.st.Disk.String()+"/"+n.st.PeerDisk.String(), "reason", reason)
 		n.notifyLocked()

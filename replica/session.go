@@ -282,7 +282,7 @@ func (s *session) sendState(side Side) {
 		st.Flags |= flagWantReceived
 	}
 	if err := s.ps.Control().Send(&st); err != nil {
-		s.close(fmt.Errorf("sending state: %w", err))
+		go s.close(fmt.Errorf("sending state: %w", err)) // callers may hold n.mu
 	}
 }
 

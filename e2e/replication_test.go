@@ -1,0 +1,121 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urbd/urbd/status"
+)
+
+// TestReplicationFioVerify: fio with verify through the primary for each
+// protocol; after a FLUSH both disks are byte-identical.
+func TestReplicationFioVerify(t *testing.T) {
+	for _, proto := range []string{"C", "B", "A"} {
+		t.Run("protocol"+proto, func(t *testing.T) {
+			c := newCluster(t, clusterOpts{flags: []string{"--protocol", proto}})
+			c.startBoth()
+			runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=32M",
+				"--verify=crc32c", "--verify_fatal=1")
+			runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=8", "--size=32M", "--offset=32M", "--end_fsync=1")
+			c.a.waitInSync(30 * time.Second)
+			sameFiles(t, c.a.disk, c.b.disk)
+		})
+	}
+}
+
+// TestSecondaryRefusesClients: an NBD client on the secondary is refused with
+// a message that says it is Secondary.
+func TestSecondaryRefusesClients(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	_, err := c.b.client()
+	if err == nil || !strings.Contains(err.Error(), "Secondary") {
+		t.Fatalf("client on the secondary: got %v, want a refusal naming Secondary", err)
+	}
+	cl, err := c.a.client()
+	if err != nil {
+		t.Fatalf("client on the primary: %v", err)
+	}
+	cl.Close()
+}
+
+// TestPromoteDemoteRefusals: promotion refuses while the peer is Primary and
+// while the disk is not UpToDate unless --force; demotion refuses while a
+// client is attached unless --force.
+func TestPromoteDemoteRefusals(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	if out, err := c.b.try("primary", "r0"); err == nil || !strings.Contains(out, "peer is Primary") {
+		t.Fatalf("promote while peer Primary: %v %q", err, out)
+	}
+	if out, err := c.b.try("primary", "--force", "r0"); err == nil {
+		t.Fatalf("forced promote while peer Primary succeeded: %q", out)
+	}
+	if out, err := c.b.try("primary", "r0", "--force"); err == nil || !strings.Contains(out, "put flags first") {
+		t.Fatalf("flag after the name: %v %q", err, out)
+	}
+	cl, err := c.a.client()
+	must(t, err)
+	defer cl.Close()
+	if out, err := c.a.try("secondary", "r0"); err == nil || !strings.Contains(out, "attached") {
+		t.Fatalf("demote with a client attached: %v %q", err, out)
+	}
+	c.a.ctl("secondary", "--force", "r0")
+	if st := c.a.status(); st.Role != "Secondary" || st.NBDClients != 0 {
+		t.Fatalf("after forced demotion: %+v", st)
+	}
+	c.b.ctl("primary", "r0")
+
+	// A fresh pair without --assume-clean: both Inconsistent, promotion needs --force.
+	f := newCluster(t, clusterOpts{noClean: true})
+	f.a.start()
+	f.b.start()
+	f.a.waitFor("connected", 20*time.Second, func(s status.Resource) bool { return s.ConnState == "Connected" })
+	if out, err := f.a.try("primary", "r0"); err == nil || !strings.Contains(out, "not UpToDate") {
+		t.Fatalf("promote Inconsistent without --force: %v %q", err, out)
+	}
+	f.a.ctl("primary", "--force", "r0")
+	f.a.waitInSync(60 * time.Second)
+	sameFiles(t, f.a.disk, f.b.disk)
+}
+
+// TestWrongSecretRefused: a peer without the shared secret is refused before
+// any data moves.
+func TestWrongSecretRefused(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	secretA := c.dir + "/secret-a"
+	secretB := c.dir + "/secret-b"
+	must(t, writeFile(secretA, "correct horse"))
+	must(t, writeFile(secretB, "battery staple"))
+	c.a.start("--secret-file", secretA)
+	c.b.start("--secret-file", secretB)
+	c.a.ctl("primary", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=4M", "--iodepth=8")
+	st := c.a.waitFor("a connection error", 20*time.Second, func(s status.Resource) bool {
+		return strings.Contains(s.Reason, "auth") || strings.Contains(s.Reason, "secret")
+	})
+	if st.ConnState != "WFConnection" {
+		t.Fatalf("with a wrong secret: cs %s", st.ConnState)
+	}
+	if b := c.b.status(); b.NetRecvKiB != 0 || b.DiskWriteKiB != 0 {
+		t.Fatalf("data moved to a peer with the wrong secret: %+v", b)
+	}
+}
+
+// TestSizeMismatchRefused: peers whose disks differ in size never connect,
+// and the status names both sizes.
+func TestSizeMismatchRefused(t *testing.T) {
+	c := newCluster(t, clusterOpts{size: 64 << 20, sizeB: 32 << 20})
+	c.a.start()
+	c.b.start()
+	st := c.a.waitFor("a size mismatch", 20*time.Second, func(s status.Resource) bool {
+		return strings.Contains(s.Reason, "size")
+	})
+	if !strings.Contains(st.Reason, "67108864") || !strings.Contains(st.Reason, "33554432") {
+		t.Fatalf("size mismatch reason does not name both sizes: %q", st.Reason)
+	}
+	if st.ConnState == "Connected" {
+		t.Fatal("connected despite a size mismatch")
+	}
+}
