@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/urbd/urbd/nbd"
+)
+
+func init() {
+	commands = append(commands, attachCommand, detachCommand)
+}
+
+var attachCommand = &cli.Command{
+	Name:      "attach",
+	Usage:     "connect /dev/nbdN to an NBD export and keep it connected (foreground)",
+	ArgsUsage: " ",
+	Description: "Dials the export, negotiates in userspace and hands the sockets to the kernel's nbd driver. " +
+		"Stays in the foreground: when the server goes away it redials (every --nbd address in turn) and " +
+		"hands new sockets to the kernel, so I/O waits instead of failing while the outage is shorter than " +
+		"--timeout. SIGTERM/SIGINT disconnect the device and exit 0.",
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "device", Usage: "nbd device, e.g. /dev/nbd0", Required: true},
+		&cli.StringSliceFlag{Name: "nbd", Usage: "export address unix:SOCK or tcp:HOST:PORT; repeat for failover", Required: true},
+		&cli.IntFlag{Name: "connections", Usage: "sockets per device (needs a multi-conn export when > 1)", Value: 1},
+		&cli.DurationFlag{Name: "timeout", Usage: "longest server outage the filesystem survives without I/O errors", Value: 30 * time.Second},
+		&cli.DurationFlag{Name: "io-timeout", Usage: "a request unanswered this long makes attach reconnect and resend it (default: the smaller of --timeout and 10s)"},
+		&cli.StringFlag{Name: "export", Usage: "export name to ask for", Value: ""},
+	},
+	Action: runAttach,
+}
+
+var detachCommand = &cli.Command{
+	Name:      "detach",
+	Usage:     "disconnect /dev/nbdN and stop its urbd attach process",
+	ArgsUsage: " ",
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "device", Usage: "nbd device, e.g. /dev/nbd0", Required: true},
+	},
+	Action: runDetach,
+}
+
+// attachPIDFile is where a running attach records its pid for detach.
+func attachPIDFile(runDir string, index int) string {
+	return filepath.Join(runDir, "attach", fmt.Sprintf("nbd%d.pid", index))
+}
+
+func runAttach(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("attach takes no arguments, got %q: e.g. urbd attach --device /dev/nbd0 --nbd unix:/run/r0.sock", c.Args().First())
+	}
+	index, err := nbd.DeviceIndex(c.String("device"))
+	if err != nil {
+		return err
+	}
+	for _, f := range []string{"timeout", "io-timeout"} {
+		if c.IsSet(f) && c.Duration(f) < time.Second {
+			return fmt.Errorf("--%s %s is too short: the kernel counts whole seconds, use at least 1s", f, c.Duration(f))
+		}
+	}
+	kern, err := nbd.OpenNetlink()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	events := make(chan int, 1)
+	if w, err := kern.WatchLinkDead(); err != nil {
+		log.Warn("no link-dead events; watching sockets only", "err", err)
+	} else {
+		defer w.Close()
+		go forwardLinkDead(w, events)
+	}
+
+	cfg := nbd.AttachConfig{
+		Index:       index,
+		Addrs:       c.StringSlice("nbd"),
+		Export:      c.String("export"),
+		Connections: c.Int("connections"),
+		Timeout:     c.Duration("timeout"),
+		IOTimeout:   c.Duration("io-timeout"),
+		Dial:        nbd.Dial,
+		Kernel:      kern,
+		Events:      events,
+		Logger:      log,
+	}
+	dctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	att, err := nbd.Attach(dctx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	pidFile := attachPIDFile(runDir(c), index)
+	if err := writePIDFile(pidFile); err != nil {
+		log.Warn("urbd detach will not find this process", "err", err)
+	} else {
+		defer os.Remove(pidFile)
+	}
+	err = att.Supervise(ctx)
+	if errors.Is(err, nbd.ErrDetached) {
+		log.Info("device was detached", "device", c.String("device"))
+		return nil
+	}
+	return err
+}
+
+// forwardLinkDead passes LINK_DEAD events on without blocking: one pending
+// event is enough to wake the supervisor. It returns when w is closed.
+func forwardLinkDead(w *nbd.LinkDeadWatcher, events chan<- int) {
+	for {
+		idx, err := w.Wait(time.Time{})
+		if err != nil {
+			return
+		}
+		select {
+		case events <- idx:
+		default:
+		}
+	}
+}
+
+func writePIDFile(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+}
+
+// readAttachPID returns the pid of the urbd attach process for the
+// device, or 0 if none is running.
+func readAttachPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	// Only signal a process that is urbd: the pid may have been reused.
+	self, err1 := os.Executable()
+	exe, err2 := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err1 != nil || err2 != nil || filepath.Base(exe) != filepath.Base(self) {
+		return 0
+	}
+	return pid
+}
+
+func runDetach(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("detach takes no arguments, got %q: e.g. urbd detach --device /dev/nbd0", c.Args().First())
+	}
+	index, err := nbd.DeviceIndex(c.String("device"))
+	if err != nil {
+		return err
+	}
+	kern, err := nbd.OpenNetlink()
+	if err != nil {
+		return err
+	}
+	pid := readAttachPID(attachPIDFile(runDir(c), index))
+	derr := kern.Disconnect(index)
+	if pid == 0 {
+		if errors.Is(derr, nbd.ErrNotAttached) {
+			return fmt.Errorf("%s is not attached", c.String("device"))
+		}
+		return derr
+	}
+	// The attach process disconnects again on SIGTERM (harmless) and exits.
+	if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("stopping urbd attach (pid %d): %w", pid, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("urbd attach (pid %d) for %s did not exit within 30s", pid, c.String("device"))
+}
