@@ -1,7 +1,10 @@
 package replica_test
 
 import (
+	"go/parser"
+	"go/token"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/urbd/urbd/replica"
@@ -565,4 +568,26 @@ func TestScenarioHotJoin(t *testing.T) {
 	// urbd invalidate on gamma: Inconsistent, every bit set.
 	n.side.Disk, n.side.BitmapDirty = inconsistent, true
 	uuConnect(t, "invalidated", p, n, replica.BecomeSyncSource, false)
+}
+
+// TestUUIDImports keeps uuid.go pure: it decides from plain values and must
+// not depend on the wire protocol or the bitmap store.
+func TestUUIDImports(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "uuid.go", nil, parser.ImportsOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, imp := range f.Imports {
+		if p := strings.Trim(imp.Path.Value, `"`); strings.Contains(p, ".") || p == "os" || p == "net" || p == "time" {
+			t.Errorf("uuid.go imports %s", p)
+		}
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	l := uuSide(uu(uuC, uuA, uuB), upToDate, "PB")
+	p := uuSide(uu(uuA, 0), upToDate, "")
+	for b.Loop() {
+		replica.Decide(l, p)
+	}
 }

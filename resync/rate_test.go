@@ -410,3 +410,25 @@ func TestLimiterClockStep(t *testing.T) {
 		t.Errorf("after a backward step: only %d bytes in 5 s at 10 MiB/s", got)
 	}
 }
+
+// BenchmarkNoteAppIO measures the cost added to every application write.
+func BenchmarkNoteAppIO(b *testing.B) {
+	l := resync.NewLimiter(resync.RealClock(), 100*MiB)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			l.NoteAppIO(4 * KiB)
+		}
+	})
+}
+
+// BenchmarkWaitUnthrottled measures Wait when tokens are available.
+func BenchmarkWaitUnthrottled(b *testing.B) {
+	clk := resynctest.NewClock(true)
+	l := resync.NewLimiter(clk, 1<<40)
+	ctx := context.Background()
+	for b.Loop() {
+		if err := l.Wait(ctx, 64*KiB); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
