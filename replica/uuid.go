@@ -325,23 +325,22 @@ func who(dir int, self, peer string) string {
 //     the UUIDs already make it the source through its bitmap (an
 //     interrupted resync), or the generations are equal and the
 //     inconsistent side's bitmap marks what it lacks; otherwise Full.
-//  5. Both consistent, UUIDs:
-//     - no generation on either: NoSync (created clean), unless a bitmap
-//     is dirty (then as equal generations);
-//     - one side without a generation: the other is source, Full;
-//     - equal Current: NoSync if no bitmap is dirty; otherwise a bitmap
-//     resync from the Primary, else from the side that crashed as Primary,
-//     else from the only dirty side, else from the higher NodeID (Refused
-//     if the NodeIDs are equal);
-//     - one side's Bitmap equals the other's Current: it is the source,
-//     bitmap-based;
-//     - one side's History holds the other's Current: it is the source,
-//     Full;
-//     - equal non-zero Bitmap UUIDs, or any common older generation:
+//  5. Both consistent, same Current (or both without a generation): NoSync
+//     if no bitmap is dirty; otherwise a bitmap resync from the Primary,
+//     else from the side that crashed as Primary, else from the only dirty
+//     side, else from the higher NodeID (Refused if the NodeIDs are equal).
+//     Full if neither has a generation.
+//  6. One side without a generation: the other is the source, Full.
+//  7. One side's Bitmap equals the other's Current: it is the source,
+//     bitmap-based.
+//  8. One side's History holds the other's Current: it is the source, Full.
+//  9. Equal non-zero Bitmap UUIDs, or any other common generation:
 //     SplitBrain (Full unless the bitmaps share their base). DiscardMyData
 //     on one side turns it into a resync towards that side, from the union
-//     of both bitmaps when they share a base, else Full.
-//  6. A Primary never becomes the target: its data is in use. Refused.
+//     of both bitmaps when they share a base, else Full. Rules 7 and 8
+//     holding both ways round (impossible in a sane history) also count as
+//     a split brain.
+//  10. A Primary never becomes the target: its data is in use. Refused.
 //
 // Outside a split brain DiscardMyData changes nothing (as in DRBD): the
 // UUIDs already say whose data is newer.
@@ -423,11 +422,11 @@ func Decide(local, peer Side) Plan {
 		why = "split brain resolved by --discard-my-data on " + who(dir, other, self) + ": " + rel.why
 
 	default:
-		// 5. Fresh, bitmap or history relation.
+		// 6, 7, 8. Fresh, bitmap or history relation.
 		dir, full, why = rel.dir, rel.full, rel.why
 	}
 
-	// 6. A Primary's data is in use; it is never overwritten.
+	// 10. A Primary's data is in use; it is never overwritten.
 	if dir < 0 && local.Primary {
 		return Plan{Decision: Refused, Full: full, Reason: "this node is Primary but must become SyncTarget (" + why + "); demote it (urbd secondary) and connect again"}
 	}
