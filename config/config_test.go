@@ -403,3 +403,35 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestDocsExample loads the complete example of docs/CONFIG.md, so the
+// documentation cannot drift from the parser.
+func TestDocsExample(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "CONFIG.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```toml\n")
+	if !ok {
+		t.Fatal("docs/CONFIG.md has no toml example")
+	}
+	example, _, _ := strings.Cut(rest, "```")
+	f, err := parse("/etc/urbd/urbd.toml", []byte(example))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.Resolve("r0", "alpha")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ResyncRate != 200<<20 || r.Peer != "10.0.0.2:7789" || r.Handlers["resync-done"] == "" || r.Handlers["split-brain"] == "" {
+		t.Errorf("r0 on alpha: %+v", r)
+	}
+	r, err = f.Resolve("r1", "beta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.TLSCert != "/etc/urbd/pki/beta.pem" || r.TLSCA != "/etc/urbd/pki/ca.pem" || r.Protocol != "A" || r.ResyncRate != 100<<20 {
+		t.Errorf("r1 on beta: %+v", r)
+	}
+}
