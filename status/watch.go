@@ -2,6 +2,7 @@ package status
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -204,4 +205,50 @@ func plural(n int, word string) string {
 		return "1 " + word
 	}
 	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// Watch draws a frame with RenderWatch at once and then on every tick until
+// ctx is done or ticks is closed, then returns nil. fetch supplies each
+// snapshot; when it fails the frame shows the error instead, and the next
+// tick tries again (a daemon being restarted comes back into view). width
+// is asked on every frame, so a resized terminal is followed; nil means 80
+// columns. The caller owns the ticker (e.g. time.NewTicker(time.Second).C)
+// and the clock: each frame is stamped with the tick's time.
+func Watch(ctx context.Context, w io.Writer, start time.Time, ticks <-chan time.Time,
+	width func() int, fetch func(context.Context) ([]Resource, error)) error {
+	now := start
+	for {
+		cols := 0
+		if width != nil {
+			cols = width()
+		}
+		rs, err := fetch(ctx)
+		if err != nil {
+			renderError(w, now, err, cols)
+		} else {
+			RenderWatch(w, now, rs, cols)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case t, ok := <-ticks:
+			if !ok {
+				return nil
+			}
+			now = t
+		}
+	}
+}
+
+// renderError draws a frame that says why there is no status to show.
+func renderError(w io.Writer, now time.Time, err error, width int) {
+	if width <= 0 {
+		width = defaultWidth
+	}
+	width = max(minWidth, min(width, maxWidth))
+	var b bytes.Buffer
+	RenderWatch(&b, now, nil, width)
+	frame := strings.Replace(b.String(), "no resources are running",
+		fit(ansiRed+"no status"+ansiReset+": "+oneLine(err.Error(), maxReasonLen), width), 1)
+	io.WriteString(w, frame)
 }

@@ -2,7 +2,10 @@ package status
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -127,3 +130,57 @@ func TestETA(t *testing.T) {
 		}
 	}
 }
+
+func TestWatch(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ticks := make(chan time.Time)
+	var mu sync.Mutex
+	var out bytes.Buffer
+	w := writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.Write(p)
+	})
+	calls := 0
+	fetch := func(context.Context) ([]Resource, error) {
+		calls++
+		if calls == 2 {
+			return nil, errors.New("dial unix /run/urbd/r0/control.sock: connection refused")
+		}
+		return []Resource{designExample()}, nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- Watch(ctx, w, watchTime, ticks, func() int { return 80 }, fetch) }()
+	ticks <- watchTime.Add(time.Second)
+	ticks <- watchTime.Add(2 * time.Second)
+	close(ticks)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	frames := strings.Split(out.String(), ansiClear)[1:]
+	if len(frames) != 3 {
+		t.Fatalf("%d frames, want 3", len(frames))
+	}
+	for i, want := range []string{"15:54:06", "15:54:07", "15:54:08"} {
+		if !strings.Contains(frames[i], want) {
+			t.Errorf("frame %d lacks time %s", i, want)
+		}
+	}
+	if !strings.Contains(frames[1], "connection refused") || strings.Contains(frames[1], "no resources") {
+		t.Errorf("error frame:\n%s", frames[1])
+	}
+	if !strings.Contains(frames[2], "SyncSource") {
+		t.Errorf("frame after the error does not show the resource again:\n%s", frames[2])
+	}
+
+	// Cancelling ctx ends the watch too.
+	cancel()
+	if err := Watch(ctx, w, watchTime, make(chan time.Time), nil, fetch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
