@@ -232,10 +232,17 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 	}
 	rc := &rawConn{c: conn}
 	peer, err := exchangeHello(rc, &cfg, dialer)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = authenticate(rc, &cfg, dialer, binding)
 	}
-	if err := authenticate(rc, &cfg, dialer, binding); err != nil {
+	if err != nil {
+		// In TLS 1.3 the client finishes its handshake before the server
+		// has checked the client's certificate; a rejection arrives as an
+		// alert on the first read.
+		var op *net.OpError
+		if cfg.TLS != nil && errors.As(err, &op) && op.Op == "remote error" {
+			err = fmt.Errorf("%w (%s): %w", ErrTLS, role, err)
+		}
 		return nil, err
 	}
 	// The transport now belongs to yamux, which has its own timeouts.

@@ -89,7 +89,7 @@ const (
 	MaxData = 32 << 20
 	// MaxPayload is the largest frame payload of any kind: MaxData plus the
 	// fixed fields of a Write.
-	MaxPayload = MaxData + 64
+	MaxPayload = MaxData + writeFixed
 	// MaxResource is the longest resource name, in bytes.
 	MaxResource = 255
 	// MaxReason is the longest Refuse reason, in bytes; longer reasons are cut.

@@ -1,0 +1,667 @@
+package protocol
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// transports run a handshake test over an unbuffered pipe and over TCP.
+var transports = []struct {
+	name string
+	pair func(testing.TB) (net.Conn, net.Conn)
+}{
+	{"pipe", func(testing.TB) (net.Conn, net.Conn) { return net.Pipe() }},
+	{"tcp", tcpPair},
+}
+
+func TestHandshakeSuccess(t *testing.T) {
+	for _, tr := range transports {
+		for _, secret := range []string{"", "s3cret"} {
+			t.Run(tr.name+"/secret="+secret, func(t *testing.T) {
+				dcfg, acfg := testConfig(), testConfig()
+				dcfg.Secret, acfg.Secret = []byte(secret), []byte(secret)
+				dcfg.NodeID, acfg.NodeID = 1, 2
+				d, a := tr.pair(t)
+				dr, ar := handshakePair(t, d, a, dcfg, acfg)
+				if dr.err != nil || ar.err != nil {
+					t.Fatalf("dialer %v, acceptor %v", dr.err, ar.err)
+				}
+				if dr.s.Peer().NodeID != 2 || ar.s.Peer().NodeID != 1 {
+					t.Fatalf("peers: dialer sees %+v, acceptor sees %+v", dr.s.Peer(), ar.s.Peer())
+				}
+				exchange(t, dr.s, ar.s)
+			})
+		}
+	}
+}
+
+// exchange checks that each stream carries a frame both ways.
+func exchange(t *testing.T, x, y *Session) {
+	t.Helper()
+	for _, pair := range [][2]*Session{{x, y}, {y, x}} {
+		from, to := pair[0], pair[1]
+		streams := []func(*Session) *Stream{(*Session).Control, (*Session).Data, (*Session).Resync}
+		for i, st := range streams {
+			if err := st(from).Send(&Ping{Seq: uint64(i)}); err != nil {
+				t.Fatalf("send on %s: %v", st(from).Name(), err)
+			}
+			m, err := st(to).Recv()
+			if err != nil {
+				t.Fatalf("recv on %s: %v", st(to).Name(), err)
+			}
+			if p, ok := m.(*Ping); !ok || p.Seq != uint64(i) {
+				t.Fatalf("recv on %s: %#v", st(to).Name(), m)
+			}
+		}
+	}
+}
+
+func TestHandshakeMismatch(t *testing.T) {
+	tests := []struct {
+		name      string
+		edit      func(d, a *Config)
+		want      error
+		wantTexts []string // both sides' errors name these values
+	}{
+		{"wrong secret", func(d, a *Config) { d.Secret = []byte("one") }, ErrAuth, nil},
+		{"wrong secret other way", func(d, a *Config) { a.Secret = []byte("two") }, ErrAuth, nil},
+		{"dialer without secret", func(d, a *Config) { d.Secret = nil }, ErrAuth, []string{"secret"}},
+		{"acceptor without secret", func(d, a *Config) { a.Secret = nil }, ErrAuth, []string{"secret"}},
+		{"size", func(d, a *Config) { d.Size, a.Size = 1073741824, 536870912 }, ErrSizeMismatch,
+			[]string{"1073741824 bytes", "536870912 bytes"}},
+		{"resource", func(d, a *Config) { d.Resource, a.Resource = "r0", "r1" }, ErrResourceMismatch,
+			[]string{`"r0"`, `"r1"`}},
+		{"bitmap block", func(d, a *Config) { d.BitmapBlock = 65536 }, ErrBitmapBlockMismatch,
+			[]string{"65536", "4096"}},
+		{"same node id", func(d, a *Config) { d.NodeID, a.NodeID = 5, 5 }, ErrSameNode, nil},
+	}
+	for _, tr := range transports {
+		for _, tc := range tests {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				dcfg, acfg := testConfig(), testConfig()
+				tc.edit(&dcfg, &acfg)
+				d, a := tr.pair(t)
+				dr, ar := handshakePair(t, d, a, dcfg, acfg)
+				for side, err := range map[string]error{"dialer": dr.err, "acceptor": ar.err} {
+					if tc.want == ErrSameNode && errors.Is(err, ErrRefused) {
+						// The refused side learns only the reason text.
+						continue
+					}
+					if !errors.Is(err, tc.want) {
+						t.Errorf("%s: got %v, want %v", side, err, tc.want)
+					}
+					for _, s := range tc.wantTexts {
+						if err != nil && !strings.Contains(err.Error(), s) {
+							t.Errorf("%s: %q does not name %s", side, err, s)
+						}
+					}
+				}
+				if dr.s != nil || ar.s != nil {
+					t.Fatal("a session was established")
+				}
+			})
+		}
+	}
+}
+
+// The refusing side's message names local and peer values from the
+// receiver's point of view.
+func TestSizeMismatchMessage(t *testing.T) {
+	dcfg, acfg := testConfig(), testConfig()
+	dcfg.Size, acfg.Size = 1073741824, 536870912
+	d, a := net.Pipe()
+	dr, ar := handshakePair(t, d, a, dcfg, acfg)
+	if want := "local 1073741824 bytes, peer 536870912 bytes"; !strings.Contains(dr.err.Error(), want) {
+		t.Errorf("dialer: %q lacks %q", dr.err, want)
+	}
+	if want := "protocol: disk size mismatch: local 536870912 bytes, peer 1073741824 bytes"; ar.err.Error() != want {
+		t.Errorf("acceptor: %q, want %q", ar.err, want)
+	}
+	if !errors.Is(dr.err, ErrRefused) {
+		t.Errorf("dialer: %v does not wrap ErrRefused", dr.err)
+	}
+}
+
+// fake drives one end of a connection by hand, frame by frame.
+type fake struct {
+	t    *testing.T
+	c    net.Conn
+	wseq uint32
+}
+
+func (f *fake) send(m Message) {
+	f.t.Helper()
+	b, err := AppendFrame(nil, f.wseq, m)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.wseq++
+	if _, err := f.c.Write(b); err != nil {
+		f.t.Fatalf("fake send %v: %v", m.Kind(), err)
+	}
+}
+
+func (f *fake) recv() Message {
+	f.t.Helper()
+	var hdr [HeaderLen]byte
+	if _, err := io.ReadFull(f.c, hdr[:]); err != nil {
+		f.t.Fatalf("fake recv: %v", err)
+	}
+	n := be.Uint32(hdr[12:])
+	b := make([]byte, HeaderLen+int(n))
+	copy(b, hdr[:])
+	if _, err := io.ReadFull(f.c, b[HeaderLen:]); err != nil {
+		f.t.Fatalf("fake recv: %v", err)
+	}
+	m, _, _, err := DecodeFrame(b)
+	if err != nil {
+		f.t.Fatalf("fake recv: %v", err)
+	}
+	return m
+}
+
+// expectRefuseThenEOF reads the rest of the connection: exactly one
+// Refuse with the given code, then end of stream (no yamux byte, so no
+// stream was ever opened).
+func (f *fake) expectRefuseThenEOF(code uint32) {
+	f.t.Helper()
+	m := f.recv()
+	if r, ok := m.(*Refuse); !ok || r.Code != code {
+		f.t.Fatalf("got %#v, want Refuse code %d", m, code)
+	}
+	rest, err := io.ReadAll(f.c)
+	if len(rest) != 0 {
+		f.t.Fatalf("%d bytes after Refuse (%v)", len(rest), err)
+	}
+}
+
+func runAcceptor(cfg Config, c net.Conn) chan hsResult {
+	ch := make(chan hsResult, 1)
+	go func() {
+		s, err := Handshake(context.Background(), c, cfg, false)
+		if s != nil {
+			s.Close()
+		}
+		ch <- hsResult{s, err}
+	}()
+	return ch
+}
+
+func runDialer(cfg Config, c net.Conn) chan hsResult {
+	ch := make(chan hsResult, 1)
+	go func() {
+		s, err := Handshake(context.Background(), c, cfg, true)
+		if s != nil {
+			s.Close()
+		}
+		ch <- hsResult{s, err}
+	}()
+	return ch
+}
+
+// A dialer answering the challenge without the secret is refused before any
+// stream exists.
+func TestWrongResponseRefusedBeforeStreams(t *testing.T) {
+	cfg := testConfig()
+	mine, theirs := tcpPair(t)
+	defer mine.Close()
+	res := runAcceptor(cfg, theirs)
+	f := &fake{t: t, c: mine}
+	f.send(&Hello{Version: Version, Resource: cfg.Resource, Size: cfg.Size, BitmapBlock: cfg.BitmapBlock})
+	if _, ok := f.recv().(*Hello); !ok {
+		t.Fatal("no Hello")
+	}
+	f.send(&AuthChallenge{Mode: AuthHMAC, Nonce: [NonceLen]byte{1}})
+	if _, ok := f.recv().(*AuthChallenge); !ok {
+		t.Fatal("no AuthChallenge")
+	}
+	f.send(&AuthResponse{MAC: [MACLen]byte{1, 2, 3}})
+	f.expectRefuseThenEOF(RefuseAuth)
+	if r := <-res; !errors.Is(r.err, ErrAuth) {
+		t.Fatalf("acceptor: %v", r.err)
+	}
+}
+
+// A replayed or reflected response (the acceptor's own MAC sent back) is
+// refused, and an acceptor that answers wrongly is refused by the dialer.
+func TestDialerRefusesWrongAcceptorResponse(t *testing.T) {
+	cfg := testConfig()
+	mine, theirs := net.Pipe()
+	defer mine.Close()
+	res := runDialer(cfg, theirs)
+	f := &fake{t: t, c: mine}
+	if _, ok := f.recv().(*Hello); !ok {
+		t.Fatal("no Hello")
+	}
+	f.send(&Hello{Version: Version, Resource: cfg.Resource, Size: cfg.Size, BitmapBlock: cfg.BitmapBlock})
+	ch, ok := f.recv().(*AuthChallenge)
+	if !ok {
+		t.Fatal("no AuthChallenge")
+	}
+	var nonce [NonceLen]byte
+	f.send(&AuthChallenge{Mode: AuthHMAC, Nonce: nonce})
+	resp, ok := f.recv().(*AuthResponse)
+	if !ok {
+		t.Fatal("no AuthResponse")
+	}
+	// Reflect the dialer's own proof back: the role byte makes it wrong.
+	f.send(resp)
+	f.expectRefuseThenEOF(RefuseAuth)
+	if r := <-res; !errors.Is(r.err, ErrAuth) {
+		t.Fatalf("dialer: %v", r.err)
+	}
+	// The dialer's proof was for our nonce and its own.
+	if want := authMAC(cfg.Secret, true, &nonce, &ch.Nonce, nil); want != resp.MAC {
+		t.Fatal("dialer MAC does not follow SPEC.md")
+	}
+}
+
+func TestVersionMismatch(t *testing.T) {
+	cfg := testConfig()
+	t.Run("hello version", func(t *testing.T) {
+		mine, theirs := net.Pipe()
+		defer mine.Close()
+		res := runAcceptor(cfg, theirs)
+		f := &fake{t: t, c: mine}
+		f.send(&Hello{Version: 2, Resource: cfg.Resource, Size: cfg.Size, BitmapBlock: cfg.BitmapBlock})
+		m := f.recv()
+		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || !strings.Contains(r.Reason, "local version 2, peer version 1") {
+			t.Fatalf("got %#v", m)
+		}
+		r := <-res
+		if !errors.Is(r.err, ErrVersion) || !strings.Contains(r.err.Error(), "local version 1, peer version 2") {
+			t.Fatalf("acceptor: %v", r.err)
+		}
+	})
+	t.Run("frame version", func(t *testing.T) {
+		mine, theirs := net.Pipe()
+		defer mine.Close()
+		res := runAcceptor(cfg, theirs)
+		b := mustFrame(t, 0, &Hello{Version: 2, Resource: cfg.Resource})
+		b[4] = 2
+		reseal(b)
+		// The acceptor stops reading after the header; write from
+		// elsewhere so the unbuffered pipe does not block us.
+		go mine.Write(b)
+		f := &fake{t: t, c: mine}
+		if m, ok := f.recv().(*Refuse); !ok || m.Code != RefuseVersion {
+			t.Fatalf("got %#v", m)
+		}
+		if r := <-res; !errors.Is(r.err, ErrVersion) {
+			t.Fatalf("acceptor: %v", r.err)
+		}
+	})
+	t.Run("refused dialer", func(t *testing.T) {
+		mine, theirs := net.Pipe()
+		defer mine.Close()
+		res := runDialer(cfg, theirs)
+		f := &fake{t: t, c: mine}
+		f.recv()
+		f.send(&Refuse{Code: RefuseVersion, Reason: "version mismatch: local version 1, peer version 9"})
+		r := <-res
+		if !errors.Is(r.err, ErrVersion) || !errors.Is(r.err, ErrRefused) || !strings.Contains(r.err.Error(), "peer version 9") {
+			t.Fatalf("dialer: %v", r.err)
+		}
+	})
+}
+
+// Hostile input during the handshake ends it without reading (or
+// allocating for) the announced payload.
+func TestHandshakeHostileFrames(t *testing.T) {
+	cfg := testConfig()
+	huge := mustFrame(t, 0, &Write{Length: 1, Data: []byte{1}})
+	be.PutUint32(huge[12:], MaxPayload)
+	tests := []struct {
+		name  string
+		bytes []byte
+		want  error
+	}{
+		{"data frame announcing 32 MiB", huge, ErrUnexpected},
+		{"garbage", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), ErrBadMagic},
+		{"oversize hello", func() []byte {
+			b := mustFrame(t, 0, &Hello{})
+			be.PutUint32(b[12:], 1<<20)
+			return b
+		}(), ErrTooLarge},
+		{"bad crc", func() []byte {
+			b := mustFrame(t, 0, &Hello{Resource: "r0"})
+			b[len(b)-1] ^= 1
+			return b
+		}(), ErrChecksum},
+		{"stream frame first", mustFrame(t, 0, &AuthOK{}), ErrUnexpected},
+		{"sequence gap", mustFrame(t, 5, &Hello{Version: Version, Resource: cfg.Resource}), ErrMalformed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mine, theirs := tcpPair(t)
+			defer mine.Close()
+			res := runAcceptor(cfg, theirs)
+			if _, err := mine.Write(tc.bytes); err != nil {
+				t.Fatal(err)
+			}
+			if r := <-res; !errors.Is(r.err, tc.want) {
+				t.Fatalf("got %v, want %v", r.err, tc.want)
+			}
+		})
+	}
+}
+
+func TestHandshakeTimeoutAndCancel(t *testing.T) {
+	t.Run("silent peer", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.Timeout = 100 * time.Millisecond
+		mine, theirs := net.Pipe()
+		defer mine.Close()
+		_, err := Handshake(context.Background(), theirs, cfg, false)
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		mine, theirs := net.Pipe()
+		defer mine.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := Handshake(ctx, theirs, testConfig(), true)
+			done <- err
+		}()
+		// The dialer speaks first: once its Hello is read it waits for us.
+		f := &fake{t: t, c: mine}
+		f.recv()
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+// Garbage from the peer after the handshake kills that session only.
+func TestGarbageKillsOnlyThatSession(t *testing.T) {
+	d1, a1 := sessionPair(t)
+	d2, a2 := sessionPair(t)
+	// Bypass the framing: write raw bytes into the dialer's data stream.
+	if _, err := d1.Data().w.Write([]byte("this is not a frame at all")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := a1.Data().Recv()
+	if !errors.Is(err, ErrBadMagic) {
+		t.Fatalf("acceptor data Recv: %v", err)
+	}
+	<-a1.Done()
+	<-d1.Done()
+	if !errors.Is(a1.Err(), ErrBadMagic) {
+		t.Fatalf("acceptor session Err: %v", a1.Err())
+	}
+	if _, err := a1.Control().Recv(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("control Recv on the dead session: %v", err)
+	}
+	if err := d1.Control().Send(&Ping{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Send on the dead session: %v", err)
+	}
+	select {
+	case <-d2.Done():
+		t.Fatal("the other session died")
+	case <-a2.Done():
+		t.Fatal("the other session died")
+	default:
+	}
+	exchange(t, d2, a2)
+}
+
+func TestGarbageBelowYamux(t *testing.T) {
+	d, a := sessionPair(t)
+	if _, err := d.conn.Write([]byte("garbage garbage garbage")); err != nil {
+		t.Fatal(err)
+	}
+	<-a.Done()
+	if _, err := a.Data().Recv(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Recv: %v", err)
+	}
+}
+
+func TestCorruptFrameKillsSession(t *testing.T) {
+	d, a := sessionPair(t)
+	b := mustFrame(t, 1, &Ack{Seq: 1, Type: AckDone}) // seq 0 was StreamOpen
+	b[HeaderLen] ^= 0xff
+	if _, err := d.Data().w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Data().Recv(); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("Recv: %v", err)
+	}
+	<-d.Done()
+}
+
+func TestHandshakeKindAfterHandshake(t *testing.T) {
+	d, a := sessionPair(t)
+	if err := d.Control().Send(&Hello{Version: Version}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Control().Recv(); !errors.Is(err, ErrUnexpected) {
+		t.Fatalf("Recv: %v", err)
+	}
+}
+
+func TestExtraStreamKillsSession(t *testing.T) {
+	d, a := sessionPair(t)
+	if _, err := d.ys.OpenStream(); err != nil {
+		t.Fatal(err)
+	}
+	<-a.Done()
+	if !errors.Is(a.Err(), ErrUnexpected) {
+		t.Fatalf("Err: %v", a.Err())
+	}
+}
+
+func TestCloseIsIdempotentAndErrClosed(t *testing.T) {
+	d, a := sessionPair(t)
+	if d.Err() != nil {
+		t.Fatalf("Err on a live session: %v", d.Err())
+	}
+	d.Close()
+	d.Close()
+	<-d.Done()
+	if !errors.Is(d.Err(), ErrClosed) {
+		t.Fatalf("Err: %v", d.Err())
+	}
+	<-a.Done()
+	if _, err := d.Data().Recv(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Recv after Close: %v", err)
+	}
+}
+
+// --- TLS ---
+
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+	pem  []byte
+}
+
+func newCA(t testing.TB, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// leaf issues a node certificate; it returns the key pair and its PEM files' contents.
+func (ca *testCA) leaf(t testing.TB, name string) (tls.Certificate, []byte, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pair, certPEM, keyPEM
+}
+
+func TestTLS(t *testing.T) {
+	ca := newCA(t, "urbd test CA")
+	other := newCA(t, "some other CA")
+	nodeA, _, _ := ca.leaf(t, "node-a")
+	nodeB, _, _ := ca.leaf(t, "node-b")
+	rogue, _, _ := other.leaf(t, "rogue")
+
+	t.Run("success", func(t *testing.T) {
+		dcfg, acfg := testConfig(), testConfig()
+		dcfg.TLS = NewTLSConfig(nodeA, ca.pool)
+		acfg.TLS = NewTLSConfig(nodeB, ca.pool)
+		d, a := tcpPair(t)
+		dr, ar := handshakePair(t, d, a, dcfg, acfg)
+		if dr.err != nil || ar.err != nil {
+			t.Fatalf("dialer %v, acceptor %v", dr.err, ar.err)
+		}
+		if _, ok := dr.s.conn.(*tls.Conn); !ok {
+			t.Fatal("session transport is not TLS")
+		}
+		exchange(t, dr.s, ar.s)
+	})
+	for _, tc := range []struct {
+		name       string
+		dial, acpt tls.Certificate
+		dpool      *x509.CertPool
+	}{
+		{"dialer cert from another CA", rogue, nodeB, ca.pool},
+		{"acceptor cert from another CA", nodeA, rogue, other.pool},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dcfg, acfg := testConfig(), testConfig()
+			dcfg.TLS = NewTLSConfig(tc.dial, tc.dpool)
+			acfg.TLS = NewTLSConfig(tc.acpt, ca.pool)
+			if tc.name == "acceptor cert from another CA" {
+				dcfg.TLS = NewTLSConfig(tc.dial, ca.pool)
+			}
+			d, a := tcpPair(t)
+			dr, ar := handshakePair(t, d, a, dcfg, acfg)
+			if !errors.Is(dr.err, ErrTLS) || !errors.Is(ar.err, ErrTLS) {
+				t.Fatalf("dialer %v, acceptor %v; want ErrTLS on both", dr.err, ar.err)
+			}
+		})
+	}
+	t.Run("plain peer", func(t *testing.T) {
+		dcfg, acfg := testConfig(), testConfig()
+		acfg.TLS = NewTLSConfig(nodeB, ca.pool)
+		dcfg.Timeout, acfg.Timeout = time.Second, time.Second
+		d, a := tcpPair(t)
+		dr, ar := handshakePair(t, d, a, dcfg, acfg)
+		if dr.err == nil || !errors.Is(ar.err, ErrTLS) {
+			t.Fatalf("dialer %v, acceptor %v", dr.err, ar.err)
+		}
+	})
+}
+
+func TestLoadTLSAndSecret(t *testing.T) {
+	dir := t.TempDir()
+	ca := newCA(t, "urbd test CA")
+	_, certPEM, keyPEM := ca.leaf(t, "node")
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cert, key, caf := write("cert.pem", certPEM), write("key.pem", keyPEM), write("ca.pem", ca.pem)
+	cfg, err := LoadTLS(cert, key, caf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MinVersion != tls.VersionTLS13 || len(cfg.Certificates) != 1 || cfg.VerifyConnection == nil {
+		t.Fatalf("config %+v", cfg)
+	}
+	if _, err := LoadTLS(cert, key, write("empty.pem", []byte("nothing"))); err == nil {
+		t.Fatal("CA without certificates accepted")
+	}
+	if _, err := LoadTLS(cert, caf, caf); err == nil {
+		t.Fatal("mismatched key accepted")
+	}
+
+	secretTests := []struct {
+		content string
+		want    string
+		err     bool
+	}{
+		{"hunter2\n", "hunter2", false},
+		{"  spaced secret \r\n\n", "  spaced secret", false},
+		{"\n", "", true},
+		{"", "", true},
+		{strings.Repeat("x", MaxSecret), strings.Repeat("x", MaxSecret), false},
+		{strings.Repeat("x", MaxSecret) + "\n", strings.Repeat("x", MaxSecret), false},
+		{strings.Repeat("x", MaxSecret+1), "", true},
+	}
+	for i, tc := range secretTests {
+		got, err := LoadSecret(write("secret", []byte(tc.content)))
+		if tc.err {
+			if !errors.Is(err, ErrSecret) {
+				t.Errorf("case %d: got %q, %v; want ErrSecret", i, got, err)
+			}
+			continue
+		}
+		if err != nil || string(got) != tc.want {
+			t.Errorf("case %d: got %q, %v; want %q", i, got, err, tc.want)
+		}
+	}
+	if _, err := LoadSecret(filepath.Join(dir, "missing")); !errors.Is(err, ErrSecret) || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
