@@ -259,7 +259,7 @@ func DecodeFrame(b []byte) (Message, Header, int, error) {
 	if err := checkCRC(b[:HeaderLen], h, payload); err != nil {
 		return nil, h, 0, err
 	}
-	m, err := decodePayload(h.Kind, payload)
+	m, err := decodePayload(h.Kind, payload, nil)
 	if err != nil {
 		return nil, h, 0, err
 	}
@@ -337,11 +337,23 @@ func malformed(k Kind, format string, args ...any) error {
 	return fmt.Errorf("%w: %v: %s", ErrMalformed, k, fmt.Sprintf(format, args...))
 }
 
-// decodePayload decodes the payload of a frame of kind k into a freshly
-// allocated message. Bulk data aliases p. The length of p is already bounded
-// by maxPayloadFor(k).
-func decodePayload(k Kind, p []byte) (Message, error) {
-	d := &dec{b: p}
+// recvMsgs holds one reusable message of each high-rate kind, so that a
+// Stream's receive path allocates nothing per frame.
+type recvMsgs struct {
+	write      Write
+	ack        Ack
+	flush      Flush
+	flushAck   FlushAck
+	resyncData ResyncData
+	resyncAck  ResyncAck
+}
+
+// decodePayload decodes the payload of a frame of kind k. Messages of the
+// kinds in recvMsgs are decoded into reuse when it is not nil; all others
+// are freshly allocated. Bulk data aliases p. The length of p is already
+// bounded by maxPayloadFor(k).
+func decodePayload(k Kind, p []byte, reuse *recvMsgs) (Message, error) {
+	d := dec{b: p}
 	var m Message
 	switch k {
 	case KindHello:
@@ -407,7 +419,14 @@ func decodePayload(k Kind, p []byte) (Message, error) {
 	case KindPingAck:
 		m = &PingAck{Seq: d.u64()}
 	case KindFlush:
-		m = &Flush{Seq: d.u64()}
+		var v *Flush
+		if reuse != nil {
+			v = &reuse.flush
+		} else {
+			v = new(Flush)
+		}
+		*v = Flush{Seq: d.u64()}
+		m = v
 	case KindSyncStart:
 		v := &SyncStart{}
 		v.Direction = d.u8()
@@ -449,7 +468,12 @@ func decodePayload(k Kind, p []byte) (Message, error) {
 		}
 		m = v
 	case KindWrite:
-		v := &Write{}
+		var v *Write
+		if reuse != nil {
+			v = &reuse.write
+		} else {
+			v = new(Write)
+		}
 		v.Seq = d.u64()
 		v.Offset = d.u64()
 		v.Flags = d.u32()
@@ -464,7 +488,12 @@ func decodePayload(k Kind, p []byte) (Message, error) {
 		}
 		m = v
 	case KindAck:
-		v := &Ack{}
+		var v *Ack
+		if reuse != nil {
+			v = &reuse.ack
+		} else {
+			v = new(Ack)
+		}
 		v.Seq = d.u64()
 		v.Type = d.u8()
 		pad := d.zero(3)
@@ -477,18 +506,36 @@ func decodePayload(k Kind, p []byte) (Message, error) {
 		}
 		m = v
 	case KindFlushAck:
-		m = &FlushAck{Seq: d.u64(), Err: d.u32()}
+		var v *FlushAck
+		if reuse != nil {
+			v = &reuse.flushAck
+		} else {
+			v = new(FlushAck)
+		}
+		*v = FlushAck{Seq: d.u64(), Err: d.u32()}
+		m = v
 	case KindResyncData:
-		v := &ResyncData{}
+		var v *ResyncData
+		if reuse != nil {
+			v = &reuse.resyncData
+		} else {
+			v = new(ResyncData)
+		}
 		v.Seq = d.u64()
 		v.Offset = d.u64()
+		v.Data = nil
 		if len(d.b) > 0 {
 			v.Data = d.b
 		}
 		d.b = nil
 		m = v
 	case KindResyncAck:
-		v := &ResyncAck{}
+		var v *ResyncAck
+		if reuse != nil {
+			v = &reuse.resyncAck
+		} else {
+			v = new(ResyncAck)
+		}
 		v.Seq = d.u64()
 		v.Offset = d.u64()
 		v.Length = d.u32()

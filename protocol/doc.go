@@ -36,10 +36,12 @@
 // Stream.Send is safe for concurrent use; frames never interleave. Concurrent
 // small sends are coalesced into one transport write without a timer: the
 // last queued sender writes the batch. Stream.Recv must be called from one
-// goroutine. Recv returns pointers to freshly allocated messages, but
-// Write.Data and ResyncData.Data alias the Stream's receive buffer and are
-// valid only until the next Recv on that Stream (RecvOwned copies them).
-// Send does not retain the caller's buffers after it returns.
+// goroutine. Recv returns pointers. The high-rate kinds (*Write, *Ack,
+// *Flush, *FlushAck, *ResyncData, *ResyncAck) are reused by the Stream, and
+// Write.Data and ResyncData.Data alias its receive buffer: they are valid
+// only until the next Recv on that Stream (RecvOwned copies them). All other
+// messages are freshly allocated and belong to the caller. Send does not
+// retain the caller's messages or buffers after it returns.
 //
 // # Errors
 //

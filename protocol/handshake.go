@@ -519,7 +519,7 @@ func (st *Stream) recvStreamOpen() (*StreamOpen, error) {
 	if err := checkCRC(st.hdr[:], h, p); err != nil {
 		return nil, err
 	}
-	m, err := decodePayload(h.Kind, p)
+	m, err := decodePayload(h.Kind, p, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -579,7 +579,7 @@ func (rc *rawConn) recv() (Message, error) {
 	if err := checkCRC(rc.hdr[:], h, p); err != nil {
 		return nil, fmt.Errorf("protocol: handshake: %w", err)
 	}
-	m, err := decodePayload(h.Kind, p)
+	m, err := decodePayload(h.Kind, p, nil)
 	if err != nil {
 		return nil, fmt.Errorf("protocol: handshake: %w", err)
 	}

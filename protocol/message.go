@@ -214,8 +214,9 @@ const (
 //
 // For a plain write Length == len(Data). With FlagTrim or FlagZero Data is
 // empty and Length gives the range. A Write returned by Recv has Data aliasing
-// the stream's receive buffer, valid only until the next Recv on that stream
-// (use RecvOwned or Clone to keep it).
+// the stream's receive buffer, and the *Write itself is reused by the stream:
+// both are valid only until the next Recv on that stream (use RecvOwned or
+// Clone to keep them).
 type Write struct {
 	Seq    uint64
 	Offset uint64

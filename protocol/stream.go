@@ -57,11 +57,12 @@ type Stream struct {
 	werr error      // first send error; sticky
 
 	// Receive side: owned by the single Recv goroutine.
-	r    *bufio.Reader
-	hdr  [HeaderLen]byte
-	rbuf []byte // payload buffer reused across Recv calls
-	rseq uint32 // sequence expected on the next frame
-	rerr error  // first receive error; sticky
+	r     *bufio.Reader
+	hdr   [HeaderLen]byte
+	rbuf  []byte   // payload buffer reused across Recv calls
+	rseq  uint32   // sequence expected on the next frame
+	rerr  error    // first receive error; sticky
+	reuse recvMsgs // messages of the high-rate kinds, reused by Recv
 }
 
 func streamName(id uint8) string {
@@ -198,10 +199,16 @@ func (st *Stream) writeLocked(b []byte) error {
 	return err
 }
 
-// Recv returns the next message. Messages are returned as pointers (*Write,
-// *Ack, ...), each freshly allocated. Write.Data and ResyncData.Data alias a
-// receive buffer owned by the Stream and are valid only until the next Recv
-// on this Stream; use RecvOwned, or Clone, to keep them longer.
+// Recv returns the next message, always as a pointer (*Write, *Ack, ...).
+//
+// Ownership: so that the receive path allocates nothing per frame, the
+// messages of the high-rate kinds - *Write, *Ack, *Flush, *FlushAck,
+// *ResyncData, *ResyncAck - are owned by the Stream and, like the Data they
+// carry, valid only until the next Recv on this Stream: read the fields you
+// need (or copy the struct, or use RecvOwned or Clone) before calling Recv
+// again. Write.Data and ResyncData.Data alias the Stream's receive buffer.
+// Messages of every other kind (State, Bitmap, ChecksumReply, ...) are
+// freshly allocated and belong to the caller.
 //
 // Any error (malformed frame, bad checksum, unknown kind, oversize length,
 // transport failure, a handshake message after the handshake) closes the
@@ -220,8 +227,9 @@ func (st *Stream) Recv() (Message, error) {
 	return m, nil
 }
 
-// RecvOwned is Recv with Write.Data and ResyncData.Data copied into fresh
-// slices owned by the caller.
+// RecvOwned is Recv returning a message that belongs entirely to the
+// caller: the high-rate kinds are copied out of the Stream, with Write.Data
+// and ResyncData.Data in fresh slices. It allocates per frame.
 func (st *Stream) RecvOwned() (Message, error) {
 	m, err := st.Recv()
 	if err != nil {
@@ -229,13 +237,21 @@ func (st *Stream) RecvOwned() (Message, error) {
 	}
 	switch v := m.(type) {
 	case *Write:
-		if v.Data != nil {
-			v.Data = append([]byte(nil), v.Data...)
-		}
+		return v.Clone(), nil
 	case *ResyncData:
-		if v.Data != nil {
-			v.Data = append([]byte(nil), v.Data...)
-		}
+		return v.Clone(), nil
+	case *Ack:
+		c := *v
+		return &c, nil
+	case *Flush:
+		c := *v
+		return &c, nil
+	case *FlushAck:
+		c := *v
+		return &c, nil
+	case *ResyncAck:
+		c := *v
+		return &c, nil
 	}
 	return m, nil
 }
@@ -266,7 +282,7 @@ func (st *Stream) recv() (Message, error) {
 	if err := checkCRC(st.hdr[:], h, p); err != nil {
 		return nil, err
 	}
-	return decodePayload(h.Kind, p)
+	return decodePayload(h.Kind, p, &st.reuse)
 }
 
 // payloadBuf returns a buffer of n bytes, reusing the previous one when it is

@@ -1,0 +1,358 @@
+package protocol
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"runtime"
+	"sync"
+	"testing"
+	"unsafe"
+)
+
+// recorder is a transport that keeps every Write call separately.
+type recorder struct {
+	mu     sync.Mutex
+	writes [][]byte
+	ptrs   []*byte // first byte of each written slice, to detect copies
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.writes = append(r.writes, bytes.Clone(p))
+	if len(p) > 0 {
+		r.ptrs = append(r.ptrs, &p[0])
+	}
+	return len(p), nil
+}
+
+func (r *recorder) Read([]byte) (int, error) { return 0, io.EOF }
+
+func (r *recorder) all() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return bytes.Join(r.writes, nil)
+}
+
+// decodeAll decodes a byte stream of frames, checking the frame sequence.
+func decodeAll(t *testing.T, b []byte) []Message {
+	t.Helper()
+	var out []Message
+	for seq := uint32(0); len(b) > 0; seq++ {
+		m, h, n, err := DecodeFrame(b)
+		if err != nil {
+			t.Fatalf("frame %d: %v", seq, err)
+		}
+		if h.Seq != seq {
+			t.Fatalf("frame %d has seq %d", seq, h.Seq)
+		}
+		out = append(out, m)
+		b = b[n:]
+	}
+	return out
+}
+
+// A Send with nobody queued behind it reaches the transport before it returns.
+func TestSendAloneWritesAtOnce(t *testing.T) {
+	rec := &recorder{}
+	st := newStream(nil, StreamData, rec, 0)
+	if err := st.Send(&Ping{Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.writes) != 1 {
+		t.Fatalf("%d transport writes after one Send", len(rec.writes))
+	}
+}
+
+// Sends queued behind each other leave in one transport write, written by
+// the last of them.
+func TestSendCoalescesQueuedFrames(t *testing.T) {
+	rec := &recorder{}
+	st := newStream(nil, StreamData, rec, 0)
+	const n = 20
+	st.mu.Lock() // hold the stream so the senders queue up
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := st.Send(&Write{Seq: uint64(i), Length: 512, Data: make([]byte, 512)}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	for st.queued.Load() != n {
+		runtime.Gosched()
+	}
+	st.mu.Unlock()
+	wg.Wait()
+	if len(rec.writes) != 1 {
+		t.Fatalf("%d frames left in %d transport writes, want 1", n, len(rec.writes))
+	}
+	if got := decodeAll(t, rec.all()); len(got) != n {
+		t.Fatalf("decoded %d frames", len(got))
+	}
+}
+
+// A large payload goes to the transport as the caller's own slice (no copy);
+// a small one is coalesced.
+func TestSendLargePayloadNotCopied(t *testing.T) {
+	rec := &recorder{}
+	st := newStream(nil, StreamData, rec, 0)
+	data := make([]byte, 1<<20)
+	data[0], data[len(data)-1] = 1, 2
+	if err := st.Send(&Write{Length: uint32(len(data)), Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, p := range rec.ptrs {
+		if p == &data[0] {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("the 1 MiB payload was copied before reaching the transport")
+	}
+	got := decodeAll(t, rec.all())
+	if w := got[0].(*Write); !bytes.Equal(w.Data, data) {
+		t.Fatal("payload changed")
+	}
+	// A big fixed part (a full Bitmap chunk) larger than the buffer.
+	bm := &Bitmap{TotalBits: 64 * MaxBitmapWords, Words: make([]uint64, MaxBitmapWords), Last: true}
+	bm.Words[MaxBitmapWords-1] = 42
+	if err := st.Send(bm); err != nil {
+		t.Fatal(err)
+	}
+	got = decodeAll(t, rec.all())
+	if b := got[1].(*Bitmap); b.Words[MaxBitmapWords-1] != 42 || !b.Last {
+		t.Fatal("bitmap changed")
+	}
+}
+
+// Concurrent senders: every frame arrives whole, and each sender's frames
+// arrive in its order.
+func TestConcurrentSendOrder(t *testing.T) {
+	rec := &recorder{}
+	st := newStream(nil, StreamData, rec, 0)
+	const senders, each = 8, 200
+	var wg sync.WaitGroup
+	for s := 0; s < senders; s++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				size := (i % 5) * 9000 // 0 .. 36000: inline and direct payloads
+				data := bytes.Repeat([]byte{byte(s)}, size)
+				err := st.Send(&Write{Seq: uint64(s)<<32 | uint64(i), Length: uint32(size), Data: data})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	next := make([]uint64, senders)
+	for _, m := range decodeAll(t, rec.all()) {
+		w := m.(*Write)
+		s, i := w.Seq>>32, w.Seq&0xffffffff
+		if i != next[s] {
+			t.Fatalf("sender %d: frame %d after %d", s, i, next[s])
+		}
+		next[s]++
+		if len(w.Data) != int(i%5)*9000 || (len(w.Data) > 0 && (w.Data[0] != byte(s) || w.Data[len(w.Data)-1] != byte(s))) {
+			t.Fatalf("sender %d frame %d: bad data", s, i)
+		}
+	}
+	for s, n := range next {
+		if n != each {
+			t.Fatalf("sender %d: %d frames arrived", s, n)
+		}
+	}
+}
+
+func TestSendInvalidKeepsStream(t *testing.T) {
+	rec := &recorder{}
+	st := newStream(nil, StreamData, rec, 0)
+	if err := st.Send(&Write{Length: 9}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("got %v", err)
+	}
+	if err := st.Send(foreign{}); !errors.Is(err, ErrUnknownKind) {
+		t.Fatalf("got %v", err)
+	}
+	if err := st.Send(Ack{Seq: 1, Type: AckDone}); err != nil {
+		t.Fatal(err)
+	}
+	if got := decodeAll(t, rec.all()); len(got) != 1 {
+		t.Fatalf("%d frames", len(got))
+	}
+}
+
+// errWriter fails every write.
+type errWriter struct{ n int }
+
+func (e *errWriter) Write(p []byte) (int, error) { e.n++; return 0, io.ErrClosedPipe }
+func (e *errWriter) Read([]byte) (int, error)    { return 0, io.EOF }
+
+func TestSendErrorIsSticky(t *testing.T) {
+	ew := &errWriter{}
+	st := newStream(nil, StreamData, ew, 0)
+	if err := st.Send(&Ping{}); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("got %v", err)
+	}
+	if err := st.Send(&Ping{}); !errors.Is(err, io.ErrClosedPipe) || ew.n != 1 {
+		t.Fatalf("second send: %v after %d writes", err, ew.n)
+	}
+}
+
+// streamOver returns a Stream that reads the given bytes.
+func streamOver(b []byte) *Stream {
+	return newStream(nil, StreamData, struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(b), io.Discard}, 0)
+}
+
+func framesOf(t testing.TB, ms ...Message) []byte {
+	var b []byte
+	for i, m := range ms {
+		var err error
+		if b, err = AppendFrame(b, uint32(i), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+func TestRecvReusesBuffers(t *testing.T) {
+	st := streamOver(framesOf(t,
+		&Write{Seq: 1, Length: 4, Data: []byte("aaaa")},
+		&Write{Seq: 2, Length: 4, Data: []byte("bbbb")},
+		&State{Role: RolePrimary}))
+	m1, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w1 := m1.(*Write)
+	d1 := w1.Data
+	m2, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.(*Write) != w1 || unsafe.SliceData(m2.(*Write).Data) != unsafe.SliceData(d1) {
+		t.Fatal("Write and its buffer were not reused")
+	}
+	if string(d1) != "bbbb" || w1.Seq != 2 {
+		t.Fatal("the reused Write does not hold the second frame")
+	}
+	m3, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m3.(*State).Role != RolePrimary {
+		t.Fatalf("got %#v", m3)
+	}
+	if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("at end: %v", err)
+	}
+}
+
+func TestRecvOwnedCopies(t *testing.T) {
+	st := streamOver(framesOf(t,
+		&Write{Seq: 1, Length: 4, Data: []byte("aaaa")},
+		&Ack{Seq: 1, Type: AckDone},
+		&ResyncData{Seq: 3, Data: []byte("cc")},
+		&Write{Seq: 2, Length: 4, Data: []byte("bbbb")},
+		&Ack{Seq: 2, Type: AckReceived},
+		&ResyncData{Seq: 4, Data: []byte("dd")}))
+	var kept []Message
+	for i := 0; i < 6; i++ {
+		m, err := st.RecvOwned()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, m)
+	}
+	if w := kept[0].(*Write); w.Seq != 1 || string(w.Data) != "aaaa" {
+		t.Fatalf("first write changed: %+v", w)
+	}
+	if a := kept[1].(*Ack); a.Seq != 1 || a.Type != AckDone {
+		t.Fatalf("first ack changed: %+v", a)
+	}
+	if r := kept[2].(*ResyncData); r.Seq != 3 || string(r.Data) != "cc" {
+		t.Fatalf("first resync changed: %+v", r)
+	}
+}
+
+func TestRecvErrors(t *testing.T) {
+	oversize := framesOf(t, &Write{Length: 1, Data: []byte{1}})
+	be.PutUint32(oversize[12:], writeFixed+MaxData+1)
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"oversize", oversize, ErrTooLarge},
+		{"sequence gap", append(framesOf(t, &Ping{}), mustFrame(t, 5, &Ping{})...), ErrMalformed},
+		{"truncated payload", framesOf(t, &Write{Length: 8, Data: make([]byte, 8)})[:30], io.ErrUnexpectedEOF},
+		{"truncated header", []byte("URBD\x01"), io.ErrUnexpectedEOF},
+		{"handshake kind", framesOf(t, &AuthOK{}), ErrUnexpected},
+		{"unknown kind", func() []byte { b := framesOf(t, &Ping{}); b[5] = 99; return reseal(b) }(), ErrUnknownKind},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := streamOver(tc.in)
+			var err error
+			for err == nil {
+				_, err = st.Recv()
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if cap(st.rbuf) > minPayloadBuf {
+				t.Fatalf("allocated %d bytes for a rejected frame", cap(st.rbuf))
+			}
+			if _, again := st.Recv(); !errors.Is(again, tc.want) {
+				t.Fatalf("error not sticky: %v", again)
+			}
+		})
+	}
+}
+
+// The hot path allocates nothing per frame on either side.
+func TestNoAllocationsPerFrame(t *testing.T) {
+	data := make([]byte, 4096)
+	w := &Write{Length: 4096, Data: data}
+	ack := &Ack{Seq: 1, Type: AckDone}
+	send := newStream(nil, StreamData, struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(nil), io.Discard}, 0)
+	if a := testing.AllocsPerRun(200, func() {
+		if err := send.Send(w); err != nil {
+			t.Fatal(err)
+		}
+		if err := send.Send(ack); err != nil {
+			t.Fatal(err)
+		}
+	}); a != 0 {
+		t.Errorf("Send: %v allocations per Write+Ack", a)
+	}
+
+	const runs = 200
+	var frames []Message
+	for i := 0; i < runs+1; i++ {
+		frames = append(frames, w, ack)
+	}
+	recv := streamOver(framesOf(t, frames...))
+	if a := testing.AllocsPerRun(runs, func() {
+		for range 2 {
+			if _, err := recv.Recv(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}); a != 0 {
+		t.Errorf("Recv: %v allocations per Write+Ack", a)
+	}
+}
