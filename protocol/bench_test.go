@@ -24,6 +24,36 @@ func drain(st *Stream, n int, done chan<- error) {
 
 func benchWrites(b *testing.B, size int, parallel bool) {
 	d, a := sessionPair(b)
+	benchWritesOn(b, d, a, size, parallel)
+}
+
+// tlsSessionPair returns two sessions over loopback TCP with mutual TLS.
+func tlsSessionPair(b *testing.B) (*Session, *Session) {
+	ca := newCA(b, "bench CA")
+	n1, _, _ := ca.leaf(b, "n1")
+	n2, _, _ := ca.leaf(b, "n2")
+	dcfg, acfg := testConfig(), testConfig()
+	dcfg.TLS, acfg.TLS = NewTLSConfig(n1, ca.pool), NewTLSConfig(n2, ca.pool)
+	dc, ac := tcpPair(b)
+	dr, ar := handshakePair(b, dc, ac, dcfg, acfg)
+	if dr.err != nil || ar.err != nil {
+		b.Fatalf("handshake: dialer %v, acceptor %v", dr.err, ar.err)
+	}
+	return dr.s, ar.s
+}
+
+// BenchmarkWrite4KTLS and BenchmarkWrite1MTLS: as without TLS, over mutual TLS 1.3.
+func BenchmarkWrite4KTLS(b *testing.B) {
+	d, a := tlsSessionPair(b)
+	benchWritesOn(b, d, a, 4096, true)
+}
+
+func BenchmarkWrite1MTLS(b *testing.B) {
+	d, a := tlsSessionPair(b)
+	benchWritesOn(b, d, a, 1<<20, false)
+}
+
+func benchWritesOn(b *testing.B, d, a *Session, size int, parallel bool) {
 	data := make([]byte, size)
 	for i := range data {
 		data[i] = byte(i)

@@ -436,10 +436,11 @@ func startSession(ctx context.Context, conn net.Conn, cfg *Config, dialer bool, 
 	yc := yamuxConfig(cfg)
 	var ys *yamux.Session
 	var err error
+	yconn := newHeaderJoiner(conn)
 	if dialer {
-		ys, err = yamux.Client(conn, yc)
+		ys, err = yamux.Client(yconn, yc)
 	} else {
-		ys, err = yamux.Server(conn, yc)
+		ys, err = yamux.Server(yconn, yc)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("protocol: yamux: %w", err)
