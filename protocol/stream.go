@@ -272,8 +272,8 @@ func (st *Stream) recv() (Message, error) {
 	case KindHello, KindAuthChallenge, KindAuthResponse, KindAuthOK, KindStreamOpen:
 		return nil, fmt.Errorf("%w: %v after the handshake", ErrUnexpected, h.Kind)
 	}
-	p := st.payloadBuf(int(h.Length))
-	if _, err := io.ReadFull(st.r, p); err != nil {
+	p, err := st.readPayload(int(h.Length))
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
@@ -285,17 +285,36 @@ func (st *Stream) recv() (Message, error) {
 	return decodePayload(h.Kind, p, &st.reuse)
 }
 
-// payloadBuf returns a buffer of n bytes, reusing the previous one when it is
-// large enough. n is already bounded by maxPayloadFor.
-func (st *Stream) payloadBuf(n int) []byte {
-	if cap(st.rbuf) < n {
-		c := minPayloadBuf
-		for c < n {
-			c *= 2
-		}
-		st.rbuf = make([]byte, c)
+// readPayload reads an n-byte payload into the reused receive buffer. n is
+// already bounded by maxPayloadFor. When the buffer must grow it grows with
+// the bytes that actually arrive (doubling), so a peer announcing 32 MiB and
+// sending 20 bytes costs no more than the smallest buffer.
+func (st *Stream) readPayload(n int) ([]byte, error) {
+	if cap(st.rbuf) >= n {
+		p := st.rbuf[:n]
+		_, err := io.ReadFull(st.r, p)
+		return p, err
 	}
-	return st.rbuf[:n]
+	buf := st.rbuf[:0]
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			c := min(max(2*cap(buf), minPayloadBuf), n)
+			if n <= minPayloadBuf {
+				c = minPayloadBuf
+			}
+			nb := make([]byte, len(buf), c)
+			copy(nb, buf)
+			buf = nb
+			st.rbuf = nb
+		}
+		end := min(cap(buf), n)
+		k, err := io.ReadFull(st.r, buf[len(buf):end])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
 }
 
 // fail records err as the reason the session dies, closes the session and

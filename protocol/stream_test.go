@@ -297,6 +297,12 @@ func TestRecvErrors(t *testing.T) {
 		{"sequence gap", append(framesOf(t, &Ping{}), mustFrame(t, 5, &Ping{})...), ErrMalformed},
 		{"truncated payload", framesOf(t, &Write{Length: 8, Data: make([]byte, 8)})[:30], io.ErrUnexpectedEOF},
 		{"truncated header", []byte("URBD\x01"), io.ErrUnexpectedEOF},
+		{"announces 32 MiB, sends 1 KiB", func() []byte {
+			b := framesOf(t, &Write{Length: 1024, Data: make([]byte, 1024)})
+			be.PutUint32(b[12:], writeFixed+MaxData)
+			be.PutUint32(b[HeaderLen+20:], MaxData)
+			return b
+		}(), io.ErrUnexpectedEOF},
 		{"handshake kind", framesOf(t, &AuthOK{}), ErrUnexpected},
 		{"unknown kind", func() []byte { b := framesOf(t, &Ping{}); b[5] = 99; return reseal(b) }(), ErrUnknownKind},
 	}
@@ -355,4 +361,31 @@ func TestNoAllocationsPerFrame(t *testing.T) {
 	}); a != 0 {
 		t.Errorf("Recv: %v allocations per Write+Ack", a)
 	}
+}
+
+// FuzzStreamRecv: a Stream reading arbitrary bytes never panics, never
+// allocates past the kind's limit, and returns every well-formed frame
+// before the first error.
+func FuzzStreamRecv(f *testing.F) {
+	f.Add(framesOf(f, sampleMessages()...))
+	f.Add(framesOf(f, &Write{Seq: 1, Length: 3, Data: []byte("abc")}, &Ack{Seq: 1, Type: AckDone}))
+	f.Add([]byte("URBD\x01\x20\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st := streamOver(b)
+		for i := 0; ; i++ {
+			m, err := st.Recv()
+			if err != nil {
+				if m != nil {
+					t.Fatalf("message %v with error %v", m, err)
+				}
+				break
+			}
+			if i > len(b)/HeaderLen {
+				t.Fatalf("%d frames from %d bytes", i, len(b))
+			}
+		}
+		if cap(st.rbuf) > 2*len(b)+minPayloadBuf {
+			t.Fatalf("buffer of %d bytes for %d input bytes", cap(st.rbuf), len(b))
+		}
+	})
 }

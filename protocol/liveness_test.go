@@ -1,0 +1,115 @@
+package protocol
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// blackhole forwards bytes between two TCP connections until cut, then
+// silently drops everything, like a link whose route was deleted.
+type blackhole struct {
+	cut atomic.Bool
+	wg  sync.WaitGroup
+}
+
+func (b *blackhole) pipe(dst, src net.Conn) {
+	defer b.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			dst.Close()
+			return
+		}
+		if b.cut.Load() {
+			continue
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			src.Close()
+			return
+		}
+	}
+}
+
+// blackholePair returns two sessions joined through a blackhole.
+func blackholePair(t *testing.T, timeout time.Duration) (*Session, *Session, *blackhole) {
+	t.Helper()
+	d, p1 := tcpPair(t)
+	p2, a := tcpPair(t)
+	bh := &blackhole{}
+	bh.wg.Add(2)
+	go bh.pipe(p2, p1)
+	go bh.pipe(p1, p2)
+	t.Cleanup(func() {
+		p1.Close()
+		p2.Close()
+		bh.wg.Wait()
+	})
+	cfg := testConfig()
+	cfg.Timeout = timeout
+	dr, ar := handshakePair(t, d, a, cfg, cfg)
+	if dr.err != nil || ar.err != nil {
+		t.Fatalf("handshake: dialer %v, acceptor %v", dr.err, ar.err)
+	}
+	return dr.s, ar.s, bh
+}
+
+// A peer that vanishes without closing (link cut) is detected by both
+// sides within the timeout, and blocked Recvs return.
+func TestDeadLinkDetectedWithinTimeout(t *testing.T) {
+	const timeout = 600 * time.Millisecond
+	d, a, bh := blackholePair(t, timeout)
+	exchange(t, d, a)
+	recvErr := make(chan error, 1)
+	go func() {
+		_, err := a.Data().Recv()
+		recvErr <- err
+	}()
+	start := time.Now()
+	bh.cut.Store(true)
+	for _, s := range []*Session{d, a} {
+		select {
+		case <-s.Done():
+		case <-time.After(10 * timeout):
+			t.Fatal("dead link not detected")
+		}
+	}
+	// The detection bound is timeout/3 + timeout/2; allow for a loaded machine.
+	if took := time.Since(start); took > 3*timeout {
+		t.Errorf("detected after %v, timeout %v", took, timeout)
+	}
+	if err := <-recvErr; !errors.Is(err, ErrClosed) {
+		t.Fatalf("blocked Recv returned %v", err)
+	}
+	if a.Err() == nil || d.Err() == nil {
+		t.Fatal("no reason recorded")
+	}
+}
+
+// A peer that keeps the connection alive but stops reading a stream makes
+// Send fail after the timeout instead of blocking forever.
+func TestStalledPeerFailsSend(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	d, a, _ := blackholePair(t, timeout)
+	_ = a // never reads its data stream
+	data := make([]byte, 1<<20)
+	var err error
+	start := time.Now()
+	for i := 0; err == nil; i++ {
+		if i > 1000 {
+			t.Fatal("1 GiB sent to a peer that reads nothing")
+		}
+		err = d.Data().Send(&Write{Seq: uint64(i), Length: uint32(len(data)), Data: data})
+	}
+	if took := time.Since(start); took > 20*timeout {
+		t.Errorf("Send failed only after %v", took)
+	}
+	<-d.Done()
+	if err := d.Control().Send(&Ping{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("control Send after the stall: %v", err)
+	}
+}
