@@ -212,6 +212,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 		role = "dialer"
 	}
 	var binding []byte
+	raw := conn
 	if cfg.TLS != nil {
 		var tc *tls.Conn
 		if dialer {
@@ -249,7 +250,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 	if err := conn.SetDeadline(time.Time{}); err != nil {
 		return nil, fmt.Errorf("protocol: handshake: %w", err)
 	}
-	return startSession(ctx, conn, &cfg, dialer, peer, deadline)
+	return startSession(ctx, conn, raw, &cfg, dialer, peer, deadline)
 }
 
 // checkHello compares the peer's Hello with the local configuration and
@@ -417,8 +418,8 @@ func yamuxConfig(cfg *Config) *yamux.Config {
 	yc := yamux.DefaultConfig()
 	yc.MaxStreamWindowSize = streamWindow
 	yc.EnableKeepAlive = true
-	yc.KeepAliveInterval = t / 3
-	yc.ConnectionWriteTimeout = t / 2
+	yc.KeepAliveInterval = max(t/3, time.Millisecond)
+	yc.ConnectionWriteTimeout = max(t/2, time.Millisecond)
 	yc.StreamOpenTimeout = t
 	yc.StreamCloseTimeout = t
 	yc.AcceptBacklog = 8
@@ -432,11 +433,11 @@ func yamuxConfig(cfg *Config) *yamux.Config {
 // startSession starts yamux over conn and sets up the three streams: the
 // dialer opens them and sends StreamOpen on each; the acceptor accepts them
 // and assigns each by its StreamOpen.
-func startSession(ctx context.Context, conn net.Conn, cfg *Config, dialer bool, peer Hello, deadline time.Time) (*Session, error) {
+func startSession(ctx context.Context, conn, raw net.Conn, cfg *Config, dialer bool, peer Hello, deadline time.Time) (*Session, error) {
 	yc := yamuxConfig(cfg)
 	var ys *yamux.Session
 	var err error
-	yconn := newHeaderJoiner(conn)
+	yconn := newHeaderJoiner(conn, raw)
 	if dialer {
 		ys, err = yamux.Client(yconn, yc)
 	} else {

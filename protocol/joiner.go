@@ -24,7 +24,8 @@ const joinCopyMax = 64 << 10
 // that yamux issues right after it.
 type headerJoiner struct {
 	net.Conn
-	vectored bool // the transport is a *net.TCPConn (writev)
+	raw      net.Conn // the connection below TLS (== Conn without TLS)
+	vectored bool     // the transport is a *net.TCPConn (writev)
 
 	mu      sync.Mutex // serializes Write; yamux writes from one goroutine anyway
 	held    [yamuxHeaderLen]byte
@@ -32,10 +33,17 @@ type headerJoiner struct {
 	scratch []byte // join buffer for non-vectored transports
 }
 
-func newHeaderJoiner(c net.Conn) *headerJoiner {
+// newHeaderJoiner wraps c, the transport yamux writes to; raw is the
+// connection below it (c itself without TLS).
+func newHeaderJoiner(c, raw net.Conn) *headerJoiner {
 	_, tcp := c.(*net.TCPConn)
-	return &headerJoiner{Conn: c, vectored: tcp}
+	return &headerJoiner{Conn: c, raw: raw, vectored: tcp}
 }
+
+// Close closes the raw connection. With TLS this skips the close_notify
+// alert, which tls.Conn.Close would try to send for up to 5 s on a dead
+// link; frames carry their own lengths, so truncation is detected anyway.
+func (c *headerJoiner) Close() error { return c.raw.Close() }
 
 // isDataHeader reports whether p is a yamux data-frame header announcing a
 // body: version 0, type 0 (data), length > 0.

@@ -42,7 +42,7 @@ func TestHeaderJoiner(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &connRecorder{}
-			j := newHeaderJoiner(c)
+			j := newHeaderJoiner(c, c)
 			j.vectored = true // as on TCP; net.Buffers falls back to one Write per buffer
 			for _, w := range tc.writes {
 				if n, err := j.Write(w); n != len(w) || err != nil {
@@ -63,7 +63,7 @@ func TestHeaderJoiner(t *testing.T) {
 // large one goes as two.
 func TestHeaderJoinerCopy(t *testing.T) {
 	c := &connRecorder{}
-	j := newHeaderJoiner(c)
+	j := newHeaderJoiner(c, c)
 	small, large := make([]byte, joinCopyMax), make([]byte, joinCopyMax+1)
 	for _, w := range [][]byte{yamuxHeader(0, uint32(len(small))), small, yamuxHeader(0, uint32(len(large))), large} {
 		if n, err := j.Write(w); n != len(w) || err != nil {
@@ -80,7 +80,7 @@ func TestHeaderJoinerTCP(t *testing.T) {
 	d, a := tcpPair(t)
 	defer d.Close()
 	defer a.Close()
-	j := newHeaderJoiner(d)
+	j := newHeaderJoiner(d, d)
 	if !j.vectored {
 		t.Fatal("TCP transport not written vectored")
 	}

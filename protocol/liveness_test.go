@@ -36,7 +36,7 @@ func (b *blackhole) pipe(dst, src net.Conn) {
 }
 
 // blackholePair returns two sessions joined through a blackhole.
-func blackholePair(t *testing.T, timeout time.Duration) (*Session, *Session, *blackhole) {
+func blackholePair(t *testing.T, timeout time.Duration, edit ...func(d, a *Config)) (*Session, *Session, *blackhole) {
 	t.Helper()
 	d, p1 := tcpPair(t)
 	p2, a := tcpPair(t)
@@ -49,9 +49,12 @@ func blackholePair(t *testing.T, timeout time.Duration) (*Session, *Session, *bl
 		p2.Close()
 		bh.wg.Wait()
 	})
-	cfg := testConfig()
-	cfg.Timeout = timeout
-	dr, ar := handshakePair(t, d, a, cfg, cfg)
+	dcfg, acfg := testConfig(), testConfig()
+	dcfg.Timeout, acfg.Timeout = timeout, timeout
+	for _, e := range edit {
+		e(&dcfg, &acfg)
+	}
+	dr, ar := handshakePair(t, d, a, dcfg, acfg)
 	if dr.err != nil || ar.err != nil {
 		t.Fatalf("handshake: dialer %v, acceptor %v", dr.err, ar.err)
 	}
@@ -61,8 +64,20 @@ func blackholePair(t *testing.T, timeout time.Duration) (*Session, *Session, *bl
 // A peer that vanishes without closing (link cut) is detected by both
 // sides within the timeout, and blocked Recvs return.
 func TestDeadLinkDetectedWithinTimeout(t *testing.T) {
+	t.Run("tcp", func(t *testing.T) { testDeadLink(t) })
+	t.Run("tls", func(t *testing.T) {
+		ca := newCA(t, "CA")
+		n1, _, _ := ca.leaf(t, "n1")
+		n2, _, _ := ca.leaf(t, "n2")
+		testDeadLink(t, func(d, a *Config) {
+			d.TLS, a.TLS = NewTLSConfig(n1, ca.pool), NewTLSConfig(n2, ca.pool)
+		})
+	})
+}
+
+func testDeadLink(t *testing.T, edit ...func(d, a *Config)) {
 	const timeout = 600 * time.Millisecond
-	d, a, bh := blackholePair(t, timeout)
+	d, a, bh := blackholePair(t, timeout, edit...)
 	exchange(t, d, a)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -87,6 +102,13 @@ func TestDeadLinkDetectedWithinTimeout(t *testing.T) {
 	}
 	if a.Err() == nil || d.Err() == nil {
 		t.Fatal("no reason recorded")
+	}
+	// Close does not linger on the dead link (no TLS close_notify wait).
+	start = time.Now()
+	d.Close()
+	a.Close()
+	if took := time.Since(start); took > timeout {
+		t.Errorf("Close took %v", took)
 	}
 }
 

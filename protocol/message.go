@@ -129,7 +129,8 @@ const (
 	DiskUpToDate     uint8 = 3
 )
 
-// Flags for State.Flags. Unknown bits are carried unchanged.
+// Flags for State.Flags. Bits 0-15 are defined here; bits 16-31 are free
+// for the replication engine. Unknown bits are carried unchanged.
 const (
 	// FlagDiscardMyData: the sender gives up its changes after split brain and
 	// asks to become sync target (connect --discard-my-data).
