@@ -46,7 +46,7 @@ type File struct {
 
 var _ Backend = (*File)(nil)
 
-// fileZeroes is a shared read-only source for writing fileZeroes.
+// fileZeroes is a shared read-only source for writing zeroes.
 var fileZeroes = make([]byte, 1<<20)
 
 // OpenFile opens a regular file or a block device as a Backend. The size is

@@ -1,0 +1,273 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func tempDisk(t *testing.T, size int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, size); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func allocatedBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+func TestFileReadWriteTrimZero(t *testing.T) {
+	const size = 4 << 20
+	path := tempDisk(t, size)
+	f, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Size() != size {
+		t.Fatalf("Size() = %d", f.Size())
+	}
+	ctx := context.Background()
+	ones := bytes.Repeat([]byte{0xff}, 1<<20)
+	if err := f.WriteAt(ctx, ones, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WriteAt(ctx, ones, 2<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	before := allocatedBytes(t, path)
+
+	// Trim punches a hole: reads give zeroes and blocks are freed.
+	if err := f.Trim(ctx, 0, 512<<10, false); err != nil {
+		t.Fatal(err)
+	}
+	// WriteZeroes without NO_HOLE punches too; with NO_HOLE keeps blocks.
+	if err := f.WriteZeroes(ctx, 512<<10, 256<<10, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WriteZeroes(ctx, 2<<20, 256<<10, true, true); err != nil {
+		t.Fatal(err)
+	}
+	after := allocatedBytes(t, path)
+	if after > before-512<<10 {
+		t.Errorf("allocation %d -> %d: trim freed nothing", before, after)
+	}
+
+	got := make([]byte, size)
+	if err := f.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, size)
+	copy(want[768<<10:1<<20], ones)
+	copy(want[(2<<20)+(256<<10):3<<20], ones)
+	if !bytes.Equal(got, want) {
+		t.Fatal("contents differ after trim and write-zeroes")
+	}
+	if err := f.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFileWriteZeroesFallback(t *testing.T) {
+	path := tempDisk(t, 1<<20)
+	f, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	if err := f.WriteAt(ctx, bytes.Repeat([]byte{7}, 1<<20), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.writeZeroes(1000, 3<<18); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1<<20)
+	if err := f.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range got {
+		zero := i >= 1000 && i < 1000+3<<18
+		if zero != (v == 0) {
+			t.Fatalf("byte %d is %d", i, v)
+		}
+	}
+}
+
+func TestFileReadOnly(t *testing.T) {
+	f, err := OpenFile(tempDisk(t, 8192), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	for name, err := range map[string]error{
+		"write": f.WriteAt(ctx, []byte{1}, 0, false),
+		"trim":  f.Trim(ctx, 0, 4096, false),
+		"zero":  f.WriteZeroes(ctx, 0, 4096, false, false),
+	} {
+		if !errors.Is(err, ErrReadOnly) {
+			t.Errorf("%s: %v, want ErrReadOnly", name, err)
+		}
+	}
+	if err := f.ReadAt(ctx, make([]byte, 8192), 0); err != nil {
+		t.Error(err)
+	}
+	if err := f.Flush(ctx); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestOpenFileErrors(t *testing.T) {
+	if _, err := OpenFile(filepath.Join(t.TempDir(), "missing"), false); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+	if _, err := OpenFile(t.TempDir(), true); !errors.Is(err, ErrNotBlockStorage) {
+		t.Errorf("directory: %v", err)
+	}
+	if _, err := OpenFile("/dev/null", true); !errors.Is(err, ErrNotBlockStorage) {
+		t.Errorf("character device: %v", err)
+	}
+}
+
+func TestFileShortReadIsError(t *testing.T) {
+	path := tempDisk(t, 8192)
+	f, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := os.Truncate(path, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ReadAt(context.Background(), make([]byte, 8192), 0); err == nil {
+		t.Fatal("read past a shrunk file succeeded")
+	}
+}
+
+// TestFileGroupCommit holds the first fdatasync until every other caller
+// is waiting, then checks they all shared one more sync.
+func TestFileGroupCommit(t *testing.T) {
+	f, err := OpenFile(tempDisk(t, 4096), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var mu sync.Mutex
+	syncs := 0
+	entered := make(chan struct{}, 100)
+	release := make(chan struct{})
+	f.sync = func() error {
+		mu.Lock()
+		syncs++
+		mu.Unlock()
+		entered <- struct{}{}
+		<-release
+		return nil
+	}
+	const n = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	flush := func() {
+		defer wg.Done()
+		errs <- f.Flush(context.Background())
+	}
+	wg.Add(1)
+	go flush()
+	<-entered // the first sync is running
+	wg.Add(n - 1)
+	for i := 1; i < n; i++ {
+		go flush()
+	}
+	// Wait (without sleeping) until the others block behind the running sync.
+	f.mu.Lock()
+	for f.waiting < n-1 {
+		f.mu.Unlock()
+		<-waitTick()
+		f.mu.Lock()
+	}
+	f.mu.Unlock()
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if syncs != 2 {
+		t.Fatalf("%d concurrent Flush calls did %d fdatasyncs, want 2", n, syncs)
+	}
+}
+
+// waitTick yields to other goroutines while polling a condition.
+func waitTick() <-chan struct{} {
+	ch := make(chan struct{})
+	go func() { close(ch) }()
+	return ch
+}
+
+func TestFileFlushErrorIsSticky(t *testing.T) {
+	f, err := OpenFile(tempDisk(t, 4096), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	calls := 0
+	f.sync = func() error {
+		calls++
+		if calls == 1 {
+			return unix.EIO
+		}
+		return nil
+	}
+	ctx := context.Background()
+	if err := f.Flush(ctx); !errors.Is(err, unix.EIO) {
+		t.Fatalf("first Flush: %v", err)
+	}
+	if err := f.WriteAt(ctx, []byte{1}, 0, true); !errors.Is(err, unix.EIO) {
+		t.Fatalf("FUA write after a failed sync: %v, want the sync error", err)
+	}
+	if err := f.Flush(ctx); !errors.Is(err, unix.EIO) {
+		t.Fatalf("Flush after a failed sync: %v", err)
+	}
+}
+
+func TestFileServedOverNBD(t *testing.T) {
+	f, err := OpenFile(tempDisk(t, 1<<20), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c := dialRaw(t, testServer(t, singleExport(f, false)))
+	c.goExport("")
+	c.request(CmdWrite, CmdFlagFUA, 1, 512, 5, []byte("hello"))
+	c.expectReply(1, 0, 0)
+	c.request(CmdRead, 0, 2, 512, 5, nil)
+	if got := c.expectReply(2, 0, 5); string(got) != "hello" {
+		t.Fatalf("read %q", got)
+	}
+	c.request(CmdWriteZeroes, 0, 3, 0, 1<<20, nil)
+	c.expectReply(3, 0, 0)
+	c.request(CmdRead, 0, 4, 512, 5, nil)
+	if got := c.expectReply(4, 0, 5); !bytes.Equal(got, make([]byte, 5)) {
+		t.Fatalf("read %q after write-zeroes", got)
+	}
+}
