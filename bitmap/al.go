@@ -27,7 +27,7 @@ func (s *Store) BeginWrite(off, length int64) error {
 		return fmt.Errorf("%w: write [%d, +%d) on a disk of %d bytes", ErrRange, off, length, s.size)
 	}
 	first, last := off>>s.extShift, (off+length-1)>>s.extShift
-	if s.tryPinRange(first, last) {
+	if s.tryPinRange(first, last, false) {
 		return nil
 	}
 	if last-first+1 > int64(s.capacity) {
@@ -46,7 +46,7 @@ func (s *Store) EndWrite(off, length int64) {
 	}
 	first, last := off>>s.extShift, (off+length-1)>>s.extShift
 	for e := first; e <= last; e++ {
-		s.unpin(e)
+		s.unpin(e, false)
 	}
 }
 
@@ -64,12 +64,13 @@ func (s *Store) tryPin(e int64) bool {
 	}
 }
 
-// tryPinRange pins every extent of [first, last], or none.
-func (s *Store) tryPinRange(first, last int64) bool {
+// tryPinRange pins every extent of [first, last], or none. locked tells
+// whether the caller holds s.mu.
+func (s *Store) tryPinRange(first, last int64, locked bool) bool {
 	for e := first; e <= last; e++ {
 		if !s.tryPin(e) {
 			for x := first; x < e; x++ {
-				s.unpin(x)
+				s.unpin(x, locked)
 			}
 			return false
 		}
@@ -77,7 +78,10 @@ func (s *Store) tryPinRange(first, last int64) bool {
 	return true
 }
 
-func (s *Store) unpin(e int64) {
+// unpin releases one in-flight reference on extent e. When the extent goes
+// idle while BeginWrite calls wait, it wakes them: an idle extent may be the
+// eviction victim they need. locked tells whether the caller holds s.mu.
+func (s *Store) unpin(e int64, locked bool) {
 	p := &s.st[e]
 	for {
 		v := p.Load()
@@ -86,10 +90,11 @@ func (s *Store) unpin(e int64) {
 		}
 		if p.CompareAndSwap(v, v-1) {
 			if v&stInflight == 1 && s.waiters.Load() > 0 {
-				// An idle extent may be what a waiting BeginWrite needs to evict.
-				s.mu.Lock()
+				if !locked {
+					s.mu.Lock()
+					defer s.mu.Unlock()
+				}
 				s.cv.Broadcast()
-				s.mu.Unlock()
 			}
 			return
 		}
@@ -123,7 +128,7 @@ func (s *Store) beginSlow(first, last int64) error {
 		if s.closed {
 			return fmt.Errorf("%w: write to extents %d..%d", ErrClosed, first, last)
 		}
-		if s.tryPinRange(first, last) {
+		if s.tryPinRange(first, last, true) {
 			return nil
 		}
 		if r.err != nil {
