@@ -48,7 +48,8 @@
 // Every error wraps a sentinel (ErrChecksum, ErrTooLarge, ErrAuth,
 // ErrSizeMismatch, ...) for errors.Is. Any malformed input from the peer, and
 // any transport error, closes that session only (Session.Done fires,
-// Session.Err tells why); nothing in this package panics on peer input, and
-// every length read from the wire is checked against a per-kind limit before
-// a buffer is allocated.
+// Session.Err tells why); after malformed input the peer is first told why
+// with a best-effort Refuse (RefuseProtocol) on the control stream. Nothing
+// in this package panics on peer input, and every length read from the wire
+// is checked against a per-kind limit before a buffer is allocated.
 package protocol

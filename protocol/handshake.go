@@ -139,6 +139,20 @@ func (s *Session) fail(err error) {
 	s.ys.Close()
 }
 
+// refuseGrace bounds the Refuse sent to a peer that broke the protocol.
+const refuseGrace = 500 * time.Millisecond
+
+// refuse tells the peer, best effort and without waiting for other senders,
+// why the session is about to be closed: a Refuse with RefuseProtocol on
+// the control stream. The caller closes the session next.
+func (s *Session) refuse(err error) {
+	ctl := s.Control()
+	if ctl == nil {
+		return
+	}
+	ctl.trySendNow(&Refuse{Code: RefuseProtocol, Reason: "invalid frame received: " + err.Error()}, refuseGrace)
+}
+
 // watch owns no stream: it refuses streams the peer opens after the
 // handshake and records why yamux shut down. Close waits for it.
 func (s *Session) watch() {

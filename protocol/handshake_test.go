@@ -404,6 +404,12 @@ func TestGarbageKillsOnlyThatSession(t *testing.T) {
 		t.Fatalf("acceptor data Recv: %v", err)
 	}
 	<-a1.Done()
+	// The acceptor told the dialer why before closing.
+	m, err := d1.Control().Recv()
+	if r, ok := m.(*Refuse); !ok || r.Code != RefuseProtocol || !errors.Is(r.Err(), ErrMalformed) ||
+		!strings.Contains(r.Reason, "bad frame magic") {
+		t.Fatalf("dialer control Recv: %#v, %v", m, err)
+	}
 	<-d1.Done()
 	if !errors.Is(a1.Err(), ErrBadMagic) {
 		t.Fatalf("acceptor session Err: %v", a1.Err())

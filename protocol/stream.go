@@ -327,6 +327,43 @@ func (st *Stream) fail(op string, err error) error {
 		return fmt.Errorf("protocol: %s stream %s: %w (%v)", st.Name(), op, ErrClosed, st.sess.Err())
 	}
 	err = fmt.Errorf("protocol: %s stream %s: %w", st.Name(), op, err)
+	if isPeerFault(err) {
+		st.sess.refuse(err)
+	}
 	st.sess.fail(err)
 	return err
+}
+
+// isPeerFault reports whether err means the peer sent something invalid
+// (as opposed to a transport failure).
+func isPeerFault(err error) bool {
+	for _, s := range []error{ErrBadMagic, ErrChecksum, ErrTooLarge, ErrUnknownKind, ErrMalformed, ErrUnexpected, ErrVersion} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// trySendNow sends m at once if no other Send holds the stream, bounded by
+// d, and reports whether it was written to the transport. It never waits
+// for another sender; for last words before closing.
+func (st *Stream) trySendNow(m Message, d time.Duration) bool {
+	w := wireOf(m)
+	fixed, bulk, err := w.layout()
+	if err != nil || !st.mu.TryLock() {
+		return false
+	}
+	defer st.mu.Unlock()
+	if st.werr != nil {
+		return false
+	}
+	timeout := st.timeout
+	st.timeout = min(timeout, d)
+	defer func() { st.timeout = timeout }()
+	if st.appendLocked(w, fixed, bulk) != nil || st.flushLocked() != nil {
+		st.werr = fmt.Errorf("protocol: %s stream send: %w", st.Name(), ErrClosed)
+		return false
+	}
+	return true
 }
