@@ -54,7 +54,14 @@ type clusterOpts struct {
 	noClean bool     // do not pass --assume-clean
 }
 
-var nextPort = 17100
+// freePort returns a TCP port nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
 
 // newCluster creates the disks and starts both nodes. They are stopped and
 // everything removed when the test ends; on failure their logs are printed.
@@ -74,8 +81,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 	if o.netns {
 		nsA, nsB, hostA, hostB = makeNetnsPair(t)
 	}
-	portA, portB := nextPort, nextPort+1
-	nextPort += 2
+	portA, portB := freePort(t), freePort(t)
 	mk := func(name string, size int64, ns, listen, peer string) *node {
 		n := &node{t: t, name: name, dir: filepath.Join(dir, name), netns: ns,
 			listen: listen, peer: peer}
@@ -155,6 +161,7 @@ func (n *node) waitSocket() {
 		}
 		select {
 		case err := <-n.waitDone:
+			n.cmd = nil
 			logs, _ := os.ReadFile(n.logPath)
 			n.t.Fatalf("node %s exited at start (%v):\n%s", n.name, err, logs)
 		case <-time.After(50 * time.Millisecond):
