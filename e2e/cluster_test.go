@@ -339,3 +339,10 @@ func fileBytes(t *testing.T, path string) []byte {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
+
+// runFioErr runs fio like runFio but returns its error instead of failing.
+func runFioErr(uri string, args ...string) (string, error) {
+	all := append([]string{"--name=job", "--ioengine=nbd", "--uri=" + uri, "--group_reporting"}, args...)
+	out, err := exec.Command("fio", all...).CombinedOutput()
+	return string(out), err
+}

@@ -1,0 +1,216 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestResyncCopiesOnlyChanges: cut the connection, write 32 MiB at random
+// 4 KiB offsets of a 1 GiB disk, reconnect: the bytes resynced are at most the
+// bytes written plus one bitmap block per write, and both disks end identical.
+func TestResyncCopiesOnlyChanges(t *testing.T) {
+	c := newCluster(t, clusterOpts{size: 1 << 30})
+	c.startBoth()
+	c.a.ctl("disconnect", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=16", "--io_size=32M", "--size=1G", "--norandommap")
+	before := c.a.status()
+	if before.OutOfSyncKiB == 0 || before.OutOfSyncKiB > 32<<10 {
+		t.Fatalf("out of sync after 32 MiB of writes while disconnected: %d KiB", before.OutOfSyncKiB)
+	}
+	c.a.ctl("connect", "r0")
+	after := c.a.waitInSync(60 * time.Second)
+	sent := after.NetSendKiB - before.NetSendKiB
+	written := uint64(32 << 10)
+	writes := written / 4
+	if sent > written+writes*4 {
+		t.Fatalf("resync sent %d KiB for %d KiB written", sent, written)
+	}
+	t.Logf("resync sent %d KiB for %d KiB written at random offsets (%d KiB distinct)", sent, written, before.OutOfSyncKiB)
+	sameFiles(t, c.a.disk, c.b.disk)
+}
+
+// TestLinkCutDuringWrites: the veth link between two network namespaces is
+// cut under fio load and restored; the primary goes on alone, then resyncs.
+func TestLinkCutDuringWrites(t *testing.T) {
+	c := newCluster(t, clusterOpts{netns: true, size: 256 << 20})
+	c.startBoth()
+	done := make(chan string, 1)
+	go func() {
+		out, err := runFioErr(c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=256M", "--time_based", "--runtime=8", "--verify=crc32c", "--verify_fatal=1")
+		if err != nil {
+			out = "ERROR: " + out
+		}
+		done <- out
+	}()
+	time.Sleep(time.Second)
+	setLink(t, c.a.netns, false)
+	c.a.waitFor("peer loss detected", 15*time.Second, func(s statusT) bool { return s.ConnState == "WFConnection" })
+	time.Sleep(time.Second)
+	setLink(t, c.a.netns, true)
+	if out := <-done; strings.HasPrefix(out, "ERROR") {
+		t.Fatalf("fio failed across a link cut: %s", out)
+	}
+	c.a.waitInSync(60 * time.Second)
+	sameFiles(t, c.a.disk, c.b.disk)
+}
+
+// TestSplitBrain: both nodes promoted while disconnected and written to;
+// on reconnect both stay StandAlone and nothing is copied. connect
+// --discard-my-data on one resolves it and the disks end identical.
+func TestSplitBrain(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	c.a.ctl("disconnect", "r0")
+	c.b.waitFor("peer loss", 10*time.Second, func(s statusT) bool { return s.ConnState == "WFConnection" })
+	c.b.ctl("disconnect", "r0")
+	c.b.ctl("primary", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--io_size=4M", "--size=64M", "--randseed=1", "--end_fsync=1")
+	runFio(t, c.b.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--io_size=4M", "--size=64M", "--randseed=2", "--end_fsync=1")
+	imgA, imgB := fileBytes(t, c.a.disk), fileBytes(t, c.b.disk)
+	c.a.ctl("connect", "r0")
+	c.b.ctl("connect", "r0")
+	for _, n := range []*node{c.a, c.b} {
+		st := n.waitFor("split brain", 20*time.Second, func(s statusT) bool { return s.SplitBrain && s.ConnState == "StandAlone" })
+		if !strings.Contains(strings.ToLower(st.Reason), "split brain") && !strings.Contains(st.Reason, "split") {
+			t.Errorf("node %s reason does not say split brain: %q", n.name, st.Reason)
+		}
+		text := n.ctl("status", "r0")
+		if !strings.Contains(strings.ToLower(text), "split brain") {
+			t.Errorf("node %s status text does not say split brain:\n%s", n.name, text)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if !bytesEqual(imgA, fileBytes(t, c.a.disk)) || !bytesEqual(imgB, fileBytes(t, c.b.disk)) {
+		t.Fatal("a disk changed during a split brain")
+	}
+	// Resolve: b's changes are thrown away.
+	c.b.ctl("secondary", "r0")
+	c.b.ctl("connect", "--discard-my-data", "r0")
+	c.a.ctl("connect", "r0")
+	c.a.waitInSync(60 * time.Second)
+	sameFiles(t, c.a.disk, c.b.disk)
+	if !bytesEqual(imgA, fileBytes(t, c.a.disk)) {
+		t.Fatal("the surviving node's data changed while resolving the split brain")
+	}
+}
+
+// TestResyncResumesAfterKill: a resync interrupted by kill -9 of the source,
+// and then of the target, resumes and ends byte-identical.
+func TestResyncResumesAfterKill(t *testing.T) {
+	for _, victim := range []string{"source", "target"} {
+		t.Run(victim, func(t *testing.T) {
+			c := newCluster(t, clusterOpts{size: 256 << 20, flags: []string{"--resync-rate", "20MiB"}})
+			c.startBoth()
+			c.a.ctl("disconnect", "r0")
+			runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=128M", "--end_fsync=1")
+			c.a.ctl("connect", "r0")
+			c.a.waitFor("resync under way", 20*time.Second, func(s statusT) bool {
+				return s.ConnState == "SyncSource" && s.Sync != nil && s.Sync.RemainingKiB < s.Sync.TotalKiB
+			})
+			time.Sleep(1500 * time.Millisecond)
+			n := c.b
+			if victim == "source" {
+				n = c.a
+			}
+			n.kill9()
+			if victim == "source" {
+				st := c.b.status()
+				if st.DiskState != "Inconsistent" {
+					t.Fatalf("target disk after losing its source mid-resync: %s", st.DiskState)
+				}
+			}
+			n.start()
+			if victim == "source" {
+				c.a.ctl("primary", "r0")
+			}
+			c.a.ctl("adjust", "--resync-rate", "0", "r0")
+			c.a.waitInSync(60 * time.Second)
+			sameFiles(t, c.a.disk, c.b.disk)
+		})
+	}
+}
+
+// TestHotJoin: a new, empty secondary joins a primary under fio load and is
+// fully synced in the background with no downtime.
+func TestHotJoin(t *testing.T) {
+	c := newCluster(t, clusterOpts{noClean: true, size: 128 << 20})
+	c.a.start()
+	c.a.ctl("primary", "--force", "r0")
+	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=128M")
+	done := make(chan string, 1)
+	go func() {
+		out, err := runFioErr(c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=128M", "--time_based", "--runtime=6", "--verify=crc32c", "--verify_fatal=1")
+		if err != nil {
+			out = "ERROR: " + out
+		}
+		done <- out
+	}()
+	time.Sleep(500 * time.Millisecond)
+	c.b.start()
+	c.b.waitFor("SyncTarget", 20*time.Second, func(s statusT) bool { return s.ConnState == "SyncTarget" || s.DiskState == "UpToDate" })
+	if out := <-done; strings.HasPrefix(out, "ERROR") {
+		t.Fatalf("fio failed during the hot join: %s", out)
+	}
+	c.a.waitInSync(60 * time.Second)
+	sameFiles(t, c.a.disk, c.b.disk)
+}
+
+// TestVerifyFindsDifferences: a block changed behind urbd's back on the
+// secondary is found by online verify and repaired.
+func TestVerifyFindsDifferences(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=16M", "--end_fsync=1")
+	f, err := os.OpenFile(c.b.disk, os.O_WRONLY, 0)
+	must(t, err)
+	junk := make([]byte, 4096)
+	for i := range junk {
+		junk[i] = byte(rand.IntN(256))
+	}
+	for _, off := range []int64{0, 5 << 20, 40 << 20} {
+		_, err := f.WriteAt(junk, off)
+		must(t, err)
+	}
+	f.Close()
+	c.a.ctl("verify", "r0")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		logs, _ := os.ReadFile(c.a.logPath)
+		if strings.Contains(string(logs), "online verify finished") {
+			if !strings.Contains(string(logs), "differing_blocks=3") {
+				t.Fatalf("verify did not report 3 differing blocks:\n%s", logs)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("online verify did not finish within 60 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.a.waitInSync(30 * time.Second)
+	sameFiles(t, c.a.disk, c.b.disk)
+}
+
+// TestInvalidate: `urbd invalidate` on the secondary fetches the whole disk
+// again.
+func TestInvalidate(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=16M", "--end_fsync=1")
+	c.a.waitInSync(30 * time.Second)
+	before := c.a.status().NetSendKiB
+	c.b.ctl("invalidate", "r0")
+	after := c.a.waitInSync(60 * time.Second)
+	if sent := after.NetSendKiB - before; sent < 64<<10 {
+		t.Fatalf("invalidate resynced only %d KiB of a 64 MiB disk", sent)
+	}
+	sameFiles(t, c.a.disk, c.b.disk)
+}
+
+func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
+
+var _ = fmt.Sprintf
