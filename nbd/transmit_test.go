@@ -438,3 +438,62 @@ func TestFlushCoversRepliedWrites(t *testing.T) {
 		t.Fatalf("backend saw %v, want 8 writes then a flush", b.log)
 	}
 }
+
+func TestTransmissionDiscFinishesInFlight(t *testing.T) {
+	b := newMemBackend(1 << 20)
+	g := newGate("write@0")
+	b.hook = g.hook
+	c := dialRaw(t, testServer(t, singleExport(b, false)))
+	c.goExport("")
+	c.request(CmdWrite, 0, 1, 0, 4, []byte("last"))
+	g.waitStarted(t, "write@0")
+	c.request(CmdDisc, 0, 2, 0, 0, nil)
+	close(g.release["write@0"])
+	c.expectReply(1, 0, 0)
+	g.waitStarted(t, "flush@0")
+	c.expectClosed()
+	if data, _ := b.snapshot(); string(data[:4]) != "last" {
+		t.Fatalf("data %q", data[:4])
+	}
+}
+
+func TestServeContextCancelClosesEverything(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := Listen("unix:" + dir + "/s.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := singleExport(newMemBackend(4096), false)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	c := dialRaw(t, "unix:"+dir+"/s.sock")
+	c.goExport("")
+	cancel()
+	if err := <-served; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Serve = %v, want context.Canceled", err)
+	}
+	c.expectClosed()
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(context.Background(), ln); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve after Shutdown = %v, want ErrServerClosed", err)
+	}
+}
+
+func TestSizeClass(t *testing.T) {
+	for _, tc := range []struct{ n, class, capacity int }{
+		{1, 0, 4096}, {4096, 0, 4096}, {4097, 1, 8192}, {65536, 4, 65536},
+		{65537, 5, 131072}, {MaxBlockSize, maxClassShift - minClassShift, MaxBlockSize},
+	} {
+		if c := sizeClass(tc.n); c != tc.class {
+			t.Errorf("sizeClass(%d) = %d, want %d", tc.n, c, tc.class)
+		}
+		p := getBuf(tc.n)
+		if len(*p) != tc.n || cap(*p) != tc.capacity {
+			t.Errorf("getBuf(%d): len %d cap %d, want cap %d", tc.n, len(*p), cap(*p), tc.capacity)
+		}
+		putBuf(p)
+	}
+}
