@@ -1,0 +1,38 @@
+# Scenario: restart urbd serve under a mounted ext4 (kill -9, start again
+# within the attach timeout): I/O waits and completes, no I/O error.
+. "$OUT/lib.sh"
+load_modules
+truncate -s 256M /tmp/disk.img
+start_serve /tmp/disk.img /run/r0.sock "$OUT/serve.log"
+start_attach nbd0 "$OUT/attach.log" --nbd unix:/run/r0.sock --timeout 30s
+mkfs.ext4 -q /dev/nbd0
+mkdir -p /tmp/m
+mount -t ext4 /dev/nbd0 /tmp/m
+dd if=/dev/urandom of=/tmp/m/before bs=1M count=4 status=none
+sync
+step "mounted and written"
+
+kill -9 "$SERVE_PID"
+wait "$SERVE_PID" 2>/dev/null || true
+step "server killed"
+# A write and sync while the server is away: it must wait, not fail.
+(dd if=/dev/urandom of=/tmp/m/during bs=1M count=4 status=none conv=fsync && sync) &
+writer=$!
+sleep 3
+start_serve /tmp/disk.img /run/r0.sock "$OUT/serve.log"
+step "server restarted"
+rc=0
+wait "$writer" || rc=$?
+[ "$rc" -eq 0 ] || fail "write during the outage failed: $rc"
+step "write during the outage completed"
+dd if=/dev/urandom of=/tmp/m/after bs=1M count=4 status=none conv=fsync || fail "write after restart failed"
+sync
+(cd /tmp/m && md5sum before during after) > /tmp/sums
+echo 3 > /proc/sys/vm/drop_caches
+(cd /tmp/m && md5sum -c /tmp/sums) || fail "files differ"
+umount /tmp/m
+e2fsck -fn /dev/nbd0 || fail "e2fsck found problems"
+grep -q "reconnected" "$OUT/attach.log" || fail "attach log does not show a reconnect"
+detach nbd0
+no_io_errors
+step "PASS"

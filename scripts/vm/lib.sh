@@ -1,0 +1,69 @@
+# Shared helpers of the guest scenarios, sourced by them inside the VM.
+# Environment from init: OUT (the results share, also holding the urbd
+# binary and these scripts) and URBD (the binary).
+set -eu
+
+T0=$(date +%s.%N)
+# step NAME: log a step with the seconds since the scenario started.
+step() { awk -v t0="$T0" -v now="$(date +%s.%N)" -v msg="$*" 'BEGIN { printf "[%6.1fs] %s\n", now - t0, msg }'; }
+fail() { echo "FAIL: $*"; exit 1; }
+
+# lvm runs LVM without udev and without writing to the read-only /etc.
+LVMCONF='devices { obtain_device_list_from_udev = 0 use_devicesfile = 0 filter = [ "a|^/dev/nbd0$|", "r|.*|" ] } activation { udev_sync = 0 udev_rules = 0 verify_udev_operations = 1 monitoring = 0 } backup { backup = 0 archive = 0 }'
+lvm_() { lvm "$@" --config "$LVMCONF"; }
+
+load_modules() {
+	modprobe nbd nbds_max=4
+	modprobe dm-mod
+	modprobe loop
+	modprobe ext4
+}
+
+# wait_for COND_CMD...: retry a command for up to 30 s.
+wait_for() {
+	i=0
+	until "$@" 2>/dev/null; do
+		i=$((i + 1))
+		[ $i -lt 300 ] || fail "timed out waiting for: $*"
+		sleep 0.1
+	done
+}
+
+sock_ready() { [ -S "$1" ]; }
+device_ready() { [ "$(cat /sys/block/$1/size)" -gt 0 ]; }
+device_gone() { [ "$(cat /sys/block/$1/size)" -eq 0 ]; }
+proc_gone() { ! kill -0 "$1"; }
+
+# start_serve DISK SOCK LOG: run urbd serve in the background; SERVE_PID.
+start_serve() {
+	"$URBD" serve --disk "$1" --listen "unix:$2" >> "$3" 2>&1 &
+	SERVE_PID=$!
+	wait_for sock_ready "$2"
+}
+
+# start_attach DEV LOG ARGS...: run urbd attach in the background; ATTACH_PID.
+start_attach() {
+	dev=$1 log=$2
+	shift 2
+	"$URBD" attach --device "/dev/$dev" "$@" >> "$log" 2>&1 &
+	ATTACH_PID=$!
+	wait_for device_ready "$dev"
+}
+
+# detach DEV: urbd detach, then check the attach process exited 0.
+detach() {
+	"$URBD" detach --device "/dev/$1" || fail "urbd detach failed"
+	rc=0
+	wait "$ATTACH_PID" || rc=$?
+	[ "$rc" -eq 0 ] || fail "urbd attach exited $rc after detach"
+	wait_for device_gone "$1"
+}
+
+# no_io_errors: the kernel log has no block I/O error.
+no_io_errors() {
+	# "Connection timed out, retrying" is the kernel requeueing a request
+	# that was in flight on a dead connection: expected, not an error.
+	if dmesg | grep -Ei 'I/O error|blk_update_request|Buffer I/O|EXT4-fs (error|warning)'; then
+		fail "kernel logged I/O errors"
+	fi
+}
