@@ -303,7 +303,7 @@ func (c *cluster) startBoth() {
 func runFio(t *testing.T, uri string, args ...string) string {
 	t.Helper()
 	requireCmds(t, "fio")
-	all := append([]string{"--name=job", "--ioengine=nbd", "--uri=" + uri, "--group_reporting"}, args...)
+	all := append([]string{"--name=job", "--ioengine=nbd", "--uri=" + uri, "--group_reporting", "--verify_state_save=0"}, args...)
 	out, err := exec.Command("fio", all...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("fio %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -342,7 +342,7 @@ func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o60
 
 // runFioErr runs fio like runFio but returns its error instead of failing.
 func runFioErr(uri string, args ...string) (string, error) {
-	all := append([]string{"--name=job", "--ioengine=nbd", "--uri=" + uri, "--group_reporting"}, args...)
+	all := append([]string{"--name=job", "--ioengine=nbd", "--uri=" + uri, "--group_reporting", "--verify_state_save=0"}, args...)
 	out, err := exec.Command("fio", all...).CombinedOutput()
 	return string(out), err
 }
