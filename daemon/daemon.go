@@ -17,7 +17,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/urbd/urbd/bitmap"
+	"github.com/urbd/urbd/handlers"
+	"github.com/urbd/urbd/metrics"
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/protocol"
 	"github.com/urbd/urbd/replica"
@@ -46,10 +50,12 @@ type Options struct {
 	BitmapBlock int64
 	AssumeClean bool
 	RunDir      string
-	// Event, if set, receives the node's events (handlers, metrics).
-	Event func(event string, extra map[string]string)
-	// Observe, if set, receives every application request (metrics).
-	Observe func(kind string, peer bool, bytes int, d time.Duration)
+	// Handlers maps events (split-brain, peer-lost, peer-back,
+	// resync-started, resync-done, promoted, demoted) to shell commands run
+	// with URBD_RESOURCE and URBD_EVENT in their environment.
+	Handlers map[string]string
+	// MetricsListen is HOST:PORT for Prometheus metrics; "" serves none.
+	MetricsListen string
 	// Ready, if set, is called once the resource serves its control socket.
 	Ready  func(*replica.Node)
 	Logger *slog.Logger
@@ -109,11 +115,23 @@ func Run(ctx context.Context, o Options) error {
 		log.Info("created metadata", "dir", o.Meta, "assume_clean", o.AssumeClean)
 	}
 
+	runner := &handlers.Runner{Commands: o.Handlers, Logger: log}
+	defer runner.Wait()
+	var reg *prometheus.Registry
+	var met *metrics.Resource
+	if o.MetricsListen != "" {
+		reg = prometheus.NewRegistry()
+		met = metrics.New(reg).Resource(o.Name)
+	}
 	node, err := replica.New(replica.Config{
 		Name: o.Name, Disk: disk, Store: store, Protocol: o.Protocol,
 		ListenPeer: o.ListenPeer, Peer: o.Peer, Secret: secret, TLS: tlsCfg,
 		Timeout: o.Timeout, SuspendOnPeerLoss: o.OnPeerLoss == "suspend",
-		ResyncRate: o.ResyncRate, Logger: log, Event: o.Event, Observe: o.Observe,
+		ResyncRate: o.ResyncRate, Logger: log,
+		Event: func(event string, extra map[string]string) {
+			runner.Fire(ctx, o.Name, event, extra)
+		},
+		Observe: observer(met),
 	})
 	if err != nil {
 		store.Close()
@@ -152,16 +170,19 @@ func Run(ctx context.Context, o Options) error {
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- node.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx, nbdLn) }()
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
 		return execute(cctx, node, srv, req, stop)
 	})
+	if reg != nil {
+		go func() { errc <- metrics.Serve(ctx, o.MetricsListen, reg) }()
+	}
 	statusDone := make(chan struct{})
 	go func() {
 		defer close(statusDone)
-		writeStatusLoop(ctx, StatusPath(o.RunDir, o.Name), node, log)
+		writeStatusLoop(ctx, StatusPath(o.RunDir, o.Name), node, met, log)
 	}()
 	if o.Ready != nil {
 		o.Ready(node)
@@ -243,14 +264,18 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Reque
 
 // writeStatusLoop rewrites the status file at least once a second and on
 // every state change, until ctx is cancelled.
-func writeStatusLoop(ctx context.Context, path string, node *replica.Node, log *slog.Logger) {
+func writeStatusLoop(ctx context.Context, path string, node *replica.Node, met *metrics.Resource, log *slog.Logger) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var lastErr string
 	for {
 		changed := node.Changed()
+		st := node.Status()
+		if met != nil {
+			met.Update(&st)
+		}
 		var buf bytes.Buffer
-		status.WriteText(&buf, Version, []status.Resource{node.Status()})
+		status.WriteText(&buf, Version, []status.Resource{st})
 		if err := status.WriteAtomic(path, buf.Bytes()); err != nil && err.Error() != lastErr {
 			lastErr = err.Error()
 			log.Warn("writing the status file", "err", err)
@@ -260,6 +285,25 @@ func writeStatusLoop(ctx context.Context, path string, node *replica.Node, log *
 			return
 		case <-tick.C:
 		case <-changed:
+		}
+	}
+}
+
+// observer feeds application requests into the metrics, or does nothing.
+func observer(met *metrics.Resource) func(kind string, peer bool, bytes int, d time.Duration) {
+	if met == nil {
+		return nil
+	}
+	kinds := map[string]metrics.Kind{"read": metrics.Read, "write": metrics.Write, "flush": metrics.Flush, "trim": metrics.Trim, "zero": metrics.Zero}
+	return func(kind string, peer bool, bytes int, d time.Duration) {
+		side := metrics.Local
+		if peer {
+			side = metrics.Peer
+		}
+		k := kinds[kind]
+		met.IO(side, k, int64(bytes))
+		if k == metrics.Write {
+			met.ObserveWrite(side, d)
 		}
 	}
 }

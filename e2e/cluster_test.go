@@ -128,7 +128,12 @@ func (n *node) start(extra ...string) {
 		"--nbd", "unix:" + n.sock, "--listen-peer", n.listen, "--peer", n.peer, "--timeout", "2s"}
 	args = append(args, n.extra...)
 	args = append(args, extra...)
-	args = append(args, "r0")
+	n.startArgs(append(args, "r0")...)
+}
+
+// startArgs runs urbd with exactly these arguments as the node's daemon.
+func (n *node) startArgs(args ...string) {
+	n.t.Helper()
 	n.cmd = n.command(args...)
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	must(n.t, err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/urbd/urbd/config"
 	"github.com/urbd/urbd/daemon"
 	"github.com/urbd/urbd/internal/units"
 )
@@ -28,9 +29,9 @@ Example, node A (node B swaps the addresses):
    urbd up --disk /dev/vdb --meta /var/lib/urbd/r0 --nbd unix:/run/urbd/r0.nbd \
            --listen-peer 10.0.0.1:7789 --peer 10.0.0.2:7789 --secret-file /etc/urbd/r0.secret r0`,
 	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "disk", Usage: "local disk: a block device or a file", Required: true},
-		&cli.StringFlag{Name: "meta", Usage: "metadata directory (created on first start)", Required: true},
-		&cli.StringFlag{Name: "nbd", Usage: "NBD export address: unix:SOCK or tcp:HOST:PORT", Required: true},
+		&cli.StringFlag{Name: "disk", Usage: "local disk: a block device or a file"},
+		&cli.StringFlag{Name: "meta", Usage: "metadata directory (created on first start)"},
+		&cli.StringFlag{Name: "nbd", Usage: "NBD export address: unix:SOCK or tcp:HOST:PORT"},
 		&cli.StringFlag{Name: "listen-peer", Usage: "HOST:PORT to accept the peer on"},
 		&cli.StringFlag{Name: "peer", Usage: "HOST:PORT of the peer"},
 		&cli.StringFlag{Name: "protocol", Value: "C", Usage: "A (async), B (peer received) or C (peer wrote: no acknowledged write is lost)"},
@@ -44,6 +45,10 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "bitmap-block", Value: "4KiB", Usage: "disk bytes per out-of-sync bit"},
 		&cli.BoolFlag{Name: "assume-clean", Usage: "on first start, mark the disk UpToDate: both disks are freshly created and identical"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "config", Usage: "resource file naming both nodes (see docs/CONFIG.md); flags override it"},
+		&cli.StringFlag{Name: "node", Usage: "this node's name in --config (default: the hostname)"},
+		&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on HOST:PORT"},
+		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted (repeatable)"},
 	},
 	Action: runUp,
 }
@@ -55,37 +60,99 @@ func runUp(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	proto := strings.ToUpper(c.String("protocol"))
-	if proto != "A" && proto != "B" && proto != "C" {
-		return fmt.Errorf("--protocol %q: use A, B or C", c.String("protocol"))
-	}
-	rate, err := units.ParseRate(c.String("resync-rate"))
+	o, err := upOptions(c, name)
 	if err != nil {
-		return fmt.Errorf("--resync-rate: %w", err)
-	}
-	block, err := units.ParseSize(c.String("bitmap-block"))
-	if err != nil {
-		return fmt.Errorf("--bitmap-block: %w", err)
-	}
-	if block < 512 || block&(block-1) != 0 {
-		return fmt.Errorf("--bitmap-block %s: use a power of two of at least 512 bytes", c.String("bitmap-block"))
-	}
-	if c.String("peer") == "" && c.String("listen-peer") == "" {
-		return fmt.Errorf("give --peer and --listen-peer: urbd up replicates to a peer (use urbd serve for a plain export)")
+		return err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return daemon.Run(ctx, daemon.Options{
-		Name: name, Disk: c.String("disk"), Meta: c.String("meta"), NBD: c.String("nbd"),
-		ListenPeer: c.String("listen-peer"), Peer: c.String("peer"), Protocol: proto[0],
-		ResyncRate: rate, SecretFile: c.String("secret-file"),
-		TLSCert: c.String("tls-cert"), TLSKey: c.String("tls-key"), TLSCA: c.String("tls-ca"),
-		Timeout: c.Duration("timeout"), OnPeerLoss: c.String("on-peer-loss"), BitmapBlock: block,
-		AssumeClean: c.Bool("assume-clean"), RunDir: runDir(c), Logger: log,
-	})
+	return daemon.Run(ctx, o)
+}
+
+// upOptions merges the resource file (if any) with the flags; a flag given
+// on the command line wins over the file.
+func upOptions(c *cli.Context, name string) (daemon.Options, error) {
+	o := daemon.Options{Name: name, RunDir: runDir(c), Handlers: map[string]string{}}
+	str := map[string]*string{
+		"disk": &o.Disk, "meta": &o.Meta, "nbd": &o.NBD, "listen-peer": &o.ListenPeer, "peer": &o.Peer,
+		"secret-file": &o.SecretFile, "tls-cert": &o.TLSCert, "tls-key": &o.TLSKey, "tls-ca": &o.TLSCA,
+		"on-peer-loss": &o.OnPeerLoss, "metrics-listen": &o.MetricsListen,
+	}
+	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
+	o.Timeout = c.Duration("timeout")
+	if path := c.String("config"); path != "" {
+		f, err := config.Load(path)
+		if err != nil {
+			return o, err
+		}
+		r, err := f.Resolve(name, c.String("node"))
+		if err != nil {
+			return o, err
+		}
+		fromFile := map[string]string{
+			"disk": r.Disk, "meta": r.Meta, "nbd": r.NBD, "listen-peer": r.ListenPeer, "peer": r.Peer,
+			"secret-file": r.SecretFile, "tls-cert": r.TLSCert, "tls-key": r.TLSKey, "tls-ca": r.TLSCA,
+			"on-peer-loss": r.OnPeerLoss, "metrics-listen": r.MetricsListen,
+		}
+		for k, v := range fromFile {
+			*str[k] = v
+		}
+		if !c.IsSet("protocol") && r.Protocol != "" {
+			proto = r.Protocol
+		}
+		if !c.IsSet("resync-rate") && r.ResyncRate > 0 {
+			rate = fmt.Sprint(r.ResyncRate)
+		}
+		if !c.IsSet("bitmap-block") && r.BitmapBlock > 0 {
+			block = fmt.Sprint(r.BitmapBlock)
+		}
+		if !c.IsSet("timeout") && r.Timeout > 0 {
+			o.Timeout = r.Timeout
+		}
+		for k, v := range r.Handlers {
+			o.Handlers[k] = v
+		}
+	}
+	for k, p := range str {
+		if c.IsSet(k) || *p == "" {
+			*p = c.String(k)
+		}
+	}
+	for _, h := range c.StringSlice("handler") {
+		ev, cmd, ok := strings.Cut(h, "=")
+		if !ok || ev == "" || cmd == "" {
+			return o, fmt.Errorf("--handler %q: use EVENT=COMMAND, e.g. --handler split-brain=/usr/local/bin/page-admin", h)
+		}
+		o.Handlers[ev] = cmd
+	}
+	for _, req := range []string{"disk", "meta", "nbd"} {
+		if *str[req] == "" {
+			return o, fmt.Errorf("--%s is required (or give it in --config)", req)
+		}
+	}
+	if o.Peer == "" && o.ListenPeer == "" {
+		return o, fmt.Errorf("give --peer and --listen-peer: urbd up replicates to a peer (use urbd serve for a plain export)")
+	}
+	proto = strings.ToUpper(proto)
+	if proto != "A" && proto != "B" && proto != "C" {
+		return o, fmt.Errorf("--protocol %q: use A, B or C", proto)
+	}
+	o.Protocol = proto[0]
+	var err error
+	if o.ResyncRate, err = units.ParseRate(rate); err != nil {
+		return o, fmt.Errorf("--resync-rate: %w", err)
+	}
+	if o.BitmapBlock, err = units.ParseSize(block); err != nil {
+		return o, fmt.Errorf("--bitmap-block: %w", err)
+	}
+	if o.BitmapBlock < 512 || o.BitmapBlock&(o.BitmapBlock-1) != 0 {
+		return o, fmt.Errorf("--bitmap-block %s: use a power of two of at least 512 bytes", block)
+	}
+	o.AssumeClean = c.Bool("assume-clean")
+	return o, nil
 }

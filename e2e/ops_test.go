@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestConfigHandlersMetrics: both nodes start from one resource file; the
+// handlers fire on promotion, peer loss, peer return and resync; the metrics
+// endpoint is scraped.
+func TestConfigHandlersMetrics(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	events := filepath.Join(c.dir, "events")
+	metricsPort := freePort(t)
+	conf := fmt.Sprintf(`
+[handlers]
+promoted = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %[1]s"
+peer-lost = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %[1]s"
+peer-back = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %[1]s"
+resync-done = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %[1]s"
+
+[resource.r0]
+protocol = "C"
+resync-rate = "50MiB"
+timeout = "2s"
+
+  [resource.r0.node.alpha]
+  disk = %[2]q
+  meta = %[3]q
+  nbd = "unix:%[4]s"
+  address = %[5]q
+  metrics-listen = "127.0.0.1:%[10]d"
+
+  [resource.r0.node.beta]
+  disk = %[6]q
+  meta = %[7]q
+  nbd = "unix:%[8]s"
+  address = %[9]q
+`, events, c.a.disk, c.a.meta, c.a.sock, c.a.listen, c.b.disk, c.b.meta, c.b.sock, c.b.listen, metricsPort)
+	path := filepath.Join(c.dir, "urbd.toml")
+	must(t, os.WriteFile(path, []byte(conf), 0o644))
+	c.a.startArgs("--run-dir", c.a.runDir, "up", "--config", path, "--node", "alpha", "--assume-clean", "r0")
+	c.b.startArgs("--run-dir", c.b.runDir, "up", "--config", path, "--node", "beta", "--assume-clean", "r0")
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=8M", "--iodepth=8")
+	c.b.ctl("disconnect", "r0")
+	c.a.waitFor("peer loss", 10*time.Second, func(s statusT) bool { return s.ConnState == "WFConnection" })
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=8M", "--iodepth=8")
+	c.b.ctl("connect", "r0")
+	c.a.waitInSync(30 * time.Second)
+	sameFiles(t, c.a.disk, c.b.disk)
+
+	want := []string{"promoted r0", "peer-lost r0", "peer-back r0", "resync-done r0"}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, _ := os.ReadFile(events)
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(string(got), w) {
+				missing = w
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("handler for %q did not run; events file:\n%s", missing, got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	must(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, w := range []string{
+		`urbd_role{resource="r0",role="Primary"} 1`,
+		`urbd_connection_state{resource="r0",state="Connected"} 1`,
+		`urbd_io_bytes_total{kind="write",resource="r0",side="local"}`,
+		`urbd_write_latency_seconds_bucket{resource="r0",side="peer"`,
+		`urbd_out_of_sync_bytes{resource="r0"} 0`,
+	} {
+		if !strings.Contains(string(body), w) {
+			t.Errorf("metrics lack %s", w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("metrics:\n%s", body)
+	}
+}
