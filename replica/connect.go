@@ -280,6 +280,7 @@ func (n *Node) negotiate(s *session) error {
 	n.event("peer-back", map[string]string{"URBD_PEER_ROLE": peerRole.String()})
 
 	if conn != Connected {
+		s.csumResync = !plan.Full && (local.recoveredAL || peer.recoveredAL)
 		if plan.Full {
 			n.store.Bitmap().SetAll()
 		}
@@ -399,6 +400,7 @@ func (n *Node) localSideLocked() Side {
 		DiscardMyData:  n.discard,
 		BitmapDirty:    n.store.Bitmap().DirtyBlocks() > 0,
 		NodeID:         n.nodeID,
+		recoveredAL:    n.recovered,
 	}
 }
 

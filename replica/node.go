@@ -62,6 +62,7 @@ type Node struct {
 	wantConn    bool  // guarded by mu: false in StandAlone (disconnect, split brain)
 	discard     bool  // guarded by mu: --discard-my-data for the next connection
 	crashedPri  bool  // guarded by mu: stopped uncleanly while Primary
+	recovered   bool  // guarded by mu: the bitmap holds activity-log extents recovered after a crash
 	sess        *session
 	changed     chan struct{} // closed and replaced on every state change
 	progress    *resync.Progress
@@ -133,8 +134,12 @@ func New(cfg Config) (*Node, error) {
 			n.crashedPri = true // crashed while Primary: come back Secondary
 		}
 	}
-	if _, corrupt := cfg.Store.Recovered(); corrupt {
+	alExtents, corrupt := cfg.Store.Recovered()
+	if corrupt {
 		n.log.Warn("metadata was torn or corrupt: treating the whole disk as out of sync")
+	} else if alExtents > 0 {
+		n.recovered = true
+		n.log.Warn("unclean shutdown: activity-log extents marked out of sync; they will be resynced by checksum", "extents", alExtents)
 	}
 	// From here on the metadata says "running": a crash leaves the clean flag off.
 	if err := n.saveMetaLocked(); err != nil {

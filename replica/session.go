@@ -39,6 +39,7 @@ type session struct {
 	lastRecv atomic.Int64 // unix nanos of the last frame from the peer
 
 	wantRecv   atomic.Bool         // the peer runs protocol B
+	csumResync bool                // set before the resync starts: compare checksums first
 	peerStates chan protocol.State // control-stream states, in order
 	peerBitmap chan struct{}       // closed when the peer's bitmap arrived
 	bitmapSeen bool                // guarded by mu
@@ -281,6 +282,9 @@ func (s *session) sendState(side Side) {
 	if s.n.cfg.Protocol == 'B' {
 		st.Flags |= flagWantReceived
 	}
+	if side.recoveredAL {
+		st.Flags |= flagRecovered
+	}
 	if err := s.ps.Control().Send(&st); err != nil {
 		go s.close(fmt.Errorf("sending state: %w", err)) // callers may hold n.mu
 	}
@@ -294,6 +298,10 @@ const (
 	// flagWantReceived: the sender runs protocol B and wants an AckReceived
 	// before each AckDone.
 	flagWantReceived uint32 = 1 << 17
+	// flagRecovered: the sender's bitmap holds activity-log extents
+	// recovered after a crash, which are probably in sync: resync them by
+	// checksum.
+	flagRecovered uint32 = 1 << 18
 )
 
 func diskToWire(d DiskState) uint8 {
@@ -331,6 +339,7 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 		CrashedPrimary: st.Flags&protocol.FlagWasPrimaryCrashed != 0,
 		DiscardMyData:  st.Flags&protocol.FlagDiscardMyData != 0,
 		BitmapDirty:    st.Flags&flagBitmapDirty != 0,
+		recoveredAL:    st.Flags&flagRecovered != 0,
 	}
 }
 

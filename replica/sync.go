@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -31,7 +30,7 @@ func (n *Node) runSyncSource(s *session) error {
 	if err := s.ps.Control().Send(&protocol.SyncStart{Direction: protocol.SyncSource, BitmapBlock: uint32(bm.BlockSize()), TotalBits: uint64(bm.NumWords()) * 64}); err != nil {
 		return err
 	}
-	n.log.Info("resync started", "direction", "SyncSource", "bytes", bm.DirtyBytes())
+	n.log.Info("resync started", "direction", "SyncSource", "bytes", bm.DirtyBytes(), "by_checksum", s.csumResync)
 
 	sem := make(chan struct{}, syncWindow)
 	var wg sync.WaitGroup
@@ -101,7 +100,9 @@ func (n *Node) runSyncSource(s *session) error {
 }
 
 // copyRange sends one run of blocks to the sync target and marks it in sync
-// once the target wrote it.
+// once the target wrote it. In checksum mode (after a crash, when most
+// marked blocks are probably equal) it first asks the target for the
+// blocks' checksums and sends only the blocks that differ.
 func (n *Node) copyRange(s *session, off, length int64) error {
 	unlock, err := n.rl.lock(s.ctx, off, length)
 	if err != nil {
@@ -113,6 +114,67 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 		return fmt.Errorf("replica: resync read at %d+%d: %w", off, length, err)
 	}
 	n.stats.diskRead.Add(uint64(length))
+	if !s.csumResync {
+		if err := n.sendBlocks(s, off, buf); err != nil {
+			return err
+		}
+		n.store.MarkInSync(off, length)
+		return nil
+	}
+	bs := n.store.Bitmap().BlockSize()
+	theirs, err := s.peerSums(off, length, bs)
+	if err != nil {
+		return err
+	}
+	ours := blockSums(buf, bs)
+	if len(theirs) != len(ours) {
+		return fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(theirs), len(ours))
+	}
+	for i := 0; i < len(ours); {
+		if ours[i] == theirs[i] {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(ours) && ours[j] != theirs[j] {
+			j++
+		}
+		lo, hi := int64(i)*bs, min(int64(j)*bs, length)
+		if err := n.sendBlocks(s, off+lo, buf[lo:hi]); err != nil {
+			return err
+		}
+		i = j
+	}
+	n.store.MarkInSync(off, length)
+	return nil
+}
+
+// peerSums asks the peer for the checksums of [off, off+length).
+func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
+	seq := s.rsSeq.Add(1)
+	ch := make(chan *protocol.ChecksumReply, 1)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrPeerLost
+	}
+	s.sumWait[seq] = ch
+	s.mu.Unlock()
+	if err := s.ps.Resync().Send(&protocol.ChecksumRequest{Seq: seq, Offset: uint64(off), Length: uint32(length), BlockSize: uint32(bs)}); err != nil {
+		return nil, err
+	}
+	select {
+	case reply := <-ch:
+		return reply.Sums, nil
+	case <-s.ctx.Done():
+		return nil, ErrPeerLost
+	}
+}
+
+// sendBlocks sends data for [off, off+len(buf)) to the sync target and waits
+// until the target wrote it.
+func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
+	length := int64(len(buf))
 	seq := s.rsSeq.Add(1)
 	ch := make(chan uint32, 1)
 	s.mu.Lock()
@@ -137,7 +199,6 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 	case <-s.ctx.Done():
 		return s.ctx.Err()
 	}
-	n.store.MarkInSync(off, length)
 	return nil
 }
 
@@ -146,6 +207,7 @@ func (n *Node) finishSyncSource(s *session) error {
 	n.mu.Lock()
 	n.uuids = n.uuids.SyncSourceDone()
 	n.progress = nil
+	n.recovered = false
 	n.setStateLocked("resync finished", func(st *State) { st.Conn = Connected; st.PeerDisk = UpToDate })
 	err := n.saveMetaLocked()
 	local := n.localSideLocked()
@@ -178,15 +240,15 @@ func (n *Node) waitSyncTarget(s *session) error {
 	case <-s.ctx.Done():
 		return s.ctx.Err()
 	}
-	if left := bm.DirtyBytes(); left > 0 {
-		// The source copies only its own bits; ours are all in its merged
-		// bitmap, so this means blocks changed on both sides: keep them
-		// marked and report it.
-		n.log.Warn("resync finished with blocks still marked", "bytes", left)
-	}
+	// The source walked the union of both bitmaps and made every marked
+	// block equal (sending it, or finding its checksum equal), and blocks
+	// that failed here since were marked on the source too: nothing is out
+	// of sync any more. Clearing bits is always safe for the crash invariant.
+	bm.ClearAll()
 	n.mu.Lock()
 	n.uuids = n.uuids.SyncTargetDone(n.peerUUIDs)
 	n.progress = nil
+	n.recovered = false
 	n.setStateLocked("resync finished", func(st *State) { st.Conn = Connected; st.Disk = UpToDate })
 	err := n.saveMetaLocked()
 	local := n.localSideLocked()
@@ -288,21 +350,8 @@ func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
 		if err := n.rate.Wait(s.ctx, length); err != nil {
 			return diff, err
 		}
-		seq := s.rsSeq.Add(1)
-		ch := make(chan *protocol.ChecksumReply, 1)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			return diff, ErrPeerLost
-		}
-		s.sumWait[seq] = ch
-		s.mu.Unlock()
 		unlock, err := n.rl.lock(s.ctx, off, length)
 		if err != nil {
-			return diff, err
-		}
-		if err := s.ps.Resync().Send(&protocol.ChecksumRequest{Seq: seq, Offset: uint64(off), Length: uint32(length), BlockSize: uint32(bs)}); err != nil {
-			unlock()
 			return diff, err
 		}
 		if err := n.disk.ReadAt(s.ctx, buf[:length], off); err != nil {
@@ -310,19 +359,17 @@ func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
 			return diff, err
 		}
 		local := blockSums(buf[:length], bs)
-		var reply *protocol.ChecksumReply
-		select {
-		case reply = <-ch:
-		case <-s.ctx.Done():
-			unlock()
-			return diff, s.ctx.Err()
-		}
+		sums, err := s.peerSums(off, length, bs)
 		unlock()
+		if err != nil {
+			return diff, err
+		}
+		reply := &protocol.ChecksumReply{Sums: sums}
 		if len(reply.Sums) != len(local) {
 			return diff, fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(reply.Sums), len(local))
 		}
 		for i := range local {
-			if !bytes.Equal(local[i][:], reply.Sums[i][:]) {
+			if local[i] != reply.Sums[i] {
 				diff++
 				n.store.MarkOutOfSync(off+int64(i)*bs, min(bs, size-off-int64(i)*bs))
 			}

@@ -126,6 +126,10 @@ type Side struct {
 	// bitmaps dirty, no Primary, no crashed Primary): the higher NodeID
 	// becomes the source. 0 is allowed; equal ids cannot break the tie.
 	NodeID uint64
+
+	// recoveredAL: the bitmap holds activity-log extents recovered after a
+	// crash. Decide ignores it; it makes the resync compare checksums first.
+	recoveredAL bool
 }
 
 // consistent reports whether the disk holds a consistent data generation
