@@ -1,0 +1,446 @@
+package replica_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/urbd/urbd/bitmap"
+	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/replica"
+	"github.com/urbd/urbd/resync"
+	"github.com/urbd/urbd/status"
+)
+
+// The scenario harness runs two replica.Node in one process: temp files as
+// disks (nbd.OpenFile), temp directories as metadata (bitmap.Open), peers on
+// 127.0.0.1 ports, each Node's Run on its own context. Every wait polls the
+// node's State or Status with a deadline, woken by Node.Changed; nothing
+// sleeps for synchronisation.
+
+const (
+	hDiskSize = 8 << 20 // two 4 MiB activity-log extents
+	hBlock    = 4096    // bitmap block
+	hWait     = 4 * time.Second
+)
+
+// nodeOpts configure one side of a pair.
+type nodeOpts struct {
+	protocol    byte // 'A', 'B', 'C'; 0 = C
+	suspend     bool // Config.SuspendOnPeerLoss
+	rate        int64
+	clock       resync.Clock
+	assumeClean bool
+}
+
+// tnode is one in-process node with its files.
+type tnode struct {
+	t        *testing.T
+	label    string // "a" or "b", for messages
+	diskPath string
+	metaDir  string
+	addr     string // this node's peer listener
+	peerAddr string
+	opts     nodeOpts
+
+	file  *nbd.File
+	disk  *testDisk
+	store *bitmap.Store
+	node  *replica.Node
+
+	cancel context.CancelFunc
+	runErr chan error
+	up     bool
+}
+
+// freeAddr returns a 127.0.0.1 address whose port was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// newPair creates two nodes wired to each other, not yet started. Their
+// disks are zero-filled files of hDiskSize bytes.
+func newPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
+	t.Helper()
+	dir := t.TempDir()
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	a = &tnode{t: t, label: "a", diskPath: filepath.Join(dir, "a.img"), metaDir: filepath.Join(dir, "a.meta"), addr: addrA, peerAddr: addrB, opts: oa}
+	b = &tnode{t: t, label: "b", diskPath: filepath.Join(dir, "b.img"), metaDir: filepath.Join(dir, "b.meta"), addr: addrB, peerAddr: addrA, opts: ob}
+	for _, x := range []*tnode{a, b} {
+		if err := os.WriteFile(x.diskPath, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(x.diskPath, hDiskSize); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(x.stop)
+	}
+	return a, b
+}
+
+// cleanPair starts two nodes created with assume-clean and waits until they
+// are Connected, both UpToDate, with a promoted Primary.
+func cleanPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
+	t.Helper()
+	oa.assumeClean, ob.assumeClean = true, true
+	a, b = newPair(t, oa, ob)
+	a.start()
+	b.start()
+	a.waitConn(replica.Connected)
+	b.waitConn(replica.Connected)
+	if err := a.node.Promote(false); err != nil {
+		t.Fatalf("promote a: %v", err)
+	}
+	b.waitState("peer Primary", func(s replica.State) bool { return s.PeerRole == replica.Primary })
+	return a, b
+}
+
+// start opens the disk and metadata (creating them on first start) and runs
+// the node until stop.
+func (x *tnode) start() {
+	t := x.t
+	t.Helper()
+	if x.up {
+		t.Fatalf("%s: already started", x.label)
+	}
+	f, err := nbd.OpenFile(x.diskPath, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, statErr := os.Stat(filepath.Join(x.metaDir, bitmap.MetaFile))
+	fresh := errors.Is(statErr, os.ErrNotExist)
+	store, err := bitmap.Open(x.metaDir, bitmap.Options{Size: f.Size(), BitmapBlock: hBlock})
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if fresh {
+		if err := replica.InitialUUIDs(store, "r0", x.opts.assumeClean); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x.file = f
+	x.disk = &testDisk{Backend: f}
+	x.store = store
+	node, err := replica.New(replica.Config{
+		Name:              "r0",
+		Disk:              x.disk,
+		Store:             store,
+		Protocol:          x.opts.protocol,
+		ListenPeer:        x.addr,
+		Peer:              x.peerAddr,
+		Timeout:           2 * time.Second,
+		SuspendOnPeerLoss: x.opts.suspend,
+		ResyncRate:        x.opts.rate,
+		Clock:             x.opts.clock,
+		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		store.Close()
+		f.Close()
+		t.Fatal(err)
+	}
+	x.node = node
+	ctx, cancel := context.WithCancel(context.Background())
+	x.cancel = cancel
+	x.runErr = make(chan error, 1)
+	go func() { x.runErr <- node.Run(ctx) }()
+	x.up = true
+}
+
+// stop ends Run, closes the node (a clean shutdown: the session drops, the
+// metadata is marked clean) and the disk. It is safe to call twice.
+func (x *tnode) stop() {
+	if !x.up {
+		return
+	}
+	x.up = false
+	x.cancel()
+	if err := <-x.runErr; err != nil {
+		x.t.Errorf("%s: Run: %v", x.label, err)
+	}
+	if err := x.node.Close(); err != nil {
+		x.t.Errorf("%s: Close: %v", x.label, err)
+	}
+	x.file.Close()
+}
+
+// waitState polls the node's State until cond holds, failing after hWait.
+func (x *tnode) waitState(what string, cond func(replica.State) bool) replica.State {
+	x.t.Helper()
+	var st replica.State
+	x.waitFor(what, func() bool {
+		st = x.node.State()
+		return cond(st)
+	})
+	return st
+}
+
+// waitStatus polls the node's Status until cond holds, failing after hWait.
+func (x *tnode) waitStatus(what string, cond func(status.Resource) bool) status.Resource {
+	x.t.Helper()
+	var st status.Resource
+	x.waitFor(what, func() bool {
+		st = x.node.Status()
+		return cond(st)
+	})
+	return st
+}
+
+// waitFor polls cond on every state change and at least every few
+// milliseconds (the out-of-sync counters change without a state change).
+func (x *tnode) waitFor(what string, cond func() bool) {
+	x.t.Helper()
+	deadline := time.NewTimer(hWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ch := x.node.Changed()
+		if cond() {
+			return
+		}
+		select {
+		case <-ch:
+		case <-tick.C:
+		case <-deadline.C:
+			x.t.Fatalf("%s: waiting for %s: timed out in state %+v, status %+v", x.label, what, x.node.State(), x.node.Status())
+		}
+	}
+}
+
+// waitConn waits for a connection state.
+func (x *tnode) waitConn(c replica.ConnState) replica.State {
+	x.t.Helper()
+	return x.waitState("cs "+c.String(), func(s replica.State) bool { return s.Conn == c })
+}
+
+// waitInSync waits until the node is Connected, both disks UpToDate and
+// nothing is out of sync.
+func (x *tnode) waitInSync() {
+	x.t.Helper()
+	x.waitStatus("in sync", func(s status.Resource) bool {
+		return s.ConnState == "Connected" && s.DiskState == "UpToDate" && s.PeerDisk == "UpToDate" && s.OutOfSyncKiB == 0
+	})
+}
+
+// write writes p at off through the node, failing the test on error.
+func (x *tnode) write(off int64, p []byte) {
+	x.t.Helper()
+	if err := x.node.WriteAt(context.Background(), p, off, false); err != nil {
+		x.t.Fatalf("%s: WriteAt(%d, %d): %v", x.label, off, len(p), err)
+	}
+}
+
+// read returns the disk file's bytes at [off, off+n), read behind the engine.
+func (x *tnode) read(off int64, n int) []byte {
+	x.t.Helper()
+	f, err := os.Open(x.diskPath)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	defer f.Close()
+	p := make([]byte, n)
+	if _, err := f.ReadAt(p, off); err != nil {
+		x.t.Fatal(err)
+	}
+	return p
+}
+
+// poke writes p into the disk file behind the engine's back.
+func (x *tnode) poke(off int64, p []byte) {
+	x.t.Helper()
+	f, err := os.OpenFile(x.diskPath, os.O_WRONLY, 0)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(p, off); err != nil {
+		x.t.Fatal(err)
+	}
+}
+
+// image returns the whole disk file.
+func (x *tnode) image() []byte {
+	x.t.Helper()
+	b, err := os.ReadFile(x.diskPath)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	return b
+}
+
+// sameDisks fails the test unless both disk files are byte-identical.
+func sameDisks(t *testing.T, a, b *tnode) {
+	t.Helper()
+	if d := firstDiff(a.image(), b.image()); d >= 0 {
+		t.Fatalf("disks differ from offset %d (block %d)", d, d/hBlock)
+	}
+}
+
+// firstDiff returns the first offset at which x and y differ, or -1.
+func firstDiff(x, y []byte) int64 {
+	if len(x) != len(y) {
+		return int64(min(len(x), len(y)))
+	}
+	for off := 0; off < len(x); off += hBlock {
+		end := min(off+hBlock, len(x))
+		if !bytes.Equal(x[off:end], y[off:end]) {
+			for i := off; i < end; i++ {
+				if x[i] != y[i] {
+					return int64(i)
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// pattern returns n bytes that depend on tag, so every write is recognisable.
+func pattern(tag string, n int) []byte {
+	p := make([]byte, n)
+	seed := []byte(tag)
+	for i := range p {
+		p[i] = seed[i%len(seed)] ^ byte(i/len(seed))
+	}
+	return p
+}
+
+// testDisk wraps the file backend: it counts Flush calls and the most that
+// ran at once, and can hold WriteAt calls until released (or until the
+// caller's ctx ends, as a real disk write ends when its session dies).
+type testDisk struct {
+	nbd.Backend
+
+	flushes    atomic.Int64
+	inFlush    atomic.Int64
+	maxInFlush atomic.Int64
+
+	mu          sync.Mutex
+	writeGate   chan struct{} // non-nil: writes wait until it is closed
+	writeHeld   chan struct{} // receives one value per write that starts waiting
+	flushGate   chan struct{} // non-nil: flushes wait until it is closed
+	flushWaiter chan struct{} // receives one value per flush that starts waiting
+}
+
+// holdWrites makes later WriteAt calls wait; each waiting write sends on the
+// returned channel.
+func (d *testDisk) holdWrites() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.writeGate = make(chan struct{})
+	d.writeHeld = make(chan struct{}, 1024)
+	return d.writeHeld
+}
+
+// releaseWrites lets held and later writes through.
+func (d *testDisk) releaseWrites() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.writeGate != nil {
+		close(d.writeGate)
+		d.writeGate = nil
+	}
+}
+
+// holdFlushes makes later Flush calls wait; each waiting flush sends on the
+// returned channel.
+func (d *testDisk) holdFlushes() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.flushGate = make(chan struct{})
+	d.flushWaiter = make(chan struct{}, 1024)
+	return d.flushWaiter
+}
+
+// releaseFlushes lets held and later flushes through.
+func (d *testDisk) releaseFlushes() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.flushGate != nil {
+		close(d.flushGate)
+		d.flushGate = nil
+	}
+}
+
+func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.mu.Lock()
+	gate, held := d.writeGate, d.writeHeld
+	d.mu.Unlock()
+	if gate != nil {
+		held <- struct{}{}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return fmt.Errorf("held write at %d: %w", off, ctx.Err())
+		}
+	}
+	return d.Backend.WriteAt(ctx, p, off, fua)
+}
+
+func (d *testDisk) Flush(ctx context.Context) error {
+	d.flushes.Add(1)
+	cur := d.inFlush.Add(1)
+	defer d.inFlush.Add(-1)
+	for {
+		m := d.maxInFlush.Load()
+		if cur <= m || d.maxInFlush.CompareAndSwap(m, cur) {
+			break
+		}
+	}
+	d.mu.Lock()
+	gate, waiter := d.flushGate, d.flushWaiter
+	d.mu.Unlock()
+	if gate != nil {
+		waiter <- struct{}{}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return d.Backend.Flush(ctx)
+}
+
+// heldClock is a resync.Clock whose time stands still: a rate-limited
+// resync on it waits until the rate is lifted (Node.AdjustRate(0)).
+type heldClock struct{ now time.Time }
+
+func (c heldClock) Now() time.Time                       { return c.now }
+func (c heldClock) After(time.Duration) <-chan time.Time { return make(chan time.Time) }
+
+// asyncWrite starts a WriteAt in the background; the channel receives its result.
+func (x *tnode) asyncWrite(off int64, p []byte) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- x.node.WriteAt(context.Background(), p, off, false) }()
+	return ch
+}
+
+// recvErr waits for an async result with the harness deadline.
+func recvErr(t *testing.T, what string, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(hWait):
+		t.Fatalf("%s did not return", what)
+		return nil
+	}
+}
