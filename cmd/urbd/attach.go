@@ -174,10 +174,18 @@ func runDetach(c *cli.Context) error {
 		return err
 	}
 	pid := readAttachPID(attachPIDFile(runDir(c), index))
+	// The kernel accepts a disconnect of an idle device silently; ask first.
+	connected, err := kern.Connected(index)
+	if err != nil {
+		return err
+	}
+	if !connected && pid == 0 {
+		return fmt.Errorf("%s is not attached", c.String("device"))
+	}
 	derr := kern.Disconnect(index)
 	if pid == 0 {
 		if errors.Is(derr, nbd.ErrNotAttached) {
-			return fmt.Errorf("%s is not attached", c.String("device"))
+			return nil
 		}
 		return derr
 	}

@@ -1,10 +1,13 @@
 # Scenario: restart urbd serve under a mounted ext4 (kill -9, start again
-# within the attach timeout): I/O waits and completes, no I/O error.
+# within the attach timeout) while direct writes are in flight: they are
+# resent after the kernel's request timeout, writes issued during the
+# outage wait for the reconnect, nothing fails and no I/O error is logged.
+# Two connections: both die and both are replaced.
 . "$OUT/lib.sh"
 load_modules
 truncate -s 256M /tmp/disk.img
 start_serve /tmp/disk.img /run/r0.sock "$OUT/serve.log"
-start_attach nbd0 "$OUT/attach.log" --nbd unix:/run/r0.sock --timeout 30s
+start_attach nbd0 "$OUT/attach.log" --nbd unix:/run/r0.sock --timeout 30s --connections 2
 mkfs.ext4 -q /dev/nbd0
 mkdir -p /tmp/m
 mount -t ext4 /dev/nbd0 /tmp/m
@@ -12,6 +15,11 @@ dd if=/dev/urandom of=/tmp/m/before bs=1M count=4 status=none
 sync
 step "mounted and written"
 
+# Direct writes in flight when the server dies.
+dd if=/dev/urandom of=/tmp/src bs=1M count=32 status=none
+dd if=/tmp/src of=/tmp/m/inflight bs=1M oflag=direct status=none &
+inflight=$!
+sleep 0.3
 kill -9 "$SERVE_PID"
 wait "$SERVE_PID" 2>/dev/null || true
 step "server killed"
@@ -25,9 +33,14 @@ rc=0
 wait "$writer" || rc=$?
 [ "$rc" -eq 0 ] || fail "write during the outage failed: $rc"
 step "write during the outage completed"
+rc=0
+wait "$inflight" || rc=$?
+[ "$rc" -eq 0 ] || fail "direct write in flight at the crash failed: $rc"
+cmp /tmp/src /tmp/m/inflight || fail "data written across the restart differs"
+step "direct writes in flight at the crash completed"
 dd if=/dev/urandom of=/tmp/m/after bs=1M count=4 status=none conv=fsync || fail "write after restart failed"
 sync
-(cd /tmp/m && md5sum before during after) > /tmp/sums
+(cd /tmp/m && md5sum before during after inflight) > /tmp/sums
 echo 3 > /proc/sys/vm/drop_caches
 (cd /tmp/m && md5sum -c /tmp/sums) || fail "files differ"
 umount /tmp/m

@@ -1,6 +1,16 @@
 # Scenario: urbd serve a sparse file, attach it as /dev/nbd0, put LVM and
 # ext4 on it, write files, detach; attach again, activate, e2fsck, verify.
 . "$OUT/lib.sh"
+# expect_error PATTERN CMD...: CMD fails with a one-line message matching PATTERN.
+expect_error() {
+	pattern=$1
+	shift
+	if out=$("$@" 2>&1); then fail "$* succeeded"; fi
+	echo "$out" | grep -q -- "$pattern" || fail "$*: message '$out' lacks '$pattern'"
+	[ "$(echo "$out" | wc -l)" -eq 1 ] || fail "$*: message is not one line: $out"
+	echo "refused as expected: $out"
+}
+expect_error "nbd kernel module not loaded: run modprobe nbd" "$URBD" attach --device /dev/nbd0 --nbd unix:/run/none.sock
 load_modules
 step "modules loaded"
 
@@ -8,6 +18,9 @@ truncate -s 512M /tmp/disk.img
 start_serve /tmp/disk.img /run/r0.sock "$OUT/serve.log"
 start_attach nbd0 "$OUT/attach.log" --nbd unix:/run/r0.sock --timeout 30s
 step "attached: $(cat /sys/block/nbd0/size) sectors"
+expect_error "already attached" "$URBD" attach --device /dev/nbd0 --nbd unix:/run/r0.sock
+expect_error "dial unix:/run/none.sock" "$URBD" attach --device /dev/nbd1 --nbd unix:/run/none.sock --timeout 2s
+expect_error "not attached" "$URBD" detach --device /dev/nbd1
 grep -q . /sys/block/nbd0/queue/write_cache && step "write cache: $(cat /sys/block/nbd0/queue/write_cache) fua: $(cat /sys/block/nbd0/queue/fua) discard_max: $(cat /sys/block/nbd0/queue/discard_max_bytes)"
 [ "$(cat /sys/block/nbd0/queue/write_cache)" = "write back" ] || fail "kernel does not send FLUSH"
 [ "$(cat /sys/block/nbd0/queue/fua)" = "1" ] || fail "kernel does not send FUA"
