@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -417,8 +418,13 @@ func (c *srvConn) writeReplies(bw *bufio.Writer) {
 					_, werr = bufs.WriteTo(c.nc)
 				}
 			}
-			if werr == nil && len(c.replies) == 0 {
-				werr = bw.Flush()
+			if werr == nil && len(c.replies) == 0 && bw.Buffered() > 0 {
+				// Give requests finishing right now a chance to join
+				// this write before paying for a system call.
+				runtime.Gosched()
+				if len(c.replies) == 0 {
+					werr = bw.Flush()
+				}
 			}
 			if werr != nil {
 				c.log.Debug("nbd: writing reply", "remote", c.nc.RemoteAddr(), "err", werr)
