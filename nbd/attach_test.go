@@ -265,3 +265,34 @@ func TestBlockSize(t *testing.T) {
 		}
 	}
 }
+
+// TestSuperviseReconnectsAfterServerDropsClients runs Attach and Supervise
+// against this package's Server: when the server drops every client (as a
+// restarting daemon does) the supervisor reconnects both connections.
+func TestSuperviseReconnectsAfterServerDropsClients(t *testing.T) {
+	srv, addr := startServer(t, &sliceBackend{data: make([]byte, 1<<20)})
+	k := newFakeKernel()
+	cfg := testAttachConfig(k, addr)
+	cfg.Connections = 2
+	att, err := Attach(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- att.Supervise(ctx) }()
+
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ccancel()
+	if err := srv.CloseClients(cctx); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for n < 2 {
+		n += len(<-k.reconfigs)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -491,3 +492,108 @@ type fuzzConn struct {
 
 func (c *fuzzConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
 func (c *fuzzConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// sliceBackend is a minimal in-memory Backend for the client's interop
+// tests against this package's Server.
+type sliceBackend struct {
+	mu   sync.Mutex
+	data []byte
+}
+
+func (b *sliceBackend) Size() int64 { return int64(len(b.data)) }
+func (b *sliceBackend) ReadAt(_ context.Context, p []byte, off int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	copy(p, b.data[off:])
+	return nil
+}
+func (b *sliceBackend) WriteAt(_ context.Context, p []byte, off int64, _ bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	copy(b.data[off:], p)
+	return nil
+}
+func (b *sliceBackend) Trim(context.Context, int64, int64, bool) error { return nil }
+func (b *sliceBackend) WriteZeroes(_ context.Context, off, n int64, _, _ bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	clear(b.data[off : off+n])
+	return nil
+}
+func (b *sliceBackend) Flush(context.Context) error { return nil }
+
+// startServer serves b as the default export on a unix socket; the name
+// "secondary" is refused with the message a Secondary resource gives.
+func startServer(t *testing.T, b Backend) (*Server, string) {
+	t.Helper()
+	srv := &Server{
+		Lookup: func(name string) (*Export, error) {
+			if name == "secondary" {
+				return nil, errors.New("resource r0 is Secondary: promote it with urbd primary r0")
+			}
+			return &Export{Backend: b, MultiConn: true}, nil
+		},
+		Logger: quietLogger(),
+	}
+	addr := "unix:" + filepath.Join(t.TempDir(), "srv.sock")
+	ln, err := Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	})
+	return srv, addr
+}
+
+// TestClientInteropServer negotiates with this package's Server, checks
+// the flags the kernel will get, a refusal's message, and that an
+// out-of-range request gets EINVAL on a connection that keeps working.
+func TestClientInteropServer(t *testing.T) {
+	_, addr := startServer(t, &sliceBackend{data: make([]byte, 1<<20)})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	conn, err := Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Negotiate(ctx, conn, "secondary")
+	conn.Close()
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "resource r0 is Secondary") {
+		t.Fatalf("refusal: %v", err)
+	}
+
+	conn, err = Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := Negotiate(ctx, conn, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Size != 1<<20 || !info.CanFlush() || !info.CanFUA() || !info.CanTrim() || !info.CanMultiConn() || info.MaxBlock == 0 {
+		t.Fatalf("info %+v", info)
+	}
+	c := NewClientConn(conn, info)
+	data := bytes.Repeat([]byte{7}, 4096)
+	if err := c.Write(ctx, data, 4096, true); err != nil {
+		t.Fatal(err)
+	}
+	var re *RemoteError
+	if err := c.Write(ctx, data, 1<<20, false); !errors.As(err, &re) || re.Errno != ErrnoInval {
+		t.Fatalf("write past the end: %v, want EINVAL", err)
+	}
+	got := make([]byte, 4096)
+	if err := c.Read(ctx, got, 4096); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after the error: %v", err)
+	}
+	if err := c.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+}
