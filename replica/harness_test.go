@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,6 +62,23 @@ type tnode struct {
 	cancel context.CancelFunc
 	runErr chan error
 	up     bool
+
+	evMu   sync.Mutex
+	events []string // Config.Event names, in arrival order, across restarts
+}
+
+// sawEvent reports whether the node fired the event since it was created.
+func (x *tnode) sawEvent(name string) bool {
+	x.evMu.Lock()
+	defer x.evMu.Unlock()
+	return slices.Contains(x.events, name)
+}
+
+// waitEvent waits until the node fired the event (events come from their
+// own goroutines, so they may trail the state change).
+func (x *tnode) waitEvent(name string) {
+	x.t.Helper()
+	x.waitFor("event "+name, func() bool { return x.sawEvent(name) })
 }
 
 // freeAddr returns a 127.0.0.1 address whose port was free a moment ago.
@@ -150,7 +168,12 @@ func (x *tnode) start() {
 		SuspendOnPeerLoss: x.opts.suspend,
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,
-		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:            x.logger(),
+		Event: func(event string, _ map[string]string) {
+			x.evMu.Lock()
+			x.events = append(x.events, event)
+			x.evMu.Unlock()
+		},
 	})
 	if err != nil {
 		store.Close()
@@ -163,6 +186,15 @@ func (x *tnode) start() {
 	x.runErr = make(chan error, 1)
 	go func() { x.runErr <- node.Run(ctx) }()
 	x.up = true
+}
+
+// logger discards the node's log, or with URBD_TEST_LOG=1 writes it to
+// stderr prefixed with the node's label (for debugging a scenario).
+func (x *tnode) logger() *slog.Logger {
+	if os.Getenv("URBD_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", x.label)
 }
 
 // stop ends Run, closes the node (a clean shutdown: the session drops, the

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/urbd/urbd/replica"
 	"github.com/urbd/urbd/status"
@@ -156,4 +157,194 @@ func TestScenarioOverlappingWritesSameOrderBothDisks(t *testing.T) {
 			sameDisks(t, a, b)
 		})
 	}
+}
+
+// TestScenarioPeerLossMidWriteThenResync: writes are in flight to the
+// secondary (its disk holds them) when the secondary goes down. The writes
+// complete locally, their blocks are marked out of sync and the primary
+// waits for its peer (WFConnection); writes made alone are marked too. When
+// the secondary comes back the primary is SyncSource and both disks end
+// identical.
+func TestScenarioPeerLossMidWriteThenResync(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	held := b.disk.holdWrites()
+	const inflight = 4
+	var results []<-chan error
+	for i := range inflight {
+		results = append(results, a.asyncWrite(int64(i)*64*hBlock, pattern(fmt.Sprintf("inflight %d", i), 2*hBlock)))
+	}
+	<-held // the secondary is inside its first write
+	a.waitStatus("all writes sent", func(s status.Resource) bool { return s.PeerPending == inflight })
+	for i, ch := range results {
+		select {
+		case err := <-ch:
+			t.Fatalf("protocol C write %d returned (%v) while the peer had not written it", i, err)
+		default:
+		}
+	}
+
+	b.stop() // the secondary goes down with the writes in flight
+
+	for i, ch := range results {
+		if err := recvErr(t, fmt.Sprintf("write %d", i), ch); err != nil {
+			t.Fatalf("write %d after peer loss: %v, want local success", i, err)
+		}
+	}
+	st := a.waitConn(replica.WFConnection)
+	if st.Role != replica.Primary || st.PeerRole != replica.RoleUnknown || st.PeerDisk != replica.DUnknown {
+		t.Fatalf("primary after peer loss: %+v", st)
+	}
+	s := a.node.Status()
+	if want := uint64(inflight * 2 * hBlock >> 10); s.OutOfSyncKiB < want {
+		t.Fatalf("out of sync after losing %d in-flight writes: %d KiB, want >= %d", inflight, s.OutOfSyncKiB, want)
+	}
+	a.waitEvent("peer-lost")
+
+	// Alone, the primary goes on and marks what the peer misses.
+	before := s.OutOfSyncKiB
+	a.write(300*hBlock, pattern("alone", 3*hBlock))
+	if got := a.node.Status().OutOfSyncKiB; got != before+3*hBlock>>10 {
+		t.Fatalf("out of sync after a write alone: %d KiB, want %d", got, before+3*hBlock>>10)
+	}
+
+	b.start()
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	a.waitEvent("resync-done")
+	b.waitEvent("resync-done")
+	if st := b.node.State(); st.Role != replica.Secondary || st.PeerRole != replica.Primary {
+		t.Fatalf("secondary after resync: %+v", st)
+	}
+}
+
+// TestScenarioDisconnectWriteReconnectBitmapResync: the operator
+// disconnects the secondary, the primary writes, and after connect only the
+// written blocks are copied (a bitmap resync, not a full one).
+func TestScenarioDisconnectWriteReconnectBitmapResync(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.node.State(); st.Conn != replica.StandAlone {
+		t.Fatalf("after disconnect: %+v", st)
+	}
+	a.waitConn(replica.WFConnection)
+	for i := range 5 {
+		a.write(int64(i)*100*hBlock, pattern(fmt.Sprintf("alone %d", i), hBlock))
+	}
+	if got := a.node.Status().OutOfSyncKiB; got != 5*hBlock>>10 {
+		t.Fatalf("out of sync: %d KiB, want %d", got, 5*hBlock>>10)
+	}
+	recvBefore := b.node.Status().NetRecvKiB
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if got := b.node.Status().NetRecvKiB - recvBefore; got != 5*hBlock>>10 {
+		t.Fatalf("resync moved %d KiB, want only the %d KiB written while apart", got, 5*hBlock>>10)
+	}
+}
+
+// TestScenarioFlushMakesPeerFsync: a Flush on the primary returns only after
+// the secondary's disk was flushed; a FUA write flushes the peer too; many
+// concurrent Flushes reach both disks concurrently (not one after the
+// other), so the disk's group commit can cover them with shared fdatasyncs.
+func TestScenarioFlushMakesPeerFsync(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	ctx := context.Background()
+	a.write(0, pattern("data", hBlock))
+	peer0, local0 := b.disk.flushes.Load(), a.disk.flushes.Load()
+	if err := a.node.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.disk.flushes.Load() - peer0; got != 1 {
+		t.Fatalf("one Flush on the primary: %d flushes on the secondary's disk, want 1", got)
+	}
+	if got := a.disk.flushes.Load() - local0; got != 1 {
+		t.Fatalf("one Flush on the primary: %d flushes on its own disk, want 1", got)
+	}
+
+	peer0 = b.disk.flushes.Load()
+	if err := a.node.WriteAt(ctx, pattern("fua", hBlock), hBlock, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.disk.flushes.Load() - peer0; got != 1 {
+		t.Fatalf("a FUA write: %d flushes on the secondary's disk, want 1", got)
+	}
+
+	// Hold the secondary's flushes until all of them arrived: only possible
+	// if the engine runs them concurrently.
+	const n = 16
+	waiting := b.disk.holdFlushes()
+	peer0, local0 = b.disk.flushes.Load(), a.disk.flushes.Load()
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- a.node.Flush(ctx) }()
+	}
+	for i := range n {
+		select {
+		case <-waiting:
+		case <-time.After(hWait):
+			t.Fatalf("only %d of %d concurrent flushes reached the secondary's disk together", i, n)
+		}
+	}
+	if got := b.disk.maxInFlush.Load(); got < n {
+		t.Fatalf("at most %d flushes ran at once on the secondary, want %d", got, n)
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("a Flush returned (%v) before the secondary's flush completed", err)
+	default:
+	}
+	b.disk.releaseFlushes()
+	for range n {
+		if err := recvErr(t, "Flush", errs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := b.disk.flushes.Load() - peer0; got != n {
+		t.Fatalf("%d flushes on the primary: %d on the secondary's disk, want %d", n, got, n)
+	}
+	if got := a.disk.flushes.Load() - local0; got != n {
+		t.Fatalf("%d flushes on the primary: %d on its own disk, want %d", n, got, n)
+	}
+}
+
+// TestScenarioSuspendOnPeerLossWaitsForPeer: with --on-peer-loss suspend a
+// write issued while the peer is away does not return until the peer is
+// back; it then lands on both disks.
+func TestScenarioSuspendOnPeerLossWaitsForPeer(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{suspend: true}, nodeOpts{})
+	if a.node.Status().Suspended {
+		t.Fatal("suspended while connected")
+	}
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitStatus("suspended", func(s status.Resource) bool { return s.ConnState == "WFConnection" && s.Suspended })
+	p := pattern("suspended write", hBlock)
+	res := a.asyncWrite(10*hBlock, p)
+	a.waitStatus("write waiting", func(s status.Resource) bool { return s.AppPending == 1 })
+	select {
+	case err := <-res:
+		t.Fatalf("write returned (%v) with the peer away", err)
+	default:
+	}
+	if got := a.read(10*hBlock, hBlock); string(got) == string(p) {
+		t.Fatal("suspended write reached the primary's disk before the peer was back")
+	}
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, "suspended write", res); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.read(10*hBlock, hBlock); string(got) != string(p) {
+		t.Fatal("suspended write acknowledged but not on the secondary")
+	}
+	a.waitInSync()
+	sameDisks(t, a, b)
 }
