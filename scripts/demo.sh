@@ -79,7 +79,11 @@ cleanup() {
 		losetup -d "$l" 2>/dev/null
 	done
 	for d in "${FUSE_DIRS[@]}"; do
-		fusermount3 -u "$d" 2>/dev/null
+		for _ in $(seq 30); do
+			fusermount3 -u "$d" 2>/dev/null && break
+			sleep 0.1
+		done
+		mountpoint -q "$d" 2>/dev/null && fusermount3 -uz "$d" 2>/dev/null
 	done
 	for p in "${FUSE_PIDS[@]}"; do
 		kill "$p" 2>/dev/null
@@ -219,10 +223,17 @@ attach() {
 
 # detach: undo attach for the last attached node.
 detach() {
-	local dir=${FUSE_DIRS[-1]} pid=${FUSE_PIDS[-1]}
+	local dir=${FUSE_DIRS[-1]} pid=${FUSE_PIDS[-1]} i
 	show losetup -d "$LOOP"
 	LOOPS=("${LOOPS[@]/$LOOP/}")
-	show fusermount3 -u "$dir"
+	# The kernel lets go of a detached loop device's file a moment later:
+	# until then the FUSE mount is busy.
+	printf '%s\n' "${DIM}\$ fusermount3 -u $dir${RESET}"
+	for ((i = 0; i < 100; i++)); do
+		fusermount3 -u "$dir" 2>/dev/null && break
+		sleep 0.1
+	done
+	[ "$i" -lt 100 ] || fusermount3 -u "$dir"
 	wait "$pid" 2>/dev/null || true
 	unset 'FUSE_DIRS[-1]' 'FUSE_PIDS[-1]'
 }
