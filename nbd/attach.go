@@ -12,6 +12,29 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Attaching the kernel, and the order of things:
+//
+//  1. Every socket is dialled and negotiated in userspace (Negotiate) before
+//     the kernel sees it; the kernel only speaks the transmission phase.
+//  2. The sockets go to the kernel with NBD_CMD_CONNECT (Connect) together
+//     with the server's transmission flags, so the kernel sends FLUSH, FUA
+//     and TRIM exactly when the server offered them. The supervisor keeps
+//     its own descriptors of the same sockets but never reads or writes
+//     them: it only polls them for a hang-up.
+//  3. When a connection dies (the server closed it, or the kernel shut it
+//     down after a request timed out) the kernel marks it dead and sends
+//     NBD_CMD_LINK_DEAD; requests then wait up to the dead-connection
+//     timeout for a live one. Requests that were in flight on the dead
+//     socket are resent after the per-request timeout.
+//  4. The supervisor sees the hang-up (or the event), asks the kernel
+//     whether the device is still configured (a detach ends supervision),
+//     dials the addresses in order, negotiates, checks the size did not
+//     change, and hands the new sockets over with NBD_CMD_RECONFIGURE, which
+//     replaces dead connections only. Only then does it close its copies
+//     of the dead sockets.
+//  5. On shutdown it sends NBD_CMD_DISCONNECT: the kernel sends NBD_CMD_DISC
+//     to the server and tears the device's configuration down.
+
 // Kernel is the part of the kernel's nbd driver the attach supervisor
 // uses. *Netlink implements it; tests use a fake.
 type Kernel interface {
@@ -249,7 +272,7 @@ func hungUp(socks []*os.File) []int {
 	return dead
 }
 
-// Detached is returned by Supervise when the device was disconnected by
+// ErrDetached is returned by Supervise when the device was disconnected by
 // someone else (urbd detach), not by ctx.
 var ErrDetached = errors.New("nbd: device was detached")
 

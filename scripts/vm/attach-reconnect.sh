@@ -2,12 +2,12 @@
 # within the attach timeout) while direct writes are in flight: they are
 # resent after the kernel's request timeout, writes issued during the
 # outage wait for the reconnect, nothing fails and no I/O error is logged.
-# Two connections: both die and both are replaced.
+# Two TCP connections: both die and both are replaced.
 . "$OUT/lib.sh"
 load_modules
 truncate -s 256M /tmp/disk.img
-start_serve /tmp/disk.img /run/r0.sock "$OUT/serve.log"
-start_attach nbd0 "$OUT/attach.log" --nbd unix:/run/r0.sock --timeout 30s --connections 2
+start_serve /tmp/disk.img tcp:127.0.0.1:10809 "$OUT/serve.log"
+start_attach nbd0 "$OUT/attach.log" --nbd tcp:127.0.0.1:10809 --timeout 30s --connections 2
 mkfs.ext4 -q /dev/nbd0
 mkdir -p /tmp/m
 mount -t ext4 /dev/nbd0 /tmp/m
@@ -27,7 +27,7 @@ step "server killed"
 (dd if=/dev/urandom of=/tmp/m/during bs=1M count=4 status=none conv=fsync && sync) &
 writer=$!
 sleep 3
-start_serve /tmp/disk.img /run/r0.sock "$OUT/serve.log"
+start_serve /tmp/disk.img tcp:127.0.0.1:10809 "$OUT/serve.log"
 step "server restarted"
 rc=0
 wait "$writer" || rc=$?

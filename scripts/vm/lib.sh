@@ -29,16 +29,19 @@ wait_for() {
 	done
 }
 
-sock_ready() { [ -S "$1" ]; }
 device_ready() { [ "$(cat /sys/block/$1/size)" -gt 0 ]; }
 device_gone() { [ "$(cat /sys/block/$1/size)" -eq 0 ]; }
 proc_gone() { ! kill -0 "$1"; }
 
-# start_serve DISK SOCK LOG: run urbd serve in the background; SERVE_PID.
+# start_serve DISK ADDR LOG: run urbd serve in the background on ADDR
+# (unix:PATH or tcp:HOST:PORT) and wait until it answers; SERVE_PID.
 start_serve() {
-	"$URBD" serve --disk "$1" --listen "unix:$2" >> "$3" 2>&1 &
+	"$URBD" serve --disk "$1" --listen "$2" >> "$3" 2>&1 &
 	SERVE_PID=$!
-	wait_for sock_ready "$2"
+	case "$2" in
+	unix:*) wait_for nbdinfo --size "nbd+unix:///?socket=${2#unix:}" ;;
+	tcp:*) wait_for nbdinfo --size "nbd://${2#tcp:}" ;;
+	esac
 }
 
 # start_attach DEV LOG ARGS...: run urbd attach in the background; ATTACH_PID.
@@ -56,6 +59,16 @@ detach() {
 	rc=0
 	wait "$ATTACH_PID" || rc=$?
 	[ "$rc" -eq 0 ] || fail "urbd attach exited $rc after detach"
+	wait_for device_gone "$1"
+}
+
+# stop_attach DEV: SIGTERM the attach process: it must disconnect the
+# device and exit 0.
+stop_attach() {
+	kill -TERM "$ATTACH_PID"
+	rc=0
+	wait "$ATTACH_PID" || rc=$?
+	[ "$rc" -eq 0 ] || fail "urbd attach exited $rc on SIGTERM"
 	wait_for device_gone "$1"
 }
 

@@ -15,7 +15,7 @@ load_modules
 step "modules loaded"
 
 truncate -s 512M /tmp/disk.img
-start_serve /tmp/disk.img /run/r0.sock "$OUT/serve.log"
+start_serve /tmp/disk.img unix:/run/r0.sock "$OUT/serve.log"
 start_attach nbd0 "$OUT/attach.log" --nbd unix:/run/r0.sock --timeout 30s
 step "attached: $(cat /sys/block/nbd0/size) sectors"
 expect_error "already attached" "$URBD" attach --device /dev/nbd0 --nbd unix:/run/r0.sock
@@ -58,7 +58,8 @@ mount -t ext4 -o ro /dev/vg0/lv0 /tmp/m
 (cd /tmp/m && md5sum -c /tmp/sums) || fail "files differ after re-attach"
 umount /tmp/m
 lvm_ vgchange -q -an vg0
-detach nbd0
+stop_attach nbd0
+step "attach stopped by SIGTERM"
 no_io_errors
 kill "$SERVE_PID"
 wait "$SERVE_PID" || fail "urbd serve exited $? on SIGTERM"
