@@ -123,7 +123,18 @@ func (c *srvConn) serve(ctx context.Context) {
 	c.br = bufio.NewReaderSize(c.nc, connReadBuf)
 	bw := bufio.NewWriterSize(c.nc, connWriteBuf)
 	n := negotiation{br: c.br, bw: bw, lookup: c.s.Lookup, list: c.s.List}
+	_ = c.nc.SetDeadline(time.Now().Add(c.s.negotiationTimeout()))
 	res, err := n.run()
+	if err == nil {
+		_ = c.nc.SetWriteDeadline(time.Time{})
+		// Clear the read deadline unless stop set it meanwhile; stop
+		// stores the flag before it sets its deadline, so checking after
+		// clearing cannot miss it.
+		_ = c.nc.SetReadDeadline(time.Time{})
+		if c.stopping.Load() {
+			_ = c.nc.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, errAbort), errors.Is(err, io.EOF), c.stopping.Load():

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestNegotiationGoReportsExport(t *testing.T) {
@@ -285,4 +286,20 @@ func TestParseInfoRequest(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestNegotiationTimeout(t *testing.T) {
+	srv := singleExport(newMemBackend(4096), false)
+	srv.NegotiationTimeout = 50 * time.Millisecond
+	addr := testServer(t, srv)
+	c := dialRaw(t, addr)
+	c.read(18) // the greeting, then silence
+	c.expectClosed()
+	// A client that completes negotiation is not bound by the timeout: it
+	// is still served after a multiple of it.
+	c2 := dialRaw(t, addr)
+	c2.goExport("")
+	time.Sleep(4 * srv.NegotiationTimeout) // the condition under test is elapsed time
+	c2.request(CmdRead, 0, 1, 0, 512, nil)
+	c2.expectReply(1, 0, 512)
 }

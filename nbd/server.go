@@ -60,6 +60,10 @@ type Server struct {
 	// one connection; 0 means 64 MiB. A single request larger than the
 	// bound is served alone.
 	MaxInFlightBytes int64
+	// NegotiationTimeout bounds the handshake of one connection, so a
+	// client that connects and says nothing does not hold it forever;
+	// 0 means 30 s.
+	NegotiationTimeout time.Duration
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -85,6 +89,13 @@ func (s *Server) maxInFlight() int {
 		return s.MaxInFlight
 	}
 	return 64
+}
+
+func (s *Server) negotiationTimeout() time.Duration {
+	if s.NegotiationTimeout > 0 {
+		return s.NegotiationTimeout
+	}
+	return 30 * time.Second
 }
 
 func (s *Server) maxInFlightBytes() int64 {
