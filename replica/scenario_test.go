@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/replica"
 	"github.com/urbd/urbd/status"
 )
@@ -347,4 +348,280 @@ func TestScenarioSuspendOnPeerLossWaitsForPeer(t *testing.T) {
 	}
 	a.waitInSync()
 	sameDisks(t, a, b)
+}
+
+// TestScenarioSplitBrainBothStandAloneUntilDiscard: the nodes are cut
+// apart, both are promoted and written. On reconnect both detect the split
+// brain, stay StandAlone with SplitBrain set and copy nothing. The operator
+// demotes b and connects it with --discard-my-data: b becomes SyncTarget of
+// a and ends with a's data.
+func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(0, pattern("shared", hBlock))
+	for _, x := range []*tnode{a, b} {
+		if err := x.node.Disconnect(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.node.Promote(false); err != nil {
+		t.Fatalf("promote the cut-off secondary: %v", err)
+	}
+	a.write(10*hBlock, pattern("a alone", hBlock))
+	b.write(20*hBlock, pattern("b alone", hBlock))
+	b.write(0, pattern("b overwrote", hBlock))
+	imgA, imgB := a.image(), b.image()
+
+	for _, x := range []*tnode{a, b} {
+		if err := x.node.Connect(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, x := range []*tnode{a, b} {
+		st := x.waitState("split brain", func(s replica.State) bool { return s.SplitBrain && s.Conn == replica.StandAlone })
+		if st.Role != replica.Primary || st.Disk != replica.UpToDate {
+			t.Fatalf("%s after split brain: %+v", x.label, st)
+		}
+		if s := x.node.Status(); !s.SplitBrain || s.ConnState != "StandAlone" {
+			t.Fatalf("%s status after split brain: %+v", x.label, s)
+		}
+		x.waitEvent("split-brain")
+	}
+	if firstDiff(a.image(), imgA) >= 0 || firstDiff(b.image(), imgB) >= 0 {
+		t.Fatal("a disk changed after split brain was detected")
+	}
+
+	// A Primary cannot discard its data.
+	if err := b.node.Connect(true); !errors.Is(err, replica.ErrDiscardPrimary) {
+		t.Fatalf("Connect(discard) as Primary: %v, want ErrDiscardPrimary", err)
+	}
+	if err := b.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.node.Connect(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if firstDiff(b.image(), imgA) >= 0 {
+		t.Fatal("b does not hold a's data after discarding its own")
+	}
+	for _, x := range []*tnode{a, b} {
+		if st := x.node.State(); st.SplitBrain {
+			t.Fatalf("%s still flags split brain after it was resolved: %+v", x.label, st)
+		}
+	}
+	if st := b.node.State(); st.Role != replica.Secondary || st.PeerRole != replica.Primary {
+		t.Fatalf("b after resolving: %+v", st)
+	}
+}
+
+// TestScenarioPromoteRefusedWhilePeerPrimary: with a live Primary peer,
+// promotion is refused, with --force too; after the peer is demoted the
+// roles swap and the old primary refuses writes as a Secondary.
+func TestScenarioPromoteRefusedWhilePeerPrimary(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	for _, force := range []bool{false, true} {
+		err := b.node.Promote(force)
+		if !errors.Is(err, replica.ErrPeerPrimary) || !strings.Contains(err.Error(), "urbd secondary") {
+			t.Fatalf("Promote(force=%v) with a Primary peer: %v, want ErrPeerPrimary with a hint", force, err)
+		}
+	}
+	if st := b.node.State(); st.Role != replica.Secondary {
+		t.Fatalf("refused promotion changed the role: %+v", st)
+	}
+	if err := a.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	b.waitState("peer Secondary", func(s replica.State) bool { return s.PeerRole == replica.Secondary })
+	if err := b.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitState("peer Primary", func(s replica.State) bool { return s.PeerRole == replica.Primary })
+	err := a.node.WriteAt(context.Background(), pattern("x", hBlock), 0, false)
+	if !errors.Is(err, nbd.ErrReadOnly) {
+		t.Fatalf("write on the demoted node: %v, want nbd.ErrReadOnly", err)
+	}
+	p := pattern("new primary", hBlock)
+	b.write(5*hBlock, p)
+	if got := a.read(5*hBlock, hBlock); string(got) != string(p) {
+		t.Fatal("the new primary's write is not on the old primary")
+	}
+}
+
+// TestScenarioDemoteRefusedWithClients: demotion is refused while the
+// client counter says NBD clients are attached, unless forced.
+func TestScenarioDemoteRefusedWithClients(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.node.SetClientCounter(func() int { return 2 })
+	if got := a.node.Status().NBDClients; got != 2 {
+		t.Fatalf("status clients %d, want 2", got)
+	}
+	err := a.node.Demote(false)
+	if !errors.Is(err, replica.ErrClientsAttach) || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("Demote with clients: %v, want ErrClientsAttach with a --force hint", err)
+	}
+	if st := a.node.State(); st.Role != replica.Primary {
+		t.Fatalf("refused demotion changed the role: %+v", st)
+	}
+	flushes := a.disk.flushes.Load()
+	if err := a.node.Demote(true); err != nil {
+		t.Fatalf("Demote --force: %v", err)
+	}
+	if a.disk.flushes.Load() == flushes {
+		t.Fatal("forced demotion did not flush the disk")
+	}
+	if st := a.node.State(); st.Role != replica.Secondary {
+		t.Fatalf("after forced demotion: %+v", st)
+	}
+	b.waitState("peer Secondary", func(s replica.State) bool { return s.PeerRole == replica.Secondary })
+	a.waitEvent("demoted")
+}
+
+// TestScenarioVerifyFindsBlockChangedBehindEngine: a block of the
+// secondary's disk is changed behind the engine's back; online verify on the
+// primary finds exactly that block, marks it out of sync, and the resync
+// copies it back.
+func TestScenarioVerifyFindsBlockChangedBehindEngine(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	for i := range 8 {
+		a.write(int64(i)*hBlock, pattern(fmt.Sprintf("data %d", i), hBlock))
+	}
+	b.poke(7*hBlock+100, []byte("bit rot"))
+	if firstDiff(a.image(), b.image()) < 0 {
+		t.Fatal("poke did not change the secondary's disk")
+	}
+	// Hold the resync's write on b so the marked block can be counted.
+	held := b.disk.holdWrites()
+	if err := a.node.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	<-held
+	if got := a.node.Status().OutOfSyncKiB; got != hBlock>>10 {
+		t.Fatalf("verify marked %d KiB, want the one changed block (%d KiB)", got, hBlock>>10)
+	}
+	b.disk.releaseWrites()
+	a.waitInSync()
+	sameDisks(t, a, b)
+}
+
+// TestScenarioVerifyNeedsConnectedPeer: verify alone is refused.
+func TestScenarioVerifyNeedsConnectedPeer(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	if err := a.node.Verify(); !errors.Is(err, replica.ErrNotConnected) {
+		t.Fatalf("Verify without a peer: %v, want ErrNotConnected", err)
+	}
+}
+
+// TestScenarioInvalidateFetchesEverything: the secondary's disk is damaged
+// behind the engine's back in many places; invalidate throws its data away
+// and a full resync makes it identical to the primary again. Invalidate is
+// refused on the Primary and without a connected peer.
+func TestScenarioInvalidateFetchesEverything(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(0, pattern("primary data", 64*hBlock))
+	for i := range 10 {
+		b.poke(int64(i)*200*hBlock, []byte(fmt.Sprintf("damage %d", i)))
+	}
+	if err := a.node.Invalidate(); !errors.Is(err, replica.ErrDiscardPrimary) {
+		t.Fatalf("Invalidate on the Primary: %v, want ErrDiscardPrimary", err)
+	}
+	recv := b.node.Status().NetRecvKiB
+	if err := b.node.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if got := b.node.Status().NetRecvKiB - recv; got < hDiskSize>>10 {
+		t.Fatalf("invalidate copied %d KiB, want the whole disk (%d KiB)", got, hDiskSize>>10)
+	}
+
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.node.Invalidate(); !errors.Is(err, replica.ErrNotConnected) {
+		t.Fatalf("Invalidate while StandAlone: %v, want ErrNotConnected", err)
+	}
+}
+
+// TestScenarioPromoteRefusedDuringSyncTarget: b is invalidated while both
+// nodes are Secondary; a's resync is held by a stopped clock, so b stays
+// SyncTarget and refuses promotion, with --force too. Lifting the rate lets
+// the resync finish, and b may then be promoted.
+func TestScenarioPromoteRefusedDuringSyncTarget(t *testing.T) {
+	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
+	a, b := cleanPair(t, nodeOpts{rate: 1 << 20, clock: clk}, nodeOpts{})
+	if err := a.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	b.waitState("peer Secondary", func(s replica.State) bool { return s.PeerRole == replica.Secondary })
+	b.poke(3*hBlock, []byte("stale"))
+	if err := b.node.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	b.waitConn(replica.SyncTarget)
+	a.waitState("SyncSource", func(s replica.State) bool { return s.Conn == replica.SyncSource && s.PeerDisk == replica.Inconsistent })
+	for _, force := range []bool{false, true} {
+		err := b.node.Promote(force)
+		if !errors.Is(err, replica.ErrSyncing) || !strings.Contains(err.Error(), "wait") {
+			t.Fatalf("Promote(force=%v) as SyncTarget: %v, want ErrSyncing", force, err)
+		}
+	}
+	s := a.waitStatus("resync progress", func(s status.Resource) bool { return s.Sync != nil })
+	if s.Sync.TotalKiB != hDiskSize>>10 || s.Sync.RemainingKiB != s.Sync.TotalKiB || s.Sync.WantKiB != 1<<10 {
+		t.Fatalf("held resync status: %+v", *s.Sync)
+	}
+	a.node.AdjustRate(0)
+	b.waitInSync()
+	a.waitInSync()
+	sameDisks(t, a, b)
+	if err := b.node.Promote(false); err != nil {
+		t.Fatalf("promote after the resync: %v", err)
+	}
+}
+
+// TestScenarioResyncNeverOverwritesNewerWrite: while a resync copy of a
+// block is in flight (the target's write of it is held), an application
+// write to the same block waits for the copy; the newer data wins on both
+// disks.
+func TestScenarioResyncNeverOverwritesNewerWrite(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	a.write(5*hBlock, pattern("old", hBlock))
+	held := b.disk.holdWrites()
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	<-held // the resync copy of block 5 is being written on b
+	newer := pattern("newer", hBlock)
+	res := a.asyncWrite(5*hBlock, newer)
+	a.waitStatus("write waiting for the copy", func(s status.Resource) bool { return s.AppPending == 1 })
+	select {
+	case err := <-res:
+		t.Fatalf("application write returned (%v) while the resync copy of its block was in flight", err)
+	default:
+	}
+	if s := a.node.Status(); s.LocalPending != 0 || s.PeerPending != 0 {
+		t.Fatalf("application write started (lo %d pe %d) before the copy of its block finished", s.LocalPending, s.PeerPending)
+	}
+	b.disk.releaseWrites()
+	if err := recvErr(t, "application write", res); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	sameDisks(t, a, b)
+	if got := b.read(5*hBlock, hBlock); string(got) != string(newer) {
+		t.Fatal("resync data overwrote the newer application write on the target")
+	}
 }
