@@ -265,7 +265,14 @@ func (n *Node) Promote(force bool) error {
 		return err
 	}
 	if s := n.sess; s != nil {
-		s.sendState(n.localSideLocked())
+		if n.st.Conn.Connected() && n.st.PeerDisk != UpToDate {
+			// The data generation changed under a live session (a forced
+			// promotion of a new resource): reconnect so the UUIDs decide
+			// the resync afresh. close takes n.mu, so not from here.
+			go s.close(errors.New("promoted with --force: reconnecting to resync the peer"))
+		} else {
+			s.sendState(n.localSideLocked())
+		}
 	}
 	n.event("promoted", map[string]string{"URBD_ROLE": "Primary"})
 	n.kickSync()
