@@ -36,9 +36,7 @@ lvm_ pvcreate -q /dev/nbd0
 lvm_ vgcreate -q -An vg0 /dev/nbd0
 lvm_ lvcreate -q -An -Zn -L 256M -n lv0 vg0
 lvm_ vgmknodes -q vg0
-# nodiscard keeps this scenario about failover: mkfs would otherwise
-# discard the whole volume in 256 MiB requests.
-mkfs.ext4 -q -E nodiscard /dev/vg0/lv0
+mkfs.ext4 -q /dev/vg0/lv0
 mkdir -p /tmp/m
 mount -t ext4 /dev/vg0/lv0 /tmp/m
 for i in 1 2 3; do
@@ -53,11 +51,9 @@ step "node a killed (-9)"
 (dd if=/dev/urandom of=/tmp/m/during bs=1M count=4 status=none conv=fsync && sync) &
 writer=$!
 wait_for status_has b "cs:\(WFConnection\|StandAlone\)"
-if ! "$URBD" --run-dir /run/urbd-b primary r0; then
-	# The survivor refuses while it cannot rule out that its disk is stale.
-	step "plain promotion refused: retrying with --force"
-	"$URBD" --run-dir /run/urbd-b primary --force r0
-fi
+# The survivor's disk is UpToDate and its peer is gone: no --force needed.
+"$URBD" --run-dir /run/urbd-b primary r0 || fail "promotion of the UpToDate survivor refused"
+
 step "node b promoted: $("$URBD" --run-dir /run/urbd-b status r0 | sed -n 2p)"
 rc=0
 wait "$writer" || rc=$?
