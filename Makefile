@@ -23,7 +23,8 @@ unit:
 
 # e2e: real clients, real processes, network namespaces and a real kernel in a VM.
 e2e: build
-	$(GO) test -count=1 -timeout 35m -v ./e2e/... 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|e2e:)' ; exit $${PIPESTATUS[0]}
+	@set -o pipefail; $(GO) test -count=1 -timeout 35m -v ./e2e/... 2>&1 | tee e2e.log | \
+		grep -E '^(--- |ok|FAIL|panic)' ; rc=$$?; ./scripts/e2e-summary.sh e2e.log; exit $$rc
 
 test: deps lint unit e2e
 
