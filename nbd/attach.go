@@ -102,12 +102,19 @@ func blockSize(info ExportInfo) uint32 {
 	return bs
 }
 
+// dialTimeout bounds one dial and negotiation: a healthy server answers in
+// milliseconds, and a hung one must not use up the whole outage budget
+// before the next address is tried.
+func (c *AttachConfig) dialTimeout() time.Duration {
+	return min(c.Timeout, 5*time.Second)
+}
+
 // dialOne tries each address in turn and returns the first socket that
 // completed negotiation, as a blocking *os.File the kernel can use.
 func (c *AttachConfig) dialOne(ctx context.Context, log *slog.Logger) (*os.File, ExportInfo, string, error) {
 	var errs []error
 	for _, addr := range c.Addrs {
-		dctx, cancel := context.WithTimeout(ctx, c.Timeout)
+		dctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
 		f, info, err := c.dialAddr(dctx, addr)
 		cancel()
 		if err == nil {
@@ -157,7 +164,7 @@ func (c *AttachConfig) dialN(ctx context.Context, log *slog.Logger, n int) ([]*o
 	}
 	socks := []*os.File{first}
 	for len(socks) < n {
-		dctx, cancel := context.WithTimeout(ctx, c.Timeout)
+		dctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
 		f, more, err := c.dialAddr(dctx, addr)
 		cancel()
 		if err == nil && (more.Size != info.Size || more.Flags != info.Flags) {

@@ -30,7 +30,8 @@ var attachCommand = &cli.Command{
 	Description: "Dials the export, negotiates in userspace and hands the sockets to the kernel's nbd driver. " +
 		"Stays in the foreground: when the server goes away it redials (every --nbd address in turn) and " +
 		"hands new sockets to the kernel, so I/O waits instead of failing while the outage is shorter than " +
-		"--timeout. SIGTERM/SIGINT disconnect the device and exit 0.",
+		"--timeout. SIGTERM/SIGINT disconnect the device and exit 0; so does urbd detach. If attach is killed " +
+		"with SIGKILL the device stays configured without a supervisor: run urbd detach.",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "device", Usage: "nbd device, e.g. /dev/nbd0", Required: true},
 		&cli.StringSliceFlag{Name: "nbd", Usage: "export address unix:SOCK or tcp:HOST:PORT; repeat for failover", Required: true},
