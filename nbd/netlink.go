@@ -163,6 +163,9 @@ func (n *Netlink) execute(cmd uint8, attrs []*nl.RtAttr) ([][]byte, error) {
 		req.AddData(a)
 	}
 	msgs, err := req.Execute(unix.NETLINK_GENERIC, 0)
+	if errors.Is(err, syscall.EPERM) {
+		return nil, fmt.Errorf("%w (the nbd driver needs CAP_SYS_ADMIN: run as root)", err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package nbd
 import (
 	"encoding/binary"
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -184,4 +185,21 @@ func FuzzNetlinkParse(f *testing.F) {
 			t.Fatalf("negative index %d", idx)
 		}
 	})
+}
+
+// TestOpenNetlinkMatchesLoadedModule: OpenNetlink succeeds exactly when the
+// nbd module is loaded (or built in) and otherwise says how to load it.
+func TestOpenNetlinkMatchesLoadedModule(t *testing.T) {
+	_, statErr := os.Stat("/sys/module/nbd")
+	n, err := OpenNetlink()
+	switch {
+	case statErr == nil && err != nil:
+		t.Fatalf("nbd is loaded but OpenNetlink failed: %v", err)
+	case statErr == nil && n.group == 0:
+		t.Fatalf("nbd is loaded but has no %s multicast group", genlNBDMcastGroup)
+	case statErr != nil && !errors.Is(err, ErrNoModule):
+		t.Fatalf("nbd is not loaded but OpenNetlink returned %v, %v", n, err)
+	case statErr != nil && err.Error() != "nbd kernel module not loaded: run modprobe nbd":
+		t.Fatalf("message %q", err)
+	}
 }
