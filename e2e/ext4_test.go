@@ -90,6 +90,7 @@ func TestExt4Failover(t *testing.T) {
 	detach()
 
 	c.a.ctl("secondary", "r0")
+	c.b.waitFor("peer demoted", 10*time.Second, func(s statusT) bool { return s.PeerRole == "Secondary" })
 	c.b.ctl("primary", "r0")
 	loopB, _ := fuseLoop(t, c.b.sock, c.b.dir, size)
 	runCmd(t, 120*time.Second, "e2fsck", "-fn", loopB)

@@ -65,6 +65,7 @@ func TestPromoteDemoteRefusals(t *testing.T) {
 	if st := c.a.status(); st.Role != "Secondary" || st.NBDClients != 0 {
 		t.Fatalf("after forced demotion: %+v", st)
 	}
+	c.b.waitFor("peer demoted", 10*time.Second, func(s statusT) bool { return s.PeerRole == "Secondary" })
 	c.b.ctl("primary", "r0")
 
 	// A fresh pair without --assume-clean: both Inconsistent, promotion needs --force.

@@ -62,7 +62,7 @@ func TestLinkCutDuringWrites(t *testing.T) {
 // on reconnect both stay StandAlone and nothing is copied. connect
 // --discard-my-data on one resolves it and the disks end identical.
 func TestSplitBrain(t *testing.T) {
-	c := newCluster(t, clusterOpts{})
+	c := newCluster(t, clusterOpts{netns: true})
 	c.startBoth()
 	c.a.ctl("disconnect", "r0")
 	c.b.waitFor("peer loss", 10*time.Second, func(s statusT) bool { return s.ConnState == "WFConnection" })
@@ -103,7 +103,7 @@ func TestSplitBrain(t *testing.T) {
 func TestResyncResumesAfterKill(t *testing.T) {
 	for _, victim := range []string{"source", "target"} {
 		t.Run(victim, func(t *testing.T) {
-			c := newCluster(t, clusterOpts{size: 256 << 20, flags: []string{"--resync-rate", "20MiB"}})
+			c := newCluster(t, clusterOpts{netns: true, size: 256 << 20, flags: []string{"--resync-rate", "20MiB"}})
 			c.startBoth()
 			c.a.ctl("disconnect", "r0")
 			runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=128M", "--end_fsync=1")
