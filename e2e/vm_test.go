@@ -31,6 +31,7 @@ func TestKernelServeExt4LVM(t *testing.T) {
 func TestKernelAttachReconnect(t *testing.T) {
 	kernelTierResult(t)
 	res := runVMScenario(t, "attach-reconnect.sh", 4*time.Minute)
+	t.Logf("--- attach.log ---\n%s", res.file("attach.log"))
 	if !strings.Contains(res.file("attach.log"), "reconnected") {
 		t.Fatal("attach did not reconnect")
 	}

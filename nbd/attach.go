@@ -87,6 +87,9 @@ type Attachment struct {
 	log   *slog.Logger
 	info  ExportInfo
 	socks []*os.File // our copies of the sockets the kernel holds
+	// deadEvents counts LINK_DEAD events for this device not yet matched
+	// by a replaced socket.
+	deadEvents int
 }
 
 // Info is the export as negotiated on the first connection.
@@ -308,6 +311,12 @@ func (a *Attachment) Supervise(ctx context.Context) error {
 			if idx >= 0 && idx != a.cfg.Index {
 				continue
 			}
+			if idx < 0 {
+				// Events were lost: do not wait for any.
+				a.deadEvents = len(a.socks)
+			} else {
+				a.deadEvents++
+			}
 			a.log.Warn("kernel reports a dead connection", "device", fmt.Sprintf("/dev/nbd%d", a.cfg.Index))
 		case <-tick.C:
 		}
@@ -339,12 +348,14 @@ func (a *Attachment) reconnect(ctx context.Context, dead []int) error {
 			err = fmt.Errorf("nbd: export size changed from %d to %d bytes: not reconnecting", a.info.Size, info.Size)
 		}
 		if err == nil {
+			a.awaitDeadEvents(ctx, len(dead))
 			err = a.cfg.Kernel.Reconfigure(a.cfg.Index, fds(socks), a.cfg.IOTimeout, a.cfg.Timeout)
 			if err != nil {
 				closeAll(socks)
 			}
 		}
 		if err == nil {
+			a.deadEvents = max(0, a.deadEvents-len(dead))
 			for i, d := range dead {
 				a.socks[d].Close()
 				a.socks[d] = socks[i]
@@ -360,6 +371,41 @@ func (a *Attachment) reconnect(ctx context.Context, dead []int) error {
 		case <-ctx.Done():
 			t.Stop()
 		case <-t.C:
+		}
+	}
+}
+
+// deadEventWait bounds how long awaitDeadEvents waits for events that may
+// have been lost.
+const deadEventWait = time.Second
+
+// awaitDeadEvents waits, if the supervisor gets LINK_DEAD events, until the
+// kernel has reported n dead connections of this device. Reconfigure only
+// replaces connections the kernel has already marked dead and silently
+// drops a socket when there is none, so handing over a socket for a
+// connection the kernel has not yet seen die would lose it. The kernel
+// marks a connection dead right when its receive fails, so the wait is
+// short; after deadEventWait (events lost) it goes on.
+func (a *Attachment) awaitDeadEvents(ctx context.Context, n int) {
+	if a.cfg.Events == nil || a.deadEvents >= n {
+		return
+	}
+	t := time.NewTimer(deadEventWait)
+	defer t.Stop()
+	for a.deadEvents < n {
+		select {
+		case idx := <-a.cfg.Events:
+			if idx < 0 {
+				return // events were lost: counting is pointless
+			}
+			if idx == a.cfg.Index {
+				a.deadEvents++
+			}
+		case <-t.C:
+			a.log.Debug("fewer dead-connection events than hung-up sockets", "events", a.deadEvents, "sockets", n)
+			return
+		case <-ctx.Done():
+			return
 		}
 	}
 }

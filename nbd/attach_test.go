@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -290,6 +291,53 @@ func TestSuperviseReconnectsAfterServerDropsClients(t *testing.T) {
 	n := 0
 	for n < 2 {
 		n += len(<-k.reconfigs)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// orderKernel is a fakeKernel whose Reconfigure records how many LINK_DEAD
+// events the test had delivered when it was called.
+type orderKernel struct {
+	*fakeKernel
+	delivered  atomic.Int32
+	atReconfig chan int32
+}
+
+func (k *orderKernel) Reconfigure(index int, fds []int, timeout, dead time.Duration) error {
+	k.atReconfig <- k.delivered.Load()
+	return nil
+}
+
+// TestSuperviseWaitsForKernelToMarkEveryConnectionDead: the kernel only
+// replaces connections it has marked dead (and drops other sockets
+// silently), so with two hung-up sockets the supervisor reconfigures only
+// after the second LINK_DEAD event.
+func TestSuperviseWaitsForKernelToMarkEveryConnectionDead(t *testing.T) {
+	srv := startFakeExport(t, "a", 1<<20, FlagHasFlags|FlagCanMultiConn, "")
+	k := &orderKernel{fakeKernel: newFakeKernel(), atReconfig: make(chan int32, 1)}
+	events := make(chan int) // unbuffered: a send returns once the supervisor took it
+	cfg := testAttachConfig(k, srv.addr)
+	cfg.Connections = 2
+	cfg.Events = events
+	att, err := Attach(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- att.Supervise(ctx) }()
+	c1, c2 := <-srv.conns, <-srv.conns
+	c1.Close()
+	c2.Close()
+	for i := int32(1); i <= 2; i++ {
+		k.delivered.Store(i)
+		events <- cfg.Index
+	}
+	if got := <-k.atReconfig; got != 2 {
+		t.Fatalf("reconfigured after %d of 2 dead-connection events", got)
 	}
 	cancel()
 	if err := <-done; err != nil {
