@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof" // served only when URBD_PPROF is set
 	"os"
 	"path/filepath"
 	"strings"
@@ -178,6 +180,10 @@ func Run(ctx context.Context, o Options) error {
 	})
 	if reg != nil {
 		go func() { errc <- metrics.Serve(ctx, o.MetricsListen, reg) }()
+	}
+	if addr := os.Getenv("URBD_PPROF"); addr != "" {
+		// Profiling for benchmarks: net/http/pprof on a loopback address.
+		go func() { log.Warn("pprof server stopped", "err", http.ListenAndServe(addr, nil)) }()
 	}
 	statusDone := make(chan struct{})
 	go func() {

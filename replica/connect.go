@@ -219,9 +219,6 @@ func (n *Node) negotiate(s *session) error {
 	n.mu.Lock()
 	local = n.localSideLocked()
 	plan := Decide(local, peer)
-	if plan.Decision == BecomeSyncTarget && n.st.Role == Primary {
-		plan = Plan{Decision: SplitBrain, Reason: "this node is Primary but the peer has newer data: demote it or resolve with --discard-my-data on the peer"}
-	}
 	n.discard = false
 	n.peerUUIDs = peer.UUIDs
 	peerRole := Secondary
@@ -243,7 +240,10 @@ func (n *Node) negotiate(s *session) error {
 			n.event("split-brain", map[string]string{"URBD_REASON": plan.Reason})
 		}
 		s.ps.Control().Send(&protocol.Refuse{Code: 0, Reason: plan.Decision.String() + ": " + plan.Reason})
-		return fmt.Errorf("%w: %s", ErrSplitBrain, plan.Reason)
+		if plan.Decision == SplitBrain {
+			return fmt.Errorf("%w: %s", ErrSplitBrain, plan.Reason)
+		}
+		return fmt.Errorf("%w: %s: %s", ErrRefused, plan.Decision, plan.Reason)
 	}
 	conn := Connected
 	switch plan.Decision {

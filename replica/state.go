@@ -91,6 +91,7 @@ var (
 	ErrNotConnected   = errors.New("replica: peer is not connected")
 	ErrPeerLost       = errors.New("replica: peer connection lost")
 	ErrSplitBrain     = errors.New("replica: split brain")
+	ErrRefused        = errors.New("replica: peers refuse to connect")
 	ErrDiscardPrimary = errors.New("replica: a Primary cannot discard its data")
 )
 
