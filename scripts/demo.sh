@@ -54,7 +54,15 @@ if [ "$(id -u)" -ne 0 ]; then
 	fail "needs root (loop devices, mount and FUSE): run sudo make demo, or sudo $0"
 fi
 [ -n "$URBD" ] && [ -x "$URBD" ] || fail "no urbd binary: run make build, or set URBD=/path/to/urbd"
-for c in nbdfuse losetup fusermount3 mkfs.ext4 e2fsck mount umount cmp sha256sum; do
+NEEDED=(nbdfuse losetup fusermount3 mkfs.ext4 e2fsck mount umount mountpoint cmp sha256sum numfmt)
+for c in "${NEEDED[@]}"; do
+	if ! command -v "$c" >/dev/null && [ -x "$ROOT/scripts/install-deps.sh" ]; then
+		echo "urbd demo: $c is missing; running scripts/install-deps.sh"
+		"$ROOT/scripts/install-deps.sh" || fail "installing the packages failed"
+		break
+	fi
+done
+for c in "${NEEDED[@]}"; do
 	command -v "$c" >/dev/null || fail "$c is not installed: run scripts/install-deps.sh (or make demo)"
 done
 
