@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -67,6 +68,27 @@ func TestDemoScriptNotFound(t *testing.T) {
 		if !strings.Contains(string(out), "demo script not found") || !strings.Contains(string(out), "--script") {
 			t.Errorf("urbd %s: unhelpful error %q", strings.Join(args, " "), out)
 		}
+	}
+}
+
+// TestDemoCommandRunsScript: `urbd demo` runs the script it is given with
+// bash, passes its own path as URBD and --non-interactive as
+// URBD_DEMO_NONINTERACTIVE=1, and exits with the script's exit code.
+func TestDemoCommandRunsScript(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "demo.sh")
+	must(t, os.WriteFile(script, []byte("echo \"urbd=$URBD nonint=$URBD_DEMO_NONINTERACTIVE\"\nexit 7\n"), 0o644))
+	cmd := exec.Command(urbdBin, "demo", "--non-interactive", "--script", script)
+	cmd.Env = append(os.Environ(), "URBD_DEMO_NONINTERACTIVE=")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		t.Fatalf("exit: %v, want the script's code 7\n%s", err, out)
+	}
+	bin, err := filepath.EvalSymlinks(urbdBin)
+	must(t, err)
+	if want := "urbd=" + bin + " nonint=1"; strings.TrimSpace(string(out)) != want {
+		t.Fatalf("script saw %q, want %q", strings.TrimSpace(string(out)), want)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -58,14 +59,26 @@ func runDemo(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("demo: bash is not installed: apt-get install bash")
 	}
-	env := append(os.Environ(), "URBD="+self)
+	env := withEnv(os.Environ(), "URBD", self)
 	if c.Bool("non-interactive") {
-		env = append(env, "URBD_DEMO_NONINTERACTIVE=1")
+		env = withEnv(env, "URBD_DEMO_NONINTERACTIVE", "1")
 	}
 	if err := syscall.Exec(bash, []string{"bash", script}, env); err != nil {
 		return fmt.Errorf("demo: running %s: %w", script, err)
 	}
 	return nil // not reached: Exec replaced the process
+}
+
+// withEnv returns env with key set to value, replacing any earlier entries
+// for key (a process may see either of two duplicates).
+func withEnv(env []string, key, value string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, key+"="+value)
 }
 
 // errNoDemoScript is returned when demo.sh is found in none of the places
