@@ -249,6 +249,7 @@ detach() {
 # write_files DIR PREFIX COUNT MIB: COUNT files of MIB MiB of random data.
 write_files() {
 	local d=$1 prefix=$2 count=$3 mib=$4 i
+	printf '%s\n' "${DIM}\$ for i in \$(seq $count); do head -c ${mib}M /dev/urandom > $d/$prefix-\$i.bin; done${RESET}"
 	mkdir -p "$d"
 	for ((i = 1; i <= count; i++)); do
 		head -c "$((mib << 20))" /dev/urandom >"$d/$prefix-$i.bin"
@@ -293,6 +294,7 @@ u alpha status "$RES"
 step "Cut the link: urbd disconnect on alpha. Alpha goes StandAlone and keeps serving; beta waits (WFConnection)."
 u alpha disconnect "$RES"
 wait_for beta 20 "peer loss" peer_lost beta
+u beta status "$RES"
 
 step "Write 48 MiB more on alpha while beta is away; alpha records the changed regions in its bitmap (oos)."
 write_files "$MNT/during" cut 12 4
