@@ -376,7 +376,8 @@ func appendRequest(dst []byte, cmd, flags uint16, handle, off uint64, length uin
 // bytes of data are read into readInto (pass it only for reads). A server
 // error returns a *RemoteError wrapping ErrRemote and leaves the connection
 // usable; after an error reading data the connection is out of step and
-// should be closed. ctx cancels blocked I/O.
+// should be closed. ctx cancels blocked I/O; a connection whose request was
+// cancelled mid-way is out of step too and should be closed.
 func (c *ClientConn) Do(ctx context.Context, cmd, flags uint16, off uint64, length uint32, payload, readInto []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
