@@ -37,6 +37,18 @@ func TestKernelAttachReconnect(t *testing.T) {
 	}
 }
 
+// TestKernelAttachOutageBeyondTimeout: an outage longer than --timeout
+// (2 s) fails I/O with EIO, as it must, but urbd attach stays up,
+// redials, and when the server is back the same /dev/nbd0 reads the disk
+// again without re-attaching.
+func TestKernelAttachOutageBeyondTimeout(t *testing.T) {
+	kernelTierResult(t)
+	res := runVMScenario(t, "attach-long-outage.sh", 4*time.Minute)
+	if !strings.Contains(res.file("attach.log"), "reconnected") {
+		t.Fatal("attach did not reconnect after the outage")
+	}
+}
+
 // TestKernelFailover: two urbd up nodes on the guest's loopback, LVM and
 // ext4 through /dev/nbd0 on the primary, kill -9 of the primary while
 // mounted, urbd primary on the survivor; the attach supervisor (given both
