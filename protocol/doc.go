@@ -23,19 +23,26 @@
 //     carries a per-stream sequence number and a gap closes the session. There
 //     is no ordering between streams: a Flush on the data stream orders only
 //     Writes on the data stream.
-//   - Send returns once the frame has been handed to yamux (or to the frame
-//     that follows it in the same coalesced write, which its Send hands
-//     over before returning). It does not mean the peer received it; only an
-//     Ack, FlushAck or ResyncAck says that.
+//   - Send of a small frame returns once the frame is queued in the stream's
+//     coalescing buffer; the stream's flusher goroutine hands it to yamux
+//     right away (in the same write as any frames queued meanwhile). A frame
+//     with a payload over 16 KiB, and a Refuse, are handed to yamux before
+//     Send returns. Flush waits for everything queued. None of this means the
+//     peer received a frame; only an Ack, FlushAck or ResyncAck says that,
+//     and frames still queued when a session dies are lost with it.
 //   - Nothing the replication engine sends can pass the handshake: streams
 //     exist only after both sides proved the secret and agreed on version,
 //     resource name, disk size and bitmap block size.
 //
 // # Concurrency and buffers
 //
-// Stream.Send is safe for concurrent use; frames never interleave. Concurrent
-// small sends are coalesced into one transport write without a timer: the
-// last queued sender writes the batch. Stream.Recv must be called from one
+// Stream.Send is safe for concurrent use; frames never interleave, and one
+// goroutine's frames stay in its order. Small frames are coalesced without
+// a timer: a per-stream flusher writes whatever accumulated while its
+// previous write was in progress, so a lone frame leaves at once and a
+// single goroutine sending Acks in a loop never waits for a syscall (only for
+// buffer space). Each Session runs one flusher per stream and one watcher;
+// Close waits for all of them. Stream.Recv must be called from one
 // goroutine. Recv returns pointers. The high-rate kinds (*Write, *Ack,
 // *Flush, *FlushAck, *ResyncData, *ResyncAck) are reused by the Stream, and
 // Write.Data and ResyncData.Data alias its receive buffer: they are valid

@@ -122,8 +122,21 @@ func (s *Session) Err() error {
 // goroutines. Pending and later Send and Recv calls fail with ErrClosed.
 func (s *Session) Close() error {
 	s.fail(fmt.Errorf("%w locally", ErrClosed))
-	<-s.watchDone
+	s.wait()
 	return nil
+}
+
+// wait waits for the session's goroutines (watch, stream flushers) after
+// the yamux session was closed.
+func (s *Session) wait() {
+	if s.watchDone != nil {
+		<-s.watchDone
+	}
+	for _, st := range s.streams {
+		if st != nil {
+			<-st.flusherDone
+		}
+	}
 }
 
 func (s *Session) closed() bool { return s.ys.IsClosed() }
@@ -207,7 +220,7 @@ func Handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool) (*Se
 	if !stop() && err == nil {
 		// ctx ended while finishing: the transport deadline may be in the past.
 		s.fail(fmt.Errorf("protocol: handshake: %w", context.Cause(ctx)))
-		<-s.watchDone
+		s.wait()
 		err = fmt.Errorf("protocol: handshake: %w", context.Cause(ctx))
 	}
 	if err != nil {
@@ -460,59 +473,68 @@ func startSession(ctx context.Context, conn, raw net.Conn, cfg *Config, dialer b
 	if err != nil {
 		return nil, fmt.Errorf("protocol: yamux: %w", err)
 	}
-	s := &Session{conn: conn, ys: ys, peer: peer, watchDone: make(chan struct{})}
-	timeout := cfg.timeout()
-	if dialer {
-		for id := uint8(0); id < 3; id++ {
-			ymx, err := ys.OpenStream()
-			if err != nil {
-				ys.Close()
-				return nil, fmt.Errorf("protocol: open %s stream: %w", streamName(id), err)
-			}
-			st := newStream(s, id, ymx, timeout)
-			s.streams[id] = st
-			if err := st.Send(&StreamOpen{Stream: id}); err != nil {
-				ys.Close()
-				return nil, err
-			}
-		}
-	} else {
-		for range 3 {
-			ymx, err := ys.AcceptStreamWithContext(ctx)
-			if err != nil {
-				ys.Close()
-				return nil, fmt.Errorf("protocol: accept stream: %w", err)
-			}
-			id, st, err := acceptStream(s, ymx, timeout, deadline)
-			if err == nil && s.streams[id] != nil {
-				err = fmt.Errorf("%w: %s stream opened twice", ErrUnexpected, streamName(id))
-			}
-			if err != nil {
-				ys.Close()
-				return nil, err
-			}
-			s.streams[id] = st
-		}
+	s := &Session{conn: conn, ys: ys, peer: peer}
+	if err := s.openStreams(ctx, cfg.timeout(), dialer, deadline); err != nil {
+		ys.Close()
+		s.wait()
+		return nil, err
 	}
+	s.watchDone = make(chan struct{})
 	go s.watch()
 	return s, nil
 }
 
-// acceptStream reads the StreamOpen that starts an accepted stream.
-func acceptStream(s *Session, ymx *yamux.Stream, timeout time.Duration, deadline time.Time) (uint8, *Stream, error) {
-	if err := ymx.SetReadDeadline(deadline); err != nil {
-		return 0, nil, err
+// openStreams sets up the three streams. On error the caller closes the
+// session and waits for the streams' flushers.
+func (s *Session) openStreams(ctx context.Context, timeout time.Duration, dialer bool, deadline time.Time) error {
+	if dialer {
+		for id := uint8(0); id < 3; id++ {
+			ymx, err := s.ys.OpenStream()
+			if err != nil {
+				return fmt.Errorf("protocol: open %s stream: %w", streamName(id), err)
+			}
+			st := newStream(s, id, ymx, timeout)
+			st.start()
+			s.streams[id] = st
+			if err := st.Send(&StreamOpen{Stream: id}); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	st := newStream(s, 0, ymx, timeout)
+	for range 3 {
+		ymx, err := s.ys.AcceptStreamWithContext(ctx)
+		if err != nil {
+			return fmt.Errorf("protocol: accept stream: %w", err)
+		}
+		st := newStream(s, 0, ymx, timeout)
+		id, err := acceptStream(st, ymx, deadline)
+		if err == nil && s.streams[id] != nil {
+			err = fmt.Errorf("%w: %s stream opened twice", ErrUnexpected, streamName(id))
+		}
+		if err != nil {
+			return err
+		}
+		st.id = id
+		st.start()
+		s.streams[id] = st
+	}
+	return nil
+}
+
+// acceptStream reads the StreamOpen that starts an accepted stream st.
+func acceptStream(st *Stream, ymx *yamux.Stream, deadline time.Time) (uint8, error) {
+	if err := ymx.SetReadDeadline(deadline); err != nil {
+		return 0, err
+	}
 	open, err := st.recvStreamOpen()
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	if err := ymx.SetReadDeadline(time.Time{}); err != nil {
-		return 0, nil, err
+		return 0, err
 	}
-	st.id = open.Stream
-	return open.Stream, st, nil
+	return open.Stream, nil
 }
 
 // recvStreamOpen reads the first frame of an accepted stream, which must be

@@ -466,9 +466,9 @@ func TestHandshakeKindAfterHandshake(t *testing.T) {
 
 func TestExtraStreamKillsSession(t *testing.T) {
 	d, a := sessionPair(t)
-	if _, err := d.ys.OpenStream(); err != nil {
-		t.Fatal(err)
-	}
+	// OpenStream may report the session shut down: the acceptor can kill
+	// it before yamux confirms the SYN was written.
+	d.ys.OpenStream()
 	<-a.Done()
 	if !errors.Is(a.Err(), ErrUnexpected) {
 		t.Fatalf("Err: %v", a.Err())

@@ -7,13 +7,13 @@ import (
 	"hash/crc32"
 	"io"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
 const (
-	// sendBufSize is the coalescing buffer of a Stream's sender: small frames
-	// queued behind each other leave in one transport write of up to this size.
+	// sendBufSize is the coalescing buffer of a Stream's sender: frames sent
+	// while a transport write is in progress leave together in the next
+	// write, of up to this size.
 	sendBufSize = 64 << 10
 	// inlineBulk is the largest bulk payload copied into the coalescing
 	// buffer; larger payloads are written to the transport without a copy.
@@ -26,18 +26,26 @@ const (
 
 // Stream carries frames over one yamux stream (control, data or resync).
 //
-// Concurrency: Send may be called from any number of goroutines at once; each
-// frame is written whole, never interleaved with another. Recv must be called
-// from a single goroutine at a time. Send and Recv may run concurrently.
+// Concurrency: Send and Flush may be called from any number of goroutines at
+// once; each frame is written whole, never interleaved with another, and
+// frames leave in the order their Sends took the stream's lock (so one
+// goroutine's frames keep their order). Recv must be called from a single
+// goroutine at a time. Send and Recv may run concurrently.
 //
-// Batching: a Send that finds other Sends queued behind it leaves its frame in
-// a coalescing buffer for the last of them to write; the Send that empties the
-// queue writes the buffer to the transport before returning. A lone Send
-// therefore goes out immediately (no timer, no added latency), and a burst of
-// small frames leaves in few large transport writes.
+// Batching: each Stream has a flusher goroutine that owns transport writes.
+// A small frame (fixed part plus payload up to 16 KiB) is encoded into a
+// coalescing buffer and Send returns at once; the flusher writes the buffer
+// as soon as the previous write is done, so a lone frame leaves immediately
+// (no timer) and frames sent during a write leave together in the next one.
+// A sender never waits for the transport unless the buffer is full
+// (backpressure). A frame with a larger payload, and a Refuse, are written by
+// the sending goroutine itself, in order, and Send returns after that write:
+// the payload is never copied by this package and never retained.
 //
 // Errors: any transport or decoding error on a stream closes the whole
-// Session (Session.Done fires) and is sticky: every later call fails.
+// Session (Session.Done fires) and is sticky: every later call fails. A
+// frame accepted by Send is lost if the session dies before it is written;
+// only the peer's answers (Ack, FlushAck, ResyncAck) prove delivery.
 type Stream struct {
 	id   uint8
 	sess *Session
@@ -47,14 +55,18 @@ type Stream struct {
 	setWriteDeadline func(time.Time) error
 	timeout          time.Duration
 
-	// queued counts Sends that have validated their message and wait for mu
-	// or hold it. Read and written atomically.
-	queued atomic.Int32
+	kick        chan struct{}   // capacity 1: wakes the flusher
+	quit        chan struct{}   // closed by stop (streams without a session)
+	dead        <-chan struct{} // the session's Done; nil without a session
+	flusherDone chan struct{}   // closed when the flusher returns
 
-	mu   sync.Mutex // guards the fields below
-	wbuf []byte     // encoded frames not yet written; cap sendBufSize
-	wseq uint32     // sequence of the next frame sent
-	werr error      // first send error; sticky
+	mu      sync.Mutex // guards the fields below
+	changed sync.Cond  // on mu; broadcast when a write ends or werr is set
+	pending []byte     // encoded frames not yet handed to the transport
+	spare   []byte     // the other coalescing buffer, reused by turns
+	writing bool       // a transport write is in progress (flusher or a sender)
+	wseq    uint32     // sequence of the next frame sent
+	werr    error      // first send error; sticky
 
 	// Receive side: owned by the single Recv goroutine.
 	r     *bufio.Reader
@@ -77,15 +89,25 @@ func streamName(id uint8) string {
 	return fmt.Sprintf("stream %d", id)
 }
 
-// newStream wraps rw. sess may be nil in tests; then errors close nothing.
+// newStream wraps rw; start launches its flusher. With a session, the
+// flusher ends when the session dies (Session.Close waits for it); without
+// one (tests), stop ends it, and errors close nothing.
 func newStream(sess *Session, id uint8, rw io.ReadWriter, timeout time.Duration) *Stream {
 	st := &Stream{
-		id:      id,
-		sess:    sess,
-		w:       rw,
-		timeout: timeout,
-		wbuf:    make([]byte, 0, sendBufSize),
-		r:       bufio.NewReaderSize(rw, recvBufSize),
+		id:          id,
+		sess:        sess,
+		w:           rw,
+		timeout:     timeout,
+		kick:        make(chan struct{}, 1),
+		quit:        make(chan struct{}),
+		flusherDone: make(chan struct{}),
+		pending:     make([]byte, 0, sendBufSize),
+		spare:       make([]byte, 0, sendBufSize),
+		r:           bufio.NewReaderSize(rw, recvBufSize),
+	}
+	st.changed.L = &st.mu
+	if sess != nil {
+		st.dead = sess.ys.CloseChan()
 	}
 	if d, ok := rw.(interface{ SetWriteDeadline(time.Time) error }); ok && timeout > 0 {
 		st.setWriteDeadline = d.SetWriteDeadline
@@ -93,17 +115,29 @@ func newStream(sess *Session, id uint8, rw io.ReadWriter, timeout time.Duration)
 	return st
 }
 
+// start launches the flusher; Send needs it. Fields set before start are
+// read by the flusher without locks.
+func (st *Stream) start() { go st.flusher() }
+
+// stop ends the flusher of a Stream without a session and waits for it.
+func (st *Stream) stop() {
+	close(st.quit)
+	<-st.flusherDone
+}
+
 // Name returns "control", "data" or "resync".
 func (st *Stream) Name() string { return streamName(st.id) }
 
-// Send encodes m and sends it. It accepts every message type of this
-// package, as value or pointer. The payload of a Write or ResyncData is
-// copied at most once by Send (small payloads into the coalescing buffer;
-// payloads above 16 KiB not at all) and is not retained after Send returns.
+// Send encodes m and queues it for sending (see the Stream comment for when
+// it returns). It accepts every message type of this package, as value or
+// pointer, and does not retain m or its payload after it returns. The
+// payload of a Write or ResyncData is copied at most once by this package
+// (up to 16 KiB into the coalescing buffer; larger payloads not at all).
 //
 // An invalid message (ErrInvalid, ErrUnknownKind) is refused before anything
-// is written and the stream stays usable. A transport error closes the
-// session; the error wraps ErrClosed if the session was already closed.
+// is queued and the stream stays usable. After a transport error, or once
+// the session is closed, Send fails with an error wrapping ErrClosed or the
+// transport's error.
 func (st *Stream) Send(m Message) error {
 	w := wireOf(m)
 	if w == nil {
@@ -113,85 +147,196 @@ func (st *Stream) Send(m Message) error {
 	if err != nil {
 		return err
 	}
-	st.queued.Add(1)
+	need := HeaderLen + fixed + len(bulk)
 	st.mu.Lock()
+	if st.werr == nil && st.isDead() {
+		st.werr = st.closedErr()
+	}
+	if len(bulk) > inlineBulk || need > sendBufSize || w.Kind() == KindRefuse {
+		return st.sendDirectLocked(w, fixed, bulk, st.timeout)
+	}
 	defer st.mu.Unlock()
-	last := st.queued.Add(-1) == 0
+	for st.werr == nil && len(st.pending) > 0 && len(st.pending)+need > sendBufSize {
+		st.kickFlusher()
+		st.changed.Wait()
+	}
 	if st.werr != nil {
 		return st.werr
 	}
-	err = st.appendLocked(w, fixed, bulk)
-	if err == nil && last {
-		err = st.flushLocked()
-	}
-	if err != nil {
-		st.werr = st.fail("send", err)
-		return st.werr
+	st.encodeLocked(w, fixed, bulk)
+	if !st.writing {
+		st.kickFlusher()
 	}
 	return nil
 }
 
-// appendLocked adds one frame to the coalescing buffer, writing the buffer
-// (and a large bulk payload) to the transport as needed. st.mu is held.
-func (st *Stream) appendLocked(w wire, fixed int, bulk []byte) error {
-	n := HeaderLen + fixed
-	inline := len(bulk) <= inlineBulk
-	need := n
-	if inline {
-		need += len(bulk)
-	}
-	if len(st.wbuf)+need > cap(st.wbuf) {
-		if err := st.flushLocked(); err != nil {
-			return err
+// Flush waits until every frame queued before the call has been handed to
+// the transport (yamux), and returns the stream's send error, if any.
+func (st *Stream) Flush() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for st.werr == nil && (len(st.pending) > 0 || st.writing) {
+		if !st.writing {
+			st.kickFlusher()
 		}
+		st.changed.Wait()
 	}
-	var f []byte
-	if need <= cap(st.wbuf) {
-		start := len(st.wbuf)
-		st.wbuf = st.wbuf[:start+n]
-		f = st.wbuf[start:]
-	} else {
-		// A fixed part larger than the buffer (a big Bitmap or
-		// ChecksumReply): encode it on its own and write it directly.
-		f = make([]byte, n)
+	return st.werr
+}
+
+func (st *Stream) kickFlusher() {
+	select {
+	case st.kick <- struct{}{}:
+	default:
 	}
+}
+
+// encodeLocked appends one whole frame (header, fixed part, bulk) to
+// pending, which has room for it. st.mu is held.
+func (st *Stream) encodeLocked(w wire, fixed int, bulk []byte) {
+	start := len(st.pending)
+	n := HeaderLen + fixed
+	st.pending = st.pending[:start+n]
+	f := st.pending[start:]
 	crc := putHeader(f, w.Kind(), st.wseq, uint32(fixed+len(bulk)))
 	st.wseq++
 	w.put(f[HeaderLen:n])
 	crc = crc32.Update(crc, castagnoli, f[HeaderLen:n])
 	crc = crc32.Update(crc, castagnoli, bulk)
 	be.PutUint32(f[16:20], crc)
-	if need > cap(st.wbuf) {
-		if err := st.writeLocked(f); err != nil {
-			return err
-		}
-	} else if inline {
-		st.wbuf = append(st.wbuf, bulk...)
-		return nil
-	}
-	if len(bulk) == 0 {
-		return nil
-	}
-	if err := st.flushLocked(); err != nil {
-		return err
-	}
-	return st.writeLocked(bulk)
+	st.pending = append(st.pending, bulk...)
 }
 
-// flushLocked writes the coalescing buffer to the transport. st.mu is held.
-func (st *Stream) flushLocked() error {
-	if len(st.wbuf) == 0 {
-		return nil
+// sendDirectLocked writes a frame from the calling goroutine: it waits for
+// any write in progress, then writes what is pending, its own header and
+// fixed part, and its bulk payload straight from the caller's slice. Called
+// with st.mu held; returns with it released.
+func (st *Stream) sendDirectLocked(w wire, fixed int, bulk []byte, timeout time.Duration) error {
+	for st.werr == nil && st.writing {
+		st.changed.Wait()
 	}
-	err := st.writeLocked(st.wbuf)
-	st.wbuf = st.wbuf[:0]
+	if st.werr != nil {
+		err := st.werr
+		st.mu.Unlock()
+		return err
+	}
+	n := HeaderLen + fixed
+	var head []byte
+	separate := len(st.pending)+n > cap(st.pending)
+	if separate {
+		// A fixed part larger than the buffer (a big Bitmap or ChecksumReply).
+		head = make([]byte, n)
+	} else {
+		start := len(st.pending)
+		st.pending = st.pending[:start+n]
+		head = st.pending[start:]
+	}
+	crc := putHeader(head, w.Kind(), st.wseq, uint32(fixed+len(bulk)))
+	st.wseq++
+	w.put(head[HeaderLen:n])
+	crc = crc32.Update(crc, castagnoli, head[HeaderLen:n])
+	crc = crc32.Update(crc, castagnoli, bulk)
+	be.PutUint32(head[16:20], crc)
+	batch := st.pending
+	st.pending = st.spare[:0]
+	st.writing = true
+	st.mu.Unlock()
+
+	err := st.write(batch, timeout)
+	if err == nil && separate {
+		err = st.write(head, timeout)
+	}
+	if err == nil && len(bulk) > 0 {
+		err = st.write(bulk, timeout)
+	}
+	return st.endWrite(batch, err)
+}
+
+// endWrite finishes a transport write of batch: it returns the buffer for
+// reuse, records err, wakes waiters and the flusher. Called without st.mu.
+func (st *Stream) endWrite(batch []byte, err error) error {
+	if err != nil {
+		err = st.fail("send", err)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.spare = batch[:0]
+	st.writing = false
+	if err != nil && st.werr == nil {
+		st.werr = err
+	}
+	if len(st.pending) > 0 && st.werr == nil {
+		st.kickFlusher()
+	}
+	st.changed.Broadcast()
 	return err
 }
 
-// writeLocked writes b to the transport under the write deadline. st.mu is held.
-func (st *Stream) writeLocked(b []byte) error {
+// flusher writes pending frames to the transport, one batch per write,
+// until the session dies or stop is called.
+func (st *Stream) flusher() {
+	defer close(st.flusherDone)
+	for {
+		select {
+		case <-st.kick:
+		case <-st.quit:
+			st.shutdown()
+			return
+		case <-st.dead:
+			st.shutdown()
+			return
+		}
+		st.mu.Lock()
+		for st.werr == nil && !st.writing && len(st.pending) > 0 {
+			batch := st.pending
+			st.pending = st.spare[:0]
+			st.writing = true
+			st.mu.Unlock()
+			err := st.write(batch, st.timeout)
+			st.endWrite(batch, err)
+			st.mu.Lock()
+		}
+		st.mu.Unlock()
+	}
+}
+
+// shutdown makes later and waiting Sends fail once the flusher is gone.
+func (st *Stream) shutdown() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.werr == nil {
+		st.werr = st.closedErr()
+	}
+	st.changed.Broadcast()
+}
+
+// isDead reports whether the session has died (its flusher may not have
+// noticed yet).
+func (st *Stream) isDead() bool {
+	select {
+	case <-st.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// closedErr is the send error once the session or stream is closed.
+func (st *Stream) closedErr() error {
+	if st.sess != nil {
+		return fmt.Errorf("protocol: %s stream send: %w (%v)", st.Name(), ErrClosed, st.sess.Err())
+	}
+	return fmt.Errorf("protocol: %s stream send: %w", st.Name(), ErrClosed)
+}
+
+// write hands b to the transport under the write deadline. Only the holder
+// of st.writing calls it.
+func (st *Stream) write(b []byte, timeout time.Duration) error {
+	if len(b) == 0 {
+		return nil
+	}
 	if st.setWriteDeadline != nil {
-		if err := st.setWriteDeadline(time.Now().Add(st.timeout)); err != nil {
+		if err := st.setWriteDeadline(time.Now().Add(timeout)); err != nil {
 			return err
 		}
 	}
@@ -345,25 +490,18 @@ func isPeerFault(err error) bool {
 	return false
 }
 
-// trySendNow sends m at once if no other Send holds the stream, bounded by
-// d, and reports whether it was written to the transport. It never waits
-// for another sender; for last words before closing.
-func (st *Stream) trySendNow(m Message, d time.Duration) bool {
+// trySendNow writes m at once, bounded by d, unless a transport write is
+// in progress or another sender holds the stream: it never waits. It is for
+// last words before the session is closed.
+func (st *Stream) trySendNow(m Message, d time.Duration) {
 	w := wireOf(m)
 	fixed, bulk, err := w.layout()
 	if err != nil || !st.mu.TryLock() {
-		return false
+		return
 	}
-	defer st.mu.Unlock()
-	if st.werr != nil {
-		return false
+	if st.writing || st.werr != nil {
+		st.mu.Unlock()
+		return
 	}
-	timeout := st.timeout
-	st.timeout = min(timeout, d)
-	defer func() { st.timeout = timeout }()
-	if st.appendLocked(w, fixed, bulk) != nil || st.flushLocked() != nil {
-		st.werr = fmt.Errorf("protocol: %s stream send: %w", st.Name(), ErrClosed)
-		return false
-	}
-	return true
+	st.sendDirectLocked(w, fixed, bulk, min(st.timeout, d))
 }

@@ -4,20 +4,46 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"runtime"
 	"sync"
 	"testing"
 	"unsafe"
 )
 
-// recorder is a transport that keeps every Write call separately.
+// recorder is a transport that keeps every Write call separately. A
+// gated recorder (newGatedRecorder) reports each Write on entered, then
+// waits on gate, until release.
 type recorder struct {
+	entered  chan struct{}
+	gate     chan struct{}
+	opened   chan struct{}
+	openOnce sync.Once
+
 	mu     sync.Mutex
 	writes [][]byte
 	ptrs   []*byte // first byte of each written slice, to detect copies
 }
 
+// newGatedRecorder returns a gated recorder released at the test's end.
+func newGatedRecorder(t testing.TB) *recorder {
+	r := &recorder{entered: make(chan struct{}), gate: make(chan struct{}), opened: make(chan struct{})}
+	t.Cleanup(r.release)
+	return r
+}
+
+// release lets every later (and the waiting) Write through at once.
+func (r *recorder) release() { r.openOnce.Do(func() { close(r.opened) }) }
+
 func (r *recorder) Write(p []byte) (int, error) {
+	if r.entered != nil {
+		select {
+		case r.entered <- struct{}{}:
+			select {
+			case <-r.gate:
+			case <-r.opened:
+			}
+		case <-r.opened:
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.writes = append(r.writes, bytes.Clone(p))
@@ -25,6 +51,27 @@ func (r *recorder) Write(p []byte) (int, error) {
 		r.ptrs = append(r.ptrs, &p[0])
 	}
 	return len(p), nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.writes)
+}
+
+// testStream returns a started Stream over rw, stopped at the test's end.
+func testStream(t testing.TB, rw io.ReadWriter) *Stream {
+	st := newStream(nil, StreamData, rw, 0)
+	st.start()
+	t.Cleanup(st.stop)
+	return st
+}
+
+func mustFlush(t testing.TB, st *Stream) {
+	t.Helper()
+	if err := st.Flush(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (r *recorder) Read([]byte) (int, error) { return 0, io.EOF }
@@ -53,45 +100,75 @@ func decodeAll(t *testing.T, b []byte) []Message {
 	return out
 }
 
-// A Send with nobody queued behind it reaches the transport before it returns.
-func TestSendAloneWritesAtOnce(t *testing.T) {
-	rec := &recorder{}
-	st := newStream(nil, StreamData, rec, 0)
-	if err := st.Send(&Ping{Seq: 1}); err != nil {
+// A lone frame leaves at once, written by the flusher without any Flush
+// call; frames sent while that write is in progress leave together in the
+// next write.
+func TestSendCoalescesWhileWriting(t *testing.T) {
+	rec := newGatedRecorder(t)
+	st := testStream(t, rec)
+	if err := st.Send(&Ping{Seq: 0}); err != nil {
 		t.Fatal(err)
 	}
-	if len(rec.writes) != 1 {
-		t.Fatalf("%d transport writes after one Send", len(rec.writes))
+	<-rec.entered // the flusher is writing the lone Ping
+	const n = 20
+	for i := 1; i <= n; i++ {
+		// Send does not wait for the transport.
+		if err := st.Send(&Write{Seq: uint64(i), Length: 512, Data: make([]byte, 512)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.gate <- struct{}{} // finish the first write
+	<-rec.entered          // the second write carries the 20 Writes
+	rec.gate <- struct{}{}
+	mustFlush(t, st)
+	if rec.count() != 2 {
+		t.Fatalf("%d transport writes, want 2", rec.count())
+	}
+	if len(rec.writes[0]) != HeaderLen+seqLen {
+		t.Fatalf("first write of %d bytes", len(rec.writes[0]))
+	}
+	if got := decodeAll(t, rec.all()); len(got) != n+1 {
+		t.Fatalf("decoded %d frames", len(got))
 	}
 }
 
-// Sends queued behind each other leave in one transport write, written by
-// the last of them.
-func TestSendCoalescesQueuedFrames(t *testing.T) {
-	rec := &recorder{}
-	st := newStream(nil, StreamData, rec, 0)
-	const n = 20
-	st.mu.Lock() // hold the stream so the senders queue up
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := st.Send(&Write{Seq: uint64(i), Length: 512, Data: make([]byte, 512)}); err != nil {
-				t.Error(err)
-			}
-		}()
+// Send blocks when the coalescing buffer is full, until the flusher drains it.
+func TestSendBackpressure(t *testing.T) {
+	rec := newGatedRecorder(t)
+	st := testStream(t, rec)
+	data := make([]byte, 8<<10)
+	send := func(seq uint64) error { return st.Send(&Write{Seq: seq, Length: uint32(len(data)), Data: data}) }
+	if err := send(0); err != nil {
+		t.Fatal(err)
 	}
-	for st.queued.Load() != n {
-		runtime.Gosched()
+	<-rec.entered // first frame being written
+	frame := HeaderLen + writeFixed + len(data)
+	seq := uint64(1)
+	for pending := frame; pending <= sendBufSize; pending += frame {
+		if err := send(seq); err != nil {
+			t.Fatal(err)
+		}
+		seq++
 	}
-	st.mu.Unlock()
-	wg.Wait()
-	if len(rec.writes) != 1 {
-		t.Fatalf("%d frames left in %d transport writes, want 1", n, len(rec.writes))
+	// The buffer holds seq-1 frames and has no room for one more.
+	blocked := make(chan error)
+	go func() { blocked <- send(seq) }()
+	select {
+	case err := <-blocked:
+		t.Fatalf("Send into a full buffer returned %v", err)
+	case <-rec.entered:
+		t.Fatal("a second write started while the first was in progress")
+	default:
 	}
-	if got := decodeAll(t, rec.all()); len(got) != n {
-		t.Fatalf("decoded %d frames", len(got))
+	rec.gate <- struct{}{} // first write done; the flusher takes the full buffer
+	<-rec.entered
+	rec.release()
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	mustFlush(t, st)
+	if got := decodeAll(t, rec.all()); len(got) != int(seq)+1 {
+		t.Fatalf("decoded %d frames, sent %d", len(got), seq+1)
 	}
 }
 
@@ -99,7 +176,7 @@ func TestSendCoalescesQueuedFrames(t *testing.T) {
 // a small one is coalesced.
 func TestSendLargePayloadNotCopied(t *testing.T) {
 	rec := &recorder{}
-	st := newStream(nil, StreamData, rec, 0)
+	st := testStream(t, rec)
 	data := make([]byte, 1<<20)
 	data[0], data[len(data)-1] = 1, 2
 	if err := st.Send(&Write{Length: uint32(len(data)), Data: data}); err != nil {
@@ -134,7 +211,7 @@ func TestSendLargePayloadNotCopied(t *testing.T) {
 // arrive in its order.
 func TestConcurrentSendOrder(t *testing.T) {
 	rec := &recorder{}
-	st := newStream(nil, StreamData, rec, 0)
+	st := testStream(t, rec)
 	const senders, each = 8, 200
 	var wg sync.WaitGroup
 	for s := 0; s < senders; s++ {
@@ -153,6 +230,7 @@ func TestConcurrentSendOrder(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	mustFlush(t, st)
 	next := make([]uint64, senders)
 	for _, m := range decodeAll(t, rec.all()) {
 		w := m.(*Write)
@@ -174,7 +252,7 @@ func TestConcurrentSendOrder(t *testing.T) {
 
 func TestSendInvalidKeepsStream(t *testing.T) {
 	rec := &recorder{}
-	st := newStream(nil, StreamData, rec, 0)
+	st := testStream(t, rec)
 	if err := st.Send(&Write{Length: 9}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("got %v", err)
 	}
@@ -184,6 +262,7 @@ func TestSendInvalidKeepsStream(t *testing.T) {
 	if err := st.Send(Ack{Seq: 1, Type: AckDone}); err != nil {
 		t.Fatal(err)
 	}
+	mustFlush(t, st)
 	if got := decodeAll(t, rec.all()); len(got) != 1 {
 		t.Fatalf("%d frames", len(got))
 	}
@@ -197,12 +276,32 @@ func (e *errWriter) Read([]byte) (int, error)    { return 0, io.EOF }
 
 func TestSendErrorIsSticky(t *testing.T) {
 	ew := &errWriter{}
-	st := newStream(nil, StreamData, ew, 0)
-	if err := st.Send(&Ping{}); !errors.Is(err, io.ErrClosedPipe) {
-		t.Fatalf("got %v", err)
+	st := testStream(t, ew)
+	if err := st.Send(&Ping{}); err != nil {
+		t.Fatalf("queued Send: %v", err)
 	}
-	if err := st.Send(&Ping{}); !errors.Is(err, io.ErrClosedPipe) || ew.n != 1 {
-		t.Fatalf("second send: %v after %d writes", err, ew.n)
+	if err := st.Flush(); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("Flush: %v", err)
+	}
+	if err := st.Send(&Ping{}); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("second send: %v", err)
+	}
+	if err := st.Send(&Write{Length: 1 << 20, Data: make([]byte, 1<<20)}); !errors.Is(err, io.ErrClosedPipe) || ew.n != 1 {
+		t.Fatalf("direct send: %v after %d writes", err, ew.n)
+	}
+}
+
+// After stop (for a session: after it died) Send and Flush fail with
+// ErrClosed instead of queueing forever.
+func TestSendAfterStop(t *testing.T) {
+	st := newStream(nil, StreamData, &recorder{}, 0)
+	st.start()
+	st.stop()
+	if err := st.Send(&Ping{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Send: %v", err)
+	}
+	if err := st.Flush(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Flush: %v", err)
 	}
 }
 
@@ -331,15 +430,18 @@ func TestNoAllocationsPerFrame(t *testing.T) {
 	data := make([]byte, 4096)
 	w := &Write{Length: 4096, Data: data}
 	ack := &Ack{Seq: 1, Type: AckDone}
-	send := newStream(nil, StreamData, struct {
+	send := testStream(t, struct {
 		io.Reader
 		io.Writer
-	}{bytes.NewReader(nil), io.Discard}, 0)
+	}{bytes.NewReader(nil), io.Discard})
 	if a := testing.AllocsPerRun(200, func() {
 		if err := send.Send(w); err != nil {
 			t.Fatal(err)
 		}
 		if err := send.Send(ack); err != nil {
+			t.Fatal(err)
+		}
+		if err := send.Flush(); err != nil {
 			t.Fatal(err)
 		}
 	}); a != 0 {
