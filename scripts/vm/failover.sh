@@ -1,7 +1,8 @@
 # Scenario: two urbd nodes on loopback, LVM and ext4 on the primary's export
 # through /dev/nbd0; the primary is killed with -9 while mounted, the
 # secondary is promoted and the attach supervisor fails over to it (second
-# --nbd); writes during the outage complete; afterwards the volume is
+# --nbd) with all four of its connections; writes during the outage
+# complete; afterwards the volume is
 # checked with e2fsck and every file is intact.
 . "$OUT/lib.sh"
 load_modules
@@ -29,7 +30,7 @@ echo "$out" | grep -q "Secondary" || fail "refusal does not say Secondary: $out"
 echo "refused as expected: $out"
 "$URBD" --run-dir /run/urbd-a primary r0
 wait_for status_has b "ro:Secondary/Primary"
-start_attach nbd0 "$OUT/attach.log" --nbd unix:/run/a.sock --nbd unix:/run/b.sock --timeout 60s
+start_attach nbd0 "$OUT/attach.log" --nbd unix:/run/a.sock --nbd unix:/run/b.sock --timeout 60s --connections 4
 step "attached to node a"
 
 lvm_ pvcreate -q /dev/nbd0
