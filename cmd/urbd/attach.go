@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -31,7 +32,8 @@ var attachCommand = &cli.Command{
 		"Stays in the foreground: when the server goes away it redials (every --nbd address in turn) and " +
 		"hands new sockets to the kernel, so I/O waits instead of failing while the outage is shorter than " +
 		"--timeout. SIGTERM/SIGINT disconnect the device and exit 0; so does urbd detach. If attach is killed " +
-		"with SIGKILL the device stays configured without a supervisor: run urbd detach.",
+		"with SIGKILL the device stays configured without a supervisor: run urbd detach. Under systemd use " +
+		"Type=notify: attach reports READY=1 once the device is live.",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "device", Usage: "nbd device, e.g. /dev/nbd0", Required: true},
 		&cli.StringSliceFlag{Name: "nbd", Usage: "export address unix:SOCK or tcp:HOST:PORT; repeat for failover", Required: true},
@@ -106,6 +108,10 @@ func runAttach(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// Type=notify units start their dependents (mounts) only now.
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("cannot notify systemd", "err", err)
+	}
 	pidFile := attachPIDFile(runDir(c), index)
 	if err := writePIDFile(pidFile); err != nil {
 		log.Warn("urbd detach will not find this process", "err", err)
@@ -113,6 +119,7 @@ func runAttach(c *cli.Context) error {
 		defer os.Remove(pidFile)
 	}
 	err = att.Supervise(ctx)
+	sdNotify("STOPPING=1")
 	if errors.Is(err, nbd.ErrDetached) {
 		log.Info("device was detached", "device", c.String("device"))
 		return nil
@@ -133,6 +140,23 @@ func forwardLinkDead(w *nbd.LinkDeadWatcher, events chan<- int) {
 		default:
 		}
 	}
+}
+
+// sdNotify sends a state line to systemd's notification socket when the
+// process runs under a Type=notify unit ($NOTIFY_SOCKET set); otherwise it
+// does nothing.
+func sdNotify(state string) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return nil
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(state))
+	return err
 }
 
 func writePIDFile(path string) error {
