@@ -14,7 +14,7 @@ const (
 	// sendBufSize is the coalescing buffer of a Stream's sender: frames sent
 	// while a transport write is in progress leave together in the next
 	// write, of up to this size.
-	sendBufSize = 64 << 10
+	sendBufSize = 256 << 10
 	// inlineBulk is the largest bulk payload copied into the coalescing
 	// buffer; larger payloads are written to the transport without a copy.
 	inlineBulk = 16 << 10
