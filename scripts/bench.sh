@@ -10,7 +10,8 @@
 #          4k randwrite QD1 fsync=1; median of RUNS runs, ratio urbd/nbdkit.
 #
 # Environment: URBD (binary, default bin/urbd, built if missing), RUNS (3),
-# RUNTIME (seconds per fio run, 5), SIZE (1G), WORK (scratch dir).
+# RUNTIME (seconds per fio run, 5), SIZE (1G), WORK (scratch dir), KEEP=1
+# (keep WORK with the server and fio logs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +33,7 @@ cleanup() {
 	for p in "${PIDS[@]}"; do
 		wait "$p" 2>/dev/null || true
 	done
-	rm -rf "$WORK"
+	[ "${KEEP:-0}" = 1 ] && log "bench: kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -100,20 +101,37 @@ median() {
 }
 
 # run_fio SOCK METRIC ARGS...: one fio run against SOCK; prints write or read
-# IOPS (METRIC wiops|riops) or MiB/s (wmibs|rmibs) from the terse output.
+# IOPS (METRIC wiops|riops) or MiB/s (wmibs|rmibs) from the terse output,
+# then the KiB transferred. A failed run prints nothing.
 run_fio() {
 	local sock=$1 metric=$2
 	shift 2
-	fio --name=bench --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
+	local out
+	if ! out=$(fio --name=bench --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
 		--time_based --runtime="$RUNTIME" --ramp_time=1 --size="$SIZE" \
-		--output-format=terse --terse-version=3 "$@" 2>>"$WORK/fio.log" |
+		--output-format=terse --terse-version=3 "$@" 2>&1); then
+		log "bench: fio $* on $sock failed (run dropped):"
+		printf '%s\n' "$out" | grep -v '^3;' | tail -3 >&2
+		return 0
+	fi
+	printf '%s\n' "$out" |
 		awk -F';' -v m="$metric" '
 			NF > 50 {
-				if (m == "riops") print $8
-				else if (m == "wiops") print $49
-				else if (m == "rmibs") printf "%.0f\n", $7 / 1024
-				else if (m == "wmibs") printf "%.0f\n", $48 / 1024
+				if (m == "riops") v = $8
+				else if (m == "wiops") v = $49
+				else if (m == "rmibs") v = sprintf("%.0f", $7 / 1024)
+				else if (m == "wmibs") v = sprintf("%.0f", $48 / 1024)
+				print v, $6 + $47
 			}'
+}
+
+# cpu_ticks PID: user+system CPU time of PID in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# cpu_per_io TICKS KIB BS: server CPU microseconds per I/O of BS bytes.
+cpu_per_io() {
+	awk -v t="$1" -v kib="$2" -v bs="$3" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN { ios = kib * 1024 / bs; if (ios > 0) printf "%.1f", t / hz * 1e6 / ios; else print "nan" }'
 }
 
 # ratio A B: A/B with two decimals.
@@ -126,41 +144,55 @@ bench_serve() {
 	log "serve: writing a $SIZE disk in $WORK"
 	make_disk "$disk" "$SIZE"
 	local servers=(urbd nbdkit qemu-nbd)
-	declare -A sock
+	declare -A sock pid
 	local s
 	for s in "${servers[@]}"; do
 		sock[$s]=$WORK/$s.sock
 		start_server "$s" "$disk" "${sock[$s]}"
+		pid[$s]=$SERVER_PID
 	done
 
-	# name|metric|unit|fio args
+	# name|metric|unit|block size|fio args
 	local tests=(
-		"4k randwrite QD32|wiops|IOPS|--rw=randwrite --bs=4k --iodepth=32"
-		"4k randread QD32|riops|IOPS|--rw=randread --bs=4k --iodepth=32"
-		"1M seqwrite QD8|wmibs|MiB/s|--rw=write --bs=1M --iodepth=8"
-		"4k randwrite QD1 fsync=1|wiops|IOPS|--rw=randwrite --bs=4k --iodepth=1 --fsync=1"
+		"4k randwrite QD32|wiops|IOPS|4096|--rw=randwrite --bs=4k --iodepth=32"
+		"4k randread QD32|riops|IOPS|4096|--rw=randread --bs=4k --iodepth=32"
+		"1M seqwrite QD8|wmibs|MiB/s|1048576|--rw=write --bs=1M --iodepth=8"
+		"4k randwrite QD1 fsync=1|wiops|IOPS|4096|--rw=randwrite --bs=4k --iodepth=1 --fsync=1"
 	)
-	printf '\n%-26s %6s %10s %10s %10s %12s\n' "serve: test" unit urbd nbdkit qemu-nbd urbd/nbdkit
-	local t name metric unit args r
+	# Besides the median rate, the table shows each server's CPU time per
+	# I/O (user+system, median over runs): on a shared machine the rate
+	# swings with other load, the CPU cost much less.
+	printf '\n%-26s %6s %9s %9s %9s %8s   %s\n' "serve: test" unit urbd nbdkit qemu-nbd "u/nbdkit" "CPU us/IO urbd nbdkit qemu-nbd"
+	local t name metric unit bs args r before res
 	for t in "${tests[@]}"; do
-		IFS='|' read -r name metric unit args <<<"$t"
-		declare -A vals=()
-		for s in "${servers[@]}"; do vals[$s]=""; done
+		IFS='|' read -r name metric unit bs args <<<"$t"
+		declare -A vals=() cpus=()
+		for s in "${servers[@]}"; do vals[$s]="" cpus[$s]=""; done
 		# Servers take turns within each round, so drift hits all alike.
 		for r in $(seq "$RUNS"); do
 			for s in "${servers[@]}"; do
+				if ! kill -0 "${pid[$s]}" 2>/dev/null; then
+					log "bench: $s died (see $WORK/$s.log); restarting it"
+					start_server "$s" "$disk" "${sock[$s]}"
+					pid[$s]=$SERVER_PID
+				fi
 				drop_cache "$disk"
+				before=$(cpu_ticks "${pid[$s]}")
 				# shellcheck disable=SC2086
-				vals[$s]+="$(run_fio "${sock[$s]}" "$metric" $args)"$'\n'
+				res=$(run_fio "${sock[$s]}" "$metric" $args)
+				[ -n "$res" ] || continue
+				vals[$s]+="${res% *}"$'\n'
+				cpus[$s]+="$(cpu_per_io $(($(cpu_ticks "${pid[$s]}") - before)) "${res#* }" "$bs")"$'\n'
 			done
 		done
-		declare -A med=()
+		declare -A med=() cpu=()
 		for s in "${servers[@]}"; do
 			med[$s]=$(printf '%s' "${vals[$s]}" | grep -v '^$' | median)
+			cpu[$s]=$(printf '%s' "${cpus[$s]}" | grep -v '^$' | median)
 		done
-		printf '%-26s %6s %10s %10s %10s %12s\n' "$name" "$unit" "${med[urbd]}" "${med[nbdkit]}" "${med[qemu-nbd]}" \
-			"$(ratio "${med[urbd]}" "${med[nbdkit]}")"
-		unset vals med
+		printf '%-26s %6s %9s %9s %9s %8s   %9s %6s %8s\n' "$name" "$unit" "${med[urbd]}" "${med[nbdkit]}" "${med[qemu-nbd]}" \
+			"$(ratio "${med[urbd]}" "${med[nbdkit]}")" "${cpu[urbd]}" "${cpu[nbdkit]}" "${cpu[qemu-nbd]}"
+		unset vals cpus med cpu
 	done
 	for s in "${!PIDS[@]}"; do stop_server "${PIDS[$s]}"; done
 	PIDS=()
