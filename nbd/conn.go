@@ -410,7 +410,7 @@ func (c *srvConn) writeReplies(bw *bufio.Writer) {
 	var werr error
 	var hdr [ReplyHeaderLen]byte
 	binary.BigEndian.PutUint32(hdr[0:], MagicSimpleReply)
-	bufs := make(net.Buffers, 0, 2)
+	var vec [2][]byte // WriteTo consumes its net.Buffers; rebuild it from vec
 	for r := range c.replies {
 		if werr == nil {
 			binary.BigEndian.PutUint32(hdr[4:], r.errno)
@@ -425,8 +425,10 @@ func (c *srvConn) writeReplies(bw *bufio.Writer) {
 			} else {
 				werr = bw.Flush()
 				if werr == nil {
-					bufs = append(bufs[:0], hdr[:], data)
+					vec[0], vec[1] = hdr[:], data
+					bufs := net.Buffers(vec[:])
 					_, werr = bufs.WriteTo(c.nc)
+					vec[1] = nil
 				}
 			}
 			if werr == nil && len(c.replies) == 0 && bw.Buffered() > 0 {
