@@ -122,6 +122,9 @@ func (s *Store) beginSlow(first, last int64) error {
 			if i := slices.Index(s.queue, r); i >= 0 {
 				s.queue = slices.Delete(s.queue, i, i+1)
 			}
+			// The queue head or the protected extents changed: let the
+			// others plan again.
+			s.cv.Broadcast()
 		}
 	}()
 	for {
@@ -186,6 +189,7 @@ func (s *Store) pickVictimLocked(skip map[uint64]bool) (uint64, bool) {
 func (s *Store) roundLocked() bool {
 	inAdd := make(map[uint64]bool)
 	victims := make(map[uint64]bool)
+	skip := make(map[uint64]bool) // victims, and extents of the calls served so far
 	var add, victimList []uint64
 	var included []*request
 	free := s.capacity - len(s.members)
@@ -193,16 +197,20 @@ func (s *Store) roundLocked() bool {
 		var missing []uint64
 		for e := r.first; e <= r.last; e++ {
 			ue := uint64(e)
-			if _, ok := s.memberIdx[ue]; !ok && !inAdd[ue] {
+			skip[ue] = true // never evict an extent of the call being served
+			// A victim picked for an earlier call counts as missing: it is
+			// added back in the same write.
+			if _, ok := s.memberIdx[ue]; (!ok || victims[ue]) && !inAdd[ue] {
 				missing = append(missing, ue)
 			}
 		}
 		for len(missing) > free {
-			v, ok := s.pickVictimLocked(victims)
+			v, ok := s.pickVictimLocked(skip)
 			if !ok {
 				break
 			}
 			victims[v] = true
+			skip[v] = true
 			victimList = append(victimList, v)
 			free++
 		}
@@ -228,6 +236,7 @@ func (s *Store) roundLocked() bool {
 		v := victimList[len(victimList)-1]
 		victimList = victimList[:len(victimList)-1]
 		delete(victims, v)
+		delete(skip, v)
 		s.st[v].Store(stHot) // not hot meanwhile, so nobody else changed it
 		free--
 	}
