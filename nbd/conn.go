@@ -124,6 +124,10 @@ func (c *srvConn) serve(ctx context.Context) {
 	bw := bufio.NewWriterSize(c.nc, connWriteBuf)
 	n := negotiation{br: c.br, bw: bw, lookup: c.s.Lookup, list: c.s.List}
 	_ = c.nc.SetDeadline(time.Now().Add(c.s.negotiationTimeout()))
+	if c.stopping.Load() {
+		// stop ran before the deadline above replaced its own.
+		_ = c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
 	res, err := n.run()
 	if err == nil {
 		_ = c.nc.SetWriteDeadline(time.Time{})
