@@ -3,6 +3,7 @@ package protocol
 import (
 	"errors"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,5 +134,34 @@ func TestStalledPeerFailsSend(t *testing.T) {
 	<-d.Done()
 	if err := d.Control().Send(&Ping{}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("control Send after the stall: %v", err)
+	}
+}
+
+// Closing sessions ends every goroutine they started (flushers, watcher,
+// yamux's loops).
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	base := runtime.NumGoroutine()
+	for i := 0; i < 5; i++ {
+		d, a := tcpPair(t)
+		dr, ar := handshakePair(t, d, a, testConfig(), testConfig())
+		if dr.err != nil || ar.err != nil {
+			t.Fatalf("handshake: %v, %v", dr.err, ar.err)
+		}
+		exchange(t, dr.s, ar.s)
+		if err := dr.s.Data().Send(&Ping{}); err != nil {
+			t.Fatal(err)
+		}
+		dr.s.Close()
+		ar.s.Close()
+	}
+	// yamux's keepalive goroutine is not waited for by its Close; give the
+	// scheduler a bounded chance to run it to its end.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines left over, %d before:\n%s", n-base, base, buf[:runtime.Stack(buf, true)])
 	}
 }
