@@ -58,8 +58,8 @@ func TestUnitSettings(t *testing.T) {
 		{attach, "Unit", "Requires", "urbd@%i.service"},
 		{attach, "Unit", "After", "urbd@%i.service"},
 		{attach, "Service", "EnvironmentFile", "/etc/urbd/attach-%i.env"},
-		{attach, "Service", "Type", "oneshot"},
-		{attach, "Service", "RemainAfterExit", "yes"},
+		{attach, "Service", "Type", "notify"},
+		{attach, "Service", "Restart", "on-failure"},
 	} {
 		got := tc.unit[tc.section][tc.key]
 		if len(got) != 1 || got[0] != tc.is {
