@@ -340,8 +340,12 @@ func TestRefuseErr(t *testing.T) {
 		if tc.want != nil && !errors.Is(err, tc.want) {
 			t.Errorf("code %d: %v does not wrap %v", tc.code, err, tc.want)
 		}
-		if !bytes.Contains([]byte(err.Error()), []byte("why")) {
-			t.Errorf("code %d: %q lacks the reason", tc.code, err)
+		if want := "protocol: refused by peer: why"; err.Error() != want {
+			t.Errorf("code %d: %q, want %q", tc.code, err, want)
+		}
+		var re *RefusedError
+		if !errors.As(err, &re) || re.Code != tc.code {
+			t.Errorf("code %d: errors.As gives %+v", tc.code, re)
 		}
 	}
 }

@@ -83,11 +83,30 @@ func refuseSentinel(code uint32) error {
 	return nil
 }
 
-// Err returns the error a Refuse stands for: it wraps ErrRefused, the
-// sentinel matching Code if any, and carries Reason in its text.
-func (r *Refuse) Err() error {
-	if s := refuseSentinel(r.Code); s != nil {
-		return fmt.Errorf("%w (%w): %s", ErrRefused, s, r.Reason)
+// RefusedError is the error a received Refuse stands for. It wraps
+// ErrRefused and, when Code names a cause (RefuseSize...), the matching
+// sentinel (ErrSizeMismatch...); its text is the peer's reason.
+type RefusedError struct {
+	Code   uint32
+	Reason string
+}
+
+func (e *RefusedError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("protocol: refused by peer (code %d)", e.Code)
 	}
-	return fmt.Errorf("%w (code %d): %s", ErrRefused, r.Code, r.Reason)
+	return "protocol: refused by peer: " + e.Reason
+}
+
+// Unwrap returns ErrRefused and the sentinel matching Code, if any.
+func (e *RefusedError) Unwrap() []error {
+	if s := refuseSentinel(e.Code); s != nil {
+		return []error{ErrRefused, s}
+	}
+	return []error{ErrRefused}
+}
+
+// Err returns the error r stands for, a *RefusedError.
+func (r *Refuse) Err() error {
+	return &RefusedError{Code: r.Code, Reason: r.Reason}
 }

@@ -592,10 +592,17 @@ func (rc *rawConn) send(m Message) error {
 // payload read is small whatever length a hostile peer announces.
 func (rc *rawConn) recv() (Message, error) {
 	if _, err := io.ReadFull(rc.c, rc.hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("protocol: handshake: the peer closed the connection (%w)", err)
+		}
 		return nil, fmt.Errorf("protocol: handshake: receive: %w", err)
 	}
 	h, err := parseHeader(rc.hdr[:])
 	if err != nil {
+		if rc.hdr[0] == 0x16 && rc.hdr[1] == 0x03 {
+			// A TLS handshake record: the peer is configured for TLS.
+			return nil, fmt.Errorf("protocol: handshake: %w (the peer speaks TLS; configure --tls-cert/--tls-key/--tls-ca on both nodes or neither)", err)
+		}
 		if errors.Is(err, ErrVersion) {
 			rc.send(&Refuse{Code: RefuseVersion, Reason: fmt.Sprintf("version mismatch: local version %d, peer version %d", h.Version, Version)})
 		}

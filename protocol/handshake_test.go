@@ -614,6 +614,19 @@ func TestTLS(t *testing.T) {
 			t.Fatalf("dialer %v, acceptor %v", dr.err, ar.err)
 		}
 	})
+	t.Run("TLS peer", func(t *testing.T) {
+		dcfg, acfg := testConfig(), testConfig()
+		dcfg.TLS = NewTLSConfig(nodeA, ca.pool)
+		dcfg.Timeout, acfg.Timeout = time.Second, time.Second
+		d, a := tcpPair(t)
+		dr, ar := handshakePair(t, d, a, dcfg, acfg)
+		if !errors.Is(ar.err, ErrBadMagic) || !strings.Contains(ar.err.Error(), "the peer speaks TLS") {
+			t.Fatalf("acceptor %v", ar.err)
+		}
+		if !errors.Is(dr.err, ErrTLS) {
+			t.Fatalf("dialer %v", dr.err)
+		}
+	})
 }
 
 func TestLoadTLSAndSecret(t *testing.T) {
