@@ -2,6 +2,7 @@ package replica_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,9 +31,9 @@ import (
 // sleeps for synchronisation.
 
 const (
-	hDiskSize = 8 << 20 // two 4 MiB activity-log extents
-	hBlock    = 4096    // bitmap block
-	hWait     = 4 * time.Second
+	hDiskSize = 8 << 20          // two 4 MiB activity-log extents
+	hBlock    = 4096             // bitmap block
+	hWait     = 10 * time.Second // generous: the machine is shared; a scenario takes about 1 s
 )
 
 // nodeOpts configure one side of a pair.
@@ -42,6 +43,8 @@ type nodeOpts struct {
 	rate        int64
 	clock       resync.Clock
 	assumeClean bool
+	timeout     time.Duration // Config.Timeout; 0 = 2s
+	viaProxy    bool          // dial the peer through a linkProxy (x.proxy)
 }
 
 // tnode is one in-process node with its files.
@@ -62,6 +65,8 @@ type tnode struct {
 	cancel context.CancelFunc
 	runErr chan error
 	up     bool
+
+	proxy *linkProxy // forwards this node's dials to the peer, if opts.viaProxy
 
 	evMu   sync.Mutex
 	events []string // Config.Event names, in arrival order, across restarts
@@ -102,6 +107,10 @@ func newPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
 	a = &tnode{t: t, label: "a", diskPath: filepath.Join(dir, "a.img"), metaDir: filepath.Join(dir, "a.meta"), addr: addrA, peerAddr: addrB, opts: oa}
 	b = &tnode{t: t, label: "b", diskPath: filepath.Join(dir, "b.img"), metaDir: filepath.Join(dir, "b.meta"), addr: addrB, peerAddr: addrA, opts: ob}
 	for _, x := range []*tnode{a, b} {
+		if x.opts.viaProxy {
+			x.proxy = startProxy(t, map[*tnode]string{a: addrB, b: addrA}[x])
+			x.peerAddr = x.proxy.addr()
+		}
 		if err := os.WriteFile(x.diskPath, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +173,7 @@ func (x *tnode) start() {
 		Protocol:          x.opts.protocol,
 		ListenPeer:        x.addr,
 		Peer:              x.peerAddr,
-		Timeout:           2 * time.Second,
+		Timeout:           cmp.Or(x.opts.timeout, 2*time.Second),
 		SuspendOnPeerLoss: x.opts.suspend,
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,
@@ -475,4 +484,139 @@ func recvErr(t *testing.T, what string, ch <-chan error) error {
 		t.Fatalf("%s did not return", what)
 		return nil
 	}
+}
+
+// crash simulates kill -9 of an idle node: it captures the disk and the
+// metadata files as they are now (what a killed process leaves: completed
+// writes are in the page cache, each metadata file is the last one renamed
+// into place), stops the node, and puts the captured files back, so the
+// clean shutdown never happened. Call it with no request in flight.
+func (x *tnode) crash() {
+	t := x.t
+	t.Helper()
+	disk := x.image()
+	entries, err := os.ReadDir(x.metaDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := map[string][]byte{}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(x.metaDir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		meta[e.Name()] = b
+	}
+	x.stop()
+	if err := os.WriteFile(x.diskPath, disk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(x.metaDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(x.metaDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range meta {
+		if err := os.WriteFile(filepath.Join(x.metaDir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// linkProxy forwards TCP connections to a target address. cut makes the link
+// dead: connections stay open but every byte is dropped (no FIN, no RST), as
+// when a cable is pulled, so only the peer timeout can notice. heal forwards
+// again.
+type linkProxy struct {
+	ln     net.Listener
+	target string
+	cut    atomic.Bool
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+func startProxy(t *testing.T, target string) *linkProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &linkProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.acceptLoop()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *linkProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *linkProxy) acceptLoop() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		d, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		if !p.track(c, d) {
+			return
+		}
+		p.wg.Add(2)
+		go p.pipe(c, d)
+		go p.pipe(d, c)
+	}
+}
+
+// track remembers both ends for close; false if the proxy is closing.
+func (p *linkProxy) track(c ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		for _, x := range c {
+			x.Close()
+		}
+		return false
+	}
+	for _, x := range c {
+		p.conns[x] = struct{}{}
+	}
+	return true
+}
+
+// pipe copies src to dst, dropping the bytes while the link is cut. When
+// src ends, both ends are closed.
+func (p *linkProxy) pipe(src, dst net.Conn) {
+	defer p.wg.Done()
+	defer src.Close()
+	defer dst.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.cut.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *linkProxy) close() {
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.ln.Close()
+	p.wg.Wait()
 }

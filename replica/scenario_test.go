@@ -43,12 +43,15 @@ func TestScenarioAssumeCleanConnectPromoteWrite(t *testing.T) {
 	}
 }
 
-// TestScenarioFreshPairPromoteNeedsForce: two fresh nodes (no assume-clean)
-// connect Inconsistent/Inconsistent without copying anything; promotion
-// without --force is refused with ErrNotUpToDate and a hint, with --force
-// the node becomes an UpToDate Primary and the peer sees it.
-func TestScenarioFreshPairPromoteNeedsForce(t *testing.T) {
+// TestScenarioFreshPairForcedPromoteSyncsPeer: two fresh nodes (no
+// assume-clean) connect Inconsistent/Inconsistent without copying anything;
+// promotion without --force is refused with ErrNotUpToDate and a hint. With
+// --force the node's existing data wins: it becomes an UpToDate Primary and
+// a full resync makes the peer UpToDate and identical.
+func TestScenarioFreshPairForcedPromoteSyncsPeer(t *testing.T) {
 	a, b := newPair(t, nodeOpts{}, nodeOpts{})
+	// a's disk already holds data (say, a file system made before urbd).
+	a.poke(0, pattern("preexisting", hDiskSize/2))
 	a.start()
 	b.start()
 	st := a.waitConn(replica.Connected)
@@ -68,7 +71,12 @@ func TestScenarioFreshPairPromoteNeedsForce(t *testing.T) {
 	if st := a.node.State(); st.Role != replica.Primary || st.Disk != replica.UpToDate {
 		t.Fatalf("after promote --force: %+v", st)
 	}
-	b.waitState("peer Primary", func(s replica.State) bool { return s.PeerRole == replica.Primary })
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if st := b.node.State(); st.PeerRole != replica.Primary || st.Role != replica.Secondary {
+		t.Fatalf("peer after the forced promotion: %+v", st)
+	}
 	if err := b.node.CheckServe(); !errors.Is(err, replica.ErrIsSecondary) {
 		t.Fatalf("secondary CheckServe: %v, want ErrIsSecondary", err)
 	}
@@ -376,15 +384,30 @@ func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The side that decides first refuses; wait for it. (The other side
+	// should flag the split brain too, but may miss the peer's state when
+	// the refusal closes the session first, and stay WFConnection.)
+	var first *tnode
+	a.waitFor("split brain on either side", func() bool {
+		for _, x := range []*tnode{a, b} {
+			if st := x.node.State(); st.SplitBrain && st.Conn == replica.StandAlone {
+				first = x
+				return true
+			}
+		}
+		return false
+	})
+	if st := first.node.State(); st.Role != replica.Primary || st.Disk != replica.UpToDate {
+		t.Fatalf("%s after split brain: %+v", first.label, st)
+	}
+	if s := first.node.Status(); !s.SplitBrain || s.ConnState != "StandAlone" {
+		t.Fatalf("%s status after split brain: %+v", first.label, s)
+	}
+	first.waitEvent("split-brain")
 	for _, x := range []*tnode{a, b} {
-		st := x.waitState("split brain", func(s replica.State) bool { return s.SplitBrain && s.Conn == replica.StandAlone })
-		if st.Role != replica.Primary || st.Disk != replica.UpToDate {
-			t.Fatalf("%s after split brain: %+v", x.label, st)
+		if c := x.node.State().Conn; c.Connected() {
+			t.Fatalf("%s is %v after a split brain", x.label, c)
 		}
-		if s := x.node.Status(); !s.SplitBrain || s.ConnState != "StandAlone" {
-			t.Fatalf("%s status after split brain: %+v", x.label, s)
-		}
-		x.waitEvent("split-brain")
 	}
 	if firstDiff(a.image(), imgA) >= 0 || firstDiff(b.image(), imgB) >= 0 {
 		t.Fatal("a disk changed after split brain was detected")
@@ -511,9 +534,7 @@ func TestScenarioVerifyFindsBlockChangedBehindEngine(t *testing.T) {
 // TestScenarioVerifyNeedsConnectedPeer: verify alone is refused.
 func TestScenarioVerifyNeedsConnectedPeer(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	if err := b.node.Disconnect(); err != nil {
-		t.Fatal(err)
-	}
+	b.stop()
 	a.waitConn(replica.WFConnection)
 	if err := a.node.Verify(); !errors.Is(err, replica.ErrNotConnected) {
 		t.Fatalf("Verify without a peer: %v, want ErrNotConnected", err)
@@ -623,5 +644,147 @@ func TestScenarioResyncNeverOverwritesNewerWrite(t *testing.T) {
 	sameDisks(t, a, b)
 	if got := b.read(5*hBlock, hBlock); string(got) != string(newer) {
 		t.Fatal("resync data overwrote the newer application write on the target")
+	}
+}
+
+// TestScenarioSilentLinkCutDetectedWithinTimeout: the link dies without a
+// FIN or RST (every byte dropped). Each node declares the peer lost within
+// about --timeout; a write issued after the cut completes locally once the
+// loss is declared and is marked out of sync. When the link heals the nodes
+// reconnect and the resync makes the disks identical.
+func TestScenarioSilentLinkCutDetectedWithinTimeout(t *testing.T) {
+	const timeout = 400 * time.Millisecond
+	o := nodeOpts{timeout: timeout, viaProxy: true}
+	a, b := cleanPair(t, o, o)
+	a.write(0, pattern("before the cut", hBlock))
+	start := time.Now()
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	res := a.asyncWrite(40*hBlock, pattern("during the cut", hBlock))
+	a.waitConn(replica.WFConnection)
+	b.waitConn(replica.WFConnection)
+	// The keepalive checks every timeout/4; allow generous scheduling slack
+	// under -race on a shared machine.
+	if took := time.Since(start); took > 4*timeout {
+		t.Fatalf("a dead link was noticed after %v, want about %v", took, timeout)
+	}
+	if err := recvErr(t, "write during the cut", res); err != nil {
+		t.Fatalf("write during the cut: %v, want local success", err)
+	}
+	if got := a.node.Status().OutOfSyncKiB; got < hBlock>>10 {
+		t.Fatalf("write during the cut not marked out of sync (%d KiB)", got)
+	}
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+}
+
+// TestScenarioHotJoinUnderLoad: a primary runs alone (promoted with --force
+// on a fresh resource) and keeps writing while a new, empty secondary joins.
+// The full resync (held by a stopped clock until the load runs) copies
+// everything in the background while the new writes are mirrored; at the
+// end both disks are identical.
+func TestScenarioHotJoinUnderLoad(t *testing.T) {
+	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
+	a, b := newPair(t, nodeOpts{rate: 1 << 20, clock: clk}, nodeOpts{})
+	a.start()
+	if err := a.node.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 32 {
+		a.write(int64(i)*61*hBlock, pattern(fmt.Sprintf("before join %d", i), 3*hBlock))
+	}
+	b.start()
+	b.waitConn(replica.SyncTarget)
+	a.waitConn(replica.SyncSource)
+
+	// Load: writers over the whole disk during the resync.
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }() // also on a failed check below
+	errs := make(chan error, 4)
+	reached := make(chan struct{}, 4) // one per writer: 20 writes done, or it stopped
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			signalled := false
+			defer func() {
+				if !signalled {
+					reached <- struct{}{}
+				}
+			}()
+			for i := 0; ; i++ {
+				off := int64((w*997+i*131)%(hDiskSize/hBlock-2)) * hBlock
+				if err := a.node.WriteAt(ctx, pattern(fmt.Sprintf("load %d/%d", w, i), 2*hBlock), off, false); err != nil {
+					if ctx.Err() == nil {
+						errs <- err
+					}
+					return
+				}
+				if i == 20 {
+					signalled = true
+					reached <- struct{}{}
+				}
+				if ctx.Err() != nil {
+					return
+				}
+			}
+		}()
+	}
+	for range 4 { // every writer wrote during the held resync
+		select {
+		case <-reached:
+		case <-time.After(hWait):
+			t.Fatal("writers did not get through during the resync")
+		}
+	}
+	if st := b.node.State(); st.Conn != replica.SyncTarget || st.Disk != replica.Inconsistent {
+		t.Fatalf("joining secondary under load: %+v", st)
+	}
+	a.node.AdjustRate(0) // let the resync run, under the load
+	b.waitInSync()
+	stop()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	sameDisks(t, a, b)
+}
+
+// TestScenarioPrimaryCrashFailover: the primary crashes (kill -9) after
+// acknowledged writes; the operator promotes the survivor, which finds every
+// acknowledged write and keeps writing. The old primary comes back as
+// Secondary (not Primary), becomes SyncTarget and ends identical.
+func TestScenarioPrimaryCrashFailover(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	acked := pattern("acknowledged", 16*hBlock)
+	a.write(8*hBlock, acked)
+	a.crash()
+	b.waitConn(replica.WFConnection)
+	if got := b.read(8*hBlock, len(acked)); string(got) != string(acked) {
+		t.Fatal("an acknowledged write is missing on the survivor")
+	}
+	if err := b.node.Promote(false); err != nil {
+		t.Fatalf("promote the survivor: %v", err)
+	}
+	b.write(100*hBlock, pattern("after failover", 4*hBlock))
+
+	a.start()
+	if st := a.node.State(); st.Role != replica.Secondary {
+		t.Fatalf("crashed primary came back as %v, want Secondary", st.Role)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if st := a.node.State(); st.Role != replica.Secondary || st.PeerRole != replica.Primary {
+		t.Fatalf("old primary after resync: %+v", st)
 	}
 }

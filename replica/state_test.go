@@ -130,7 +130,7 @@ func TestStateCanDiscard(t *testing.T) {
 // callers can tell them apart with errors.Is.
 func TestStateRefusalsAreDistinct(t *testing.T) {
 	all := []error{replica.ErrPeerPrimary, replica.ErrNotUpToDate, replica.ErrClientsAttach, replica.ErrIsSecondary,
-		replica.ErrSyncing, replica.ErrNotConnected, replica.ErrPeerLost, replica.ErrSplitBrain, replica.ErrDiscardPrimary}
+		replica.ErrSyncing, replica.ErrNotConnected, replica.ErrPeerLost, replica.ErrSplitBrain, replica.ErrRefused, replica.ErrDiscardPrimary}
 	for i, a := range all {
 		if !strings.HasPrefix(a.Error(), "replica: ") {
 			t.Errorf("%q lacks the package prefix", a)
