@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"hash/crc32"
 	"reflect"
@@ -405,4 +406,22 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-encoding differs:\n in %x\nout %x", b[:n], again)
 		}
 	})
+}
+
+// TestGoldenFrames pins the wire format to the examples in SPEC.md.
+func TestGoldenFrames(t *testing.T) {
+	tests := []struct {
+		seq uint32
+		m   Message
+		hex string
+	}{
+		{0, &Ping{Seq: 1}, "5552424401110000000000000000000808878928" + "0000000000000001"},
+		{5, &Ack{Seq: 7, Type: AckDone}, "555242440121000000000005" + "00000010d8afbc78" + "0000000000000007" + "0200000000000000"},
+	}
+	for _, tc := range tests {
+		got := hex.EncodeToString(mustFrame(t, tc.seq, tc.m))
+		if got != tc.hex {
+			t.Errorf("%v:\n got %s\nwant %s", tc.m.Kind(), got, tc.hex)
+		}
+	}
 }
