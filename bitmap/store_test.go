@@ -383,3 +383,93 @@ func BenchmarkBeginEndColdOSFS(b *testing.B) {
 		off = (off + 4<<20) % (64 << 30)
 	}
 }
+
+func TestSaveMetaValidates(t *testing.T) {
+	s := openMem(t, NewMemFS(), Options{Size: 64 * tMiB})
+	good := s.Meta()
+	for name, c := range map[string]struct {
+		mod  func(*Meta)
+		want error
+	}{
+		"size":        {func(m *Meta) { m.Size++ }, ErrGeometry},
+		"block":       {func(m *Meta) { m.BitmapBlock *= 2 }, ErrGeometry},
+		"extent":      {func(m *Meta) { m.ExtentSize *= 2 }, ErrGeometry},
+		"long role":   {func(m *Meta) { m.Role = string(make([]byte, 33)) }, ErrInvalid},
+		"binary disk": {func(m *Meta) { m.Disk = "Up\nToDate" }, ErrInvalid},
+	} {
+		m := good
+		c.mod(&m)
+		if err := s.SaveMeta(m); !errors.Is(err, c.want) {
+			t.Errorf("%s: SaveMeta = %v, want %v", name, err, c.want)
+		}
+	}
+	if s.Meta() != good {
+		t.Fatal("a refused SaveMeta changed Meta")
+	}
+}
+
+// TestCloseWithWriteInFlight: Close keeps the extent of a write still in
+// flight in the log (not clean), so a crash afterwards still covers it.
+func TestCloseWithWriteInFlight(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 64 * tMiB})
+	for _, off := range []int64{0, 8 * tMiB} {
+		if err := s.BeginWrite(off, 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.EndWrite(0, 4096)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.EndWrite(8*tMiB, 4096) // after Close: harmless
+	s2 := openMem(t, fsys.Reboot(), Options{})
+	r := s2.Recovery()
+	if r.Clean || r.ALExtents != 1 || !s2.Bitmap().IsSet(8*tMiB, 1) || s2.Bitmap().IsSet(0, 1) {
+		t.Fatalf("recovery %+v, dirty %d bytes; want extent 2 only", r, s2.Bitmap().DirtyBytes())
+	}
+}
+
+// TestMarkOutsideWindowPersistedBySweep: a mark on an extent that is not in
+// the log becomes durable with the next Sweep.
+func TestMarkOutsideWindowPersistedBySweep(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 64 * tMiB})
+	s.MarkOutOfSync(20*tMiB, 4096)
+	_, bm0 := s.Counters()
+	if err := s.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if _, bm := s.Counters(); bm != bm0+1 {
+		t.Fatalf("Sweep made %d bitmap writes, want 1", bm-bm0)
+	}
+	if err := s.Sweep(); err != nil { // nothing new: no write
+		t.Fatal(err)
+	}
+	if _, bm := s.Counters(); bm != bm0+1 {
+		t.Fatalf("idle Sweep wrote the bitmap")
+	}
+	s2 := openMem(t, fsys.Reboot(), Options{})
+	if !s2.Bitmap().IsSet(20*tMiB, 1) {
+		t.Fatal("mark lost")
+	}
+}
+
+// TestFailedALWriteIsReported: BeginWrite returns the metadata error and
+// holds nothing; the next BeginWrite retries.
+func TestFailedALWriteIsReported(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 64 * tMiB})
+	eio := errors.New("EIO")
+	fsys.FailAt(fsys.Ops()+1, eio, false)
+	if err := s.BeginWrite(0, 4096); !errors.Is(err, eio) {
+		t.Fatalf("BeginWrite = %v, want the injected error", err)
+	}
+	if s.HotExtents() != 0 {
+		t.Fatalf("%d hot extents after a failed AL write", s.HotExtents())
+	}
+	if err := s.BeginWrite(0, 4096); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	s.EndWrite(0, 4096)
+}
