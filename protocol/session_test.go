@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -137,7 +138,8 @@ func TestSessionEndToEnd(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("acceptor Done did not fire after the dialer closed")
 	}
-	if _, err := a.Data().Recv(); !errors.Is(err, ErrClosed) {
+	// A clean close reads as ErrClosed and, underneath, io.EOF.
+	if _, err := a.Data().Recv(); !errors.Is(err, ErrClosed) || !errors.Is(err, io.EOF) {
 		t.Fatalf("Recv after peer close: %v", err)
 	}
 }

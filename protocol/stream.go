@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 const (
@@ -464,19 +467,56 @@ func (st *Stream) readPayload(n int) ([]byte, error) {
 
 // fail records err as the reason the session dies, closes the session and
 // returns the error to report from this Stream.
+//
+// Errors meaning the transport or session is gone (the peer closed, a local
+// Close, a reset) wrap both ErrClosed and the underlying error (io.EOF...).
 func (st *Stream) fail(op string, err error) error {
-	if st.sess == nil {
-		return fmt.Errorf("protocol: %s stream %s: %w", st.Name(), op, err)
+	closed := st.sess != nil && st.sess.closed()
+	switch {
+	case closed:
+		err = &closedError{what: st.Name() + " stream " + op, why: st.sess.Err(), err: err}
+	case isTransportGone(err):
+		err = &closedError{what: st.Name() + " stream " + op, why: err, err: err}
+	default:
+		err = fmt.Errorf("protocol: %s stream %s: %w", st.Name(), op, err)
 	}
-	if st.sess.closed() {
-		return fmt.Errorf("protocol: %s stream %s: %w (%v)", st.Name(), op, ErrClosed, st.sess.Err())
+	if st.sess == nil || closed {
+		return err
 	}
-	err = fmt.Errorf("protocol: %s stream %s: %w", st.Name(), op, err)
 	if isPeerFault(err) {
 		st.sess.refuse(err)
 	}
 	st.sess.fail(err)
 	return err
+}
+
+// closedError reports an operation that failed because the session or
+// its transport is gone.
+type closedError struct {
+	what string // "data stream receive"
+	why  error  // the reason the session died, for the text
+	err  error  // the operation's own error
+}
+
+func (e *closedError) Error() string {
+	if e.why == nil || errors.Is(e.why, ErrClosed) && e.why.Error() == ErrClosed.Error() {
+		return "protocol: " + e.what + ": session closed"
+	}
+	return "protocol: " + e.what + ": session closed: " + e.why.Error()
+}
+
+func (e *closedError) Unwrap() []error { return []error{ErrClosed, e.err} }
+
+// isTransportGone reports whether err means the connection ended rather
+// than that the peer misbehaved.
+func isTransportGone(err error) bool {
+	for _, s := range []error{io.EOF, io.ErrUnexpectedEOF, net.ErrClosed, yamux.ErrSessionShutdown,
+		yamux.ErrStreamClosed, yamux.ErrConnectionReset, yamux.ErrKeepAliveTimeout} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // isPeerFault reports whether err means the peer sent something invalid
