@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -69,120 +68,6 @@ func (c *Config) authMode() uint8 {
 		return AuthHMAC
 	}
 	return AuthNone
-}
-
-// Session is an established peer connection: one transport (TCP or TLS)
-// multiplexed by yamux into the control, data and resync streams.
-//
-// All methods are safe for concurrent use. The Session dies on Close, when
-// the peer closes or stops answering keepalives, and on any error on any of
-// its streams; Done is closed then and Err tells why.
-type Session struct {
-	conn    net.Conn // the transport below yamux (a *tls.Conn with TLS)
-	ys      *yamux.Session
-	peer    Hello
-	streams [3]*Stream
-
-	mu  sync.Mutex
-	err error // first reason the session died; guarded by mu
-
-	watchDone chan struct{} // closed when the watch goroutine returns
-}
-
-// Peer returns the peer's Hello.
-func (s *Session) Peer() Hello { return s.peer }
-
-// Control returns the control stream (State, Ping, Refuse, SyncStart, Bitmap...).
-func (s *Session) Control() *Stream { return s.streams[StreamControl] }
-
-// Data returns the data stream (Write, Ack, Flush, FlushAck).
-func (s *Session) Data() *Stream { return s.streams[StreamData] }
-
-// Resync returns the resync stream (ResyncData, ResyncAck, Checksum*).
-func (s *Session) Resync() *Stream { return s.streams[StreamResync] }
-
-// RemoteAddr returns the peer's transport address.
-func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
-
-// Done is closed when the session dies (either side, any stream error).
-func (s *Session) Done() <-chan struct{} { return s.ys.CloseChan() }
-
-// Err returns nil while the session is alive, then the first reason it
-// died; it wraps ErrClosed after a local Close.
-func (s *Session) Err() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err == nil && s.closed() {
-		return ErrClosed
-	}
-	return s.err
-}
-
-// Close closes the session and its transport, and waits for the session's
-// goroutines. Pending and later Send and Recv calls fail with ErrClosed.
-func (s *Session) Close() error {
-	s.fail(fmt.Errorf("%w locally", ErrClosed))
-	s.wait()
-	return nil
-}
-
-// wait waits for the session's goroutines (watch, stream flushers) after
-// the yamux session was closed.
-func (s *Session) wait() {
-	if s.watchDone != nil {
-		<-s.watchDone
-	}
-	for _, st := range s.streams {
-		if st != nil {
-			<-st.flusherDone
-		}
-	}
-}
-
-func (s *Session) closed() bool { return s.ys.IsClosed() }
-
-// fail records err (if it is the first) and closes the yamux session, which
-// closes the transport.
-func (s *Session) fail(err error) {
-	s.mu.Lock()
-	if s.err == nil {
-		s.err = err
-	}
-	s.mu.Unlock()
-	s.ys.Close()
-}
-
-// refuseGrace bounds the Refuse sent to a peer that broke the protocol.
-const refuseGrace = 500 * time.Millisecond
-
-// refuse tells the peer, best effort and without waiting for other senders,
-// why the session is about to be closed: a Refuse with RefuseProtocol on
-// the control stream. The caller closes the session next.
-func (s *Session) refuse(err error) {
-	ctl := s.Control()
-	if ctl == nil {
-		return
-	}
-	ctl.trySendNow(&Refuse{Code: RefuseProtocol, Reason: "invalid frame received: " + err.Error()}, refuseGrace)
-}
-
-// watch owns no stream: it refuses streams the peer opens after the
-// handshake and records why yamux shut down. Close waits for it.
-func (s *Session) watch() {
-	defer close(s.watchDone)
-	for {
-		st, err := s.ys.AcceptStream()
-		if err != nil {
-			s.mu.Lock()
-			if s.err == nil {
-				s.err = fmt.Errorf("%w: %v", ErrClosed, err)
-			}
-			s.mu.Unlock()
-			return
-		}
-		st.Close()
-		s.fail(fmt.Errorf("%w: peer opened an extra stream", ErrUnexpected))
-	}
 }
 
 // Handshake runs on a freshly dialed (dialer=true) or accepted (dialer=false)
