@@ -258,18 +258,21 @@ func (s *Store) roundLocked() bool {
 	// concurrent MarkOutOfSync either sees the extent not hot or has already
 	// set its bits here.
 	var snap []uint64
+	var chunks []int
 	for _, v := range victimList {
 		if s.extentUnpersistedLocked(int64(v)) {
 			snap = make([]uint64, len(s.disk))
 			s.bm.snapshotInto(snap)
+			chunks = s.changedChunksLocked(snap)
 			break
 		}
 	}
 	s.busy = true
 	s.mu.Unlock()
 	var bmErr, alErr error
+	var written int
 	if snap != nil {
-		bmErr = s.writeBitmap(snap)
+		written, bmErr = s.writeChunks(snap, chunks)
 	}
 	if bmErr == nil {
 		alErr = s.writeAL(alState{seq: s.alSeq + 1, extents: newMembers})
@@ -277,7 +280,9 @@ func (s *Store) roundLocked() bool {
 	s.mu.Lock()
 	s.busy = false
 	defer s.cv.Broadcast()
-	s.applyBitmapWriteLocked(snap, bmErr)
+	if snap != nil {
+		s.applyChunksLocked(snap, chunks, written, bmErr)
+	}
 	switch {
 	case bmErr != nil:
 		// The AL was not written: the victims are still in it.
@@ -304,22 +309,6 @@ func (s *Store) roundLocked() bool {
 		}
 	}
 	return true
-}
-
-// applyBitmapWriteLocked updates s.disk after writing snap (nil: no write).
-// On failure the file holds the old or the new content: only bits in both
-// are known durable.
-func (s *Store) applyBitmapWriteLocked(snap []uint64, err error) {
-	if snap == nil {
-		return
-	}
-	if err == nil {
-		s.disk = snap
-		return
-	}
-	for i := range s.disk {
-		s.disk[i] &= snap[i]
-	}
 }
 
 func (s *Store) setMembersLocked(m []uint64) {
@@ -370,10 +359,11 @@ func (s *Store) persistBitmapLocked() error {
 	s.outside.Store(false) // before the snapshot: a later mark sets it again
 	snap := make([]uint64, len(s.disk))
 	s.bm.snapshotInto(snap)
+	chunks := s.changedChunksLocked(snap)
 	s.mu.Unlock()
-	err := s.writeBitmap(snap)
+	n, err := s.writeChunks(snap, chunks)
 	s.mu.Lock()
-	s.applyBitmapWriteLocked(snap, err)
+	s.applyChunksLocked(snap, chunks, n, err)
 	if err != nil {
 		s.outside.Store(true)
 	}

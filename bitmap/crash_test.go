@@ -22,8 +22,8 @@ import (
 // crash inside that Open must not lose anything either.
 
 // Geometry: 127 blocks of 512 bytes (the last partial) in 16 extents of 4 KiB,
-// an activity log of 4 extents.
-var crashGeo = Options{Size: 63*1024 + 300, BitmapBlock: 512, ExtentSize: 4096, ALExtents: 4}
+// an activity log of 4 extents, the bitmap in two chunk files of one word.
+var crashGeo = Options{Size: 63*1024 + 300, BitmapBlock: 512, ExtentSize: 4096, ALExtents: 4, chunkWords: 1}
 
 const crashSteps = 400
 
@@ -81,13 +81,16 @@ func (m *crashModel) pinnedExtents(off, n int64) int {
 func onDiskCover(fsys *MemFS) ([]bool, error) {
 	n := int(ceilDiv(crashGeo.Size, crashGeo.BitmapBlock))
 	cover := make([]bool, n)
-	bmData, ok := fsys.File(filepath.Join(tDir, BitmapFile))
-	if !ok {
-		return nil, errors.New("no bitmap file")
-	}
 	words := make([]uint64, ceilDiv(int64(n), 64))
-	if err := decodeBitmap(bmData, crashGeo.Size, crashGeo.BitmapBlock, words); err != nil {
-		return nil, err
+	for i := range words { // one word per chunk
+		data, ok := fsys.File(filepath.Join(tDir, chunkFile(i)))
+		if !ok {
+			return nil, fmt.Errorf("no bitmap chunk %d", i)
+		}
+		c := bmChunk{size: crashGeo.Size, block: crashGeo.BitmapBlock, nwords: int64(len(words)), chunkWords: 1, first: int64(i)}
+		if err := decodeBitmapChunk(data, c, words[i:i+1]); err != nil {
+			return nil, err
+		}
 	}
 	for b := range n {
 		cover[b] = words[b/64]&(1<<uint(b%64)) != 0
@@ -258,7 +261,7 @@ func checkReopen(t *testing.T, what string, fsys *MemFS, need []bool, creation b
 }
 
 // creationOps is the number of durable operations of the first Open.
-const creationOps = 4 // mkdir, bitmap, al, meta
+const creationOps = 5 // mkdir, bitmap.0, bitmap.1, al, meta
 
 func TestCrashLoop(t *testing.T) {
 	seeds := []uint64{1, 2, 3, 4, 5}

@@ -88,7 +88,10 @@
 //	meta   "URBDMETA": node id u64, size i64, bitmap block i64, extent size i64,
 //	       uuid current, bitmap, history[0], history[1] u64, peer node id u64,
 //	       reserved u64, flags u32, role (len u8 + bytes), disk (len u8 + bytes)
-//	bitmap "URBDBMAP": size i64, block i64, nwords u64, words [nwords]u64
+//	bitmap.I "URBDBMAP": size i64, block i64, nwords u64, chunk words u64,
+//	       first u64, count u64, words [count]u64
+//	       (chunk I holds words [I*chunk, I*chunk+count) of the bitmap; a
+//	       chunk is 8192 words = 64 KiB = 2 GiB of disk at 4 KiB per bit)
 //	al     "URBDALOG": flags u32 (1 = clean), seq u64, size i64, extent i64,
 //	       count u32, extents [count]u64
 //
@@ -108,7 +111,11 @@
 // A newly hot extent: one AL file write (a few KiB: temp file, fsync, rename,
 // directory fsync; ~4 ms on this machine's virtio disk), shared by every
 // BeginWrite waiting at that moment. An eviction of an extent with bits not yet
-// on disk adds one whole-bitmap write (32 MiB per TiB at 4 KiB blocks).
+// on disk first rewrites the bitmap chunks that changed (usually the one
+// 64 KiB chunk holding the extent). A bitmap write only rewrites chunks that
+// differ from what is on disk; each chunk file is atomic on its own, and any
+// mix of old and new chunks after a crash is still a superset (every chunk
+// held enough for the activity log of its time).
 //
 // # Concurrency
 //

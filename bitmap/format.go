@@ -31,9 +31,12 @@ const (
 	metaBodyLen = 8*10 + 4
 	maxMetaLen  = headerLen + metaBodyLen + 2*(1+maxStateString) + crcLen
 
-	bmBodyLen   = 8 * 3 // size, block, nwords
+	bmBodyLen   = 8 * 6 // size, block, nwords, chunk words, first, count
 	alBodyLen   = 4 + 8 + 8 + 8 + 4
 	alFlagClean = 1 << 0
+
+	// defaultChunkWords is the bitmap chunk: 64 KiB, 2 GiB of disk at 4 KiB.
+	defaultChunkWords = 8192
 
 	// MaxBlocks bounds the bitmap: 2^33 blocks is a 1 GiB bitmap file,
 	// 32 TiB of disk at 4 KiB per bit.
@@ -190,50 +193,68 @@ func decodeMeta(data []byte) (Meta, error) {
 
 // ---- bitmap ----
 
-func bmFileLen(nwords int64) int64 { return headerLen + bmBodyLen + 8*nwords + crcLen }
+// The bitmap is stored in chunks of chunkWords words, chunk i in the file
+// "bitmap.i", so that persisting the bits of one extent rewrites one small
+// file, not the whole bitmap. Each chunk file repeats the geometry and its
+// place, and is checked against what the store expects.
 
-func encodeBitmap(size, block int64, words []uint64) []byte {
+// bmChunk describes one chunk: words [first, first+count) of nwords.
+type bmChunk struct {
+	size, block int64 // disk geometry
+	nwords      int64 // words of the whole bitmap
+	chunkWords  int64 // words per chunk (the last chunk may be shorter)
+	first       int64 // first word of this chunk
+}
+
+func (c bmChunk) count() int64 { return min(c.chunkWords, c.nwords-c.first) }
+
+func bmFileLen(count int64) int64 { return headerLen + bmBodyLen + 8*count + crcLen }
+
+// encodeBitmapChunk encodes words (len c.count()) as chunk c.
+func encodeBitmapChunk(c bmChunk, words []uint64) []byte {
 	b := make([]byte, 0, bmFileLen(int64(len(words))))
 	b = putHeader(b, bmMagic)
 	le := binary.LittleEndian
-	b = le.AppendUint64(b, uint64(size))
-	b = le.AppendUint64(b, uint64(block))
-	b = le.AppendUint64(b, uint64(len(words)))
+	for _, v := range []int64{c.size, c.block, c.nwords, c.chunkWords, c.first, int64(len(words))} {
+		b = le.AppendUint64(b, uint64(v))
+	}
 	for _, w := range words {
 		b = le.AppendUint64(b, w)
 	}
 	return finish(b)
 }
 
-// decodeBitmap parses a bitmap file written for a disk of size bytes in blocks
-// of block bytes into dst (len = the number of words). dst is unchanged on
-// error; any defect wraps ErrCorrupt.
-func decodeBitmap(data []byte, size, block int64, dst []uint64) error {
-	nwords := int64(len(dst))
+// decodeBitmapChunk parses the file of chunk c into dst (len c.count()). dst
+// is unchanged on error; any defect wraps ErrCorrupt.
+func decodeBitmapChunk(data []byte, c bmChunk, dst []uint64) error {
+	count := c.count()
 	body, err := checkFrame(data, bmMagic, "bitmap", func(body []byte) (int, error) {
 		if len(body) < bmBodyLen {
 			return 0, fmt.Errorf("body of %d bytes is too short", len(body))
 		}
 		le := binary.LittleEndian
-		if s, bl := int64(le.Uint64(body)), int64(le.Uint64(body[8:])); s != size || bl != block {
-			return 0, fmt.Errorf("written for size %d block %d, expected size %d block %d", s, bl, size, block)
+		var got [6]int64
+		for i := range got {
+			got[i] = int64(le.Uint64(body[8*i:]))
 		}
-		if n := le.Uint64(body[16:]); n != uint64(nwords) {
-			return 0, fmt.Errorf("%d words, expected %d", n, nwords)
+		if want := [6]int64{c.size, c.block, c.nwords, c.chunkWords, c.first, count}; got != want {
+			return 0, fmt.Errorf("header (size, block, words, chunk words, first, count) %v, expected %v", got, want)
 		}
-		return int(bmFileLen(nwords)), nil
+		return int(bmFileLen(count)), nil
 	})
 	if err != nil {
 		return err
 	}
 	words := body[bmBodyLen:]
-	nbits := ceilDiv(size, block)
-	var tail uint64
-	if r := nbits & 63; r != 0 {
-		tail = ^uint64(0) << uint(r)
-	}
-	if nwords > 0 && binary.LittleEndian.Uint64(words[8*(nwords-1):])&tail != 0 {
-		return fmt.Errorf("%w: bitmap: bits set beyond the last block", ErrCorrupt)
+	if c.first+count == c.nwords { // the last chunk: no bits beyond the last block
+		nbits := ceilDiv(c.size, c.block)
+		var tail uint64
+		if r := nbits & 63; r != 0 {
+			tail = ^uint64(0) << uint(r)
+		}
+		if count > 0 && binary.LittleEndian.Uint64(words[8*(count-1):])&tail != 0 {
+			return fmt.Errorf("%w: bitmap: bits set beyond the last block", ErrCorrupt)
+		}
 	}
 	for i := range dst {
 		dst[i] = binary.LittleEndian.Uint64(words[8*i:])

@@ -9,6 +9,16 @@ import (
 	"testing"
 )
 
+// encodeBitmap and decodeBitmap handle a bitmap of at most defaultChunkWords
+// words, which is one chunk file.
+func encodeBitmap(size, block int64, words []uint64) []byte {
+	return encodeBitmapChunk(bmChunk{size: size, block: block, nwords: int64(len(words)), chunkWords: defaultChunkWords}, words)
+}
+
+func decodeBitmap(data []byte, size, block int64, dst []uint64) error {
+	return decodeBitmapChunk(data, bmChunk{size: size, block: block, nwords: int64(len(dst)), chunkWords: defaultChunkWords}, dst)
+}
+
 func sampleMeta() Meta {
 	return Meta{
 		NodeID: 0x1122334455667788, Size: 1 << 30, BitmapBlock: 4096, ExtentSize: 4 << 20,
@@ -153,7 +163,7 @@ func TestCorruptFileMeansAllDirty(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, file := range []string{MetaFile, BitmapFile, ALFile} {
+	for _, file := range []string{MetaFile, BitmapFile + ".0", ALFile} {
 		valid, _ := base.File(filepath.Join(tDir, file))
 		damages := corruptions(valid)
 		damages["missing"] = nil
@@ -190,14 +200,14 @@ func TestStaleTempFilesRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	fsys = fsys.Reboot()
-	fsys.SetFile(filepath.Join(tDir, ".bitmap12345"), []byte("half"))
+	fsys.SetFile(filepath.Join(tDir, ".bitmap.012345"), []byte("half"))
 	fsys.SetFile(filepath.Join(tDir, ".al-9"), []byte("half"))
 	fsys.SetFile(filepath.Join(tDir, ".alx"), []byte("keep"))
 	s2 := openMem(t, fsys, Options{})
 	if _, c := s2.Recovered(); c {
 		t.Fatal("temp files made Open report corruption")
 	}
-	for p, want := range map[string]bool{".bitmap12345": false, ".al-9": false, ".alx": true} {
+	for p, want := range map[string]bool{".bitmap.012345": false, ".al-9": false, ".alx": true} {
 		if _, ok := fsys.File(filepath.Join(tDir, p)); ok != want {
 			t.Errorf("%s present = %v, want %v", p, ok, want)
 		}
@@ -296,7 +306,7 @@ func FuzzOpenGarbage(f *testing.F) {
 	}
 	s.MarkOutOfSync(3<<20, 4096)
 	s.EndWrite(3<<20, 4096)
-	for i, name := range []string{MetaFile, BitmapFile, ALFile} {
+	for i, name := range []string{MetaFile, BitmapFile + ".0", ALFile} {
 		valid, _ := base.File(filepath.Join(tDir, name))
 		f.Add(uint8(i), valid)
 		for _, d := range corruptions(valid) {
@@ -304,7 +314,7 @@ func FuzzOpenGarbage(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
-		name := []string{MetaFile, BitmapFile, ALFile}[which%3]
+		name := []string{MetaFile, BitmapFile + ".0", ALFile}[which%3]
 		fsys := base.Reboot()
 		fsys.SetFile(filepath.Join(tDir, name), data)
 		opt := geo
@@ -322,7 +332,7 @@ func FuzzOpenGarbage(f *testing.F) {
 		switch name {
 		case MetaFile:
 			_, err = decodeMeta(data)
-		case BitmapFile:
+		case BitmapFile + ".0":
 			err = decodeBitmap(data, geo.Size, geo.BitmapBlock, make([]uint64, bm.NumWords()))
 		case ALFile:
 			_, err = decodeAL(data, geo.Size, geo.ExtentSize)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"math/bits"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +25,7 @@ const (
 // Names of the files in the metadata directory.
 const (
 	MetaFile   = "meta"
-	BitmapFile = "bitmap"
+	BitmapFile = "bitmap" // chunk i is the file "bitmap.i"
 	ALFile     = "al"
 )
 
@@ -75,6 +76,8 @@ type Options struct {
 	Size, BitmapBlock, ExtentSize int64
 	ALExtents                     int
 	FS                            FS
+
+	chunkWords int // bitmap words per chunk file; 0 is defaultChunkWords (tests use small chunks)
 }
 
 // Recovery is what Open found in the metadata directory.
@@ -119,6 +122,9 @@ type Store struct {
 	bitShift uint  // log2(extent/block): bits per extent = 1<<bitShift
 	nExt     int64 // extents of the disk
 	capacity int   // ALExtents
+
+	chunkWords int64 // bitmap words per chunk file
+	nChunks    int
 
 	bm *Bitmap
 	st []atomic.Uint64 // per-extent state, see stHot
@@ -198,7 +204,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		}
 	case errors.Is(err, fs.ErrNotExist):
 		// First creation, unless other files show metadata was here.
-		for _, f := range []string{BitmapFile, ALFile} {
+		for _, f := range []string{BitmapFile + ".0", ALFile} {
 			if _, e := fsys.ReadFile(filepath.Join(dir, f), 0); !errors.Is(e, fs.ErrNotExist) {
 				corrupt(MetaFile, errors.New("missing while "+f+" exists"))
 				break
@@ -230,7 +236,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		}
 	}
 
-	s := newStore(dir, fsys, meta, opt.ALExtents)
+	s := newStore(dir, fsys, meta, opt.ALExtents, opt.chunkWords)
 	removeTemps(fsys, dir)
 
 	// The bitmap and the activity log.
@@ -238,20 +244,28 @@ func Open(dir string, opt Options) (*Store, error) {
 	bmDirty := false // the bitmap needs rewriting
 	if rec.Created {
 		alDirty, bmDirty = true, true
+		for i := range s.disk { // every chunk differs: all are written
+			s.disk[i] = ^uint64(0)
+		}
 	} else {
 		words := make([]uint64, s.bm.NumWords())
-		data, err := fsys.ReadFile(filepath.Join(dir, BitmapFile), bmFileLen(int64(len(words))))
-		if err == nil {
-			err = decodeBitmap(data, s.size, s.block, words)
+		for i := range s.nChunks {
+			c := s.chunk(i)
+			p := filepath.Join(dir, chunkFile(i))
+			data, err := fsys.ReadFile(p, bmFileLen(c.count()))
+			if err == nil {
+				err = decodeBitmapChunk(data, c, words[c.first:c.first+c.count()])
+			}
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrCorrupt) {
+				corrupt(chunkFile(i), err)
+				break
+			} else if err != nil {
+				return nil, fmt.Errorf("bitmap: read %s: %w", p, err)
+			}
 		}
-		switch {
-		case err == nil:
+		if !rec.Corrupt {
 			s.bm.loadWords(words)
 			copy(s.disk, words)
-		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrCorrupt):
-			corrupt(BitmapFile, err)
-		default:
-			return nil, fmt.Errorf("bitmap: read %s: %w", filepath.Join(dir, BitmapFile), err)
 		}
 
 		data, err = fsys.ReadFile(filepath.Join(dir, ALFile), alFileLen(s.nExt))
@@ -277,6 +291,10 @@ func Open(dir string, opt Options) (*Store, error) {
 		if rec.Corrupt {
 			s.bm.SetAll()
 			bmDirty = true
+			// Nothing on disk is trusted: rewrite every chunk.
+			for i := range s.disk {
+				s.disk[i] = ^s.bm.words[i]
+			}
 		}
 	}
 
@@ -337,7 +355,10 @@ func newNodeID() uint64 {
 	}
 }
 
-func newStore(dir string, fsys FS, meta Meta, capacity int) *Store {
+func newStore(dir string, fsys FS, meta Meta, capacity, chunkWords int) *Store {
+	if chunkWords <= 0 {
+		chunkWords = defaultChunkWords
+	}
 	s := &Store{
 		dir:       dir,
 		fs:        fsys,
@@ -356,8 +377,17 @@ func newStore(dir string, fsys FS, meta Meta, capacity int) *Store {
 	s.bm = New(meta.Size, meta.BitmapBlock)
 	s.st = make([]atomic.Uint64, s.nExt)
 	s.disk = make([]uint64, s.bm.NumWords())
+	s.chunkWords = int64(chunkWords)
+	s.nChunks = int(ceilDiv(int64(len(s.disk)), s.chunkWords))
 	return s
 }
+
+// chunk describes bitmap chunk i.
+func (s *Store) chunk(i int) bmChunk {
+	return bmChunk{size: s.size, block: s.block, nwords: int64(len(s.disk)), chunkWords: s.chunkWords, first: int64(i) * s.chunkWords}
+}
+
+func chunkFile(i int) string { return BitmapFile + "." + strconv.Itoa(i) }
 
 // removeTemps deletes temp files left by writes interrupted by a crash
 // (renameio names them "." + name + digits). Best effort.
@@ -367,8 +397,7 @@ func removeTemps(fsys FS, dir string) {
 		return
 	}
 	for _, n := range names {
-		for _, f := range []string{MetaFile, BitmapFile, ALFile} {
-			p := "." + f
+		for _, p := range []string{"." + MetaFile, "." + BitmapFile + ".", "." + ALFile} {
 			if rest, ok := strings.CutPrefix(n, p); ok && rest != "" {
 				if _, err := strconv.ParseUint(strings.TrimPrefix(rest, "-"), 10, 64); err == nil {
 					_ = fsys.Remove(filepath.Join(dir, n))
@@ -461,24 +490,58 @@ func (s *Store) writeAL(st alState) error {
 	return nil
 }
 
-// writeBitmap writes words as the bitmap file. Called by the single runner.
-func (s *Store) writeBitmap(words []uint64) error {
-	p := filepath.Join(s.dir, BitmapFile)
-	if err := s.fs.WriteFileAtomic(p, encodeBitmap(s.size, s.block, words)); err != nil {
-		return fmt.Errorf("bitmap: write %s: %w", p, err)
+// changedChunksLocked lists the chunks where snap differs from what is known
+// to be on disk. s.mu held (s.disk).
+func (s *Store) changedChunksLocked(snap []uint64) []int {
+	var out []int
+	for i := range s.nChunks {
+		c := s.chunk(i)
+		if !slices.Equal(snap[c.first:c.first+c.count()], s.disk[c.first:c.first+c.count()]) {
+			out = append(out, i)
+		}
 	}
-	s.bmWrites.Add(1)
-	return nil
+	return out
 }
 
+// writeChunks writes the chunks of snap, in order, each as its own atomic
+// file, and returns how many were written before an error. Called by the
+// single runner without s.mu.
+func (s *Store) writeChunks(snap []uint64, chunks []int) (int, error) {
+	for n, i := range chunks {
+		c := s.chunk(i)
+		p := filepath.Join(s.dir, chunkFile(i))
+		if err := s.fs.WriteFileAtomic(p, encodeBitmapChunk(c, snap[c.first:c.first+c.count()])); err != nil {
+			return n, fmt.Errorf("bitmap: write %s: %w", p, err)
+		}
+		s.bmWrites.Add(1)
+	}
+	return len(chunks), nil
+}
+
+// applyChunksLocked records the outcome of writeChunks in s.disk: written
+// chunks hold snap; the chunk that failed holds the old or the new content,
+// so only bits in both are known durable.
+func (s *Store) applyChunksLocked(snap []uint64, chunks []int, written int, err error) {
+	for _, i := range chunks[:written] {
+		c := s.chunk(i)
+		copy(s.disk[c.first:c.first+c.count()], snap[c.first:c.first+c.count()])
+	}
+	if err != nil && written < len(chunks) {
+		c := s.chunk(chunks[written])
+		for w := c.first; w < c.first+c.count(); w++ {
+			s.disk[w] &= snap[w]
+		}
+	}
+}
+
+// persistBitmapOpen writes the changed chunks during Open (no concurrency yet).
 func (s *Store) persistBitmapOpen() error {
 	snap := make([]uint64, len(s.disk))
 	s.bm.snapshotInto(snap)
-	if err := s.writeBitmap(snap); err != nil {
-		return err
-	}
-	s.disk = snap
-	return nil
+	chunks := s.changedChunksLocked(snap)
+	n, err := s.writeChunks(snap, chunks)
+	s.applyChunksLocked(snap, chunks, n, err)
+	return err
 }
 
 // ---- out-of-sync marking ----

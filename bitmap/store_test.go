@@ -176,7 +176,7 @@ func TestEvictionPersistsBitmapFirst(t *testing.T) {
 	}
 	// The bitmap write comes before the AL write that drops dirty extent 0;
 	// dropping clean extent 1 needs no bitmap write.
-	if want := []string{"write bitmap", "write al", "write al"}; !slices.Equal(log, want) {
+	if want := []string{"write bitmap.0", "write al", "write al"}; !slices.Equal(log, want) {
 		t.Fatalf("log %v, want %v", log, want)
 	}
 	s2 := openMem(t, fsys.Reboot(), Options{})
@@ -472,4 +472,30 @@ func TestFailedALWriteIsReported(t *testing.T) {
 		t.Fatalf("retry: %v", err)
 	}
 	s.EndWrite(0, 4096)
+}
+
+// TestEvictionWritesOneChunk: with the bitmap in chunks, persisting the bits
+// of an evicted extent rewrites only that extent's chunk.
+func TestEvictionWritesOneChunk(t *testing.T) {
+	fsys := NewMemFS()
+	// 64 MiB in 4 KiB blocks: 256 words, 16 chunks of 16 words = one 4 MiB
+	// extent per chunk.
+	s := openMem(t, fsys, Options{Size: 64 * tMiB, ALExtents: 1, chunkWords: 16})
+	if err := s.BeginWrite(40*tMiB, 4096); err != nil {
+		t.Fatal(err)
+	}
+	s.MarkOutOfSync(40*tMiB, 4096)
+	s.EndWrite(40*tMiB, 4096)
+	start := fsys.Ops()
+	if err := s.BeginWrite(0, 4096); err != nil { // evicts extent 10
+		t.Fatal(err)
+	}
+	s.EndWrite(0, 4096)
+	if log, want := fsys.Log()[start:], []string{"write bitmap.10", "write al"}; !slices.Equal(log, want) {
+		t.Fatalf("log %v, want %v", log, want)
+	}
+	s2 := openMem(t, fsys.Reboot(), Options{chunkWords: 16})
+	if !s2.Bitmap().IsSet(40*tMiB, 1) || s2.Bitmap().DirtyBlocks() != 1+1024 { // + extent 0 from the log
+		t.Fatalf("after reopen: %d dirty blocks", s2.Bitmap().DirtyBlocks())
+	}
 }
