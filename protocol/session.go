@@ -42,6 +42,17 @@ func (s *Session) Resync() *Stream { return s.streams[StreamResync] }
 // RemoteAddr returns the peer's transport address.
 func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 
+// RTT measures one transport round trip with a yamux ping (answered by the
+// peer's yamux layer, not by the replication engine). It fails if no answer
+// comes within half the timeout or the session dies.
+func (s *Session) RTT() (time.Duration, error) {
+	d, err := s.ys.Ping()
+	if err != nil {
+		return 0, fmt.Errorf("protocol: ping: %w", err)
+	}
+	return d, nil
+}
+
 // Done is closed when the session dies (either side, any stream error).
 func (s *Session) Done() <-chan struct{} { return s.ys.CloseChan() }
 

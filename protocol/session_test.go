@@ -131,6 +131,9 @@ func TestSessionEndToEnd(t *testing.T) {
 	if m, err := a.Resync().Recv(); err != nil || len(m.(*ResyncData).Data) != 512 {
 		t.Fatalf("resync: %v %v", m, err)
 	}
+	if rtt, err := d.RTT(); err != nil || rtt <= 0 {
+		t.Fatalf("RTT: %v, %v", rtt, err)
+	}
 	// Done fires on peer close.
 	d.Close()
 	select {
