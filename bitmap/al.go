@@ -370,12 +370,14 @@ func (s *Store) persistBitmapLocked() error {
 	return err
 }
 
-// Sweep drops from the activity log every extent that is idle (no write in
-// flight, no BeginWrite waiting for it), untouched since the previous Sweep
-// and whose blocks are all in sync in memory, with one AL write. Bits marked
-// outside the log (see MarkOutOfSync) are persisted first. Call it
-// periodically (DRBD-like lazy clearing); it does nothing when nothing is to
-// be dropped.
+// Sweep drops from the activity log, with one AL write, every extent that is
+// idle (no write in flight, no BeginWrite served and waiting for it) and
+// untouched since the previous Sweep (DRBD-like lazy clearing; call it
+// periodically). Extents whose blocks are all in sync go at no extra cost; for
+// extents with out-of-sync bits (the peer failed or is gone), the bitmap
+// chunks holding bits not yet on disk are written first, so after a crash only
+// those blocks, not whole extents, are dirty. Marks made outside the log (see
+// MarkOutOfSync) are persisted too. It writes nothing when nothing changed.
 func (s *Store) Sweep() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -383,11 +385,7 @@ func (s *Store) Sweep() error {
 		return err
 	}
 	defer s.releaseLocked()
-	if s.outside.Load() {
-		if err := s.persistBitmapLocked(); err != nil {
-			return err
-		}
-	}
+	needBM := s.outside.Load()
 	var keep, victims []uint64
 	for _, e := range s.members {
 		p := &s.st[e]
@@ -407,9 +405,8 @@ func (s *Store) Sweep() error {
 				continue
 			}
 			// Not hot any more; now read the bits (see MarkOutOfSync).
-			if s.extentDirty(int64(e)) {
-				p.Store(stHot)
-				break
+			if s.extentUnpersistedLocked(int64(e)) {
+				needBM = true
 			}
 			dropped = true
 			break
@@ -420,6 +417,16 @@ func (s *Store) Sweep() error {
 			keep = append(keep, e)
 		}
 	}
+	if needBM {
+		// Releases s.mu during the I/O; the victims are not hot, so no
+		// write can start in them meanwhile.
+		if err := s.persistBitmapLocked(); err != nil {
+			for _, e := range victims {
+				s.st[e].Store(stHot) // still in the log on disk
+			}
+			return err
+		}
+	}
 	if len(victims) == 0 {
 		return nil
 	}
@@ -428,8 +435,8 @@ func (s *Store) Sweep() error {
 	err := s.writeAL(alState{seq: seq, extents: keep})
 	s.mu.Lock()
 	s.alSeq = seq
-	// On failure the dropped extents may or may not be in the log: they have
-	// no dirty bits, so treating them as gone is safe either way.
+	// On failure the dropped extents may or may not be in the log: their
+	// bits are on disk, so treating them as gone is safe either way.
 	s.setMembersLocked(keep)
 	return err
 }

@@ -42,7 +42,8 @@
 //  4. MarkInSync only clears memory; the on-disk bitmap keeps the bits until
 //     the next bitmap write. A superset on disk is always safe.
 //  5. Sweep drops idle extents (no write in flight, untouched since the
-//     previous Sweep) whose blocks are all in sync, with one AL write.
+//     previous Sweep) with one AL write; if one has bits not yet on disk, the
+//     changed bitmap chunks are written first (rule 3 again).
 //  6. Close persists the bitmap, then writes an empty AL marked clean.
 //  7. Open, after an unclean shutdown, writes the bitmap (with the AL extents
 //     marked) before it writes the AL without them; on creation it writes the

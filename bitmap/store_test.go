@@ -188,7 +188,7 @@ func TestEvictionPersistsBitmapFirst(t *testing.T) {
 	}
 }
 
-func TestSweepDropsIdleInSyncExtents(t *testing.T) {
+func TestSweepDropsIdleExtents(t *testing.T) {
 	fsys := NewMemFS()
 	s := openMem(t, fsys, Options{Size: 64 * tMiB})
 	for e := range int64(4) {
@@ -196,32 +196,42 @@ func TestSweepDropsIdleInSyncExtents(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s.MarkOutOfSync(0, 4096)
+	s.MarkOutOfSync(0, 4096) // the peer failed the write to extent 0
 	for e := range int64(3) {
 		s.EndWrite(e*4*tMiB, 4096)
 	}
 	// Every extent was touched: the first Sweep drops nothing.
-	al0, _ := s.Counters()
+	al0, bm0 := s.Counters()
 	if err := s.Sweep(); err != nil {
 		t.Fatal(err)
 	}
-	if al, _ := s.Counters(); al != al0 || s.HotExtents() != 4 {
-		t.Fatalf("first sweep: %d AL writes, %d hot", al-al0, s.HotExtents())
+	if al, bm := s.Counters(); al != al0 || bm != bm0 || s.HotExtents() != 4 {
+		t.Fatalf("first sweep: %d AL and %d bitmap writes, %d hot", al-al0, bm-bm0, s.HotExtents())
 	}
-	// Second Sweep: extents 1 and 2 are idle and in sync; 0 is dirty, 3 busy.
+	// Second Sweep: 0, 1 and 2 are idle (0 after persisting its bit); 3 is busy.
 	if err := s.Sweep(); err != nil {
 		t.Fatal(err)
 	}
-	if al, _ := s.Counters(); al != al0+1 || s.HotExtents() != 2 {
-		t.Fatalf("second sweep: %d AL writes, %d hot; want 1, 2", al-al0, s.HotExtents())
+	if al, bm := s.Counters(); al != al0+1 || bm != bm0+1 || s.HotExtents() != 1 {
+		t.Fatalf("second sweep: %d AL and %d bitmap writes, %d hot; want 1, 1, 1", al-al0, bm-bm0, s.HotExtents())
 	}
-	s.MarkInSync(0, 4096)
+	// A crash now: exactly the failed block and extent 3 are dirty.
+	s2 := openMem(t, fsys.Reboot(), Options{})
+	if got := s2.Bitmap().DirtyBytes(); got != 4096+4*tMiB || !s2.Bitmap().IsSet(0, 1) {
+		t.Fatalf("after a crash %d bytes dirty, want 4 KiB + one extent", got)
+	}
 	s.EndWrite(12*tMiB, 4096)
-	if err := s.Sweep(); err != nil { // 0 is in sync now, 3 idle: both go
+	if err := s.Sweep(); err != nil { // 3 is idle now and untouched since the last Sweep
 		t.Fatal(err)
 	}
 	if s.HotExtents() != 0 {
 		t.Fatalf("third sweep left %d hot", s.HotExtents())
+	}
+	if err := s.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if al, bm := s.Counters(); al != al0+2 || bm != bm0+1 {
+		t.Fatalf("idle sweeps wrote: %d AL, %d bitmap writes in all", al-al0, bm-bm0)
 	}
 }
 
