@@ -79,6 +79,19 @@ func (x *tnode) sawEvent(name string) bool {
 	return slices.Contains(x.events, name)
 }
 
+// eventCount returns how often the node fired the event.
+func (x *tnode) eventCount(name string) int {
+	x.evMu.Lock()
+	defer x.evMu.Unlock()
+	n := 0
+	for _, e := range x.events {
+		if e == name {
+			n++
+		}
+	}
+	return n
+}
+
 // waitEvent waits until the node fired the event (events come from their
 // own goroutines, so they may trail the state change).
 func (x *tnode) waitEvent(name string) {
@@ -607,6 +620,17 @@ func (p *linkProxy) pipe(src, dst net.Conn) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// reset closes every connection through the proxy (the peers see EOF at
+// once, as when a peer's host reboots); new connections are forwarded.
+func (p *linkProxy) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -787,4 +788,126 @@ func TestScenarioPrimaryCrashFailover(t *testing.T) {
 	if st := a.node.State(); st.Role != replica.Secondary || st.PeerRole != replica.Primary {
 		t.Fatalf("old primary after resync: %+v", st)
 	}
+}
+
+// TestScenarioProtocolAckPoints: with the secondary's disk write held, a
+// protocol A write returns after the hand-over to the socket and a protocol
+// B write after the peer's receipt, while a protocol C write waits for the
+// peer's disk.
+func TestScenarioProtocolAckPoints(t *testing.T) {
+	for _, tt := range []struct {
+		proto      byte
+		beforeDisk bool // returns while the peer's disk write is held
+	}{{'A', true}, {'B', true}, {'C', false}} {
+		t.Run(string(tt.proto), func(t *testing.T) {
+			o := nodeOpts{protocol: tt.proto}
+			a, b := cleanPair(t, o, o)
+			held := b.disk.holdWrites()
+			p := pattern("ack point", hBlock)
+			res := a.asyncWrite(9*hBlock, p)
+			<-held // the peer has the write and is writing it
+			if tt.beforeDisk {
+				if err := recvErr(t, "write", res); err != nil {
+					t.Fatal(err)
+				}
+				if got := b.read(9*hBlock, hBlock); string(got) == string(p) {
+					t.Fatal("the held write reached the peer's disk")
+				}
+			} else {
+				select {
+				case err := <-res:
+					t.Fatalf("protocol C write returned (%v) before the peer's disk write", err)
+				default:
+				}
+			}
+			b.disk.releaseWrites()
+			if !tt.beforeDisk {
+				if err := recvErr(t, "write", res); err != nil {
+					t.Fatal(err)
+				}
+				if got := b.read(9*hBlock, hBlock); string(got) != string(p) {
+					t.Fatal("protocol C write returned before it was on the peer's disk")
+				}
+			}
+			if err := a.node.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			a.waitStatus("peer done", func(s status.Resource) bool { return s.PeerPending == 0 })
+			sameDisks(t, a, b)
+		})
+	}
+}
+
+// TestScenarioVerifyOnSecondaryResyncsFromPrimary: verify run on the
+// secondary marks the block it finds changed on its own disk; the nodes
+// reconnect and the primary copies it back.
+func TestScenarioVerifyOnSecondaryResyncsFromPrimary(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(30*hBlock, pattern("primary data", 2*hBlock))
+	b.poke(31*hBlock, []byte("changed behind the engine"))
+	if err := b.node.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor("disks identical", func() bool { return firstDiff(a.image(), b.image()) < 0 })
+	a.waitInSync()
+	b.waitInSync()
+	if st := a.node.State(); st.Role != replica.Primary {
+		t.Fatalf("primary after a verify on the secondary: %+v", st)
+	}
+}
+
+// TestScenarioFlappingLinkUnderLoad: the link is reset again and again while
+// writers keep writing (overlapping blocks, FUA writes included); every write
+// succeeds, each reconnect resyncs what the writes alone changed while the
+// load goes on, and at the end both disks are identical.
+func TestScenarioFlappingLinkUnderLoad(t *testing.T) {
+	o := nodeOpts{viaProxy: true}
+	a, b := cleanPair(t, o, o)
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	errs := make(chan error, 4)
+	var writes atomic.Int64
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				off := int64((w*7+i*13)%64) * hBlock // 64 hot blocks, shared
+				if err := a.node.WriteAt(ctx, pattern(fmt.Sprintf("flap %d/%d", w, i), hBlock+512*(i%3)), off, i%7 == 0); err != nil {
+					if ctx.Err() == nil {
+						errs <- err
+					}
+					return
+				}
+				writes.Add(1)
+			}
+		}()
+	}
+	for round := range 4 {
+		n := writes.Load()
+		a.waitFor("writes while connected", func() bool { return writes.Load() > n+20 })
+		a.proxy.reset()
+		b.proxy.reset()
+		a.waitFor("the loss noticed", func() bool { return a.eventCount("peer-lost") > round })
+		n = writes.Load()
+		a.waitFor("writes after the reset", func() bool { return writes.Load() > n+20 })
+		a.waitInSync()
+		b.waitInSync()
+		if st := b.node.State(); st.Role != replica.Secondary || st.PeerRole != replica.Primary {
+			t.Fatalf("round %d: secondary %+v", round, st)
+		}
+	}
+	stop()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sameDisks(t, a, b)
 }
