@@ -26,7 +26,7 @@
 //   - Send of a small frame returns once the frame is queued in the stream's
 //     coalescing buffer; the stream's flusher goroutine hands it to yamux
 //     right away (in the same write as any frames queued meanwhile). A frame
-//     with a payload over 16 KiB, and a Refuse, are handed to yamux before
+//     with a payload over 64 KiB, and a Refuse, are handed to yamux before
 //     Send returns. Flush waits for everything queued. None of this means the
 //     peer received a frame; only an Ack, FlushAck or ResyncAck says that,
 //     and frames still queued when a session dies are lost with it.

@@ -20,7 +20,7 @@ const (
 	sendBufSize = 256 << 10
 	// inlineBulk is the largest bulk payload copied into the coalescing
 	// buffer; larger payloads are written to the transport without a copy.
-	inlineBulk = 16 << 10
+	inlineBulk = 64 << 10
 	// recvBufSize is the read-ahead of a Stream's receiver.
 	recvBufSize = 64 << 10
 	// minPayloadBuf is the smallest receive payload buffer allocated.
@@ -36,7 +36,7 @@ const (
 // goroutine at a time. Send and Recv may run concurrently.
 //
 // Batching: each Stream has a flusher goroutine that owns transport writes.
-// A small frame (fixed part plus payload up to 16 KiB) is encoded into a
+// A small frame (fixed part plus payload up to 64 KiB) is encoded into a
 // coalescing buffer and Send returns at once; the flusher writes the buffer
 // as soon as the previous write is done, so a lone frame leaves immediately
 // (no timer) and frames sent during a write leave together in the next one.
@@ -135,7 +135,7 @@ func (st *Stream) Name() string { return streamName(st.id) }
 // it returns). It accepts every message type of this package, as value or
 // pointer, and does not retain m or its payload after it returns. The
 // payload of a Write or ResyncData is copied at most once by this package
-// (up to 16 KiB into the coalescing buffer; larger payloads not at all).
+// (up to 64 KiB into the coalescing buffer; larger payloads not at all).
 //
 // An invalid message (ErrInvalid, ErrUnknownKind) is refused before anything
 // is queued and the stream stays usable. After a transport error, or once

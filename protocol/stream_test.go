@@ -219,7 +219,7 @@ func TestConcurrentSendOrder(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < each; i++ {
-				size := (i % 5) * 9000 // 0 .. 36000: inline and direct payloads
+				size := (i % 5) * 30000 // 0 .. 120000: inline and direct payloads
 				data := bytes.Repeat([]byte{byte(s)}, size)
 				err := st.Send(&Write{Seq: uint64(s)<<32 | uint64(i), Length: uint32(size), Data: data})
 				if err != nil {
@@ -239,7 +239,7 @@ func TestConcurrentSendOrder(t *testing.T) {
 			t.Fatalf("sender %d: frame %d after %d", s, i, next[s])
 		}
 		next[s]++
-		if len(w.Data) != int(i%5)*9000 || (len(w.Data) > 0 && (w.Data[0] != byte(s) || w.Data[len(w.Data)-1] != byte(s))) {
+		if len(w.Data) != int(i%5)*30000 || (len(w.Data) > 0 && (w.Data[0] != byte(s) || w.Data[len(w.Data)-1] != byte(s))) {
 			t.Fatalf("sender %d frame %d: bad data", s, i)
 		}
 	}
