@@ -109,6 +109,7 @@ func TestConcurrentSmallLogNoDeadlock(t *testing.T) {
 func TestConcurrentCrash(t *testing.T) {
 	const ext = 16 << 10
 	geo := Options{Size: 32 * ext, BitmapBlock: 1024, ExtentSize: ext, ALExtents: 4}
+	checked := int64(0) // blocks required to survive, over all crash points
 	for k := creationOps; k < creationOps+60; k++ {
 		fsys := NewMemFS()
 		fsys.CrashAfter(k, CrashOptions{Apply: k%2 == 0})
@@ -149,6 +150,7 @@ func TestConcurrentCrash(t *testing.T) {
 			t.Fatalf("k %d: no crash after %d ops", k, fsys.Ops())
 		}
 		s2 := openMem(t, fsys.Reboot(), geo)
+		checked += need.DirtyBlocks()
 		w := need.Words(0, need.NumWords())
 		have := s2.Bitmap().Words(0, need.NumWords())
 		for i := range w {
@@ -156,5 +158,8 @@ func TestConcurrentCrash(t *testing.T) {
 				t.Fatalf("k %d: word %d lost bits %#x after the crash", k, i, lost)
 			}
 		}
+	}
+	if checked == 0 {
+		t.Fatal("no crash point left a block that had to survive: the test checks nothing")
 	}
 }

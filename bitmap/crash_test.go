@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -275,6 +276,7 @@ func TestCrashLoop(t *testing.T) {
 		if total < 50 {
 			t.Fatalf("seed %d: only %d durable operations; the workload is too tame", seed, total)
 		}
+		nonEmpty := 0 // crash points where some block had to survive
 		for _, mode := range []CrashOptions{{}, {Apply: true}, {TornTemp: true}} {
 			for k := range total {
 				fsys := NewMemFS()
@@ -285,6 +287,9 @@ func TestCrashLoop(t *testing.T) {
 				}
 				what := fmt.Sprintf("seed %d crash after op %d %+v (last steps %v)", seed, k, mode, tail(trace, 4))
 				need := m.mayDiffer()
+				if slices.Contains(need, true) {
+					nonEmpty++
+				}
 				checkReopen(t, what, fsys.Reboot(), need, k < creationOps)
 				// A second crash inside the recovering Open.
 				for j := range 3 {
@@ -299,6 +304,9 @@ func TestCrashLoop(t *testing.T) {
 				}
 			}
 			t.Logf("seed %d mode %+v: %d crash points", seed, mode, total)
+		}
+		if nonEmpty < total {
+			t.Fatalf("seed %d: only %d of %d crash points had blocks that may differ", seed, nonEmpty, 3*total)
 		}
 	}
 }
