@@ -3,9 +3,11 @@ package bitmap
 import (
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -161,5 +163,76 @@ func TestConcurrentCrash(t *testing.T) {
 	}
 	if checked == 0 {
 		t.Fatal("no crash point left a block that had to survive: the test checks nothing")
+	}
+}
+
+// gateFS holds the first AL write after it is armed until gate is closed.
+type gateFS struct {
+	*MemFS
+	armed   atomic.Bool
+	once    sync.Once
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gateFS) WriteFileAtomic(path string, data []byte) error {
+	if g.armed.Load() && filepath.Base(path) == ALFile {
+		g.once.Do(func() {
+			close(g.entered)
+			<-g.gate
+		})
+	}
+	return g.MemFS.WriteFileAtomic(path, data)
+}
+
+// TestNewExtentsShareOneALWrite: while one AL write is in progress, ten
+// BeginWrite calls for ten other new extents (and two for the same one) queue
+// up; they are all served by a single second AL write.
+func TestNewExtentsShareOneALWrite(t *testing.T) {
+	g := &gateFS{MemFS: NewMemFS(), entered: make(chan struct{}), gate: make(chan struct{})}
+	s, err := Open(tDir, Options{Size: 64 * tMiB, FS: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.armed.Store(true)
+	al0, _ := s.Counters()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	begin := func(off int64) {
+		defer wg.Done()
+		if err := s.BeginWrite(off, 4096); err != nil {
+			errs <- err
+			return
+		}
+		s.EndWrite(off, 4096)
+	}
+	wg.Add(1)
+	go begin(0)
+	<-g.entered // the first AL write is in progress
+	offs := []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10}
+	for _, e := range offs {
+		wg.Add(1)
+		go begin(e * 4 * tMiB)
+	}
+	for { // until all of them queued behind the running write
+		s.mu.Lock()
+		n := len(s.queue)
+		s.mu.Unlock()
+		if n == 1+len(offs) {
+			break
+		}
+		runtime.Gosched()
+	}
+	close(g.gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if al, _ := s.Counters(); al-al0 != 2 {
+		t.Fatalf("%d AL writes, want 2 (the first, then one for all queued)", al-al0)
+	}
+	if s.HotExtents() != 11 {
+		t.Fatalf("%d hot extents, want 11", s.HotExtents())
 	}
 }
