@@ -26,7 +26,7 @@ func sampleMeta() Meta {
 		Role:       RolePrimary,
 		Disk:       DiskUpToDate,
 		PeerNodeID: 99,
-		Flags:      FlagCrashedPrimary | FlagPeerOutdated,
+		Flags:      1<<0 | 1<<2,
 	}
 }
 

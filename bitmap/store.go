@@ -39,13 +39,6 @@ const (
 	DiskOutdated     = "Outdated"
 )
 
-// Meta.Flags bits. The Store stores Flags but never interprets them.
-const (
-	FlagCrashedPrimary   uint32 = 1 << 0 // set while Primary, cleared on clean demotion/shutdown
-	FlagResyncInProgress uint32 = 1 << 1 // this node is a resync target that has not finished
-	FlagPeerOutdated     uint32 = 1 << 2 // the peer's disk is known to be Outdated
-)
-
 // UUIDs are the generation identifiers that decide the resync direction.
 type UUIDs struct {
 	Current uint64    // current data generation
@@ -65,7 +58,7 @@ type Meta struct {
 	Role        string // RolePrimary/RoleSecondary as last set by the operator; at most 32 printable ASCII bytes
 	Disk        string // DiskUpToDate, DiskInconsistent or DiskOutdated; at most 32 printable ASCII bytes
 	PeerNodeID  uint64
-	Flags       uint32 // Flag* bits
+	Flags       uint32 // the caller's bits (replica: was Primary, stopped cleanly); stored, never interpreted
 }
 
 // Options configure Open. Zero values take defaults: BitmapBlock and

@@ -38,7 +38,7 @@ func TestOpenCreatesAndReopens(t *testing.T) {
 	if s.Bitmap().DirtyBlocks() != 0 {
 		t.Fatalf("fresh bitmap has %d dirty blocks", s.Bitmap().DirtyBlocks())
 	}
-	m.Role, m.Disk, m.UUIDs.Current, m.Flags = RolePrimary, DiskUpToDate, 42, FlagCrashedPrimary
+	m.Role, m.Disk, m.UUIDs.Current, m.Flags = RolePrimary, DiskUpToDate, 42, 1
 	if err := s.SaveMeta(m); err != nil {
 		t.Fatal(err)
 	}
