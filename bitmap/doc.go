@@ -110,8 +110,9 @@
 //
 // A write to a hot extent: two CAS operations, ~45 ns (BenchmarkBeginEndHot).
 // A newly hot extent: one AL file write (a few KiB: temp file, fsync, rename,
-// directory fsync; ~4 ms on this machine's virtio disk), shared by every
-// BeginWrite waiting at that moment. An eviction of an extent with bits not yet
+// directory fsync; 2-4 ms on this machine's virtio disk), shared by every
+// BeginWrite waiting at that moment (32 writers to new extents: one AL write
+// per ~15 extents, 0.5 ms per extent; BenchmarkBeginEndColdOSFSParallel). An eviction of an extent with bits not yet
 // on disk first rewrites the bitmap chunks that changed (usually the one
 // 64 KiB chunk holding the extent). A bitmap write only rewrites chunks that
 // differ from what is on disk; each chunk file is atomic on its own, and any

@@ -509,3 +509,27 @@ func TestEvictionWritesOneChunk(t *testing.T) {
 		t.Fatalf("after reopen: %d dirty blocks", s2.Bitmap().DirtyBlocks())
 	}
 }
+
+// BenchmarkBeginEndColdOSFSParallel: concurrent writes to new extents on the
+// real file system share AL writes (reported as al-writes/op).
+func BenchmarkBeginEndColdOSFSParallel(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{Size: 64 << 30})
+	if err != nil {
+		b.Fatal(err)
+	}
+	al0, _ := s.Counters()
+	var next atomic.Int64
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			off := (next.Add(1) * 4 << 20) % (64 << 30)
+			if err := s.BeginWrite(off, 4096); err != nil {
+				b.Error(err)
+				return
+			}
+			s.EndWrite(off, 4096)
+		}
+	})
+	al, _ := s.Counters()
+	b.ReportMetric(float64(al-al0)/float64(b.N), "al-writes/op")
+}
