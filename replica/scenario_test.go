@@ -911,3 +911,80 @@ func TestScenarioFlappingLinkUnderLoad(t *testing.T) {
 	}
 	sameDisks(t, a, b)
 }
+
+// TestScenarioCrashMidWriteResyncsInFlightBlocks: a node is killed (kill -9)
+// while protocol C writes are in flight, and after its restart the pair
+// resyncs every block that may differ, so both disks end identical.
+//
+// primary: the link is cut, so the secondary never sees the writes the
+// primary already made locally; only the primary's activity log records
+// them, and it must bring them back as out of sync after the restart (the
+// restarted node comes back Secondary and is the resync source as the
+// crashed primary). secondary: the secondary dies while writing them; the
+// surviving primary completes them alone and marks them.
+func TestScenarioCrashMidWriteResyncsInFlightBlocks(t *testing.T) {
+	for _, victim := range []string{"primary", "secondary"} {
+		t.Run(victim, func(t *testing.T) {
+			o := nodeOpts{viaProxy: true}
+			a, b := cleanPair(t, o, o)
+			a.write(0, pattern("settled", 8*hBlock))
+			var held <-chan struct{}
+			if victim == "primary" {
+				a.proxy.cut.Store(true)
+				b.proxy.cut.Store(true)
+			} else {
+				held = b.disk.holdWrites()
+			}
+			const inflight = 4
+			var res []<-chan error
+			for i := range inflight {
+				// Spread over both activity-log extents.
+				off := int64(i)*(hDiskSize/inflight) + 5*hBlock
+				res = append(res, a.asyncWrite(off, pattern(fmt.Sprintf("in flight %d", i), 3*hBlock)))
+			}
+			if held != nil {
+				<-held
+			}
+			a.waitStatus("local writes done, peer writes pending", func(s status.Resource) bool {
+				return s.LocalPending == 0 && s.PeerPending == inflight
+			})
+			x, other := a, b
+			if victim == "secondary" {
+				x, other = b, a
+			}
+			x.crash()
+			if victim == "secondary" {
+				for i, ch := range res {
+					if err := recvErr(t, fmt.Sprintf("write %d", i), ch); err != nil {
+						t.Fatalf("write %d on the surviving primary: %v", i, err)
+					}
+				}
+			}
+			other.waitConn(replica.WFConnection)
+			if victim == "primary" {
+				if got := b.read(5*hBlock, 3*hBlock); string(got) == string(pattern("in flight 0", 3*hBlock)) {
+					t.Fatal("the cut link delivered a write")
+				}
+				a.proxy.cut.Store(false)
+				b.proxy.cut.Store(false)
+			}
+			x.start()
+			if victim == "primary" {
+				if st := a.node.State(); st.Role != replica.Secondary {
+					t.Fatalf("crashed primary came back as %v, want Secondary", st.Role)
+				}
+				if got := a.node.Status().OutOfSyncKiB; got == 0 {
+					t.Fatal("the restarted primary marks nothing out of sync")
+				}
+			}
+			a.waitInSync()
+			b.waitInSync()
+			sameDisks(t, a, b)
+			if victim == "primary" {
+				if err := a.node.Promote(false); err != nil {
+					t.Fatalf("promote the restarted node again: %v", err)
+				}
+			}
+		})
+	}
+}
