@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	"github.com/urbd/urbd/protocol"
@@ -117,9 +118,18 @@ func (s *session) dataLoop() error {
 				return err
 			}
 		case *protocol.Flush:
+			// Barrier: every write received before the flush is applied
+			// before the fdatasync starts.
+			unlock, err := s.applying.lock(s.ctx, 0, math.MaxInt64)
+			if err != nil {
+				return err
+			}
+			unlock()
 			s.n.stats.unacked.Add(1)
 			seq := m.Seq
+			s.wg.Add(1)
 			go func() {
+				defer s.wg.Done()
 				code := errCode(s.n.disk.Flush(s.ctx))
 				s.n.stats.unacked.Add(-1)
 				if err := st.Send(&protocol.FlushAck{Seq: seq, Err: code}); err != nil {
@@ -132,9 +142,14 @@ func (s *session) dataLoop() error {
 	}
 }
 
-// applyWrite writes one replicated write to the local disk (ordering rule 3:
-// called in stream order, one at a time) and answers it. A FUA write is
-// answered after a shared fdatasync, without holding up the next writes.
+// applyWorkers bounds the replicated writes applied at once on a secondary.
+const applyWorkers = 64
+
+// applyWrite starts applying one replicated write to the local disk and
+// answers it when done. It is called in stream order (ordering rule 3): a
+// write waits here for every earlier write it overlaps, so overlapping writes
+// land in the order the primary sent them, while the others are written in
+// parallel. A FUA write is answered after a shared fdatasync.
 func (s *session) applyWrite(w *protocol.Write) error {
 	select {
 	case <-s.ready:
@@ -156,8 +171,39 @@ func (s *session) applyWrite(w *protocol.Write) error {
 	if off < 0 || length < 0 || off+length > n.disk.Size() {
 		return st.Send(&protocol.Ack{Seq: w.Seq, Type: protocol.AckDone, Err: protocol.CodeInvalid})
 	}
+	select {
+	case s.workers <- struct{}{}:
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+	unlock, err := s.applying.lock(s.ctx, off, length)
+	if err != nil {
+		<-s.workers
+		return err
+	}
+	w = w.Clone() // Recv's buffer is reused by the next frame
 	n.stats.unacked.Add(1)
 	n.stats.netRecv.Add(uint64(len(w.Data)))
+	s.wg.Add(1) // called from dataLoop, itself counted: never races with Wait
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.workers }()
+		code := s.writeLocal(w, off, length)
+		unlock()
+		if code == protocol.CodeOK && w.Flags&protocol.FlagFUA != 0 {
+			code = errCode(n.disk.Flush(s.ctx))
+		}
+		n.stats.unacked.Add(-1)
+		if err := st.Send(&protocol.Ack{Seq: w.Seq, Type: protocol.AckDone, Err: code}); err != nil {
+			s.close(err)
+		}
+	}()
+	return nil
+}
+
+// writeLocal performs a replicated write, trim or zero on the local disk.
+func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
+	n := s.n
 	var err error
 	switch {
 	case w.Flags&protocol.FlagTrim != 0:
@@ -171,19 +217,7 @@ func (s *session) applyWrite(w *protocol.Write) error {
 	if err != nil {
 		n.store.MarkOutOfSync(off, length)
 	}
-	if w.Flags&protocol.FlagFUA != 0 && err == nil {
-		seq := w.Seq
-		go func() {
-			code := errCode(n.disk.Flush(s.ctx))
-			n.stats.unacked.Add(-1)
-			if err := st.Send(&protocol.Ack{Seq: seq, Type: protocol.AckDone, Err: code}); err != nil {
-				s.close(err)
-			}
-		}()
-		return nil
-	}
-	n.stats.unacked.Add(-1)
-	return st.Send(&protocol.Ack{Seq: w.Seq, Type: protocol.AckDone, Err: errCode(err)})
+	return errCode(err)
 }
 
 func errCode(err error) uint32 {
@@ -309,5 +343,5 @@ func (s *session) keepalive() error {
 
 // isClosedErr tells a normal end of a stream from a protocol failure.
 func isClosedErr(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, context.Canceled)
+	return errors.Is(err, io.EOF) || errors.Is(err, protocol.ErrClosed) || errors.Is(err, context.Canceled)
 }

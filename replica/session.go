@@ -47,6 +47,9 @@ type session struct {
 	syncDone   chan struct{}       // closed when the peer sent SyncDone
 	doneOnce   sync.Once
 
+	applying *rangeLock    // secondary: replicated writes being applied
+	workers  chan struct{} // secondary: one token per write being applied
+
 	wg       sync.WaitGroup // the session's goroutines
 	finished chan struct{}  // closed after cleanup, when every goroutine returned
 }
@@ -82,6 +85,8 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		ready:      make(chan struct{}),
 		syncDone:   make(chan struct{}),
 		finished:   make(chan struct{}),
+		applying:   newRangeLock(),
+		workers:    make(chan struct{}, applyWorkers),
 	}
 	s.touch()
 	return s
