@@ -12,16 +12,27 @@ import (
 	"github.com/urbd/urbd/protocol"
 )
 
-// controlLoop reads the control stream: peer states, pings, bitmaps, sync
-// start and end, refusals.
-func (s *session) controlLoop() error {
-	st := s.ps.Control()
+// readLoop receives frames from st and hands each to handle until either
+// fails. A message is valid only until handle returns (protocol.Stream.Recv
+// reuses its buffers).
+func (s *session) readLoop(st *protocol.Stream, handle func(protocol.Message) error) error {
 	for {
 		m, err := st.Recv()
 		if err != nil {
 			return err
 		}
 		s.touch()
+		if err := handle(m); err != nil {
+			return err
+		}
+	}
+}
+
+// controlLoop reads the control stream: peer states, pings, bitmaps, sync
+// start and end, refusals.
+func (s *session) controlLoop() error {
+	st := s.ps.Control()
+	return s.readLoop(st, func(m protocol.Message) error {
 		switch m := m.(type) {
 		case *protocol.State:
 			s.wantRecv.Store(m.Flags&flagWantReceived != 0)
@@ -47,7 +58,8 @@ func (s *session) controlLoop() error {
 		default:
 			return fmt.Errorf("replica: unexpected %T on the control stream", m)
 		}
-	}
+		return nil
+	})
 }
 
 // receiveBitmap merges a chunk of the peer's out-of-sync bitmap into ours.
@@ -97,12 +109,7 @@ func (s *session) sendBitmap() error {
 // answers to pending requests.
 func (s *session) dataLoop() error {
 	st := s.ps.Data()
-	for {
-		m, err := st.Recv()
-		if err != nil {
-			return err
-		}
-		s.touch()
+	return s.readLoop(st, func(m protocol.Message) error {
 		switch m := m.(type) {
 		case *protocol.Ack:
 			switch m.Type {
@@ -139,7 +146,8 @@ func (s *session) dataLoop() error {
 		default:
 			return fmt.Errorf("replica: unexpected %T on the data stream", m)
 		}
-	}
+		return nil
+	})
 }
 
 // applyWorkers bounds the replicated writes applied at once on a secondary.
@@ -232,12 +240,7 @@ func errCode(err error) uint32 {
 func (s *session) resyncLoop() error {
 	st := s.ps.Resync()
 	n := s.n
-	for {
-		m, err := st.Recv()
-		if err != nil {
-			return err
-		}
-		s.touch()
+	return s.readLoop(st, func(m protocol.Message) error {
 		switch m := m.(type) {
 		case *protocol.ResyncData:
 			off, length := int64(m.Offset), int64(len(m.Data))
@@ -284,7 +287,8 @@ func (s *session) resyncLoop() error {
 		default:
 			return fmt.Errorf("replica: unexpected %T on the resync stream", m)
 		}
-	}
+		return nil
+	})
 }
 
 // checksums answers a checksum request from the local disk.

@@ -120,54 +120,60 @@ func (r *request) wait(ctx context.Context, proto byte) bool {
 // sendWrite sends a replicated write, or returns nil when the session is not
 // replicating (closed, or still deciding).
 func (s *session) sendWrite(off, length int64, data []byte, flags uint32) *request {
-	r := &request{s: s, off: off, length: length, fua: flags&protocol.FlagFUA != 0,
-		sent: make(chan struct{}), received: make(chan struct{}), done: make(chan struct{})}
-	s.sendMu.Lock()
-	s.mu.Lock()
-	if s.closed || !s.live {
-		s.mu.Unlock()
-		s.sendMu.Unlock()
+	r := newRequest(s)
+	r.off, r.length, r.fua = off, length, flags&protocol.FlagFUA != 0
+	ok := s.send(r, func(seq uint64) protocol.Message {
+		return &protocol.Write{Seq: seq, Offset: uint64(off), Flags: flags, Length: uint32(length), Data: data}
+	})
+	if !ok {
 		return nil
 	}
-	s.seq++
-	r.seq = s.seq
-	s.pending[r.seq] = r
-	s.mu.Unlock()
-	s.n.stats.peerPending.Add(1)
-	w := &protocol.Write{Seq: r.seq, Offset: uint64(off), Flags: flags, Length: uint32(length), Data: data}
-	err := s.ps.Data().Send(w)
-	s.sendMu.Unlock()
-	if err != nil {
-		s.close(fmt.Errorf("sending write: %w", err))
-		return r // close failed it
-	}
 	s.n.stats.netSend.Add(uint64(len(data)))
-	close(r.sent)
 	return r
 }
 
-// sendFlush asks the peer to make everything it acknowledged durable.
+// sendFlush asks the peer to make everything it acknowledged durable, or
+// returns nil when the session is not replicating.
 func (s *session) sendFlush() *request {
-	r := &request{s: s, flush: true, sent: make(chan struct{}), received: make(chan struct{}), done: make(chan struct{})}
+	r := newRequest(s)
+	r.flush = true
+	if !s.send(r, func(seq uint64) protocol.Message { return &protocol.Flush{Seq: seq} }) {
+		return nil
+	}
+	return r
+}
+
+func newRequest(s *session) *request {
+	return &request{s: s, sent: make(chan struct{}), received: make(chan struct{}), done: make(chan struct{})}
+}
+
+// send gives r the next sequence number, registers it as pending and sends
+// the message built for that number, all in sequence order (ordering rule
+// 3). It returns false, with r untouched, when the session is not
+// replicating. A send error closes the session, which fails r.
+func (s *session) send(r *request, msg func(seq uint64) protocol.Message) bool {
 	s.sendMu.Lock()
 	s.mu.Lock()
 	if s.closed || !s.live {
 		s.mu.Unlock()
 		s.sendMu.Unlock()
-		return nil
+		return false
 	}
 	s.seq++
 	r.seq = s.seq
 	s.pending[r.seq] = r
 	s.mu.Unlock()
-	err := s.ps.Data().Send(&protocol.Flush{Seq: r.seq})
+	if !r.flush {
+		s.n.stats.peerPending.Add(1)
+	}
+	err := s.ps.Data().Send(msg(r.seq))
 	s.sendMu.Unlock()
 	if err != nil {
-		s.close(fmt.Errorf("sending flush: %w", err))
-		return r
+		s.close(fmt.Errorf("sending to the peer: %w", err))
+		return true
 	}
 	close(r.sent)
-	return r
+	return true
 }
 
 // complete finishes a request with the peer's verdict. A write the peer

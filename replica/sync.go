@@ -204,27 +204,8 @@ func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 
 // finishSyncSource completes a resync on this side and tells the target.
 func (n *Node) finishSyncSource(s *session) error {
-	n.mu.Lock()
-	n.uuids = n.uuids.SyncSourceDone()
-	n.progress = nil
-	n.recovered = false
-	n.setStateLocked("resync finished", func(st *State) { st.Conn = Connected; st.PeerDisk = UpToDate })
-	err := n.saveMetaLocked()
-	local := n.localSideLocked()
-	n.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	if err := n.store.PersistBitmap(); err != nil {
-		return err
-	}
-	if err := s.ps.Control().Send(&protocol.SyncDone{}); err != nil {
-		return err
-	}
-	s.sendState(local)
-	n.log.Info("resync finished", "direction", "SyncSource")
-	n.event("resync-done", map[string]string{"URBD_DIRECTION": "SyncSource"})
-	return nil
+	return n.completeSync(s, SyncSource, func(u UUIDs) UUIDs { return u.SyncSourceDone() },
+		func(st *State) { st.PeerDisk = UpToDate })
 }
 
 // waitSyncTarget waits for the source's SyncDone and makes this disk UpToDate.
@@ -245,11 +226,19 @@ func (n *Node) waitSyncTarget(s *session) error {
 	// that failed here since were marked on the source too: nothing is out
 	// of sync any more. Clearing bits is always safe for the crash invariant.
 	bm.ClearAll()
+	return n.completeSync(s, SyncTarget, func(u UUIDs) UUIDs { return u.SyncTargetDone(n.peerUUIDs) },
+		func(st *State) { st.Disk = UpToDate })
+}
+
+// completeSync ends a resync on this side: the UUID transition, Connected,
+// the metadata and bitmap made durable, and the new state sent to the peer
+// (the source also sends SyncDone first).
+func (n *Node) completeSync(s *session, role ConnState, uuids func(UUIDs) UUIDs, apply func(*State)) error {
 	n.mu.Lock()
-	n.uuids = n.uuids.SyncTargetDone(n.peerUUIDs)
+	n.uuids = uuids(n.uuids)
 	n.progress = nil
 	n.recovered = false
-	n.setStateLocked("resync finished", func(st *State) { st.Conn = Connected; st.Disk = UpToDate })
+	n.setStateLocked("resync finished", func(st *State) { st.Conn = Connected; apply(st) })
 	err := n.saveMetaLocked()
 	local := n.localSideLocked()
 	n.mu.Unlock()
@@ -259,9 +248,14 @@ func (n *Node) waitSyncTarget(s *session) error {
 	if err := n.store.PersistBitmap(); err != nil {
 		return err
 	}
+	if role == SyncSource {
+		if err := s.ps.Control().Send(&protocol.SyncDone{}); err != nil {
+			return err
+		}
+	}
 	s.sendState(local)
-	n.log.Info("resync finished", "direction", "SyncTarget")
-	n.event("resync-done", map[string]string{"URBD_DIRECTION": "SyncTarget"})
+	n.log.Info("resync finished", "direction", role.String())
+	n.event("resync-done", map[string]string{"URBD_DIRECTION": role.String()})
 	return nil
 }
 
