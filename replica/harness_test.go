@@ -45,6 +45,8 @@ type nodeOpts struct {
 	assumeClean bool
 	timeout     time.Duration // Config.Timeout; 0 = 2s
 	viaProxy    bool          // dial the peer through a linkProxy (x.proxy)
+	size        int64         // disk size; 0 = hDiskSize
+	secret      string        // Config.Secret; "" = none
 }
 
 // tnode is one in-process node with its files.
@@ -127,7 +129,7 @@ func newPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
 		if err := os.WriteFile(x.diskPath, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Truncate(x.diskPath, hDiskSize); err != nil {
+		if err := os.Truncate(x.diskPath, cmp.Or(x.opts.size, hDiskSize)); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(x.stop)
@@ -187,6 +189,7 @@ func (x *tnode) start() {
 		ListenPeer:        x.addr,
 		Peer:              x.peerAddr,
 		Timeout:           cmp.Or(x.opts.timeout, 2*time.Second),
+		Secret:            []byte(x.opts.secret),
 		SuspendOnPeerLoss: x.opts.suspend,
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/protocol"
 	"github.com/urbd/urbd/replica"
 	"github.com/urbd/urbd/status"
 )
@@ -36,6 +37,16 @@ func TestScenarioAssumeCleanConnectPromoteWrite(t *testing.T) {
 		}
 	}
 	sameDisks(t, a, b)
+	// The secondary serves no writes of its own.
+	for _, err := range []error{
+		b.node.WriteAt(context.Background(), pattern("x", hBlock), 0, false),
+		b.node.Trim(context.Background(), 0, hBlock, false),
+		b.node.WriteZeroes(context.Background(), 0, hBlock, false, false),
+	} {
+		if !errors.Is(err, nbd.ErrReadOnly) {
+			t.Fatalf("write on the secondary: %v, want nbd.ErrReadOnly", err)
+		}
+	}
 	if s := a.node.Status(); s.OutOfSyncKiB != 0 || s.NetSendKiB < 8*2*hBlock>>10 {
 		t.Fatalf("a status after mirrored writes: oos %d ns %d", s.OutOfSyncKiB, s.NetSendKiB)
 	}
@@ -245,6 +256,13 @@ func TestScenarioDisconnectWriteReconnectBitmapResync(t *testing.T) {
 	}
 	if got := a.node.Status().OutOfSyncKiB; got != 5*hBlock>>10 {
 		t.Fatalf("out of sync: %d KiB, want %d", got, 5*hBlock>>10)
+	}
+	flushes := a.disk.flushes.Load()
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatalf("Flush alone: %v", err)
+	}
+	if a.disk.flushes.Load() != flushes+1 {
+		t.Fatal("Flush alone did not flush the local disk")
 	}
 	recvBefore := b.node.Status().NetRecvKiB
 	if err := b.node.Connect(false); err != nil {
@@ -983,6 +1001,48 @@ func TestScenarioCrashMidWriteResyncsInFlightBlocks(t *testing.T) {
 			if victim == "primary" {
 				if err := a.node.Promote(false); err != nil {
 					t.Fatalf("promote the restarted node again: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestScenarioPeerRefusedBeforeDataMoves: a peer with another disk size, or
+// without the shared secret, is refused in the handshake: the nodes never
+// connect, the status says why, and the primary's writes reach only its own
+// disk (marked out of sync).
+func TestScenarioPeerRefusedBeforeDataMoves(t *testing.T) {
+	for _, tt := range []struct {
+		story  string
+		oa, ob nodeOpts
+		want   error
+	}{
+		{"other disk size", nodeOpts{assumeClean: true}, nodeOpts{assumeClean: true, size: hDiskSize / 2}, protocol.ErrSizeMismatch},
+		{"wrong secret", nodeOpts{assumeClean: true, secret: "correct horse"}, nodeOpts{assumeClean: true, secret: "battery staple"}, protocol.ErrAuth},
+		{"secret on one side only", nodeOpts{assumeClean: true, secret: "correct horse"}, nodeOpts{assumeClean: true}, protocol.ErrAuth},
+	} {
+		t.Run(tt.story, func(t *testing.T) {
+			a, b := newPair(t, tt.oa, tt.ob)
+			a.start()
+			b.start()
+			for _, x := range []*tnode{a, b} {
+				x.waitStatus("the refusal in the status", func(s status.Resource) bool {
+					return strings.Contains(s.Reason, tt.want.Error())
+				})
+			}
+			if err := a.node.Promote(false); err != nil {
+				t.Fatal(err)
+			}
+			a.write(0, pattern("alone", hBlock))
+			if got := a.node.Status().OutOfSyncKiB; got != hBlock>>10 {
+				t.Fatalf("out of sync %d KiB, want %d", got, hBlock>>10)
+			}
+			if got := b.read(0, hBlock); string(got) == string(pattern("alone", hBlock)) {
+				t.Fatal("a write reached the refused peer")
+			}
+			for _, x := range []*tnode{a, b} {
+				if st := x.node.State(); st.Conn.Connected() || st.PeerDisk != replica.DUnknown {
+					t.Fatalf("%s connected to a refused peer: %+v", x.label, st)
 				}
 			}
 		})
