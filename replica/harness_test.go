@@ -547,11 +547,14 @@ func (x *tnode) crash() {
 type linkProxy struct {
 	ln     net.Listener
 	target string
-	cut    atomic.Bool
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
+	cut    atomic.Bool // both directions
+	// cutFwd and cutBack drop one direction only: the bytes from the
+	// dialing node to the target, or back.
+	cutFwd, cutBack atomic.Bool
+	wg              sync.WaitGroup
+	mu              sync.Mutex
+	conns           map[net.Conn]struct{}
+	closed          bool
 }
 
 func startProxy(t *testing.T, target string) *linkProxy {
@@ -585,8 +588,8 @@ func (p *linkProxy) acceptLoop() {
 			return
 		}
 		p.wg.Add(2)
-		go p.pipe(c, d)
-		go p.pipe(d, c)
+		go p.pipe(c, d, &p.cutFwd)
+		go p.pipe(d, c, &p.cutBack)
 	}
 }
 
@@ -606,16 +609,17 @@ func (p *linkProxy) track(c ...net.Conn) bool {
 	return true
 }
 
-// pipe copies src to dst, dropping the bytes while the link is cut. When
+// pipe copies src to dst, dropping the bytes while the link or this
+// direction (cutDir) is cut. When
 // src ends, both ends are closed.
-func (p *linkProxy) pipe(src, dst net.Conn) {
+func (p *linkProxy) pipe(src, dst net.Conn, cutDir *atomic.Bool) {
 	defer p.wg.Done()
 	defer src.Close()
 	defer dst.Close()
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
-		if n > 0 && !p.cut.Load() {
+		if n > 0 && !p.cut.Load() && !cutDir.Load() {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}

@@ -1048,3 +1048,72 @@ func TestScenarioPeerRefusedBeforeDataMoves(t *testing.T) {
 		})
 	}
 }
+
+// TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss: writes the peer
+// wrote but has not flushed may vanish if the peer loses power, so on peer
+// loss they are marked out of sync with the ones in flight; after a Flush
+// (and for FUA writes) the peer's copy is durable and nothing is marked.
+func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
+	for _, tt := range []struct {
+		story   string
+		flush   bool
+		fua     bool
+		wantKiB uint64
+	}{
+		{"unflushed writes are marked", false, false, 5 * hBlock >> 10},
+		{"flushed writes are not", true, false, 0},
+		{"FUA writes are not", false, true, 0},
+	} {
+		t.Run(tt.story, func(t *testing.T) {
+			a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+			for i := range 5 {
+				if err := a.node.WriteAt(context.Background(), pattern(fmt.Sprintf("tl %d", i), hBlock), int64(i)*50*hBlock, tt.fua); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.flush {
+				if err := a.node.Flush(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := a.node.Status().OutOfSyncKiB; got != 0 {
+				t.Fatalf("out of sync while connected: %d KiB", got)
+			}
+			b.stop()
+			a.waitConn(replica.WFConnection)
+			if got := a.node.Status().OutOfSyncKiB; got != tt.wantKiB {
+				t.Fatalf("out of sync after peer loss: %d KiB, want %d", got, tt.wantKiB)
+			}
+			b.start()
+			a.waitInSync()
+			sameDisks(t, a, b)
+		})
+	}
+}
+
+// TestScenarioProtocolAPeerLossMarksQueuedWrites: protocol A acknowledges a
+// write once it is handed to the socket; when the peer dies before writing
+// them, those writes are marked out of sync and the resync delivers them.
+func TestScenarioProtocolAPeerLossMarksQueuedWrites(t *testing.T) {
+	o := nodeOpts{protocol: 'A'}
+	a, b := cleanPair(t, o, o)
+	held := b.disk.holdWrites()
+	const n = 6
+	for i := range n {
+		a.write(int64(i)*70*hBlock, pattern(fmt.Sprintf("queued %d", i), 2*hBlock))
+	}
+	<-held
+	if got := a.node.Status().PeerPending; got != n {
+		t.Fatalf("%d writes pending on the peer, want %d", got, n)
+	}
+	b.crash()
+	b.disk.releaseWrites()
+	a.waitConn(replica.WFConnection)
+	if got := a.node.Status().OutOfSyncKiB; got != n*2*hBlock>>10 {
+		t.Fatalf("out of sync after losing %d acknowledged, unwritten writes: %d KiB, want %d", n, got, n*2*hBlock>>10)
+	}
+	b.start()
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+}
