@@ -240,3 +240,56 @@ func TestRangeLockWakesAllWaiters(t *testing.T) {
 		<-done
 	}
 }
+
+// FuzzRangeLockModel drives the lock with a script of lock and unlock steps
+// and compares every attempt with a naive model: a list of held ranges, free
+// when none overlaps. Each step is three bytes: op (even lock, odd unlock),
+// offset and length in 512-byte units (length 1..16).
+func FuzzRangeLockModel(f *testing.F) {
+	f.Add([]byte{0, 0, 3, 0, 2, 3, 1, 0, 0, 0, 2, 3})
+	f.Add([]byte{0, 10, 5, 0, 15, 5, 0, 14, 1, 1, 0, 0, 0, 14, 1})
+	f.Add([]byte{0, 0, 15, 0, 16, 15, 0, 31, 15, 1, 1, 0, 0, 20, 2})
+	f.Fuzz(func(t *testing.T, script []byte) {
+		type rng struct {
+			off, end int64
+			unlock   func()
+		}
+		l := newRangeLock()
+		var held []rng
+		for i := 0; i+2 < len(script) && i < 3*200; i += 3 {
+			op, off, length := script[i], int64(script[i+1])*512, int64(script[i+2]%16+1)*512
+			if op%2 == 1 {
+				if len(held) == 0 {
+					continue
+				}
+				k := int(off/512) % len(held)
+				held[k].unlock()
+				held = append(held[:k], held[k+1:]...)
+				continue
+			}
+			want := true
+			for _, h := range held {
+				if h.off < off+length && off < h.end {
+					want = false
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // never wait: take it only if free now
+			unlock, err := l.lock(ctx, off, length)
+			if got := err == nil; got != want {
+				t.Fatalf("step %d: lock [%d,+%d) with %v held: got %v, model says %v", i/3, off, length, held, got, want)
+			}
+			if err == nil {
+				held = append(held, rng{off, off + length, unlock})
+			} else if !errors.Is(err, context.Canceled) {
+				t.Fatalf("step %d: %v", i/3, err)
+			}
+		}
+		for _, h := range held {
+			h.unlock()
+		}
+		if !tryLock(l, 0, 1<<20) {
+			t.Fatal("ranges left held after every unlock")
+		}
+	})
+}
