@@ -189,12 +189,9 @@ func (s *session) applyWrite(w *protocol.Write) error {
 		<-s.workers
 		return err
 	}
-	w = w.Clone() // Recv's buffer is reused by the next frame
 	n.stats.unacked.Add(1)
 	n.stats.netRecv.Add(uint64(len(w.Data)))
-	s.wg.Add(1) // called from dataLoop, itself counted: never races with Wait
-	go func() {
-		defer s.wg.Done()
+	apply := func(w *protocol.Write) {
 		defer func() { <-s.workers }()
 		code := s.writeLocal(w, off, length)
 		unlock()
@@ -205,9 +202,25 @@ func (s *session) applyWrite(w *protocol.Write) error {
 		if err := st.Send(&protocol.Ack{Seq: w.Seq, Type: protocol.AckDone, Err: code}); err != nil {
 			s.close(err)
 		}
+	}
+	if len(w.Data) > inlineApply && w.Flags&protocol.FlagFUA == 0 {
+		// Large writes are written from the receive buffer, without a copy:
+		// one at a time, which is enough to keep the disk busy.
+		apply(w)
+		return nil
+	}
+	w = w.Clone() // Recv's buffer is reused by the next frame
+	s.wg.Add(1)   // called from dataLoop, itself counted: never races with Wait
+	go func() {
+		defer s.wg.Done()
+		apply(w)
 	}()
 	return nil
 }
+
+// inlineApply is the largest write a secondary copies to apply it in
+// parallel with others; larger ones are applied in the receive loop.
+const inlineApply = 64 << 10
 
 // writeLocal performs a replicated write, trim or zero on the local disk.
 func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
@@ -312,6 +325,10 @@ func blockSums(buf []byte, bs int64) []protocol.Sum {
 	return sums
 }
 
+// peerFlushInterval is how often a primary asks the peer to flush what it
+// wrote, when the application did not.
+const peerFlushInterval = 5 * time.Second
+
 // keepalive pings the peer and declares it lost when nothing arrived within
 // the timeout. It also checkpoints the bitmap during a resync so an
 // interrupted resync resumes near where it stopped.
@@ -320,7 +337,7 @@ func (s *session) keepalive() error {
 	tick := time.NewTicker(max(timeout/4, 50*time.Millisecond))
 	defer tick.Stop()
 	var seq uint64
-	lastCkpt := time.Now()
+	lastCkpt, lastFlush := time.Now(), time.Now()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -332,6 +349,12 @@ func (s *session) keepalive() error {
 			seq++
 			if err := s.ps.Control().Send(&protocol.Ping{Seq: seq}); err != nil {
 				return err
+			}
+			if now.Sub(lastFlush) > peerFlushInterval {
+				// Like a journal commit: bound how much a crash of the
+				// peer's machine can take from its page cache.
+				lastFlush = now
+				s.flushPeer()
 			}
 			if now.Sub(lastCkpt) > 2*time.Second {
 				lastCkpt = now

@@ -32,7 +32,8 @@ type session struct {
 	err      error               // why it closed; guarded by mu
 	live     bool                // guarded by mu: application writes are replicated
 	pending  map[uint64]*request // guarded by mu
-	tlog     []tlEntry           // guarded by mu: done on the peer, not yet flushed there
+	tlog     *transferLog        // guarded by mu: done on the peer, not yet flushed there
+	flushing atomic.Bool         // a background peer flush is in flight
 	rsWait   map[uint64]chan uint32
 	sumWait  map[uint64]chan *protocol.ChecksumReply
 	rsSeq    atomic.Uint64
@@ -52,11 +53,6 @@ type session struct {
 
 	wg       sync.WaitGroup // the session's goroutines
 	finished chan struct{}  // closed after cleanup, when every goroutine returned
-}
-
-type tlEntry struct {
-	seq         uint64
-	off, length int64
 }
 
 // request is one write or flush sent to the peer.
@@ -86,6 +82,7 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		syncDone:   make(chan struct{}),
 		finished:   make(chan struct{}),
 		applying:   newRangeLock(),
+		tlog:       newTransferLog(n.store.ExtentSize()),
 		workers:    make(chan struct{}, applyWorkers),
 	}
 	s.touch()
@@ -189,26 +186,33 @@ func (s *session) complete(seq uint64, ok bool) {
 	delete(s.pending, seq)
 	if r.flush && ok {
 		// Everything answered before this flush is durable on the peer.
-		keep := s.tlog[:0]
-		for _, e := range s.tlog {
-			if e.seq > seq {
-				keep = append(keep, e)
-			}
-		}
-		s.tlog = keep
+		s.tlog.flushed(seq)
 	}
 	if !r.flush && ok && !r.fua {
-		s.tlog = append(s.tlog, tlEntry{seq: r.seq, off: r.off, length: r.length})
+		s.tlog.add(r.seq, r.off, r.length)
 	}
-	tlogLen := len(s.tlog)
 	s.mu.Unlock()
 	s.finish(r, ok)
-	if tlogLen > 4096 {
-		// Bound the transfer log: ask the peer to flush in the background.
-		if f := s.sendFlush(); f != nil {
-			go f.wait(s.ctx, 'C')
-		}
+}
+
+// flushPeer asks the peer, in the background, to make what it wrote durable,
+// so the transfer log empties. At most one such flush is in flight.
+func (s *session) flushPeer() {
+	s.mu.Lock()
+	idle := s.tlog.empty()
+	s.mu.Unlock()
+	if idle || !s.flushing.CompareAndSwap(false, true) {
+		return
 	}
+	f := s.sendFlush()
+	if f == nil {
+		s.flushing.Store(false)
+		return
+	}
+	go func() {
+		f.wait(s.ctx, 'C')
+		s.flushing.Store(false)
+	}()
 }
 
 func (s *session) finish(r *request, ok bool) {
@@ -246,8 +250,7 @@ func (s *session) close(err error) {
 	s.err = err
 	pend := s.pending
 	s.pending = map[uint64]*request{}
-	tl := s.tlog
-	s.tlog = nil
+	tl := s.tlog.ranges()
 	for seq, ch := range s.rsWait {
 		delete(s.rsWait, seq)
 		close(ch)

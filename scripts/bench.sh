@@ -8,6 +8,12 @@
 #   serve: `urbd serve` vs `nbdkit file` vs `qemu-nbd` on one 1 GiB file:
 #          4k randwrite QD32, 4k randread QD32, 1M seqwrite QD8,
 #          4k randwrite QD1 fsync=1; median of RUNS runs, ratio urbd/nbdkit.
+#   replication: standalone `urbd serve` vs two `urbd up` nodes on loopback
+#          with protocol C, B and A: 4k randwrite QD32, 1M seqwrite QD8,
+#          4k randwrite QD1 fsync=1; ratios to standalone.
+#   resync: unthrottled resync of 256 MiB vs nbdcopy of the same bytes
+#          between two exports; throttled accuracy at 10, 50, 200 MiB/s over
+#          10 s; time to resync 32 MiB changed in a 1 GiB disk.
 #
 # Environment: URBD (binary, default bin/urbd, built if missing), RUNS (3),
 # RUNTIME (seconds per fio run, 5), SIZE (1G), WORK (scratch dir), KEEP=1
@@ -27,6 +33,7 @@ die() { log "bench: $*"; exit 1; }
 
 cleanup() {
 	local p
+	declare -F cluster_down >/dev/null && cluster_down
 	for p in "${PIDS[@]}"; do
 		kill "$p" 2>/dev/null || true
 	done
@@ -198,8 +205,9 @@ bench_serve() {
 	PIDS=()
 }
 
-bench_replication() { log "replication: not written yet"; }
-bench_resync() { log "resync: not written yet"; }
+# The replication and resync sections (bench_replication, bench_resync).
+# shellcheck source=scripts/bench-cluster.sh
+. "$ROOT/scripts/bench-cluster.sh"
 
 main() {
 	local what=${1:-serve}

@@ -1,0 +1,212 @@
+# shellcheck shell=bash
+# Sourced by bench.sh: the replication and resync sections. Uses bench.sh's
+# helpers (log, die, need, make_disk, drop_cache, start_server, stop_server,
+# run_fio, median, ratio) and its variables (URBD, RUNS, RUNTIME, SIZE, WORK).
+
+# cluster_up PROTO SIZE [extra up flags...]: two fresh nodes on loopback
+# replicating r0 with --assume-clean; node a is Primary. Sets A_SOCK, B_SOCK,
+# A_DISK, B_DISK, A_RUN, B_RUN, CLUSTER_PIDS.
+cluster_up() {
+	local proto=$1 size=$2
+	shift 2
+	local dir=$WORK/cluster
+	cluster_down
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	A_DISK=$dir/a.img B_DISK=$dir/b.img A_SOCK=$dir/a.sock B_SOCK=$dir/b.sock
+	A_RUN=$dir/run-a B_RUN=$dir/run-b
+	make_disk "$A_DISK" "$size"
+	cp --sparse=never "$A_DISK" "$B_DISK"
+	local pa pb
+	pa=$(free_port) pb=$(free_port)
+	"$URBD" --run-dir "$A_RUN" up --disk "$A_DISK" --meta "$dir/meta-a" --nbd "unix:$A_SOCK" \
+		--listen-peer "127.0.0.1:$pa" --peer "127.0.0.1:$pb" --protocol "$proto" --assume-clean "$@" r0 2>>"$WORK/cluster-a.log" &
+	CLUSTER_PIDS=($!)
+	"$URBD" --run-dir "$B_RUN" up --disk "$B_DISK" --meta "$dir/meta-b" --nbd "unix:$B_SOCK" \
+		--listen-peer "127.0.0.1:$pb" --peer "127.0.0.1:$pa" --protocol "$proto" --assume-clean "$@" r0 2>>"$WORK/cluster-b.log" &
+	CLUSTER_PIDS+=($!)
+	wait_state "$A_RUN" "cs:Connected" 30
+	"$URBD" --run-dir "$A_RUN" primary r0 >/dev/null
+	wait_sock "$A_SOCK" "${CLUSTER_PIDS[0]}"
+}
+
+cluster_down() {
+	local p
+	for p in "${CLUSTER_PIDS[@]:-}"; do
+		[ -n "$p" ] && kill "$p" 2>/dev/null || true
+	done
+	for p in "${CLUSTER_PIDS[@]:-}"; do
+		[ -n "$p" ] && wait "$p" 2>/dev/null || true
+	done
+	CLUSTER_PIDS=()
+}
+
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_state RUN PATTERN SECONDS: wait until RUN/r0/status matches PATTERN.
+wait_state() {
+	local i
+	for i in $(seq $(($3 * 20))); do
+		grep -q -- "$2" "$1/r0/status" 2>/dev/null && return 0
+		sleep 0.05
+	done
+	die "timed out waiting for $2 in $1/r0/status: $(cat "$1/r0/status" 2>/dev/null)"
+}
+
+# oos_kib RUN: the out-of-sync KiB in RUN/r0/status.
+oos_kib() { sed -n 's/.*oos:\([0-9]*\).*/\1/p' "$1/r0/status"; }
+
+# in_sync RUN: true when Connected with no block out of sync.
+in_sync() { grep -q 'cs:Connected.*ds:UpToDate/UpToDate' "$1/r0/status" && [ "$(oos_kib "$1")" = 0 ]; }
+
+# now_ms: wall clock in milliseconds.
+now_ms() { date +%s%3N; }
+
+bench_replication() {
+	need fio nbdinfo numfmt python3
+	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
+	local tests=(
+		"4k randwrite QD32|wiops|IOPS|--rw=randwrite --bs=4k --iodepth=32"
+		"1M seqwrite QD8|wmibs|MiB/s|--rw=write --bs=1M --iodepth=8"
+		"4k randwrite QD1 fsync=1|wiops|IOPS|--rw=randwrite --bs=4k --iodepth=1 --fsync=1"
+	)
+	local modes=(standalone C B A)
+	declare -A res=()
+	local m t name metric unit args r disk sock
+	for m in "${modes[@]}"; do
+		if [ "$m" = standalone ]; then
+			disk=$WORK/standalone.img
+			make_disk "$disk" "$SIZE"
+			sock=$WORK/standalone.sock
+			start_server urbd "$disk" "$sock"
+		else
+			log "replication: protocol $m"
+			cluster_up "$m" "$SIZE"
+			disk=$A_DISK sock=$A_SOCK
+		fi
+		for t in "${tests[@]}"; do
+			IFS='|' read -r name metric unit args <<<"$t"
+			local vals=""
+			for r in $(seq "$RUNS"); do
+				drop_cache "$disk"
+				[ "$m" = standalone ] || drop_cache "$B_DISK"
+				# shellcheck disable=SC2086
+				vals+="$(run_fio "$sock" "$metric" $args)"$'\n'
+			done
+			res["$m|$name"]=$(printf '%s' "$vals" | grep -v '^$' | median)
+		done
+		if [ "$m" = standalone ]; then
+			stop_server "$SERVER_PID"
+		else
+			cluster_down
+		fi
+	done
+	printf '\n%-26s %6s %10s %10s %10s %10s %8s %8s %8s\n' "replication: test" unit standalone "proto C" "proto B" "proto A" C/alone B/alone A/alone
+	for t in "${tests[@]}"; do
+		IFS='|' read -r name metric unit args <<<"$t"
+		printf '%-26s %6s %10s %10s %10s %10s %8s %8s %8s\n' "$name" "$unit" "${res[standalone|$name]}" \
+			"${res[C|$name]}" "${res[B|$name]}" "${res[A|$name]}" \
+			"$(ratio "${res[C|$name]}" "${res[standalone|$name]}")" \
+			"$(ratio "${res[B|$name]}" "${res[standalone|$name]}")" \
+			"$(ratio "${res[A|$name]}" "${res[standalone|$name]}")"
+	done
+}
+
+# resync_run RATE DIRTY_ARGS...: disconnect, dirty the disk with fio, set the
+# rate, reconnect; prints the seconds until in sync and the MiB resynced.
+resync_run() {
+	local rate=$1
+	shift
+	"$URBD" --run-dir "$A_RUN" disconnect r0 >/dev/null
+	wait_state "$A_RUN" "cs:StandAlone" 10
+	fio --name=dirty --ioengine=nbd --uri="nbd+unix:///?socket=$A_SOCK" --size="$SIZE" "$@" >/dev/null 2>>"$WORK/fio.log"
+	local oos
+	oos=$(oos_kib "$A_RUN")
+	drop_cache "$A_DISK"
+	drop_cache "$B_DISK"
+	"$URBD" --run-dir "$A_RUN" adjust --resync-rate "$rate" r0 >/dev/null
+	local t0 t1
+	t0=$(now_ms)
+	"$URBD" --run-dir "$A_RUN" connect r0 >/dev/null
+	until in_sync "$A_RUN"; do sleep 0.02; done
+	t1=$(now_ms)
+	awk -v ms=$((t1 - t0)) -v kib="$oos" 'BEGIN { printf "%.2f %.0f\n", ms / 1000, kib / 1024 }'
+}
+
+# rate_run RATE_MIB: measure the resync rate over 10 s at RATE_MIB MiB/s.
+rate_run() {
+	local want=$1
+	local dirty=$((want * 14))
+	"$URBD" --run-dir "$A_RUN" disconnect r0 >/dev/null
+	wait_state "$A_RUN" "cs:StandAlone" 10
+	fio --name=dirty --ioengine=nbd --uri="nbd+unix:///?socket=$A_SOCK" --size="${dirty}M" \
+		--rw=write --bs=1M --iodepth=8 >/dev/null 2>>"$WORK/fio.log"
+	"$URBD" --run-dir "$A_RUN" adjust --resync-rate "${want}MiB" r0 >/dev/null
+	"$URBD" --run-dir "$A_RUN" connect r0 >/dev/null
+	wait_state "$A_RUN" "cs:SyncSource" 10
+	sleep 2
+	local o0 o1
+	o0=$(oos_kib "$A_RUN")
+	sleep 10
+	o1=$(oos_kib "$A_RUN")
+	awk -v a="$o0" -v b="$o1" 'BEGIN { printf "%.1f\n", (a - b) / 1024 / 10 }'
+	"$URBD" --run-dir "$A_RUN" adjust --resync-rate 0 r0 >/dev/null
+	until in_sync "$A_RUN"; do sleep 0.05; done
+}
+
+bench_resync() {
+	need fio nbdcopy nbdinfo numfmt python3
+	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
+	local saved=$SIZE r
+	SIZE=1G
+	cluster_up C "$SIZE"
+
+	# 1. Unthrottled resync of 256 MiB of dirty regions vs nbdcopy of the same bytes.
+	local urbd_rates="" copy_rates="" out secs mib
+	local src=$WORK/copy-src.img dst=$WORK/copy-dst.img
+	make_disk "$src" 256M
+	make_disk "$dst" 256M
+	start_server urbd "$src" "$WORK/copy-src.sock"
+	local src_pid=$SERVER_PID
+	start_server urbd "$dst" "$WORK/copy-dst.sock"
+	local dst_pid=$SERVER_PID
+	for r in $(seq "$RUNS"); do
+		out=$(resync_run 0 --rw=write --bs=1M --iodepth=8 --io_size=256M --offset=0)
+		read -r secs mib <<<"$out"
+		urbd_rates+="$(awk -v s="$secs" -v m="$mib" 'BEGIN { printf "%.0f", m / s }')"$'\n'
+		drop_cache "$src"
+		drop_cache "$dst"
+		local t0 t1
+		t0=$(now_ms)
+		nbdcopy "nbd+unix:///?socket=$WORK/copy-src.sock" "nbd+unix:///?socket=$WORK/copy-dst.sock" 2>>"$WORK/nbdcopy.log"
+		t1=$(now_ms)
+		copy_rates+="$(awk -v ms=$((t1 - t0)) 'BEGIN { printf "%.0f", 256 / (ms / 1000) }')"$'\n'
+	done
+	stop_server "$src_pid"
+	stop_server "$dst_pid"
+	local ur cr
+	ur=$(printf '%s' "$urbd_rates" | median)
+	cr=$(printf '%s' "$copy_rates" | median)
+	printf '\n%-44s %10s %10s %8s\n' "resync: test" urbd nbdcopy ratio
+	printf '%-44s %10s %10s %8s\n' "unthrottled resync of 256 MiB dirty (MiB/s)" "$ur" "$cr" "$(ratio "$ur" "$cr")"
+
+	# 2. Throttled accuracy over 10 s.
+	local want got
+	for want in 10 50 200; do
+		got=$(rate_run "$want")
+		printf '%-44s %10s %10s %8s\n' "throttled at $want MiB/s, measured over 10 s (MiB/s)" "$got" "-" "$(ratio "$got" "$want")"
+	done
+
+	# 3. 32 MiB changed at random 4 KiB offsets of a 1 GiB disk, default rate.
+	local times=""
+	for r in $(seq "$RUNS"); do
+		out=$(resync_run 100MiB --rw=randwrite --bs=4k --iodepth=16 --io_size=32M --norandommap)
+		read -r secs mib <<<"$out"
+		times+="$secs"$'\n'
+	done
+	printf '%-44s %10s %10s %8s\n' "32 MiB changed in 1 GiB, default rate (s)" "$(printf '%s' "$times" | median)" "-" "-"
+	cluster_down
+	SIZE=$saved
+}
