@@ -391,6 +391,7 @@ type testDisk struct {
 	maxInFlush atomic.Int64
 
 	mu          sync.Mutex
+	passWrites  int           // with writeGate: this many more writes pass first
 	writeGate   chan struct{} // non-nil: writes wait until it is closed
 	writeHeld   chan struct{} // receives one value per write that starts waiting
 	flushGate   chan struct{} // non-nil: flushes wait until it is closed
@@ -405,6 +406,15 @@ func (d *testDisk) holdWrites() <-chan struct{} {
 	d.writeGate = make(chan struct{})
 	d.writeHeld = make(chan struct{}, 1024)
 	return d.writeHeld
+}
+
+// holdWritesAfter is holdWrites after the next n writes have passed.
+func (d *testDisk) holdWritesAfter(n int) <-chan struct{} {
+	held := d.holdWrites()
+	d.mu.Lock()
+	d.passWrites = n
+	d.mu.Unlock()
+	return held
 }
 
 // releaseWrites lets held and later writes through.
@@ -440,6 +450,10 @@ func (d *testDisk) releaseFlushes() {
 func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	d.mu.Lock()
 	gate, held := d.writeGate, d.writeHeld
+	if gate != nil && d.passWrites > 0 {
+		d.passWrites--
+		gate = nil
+	}
 	d.mu.Unlock()
 	if gate != nil {
 		held <- struct{}{}

@@ -1117,3 +1117,38 @@ func TestScenarioProtocolAPeerLossMarksQueuedWrites(t *testing.T) {
 	b.waitInSync()
 	sameDisks(t, a, b)
 }
+
+// TestScenarioInterruptedResyncResumes: a full resync is cut off after the
+// target wrote three of its 1 MiB chunks; after the reconnect only the rest
+// is copied, not the whole disk again.
+func TestScenarioInterruptedResyncResumes(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(0, pattern("primary data", 256*hBlock))
+	held := b.disk.holdWritesAfter(3)
+	recv0 := b.node.Status().NetRecvKiB
+	if err := b.node.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	<-held // three chunks written, the fourth held
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	b.disk.releaseWrites()
+	a.waitConn(replica.WFConnection)
+	first := b.node.Status().NetRecvKiB - recv0
+	if first != 3<<10 {
+		t.Fatalf("before the cut the target took %d KiB, want 3 MiB", first)
+	}
+	if st := b.node.State(); st.Disk != replica.Inconsistent {
+		t.Fatalf("interrupted target: %+v", st)
+	}
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if second := b.node.Status().NetRecvKiB - recv0 - first; second != hDiskSize>>10-3<<10 {
+		t.Fatalf("the resumed resync copied %d KiB, want the remaining %d KiB", second, hDiskSize>>10-3<<10)
+	}
+}
