@@ -256,6 +256,9 @@ func (s *session) resyncLoop() error {
 	return s.readLoop(st, func(m protocol.Message) error {
 		switch m := m.(type) {
 		case *protocol.ResyncData:
+			if s.ctx.Err() != nil {
+				return s.ctx.Err() // the session ended: frames still buffered are dropped
+			}
 			off, length := int64(m.Offset), int64(len(m.Data))
 			code := protocol.CodeOK
 			if off < 0 || off+length > n.disk.Size() {

@@ -1130,6 +1130,15 @@ func TestScenarioInterruptedResyncResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-held // three chunks written, the fourth held
+	// The source learns of the three chunks from the target's answers; a
+	// resync resumes from what the source knows was copied.
+	deadline := time.Now().Add(10 * time.Second)
+	for a.node.Status().OutOfSyncKiB > hDiskSize>>10-3<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the source never saw the three chunks answered: oos %d KiB", a.node.Status().OutOfSyncKiB)
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err := b.node.Disconnect(); err != nil {
 		t.Fatal(err)
 	}
