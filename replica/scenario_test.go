@@ -1091,31 +1091,36 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 	}
 }
 
-// TestScenarioProtocolAPeerLossMarksQueuedWrites: protocol A acknowledges a
-// write once it is handed to the socket; when the peer dies before writing
-// them, those writes are marked out of sync and the resync delivers them.
-func TestScenarioProtocolAPeerLossMarksQueuedWrites(t *testing.T) {
-	o := nodeOpts{protocol: 'A'}
-	a, b := cleanPair(t, o, o)
-	held := b.disk.holdWrites()
-	const n = 6
-	for i := range n {
-		a.write(int64(i)*70*hBlock, pattern(fmt.Sprintf("queued %d", i), 2*hBlock))
+// TestScenarioEarlyAckPeerLossMarksUnwrittenWrites: protocol A acknowledges
+// a write once it is handed to the socket, B once the peer received it; when
+// the peer dies before writing them, those acknowledged writes are marked
+// out of sync and the resync delivers them.
+func TestScenarioEarlyAckPeerLossMarksUnwrittenWrites(t *testing.T) {
+	for _, proto := range []byte{'A', 'B'} {
+		t.Run(string(proto), func(t *testing.T) {
+			o := nodeOpts{protocol: proto}
+			a, b := cleanPair(t, o, o)
+			held := b.disk.holdWrites()
+			const n = 6
+			for i := range n {
+				a.write(int64(i)*70*hBlock, pattern(fmt.Sprintf("queued %d", i), 2*hBlock))
+			}
+			<-held
+			if got := a.node.Status().PeerPending; got != n {
+				t.Fatalf("%d writes pending on the peer, want %d", got, n)
+			}
+			b.crash()
+			b.disk.releaseWrites()
+			a.waitConn(replica.WFConnection)
+			if got := a.node.Status().OutOfSyncKiB; got != n*2*hBlock>>10 {
+				t.Fatalf("out of sync after losing %d acknowledged, unwritten writes: %d KiB, want %d", n, got, n*2*hBlock>>10)
+			}
+			b.start()
+			a.waitInSync()
+			b.waitInSync()
+			sameDisks(t, a, b)
+		})
 	}
-	<-held
-	if got := a.node.Status().PeerPending; got != n {
-		t.Fatalf("%d writes pending on the peer, want %d", got, n)
-	}
-	b.crash()
-	b.disk.releaseWrites()
-	a.waitConn(replica.WFConnection)
-	if got := a.node.Status().OutOfSyncKiB; got != n*2*hBlock>>10 {
-		t.Fatalf("out of sync after losing %d acknowledged, unwritten writes: %d KiB, want %d", n, got, n*2*hBlock>>10)
-	}
-	b.start()
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
 }
 
 // TestScenarioInterruptedResyncResumes: a full resync is cut off after the
