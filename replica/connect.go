@@ -40,6 +40,15 @@ func (n *Node) Run(ctx context.Context) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
+	// Run owns the session it started: end it before returning.
+	n.mu.Lock()
+	n.wantConn = false
+	s := n.sess
+	n.mu.Unlock()
+	if s != nil {
+		s.close(errors.New("shutting down"))
+		<-s.finished
+	}
 	return err
 }
 
@@ -235,7 +244,13 @@ func (n *Node) negotiate(s *session) error {
 	select {
 	case peerSt = <-s.peerStates:
 	case <-s.ctx.Done():
-		return s.ctx.Err()
+		// The peer may have sent its state and then hung up after
+		// deciding (a split brain): decide from that state too.
+		select {
+		case peerSt = <-s.peerStates:
+		default:
+			return s.ctx.Err()
+		}
 	}
 	peer := sideFromWire(peerSt, s.peer.NodeID)
 
@@ -263,6 +278,11 @@ func (n *Node) negotiate(s *session) error {
 			n.event("split-brain", map[string]string{"URBD_REASON": plan.Reason})
 		}
 		s.ps.Control().Send(&protocol.Refuse{Code: 0, Reason: plan.Decision.String() + ": " + plan.Reason})
+		s.ps.Control().Flush()
+		select { // the peer decides too, and hangs up
+		case <-s.ctx.Done():
+		case <-time.After(n.cfg.Timeout):
+		}
 		if plan.Decision == SplitBrain {
 			return fmt.Errorf("%w: %s", ErrSplitBrain, plan.Reason)
 		}
@@ -344,6 +364,14 @@ func (n *Node) followPeer(s *session) error {
 			peer := sideFromWire(st, s.peer.NodeID)
 			n.mu.Lock()
 			n.peerUUIDs = peer.UUIDs
+			if peer.Disk == UpToDate.String() && peer.UUIDs.Current == n.uuids.Current && n.uuids.Bitmap != 0 && n.st.Conn == Connected {
+				// The target confirmed the finished resync.
+				n.uuids = n.uuids.SyncSourceDone()
+				if err := n.saveMetaLocked(); err != nil {
+					n.mu.Unlock()
+					return err
+				}
+			}
 			n.setStateLocked("peer state changed", func(x *State) {
 				x.PeerRole = Secondary
 				if peer.Primary {
@@ -391,7 +419,9 @@ func (n *Node) sessionEnded(s *session, err error) {
 	s.mu.Lock()
 	wasConnected := s.live // the peer had our data until now
 	s.mu.Unlock()
-	if n.st.Role == Primary && wasConnected {
+	if n.st.Role == Primary && wasConnected && n.st.PeerDisk == UpToDate {
+		// Only a peer that held our current data needs a new generation
+		// to tell it apart; an Inconsistent target is fully resynced anyway.
 		n.uuids = n.uuids.NewCurrent(randomID())
 	}
 	reason := "peer connection lost: " + err.Error()

@@ -106,7 +106,14 @@ func (r *request) wait(ctx context.Context, proto byte) bool {
 	}
 	select {
 	case <-ch:
-		return true
+		// done is closed before received (see finish), so a failed
+		// request is never reported as taken.
+		select {
+		case <-r.done:
+			return r.ok
+		default:
+			return true
+		}
 	case <-r.done:
 		return r.ok
 	case <-ctx.Done():
@@ -224,8 +231,8 @@ func (s *session) finish(r *request, ok bool) {
 		s.n.stats.peerPending.Add(-1)
 	}
 	r.ok = ok
-	r.recvOnce.Do(func() { close(r.received) })
 	close(r.done)
+	r.recvOnce.Do(func() { close(r.received) })
 }
 
 func (s *session) markReceived(seq uint64) {

@@ -204,8 +204,10 @@ func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 
 // finishSyncSource completes a resync on this side and tells the target.
 func (n *Node) finishSyncSource(s *session) error {
-	return n.completeSync(s, SyncSource, func(u UUIDs) UUIDs { return u.SyncSourceDone() },
-		func(st *State) { st.PeerDisk = UpToDate })
+	// The Bitmap UUID is kept until the target confirms (followPeer): if
+	// SyncDone is lost, the next connection is still a bitmap resync.
+	return n.completeSync(s, SyncSource, func(u UUIDs) UUIDs { return u },
+		func(st *State) {})
 }
 
 // waitSyncTarget waits for the source's SyncDone and makes this disk UpToDate.
@@ -304,9 +306,9 @@ func (n *Node) Invalidate() error {
 func (n *Node) Verify() error {
 	n.mu.Lock()
 	s := n.sess
-	if s == nil || n.st.Conn != Connected {
+	if conn := n.st.Conn; s == nil || conn != Connected {
 		n.mu.Unlock()
-		return fmt.Errorf("%s: %w: verify needs a connected, idle peer (state %s)", n.cfg.Name, ErrNotConnected, n.st.Conn)
+		return fmt.Errorf("%s: %w: verify needs a connected, idle peer (state %s)", n.cfg.Name, ErrNotConnected, conn)
 	}
 	prog := resync.NewProgress(n.clock, n.disk.Size())
 	n.progress = prog

@@ -73,7 +73,7 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 //     peer answered or the write was marked out of sync.
 func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data []byte, flags uint32, local func(context.Context) error) error {
 	if err := n.CheckServe(); err != nil {
-		return fmt.Errorf("%w: %v", nbd.ErrReadOnly, err)
+		return fmt.Errorf("%w: %w", nbd.ErrReadOnly, err)
 	}
 	start := n.clock.Now()
 	n.stats.appPending.Add(1)
