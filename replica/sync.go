@@ -32,6 +32,8 @@ func (n *Node) runSyncSource(s *session) error {
 	}
 	n.log.Info("resync started", "direction", "SyncSource", "bytes", bm.DirtyBytes(), "by_checksum", s.csumResync)
 
+	n.startCopying()
+	defer n.stopCopying()
 	sem := make(chan struct{}, syncWindow)
 	var wg sync.WaitGroup
 	var firstErr error
@@ -316,7 +318,9 @@ func (n *Node) Verify() error {
 	n.setStateLocked("online verify started by operator", func(st *State) { st.Conn = VerifyS })
 	n.mu.Unlock()
 	go func() {
+		n.startCopying()
 		diff, err := n.runVerify(s, prog)
+		n.stopCopying()
 		n.mu.Lock()
 		n.progress = nil
 		n.verify = nil

@@ -84,7 +84,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	if err := n.store.BeginWrite(off, length); err != nil {
 		return fmt.Errorf("replica: %s: activity log: %w", n.cfg.Name, err)
 	}
-	unlock, err := n.rl.lock(ctx, off, length)
+	unlock, err := n.lockForWrite(ctx, off, length)
 	if err != nil {
 		n.store.EndWrite(off, length)
 		return err
