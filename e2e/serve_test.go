@@ -192,41 +192,12 @@ func TestServeBadRequestKeepsConnection(t *testing.T) {
 
 func TestServeExt4OverNbdfuse(t *testing.T) {
 	requireRoot(t)
-	requireCmds(t, "nbdfuse", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "fusermount3")
+	requireCmds(t, "mkfs.ext4", "e2fsck", "mount", "umount")
 	f := newServe(t, 256<<20)
-	fuseDir := filepath.Join(f.dir, "fuse")
-	mnt := filepath.Join(f.dir, "mnt")
-	for _, d := range []string{fuseDir, mnt} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fuse := startDaemon(t, "nbdfuse", fuseDir, "--unix", f.sock)
-	t.Cleanup(func() {
-		// Runs before startDaemon's cleanup stops nbdfuse (LIFO).
-		_, _ = tryCmd(20*time.Second, "fusermount3", "-u", fuseDir)
-	})
-	nbdFile := filepath.Join(fuseDir, "nbd")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if fi, err := os.Stat(nbdFile); err == nil && fi.Size() == 256<<20 {
-			break
-		}
-		if fuse.exited() || time.Now().After(deadline) {
-			t.Fatalf("nbdfuse did not expose %s:\n%s", nbdFile, fuse.output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	loop := strings.TrimSpace(runCmd(t, 30*time.Second, "losetup", "-f", "--show", nbdFile))
-	t.Cleanup(func() { _, _ = tryCmd(20*time.Second, "losetup", "-d", loop) })
+	loop, _ := fuseLoop(t, f.sock, f.dir, 256<<20)
 	runCmd(t, 120*time.Second, "mkfs.ext4", "-q", "-F", loop)
-	runCmd(t, 30*time.Second, "mount", loop, mnt)
-	mounted := true
-	t.Cleanup(func() {
-		if mounted {
-			_, _ = tryCmd(30*time.Second, "umount", "-l", mnt)
-		}
-	})
+	mnt := filepath.Join(f.dir, "mnt")
+	umount := mountExt4(t, loop, mnt)
 	want := map[string][]byte{}
 	for i := 0; i < 20; i++ {
 		name := filepath.Join(mnt, "file"+strings.Repeat("x", i))
@@ -237,20 +208,17 @@ func TestServeExt4OverNbdfuse(t *testing.T) {
 		want[name] = data
 	}
 	runCmd(t, 60*time.Second, "sync")
-	runCmd(t, 60*time.Second, "umount", mnt)
-	mounted = false
+	umount()
 	runCmd(t, 120*time.Second, "e2fsck", "-fn", loop)
 	// Mount again and read the files back through the whole stack.
-	runCmd(t, 30*time.Second, "mount", "-o", "ro", loop, mnt)
-	mounted = true
+	umount = mountExt4(t, loop, mnt, "-o", "ro")
 	for name, data := range want {
 		got, err := os.ReadFile(name)
 		if err != nil || string(got) != string(data) {
 			t.Fatalf("%s: read back %d bytes (%v), want %d", name, len(got), err, len(data))
 		}
 	}
-	runCmd(t, 30*time.Second, "umount", mnt)
-	mounted = false
+	umount()
 }
 
 func TestServeReadOnly(t *testing.T) {

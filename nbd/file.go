@@ -149,6 +149,16 @@ func fileErrno(err error) error {
 	return err
 }
 
+// rangeIoctl issues a block-device ioctl that takes a {start, length} pair
+// (BLKDISCARD, BLKZEROOUT).
+func (b *File) rangeIoctl(req uint, off, length int64) error {
+	r := [2]uint64{uint64(off), uint64(length)}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), uintptr(req), uintptr(unsafe.Pointer(&r))); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
 // Trim punches a hole (regular file) or issues BLKDISCARD (block device).
 // Trim is advisory: a file system or device that cannot discard makes it a
 // successful no-op.
@@ -161,11 +171,7 @@ func (b *File) Trim(ctx context.Context, off, length int64, fua bool) error {
 	}
 	var err error
 	if b.blockDev {
-		r := [2]uint64{uint64(off), uint64(length)}
-		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), unix.BLKDISCARD, uintptr(unsafe.Pointer(&r)))
-		if errno != 0 {
-			err = errno
-		}
+		err = b.rangeIoctl(unix.BLKDISCARD, off, length)
 	} else {
 		err = b.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 	}
@@ -191,11 +197,7 @@ func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 	}
 	var err error
 	if b.blockDev {
-		r := [2]uint64{uint64(off), uint64(length)}
-		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&r)))
-		if errno != 0 {
-			err = errno
-		}
+		err = b.rangeIoctl(unix.BLKZEROOUT, off, length)
 	} else if noHole {
 		err = b.fallocate(unix.FALLOC_FL_ZERO_RANGE, off, length)
 	} else {
