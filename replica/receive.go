@@ -252,30 +252,30 @@ func errCode(err error) uint32 {
 // target, their answers as the source.
 func (s *session) resyncLoop() error {
 	st := s.ps.Resync()
-	n := s.n
 	return s.readLoop(st, func(m protocol.Message) error {
 		switch m := m.(type) {
 		case *protocol.ResyncData:
 			if s.ctx.Err() != nil {
 				return s.ctx.Err() // the session ended: frames still buffered are dropped
 			}
-			off, length := int64(m.Offset), int64(len(m.Data))
-			code := protocol.CodeOK
-			if off < 0 || off+length > n.disk.Size() {
-				code = protocol.CodeInvalid
-			} else if err := n.disk.WriteAt(s.ctx, m.Data, off, false); err != nil {
-				code = protocol.CodeIO
-			} else {
-				n.store.MarkInSync(off, length)
-				n.stats.netRecv.Add(uint64(length))
-				n.stats.diskWrite.Add(uint64(length))
-				if p := n.syncProgress(); p != nil {
-					p.Done(length)
+			// The source never has two copies of the same blocks in flight
+			// (it holds their range lock until our answer), so copies are
+			// written in parallel.
+			m = m.Clone() // Recv's buffer is reused by the next frame
+			select {
+			case s.rsWorkers <- struct{}{}:
+			case <-s.ctx.Done():
+				return s.ctx.Err()
+			}
+			s.wg.Add(1) // called from resyncLoop, itself counted
+			go func() {
+				defer s.wg.Done()
+				code := s.applyResync(m)
+				<-s.rsWorkers
+				if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: uint32(len(m.Data)), Err: code}); err != nil {
+					s.close(err)
 				}
-			}
-			if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: uint32(length), Err: code}); err != nil {
-				return err
-			}
+			}()
 		case *protocol.ResyncAck:
 			s.mu.Lock()
 			ch := s.rsWait[m.Seq]
@@ -305,6 +305,26 @@ func (s *session) resyncLoop() error {
 		}
 		return nil
 	})
+}
+
+// applyResync writes one resync copy on the sync target and marks its blocks
+// in sync.
+func (s *session) applyResync(m *protocol.ResyncData) uint32 {
+	n := s.n
+	off, length := int64(m.Offset), int64(len(m.Data))
+	if off < 0 || off+length > n.disk.Size() {
+		return protocol.CodeInvalid
+	}
+	if err := n.disk.WriteAt(s.ctx, m.Data, off, false); err != nil {
+		return protocol.CodeIO
+	}
+	n.store.MarkInSync(off, length)
+	n.stats.netRecv.Add(uint64(length))
+	n.stats.diskWrite.Add(uint64(length))
+	if p := n.syncProgress(); p != nil {
+		p.Done(length)
+	}
+	return protocol.CodeOK
 }
 
 // checksums answers a checksum request from the local disk.

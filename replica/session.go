@@ -48,8 +48,9 @@ type session struct {
 	syncDone   chan struct{}       // closed when the peer sent SyncDone
 	doneOnce   sync.Once
 
-	applying *rangeLock    // secondary: replicated writes being applied
-	workers  chan struct{} // secondary: one token per write being applied
+	applying  *rangeLock    // secondary: replicated writes being applied
+	workers   chan struct{} // secondary: one token per write being applied
+	rsWorkers chan struct{} // sync target: one token per copy being written
 
 	wg       sync.WaitGroup // the session's goroutines
 	finished chan struct{}  // closed after cleanup, when every goroutine returned
@@ -84,6 +85,7 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		applying:   newRangeLock(),
 		tlog:       newTransferLog(n.store.ExtentSize()),
 		workers:    make(chan struct{}, applyWorkers),
+		rsWorkers:  make(chan struct{}, resyncWorkers),
 	}
 	s.touch()
 	return s

@@ -15,7 +15,12 @@ import (
 const (
 	syncChunk  = 1 << 20
 	syncWindow = 16
+	// resyncWorkers bounds the copies a sync target writes at once.
+	resyncWorkers = 4
 )
+
+// chunkPool recycles resync read buffers of syncChunk bytes.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, syncChunk); return &b }}
 
 // runSyncSource copies every block set in the (merged) bitmap to the peer,
 // then completes the resync on both sides. Application writes go on; a copy
@@ -111,7 +116,9 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 		return err
 	}
 	defer unlock()
-	buf := make([]byte, length)
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := (*bp)[:length] // length <= syncChunk: NextDirty's limit
 	if err := n.disk.ReadAt(s.ctx, buf, off); err != nil {
 		return fmt.Errorf("replica: resync read at %d+%d: %w", off, length, err)
 	}

@@ -135,9 +135,12 @@ resync_run() {
 	drop_cache "$B_DISK"
 	"$URBD" --run-dir "$A_RUN" adjust --resync-rate "$rate" r0 >/dev/null
 	local t0 t1
-	t0=$(now_ms)
 	"$URBD" --run-dir "$A_RUN" connect r0 >/dev/null
-	until in_sync "$A_RUN"; do sleep 0.02; done
+	# Time the resync itself, from SyncSource to in sync (the reconnect
+	# before it is not copying).
+	until grep -q 'cs:SyncSource' "$A_RUN/r0/status" || in_sync "$A_RUN"; do sleep 0.002; done
+	t0=$(now_ms)
+	until in_sync "$A_RUN"; do sleep 0.005; done
 	t1=$(now_ms)
 	awk -v ms=$((t1 - t0)) -v kib="$oos" 'BEGIN { printf "%.2f %.0f\n", ms / 1000, kib / 1024 }'
 }
