@@ -113,41 +113,6 @@ func TestRegressionVerifyRefusalReadsStateUnlocked(t *testing.T) {
 	}
 }
 
-// TestRegressionSyncDoneLostMeansFullResync: when the link breaks after the
-// source finished a resync but before the target took SyncDone, the next
-// connection copies only what is still marked, not the whole disk.
-func TestRegressionSyncDoneLostMeansFullResync(t *testing.T) {
-	o := nodeOpts{viaProxy: true, timeout: 500 * time.Millisecond}
-	a, b := cleanPair(t, o, o)
-	if err := b.node.Disconnect(); err != nil {
-		t.Fatal(err)
-	}
-	a.waitConn(replica.WFConnection)
-	for i := range 4 {
-		a.write(int64(i)*100*hBlock, pattern(fmt.Sprintf("alone %d", i), hBlock))
-	}
-	held := b.disk.holdWrites() // the resync writes on b
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
-	<-held
-	// From now on nothing from a reaches b; b's acks still reach a.
-	a.proxy.cutFwd.Store(true)
-	b.proxy.cutBack.Store(true)
-	b.disk.releaseWrites()
-	a.waitConn(replica.Connected)    // a finished its side of the resync
-	b.waitConn(replica.WFConnection) // b times out: it never got SyncDone
-	a.proxy.cutFwd.Store(false)
-	b.proxy.cutBack.Store(false)
-	recv := b.node.Status().NetRecvKiB
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
-	if got := b.node.Status().NetRecvKiB - recv; got > 4*hBlock>>10 {
-		t.Fatalf("after a lost SyncDone the reconnect copied %d KiB; the 4 changed blocks (%d KiB) had all arrived", got, 4*hBlock>>10)
-	}
-}
-
 // TestRegressionRunCancelLeavesSessionRunning: cancelling Run ends the peer
 // session it started, so the peer notices at once.
 func TestRegressionRunCancelLeavesSessionRunning(t *testing.T) {
