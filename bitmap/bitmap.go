@@ -82,22 +82,31 @@ func (b *Bitmap) blockRange(off, length int64) (first, last int64, ok bool) {
 	return b.block(off), b.block(end - 1), true
 }
 
-// setBitsLocked sets bits [first, last] and returns how many were newly set.
-func (b *Bitmap) setBitsLocked(first, last int64) int64 {
-	var added int64
+// wordMasks calls f for each word that bits [first, last] touch, with the
+// mask of those bits in that word, until f returns false.
+func wordMasks(first, last int64, f func(w int64, mask uint64) bool) {
 	for i := first; i <= last; {
 		w := i >> 6
-		lo := uint(i & 63)
 		hi := uint(63)
 		if (last >> 6) == w {
 			hi = uint(last & 63)
 		}
-		mask := maskRange(lo, hi)
+		if !f(w, maskRange(uint(i&63), hi)) {
+			return
+		}
+		i = (w + 1) << 6
+	}
+}
+
+// setBitsLocked sets bits [first, last] and returns how many were newly set.
+func (b *Bitmap) setBitsLocked(first, last int64) int64 {
+	var added int64
+	wordMasks(first, last, func(w int64, mask uint64) bool {
 		old := b.words[w]
 		b.words[w] = old | mask
 		added += int64(bits.OnesCount64(mask &^ old))
-		i = (w + 1) << 6
-	}
+		return true
+	})
 	b.dirty += added
 	return added
 }
@@ -105,38 +114,24 @@ func (b *Bitmap) setBitsLocked(first, last int64) int64 {
 // clearBitsLocked clears bits [first, last] and returns how many were cleared.
 func (b *Bitmap) clearBitsLocked(first, last int64) int64 {
 	var removed int64
-	for i := first; i <= last; {
-		w := i >> 6
-		lo := uint(i & 63)
-		hi := uint(63)
-		if (last >> 6) == w {
-			hi = uint(last & 63)
-		}
-		mask := maskRange(lo, hi)
+	wordMasks(first, last, func(w int64, mask uint64) bool {
 		old := b.words[w]
 		b.words[w] = old &^ mask
 		removed += int64(bits.OnesCount64(mask & old))
-		i = (w + 1) << 6
-	}
+		return true
+	})
 	b.dirty -= removed
 	return removed
 }
 
 // anyBitsLocked reports whether any bit in [first, last] is set.
 func (b *Bitmap) anyBitsLocked(first, last int64) bool {
-	for i := first; i <= last; {
-		w := i >> 6
-		lo := uint(i & 63)
-		hi := uint(63)
-		if (last >> 6) == w {
-			hi = uint(last & 63)
-		}
-		if b.words[w]&maskRange(lo, hi) != 0 {
-			return true
-		}
-		i = (w + 1) << 6
-	}
-	return false
+	found := false
+	wordMasks(first, last, func(w int64, mask uint64) bool {
+		found = b.words[w]&mask != 0
+		return !found
+	})
+	return found
 }
 
 // maskRange returns a word with bits lo..hi (inclusive, lo <= hi <= 63) set.

@@ -608,16 +608,10 @@ func (s *Store) extentUnpersistedLocked(e int64) bool {
 	first, last := s.extentBits(e)
 	s.bm.mu.Lock()
 	defer s.bm.mu.Unlock()
-	for i := first; i <= last; {
-		w := i >> 6
-		hi := uint(63)
-		if last>>6 == w {
-			hi = uint(last & 63)
-		}
-		if s.bm.words[w]&^s.disk[w]&maskRange(uint(i&63), hi) != 0 {
-			return true
-		}
-		i = (w + 1) << 6
-	}
-	return false
+	found := false
+	wordMasks(first, last, func(w int64, mask uint64) bool {
+		found = s.bm.words[w]&^s.disk[w]&mask != 0
+		return !found
+	})
+	return found
 }
