@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -316,26 +315,7 @@ func runFio(t *testing.T, uri string, args ...string) string {
 	return string(out)
 }
 
-// sameFiles fails the test unless both files hold the same bytes.
-func sameFiles(t *testing.T, a, b string) {
-	t.Helper()
-	fa, err := os.ReadFile(a)
-	must(t, err)
-	fb, err := os.ReadFile(b)
-	must(t, err)
-	if len(fa) != len(fb) {
-		t.Fatalf("%s is %d bytes, %s is %d", a, len(fa), b, len(fb))
-	}
-	if !bytes.Equal(fa, fb) {
-		for i := range fa {
-			if fa[i] != fb[i] {
-				t.Fatalf("%s and %s differ, first at byte %d (block %d)", a, b, i, i/4096)
-			}
-		}
-	}
-}
-
-// fileHash is a cheap fingerprint of a file, to check it did not change.
+// fileBytes reads a whole file, to check later that it did not change.
 func fileBytes(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)

@@ -119,7 +119,7 @@ func TestPrimaryCrashLosesNoAckedWrite(t *testing.T) {
 	// The old primary returns as Secondary and resyncs from the new primary.
 	c.a.start()
 	c.b.waitInSync(60 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 type statusT = status.Resource
@@ -149,5 +149,5 @@ func TestCrashedPrimaryResyncsByChecksum(t *testing.T) {
 	if after.NetSendKiB > 1<<10 {
 		t.Fatalf("checksum resync sent %d KiB; the disks were already equal", after.NetSendKiB)
 	}
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }

@@ -31,7 +31,7 @@ func TestSecondaryCrashUnderLoad(t *testing.T) {
 		t.Fatalf("fio on the primary failed while the secondary crashed: %s", out)
 	}
 	c.a.waitInSync(60 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // TestFailoverAndFailback: the primary crashes, the secondary takes over and
@@ -51,7 +51,7 @@ func TestFailoverAndFailback(t *testing.T) {
 		t.Fatalf("the crashed primary returned as %s/%s: %+v", st.Role, st.ConnState, st)
 	}
 	c.b.waitInSync(60 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 
 	// Failback.
 	c.b.ctl("secondary", "r0")
@@ -59,7 +59,7 @@ func TestFailoverAndFailback(t *testing.T) {
 	c.a.ctl("primary", "r0")
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=128M", "--io_size=4M", "--verify=crc32c")
 	c.a.waitInSync(30 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // TestMalformedRequestsOnPrimary: out-of-range and oversized NBD requests to
@@ -90,5 +90,5 @@ func TestMalformedRequestsOnPrimary(t *testing.T) {
 	}
 	must(t, cl.Flush(ctx))
 	c.a.waitInSync(10 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }

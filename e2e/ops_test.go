@@ -55,7 +55,7 @@ timeout = "2s"
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=8M", "--iodepth=8")
 	c.b.ctl("connect", "r0")
 	c.a.waitInSync(30 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 
 	want := []string{"promoted r0", "peer-lost r0", "peer-back r0", "resync-done r0"}
 	deadline := time.Now().Add(10 * time.Second)

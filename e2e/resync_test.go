@@ -1,7 +1,7 @@
 package e2e
 
 import (
-	"fmt"
+	"bytes"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -30,7 +30,7 @@ func TestResyncCopiesOnlyChanges(t *testing.T) {
 		t.Fatalf("resync sent %d KiB for %d KiB written", sent, written)
 	}
 	t.Logf("resync sent %d KiB for %d KiB written at random offsets (%d KiB distinct)", sent, written, before.OutOfSyncKiB)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // TestLinkCutDuringWrites: the veth link between two network namespaces is
@@ -55,7 +55,7 @@ func TestLinkCutDuringWrites(t *testing.T) {
 		t.Fatalf("fio failed across a link cut: %s", out)
 	}
 	c.a.waitInSync(60 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // TestSplitBrain: both nodes promoted while disconnected and written to;
@@ -84,7 +84,7 @@ func TestSplitBrain(t *testing.T) {
 		}
 	}
 	time.Sleep(500 * time.Millisecond)
-	if !bytesEqual(imgA, fileBytes(t, c.a.disk)) || !bytesEqual(imgB, fileBytes(t, c.b.disk)) {
+	if !bytes.Equal(imgA, fileBytes(t, c.a.disk)) || !bytes.Equal(imgB, fileBytes(t, c.b.disk)) {
 		t.Fatal("a disk changed during a split brain")
 	}
 	// Resolve: b's changes are thrown away.
@@ -92,8 +92,8 @@ func TestSplitBrain(t *testing.T) {
 	c.b.ctl("connect", "--discard-my-data", "r0")
 	c.a.ctl("connect", "r0")
 	c.a.waitInSync(60 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
-	if !bytesEqual(imgA, fileBytes(t, c.a.disk)) {
+	cmpFiles(t, c.a.disk, c.b.disk)
+	if !bytes.Equal(imgA, fileBytes(t, c.a.disk)) {
 		t.Fatal("the surviving node's data changed while resolving the split brain")
 	}
 }
@@ -129,7 +129,7 @@ func TestResyncResumesAfterKill(t *testing.T) {
 			}
 			c.a.ctl("adjust", "--resync-rate", "0", "r0")
 			c.a.waitInSync(60 * time.Second)
-			sameFiles(t, c.a.disk, c.b.disk)
+			cmpFiles(t, c.a.disk, c.b.disk)
 		})
 	}
 }
@@ -156,7 +156,7 @@ func TestHotJoin(t *testing.T) {
 		t.Fatalf("fio failed during the hot join: %s", out)
 	}
 	c.a.waitInSync(60 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // TestVerifyFindsDifferences: a block changed behind urbd's back on the
@@ -192,7 +192,7 @@ func TestVerifyFindsDifferences(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	c.a.waitInSync(30 * time.Second)
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // TestInvalidate: `urbd invalidate` on the secondary fetches the whole disk
@@ -208,9 +208,5 @@ func TestInvalidate(t *testing.T) {
 	if sent := after.NetSendKiB - before; sent < 64<<10 {
 		t.Fatalf("invalidate resynced only %d KiB of a 64 MiB disk", sent)
 	}
-	sameFiles(t, c.a.disk, c.b.disk)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
-
-var _ = fmt.Sprintf
