@@ -183,12 +183,21 @@ func uuidsFromMeta(m bitmap.Meta) UUIDs {
 // saveMetaLocked makes the role, disk state and UUIDs durable. n.mu must be
 // held (or the node not yet shared).
 func (n *Node) saveMetaLocked() error {
+	return n.writeMetaLocked(false)
+}
+
+// writeMetaLocked saves the metadata; clean marks a clean stop, after which
+// the role is restored on the next start. n.mu must be held.
+func (n *Node) writeMetaLocked(clean bool) error {
 	m := n.store.Meta()
 	m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = n.uuids.Current, n.uuids.Bitmap, n.uuids.History
 	m.Disk = n.st.Disk.String()
 	m.Flags &^= flagPrimary | flagClean
-	if n.st.Role == Primary || n.crashedPri {
+	if n.st.Role == Primary || (n.crashedPri && !clean) {
 		m.Flags |= flagPrimary
+	}
+	if clean {
+		m.Flags |= flagClean
 	}
 	if err := n.store.SaveMeta(m); err != nil {
 		return fmt.Errorf("replica: %s: saving metadata: %w", n.cfg.Name, err)
@@ -390,17 +399,8 @@ func (n *Node) Close() error {
 	err := n.disk.Flush(context.Background())
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	m := n.store.Meta()
-	m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = n.uuids.Current, n.uuids.Bitmap, n.uuids.History
-	m.Disk = n.st.Disk.String()
-	m.Flags &^= flagPrimary | flagClean
-	if n.st.Role == Primary {
-		m.Flags |= flagPrimary
-	}
-	if err == nil {
-		m.Flags |= flagClean
-	}
-	if serr := n.store.SaveMeta(m); err == nil {
+	// A failed flush is not a clean stop: the next start treats it as a crash.
+	if serr := n.writeMetaLocked(err == nil); err == nil {
 		err = serr
 	}
 	if cerr := n.store.Close(); err == nil {
