@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ func TestReplicationFioVerify(t *testing.T) {
 				"--verify=crc32c", "--verify_fatal=1")
 			runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=8", "--size=32M", "--offset=32M", "--end_fsync=1")
 			c.a.waitInSync(30 * time.Second)
-			sameFiles(t, c.a.disk, c.b.disk)
+			cmpFiles(t, c.a.disk, c.b.disk)
 		})
 	}
 }
@@ -78,7 +79,7 @@ func TestPromoteDemoteRefusals(t *testing.T) {
 	}
 	f.a.ctl("primary", "--force", "r0")
 	f.a.waitInSync(60 * time.Second)
-	sameFiles(t, f.a.disk, f.b.disk)
+	cmpFiles(t, f.a.disk, f.b.disk)
 }
 
 // TestWrongSecretRefused: a peer without the shared secret is refused before
@@ -118,5 +119,48 @@ func TestSizeMismatchRefused(t *testing.T) {
 	}
 	if st.ConnState == "Connected" {
 		t.Fatal("connected despite a size mismatch")
+	}
+}
+
+// TestStatusFile: RUN/NAME/status has the /proc/drbd shape, follows a state
+// change at once and is rewritten at least once a second.
+func TestStatusFile(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	path := c.a.runDir + "/r0/status"
+	read := func() string {
+		b, err := os.ReadFile(path)
+		must(t, err)
+		return string(b)
+	}
+	waitText := func(what string, ok func(string) bool) string {
+		deadline := time.Now().Add(1500 * time.Millisecond)
+		for {
+			s := read()
+			if ok(s) {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status file never showed %s:\n%s", what, s)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	s := waitText("Primary/Secondary", func(s string) bool { return strings.Contains(s, "ro:Primary/Secondary") })
+	lines := strings.Split(s, "\n")
+	if lines[0] != "urbd 0.1 (api:1/proto:1)" ||
+		!strings.HasPrefix(lines[1], " 0: r0 cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C r") ||
+		!strings.HasPrefix(strings.TrimSpace(lines[2]), "ns:") || !strings.Contains(lines[2], " oos:0") {
+		t.Fatalf("status file is not in the /proc/drbd shape:\n%s", s)
+	}
+	c.b.ctl("disconnect", "r0")
+	waitText("the peer loss", func(s string) bool { return strings.Contains(s, "cs:WFConnection ro:Primary/Unknown") })
+	fi, err := os.Stat(path)
+	must(t, err)
+	time.Sleep(1500 * time.Millisecond)
+	fi2, err := os.Stat(path)
+	must(t, err)
+	if !fi2.ModTime().After(fi.ModTime()) {
+		t.Fatalf("status file not rewritten within 1.5 s (mtime %v)", fi.ModTime())
 	}
 }
