@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bufio"
 	"net"
 	"sync"
 )
@@ -12,6 +13,12 @@ const yamuxHeaderLen = 12
 // header on a transport without vectored writes (TLS). Larger bodies go as
 // two writes; the extra 12-byte record is noise next to them.
 const joinCopyMax = 64 << 10
+
+// readAhead is the joiner's receive buffer. yamux (v0.1.2) reads through a
+// 4 KiB bufio.Reader, which costs one or two read system calls per small
+// frame; reading ahead up to this many bytes lets a burst of frames arrive
+// in one system call. Reads at least this large bypass the buffer.
+const readAhead = 256 << 10
 
 // headerJoiner sits between yamux and the transport. yamux (v0.1.2, its
 // sendLoop) writes each data frame as two transport writes, its 12-byte
@@ -31,14 +38,19 @@ type headerJoiner struct {
 	held    [yamuxHeaderLen]byte
 	holding bool
 	scratch []byte // join buffer for non-vectored transports
+
+	r *bufio.Reader // read-ahead over Conn; only yamux's receive loop reads
 }
 
 // newHeaderJoiner wraps c, the transport yamux writes to; raw is the
 // connection below it (c itself without TLS).
 func newHeaderJoiner(c, raw net.Conn) *headerJoiner {
 	_, tcp := c.(*net.TCPConn)
-	return &headerJoiner{Conn: c, raw: raw, vectored: tcp}
+	return &headerJoiner{Conn: c, raw: raw, vectored: tcp, r: bufio.NewReaderSize(c, readAhead)}
 }
+
+// Read reads through the read-ahead buffer.
+func (c *headerJoiner) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // Close closes the raw connection. With TLS this skips the close_notify
 // alert, which tls.Conn.Close would try to send for up to 5 s on a dead
