@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/urbd/urbd/internal/bufpool"
 )
 
 // Socket buffer sizes: large enough to batch a queue depth of 4 KiB
@@ -25,10 +27,12 @@ const (
 // srvConn is one client connection. Its goroutines:
 //   - serve (the caller's) negotiates, then reads requests in order,
 //     validates them, reserves in-flight budget, reads write payloads,
-//     registers writes for overlap ordering, and starts one goroutine per
-//     request;
-//   - one goroutine per request runs the backend call, then queues the
-//     request on replies;
+//     registers writes for overlap ordering, and hands each request to a
+//     worker;
+//   - workers run the backend call, queue the request on replies, and wait
+//     for the next request. A worker is started when none is idle, up to
+//     the in-flight bound, and lives until the connection ends, so a
+//     request costs neither a goroutine start nor stack growth;
 //   - writeReplies is the only writer of the socket in transmission; it
 //     releases each request's buffer and budget after its reply is written.
 //
@@ -51,6 +55,9 @@ type srvConn struct {
 
 	br      *bufio.Reader
 	replies chan *srvRequest
+	work    chan *srvRequest // unbuffered: a send succeeds only to an idle worker
+	workers sync.WaitGroup
+	nwork   int // workers started; used by the reader only
 
 	mu       sync.Mutex
 	cond     sync.Cond     // signalled when budget is released; uses mu
@@ -69,7 +76,7 @@ type srvRequest struct {
 	length  uint32
 	errno   uint32
 	cost    int64           // bytes charged to the in-flight budget
-	bufp    *[]byte         // payload buffer from getBuf, nil if none
+	bufp    *[]byte         // payload buffer from bufpool.Get, nil if none
 	tracked bool            // in c.writes
 	done    chan struct{}   // created by a later overlapping write; closed when this write's backend call ends
 	waitOn  []chan struct{} // done channels of earlier overlapping writes
@@ -156,6 +163,7 @@ func (c *srvConn) serve(ctx context.Context) {
 	c.log.Debug("nbd: client attached", "remote", c.nc.RemoteAddr(), "export", res.name, "size", c.size)
 
 	c.replies = make(chan *srvRequest, c.s.maxInFlight())
+	c.work = make(chan *srvRequest)
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -169,6 +177,8 @@ func (c *srvConn) serve(ctx context.Context) {
 		c.cond.Wait()
 	}
 	c.mu.Unlock()
+	close(c.work)
+	c.workers.Wait()
 	close(c.replies)
 	<-writerDone
 	if ferr := c.backend.Flush(ctx); ferr != nil {
@@ -247,7 +257,7 @@ func (c *srvConn) readRequests(ctx context.Context) error {
 			continue
 		}
 		if r.cost > 0 {
-			r.bufp = getBuf(int(r.length))
+			r.bufp = bufpool.Get(int(r.length))
 			if r.typ == CmdWrite {
 				if _, err := io.ReadFull(c.br, *r.bufp); err != nil {
 					c.release(r)
@@ -258,8 +268,30 @@ func (c *srvConn) readRequests(ctx context.Context) error {
 		if r.typ == CmdWrite || r.typ == CmdTrim || r.typ == CmdWriteZeroes {
 			c.track(r)
 		}
-		go c.run(ctx, r)
+		c.dispatch(ctx, r, maxInFlight)
 	}
+}
+
+// dispatch hands r to an idle worker, or starts one if none is idle and
+// fewer than max are running (otherwise it waits for one to be free).
+func (c *srvConn) dispatch(ctx context.Context, r *srvRequest, max int) {
+	select {
+	case c.work <- r:
+		return
+	default:
+	}
+	if c.nwork >= max {
+		c.work <- r
+		return
+	}
+	c.nwork++
+	c.workers.Add(1)
+	go func() {
+		defer c.workers.Done()
+		for ; r != nil; r = <-c.work {
+			c.run(ctx, r)
+		}
+	}()
 }
 
 // check validates a request against the export and returns the errno to
@@ -393,7 +425,7 @@ func errnoOf(err error) uint32 {
 // release returns a request's buffer and budget and recycles it.
 func (c *srvConn) release(r *srvRequest) {
 	if r.bufp != nil {
-		putBuf(r.bufp)
+		bufpool.Put(r.bufp)
 		r.bufp = nil
 	}
 	c.mu.Lock()
