@@ -217,7 +217,7 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) {
 // runSession drives one session from the state exchange to its end. The
 // first of its goroutines to stop closes the session, which stops the rest.
 func (n *Node) runSession(s *session) {
-	loops := []func() error{s.controlLoop, s.dataLoop, s.resyncLoop, s.keepalive, func() error { return n.negotiate(s) }}
+	loops := []func() error{s.controlLoop, s.dataLoop, s.applyLoop, s.resyncLoop, s.keepalive, func() error { return n.negotiate(s) }}
 	for _, loop := range loops {
 		s.wg.Add(1)
 		go func() {

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"time"
 
+	"github.com/urbd/urbd/internal/bufpool"
 	"github.com/urbd/urbd/protocol"
 )
 
@@ -104,12 +104,23 @@ func (s *session) sendBitmap() error {
 	}
 }
 
-// dataLoop reads the data stream. As the receiving side it applies the
-// peer's writes in order and answers them; as the sending side it matches
-// answers to pending requests.
+// dataLoop reads the data stream. As the sending side it matches answers
+// to pending requests; as the receiving side it queues the peer's writes and
+// flushes, in stream order, for applyLoop.
+//
+// Small writes are copied out of the receive buffer into the queue, so the
+// stream keeps being read while the disk is busy (a protocol B peer learns
+// of receipt at once). A write larger than inlineApply is written by this
+// loop straight from the receive buffer, after the queue has drained, which
+// keeps the stream order without copying it.
 func (s *session) dataLoop() error {
 	st := s.ps.Data()
-	return s.readLoop(st, func(m protocol.Message) error {
+	for {
+		m, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		s.touch()
 		switch m := m.(type) {
 		case *protocol.Ack:
 			switch m.Type {
@@ -121,106 +132,185 @@ func (s *session) dataLoop() error {
 		case *protocol.FlushAck:
 			s.complete(m.Seq, m.Err == protocol.CodeOK)
 		case *protocol.Write:
-			if err := s.applyWrite(m); err != nil {
+			if err := s.receiveWrite(m); err != nil {
 				return err
 			}
 		case *protocol.Flush:
-			// Barrier: every write received before the flush is applied
-			// before the fdatasync starts.
-			unlock, err := s.applying.lock(s.ctx, 0, math.MaxInt64)
-			if err != nil {
+			s.n.stats.unacked.Add(1)
+			if err := s.enqueue(applyItem{seq: m.Seq, flush: true}); err != nil {
 				return err
 			}
-			unlock()
-			s.n.stats.unacked.Add(1)
-			seq := m.Seq
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				code := errCode(s.n.disk.Flush(s.ctx))
-				s.n.stats.unacked.Add(-1)
-				if err := st.Send(&protocol.FlushAck{Seq: seq, Err: code}); err != nil {
-					s.close(err)
-				}
-			}()
 		default:
 			return fmt.Errorf("replica: unexpected %T on the data stream", m)
 		}
-		return nil
-	})
+	}
 }
 
-// applyWorkers bounds the replicated writes applied at once on a secondary.
-const applyWorkers = 64
+// applyQueue bounds the replicated writes received and not yet applied on a
+// secondary (at most applyQueue × inlineApply bytes).
+const applyQueue = 64
 
-// applyWrite starts applying one replicated write to the local disk and
-// answers it when done. It is called in stream order (ordering rule 3): a
-// write waits here for every earlier write it overlaps, so overlapping writes
-// land in the order the primary sent them, while the others are written in
-// parallel. A FUA write is answered after a shared fdatasync.
-func (s *session) applyWrite(w *protocol.Write) error {
+// inlineApply is the largest write a secondary copies into its apply queue;
+// larger ones are applied by the receive loop from the receive buffer.
+const inlineApply = 64 << 10
+
+// applyItem is one replicated write, or a flush, waiting in the apply queue.
+type applyItem struct {
+	seq     uint64
+	flush   bool          // a Flush: fdatasync once every earlier write is applied
+	barrier chan struct{} // closed when reached: every earlier item is answered
+	w       protocol.Write
+	buf     *[]byte // w.Data's pooled buffer, or nil
+}
+
+// receiveWrite queues or applies one replicated write; w is valid only until
+// it returns.
+func (s *session) receiveWrite(w *protocol.Write) error {
 	select {
 	case <-s.ready:
 	case <-s.ctx.Done():
 		return s.ctx.Err()
 	}
-	n := s.n
 	st := s.ps.Data()
 	if s.wantRecv.Load() {
 		if err := st.Send(&protocol.Ack{Seq: w.Seq, Type: protocol.AckReceived}); err != nil {
 			return err
 		}
 	}
-	if n.State().Role == Primary {
-		// Two primaries: never let the peer overwrite data we serve.
-		return st.Send(&protocol.Ack{Seq: w.Seq, Type: protocol.AckDone, Err: protocol.CodeIO})
+	s.n.stats.unacked.Add(1)
+	s.n.stats.netRecv.Add(uint64(len(w.Data)))
+	if len(w.Data) <= inlineApply {
+		it := applyItem{seq: w.Seq, w: *w}
+		if len(w.Data) > 0 {
+			it.buf = bufpool.Get(len(w.Data))
+			copy(*it.buf, w.Data)
+			it.w.Data = *it.buf
+		}
+		return s.enqueue(it)
 	}
-	off, length := int64(w.Offset), int64(w.Length)
-	if off < 0 || length < 0 || off+length > n.disk.Size() {
-		return st.Send(&protocol.Ack{Seq: w.Seq, Type: protocol.AckDone, Err: protocol.CodeInvalid})
+	done := make(chan struct{})
+	if err := s.enqueue(applyItem{barrier: done}); err != nil {
+		return err
 	}
 	select {
-	case s.workers <- struct{}{}:
+	case <-done:
 	case <-s.ctx.Done():
 		return s.ctx.Err()
 	}
-	unlock, err := s.applying.lock(s.ctx, off, length)
-	if err != nil {
-		<-s.workers
-		return err
-	}
-	n.stats.unacked.Add(1)
-	n.stats.netRecv.Add(uint64(len(w.Data)))
-	apply := func(w *protocol.Write) {
-		defer func() { <-s.workers }()
-		code := s.writeLocal(w, off, length)
-		unlock()
-		if code == protocol.CodeOK && w.Flags&protocol.FlagFUA != 0 {
-			code = errCode(n.disk.Flush(s.ctx))
-		}
-		n.stats.unacked.Add(-1)
-		if err := st.Send(&protocol.Ack{Seq: w.Seq, Type: protocol.AckDone, Err: code}); err != nil {
-			s.close(err)
-		}
-	}
-	if len(w.Data) > inlineApply && w.Flags&protocol.FlagFUA == 0 {
-		// Large writes are written from the receive buffer, without a copy:
-		// one at a time, which is enough to keep the disk busy.
-		apply(w)
+	ack, async := s.applyWrite(w)
+	if async {
 		return nil
 	}
-	w = w.Clone() // Recv's buffer is reused by the next frame
-	s.wg.Add(1)   // called from dataLoop, itself counted: never races with Wait
-	go func() {
-		defer s.wg.Done()
-		apply(w)
-	}()
-	return nil
+	s.n.stats.unacked.Add(-1)
+	return st.Send(&ack)
 }
 
-// inlineApply is the largest write a secondary copies to apply it in
-// parallel with others; larger ones are applied in the receive loop.
-const inlineApply = 64 << 10
+func (s *session) enqueue(it applyItem) error {
+	select {
+	case s.applyQ <- it:
+		return nil
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+// applyLoop applies the queued writes one after another, in stream order:
+// overlapping writes land as the primary sent them (ordering rule 3), and a
+// Flush is a barrier for the writes before it. Answers are batched: they are
+// sent when the queue is empty, so a burst of writes is answered by one
+// write to the socket. A FUA write or a Flush is answered after an
+// fdatasync run in its own goroutine (concurrent ones share one: group
+// commit).
+func (s *session) applyLoop() error {
+	var acks []protocol.Ack
+	sendAcks := func() error {
+		for i := range acks {
+			if err := s.ps.Data().Send(&acks[i]); err != nil {
+				return err
+			}
+		}
+		s.n.stats.unacked.Add(-int64(len(acks)))
+		acks = acks[:0]
+		return nil
+	}
+	for {
+		var it applyItem
+		select {
+		case it = <-s.applyQ:
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		}
+		switch {
+		case it.barrier != nil:
+			if err := sendAcks(); err != nil {
+				return err
+			}
+			close(it.barrier)
+		case it.flush:
+			if err := sendAcks(); err != nil {
+				return err
+			}
+			seq := it.seq
+			s.flushThenAck(func(code uint32) protocol.Message {
+				return &protocol.FlushAck{Seq: seq, Err: code}
+			})
+		default:
+			ack, async := s.applyWrite(&it.w)
+			if it.buf != nil {
+				bufpool.Put(it.buf)
+			}
+			if !async {
+				acks = append(acks, ack)
+			}
+		}
+		if len(s.applyQ) == 0 && len(acks) > 0 {
+			if err := sendAcks(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// flushThenAck runs an fdatasync in its own goroutine and then sends the
+// answer that ack builds from its result.
+func (s *session) flushThenAck(ack func(code uint32) protocol.Message) {
+	s.wg.Add(1) // called from a counted loop: never races with Wait
+	go func() {
+		defer s.wg.Done()
+		code := errCode(s.n.disk.Flush(s.ctx))
+		s.n.stats.unacked.Add(-1)
+		if err := s.ps.Data().Send(ack(code)); err != nil {
+			s.close(err)
+		}
+	}()
+}
+
+// applyWrite applies one replicated write to the local disk and returns its
+// answer. For a FUA write that succeeded it instead starts the fdatasync and
+// reports async: the answer is sent after it.
+func (s *session) applyWrite(w *protocol.Write) (ack protocol.Ack, async bool) {
+	n := s.n
+	ack = protocol.Ack{Seq: w.Seq, Type: protocol.AckDone}
+	if n.State().Role == Primary {
+		// Two primaries: never let the peer overwrite data we serve.
+		ack.Err = protocol.CodeIO
+		return ack, false
+	}
+	off, length := int64(w.Offset), int64(w.Length)
+	if off < 0 || length < 0 || off+length > n.disk.Size() {
+		ack.Err = protocol.CodeInvalid
+		return ack, false
+	}
+	ack.Err = s.writeLocal(w, off, length)
+	if ack.Err == protocol.CodeOK && w.Flags&protocol.FlagFUA != 0 {
+		seq := w.Seq
+		s.flushThenAck(func(code uint32) protocol.Message {
+			return &protocol.Ack{Seq: seq, Type: protocol.AckDone, Err: code}
+		})
+		return ack, true
+	}
+	return ack, false
+}
 
 // writeLocal performs a replicated write, trim or zero on the local disk.
 func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {

@@ -48,9 +48,8 @@ type session struct {
 	syncDone   chan struct{}       // closed when the peer sent SyncDone
 	doneOnce   sync.Once
 
-	applying  *rangeLock    // secondary: replicated writes being applied
-	workers   chan struct{} // secondary: one token per write being applied
-	rsWorkers chan struct{} // sync target: one token per copy being written
+	applyQ    chan applyItem // secondary: replicated writes in stream order
+	rsWorkers chan struct{}  // sync target: one token per copy being written
 
 	wg       sync.WaitGroup // the session's goroutines
 	finished chan struct{}  // closed after cleanup, when every goroutine returned
@@ -62,8 +61,8 @@ type request struct {
 	seq         uint64
 	off, length int64
 	flush, fua  bool
-	sent        chan struct{} // handed to the socket (protocol A)
-	received    chan struct{} // the peer has it (protocol B)
+	sent        chan struct{} // handed to the socket; protocol A writes only, else nil
+	received    chan struct{} // the peer has it; protocol B writes only, else nil
 	done        chan struct{} // the peer wrote it (protocol C), or it failed
 	ok          bool          // set before done is closed
 	recvOnce    sync.Once
@@ -82,9 +81,8 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		ready:      make(chan struct{}),
 		syncDone:   make(chan struct{}),
 		finished:   make(chan struct{}),
-		applying:   newRangeLock(),
 		tlog:       newTransferLog(n.store.ExtentSize()),
-		workers:    make(chan struct{}, applyWorkers),
+		applyQ:     make(chan applyItem, applyQueue),
 		rsWorkers:  make(chan struct{}, resyncWorkers),
 	}
 	s.touch()
@@ -106,6 +104,7 @@ func (r *request) wait(ctx context.Context, proto byte) bool {
 	default:
 		ch = r.done
 	}
+	// ch is nil if the protocol changed since r was made: done decides.
 	select {
 	case <-ch:
 		// done is closed before received (see finish), so a failed
@@ -126,7 +125,7 @@ func (r *request) wait(ctx context.Context, proto byte) bool {
 // sendWrite sends a replicated write, or returns nil when the session is not
 // replicating (closed, or still deciding).
 func (s *session) sendWrite(off, length int64, data []byte, flags uint32) *request {
-	r := newRequest(s)
+	r := newRequest(s, s.n.cfg.Protocol)
 	r.off, r.length, r.fua = off, length, flags&protocol.FlagFUA != 0
 	ok := s.send(r, func(seq uint64) protocol.Message {
 		return &protocol.Write{Seq: seq, Offset: uint64(off), Flags: flags, Length: uint32(length), Data: data}
@@ -141,7 +140,7 @@ func (s *session) sendWrite(off, length int64, data []byte, flags uint32) *reque
 // sendFlush asks the peer to make everything it acknowledged durable, or
 // returns nil when the session is not replicating.
 func (s *session) sendFlush() *request {
-	r := newRequest(s)
+	r := newRequest(s, 'C')
 	r.flush = true
 	if !s.send(r, func(seq uint64) protocol.Message { return &protocol.Flush{Seq: seq} }) {
 		return nil
@@ -149,8 +148,24 @@ func (s *session) sendFlush() *request {
 	return r
 }
 
-func newRequest(s *session) *request {
-	return &request{s: s, sent: make(chan struct{}), received: make(chan struct{}), done: make(chan struct{})}
+// newRequest makes a request whose wait will use protocol proto: only the
+// channels that protocol waits for are made.
+func newRequest(s *session, proto byte) *request {
+	r := &request{s: s, done: make(chan struct{})}
+	switch proto {
+	case 'A':
+		r.sent = make(chan struct{})
+	case 'B':
+		r.received = make(chan struct{})
+	}
+	return r
+}
+
+// closeReceived closes r.received once, if r has it.
+func (r *request) closeReceived() {
+	if r.received != nil {
+		r.recvOnce.Do(func() { close(r.received) })
+	}
 }
 
 // send gives r the next sequence number, registers it as pending and sends
@@ -178,7 +193,9 @@ func (s *session) send(r *request, msg func(seq uint64) protocol.Message) bool {
 		s.close(fmt.Errorf("sending to the peer: %w", err))
 		return true
 	}
-	close(r.sent)
+	if r.sent != nil {
+		close(r.sent)
+	}
 	return true
 }
 
@@ -234,7 +251,7 @@ func (s *session) finish(r *request, ok bool) {
 	}
 	r.ok = ok
 	close(r.done)
-	r.recvOnce.Do(func() { close(r.received) })
+	r.closeReceived()
 }
 
 func (s *session) markReceived(seq uint64) {
@@ -242,7 +259,7 @@ func (s *session) markReceived(seq uint64) {
 	r := s.pending[seq]
 	s.mu.Unlock()
 	if r != nil {
-		r.recvOnce.Do(func() { close(r.received) })
+		r.closeReceived()
 	}
 }
 
