@@ -348,24 +348,12 @@ func (s *session) resyncLoop() error {
 			if s.ctx.Err() != nil {
 				return s.ctx.Err() // the session ended: frames still buffered are dropped
 			}
-			// The source never has two copies of the same blocks in flight
-			// (it holds their range lock until our answer), so copies are
-			// written in parallel.
-			m = m.Clone() // Recv's buffer is reused by the next frame
-			select {
-			case s.rsWorkers <- struct{}{}:
-			case <-s.ctx.Done():
-				return s.ctx.Err()
+			// Written from the receive buffer, without a copy; the
+			// transport keeps buffering the next copies meanwhile.
+			code := s.applyResync(m)
+			if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: uint32(len(m.Data)), Err: code}); err != nil {
+				return err
 			}
-			s.wg.Add(1) // called from resyncLoop, itself counted
-			go func() {
-				defer s.wg.Done()
-				code := s.applyResync(m)
-				<-s.rsWorkers
-				if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: uint32(len(m.Data)), Err: code}); err != nil {
-					s.close(err)
-				}
-			}()
 		case *protocol.ResyncAck:
 			s.mu.Lock()
 			ch := s.rsWait[m.Seq]

@@ -48,8 +48,7 @@ type session struct {
 	syncDone   chan struct{}       // closed when the peer sent SyncDone
 	doneOnce   sync.Once
 
-	applyQ    chan applyItem // secondary: replicated writes in stream order
-	rsWorkers chan struct{}  // sync target: one token per copy being written
+	applyQ chan applyItem // secondary: replicated writes in stream order
 
 	wg       sync.WaitGroup // the session's goroutines
 	finished chan struct{}  // closed after cleanup, when every goroutine returned
@@ -83,7 +82,6 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		finished:   make(chan struct{}),
 		tlog:       newTransferLog(n.store.ExtentSize()),
 		applyQ:     make(chan applyItem, applyQueue),
-		rsWorkers:  make(chan struct{}, resyncWorkers),
 	}
 	s.touch()
 	return s

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/urbd/urbd/bitmap"
 	"github.com/urbd/urbd/protocol"
 	"github.com/urbd/urbd/resync"
 	"github.com/urbd/urbd/status"
@@ -15,8 +16,6 @@ import (
 const (
 	syncChunk  = 1 << 20
 	syncWindow = 16
-	// resyncWorkers bounds the copies a sync target writes at once.
-	resyncWorkers = 4
 )
 
 // chunkPool recycles resync read buffers of syncChunk bytes.
@@ -58,6 +57,7 @@ func (n *Node) runSyncSource(s *session) error {
 	for {
 		pos := int64(0)
 		copied := false
+		ahead := n.newReadAhead(bm)
 		for {
 			if err := failed(); err != nil {
 				wg.Wait()
@@ -69,6 +69,7 @@ func (n *Node) runSyncSource(s *session) error {
 			}
 			pos = off + length
 			copied = true
+			ahead.advance(pos)
 			if err := n.rate.Wait(s.ctx, length); err != nil {
 				wg.Wait()
 				return err
@@ -104,6 +105,46 @@ func (n *Node) runSyncSource(s *session) error {
 		}
 	}
 	return n.finishSyncSource(s)
+}
+
+// prefetcher is a disk that can start reading a range in the background.
+type prefetcher interface {
+	Prefetch(off, length int64)
+}
+
+// readAhead keeps the disk reading the next syncWindow dirty runs ahead of
+// the resync's copies, so a copy seldom waits for the disk: the runs come
+// from the same bitmap scan the copies will make.
+type readAhead struct {
+	disk prefetcher // nil: the disk cannot prefetch
+	bm   *bitmap.Bitmap
+	pos  int64   // the scan position of the look-ahead
+	ends []int64 // ends of prefetched runs not yet copied
+}
+
+func (n *Node) newReadAhead(bm *bitmap.Bitmap) *readAhead {
+	p, _ := n.disk.(prefetcher)
+	return &readAhead{disk: p, bm: bm}
+}
+
+// advance notes that the copies reached pos and prefetches further runs.
+func (r *readAhead) advance(pos int64) {
+	if r.disk == nil {
+		return
+	}
+	for len(r.ends) > 0 && r.ends[0] <= pos {
+		r.ends = r.ends[1:]
+	}
+	r.pos = max(r.pos, pos)
+	for len(r.ends) < syncWindow {
+		off, length, ok := r.bm.NextDirty(r.pos, syncChunk)
+		if !ok {
+			return
+		}
+		r.disk.Prefetch(off, length)
+		r.pos = off + length
+		r.ends = append(r.ends, r.pos)
+	}
 }
 
 // copyRange sends one run of blocks to the sync target and marks it in sync
