@@ -67,7 +67,12 @@ func TestSplitBrain(t *testing.T) {
 	c.a.ctl("disconnect", "r0")
 	c.b.waitFor("peer loss", 10*time.Second, func(s statusT) bool { return s.ConnState == "WFConnection" })
 	c.b.ctl("disconnect", "r0")
-	c.b.ctl("primary", "r0")
+	if st := c.b.status(); st.DiskState != "Outdated" {
+		t.Fatalf("the secondary after the primary's clean disconnect: disk %s, want Outdated", st.DiskState)
+	}
+	// An Outdated node is promoted only with --force: the operator says
+	// its data wins, which is what makes this a split brain.
+	c.b.ctl("primary", "--force", "r0")
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--io_size=4M", "--size=64M", "--randseed=1", "--end_fsync=1")
 	runFio(t, c.b.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--io_size=4M", "--size=64M", "--randseed=2", "--end_fsync=1")
 	imgA, imgB := fileBytes(t, c.a.disk), fileBytes(t, c.b.disk)

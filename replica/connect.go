@@ -307,6 +307,10 @@ func (n *Node) negotiate(s *session) error {
 		if conn == SyncTarget {
 			st.Disk = Inconsistent
 		}
+		if plan.Decision == NoSync && st.Disk == Outdated && peerDisk == UpToDate {
+			// Nothing was written while apart: the same data as the peer's.
+			st.Disk = UpToDate
+		}
 		if conn == SyncSource {
 			st.PeerDisk = Inconsistent
 		}
@@ -348,6 +352,21 @@ func (n *Node) negotiate(s *session) error {
 		}
 	}
 	return n.followPeer(s)
+}
+
+// outdatedByPeer handles a Primary's clean disconnect: an UpToDate Secondary
+// marks its disk Outdated, persists it and confirms with its state.
+func (n *Node) outdatedByPeer(s *session) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st.Role != Secondary || n.st.Disk != UpToDate {
+		return nil
+	}
+	if err := n.outdateLocked("the Primary disconnected: it goes on without this node"); err != nil {
+		return err
+	}
+	s.sendState(n.localSideLocked())
+	return nil
 }
 
 // followPeer applies the peer's state changes for the rest of the session,
@@ -419,9 +438,10 @@ func (n *Node) sessionEnded(s *session, err error) {
 	s.mu.Lock()
 	wasConnected := s.live // the peer had our data until now
 	s.mu.Unlock()
-	if n.st.Role == Primary && wasConnected && n.st.PeerDisk == UpToDate {
-		// Only a peer that held our current data needs a new generation
-		// to tell it apart; an Inconsistent target is fully resynced anyway.
+	if n.st.Role == Primary && wasConnected && (n.st.PeerDisk == UpToDate || n.st.PeerDisk == Outdated) {
+		// Only a peer that held our current data (UpToDate, or Outdated by
+		// our clean disconnect) needs a new generation to tell it apart;
+		// an Inconsistent target is fully resynced anyway.
 		n.uuids = n.uuids.NewCurrent(randomID())
 	}
 	reason := "peer connection lost: " + err.Error()

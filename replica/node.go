@@ -366,10 +366,29 @@ func (n *Node) Connect(discard bool) error {
 }
 
 // Disconnect drops the peer session and stays StandAlone until Connect.
+//
+// Like DRBD, a clean disconnect between a Primary and an UpToDate Secondary
+// leaves the Secondary's disk Outdated (persisted): it no longer receives
+// the Primary's writes, so promoting it needs --force until a reconnect
+// brings it up to date. A Primary that disconnects tells the peer and waits,
+// at most the peer timeout, for it to confirm; a Secondary that disconnects
+// from a Primary outdates itself.
 func (n *Node) Disconnect() error {
 	n.mu.Lock()
-	n.wantConn = false
 	s := n.sess
+	outdatePeer := s != nil && n.st.Role == Primary && n.st.Conn.Connected() && n.st.PeerDisk == UpToDate
+	n.mu.Unlock()
+	if outdatePeer {
+		n.outdatePeer(s)
+	}
+	n.mu.Lock()
+	n.wantConn = false
+	s = n.sess
+	if n.st.Role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.Disk == UpToDate {
+		if err := n.outdateLocked("disconnected from the Primary by the operator"); err != nil {
+			n.log.Error("outdating the disk failed", "err", err)
+		}
+	}
 	n.setStateLocked("disconnect requested by operator", func(st *State) { st.Conn = StandAlone })
 	n.mu.Unlock()
 	if s != nil {
@@ -377,6 +396,40 @@ func (n *Node) Disconnect() error {
 		<-s.finished
 	}
 	return nil
+}
+
+// outdatePeer asks the peer to mark its disk Outdated and waits until its
+// state says so, the session ends, or the peer timeout passes.
+func (n *Node) outdatePeer(s *session) {
+	n.mu.Lock()
+	side := n.localSideLocked()
+	n.mu.Unlock()
+	s.sendState(side, flagOutdate)
+	deadline := time.After(n.cfg.Timeout)
+	for {
+		n.mu.Lock()
+		done := n.st.PeerDisk == Outdated || n.sess != s || !n.st.Conn.Connected()
+		changed := n.changed
+		n.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-changed:
+		case <-s.ctx.Done():
+			return
+		case <-deadline:
+			n.log.Warn("the peer did not confirm that its disk is Outdated")
+			return
+		}
+	}
+}
+
+// outdateLocked marks this node's disk Outdated and persists it. n.mu must
+// be held.
+func (n *Node) outdateLocked(reason string) error {
+	n.setStateLocked(reason, func(st *State) { st.Disk = Outdated })
+	return n.saveMetaLocked()
 }
 
 // AdjustRate changes the resync rate live (`urbd adjust --resync-rate`).

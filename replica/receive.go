@@ -36,6 +36,11 @@ func (s *session) controlLoop() error {
 		switch m := m.(type) {
 		case *protocol.State:
 			s.wantRecv.Store(m.Flags&flagWantReceived != 0)
+			if m.Flags&flagOutdate != 0 {
+				if err := s.n.outdatedByPeer(s); err != nil {
+					return err
+				}
+			}
 			select {
 			case s.peerStates <- *m:
 			default:

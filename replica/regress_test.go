@@ -56,7 +56,7 @@ func TestRegressionSplitBrainFlaggedOnOneSideOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := b.node.Promote(false); err != nil {
+	if err := b.node.Promote(true); err != nil { // b is Outdated
 		t.Fatal(err)
 	}
 	a.write(10*hBlock, pattern("a alone", hBlock))

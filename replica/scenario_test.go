@@ -390,7 +390,8 @@ func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := b.node.Promote(false); err != nil {
+	// b was Outdated by a's clean disconnect: only --force promotes it.
+	if err := b.node.Promote(true); err != nil {
 		t.Fatalf("promote the cut-off secondary: %v", err)
 	}
 	a.write(10*hBlock, pattern("a alone", hBlock))
@@ -1164,5 +1165,50 @@ func TestScenarioInterruptedResyncResumes(t *testing.T) {
 	sameDisks(t, a, b)
 	if second := b.node.Status().NetRecvKiB - recv0 - first; second != hDiskSize>>10-3<<10 {
 		t.Fatalf("the resumed resync copied %d KiB, want the remaining %d KiB", second, hDiskSize>>10-3<<10)
+	}
+}
+
+// TestScenarioCleanDisconnectOutdatesSecondary: when the Primary disconnects
+// cleanly, the Secondary's disk becomes Outdated, survives a restart as
+// Outdated and cannot be promoted without --force; the reconnect brings it
+// back to UpToDate (by a resync when the Primary wrote meanwhile). A
+// Secondary that disconnects itself from its Primary outdates itself too.
+func TestScenarioCleanDisconnectOutdatesSecondary(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := a.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.node.State(); st.Disk != replica.Outdated {
+		t.Fatalf("secondary after the primary's disconnect: %+v, want disk Outdated", st)
+	}
+	b.crash()
+	b.start()
+	if st := b.node.State(); st.Disk != replica.Outdated {
+		t.Fatalf("secondary after a restart: %+v, want disk Outdated", st)
+	}
+	if err := b.node.Promote(false); !errors.Is(err, replica.ErrNotUpToDate) {
+		t.Fatalf("promoting an Outdated secondary: %v, want ErrNotUpToDate", err)
+	}
+	a.write(0, pattern("written alone", 4*hBlock))
+	if err := a.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+
+	// Nothing written while apart: the reconnect finds the same data.
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.node.State(); st.Disk != replica.Outdated {
+		t.Fatalf("secondary after its own disconnect: %+v, want disk Outdated", st)
+	}
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	b.waitInSync()
+	if err := b.node.Promote(false); !errors.Is(err, replica.ErrPeerPrimary) {
+		t.Fatalf("promote while the peer is Primary: %v, want ErrPeerPrimary", err)
 	}
 }

@@ -301,8 +301,8 @@ func (s *session) close(err error) {
 	}
 }
 
-// sendState tells the peer this node's state.
-func (s *session) sendState(side Side) {
+// sendState tells the peer this node's state, with extra replica flags.
+func (s *session) sendState(side Side, flags ...uint32) {
 	st := protocol.State{Role: protocol.RoleSecondary, Disk: diskToWire(ParseDiskState(side.Disk)),
 		UUIDs: protocol.UUIDs(side.UUIDs)}
 	if side.Primary {
@@ -323,6 +323,9 @@ func (s *session) sendState(side Side) {
 	if side.recoveredAL {
 		st.Flags |= flagRecovered
 	}
+	for _, f := range flags {
+		st.Flags |= f
+	}
 	if err := s.ps.Control().Send(&st); err != nil {
 		go s.close(fmt.Errorf("sending state: %w", err)) // callers may hold n.mu
 	}
@@ -340,6 +343,10 @@ const (
 	// recovered after a crash, which are probably in sync: resync them by
 	// checksum.
 	flagRecovered uint32 = 1 << 18
+	// flagOutdate: the sender, a Primary, is disconnecting cleanly and will
+	// go on without the receiver, whose disk is therefore Outdated. The
+	// receiver confirms with its new state.
+	flagOutdate uint32 = 1 << 19
 )
 
 func diskToWire(d DiskState) uint8 {
