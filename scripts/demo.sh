@@ -291,7 +291,7 @@ write_files "$MNT/before" file 20 1
 show sync
 u alpha status "$RES"
 
-step "Cut the link: urbd disconnect on alpha. Alpha goes StandAlone and keeps serving; beta waits (WFConnection)."
+step "Cut the link: urbd disconnect on alpha. Alpha goes StandAlone and keeps serving; beta waits (WFConnection), its disk Outdated: it misses what alpha writes now."
 u alpha disconnect "$RES"
 wait_for beta 20 "peer loss" peer_lost beta
 u beta status "$RES"
