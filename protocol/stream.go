@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -289,6 +290,9 @@ func (st *Stream) flusher() {
 			st.shutdown()
 			return
 		}
+		// Let goroutines made runnable with the sender (requests read in
+		// the same burst) queue their frames too, so they share one write.
+		runtime.Gosched()
 		st.mu.Lock()
 		for st.werr == nil && !st.writing && len(st.pending) > 0 {
 			batch := st.pending
