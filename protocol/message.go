@@ -187,6 +187,7 @@ type SyncDone struct{ Flags uint32 }
 // SyncDone flags.
 const (
 	SyncAborted uint32 = 1 << 0 // the sync stopped before covering every bit
+	SyncVerify  uint32 = 1 << 1 // ends an online verify (after SyncStart VerifySource), not a resync
 )
 
 // Bitmap carries a chunk of a dirty bitmap: Words[i] holds bits

@@ -383,7 +383,7 @@ func (n *Node) followPeer(s *session) error {
 			peer := sideFromWire(st, s.peer.NodeID)
 			n.mu.Lock()
 			n.peerUUIDs = peer.UUIDs
-			if peer.Disk == UpToDate.String() && peer.UUIDs.Current == n.uuids.Current && n.uuids.Bitmap != 0 && n.st.Conn == Connected {
+			if peer.Disk == UpToDate.String() && peer.UUIDs.Current == n.uuids.Current && n.uuids.Bitmap != 0 && (n.st.Conn == Connected || n.st.Conn == VerifyT) {
 				// The target confirmed the finished resync.
 				n.uuids = n.uuids.SyncSourceDone()
 				if err := n.saveMetaLocked(); err != nil {

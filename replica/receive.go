@@ -56,7 +56,14 @@ func (s *session) controlLoop() error {
 				return err
 			}
 		case *protocol.SyncStart:
+			if m.Direction == protocol.VerifySource {
+				s.n.peerVerifying(true)
+			}
 		case *protocol.SyncDone:
+			if m.Flags&protocol.SyncVerify != 0 {
+				s.n.peerVerifying(false)
+				break
+			}
 			s.doneOnce.Do(func() { close(s.syncDone) })
 		case *protocol.Refuse:
 			return fmt.Errorf("peer refused: %w", m.Err())

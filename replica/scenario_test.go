@@ -1212,3 +1212,35 @@ func TestScenarioCleanDisconnectOutdatesSecondary(t *testing.T) {
 		t.Fatalf("promote while the peer is Primary: %v, want ErrPeerPrimary", err)
 	}
 }
+
+// TestScenarioVerifyPeerShowsVerifyT: while a node verifies, its peer shows
+// VerifyT, and Connected again when the verify ends. Writes go on during the
+// verify, on either side of it, even with on-peer-loss suspend.
+func TestScenarioVerifyPeerShowsVerifyT(t *testing.T) {
+	for _, verifier := range []string{"primary", "secondary"} {
+		t.Run(verifier, func(t *testing.T) {
+			a, b := cleanPair(t, nodeOpts{suspend: true}, nodeOpts{})
+			v, peer := a, b
+			if verifier == "secondary" {
+				v, peer = b, a
+			}
+			v.node.AdjustRate(256 << 10) // slow enough to watch
+			if err := v.node.Verify(); err != nil {
+				t.Fatal(err)
+			}
+			peer.waitConn(replica.VerifyT)
+			if st := v.node.State(); st.Conn != replica.VerifyS {
+				t.Fatalf("the verifying node: %+v, want VerifyS", st)
+			}
+			if a.node.Status().Suspended {
+				t.Fatal("writes suspended during an online verify")
+			}
+			a.write(3*hBlock, pattern("during verify", hBlock))
+			v.node.AdjustRate(0)
+			a.waitConn(replica.Connected)
+			b.waitConn(replica.Connected)
+			a.waitInSync()
+			sameDisks(t, a, b)
+		})
+	}
+}

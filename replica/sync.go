@@ -366,9 +366,14 @@ func (n *Node) Verify() error {
 	n.setStateLocked("online verify started by operator", func(st *State) { st.Conn = VerifyS })
 	n.mu.Unlock()
 	go func() {
+		// The peer shows VerifyT meanwhile; it answers the checksum
+		// requests whatever it shows.
+		ctl := s.ps.Control()
+		ctl.Send(&protocol.SyncStart{Direction: protocol.VerifySource, BitmapBlock: uint32(n.store.Bitmap().BlockSize())})
 		n.startCopying()
 		diff, err := n.runVerify(s, prog)
 		n.stopCopying()
+		ctl.Send(&protocol.SyncDone{Flags: protocol.SyncVerify})
 		n.mu.Lock()
 		n.progress = nil
 		n.verify = nil
@@ -387,6 +392,19 @@ func (n *Node) Verify() error {
 }
 
 // runVerify walks the disk in chunks: the peer's checksums against ours.
+// peerVerifying shows that the peer started (VerifyT) or ended (back to
+// Connected) an online verify against this node.
+func (n *Node) peerVerifying(on bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case on && n.st.Conn == Connected:
+		n.setStateLocked("online verify started by the peer", func(st *State) { st.Conn = VerifyT })
+	case !on && n.st.Conn == VerifyT:
+		n.setStateLocked("online verify by the peer finished", func(st *State) { st.Conn = Connected })
+	}
+}
+
 func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
 	bs := n.store.Bitmap().BlockSize()
 	size := n.disk.Size()

@@ -190,7 +190,11 @@ func (n *Node) suspendedLocked() bool {
 	if !n.cfg.SuspendOnPeerLoss || n.st.Role != Primary {
 		return false
 	}
-	return !(n.st.Conn == Connected && n.st.PeerDisk == UpToDate) && n.st.Conn != SyncSource
+	if n.st.Conn == SyncSource {
+		return false
+	}
+	// Connected, or an online verify (VerifyS/VerifyT) with the peer.
+	return !(n.st.Conn.Connected() && n.st.Conn != SyncTarget && n.st.PeerDisk == UpToDate)
 }
 
 // waitInSync holds the answer to a write that reached only the local disk
