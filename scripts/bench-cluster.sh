@@ -5,12 +5,14 @@
 
 # cluster_up PROTO SIZE [extra up flags...]: two fresh nodes on loopback
 # replicating r0 with --assume-clean; node a is Primary. Sets A_SOCK, B_SOCK,
-# A_DISK, B_DISK, A_RUN, B_RUN, CLUSTER_PIDS.
+# A_DISK, B_DISK, A_RUN, B_RUN and adds the daemons to CLUSTER_PIDS. Without
+# CLUSTER it first stops every cluster; with CLUSTER=NAME it adds one more
+# next to those running, in its own directory.
 cluster_up() {
 	local proto=$1 size=$2
 	shift 2
-	local dir=$WORK/cluster
-	cluster_down
+	local dir=$WORK/cluster${CLUSTER:+-$CLUSTER}
+	[ -n "${CLUSTER:-}" ] || cluster_down
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	A_DISK=$dir/a.img B_DISK=$dir/b.img A_SOCK=$dir/a.sock B_SOCK=$dir/b.sock
@@ -24,14 +26,14 @@ cluster_up() {
 	local pa pb
 	pa=$(free_port) pb=$(free_port)
 	"$URBD" --run-dir "$A_RUN" up --disk "$A_DISK" --meta "$dir/meta-a" --nbd "unix:$A_SOCK" \
-		--listen-peer "127.0.0.1:$pa" --peer "127.0.0.1:$pb" --protocol "$proto" --assume-clean "$@" r0 2>>"$WORK/cluster-a.log" &
-	CLUSTER_PIDS=($!)
+		--listen-peer "127.0.0.1:$pa" --peer "127.0.0.1:$pb" --protocol "$proto" --assume-clean "$@" r0 2>>"$dir.a.log" &
+	CLUSTER_PIDS+=($!)
 	"$URBD" --run-dir "$B_RUN" up --disk "$B_DISK" --meta "$dir/meta-b" --nbd "unix:$B_SOCK" \
-		--listen-peer "127.0.0.1:$pb" --peer "127.0.0.1:$pa" --protocol "$proto" --assume-clean "$@" r0 2>>"$WORK/cluster-b.log" &
+		--listen-peer "127.0.0.1:$pb" --peer "127.0.0.1:$pa" --protocol "$proto" --assume-clean "$@" r0 2>>"$dir.b.log" &
 	CLUSTER_PIDS+=($!)
 	wait_state "$A_RUN" "cs:Connected" 30
 	"$URBD" --run-dir "$A_RUN" primary r0 >/dev/null
-	wait_sock "$A_SOCK" "${CLUSTER_PIDS[0]}"
+	wait_sock "$A_SOCK" "${CLUSTER_PIDS[-2]}"
 }
 
 cluster_down() {
@@ -79,37 +81,43 @@ bench_replication() {
 		"1M seqwrite QD8|wmibs|MiB/s|--rw=write --bs=1M --iodepth=8"
 		"4k randwrite QD1 fsync=1|wiops|IOPS|--rw=randwrite --bs=4k --iodepth=1 --fsync=1"
 	)
+	# All four setups run at once (idle ones cost nothing) and are measured
+	# in turn within each round, so a machine that slows down over the run
+	# slows all of them alike and the ratios stay fair.
 	local modes=(standalone C B A)
-	declare -A res=()
-	local m t name metric unit args r disk sock
-	for m in "${modes[@]}"; do
-		if [ "$m" = standalone ]; then
-			disk=$WORK/standalone.img
-			make_disk "$disk" "$SIZE"
-			sock=$WORK/standalone.sock
-			start_server urbd "$disk" "$sock"
-		else
-			log "replication: protocol $m"
-			cluster_up "$m" "$SIZE"
-			disk=$A_DISK sock=$A_SOCK
-		fi
-		for t in "${tests[@]}"; do
-			IFS='|' read -r name metric unit args <<<"$t"
-			local vals=""
-			for r in $(seq "$RUNS"); do
-				drop_cache "$disk"
-				[ "$m" = standalone ] || drop_cache "$B_DISK"
-				# shellcheck disable=SC2086
-				vals+="$(run_fio "$sock" "$metric" $args)"$'\n'
-			done
-			res["$m|$name"]=$(printf '%s' "$vals" | grep -v '^$' | median)
-		done
-		if [ "$m" = standalone ]; then
-			stop_server "$SERVER_PID"
-		else
-			cluster_down
-		fi
+	declare -A res=() sock=() disks=()
+	local m t name metric unit args r d vals
+	sock[standalone]=$WORK/standalone.sock
+	disks[standalone]=$WORK/standalone.img
+	make_disk "${disks[standalone]}" "$SIZE"
+	start_server urbd "${disks[standalone]}" "${sock[standalone]}"
+	local standalone_pid=$SERVER_PID
+	cluster_down
+	for m in C B A; do
+		log "replication: starting the protocol $m pair"
+		CLUSTER=$m cluster_up "$m" "$SIZE"
+		sock[$m]=$A_SOCK
+		disks[$m]="$A_DISK $B_DISK"
 	done
+	for t in "${tests[@]}"; do
+		IFS='|' read -r name metric unit args <<<"$t"
+		declare -A runs=()
+		for r in $(seq "$RUNS"); do
+			for m in "${modes[@]}"; do
+				for d in ${disks[$m]}; do
+					drop_cache "$d"
+				done
+				# shellcheck disable=SC2086
+				runs[$m]+="$(run_fio "${sock[$m]}" "$metric" $args)"$'\n'
+			done
+		done
+		for m in "${modes[@]}"; do
+			res["$m|$name"]=$(printf '%s' "${runs[$m]}" | grep -v '^$' | median)
+		done
+		unset runs
+	done
+	stop_server "$standalone_pid"
+	cluster_down
 	printf '\n%-26s %6s %10s %10s %10s %10s %8s %8s %8s\n' "replication: test" unit standalone "proto C" "proto B" "proto A" C/alone B/alone A/alone
 	for t in "${tests[@]}"; do
 		IFS='|' read -r name metric unit args <<<"$t"
