@@ -86,8 +86,7 @@ type Node struct {
 // counters are the status file's ns/nr/dw/dr/lo/pe/ua/ap, in bytes or requests.
 type counters struct {
 	netSend, netRecv, diskWrite, diskRead atomic.Uint64 // bytes
-	localPending, peerPending             atomic.Int64
-	unacked, appPending                   atomic.Int64
+	localPending, peerPending, appPending atomic.Int64
 }
 
 // New opens the resource described by cfg. It does not connect; call Run.

@@ -148,7 +148,7 @@ func (s *session) dataLoop() error {
 				return err
 			}
 		case *protocol.Flush:
-			s.n.stats.unacked.Add(1)
+			s.unacked.Add(1)
 			if err := s.enqueue(applyItem{seq: m.Seq, flush: true}); err != nil {
 				return err
 			}
@@ -189,7 +189,7 @@ func (s *session) receiveWrite(w *protocol.Write) error {
 			return err
 		}
 	}
-	s.n.stats.unacked.Add(1)
+	s.unacked.Add(1)
 	s.n.stats.netRecv.Add(uint64(len(w.Data)))
 	if len(w.Data) <= inlineApply {
 		it := applyItem{seq: w.Seq, w: *w}
@@ -213,7 +213,7 @@ func (s *session) receiveWrite(w *protocol.Write) error {
 	if async {
 		return nil
 	}
-	s.n.stats.unacked.Add(-1)
+	s.unacked.Add(-1)
 	return st.Send(&ack)
 }
 
@@ -241,7 +241,7 @@ func (s *session) applyLoop() error {
 				return err
 			}
 		}
-		s.n.stats.unacked.Add(-int64(len(acks)))
+		s.unacked.Add(-int64(len(acks)))
 		acks = acks[:0]
 		return nil
 	}
@@ -290,7 +290,7 @@ func (s *session) flushThenAck(ack func(code uint32) protocol.Message) {
 	go func() {
 		defer s.wg.Done()
 		code := errCode(s.n.disk.Flush(s.ctx))
-		s.n.stats.unacked.Add(-1)
+		s.unacked.Add(-1)
 		if err := s.ps.Data().Send(ack(code)); err != nil {
 			s.close(err)
 		}

@@ -38,6 +38,7 @@ type session struct {
 	sumWait  map[uint64]chan *protocol.ChecksumReply
 	rsSeq    atomic.Uint64
 	lastRecv atomic.Int64 // unix nanos of the last frame from the peer
+	unacked  atomic.Int64 // secondary: writes and flushes received, not yet answered
 
 	wantRecv   atomic.Bool         // the peer runs protocol B
 	csumResync bool                // set before the resync starts: compare checksums first

@@ -15,6 +15,10 @@ func (n *Node) Status() status.Resource {
 		verify = *n.verify
 	}
 	susp := n.suspendedLocked()
+	var unacked int64
+	if n.sess != nil {
+		unacked = n.sess.unacked.Load()
+	}
 	n.mu.Unlock()
 	r := status.Resource{
 		Name:         n.cfg.Name,
@@ -35,7 +39,7 @@ func (n *Node) Status() status.Resource {
 		BMWrites:     bm,
 		LocalPending: uint64(max(0, n.stats.localPending.Load())),
 		PeerPending:  uint64(max(0, n.stats.peerPending.Load())),
-		Unacked:      uint64(max(0, n.stats.unacked.Load())),
+		Unacked:      uint64(max(0, unacked)),
 		AppPending:   uint64(max(0, n.stats.appPending.Load())),
 		OutOfSyncKiB: uint64(n.store.Bitmap().DirtyBytes()) >> 10,
 		NBDClients:   n.clients(),
