@@ -12,8 +12,9 @@
 // bounded by MaxOptionLen before allocation.
 //
 // Transmission serves READ, WRITE, FLUSH, TRIM, WRITE_ZEROES and DISC. Each
-// connection has one reader goroutine, one goroutine per request, and one
-// reply writer. The rules, in the order a request meets them:
+// connection has one reader goroutine, a pool of request workers (one per
+// request in flight at most, kept until the connection ends), and one reply
+// writer. The rules, in the order a request meets them:
 //
 //  1. The reader validates the header. A request out of range, with an
 //     unknown command or flag, or with a READ/WRITE length above
