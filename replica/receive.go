@@ -379,6 +379,7 @@ func (s *session) resyncLoop() error {
 			if err != nil {
 				return err
 			}
+			s.n.verifyAnswered(int64(m.Length))
 			if err := st.Send(reply); err != nil {
 				return err
 			}

@@ -1224,7 +1224,7 @@ func TestScenarioVerifyPeerShowsVerifyT(t *testing.T) {
 			if verifier == "secondary" {
 				v, peer = b, a
 			}
-			v.node.AdjustRate(256 << 10) // slow enough to watch
+			v.node.AdjustRate(2 << 20) // 8 MiB in about 4 s: slow enough to watch
 			if err := v.node.Verify(); err != nil {
 				t.Fatal(err)
 			}
@@ -1232,6 +1232,9 @@ func TestScenarioVerifyPeerShowsVerifyT(t *testing.T) {
 			if st := v.node.State(); st.Conn != replica.VerifyS {
 				t.Fatalf("the verifying node: %+v, want VerifyS", st)
 			}
+			peer.waitStatus("verify progress on the peer", func(s status.Resource) bool {
+				return s.Sync != nil && s.Sync.TotalKiB == hDiskSize>>10 && s.Sync.VerifiedKiB > 0
+			})
 			if a.node.Status().Suspended {
 				t.Fatal("writes suspended during an online verify")
 			}

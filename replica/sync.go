@@ -399,9 +399,23 @@ func (n *Node) peerVerifying(on bool) {
 	defer n.mu.Unlock()
 	switch {
 	case on && n.st.Conn == Connected:
+		// Progress counts the checksum requests answered (verifyAnswered).
+		n.progress = resync.NewProgress(n.clock, n.disk.Size())
 		n.setStateLocked("online verify started by the peer", func(st *State) { st.Conn = VerifyT })
 	case !on && n.st.Conn == VerifyT:
+		n.progress = nil
 		n.setStateLocked("online verify by the peer finished", func(st *State) { st.Conn = Connected })
+	}
+}
+
+// verifyAnswered counts length bytes of a peer's verify as compared here.
+func (n *Node) verifyAnswered(length int64) {
+	n.mu.Lock()
+	p := n.progress
+	verifying := n.st.Conn == VerifyT
+	n.mu.Unlock()
+	if verifying && p != nil {
+		p.Done(length)
 	}
 }
 
