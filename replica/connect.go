@@ -14,7 +14,10 @@ import (
 
 // Run accepts and dials the peer until ctx is cancelled. Both nodes listen
 // and dial; when both connections succeed, the one dialed by the node with
-// the larger node id is kept, which both sides compute alike.
+// the larger node id is kept, which both sides compute alike. Once the ids
+// are known, a dial by the smaller id is a knock: the peer drops it and, if
+// it wants a connection, dials back at once instead of waiting out its
+// retry backoff, so `urbd connect` on either node reconnects promptly.
 func (n *Node) Run(ctx context.Context) error {
 	var ln net.Listener
 	if n.cfg.ListenPeer != "" {
@@ -115,17 +118,27 @@ func (n *Node) acceptLoop(ctx context.Context, ln net.Listener) error {
 }
 
 func (n *Node) dialLoop(ctx context.Context) error {
-	backoff := 200 * time.Millisecond
+	const minBackoff, maxBackoff = 200 * time.Millisecond, 2 * time.Second
+	backoff := minBackoff
 	for {
 		n.mu.Lock()
-		want := n.wantConn && n.sess == nil && (n.peerID == 0 || n.nodeID > n.peerID)
+		want := n.wantConn && n.sess == nil
+		if n.sess != nil {
+			backoff = minBackoff
+		}
 		n.mu.Unlock()
 		if want {
-			if err := n.dialOnce(ctx); err != nil {
+			adopted, err := n.dialOnce(ctx)
+			switch {
+			case err != nil:
 				n.noteConnError(err)
-				backoff = min(backoff*2, 2*time.Second)
-			} else {
-				backoff = 200 * time.Millisecond
+				backoff = min(backoff*2, maxBackoff)
+			case adopted:
+				backoff = minBackoff
+			default:
+				// Dropped by the tie-break (a knock) or refused: the
+				// peer dials back if it wants to; knock less often.
+				backoff = min(backoff*2, maxBackoff)
 			}
 		}
 		select {
@@ -137,21 +150,22 @@ func (n *Node) dialLoop(ctx context.Context) error {
 	}
 }
 
-func (n *Node) dialOnce(ctx context.Context) error {
+// dialOnce dials the peer and offers the session; it reports whether the
+// session was adopted.
+func (n *Node) dialOnce(ctx context.Context) (bool, error) {
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(dctx, "tcp", n.cfg.Peer)
 	if err != nil {
-		return err
+		return false, err
 	}
 	ps, err := protocol.Handshake(dctx, conn, n.protoConfig(), true)
 	if err != nil {
 		conn.Close()
-		return err
+		return false, err
 	}
-	n.offer(ps, true)
-	return nil
+	return n.offer(ps, true), nil
 }
 
 // noteConnError logs a failed connection attempt once per distinct reason
@@ -178,22 +192,28 @@ var errConnRefused = errors.New("connection refused")
 
 // offer adopts a freshly authenticated session, or closes it when it loses
 // the tie-break, when the node is StandAlone, or when it duplicates the live
-// session. A new session from the same peer replaces a live one: the peer
-// restarted and the old session is dead even if we have not noticed yet.
-func (n *Node) offer(ps *protocol.Session, dialer bool) {
+// session; it reports whether it adopted it. A new session from the same
+// peer replaces a live one: the peer restarted and the old session is dead
+// even if we have not noticed yet. A session the peer dialed that loses the
+// tie-break is a knock: without a session, the dialer is woken to dial back.
+func (n *Node) offer(ps *protocol.Session, dialer bool) bool {
 	peerID := ps.Peer().NodeID
 	if peerID == n.nodeID {
 		n.noteConnError(fmt.Errorf("replica: peer has the same node id %016x: was the metadata copied? recreate one side's --meta", peerID))
 		ps.Close()
-		return
+		return false
 	}
 	n.mu.Lock()
 	n.peerID = peerID
 	keep := (dialer && n.nodeID > peerID) || (!dialer && peerID > n.nodeID)
 	if !keep || !n.wantConn {
+		knocked := !dialer && !keep && n.wantConn && n.sess == nil
 		n.mu.Unlock()
 		ps.Close()
-		return
+		if knocked {
+			n.kickConnect() // the peer wants us: dial it now
+		}
+		return false
 	}
 	old := n.sess
 	n.mu.Unlock()
@@ -206,12 +226,13 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) {
 	if n.sess != nil || !n.wantConn {
 		n.mu.Unlock()
 		ps.Close()
-		return
+		return false
 	}
 	n.sess = s
 	n.lastConnErr = ""
 	n.mu.Unlock()
 	go n.runSession(s)
+	return true
 }
 
 // runSession drives one session from the state exchange to its end. The
