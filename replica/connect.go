@@ -44,14 +44,7 @@ func (n *Node) Run(ctx context.Context) error {
 		err = nil
 	}
 	// Run owns the session it started: end it before returning.
-	n.mu.Lock()
-	n.wantConn = false
-	s := n.sess
-	n.mu.Unlock()
-	if s != nil {
-		s.close(errors.New("shutting down"))
-		<-s.finished
-	}
+	n.endSession("shutting down")
 	return err
 }
 

@@ -437,17 +437,23 @@ func (n *Node) AdjustRate(bytesPerSec int64) {
 	n.log.Info("resync rate changed", "bytes_per_sec", bytesPerSec)
 }
 
-// Close stops the node after the daemon stopped serving: it drops the peer
-// session, persists the bitmap and marks the metadata clean.
-func (n *Node) Close() error {
+// endSession stops reconnecting and ends the live session, if any, waiting
+// until its goroutines have returned.
+func (n *Node) endSession(why string) {
 	n.mu.Lock()
 	n.wantConn = false
 	s := n.sess
 	n.mu.Unlock()
 	if s != nil {
-		s.close(errors.New("shutting down"))
+		s.close(errors.New(why))
 		<-s.finished
 	}
+}
+
+// Close stops the node after the daemon stopped serving: it drops the peer
+// session, persists the bitmap and marks the metadata clean.
+func (n *Node) Close() error {
+	n.endSession("shutting down")
 	err := n.disk.Flush(context.Background())
 	n.mu.Lock()
 	defer n.mu.Unlock()
