@@ -126,13 +126,7 @@ func (s *session) sendBitmap() error {
 // loop straight from the receive buffer, after the queue has drained, which
 // keeps the stream order without copying it.
 func (s *session) dataLoop() error {
-	st := s.ps.Data()
-	for {
-		m, err := st.Recv()
-		if err != nil {
-			return err
-		}
-		s.touch()
+	return s.readLoop(s.ps.Data(), func(m protocol.Message) error {
 		switch m := m.(type) {
 		case *protocol.Ack:
 			switch m.Type {
@@ -144,18 +138,15 @@ func (s *session) dataLoop() error {
 		case *protocol.FlushAck:
 			s.complete(m.Seq, m.Err == protocol.CodeOK)
 		case *protocol.Write:
-			if err := s.receiveWrite(m); err != nil {
-				return err
-			}
+			return s.receiveWrite(m)
 		case *protocol.Flush:
 			s.unacked.Add(1)
-			if err := s.enqueue(applyItem{seq: m.Seq, flush: true}); err != nil {
-				return err
-			}
+			return s.enqueue(applyItem{seq: m.Seq, flush: true})
 		default:
 			return fmt.Errorf("replica: unexpected %T on the data stream", m)
 		}
-	}
+		return nil
+	})
 }
 
 // applyQueue bounds the replicated writes received and not yet applied on a
