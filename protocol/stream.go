@@ -199,16 +199,21 @@ func (st *Stream) kickFlusher() {
 // pending, which has room for it. st.mu is held.
 func (st *Stream) encodeLocked(w wire, fixed int, bulk []byte) {
 	start := len(st.pending)
-	n := HeaderLen + fixed
-	st.pending = st.pending[:start+n]
-	f := st.pending[start:]
-	crc := putHeader(f, w.Kind(), st.wseq, uint32(fixed+len(bulk)))
-	st.wseq++
-	w.put(f[HeaderLen:n])
-	crc = crc32.Update(crc, castagnoli, f[HeaderLen:n])
-	crc = crc32.Update(crc, castagnoli, bulk)
-	be.PutUint32(f[16:20], crc)
+	st.pending = st.pending[:start+HeaderLen+fixed]
+	st.putHeadLocked(st.pending[start:], w, bulk)
 	st.pending = append(st.pending, bulk...)
+}
+
+// putHeadLocked writes the header and fixed part of w into head (HeaderLen
+// plus the fixed length) with the next sequence number and the CRC32C over
+// the header, fixed part and bulk. st.mu is held.
+func (st *Stream) putHeadLocked(head []byte, w wire, bulk []byte) {
+	crc := putHeader(head, w.Kind(), st.wseq, uint32(len(head)-HeaderLen+len(bulk)))
+	st.wseq++
+	w.put(head[HeaderLen:])
+	crc = crc32.Update(crc, castagnoli, head[HeaderLen:])
+	crc = crc32.Update(crc, castagnoli, bulk)
+	be.PutUint32(head[16:20], crc)
 }
 
 // sendDirectLocked writes a frame from the calling goroutine: it waits for
@@ -235,12 +240,7 @@ func (st *Stream) sendDirectLocked(w wire, fixed int, bulk []byte, timeout time.
 		st.pending = st.pending[:start+n]
 		head = st.pending[start:]
 	}
-	crc := putHeader(head, w.Kind(), st.wseq, uint32(fixed+len(bulk)))
-	st.wseq++
-	w.put(head[HeaderLen:n])
-	crc = crc32.Update(crc, castagnoli, head[HeaderLen:n])
-	crc = crc32.Update(crc, castagnoli, bulk)
-	be.PutUint32(head[16:20], crc)
+	st.putHeadLocked(head, w, bulk)
 	batch := st.pending
 	st.pending = st.spare[:0]
 	st.writing = true
