@@ -289,6 +289,23 @@ func (x *tnode) waitConn(c replica.ConnState) replica.State {
 	return x.waitState("cs "+c.String(), func(s replica.State) bool { return s.Conn == c })
 }
 
+// waitSplitBrain waits until either node is StandAlone with SplitBrain set
+// and returns it (the side that decided first).
+func waitSplitBrain(a, b *tnode) *tnode {
+	a.t.Helper()
+	var first *tnode
+	a.waitFor("split brain on either side", func() bool {
+		for _, x := range []*tnode{a, b} {
+			if st := x.node.State(); st.SplitBrain && st.Conn == replica.StandAlone {
+				first = x
+				return true
+			}
+		}
+		return false
+	})
+	return first
+}
+
 // waitInSync waits until the node is Connected, both disks UpToDate and
 // nothing is out of sync.
 func (x *tnode) waitInSync() {

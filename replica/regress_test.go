@@ -67,17 +67,8 @@ func TestRegressionSplitBrainFlaggedOnOneSideOnly(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		var first, other *tnode
-		a.waitFor("split brain on either side", func() bool {
-			for _, x := range []*tnode{a, b} {
-				if st := x.node.State(); st.SplitBrain && st.Conn == replica.StandAlone {
-					first = x
-					return true
-				}
-			}
-			return false
-		})
-		other = map[*tnode]*tnode{a: b, b: a}[first]
+		first := waitSplitBrain(a, b)
+		other := map[*tnode]*tnode{a: b, b: a}[first]
 		deadline := time.Now().Add(time.Second)
 		for {
 			st := other.node.State()

@@ -407,16 +407,7 @@ func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
 	// The side that decides first refuses; wait for it. (The other side
 	// should flag the split brain too, but may miss the peer's state when
 	// the refusal closes the session first, and stay WFConnection.)
-	var first *tnode
-	a.waitFor("split brain on either side", func() bool {
-		for _, x := range []*tnode{a, b} {
-			if st := x.node.State(); st.SplitBrain && st.Conn == replica.StandAlone {
-				first = x
-				return true
-			}
-		}
-		return false
-	})
+	first := waitSplitBrain(a, b)
 	if st := first.node.State(); st.Role != replica.Primary || st.Disk != replica.UpToDate {
 		t.Fatalf("%s after split brain: %+v", first.label, st)
 	}
