@@ -193,17 +193,31 @@ func TestAttachBusyDevice(t *testing.T) {
 // TestSuperviseReconnectsToNextAddress: the first server dies; the
 // supervisor redials, finds the second address and hands its socket to
 // the kernel with Reconfigure; cancelling disconnects the device.
-func TestSuperviseReconnectsToNextAddress(t *testing.T) {
-	a := startFakeExport(t, "a", 1<<20, FlagHasFlags, "")
-	b := startFakeExport(t, "b", 1<<20, FlagHasFlags, "")
-	k := newFakeKernel()
-	att, err := Attach(context.Background(), testAttachConfig(k, a.addr, b.addr))
+// supervise attaches with cfg and runs Supervise until the returned stop,
+// which checks that Supervise then returns nil.
+func supervise(t *testing.T, cfg AttachConfig) (stop func()) {
+	t.Helper()
+	att, err := Attach(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- att.Supervise(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Supervise: %v", err)
+		}
+	}
+}
+
+func TestSuperviseReconnectsToNextAddress(t *testing.T) {
+	a := startFakeExport(t, "a", 1<<20, FlagHasFlags, "")
+	b := startFakeExport(t, "b", 1<<20, FlagHasFlags, "")
+	k := newFakeKernel()
+	stop := supervise(t, testAttachConfig(k, a.addr, b.addr))
 
 	// Node a fails: its listener goes and its connection drops.
 	ca := <-a.conns
@@ -217,10 +231,7 @@ func TestSuperviseReconnectsToNextAddress(t *testing.T) {
 	cb := <-b.conns // the new socket is b's
 	defer cb.Close()
 
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Supervise: %v", err)
-	}
+	stop()
 	if k.disconnects != 1 {
 		t.Errorf("%d disconnects, want 1", k.disconnects)
 	}
@@ -275,13 +286,7 @@ func TestSuperviseReconnectsAfterServerDropsClients(t *testing.T) {
 	k := newFakeKernel()
 	cfg := testAttachConfig(k, addr)
 	cfg.Connections = 2
-	att, err := Attach(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- att.Supervise(ctx) }()
+	stop := supervise(t, cfg)
 
 	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer ccancel()
@@ -292,10 +297,7 @@ func TestSuperviseReconnectsAfterServerDropsClients(t *testing.T) {
 	for n < 2 {
 		n += len(<-k.reconfigs)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 }
 
 // orderKernel is a fakeKernel whose Reconfigure records how many LINK_DEAD
@@ -322,13 +324,7 @@ func TestSuperviseWaitsForKernelToMarkEveryConnectionDead(t *testing.T) {
 	cfg := testAttachConfig(k, srv.addr)
 	cfg.Connections = 2
 	cfg.Events = events
-	att, err := Attach(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- att.Supervise(ctx) }()
+	stop := supervise(t, cfg)
 	c1, c2 := <-srv.conns, <-srv.conns
 	c1.Close()
 	c2.Close()
@@ -339,8 +335,5 @@ func TestSuperviseWaitsForKernelToMarkEveryConnectionDead(t *testing.T) {
 	if got := <-k.atReconfig; got != 2 {
 		t.Fatalf("reconfigured after %d of 2 dead-connection events", got)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 }
