@@ -406,6 +406,8 @@ type testDisk struct {
 	flushes    atomic.Int64
 	inFlush    atomic.Int64
 	maxInFlush atomic.Int64
+	writesDone atomic.Int64 // WriteAt calls that returned
+	doneAtSync atomic.Int64 // writesDone when the last Flush started
 
 	mu          sync.Mutex
 	passWrites  int           // with writeGate: this many more writes pass first
@@ -480,10 +482,12 @@ func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) e
 			return fmt.Errorf("held write at %d: %w", off, ctx.Err())
 		}
 	}
+	defer d.writesDone.Add(1)
 	return d.Backend.WriteAt(ctx, p, off, fua)
 }
 
 func (d *testDisk) Flush(ctx context.Context) error {
+	d.doneAtSync.Store(d.writesDone.Load())
 	d.flushes.Add(1)
 	cur := d.inFlush.Add(1)
 	defer d.inFlush.Add(-1)

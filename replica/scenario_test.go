@@ -1238,3 +1238,33 @@ func TestScenarioVerifyPeerShowsVerifyT(t *testing.T) {
 		})
 	}
 }
+
+// TestScenarioFlushWaitsForEarlierWritesOnPeer: a Flush is a barrier on the
+// secondary too: its fdatasync starts only after every write received before
+// it was written, and the primary's Flush returns only then.
+func TestScenarioFlushWaitsForEarlierWritesOnPeer(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	held := b.disk.holdWrites()
+	wrote := a.asyncWrite(5*hBlock, pattern("before the flush", hBlock))
+	<-held
+	before := b.disk.writesDone.Load()
+	flushed := make(chan error, 1)
+	go func() { flushed <- a.node.Flush(context.Background()) }()
+	b.waitStatus("the write and the flush received", func(s status.Resource) bool { return s.Unacked == 2 })
+	select {
+	case err := <-flushed:
+		t.Fatalf("Flush returned (%v) while an earlier write was held on the peer", err)
+	default:
+	}
+	b.disk.releaseWrites()
+	if err := recvErr(t, "write", wrote); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, "Flush", flushed); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.disk.doneAtSync.Load(); got <= before {
+		t.Fatalf("the secondary's fdatasync started with %d writes done, before the held write (%d done before it)", got, before)
+	}
+	sameDisks(t, a, b)
+}
