@@ -183,17 +183,22 @@ bench_resync() {
 
 	# 1. Unthrottled resync of 256 MiB of dirty regions vs nbdcopy of the same bytes.
 	local urbd_rates="" copy_rates="" out secs mib
-	local src=$WORK/copy-src.img dst=$WORK/copy-dst.img
-	make_disk "$src" 256M
+	local src=$WORK/copy-src.img dst=$WORK/copy-dst.img src_pid="" dst_pid=""
 	make_disk "$dst" 256M
-	start_server urbd "$src" "$WORK/copy-src.sock"
-	local src_pid=$SERVER_PID
-	start_server urbd "$dst" "$WORK/copy-dst.sock"
-	local dst_pid=$SERVER_PID
 	for r in $(seq "$RUNS"); do
 		out=$(resync_run 0 --rw=write --bs=1M --iodepth=8 --io_size=256M --offset=0)
 		read -r secs mib <<<"$out"
 		urbd_rates+="$(awk -v s="$secs" -v m="$mib" 'BEGIN { printf "%.0f", m / s }')"$'\n'
+		if [ -z "$src_pid" ]; then
+			# nbdcopy copies the bytes the resync just copied (fio's data).
+			# A source of zeros would be unfair: nbdcopy finds zero blocks
+			# and sends them as zero requests instead of data.
+			dd if="$A_DISK" of="$src" bs=1M count=256 conv=fsync status=none
+			start_server urbd "$src" "$WORK/copy-src.sock"
+			src_pid=$SERVER_PID
+			start_server urbd "$dst" "$WORK/copy-dst.sock"
+			dst_pid=$SERVER_PID
+		fi
 		drop_cache "$src"
 		drop_cache "$dst"
 		local t0 t1
