@@ -231,7 +231,11 @@ func parseHeader(b []byte) (Header, error) {
 // checkCRC verifies the frame checksum over header bytes 0..15 and payload.
 func checkCRC(hdr []byte, h Header, payload []byte) error {
 	crc := crc32.Update(0, castagnoli, hdr[:16])
-	crc = crc32.Update(crc, castagnoli, payload)
+	return matchCRC(h, crc32.Update(crc, castagnoli, payload))
+}
+
+// matchCRC compares crc, computed over a received frame, with its header's.
+func matchCRC(h Header, crc uint32) error {
 	if crc != h.CRC {
 		return fmt.Errorf("%w: %v frame seq %d: got %#08x, header says %#08x", ErrChecksum, h.Kind, h.Seq, crc, h.CRC)
 	}

@@ -26,6 +26,9 @@ const (
 	recvBufSize = 64 << 10
 	// minPayloadBuf is the smallest receive payload buffer allocated.
 	minPayloadBuf = 64 << 10
+	// crcPiece is how much of a payload the receiver reads before it adds
+	// those bytes to the frame's checksum.
+	crcPiece = 64 << 10
 )
 
 // Stream carries frames over one yamux stream (control, data or resync).
@@ -424,29 +427,28 @@ func (st *Stream) recv() (Message, error) {
 	case KindHello, KindAuthChallenge, KindAuthResponse, KindAuthOK, KindStreamOpen:
 		return nil, fmt.Errorf("%w: %v after the handshake", ErrUnexpected, h.Kind)
 	}
-	p, err := st.readPayload(int(h.Length))
+	crc := crc32.Update(0, castagnoli, st.hdr[:16])
+	p, crc, err := st.readPayload(int(h.Length), crc)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, err
 	}
-	if err := checkCRC(st.hdr[:], h, p); err != nil {
+	if err := matchCRC(h, crc); err != nil {
 		return nil, err
 	}
 	return decodePayload(h.Kind, p, &st.reuse)
 }
 
-// readPayload reads an n-byte payload into the reused receive buffer. n is
-// already bounded by maxPayloadFor. When the buffer must grow it grows with
-// the bytes that actually arrive (doubling), so a peer announcing 32 MiB and
-// sending 20 bytes costs no more than the smallest buffer.
-func (st *Stream) readPayload(n int) ([]byte, error) {
-	if cap(st.rbuf) >= n {
-		p := st.rbuf[:n]
-		_, err := io.ReadFull(st.r, p)
-		return p, err
-	}
+// readPayload reads an n-byte payload into the reused receive buffer and
+// returns it with crc updated over it. n is already bounded by
+// maxPayloadFor. When the buffer must grow it grows with the bytes that
+// actually arrive (doubling), so a peer announcing 32 MiB and sending 20
+// bytes costs no more than the smallest buffer. The checksum is computed
+// piece by piece as the bytes arrive, while they are still in the CPU's
+// cache.
+func (st *Stream) readPayload(n int, crc uint32) ([]byte, uint32, error) {
 	buf := st.rbuf[:0]
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
@@ -459,14 +461,15 @@ func (st *Stream) readPayload(n int) ([]byte, error) {
 			buf = nb
 			st.rbuf = nb
 		}
-		end := min(cap(buf), n)
+		end := min(cap(buf), n, len(buf)+crcPiece)
 		k, err := io.ReadFull(st.r, buf[len(buf):end])
+		crc = crc32.Update(crc, castagnoli, buf[len(buf):len(buf)+k])
 		buf = buf[:len(buf)+k]
 		if err != nil {
-			return nil, err
+			return nil, crc, err
 		}
 	}
-	return buf, nil
+	return buf, crc, nil
 }
 
 // fail records err as the reason the session dies, closes the session and
