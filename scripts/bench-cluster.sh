@@ -76,56 +76,74 @@ now_ms() { date +%s%3N; }
 bench_replication() {
 	need fio nbdinfo numfmt python3
 	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
+	# name|metric|unit|block size|fio args
 	local tests=(
-		"4k randwrite QD32|wiops|IOPS|--rw=randwrite --bs=4k --iodepth=32"
-		"1M seqwrite QD8|wmibs|MiB/s|--rw=write --bs=1M --iodepth=8"
-		"4k randwrite QD1 fsync=1|wiops|IOPS|--rw=randwrite --bs=4k --iodepth=1 --fsync=1"
+		"4k randwrite QD32|wiops|IOPS|4096|--rw=randwrite --bs=4k --iodepth=32"
+		"1M seqwrite QD8|wmibs|MiB/s|1048576|--rw=write --bs=1M --iodepth=8"
+		"4k randwrite QD1 fsync=1|wiops|IOPS|4096|--rw=randwrite --bs=4k --iodepth=1 --fsync=1"
 	)
 	# All four setups run at once (idle ones cost nothing) and are measured
 	# in turn within each round, so a machine that slows down over the run
 	# slows all of them alike and the ratios stay fair.
 	local modes=(standalone C B A)
-	declare -A res=() sock=() disks=()
-	local m t name metric unit args r d vals
+	declare -A res=() cpu=() sock=() disks=() pids=()
+	local m t name metric unit bs args r d out val kib ticks
 	sock[standalone]=$WORK/standalone.sock
 	disks[standalone]=$WORK/standalone.img
 	make_disk "${disks[standalone]}" "$SIZE"
 	start_server urbd "${disks[standalone]}" "${sock[standalone]}"
 	local standalone_pid=$SERVER_PID
+	pids[standalone]=$SERVER_PID
 	cluster_down
 	for m in C B A; do
 		log "replication: starting the protocol $m pair"
 		CLUSTER=$m cluster_up "$m" "$SIZE"
 		sock[$m]=$A_SOCK
 		disks[$m]="$A_DISK $B_DISK"
+		pids[$m]="${CLUSTER_PIDS[-2]} ${CLUSTER_PIDS[-1]}"
 	done
 	for t in "${tests[@]}"; do
-		IFS='|' read -r name metric unit args <<<"$t"
-		declare -A runs=()
+		IFS='|' read -r name metric unit bs args <<<"$t"
+		declare -A runs=() cpus=()
 		for r in $(seq "$RUNS"); do
 			for m in "${modes[@]}"; do
 				for d in ${disks[$m]}; do
 					drop_cache "$d"
 				done
 				# shellcheck disable=SC2086
-				runs[$m]+="$(run_fio "${sock[$m]}" "$metric" $args)"$'\n'
+				out=$(run_fio_cpu "${pids[$m]}" "${sock[$m]}" "$metric" $args)
+				[ -n "$out" ] || continue
+				read -r val kib ticks <<<"$out"
+				runs[$m]+="$val"$'\n'
+				cpus[$m]+="$(cpu_per_io "$ticks" "$kib" "$bs")"$'\n'
 			done
 		done
 		for m in "${modes[@]}"; do
 			res["$m|$name"]=$(printf '%s' "${runs[$m]}" | grep -v '^$' | median)
+			cpu["$m|$name"]=$(printf '%s' "${cpus[$m]}" | grep -v '^$' | median)
 		done
-		unset runs
+		unset runs cpus
 	done
 	stop_server "$standalone_pid"
 	cluster_down
 	printf '\n%-26s %6s %10s %10s %10s %10s %8s %8s %8s\n' "replication: test" unit standalone "proto C" "proto B" "proto A" C/alone B/alone A/alone
 	for t in "${tests[@]}"; do
-		IFS='|' read -r name metric unit args <<<"$t"
+		IFS='|' read -r name metric unit bs args <<<"$t"
 		printf '%-26s %6s %10s %10s %10s %10s %8s %8s %8s\n' "$name" "$unit" "${res[standalone|$name]}" \
 			"${res[C|$name]}" "${res[B|$name]}" "${res[A|$name]}" \
 			"$(ratio "${res[C|$name]}" "${res[standalone|$name]}")" \
 			"$(ratio "${res[B|$name]}" "${res[standalone|$name]}")" \
 			"$(ratio "${res[A|$name]}" "${res[standalone|$name]}")"
+	done
+	# The daemons' CPU time per I/O (user+system, both nodes of a pair
+	# together, median over runs): what replication costs the machine,
+	# which on a shared machine moves much less than the rates.
+	printf '\n%-26s %6s %10s %10s %10s %10s %8s\n' "replication: daemon CPU" unit standalone "proto C" "proto B" "proto A" C/alone
+	for t in "${tests[@]}"; do
+		IFS='|' read -r name metric unit bs args <<<"$t"
+		printf '%-26s %6s %10s %10s %10s %10s %8s\n' "$name" "us/IO" "${cpu[standalone|$name]}" \
+			"${cpu[C|$name]}" "${cpu[B|$name]}" "${cpu[A|$name]}" \
+			"$(ratio "${cpu[C|$name]}" "${cpu[standalone|$name]}")"
 	done
 }
 

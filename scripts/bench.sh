@@ -132,10 +132,37 @@ run_fio() {
 			}'
 }
 
+# run_fio_cpu "PIDS" SOCK METRIC ARGS...: run_fio, then the CPU ticks the
+# processes PIDS used during fio's measured time (from the end of its 1 s
+# ramp to its exit), on the same line. A failed run prints nothing.
+run_fio_cpu() {
+	local pids=$1
+	shift
+	local out=$WORK/fio-cpu.out before fio_pid
+	run_fio "$@" >"$out" &
+	fio_pid=$!
+	sleep 1 # --ramp_time
+	# shellcheck disable=SC2086
+	before=$(pids_ticks $pids)
+	wait "$fio_pid"
+	[ -s "$out" ] || return 0
+	# shellcheck disable=SC2086
+	echo "$(cat "$out") $(($(pids_ticks $pids) - before))"
+}
+
 # cpu_ticks PID: user+system CPU time of PID in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-# cpu_per_io TICKS KIB BS: server CPU microseconds per I/O of BS bytes.
+# pids_ticks PID...: the sum of cpu_ticks over PIDs.
+pids_ticks() {
+	local p sum=0
+	for p in "$@"; do
+		sum=$((sum + $(cpu_ticks "$p")))
+	done
+	echo "$sum"
+}
+
+# cpu_per_io TICKS KIB BS: CPU microseconds per I/O of BS bytes.
 cpu_per_io() {
 	awk -v t="$1" -v kib="$2" -v bs="$3" -v hz="$(getconf CLK_TCK)" \
 		'BEGIN { ios = kib * 1024 / bs; if (ios > 0) printf "%.1f", t / hz * 1e6 / ios; else print "nan" }'
@@ -170,7 +197,7 @@ bench_serve() {
 	# I/O (user+system, median over runs): on a shared machine the rate
 	# swings with other load, the CPU cost much less.
 	printf '\n%-26s %6s %9s %9s %9s %8s   %s\n' "serve: test" unit urbd nbdkit qemu-nbd "u/nbdkit" "CPU us/IO urbd nbdkit qemu-nbd"
-	local t name metric unit bs args r before res
+	local t name metric unit bs args r res val kib ticks
 	for t in "${tests[@]}"; do
 		IFS='|' read -r name metric unit bs args <<<"$t"
 		declare -A vals=() cpus=()
@@ -184,12 +211,12 @@ bench_serve() {
 					pid[$s]=$SERVER_PID
 				fi
 				drop_cache "$disk"
-				before=$(cpu_ticks "${pid[$s]}")
 				# shellcheck disable=SC2086
-				res=$(run_fio "${sock[$s]}" "$metric" $args)
+				res=$(run_fio_cpu "${pid[$s]}" "${sock[$s]}" "$metric" $args)
 				[ -n "$res" ] || continue
-				vals[$s]+="${res% *}"$'\n'
-				cpus[$s]+="$(cpu_per_io $(($(cpu_ticks "${pid[$s]}") - before)) "${res#* }" "$bs")"$'\n'
+				read -r val kib ticks <<<"$res"
+				vals[$s]+="$val"$'\n'
+				cpus[$s]+="$(cpu_per_io "$ticks" "$kib" "$bs")"$'\n'
 			done
 		done
 		declare -A med=() cpu=()
