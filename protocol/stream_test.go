@@ -425,6 +425,31 @@ func TestRecvErrors(t *testing.T) {
 	}
 }
 
+// A payload's checksum is computed piece by piece as it arrives: a frame
+// spanning several pieces is accepted whole, and a flipped bit in any piece,
+// at either edge of a piece or in the last byte, fails it.
+func TestRecvChecksumsEveryPiece(t *testing.T) {
+	data := make([]byte, 3*crcPiece+100)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	good := framesOf(t, &Write{Seq: 1, Length: uint32(len(data)), Data: data})
+	m, err := streamOver(good).Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := m.(*Write); !bytes.Equal(w.Data, data) {
+		t.Fatal("payload differs after the round trip")
+	}
+	for _, at := range []int{0, crcPiece - 1, crcPiece, 2*crcPiece + 5, len(data) - 1} {
+		bad := bytes.Clone(good)
+		bad[len(bad)-len(data)+at] ^= 0x10
+		if _, err := streamOver(bad).Recv(); !errors.Is(err, ErrChecksum) {
+			t.Fatalf("bit flipped at payload byte %d: got %v, want %v", at, err, ErrChecksum)
+		}
+	}
+}
+
 // The hot path allocates nothing per frame on either side.
 func TestNoAllocationsPerFrame(t *testing.T) {
 	data := make([]byte, 4096)
