@@ -144,7 +144,7 @@ func Run(ctx context.Context, o Options) error {
 		Logger: log,
 		Lookup: func(name string) (*nbd.Export, error) {
 			if err := node.CheckServe(); err != nil {
-				return nil, err
+				return nil, nbd.Refuse(err)
 			}
 			return &nbd.Export{Name: o.Name, Description: "urbd resource " + o.Name, Backend: node, MultiConn: true}, nil
 		},

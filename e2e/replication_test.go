@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -26,13 +27,19 @@ func TestReplicationFioVerify(t *testing.T) {
 }
 
 // TestSecondaryRefusesClients: an NBD client on the secondary is refused with
-// a message that says it is Secondary.
+// a message that says it is Secondary, as a policy refusal (not as an
+// unknown export), which qemu prints with the message.
 func TestSecondaryRefusesClients(t *testing.T) {
 	c := newCluster(t, clusterOpts{})
 	c.startBoth()
 	_, err := c.b.client()
 	if err == nil || !strings.Contains(err.Error(), "Secondary") {
 		t.Fatalf("client on the secondary: got %v, want a refusal naming Secondary", err)
+	}
+	out, err := exec.Command("qemu-img", "info", c.b.uri()).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Denied by server") ||
+		!strings.Contains(string(out), "Secondary: r0; promote it with urbd primary r0") {
+		t.Fatalf("qemu-img info on the secondary: %v\n%s", err, out)
 	}
 	cl, err := c.a.client()
 	if err != nil {

@@ -194,8 +194,11 @@ func (n *negotiation) infoGo(id uint32, data []byte) (negotiated, bool, error) {
 	exp, lerr := n.resolve(name)
 	if lerr != nil {
 		typ := RepErrUnknown
-		if errors.Is(lerr, ErrShutdown) {
+		switch {
+		case errors.Is(lerr, ErrShutdown):
 			typ = RepErrShutdown
+		case errors.Is(lerr, ErrNotServing):
+			typ = RepErrPolicy
 		}
 		return negotiated{}, false, n.replyErr(id, typ, lerr.Error())
 	}

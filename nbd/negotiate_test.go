@@ -181,7 +181,8 @@ func TestNegotiationRefusals(t *testing.T) {
 		wantTyp uint32
 	}{
 		{"unknown", fmt.Errorf("%w: r9", ErrUnknownExport), RepErrUnknown},
-		{"secondary", errors.New("resource r0 is Secondary: promote it with urbd primary r0"), RepErrUnknown},
+		{"secondary", Refuse(errors.New("resource r0 is Secondary: promote it with urbd primary r0")), RepErrPolicy},
+		{"other error", errors.New("no such thing"), RepErrUnknown},
 		{"shutdown", fmt.Errorf("stopping: %w", ErrShutdown), RepErrShutdown},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

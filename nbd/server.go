@@ -15,11 +15,24 @@ var (
 	// ErrUnknownExport may be wrapped by Server.Lookup for a name it does
 	// not serve; the client gets NBD_REP_ERR_UNKNOWN.
 	ErrUnknownExport = errors.New("nbd: unknown export")
+	// ErrNotServing is wrapped by the errors of Refuse.
+	ErrNotServing = errors.New("nbd: export not serving clients now")
 	// ErrBadClient is wrapped when a client breaks the protocol in a way
 	// that closes its connection (bad magic, unknown client flags, an
 	// absurd length).
 	ErrBadClient = errors.New("nbd: client broke the protocol")
 )
+
+// Refuse returns the error Server.Lookup gives for an export that exists but
+// does not serve clients now (a replica that is Secondary): the client gets
+// NBD_REP_ERR_POLICY ("denied by server policy") with the text of err as the
+// message. The result wraps ErrNotServing and err.
+func Refuse(err error) error { return refused{err} }
+
+type refused struct{ err error }
+
+func (r refused) Error() string   { return r.err.Error() }
+func (r refused) Unwrap() []error { return []error{ErrNotServing, r.err} }
 
 // Export is one name a client can attach to.
 type Export struct {
@@ -42,9 +55,12 @@ type Export struct {
 type Server struct {
 	// Lookup resolves an export name during negotiation ("" is the default
 	// export). A non-nil error refuses the export: its text is sent to the
-	// client with NBD_REP_ERR_SHUTDOWN if it wraps ErrShutdown and with
+	// client with NBD_REP_ERR_SHUTDOWN if it wraps ErrShutdown, with
+	// NBD_REP_ERR_POLICY if it comes from Refuse, and with
 	// NBD_REP_ERR_UNKNOWN ("the requested export is not available")
-	// otherwise, so clients such as nbdinfo print it. Returning a nil
+	// otherwise. qemu and this package's client show the text; libnbd
+	// clients (nbdinfo, fio, nbdfuse) show it with LIBNBD_DEBUG=1 and
+	// otherwise name only the kind of refusal. Returning a nil
 	// Export and a nil error refuses the name as unknown. Called once per
 	// NBD_OPT_INFO, NBD_OPT_GO or NBD_OPT_EXPORT_NAME, possibly
 	// concurrently from many connections.

@@ -144,7 +144,7 @@ func (s State) CanDemote(force bool, clients int) error {
 // CanServe checks whether NBD clients may attach: only a Primary serves.
 func (s State) CanServe() error {
 	if s.Role != Primary {
-		return fmt.Errorf("%w: resource %s is Secondary; promote it with urbd primary %s", ErrIsSecondary, s.Name, s.Name)
+		return fmt.Errorf("%w: %s; promote it with urbd primary %s", ErrIsSecondary, s.Name, s.Name)
 	}
 	return nil
 }
