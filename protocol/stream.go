@@ -155,12 +155,15 @@ func (st *Stream) Send(m Message) error {
 		return err
 	}
 	need := HeaderLen + fixed + len(bulk)
+	// The payload's checksum is computed before taking the lock, so that
+	// it overlaps the transport write of the frames in front.
+	bulkCRC := crc32.Update(0, castagnoli, bulk)
 	st.mu.Lock()
 	if st.werr == nil && st.isDead() {
 		st.werr = st.closedErr()
 	}
 	if len(bulk) > inlineBulk || need > sendBufSize || w.Kind() == KindRefuse {
-		return st.sendDirectLocked(w, fixed, bulk, st.timeout)
+		return st.sendDirectLocked(w, fixed, bulk, bulkCRC, st.timeout)
 	}
 	defer st.mu.Unlock()
 	for st.werr == nil && len(st.pending) > 0 && len(st.pending)+need > sendBufSize {
@@ -170,7 +173,7 @@ func (st *Stream) Send(m Message) error {
 	if st.werr != nil {
 		return st.werr
 	}
-	st.encodeLocked(w, fixed, bulk)
+	st.encodeLocked(w, fixed, bulk, bulkCRC)
 	if !st.writing {
 		st.kickFlusher()
 	}
@@ -199,31 +202,32 @@ func (st *Stream) kickFlusher() {
 }
 
 // encodeLocked appends one whole frame (header, fixed part, bulk) to
-// pending, which has room for it. st.mu is held.
-func (st *Stream) encodeLocked(w wire, fixed int, bulk []byte) {
+// pending, which has room for it; bulkCRC is the CRC32C of bulk. st.mu is
+// held.
+func (st *Stream) encodeLocked(w wire, fixed int, bulk []byte, bulkCRC uint32) {
 	start := len(st.pending)
 	st.pending = st.pending[:start+HeaderLen+fixed]
-	st.putHeadLocked(st.pending[start:], w, bulk)
+	st.putHeadLocked(st.pending[start:], w, len(bulk), bulkCRC)
 	st.pending = append(st.pending, bulk...)
 }
 
 // putHeadLocked writes the header and fixed part of w into head (HeaderLen
 // plus the fixed length) with the next sequence number and the CRC32C over
-// the header, fixed part and bulk. st.mu is held.
-func (st *Stream) putHeadLocked(head []byte, w wire, bulk []byte) {
-	crc := putHeader(head, w.Kind(), st.wseq, uint32(len(head)-HeaderLen+len(bulk)))
+// the header, fixed part and a bulk of bulkLen bytes whose own CRC32C is
+// bulkCRC. st.mu is held.
+func (st *Stream) putHeadLocked(head []byte, w wire, bulkLen int, bulkCRC uint32) {
+	crc := putHeader(head, w.Kind(), st.wseq, uint32(len(head)-HeaderLen+bulkLen))
 	st.wseq++
 	w.put(head[HeaderLen:])
 	crc = crc32.Update(crc, castagnoli, head[HeaderLen:])
-	crc = crc32.Update(crc, castagnoli, bulk)
-	be.PutUint32(head[16:20], crc)
+	be.PutUint32(head[16:20], crcCombine(crc, bulkCRC, bulkLen))
 }
 
 // sendDirectLocked writes a frame from the calling goroutine: it waits for
 // any write in progress, then writes what is pending, its own header and
 // fixed part, and its bulk payload straight from the caller's slice. Called
 // with st.mu held; returns with it released.
-func (st *Stream) sendDirectLocked(w wire, fixed int, bulk []byte, timeout time.Duration) error {
+func (st *Stream) sendDirectLocked(w wire, fixed int, bulk []byte, bulkCRC uint32, timeout time.Duration) error {
 	for st.werr == nil && st.writing {
 		st.changed.Wait()
 	}
@@ -243,7 +247,7 @@ func (st *Stream) sendDirectLocked(w wire, fixed int, bulk []byte, timeout time.
 		st.pending = st.pending[:start+n]
 		head = st.pending[start:]
 	}
-	st.putHeadLocked(head, w, bulk)
+	st.putHeadLocked(head, w, len(bulk), bulkCRC)
 	batch := st.pending
 	st.pending = st.spare[:0]
 	st.writing = true
@@ -550,5 +554,5 @@ func (st *Stream) trySendNow(m Message, d time.Duration) {
 		st.mu.Unlock()
 		return
 	}
-	st.sendDirectLocked(w, fixed, bulk, min(st.timeout, d))
+	st.sendDirectLocked(w, fixed, bulk, crc32.Update(0, castagnoli, bulk), min(st.timeout, d))
 }
