@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urbd/urbd/internal/testnet"
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/status"
 )
@@ -56,10 +57,9 @@ type clusterOpts struct {
 // freePort returns a TCP port nothing listens on now.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testnet.FreePort()
 	must(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // newCluster creates the disks and starts both nodes. They are stopped and

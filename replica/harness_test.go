@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/bitmap"
+	"github.com/urbd/urbd/internal/testnet"
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/replica"
 	"github.com/urbd/urbd/resync"
@@ -104,12 +105,10 @@ func (x *tnode) waitEvent(name string) {
 // freeAddr returns a 127.0.0.1 address whose port was free a moment ago.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testnet.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	return addr
 }
 
