@@ -150,14 +150,12 @@ run_fio_cpu() {
 	echo "$(cat "$out") $(($(pids_ticks $pids) - before))"
 }
 
-# cpu_ticks PID: user+system CPU time of PID in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-
-# pids_ticks PID...: the sum of cpu_ticks over PIDs.
+# pids_ticks PID...: user+system CPU time of the PIDs together, in clock
+# ticks (a PID that is gone counts 0).
 pids_ticks() {
 	local p sum=0
 	for p in "$@"; do
-		sum=$((sum + $(cpu_ticks "$p")))
+		sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
 	done
 	echo "$sum"
 }
