@@ -147,6 +147,14 @@ func (s *session) sendFlush() *request {
 	return r
 }
 
+// handOff waits until every frame sent so far has been handed to the
+// transport. A caller about to block in fdatasync calls it first, so that the
+// peer's flush runs while the local one does: the frame's writer is another
+// goroutine, which with a single processor (--cpus 1) would otherwise wait
+// until the runtime takes the processor back from the blocked caller. A send
+// error is the session's business (it closes it); the request then fails.
+func (s *session) handOff() { _ = s.ps.Data().Flush() }
+
 // newRequest makes a request whose wait will use protocol proto: only the
 // channels that protocol waits for are made.
 func newRequest(s *session, proto byte) *request {

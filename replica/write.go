@@ -92,6 +92,9 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	n.rate.NoteAppIO(length)
 
 	req := n.replicate(off, length, data, flags)
+	if req != nil && flags&protocol.FlagFUA != 0 {
+		req.s.handOff() // the local write ends in fdatasync
+	}
 
 	n.stats.localPending.Add(1)
 	lerr := local(ctx)
@@ -147,7 +150,9 @@ func (n *Node) Flush(ctx context.Context) error {
 	n.mu.Unlock()
 	var peer *request
 	if s != nil {
-		peer = s.sendFlush()
+		if peer = s.sendFlush(); peer != nil {
+			s.handOff()
+		}
 	}
 	err := n.disk.Flush(ctx)
 	if peer != nil {
