@@ -17,7 +17,8 @@
 #
 # Environment: URBD (binary, default bin/urbd, built if missing), RUNS (3),
 # RUNTIME (seconds per fio run, 5), SIZE (1G), WORK (scratch dir), KEEP=1
-# (keep WORK with the server and fio logs).
+# (keep WORK with the server and fio logs). GOMAXPROCS, if set, replaces
+# urbd's default thread count (--cpus) in every daemon.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

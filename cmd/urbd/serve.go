@@ -31,8 +31,10 @@ var serveCommand = &cli.Command{
 		&cli.StringFlag{Name: "listen", Usage: "unix:/path/to.sock or tcp:host:port", Required: true},
 		&cli.BoolFlag{Name: "read-only", Usage: "refuse writes (EPERM)"},
 		&cli.BoolFlag{Name: "verbose", Usage: "log every connection"},
+		cpusFlag(),
 		&cli.StringFlag{Name: "cpu-profile", Usage: "write a pprof CPU profile to this file until exit", Hidden: true},
 	},
+	Before: setCPUs,
 	Action: serveAction,
 }
 
