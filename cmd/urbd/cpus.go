@@ -24,10 +24,10 @@ func cpusFlag() cli.Flag {
 // other: each hand-off to an idle thread is a futex wake-up, a context switch
 // and, when it finds nothing more to do, a sleep. On a 2-CPU machine running
 // the application and both nodes, one thread instead of two cut the CPU per
-// replicated 4k write by about a third and raised throughput by a fifth to a
-// quarter (docs/OPERATIONS.md). System calls (pwrite, fdatasync, socket
-// I/O) do not count against the limit once they block: the runtime gives the
-// processor to another thread.
+// replicated 4k write by more than a third and raised 4k throughput by 40%,
+// for a sixth less 1 MiB throughput (docs/OPERATIONS.md). System calls
+// (pwrite, fdatasync, socket I/O) do not count against the limit once they
+// block: the runtime gives the processor to another thread.
 const cpusPerProc = 4
 
 // setCPUs applies --cpus, or the default when it is 0 and GOMAXPROCS is not
