@@ -23,6 +23,7 @@ import (
 
 	"github.com/urbd/urbd/bitmap"
 	"github.com/urbd/urbd/handlers"
+	"github.com/urbd/urbd/internal/threads"
 	"github.com/urbd/urbd/metrics"
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/protocol"
@@ -58,6 +59,9 @@ type Options struct {
 	Handlers map[string]string
 	// MetricsListen is HOST:PORT for Prometheus metrics; "" serves none.
 	MetricsListen string
+	// Threads, when it adapts, switches GOMAXPROCS between its counts by
+	// the size of the application's writes (package threads).
+	Threads threads.Range
 	// Ready, if set, is called once the resource serves its control socket.
 	Ready  func(*replica.Node)
 	Logger *slog.Logger
@@ -185,6 +189,7 @@ func Run(ctx context.Context, o Options) error {
 		// Profiling for benchmarks: net/http/pprof on a loopback address.
 		go func() { log.Warn("pprof server stopped", "err", http.ListenAndServe(addr, nil)) }()
 	}
+	go threads.Run(ctx, o.Threads, time.Second, node.AppWrites)
 	statusDone := make(chan struct{})
 	go func() {
 		defer close(statusDone)

@@ -6,6 +6,8 @@ import (
 	"runtime"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/urbd/urbd/internal/threads"
 )
 
 // cpusFlag is --cpus of the daemons (up, serve): how many threads run urbd's
@@ -13,7 +15,7 @@ import (
 func cpusFlag() cli.Flag {
 	return &cli.IntFlag{
 		Name:  "cpus",
-		Usage: "threads running urbd's code at once (GOMAXPROCS); 0 = a quarter of the CPUs, at least 1",
+		Usage: "threads running urbd's code at once (GOMAXPROCS); 0 = a quarter of the CPUs, at least 1 (up: twice that while large writes dominate)",
 	}
 }
 
@@ -30,18 +32,27 @@ func cpusFlag() cli.Flag {
 // block: the runtime gives the processor to another thread.
 const cpusPerProc = 4
 
+// autoThreads is the range setCPUs chose for `urbd up` to adapt within
+// while a Primary serves large writes (package threads); zero when the count
+// is fixed by --cpus or GOMAXPROCS.
+var autoThreads threads.Range
+
 // setCPUs applies --cpus, or the default when it is 0 and GOMAXPROCS is not
 // set in the environment (an explicit GOMAXPROCS wins over the default, not
-// over the flag).
+// over the flag), and sets autoThreads.
 func setCPUs(c *cli.Context) error {
 	n := c.Int("cpus")
+	autoThreads = threads.Range{}
 	switch {
 	case n < 0:
 		return fmt.Errorf("--cpus %d: use a positive number, or 0 for the default", n)
 	case n > 0:
 		runtime.GOMAXPROCS(n)
 	case os.Getenv("GOMAXPROCS") == "":
-		runtime.GOMAXPROCS(defaultCPUs(runtime.GOMAXPROCS(0)))
+		avail := runtime.GOMAXPROCS(0)
+		small := defaultCPUs(avail)
+		runtime.GOMAXPROCS(small)
+		autoThreads = threads.Range{Small: small, Large: min(avail, 2*small)}
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/urbd/urbd/internal/threads"
 )
 
 func TestDefaultCPUs(t *testing.T) {
@@ -17,8 +19,9 @@ func TestDefaultCPUs(t *testing.T) {
 }
 
 // TestCPUsFlag runs --cpus through a command the way up and serve use it:
-// the flag wins over GOMAXPROCS, 0 gives the default unless GOMAXPROCS is
-// set, and a negative count is refused with a message naming the flag.
+// the flag wins over GOMAXPROCS, 0 gives the default (which adapts to the
+// write size between it and twice it) unless GOMAXPROCS is set, and a
+// negative count is refused with a message naming the flag.
 func TestCPUsFlag(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
 	avail := runtime.GOMAXPROCS(0)
@@ -41,13 +44,22 @@ func TestCPUsFlag(t *testing.T) {
 	if got, err := procs("5", "--cpus", "3"); err != nil || got != 3 {
 		t.Errorf("--cpus 3 with GOMAXPROCS=5: GOMAXPROCS %d, err %v; want 3", got, err)
 	}
+	if autoThreads.Adapts() {
+		t.Errorf("--cpus 3: thread range %+v, want a fixed count", autoThreads)
+	}
 	if got, err := procs(""); err != nil || got != defaultCPUs(avail) {
 		t.Errorf("no --cpus: GOMAXPROCS %d, err %v; want %d", got, err, defaultCPUs(avail))
+	}
+	if want := (threads.Range{Small: defaultCPUs(avail), Large: min(avail, 2*defaultCPUs(avail))}); autoThreads != want {
+		t.Errorf("no --cpus: thread range %+v, want %+v", autoThreads, want)
 	}
 	// The runtime read GOMAXPROCS=5 at start, not now: what matters is that
 	// the default leaves the running value alone.
 	if got, err := procs("5"); err != nil || got != avail {
 		t.Errorf("no --cpus with GOMAXPROCS set: GOMAXPROCS %d, err %v; want it untouched (%d)", got, err, avail)
+	}
+	if autoThreads.Adapts() {
+		t.Errorf("GOMAXPROCS set: thread range %+v, want a fixed count", autoThreads)
 	}
 	if _, err := procs("", "--cpus", "-1"); err == nil || !strings.Contains(err.Error(), "--cpus -1") {
 		t.Errorf("--cpus -1: err %v, want a refusal naming --cpus", err)

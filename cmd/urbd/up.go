@@ -156,5 +156,6 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		return o, fmt.Errorf("--bitmap-block %s: use a power of two of at least 512 bytes", block)
 	}
 	o.AssumeClean = c.Bool("assume-clean")
+	o.Threads = autoThreads
 	return o, nil
 }
