@@ -26,8 +26,9 @@ func cpusFlag() cli.Flag {
 // other: each hand-off to an idle thread is a futex wake-up, a context switch
 // and, when it finds nothing more to do, a sleep. On a 2-CPU machine running
 // the application and both nodes, one thread instead of two cut the CPU per
-// replicated 4k write by more than a third and raised 4k throughput by 40%,
-// for a sixth less 1 MiB throughput (docs/OPERATIONS.md). System calls
+// replicated 4k write by more than a third and raised 4k throughput by 40%
+// (docs/OPERATIONS.md); large writes, which do gain from a second thread,
+// get it from package threads while they dominate (urbd up). System calls
 // (pwrite, fdatasync, socket I/O) do not count against the limit once they
 // block: the runtime gives the processor to another thread.
 const cpusPerProc = 4
