@@ -60,7 +60,7 @@ type Options struct {
 	// MetricsListen is HOST:PORT for Prometheus metrics; "" serves none.
 	MetricsListen string
 	// Threads, when it adapts, switches GOMAXPROCS between its counts by
-	// the size of the application's writes (package threads).
+	// the requests the NBD server serves (package threads).
 	Threads threads.Range
 	// Ready, if set, is called once the resource serves its control socket.
 	Ready  func(*replica.Node)
@@ -189,7 +189,7 @@ func Run(ctx context.Context, o Options) error {
 		// Profiling for benchmarks: net/http/pprof on a loopback address.
 		go func() { log.Warn("pprof server stopped", "err", http.ListenAndServe(addr, nil)) }()
 	}
-	go threads.Run(ctx, o.Threads, time.Second, node.AppWrites)
+	go threads.Run(ctx, o.Threads, threads.Interval, srv.Served)
 	statusDone := make(chan struct{})
 	go func() {
 		defer close(statusDone)

@@ -375,10 +375,13 @@ func (c *srvConn) run(ctx context.Context, r *srvRequest) {
 	var err error
 	switch r.typ {
 	case CmdRead:
+		c.s.served.reads.Add(1)
 		if r.length > 0 {
 			err = c.backend.ReadAt(ctx, *r.bufp, int64(r.off))
 		}
 	case CmdWrite:
+		c.s.served.writes.Add(1)
+		c.s.served.writeBytes.Add(uint64(r.length))
 		if r.length > 0 {
 			err = c.backend.WriteAt(ctx, *r.bufp, int64(r.off), fua)
 		} else if fua {

@@ -87,6 +87,17 @@ type Server struct {
 	shutdown  bool
 	connWG    sync.WaitGroup // one per conn in conns
 	clients   atomic.Int64
+	served    struct{ reads, writes, writeBytes atomic.Uint64 }
+}
+
+// Served counts the requests served since the server started, over all
+// connections: READs, WRITEs and the bytes of those WRITEs. Safe to call
+// concurrently with serving.
+type Served struct{ Reads, Writes, WriteBytes uint64 }
+
+// Served returns the server's request counts.
+func (s *Server) Served() Served {
+	return Served{s.served.reads.Load(), s.served.writes.Load(), s.served.writeBytes.Load()}
 }
 
 // ErrServerClosed is returned by Serve when the server was shut down before

@@ -83,18 +83,10 @@ type Node struct {
 	stats counters
 }
 
-// counters are the status file's ns/nr/dw/dr/lo/pe/ua/ap, in bytes or
-// requests, and the application's data writes (AppWrites).
+// counters are the status file's ns/nr/dw/dr/lo/pe/ua/ap, in bytes or requests.
 type counters struct {
 	netSend, netRecv, diskWrite, diskRead atomic.Uint64 // bytes
 	localPending, peerPending, appPending atomic.Int64
-	appWrites, appWriteBytes              atomic.Uint64
-}
-
-// AppWrites returns how many data writes (not trims or zeroes) the
-// application has sent since start, and their bytes.
-func (n *Node) AppWrites() (count, bytes uint64) {
-	return n.stats.appWrites.Load(), n.stats.appWriteBytes.Load()
 }
 
 // New opens the resource described by cfg. It does not connect; call Run.

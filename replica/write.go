@@ -32,8 +32,6 @@ func (n *Node) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
 	if fua {
 		flags |= protocol.FlagFUA
 	}
-	n.stats.appWrites.Add(1)
-	n.stats.appWriteBytes.Add(uint64(len(p)))
 	return n.writeOp(ctx, "write", off, int64(len(p)), p, flags, func(ctx context.Context) error {
 		return n.disk.WriteAt(ctx, p, off, fua)
 	})

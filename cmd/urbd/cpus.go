@@ -15,7 +15,7 @@ import (
 func cpusFlag() cli.Flag {
 	return &cli.IntFlag{
 		Name:  "cpus",
-		Usage: "threads running urbd's code at once (GOMAXPROCS); 0 = a quarter of the CPUs, at least 1 (up: twice that while large writes dominate)",
+		Usage: "threads running urbd's code at once (GOMAXPROCS); 0 = a quarter of the CPUs, at least 1, twice that while reads or large writes dominate",
 	}
 }
 
@@ -27,15 +27,14 @@ func cpusFlag() cli.Flag {
 // and, when it finds nothing more to do, a sleep. On a 2-CPU machine running
 // the application and both nodes, one thread instead of two cut the CPU per
 // replicated 4k write by more than a third and raised 4k throughput by 40%
-// (docs/OPERATIONS.md); large writes, which do gain from a second thread,
-// get it from package threads while they dominate (urbd up). System calls
+// (docs/OPERATIONS.md); large writes and reads from the disk, which do gain
+// from a second thread, get it from package threads while they last. System calls
 // (pwrite, fdatasync, socket I/O) do not count against the limit once they
 // block: the runtime gives the processor to another thread.
 const cpusPerProc = 4
 
-// autoThreads is the range setCPUs chose for `urbd up` to adapt within
-// while a Primary serves large writes (package threads); zero when the count
-// is fixed by --cpus or GOMAXPROCS.
+// autoThreads is the range setCPUs chose for the daemon to adapt within
+// (package threads); zero when the count is fixed by --cpus or GOMAXPROCS.
 var autoThreads threads.Range
 
 // setCPUs applies --cpus, or the default when it is 0 and GOMAXPROCS is not

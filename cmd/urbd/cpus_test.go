@@ -20,7 +20,7 @@ func TestDefaultCPUs(t *testing.T) {
 
 // TestCPUsFlag runs --cpus through a command the way up and serve use it:
 // the flag wins over GOMAXPROCS, 0 gives the default (which adapts to the
-// write size between it and twice it) unless GOMAXPROCS is set, and a
+// requests between it and twice it) unless GOMAXPROCS is set, and a
 // negative count is refused with a message naming the flag.
 func TestCPUsFlag(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/urbd/urbd/internal/threads"
 	"github.com/urbd/urbd/nbd"
 )
 
@@ -101,6 +102,7 @@ func serveAction(c *cli.Context) error {
 	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(context.Background(), ln) }()
+	go threads.Run(context.Background(), autoThreads, threads.Interval, srv.Served)
 	log.Info("serving", "disk", path, "size", disk.Size(), "listen", addr, "read_only", ro)
 
 	select {
