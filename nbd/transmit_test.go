@@ -481,3 +481,28 @@ func TestServeContextCancelClosesEverything(t *testing.T) {
 		t.Fatalf("Serve after Shutdown = %v, want ErrServerClosed", err)
 	}
 }
+
+// TestServedCounts checks Server.Served over two connections: READs and
+// WRITEs (with their bytes) are counted, other requests are not.
+func TestServedCounts(t *testing.T) {
+	srv := singleExport(newMemBackend(1<<20), false)
+	addr := testServer(t, srv)
+	for i := range 2 {
+		c := dialRaw(t, addr)
+		c.goExport("")
+		c.request(CmdWrite, 0, 1, 0, 4096, make([]byte, 4096))
+		c.expectReply(1, 0, 0)
+		c.request(CmdWrite, CmdFlagFUA, 2, 8192, 512, make([]byte, 512))
+		c.expectReply(2, 0, 0)
+		c.request(CmdRead, 0, 3, 0, 512, nil)
+		c.expectReply(3, 0, 512)
+		c.request(CmdFlush, 0, 4, 0, 0, nil)
+		c.expectReply(4, 0, 0)
+		c.request(CmdTrim, 0, 5, 0, 4096, nil)
+		c.expectReply(5, 0, 0)
+		want := Served{Reads: uint64(i + 1), Writes: 2 * uint64(i+1), WriteBytes: 4608 * uint64(i+1)}
+		if got := srv.Served(); got != want {
+			t.Errorf("after connection %d: Served() = %+v, want %+v", i+1, got, want)
+		}
+	}
+}
