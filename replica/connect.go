@@ -163,10 +163,17 @@ func (n *Node) dialOnce(ctx context.Context) (bool, error) {
 
 // noteConnError logs a failed connection attempt once per distinct reason
 // and shows it in the status, so a wrong secret or size is visible at once.
+// A StandAlone node keeps the reason it stopped connecting for (a split
+// brain, the operator's disconnect): the teardown of the session it refused
+// may still report an error, which must not hide why it stands alone.
 func (n *Node) noteConnError(err error) {
 	msg := err.Error()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.st.Conn == StandAlone {
+		n.log.Debug("peer connection failed while StandAlone", "err", msg)
+		return
+	}
 	if n.lastConnErr == msg {
 		return
 	}
