@@ -19,18 +19,11 @@ func cpusFlag() cli.Flag {
 	}
 }
 
-// cpusPerProc is how many CPUs the default gives each of urbd's threads.
-//
-// A request costs urbd a few microseconds of its own work between system
-// calls, and the threads it runs in parallel mostly hand requests to each
-// other: each hand-off to an idle thread is a futex wake-up, a context switch
-// and, when it finds nothing more to do, a sleep. On a 2-CPU machine running
-// the application and both nodes, one thread instead of two cut the CPU per
-// replicated 4k write by more than a third and raised 4k throughput by 40%
-// (docs/OPERATIONS.md); large writes and reads from the disk, which do gain
-// from a second thread, get it from package threads while they last. System calls
-// (pwrite, fdatasync, socket I/O) do not count against the limit once they
-// block: the runtime gives the processor to another thread.
+// cpusPerProc is how many CPUs the default gives each of urbd's threads:
+// few threads, because a request costs urbd only microseconds of its own
+// work and more threads mostly add hand-offs between them (package threads
+// says why, and when the daemon takes twice as many; the measurements are in
+// docs/OPERATIONS.md).
 const cpusPerProc = 4
 
 // autoThreads is the range setCPUs chose for the daemon to adapt within
