@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -35,11 +36,16 @@ type File struct {
 	// sync performs one fdatasync; tests replace it to count calls.
 	sync func() error
 
+	// changes counts the modifying calls (write, trim, zeroes) that have
+	// returned, plus one for whatever earlier processes left in the page
+	// cache. A sync covers the changes counted before it started.
+	changes atomic.Uint64
+
 	mu      sync.Mutex
 	cond    *sync.Cond // signalled when a sync completes; uses mu
 	running bool       // a sync is in progress
-	started uint64     // number of syncs started (the running one included)
-	done    uint64     // number of syncs completed
+	covers  uint64     // changes counted when the running sync started
+	durable uint64     // changes counted when the last successful sync started
 	waiting int        // callers blocked in Flush (for tests)
 	syncErr error      // first failed sync; sticky
 }
@@ -85,6 +91,7 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 	}
 	b.sync = func() error { return unix.Fdatasync(b.fd) }
 	b.cond = sync.NewCond(&b.mu)
+	b.changes.Store(1)
 	return b, nil
 }
 
@@ -135,6 +142,7 @@ func (b *File) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
 }
 
 func (b *File) pwrite(p []byte, off int64) error {
+	defer b.changes.Add(1)
 	for len(p) > 0 {
 		n, err := unix.Pwrite(b.fd, p, off)
 		if err == unix.EINTR {
@@ -159,6 +167,7 @@ func fileErrno(err error) error {
 // rangeIoctl issues a block-device ioctl that takes a {start, length} pair
 // (BLKDISCARD, BLKZEROOUT).
 func (b *File) rangeIoctl(req uint, off, length int64) error {
+	defer b.changes.Add(1)
 	r := [2]uint64{uint64(off), uint64(length)}
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), uintptr(req), uintptr(unsafe.Pointer(&r))); errno != 0 {
 		return errno
@@ -239,6 +248,7 @@ func (b *File) writeZeroes(off, length int64) error {
 }
 
 func (b *File) fallocate(mode uint32, off, length int64) error {
+	defer b.changes.Add(1)
 	for {
 		err := unix.Fallocate(b.fd, mode, off, length)
 		if err != unix.EINTR {
@@ -252,21 +262,25 @@ func fileUnsupported(err error) bool {
 }
 
 // Flush makes every write that completed before the call durable with
-// fdatasync. Concurrent callers share syncs (group commit): a caller that
-// arrives while a sync runs waits for the next one, which starts when the
+// fdatasync. Concurrent callers share syncs (group commit): a caller returns
+// without a sync of its own when nothing changed since the last successful
+// sync started, waits for the running sync when nothing changed since that
+// one started, and otherwise waits for the next one, which starts when the
 // running one ends and covers every caller that arrived meanwhile; so N
 // concurrent Flush calls cost at most two fdatasyncs. ctx is not consulted:
 // a sync in progress cannot be abandoned.
-func (b *File) Flush(context.Context) error {
+func (b *File) Flush(context.Context) error { return b.flush(b.sync) }
+
+// flush is Flush performing its fdatasyncs with doSync.
+func (b *File) flush(doSync func() error) error {
 	if b.readOnly {
 		return nil
 	}
+	// Every change this caller must cover returned before this load.
+	need := b.changes.Load()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	// A sync that already started may have missed this caller's writes, so
-	// this caller needs the next one to start.
-	want := b.started + 1
-	for b.done < want && b.syncErr == nil {
+	for b.durable < need && b.syncErr == nil {
 		if b.running {
 			b.waiting++
 			b.cond.Wait()
@@ -274,15 +288,16 @@ func (b *File) Flush(context.Context) error {
 			continue
 		}
 		b.running = true
-		b.started++
-		gen := b.started
+		b.covers = b.changes.Load()
 		b.mu.Unlock()
-		err := b.sync()
+		err := doSync()
 		b.mu.Lock()
 		b.running = false
-		b.done = gen
 		if err != nil && b.syncErr == nil {
 			b.syncErr = fmt.Errorf("nbd: fdatasync: %w", err)
+		}
+		if err == nil {
+			b.durable = max(b.durable, b.covers)
 		}
 		b.cond.Broadcast()
 	}

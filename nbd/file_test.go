@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -162,8 +163,9 @@ func TestFileShortReadIsError(t *testing.T) {
 	}
 }
 
-// TestFileGroupCommit holds the first fdatasync until every other caller
-// is waiting, then checks they all shared one more sync.
+// TestFileGroupCommit holds the first fdatasync, writes, and starts the
+// other callers, which must not count on the running sync: it started before
+// that write. It checks they all shared one more sync.
 func TestFileGroupCommit(t *testing.T) {
 	f, err := OpenFile(tempDisk(t, 4096), false)
 	if err != nil {
@@ -192,6 +194,9 @@ func TestFileGroupCommit(t *testing.T) {
 	wg.Add(1)
 	go flush()
 	<-entered // the first sync is running
+	if err := f.WriteAt(context.Background(), make([]byte, 512), 0, false); err != nil {
+		t.Fatal(err)
+	}
 	wg.Add(n - 1)
 	for i := 1; i < n; i++ {
 		go flush()
@@ -214,6 +219,98 @@ func TestFileGroupCommit(t *testing.T) {
 	}
 	if syncs != 2 {
 		t.Fatalf("%d concurrent Flush calls did %d fdatasyncs, want 2", n, syncs)
+	}
+}
+
+// countSyncs makes f's fdatasyncs counted and returns the counter.
+func countSyncs(f *File) *atomic.Int64 {
+	var n atomic.Int64
+	sync := f.sync
+	f.sync = func() error {
+		n.Add(1)
+		return sync()
+	}
+	return &n
+}
+
+// TestFileFlushSkipsCleanSync checks that a Flush with nothing written since
+// the last successful sync started returns without another fdatasync, and
+// that every kind of change (write, zeroes, trim) makes the next one sync.
+// The first Flush after open always syncs: an earlier process may have left
+// dirty pages.
+func TestFileFlushSkipsCleanSync(t *testing.T) {
+	f, err := OpenFile(tempDisk(t, 1<<20), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syncs := countSyncs(f)
+	ctx := context.Background()
+	step := func(what string, change func() error, want int64) {
+		t.Helper()
+		if change != nil {
+			if err := change(); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		}
+		if err := f.Flush(ctx); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got := syncs.Load(); got != want {
+			t.Fatalf("after %s: %d fdatasyncs, want %d", what, got, want)
+		}
+	}
+	step("the first flush", nil, 1)
+	step("a flush with nothing written", nil, 1)
+	step("a write", func() error { return f.WriteAt(ctx, make([]byte, 4096), 0, false) }, 2)
+	step("another clean flush", nil, 2)
+	step("zeroes", func() error { return f.WriteZeroes(ctx, 0, 4096, false, false) }, 3)
+	step("a trim", func() error { return f.Trim(ctx, 4096, 4096, false) }, 4)
+	step("a clean flush after the trim", nil, 4)
+}
+
+// TestFileFlushJoinsCoveringSync checks that a Flush arriving while a sync
+// runs waits for that sync, and does not start another, when nothing
+// changed since it started.
+func TestFileFlushJoinsCoveringSync(t *testing.T) {
+	f, err := OpenFile(tempDisk(t, 1<<20), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	if err := f.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	var syncs atomic.Int64
+	entered := make(chan struct{}, 4)
+	release := make(chan error)
+	f.sync = func() error {
+		syncs.Add(1)
+		entered <- struct{}{}
+		return <-release
+	}
+	first := make(chan error, 1)
+	go func() { first <- f.Flush(ctx) }()
+	<-entered // the sync started after the write
+	second := make(chan error, 1)
+	go func() { second <- f.Flush(ctx) }()
+	f.mu.Lock()
+	for f.waiting < 1 {
+		f.mu.Unlock()
+		<-waitTick()
+		f.mu.Lock()
+	}
+	f.mu.Unlock()
+	release <- nil
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	if n := syncs.Load(); n != 1 {
+		t.Fatalf("a flush covered by the running sync did %d fdatasyncs in all, want 1", n)
 	}
 }
 
