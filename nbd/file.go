@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/urbd/urbd/internal/aiosync"
 )
 
 // ErrNotBlockStorage is wrapped by OpenFile for paths that are neither a
@@ -35,6 +37,11 @@ type File struct {
 
 	// sync performs one fdatasync; tests replace it to count calls.
 	sync func() error
+	// bgSync is sync for FlushBackground: through aio when the kernel
+	// offers it (set up on first use), else sync.
+	bgSync   func() error
+	bgOnce   sync.Once
+	bgSyncer *aiosync.Syncer
 
 	// changes counts the modifying calls (write, trim, zeroes) that have
 	// returned, plus one for whatever earlier processes left in the page
@@ -99,7 +106,12 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 func (b *File) Size() int64 { return b.size }
 
 // Close closes the descriptor. No method may be running or called after.
-func (b *File) Close() error { return b.f.Close() }
+func (b *File) Close() error {
+	if b.bgSyncer != nil {
+		b.bgSyncer.Close()
+	}
+	return b.f.Close()
+}
 
 // ReadAt fills p from off with pread. Reading past the end of a file that
 // shrank underneath returns an error wrapping io.ErrUnexpectedEOF.
@@ -302,4 +314,31 @@ func (b *File) flush(doSync func() error) error {
 		b.cond.Broadcast()
 	}
 	return b.syncErr
+}
+
+// FlushBackground is Flush for a sync started ahead of need, while the
+// caller's goroutine would otherwise wait for something else: its fdatasync
+// does not occupy a Go processor while the disk works (package aiosync), at
+// the cost of a little more latency. Where the kernel has no AIO it is
+// Flush.
+func (b *File) FlushBackground(context.Context) error {
+	b.bgOnce.Do(func() {
+		if b.bgSync != nil {
+			return // set by a test
+		}
+		b.bgSync = b.sync
+		syncer, err := aiosync.New()
+		if err != nil {
+			return
+		}
+		b.bgSyncer = syncer
+		b.bgSync = func() error {
+			err := syncer.Fdatasync(b.fd)
+			if errors.Is(err, aiosync.ErrUnsupported) {
+				return b.sync()
+			}
+			return err
+		}
+	})
+	return b.flush(b.bgSync)
 }
