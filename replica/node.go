@@ -79,6 +79,7 @@ type Node struct {
 	peerID      uint64        // guarded by mu: the peer's node id, once known
 	peerUUIDs   UUIDs         // guarded by mu: the peer's UUIDs at the last state
 	lastConnErr string        // guarded by mu: the last connection failure, logged once
+	ahead       *flushAhead
 
 	stats counters
 }
@@ -122,6 +123,7 @@ func New(cfg Config) (*Node, error) {
 		kick:     make(chan struct{}, 1),
 		syncKick: make(chan struct{}, 1),
 		clients:  func() int { return 0 },
+		ahead:    newFlushAhead(),
 	}
 	n.uuids = uuidsFromMeta(m)
 	n.st = State{

@@ -226,6 +226,7 @@ func (s *session) enqueue(it applyItem) error {
 // commit).
 func (s *session) applyLoop() error {
 	var acks []protocol.Ack
+	ahead := false // a flush is likely to follow the writes just applied
 	sendAcks := func() error {
 		for i := range acks {
 			if err := s.ps.Data().Send(&acks[i]); err != nil {
@@ -253,6 +254,8 @@ func (s *session) applyLoop() error {
 			if err := sendAcks(); err != nil {
 				return err
 			}
+			s.n.ahead.flushed()
+			ahead = false
 			seq := it.seq
 			s.flushThenAck(func(code uint32) protocol.Message {
 				return &protocol.FlushAck{Seq: seq, Err: code}
@@ -265,11 +268,22 @@ func (s *session) applyLoop() error {
 			if !async {
 				acks = append(acks, ack)
 			}
+			if it.w.Flags&protocol.FlagFUA != 0 {
+				s.n.ahead.flushed()
+			} else if s.n.ahead.wrote() && ack.Err == protocol.CodeOK {
+				ahead = true
+			}
 		}
 		if len(s.applyQ) == 0 && len(acks) > 0 {
 			if err := sendAcks(); err != nil {
 				return err
 			}
+		}
+		if len(s.applyQ) == 0 && ahead {
+			// The answers leave before the sync can hold the processor.
+			s.handOff()
+			s.n.ahead.start()
+			ahead = false
 		}
 	}
 }

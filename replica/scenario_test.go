@@ -1268,3 +1268,49 @@ func TestScenarioFlushWaitsForEarlierWritesOnPeer(t *testing.T) {
 	}
 	sameDisks(t, a, b)
 }
+
+// TestScenarioFlushAhead: once flushes follow writes closely (a write and a
+// flush in turn, like a database commit or fio --fsync=1), both nodes start
+// the fdatasync of the likely flush right after each write, covering that
+// write, and the flush still succeeds; after runs of many writes between
+// flushes the primary starts no sync of its own.
+func TestScenarioFlushAhead(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	ctx := context.Background()
+	for i := range 3 {
+		a.write(int64(i)*hBlock, pattern(fmt.Sprintf("commit %d", i), hBlock))
+		if err := a.node.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a0, b0 := a.disk.flushes.Load(), b.disk.flushes.Load()
+	a.write(8*hBlock, pattern("ahead", hBlock))
+	aDone, bDone := a.disk.writesDone.Load(), b.disk.writesDone.Load()
+	a.waitFor("the primary to sync ahead", func() bool {
+		return a.disk.flushes.Load() > a0 && a.disk.doneAtSync.Load() >= aDone
+	})
+	b.waitFor("the secondary to sync ahead", func() bool {
+		return b.disk.flushes.Load() > b0 && b.disk.doneAtSync.Load() >= bDone
+	})
+	if err := a.node.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Runs of five writes (longer than aheadRun) between flushes: after
+	// the first, the primary's own disk sees only the flushes asked for.
+	for r := range 3 {
+		a0 = a.disk.flushes.Load()
+		for i := range 5 {
+			a.write(int64(16+i)*hBlock, pattern(fmt.Sprintf("run %d write %d", r, i), hBlock))
+		}
+		if err := a.node.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if r > 0 {
+			if got := a.disk.flushes.Load() - a0; got != 1 {
+				t.Fatalf("run %d of %d writes and one flush: %d flushes on the primary's disk, want 1", r, 5, got)
+			}
+		}
+	}
+	sameDisks(t, a, b)
+}

@@ -69,7 +69,8 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 //  3. take the range lock against a resync copy of the same blocks;
 //  4. send to the peer (if connected and replicating) and write locally, in
 //     parallel;
-//  5. answer when the protocol says so. The extent stays referenced until the
+//  5. start a flush ahead if one is likely to follow (see flushAhead);
+//  6. answer when the protocol says so. The extent stays referenced until the
 //     peer answered or the write was marked out of sync.
 func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data []byte, flags uint32, local func(context.Context) error) error {
 	if err := n.CheckServe(); err != nil {
@@ -92,8 +93,19 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	n.rate.NoteAppIO(length)
 
 	req := n.replicate(off, length, data, flags)
-	if req != nil && flags&protocol.FlagFUA != 0 {
-		req.s.handOff() // the local write ends in fdatasync
+	fua := flags&protocol.FlagFUA != 0
+	ahead := false
+	if fua {
+		n.ahead.flushed()
+	} else {
+		// Start the sync of a likely flush while the peer answers (not
+		// with protocol A, which does not wait for the peer).
+		ahead = n.ahead.wrote() && req != nil && n.cfg.Protocol != 'A'
+	}
+	if req != nil && (fua || ahead) {
+		// The local write ends in fdatasync, or one follows it: the frame
+		// leaves first (see handOff).
+		req.s.handOff()
 	}
 
 	n.stats.localPending.Add(1)
@@ -103,6 +115,9 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		n.stats.diskWrite.Add(uint64(length))
 	}
 	unlock()
+	if ahead && lerr == nil {
+		n.ahead.start()
+	}
 	n.observe(kind, false, int(length), start)
 
 	if req == nil {
@@ -145,6 +160,7 @@ func (n *Node) replicate(off, length int64, data []byte, flags uint32) *request 
 // Concurrent flushes share fdatasync calls on each side (group commit).
 func (n *Node) Flush(ctx context.Context) error {
 	start := n.clock.Now()
+	n.ahead.flushed()
 	n.mu.Lock()
 	s := n.sess
 	n.mu.Unlock()
