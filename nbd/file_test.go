@@ -368,3 +368,40 @@ func TestFileServedOverNBD(t *testing.T) {
 		t.Fatalf("read %q after write-zeroes", got)
 	}
 }
+
+// TestFileFlushBackground checks that FlushBackground syncs through AIO on
+// this kernel, and that it takes part in the group commit: a Flush after it,
+// with nothing written since, needs no fdatasync of its own.
+func TestFileFlushBackground(t *testing.T) {
+	f, err := OpenFile(tempDisk(t, 1<<20), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syncs := countSyncs(f)
+	ctx := context.Background()
+	if err := f.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.FlushBackground(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f.bgSyncer == nil {
+		t.Fatal("FlushBackground did not set up AIO (Linux AIO is needed here)")
+	}
+	if err := f.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := syncs.Load(); n != 0 {
+		t.Fatalf("Flush after FlushBackground with nothing written: %d fdatasyncs, want 0", n)
+	}
+	if err := f.WriteAt(ctx, make([]byte, 4096), 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := syncs.Load(); n != 1 {
+		t.Fatalf("Flush after a write: %d fdatasyncs, want 1", n)
+	}
+}
