@@ -202,10 +202,18 @@ func (s *session) receiveWrite(w *protocol.Write) error {
 	}
 	ack, async := s.applyWrite(w)
 	if async {
+		s.n.ahead.flushed()
 		return nil
 	}
 	s.unacked.Add(-1)
-	return st.Send(&ack)
+	if err := st.Send(&ack); err != nil {
+		return err
+	}
+	if s.n.ahead.wrote() && ack.Err == protocol.CodeOK {
+		s.handOff()
+		s.n.ahead.start()
+	}
+	return nil
 }
 
 func (s *session) enqueue(it applyItem) error {
