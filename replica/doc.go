@@ -19,8 +19,11 @@
 //     A after the local write and the hand-over to the socket. A FLUSH, or a
 //     write with FUA, is answered only after both sides ran fdatasync.
 //  3. Writes are sent on the data stream in sequence order (seq is taken and
-//     the frame sent under one lock) and the peer applies them in that order,
-//     so overlapping writes land in the same order on both disks.
+//     the frame sent under one lock) and the peer applies them in that order;
+//     an application write holds the range lock of its blocks from before it
+//     is sent until its local write completed, so overlapping writes in
+//     flight together are sent and written locally in one order, and land in
+//     that order on both disks.
 //  4. A write the peer answered as done but that is not yet covered by a
 //     peer flush stays in the transfer log; on peer loss it is marked out of
 //     sync with the writes still in flight, and the bitmap is persisted

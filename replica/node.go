@@ -47,20 +47,14 @@ type Config struct {
 // Node is one replicated resource on this host: it serves the NBD export
 // (nbd.Backend) and talks to the peer. Its methods are safe for concurrent use.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	clock resync.Clock
-	disk  nbd.Backend
-	store *bitmap.Store
-	rl    *rangeLock
-	// copyGate and copying let application writes skip the range lock while
-	// no resync or verify copies blocks: a write holds copyGate for reading
-	// while it runs unlocked, and a copier takes it for writing to switch
-	// copying on, which waits for those writes to finish.
-	copyGate sync.RWMutex
-	copying  atomic.Int32 // copiers running; changed with copyGate held
-	rate     *resync.Limiter
-	nodeID   uint64
+	cfg    Config
+	log    *slog.Logger
+	clock  resync.Clock
+	disk   nbd.Backend
+	store  *bitmap.Store
+	rl     *rangeLock
+	rate   *resync.Limiter
+	nodeID uint64
 
 	mu          sync.Mutex
 	st          State // guarded by mu
@@ -253,32 +247,6 @@ func (n *Node) State() State {
 // CheckServe is the NBD export's gate: nil when a client may attach.
 func (n *Node) CheckServe() error {
 	return n.State().CanServe()
-}
-
-// lockForWrite serialises an application write against resync copies of the
-// same blocks (ordering rule 5). The returned function releases it.
-func (n *Node) lockForWrite(ctx context.Context, off, length int64) (func(), error) {
-	n.copyGate.RLock()
-	if n.copying.Load() == 0 {
-		return n.copyGate.RUnlock, nil
-	}
-	n.copyGate.RUnlock()
-	return n.rl.lock(ctx, off, length)
-}
-
-// startCopying is called before a resync or verify takes range locks; from
-// its return on, every application write takes them too. stopCopying undoes
-// it.
-func (n *Node) startCopying() {
-	n.copyGate.Lock()
-	n.copying.Add(1)
-	n.copyGate.Unlock()
-}
-
-func (n *Node) stopCopying() {
-	n.copyGate.Lock()
-	n.copying.Add(-1)
-	n.copyGate.Unlock()
 }
 
 // Promote makes this node Primary (`urbd primary [--force]`).

@@ -36,8 +36,6 @@ func (n *Node) runSyncSource(s *session) error {
 	}
 	n.log.Info("resync started", "direction", "SyncSource", "bytes", bm.DirtyBytes(), "by_checksum", s.csumResync)
 
-	n.startCopying()
-	defer n.stopCopying()
 	sem := make(chan struct{}, syncWindow)
 	var wg sync.WaitGroup
 	var firstErr error
@@ -370,9 +368,7 @@ func (n *Node) Verify() error {
 		// requests whatever it shows.
 		ctl := s.ps.Control()
 		ctl.Send(&protocol.SyncStart{Direction: protocol.VerifySource, BitmapBlock: uint32(n.store.Bitmap().BlockSize())})
-		n.startCopying()
 		diff, err := n.runVerify(s, prog)
-		n.stopCopying()
 		ctl.Send(&protocol.SyncDone{Flags: protocol.SyncVerify})
 		n.mu.Lock()
 		n.progress = nil

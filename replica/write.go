@@ -66,7 +66,7 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 //
 //  1. wait while writes are suspended (on-peer-loss suspend, peer away);
 //  2. make the activity-log extent durable (ordering rule 1);
-//  3. take the range lock against a resync copy of the same blocks;
+//  3. take the range lock of its blocks (ordering rules 3 and 5);
 //  4. send to the peer (if connected and replicating) and write locally, in
 //     parallel;
 //  5. start a flush ahead if one is likely to follow (see flushAhead);
@@ -85,7 +85,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	if err := n.store.BeginWrite(off, length); err != nil {
 		return fmt.Errorf("replica: %s: activity log: %w", n.cfg.Name, err)
 	}
-	unlock, err := n.lockForWrite(ctx, off, length)
+	unlock, err := n.rl.lock(ctx, off, length)
 	if err != nil {
 		n.store.EndWrite(off, length)
 		return err
