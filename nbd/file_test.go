@@ -222,6 +222,18 @@ func TestFileGroupCommit(t *testing.T) {
 	}
 }
 
+// openTestFile opens a fresh disk file of size bytes, closed at the end
+// of the test.
+func openTestFile(t *testing.T, size int64) *File {
+	t.Helper()
+	f, err := OpenFile(tempDisk(t, size), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 // countSyncs makes f's fdatasyncs counted and returns the counter.
 func countSyncs(f *File) *atomic.Int64 {
 	var n atomic.Int64
@@ -239,11 +251,7 @@ func countSyncs(f *File) *atomic.Int64 {
 // The first Flush after open always syncs: an earlier process may have left
 // dirty pages.
 func TestFileFlushSkipsCleanSync(t *testing.T) {
-	f, err := OpenFile(tempDisk(t, 1<<20), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := openTestFile(t, 1<<20)
 	syncs := countSyncs(f)
 	ctx := context.Background()
 	step := func(what string, change func() error, want int64) {
@@ -273,11 +281,7 @@ func TestFileFlushSkipsCleanSync(t *testing.T) {
 // runs waits for that sync, and does not start another, when nothing
 // changed since it started.
 func TestFileFlushJoinsCoveringSync(t *testing.T) {
-	f, err := OpenFile(tempDisk(t, 1<<20), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := openTestFile(t, 1<<20)
 	ctx := context.Background()
 	if err := f.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
 		t.Fatal(err)
@@ -348,11 +352,7 @@ func TestFileFlushErrorIsSticky(t *testing.T) {
 }
 
 func TestFileServedOverNBD(t *testing.T) {
-	f, err := OpenFile(tempDisk(t, 1<<20), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := openTestFile(t, 1<<20)
 	c := dialRaw(t, testServer(t, singleExport(f, false)))
 	c.goExport("")
 	c.request(CmdWrite, CmdFlagFUA, 1, 512, 5, []byte("hello"))
@@ -373,11 +373,7 @@ func TestFileServedOverNBD(t *testing.T) {
 // this kernel, and that it takes part in the group commit: a Flush after it,
 // with nothing written since, needs no fdatasync of its own.
 func TestFileFlushBackground(t *testing.T) {
-	f, err := OpenFile(tempDisk(t, 1<<20), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := openTestFile(t, 1<<20)
 	syncs := countSyncs(f)
 	ctx := context.Background()
 	if err := f.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {

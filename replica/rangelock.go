@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"slices"
 	"sync"
 )
 
@@ -63,14 +64,8 @@ func (l *rangeLock) lock(ctx context.Context, off, length int64) (func(), error)
 func (h *heldRange) unlock() {
 	l := h.l
 	l.mu.Lock()
-	for i, o := range l.held {
-		if o == h {
-			last := len(l.held) - 1
-			l.held[i] = l.held[last]
-			l.held[last] = nil
-			l.held = l.held[:last]
-			break
-		}
+	if i := slices.Index(l.held, h); i >= 0 {
+		l.held = slices.Delete(l.held, i, i+1)
 	}
 	done := h.done
 	l.mu.Unlock()

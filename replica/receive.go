@@ -210,10 +210,16 @@ func (s *session) receiveWrite(w *protocol.Write) error {
 		return err
 	}
 	if s.n.ahead.wrote() && ack.Err == protocol.CodeOK {
-		s.handOff()
-		s.n.ahead.start()
+		s.flushAhead()
 	}
 	return nil
+}
+
+// flushAhead starts the local sync of a likely flush (see flushAhead) once
+// the answers sent so far have left: the sync may hold the only processor.
+func (s *session) flushAhead() {
+	s.handOff()
+	s.n.ahead.start()
 }
 
 func (s *session) enqueue(it applyItem) error {
@@ -288,9 +294,7 @@ func (s *session) applyLoop() error {
 			}
 		}
 		if len(s.applyQ) == 0 && ahead {
-			// The answers leave before the sync can hold the processor.
-			s.handOff()
-			s.n.ahead.start()
+			s.flushAhead()
 			ahead = false
 		}
 	}
