@@ -332,12 +332,17 @@ func (b *File) FlushBackground(context.Context) error {
 			return
 		}
 		b.bgSyncer = syncer
+		// Syncs run one at a time (flush), so refused needs no lock.
+		refused := false
 		b.bgSync = func() error {
-			err := syncer.Fdatasync(b.fd)
-			if errors.Is(err, aiosync.ErrUnsupported) {
-				return b.sync()
+			if !refused {
+				err := syncer.Fdatasync(b.fd)
+				if !errors.Is(err, aiosync.ErrUnsupported) {
+					return err
+				}
+				refused = true // this file's filesystem cannot: stop asking
 			}
-			return err
+			return b.sync()
 		}
 	})
 	return b.flush(b.bgSync)

@@ -95,7 +95,7 @@ func (s *Syncer) Fdatasync(fd int) error {
 	cbs := [1]*iocb{&cb}
 	for {
 		n, _, e := unix.Syscall(unix.SYS_IO_SUBMIT, s.ctx, 1, uintptr(unsafe.Pointer(&cbs[0])))
-		if e == unix.EINTR || e == unix.EAGAIN {
+		if e == unix.EINTR {
 			continue
 		}
 		if e != 0 || n != 1 {
