@@ -305,13 +305,16 @@ func observer(met *metrics.Resource) func(kind string, peer bool, bytes int, d t
 	if met == nil {
 		return nil
 	}
-	kinds := map[string]metrics.Kind{"read": metrics.Read, "write": metrics.Write, "flush": metrics.Flush, "trim": metrics.Trim, "zero": metrics.Zero}
+	kinds := map[string]metrics.Kind{"read": metrics.Read, "write": metrics.Write, "flush": metrics.Flush, "trim": metrics.Trim, "zero": metrics.Zero, "flush_ahead": metrics.FlushAhead}
 	return func(kind string, peer bool, bytes int, d time.Duration) {
 		side := metrics.Local
 		if peer {
 			side = metrics.Peer
 		}
-		k := kinds[kind]
+		k, ok := kinds[kind]
+		if !ok {
+			return
+		}
 		met.IO(side, k, int64(bytes))
 		if k == metrics.Write {
 			met.ObserveWrite(side, d)

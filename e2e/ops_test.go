@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +14,7 @@ import (
 
 // TestConfigHandlersMetrics: both nodes start from one resource file; the
 // handlers fire on promotion, peer loss, peer return and resync; the metrics
-// endpoint is scraped.
+// endpoint is scraped, and counts the syncs started ahead of fio --fsync=1.
 func TestConfigHandlersMetrics(t *testing.T) {
 	c := newCluster(t, clusterOpts{})
 	events := filepath.Join(c.dir, "events")
@@ -76,6 +77,9 @@ timeout = "2s"
 		time.Sleep(100 * time.Millisecond)
 	}
 
+	// Writes each followed by an fsync: the nodes sync ahead of the flushes.
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=1M", "--iodepth=1", "--fsync=1")
+
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
 	must(t, err)
 	body, _ := io.ReadAll(resp.Body)
@@ -90,6 +94,10 @@ timeout = "2s"
 		if !strings.Contains(string(body), w) {
 			t.Errorf("metrics lack %s", w)
 		}
+	}
+	ahead := regexp.MustCompile(`urbd_io_requests_total\{kind="flush_ahead",resource="r0",side="local"\} (\d+)`).FindSubmatch(body)
+	if ahead == nil || string(ahead[1]) == "0" {
+		t.Errorf("no sync ahead counted after fio --fsync=1 (urbd_io_requests_total{kind=\"flush_ahead\"}: %q)", ahead)
 	}
 	if t.Failed() {
 		t.Logf("metrics:\n%s", body)

@@ -23,7 +23,8 @@
 //	urbd_split_brain                           gauge    0 or 1
 //	urbd_nbd_clients                           gauge
 //
-// kind is one of read, write, flush, trim, zero; side is local or peer.
+// kind is one of read, write, flush, trim, zero, flush_ahead (an fdatasync
+// started ahead of a likely flush); side is local or peer.
 package metrics
 
 import (
@@ -39,17 +40,19 @@ import (
 // Kind is the kind of an I/O request.
 type Kind int
 
-// Request kinds, matching NBD's commands.
+// Request kinds: NBD's commands, and the syncs a node starts ahead of a
+// likely flush.
 const (
 	Read Kind = iota
 	Write
 	Flush
 	Trim
 	Zero
+	FlushAhead
 	numKinds
 )
 
-var kindNames = [numKinds]string{"read", "write", "flush", "trim", "zero"}
+var kindNames = [numKinds]string{"read", "write", "flush", "trim", "zero", "flush_ahead"}
 
 // String is the kind's label value.
 func (k Kind) String() string {
@@ -120,7 +123,7 @@ type Metrics struct {
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "urbd_io_bytes_total", Help: "Bytes of I/O requests by kind (read, write, flush, trim, zero) and side (local disk or peer).",
+			Name: "urbd_io_bytes_total", Help: "Bytes of I/O requests by kind (read, write, flush, trim, zero, flush_ahead) and side (local disk or peer).",
 		}, []string{"resource", "kind", "side"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "urbd_io_requests_total", Help: "I/O requests by kind and side.",

@@ -269,7 +269,7 @@ func TestLatencyBuckets(t *testing.T) {
 }
 
 func TestKindSideNames(t *testing.T) {
-	for k, want := range map[Kind]string{Read: "read", Write: "write", Flush: "flush", Trim: "trim", Zero: "zero", Kind(9): "unknown"} {
+	for k, want := range map[Kind]string{Read: "read", Write: "write", Flush: "flush", Trim: "trim", Zero: "zero", FlushAhead: "flush_ahead", Kind(9): "unknown"} {
 		if k.String() != want {
 			t.Errorf("Kind(%d) = %q, want %q", k, k.String(), want)
 		}

@@ -3,8 +3,6 @@ package replica
 import (
 	"context"
 	"sync/atomic"
-
-	"github.com/urbd/urbd/nbd"
 )
 
 // aheadRun is the longest run of writes between two flushes that still
@@ -71,12 +69,18 @@ func (f *flushAhead) run(ctx context.Context, flush func(context.Context) error)
 	}
 }
 
-// backgroundFlush returns disk's FlushBackground if it has one (nbd.File:
-// the sync then leaves the Go processor free for the peer's answer), else
-// its Flush.
-func backgroundFlush(disk nbd.Backend) func(context.Context) error {
-	if bg, ok := disk.(interface{ FlushBackground(context.Context) error }); ok {
-		return bg.FlushBackground
+// flushAheadOnce is one sync started ahead, reported to Observe as
+// "flush_ahead". It uses the disk's FlushBackground if it has one
+// (nbd.File: the sync then leaves the Go processor free for the peer's
+// answer), else its Flush.
+func (n *Node) flushAheadOnce(ctx context.Context) error {
+	start := n.clock.Now()
+	var err error
+	if bg, ok := n.disk.(interface{ FlushBackground(context.Context) error }); ok {
+		err = bg.FlushBackground(ctx)
+	} else {
+		err = n.disk.Flush(ctx)
 	}
-	return disk.Flush
+	n.observe("flush_ahead", false, 0, start)
+	return err
 }

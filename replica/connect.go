@@ -39,7 +39,7 @@ func (n *Node) Run(ctx context.Context) error {
 		g.Go(func() error { return n.dialLoop(ctx) })
 	}
 	g.Go(func() error { return n.sweepLoop(ctx) })
-	g.Go(func() error { return n.ahead.run(ctx, backgroundFlush(n.disk)) })
+	g.Go(func() error { return n.ahead.run(ctx, n.flushAheadOnce) })
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) {
 		err = nil

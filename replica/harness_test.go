@@ -73,6 +73,8 @@ type tnode struct {
 
 	evMu   sync.Mutex
 	events []string // Config.Event names, in arrival order, across restarts
+
+	aheads atomic.Int64 // "flush_ahead" reports to Config.Observe
 }
 
 // sawEvent reports whether the node fired the event since it was created.
@@ -197,6 +199,11 @@ func (x *tnode) start() {
 			x.evMu.Lock()
 			x.events = append(x.events, event)
 			x.evMu.Unlock()
+		},
+		Observe: func(kind string, _ bool, _ int, _ time.Duration) {
+			if kind == "flush_ahead" {
+				x.aheads.Add(1)
+			}
 		},
 	})
 	if err != nil {

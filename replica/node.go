@@ -40,7 +40,9 @@ type Config struct {
 	Event func(event string, extra map[string]string)
 	// Observe, if set, is called after each application request with its
 	// kind ("read", "write", "flush", "trim", "zero"), size and duration;
-	// peer is true for the peer's share of a replicated write.
+	// peer is true for the peer's share of a replicated write. It is also
+	// called with "flush_ahead" after each sync started ahead of a likely
+	// flush (see flushAhead).
 	Observe func(kind string, peer bool, bytes int, d time.Duration)
 }
 

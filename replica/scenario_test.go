@@ -1272,8 +1272,9 @@ func TestScenarioFlushWaitsForEarlierWritesOnPeer(t *testing.T) {
 // TestScenarioFlushAhead: once flushes follow writes closely (a write and a
 // flush in turn, like a database commit or fio --fsync=1), both nodes start
 // the fdatasync of the likely flush right after each write, covering that
-// write, and the flush still succeeds; after runs of many writes between
-// flushes the primary starts no sync of its own.
+// write, each reported to Observe as "flush_ahead", and the flush still
+// succeeds; after runs of many writes between flushes the primary starts no
+// sync of its own.
 func TestScenarioFlushAhead(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	ctx := context.Background()
@@ -1292,6 +1293,8 @@ func TestScenarioFlushAhead(t *testing.T) {
 	b.waitFor("the secondary to sync ahead", func() bool {
 		return b.disk.flushes.Load() > b0 && b.disk.doneAtSync.Load() >= bDone
 	})
+	a.waitFor("the primary to report its sync ahead", func() bool { return a.aheads.Load() > 0 })
+	b.waitFor("the secondary to report its sync ahead", func() bool { return b.aheads.Load() > 0 })
 	if err := a.node.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
