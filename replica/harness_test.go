@@ -419,6 +419,7 @@ type testDisk struct {
 	passWrites  int           // with writeGate: this many more writes pass first
 	writeGate   chan struct{} // non-nil: writes wait until it is closed
 	writeHeld   chan struct{} // receives one value per write that starts waiting
+	writeTokens chan struct{} // non-nil: each write takes a token first (meterWrites)
 	flushGate   chan struct{} // non-nil: flushes wait until it is closed
 	flushWaiter chan struct{} // receives one value per flush that starts waiting
 }
@@ -452,6 +453,23 @@ func (d *testDisk) releaseWrites() {
 	}
 }
 
+// meterWrites makes later WriteAt calls wait for a token from allowWrites.
+func (d *testDisk) meterWrites() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.writeTokens = make(chan struct{}, 1024)
+}
+
+// allowWrites lets n more metered writes through.
+func (d *testDisk) allowWrites(n int) {
+	d.mu.Lock()
+	tokens := d.writeTokens
+	d.mu.Unlock()
+	for range n {
+		tokens <- struct{}{}
+	}
+}
+
 // holdFlushes makes later Flush calls wait; each waiting flush sends on the
 // returned channel.
 func (d *testDisk) holdFlushes() <-chan struct{} {
@@ -474,12 +492,19 @@ func (d *testDisk) releaseFlushes() {
 
 func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	d.mu.Lock()
-	gate, held := d.writeGate, d.writeHeld
+	gate, held, tokens := d.writeGate, d.writeHeld, d.writeTokens
 	if gate != nil && d.passWrites > 0 {
 		d.passWrites--
 		gate = nil
 	}
 	d.mu.Unlock()
+	if tokens != nil {
+		select {
+		case <-tokens:
+		case <-ctx.Done():
+			return fmt.Errorf("metered write at %d: %w", off, ctx.Err())
+		}
+	}
 	if gate != nil {
 		held <- struct{}{}
 		select {

@@ -153,6 +153,13 @@ func (s *session) dataLoop() error {
 // secondary (at most applyQueue × inlineApply bytes).
 const applyQueue = 64
 
+// ackBatch is the most answers a secondary holds back while it applies a
+// burst of writes. Answering a 32-deep burst in one piece makes the primary,
+// the secondary and the client take turns (a convoy); answering it in pieces
+// keeps them working at once: 4k random writes at queue depth 32 ran 3-5%
+// faster on two CPUs with 8 than with the whole burst, 16 was no better.
+const ackBatch = 8
+
 // inlineApply is the largest write a secondary copies into its apply queue;
 // larger ones are applied by the receive loop from the receive buffer.
 const inlineApply = 64 << 10
@@ -235,7 +242,9 @@ func (s *session) enqueue(it applyItem) error {
 // overlapping writes land as the primary sent them (ordering rule 3), and a
 // Flush is a barrier for the writes before it. Answers are batched: they are
 // sent when the queue is empty, so a burst of writes is answered by one
-// write to the socket. A FUA write or a Flush is answered after an
+// write to the socket, but at least every ackBatch writes, and those leave
+// before the next write is applied, so the primary answers its client while
+// the rest of the burst is still being applied. A FUA write or a Flush is answered after an
 // fdatasync run in its own goroutine (concurrent ones share one: group
 // commit).
 func (s *session) applyLoop() error {
@@ -292,6 +301,11 @@ func (s *session) applyLoop() error {
 			if err := sendAcks(); err != nil {
 				return err
 			}
+		} else if len(acks) >= ackBatch {
+			if err := sendAcks(); err != nil {
+				return err
+			}
+			s.handOff()
 		}
 		if len(s.applyQ) == 0 && ahead {
 			s.flushAhead()

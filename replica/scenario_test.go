@@ -180,6 +180,44 @@ func TestScenarioOverlappingWritesSameOrderBothDisks(t *testing.T) {
 	}
 }
 
+// TestScenarioSecondaryAnswersBurstsInPieces: a burst of writes waits in
+// the secondary's apply queue; the secondary answers the first AckBatch as
+// soon as they are on its disk, while the rest of the burst still waits, so
+// the primary completes them without waiting for the whole burst.
+func TestScenarioSecondaryAnswersBurstsInPieces(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	b.disk.meterWrites()
+	const burst = 3 * replica.AckBatch
+	results := make(chan error, burst)
+	for i := range burst {
+		go func() {
+			results <- a.node.WriteAt(context.Background(), pattern(fmt.Sprintf("burst %d", i), hBlock), int64(i)*hBlock, false)
+		}()
+	}
+	b.waitStatus("the whole burst received", func(s status.Resource) bool { return s.Unacked == burst })
+	b.disk.allowWrites(replica.AckBatch)
+	for i := range replica.AckBatch {
+		if err := recvErr(t, fmt.Sprintf("write %d of the first piece", i), results); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-results:
+		t.Fatalf("a write returned (%v) before the secondary wrote it", err)
+	default:
+	}
+	b.disk.allowWrites(burst - replica.AckBatch)
+	for i := replica.AckBatch; i < burst; i++ {
+		if err := recvErr(t, fmt.Sprintf("write %d", i), results); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sameDisks(t, a, b)
+}
+
 // TestScenarioPeerLossMidWriteThenResync: writes are in flight to the
 // secondary (its disk holds them) when the secondary goes down. The writes
 // complete locally, their blocks are marked out of sync and the primary

@@ -1,0 +1,4 @@
+package replica
+
+// AckBatch exposes ackBatch to the scenario tests.
+const AckBatch = ackBatch
