@@ -244,9 +244,9 @@ func (s *session) enqueue(it applyItem) error {
 // sent when the queue is empty, so a burst of writes is answered by one
 // write to the socket, but at least every ackBatch writes, and those leave
 // before the next write is applied, so the primary answers its client while
-// the rest of the burst is still being applied. A FUA write or a Flush is answered after an
-// fdatasync run in its own goroutine (concurrent ones share one: group
-// commit).
+// the rest of the burst is still being applied. A FUA write or a Flush is
+// answered after an fdatasync run in its own goroutine (concurrent ones
+// share one: group commit).
 func (s *session) applyLoop() error {
 	var acks []protocol.Ack
 	ahead := false // a flush is likely to follow the writes just applied
