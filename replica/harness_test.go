@@ -419,19 +419,30 @@ type testDisk struct {
 	passWrites  int           // with writeGate: this many more writes pass first
 	writeGate   chan struct{} // non-nil: writes wait until it is closed
 	writeHeld   chan struct{} // receives one value per write that starts waiting
-	writeTokens chan struct{} // non-nil: each write takes a token first (meterWrites)
+	writeTokens chan struct{} // with writeGate: each token lets one waiting write through
 	flushGate   chan struct{} // non-nil: flushes wait until it is closed
 	flushWaiter chan struct{} // receives one value per flush that starts waiting
 }
 
-// holdWrites makes later WriteAt calls wait; each waiting write sends on the
-// returned channel.
+// holdWrites makes later WriteAt calls wait (for allowWrites or
+// releaseWrites); each waiting write sends on the returned channel.
 func (d *testDisk) holdWrites() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.writeGate = make(chan struct{})
 	d.writeHeld = make(chan struct{}, 1024)
+	d.writeTokens = make(chan struct{}, 1024)
 	return d.writeHeld
+}
+
+// allowWrites lets n more held writes through, in the order they wait.
+func (d *testDisk) allowWrites(n int) {
+	d.mu.Lock()
+	tokens := d.writeTokens
+	d.mu.Unlock()
+	for range n {
+		tokens <- struct{}{}
+	}
 }
 
 // holdWritesAfter is holdWrites after the next n writes have passed.
@@ -450,23 +461,6 @@ func (d *testDisk) releaseWrites() {
 	if d.writeGate != nil {
 		close(d.writeGate)
 		d.writeGate = nil
-	}
-}
-
-// meterWrites makes later WriteAt calls wait for a token from allowWrites.
-func (d *testDisk) meterWrites() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.writeTokens = make(chan struct{}, 1024)
-}
-
-// allowWrites lets n more metered writes through.
-func (d *testDisk) allowWrites(n int) {
-	d.mu.Lock()
-	tokens := d.writeTokens
-	d.mu.Unlock()
-	for range n {
-		tokens <- struct{}{}
 	}
 }
 
@@ -498,17 +492,11 @@ func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) e
 		gate = nil
 	}
 	d.mu.Unlock()
-	if tokens != nil {
-		select {
-		case <-tokens:
-		case <-ctx.Done():
-			return fmt.Errorf("metered write at %d: %w", off, ctx.Err())
-		}
-	}
 	if gate != nil {
 		held <- struct{}{}
 		select {
 		case <-gate:
+		case <-tokens:
 		case <-ctx.Done():
 			return fmt.Errorf("held write at %d: %w", off, ctx.Err())
 		}

@@ -186,7 +186,7 @@ func TestScenarioOverlappingWritesSameOrderBothDisks(t *testing.T) {
 // the primary completes them without waiting for the whole burst.
 func TestScenarioSecondaryAnswersBurstsInPieces(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	b.disk.meterWrites()
+	b.disk.holdWrites()
 	const burst = 3 * replica.AckBatch
 	results := make(chan error, burst)
 	for i := range burst {
