@@ -1083,16 +1083,20 @@ func TestScenarioPeerRefusedBeforeDataMoves(t *testing.T) {
 // wrote but has not flushed may vanish if the peer loses power, so on peer
 // loss they are marked out of sync with the ones in flight; after a Flush
 // (and for FUA writes) the peer's copy is durable and nothing is marked.
+// Without any flush from the application, the primary asks the peer for one
+// every 5 s (peerFlushInterval), and after it nothing is marked either.
 func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 	for _, tt := range []struct {
-		story   string
-		flush   bool
-		fua     bool
-		wantKiB uint64
+		story    string
+		flush    bool
+		fua      bool
+		periodic bool // wait for the primary's own peer flush
+		wantKiB  uint64
 	}{
-		{"unflushed writes are marked", false, false, 5 * hBlock >> 10},
-		{"flushed writes are not", true, false, 0},
-		{"FUA writes are not", false, true, 0},
+		{"unflushed writes are marked", false, false, false, 5 * hBlock >> 10},
+		{"flushed writes are not", true, false, false, 0},
+		{"FUA writes are not", false, true, false, 0},
+		{"writes covered by the periodic peer flush are not", false, false, true, 0},
 	} {
 		t.Run(tt.story, func(t *testing.T) {
 			a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
@@ -1105,6 +1109,17 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 				if err := a.node.Flush(context.Background()); err != nil {
 					t.Fatal(err)
 				}
+			}
+			if tt.periodic {
+				if a.node.TransferLogEmpty() {
+					t.Fatal("transfer log empty right after unflushed writes")
+				}
+				a.waitFor("the periodic peer flush", a.node.TransferLogEmpty)
+				if b.disk.flushes.Load() == 0 {
+					t.Fatal("transfer log emptied without a flush on the peer")
+				}
+			} else if got := b.disk.flushes.Load(); !tt.flush && !tt.fua && got != 0 {
+				t.Fatalf("the peer ran %d flushes that nobody asked for", got)
 			}
 			if got := a.node.Status().OutOfSyncKiB; got != 0 {
 				t.Fatalf("out of sync while connected: %d KiB", got)
