@@ -7,9 +7,7 @@ const AckBatch = ackBatch
 // empty (every write the peer answered is covered by a peer flush). It is
 // false without a session.
 func (n *Node) TransferLogEmpty() bool {
-	n.mu.Lock()
-	s := n.sess
-	n.mu.Unlock()
+	s := n.session()
 	if s == nil {
 		return false
 	}

@@ -146,13 +146,18 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 // not replicated. The request releases the activity-log extent when it
 // completes.
 func (n *Node) replicate(off, length int64, data []byte, flags uint32) *request {
-	n.mu.Lock()
-	s := n.sess
-	n.mu.Unlock()
+	s := n.session()
 	if s == nil {
 		return nil
 	}
 	return s.sendWrite(off, length, data, flags)
+}
+
+// session returns the peer session, or nil when there is none.
+func (n *Node) session() *session {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sess
 }
 
 // Flush makes every completed write durable on both disks (protocol C and B;
@@ -161,11 +166,8 @@ func (n *Node) replicate(off, length int64, data []byte, flags uint32) *request 
 func (n *Node) Flush(ctx context.Context) error {
 	start := n.clock.Now()
 	n.ahead.flushed()
-	n.mu.Lock()
-	s := n.sess
-	n.mu.Unlock()
 	var peer *request
-	if s != nil {
+	if s := n.session(); s != nil {
 		if peer = s.sendFlush(); peer != nil {
 			s.handOff()
 		}
