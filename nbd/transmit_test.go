@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -88,6 +89,31 @@ func TestTransmissionBadRequestsKeepConnection(t *testing.T) {
 			c.expectReply(101, 0, 512)
 		})
 	}
+}
+
+// TestTransmissionTooLargeOnLargeExport checks the request size limit on its
+// own: on an export larger than MaxBlockSize the range check would let an
+// oversized read or write through, so only the size limit can refuse it.
+func TestTransmissionTooLargeOnLargeExport(t *testing.T) {
+	const size = 2 * MaxBlockSize
+	b := newMemBackend(size)
+	var calls atomic.Int64
+	b.hook = func(op string, off int64) error {
+		calls.Add(1)
+		return nil
+	}
+	c := dialRaw(t, testServer(t, singleExport(b, false)))
+	c.goExport("")
+	c.request(CmdRead, 0, 1, 0, MaxBlockSize+1, nil)
+	c.expectReply(1, ErrnoInval, 0)
+	c.request(CmdWrite, 0, 2, 0, MaxBlockSize+1, make([]byte, MaxBlockSize+1))
+	c.expectReply(2, ErrnoInval, 0)
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("the backend saw %d oversized requests, want none", n)
+	}
+	// The connection still works, up to the limit itself.
+	c.request(CmdRead, 0, 3, 0, MaxBlockSize, nil)
+	c.expectReply(3, 0, MaxBlockSize)
 }
 
 func TestTransmissionAbsurdWriteCloses(t *testing.T) {
