@@ -461,6 +461,17 @@ func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
 	if firstDiff(a.image(), imgA) >= 0 || firstDiff(b.image(), imgB) >= 0 {
 		t.Fatal("a disk changed after split brain was detected")
 	}
+	// It stays that way: no reconnect attempts in the background, however
+	// long the operator takes (here 2.5 peer timeouts, past any retry).
+	events := first.eventCount("split-brain")
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if st := first.node.State(); st.Conn != replica.StandAlone || !st.SplitBrain {
+			t.Fatalf("%s left StandAlone on its own after a split brain: %+v", first.label, st)
+		}
+	}
+	if n := first.eventCount("split-brain"); n != events {
+		t.Fatalf("%s reported the split brain %d more times: it kept reconnecting", first.label, n-events)
+	}
 
 	// A Primary cannot discard its data.
 	if err := b.node.Connect(true); !errors.Is(err, replica.ErrDiscardPrimary) {
