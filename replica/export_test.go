@@ -1,5 +1,7 @@
 package replica
 
+import "github.com/urbd/urbd/protocol"
+
 // AckBatch exposes ackBatch to the scenario tests.
 const AckBatch = ackBatch
 
@@ -14,4 +16,16 @@ func (n *Node) TransferLogEmpty() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.tlog.empty()
+}
+
+// ApplyPeerWrite applies w as if the peer had sent it on the data stream,
+// and returns the answer the node would send back (CodeIO without a
+// session).
+func (n *Node) ApplyPeerWrite(w *protocol.Write) protocol.Ack {
+	s := n.session()
+	if s == nil {
+		return protocol.Ack{Seq: w.Seq, Err: protocol.CodeIO}
+	}
+	ack, _ := s.applyWrite(w)
+	return ack
 }

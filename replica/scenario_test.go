@@ -1,9 +1,11 @@
 package replica_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1380,4 +1382,54 @@ func TestScenarioFlushAhead(t *testing.T) {
 		}
 	}
 	sameDisks(t, a, b)
+}
+
+// TestScenarioSecondaryRefusesPeerWritesPastTheEnd: a replicated write, trim
+// or zero that does not fit the Secondary's disk (a peer bug, or a peer
+// whose disk grew) is answered EINVAL and touches nothing; the file backing
+// the disk does not grow, and the session goes on.
+func TestScenarioSecondaryRefusesPeerWritesPastTheEnd(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	size := int64(hDiskSize)
+	for _, tc := range []struct {
+		name  string
+		off   uint64
+		n     uint32
+		flags uint32
+	}{
+		{"write across the end", uint64(size - 512), 1024, 0},
+		{"write past the end", uint64(size), 512, 0},
+		{"write at a negative offset", 1 << 63, 512, 0},
+		{"trim across the end", uint64(size - 512), 1024, protocol.FlagTrim},
+		{"zero across the end", uint64(size - 512), 1024, protocol.FlagZero},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &protocol.Write{Seq: 1, Offset: tc.off, Length: tc.n, Flags: tc.flags}
+			if tc.flags == 0 {
+				w.Data = pattern(tc.name, int(tc.n))
+			}
+			if ack := b.node.ApplyPeerWrite(w); ack.Err != protocol.CodeInvalid {
+				t.Fatalf("answer %+v, want error %d (EINVAL)", ack, protocol.CodeInvalid)
+			}
+			fi, err := os.Stat(b.diskPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Size() != size {
+				t.Fatalf("the disk file is %d bytes, want %d", fi.Size(), size)
+			}
+		})
+	}
+	// The node still applies writes that fit, and stays connected.
+	p := pattern("fits", hBlock)
+	if ack := b.node.ApplyPeerWrite(&protocol.Write{Seq: 2, Offset: uint64(size - hBlock), Length: hBlock, Data: p}); ack.Err != protocol.CodeOK {
+		t.Fatalf("write at the end: answer %+v", ack)
+	}
+	if got := b.read(size-hBlock, hBlock); !bytes.Equal(got, p) {
+		t.Fatal("the write at the end is not on the disk")
+	}
+	if st := b.node.State(); st.Conn != replica.Connected {
+		t.Fatalf("b is %v after refusing the writes", st.Conn)
+	}
+	a.write(0, pattern("after", hBlock))
 }
