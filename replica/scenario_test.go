@@ -1225,6 +1225,30 @@ func TestScenarioInterruptedResyncResumes(t *testing.T) {
 	}
 }
 
+// TestScenarioResyncResumesAfterTargetCrash: during a resync both nodes
+// checkpoint their bitmaps (every 2 s), so a resync target whose process dies
+// resumes after a restart from its last checkpoint instead of starting over.
+func TestScenarioResyncResumesAfterTargetCrash(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(0, pattern("primary data", 256*hBlock))
+	held := b.disk.holdWritesAfter(3)
+	if err := b.node.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	<-held // three chunks written, the fourth held
+	bm := b.node.Status().BMWrites
+	b.waitFor("a bitmap checkpoint during the resync", func() bool { return b.node.Status().BMWrites > bm })
+	b.crash()
+	b.disk.releaseWrites()
+	b.start()
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if got, want := b.node.Status().NetRecvKiB, int64(hDiskSize>>10-3<<10); int64(got) != want {
+		t.Fatalf("after the restart the resync copied %d KiB, want the remaining %d KiB", got, want)
+	}
+}
+
 // TestScenarioCleanDisconnectOutdatesSecondary: when the Primary disconnects
 // cleanly, the Secondary's disk becomes Outdated, survives a restart as
 // Outdated and cannot be promoted without --force; the reconnect brings it
