@@ -684,3 +684,36 @@ func TestLoadTLSAndSecret(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// TestAuthBindsTheTLSChannel: each proof covers the TLS channel binding, so
+// a relay between two TLS sessions (each node then sees another channel)
+// cannot hand one node's proof on to the other, even though both nodes hold
+// the same secret.
+func TestAuthBindsTheTLSChannel(t *testing.T) {
+	cfg := Config{Secret: []byte("shared secret")}
+	for _, tc := range []struct {
+		name             string
+		dialer, acceptor string
+		ok               bool
+	}{
+		{"one channel", "channel one", "channel one", true},
+		{"relayed", "channel one", "channel two", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, a := net.Pipe()
+			defer a.Close()
+			aerr := make(chan error, 1)
+			go func() { aerr <- authenticate(&rawConn{c: a}, &cfg, false, []byte(tc.acceptor)) }()
+			derr := authenticate(&rawConn{c: d}, &cfg, true, []byte(tc.dialer))
+			d.Close()
+			for side, err := range map[string]error{"dialer": derr, "acceptor": <-aerr} {
+				switch {
+				case tc.ok && err != nil:
+					t.Errorf("%s: %v", side, err)
+				case !tc.ok && !errors.Is(err, ErrAuth):
+					t.Errorf("%s: %v, want ErrAuth", side, err)
+				}
+			}
+		})
+	}
+}
