@@ -60,10 +60,11 @@ type tnode struct {
 	peerAddr string
 	opts     nodeOpts
 
-	file  *nbd.File
-	disk  *testDisk
-	store *bitmap.Store
-	node  *replica.Node
+	file   *nbd.File
+	disk   *testDisk
+	metaFS gatedFS // the metadata directory's file system, kept across restarts
+	store  *bitmap.Store
+	node   *replica.Node
 
 	cancel context.CancelFunc
 	runErr chan error
@@ -169,7 +170,8 @@ func (x *tnode) start() {
 	}
 	_, statErr := os.Stat(filepath.Join(x.metaDir, bitmap.MetaFile))
 	fresh := errors.Is(statErr, os.ErrNotExist)
-	store, err := bitmap.Open(x.metaDir, bitmap.Options{Size: f.Size(), BitmapBlock: hBlock})
+	x.metaFS.FS = bitmap.OSFS()
+	store, err := bitmap.Open(x.metaDir, bitmap.Options{Size: f.Size(), BitmapBlock: hBlock, FS: &x.metaFS})
 	if err != nil {
 		f.Close()
 		t.Fatal(err)
@@ -401,6 +403,45 @@ func pattern(tag string, n int) []byte {
 		p[i] = seed[i%len(seed)] ^ byte(i/len(seed))
 	}
 	return p
+}
+
+// gatedFS is the real file system for metadata; holdAL makes activity-log
+// writes wait until releaseAL.
+type gatedFS struct {
+	bitmap.FS
+	mu     sync.Mutex
+	alGate chan struct{} // non-nil: AL writes wait until it is closed
+	alHeld chan struct{} // receives one value per AL write that starts waiting
+}
+
+// holdAL makes later activity-log writes wait; each sends on the returned
+// channel when it starts waiting.
+func (g *gatedFS) holdAL() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.alGate, g.alHeld = make(chan struct{}), make(chan struct{}, 64)
+	return g.alHeld
+}
+
+// releaseAL lets held and later activity-log writes through.
+func (g *gatedFS) releaseAL() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.alGate != nil {
+		close(g.alGate)
+		g.alGate = nil
+	}
+}
+
+func (g *gatedFS) WriteFileAtomic(path string, data []byte) error {
+	g.mu.Lock()
+	gate, held := g.alGate, g.alHeld
+	g.mu.Unlock()
+	if gate != nil && filepath.Base(path) == bitmap.ALFile {
+		held <- struct{}{}
+		<-gate
+	}
+	return g.FS.WriteFileAtomic(path, data)
 }
 
 // testDisk wraps the file backend: it counts Flush calls and the most that

@@ -1249,6 +1249,43 @@ func TestScenarioResyncResumesAfterTargetCrash(t *testing.T) {
 	}
 }
 
+// TestScenarioWriteWaitsForActivityLog: a write to an extent that is not in
+// the activity log goes neither to the peer nor to the local disk before the
+// activity log holding its extent is durable. Otherwise a crash in between
+// could leave blocks that differ between the nodes with no record of them.
+func TestScenarioWriteWaitsForActivityLog(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	off := int64(hDiskSize - hBlock) // in the last extent, which nothing wrote
+	held := a.metaFS.holdAL()
+	recv0 := b.node.Status().NetRecvKiB
+	p := pattern("after the activity log", hBlock)
+	done := a.asyncWrite(off, p)
+	select {
+	case <-held:
+	case err := <-done:
+		t.Fatalf("the write returned (%v) without writing the activity log", err)
+	case <-time.After(hWait):
+		t.Fatal("the write never wrote the activity log")
+	}
+	time.Sleep(100 * time.Millisecond) // room for a write that would not wait
+	if n := b.node.Status().NetRecvKiB - recv0; n != 0 {
+		t.Errorf("the peer received %d KiB before the activity log was durable", n)
+	}
+	zero := make([]byte, hBlock)
+	for _, x := range []*tnode{a, b} {
+		if !bytes.Equal(x.read(off, hBlock), zero) {
+			t.Errorf("%s's disk was written before the activity log was durable", x.label)
+		}
+	}
+	a.metaFS.releaseAL()
+	if err := recvErr(t, "the write", done); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.read(off, hBlock), p) {
+		t.Fatal("the write is not on the peer's disk")
+	}
+}
+
 // TestScenarioCleanDisconnectOutdatesSecondary: when the Primary disconnects
 // cleanly, the Secondary's disk becomes Outdated, survives a restart as
 // Outdated and cannot be promoted without --force; the reconnect brings it
