@@ -405,6 +405,9 @@ func pattern(tag string, n int) []byte {
 	return p
 }
 
+// errDiskFailed is the error of a write made to fail with testDisk.failAt.
+var errDiskFailed = errors.New("injected disk failure")
+
 // gatedFS is the real file system for metadata; holdAL makes activity-log
 // writes wait until releaseAL.
 type gatedFS struct {
@@ -454,6 +457,7 @@ type testDisk struct {
 	inFlush    atomic.Int64
 	maxInFlush atomic.Int64
 	writesDone atomic.Int64 // WriteAt calls that returned
+	failAt     atomic.Int64 // offset+1 of the next WriteAt to fail with errDiskFailed; 0 = none
 	doneAtSync atomic.Int64 // writesDone when the last Flush started
 
 	mu          sync.Mutex
@@ -526,6 +530,9 @@ func (d *testDisk) releaseFlushes() {
 }
 
 func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if f := d.failAt.Load(); f == off+1 && d.failAt.CompareAndSwap(f, 0) {
+		return fmt.Errorf("write at %d: %w", off, errDiskFailed)
+	}
 	d.mu.Lock()
 	gate, held, tokens := d.writeGate, d.writeHeld, d.writeTokens
 	if gate != nil && d.passWrites > 0 {

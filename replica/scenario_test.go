@@ -1286,6 +1286,49 @@ func TestScenarioWriteWaitsForActivityLog(t *testing.T) {
 	}
 }
 
+// TestScenarioResyncGoesRoundForBitsBehindIt: a block that goes out of sync
+// during a resync behind the resync's scan position (here a replicated write
+// the target's disk failed) is copied by another pass before the target is
+// declared UpToDate.
+func TestScenarioResyncGoesRoundForBitsBehindIt(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(0, pattern("primary data", 256*hBlock))
+	held := b.disk.holdWritesAfter(3)
+	if err := b.node.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	<-held // three chunks written (copies run in parallel: any three), the next held
+	const chunk = 1 << 20
+	off := int64(-1)
+	a.waitFor("the source to see a chunk answered", func() bool {
+		for c := int64(0); c < hDiskSize/chunk; c++ {
+			if !a.store.Bitmap().IsSet(c*chunk, chunk) {
+				off = c * chunk
+				return true
+			}
+		}
+		return false
+	})
+	// A write into that chunk is behind the resync; the target fails it.
+	b.disk.failAt.Store(off + 1)
+	p := pattern("behind the scan", hBlock)
+	a.write(off, p)
+	if b.disk.failAt.Load() != 0 {
+		t.Fatal("the replicated write never reached the target's disk")
+	}
+	b.disk.releaseWrites()
+	b.waitState("disk UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if oos := a.node.Status().OutOfSyncKiB; oos != 0 {
+		t.Fatalf("the target was declared UpToDate with %d KiB still out of sync on the source", oos)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if !bytes.Equal(b.read(off, hBlock), p) {
+		t.Fatal("the write the target failed was never copied to it")
+	}
+}
+
 // TestScenarioCleanDisconnectOutdatesSecondary: when the Primary disconnects
 // cleanly, the Secondary's disk becomes Outdated, survives a restart as
 // Outdated and cannot be promoted without --force; the reconnect brings it
