@@ -620,6 +620,9 @@ func (x *tnode) crash() {
 	meta := map[string][]byte{}
 	for _, e := range entries {
 		b, err := os.ReadFile(filepath.Join(x.metaDir, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a temp file renamed into place meanwhile: a crash may lose it
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
