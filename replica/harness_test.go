@@ -458,6 +458,7 @@ type testDisk struct {
 	maxInFlush atomic.Int64
 	writesDone atomic.Int64 // WriteAt calls that returned
 	failAt     atomic.Int64 // offset+1 of the next WriteAt to fail with errDiskFailed; 0 = none
+	fuaWrites  atomic.Int64 // WriteAt and WriteZeroes calls with fua set
 	doneAtSync atomic.Int64 // writesDone when the last Flush started
 
 	mu          sync.Mutex
@@ -550,7 +551,17 @@ func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) e
 		}
 	}
 	defer d.writesDone.Add(1)
+	if fua {
+		d.fuaWrites.Add(1)
+	}
 	return d.Backend.WriteAt(ctx, p, off, fua)
+}
+
+func (d *testDisk) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
+	if fua {
+		d.fuaWrites.Add(1)
+	}
+	return d.Backend.WriteZeroes(ctx, off, length, fua, noHole)
 }
 
 func (d *testDisk) Flush(ctx context.Context) error {

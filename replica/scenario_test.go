@@ -381,6 +381,48 @@ func TestScenarioFlushMakesPeerFsync(t *testing.T) {
 	}
 }
 
+// TestScenarioFUAWriteDurableOnBothSides: a write or a zeroing with FUA is
+// written with FUA on the primary's disk, and answered only after the
+// secondary's fdatasync completed.
+func TestScenarioFUAWriteDurableOnBothSides(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		op   func() error
+	}{
+		{"write", func() error { return a.node.WriteAt(ctx, pattern("fua", hBlock), 4*hBlock, true) }},
+		{"zeroes", func() error { return a.node.WriteZeroes(ctx, 8*hBlock, hBlock, true, false) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			waiting := b.disk.holdFlushes()
+			defer b.disk.releaseFlushes()
+			fua0 := a.disk.fuaWrites.Load()
+			done := make(chan error, 1)
+			go func() { done <- tc.op() }()
+			select {
+			case <-waiting:
+			case err := <-done:
+				t.Fatalf("the FUA %s returned (%v) without a flush on the secondary", tc.name, err)
+			case <-time.After(hWait):
+				t.Fatalf("the FUA %s never made the secondary flush", tc.name)
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("the FUA %s returned (%v) before the secondary's flush completed", tc.name, err)
+			case <-time.After(50 * time.Millisecond):
+			}
+			b.disk.releaseFlushes()
+			if err := recvErr(t, "the FUA "+tc.name, done); err != nil {
+				t.Fatal(err)
+			}
+			if got := a.disk.fuaWrites.Load() - fua0; got != 1 {
+				t.Fatalf("the primary's disk saw %d FUA writes, want 1", got)
+			}
+		})
+	}
+}
+
 // TestScenarioSuspendOnPeerLossWaitsForPeer: with --on-peer-loss suspend a
 // write issued while the peer is away does not return until the peer is
 // back; it then lands on both disks.
