@@ -401,3 +401,29 @@ func TestFileFlushBackground(t *testing.T) {
 		t.Fatalf("Flush after a write: %d fdatasyncs, want 1", n)
 	}
 }
+
+// TestFileFUAMakesDurable checks that every change made with FUA is durable
+// when it returns: one fdatasync each for a write, a zeroing and a trim.
+func TestFileFUAMakesDurable(t *testing.T) {
+	f := openTestFile(t, 1<<20)
+	ctx := context.Background()
+	if err := f.Flush(ctx); err != nil { // the first flush after open always syncs
+		t.Fatal(err)
+	}
+	syncs := countSyncs(f)
+	for i, op := range []struct {
+		name string
+		do   func() error
+	}{
+		{"write", func() error { return f.WriteAt(ctx, make([]byte, 4096), 0, true) }},
+		{"zeroes", func() error { return f.WriteZeroes(ctx, 4096, 4096, true, false) }},
+		{"trim", func() error { return f.Trim(ctx, 8192, 4096, true) }},
+	} {
+		if err := op.do(); err != nil {
+			t.Fatalf("%s with FUA: %v", op.name, err)
+		}
+		if got, want := syncs.Load(), int64(i+1); got != want {
+			t.Fatalf("after a %s with FUA: %d fdatasyncs, want %d", op.name, got, want)
+		}
+	}
+}
