@@ -459,6 +459,7 @@ type testDisk struct {
 	writesDone atomic.Int64 // WriteAt calls that returned
 	failAt     atomic.Int64 // offset+1 of the next WriteAt to fail with errDiskFailed; 0 = none
 	fuaWrites  atomic.Int64 // WriteAt and WriteZeroes calls with fua set
+	failFlush  atomic.Bool  // the next Flush fails with errDiskFailed
 	doneAtSync atomic.Int64 // writesDone when the last Flush started
 
 	mu          sync.Mutex
@@ -585,6 +586,9 @@ func (d *testDisk) Flush(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+	if d.failFlush.CompareAndSwap(true, false) {
+		return fmt.Errorf("flush: %w", errDiskFailed)
 	}
 	return d.Backend.Flush(ctx)
 }

@@ -1191,6 +1191,40 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 	}
 }
 
+// TestScenarioFailedPeerFlushMarksUnflushedWrites: when the peer's fdatasync
+// fails, the writes that flush was to make durable there are marked out of
+// sync, on disk, before the FLUSH is answered (the local disk has them, so
+// the FLUSH succeeds); the next resync copies them.
+func TestScenarioFailedPeerFlushMarksUnflushedWrites(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	ctx := context.Background()
+	for i := range 5 {
+		a.write(int64(i)*50*hBlock, pattern(fmt.Sprintf("unflushed %d", i), hBlock))
+	}
+	bm0 := a.node.Status().BMWrites
+	b.disk.failFlush.Store(true)
+	if err := a.node.Flush(ctx); err != nil {
+		t.Fatalf("a FLUSH durable on the local disk only: %v", err)
+	}
+	if b.disk.failFlush.Load() {
+		t.Fatal("the FLUSH never reached the peer's disk")
+	}
+	st := a.node.Status()
+	if want := uint64(5 * hBlock >> 10); st.OutOfSyncKiB != want {
+		t.Fatalf("after the failed peer flush: %d KiB out of sync, want %d", st.OutOfSyncKiB, want)
+	}
+	if st.BMWrites == bm0 {
+		t.Fatal("the FLUSH was answered before the bitmap was persisted")
+	}
+	if !a.node.TransferLogEmpty() {
+		t.Fatal("the transfer log still holds what the failed flush covered")
+	}
+	b.stop()
+	b.start()
+	a.waitInSync()
+	sameDisks(t, a, b)
+}
+
 // TestScenarioEarlyAckPeerLossMarksUnwrittenWrites: protocol A acknowledges
 // a write once it is handed to the socket, B once the peer received it; when
 // the peer dies before writing them, those acknowledged writes are marked

@@ -208,7 +208,10 @@ func (s *session) send(r *request, msg func(seq uint64) protocol.Message) bool {
 
 // complete finishes a request with the peer's verdict. A write the peer
 // failed is marked out of sync; one it wrote but has not flushed enters the
-// transfer log. Either way its activity-log reference is released.
+// transfer log. Either way its activity-log reference is released. A flush
+// empties the transfer log up to it; if the peer failed it, what the log held
+// may never reach the peer's disk, so it is marked out of sync (and the
+// bitmap persisted) before the flush is answered.
 func (s *session) complete(seq uint64, ok bool) {
 	s.mu.Lock()
 	r := s.pending[seq]
@@ -217,14 +220,26 @@ func (s *session) complete(seq uint64, ok bool) {
 		return
 	}
 	delete(s.pending, seq)
-	if r.flush && ok {
-		// Everything answered before this flush is durable on the peer.
-		s.tlog.flushed(seq)
+	var lost []tlEntry
+	if r.flush {
+		lost = s.tlog.flushed(seq)
+		if ok {
+			lost = nil // durable on the peer
+		}
 	}
 	if !r.flush && ok && !r.fua {
 		s.tlog.add(r.seq, r.off, r.length)
 	}
 	s.mu.Unlock()
+	if len(lost) > 0 {
+		for _, e := range lost {
+			s.n.store.MarkOutOfSync(e.off, e.length)
+		}
+		s.n.log.Error("the peer failed a flush: its unflushed writes are marked out of sync", "ranges", len(lost))
+		if err := s.n.store.PersistBitmap(); err != nil {
+			s.n.log.Error("persisting the bitmap after a failed peer flush failed", "err", err)
+		}
+	}
 	s.finish(r, ok)
 }
 

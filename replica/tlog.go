@@ -41,20 +41,26 @@ func (t *transferLog) add(seq uint64, off, length int64) {
 	t.fine = append(t.fine, tlEntry{seq: seq, off: off, length: length})
 }
 
-// flushed drops every entry sent before the flush with sequence seq.
-func (t *transferLog) flushed(seq uint64) {
+// flushed drops every entry sent before the flush with sequence seq, and
+// returns the ranges it dropped (folded ones as whole extents).
+func (t *transferLog) flushed(seq uint64) []tlEntry {
+	var gone []tlEntry
 	keep := t.fine[:0]
 	for _, e := range t.fine {
 		if e.seq > seq {
 			keep = append(keep, e)
+		} else {
+			gone = append(gone, e)
 		}
 	}
 	t.fine = keep
 	for x, s := range t.folded {
 		if s < seq {
 			delete(t.folded, x)
+			gone = append(gone, tlEntry{seq: s, off: x * t.extent, length: t.extent})
 		}
 	}
+	return gone
 }
 
 // empty reports whether nothing awaits a peer flush.

@@ -9,7 +9,10 @@ func TestTransferLogFlushDropsOlder(t *testing.T) {
 	l.add(1, 0, 4096)
 	l.add(2, 8192, 4096)
 	l.add(5, 16384, 4096)
-	l.flushed(3)
+	gone := l.flushed(3)
+	if len(gone) != 2 || gone[0].seq != 1 || gone[1].seq != 2 {
+		t.Fatalf("flush 3 dropped %+v, want seq 1 and 2", gone)
+	}
 	got := l.ranges()
 	if len(got) != 1 || got[0].seq != 5 {
 		t.Fatalf("after flush 3: %+v, want only seq 5", got)
@@ -45,7 +48,16 @@ func TestTransferLogFoldsWhenFull(t *testing.T) {
 	for i := 0; i <= maxFine; i++ {
 		l2.add(uint64(i+1), 0, 4096)
 	}
-	l2.flushed(uint64(maxFine + 2))
+	gone := l2.flushed(uint64(maxFine + 2))
+	folded := 0
+	for _, e := range gone {
+		if e.length == ext {
+			folded++
+		}
+	}
+	if len(gone) != maxFine/2+2 || folded != 1 {
+		t.Fatalf("the flush dropped %d ranges (%d folded extents), want %d with the one folded extent", len(gone), folded, maxFine/2+2)
+	}
 	if !l2.empty() {
 		t.Fatalf("a flush after every write left %d fine, %d folded", len(l2.fine), len(l2.folded))
 	}
