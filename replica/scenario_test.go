@@ -1405,6 +1405,43 @@ func TestScenarioResyncGoesRoundForBitsBehindIt(t *testing.T) {
 	}
 }
 
+// TestScenarioOverlappingWriteWaitsForEarlierLocalWrite: a write that
+// overlaps one still being written on the primary's disk is neither sent to
+// the peer nor answered until that local write ended. If it overtook the
+// earlier write on either side, the disks could end up holding different
+// orders of the two.
+func TestScenarioOverlappingWriteWaitsForEarlierLocalWrite(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	p1, p2 := pattern("first", 2*hBlock), pattern("second", 2*hBlock)
+	held := a.disk.holdWrites()
+	first := a.asyncWrite(0, p1)
+	<-held // sent to the peer, held on the primary's disk
+	b.waitFor("the first write on the peer", func() bool { return bytes.Equal(b.read(0, 2*hBlock), p1) })
+	second := a.asyncWrite(hBlock, p2) // overlaps the first write's second block
+	select {
+	case err := <-second:
+		t.Fatalf("the overlapping write returned (%v) while the earlier one was held", err)
+	case <-held:
+		t.Fatal("the overlapping write reached the primary's disk while the earlier one was held")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if !bytes.Equal(b.read(hBlock, hBlock), p1[hBlock:]) {
+		t.Fatal("the overlapping write reached the peer while the earlier one was held on the primary")
+	}
+	a.disk.releaseWrites()
+	for _, ch := range []<-chan error{first, second} {
+		if err := recvErr(t, "write", ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := append(p1[:hBlock:hBlock], p2...)
+	for _, x := range []*tnode{a, b} {
+		if !bytes.Equal(x.read(0, 3*hBlock), want) {
+			t.Fatalf("%s's disk does not hold the first write overwritten by the second", x.label)
+		}
+	}
+}
+
 // TestScenarioCleanDisconnectOutdatesSecondary: when the Primary disconnects
 // cleanly, the Secondary's disk becomes Outdated, survives a restart as
 // Outdated and cannot be promoted without --force; the reconnect brings it
