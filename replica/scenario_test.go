@@ -1191,6 +1191,32 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 	}
 }
 
+// TestScenarioWriteFailedOnPeerIsMarked: a write the peer's disk failed is
+// answered (the local disk has it), marked out of sync at once while the
+// nodes stay connected, and copied by the next resync.
+func TestScenarioWriteFailedOnPeerIsMarked(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	off := int64(30 * hBlock)
+	b.disk.failAt.Store(off + 1)
+	p := pattern("failed on the peer", hBlock)
+	a.write(off, p)
+	if b.disk.failAt.Load() != 0 {
+		t.Fatal("the write never reached the peer's disk")
+	}
+	if got, want := a.node.Status().OutOfSyncKiB, uint64(hBlock>>10); got != want {
+		t.Fatalf("after a write the peer failed: %d KiB out of sync, want %d", got, want)
+	}
+	if c := a.node.State().Conn; c != replica.Connected {
+		t.Fatalf("a is %v after the peer failed one write", c)
+	}
+	b.stop()
+	b.start()
+	a.waitInSync()
+	if !bytes.Equal(b.read(off, hBlock), p) {
+		t.Fatal("the resync did not copy the write the peer failed")
+	}
+}
+
 // TestScenarioFailedPeerFlushMarksUnflushedWrites: when the peer's fdatasync
 // fails, the writes that flush was to make durable there are marked out of
 // sync, on disk, before the FLUSH is answered (the local disk has them, so
