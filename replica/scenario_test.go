@@ -1468,6 +1468,34 @@ func TestScenarioOverlappingWriteWaitsForEarlierLocalWrite(t *testing.T) {
 	}
 }
 
+// TestScenarioLargeWriteWaitsForQueuedWritesOnPeer: the secondary applies a
+// large write (written straight from its receive buffer) only after every
+// smaller write queued before it, so it cannot overtake an overlapping one.
+func TestScenarioLargeWriteWaitsForQueuedWritesOnPeer(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	small, large := pattern("small", hBlock), pattern("large", 32*hBlock)
+	held := b.disk.holdWrites()
+	first := a.asyncWrite(8*hBlock, small)
+	<-held // queued on the peer and held there
+	second := a.asyncWrite(0, large) // 128 KiB over the small write
+	select {
+	case <-held:
+		t.Fatal("the large write reached the peer's disk before the earlier small one")
+	case <-time.After(100 * time.Millisecond):
+	}
+	b.disk.releaseWrites()
+	for _, ch := range []<-chan error{first, second} {
+		if err := recvErr(t, "write", ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, x := range []*tnode{a, b} {
+		if !bytes.Equal(x.read(0, 32*hBlock), large) {
+			t.Fatalf("%s's disk does not end with the large write over the small one", x.label)
+		}
+	}
+}
+
 // TestScenarioCleanDisconnectOutdatesSecondary: when the Primary disconnects
 // cleanly, the Secondary's disk becomes Outdated, survives a restart as
 // Outdated and cannot be promoted without --force; the reconnect brings it
