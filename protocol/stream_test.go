@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -63,7 +64,12 @@ func (r *recorder) count() int {
 func testStream(t testing.TB, rw io.ReadWriter) *Stream {
 	st := newStream(nil, StreamData, rw, 0)
 	st.start()
-	t.Cleanup(st.stop)
+	t.Cleanup(func() {
+		if r, ok := rw.(*recorder); ok && r.opened != nil {
+			r.release() // a test that failed may have left a write held
+		}
+		st.stop()
+	})
 	return st
 }
 
@@ -158,7 +164,7 @@ func TestSendBackpressure(t *testing.T) {
 		t.Fatalf("Send into a full buffer returned %v", err)
 	case <-rec.entered:
 		t.Fatal("a second write started while the first was in progress")
-	default:
+	case <-time.After(50 * time.Millisecond): // blocked, as it should be
 	}
 	rec.gate <- struct{}{} // first write done; the flusher takes the full buffer
 	<-rec.entered
