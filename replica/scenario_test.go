@@ -941,6 +941,37 @@ func TestScenarioProtocolAckPoints(t *testing.T) {
 	}
 }
 
+// TestScenarioProtocolBWaitsForPeerReceipt: a protocol B write is answered
+// once the peer received it, not once it was handed to the network: with
+// every byte towards the peer dropped it is answered only when the peer is
+// declared lost (then from the local disk, marked out of sync).
+func TestScenarioProtocolBWaitsForPeerReceipt(t *testing.T) {
+	o := nodeOpts{protocol: 'B', viaProxy: true}
+	a, b := cleanPair(t, o, o)
+	// Whichever node dialed, drop what a sends to b.
+	a.proxy.cutFwd.Store(true)
+	b.proxy.cutBack.Store(true)
+	res := a.asyncWrite(12*hBlock, pattern("never received", hBlock))
+	select {
+	case err := <-res:
+		t.Fatalf("protocol B write returned (%v) although the peer never received it", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := recvErr(t, "write after peer loss", res); err != nil {
+		t.Fatal(err)
+	}
+	if c := a.node.State().Conn; c.Connected() {
+		t.Fatalf("the write returned while a was still %v", c)
+	}
+	if got := a.node.Status().OutOfSyncKiB; got < hBlock>>10 {
+		t.Fatalf("%d KiB out of sync after the peer loss, want the write's %d", got, hBlock>>10)
+	}
+	a.proxy.cutFwd.Store(false)
+	b.proxy.cutBack.Store(false)
+	a.waitInSync()
+	sameDisks(t, a, b)
+}
+
 // TestScenarioVerifyOnSecondaryResyncsFromPrimary: verify run on the
 // secondary marks the block it finds changed on its own disk; the nodes
 // reconnect and the primary copies it back.
