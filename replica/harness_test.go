@@ -136,6 +136,16 @@ func newPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
 		}
 		t.Cleanup(x.stop)
 	}
+	// Runs before the stops: a test that failed while holding disk writes or
+	// flushes must not leave its nodes unable to stop.
+	t.Cleanup(func() {
+		for _, x := range []*tnode{a, b} {
+			if x.disk != nil {
+				x.disk.releaseWrites()
+				x.disk.releaseFlushes()
+			}
+		}
+	})
 	return a, b
 }
 
