@@ -423,6 +423,47 @@ func TestScenarioFUAWriteDurableOnBothSides(t *testing.T) {
 	}
 }
 
+// TestScenarioSuspendHoldsWriteUntilResyncCopiedIt: with --on-peer-loss
+// suspend, a write that passed the suspend check but found the peer gone
+// when it was about to be sent is written locally and then held: not while
+// the peer is away, not while the resync has yet to copy it, only once it
+// is on both disks.
+func TestScenarioSuspendHoldsWriteUntilResyncCopiedIt(t *testing.T) {
+	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
+	a, b := cleanPair(t, nodeOpts{suspend: true, rate: 1 << 20, clock: clk}, nodeOpts{})
+	off := int64(hDiskSize - hBlock) // a fresh extent: the write waits for the activity log
+	p := pattern("held until copied", hBlock)
+	held := a.metaFS.holdAL()
+	res := a.asyncWrite(off, p)
+	<-held
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	a.metaFS.releaseAL()
+	notYet := func(when string) {
+		t.Helper()
+		select {
+		case err := <-res:
+			t.Fatalf("the write returned (%v) %s", err, when)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	notYet("while the peer was away")
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.SyncSource) // the resync is held by the rate on a stopped clock
+	notYet("before the resync copied it")
+	a.node.AdjustRate(0)
+	if err := recvErr(t, "the held write", res); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.read(off, hBlock), p) {
+		t.Fatal("the write returned before it was on the peer's disk")
+	}
+}
+
 // TestScenarioSuspendOnPeerLossWaitsForPeer: with --on-peer-loss suspend a
 // write issued while the peer is away does not return until the peer is
 // back; it then lands on both disks.
