@@ -1013,6 +1013,60 @@ func TestScenarioProtocolBWaitsForPeerReceipt(t *testing.T) {
 	sameDisks(t, a, b)
 }
 
+// TestScenarioProtocolASendQueueIsBounded: protocol A answers writes before
+// the peer has them, but not without limit: with the peer's disk stuck, the
+// writes in flight towards it stop at the stream window (16 MiB) plus what
+// the sockets and the peer's apply queue hold (here at most 32 MiB in all),
+// and the application's writes then wait.
+func TestScenarioProtocolASendQueueIsBounded(t *testing.T) {
+	const (
+		wsize = 64 << 10
+		total = 1024 // 64 MiB of writes, twice the bound
+		bound = 32 << 20
+	)
+	o := nodeOpts{protocol: 'A'}
+	a, b := cleanPair(t, o, o)
+	b.disk.holdWrites()
+	var returned atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		p := pattern("queued", wsize)
+		for i := range total {
+			if err := a.node.WriteAt(context.Background(), p, int64(i*wsize)%hDiskSize, false); err != nil {
+				done <- err
+				return
+			}
+			returned.Add(1)
+		}
+		done <- nil
+	}()
+	// Wait until the writer stops making progress (or finishes).
+	for last := int64(-1); ; {
+		select {
+		case err := <-done:
+			t.Fatalf("all %d MiB of protocol A writes returned (%v) while the peer's disk was stuck", total*wsize>>20, err)
+		case <-time.After(500 * time.Millisecond):
+		}
+		n := returned.Load()
+		if n == last {
+			break
+		}
+		last = n
+	}
+	t.Logf("%d MiB answered ahead of the stuck peer", returned.Load()*wsize>>20)
+	if n := returned.Load(); n*wsize > bound {
+		t.Fatalf("%d MiB of writes answered ahead of a stuck peer, want at most %d", n*wsize>>20, bound>>20)
+	}
+	b.disk.releaseWrites()
+	if err := recvErr(t, "the queued writes", done); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sameDisks(t, a, b)
+}
+
 // TestScenarioVerifyOnSecondaryResyncsFromPrimary: verify run on the
 // secondary marks the block it finds changed on its own disk; the nodes
 // reconnect and the primary copies it back.
