@@ -1602,7 +1602,7 @@ func TestScenarioLargeWriteWaitsForQueuedWritesOnPeer(t *testing.T) {
 	small, large := pattern("small", hBlock), pattern("large", 32*hBlock)
 	held := b.disk.holdWrites()
 	first := a.asyncWrite(8*hBlock, small)
-	<-held // queued on the peer and held there
+	<-held                           // queued on the peer and held there
 	second := a.asyncWrite(0, large) // 128 KiB over the small write
 	select {
 	case <-held:
