@@ -418,41 +418,58 @@ func pattern(tag string, n int) []byte {
 // errDiskFailed is the error of a write made to fail with testDisk.failAt.
 var errDiskFailed = errors.New("injected disk failure")
 
-// gatedFS is the real file system for metadata; holdAL makes activity-log
-// writes wait until releaseAL.
-type gatedFS struct {
-	bitmap.FS
-	mu     sync.Mutex
-	alGate chan struct{} // non-nil: AL writes wait until it is closed
-	alHeld chan struct{} // receives one value per AL write that starts waiting
+// gate holds callers while closed: hold closes it, release opens it again.
+// Each caller that starts waiting sends on the channel hold returned.
+type gate struct {
+	mu   sync.Mutex
+	open chan struct{} // nil: callers pass; closed by release
+	held chan struct{}
 }
 
-// holdAL makes later activity-log writes wait; each sends on the returned
-// channel when it starts waiting.
-func (g *gatedFS) holdAL() <-chan struct{} {
+func (g *gate) hold() <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.alGate, g.alHeld = make(chan struct{}), make(chan struct{}, 64)
-	return g.alHeld
+	g.open, g.held = make(chan struct{}), make(chan struct{}, 1024)
+	return g.held
 }
 
-// releaseAL lets held and later activity-log writes through.
-func (g *gatedFS) releaseAL() {
+func (g *gate) release() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.alGate != nil {
-		close(g.alGate)
-		g.alGate = nil
+	if g.open != nil {
+		close(g.open)
+		g.open = nil
 	}
 }
 
-func (g *gatedFS) WriteFileAtomic(path string, data []byte) error {
+// pass returns at once while the gate is open; otherwise it reports itself
+// held and waits until release or the end of ctx.
+func (g *gate) pass(ctx context.Context) error {
 	g.mu.Lock()
-	gate, held := g.alGate, g.alHeld
+	open, held := g.open, g.held
 	g.mu.Unlock()
-	if gate != nil && filepath.Base(path) == bitmap.ALFile {
-		held <- struct{}{}
-		<-gate
+	if open == nil {
+		return nil
+	}
+	held <- struct{}{}
+	select {
+	case <-open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// gatedFS is the real file system for metadata; while its al gate is held,
+// activity-log writes wait.
+type gatedFS struct {
+	bitmap.FS
+	al gate
+}
+
+func (g *gatedFS) WriteFileAtomic(path string, data []byte) error {
+	if filepath.Base(path) == bitmap.ALFile {
+		_ = g.al.pass(context.Background())
 	}
 	return g.FS.WriteFileAtomic(path, data)
 }
@@ -471,14 +488,13 @@ type testDisk struct {
 	fuaWrites  atomic.Int64 // WriteAt and WriteZeroes calls with fua set
 	failFlush  atomic.Bool  // the next Flush fails with errDiskFailed
 	doneAtSync atomic.Int64 // writesDone when the last Flush started
+	flushGate  gate         // held: flushes wait
 
 	mu          sync.Mutex
 	passWrites  int           // with writeGate: this many more writes pass first
 	writeGate   chan struct{} // non-nil: writes wait until it is closed
 	writeHeld   chan struct{} // receives one value per write that starts waiting
 	writeTokens chan struct{} // with writeGate: each token lets one waiting write through
-	flushGate   chan struct{} // non-nil: flushes wait until it is closed
-	flushWaiter chan struct{} // receives one value per flush that starts waiting
 }
 
 // holdWrites makes later WriteAt calls wait (for allowWrites or
@@ -523,23 +539,10 @@ func (d *testDisk) releaseWrites() {
 
 // holdFlushes makes later Flush calls wait; each waiting flush sends on the
 // returned channel.
-func (d *testDisk) holdFlushes() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.flushGate = make(chan struct{})
-	d.flushWaiter = make(chan struct{}, 1024)
-	return d.flushWaiter
-}
+func (d *testDisk) holdFlushes() <-chan struct{} { return d.flushGate.hold() }
 
 // releaseFlushes lets held and later flushes through.
-func (d *testDisk) releaseFlushes() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.flushGate != nil {
-		close(d.flushGate)
-		d.flushGate = nil
-	}
-}
+func (d *testDisk) releaseFlushes() { d.flushGate.release() }
 
 func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if f := d.failAt.Load(); f == off+1 && d.failAt.CompareAndSwap(f, 0) {
@@ -586,16 +589,8 @@ func (d *testDisk) Flush(ctx context.Context) error {
 			break
 		}
 	}
-	d.mu.Lock()
-	gate, waiter := d.flushGate, d.flushWaiter
-	d.mu.Unlock()
-	if gate != nil {
-		waiter <- struct{}{}
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if err := d.flushGate.pass(ctx); err != nil {
+		return err
 	}
 	if d.failFlush.CompareAndSwap(true, false) {
 		return fmt.Errorf("flush: %w", errDiskFailed)

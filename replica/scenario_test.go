@@ -433,14 +433,14 @@ func TestScenarioSuspendHoldsWriteUntilResyncCopiedIt(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{suspend: true, rate: 1 << 20, clock: clk}, nodeOpts{})
 	off := int64(hDiskSize - hBlock) // a fresh extent: the write waits for the activity log
 	p := pattern("held until copied", hBlock)
-	held := a.metaFS.holdAL()
+	held := a.metaFS.al.hold()
 	res := a.asyncWrite(off, p)
 	<-held
 	if err := b.node.Disconnect(); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.WFConnection)
-	a.metaFS.releaseAL()
+	a.metaFS.al.release()
 	notYet := func(when string) {
 		t.Helper()
 		select {
@@ -1484,7 +1484,7 @@ func TestScenarioResyncResumesAfterTargetCrash(t *testing.T) {
 func TestScenarioWriteWaitsForActivityLog(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	off := int64(hDiskSize - hBlock) // in the last extent, which nothing wrote
-	held := a.metaFS.holdAL()
+	held := a.metaFS.al.hold()
 	recv0 := b.node.Status().NetRecvKiB
 	p := pattern("after the activity log", hBlock)
 	done := a.asyncWrite(off, p)
@@ -1505,7 +1505,7 @@ func TestScenarioWriteWaitsForActivityLog(t *testing.T) {
 			t.Errorf("%s's disk was written before the activity log was durable", x.label)
 		}
 	}
-	a.metaFS.releaseAL()
+	a.metaFS.al.release()
 	if err := recvErr(t, "the write", done); err != nil {
 		t.Fatal(err)
 	}
