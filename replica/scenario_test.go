@@ -1409,18 +1409,28 @@ func TestScenarioEarlyAckPeerLossMarksUnwrittenWrites(t *testing.T) {
 	}
 }
 
+// startHeldResync writes some data on a, invalidates b and returns once b,
+// now a resync target, wrote three 1 MiB chunks (copies run in parallel, so
+// any three) and the next is held; b's writes stay held until
+// b.disk.releaseWrites. It returns b's NetRecvKiB from before the resync.
+func startHeldResync(t *testing.T, a, b *tnode) (recv0 uint64) {
+	t.Helper()
+	a.write(0, pattern("primary data", 256*hBlock))
+	held := b.disk.holdWritesAfter(3)
+	recv0 = b.node.Status().NetRecvKiB
+	if err := b.node.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	<-held
+	return recv0
+}
+
 // TestScenarioInterruptedResyncResumes: a full resync is cut off after the
 // target wrote three of its 1 MiB chunks; after the reconnect only the rest
 // is copied, not the whole disk again.
 func TestScenarioInterruptedResyncResumes(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	a.write(0, pattern("primary data", 256*hBlock))
-	held := b.disk.holdWritesAfter(3)
-	recv0 := b.node.Status().NetRecvKiB
-	if err := b.node.Invalidate(); err != nil {
-		t.Fatal(err)
-	}
-	<-held // three chunks written, the fourth held
+	recv0 := startHeldResync(t, a, b)
 	// The source learns of the three chunks from the target's answers; a
 	// resync resumes from what the source knows was copied.
 	deadline := time.Now().Add(10 * time.Second)
@@ -1458,12 +1468,7 @@ func TestScenarioInterruptedResyncResumes(t *testing.T) {
 // resumes after a restart from its last checkpoint instead of starting over.
 func TestScenarioResyncResumesAfterTargetCrash(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	a.write(0, pattern("primary data", 256*hBlock))
-	held := b.disk.holdWritesAfter(3)
-	if err := b.node.Invalidate(); err != nil {
-		t.Fatal(err)
-	}
-	<-held // three chunks written, the fourth held
+	startHeldResync(t, a, b)
 	bm := b.node.Status().BMWrites
 	b.waitFor("a bitmap checkpoint during the resync", func() bool { return b.node.Status().BMWrites > bm })
 	b.crash()
@@ -1520,12 +1525,7 @@ func TestScenarioWriteWaitsForActivityLog(t *testing.T) {
 // declared UpToDate.
 func TestScenarioResyncGoesRoundForBitsBehindIt(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	a.write(0, pattern("primary data", 256*hBlock))
-	held := b.disk.holdWritesAfter(3)
-	if err := b.node.Invalidate(); err != nil {
-		t.Fatal(err)
-	}
-	<-held // three chunks written (copies run in parallel: any three), the next held
+	startHeldResync(t, a, b)
 	const chunk = 1 << 20
 	off := int64(-1)
 	a.waitFor("the source to see a chunk answered", func() bool {
