@@ -221,11 +221,11 @@ func (s *session) complete(seq uint64, ok bool) {
 	}
 	delete(s.pending, seq)
 	var lost []tlEntry
-	if r.flush {
-		lost = s.tlog.flushed(seq)
-		if ok {
-			lost = nil // durable on the peer
-		}
+	switch {
+	case r.flush && ok:
+		s.tlog.flushed(seq) // durable on the peer
+	case r.flush:
+		lost = s.tlog.flushFailed(seq)
 	}
 	if !r.flush && ok && !r.fua {
 		s.tlog.add(r.seq, r.off, r.length)

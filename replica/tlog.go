@@ -41,26 +41,39 @@ func (t *transferLog) add(seq uint64, off, length int64) {
 	t.fine = append(t.fine, tlEntry{seq: seq, off: off, length: length})
 }
 
-// flushed drops every entry sent before the flush with sequence seq, and
-// returns the ranges it dropped (folded ones as whole extents).
-func (t *transferLog) flushed(seq uint64) []tlEntry {
+// flushed drops every entry sent before the flush with sequence seq: the
+// peer made them durable.
+func (t *transferLog) flushed(seq uint64) { t.drop(seq, nil) }
+
+// flushFailed drops the same entries as flushed, and returns them (folded
+// ones as whole extents): the peer failed that flush, so they must be
+// marked out of sync instead.
+func (t *transferLog) flushFailed(seq uint64) []tlEntry {
 	var gone []tlEntry
+	t.drop(seq, func(e tlEntry) { gone = append(gone, e) })
+	return gone
+}
+
+// drop removes every entry sent before seq, passing each to gone if not nil.
+func (t *transferLog) drop(seq uint64, gone func(tlEntry)) {
 	keep := t.fine[:0]
 	for _, e := range t.fine {
-		if e.seq > seq {
+		switch {
+		case e.seq > seq:
 			keep = append(keep, e)
-		} else {
-			gone = append(gone, e)
+		case gone != nil:
+			gone(e)
 		}
 	}
 	t.fine = keep
 	for x, s := range t.folded {
 		if s < seq {
 			delete(t.folded, x)
-			gone = append(gone, tlEntry{seq: s, off: x * t.extent, length: t.extent})
+			if gone != nil {
+				gone(tlEntry{seq: s, off: x * t.extent, length: t.extent})
+			}
 		}
 	}
-	return gone
 }
 
 // empty reports whether nothing awaits a peer flush.

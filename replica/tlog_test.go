@@ -3,22 +3,29 @@ package replica
 import "testing"
 
 // TestTransferLogFlushDropsOlder: a peer flush covers exactly the writes
-// sent before it.
+// sent before it, whether it succeeded (dropped) or failed (dropped and
+// returned, to be marked out of sync).
 func TestTransferLogFlushDropsOlder(t *testing.T) {
-	l := newTransferLog(4 << 20)
-	l.add(1, 0, 4096)
-	l.add(2, 8192, 4096)
-	l.add(5, 16384, 4096)
-	gone := l.flushed(3)
-	if len(gone) != 2 || gone[0].seq != 1 || gone[1].seq != 2 {
-		t.Fatalf("flush 3 dropped %+v, want seq 1 and 2", gone)
-	}
-	got := l.ranges()
-	if len(got) != 1 || got[0].seq != 5 {
-		t.Fatalf("after flush 3: %+v, want only seq 5", got)
-	}
-	if !l.empty() {
-		t.Fatal("ranges did not empty the log")
+	for _, failed := range []bool{false, true} {
+		l := newTransferLog(4 << 20)
+		l.add(1, 0, 4096)
+		l.add(2, 8192, 4096)
+		l.add(5, 16384, 4096)
+		if failed {
+			gone := l.flushFailed(3)
+			if len(gone) != 2 || gone[0].seq != 1 || gone[1].seq != 2 {
+				t.Fatalf("failed flush 3 returned %+v, want seq 1 and 2", gone)
+			}
+		} else {
+			l.flushed(3)
+		}
+		got := l.ranges()
+		if len(got) != 1 || got[0].seq != 5 {
+			t.Fatalf("after flush 3 (failed %v): %+v, want only seq 5", failed, got)
+		}
+		if !l.empty() {
+			t.Fatal("ranges did not empty the log")
+		}
 	}
 }
 
@@ -48,7 +55,7 @@ func TestTransferLogFoldsWhenFull(t *testing.T) {
 	for i := 0; i <= maxFine; i++ {
 		l2.add(uint64(i+1), 0, 4096)
 	}
-	gone := l2.flushed(uint64(maxFine + 2))
+	gone := l2.flushFailed(uint64(maxFine + 2))
 	folded := 0
 	for _, e := range gone {
 		if e.length == ext {
@@ -56,7 +63,7 @@ func TestTransferLogFoldsWhenFull(t *testing.T) {
 		}
 	}
 	if len(gone) != maxFine/2+2 || folded != 1 {
-		t.Fatalf("the flush dropped %d ranges (%d folded extents), want %d with the one folded extent", len(gone), folded, maxFine/2+2)
+		t.Fatalf("the failed flush dropped %d ranges (%d folded extents), want %d with the one folded extent", len(gone), folded, maxFine/2+2)
 	}
 	if !l2.empty() {
 		t.Fatalf("a flush after every write left %d fine, %d folded", len(l2.fine), len(l2.folded))
