@@ -1305,10 +1305,15 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 			if got := a.node.Status().OutOfSyncKiB; got != 0 {
 				t.Fatalf("out of sync while connected: %d KiB", got)
 			}
+			bm0 := a.node.Status().BMWrites
 			b.stop()
 			a.waitConn(replica.WFConnection)
-			if got := a.node.Status().OutOfSyncKiB; got != tt.wantKiB {
-				t.Fatalf("out of sync after peer loss: %d KiB, want %d", got, tt.wantKiB)
+			st := a.node.Status()
+			if st.OutOfSyncKiB != tt.wantKiB {
+				t.Fatalf("out of sync after peer loss: %d KiB, want %d", st.OutOfSyncKiB, tt.wantKiB)
+			}
+			if tt.wantKiB > 0 && st.BMWrites == bm0 {
+				t.Fatal("the marks of the peer loss were not persisted before the node went on alone")
 			}
 			b.start()
 			a.waitInSync()
