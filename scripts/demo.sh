@@ -183,11 +183,13 @@ syncing() { [ "$(field "$1" cstate)" = SyncSource ]; }
 peer_lost() { [ "$(field "$1" cstate)" = WFConnection ]; }
 no_clients() { [ "$(field "$1" nbd_clients)" = 0 ]; }
 
-# free_port: a TCP port on 127.0.0.1 nothing listens on now.
+# free_port: a TCP port on 127.0.0.1 nothing listens on now, below Linux's
+# ephemeral range (32768-60999), which outgoing connections draw their source
+# ports from: one of those could take the port before the daemon binds it.
 free_port() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 30000))
+		p=$((20000 + RANDOM % 12768))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return
