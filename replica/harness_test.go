@@ -418,19 +418,31 @@ func pattern(tag string, n int) []byte {
 // errDiskFailed is the error of a write made to fail with testDisk.failAt.
 var errDiskFailed = errors.New("injected disk failure")
 
-// gate holds callers while closed: hold closes it, release opens it again.
-// Each caller that starts waiting sends on the channel hold returned.
+// gate holds callers while closed: hold closes it, release opens it again,
+// allow lets a number of waiting callers through one at a time. Each caller
+// that starts waiting sends on the channel hold returned.
 type gate struct {
-	mu   sync.Mutex
-	open chan struct{} // nil: callers pass; closed by release
-	held chan struct{}
+	mu     sync.Mutex
+	open   chan struct{} // nil: callers pass; closed by release
+	held   chan struct{}
+	tokens chan struct{} // each lets one waiting caller through
+	skip   int           // while closed, this many more callers pass first
 }
 
 func (g *gate) hold() <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.open, g.held = make(chan struct{}), make(chan struct{}, 1024)
+	g.open, g.held, g.tokens, g.skip = make(chan struct{}), make(chan struct{}, 1024), make(chan struct{}, 1024), 0
 	return g.held
+}
+
+// holdAfter is hold once the next n callers have passed.
+func (g *gate) holdAfter(n int) <-chan struct{} {
+	held := g.hold()
+	g.mu.Lock()
+	g.skip = n
+	g.mu.Unlock()
+	return held
 }
 
 func (g *gate) release() {
@@ -442,11 +454,25 @@ func (g *gate) release() {
 	}
 }
 
+// allow lets n more waiting callers through, in the order they wait.
+func (g *gate) allow(n int) {
+	g.mu.Lock()
+	tokens := g.tokens
+	g.mu.Unlock()
+	for range n {
+		tokens <- struct{}{}
+	}
+}
+
 // pass returns at once while the gate is open; otherwise it reports itself
-// held and waits until release or the end of ctx.
+// held and waits for release, a token, or the end of ctx.
 func (g *gate) pass(ctx context.Context) error {
 	g.mu.Lock()
-	open, held := g.open, g.held
+	open, held, tokens := g.open, g.held, g.tokens
+	if open != nil && g.skip > 0 {
+		g.skip--
+		open = nil
+	}
 	g.mu.Unlock()
 	if open == nil {
 		return nil
@@ -454,6 +480,8 @@ func (g *gate) pass(ctx context.Context) error {
 	held <- struct{}{}
 	select {
 	case <-open:
+		return nil
+	case <-tokens:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -488,54 +516,22 @@ type testDisk struct {
 	fuaWrites  atomic.Int64 // WriteAt and WriteZeroes calls with fua set
 	failFlush  atomic.Bool  // the next Flush fails with errDiskFailed
 	doneAtSync atomic.Int64 // writesDone when the last Flush started
+	writeGate  gate         // held: writes wait
 	flushGate  gate         // held: flushes wait
-
-	mu          sync.Mutex
-	passWrites  int           // with writeGate: this many more writes pass first
-	writeGate   chan struct{} // non-nil: writes wait until it is closed
-	writeHeld   chan struct{} // receives one value per write that starts waiting
-	writeTokens chan struct{} // with writeGate: each token lets one waiting write through
 }
 
 // holdWrites makes later WriteAt calls wait (for allowWrites or
 // releaseWrites); each waiting write sends on the returned channel.
-func (d *testDisk) holdWrites() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.writeGate = make(chan struct{})
-	d.writeHeld = make(chan struct{}, 1024)
-	d.writeTokens = make(chan struct{}, 1024)
-	return d.writeHeld
-}
+func (d *testDisk) holdWrites() <-chan struct{} { return d.writeGate.hold() }
 
 // allowWrites lets n more held writes through, in the order they wait.
-func (d *testDisk) allowWrites(n int) {
-	d.mu.Lock()
-	tokens := d.writeTokens
-	d.mu.Unlock()
-	for range n {
-		tokens <- struct{}{}
-	}
-}
+func (d *testDisk) allowWrites(n int) { d.writeGate.allow(n) }
 
 // holdWritesAfter is holdWrites after the next n writes have passed.
-func (d *testDisk) holdWritesAfter(n int) <-chan struct{} {
-	held := d.holdWrites()
-	d.mu.Lock()
-	d.passWrites = n
-	d.mu.Unlock()
-	return held
-}
+func (d *testDisk) holdWritesAfter(n int) <-chan struct{} { return d.writeGate.holdAfter(n) }
 
 // releaseWrites lets held and later writes through.
-func (d *testDisk) releaseWrites() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.writeGate != nil {
-		close(d.writeGate)
-		d.writeGate = nil
-	}
-}
+func (d *testDisk) releaseWrites() { d.writeGate.release() }
 
 // holdFlushes makes later Flush calls wait; each waiting flush sends on the
 // returned channel.
@@ -548,21 +544,8 @@ func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) e
 	if f := d.failAt.Load(); f == off+1 && d.failAt.CompareAndSwap(f, 0) {
 		return fmt.Errorf("write at %d: %w", off, errDiskFailed)
 	}
-	d.mu.Lock()
-	gate, held, tokens := d.writeGate, d.writeHeld, d.writeTokens
-	if gate != nil && d.passWrites > 0 {
-		d.passWrites--
-		gate = nil
-	}
-	d.mu.Unlock()
-	if gate != nil {
-		held <- struct{}{}
-		select {
-		case <-gate:
-		case <-tokens:
-		case <-ctx.Done():
-			return fmt.Errorf("held write at %d: %w", off, ctx.Err())
-		}
+	if err := d.writeGate.pass(ctx); err != nil {
+		return fmt.Errorf("held write at %d: %w", off, err)
 	}
 	defer d.writesDone.Add(1)
 	if fua {
