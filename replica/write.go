@@ -162,7 +162,10 @@ func (n *Node) session() *session {
 
 // Flush makes every completed write durable on both disks (protocol C and B;
 // protocol A flushes the peer too but cannot promise it for queued writes).
-// Concurrent flushes share fdatasync calls on each side (group commit).
+// Concurrent flushes share fdatasync calls on each side (group commit). When
+// the peer fails its flush, the writes it covered are marked out of sync
+// before the peer's answer completes (session.complete), and Flush returns the
+// local result: the data is durable here and the next resync copies it.
 func (n *Node) Flush(ctx context.Context) error {
 	start := n.clock.Now()
 	n.ahead.flushed()
