@@ -48,6 +48,7 @@ type nodeOpts struct {
 	viaProxy    bool          // dial the peer through a linkProxy (x.proxy)
 	size        int64         // disk size; 0 = hDiskSize
 	secret      string        // Config.Secret; "" = none
+	volatile    bool          // the disk keeps an undo log for powerLoss
 }
 
 // tnode is one in-process node with its files.
@@ -192,7 +193,7 @@ func (x *tnode) start() {
 		}
 	}
 	x.file = f
-	x.disk = &testDisk{Backend: f}
+	x.disk = &testDisk{Backend: f, volatile: x.opts.volatile}
 	x.store = store
 	node, err := replica.New(replica.Config{
 		Name:              "r0",
@@ -242,16 +243,19 @@ func (x *tnode) logger() *slog.Logger {
 
 // stop ends Run, closes the node (a clean shutdown: the session drops, the
 // metadata is marked clean) and the disk. It is safe to call twice.
-func (x *tnode) stop() {
+func (x *tnode) stop() { x.halt(true) }
+
+// halt is stop; with check, errors from Run and Close fail the test.
+func (x *tnode) halt(check bool) {
 	if !x.up {
 		return
 	}
 	x.up = false
 	x.cancel()
-	if err := <-x.runErr; err != nil {
+	if err := <-x.runErr; err != nil && check {
 		x.t.Errorf("%s: Run: %v", x.label, err)
 	}
-	if err := x.node.Close(); err != nil {
+	if err := x.node.Close(); err != nil && check {
 		x.t.Errorf("%s: Close: %v", x.label, err)
 	}
 	x.file.Close()
@@ -518,6 +522,75 @@ type testDisk struct {
 	doneAtSync atomic.Int64 // writesDone when the last Flush started
 	writeGate  gate         // held: writes wait
 	flushGate  gate         // held: flushes wait
+
+	dead atomic.Bool // the machine crashed (crashAs): every later call fails
+
+	// volatile: the disk remembers what each write overwrote until a
+	// Flush that started after the write returned succeeds, so powerLoss
+	// can take back what a power cut would (the page cache).
+	volatile bool
+	undoMu   sync.Mutex
+	undo     []*undoEntry // oldest first
+}
+
+// undoEntry is what one write overwrote.
+type undoEntry struct {
+	off  int64
+	old  []byte
+	done bool // the write returned; guarded by undoMu
+}
+
+// remember records what [off, off+n) holds before a write to it, and
+// returns the function to call when that write returned, saying whether it
+// is durable already (a successful FUA write).
+func (d *testDisk) remember(ctx context.Context, off int64, n int) (settle func(durable bool), err error) {
+	if !d.volatile {
+		return func(bool) {}, nil
+	}
+	e := &undoEntry{off: off, old: make([]byte, n)}
+	if err := d.Backend.ReadAt(ctx, e.old, off); err != nil {
+		return nil, fmt.Errorf("test disk: reading what a write at %d overwrites: %w", off, err)
+	}
+	d.undoMu.Lock()
+	d.undo = append(d.undo, e)
+	d.undoMu.Unlock()
+	return func(durable bool) {
+		d.undoMu.Lock()
+		defer d.undoMu.Unlock()
+		e.done = true
+		if durable {
+			d.undo = slices.DeleteFunc(d.undo, func(x *undoEntry) bool { return x == e })
+		}
+	}, nil
+}
+
+// durable returns the writes a Flush starting now covers; made forgets them
+// once that Flush succeeded.
+func (d *testDisk) durable() (made func()) {
+	d.undoMu.Lock()
+	covered := map[*undoEntry]bool{}
+	for _, e := range d.undo {
+		if e.done {
+			covered[e] = true
+		}
+	}
+	d.undoMu.Unlock()
+	return func() {
+		d.undoMu.Lock()
+		d.undo = slices.DeleteFunc(d.undo, func(e *undoEntry) bool { return covered[e] })
+		d.undoMu.Unlock()
+	}
+}
+
+// revertUnflushed takes back from img, newest first, every write no
+// successful Flush covered.
+func (d *testDisk) revertUnflushed(img []byte) {
+	d.undoMu.Lock()
+	defer d.undoMu.Unlock()
+	for i := len(d.undo) - 1; i >= 0; i-- {
+		e := d.undo[i]
+		copy(img[e.off:], e.old)
+	}
 }
 
 // holdWrites makes later WriteAt calls wait (for allowWrites or
@@ -547,22 +620,54 @@ func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) e
 	if err := d.writeGate.pass(ctx); err != nil {
 		return fmt.Errorf("held write at %d: %w", off, err)
 	}
+	if d.dead.Load() {
+		return fmt.Errorf("write at %d after the crash: %w", off, errDiskFailed)
+	}
 	defer d.writesDone.Add(1)
 	if fua {
 		d.fuaWrites.Add(1)
 	}
-	return d.Backend.WriteAt(ctx, p, off, fua)
+	settle, err := d.remember(ctx, off, len(p))
+	if err != nil {
+		return err
+	}
+	err = d.Backend.WriteAt(ctx, p, off, fua)
+	settle(fua && err == nil)
+	return err
 }
 
 func (d *testDisk) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
 	if fua {
 		d.fuaWrites.Add(1)
 	}
-	return d.Backend.WriteZeroes(ctx, off, length, fua, noHole)
+	if d.dead.Load() {
+		return fmt.Errorf("zeroing at %d after the crash: %w", off, errDiskFailed)
+	}
+	settle, err := d.remember(ctx, off, int(length))
+	if err != nil {
+		return err
+	}
+	err = d.Backend.WriteZeroes(ctx, off, length, fua, noHole)
+	settle(fua && err == nil)
+	return err
+}
+
+func (d *testDisk) Trim(ctx context.Context, off, length int64, fua bool) error {
+	if d.dead.Load() {
+		return fmt.Errorf("trim at %d after the crash: %w", off, errDiskFailed)
+	}
+	settle, err := d.remember(ctx, off, int(length))
+	if err != nil {
+		return err
+	}
+	err = d.Backend.Trim(ctx, off, length, fua)
+	settle(fua && err == nil)
+	return err
 }
 
 func (d *testDisk) Flush(ctx context.Context) error {
 	d.doneAtSync.Store(d.writesDone.Load())
+	made := d.durable()
 	d.flushes.Add(1)
 	cur := d.inFlush.Add(1)
 	defer d.inFlush.Add(-1)
@@ -578,7 +683,14 @@ func (d *testDisk) Flush(ctx context.Context) error {
 	if d.failFlush.CompareAndSwap(true, false) {
 		return fmt.Errorf("flush: %w", errDiskFailed)
 	}
-	return d.Backend.Flush(ctx)
+	if err := d.Backend.Flush(ctx); err != nil {
+		return err
+	}
+	if d.dead.Load() {
+		return fmt.Errorf("flush after the crash: %w", errDiskFailed)
+	}
+	made()
+	return nil
 }
 
 // heldClock is a resync.Clock whose time stands still: a rate-limited
@@ -613,9 +725,29 @@ func recvErr(t *testing.T, what string, ch <-chan error) error {
 // into place), stops the node, and puts the captured files back, so the
 // clean shutdown never happened. Call it with no request in flight.
 func (x *tnode) crash() {
+	x.t.Helper()
+	x.crashAs(false)
+}
+
+// powerLoss is crash for the whole machine: the disk also loses every write
+// that no successful Flush covered, as the page cache is lost in a power
+// cut. The node must run with nodeOpts.volatile.
+func (x *tnode) powerLoss() {
+	x.t.Helper()
+	if !x.opts.volatile {
+		x.t.Fatalf("%s: powerLoss needs nodeOpts.volatile", x.label)
+	}
+	x.crashAs(true)
+}
+
+func (x *tnode) crashAs(powerCut bool) {
 	t := x.t
 	t.Helper()
+	x.disk.dead.Store(true)
 	disk := x.image()
+	if powerCut {
+		x.disk.revertUnflushed(disk)
+	}
 	entries, err := os.ReadDir(x.metaDir)
 	if err != nil {
 		t.Fatal(err)
@@ -631,7 +763,11 @@ func (x *tnode) crash() {
 		}
 		meta[e.Name()] = b
 	}
-	x.stop()
+	// Whatever the node does from here on is lost with the machine: let
+	// held calls fail, and ignore how its shutdown ends.
+	x.disk.releaseWrites()
+	x.disk.releaseFlushes()
+	x.halt(false)
 	if err := os.WriteFile(x.diskPath, disk, 0o600); err != nil {
 		t.Fatal(err)
 	}
