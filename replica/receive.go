@@ -320,7 +320,7 @@ func (s *session) flushThenAck(ack func(code uint32) protocol.Message) {
 	s.wg.Add(1) // called from a counted loop: never races with Wait
 	go func() {
 		defer s.wg.Done()
-		code := errCode(s.n.disk.Flush(s.ctx))
+		code := errCode(s.flushLocal())
 		s.unacked.Add(-1)
 		if err := s.ps.Data().Send(ack(code)); err != nil {
 			s.close(err)
@@ -369,6 +369,7 @@ func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
 		n.stats.diskWrite.Add(uint64(len(w.Data)))
 	}
 	if err != nil {
+		s.forgetCopies(off, length)
 		n.store.MarkOutOfSync(off, length)
 	}
 	return errCode(err)
@@ -429,8 +430,8 @@ func (s *session) resyncLoop() error {
 	})
 }
 
-// applyResync writes one resync copy on the sync target and marks its blocks
-// in sync.
+// applyResync writes one resync copy on the sync target; its blocks are
+// marked in sync once a local fdatasync covers it (copyWritten).
 func (s *session) applyResync(m *protocol.ResyncData) uint32 {
 	n := s.n
 	off, length := int64(m.Offset), int64(len(m.Data))
@@ -440,7 +441,7 @@ func (s *session) applyResync(m *protocol.ResyncData) uint32 {
 	if err := n.disk.WriteAt(s.ctx, m.Data, off, false); err != nil {
 		return protocol.CodeIO
 	}
-	n.store.MarkInSync(off, length)
+	s.copyWritten(off, length)
 	n.stats.netRecv.Add(uint64(length))
 	n.stats.diskWrite.Add(uint64(length))
 	if p := n.syncProgress(); p != nil {
@@ -503,10 +504,13 @@ func (s *session) keepalive() error {
 			}
 			if now.Sub(lastCkpt) > 2*time.Second {
 				lastCkpt = now
-				if c := s.n.State().Conn; c == SyncSource || c == SyncTarget {
+				switch s.n.State().Conn {
+				case SyncSource:
 					if err := s.n.store.PersistBitmap(); err != nil {
 						s.n.log.Error("bitmap checkpoint failed", "err", err)
 					}
+				case SyncTarget:
+					s.checkpointTarget()
 				}
 			}
 		}

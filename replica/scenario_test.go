@@ -1438,12 +1438,11 @@ func TestScenarioInterruptedResyncResumes(t *testing.T) {
 	recv0 := startHeldResync(t, a, b)
 	// The source learns of the three chunks from the target's answers; a
 	// resync resumes from what the source knows was copied.
-	deadline := time.Now().Add(10 * time.Second)
-	for a.node.Status().OutOfSyncKiB > hDiskSize>>10-3<<10 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the source never saw the three chunks answered: oos %d KiB", a.node.Status().OutOfSyncKiB)
-		}
-		time.Sleep(time.Millisecond)
+	a.waitStatus("the source seeing three copies answered", func(s status.Resource) bool { return s.OutOfSyncKiB <= hDiskSize>>10-3<<10 })
+	// A flush makes the copies durable on the target: they leave the
+	// source's transfer log, which would mark them again on disconnect.
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 	if err := b.node.Disconnect(); err != nil {
 		t.Fatal(err)
@@ -1474,6 +1473,12 @@ func TestScenarioInterruptedResyncResumes(t *testing.T) {
 func TestScenarioResyncResumesAfterTargetCrash(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	startHeldResync(t, a, b)
+	a.waitStatus("the source seeing three copies answered", func(s status.Resource) bool { return s.OutOfSyncKiB <= hDiskSize>>10-3<<10 })
+	// A flush makes the copies durable on the target: they leave the
+	// source's transfer log, which would mark them again on peer loss.
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	bm := b.node.Status().BMWrites
 	b.waitFor("a bitmap checkpoint during the resync", func() bool { return b.node.Status().BMWrites > bm })
 	b.crash()
@@ -1484,6 +1489,108 @@ func TestScenarioResyncResumesAfterTargetCrash(t *testing.T) {
 	sameDisks(t, a, b)
 	if got, want := b.node.Status().NetRecvKiB, int64(hDiskSize>>10-3<<10); int64(got) != want {
 		t.Fatalf("after the restart the resync copied %d KiB, want the remaining %d KiB", got, want)
+	}
+}
+
+// TestScenarioPeerLossMarksUnflushedResyncCopies: a sync target answers a
+// copy once it is in its page cache. Until a peer flush covers the copy, the
+// source keeps it in its transfer log, so when the target's machine loses
+// power the copies are marked out of sync again and the next resync
+// delivers them.
+func TestScenarioPeerLossMarksUnflushedResyncCopies(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{volatile: true})
+	b.disk.holdFlushes() // no flush makes the copies durable before the cut
+	startHeldResync(t, a, b)
+	all := uint64(hDiskSize >> 10)
+	a.waitStatus("the source seeing three copies answered", func(s status.Resource) bool { return s.OutOfSyncKiB <= all-3<<10 })
+	b.powerLoss()
+	a.waitConn(replica.WFConnection)
+	if got := a.node.Status().OutOfSyncKiB; got != all {
+		t.Fatalf("after the target lost its page cache the source marks %d KiB out of sync, want all %d KiB again", got, all)
+	}
+	b.start()
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+}
+
+// TestScenarioSyncTargetMarksWhatAPowerCutTakes: a sync target's bitmap never
+// calls a copied block in sync before an fdatasync made the copy durable,
+// neither in a checkpoint during the resync nor when the resync ends and the
+// disk becomes UpToDate. After a power cut the target restarts alone (so the
+// source's own marks cannot help) and every block it lacks must be marked;
+// the next resync then makes both disks equal.
+func TestScenarioSyncTargetMarksWhatAPowerCutTakes(t *testing.T) {
+	cut := map[string]func(t *testing.T, a, b *tnode){
+		"during the resync, after a checkpoint": func(t *testing.T, a, b *tnode) {
+			held := b.disk.holdWritesAfter(3)
+			b.disk.holdFlushes()
+			reconnect(t, b)
+			<-held
+			// Written is not durable: no copy leaves the bitmap before
+			// an fdatasync covers it.
+			time.Sleep(100 * time.Millisecond) // room for a bitmap that would not wait
+			if got := b.node.Status().OutOfSyncKiB; got != hDiskSize>>10 {
+				t.Fatalf("with three copies written and no flush the target marks %d KiB out of sync, want all %d KiB", got, hDiskSize>>10)
+			}
+			b.disk.releaseFlushes()
+			// The copies leave the bitmap once durable; one more copy
+			// then changes it, so the next checkpoint writes it.
+			b.waitStatus("three copies in sync", func(s status.Resource) bool { return s.OutOfSyncKiB <= hDiskSize>>10-3<<10 })
+			bm := b.node.Status().BMWrites
+			b.disk.allowWrites(1)
+			b.waitFor("a bitmap checkpoint after a fourth copy", func() bool { return b.node.Status().BMWrites > bm })
+		},
+		"after the resync": func(t *testing.T, a, b *tnode) {
+			reconnect(t, b)
+			a.waitInSync()
+			b.waitInSync()
+		},
+	}
+	for name, before := range cut {
+		t.Run(name, func(t *testing.T) {
+			a, b := cleanPair(t, nodeOpts{}, nodeOpts{volatile: true})
+			if err := b.node.Disconnect(); err != nil {
+				t.Fatal(err)
+			}
+			a.waitConn(replica.WFConnection)
+			for off := int64(0); off < hDiskSize; off += 1 << 20 {
+				a.write(off, pattern(fmt.Sprintf("written while apart %d", off), 1<<20))
+			}
+			before(t, a, b)
+			if err := a.node.Disconnect(); err != nil {
+				t.Fatal(err)
+			}
+			b.powerLoss()
+			b.start()
+			want, got := a.image(), b.image()
+			bm := b.store.Bitmap()
+			lacking := 0
+			for off := int64(0); off < hDiskSize; off += hBlock {
+				if bytes.Equal(want[off:off+hBlock], got[off:off+hBlock]) {
+					continue
+				}
+				lacking++
+				if !bm.IsSet(off, hBlock) {
+					t.Fatalf("after the power cut the target lacks the block at %d but its bitmap calls it in sync (state %+v)", off, b.node.State())
+				}
+			}
+			t.Logf("the power cut took %d blocks; all are marked", lacking)
+			if err := a.node.Connect(false); err != nil {
+				t.Fatal(err)
+			}
+			a.waitInSync()
+			b.waitInSync()
+			sameDisks(t, a, b)
+		})
+	}
+}
+
+// reconnect connects x again after a Disconnect.
+func reconnect(t *testing.T, x *tnode) {
+	t.Helper()
+	if err := x.node.Connect(false); err != nil {
+		t.Fatal(err)
 	}
 }
 

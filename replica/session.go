@@ -40,6 +40,12 @@ type session struct {
 	lastRecv atomic.Int64 // unix nanos of the last frame from the peer
 	unacked  atomic.Int64 // secondary: writes and flushes received, not yet answered
 
+	// Sync target: resync copies written but not yet covered by a local
+	// fdatasync (see copyWritten); guarded by mu.
+	copies  []targetCopy
+	copySeq uint64      // number of the next copy
+	ckpt    atomic.Bool // a target checkpoint is running
+
 	wantRecv   atomic.Bool         // the peer runs protocol B
 	csumResync bool                // set before the resync starts: compare checksums first
 	peerStates chan protocol.State // control-stream states, in order

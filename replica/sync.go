@@ -166,8 +166,7 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 		if err := n.sendBlocks(s, off, buf); err != nil {
 			return err
 		}
-		n.store.MarkInSync(off, length)
-		return nil
+		return s.copied(off, length)
 	}
 	bs := n.store.Bitmap().BlockSize()
 	theirs, err := s.peerSums(off, length, bs)
@@ -193,7 +192,27 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 		}
 		i = j
 	}
-	n.store.MarkInSync(off, length)
+	return s.copied(off, length)
+}
+
+// copied marks [off, off+length) in sync once the sync target wrote it. The
+// target has it in its page cache only, so the range also enters the
+// transfer log, like an answered write: a peer loss before the next peer
+// flush marks it out of sync again, and so does a failed peer flush. It
+// fails, marking nothing in sync, when the session is already closed (its
+// transfer log was marked without this range).
+func (s *session) copied(off, length int64) error {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrPeerLost
+	}
+	// A flush numbered after every request sent so far is sent after the
+	// target's answer arrived, so the target's fdatasync covers the copy.
+	s.tlog.add(s.seq+1, off, length)
+	s.n.store.MarkInSync(off, length)
 	return nil
 }
 
@@ -273,11 +292,94 @@ func (n *Node) waitSyncTarget(s *session) error {
 	}
 	// The source walked the union of both bitmaps and made every marked
 	// block equal (sending it, or finding its checksum equal), and blocks
-	// that failed here since were marked on the source too: nothing is out
-	// of sync any more. Clearing bits is always safe for the crash invariant.
+	// that failed here since were marked on the source too: once the copies
+	// are durable, nothing is out of sync any more.
+	if err := s.flushLocal(); err != nil {
+		return fmt.Errorf("replica: making the resync's copies durable: %w", err)
+	}
 	bm.ClearAll()
 	return n.completeSync(s, SyncTarget, func(u UUIDs) UUIDs { return u.SyncTargetDone(n.peerUUIDs) },
 		func(st *State) { st.Disk = UpToDate })
+}
+
+// targetCopy is a resync copy written on the sync target, numbered in the
+// order written.
+type targetCopy struct {
+	seq         uint64
+	off, length int64
+}
+
+// copyWritten notes a resync copy written to the local disk. Its blocks stay
+// marked out of sync until a local fdatasync started after this call
+// succeeds (flushLocal): until then a crash of this machine can take the copy
+// from the page cache, and the bitmap, which a checkpoint may persist at any
+// time, must still say so.
+func (s *session) copyWritten(off, length int64) {
+	s.mu.Lock()
+	s.copies = append(s.copies, targetCopy{seq: s.copySeq, off: off, length: length})
+	s.copySeq++
+	s.mu.Unlock()
+}
+
+// forgetCopies drops the copies overlapping a range that a later write
+// failed to write: that range must stay out of sync whatever a flush makes
+// durable.
+func (s *session) forgetCopies(off, length int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keep := s.copies[:0:0]
+	for _, c := range s.copies {
+		if c.off < off+length && off < c.off+c.length {
+			continue
+		}
+		keep = append(keep, c)
+	}
+	s.copies = keep
+}
+
+// flushLocal runs an fdatasync of the local disk and, when it succeeds,
+// marks in sync the resync copies written before it started. Every flush of
+// a sync target goes through it: the peer's flushes and FUA writes, the
+// checkpoints and the end of the resync.
+func (s *session) flushLocal() error {
+	s.mu.Lock()
+	upto := s.copySeq
+	s.mu.Unlock()
+	if err := s.n.disk.Flush(s.ctx); err != nil {
+		return err
+	}
+	// Under mu, so a failed write's forgetCopies is either seen here or
+	// finds the copy already cleared and marks after it.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := 0
+	for ; i < len(s.copies) && s.copies[i].seq < upto; i++ {
+		s.n.store.MarkInSync(s.copies[i].off, s.copies[i].length)
+	}
+	s.copies = s.copies[i:]
+	return nil
+}
+
+// checkpointTarget makes the copies written so far durable and then persists
+// the bitmap, so an interrupted resync resumes near where it stopped. It runs
+// in the background (an fdatasync may take longer than the peer timeout), at
+// most one at a time.
+func (s *session) checkpointTarget() {
+	if !s.ckpt.CompareAndSwap(false, true) {
+		return
+	}
+	s.wg.Add(1) // called from a counted loop: never races with Wait
+	go func() {
+		defer s.wg.Done()
+		defer s.ckpt.Store(false)
+		if err := s.flushLocal(); err != nil {
+			s.n.log.Error("resync checkpoint: flushing the disk failed", "err", err)
+			return
+		}
+		if err := s.n.store.PersistBitmap(); err != nil {
+			s.n.log.Error("bitmap checkpoint failed", "err", err)
+		}
+	}()
 }
 
 // completeSync ends a resync on this side: the UUID transition, Connected,
