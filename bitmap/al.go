@@ -271,7 +271,11 @@ func (s *Store) roundLocked() bool {
 	s.mu.Unlock()
 	var bmErr, alErr error
 	var written int
-	if snap != nil {
+	if len(victimList) > 0 {
+		bmErr = s.syncDataIO()
+	}
+	wroteChunks := snap != nil && bmErr == nil
+	if wroteChunks {
 		written, bmErr = s.writeChunks(snap, chunks)
 	}
 	if bmErr == nil {
@@ -280,7 +284,7 @@ func (s *Store) roundLocked() bool {
 	s.mu.Lock()
 	s.busy = false
 	defer s.cv.Broadcast()
-	if snap != nil {
+	if wroteChunks {
 		s.applyChunksLocked(snap, chunks, written, bmErr)
 	}
 	switch {
@@ -338,6 +342,26 @@ func (s *Store) acquireLocked() error {
 func (s *Store) releaseLocked() {
 	s.busy = false
 	s.cv.Broadcast()
+}
+
+// syncDataIO runs Options.SyncData, before an activity-log write that drops
+// extents. Called by the single runner without s.mu.
+func (s *Store) syncDataIO() error {
+	if s.syncData == nil {
+		return nil
+	}
+	if err := s.syncData(); err != nil {
+		return fmt.Errorf("bitmap: making the data durable before extents leave the activity log: %w", err)
+	}
+	return nil
+}
+
+// syncDataLocked is syncDataIO for a runner holding s.mu: it releases s.mu
+// during the I/O.
+func (s *Store) syncDataLocked() error {
+	s.mu.Unlock()
+	defer s.mu.Lock()
+	return s.syncDataIO()
 }
 
 // PersistBitmap writes the in-memory bitmap now (resync start, disconnect,
@@ -417,6 +441,14 @@ func (s *Store) Sweep() error {
 			keep = append(keep, e)
 		}
 	}
+	if len(victims) > 0 {
+		if err := s.syncDataLocked(); err != nil {
+			for _, e := range victims {
+				s.st[e].Store(stHot) // still in the log on disk
+			}
+			return err
+		}
+	}
 	if needBM {
 		// Releases s.mu during the I/O; the victims are not hot, so no
 		// write can start in them meanwhile.
@@ -466,6 +498,9 @@ func (s *Store) Close() error {
 				break
 			}
 		}
+	}
+	if err := s.syncDataLocked(); err != nil {
+		return err // the log on disk keeps its extents: the next Open marks them
 	}
 	if err := s.persistBitmapLocked(); err != nil {
 		return err

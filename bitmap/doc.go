@@ -37,14 +37,20 @@
 //     eviction persists the bitmap first if the extent has bits that are not
 //     on disk yet.
 //  3. Eviction order: (a) the victim's hot bit is cleared (no new write can
-//     start in it), (b) its bits are compared with the last durable bitmap and
-//     the bitmap is written if needed, (c) the AL is written without it.
+//     start in it), (b) Options.SyncData makes the data writes done so far
+//     durable (out of the log, a write that both disks have in their page
+//     caches only is recorded nowhere, and a power cut of this machine would
+//     take it from this disk alone), (c) its bits are compared with the last
+//     durable bitmap and the bitmap is written if needed, (d) the AL is
+//     written without it. A failed SyncData keeps the victim in the log.
 //  4. MarkInSync only clears memory; the on-disk bitmap keeps the bits until
 //     the next bitmap write. A superset on disk is always safe.
 //  5. Sweep drops idle extents (no write in flight, untouched since the
-//     previous Sweep) with one AL write; if one has bits not yet on disk, the
-//     changed bitmap chunks are written first (rule 3 again).
-//  6. Close persists the bitmap, then writes an empty AL marked clean.
+//     previous Sweep) with one AL write, after SyncData; if one has bits not
+//     yet on disk, the changed bitmap chunks are written first (rule 3
+//     again).
+//  6. Close runs SyncData, persists the bitmap, then writes an empty AL
+//     marked clean.
 //  7. Open, after an unclean shutdown, writes the bitmap (with the AL extents
 //     marked) before it writes the AL without them; on creation it writes the
 //     bitmap, the AL and last the meta file, which marks the directory

@@ -69,6 +69,13 @@ type Options struct {
 	Size, BitmapBlock, ExtentSize int64
 	ALExtents                     int
 	FS                            FS
+	// SyncData makes every data write that completed so far durable (an
+	// fdatasync of the data disk). The store calls it before it writes an
+	// activity log that drops extents (eviction, Sweep, Close): once out of
+	// the log, an extent's writes are recorded nowhere, so a power cut
+	// must not be able to take them from this disk's page cache. nil: the
+	// caller keeps the data durable itself.
+	SyncData func() error
 
 	chunkWords int // bitmap words per chunk file; 0 is defaultChunkWords (tests use small chunks)
 }
@@ -119,8 +126,9 @@ type Store struct {
 	chunkWords int64 // bitmap words per chunk file
 	nChunks    int
 
-	bm *Bitmap
-	st []atomic.Uint64 // per-extent state, see stHot
+	bm       *Bitmap
+	st       []atomic.Uint64 // per-extent state, see stHot
+	syncData func() error    // Options.SyncData
 
 	waiters  atomic.Int64 // BeginWrite calls in the slow path; EndWrite wakes them
 	outside  atomic.Bool  // bits were set outside hot extents since the last bitmap write
@@ -230,6 +238,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	}
 
 	s := newStore(dir, fsys, meta, opt.ALExtents, opt.chunkWords)
+	s.syncData = opt.SyncData
 	removeTemps(fsys, dir)
 
 	// The bitmap and the activity log.

@@ -527,3 +527,77 @@ func BenchmarkBeginEndColdOSFSParallel(b *testing.B) {
 	al, _ := s.Counters()
 	b.ReportMetric(float64(al-al0)/float64(b.N), "al-writes/op")
 }
+
+// TestDataSyncedBeforeExtentsLeaveTheLog: an extent leaves the activity log
+// (eviction, Sweep, Close) only after Options.SyncData made the data writes
+// done so far durable, since afterwards nothing records them; adding an
+// extent needs no sync. A failed SyncData keeps the extent in the log and
+// fails the call that needed the room.
+func TestDataSyncedBeforeExtentsLeaveTheLog(t *testing.T) {
+	fsys := NewMemFS()
+	var syncAt []int // fsys.Ops() at each SyncData call
+	var syncErr error
+	s := openMem(t, fsys, Options{Size: 64 * tMiB, ALExtents: 1, SyncData: func() error {
+		syncAt = append(syncAt, fsys.Ops())
+		return syncErr
+	}})
+	// ops runs f and returns the metadata operations it did, with "sync"
+	// where SyncData ran.
+	ops := func(f func()) []string {
+		t.Helper()
+		start, s0 := fsys.Ops(), len(syncAt)
+		f()
+		var out []string
+		log := fsys.Log()[start:]
+		next := s0
+		for i := 0; i <= len(log); i++ {
+			for next < len(syncAt) && syncAt[next] == start+i {
+				out = append(out, "sync")
+				next++
+			}
+			if i < len(log) {
+				out = append(out, log[i])
+			}
+		}
+		return out
+	}
+	write := func(off int64) error {
+		if err := s.BeginWrite(off, 4096); err != nil {
+			return err
+		}
+		s.EndWrite(off, 4096)
+		return nil
+	}
+	check := func(what string, got []string, want ...string) {
+		t.Helper()
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: %q, want %q", what, got, want)
+		}
+	}
+	fails := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, syncErr) || s.HotExtents() != 1 {
+			t.Fatalf("%s: %v with %d hot extents; want the sync's error, 1", what, err, s.HotExtents())
+		}
+	}
+	eio := errors.New("EIO")
+	var err error
+
+	check("adding an extent", ops(func() { _ = write(0) }), "write al")
+	check("a hot extent", ops(func() { _ = write(0) }))
+	check("evicting an extent", ops(func() { _ = write(4 * tMiB) }), "sync", "write al")
+	check("a sweep of a touched extent", ops(func() { _ = s.Sweep() }))
+
+	syncErr = eio
+	check("a sweep whose sync fails", ops(func() { err = s.Sweep() }), "sync")
+	fails("Sweep", err)
+	syncErr = nil
+	check("a sweep dropping an idle extent", ops(func() { _ = s.Sweep() }), "sync", "write al")
+
+	check("adding to an empty log", ops(func() { _ = write(0) }), "write al")
+	syncErr = eio
+	check("an eviction whose sync fails", ops(func() { err = write(4 * tMiB) }), "sync")
+	fails("BeginWrite", err)
+	syncErr = nil
+	check("close", ops(func() { _ = s.Close() }), "sync", "write al")
+}

@@ -109,7 +109,10 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer disk.Close()
 	fresh := !metaExists(o.Meta)
-	store, err := bitmap.Open(o.Meta, bitmap.Options{Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize})
+	store, err := bitmap.Open(o.Meta, bitmap.Options{
+		Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize,
+		SyncData: func() error { return disk.Flush(context.Background()) },
+	})
 	if err != nil {
 		return fmt.Errorf("opening --meta %s: %w", o.Meta, err)
 	}

@@ -182,7 +182,11 @@ func (x *tnode) start() {
 	_, statErr := os.Stat(filepath.Join(x.metaDir, bitmap.MetaFile))
 	fresh := errors.Is(statErr, os.ErrNotExist)
 	x.metaFS.FS = bitmap.OSFS()
-	store, err := bitmap.Open(x.metaDir, bitmap.Options{Size: f.Size(), BitmapBlock: hBlock, FS: &x.metaFS})
+	disk := &testDisk{Backend: f, volatile: x.opts.volatile}
+	store, err := bitmap.Open(x.metaDir, bitmap.Options{
+		Size: f.Size(), BitmapBlock: hBlock, FS: &x.metaFS,
+		SyncData: func() error { return disk.Flush(context.Background()) },
+	})
 	if err != nil {
 		f.Close()
 		t.Fatal(err)
@@ -193,7 +197,7 @@ func (x *tnode) start() {
 		}
 	}
 	x.file = f
-	x.disk = &testDisk{Backend: f, volatile: x.opts.volatile}
+	x.disk = disk
 	x.store = store
 	node, err := replica.New(replica.Config{
 		Name:              "r0",
