@@ -1151,10 +1151,18 @@ func TestScenarioFlappingLinkUnderLoad(t *testing.T) {
 // restarted node comes back Secondary and is the resync source as the
 // crashed primary). secondary: the secondary dies while writing them; the
 // surviving primary completes them alone and marks them.
+//
+// Each runs twice: the process killed (the page cache survives), and the
+// machine's power cut (the disk also loses what no flush covered, here even
+// the settled write, which the other disk still has).
 func TestScenarioCrashMidWriteResyncsInFlightBlocks(t *testing.T) {
-	for _, victim := range []string{"primary", "secondary"} {
-		t.Run(victim, func(t *testing.T) {
-			o := nodeOpts{viaProxy: true}
+	for _, c := range []struct{ victim, how string }{
+		{"primary", "kill -9"}, {"secondary", "kill -9"},
+		{"primary", "power cut"}, {"secondary", "power cut"},
+	} {
+		victim := c.victim
+		t.Run(victim+", "+c.how, func(t *testing.T) {
+			o := nodeOpts{viaProxy: true, volatile: true}
 			a, b := cleanPair(t, o, o)
 			a.write(0, pattern("settled", 8*hBlock))
 			var held <-chan struct{}
@@ -1181,7 +1189,14 @@ func TestScenarioCrashMidWriteResyncsInFlightBlocks(t *testing.T) {
 			if victim == "secondary" {
 				x, other = b, a
 			}
-			x.crash()
+			if c.how == "power cut" {
+				x.powerLoss()
+				if bytes.Equal(x.read(0, 8*hBlock), pattern("settled", 8*hBlock)) {
+					t.Fatal("the power cut took nothing from the disk")
+				}
+			} else {
+				x.crash()
+			}
 			if victim == "secondary" {
 				for i, ch := range res {
 					if err := recvErr(t, fmt.Sprintf("write %d", i), ch); err != nil {
@@ -1278,7 +1293,7 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 		{"writes covered by the periodic peer flush are not", "periodic", 0},
 	} {
 		t.Run(tt.story, func(t *testing.T) {
-			a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+			a, b := cleanPair(t, nodeOpts{}, nodeOpts{volatile: true})
 			for i := range 5 {
 				if err := a.node.WriteAt(context.Background(), pattern(fmt.Sprintf("tl %d", i), hBlock), int64(i)*50*hBlock, tt.cover == "fua"); err != nil {
 					t.Fatal(err)
@@ -1306,7 +1321,10 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 				t.Fatalf("out of sync while connected: %d KiB", got)
 			}
 			bm0 := a.node.Status().BMWrites
-			b.stop()
+			b.powerLoss() // takes from b's disk whatever no flush covered
+			if lost := !bytes.Equal(b.read(0, hBlock), pattern("tl 0", hBlock)); lost != (tt.wantKiB > 0) {
+				t.Fatalf("the power cut took the first write from the peer's disk: %v, want %v", lost, tt.wantKiB > 0)
+			}
 			a.waitConn(replica.WFConnection)
 			st := a.node.Status()
 			if st.OutOfSyncKiB != tt.wantKiB {
