@@ -88,7 +88,9 @@ func (s *Store) unpin(e int64, locked bool) {
 		if v&stInflight == 0 {
 			return // unbalanced EndWrite; nothing to release
 		}
-		if p.CompareAndSwap(v, v-1) {
+		// Touched again: a write that ended after a Sweep keeps its
+		// extent until the next one (see Sweep).
+		if p.CompareAndSwap(v, (v-1)|stTouched) {
 			if v&stInflight == 1 && s.waiters.Load() > 0 {
 				if !locked {
 					s.mu.Lock()
@@ -344,6 +346,23 @@ func (s *Store) releaseLocked() {
 	s.cv.Broadcast()
 }
 
+// sweepable reports whether a Sweep starting now may drop an extent: one in
+// the log is idle and untouched (whether a BeginWrite waits for it does not
+// count: that may change before the Sweep looks). Only Sweep clears the
+// touched bit and an extent joins the log touched, so an extent that is not
+// sweepable now cannot be dropped by that Sweep.
+func (s *Store) sweepable() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.members {
+		v := s.st[e].Load()
+		if v&stHot != 0 && v&(stTouched|stInflight) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // syncDataIO runs Options.SyncData, before an activity-log write that drops
 // extents. Called by the single runner without s.mu.
 func (s *Store) syncDataIO() error {
@@ -396,13 +415,24 @@ func (s *Store) persistBitmapLocked() error {
 
 // Sweep drops from the activity log, with one AL write, every extent that is
 // idle (no write in flight, no BeginWrite served and waiting for it) and
-// untouched since the previous Sweep (DRBD-like lazy clearing; call it
-// periodically). Extents whose blocks are all in sync go at no extra cost; for
-// extents with out-of-sync bits (the peer failed or is gone), the bitmap
-// chunks holding bits not yet on disk are written first, so after a crash only
-// those blocks, not whole extents, are dirty. Marks made outside the log (see
-// MarkOutOfSync) are persisted too. It writes nothing when nothing changed.
+// untouched (no write began or ended in it) since the previous Sweep
+// (DRBD-like lazy clearing; call it periodically). Extents whose blocks are
+// all in sync go at no extra cost; for extents with out-of-sync bits (the peer
+// failed or is gone), the bitmap chunks holding bits not yet on disk are
+// written first, so after a crash only those blocks, not whole extents, are
+// dirty. Marks made outside the log (see MarkOutOfSync) are persisted too. It
+// writes nothing when nothing changed.
+//
+// When an extent can go, Options.SyncData runs first (rule 3), before the
+// sweep takes the store: every write of such an extent ended before the
+// previous Sweep, so the sync covers it, and writes needing new extents do not
+// wait for it.
 func (s *Store) Sweep() error {
+	if s.sweepable() {
+		if err := s.syncDataIO(); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.acquireLocked(); err != nil {
@@ -439,14 +469,6 @@ func (s *Store) Sweep() error {
 			victims = append(victims, e)
 		} else {
 			keep = append(keep, e)
-		}
-	}
-	if len(victims) > 0 {
-		if err := s.syncDataLocked(); err != nil {
-			for _, e := range victims {
-				s.st[e].Store(stHot) // still in the log on disk
-			}
-			return err
 		}
 	}
 	if needBM {

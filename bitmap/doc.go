@@ -45,10 +45,12 @@
 //     written without it. A failed SyncData keeps the victim in the log.
 //  4. MarkInSync only clears memory; the on-disk bitmap keeps the bits until
 //     the next bitmap write. A superset on disk is always safe.
-//  5. Sweep drops idle extents (no write in flight, untouched since the
-//     previous Sweep) with one AL write, after SyncData; if one has bits not
-//     yet on disk, the changed bitmap chunks are written first (rule 3
-//     again).
+//  5. Sweep drops idle extents (no write in flight, none begun or ended
+//     since the previous Sweep) with one AL write; if one has bits not yet
+//     on disk, the changed bitmap chunks are written first (rule 3 again).
+//     Its SyncData runs before it takes the store, so writes go on meanwhile:
+//     every write of an extent it drops ended before the previous Sweep, so
+//     before that sync began.
 //  6. Close runs SyncData, persists the bitmap, then writes an empty AL
 //     marked clean.
 //  7. Open, after an unclean shutdown, writes the bitmap (with the AL extents
