@@ -364,7 +364,7 @@ func (s *Store) sweepable() bool {
 }
 
 // syncDataIO runs Options.SyncData, before an activity-log write that drops
-// extents. Called by the single runner without s.mu.
+// extents. Called without s.mu.
 func (s *Store) syncDataIO() error {
 	if s.syncData == nil {
 		return nil

@@ -132,7 +132,6 @@ func (b *File) ReadAt(_ context.Context, p []byte, off int64) error {
 	return nil
 }
 
-// WriteAt writes p at off with pwrite, then, if fua, flushes (group commit).
 // Prefetch asks the kernel to start reading [off, off+length) into the page
 // cache in the background (posix_fadvise WILLNEED), for a reader that knows
 // what it will read next. It is only a hint: errors are ignored.
@@ -140,6 +139,7 @@ func (b *File) Prefetch(off, length int64) {
 	_ = unix.Fadvise(b.fd, off, length, unix.FADV_WILLNEED)
 }
 
+// WriteAt writes p at off with pwrite, then, if fua, flushes (group commit).
 func (b *File) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if b.readOnly {
 		return ErrReadOnly
