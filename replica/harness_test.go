@@ -636,6 +636,16 @@ func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) e
 		return err
 	}
 	err = d.Backend.WriteAt(ctx, p, off, fua)
+	return d.settle(settle, fua, err, "write", off)
+}
+
+// settle ends a write: a write that returns after the crash instant never
+// completed for the node, even if it reached the file (powerLoss takes it
+// back).
+func (d *testDisk) settle(settle func(bool), fua bool, err error, what string, off int64) error {
+	if err == nil && d.dead.Load() {
+		err = fmt.Errorf("%s at %d ended after the crash: %w", what, off, errDiskFailed)
+	}
 	settle(fua && err == nil)
 	return err
 }
@@ -652,8 +662,7 @@ func (d *testDisk) WriteZeroes(ctx context.Context, off, length int64, fua, noHo
 		return err
 	}
 	err = d.Backend.WriteZeroes(ctx, off, length, fua, noHole)
-	settle(fua && err == nil)
-	return err
+	return d.settle(settle, fua, err, "zeroing", off)
 }
 
 func (d *testDisk) Trim(ctx context.Context, off, length int64, fua bool) error {
@@ -665,8 +674,7 @@ func (d *testDisk) Trim(ctx context.Context, off, length int64, fua bool) error 
 		return err
 	}
 	err = d.Backend.Trim(ctx, off, length, fua)
-	settle(fua && err == nil)
-	return err
+	return d.settle(settle, fua, err, "trim", off)
 }
 
 func (d *testDisk) Flush(ctx context.Context) error {
