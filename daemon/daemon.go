@@ -54,8 +54,9 @@ type Options struct {
 	AssumeClean bool
 	RunDir      string
 	// Handlers maps events (split-brain, peer-lost, peer-back,
-	// resync-started, resync-done, promoted, demoted) to shell commands run
-	// with URBD_RESOURCE and URBD_EVENT in their environment.
+	// resync-started, resync-done, promoted, demoted, local-io-error) to
+	// shell commands run with URBD_RESOURCE and URBD_EVENT in their
+	// environment.
 	Handlers map[string]string
 	// MetricsListen is HOST:PORT for Prometheus metrics; "" serves none.
 	MetricsListen string

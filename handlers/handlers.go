@@ -35,12 +35,13 @@ const (
 	EventResyncDone    = "resync-done"
 	EventPromoted      = "promoted"
 	EventDemoted       = "demoted"
+	EventLocalIOError  = "local-io-error"
 )
 
 // Events lists every event name, in the order the documentation gives them.
 var Events = []string{
 	EventSplitBrain, EventPeerLost, EventPeerBack, EventResyncStarted,
-	EventResyncDone, EventPromoted, EventDemoted,
+	EventResyncDone, EventPromoted, EventDemoted, EventLocalIOError,
 }
 
 // Known reports whether event is one of Events.

@@ -436,12 +436,15 @@ func (n *Node) followPeer(s *session) error {
 			}
 		}
 		n.mu.Lock()
-		renegotiate := n.st.Conn == Connected && n.st.Role == Secondary && n.store.Bitmap().DirtyBlocks() > 0
+		renegotiate := n.st.Conn == Connected && n.st.Role == Secondary &&
+			(n.store.Bitmap().DirtyBlocks() > 0 || (n.st.Disk == Inconsistent && n.st.PeerDisk == UpToDate))
 		n.mu.Unlock()
 		if renegotiate {
-			// Blocks marked here (a failed write, an online verify) are copied
-			// by the side the UUIDs choose: reconnect and decide again.
-			return errors.New("replica: out-of-sync blocks on the secondary: reconnecting to resync them")
+			// Blocks marked here (a failed write, an online verify), or a
+			// disk made Inconsistent by an I/O error, are repaired by the
+			// resync the UUIDs and disk states choose: reconnect and
+			// decide again.
+			return errors.New("replica: out-of-sync blocks or a failed disk on the secondary: reconnecting to resync")
 		}
 	}
 }

@@ -36,7 +36,8 @@ type Config struct {
 	Logger            *slog.Logger
 	Clock             resync.Clock // nil = real time
 	// Event, if set, is called (from its own goroutine) on split-brain,
-	// peer-lost, peer-back, resync-started, resync-done, promoted, demoted.
+	// peer-lost, peer-back, resync-started, resync-done, promoted, demoted,
+	// local-io-error.
 	Event func(event string, extra map[string]string)
 	// Observe, if set, is called after each application request with its
 	// kind ("read", "write", "flush", "trim", "zero"), size and duration;

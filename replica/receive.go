@@ -320,7 +320,11 @@ func (s *session) flushThenAck(ack func(code uint32) protocol.Message) {
 	s.wg.Add(1) // called from a counted loop: never races with Wait
 	go func() {
 		defer s.wg.Done()
-		code := errCode(s.flushLocal())
+		err := s.flushLocal()
+		if err != nil {
+			s.diskFailed("flushing", err, true)
+		}
+		code := errCode(err)
 		s.unacked.Add(-1)
 		if err := s.ps.Data().Send(ack(code)); err != nil {
 			s.close(err)
@@ -371,8 +375,58 @@ func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
 	if err != nil {
 		s.forgetCopies(off, length)
 		n.store.MarkOutOfSync(off, length)
+		s.diskFailed("writing a replicated write", err, false)
 	}
 	return errCode(err)
+}
+
+// diskFailed handles an error of the local disk while applying the peer's
+// data (not one that only says the session ended). This disk may now lack a
+// write the Primary answered, so it becomes Inconsistent, on disk, and cannot
+// be promoted without --force, as DRBD detaches a failed disk. The peer is
+// told and the local-io-error handler runs. Then:
+//
+//   - a replicated write failed (the blocks are marked): the nodes reconnect
+//     and the bitmap resync repairs the disk, once;
+//   - a flush failed (nbd.File reports every later flush as failed, since
+//     the kernel may have dropped the pages), or the resync's own copy
+//     failed: the node goes StandAlone until the operator repaired the disk
+//     and runs connect (or restarts the daemon), instead of resyncing
+//     in a loop.
+func (s *session) diskFailed(what string, err error, standAlone bool) {
+	if s.ctx.Err() != nil {
+		return
+	}
+	n := s.n
+	reason := fmt.Sprintf("local disk error %s: %v", what, err)
+	n.mu.Lock()
+	wasGood := n.st.Disk == UpToDate || n.st.Disk == Outdated
+	if !wasGood && !standAlone {
+		n.mu.Unlock()
+		return // Inconsistent already: the resync under way repairs it
+	}
+	if standAlone {
+		n.wantConn = false
+		reason += "; repair the disk, then run urbd connect (after a failed flush, restart the daemon)"
+	}
+	n.setStateLocked(reason, func(st *State) { st.Disk = Inconsistent })
+	serr := n.saveMetaLocked()
+	s.sendState(n.localSideLocked())
+	n.mu.Unlock()
+	n.log.Error(reason)
+	if serr != nil {
+		n.log.Error("saving metadata after a disk error failed", "err", serr)
+	}
+	if perr := n.store.PersistBitmap(); perr != nil {
+		n.log.Error("persisting the bitmap after a disk error failed", "err", perr)
+	}
+	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
+	if standAlone {
+		s.ps.Control().Flush() // the state above, before the hang-up
+		s.close(errors.New(reason))
+		return
+	}
+	n.kickSync()
 }
 
 func errCode(err error) uint32 {
@@ -439,6 +493,7 @@ func (s *session) applyResync(m *protocol.ResyncData) uint32 {
 		return protocol.CodeInvalid
 	}
 	if err := n.disk.WriteAt(s.ctx, m.Data, off, false); err != nil {
+		s.diskFailed("writing a resync copy", err, true)
 		return protocol.CodeIO
 	}
 	s.copyWritten(off, length)

@@ -1341,35 +1341,78 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 }
 
 // TestScenarioWriteFailedOnPeerIsMarked: a write the peer's disk failed is
-// answered (the local disk has it), marked out of sync at once while the
-// nodes stay connected, and copied by the next resync.
+// answered (the local disk has it) and marked out of sync. The Secondary's
+// disk becomes Inconsistent at once, as DRBD detaches a failed disk: it lacks
+// an answered write, so when the Primary dies before the repair it refuses
+// promotion; the local-io-error handler runs; the resync that follows copies
+// the block.
 func TestScenarioWriteFailedOnPeerIsMarked(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	off := int64(30 * hBlock)
 	b.disk.failAt.Store(off + 1)
+	held := b.disk.holdWrites() // the repair's copy waits at b's disk
 	p := pattern("failed on the peer", hBlock)
 	a.write(off, p)
 	if b.disk.failAt.Load() != 0 {
 		t.Fatal("the write never reached the peer's disk")
 	}
-	if got, want := a.node.Status().OutOfSyncKiB, uint64(hBlock>>10); got != want {
-		t.Fatalf("after a write the peer failed: %d KiB out of sync, want %d", got, want)
+	if !a.store.Bitmap().IsSet(off, hBlock) {
+		t.Fatal("the write the peer failed is not marked out of sync")
 	}
-	if c := a.node.State().Conn; c != replica.Connected {
-		t.Fatalf("a is %v after the peer failed one write", c)
+	b.waitState("b Inconsistent after its disk failed", func(s replica.State) bool { return s.Disk == replica.Inconsistent })
+	b.waitEvent("local-io-error")
+	<-held
+	a.crash() // the Primary dies before the repair
+	b.waitConn(replica.WFConnection)
+	if err := b.node.Promote(false); !errors.Is(err, replica.ErrNotUpToDate) {
+		t.Fatalf("promoting the node whose disk lacks an answered write: %v, want ErrNotUpToDate", err)
 	}
-	b.stop()
-	b.start()
+	b.disk.releaseWrites()
+	a.start()
 	a.waitInSync()
+	b.waitInSync()
 	if !bytes.Equal(b.read(off, hBlock), p) {
 		t.Fatal("the resync did not copy the write the peer failed")
 	}
+	sameDisks(t, a, b)
+}
+
+// TestScenarioResyncCopyFailureStopsTarget: when the sync target's disk fails
+// a resync copy, the target does not start over in a loop: it goes
+// StandAlone, Inconsistent, with the disk error as the reason and the
+// local-io-error handler run, until the operator connects it again (after
+// repairing the disk); that resync completes.
+func TestScenarioResyncCopyFailureStopsTarget(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(0, pattern("primary data", 256*hBlock))
+	b.disk.failAt.Store(2<<20 + 1) // the copy of the third MiB
+	if err := b.node.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	st := b.waitState("b StandAlone after a failed copy", func(s replica.State) bool { return s.Conn == replica.StandAlone })
+	if st.Disk != replica.Inconsistent || !strings.Contains(st.Reason, "local disk error writing a resync copy") {
+		t.Fatalf("after a failed copy: %+v", st)
+	}
+	b.waitEvent("local-io-error")
+	a.waitConn(replica.WFConnection)
+	time.Sleep(500 * time.Millisecond) // room for a reconnect that should not come
+	if c := b.node.State().Conn; c != replica.StandAlone {
+		t.Fatalf("b is %v: it reconnected without the operator", c)
+	}
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
 }
 
 // TestScenarioFailedPeerFlushMarksUnflushedWrites: when the peer's fdatasync
 // fails, the writes that flush was to make durable there are marked out of
 // sync, on disk, before the FLUSH is answered (the local disk has them, so
-// the FLUSH succeeds); the next resync copies them.
+// the FLUSH succeeds). The peer's disk becomes Inconsistent (it cannot know
+// what it lost) and StandAlone, since its later flushes would fail too; once
+// the operator connects it again, a full resync repairs it.
 func TestScenarioFailedPeerFlushMarksUnflushedWrites(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	ctx := context.Background()
@@ -1378,25 +1421,31 @@ func TestScenarioFailedPeerFlushMarksUnflushedWrites(t *testing.T) {
 	}
 	bm0 := a.node.Status().BMWrites
 	b.disk.failFlush.Store(true)
+	b.disk.holdWrites() // the repair's copies wait at b's disk
 	if err := a.node.Flush(ctx); err != nil {
 		t.Fatalf("a FLUSH durable on the local disk only: %v", err)
 	}
 	if b.disk.failFlush.Load() {
 		t.Fatal("the FLUSH never reached the peer's disk")
 	}
-	st := a.node.Status()
-	if want := uint64(5 * hBlock >> 10); st.OutOfSyncKiB != want {
-		t.Fatalf("after the failed peer flush: %d KiB out of sync, want %d", st.OutOfSyncKiB, want)
+	for i := range 5 {
+		if !a.store.Bitmap().IsSet(int64(i)*50*hBlock, hBlock) {
+			t.Fatalf("unflushed write %d is not marked after the failed peer flush", i)
+		}
 	}
-	if st.BMWrites == bm0 {
+	if a.node.Status().BMWrites == bm0 {
 		t.Fatal("the FLUSH was answered before the bitmap was persisted")
 	}
-	if !a.node.TransferLogEmpty() {
-		t.Fatal("the transfer log still holds what the failed flush covered")
+	b.waitState("b Inconsistent and StandAlone after its flush failed", func(s replica.State) bool {
+		return s.Disk == replica.Inconsistent && s.Conn == replica.StandAlone
+	})
+	b.waitEvent("local-io-error")
+	b.disk.releaseWrites()
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
 	}
-	b.stop()
-	b.start()
 	a.waitInSync()
+	b.waitInSync()
 	sameDisks(t, a, b)
 }
 

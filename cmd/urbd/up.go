@@ -49,7 +49,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "node", Usage: "this node's name in --config (default: the hostname)"},
 		&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on HOST:PORT"},
 		cpusFlag(),
-		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted (repeatable)"},
+		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted, local-io-error (repeatable)"},
 	},
 	Before: setCPUs,
 	Action: runUp,
