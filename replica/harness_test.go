@@ -387,6 +387,23 @@ func (x *tnode) image() []byte {
 	return b
 }
 
+// reconnect connects x again (urbd connect) after a Disconnect or StandAlone.
+func reconnect(t *testing.T, x *tnode) {
+	t.Helper()
+	if err := x.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// inSyncAndEqual waits until both nodes are connected and in sync, and fails
+// the test unless their disks are byte-identical.
+func inSyncAndEqual(t *testing.T, a, b *tnode) {
+	t.Helper()
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+}
+
 // sameDisks fails the test unless both disk files are byte-identical.
 func sameDisks(t *testing.T, a, b *tnode) {
 	t.Helper()

@@ -105,15 +105,13 @@ func TestScenarioRandomPowerCuts(t *testing.T) {
 			t.Logf("%s: the next cycle starts while the resync runs", story)
 			continue // its power cut may hit the resync
 		}
-		p.waitInSync()
-		s.waitInSync()
+		inSyncAndEqual(t, p, s)
 		if p.node.State().Role != replica.Primary {
 			if err := p.node.Promote(false); err != nil {
 				t.Fatalf("%s: promote %s again: %v", story, p.label, err)
 			}
 		}
 		t.Logf("%s: %d writes answered, %d durable", story, h.answered(), h.durableCount())
-		sameDisks(t, p, s)
 		h.check(t, story, p, s)
 	}
 }

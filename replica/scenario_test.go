@@ -85,9 +85,7 @@ func TestScenarioFreshPairForcedPromoteSyncsPeer(t *testing.T) {
 	if st := a.node.State(); st.Role != replica.Primary || st.Disk != replica.UpToDate {
 		t.Fatalf("after promote --force: %+v", st)
 	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	inSyncAndEqual(t, a, b)
 	if st := b.node.State(); st.PeerRole != replica.Primary || st.Role != replica.Secondary {
 		t.Fatalf("peer after the forced promotion: %+v", st)
 	}
@@ -269,9 +267,7 @@ func TestScenarioPeerLossMidWriteThenResync(t *testing.T) {
 	}
 
 	b.start()
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	inSyncAndEqual(t, a, b)
 	a.waitEvent("resync-done")
 	b.waitEvent("resync-done")
 	if st := b.node.State(); st.Role != replica.Secondary || st.PeerRole != replica.Primary {
@@ -305,12 +301,8 @@ func TestScenarioDisconnectWriteReconnectBitmapResync(t *testing.T) {
 		t.Fatal("Flush alone did not flush the local disk")
 	}
 	recvBefore := b.node.Status().NetRecvKiB
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	reconnect(t, b)
+	inSyncAndEqual(t, a, b)
 	if got := b.node.Status().NetRecvKiB - recvBefore; got != 5*hBlock>>10 {
 		t.Fatalf("resync moved %d KiB, want only the %d KiB written while apart", got, 5*hBlock>>10)
 	}
@@ -450,9 +442,7 @@ func TestScenarioSuspendHoldsWriteUntilResyncCopiedIt(t *testing.T) {
 		}
 	}
 	notYet("while the peer was away")
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
+	reconnect(t, b)
 	a.waitConn(replica.SyncSource) // the resync is held by the rate on a stopped clock
 	notYet("before the resync copied it")
 	a.node.AdjustRate(0)
@@ -487,9 +477,7 @@ func TestScenarioSuspendOnPeerLossWaitsForPeer(t *testing.T) {
 	if got := a.read(10*hBlock, hBlock); string(got) == string(p) {
 		t.Fatal("suspended write reached the primary's disk before the peer was back")
 	}
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
+	reconnect(t, b)
 	if err := recvErr(t, "suspended write", res); err != nil {
 		t.Fatal(err)
 	}
@@ -523,9 +511,7 @@ func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
 	imgA, imgB := a.image(), b.image()
 
 	for _, x := range []*tnode{a, b} {
-		if err := x.node.Connect(false); err != nil {
-			t.Fatal(err)
-		}
+		reconnect(t, x)
 	}
 	// The side that decides first refuses; wait for it. (The other side
 	// should flag the split brain too, but may miss the peer's state when
@@ -568,12 +554,8 @@ func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
 	if err := b.node.Connect(true); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	reconnect(t, a)
+	inSyncAndEqual(t, a, b)
 	if firstDiff(b.image(), imgA) >= 0 {
 		t.Fatal("b does not hold a's data after discarding its own")
 	}
@@ -703,9 +685,7 @@ func TestScenarioInvalidateFetchesEverything(t *testing.T) {
 	if err := b.node.Invalidate(); err != nil {
 		t.Fatal(err)
 	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	inSyncAndEqual(t, a, b)
 	if got := b.node.Status().NetRecvKiB - recv; got < hDiskSize>>10 {
 		t.Fatalf("invalidate copied %d KiB, want the whole disk (%d KiB)", got, hDiskSize>>10)
 	}
@@ -766,9 +746,7 @@ func TestScenarioResyncNeverOverwritesNewerWrite(t *testing.T) {
 	a.waitConn(replica.WFConnection)
 	a.write(5*hBlock, pattern("old", hBlock))
 	held := b.disk.holdWrites()
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
+	reconnect(t, b)
 	<-held // the resync copy of block 5 is being written on b
 	newer := pattern("newer", hBlock)
 	res := a.asyncWrite(5*hBlock, newer)
@@ -821,9 +799,7 @@ func TestScenarioSilentLinkCutDetectedWithinTimeout(t *testing.T) {
 	}
 	a.proxy.cut.Store(false)
 	b.proxy.cut.Store(false)
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	inSyncAndEqual(t, a, b)
 }
 
 // TestScenarioHotJoinUnderLoad: a primary runs alone (promoted with --force
@@ -926,9 +902,7 @@ func TestScenarioPrimaryCrashFailover(t *testing.T) {
 	if st := a.node.State(); st.Role != replica.Secondary {
 		t.Fatalf("crashed primary came back as %v, want Secondary", st.Role)
 	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	inSyncAndEqual(t, a, b)
 	if st := a.node.State(); st.Role != replica.Secondary || st.PeerRole != replica.Primary {
 		t.Fatalf("old primary after resync: %+v", st)
 	}
@@ -1221,9 +1195,7 @@ func TestScenarioCrashMidWriteResyncsInFlightBlocks(t *testing.T) {
 					t.Fatal("the restarted primary marks nothing out of sync")
 				}
 			}
-			a.waitInSync()
-			b.waitInSync()
-			sameDisks(t, a, b)
+			inSyncAndEqual(t, a, b)
 			if victim == "primary" {
 				if err := a.node.Promote(false); err != nil {
 					t.Fatalf("promote the restarted node again: %v", err)
@@ -1399,12 +1371,8 @@ func TestScenarioResyncCopyFailureStopsTarget(t *testing.T) {
 	if c := b.node.State().Conn; c != replica.StandAlone {
 		t.Fatalf("b is %v: it reconnected without the operator", c)
 	}
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	reconnect(t, b)
+	inSyncAndEqual(t, a, b)
 }
 
 // TestScenarioFailedPeerFlushMarksUnflushedWrites: when the peer's fdatasync
@@ -1441,12 +1409,8 @@ func TestScenarioFailedPeerFlushMarksUnflushedWrites(t *testing.T) {
 	})
 	b.waitEvent("local-io-error")
 	b.disk.releaseWrites()
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	reconnect(t, b)
+	inSyncAndEqual(t, a, b)
 }
 
 // TestScenarioEarlyAckPeerLossMarksUnwrittenWrites: protocol A acknowledges
@@ -1474,9 +1438,7 @@ func TestScenarioEarlyAckPeerLossMarksUnwrittenWrites(t *testing.T) {
 				t.Fatalf("out of sync after losing %d acknowledged, unwritten writes: %d KiB, want %d", n, got, n*2*hBlock>>10)
 			}
 			b.start()
-			a.waitInSync()
-			b.waitInSync()
-			sameDisks(t, a, b)
+			inSyncAndEqual(t, a, b)
 		})
 	}
 }
@@ -1523,12 +1485,8 @@ func TestScenarioInterruptedResyncResumes(t *testing.T) {
 	if st := b.node.State(); st.Disk != replica.Inconsistent {
 		t.Fatalf("interrupted target: %+v", st)
 	}
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	reconnect(t, b)
+	inSyncAndEqual(t, a, b)
 	if second := b.node.Status().NetRecvKiB - recv0 - first; second != hDiskSize>>10-3<<10 {
 		t.Fatalf("the resumed resync copied %d KiB, want the remaining %d KiB", second, hDiskSize>>10-3<<10)
 	}
@@ -1551,9 +1509,7 @@ func TestScenarioResyncResumesAfterTargetCrash(t *testing.T) {
 	b.crash()
 	b.disk.releaseWrites()
 	b.start()
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	inSyncAndEqual(t, a, b)
 	if got, want := b.node.Status().NetRecvKiB, int64(hDiskSize>>10-3<<10); int64(got) != want {
 		t.Fatalf("after the restart the resync copied %d KiB, want the remaining %d KiB", got, want)
 	}
@@ -1576,9 +1532,7 @@ func TestScenarioPeerLossMarksUnflushedResyncCopies(t *testing.T) {
 		t.Fatalf("after the target lost its page cache the source marks %d KiB out of sync, want all %d KiB again", got, all)
 	}
 	b.start()
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	inSyncAndEqual(t, a, b)
 }
 
 // TestScenarioSyncTargetMarksWhatAPowerCutTakes: a sync target's bitmap never
@@ -1643,21 +1597,9 @@ func TestScenarioSyncTargetMarksWhatAPowerCutTakes(t *testing.T) {
 				}
 			}
 			t.Logf("the power cut took %d blocks; all are marked", lacking)
-			if err := a.node.Connect(false); err != nil {
-				t.Fatal(err)
-			}
-			a.waitInSync()
-			b.waitInSync()
-			sameDisks(t, a, b)
+			reconnect(t, a)
+			inSyncAndEqual(t, a, b)
 		})
-	}
-}
-
-// reconnect connects x again after a Disconnect.
-func reconnect(t *testing.T, x *tnode) {
-	t.Helper()
-	if err := x.node.Connect(false); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -1754,9 +1696,7 @@ func TestScenarioResyncGoesRoundForBitsBehindIt(t *testing.T) {
 	if oos := a.node.Status().OutOfSyncKiB; oos != 0 {
 		t.Fatalf("the target was declared UpToDate with %d KiB still out of sync on the source", oos)
 	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	inSyncAndEqual(t, a, b)
 	if !bytes.Equal(b.read(off, hBlock), p) {
 		t.Fatal("the write the target failed was never copied to it")
 	}
@@ -1849,12 +1789,8 @@ func TestScenarioCleanDisconnectOutdatesSecondary(t *testing.T) {
 		t.Fatalf("promoting an Outdated secondary: %v, want ErrNotUpToDate", err)
 	}
 	a.write(0, pattern("written alone", 4*hBlock))
-	if err := a.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	reconnect(t, a)
+	inSyncAndEqual(t, a, b)
 
 	// Nothing written while apart: the reconnect finds the same data.
 	if err := b.node.Disconnect(); err != nil {
@@ -1863,9 +1799,7 @@ func TestScenarioCleanDisconnectOutdatesSecondary(t *testing.T) {
 	if st := b.node.State(); st.Disk != replica.Outdated {
 		t.Fatalf("secondary after its own disconnect: %+v, want disk Outdated", st)
 	}
-	if err := b.node.Connect(false); err != nil {
-		t.Fatal(err)
-	}
+	reconnect(t, b)
 	b.waitInSync()
 	if err := b.node.Promote(false); !errors.Is(err, replica.ErrPeerPrimary) {
 		t.Fatalf("promote while the peer is Primary: %v, want ErrPeerPrimary", err)
