@@ -1319,60 +1319,80 @@ func TestScenarioTransferLogMarksUnflushedWritesOnPeerLoss(t *testing.T) {
 // promotion; the local-io-error handler runs; the resync that follows copies
 // the block.
 func TestScenarioWriteFailedOnPeerIsMarked(t *testing.T) {
-	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	off := int64(30 * hBlock)
-	b.disk.failAt.Store(off + 1)
-	held := b.disk.holdWrites() // the repair's copy waits at b's disk
-	p := pattern("failed on the peer", hBlock)
-	a.write(off, p)
-	if b.disk.failAt.Load() != 0 {
-		t.Fatal("the write never reached the peer's disk")
+	for _, primaryDies := range []bool{false, true} {
+		t.Run(map[bool]string{false: "the resync repairs it", true: "the Primary dies first"}[primaryDies], func(t *testing.T) {
+			a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+			off := int64(30 * hBlock)
+			b.disk.failAt.Store(off + 1)
+			held := b.disk.holdWrites() // the repair's copy waits at b's disk
+			p := pattern("failed on the peer", hBlock)
+			a.write(off, p)
+			if b.disk.failAt.Load() != 0 {
+				t.Fatal("the write never reached the peer's disk")
+			}
+			if !a.store.Bitmap().IsSet(off, hBlock) {
+				t.Fatal("the write the peer failed is not marked out of sync")
+			}
+			b.waitState("b Inconsistent after its disk failed", func(s replica.State) bool { return s.Disk == replica.Inconsistent })
+			b.waitEvent("local-io-error")
+			<-held
+			if primaryDies {
+				a.crash()
+				b.waitConn(replica.WFConnection)
+				if err := b.node.Promote(false); !errors.Is(err, replica.ErrNotUpToDate) {
+					t.Fatalf("promoting the node whose disk lacks an answered write: %v, want ErrNotUpToDate", err)
+				}
+				a.start()
+			}
+			recv0 := b.node.Status().NetRecvKiB
+			b.disk.releaseWrites()
+			a.waitInSync()
+			b.waitInSync()
+			if !bytes.Equal(b.read(off, hBlock), p) {
+				t.Fatal("the resync did not copy the write the peer failed")
+			}
+			sameDisks(t, a, b)
+			if got := b.node.Status().NetRecvKiB - recv0; !primaryDies && got != hBlock>>10 {
+				t.Fatalf("the repair copied %d KiB, want the one failed block (%d KiB)", got, hBlock>>10)
+			}
+		})
 	}
-	if !a.store.Bitmap().IsSet(off, hBlock) {
-		t.Fatal("the write the peer failed is not marked out of sync")
-	}
-	b.waitState("b Inconsistent after its disk failed", func(s replica.State) bool { return s.Disk == replica.Inconsistent })
-	b.waitEvent("local-io-error")
-	<-held
-	a.crash() // the Primary dies before the repair
-	b.waitConn(replica.WFConnection)
-	if err := b.node.Promote(false); !errors.Is(err, replica.ErrNotUpToDate) {
-		t.Fatalf("promoting the node whose disk lacks an answered write: %v, want ErrNotUpToDate", err)
-	}
-	b.disk.releaseWrites()
-	a.start()
-	a.waitInSync()
-	b.waitInSync()
-	if !bytes.Equal(b.read(off, hBlock), p) {
-		t.Fatal("the resync did not copy the write the peer failed")
-	}
-	sameDisks(t, a, b)
 }
 
 // TestScenarioResyncCopyFailureStopsTarget: when the sync target's disk fails
-// a resync copy, the target does not start over in a loop: it goes
-// StandAlone, Inconsistent, with the disk error as the reason and the
-// local-io-error handler run, until the operator connects it again (after
-// repairing the disk); that resync completes.
+// a resync copy, or the flush that makes the copies durable, the target does
+// not start over in a loop: it goes StandAlone, Inconsistent, with the disk
+// error as the reason and the local-io-error handler run, until the operator
+// connects it again (after repairing the disk); that resync completes.
 func TestScenarioResyncCopyFailureStopsTarget(t *testing.T) {
-	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	a.write(0, pattern("primary data", 256*hBlock))
-	b.disk.failAt.Store(2<<20 + 1) // the copy of the third MiB
-	if err := b.node.Invalidate(); err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct {
+		what   string
+		inject func(b *tnode)
+	}{
+		{"a copy", func(b *tnode) { b.disk.failAt.Store(2<<20 + 1) }}, // the third MiB
+		{"a flush", func(b *tnode) { b.disk.failFlush.Store(true) }},
+	} {
+		t.Run(tt.what, func(t *testing.T) {
+			a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+			a.write(0, pattern("primary data", 256*hBlock))
+			tt.inject(b)
+			if err := b.node.Invalidate(); err != nil {
+				t.Fatal(err)
+			}
+			st := b.waitState("b StandAlone after its disk failed", func(s replica.State) bool { return s.Conn == replica.StandAlone })
+			if st.Disk != replica.Inconsistent || !strings.Contains(st.Reason, "local disk error") {
+				t.Fatalf("after the disk failed: %+v", st)
+			}
+			b.waitEvent("local-io-error")
+			a.waitConn(replica.WFConnection)
+			time.Sleep(500 * time.Millisecond) // room for a reconnect that should not come
+			if c := b.node.State().Conn; c != replica.StandAlone {
+				t.Fatalf("b is %v: it reconnected without the operator", c)
+			}
+			reconnect(t, b)
+			inSyncAndEqual(t, a, b)
+		})
 	}
-	st := b.waitState("b StandAlone after a failed copy", func(s replica.State) bool { return s.Conn == replica.StandAlone })
-	if st.Disk != replica.Inconsistent || !strings.Contains(st.Reason, "local disk error writing a resync copy") {
-		t.Fatalf("after a failed copy: %+v", st)
-	}
-	b.waitEvent("local-io-error")
-	a.waitConn(replica.WFConnection)
-	time.Sleep(500 * time.Millisecond) // room for a reconnect that should not come
-	if c := b.node.State().Conn; c != replica.StandAlone {
-		t.Fatalf("b is %v: it reconnected without the operator", c)
-	}
-	reconnect(t, b)
-	inSyncAndEqual(t, a, b)
 }
 
 // TestScenarioFailedPeerFlushMarksUnflushedWrites: when the peer's fdatasync

@@ -295,6 +295,7 @@ func (n *Node) waitSyncTarget(s *session) error {
 	// that failed here since were marked on the source too: once the copies
 	// are durable, nothing is out of sync any more.
 	if err := s.flushLocal(); err != nil {
+		s.diskFailed("flushing the resync's copies", err, true)
 		return fmt.Errorf("replica: making the resync's copies durable: %w", err)
 	}
 	bm.ClearAll()
@@ -373,7 +374,7 @@ func (s *session) checkpointTarget() {
 		defer s.wg.Done()
 		defer s.ckpt.Store(false)
 		if err := s.flushLocal(); err != nil {
-			s.n.log.Error("resync checkpoint: flushing the disk failed", "err", err)
+			s.diskFailed("flushing for a resync checkpoint", err, true)
 			return
 		}
 		if err := s.n.store.PersistBitmap(); err != nil {
