@@ -346,12 +346,13 @@ func (s *Store) releaseLocked() {
 	s.cv.Broadcast()
 }
 
-// sweepable reports whether a Sweep starting now may drop an extent: one in
+// Sweepable reports whether a Sweep starting now may drop an extent: one in
 // the log is idle and untouched (whether a BeginWrite waits for it does not
 // count: that may change before the Sweep looks). Only Sweep clears the
 // touched bit and an extent joins the log touched, so an extent that is not
-// sweepable now cannot be dropped by that Sweep.
-func (s *Store) sweepable() bool {
+// sweepable now cannot be dropped by that Sweep, and every write of one it
+// drops ended before this call.
+func (s *Store) Sweepable() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range s.members {
@@ -428,7 +429,7 @@ func (s *Store) persistBitmapLocked() error {
 // previous Sweep, so the sync covers it, and writes needing new extents do not
 // wait for it.
 func (s *Store) Sweep() error {
-	if s.sweepable() {
+	if s.Sweepable() {
 		if err := s.syncDataIO(); err != nil {
 			return err
 		}

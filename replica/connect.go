@@ -64,11 +64,27 @@ func (n *Node) sweepLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			if err := n.store.Sweep(); err != nil {
+			if err := n.sweep(ctx); err != nil {
 				n.log.Error("activity-log sweep failed", "err", err)
 			}
 		}
 	}
+}
+
+// sweep drops idle extents from the activity log. Once out of the log a
+// write is recorded nowhere, so before that it must be durable on both
+// disks: the store syncs the local disk itself (bitmap.Options.SyncData);
+// sweep first flushes the peer as well, so that even both machines losing
+// power together cannot leave such a write on one disk only. A peer that
+// fails the flush, or is lost, has the writes marked out of sync (the
+// transfer log) before the flush returns.
+func (n *Node) sweep(ctx context.Context) error {
+	if n.store.Sweepable() {
+		if err := n.flushBoth(ctx); err != nil {
+			return err
+		}
+	}
+	return n.store.Sweep()
 }
 
 func (n *Node) protoConfig() protocol.Config {

@@ -1,6 +1,10 @@
 package replica
 
-import "github.com/urbd/urbd/protocol"
+import (
+	"context"
+
+	"github.com/urbd/urbd/protocol"
+)
 
 // AckBatch exposes ackBatch to the scenario tests.
 const AckBatch = ackBatch
@@ -29,3 +33,6 @@ func (n *Node) ApplyPeerWrite(w *protocol.Write) protocol.Ack {
 	ack, _ := s.applyWrite(w)
 	return ack
 }
+
+// Sweep runs one activity-log sweep as the node's sweep loop does.
+func (n *Node) Sweep(ctx context.Context) error { return n.sweep(ctx) }

@@ -1623,30 +1623,41 @@ func TestScenarioSyncTargetMarksWhatAPowerCutTakes(t *testing.T) {
 	}
 }
 
-// TestScenarioPrimaryPowerCutAfterExtentWentCold: a write the application
-// never flushed sits in both page caches once answered. When its extent
-// goes cold and leaves the Primary's activity log, nothing records it any
-// more, so it must be durable on the Primary's disk by then: otherwise a
-// power cut of the Primary takes it from there while the Secondary keeps it,
-// and the two disks differ with no mark that would resync them.
-func TestScenarioPrimaryPowerCutAfterExtentWentCold(t *testing.T) {
-	a, b := cleanPair(t, nodeOpts{volatile: true}, nodeOpts{})
-	off := int64(hDiskSize - 2*hBlock) // in the last extent
-	a.write(off, pattern("never flushed", hBlock))
-	for range 2 { // the first sweep sees the extent touched, the second drops it
-		if err := a.store.Sweep(); err != nil {
-			t.Fatal(err)
-		}
+// TestScenarioPowerCutAfterExtentWentCold: a write the application never
+// flushed sits in both page caches once answered. When its extent goes cold
+// and leaves the Primary's activity log, nothing records it any more, so by
+// then it must be durable on both disks: otherwise a power cut of the Primary
+// takes it from there while the Secondary keeps it, or a power cut of both
+// machines (the Primary first, so its transfer log dies with it) takes it
+// from the Secondary only, and the disks differ with no mark that would
+// resync them.
+func TestScenarioPowerCutAfterExtentWentCold(t *testing.T) {
+	for _, both := range []bool{false, true} {
+		t.Run(map[bool]string{false: "the Primary", true: "both machines"}[both], func(t *testing.T) {
+			o := nodeOpts{volatile: true}
+			a, b := cleanPair(t, o, o)
+			off := int64(hDiskSize - 2*hBlock) // in the last extent
+			a.write(off, pattern("never flushed", hBlock))
+			for range 2 { // the first sweep sees the extent touched, the second drops it
+				if err := a.node.Sweep(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := a.store.HotExtents(); n != 0 {
+				t.Fatalf("%d extents still hot after two sweeps", n)
+			}
+			a.powerLoss()
+			if both {
+				b.powerLoss()
+				b.start()
+			}
+			b.waitConn(replica.WFConnection)
+			a.start()
+			a.waitConn(replica.Connected)
+			b.waitInSync()
+			sameDisks(t, a, b)
+		})
 	}
-	if n := a.store.HotExtents(); n != 0 {
-		t.Fatalf("%d extents still hot after two sweeps", n)
-	}
-	a.powerLoss()
-	b.waitConn(replica.WFConnection)
-	a.start()
-	a.waitConn(replica.Connected)
-	b.waitInSync()
-	sameDisks(t, a, b)
 }
 
 // TestScenarioWriteWaitsForActivityLog: a write to an extent that is not in

@@ -169,6 +169,15 @@ func (n *Node) session() *session {
 func (n *Node) Flush(ctx context.Context) error {
 	start := n.clock.Now()
 	n.ahead.flushed()
+	err := n.flushBoth(ctx)
+	n.observe("flush", false, 0, start)
+	return err
+}
+
+// flushBoth runs the local fdatasync and, when a session replicates, the
+// peer's, at the same time, and returns the local result: a peer that
+// fails its flush has the writes it covered marked out of sync first.
+func (n *Node) flushBoth(ctx context.Context) error {
 	var peer *request
 	if s := n.session(); s != nil {
 		if peer = s.sendFlush(); peer != nil {
@@ -179,7 +188,6 @@ func (n *Node) Flush(ctx context.Context) error {
 	if peer != nil {
 		peer.wait(ctx, 'C')
 	}
-	n.observe("flush", false, 0, start)
 	return err
 }
 
