@@ -274,7 +274,7 @@ func (s *Store) roundLocked() bool {
 	var bmErr, alErr error
 	var written int
 	if len(victimList) > 0 {
-		bmErr = s.syncDataIO()
+		bmErr = s.syncDataIO(s.syncData)
 	}
 	wroteChunks := snap != nil && bmErr == nil
 	if wroteChunks {
@@ -346,13 +346,13 @@ func (s *Store) releaseLocked() {
 	s.cv.Broadcast()
 }
 
-// Sweepable reports whether a Sweep starting now may drop an extent: one in
+// sweepable reports whether a Sweep starting now may drop an extent: one in
 // the log is idle and untouched (whether a BeginWrite waits for it does not
 // count: that may change before the Sweep looks). Only Sweep clears the
 // touched bit and an extent joins the log touched, so an extent that is not
 // sweepable now cannot be dropped by that Sweep, and every write of one it
 // drops ended before this call.
-func (s *Store) Sweepable() bool {
+func (s *Store) sweepable() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range s.members {
@@ -364,13 +364,13 @@ func (s *Store) Sweepable() bool {
 	return false
 }
 
-// syncDataIO runs Options.SyncData, before an activity-log write that drops
-// extents. Called without s.mu.
-func (s *Store) syncDataIO() error {
-	if s.syncData == nil {
+// syncDataIO runs sync (Options.SyncData, or SweepWith's), before an
+// activity-log write that drops extents. Called without s.mu.
+func (s *Store) syncDataIO(sync func() error) error {
+	if sync == nil {
 		return nil
 	}
-	if err := s.syncData(); err != nil {
+	if err := sync(); err != nil {
 		return fmt.Errorf("bitmap: making the data durable before extents leave the activity log: %w", err)
 	}
 	return nil
@@ -381,7 +381,7 @@ func (s *Store) syncDataIO() error {
 func (s *Store) syncDataLocked() error {
 	s.mu.Unlock()
 	defer s.mu.Lock()
-	return s.syncDataIO()
+	return s.syncDataIO(s.syncData)
 }
 
 // PersistBitmap writes the in-memory bitmap now (resync start, disconnect,
@@ -428,9 +428,17 @@ func (s *Store) persistBitmapLocked() error {
 // sweep takes the store: every write of such an extent ended before the
 // previous Sweep, so the sync covers it, and writes needing new extents do not
 // wait for it.
-func (s *Store) Sweep() error {
-	if s.Sweepable() {
-		if err := s.syncDataIO(); err != nil {
+func (s *Store) Sweep() error { return s.SweepWith(nil) }
+
+// SweepWith is Sweep with sync, when not nil, run instead of
+// Options.SyncData; it must make durable at least what SyncData does (a
+// replica also flushes its peer), and may use the store.
+func (s *Store) SweepWith(sync func() error) error {
+	if s.sweepable() {
+		if sync == nil {
+			sync = s.syncData
+		}
+		if err := s.syncDataIO(sync); err != nil {
 			return err
 		}
 	}

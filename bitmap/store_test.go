@@ -645,3 +645,27 @@ func TestSweepSyncLetsWritesGoOn(t *testing.T) {
 		t.Fatalf("%d hot extents after the sweep, want 1 (the new one)", s.HotExtents())
 	}
 }
+
+// TestSweepWithReplacesSyncData: SweepWith runs its own sync instead of
+// Options.SyncData, once and only when an extent can go, so a replica that
+// also flushes its peer does not sync the local disk twice.
+func TestSweepWithReplacesSyncData(t *testing.T) {
+	var local, own int
+	s := openMem(t, NewMemFS(), Options{Size: 64 * tMiB, SyncData: func() error { local++; return nil }})
+	sync := func() error { own++; return nil }
+	if err := s.BeginWrite(0, 4096); err != nil {
+		t.Fatal(err)
+	}
+	s.EndWrite(0, 4096)
+	for i, want := range []int{0, 1} { // touched: nothing can go; then the extent goes
+		if err := s.SweepWith(sync); err != nil {
+			t.Fatal(err)
+		}
+		if own != want || local != 0 {
+			t.Fatalf("sweep %d: its sync ran %d times (want %d), SyncData %d (want 0)", i+1, own, want, local)
+		}
+	}
+	if s.HotExtents() != 0 {
+		t.Fatalf("%d extents still hot", s.HotExtents())
+	}
+}

@@ -73,18 +73,13 @@ func (n *Node) sweepLoop(ctx context.Context) error {
 
 // sweep drops idle extents from the activity log. Once out of the log a
 // write is recorded nowhere, so before that it must be durable on both
-// disks: the store syncs the local disk itself (bitmap.Options.SyncData);
-// sweep first flushes the peer as well, so that even both machines losing
-// power together cannot leave such a write on one disk only. A peer that
-// fails the flush, or is lost, has the writes marked out of sync (the
-// transfer log) before the flush returns.
+// disks: instead of the local sync alone (bitmap.Options.SyncData) the
+// sweep flushes the peer as well, so that even both machines losing power
+// together cannot leave such a write on one disk only. A peer that fails
+// the flush, or is lost, has the writes marked out of sync (the transfer
+// log) before the flush returns.
 func (n *Node) sweep(ctx context.Context) error {
-	if n.store.Sweepable() {
-		if err := n.flushBoth(ctx); err != nil {
-			return err
-		}
-	}
-	return n.store.Sweep()
+	return n.store.SweepWith(func() error { return n.flushBoth(ctx) })
 }
 
 func (n *Node) protoConfig() protocol.Config {

@@ -400,8 +400,7 @@ func (s *session) diskFailed(what string, err error, standAlone bool) {
 	n := s.n
 	reason := fmt.Sprintf("local disk error %s: %v", what, err)
 	n.mu.Lock()
-	wasGood := n.st.Disk == UpToDate || n.st.Disk == Outdated
-	if !wasGood && !standAlone {
+	if n.st.Disk != UpToDate && n.st.Disk != Outdated && !standAlone {
 		n.mu.Unlock()
 		return // Inconsistent already: the resync under way repairs it
 	}

@@ -1638,6 +1638,7 @@ func TestScenarioPowerCutAfterExtentWentCold(t *testing.T) {
 			a, b := cleanPair(t, o, o)
 			off := int64(hDiskSize - 2*hBlock) // in the last extent
 			a.write(off, pattern("never flushed", hBlock))
+			f0 := a.disk.flushes.Load()
 			for range 2 { // the first sweep sees the extent touched, the second drops it
 				if err := a.node.Sweep(context.Background()); err != nil {
 					t.Fatal(err)
@@ -1645,6 +1646,9 @@ func TestScenarioPowerCutAfterExtentWentCold(t *testing.T) {
 			}
 			if n := a.store.HotExtents(); n != 0 {
 				t.Fatalf("%d extents still hot after two sweeps", n)
+			}
+			if n := a.disk.flushes.Load() - f0; n != 1 {
+				t.Fatalf("the sweeps flushed the Primary's disk %d times, want once (the sweep that dropped the extent)", n)
 			}
 			a.powerLoss()
 			if both {

@@ -25,7 +25,7 @@ type session struct {
 	cancel context.CancelFunc
 
 	sendMu sync.Mutex // data-stream sends: sequence order equals wire order
-	seq    uint64     // guarded by sendMu
+	seq    uint64     // changed with sendMu and mu held: read with either
 
 	mu       sync.Mutex
 	closed   bool                // guarded by mu

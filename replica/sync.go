@@ -202,9 +202,7 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 // fails, marking nothing in sync, when the session is already closed (its
 // transfer log was marked without this range).
 func (s *session) copied(off, length int64) error {
-	s.sendMu.Lock()
-	defer s.sendMu.Unlock()
-	s.mu.Lock()
+	s.mu.Lock() // not sendMu: a copy's answer never waits behind a send
 	defer s.mu.Unlock()
 	if s.closed {
 		return ErrPeerLost
