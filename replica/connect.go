@@ -288,7 +288,10 @@ func (n *Node) negotiate(s *session) error {
 	peer := sideFromWire(peerSt, s.peer.NodeID)
 
 	n.mu.Lock()
-	local = n.localSideLocked()
+	// Decide from the state sent, not from a fresh one: the peer decides
+	// from what it received, and both must reach the same plan. A bit set
+	// here since is still in the bitmap the resync exchanges, or makes
+	// followPeer resync afterwards.
 	plan := Decide(local, peer)
 	n.discard = false
 	n.peerUUIDs = peer.UUIDs
