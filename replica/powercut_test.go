@@ -17,10 +17,11 @@ import (
 
 // TestScenarioRandomPowerCuts: writers write (some with FUA) and flush
 // through the Primary while one node, chosen at random, loses power at a
-// random moment, sometimes after the Primary swept idle extents out of its
-// activity log, sometimes while a resync runs. A Secondary comes back and
-// resyncs; a Primary either comes back (as Secondary, then the resync
-// source: it crashed as Primary) or its peer is promoted first (failover). After each cycle both disks must be
+// random moment, or both machines do, sometimes after the Primary swept
+// idle extents out of its activity log, sometimes while a resync runs. A
+// Secondary comes back and resyncs; a Primary either comes
+// back (as Secondary, then the resync source: it crashed as Primary) or its
+// peer is promoted first (failover). After each cycle both disks must be
 // byte-identical and hold every write that a FLUSH or FUA made durable; a
 // write that was only answered may be lost, but on both disks alike.
 //
@@ -65,11 +66,17 @@ func TestScenarioRandomPowerCuts(t *testing.T) {
 			}
 		}
 		time.Sleep(time.Duration(rng.IntN(50)) * time.Millisecond)
-		victim, failover := p, rng.IntN(2) == 0
-		if rng.IntN(2) == 0 {
+		victim, failover, both := p, rng.IntN(2) == 0, false
+		switch rng.IntN(5) {
+		case 0, 1:
 			victim = s
+		case 2:
+			both, failover = true, false
 		}
 		story := fmt.Sprintf("cycle %d: power cut of the %s %s", cycle, roleOf(victim, p), victim.label)
+		if both {
+			story = fmt.Sprintf("cycle %d: power cut of both machines, the Primary %s first", cycle, p.label)
+		}
 		if !flushing {
 			story += " (no flushes)"
 		}
@@ -80,12 +87,17 @@ func TestScenarioRandomPowerCuts(t *testing.T) {
 			failover = false
 		}
 		victim.powerLoss()
-		if victim == s {
+		if both {
+			s.powerLoss()
+		} else if victim == s {
 			time.Sleep(30 * time.Millisecond) // the Primary goes on alone
 		}
 		stop()
 		wg.Wait()
 		switch {
+		case both:
+			s.start()
+			p.start()
 		case victim == s:
 			s.start()
 		case failover:
@@ -101,7 +113,7 @@ func TestScenarioRandomPowerCuts(t *testing.T) {
 			p.start()
 			s.waitState("peer back", func(st replica.State) bool { return st.Conn != replica.WFConnection })
 		}
-		if victim == s && rng.IntN(3) == 0 {
+		if victim == s && !both && rng.IntN(3) == 0 {
 			t.Logf("%s: the next cycle starts while the resync runs", story)
 			continue // its power cut may hit the resync
 		}
