@@ -271,8 +271,12 @@ func (n *Node) runSession(s *session) {
 func (n *Node) negotiate(s *session) error {
 	n.mu.Lock()
 	local := n.localSideLocked()
+	stateSent := n.stateSent
 	n.mu.Unlock()
 	s.sendState(local)
+	if stateSent != nil {
+		stateSent()
+	}
 	var peerSt protocol.State
 	select {
 	case peerSt = <-s.peerStates:

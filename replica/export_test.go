@@ -36,3 +36,17 @@ func (n *Node) ApplyPeerWrite(w *protocol.Write) protocol.Ack {
 
 // Sweep runs one activity-log sweep as the node's sweep loop does.
 func (n *Node) Sweep(ctx context.Context) error { return n.sweep(ctx) }
+
+// NodeID returns the node's id, which breaks ties in Decide.
+func (n *Node) NodeID() uint64 { return n.nodeID }
+
+// MarkOutOfSync marks a range out of sync as a write without the peer would.
+func (n *Node) MarkOutOfSync(off, length int64) { n.store.MarkOutOfSync(off, length) }
+
+// OnStateSent makes f run in each negotiation between sending the local
+// state to the peer and deciding.
+func (n *Node) OnStateSent(f func()) {
+	n.mu.Lock()
+	n.stateSent = f
+	n.mu.Unlock()
+}

@@ -2004,3 +2004,40 @@ func TestScenarioSecondaryRefusesPeerWritesPastTheEnd(t *testing.T) {
 	}
 	a.write(0, pattern("after", hBlock))
 }
+
+// TestScenarioBothNodesDecideFromTheStatesExchanged: each node decides the
+// resync from the state it sent and the state it received, so both reach the
+// same plan even when something changes in between. Two Secondaries of the
+// same generation reconnect; only the one with the lower node id has a dirty
+// bitmap, so it must be the source. The other has a bit set right after its
+// state left: deciding from a fresh state it would see both bitmaps dirty
+// and, with the higher node id, make itself source too, and nothing would
+// be copied.
+func TestScenarioBothNodesDecideFromTheStatesExchanged(t *testing.T) {
+	a, b := newPair(t, nodeOpts{assumeClean: true}, nodeOpts{assumeClean: true})
+	a.start()
+	b.start()
+	a.waitInSync()
+	b.waitInSync()
+	hi, lo := a, b
+	if b.node.NodeID() > a.node.NodeID() {
+		hi, lo = b, a
+	}
+	if err := lo.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	hi.waitConn(replica.WFConnection)
+
+	changed := pattern("changed on the lower id alone", hBlock)
+	lo.poke(7*hBlock, changed)
+	lo.node.MarkOutOfSync(7*hBlock, hBlock)
+	var once sync.Once
+	hi.node.OnStateSent(func() {
+		once.Do(func() { hi.node.MarkOutOfSync(40*hBlock, hBlock) })
+	})
+	reconnect(t, lo)
+	inSyncAndEqual(t, a, b)
+	if got := hi.read(7*hBlock, hBlock); !bytes.Equal(got, changed) {
+		t.Fatal("the block only the lower id changed did not reach the other node")
+	}
+}
