@@ -38,6 +38,8 @@ const (
 	writeFixed      = 24
 	ackLen          = 16
 	flushAckLen     = 12
+	readLen         = 24
+	readReplyFixed  = 16
 	resyncFixed     = 16
 	resyncAckLen    = 24
 	checksumReqLen  = 24
@@ -79,6 +81,10 @@ func maxPayloadFor(k Kind) (max uint32, ok bool) {
 		return ackLen, true
 	case KindFlushAck:
 		return flushAckLen, true
+	case KindRead:
+		return readLen, true
+	case KindReadReply:
+		return readReplyFixed + MaxData, true
 	case KindResyncData:
 		return resyncFixed + MaxData, true
 	case KindResyncAck:
@@ -139,6 +145,10 @@ func wireOf(m Message) wire {
 	case Flush:
 		return &v
 	case FlushAck:
+		return &v
+	case Read:
+		return &v
+	case ReadReply:
 		return &v
 	case ResyncData:
 		return &v
@@ -244,9 +254,10 @@ func matchCRC(h Header, crc uint32) error {
 
 // DecodeFrame decodes the first frame in b. It returns the message, its
 // header and the number of bytes consumed. Byte-slice fields of the message
-// (Write.Data, ResyncData.Data) alias b; everything else is copied. Errors:
-// ErrTruncated if b holds less than one frame, ErrBadMagic, ErrVersion,
-// ErrUnknownKind, ErrTooLarge, ErrChecksum, ErrMalformed. It never panics.
+// (Write.Data, ResyncData.Data, ReadReply.Data) alias b; everything else is
+// copied. Errors: ErrTruncated if b holds less than one frame, ErrBadMagic,
+// ErrVersion, ErrUnknownKind, ErrTooLarge, ErrChecksum, ErrMalformed. It
+// never panics.
 func DecodeFrame(b []byte) (Message, Header, int, error) {
 	if len(b) < HeaderLen {
 		return nil, Header{}, 0, fmt.Errorf("%w: %d of %d header bytes", ErrTruncated, len(b), HeaderLen)
@@ -518,6 +529,42 @@ func decodePayload(k Kind, p []byte, reuse *recvMsgs) (Message, error) {
 		}
 		*v = FlushAck{Seq: d.u64(), Err: d.u32()}
 		m = v
+	case KindRead:
+		v := &Read{}
+		v.Seq = d.u64()
+		v.Offset = d.u64()
+		v.Length = d.u32()
+		pad := d.zero(4)
+		if d.short {
+			break
+		}
+		if !pad {
+			return nil, malformed(k, "reserved bytes not zero")
+		}
+		if err := checkRead(v.Length); err != nil {
+			return nil, err
+		}
+		m = v
+	case KindReadReply:
+		v := &ReadReply{}
+		v.Seq = d.u64()
+		v.Err = d.u32()
+		pad := d.zero(4)
+		if d.short {
+			break
+		}
+		if !pad {
+			return nil, malformed(k, "reserved bytes not zero")
+		}
+		v.Data = d.b
+		d.b = nil
+		if err := checkReadReply(v.Err, len(v.Data)); err != nil {
+			return nil, err
+		}
+		if len(v.Data) == 0 {
+			v.Data = nil
+		}
+		m = v
 	case KindResyncData:
 		var v *ResyncData
 		if reuse != nil {
@@ -603,6 +650,26 @@ func checkWrite(flags, length uint32, data int) error {
 		return malformed(KindWrite, "length %d with %d data bytes", length, data)
 	case data > MaxData:
 		return fmt.Errorf("%w: write of %d bytes, limit %d", ErrTooLarge, data, MaxData)
+	}
+	return nil
+}
+
+// checkRead validates a Read's length: 1..MaxData.
+func checkRead(length uint32) error {
+	if length == 0 || length > MaxData {
+		return malformed(KindRead, "length %d, want 1..%d", length, MaxData)
+	}
+	return nil
+}
+
+// checkReadReply validates a ReadReply: data only with CodeOK, at most
+// MaxData bytes.
+func checkReadReply(code uint32, data int) error {
+	switch {
+	case code != CodeOK && data != 0:
+		return malformed(KindReadReply, "error %d with %d data bytes", code, data)
+	case data > MaxData:
+		return malformed(KindReadReply, "%d data bytes, limit %d", data, MaxData)
 	}
 	return nil
 }
@@ -801,6 +868,33 @@ func (m *FlushAck) layout() (int, []byte, error) { return flushAckLen, nil, nil 
 func (m *FlushAck) put(b []byte) {
 	be.PutUint64(b[0:], m.Seq)
 	be.PutUint32(b[8:], m.Err)
+}
+
+func (m *Read) layout() (int, []byte, error) {
+	if err := checkRead(m.Length); err != nil {
+		return 0, nil, invalid(KindRead, err)
+	}
+	return readLen, nil, nil
+}
+
+func (m *Read) put(b []byte) {
+	be.PutUint64(b[0:], m.Seq)
+	be.PutUint64(b[8:], m.Offset)
+	be.PutUint32(b[16:], m.Length)
+	b[20], b[21], b[22], b[23] = 0, 0, 0, 0
+}
+
+func (m *ReadReply) layout() (int, []byte, error) {
+	if err := checkReadReply(m.Err, len(m.Data)); err != nil {
+		return 0, nil, invalid(KindReadReply, err)
+	}
+	return readReplyFixed, m.Data, nil
+}
+
+func (m *ReadReply) put(b []byte) {
+	be.PutUint64(b[0:], m.Seq)
+	be.PutUint32(b[8:], m.Err)
+	b[12], b[13], b[14], b[15] = 0, 0, 0, 0
 }
 
 func (m *ResyncData) layout() (int, []byte, error) {

@@ -43,6 +43,10 @@ func sampleMessages() []Message {
 		&Ack{Seq: 9, Type: AckDone, Err: CodeIO},
 		&Flush{Seq: 13},
 		&FlushAck{Seq: 13, Err: CodeNoSpace},
+		&Read{Seq: 14, Offset: 1 << 30, Length: 4096},
+		&Read{Seq: 15, Offset: 1<<64 - 1, Length: MaxData},
+		&ReadReply{Seq: 14, Data: []byte("sector bytes")},
+		&ReadReply{Seq: 15, Err: CodeIO},
 		&ResyncData{Seq: 1, Offset: 65536, Data: bytes.Repeat([]byte{7}, 4096)},
 		&ResyncData{Seq: 2},
 		&ResyncAck{Seq: 1, Offset: 65536, Length: 4096, Err: CodeInvalid},
@@ -141,7 +145,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"payload bit flip", func(f []byte) []byte { f[HeaderLen] ^= 1; return f }, ErrChecksum},
 		{"crc bit flip", func(f []byte) []byte { f[19] ^= 0x80; return f }, ErrChecksum},
 		{"seq changed", func(f []byte) []byte { f[11] = 9; return f }, ErrChecksum},
-		{"version 2", func(f []byte) []byte { f[4] = 2; return reseal(f) }, ErrVersion},
+		{"version 1", func(f []byte) []byte { f[4] = 1; return reseal(f) }, ErrVersion},
+		{"version 3", func(f []byte) []byte { f[4] = 3; return reseal(f) }, ErrVersion},
 		{"version 0", func(f []byte) []byte { f[4] = 0; return reseal(f) }, ErrVersion},
 		{"unknown kind 0", func(f []byte) []byte { f[5] = 0; return reseal(f) }, ErrUnknownKind},
 		{"unknown kind 7", func(f []byte) []byte { f[5] = 7; return reseal(f) }, ErrUnknownKind},
@@ -160,6 +165,16 @@ func TestDecodeErrors(t *testing.T) {
 			f := mustFrame(t, 0, &Write{Length: 1, Data: []byte{1}})
 			binary.BigEndian.PutUint32(f[12:], MaxPayload+1)
 			return f
+		}, ErrTooLarge},
+		{"readreply over MaxData", func([]byte) []byte {
+			f := mustFrame(t, 0, &ReadReply{Data: []byte{1}})
+			binary.BigEndian.PutUint32(f[12:], readReplyFixed+MaxData+1)
+			return f
+		}, ErrTooLarge},
+		{"read length 25", func([]byte) []byte {
+			f := mustFrame(t, 0, &Read{Length: 1})
+			binary.BigEndian.PutUint32(f[12:], readLen+1)
+			return reseal(append(f, 0))
 		}, ErrTooLarge},
 		{"bitmap over 1 MiB", func([]byte) []byte {
 			f := mustFrame(t, 0, &Bitmap{TotalBits: 64})
@@ -234,6 +249,17 @@ func TestDecodeMalformedPayloads(t *testing.T) {
 		{"ack type 3", KindAck, edit(&Ack{Type: AckDone}, func(p []byte) []byte { p[8] = 3; return p })},
 		{"ack pad", KindAck, edit(&Ack{Type: AckDone}, func(p []byte) []byte { p[9] = 1; return p })},
 		{"flushack short", KindFlushAck, edit(&FlushAck{}, func(p []byte) []byte { return p[:11] })},
+		{"read pad", KindRead, edit(&Read{Length: 1}, func(p []byte) []byte { p[23] = 1; return p })},
+		{"read zero length", KindRead, edit(&Read{Length: 1}, func(p []byte) []byte { p[19] = 0; return p })},
+		{"read length over MaxData", KindRead, edit(&Read{Length: 1}, func(p []byte) []byte {
+			binary.BigEndian.PutUint32(p[16:], MaxData+1)
+			return p
+		})},
+		{"read short", KindRead, edit(&Read{Length: 1}, func(p []byte) []byte { return p[:20] })},
+		{"readreply pad", KindReadReply, edit(&ReadReply{}, func(p []byte) []byte { p[12] = 1; return p })},
+		{"readreply pad with data", KindReadReply, edit(&ReadReply{Data: []byte{1}}, func(p []byte) []byte { p[15] = 0x80; return p })},
+		{"readreply error with data", KindReadReply, edit(&ReadReply{Data: []byte{1, 2}}, func(p []byte) []byte { p[11] = byte(CodeIO); return p })},
+		{"readreply short", KindReadReply, edit(&ReadReply{Err: CodeIO}, func(p []byte) []byte { return p[:15] })},
 		{"resyncdata short", KindResyncData, edit(&ResyncData{}, func(p []byte) []byte { return p[:15] })},
 		{"checksum request zero block", KindChecksumRequest, edit(&ChecksumRequest{BlockSize: 1}, func(p []byte) []byte { p[23] = 0; return p })},
 		{"checksum request too many blocks", KindChecksumRequest, edit(&ChecksumRequest{BlockSize: 1}, func(p []byte) []byte {
@@ -279,6 +305,10 @@ func TestEncodeRefusesInvalid(t *testing.T) {
 		{"write unknown flag", &Write{Flags: 1 << 9}, ErrInvalid},
 		{"write too large", &Write{Length: MaxData + 1, Data: make([]byte, MaxData+1)}, ErrInvalid},
 		{"resync too large", &ResyncData{Data: make([]byte, MaxData+1)}, ErrInvalid},
+		{"read zero length", &Read{Offset: 4096}, ErrInvalid},
+		{"read too long", Read{Length: MaxData + 1}, ErrInvalid},
+		{"readreply error with data", &ReadReply{Err: CodeIO, Data: []byte{1}}, ErrInvalid},
+		{"readreply too large", &ReadReply{Data: make([]byte, MaxData+1)}, ErrInvalid},
 		{"ack type 0", &Ack{}, ErrInvalid},
 		{"state role", &State{Role: 9}, ErrInvalid},
 		{"syncstart direction", SyncStart{Direction: 9}, ErrInvalid},
@@ -369,9 +399,45 @@ func TestCloneDoesNotAlias(t *testing.T) {
 	buf := []byte("abcd")
 	w := (&Write{Length: 4, Data: buf}).Clone()
 	r := (&ResyncData{Data: buf}).Clone()
+	rr := (&ReadReply{Data: buf}).Clone()
 	buf[0] = 'X'
-	if w.Data[0] != 'a' || r.Data[0] != 'a' {
+	if w.Data[0] != 'a' || r.Data[0] != 'a' || rr.Data[0] != 'a' {
 		t.Fatal("Clone aliases the original data")
+	}
+}
+
+// No kind's limit exceeds MaxPayload, the documented largest payload.
+func TestKindLimitsWithinMaxPayload(t *testing.T) {
+	for k := range kindNames {
+		max, ok := maxPayloadFor(k)
+		if !ok || max > MaxPayload {
+			t.Errorf("%v: limit %d (ok %v), MaxPayload %d", k, max, ok, MaxPayload)
+		}
+	}
+}
+
+// The payload decoder itself rejects a ReadReply with more than MaxData
+// bytes, even though the header's length limit stops such a frame first.
+func TestDecodeReadReplyDataLimit(t *testing.T) {
+	p := make([]byte, readReplyFixed+MaxData+1)
+	if _, err := decodePayload(KindReadReply, p, nil); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("got %v, want ErrMalformed", err)
+	}
+	if _, err := decodePayload(KindReadReply, p[:readReplyFixed+MaxData], nil); err != nil {
+		t.Fatalf("MaxData bytes: %v", err)
+	}
+}
+
+// DecodeFrame returns ReadReply.Data aliasing its input, like Write.Data.
+func TestDecodeReadReplyAliases(t *testing.T) {
+	f := mustFrame(t, 0, &ReadReply{Seq: 1, Data: []byte("abcd")})
+	m, _, _, err := DecodeFrame(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f[len(f)-4] = 'X'
+	if d := m.(*ReadReply).Data; string(d) != "Xbcd" {
+		t.Fatalf("Data %q does not alias the frame", d)
 	}
 }
 
@@ -415,8 +481,9 @@ func TestGoldenFrames(t *testing.T) {
 		m   Message
 		hex string
 	}{
-		{0, &Ping{Seq: 1}, "5552424401110000000000000000000808878928" + "0000000000000001"},
-		{5, &Ack{Seq: 7, Type: AckDone}, "555242440121000000000005" + "00000010d8afbc78" + "0000000000000007" + "0200000000000000"},
+		{0, &Ping{Seq: 1}, "55524244021100000000000000000008514391ef" + "0000000000000001"},
+		{5, &Ack{Seq: 7, Type: AckDone}, "555242440221000000000005" + "000000103b7d57d5" + "0000000000000007" + "0200000000000000"},
+		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440224000000000006" + "00000018074441bb" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
 	}
 	for _, tc := range tests {
 		got := hex.EncodeToString(mustFrame(t, tc.seq, tc.m))

@@ -10,7 +10,9 @@
 // side that dialed). The returned Session carries three Streams:
 //
 //   - Control: State, Ping/PingAck, Refuse, SyncStart, Bitmap, SyncDone.
-//   - Data: Write, Ack, Flush, FlushAck, in the order the primary issued them.
+//   - Data: Write, Ack, Flush, FlushAck, in the order the primary issued them;
+//     Read and ReadReply, a Read being answered only after every Write sent
+//     before it on the stream was applied.
 //   - Resync: ResyncData, ResyncAck, ChecksumRequest, ChecksumReply.
 //
 // Keeping replicated writes and resync traffic on separate streams lets each
@@ -45,10 +47,11 @@
 // Close waits for all of them. Stream.Recv must be called from one
 // goroutine. Recv returns pointers. The high-rate kinds (*Write, *Ack,
 // *Flush, *FlushAck, *ResyncData, *ResyncAck) are reused by the Stream, and
-// Write.Data and ResyncData.Data alias its receive buffer: they are valid
-// only until the next Recv on that Stream (RecvOwned copies them). All other
-// messages are freshly allocated and belong to the caller. Send does not
-// retain the caller's messages or buffers after it returns.
+// Write.Data, ResyncData.Data and ReadReply.Data alias its receive buffer:
+// they are valid only until the next Recv on that Stream (RecvOwned copies
+// them). All other messages are freshly allocated and belong to the caller
+// (apart from the Data of a ReadReply). Send does not retain the caller's
+// messages or buffers after it returns.
 //
 // # Errors
 //

@@ -278,13 +278,13 @@ func TestVersionMismatch(t *testing.T) {
 		defer mine.Close()
 		res := runAcceptor(cfg, theirs)
 		f := &fake{t: t, c: mine}
-		f.send(&Hello{Version: 2, Resource: cfg.Resource, Size: cfg.Size, BitmapBlock: cfg.BitmapBlock})
+		f.send(&Hello{Version: 1, Resource: cfg.Resource, Size: cfg.Size, BitmapBlock: cfg.BitmapBlock})
 		m := f.recv()
-		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || !strings.Contains(r.Reason, "local version 2, peer version 1") {
+		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || !strings.Contains(r.Reason, "local version 1, peer version 2") {
 			t.Fatalf("got %#v", m)
 		}
 		r := <-res
-		if !errors.Is(r.err, ErrVersion) || !strings.Contains(r.err.Error(), "local version 1, peer version 2") {
+		if !errors.Is(r.err, ErrVersion) || !strings.Contains(r.err.Error(), "local version 2, peer version 1") {
 			t.Fatalf("acceptor: %v", r.err)
 		}
 	})
@@ -292,8 +292,8 @@ func TestVersionMismatch(t *testing.T) {
 		mine, theirs := net.Pipe()
 		defer mine.Close()
 		res := runAcceptor(cfg, theirs)
-		b := mustFrame(t, 0, &Hello{Version: 2, Resource: cfg.Resource})
-		b[4] = 2
+		b := mustFrame(t, 0, &Hello{Version: 1, Resource: cfg.Resource})
+		b[4] = 1
 		reseal(b)
 		// The acceptor stops reading after the header; write from
 		// elsewhere so the unbuffered pipe does not block us.
@@ -344,6 +344,12 @@ func TestHandshakeHostileFrames(t *testing.T) {
 			return b
 		}(), ErrChecksum},
 		{"stream frame first", mustFrame(t, 0, &AuthOK{}), ErrUnexpected},
+		{"read frame", mustFrame(t, 0, &Read{Seq: 1, Length: 4096}), ErrUnexpected},
+		{"read reply announcing 32 MiB", func() []byte {
+			b := mustFrame(t, 0, &ReadReply{Data: []byte{1}})
+			be.PutUint32(b[12:], readReplyFixed+MaxData)
+			return b
+		}(), ErrUnexpected},
 		{"sequence gap", mustFrame(t, 5, &Hello{Version: Version, Resource: cfg.Resource}), ErrMalformed},
 	}
 	for _, tc := range tests {

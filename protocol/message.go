@@ -4,7 +4,7 @@ import "strconv"
 
 // Version is the protocol version this package speaks. It is carried in every
 // frame header and in Hello; peers must speak the same version.
-const Version = 1
+const Version = 2
 
 // Kind is a frame's type byte. Each Message type has exactly one Kind.
 type Kind uint8
@@ -26,10 +26,12 @@ const (
 	KindSyncDone  Kind = 20 // control
 	KindBitmap    Kind = 21 // control
 
-	KindWrite    Kind = 32 // data
-	KindAck      Kind = 33 // data
-	KindFlush    Kind = 34 // data
-	KindFlushAck Kind = 35 // data
+	KindWrite     Kind = 32 // data
+	KindAck       Kind = 33 // data
+	KindFlush     Kind = 34 // data
+	KindFlushAck  Kind = 35 // data
+	KindRead      Kind = 36 // data
+	KindReadReply Kind = 37 // data
 
 	KindResyncData      Kind = 48 // resync
 	KindResyncAck       Kind = 49 // resync
@@ -54,6 +56,8 @@ var kindNames = map[Kind]string{
 	KindAck:             "Ack",
 	KindFlush:           "Flush",
 	KindFlushAck:        "FlushAck",
+	KindRead:            "Read",
+	KindReadReply:       "ReadReply",
 	KindResyncData:      "ResyncData",
 	KindResyncAck:       "ResyncAck",
 	KindChecksumRequest: "ChecksumRequest",
@@ -85,7 +89,8 @@ type UUIDs struct {
 const (
 	// HeaderLen is the size of the frame header.
 	HeaderLen = 20
-	// MaxData is the largest Write.Data or ResyncData.Data.
+	// MaxData is the largest Write.Data, ResyncData.Data or ReadReply.Data,
+	// and the largest Read.Length.
 	MaxData = 32 << 20
 	// MaxPayload is the largest frame payload of any kind: MaxData plus the
 	// fixed fields of a Write.
@@ -242,7 +247,8 @@ const (
 	AckDone     uint8 = 2 // the Write is on disk (durable if it had FlagFUA)
 )
 
-// Error codes for Ack.Err, FlushAck.Err, ResyncAck.Err: Linux errno values.
+// Error codes for Ack.Err, FlushAck.Err, ResyncAck.Err, ReadReply.Err: Linux
+// errno values.
 const (
 	CodeOK      uint32 = 0
 	CodeIO      uint32 = 5  // EIO
@@ -267,6 +273,39 @@ type Flush struct{ Seq uint64 }
 type FlushAck struct {
 	Seq uint64
 	Err uint32
+}
+
+// Read asks the peer for Length bytes of its disk at Offset: a Primary whose
+// own disk failed to read them serves them from the peer. It travels on the
+// data stream, so the peer answers it (ReadReply, same Seq) only after every
+// Write received before it was applied. Length is 1..MaxData.
+type Read struct {
+	Seq    uint64
+	Offset uint64
+	Length uint32
+}
+
+// ReadReply answers the Read with the same Seq: Err CodeOK and exactly the
+// requested bytes in Data, or an error code (CodeIO, CodeInvalid, ...) and no
+// Data. Data is at most MaxData bytes; the frame format cannot tell whether
+// it is as long as the Read asked for, so the requester checks that.
+//
+// A ReadReply returned by Recv is freshly allocated, but its Data aliases the
+// stream's receive buffer like Write.Data: it is valid only until the next
+// Recv on that stream (use RecvOwned or Clone to keep it).
+type ReadReply struct {
+	Seq  uint64
+	Err  uint32
+	Data []byte
+}
+
+// Clone returns a copy of r whose Data does not alias r.Data.
+func (r *ReadReply) Clone() *ReadReply {
+	c := *r
+	if r.Data != nil {
+		c.Data = append([]byte(nil), r.Data...)
+	}
+	return &c
 }
 
 // ResyncData carries a block range from sync source to sync target. A
@@ -360,6 +399,8 @@ func (Write) Kind() Kind           { return KindWrite }
 func (Ack) Kind() Kind             { return KindAck }
 func (Flush) Kind() Kind           { return KindFlush }
 func (FlushAck) Kind() Kind        { return KindFlushAck }
+func (Read) Kind() Kind            { return KindRead }
+func (ReadReply) Kind() Kind       { return KindReadReply }
 func (ResyncData) Kind() Kind      { return KindResyncData }
 func (ResyncAck) Kind() Kind       { return KindResyncAck }
 func (ChecksumRequest) Kind() Kind { return KindChecksumRequest }

@@ -365,9 +365,10 @@ func (st *Stream) write(b []byte, timeout time.Duration) error {
 // *ResyncData, *ResyncAck - are owned by the Stream and, like the Data they
 // carry, valid only until the next Recv on this Stream: read the fields you
 // need (or copy the struct, or use RecvOwned or Clone) before calling Recv
-// again. Write.Data and ResyncData.Data alias the Stream's receive buffer.
-// Messages of every other kind (State, Bitmap, ChecksumReply, ...) are
-// freshly allocated and belong to the caller.
+// again. Write.Data, ResyncData.Data and ReadReply.Data alias the Stream's
+// receive buffer and are likewise valid only until the next Recv. Messages of
+// every other kind (State, Bitmap, ChecksumReply, Read, ReadReply, ...) are
+// freshly allocated and belong to the caller, apart from ReadReply.Data.
 //
 // Any error (malformed frame, bad checksum, unknown kind, oversize length,
 // transport failure, a handshake message after the handshake) closes the
@@ -387,8 +388,9 @@ func (st *Stream) Recv() (Message, error) {
 }
 
 // RecvOwned is Recv returning a message that belongs entirely to the
-// caller: the high-rate kinds are copied out of the Stream, with Write.Data
-// and ResyncData.Data in fresh slices. It allocates per frame.
+// caller: the high-rate kinds are copied out of the Stream, and Write.Data,
+// ResyncData.Data and ReadReply.Data are copied into fresh slices. It
+// allocates per frame.
 func (st *Stream) RecvOwned() (Message, error) {
 	m, err := st.Recv()
 	if err != nil {
@@ -398,6 +400,8 @@ func (st *Stream) RecvOwned() (Message, error) {
 	case *Write:
 		return v.Clone(), nil
 	case *ResyncData:
+		return v.Clone(), nil
+	case *ReadReply:
 		return v.Clone(), nil
 	case *Ack:
 		c := *v

@@ -265,6 +265,16 @@ func TestSendInvalidKeepsStream(t *testing.T) {
 	if err := st.Send(foreign{}); !errors.Is(err, ErrUnknownKind) {
 		t.Fatalf("got %v", err)
 	}
+	for _, m := range []Message{
+		&Read{Seq: 1},
+		Read{Seq: 1, Length: MaxData + 1},
+		&ReadReply{Seq: 1, Err: CodeIO, Data: []byte{1}},
+		&ReadReply{Seq: 1, Data: make([]byte, MaxData+1)},
+	} {
+		if err := st.Send(m); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("Send(%+v): got %v, want ErrInvalid", m.Kind(), err)
+		}
+	}
 	if err := st.Send(Ack{Seq: 1, Type: AckDone}); err != nil {
 		t.Fatal(err)
 	}
@@ -390,6 +400,58 @@ func TestRecvOwnedCopies(t *testing.T) {
 	}
 }
 
+// A Read is freshly allocated by Recv; a ReadReply too, but its Data
+// aliases the receive buffer until RecvOwned copies it.
+func TestRecvReadAndReadReply(t *testing.T) {
+	frames := framesOf(t,
+		&Read{Seq: 1, Offset: 512, Length: 4},
+		&ReadReply{Seq: 1, Data: []byte("aaaa")},
+		&ReadReply{Seq: 2, Data: []byte("bbbb")},
+		&ReadReply{Seq: 3, Err: CodeIO},
+		&Read{Seq: 4, Offset: 1024, Length: 8},
+		&ReadReply{Seq: 5, Data: []byte("cccc")},
+		&ReadReply{Seq: 6, Data: []byte("dddd")})
+	st := streamOver(frames)
+	r1, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr := m.(*ReadReply)
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if rr.Seq != 1 || string(rr.Data) != "bbbb" {
+		t.Fatalf("Recv: ReadReply %+v, want Seq 1 with Data aliasing the buffer", rr)
+	}
+	m, err = st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := m.(*ReadReply); e.Seq != 3 || e.Err != CodeIO || e.Data != nil {
+		t.Fatalf("error reply %+v", e)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if r := r1.(*Read); *r != (Read{Seq: 1, Offset: 512, Length: 4}) {
+		t.Fatalf("Read changed by later Recvs: %+v", r)
+	}
+	m, err = st.RecvOwned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.RecvOwned(); err != nil {
+		t.Fatal(err)
+	}
+	if rr := m.(*ReadReply); rr.Seq != 5 || string(rr.Data) != "cccc" {
+		t.Fatalf("RecvOwned: ReadReply %+v changed by the next Recv", rr)
+	}
+}
+
 func TestRecvErrors(t *testing.T) {
 	oversize := framesOf(t, &Write{Length: 1, Data: []byte{1}})
 	be.PutUint32(oversize[12:], writeFixed+MaxData+1)
@@ -503,6 +565,8 @@ func FuzzStreamRecv(f *testing.F) {
 	f.Add(framesOf(f, sampleMessages()...))
 	f.Add(framesOf(f, &Write{Seq: 1, Length: 3, Data: []byte("abc")}, &Ack{Seq: 1, Type: AckDone}))
 	f.Add([]byte("URBD\x01\x20\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00"))
+	f.Add(framesOf(f, &Read{Seq: 1, Length: 3}, &ReadReply{Seq: 1, Data: []byte("abc")}, &ReadReply{Seq: 2, Err: CodeIO}))
+	f.Add([]byte("URBD\x01\x25\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		st := streamOver(b)
 		for i := 0; ; i++ {
