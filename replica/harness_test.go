@@ -540,6 +540,10 @@ type testDisk struct {
 	failAt     atomic.Int64 // offset+1 of the next WriteAt to fail with errDiskFailed; 0 = none
 	fuaWrites  atomic.Int64 // WriteAt and WriteZeroes calls with fua set
 	failFlush  atomic.Bool  // the next Flush fails with errDiskFailed
+	badMu      sync.Mutex
+	badOff     int64        // guarded by badMu: reads touching [badOff, badOff+badLen) fail
+	badLen     int64        // guarded by badMu; 0 = no bad range
+	readErrors atomic.Int64 // ReadAt calls failed for the bad range
 	doneAtSync atomic.Int64 // writesDone when the last Flush started
 	writeGate  gate         // held: writes wait
 	flushGate  gate         // held: flushes wait
@@ -634,7 +638,38 @@ func (d *testDisk) holdFlushes() <-chan struct{} { return d.flushGate.hold() }
 // releaseFlushes lets held and later flushes through.
 func (d *testDisk) releaseFlushes() { d.flushGate.release() }
 
+// setBad makes reads touching [off, off+length) fail with errDiskFailed, as
+// from unreadable sectors, until a write covers the whole range (a disk
+// remaps bad sectors when they are written).
+func (d *testDisk) setBad(off, length int64) {
+	d.badMu.Lock()
+	d.badOff, d.badLen = off, length
+	d.badMu.Unlock()
+}
+
+func (d *testDisk) isBad() bool {
+	d.badMu.Lock()
+	defer d.badMu.Unlock()
+	return d.badLen > 0
+}
+
+func (d *testDisk) ReadAt(ctx context.Context, p []byte, off int64) error {
+	d.badMu.Lock()
+	bad := d.badLen > 0 && off < d.badOff+d.badLen && d.badOff < off+int64(len(p))
+	d.badMu.Unlock()
+	if bad {
+		d.readErrors.Add(1)
+		return fmt.Errorf("read at %d: %w", off, errDiskFailed)
+	}
+	return d.Backend.ReadAt(ctx, p, off)
+}
+
 func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.badMu.Lock()
+	if d.badLen > 0 && off <= d.badOff && d.badOff+d.badLen <= off+int64(len(p)) {
+		d.badLen = 0
+	}
+	d.badMu.Unlock()
 	if f := d.failAt.Load(); f == off+1 && d.failAt.CompareAndSwap(f, 0) {
 		return fmt.Errorf("write at %d: %w", off, errDiskFailed)
 	}

@@ -59,13 +59,14 @@ type Node struct {
 	rate   *resync.Limiter
 	nodeID uint64
 
-	mu         sync.Mutex
-	st         State // guarded by mu
-	uuids      UUIDs // guarded by mu; persisted in the store's Meta
-	wantConn   bool  // guarded by mu: false in StandAlone (disconnect, split brain)
-	discard    bool  // guarded by mu: --discard-my-data for the next connection
-	crashedPri bool  // guarded by mu: stopped uncleanly while Primary
-	recovered  bool  // guarded by mu: the bitmap holds activity-log extents recovered after a crash
+	mu           sync.Mutex
+	st           State     // guarded by mu
+	uuids        UUIDs     // guarded by mu; persisted in the store's Meta
+	wantConn     bool      // guarded by mu: false in StandAlone (disconnect, split brain)
+	discard      bool      // guarded by mu: --discard-my-data for the next connection
+	crashedPri   bool      // guarded by mu: stopped uncleanly while Primary
+	recovered    bool      // guarded by mu: the bitmap holds activity-log extents recovered after a crash
+	readErrEvent time.Time // guarded by mu: when a read error last ran the local-io-error handler
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
 	stateSent   func()

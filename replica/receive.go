@@ -137,6 +137,12 @@ func (s *session) dataLoop() error {
 			}
 		case *protocol.FlushAck:
 			s.complete(m.Seq, m.Err == protocol.CodeOK)
+		case *protocol.ReadReply:
+			return s.completeRead(m)
+		case *protocol.Read:
+			s.unacked.Add(1)
+			rd := *m
+			return s.enqueue(applyItem{seq: m.Seq, read: &rd})
 		case *protocol.Write:
 			return s.receiveWrite(m)
 		case *protocol.Flush:
@@ -167,8 +173,9 @@ const inlineApply = 64 << 10
 // applyItem is one replicated write, or a flush, waiting in the apply queue.
 type applyItem struct {
 	seq     uint64
-	flush   bool          // a Flush: fdatasync once every earlier write is applied
-	barrier chan struct{} // closed when reached: every earlier item is answered
+	flush   bool           // a Flush: fdatasync once every earlier write is applied
+	barrier chan struct{}  // closed when reached: every earlier item is answered
+	read    *protocol.Read // a Read: answer it with this disk's data
 	w       protocol.Write
 	buf     *[]byte // w.Data's pooled buffer, or nil
 }
@@ -273,6 +280,13 @@ func (s *session) applyLoop() error {
 				return err
 			}
 			close(it.barrier)
+		case it.read != nil:
+			if err := sendAcks(); err != nil {
+				return err
+			}
+			if err := s.answerRead(it.read); err != nil {
+				return err
+			}
 		case it.flush:
 			if err := sendAcks(); err != nil {
 				return err
@@ -312,6 +326,34 @@ func (s *session) applyLoop() error {
 			ahead = false
 		}
 	}
+}
+
+// answerRead reads a range for the peer, a Primary whose own disk failed to
+// read it, and sends it back. It runs in the apply loop, so every write
+// received before the Read is on the disk. Only a disk that holds the data
+// the Primary wrote answers: this node UpToDate, not Primary, and none of the
+// range out of sync; otherwise, or if the read fails, it answers CodeIO.
+func (s *session) answerRead(rd *protocol.Read) error {
+	n := s.n
+	reply := protocol.ReadReply{Seq: rd.Seq, Err: protocol.CodeIO}
+	off, length := int64(rd.Offset), int64(rd.Length)
+	st := n.State()
+	switch {
+	case off < 0 || length <= 0 || off+length > n.disk.Size():
+		reply.Err = protocol.CodeInvalid
+	case st.Role == Primary || st.Disk != UpToDate || n.store.Bitmap().IsSet(off, length):
+	default:
+		buf := bufpool.Get(int(length))
+		defer bufpool.Put(buf)
+		if err := n.disk.ReadAt(s.ctx, *buf, off); err != nil {
+			n.log.Error("reading for the peer failed", "offset", off, "length", length, "err", err)
+			break
+		}
+		n.stats.diskRead.Add(uint64(length))
+		reply.Err, reply.Data = protocol.CodeOK, *buf
+	}
+	s.unacked.Add(-1)
+	return s.ps.Data().Send(&reply)
 }
 
 // flushThenAck runs an fdatasync in its own goroutine and then sends the

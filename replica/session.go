@@ -61,18 +61,25 @@ type session struct {
 	finished chan struct{}  // closed after cleanup, when every goroutine returned
 }
 
-// request is one write or flush sent to the peer.
+// request is one write, flush or read sent to the peer.
 type request struct {
 	s           *session
 	seq         uint64
 	off, length int64
 	flush, fua  bool
+	read        bool          // a Read: the peer's data lands in dst
+	dst         []byte        // a read's destination; written before done is closed
 	sent        chan struct{} // handed to the socket; protocol A writes only, else nil
 	received    chan struct{} // the peer has it; protocol B writes only, else nil
 	done        chan struct{} // the peer wrote it (protocol C), or it failed
 	ok          bool          // set before done is closed
 	recvOnce    sync.Once
 }
+
+// isWrite reports whether r is a replicated write (not a flush or a read):
+// only writes hold an activity-log reference, count as pending at the peer,
+// and are marked out of sync when they fail.
+func (r *request) isWrite() bool { return !r.flush && !r.read }
 
 func newSession(n *Node, ps *protocol.Session) *session {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -153,6 +160,46 @@ func (s *session) sendFlush() *request {
 	return r
 }
 
+// sendRead asks the peer for len(dst) bytes at off, or returns nil when the
+// session is not replicating. The Read follows every write sent before it on
+// the data stream, and the peer applies in stream order, so the answer holds
+// every write this node sent before.
+func (s *session) sendRead(off int64, dst []byte) *request {
+	r := newRequest(s, 'C')
+	r.read, r.off, r.length, r.dst = true, off, int64(len(dst)), dst
+	if !s.send(r, func(seq uint64) protocol.Message {
+		return &protocol.Read{Seq: seq, Offset: uint64(off), Length: uint32(len(dst))}
+	}) {
+		return nil
+	}
+	return r
+}
+
+// completeRead finishes a pending read with the peer's answer: its data is
+// copied into the read's destination, which must be exactly as long.
+func (s *session) completeRead(m *protocol.ReadReply) error {
+	s.mu.Lock()
+	r := s.pending[m.Seq]
+	if r == nil {
+		s.mu.Unlock()
+		return nil // failed already: the session is closing
+	}
+	if !r.read {
+		s.mu.Unlock()
+		return fmt.Errorf("replica: peer answered request %d, not a read, with a ReadReply", m.Seq)
+	}
+	delete(s.pending, m.Seq)
+	s.mu.Unlock()
+	ok := m.Err == protocol.CodeOK && len(m.Data) == len(r.dst)
+	if ok {
+		copy(r.dst, m.Data)
+	} else if m.Err == protocol.CodeOK {
+		s.n.log.Error("the peer answered a read with the wrong length", "want", len(r.dst), "got", len(m.Data))
+	}
+	s.finish(r, ok)
+	return nil
+}
+
 // handOff waits until every frame sent so far has been handed to the
 // transport. A caller about to block in fdatasync calls it first, so that the
 // peer's flush runs while the local one does: the frame's writer is another
@@ -197,7 +244,7 @@ func (s *session) send(r *request, msg func(seq uint64) protocol.Message) bool {
 	r.seq = s.seq
 	s.pending[r.seq] = r
 	s.mu.Unlock()
-	if !r.flush {
+	if r.isWrite() {
 		s.n.stats.peerPending.Add(1)
 	}
 	err := s.ps.Data().Send(msg(r.seq))
@@ -226,6 +273,9 @@ func (s *session) complete(seq uint64, ok bool) {
 		return
 	}
 	delete(s.pending, seq)
+	if r.read {
+		ok = false // a read is answered by a ReadReply, never an Ack
+	}
 	var lost []tlEntry
 	switch {
 	case r.flush && ok:
@@ -233,7 +283,7 @@ func (s *session) complete(seq uint64, ok bool) {
 	case r.flush:
 		lost = s.tlog.flushFailed(seq)
 	}
-	if !r.flush && ok && !r.fua {
+	if r.isWrite() && ok && !r.fua {
 		s.tlog.add(r.seq, r.off, r.length)
 	}
 	s.mu.Unlock()
@@ -270,7 +320,7 @@ func (s *session) flushPeer() {
 }
 
 func (s *session) finish(r *request, ok bool) {
-	if !r.flush {
+	if r.isWrite() {
 		if !ok {
 			s.n.store.MarkOutOfSync(r.off, r.length)
 		}
@@ -316,7 +366,7 @@ func (s *session) close(err error) {
 		s.n.store.MarkOutOfSync(e.off, e.length)
 	}
 	for _, r := range pend {
-		if !r.flush {
+		if r.isWrite() {
 			s.n.store.MarkOutOfSync(r.off, r.length)
 		}
 	}

@@ -15,17 +15,6 @@ var _ nbd.Backend = (*Node)(nil)
 // Size is the size of the replicated disk.
 func (n *Node) Size() int64 { return n.disk.Size() }
 
-// ReadAt reads from the local disk: a Primary is always UpToDate (or forced).
-func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
-	start := n.clock.Now()
-	n.stats.localPending.Add(1)
-	err := n.disk.ReadAt(ctx, p, off)
-	n.stats.localPending.Add(-1)
-	n.stats.diskRead.Add(uint64(len(p)))
-	n.observe("read", false, len(p), start)
-	return err
-}
-
 // WriteAt replicates a write; see writeOp.
 func (n *Node) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	var flags uint32

@@ -1,0 +1,100 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// readErrorEventEvery bounds how often a run of local read errors served by
+// the peer runs the local-io-error handler: a failing disk can fail every
+// read, and one handler run per read helps no one.
+const readErrorEventEvery = time.Minute
+
+// ReadAt reads from the local disk: a Primary is always UpToDate (or forced).
+// When the local disk fails the read and the peer holds the same data, the
+// read is served from the peer instead (readFromPeer), as a mirror serves a
+// bad sector from the other disk; otherwise the local error is returned.
+func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
+	start := n.clock.Now()
+	n.stats.localPending.Add(1)
+	err := n.disk.ReadAt(ctx, p, off)
+	n.stats.localPending.Add(-1)
+	n.stats.diskRead.Add(uint64(len(p)))
+	n.observe("read", false, len(p), start)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	start = n.clock.Now()
+	if perr := n.readFromPeer(ctx, p, off); perr != nil {
+		n.log.Error("local read failed and the peer cannot serve it", "offset", off, "length", len(p), "err", err, "peer", perr)
+		return err
+	}
+	n.observe("read", true, len(p), start)
+	n.readErrorServed(off, len(p), err)
+	return nil
+}
+
+// errPeerCannotServe says why a read the local disk failed cannot come from
+// the peer.
+var errPeerCannotServe = errors.New("the peer cannot serve it")
+
+// readFromPeer reads p at off from the peer, when the peer's copy of the
+// range is the one this node's disk should hold: the nodes are connected
+// with no resync running (an online verify may), the peer's disk is
+// UpToDate and no block of the range is out of sync, before and after the
+// read. It holds the range lock, so no write or resync copy of the range
+// runs meanwhile, and writes the data back to the local disk, which makes a
+// disk remap a bad sector; a failed write-back is only logged (the peer
+// still has the data, and the next read of the range comes here again).
+func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
+	length := int64(len(p))
+	s := n.session()
+	st := n.State()
+	switch {
+	case s == nil || !st.Conn.Connected() || st.Conn == SyncSource || st.Conn == SyncTarget:
+		return fmt.Errorf("%w: %s", errPeerCannotServe, st.Conn)
+	case st.PeerDisk != UpToDate:
+		return fmt.Errorf("%w: its disk is %s", errPeerCannotServe, st.PeerDisk)
+	case n.store.Bitmap().IsSet(off, length):
+		return fmt.Errorf("%w: the range is out of sync", errPeerCannotServe)
+	}
+	unlock, err := n.rl.lock(ctx, off, length)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r := s.sendRead(off, p)
+	if r == nil || !r.wait(ctx, 'C') {
+		return fmt.Errorf("%w: it did not answer", errPeerCannotServe)
+	}
+	// A write the peer failed while the Read was on its way is marked (its
+	// answer came first): the peer's data for it is not ours.
+	if n.store.Bitmap().IsSet(off, length) {
+		return fmt.Errorf("%w: the range went out of sync", errPeerCannotServe)
+	}
+	n.stats.netRecv.Add(uint64(length))
+	if werr := n.disk.WriteAt(ctx, p, off, false); werr != nil {
+		n.log.Error("writing back a range read from the peer failed", "offset", off, "length", length, "err", werr)
+	}
+	return nil
+}
+
+// readErrorServed reports a local read error the peer covered: always in
+// the log, and through the local-io-error handler at most once a
+// readErrorEventEvery.
+func (n *Node) readErrorServed(off int64, length int, cause error) {
+	reason := fmt.Sprintf("local disk error reading %d bytes at %d: %v; served from the peer", length, off, cause)
+	n.log.Error(reason)
+	now := n.clock.Now()
+	n.mu.Lock()
+	due := n.readErrEvent.IsZero() || now.Sub(n.readErrEvent) >= readErrorEventEvery
+	if due {
+		n.readErrEvent = now
+	}
+	n.mu.Unlock()
+	if due {
+		n.event("local-io-error", map[string]string{"URBD_REASON": reason})
+	}
+}

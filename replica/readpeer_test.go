@@ -1,0 +1,141 @@
+package replica_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/urbd/urbd/protocol"
+	"github.com/urbd/urbd/replica"
+	"github.com/urbd/urbd/status"
+)
+
+// readAt reads through the node (as the NBD server does for a client).
+func (x *tnode) readAt(off int64, n int) ([]byte, error) {
+	p := make([]byte, n)
+	err := x.node.ReadAt(context.Background(), p, off)
+	return p, err
+}
+
+// TestScenarioReadErrorServedFromPeer: a block the Primary's disk cannot read
+// is read from the connected, UpToDate peer, as a mirror serves a bad sector
+// from its other half; the data is written back, so the next read is local
+// again; the local-io-error handler is told. Reads around the bad block and
+// one spanning it are served too.
+func TestScenarioReadErrorServedFromPeer(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	data := pattern("on both disks", 8*hBlock)
+	a.write(16*hBlock, data)
+	a.disk.setBad(19*hBlock, hBlock)
+
+	got, err := a.readAt(19*hBlock, hBlock)
+	if err != nil {
+		t.Fatalf("reading the bad block: %v", err)
+	}
+	if !bytes.Equal(got, data[3*hBlock:4*hBlock]) {
+		t.Fatal("the bad block read from the peer holds the wrong data")
+	}
+	if a.disk.readErrors.Load() != 1 {
+		t.Fatalf("%d local read errors, want 1", a.disk.readErrors.Load())
+	}
+	if a.disk.isBad() {
+		t.Fatal("the block read from the peer was not written back")
+	}
+	a.waitEvent("local-io-error")
+
+	// Written back: the whole range reads locally now.
+	got, err = a.readAt(16*hBlock, 8*hBlock)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("reading the range after the repair: %v (equal %v)", err, bytes.Equal(got, data))
+	}
+	if a.disk.readErrors.Load() != 1 {
+		t.Fatal("the repaired block failed again")
+	}
+
+	// A read spanning a bad block is served whole.
+	a.disk.setBad(21*hBlock, hBlock)
+	got, err = a.readAt(20*hBlock, 3*hBlock)
+	if err != nil || !bytes.Equal(got, data[4*hBlock:7*hBlock]) {
+		t.Fatalf("a read spanning a bad block: %v", err)
+	}
+	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioReadErrorNotServedWhenPeerDiffers: the peer serves a read only
+// when its copy is the one the Primary's disk should hold. Without a
+// connection, and when the peer's own bitmap marks the range (its data may
+// be stale), the Primary's read error reaches the client.
+func TestScenarioReadErrorNotServedWhenPeerDiffers(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(4*hBlock, pattern("x", hBlock))
+	a.disk.setBad(4*hBlock, hBlock)
+
+	b.node.MarkOutOfSync(4*hBlock, hBlock)
+	if _, err := a.readAt(4*hBlock, hBlock); !errors.Is(err, errDiskFailed) {
+		t.Fatalf("read of a block the peer has marked: %v, want the local error", err)
+	}
+	if !a.disk.isBad() {
+		t.Fatal("the block was written back from a peer that refused it")
+	}
+	if c := a.node.State().Conn; c != replica.Connected {
+		t.Fatalf("the refused read cost the connection: %v", c)
+	}
+
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	if _, err := a.readAt(4*hBlock, hBlock); !errors.Is(err, errDiskFailed) {
+		t.Fatalf("read without a peer: %v, want the local error", err)
+	}
+}
+
+// TestScenarioReadFromPeerSeesEarlierWrites: with protocol A a write is
+// answered before the peer applied it; a read served from the peer right
+// after must still return that write, not what the peer's disk held before
+// (the Read follows the write on the data stream and in the peer's apply
+// order).
+func TestScenarioReadFromPeerSeesEarlierWrites(t *testing.T) {
+	o := nodeOpts{protocol: 'A'}
+	a, b := cleanPair(t, o, o)
+	a.write(8*hBlock, pattern("old", hBlock))
+	b.waitFor("the old data applied", func() bool { return bytes.Equal(b.read(8*hBlock, hBlock), pattern("old", hBlock)) })
+
+	b.disk.holdWrites()
+	newer := pattern("newer, answered before the peer wrote it", hBlock)
+	a.write(8*hBlock, newer)
+	a.disk.setBad(8*hBlock, hBlock)
+	type result struct {
+		p   []byte
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		p, err := a.readAt(8*hBlock, hBlock)
+		res <- result{p, err}
+	}()
+	select {
+	case r := <-res:
+		t.Fatalf("the read returned (%v) while the peer had not applied the write before it", r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	b.disk.releaseWrites()
+	r := <-res
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !bytes.Equal(r.p, newer) {
+		t.Fatal("the read from the peer returned data older than a write answered before it")
+	}
+	inSyncAndEqual(t, a, b)
+}
+
+// TestStatusShowsProtocolVersion: the status file's first line names the
+// peer protocol version the node speaks.
+func TestStatusShowsProtocolVersion(t *testing.T) {
+	if status.ProtoVersion != protocol.Version {
+		t.Fatalf("status shows proto:%d, the peer protocol is version %d", status.ProtoVersion, protocol.Version)
+	}
+}
