@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// failingDisk makes a disk file of size bytes whose reads fail with EIO
+// while the file trigger exists, and whose writes always work: nbdkit's file
+// plugin behind its error filter, exposed as a file by nbdfuse (which does
+// not cache, so every read reaches the filter). backing is the file nbdkit
+// serves. Both processes stop at the end of the test, after everything
+// started later.
+func failingDisk(t *testing.T, size int64) (disk, backing, trigger string) {
+	t.Helper()
+	requireCmds(t, "nbdkit", "nbdfuse", "fusermount3")
+	dir := shortTempDir(t)
+	backing = filepath.Join(dir, "backing.img")
+	trigger = filepath.Join(dir, "fail-reads")
+	sock := filepath.Join(dir, "kit.sock")
+	mnt := filepath.Join(dir, "fuse")
+	must(t, os.MkdirAll(mnt, 0o755))
+	makeSparseFile(t, backing, size)
+	kit := startDaemon(t, "nbdkit", "--foreground", "--unix", sock, "--filter=error", "file", "file="+backing,
+		"error-pread=EIO", "error-pread-rate=100%", "error-pread-file="+trigger)
+	waitForSocket(t, sock, kit, 10*time.Second)
+	fuse := startDaemon(t, "nbdfuse", mnt, "--unix", sock)
+	t.Cleanup(func() { _, _ = tryCmd(20*time.Second, "fusermount3", "-u", mnt) })
+	disk = filepath.Join(mnt, "nbd")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if fi, err := os.Stat(disk); err == nil && fi.Size() == size {
+			return disk, backing, trigger
+		}
+		if fuse.exited() || time.Now().After(deadline) {
+			t.Fatalf("nbdfuse did not expose %s:\n%s", disk, fuse.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestPrimaryReadErrorsServedFromPeer: a Primary whose disk fails every read
+// goes on serving correct data, from its UpToDate peer, as a mirror serves a
+// bad disk's sectors from the other half: fio writes through the Primary,
+// the disk's reads start failing, and every block fio reads back to verify
+// checks out; the
+// local-io-error handler names the error once. The ranges written back on
+// the Primary leave both disks the same. Without the peer, the same reads fail
+// with EIO, as the disk's own error.
+func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
+	requireRoot(t)
+	disk, backing, trigger := failingDisk(t, 64<<20)
+	c := newCluster(t, clusterOpts{})
+	c.a.disk = disk
+	events := filepath.Join(c.dir, "events")
+	c.a.start("--handler", fmt.Sprintf(`local-io-error=echo "$URBD_EVENT $URBD_REASON" >> %s`, events))
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+
+	job := []string{"--rw=randwrite", "--bs=16k", "--size=16M", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1"}
+	runFio(t, c.a.uri(), append(job, "--do_verify=0")...)
+	// Out of the page cache, so that the reads reach the failing disk.
+	runCmd(t, time.Minute, "sync", disk)
+	runCmd(t, time.Minute, "dd", "if="+disk, "iflag=nocache", "count=0", "status=none")
+	must(t, writeFile(trigger, ""))
+	runFio(t, c.a.uri(), append(job, "--verify_only")...)
+	st := c.a.status()
+	if st.Role != "Primary" || st.ConnState != "Connected" || st.DiskState != "UpToDate" || st.OutOfSyncKiB != 0 {
+		t.Errorf("the Primary after serving its reads from the peer: %+v", st)
+	}
+	got, _ := os.ReadFile(events)
+	if n := strings.Count(string(got), "local-io-error"); n != 1 || !strings.Contains(string(got), "served from the peer") {
+		t.Errorf("local-io-error handler ran %d times, want once naming the peer; events file:\n%s", n, got)
+	}
+
+	// The data read from the peer was written back on the Primary; with
+	// reads working again, both disks are still the same.
+	must(t, os.Remove(trigger))
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, backing, c.b.disk)
+
+	c.a.start()
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	c.b.ctl("disconnect", "r0")
+	c.a.waitFor("peer gone", 30*time.Second, func(s statusT) bool { return s.ConnState != "Connected" })
+	must(t, writeFile(trigger, ""))
+	out, err := runFioErr(c.a.uri(), "--rw=read", "--bs=16k", "--size=1M")
+	if err == nil || !strings.Contains(out, "Input/output error") {
+		t.Errorf("reads of a failing disk without a peer: %v, want EIO:\n%s", err, out)
+	}
+}
