@@ -488,6 +488,10 @@ func (n *Node) sessionEnded(s *session, err error) {
 		n.uuids = n.uuids.NewCurrent(randomID())
 	}
 	reason := "peer connection lost: " + err.Error()
+	var stop *localStop
+	if errors.As(err, &stop) {
+		reason = stop.reason
+	}
 	n.setStateLocked(reason, func(st *State) {
 		if n.wantConn {
 			st.Conn = WFConnection

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -138,4 +139,44 @@ func TestStatusShowsProtocolVersion(t *testing.T) {
 	if status.ProtoVersion != protocol.Version {
 		t.Fatalf("status shows proto:%d, the peer protocol is version %d", status.ProtoVersion, protocol.Version)
 	}
+}
+
+// TestScenarioResyncSourceReadErrorStops: a SyncSource whose disk cannot
+// read a block it must copy stops the resync and goes StandAlone, naming the
+// error, instead of reconnecting and failing at the same block forever:
+// nothing else holds that block's data. The local-io-error handler runs.
+// Once the disk reads again, connect finishes the resync.
+func TestScenarioResyncSourceReadErrorStops(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	a.write(0, pattern("written while apart", 64*hBlock))
+	a.disk.setBad(40*hBlock, hBlock)
+	reconnect(t, b)
+
+	st := a.waitState("a StandAlone after its resync read failed", func(s replica.State) bool { return s.Conn == replica.StandAlone })
+	if !strings.Contains(st.Reason, "local disk error") || !strings.Contains(st.Reason, errDiskFailed.Error()) {
+		t.Fatalf("the source's reason does not name the read error: %q", st.Reason)
+	}
+	if st.Disk != replica.UpToDate || st.Role != replica.Primary {
+		t.Fatalf("the source after its read error: %+v, want an UpToDate Primary", st)
+	}
+	a.waitEvent("local-io-error")
+	reads := a.disk.readErrors.Load()
+	time.Sleep(500 * time.Millisecond) // room for a reconnect that should not come
+	if c := a.node.State().Conn; c != replica.StandAlone {
+		t.Fatalf("a is %v: it reconnected without the operator", c)
+	}
+	if a.disk.readErrors.Load() != reads {
+		t.Fatal("the source read the bad block again without the operator")
+	}
+	if bs := b.node.State(); bs.Disk == replica.UpToDate {
+		t.Fatalf("the target is UpToDate without the block the source could not read: %+v", bs)
+	}
+
+	a.disk.setBad(0, 0)
+	reconnect(t, a)
+	inSyncAndEqual(t, a, b)
 }

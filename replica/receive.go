@@ -464,11 +464,17 @@ func (s *session) diskFailed(what string, err error, standAlone bool) {
 	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
 	if standAlone {
 		s.ps.Control().Flush() // the state above, before the hang-up
-		s.close(errors.New(reason))
+		s.close(&localStop{reason: reason})
 		return
 	}
 	n.kickSync()
 }
+
+// localStop is why a node ended a session itself, because of its own disk:
+// the status shows it as the reason, not as a lost peer.
+type localStop struct{ reason string }
+
+func (e *localStop) Error() string { return e.reason }
 
 func errCode(err error) uint32 {
 	if err == nil {

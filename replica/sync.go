@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -84,7 +85,11 @@ func (n *Node) runSyncSource(s *session) error {
 				defer func() { <-sem }()
 				if err := n.copyRange(s, off, length); err != nil {
 					fail(err)
-					s.close(err)
+					if errors.Is(err, errSourceRead) {
+						s.sourceReadFailed(err)
+					} else {
+						s.close(err)
+					}
 					return
 				}
 				prog.Done(length)
@@ -145,6 +150,27 @@ func (r *readAhead) advance(pos int64) {
 	}
 }
 
+// errSourceRead marks a resync copy that failed because this node's own disk
+// could not read the blocks, not because the session broke.
+var errSourceRead = errors.New("reading")
+
+// sourceReadFailed stops a resync whose source cannot read its own disk.
+// Nothing else holds those blocks, so a new resync would fail at the same
+// place, forever: the node goes StandAlone, with the error as its reason,
+// until the operator has repaired the disk and connects again. Its disk stays
+// UpToDate (it lacks nothing written to it); the peer stays Inconsistent, so
+// it cannot be promoted. The local-io-error handler runs.
+func (s *session) sourceReadFailed(err error) {
+	n := s.n
+	reason := fmt.Sprintf("local disk error during the resync, %v; repair the disk (rewrite or restore those blocks), then run urbd connect", err)
+	n.mu.Lock()
+	n.wantConn = false
+	n.mu.Unlock()
+	n.log.Error(reason)
+	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
+	s.close(&localStop{reason: reason})
+}
+
 // copyRange sends one run of blocks to the sync target and marks it in sync
 // once the target wrote it. In checksum mode (after a crash, when most
 // marked blocks are probably equal) it first asks the target for the
@@ -159,7 +185,10 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:length] // length <= syncChunk: NextDirty's limit
 	if err := n.disk.ReadAt(s.ctx, buf, off); err != nil {
-		return fmt.Errorf("replica: resync read at %d+%d: %w", off, length, err)
+		if s.ctx.Err() != nil {
+			return err // the session is ending, not the disk
+		}
+		return fmt.Errorf("%w %d bytes at %d: %w", errSourceRead, length, off, err)
 	}
 	n.stats.diskRead.Add(uint64(length))
 	if !s.csumResync {
