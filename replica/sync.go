@@ -504,7 +504,11 @@ func (n *Node) Verify() error {
 		n.progress = nil
 		n.verify = nil
 		if n.sess == s && n.st.Conn == VerifyS {
-			n.setStateLocked(fmt.Sprintf("online verify finished: %d blocks differ", diff), func(st *State) { st.Conn = Connected })
+			reason := fmt.Sprintf("online verify finished: %d blocks differ", diff)
+			if err != nil {
+				reason = fmt.Sprintf("online verify stopped after %d differing blocks: %v", diff, err)
+			}
+			n.setStateLocked(reason, func(st *State) { st.Conn = Connected })
 		}
 		n.mu.Unlock()
 		if err != nil {

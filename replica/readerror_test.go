@@ -180,3 +180,18 @@ func TestScenarioResyncSourceReadErrorStops(t *testing.T) {
 	reconnect(t, a)
 	inSyncAndEqual(t, a, b)
 }
+
+// TestScenarioVerifyReadErrorIsReported: an online verify whose local read
+// fails stops, and the status says so with the error (not "finished"); the
+// nodes stay Connected.
+func TestScenarioVerifyReadErrorIsReported(t *testing.T) {
+	a, _ := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.disk.setBad(3*hBlock, hBlock)
+	if err := a.node.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	st := a.waitState("verify over", func(s replica.State) bool { return s.Conn == replica.Connected })
+	if !strings.Contains(st.Reason, "online verify stopped") || !strings.Contains(st.Reason, errDiskFailed.Error()) {
+		t.Fatalf("reason after a verify whose read failed: %q", st.Reason)
+	}
+}
