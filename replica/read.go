@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/urbd/urbd/protocol"
 )
 
 // readErrorEventEvery bounds how often a run of local read errors served by
@@ -59,6 +61,8 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 		return fmt.Errorf("%w: its disk is %s", errPeerCannotServe, st.PeerDisk)
 	case n.store.Bitmap().IsSet(off, length):
 		return fmt.Errorf("%w: the range is out of sync", errPeerCannotServe)
+	case length > protocol.MaxData:
+		return fmt.Errorf("%w: %d bytes is more than one Read carries", errPeerCannotServe, length)
 	}
 	unlock, err := n.rl.lock(ctx, off, length)
 	if err != nil {
