@@ -69,10 +69,11 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 		return err
 	}
 	defer unlock()
-	r := s.sendRead(off, p)
+	r := s.sendRead(off, length)
 	if r == nil || !r.wait(ctx, 'C') {
 		return fmt.Errorf("%w: it did not answer", errPeerCannotServe)
 	}
+	copy(p, r.dst)
 	// A write the peer failed while the Read was on its way is marked (its
 	// answer came first): the peer's data for it is not ours.
 	if n.store.Bitmap().IsSet(off, length) {

@@ -140,6 +140,11 @@ func (s *session) dataLoop() error {
 		case *protocol.ReadReply:
 			return s.completeRead(m)
 		case *protocol.Read:
+			select { // answered like the writes, once this side decided
+			case <-s.ready:
+			case <-s.ctx.Done():
+				return s.ctx.Err()
+			}
 			s.unacked.Add(1)
 			rd := *m
 			return s.enqueue(applyItem{seq: m.Seq, read: &rd})

@@ -68,7 +68,7 @@ type request struct {
 	off, length int64
 	flush, fua  bool
 	read        bool          // a Read: the peer's data lands in dst
-	dst         []byte        // a read's destination; written before done is closed
+	dst         []byte        // a read's own buffer; filled before done is closed
 	sent        chan struct{} // handed to the socket; protocol A writes only, else nil
 	received    chan struct{} // the peer has it; protocol B writes only, else nil
 	done        chan struct{} // the peer wrote it (protocol C), or it failed
@@ -160,15 +160,17 @@ func (s *session) sendFlush() *request {
 	return r
 }
 
-// sendRead asks the peer for len(dst) bytes at off, or returns nil when the
-// session is not replicating. The Read follows every write sent before it on
-// the data stream, and the peer applies in stream order, so the answer holds
-// every write this node sent before.
-func (s *session) sendRead(off int64, dst []byte) *request {
+// sendRead asks the peer for length bytes at off, or returns nil when the
+// session is not replicating. The answer lands in the request's own buffer
+// (r.dst), never in the caller's, which a caller that stopped waiting may
+// already reuse. The Read follows every write sent before it on the data
+// stream, and the peer applies in stream order, so the answer holds every
+// write this node sent before.
+func (s *session) sendRead(off, length int64) *request {
 	r := newRequest(s, 'C')
-	r.read, r.off, r.length, r.dst = true, off, int64(len(dst)), dst
+	r.read, r.off, r.length, r.dst = true, off, length, make([]byte, length)
 	if !s.send(r, func(seq uint64) protocol.Message {
-		return &protocol.Read{Seq: seq, Offset: uint64(off), Length: uint32(len(dst))}
+		return &protocol.Read{Seq: seq, Offset: uint64(off), Length: uint32(length)}
 	}) {
 		return nil
 	}
