@@ -182,6 +182,7 @@ func (x *tnode) start() {
 	_, statErr := os.Stat(filepath.Join(x.metaDir, bitmap.MetaFile))
 	fresh := errors.Is(statErr, os.ErrNotExist)
 	x.metaFS.FS = bitmap.OSFS()
+	x.metaFS.dead.Store(false)
 	disk := &testDisk{Backend: f, volatile: x.opts.volatile}
 	store, err := bitmap.Open(x.metaDir, bitmap.Options{
 		Size: f.Size(), BitmapBlock: hBlock, FS: &x.metaFS,
@@ -514,17 +515,37 @@ func (g *gate) pass(ctx context.Context) error {
 }
 
 // gatedFS is the real file system for metadata; while its al gate is held,
-// activity-log writes wait.
+// activity-log writes wait. Once dead (the machine crashed, crashAs), every
+// change fails, as the disk's do: what the node writes after the crash
+// instant never reaches the metadata the next start finds.
 type gatedFS struct {
 	bitmap.FS
-	al gate
+	al   gate
+	dead atomic.Bool
 }
 
 func (g *gatedFS) WriteFileAtomic(path string, data []byte) error {
 	if filepath.Base(path) == bitmap.ALFile {
 		_ = g.al.pass(context.Background())
 	}
+	if g.dead.Load() {
+		return fmt.Errorf("writing %s after the crash: %w", filepath.Base(path), errDiskFailed)
+	}
 	return g.FS.WriteFileAtomic(path, data)
+}
+
+func (g *gatedFS) MkdirAll(dir string) error {
+	if g.dead.Load() {
+		return fmt.Errorf("creating %s after the crash: %w", dir, errDiskFailed)
+	}
+	return g.FS.MkdirAll(dir)
+}
+
+func (g *gatedFS) Remove(path string) error {
+	if g.dead.Load() {
+		return fmt.Errorf("removing %s after the crash: %w", filepath.Base(path), errDiskFailed)
+	}
+	return g.FS.Remove(path)
 }
 
 // testDisk wraps the file backend: it counts Flush calls and the most that
@@ -808,6 +829,7 @@ func (x *tnode) crashAs(powerCut bool) {
 	t := x.t
 	t.Helper()
 	x.disk.dead.Store(true)
+	x.metaFS.dead.Store(true)
 	disk := x.image()
 	if powerCut {
 		x.disk.revertUnflushed(disk)
