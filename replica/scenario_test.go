@@ -2041,3 +2041,29 @@ func TestScenarioBothNodesDecideFromTheStatesExchanged(t *testing.T) {
 		t.Fatal("the block only the lower id changed did not reach the other node")
 	}
 }
+
+// TestScenarioResyncSourceCopiesOnlyDurableData: a resync source must not
+// hand the target data its own disk may still lose. Here the Secondary b has
+// a write in its page cache only (nobody flushed); the Primary a loses power
+// and with it that write; b is promoted and resyncs a from its page cache,
+// and a makes the copy durable. If b's machine then lost power, b would lose
+// the write a now keeps, and nothing would mark the block: b wrote it as a
+// Secondary (its activity log never held it) and the resync cleared the
+// bits. So the source syncs its disk before it copies or compares anything.
+func TestScenarioResyncSourceCopiesOnlyDurableData(t *testing.T) {
+	o := nodeOpts{volatile: true}
+	a, b := cleanPair(t, o, o)
+	a.write(5*hBlock, pattern("answered, never flushed", hBlock))
+	a.powerLoss()
+	b.waitConn(replica.WFConnection)
+	if err := b.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	inSyncAndEqual(t, a, b)
+
+	b.powerLoss()
+	a.waitConn(replica.WFConnection)
+	b.start()
+	inSyncAndEqual(t, a, b)
+}

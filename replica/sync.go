@@ -36,6 +36,20 @@ func (n *Node) runSyncSource(s *session) error {
 		return err
 	}
 	n.log.Info("resync started", "direction", "SyncSource", "bytes", bm.DirtyBytes(), "by_checksum", s.csumResync)
+	// Copy only what this disk keeps. Data in its page cache only (writes
+	// it applied as a Secondary, which its activity log never held) would
+	// become durable on the target and be lost here by a power cut, with
+	// the bits cleared on both sides and nothing left to mark the blocks.
+	// Writes that arrive from now on are in the activity log, or there is
+	// no Primary to write.
+	if err := n.disk.Flush(s.ctx); err != nil {
+		if s.ctx.Err() != nil {
+			return err
+		}
+		err = fmt.Errorf("flushing before the copies: %w", err)
+		s.sourceDiskFailed(err)
+		return err
+	}
 
 	sem := make(chan struct{}, syncWindow)
 	var wg sync.WaitGroup
@@ -86,7 +100,7 @@ func (n *Node) runSyncSource(s *session) error {
 				if err := n.copyRange(s, off, length); err != nil {
 					fail(err)
 					if errors.Is(err, errSourceRead) {
-						s.sourceReadFailed(err)
+						s.sourceDiskFailed(err)
 					} else {
 						s.close(err)
 					}
@@ -154,13 +168,13 @@ func (r *readAhead) advance(pos int64) {
 // could not read the blocks, not because the session broke.
 var errSourceRead = errors.New("reading")
 
-// sourceReadFailed stops a resync whose source cannot read its own disk.
-// Nothing else holds those blocks, so a new resync would fail at the same
-// place, forever: the node goes StandAlone, with the error as its reason,
-// until the operator has repaired the disk and connects again. Its disk stays
-// UpToDate (it lacks nothing written to it); the peer stays Inconsistent, so
-// it cannot be promoted. The local-io-error handler runs.
-func (s *session) sourceReadFailed(err error) {
+// sourceDiskFailed stops a resync whose source cannot read (or flush) its
+// own disk. Nothing else holds those blocks, so a new resync would fail at
+// the same place, forever: the node goes StandAlone, with the error as its
+// reason, until the operator has repaired the disk and connects again. Its
+// disk stays UpToDate (it lacks nothing written to it); the peer stays
+// Inconsistent, so it cannot be promoted. The local-io-error handler runs.
+func (s *session) sourceDiskFailed(err error) {
 	n := s.n
 	reason := fmt.Sprintf("local disk error during the resync, %v; repair the disk (rewrite or restore those blocks), then run urbd connect", err)
 	n.mu.Lock()
