@@ -140,10 +140,8 @@ func (s *session) dataLoop() error {
 		case *protocol.ReadReply:
 			return s.completeRead(m)
 		case *protocol.Read:
-			select { // answered like the writes, once this side decided
-			case <-s.ready:
-			case <-s.ctx.Done():
-				return s.ctx.Err()
+			if err := s.waitDecided(); err != nil {
+				return err
 			}
 			s.unacked.Add(1)
 			rd := *m
@@ -188,10 +186,8 @@ type applyItem struct {
 // receiveWrite queues or applies one replicated write; w is valid only until
 // it returns.
 func (s *session) receiveWrite(w *protocol.Write) error {
-	select {
-	case <-s.ready:
-	case <-s.ctx.Done():
-		return s.ctx.Err()
+	if err := s.waitDecided(); err != nil {
+		return err
 	}
 	st := s.ps.Data()
 	if s.wantRecv.Load() {
@@ -239,6 +235,17 @@ func (s *session) receiveWrite(w *protocol.Write) error {
 func (s *session) flushAhead() {
 	s.handOff()
 	s.n.ahead.start()
+}
+
+// waitDecided waits until this side has decided the connection (Decide):
+// the peer's writes and reads are applied and answered only after that.
+func (s *session) waitDecided() error {
+	select {
+	case <-s.ready:
+		return nil
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
 }
 
 func (s *session) enqueue(it applyItem) error {
