@@ -195,3 +195,38 @@ func TestScenarioVerifyReadErrorIsReported(t *testing.T) {
 		t.Fatalf("reason after a verify whose read failed: %q", st.Reason)
 	}
 }
+
+// TestScenarioReadFromPeerNeverOverwritesNewerWrite: the data read from the
+// peer is written back to the Primary's disk, and must never land over a
+// write to the same blocks issued while the peer's answer was on its way
+// (the read holds the range lock until the write-back is done). Otherwise
+// the Primary's disk would keep the older data, the peer the newer, and
+// nothing would mark the block.
+func TestScenarioReadFromPeerNeverOverwritesNewerWrite(t *testing.T) {
+	o := nodeOpts{protocol: 'A'}
+	a, b := cleanPair(t, o, o)
+	b.disk.holdWrites()
+	a.write(8*hBlock, pattern("v1, still on its way to the peer", hBlock))
+	a.disk.setBad(8*hBlock, hBlock)
+	read := make(chan error, 1)
+	go func() {
+		_, err := a.readAt(8*hBlock, hBlock)
+		read <- err
+	}()
+	a.waitFor("the read sent to the peer", func() bool { return a.disk.readErrors.Load() == 1 })
+	time.Sleep(50 * time.Millisecond) // the Read leaves before the write below
+	newer := pattern("v2, written while the read waited", hBlock)
+	wrote := a.asyncWrite(8*hBlock, newer)
+	time.Sleep(100 * time.Millisecond)
+	b.disk.releaseWrites()
+	if err := <-read; err != nil {
+		t.Fatalf("the read: %v", err)
+	}
+	if err := recvErr(t, "the newer write", wrote); err != nil {
+		t.Fatal(err)
+	}
+	inSyncAndEqual(t, a, b)
+	if !bytes.Equal(a.read(8*hBlock, hBlock), newer) {
+		t.Fatal("the Primary's disk lost the newer write to the write-back")
+	}
+}
