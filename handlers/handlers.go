@@ -36,12 +36,15 @@ const (
 	EventPromoted      = "promoted"
 	EventDemoted       = "demoted"
 	EventLocalIOError  = "local-io-error"
+	// EventFencePeer is not a notification: the node waits for it (Run)
+	// and reads its exit code (DRBD's fence-peer handler).
+	EventFencePeer = "fence-peer"
 )
 
 // Events lists every event name, in the order the documentation gives them.
 var Events = []string{
 	EventSplitBrain, EventPeerLost, EventPeerBack, EventResyncStarted,
-	EventResyncDone, EventPromoted, EventDemoted, EventLocalIOError,
+	EventResyncDone, EventPromoted, EventDemoted, EventLocalIOError, EventFencePeer,
 }
 
 // Known reports whether event is one of Events.
@@ -88,11 +91,53 @@ type Runner struct {
 // The run ends at Timeout or when ctx is cancelled, whichever comes first;
 // either kills the process group. Fire does not retain extra.
 func (r *Runner) Fire(ctx context.Context, resource, event string, extra map[string]string) {
+	c, ok := r.prepare(resource, event, extra)
+	if !ok {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		c.run(ctx)
+	}()
+}
+
+// ErrNoHandler is Run's error for an event without a configured command.
+var ErrNoHandler = errors.New("handlers: no handler configured")
+
+// Run runs the command configured for event like Fire, but waits for it
+// and returns its exit code. The error is ErrNoHandler when no command is
+// configured, and non-nil when the command could not run, was killed (at
+// its timeout, or when ctx ended) or died of a signal; the code is then -1.
+// Used for handlers whose answer the node needs (fence-peer).
+func (r *Runner) Run(ctx context.Context, resource, event string, extra map[string]string) (int, error) {
+	c, ok := r.prepare(resource, event, extra)
+	if !ok {
+		return -1, ErrNoHandler
+	}
+	c.answers = true
+	r.wg.Add(1)
+	defer r.wg.Done()
+	return c.run(ctx)
+}
+
+// prepared is one handler run, ready to start.
+type prepared struct {
+	log     *slog.Logger
+	command string
+	env     []string
+	timeout time.Duration
+	answers bool // the exit code is an answer (Run), not a failure
+}
+
+// prepare looks up event's command and builds its environment; false when
+// no command is configured.
+func (r *Runner) prepare(resource, event string, extra map[string]string) (prepared, bool) {
 	log := r.logger().With("resource", resource, "event", event)
 	command, ok := r.Commands[event]
 	if !ok || strings.TrimSpace(command) == "" {
 		log.Debug("no handler configured")
-		return
+		return prepared{}, false
 	}
 	env := append(os.Environ(), "URBD_RESOURCE="+resource, "URBD_EVENT="+event)
 	keys := make([]string, 0, len(extra))
@@ -112,11 +157,7 @@ func (r *Runner) Fire(ctx context.Context, resource, event string, extra map[str
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		run(ctx, log, command, env, timeout)
-	}()
+	return prepared{log: log, command: command, env: env, timeout: timeout}, true
 }
 
 // Wait blocks until every handler started by Fire has finished or been
@@ -131,11 +172,13 @@ func (r *Runner) logger() *slog.Logger {
 	return slog.Default()
 }
 
-func run(ctx context.Context, log *slog.Logger, command string, env []string, timeout time.Duration) {
-	ctx, cancel := context.WithTimeoutCause(ctx, timeout, ErrTimeout)
+// run runs the command, logs how it ended and returns its exit code (-1
+// and an error when it did not exit by itself).
+func (c prepared) run(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, c.timeout, ErrTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
-	cmd.Env = env
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", c.command)
+	cmd.Env = c.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		// Kill the whole group: sh's children would otherwise survive.
@@ -147,24 +190,34 @@ func run(ctx context.Context, log *slog.Logger, command string, env []string, ti
 	start := time.Now()
 	err := cmd.Run()
 	elapsed := time.Since(start)
-	log = log.With("command", command, "duration", elapsed.Round(time.Millisecond))
+	log := c.log.With("command", c.command, "duration", elapsed.Round(time.Millisecond))
+	var exit *exec.ExitError
 	switch {
 	case err == nil:
 		log.Info("handler done")
+		return 0, nil
 	case ctx.Err() != nil:
 		cause := context.Cause(ctx)
 		if errors.Is(cause, ErrTimeout) {
-			log.Error("handler killed at its timeout", "timeout", timeout, "stderr", stderr.lastLine())
-		} else {
-			log.Warn("handler killed on shutdown", "cause", cause, "stderr", stderr.lastLine())
+			log.Error("handler killed at its timeout", "timeout", c.timeout, "stderr", stderr.lastLine())
+			return -1, fmt.Errorf("killed at its timeout of %s", c.timeout)
 		}
+		log.Warn("handler killed on shutdown", "cause", cause, "stderr", stderr.lastLine())
+		return -1, fmt.Errorf("killed: %w", cause)
+	case errors.As(err, &exit):
+		code := exit.ExitCode()
+		if c.answers && code >= 0 {
+			log.Info("handler answered", "exit_status", exitStatus(exit), "stderr", stderr.lastLine())
+			return code, nil
+		}
+		log.Error("handler failed", "exit_status", exitStatus(exit), "stderr", stderr.lastLine())
+		if code >= 0 {
+			return code, nil
+		}
+		return -1, fmt.Errorf("ended by %s", exitStatus(exit))
 	default:
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			log.Error("handler failed", "exit_status", exitStatus(exit), "stderr", stderr.lastLine())
-		} else {
-			log.Error("handler could not run", "err", err, "stderr", stderr.lastLine())
-		}
+		log.Error("handler could not run", "err", err, "stderr", stderr.lastLine())
+		return -1, err
 	}
 }
 

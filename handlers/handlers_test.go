@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -301,5 +302,34 @@ func TestKnown(t *testing.T) {
 	}
 	if Known("split_brain") || Known("") {
 		t.Error("Known accepts unknown events")
+	}
+}
+
+// TestRunReturnsExitCode: Run waits for the handler and returns its exit
+// code as the answer (fence-peer's 4 is a success, logged at Info), with the
+// environment Fire gives; a handler killed at its timeout, or none
+// configured, is an error.
+func TestRunReturnsExitCode(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "env")
+	r, rec := newRunner(map[string]string{
+		EventFencePeer: `echo "$URBD_RESOURCE $URBD_EVENT $URBD_PEER" > ` + out + `; echo outdated >&2; exit 4`,
+		EventPeerBack:  `sleep 300`,
+	}, 300*time.Millisecond)
+	code, err := r.Run(context.Background(), "r0", EventFencePeer, map[string]string{"URBD_PEER": "10.0.0.2:7789"})
+	if err != nil || code != 4 {
+		t.Fatalf("Run = %d, %v; want 4, nil", code, err)
+	}
+	if got, _ := os.ReadFile(out); strings.TrimSpace(string(got)) != "r0 fence-peer 10.0.0.2:7789" {
+		t.Errorf("handler saw %q", got)
+	}
+	if l := only(t, rec); l.level != slog.LevelInfo || l.attrs["exit_status"] != "exit 4" || l.attrs["stderr"] != "outdated" {
+		t.Errorf("log record %+v, want an Info record with exit 4 and the stderr line", l)
+	}
+
+	if code, err := r.Run(context.Background(), "r0", EventPeerBack, nil); err == nil || code != -1 || !strings.Contains(err.Error(), "timeout") {
+		t.Errorf("a hanging handler: Run = %d, %v; want -1 and a timeout error", code, err)
+	}
+	if code, err := r.Run(context.Background(), "r0", EventSplitBrain, nil); !errors.Is(err, ErrNoHandler) || code != -1 {
+		t.Errorf("no handler: Run = %d, %v; want -1, ErrNoHandler", code, err)
 	}
 }
