@@ -39,6 +39,9 @@ func (n *Node) Run(ctx context.Context) error {
 		g.Go(func() error { return n.dialLoop(ctx) })
 	}
 	g.Go(func() error { return n.sweepLoop(ctx) })
+	if n.cfg.Fencing != FenceDontCare {
+		g.Go(func() error { return n.fenceLoop(ctx) })
+	}
 	g.Go(func() error { return n.ahead.run(ctx, n.flushAheadOnce) })
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) {
@@ -79,7 +82,10 @@ func (n *Node) sweepLoop(ctx context.Context) error {
 // the flush, or is lost, has the writes marked out of sync (the transfer
 // log) before the flush returns.
 func (n *Node) sweep(ctx context.Context) error {
-	return n.store.SweepWith(func() error { return n.flushBoth(ctx) })
+	return n.store.SweepWith(func() error {
+		_, err := n.flushBoth(ctx)
+		return err
+	})
 }
 
 func (n *Node) protoConfig() protocol.Config {
@@ -362,6 +368,7 @@ func (n *Node) negotiate(s *session) error {
 	s.mu.Lock()
 	s.live = true
 	s.mu.Unlock()
+	n.resumed = false // held writes are the peer's again
 	close(s.ready)
 	n.mu.Unlock()
 	n.event("peer-back", map[string]string{"URBD_PEER_ROLE": peerRole.String()})
@@ -487,6 +494,15 @@ func (n *Node) sessionEnded(s *session, err error) {
 		// an Inconsistent target is fully resynced anyway.
 		n.uuids = n.uuids.NewCurrent(randomID())
 	}
+	if wasConnected {
+		// A peer that held this node's data could be promoted in its
+		// absence: it must be fenced before a Primary writes alone.
+		n.resumed = false
+		n.fence = fenceDone
+		if n.st.PeerDisk == UpToDate {
+			n.fence = fenceNeeded
+		}
+	}
 	reason := "peer connection lost: " + err.Error()
 	var stop *localStop
 	if errors.As(err, &stop) {
@@ -498,9 +514,16 @@ func (n *Node) sessionEnded(s *session, err error) {
 		} else {
 			st.Conn = StandAlone
 		}
-		st.PeerRole = RoleUnknown
-		st.PeerDisk = DUnknown
+		if wasConnected {
+			// (Without a live session they keep what the last one, or
+			// the fence-peer handler, found.)
+			st.PeerRole = RoleUnknown
+			st.PeerDisk = DUnknown
+		}
 	})
+	// Wake waiters even when the state looks the same (a session that
+	// never went live): waitFenced waits for n.sess to change.
+	n.notifyLocked()
 	if serr := n.saveMetaLocked(); serr != nil {
 		n.log.Error("saving metadata after peer loss failed", "err", serr)
 	}

@@ -49,6 +49,8 @@ type nodeOpts struct {
 	size        int64         // disk size; 0 = hDiskSize
 	secret      string        // Config.Secret; "" = none
 	volatile    bool          // the disk keeps an undo log for powerLoss
+	fencing     replica.Fencing
+	fence       *fenceHandler // Config.FencePeer; nil = none configured
 }
 
 // tnode is one in-process node with its files.
@@ -210,6 +212,8 @@ func (x *tnode) start() {
 		Timeout:           cmp.Or(x.opts.timeout, 2*time.Second),
 		Secret:            []byte(x.opts.secret),
 		SuspendOnPeerLoss: x.opts.suspend,
+		Fencing:           x.opts.fencing,
+		FencePeer:         x.opts.fence.handler(),
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,
 		Logger:            x.logger(),

@@ -32,9 +32,15 @@ type Config struct {
 	// SuspendOnPeerLoss holds writes while the peer is away instead of going
 	// on alone (--on-peer-loss suspend).
 	SuspendOnPeerLoss bool
-	ResyncRate        int64 // bytes/s; 0 = unlimited
-	Logger            *slog.Logger
-	Clock             resync.Clock // nil = real time
+	// Fencing is the fencing policy (FenceDontCare by default). With any
+	// other policy FencePeer runs the fence-peer handler: it returns the
+	// handler's exit code (see the FenceExit constants), or an error when
+	// it could not run or was killed.
+	Fencing    Fencing
+	FencePeer  func(ctx context.Context) (exitCode int, err error)
+	ResyncRate int64 // bytes/s; 0 = unlimited
+	Logger     *slog.Logger
+	Clock      resync.Clock // nil = real time
 	// Event, if set, is called (from its own goroutine) on split-brain,
 	// peer-lost, peer-back, resync-started, resync-done, promoted, demoted,
 	// local-io-error.
@@ -60,13 +66,15 @@ type Node struct {
 	nodeID uint64
 
 	mu           sync.Mutex
-	st           State     // guarded by mu
-	uuids        UUIDs     // guarded by mu; persisted in the store's Meta
-	wantConn     bool      // guarded by mu: false in StandAlone (disconnect, split brain)
-	discard      bool      // guarded by mu: --discard-my-data for the next connection
-	crashedPri   bool      // guarded by mu: stopped uncleanly while Primary
-	recovered    bool      // guarded by mu: the bitmap holds activity-log extents recovered after a crash
-	readErrEvent time.Time // guarded by mu: when a read error last ran the local-io-error handler
+	st           State      // guarded by mu
+	uuids        UUIDs      // guarded by mu; persisted in the store's Meta
+	wantConn     bool       // guarded by mu: false in StandAlone (disconnect, split brain)
+	discard      bool       // guarded by mu: --discard-my-data for the next connection
+	crashedPri   bool       // guarded by mu: stopped uncleanly while Primary
+	recovered    bool       // guarded by mu: the bitmap holds activity-log extents recovered after a crash
+	readErrEvent time.Time  // guarded by mu: when a read error last ran the local-io-error handler
+	fence        fenceState // guarded by mu: whether the peer was fenced since it was lost
+	resumed      bool       // guarded by mu: urbd resume-io released held writes until the peer is back
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
 	stateSent   func()
@@ -238,6 +246,16 @@ func (n *Node) setStateLocked(reason string, f func(s *State)) {
 	}
 }
 
+// setReasonLocked records why the node is in its state when nothing else
+// changed (the status file's reason line) and wakes waiters. n.mu must be
+// held.
+func (n *Node) setReasonLocked(reason string) {
+	if n.st.Reason != reason {
+		n.st.Reason = reason
+		n.notifyLocked()
+	}
+}
+
 func (n *Node) event(name string, extra map[string]string) {
 	if n.cfg.Event != nil {
 		go n.cfg.Event(name, extra)
@@ -256,8 +274,13 @@ func (n *Node) CheckServe() error {
 	return n.State().CanServe()
 }
 
-// Promote makes this node Primary (`urbd primary [--force]`).
+// Promote makes this node Primary (`urbd primary [--force]`). Without a
+// peer session and with fencing configured, the fence-peer handler runs
+// first (fenceBeforePromote).
 func (n *Node) Promote(force bool) error {
+	if err := n.fenceBeforePromote(force); err != nil {
+		return err
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if err := n.st.CanPromote(force); err != nil {

@@ -383,6 +383,14 @@ func (s *session) close(err error) {
 	}
 }
 
+// isClosed reports whether close has begun. Once it has, the node's state
+// may still show the session until sessionEnded runs.
+func (s *session) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
 // sendState tells the peer this node's state, with extra replica flags.
 func (s *session) sendState(side Side, flags ...uint32) {
 	st := protocol.State{Role: protocol.RoleSecondary, Disk: diskToWire(ParseDiskState(side.Disk)),

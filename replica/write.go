@@ -116,6 +116,9 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		if lerr == nil && n.cfg.SuspendOnPeerLoss {
 			return n.waitInSync(ctx, off, length)
 		}
+		if lerr == nil {
+			return n.waitFenced(ctx)
+		}
 		return lerr
 	}
 	if lerr != nil {
@@ -126,6 +129,9 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	n.observe(kind, true, int(length), start)
 	if !peerOK && lerr == nil && n.cfg.SuspendOnPeerLoss {
 		return n.waitInSync(ctx, off, length)
+	}
+	if !peerOK && lerr == nil {
+		return n.waitFenced(ctx)
 	}
 	return lerr
 }
@@ -154,30 +160,39 @@ func (n *Node) session() *session {
 // Concurrent flushes share fdatasync calls on each side (group commit). When
 // the peer fails its flush, the writes it covered are marked out of sync
 // before the peer's answer completes (session.complete), and Flush returns the
-// local result: the data is durable here and the next resync copies it.
+// local result: the data is durable here and the next resync copies it. With
+// resource-and-stonith fencing it returns only once the peer is fenced
+// (waitFenced), and waits while writes are frozen.
 func (n *Node) Flush(ctx context.Context) error {
 	start := n.clock.Now()
 	n.ahead.flushed()
-	err := n.flushBoth(ctx)
+	if err := n.waitFenced(ctx); err != nil {
+		return err
+	}
+	peerOK, err := n.flushBoth(ctx)
 	n.observe("flush", false, 0, start)
+	if err == nil && !peerOK {
+		err = n.waitFenced(ctx)
+	}
 	return err
 }
 
 // flushBoth runs the local fdatasync and, when a session replicates, the
-// peer's, at the same time, and returns the local result: a peer that
-// fails its flush has the writes it covered marked out of sync first.
-func (n *Node) flushBoth(ctx context.Context) error {
+// peer's, at the same time. It returns the local result, and whether the
+// peer flushed too: a peer that fails its flush has the writes it covered
+// marked out of sync first.
+func (n *Node) flushBoth(ctx context.Context) (peerOK bool, err error) {
 	var peer *request
 	if s := n.session(); s != nil {
 		if peer = s.sendFlush(); peer != nil {
 			s.handOff()
 		}
 	}
-	err := n.disk.Flush(ctx)
+	err = n.disk.Flush(ctx)
 	if peer != nil {
-		peer.wait(ctx, 'C')
+		peerOK = peer.wait(ctx, 'C')
 	}
-	return err
+	return peerOK, err
 }
 
 func (n *Node) observe(kind string, peer bool, bytes int, start time.Time) {
@@ -188,15 +203,35 @@ func (n *Node) observe(kind string, peer bool, bytes int, start time.Time) {
 
 // waitNotSuspended blocks a new write while writes are suspended.
 func (n *Node) waitNotSuspended(ctx context.Context) error {
-	if !n.cfg.SuspendOnPeerLoss {
+	if !n.cfg.SuspendOnPeerLoss && n.cfg.Fencing != FenceResourceAndStonith {
 		return nil // the common case costs no lock
 	}
+	return n.waitUntil(ctx, func() bool { return !n.suspendedLocked() })
+}
+
+// waitFenced holds the answer to a write or flush the peer did not take
+// (resource-and-stonith fencing) until the peer is fenced, back, or the
+// operator resumes: until then the peer might be promoted without it. It
+// first waits for the failed session to be accounted for (sessionEnded),
+// so that the state it looks at is the one after the peer loss.
+func (n *Node) waitFenced(ctx context.Context) error {
+	if n.cfg.Fencing != FenceResourceAndStonith {
+		return nil
+	}
+	return n.waitUntil(ctx, func() bool {
+		return (n.sess == nil || !n.sess.isClosed()) && !n.fenceFrozenLocked()
+	})
+}
+
+// waitUntil waits until cond, checked with n.mu held after every state
+// change, holds.
+func (n *Node) waitUntil(ctx context.Context, cond func() bool) error {
 	for {
 		n.mu.Lock()
-		susp := n.suspendedLocked()
+		ok := cond()
 		ch := n.changed
 		n.mu.Unlock()
-		if !susp {
+		if ok {
 			return nil
 		}
 		select {
@@ -207,10 +242,15 @@ func (n *Node) waitNotSuspended(ctx context.Context) error {
 	}
 }
 
-// suspendedLocked reports whether application writes are held: with
-// on-peer-loss suspend, while a Primary has no UpToDate, connected peer.
+// suspendedLocked reports whether application writes are held: while a
+// Primary's peer is being fenced (resource-and-stonith), and with
+// on-peer-loss suspend while a Primary has no UpToDate, connected peer,
+// unless the operator resumed.
 func (n *Node) suspendedLocked() bool {
-	if !n.cfg.SuspendOnPeerLoss || n.st.Role != Primary {
+	if n.fenceFrozenLocked() {
+		return true
+	}
+	if !n.cfg.SuspendOnPeerLoss || n.st.Role != Primary || n.resumed {
 		return false
 	}
 	if n.st.Conn == SyncSource {
@@ -228,6 +268,12 @@ func (n *Node) waitInSync(ctx context.Context, off, length int64) error {
 		n.mu.Lock()
 		ch := n.changed
 		n.mu.Unlock()
+		n.mu.Lock()
+		resumed := n.resumed
+		n.mu.Unlock()
+		if resumed {
+			return nil
+		}
 		if !n.store.Bitmap().IsSet(off, length) {
 			n.mu.Lock()
 			ok := n.st.Conn.Connected()

@@ -1,0 +1,312 @@
+package replica_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urbd/urbd/replica"
+	"github.com/urbd/urbd/status"
+)
+
+// fenceHandler stands in for the fence-peer handler: each run is reported
+// on calls and returns the exit code the test sends on answer.
+type fenceHandler struct {
+	calls  chan struct{}
+	answer chan int
+}
+
+func newFenceHandler() *fenceHandler {
+	return &fenceHandler{calls: make(chan struct{}, 16), answer: make(chan int)}
+}
+
+// handler is the Config.FencePeer of a node; nil without a fenceHandler.
+func (f *fenceHandler) handler() func(context.Context) (int, error) {
+	if f == nil {
+		return nil
+	}
+	return func(ctx context.Context) (int, error) {
+		f.calls <- struct{}{}
+		select {
+		case code := <-f.answer:
+			return code, nil
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		}
+	}
+}
+
+// called waits until the handler runs.
+func (f *fenceHandler) called(t *testing.T) {
+	t.Helper()
+	select {
+	case <-f.calls:
+	case <-time.After(hWait):
+		t.Fatal("the fence-peer handler did not run")
+	}
+}
+
+// reply makes the running handler exit with code.
+func (f *fenceHandler) reply(t *testing.T, code int) {
+	t.Helper()
+	select {
+	case f.answer <- code:
+	case <-time.After(hWait):
+		t.Fatal("no fence-peer handler was waiting for its answer")
+	}
+}
+
+// notReturned checks that an async request is still held.
+func notReturned(t *testing.T, what string, res <-chan error) {
+	t.Helper()
+	select {
+	case err := <-res:
+		t.Fatalf("%s returned (%v) while it should be held", what, err)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// stonithPair is a clean pair whose Primary a fences with
+// resource-and-stonith through f, linked through a proxy that can be cut.
+func stonithPair(t *testing.T, policy replica.Fencing) (a, b *tnode, f *fenceHandler) {
+	f = newFenceHandler()
+	a, b = cleanPair(t, nodeOpts{fencing: policy, fence: f, viaProxy: true, timeout: time.Second}, nodeOpts{viaProxy: true, timeout: time.Second})
+	return a, b, f
+}
+
+// cutLink makes the link between a and b dead (both directions, both
+// dialers) or heals it.
+func cutLink(a, b *tnode, dead bool) {
+	a.proxy.cut.Store(dead)
+	b.proxy.cut.Store(dead)
+}
+
+// TestScenarioStonithHoldsWritesUntilPeerFenced: with resource-and-stonith
+// fencing, a write the peer never answered (the link died with it in
+// flight) is not acknowledged while the peer could still be promoted
+// without it, and neither is a write issued after the loss, nor a flush:
+// they return once the fence-peer handler reports the peer Outdated (4).
+func TestScenarioStonithHoldsWritesUntilPeerFenced(t *testing.T) {
+	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
+	a.write(0, pattern("before", hBlock))
+
+	b.disk.holdWrites()
+	inFlight := a.asyncWrite(hBlock, pattern("in flight", hBlock))
+	a.waitStatus("the write pending at the peer", func(s status.Resource) bool { return s.PeerPending == 1 })
+	cutLink(a, b, true)
+	a.waitConn(replica.WFConnection)
+	f.called(t)
+	st := a.waitStatus("writes suspended", func(s status.Resource) bool { return s.Suspended })
+	if !strings.Contains(st.Reason, "fencing the peer") {
+		t.Errorf("reason %q does not say the peer is being fenced", st.Reason)
+	}
+	notReturned(t, "the write in flight at the peer loss", inFlight)
+	after := a.asyncWrite(2*hBlock, pattern("after", hBlock))
+	flush := make(chan error, 1)
+	go func() { flush <- a.node.Flush(context.Background()) }()
+	notReturned(t, "a write issued after the peer loss", after)
+	notReturned(t, "a flush issued after the peer loss", flush)
+
+	f.reply(t, replica.FenceExitPeerOutdated)
+	for what, ch := range map[string]<-chan error{"the write in flight": inFlight, "the later write": after, "the flush": flush} {
+		if err := recvErr(t, what, ch); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	st = a.waitStatus("peer fenced", func(s status.Resource) bool { return !s.Suspended })
+	if st.PeerDisk != "Outdated" || !strings.Contains(st.Reason, "peer fenced") {
+		t.Errorf("after the fence: peer disk %s, reason %q; want Outdated and the fence result", st.PeerDisk, st.Reason)
+	}
+	a.write(3*hBlock, pattern("alone", hBlock)) // writes go on alone now
+
+	// The peer returns: the bitmap resync brings it up to date.
+	b.disk.releaseWrites()
+	cutLink(a, b, false)
+	a.waitInSync()
+	b.waitInSync()
+	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioStonithFailedFenceHoldsUntilResume: when the handler cannot
+// fence the peer (here it cannot reach it, exit 5, which resource-and-stonith
+// does not accept), writes stay held and the status says how to go on;
+// `urbd resume-io` releases them. The next peer loss fences again.
+func TestScenarioStonithFailedFenceHoldsUntilResume(t *testing.T) {
+	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
+	cutLink(a, b, true)
+	a.waitConn(replica.WFConnection)
+	f.called(t)
+	f.reply(t, replica.FenceExitPeerUnreachable)
+	st := a.waitStatus("fence failed", func(s status.Resource) bool { return strings.Contains(s.Reason, "fencing the peer failed") })
+	if !st.Suspended || !strings.Contains(st.Reason, "urbd resume-io r0") {
+		t.Errorf("suspended %v, reason %q: want writes suspended and the resume-io hint", st.Suspended, st.Reason)
+	}
+	held := a.asyncWrite(0, pattern("held", hBlock))
+	notReturned(t, "a write after the failed fence", held)
+
+	if err := a.node.ResumeIO(); err != nil {
+		t.Fatalf("resume-io: %v", err)
+	}
+	if err := recvErr(t, "the held write", held); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.node.ResumeIO(); !errors.Is(err, replica.ErrNotFrozen) {
+		t.Errorf("resume-io with nothing held: %v, want ErrNotFrozen", err)
+	}
+
+	cutLink(a, b, false)
+	a.waitInSync()
+	inSyncAndEqual(t, a, b)
+	cutLink(a, b, true)
+	a.waitConn(replica.WFConnection)
+	f.called(t) // a second loss: fenced again, not resumed for good
+	f.reply(t, replica.FenceExitPeerStonithed)
+	a.waitStatus("fenced", func(s status.Resource) bool { return !s.Suspended && s.PeerDisk == "Outdated" })
+}
+
+// TestScenarioFenceFindsPeerPrimary: a handler that finds the peer Primary
+// (exit 6) means this node's data is the older: its disk becomes Outdated
+// (persisted) and its writes stay held.
+func TestScenarioFenceFindsPeerPrimary(t *testing.T) {
+	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
+	cutLink(a, b, true)
+	a.waitConn(replica.WFConnection)
+	f.called(t)
+	f.reply(t, replica.FenceExitPeerPrimary)
+	st := a.waitStatus("outdated", func(s status.Resource) bool { return s.DiskState == "Outdated" })
+	if !st.Suspended {
+		t.Error("writes not held after the peer was found Primary")
+	}
+	if d := a.store.Meta().Disk; d != "Outdated" {
+		t.Errorf("persisted disk state %q, want Outdated", d)
+	}
+}
+
+// TestScenarioResourceOnlyFencesWithoutHolding: resource-only fencing runs
+// the handler but never holds writes.
+func TestScenarioResourceOnlyFencesWithoutHolding(t *testing.T) {
+	a, b, f := stonithPair(t, replica.FenceResourceOnly)
+	cutLink(a, b, true)
+	a.waitConn(replica.WFConnection)
+	f.called(t)
+	a.write(0, pattern("while fencing", hBlock))
+	if a.node.Status().Suspended {
+		t.Error("resource-only fencing suspended writes")
+	}
+	f.reply(t, replica.FenceExitPeerUnreachable) // accepted: the peer is assumed dead
+	a.waitStatus("fenced", func(s status.Resource) bool { return s.PeerDisk == "Outdated" })
+}
+
+// TestScenarioPromotionWithoutPeerFencesFirst: a Secondary that lost its
+// Primary runs the fence-peer handler before it is promoted; a failed fence
+// refuses the promotion unless --force.
+func TestScenarioPromotionWithoutPeerFencesFirst(t *testing.T) {
+	f := newFenceHandler()
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{fencing: replica.FenceResourceOnly, fence: f})
+	a.write(0, pattern("x", hBlock))
+	a.crash()
+	b.waitConn(replica.WFConnection)
+
+	res := make(chan error, 1)
+	go func() { res <- b.node.Promote(false) }()
+	f.called(t)
+	f.reply(t, 1)
+	if err := recvErr(t, "promotion", res); !errors.Is(err, replica.ErrNotFenced) || !strings.Contains(err.Error(), "urbd primary --force r0") {
+		t.Fatalf("promotion after a failed fence: %v, want ErrNotFenced with the --force hint", err)
+	}
+	if b.node.State().Role != replica.Secondary {
+		t.Fatal("promoted although the fence failed")
+	}
+
+	go func() { res <- b.node.Promote(false) }()
+	f.called(t)
+	f.reply(t, replica.FenceExitPeerOutdated)
+	if err := recvErr(t, "promotion", res); err != nil {
+		t.Fatalf("promotion after the peer was outdated: %v", err)
+	}
+	if st := b.node.State(); st.Role != replica.Primary || st.PeerDisk != replica.Outdated {
+		t.Fatalf("after the fence: %s with peer disk %s, want Primary/Outdated", st.Role, st.PeerDisk)
+	}
+	select {
+	case <-f.calls:
+		t.Fatal("the new Primary fenced its peer again")
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestScenarioPromotionForcedPastFailedFence: --force promotes although the
+// fence failed (the operator vouches for the peer).
+func TestScenarioPromotionForcedPastFailedFence(t *testing.T) {
+	f := newFenceHandler()
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{fencing: replica.FenceResourceAndStonith, fence: f})
+	a.crash()
+	b.waitConn(replica.WFConnection)
+	res := make(chan error, 1)
+	go func() { res <- b.node.Promote(true) }()
+	f.called(t)
+	f.reply(t, replica.FenceExitPeerUnreachable)
+	if err := recvErr(t, "forced promotion", res); err != nil {
+		t.Fatal(err)
+	}
+	b.write(0, pattern("forced", hBlock)) // not held: the operator took over
+	if b.node.Status().Suspended {
+		t.Error("writes suspended after a forced promotion")
+	}
+}
+
+// TestScenarioOutdateCommand: `urbd outdate` marks a disconnected
+// Secondary Outdated, persistently, so that it refuses promotion without
+// --force; it is refused on a Primary and while connected. A reconnect to
+// the Primary brings the disk up to date again.
+func TestScenarioOutdateCommand(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := a.node.Outdate(); !errors.Is(err, replica.ErrOutdateRefused) {
+		t.Errorf("outdate on the Primary: %v, want ErrOutdateRefused", err)
+	}
+	if err := b.node.Outdate(); !errors.Is(err, replica.ErrOutdateRefused) {
+		t.Errorf("outdate while connected: %v, want ErrOutdateRefused", err)
+	}
+	a.stop()
+	b.waitConn(replica.WFConnection)
+	if err := b.node.Outdate(); err != nil {
+		t.Fatal(err)
+	}
+	b.stop()
+	b.start()
+	if d := b.node.State().Disk; d != replica.Outdated {
+		t.Fatalf("disk %s after a restart, want Outdated", d)
+	}
+	if err := b.node.Promote(false); !errors.Is(err, replica.ErrNotUpToDate) {
+		t.Fatalf("promoting an Outdated disk: %v, want ErrNotUpToDate", err)
+	}
+	a.start()
+	b.waitState("UpToDate again", func(s replica.State) bool { return s.Conn == replica.Connected && s.Disk == replica.UpToDate })
+}
+
+// TestScenarioResumeIOReleasesSuspendedWrites: with on-peer-loss suspend,
+// `urbd resume-io` lets a Primary whose peer is gone for good go on alone,
+// until the peer is back; the next loss suspends again.
+func TestScenarioResumeIOReleasesSuspendedWrites(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{suspend: true}, nodeOpts{})
+	if err := a.node.ResumeIO(); !errors.Is(err, replica.ErrNotFrozen) {
+		t.Errorf("resume-io while connected: %v, want ErrNotFrozen", err)
+	}
+	b.stop()
+	a.waitStatus("suspended", func(s status.Resource) bool { return s.Suspended })
+	held := a.asyncWrite(0, pattern("held", hBlock))
+	notReturned(t, "a suspended write", held)
+	if err := a.node.ResumeIO(); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, "the suspended write", held); err != nil {
+		t.Fatal(err)
+	}
+	a.write(hBlock, pattern("alone", hBlock))
+	b.start()
+	a.waitInSync()
+	inSyncAndEqual(t, a, b)
+	b.stop()
+	a.waitStatus("suspended again", func(s status.Resource) bool { return s.Suspended })
+}
