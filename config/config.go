@@ -38,6 +38,7 @@ const (
 	DefaultResyncRate  = 100 << 20 // bytes per second
 	DefaultTimeout     = 6 * time.Second
 	DefaultOnPeerLoss  = OnPeerLossContinue
+	DefaultFencing     = "dont-care"
 	DefaultBitmapBlock = 4 << 10
 )
 
@@ -89,6 +90,7 @@ type Resource struct {
 	TLSCA       string
 	Timeout     time.Duration // peer loss detection
 	OnPeerLoss  string        // OnPeerLossContinue or OnPeerLossSuspend
+	Fencing     string        // dont-care, resource-only or resource-and-stonith
 	BitmapBlock int64         // bytes per bitmap bit, a power of two
 
 	Handlers      map[string]string // event -> shell command; the caller owns this copy
@@ -122,6 +124,7 @@ type commonTOML struct {
 	TLSCA       string            `toml:"tls-ca"`
 	Timeout     durationValue     `toml:"timeout"`
 	OnPeerLoss  peerLossValue     `toml:"on-peer-loss"`
+	Fencing     fencingValue      `toml:"fencing"`
 	BitmapBlock sizeValue         `toml:"bitmap-block"`
 	Handlers    map[string]string `toml:"handlers"`
 }
@@ -135,6 +138,7 @@ type resourceTOML struct {
 	TLSCA         string              `toml:"tls-ca"`
 	Timeout       durationValue       `toml:"timeout"`
 	OnPeerLoss    peerLossValue       `toml:"on-peer-loss"`
+	Fencing       fencingValue        `toml:"fencing"`
 	BitmapBlock   sizeValue           `toml:"bitmap-block"`
 	Handlers      map[string]string   `toml:"handlers"`
 	MetricsListen string              `toml:"metrics-listen"`
@@ -154,8 +158,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"bitmap-block", "handlers", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"bitmap-block", "handlers", "metrics-listen", "node", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"bitmap-block", "fencing", "handlers", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -374,6 +378,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		TLSCA:       p.abs(first(rt.TLSCA, c.TLSCA)),
 		Timeout:     time.Duration(firstSet(int64(rt.Timeout.d), rt.Timeout.set, int64(c.Timeout.d), c.Timeout.set, int64(DefaultTimeout))),
 		OnPeerLoss:  first(rt.OnPeerLoss.s, c.OnPeerLoss.s, DefaultOnPeerLoss),
+		Fencing:     first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
 		BitmapBlock: firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
 		Handlers:    mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
 	}

@@ -28,7 +28,7 @@ func TestLoadExample(t *testing.T) {
 			Disk: "/dev/vdb", Meta: "/var/lib/urbd/r0", NBD: "unix:/run/urbd/r0.nbd",
 			ListenPeer: "10.0.0.1:7789", Peer: "10.0.0.2:7789",
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
-			Timeout: 6 * time.Second, OnPeerLoss: "continue", BitmapBlock: 4096,
+			Timeout: 6 * time.Second, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096,
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -40,7 +40,7 @@ func TestLoadExample(t *testing.T) {
 			Disk: "/dev/vdb", Meta: "/var/lib/urbd/r0", NBD: "unix:/run/urbd/r0.nbd",
 			ListenPeer: "10.0.0.2:7789", Peer: "10.0.0.1:7789",
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
-			Timeout: 6 * time.Second, OnPeerLoss: "continue", BitmapBlock: 4096,
+			Timeout: 6 * time.Second, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096,
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -52,7 +52,7 @@ func TestLoadExample(t *testing.T) {
 			Disk: "testdata/disks/r1.img", Meta: "/var/lib/urbd/r1", NBD: "tcp:127.0.0.1:10809",
 			ListenPeer: "10.0.0.1:7790", Peer: "10.0.0.2:7790",
 			Protocol: "A", ResyncRate: 50 << 20,
-			Timeout: 10 * time.Second, OnPeerLoss: "suspend", BitmapBlock: 64 << 10,
+			Timeout: 10 * time.Second, OnPeerLoss: "suspend", Fencing: "resource-and-stonith", BitmapBlock: 64 << 10,
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "logger -t urbd peer lost",
@@ -254,7 +254,7 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown resource key", pair("r0", "7789", `protcol = "C" #<-`), ErrUnknownKey},
 		{"unknown node key", "[resource.r0]\n" + node("r0", "alpha", "10.0.0.1:1", `device = "/dev/nbd0" #<-`) + node("r0", "beta", "10.0.0.2:1"), ErrUnknownKey},
 		{"unknown top-level table", pair("r0", "7789") + "[global] #<-\nusage-count = false\n", ErrUnknownKey},
-		{"unknown common key", "[common]\nfencing = \"x\" #<-\n" + pair("r0", "7789"), ErrUnknownKey},
+		{"unknown common key", "[common]\nwfc-timeout = \"x\" #<-\n" + pair("r0", "7789"), ErrUnknownKey},
 		{"unknown handler event", "[handlers]\nsplit-brian = \"x\" #<-\n" + pair("r0", "7789"), ErrUnknownKey},
 		{"unknown resource handler event", pair("r0", "7789") + "[resource.r0.handlers]\nbefore-resync = \"x\" #<-\n", ErrUnknownKey},
 		{"bad size", pair("r0", "7789", `bitmap-block = "4XiB" #<-`), ErrBadValue},
@@ -266,6 +266,7 @@ func TestLoadErrors(t *testing.T) {
 		{"negative duration", "[common]\ntimeout = \"-1s\" #<-\n" + pair("r0", "7789"), ErrBadValue},
 		{"bad protocol", pair("r0", "7789", `protocol = "D" #<-`), ErrBadValue},
 		{"bad on-peer-loss", pair("r0", "7789", `on-peer-loss = "panic" #<-`), ErrBadValue},
+		{"bad fencing", pair("r0", "7789", `fencing = "stonith" #<-`), ErrBadValue},
 		{"wrong type", "[resource.r0]\n" + node("r0", "alpha", "10.0.0.1:1", `metrics-listen = 9942 #<-`) + node("r0", "beta", "10.0.0.2:1"), ErrBadValue},
 		{"bad address", "[resource.r0]\n" + mark(node("r0", "alpha", "10.0.0.1"), "address") + node("r0", "beta", "10.0.0.2:1"), ErrBadValue},
 		{"bad port", "[resource.r0]\n" + mark(node("r0", "alpha", "10.0.0.1:99999"), "address") + node("r0", "beta", "10.0.0.2:1"), ErrBadValue},

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"github.com/urbd/urbd/replica"
+
 	"fmt"
 	"strings"
 	"time"
@@ -92,4 +94,16 @@ func (v *peerLossValue) UnmarshalText(b []byte) error {
 		return nil
 	}
 	return fmt.Errorf("invalid on-peer-loss %q: use continue or suspend", b)
+}
+
+// fencingValue is the fencing policy (replica.ParseFencing's names).
+type fencingValue struct{ s string }
+
+func (v *fencingValue) UnmarshalText(b []byte) error {
+	s := strings.ToLower(strings.TrimSpace(string(b)))
+	if _, err := replica.ParseFencing(s); err != nil {
+		return err
+	}
+	v.s = s
+	return nil
 }

@@ -6,6 +6,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -36,20 +37,23 @@ const Version = "0.1"
 
 // Options configure one resource on this node (the flags of `urbd up`).
 type Options struct {
-	Name        string
-	Disk        string
-	Meta        string
-	NBD         string // unix:PATH or tcp:HOST:PORT
-	ListenPeer  string
-	Peer        string
-	Protocol    byte
-	ResyncRate  int64
-	SecretFile  string
-	TLSCert     string
-	TLSKey      string
-	TLSCA       string
-	Timeout     time.Duration
-	OnPeerLoss  string // continue or suspend
+	Name       string
+	Disk       string
+	Meta       string
+	NBD        string // unix:PATH or tcp:HOST:PORT
+	ListenPeer string
+	Peer       string
+	Protocol   byte
+	ResyncRate int64
+	SecretFile string
+	TLSCert    string
+	TLSKey     string
+	TLSCA      string
+	Timeout    time.Duration
+	OnPeerLoss string // continue or suspend
+	// Fencing is dont-care (or ""), resource-only or resource-and-stonith;
+	// the latter two need a fence-peer handler.
+	Fencing     string
 	BitmapBlock int64
 	AssumeClean bool
 	RunDir      string
@@ -87,6 +91,13 @@ func Run(ctx context.Context, o Options) error {
 	case "", "continue", "suspend":
 	default:
 		return fmt.Errorf("--on-peer-loss %q: use continue or suspend", o.OnPeerLoss)
+	}
+	fencing, err := replica.ParseFencing(cmp.Or(o.Fencing, "dont-care"))
+	if err != nil {
+		return fmt.Errorf("--fencing: %w", err)
+	}
+	if fencing != replica.FenceDontCare && strings.TrimSpace(o.Handlers[handlers.EventFencePeer]) == "" {
+		return fmt.Errorf("--fencing %s needs a fence-peer handler: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", fencing)
 	}
 	var secret []byte
 	if o.SecretFile != "" {
@@ -140,6 +151,10 @@ func Run(ctx context.Context, o Options) error {
 		ResyncRate: o.ResyncRate, Logger: log,
 		Event: func(event string, extra map[string]string) {
 			runner.Fire(ctx, o.Name, event, extra)
+		},
+		Fencing: fencing,
+		FencePeer: func(fctx context.Context) (int, error) {
+			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": o.Peer})
 		},
 		Observe: observer(met),
 	})
@@ -265,6 +280,12 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Reque
 	case "verify":
 		err = node.Verify()
 		msg = "online verify started; watch urbd status"
+	case "outdate":
+		err = node.Outdate()
+		msg = "Outdated"
+	case "resume-io":
+		err = node.ResumeIO()
+		msg = "writes resumed without the peer"
 	case "down":
 		stop()
 		msg = "stopping"

@@ -49,7 +49,8 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "node", Usage: "this node's name in --config (default: the hostname)"},
 		&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on HOST:PORT"},
 		cpusFlag(),
-		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted, local-io-error (repeatable)"},
+		&cli.StringFlag{Name: "fencing", Value: "dont-care", Usage: "dont-care, resource-only (run the fence-peer handler when the peer may be promoted without this node's writes) or resource-and-stonith (also hold writes until it reports the peer fenced)"},
+		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted, local-io-error, fence-peer (repeatable)"},
 	},
 	Before: setCPUs,
 	Action: runUp,
@@ -83,7 +84,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	str := map[string]*string{
 		"disk": &o.Disk, "meta": &o.Meta, "nbd": &o.NBD, "listen-peer": &o.ListenPeer, "peer": &o.Peer,
 		"secret-file": &o.SecretFile, "tls-cert": &o.TLSCert, "tls-key": &o.TLSKey, "tls-ca": &o.TLSCA,
-		"on-peer-loss": &o.OnPeerLoss, "metrics-listen": &o.MetricsListen,
+		"on-peer-loss": &o.OnPeerLoss, "metrics-listen": &o.MetricsListen, "fencing": &o.Fencing,
 	}
 	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
 	o.Timeout = c.Duration("timeout")
@@ -99,7 +100,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		fromFile := map[string]string{
 			"disk": r.Disk, "meta": r.Meta, "nbd": r.NBD, "listen-peer": r.ListenPeer, "peer": r.Peer,
 			"secret-file": r.SecretFile, "tls-cert": r.TLSCert, "tls-key": r.TLSKey, "tls-ca": r.TLSCA,
-			"on-peer-loss": r.OnPeerLoss, "metrics-listen": r.MetricsListen,
+			"on-peer-loss": r.OnPeerLoss, "metrics-listen": r.MetricsListen, "fencing": r.Fencing,
 		}
 		for k, v := range fromFile {
 			*str[k] = v
