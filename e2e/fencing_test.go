@@ -1,0 +1,79 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fencePeerScript is OPERATIONS.md's fence-peer handler with the ssh to the
+// peer replaced by the peer's control socket (reachable from the Primary's
+// namespace: both run on this machine). Before it outdates the peer it
+// saves the Primary's own status, to show what the application saw while
+// the handler ran.
+const fencePeerScript = `#!/bin/sh
+%[1]s --run-dir %[2]s status --json r0 > %[4]s
+out=$(%[1]s --run-dir %[3]s outdate r0 2>&1)
+case $? in
+0) exit 4 ;;
+*) case $out in *Primary*) exit 6 ;; esac ;;
+esac
+exit 5
+`
+
+// TestFencingHoldsWritesUntilPeerOutdated: a Primary with
+// resource-and-stonith fencing whose link to the peer breaks (the veth is
+// taken down; both daemons keep running) holds its writes while the
+// fence-peer handler runs, and goes on once the handler outdated the peer:
+// fio's writes through the Primary during the partition all complete and
+// verify. The outdated peer then refuses promotion, and after the link is
+// back the bitmap resync brings it up to date, with both disks equal.
+func TestFencingHoldsWritesUntilPeerOutdated(t *testing.T) {
+	c := newCluster(t, clusterOpts{netns: true})
+	script := filepath.Join(c.dir, "fence-peer")
+	during := filepath.Join(c.dir, "status-during-fence.json")
+	must(t, os.WriteFile(script, []byte(fmt.Sprintf(fencePeerScript, urbdBin, c.a.runDir, c.b.runDir, during)), 0o755))
+	c.a.start("--fencing", "resource-and-stonith", "--handler", "fence-peer="+script)
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=32M", "--io_size=8M")
+
+	setLink(t, c.a.netns, false)
+	c.a.waitFor("the peer fenced", 30*time.Second, func(s statusT) bool { return s.PeerDisk == "Outdated" })
+	var all []statusT
+	raw, err := os.ReadFile(during)
+	must(t, err)
+	must(t, json.Unmarshal(raw, &all))
+	if len(all) != 1 {
+		t.Fatalf("status --json during the fence: %s", raw)
+	}
+	if st := all[0]; !st.Suspended || !strings.Contains(st.Reason, "fencing the peer") {
+		t.Errorf("the Primary while its handler ran: suspended %v, reason %q; want writes suspended while fencing", st.Suspended, st.Reason)
+	}
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=32M", "--offset=32M", "--io_size=4M", "--verify=crc32c", "--verify_fatal=1")
+	if st := c.a.status(); st.Suspended || st.ConnState != "WFConnection" || st.OutOfSyncKiB == 0 {
+		t.Errorf("the Primary after the fence: %+v; want writes going on alone, marked out of sync", st)
+	}
+
+	if st := c.b.status(); st.DiskState != "Outdated" {
+		t.Errorf("the fenced peer's disk is %s, want Outdated", st.DiskState)
+	}
+	if out, err := c.b.try("primary", "r0"); err == nil || !strings.Contains(out, "Outdated") {
+		t.Errorf("promoting the fenced peer: %v %q, want a refusal naming its Outdated disk", err, out)
+	}
+
+	setLink(t, c.a.netns, true)
+	c.b.waitFor("the peer up to date again", 60*time.Second, func(s statusT) bool {
+		return s.ConnState == "Connected" && s.DiskState == "UpToDate" && s.OutOfSyncKiB == 0
+	})
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, c.b.disk)
+}
