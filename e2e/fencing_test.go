@@ -77,3 +77,21 @@ func TestFencingHoldsWritesUntilPeerOutdated(t *testing.T) {
 	c.b.stop()
 	cmpFiles(t, c.a.disk, c.b.disk)
 }
+
+// TestFencingNeedsHandler: `urbd up` with a fencing policy but no fence-peer
+// handler refuses to start, with a one-line error that says what to add,
+// and so does an unknown policy.
+func TestFencingNeedsHandler(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	for flag, want := range map[string]string{
+		"resource-and-stonith": "needs a fence-peer handler: add --handler 'fence-peer=COMMAND'",
+		"stonith":              "unknown fencing policy \"stonith\"",
+	} {
+		args := []string{"--run-dir", c.a.runDir, "up", "--disk", c.a.disk, "--meta", c.a.meta,
+			"--nbd", "unix:" + c.a.sock, "--listen-peer", c.a.listen, "--peer", c.a.peer, "--fencing", flag, "r0"}
+		out, err := tryCmd(30*time.Second, urbdBin, args...)
+		if err == nil || !strings.Contains(out, want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+			t.Errorf("urbd up --fencing %s without a handler: %v, output %q; want one line containing %q", flag, err, out, want)
+		}
+	}
+}
