@@ -242,6 +242,10 @@ func Run(ctx context.Context, o Options) error {
 	return runErr
 }
 
+// closeGrace is how long `urbd secondary --force` lets the NBD clients'
+// requests finish before it cancels them.
+const closeGrace = 10 * time.Second
+
 // execute runs one control request against the node.
 func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Request, stop func()) Response {
 	var err error
@@ -255,7 +259,12 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Reque
 		msg = "Primary"
 	case "secondary":
 		if req.Force && srv.Clients() > 0 {
-			if cerr := srv.CloseClients(ctx); cerr != nil {
+			// Requests held for the peer (suspended or fencing) would keep
+			// the clients forever: after closeGrace they are cancelled.
+			cctx, cancel := context.WithTimeout(ctx, closeGrace)
+			cerr := srv.CloseClients(cctx)
+			cancel()
+			if cerr != nil && !errors.Is(cerr, context.DeadlineExceeded) {
 				err = cerr
 				break
 			}

@@ -95,3 +95,36 @@ func TestFencingNeedsHandler(t *testing.T) {
 		}
 	}
 }
+
+// TestForcedDemotionEndsHeldWrites: `urbd secondary --force` on a Primary
+// whose writes are held for a lost peer (here --on-peer-loss suspend)
+// disconnects the client within its grace period instead of waiting for
+// the peer forever, and demotes.
+func TestForcedDemotionEndsHeldWrites(t *testing.T) {
+	c := newCluster(t, clusterOpts{flags: []string{"--on-peer-loss", "suspend"}})
+	c.startBoth()
+	c.b.kill9()
+	c.a.waitFor("writes suspended", 20*time.Second, func(s statusT) bool { return s.Suspended })
+	fio := make(chan error, 1)
+	go func() {
+		_, err := runFioErr(c.a.uri(), "--rw=write", "--bs=4k", "--size=64k")
+		fio <- err
+	}()
+	c.a.waitFor("a held write", 20*time.Second, func(s statusT) bool { return s.AppPending > 0 })
+	start := time.Now()
+	c.a.ctl("secondary", "--force", "r0")
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("secondary --force took %v", took)
+	}
+	if st := c.a.status(); st.Role != "Secondary" {
+		t.Errorf("after secondary --force: %s", st.Role)
+	}
+	select {
+	case err := <-fio:
+		if err == nil {
+			t.Error("fio reported success although its writes were held and its connection closed")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("fio still runs after the forced demotion")
+	}
+}
