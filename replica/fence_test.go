@@ -310,3 +310,20 @@ func TestScenarioResumeIOReleasesSuspendedWrites(t *testing.T) {
 	b.stop()
 	a.waitStatus("suspended again", func(s status.Resource) bool { return s.Suspended })
 }
+
+// TestScenarioRestartedPrimaryDoesNotFenceHealthyPeer: a Primary restarted
+// after a clean stop gives its peer the peer timeout to connect before it
+// fences it, so a restart does not fence (or power off) a healthy peer.
+func TestScenarioRestartedPrimaryDoesNotFenceHealthyPeer(t *testing.T) {
+	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
+	a.stop()
+	a.start()
+	a.waitState("reconnected as Primary", func(s replica.State) bool { return s.Conn == replica.Connected && s.Role == replica.Primary })
+	a.write(0, pattern("after the restart", hBlock))
+	select {
+	case <-f.calls:
+		t.Fatal("the restarted Primary fenced its healthy peer")
+	case <-time.After(1500 * time.Millisecond): // past the 1 s peer timeout
+	}
+	inSyncAndEqual(t, a, b)
+}
