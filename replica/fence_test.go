@@ -83,6 +83,16 @@ func cutLink(a, b *tnode, dead bool) {
 	b.proxy.cut.Store(dead)
 }
 
+// loseAndFence cuts the link between a and b, and answers the fence-peer
+// handler that the Primary a runs then with code.
+func loseAndFence(t *testing.T, a, b *tnode, f *fenceHandler, code int) {
+	t.Helper()
+	cutLink(a, b, true)
+	a.waitConn(replica.WFConnection)
+	f.called(t)
+	f.reply(t, code)
+}
+
 // TestScenarioStonithHoldsWritesUntilPeerFenced: with resource-and-stonith
 // fencing, a write the peer never answered (the link died with it in
 // flight) is not acknowledged while the peer could still be promoted
@@ -135,10 +145,7 @@ func TestScenarioStonithHoldsWritesUntilPeerFenced(t *testing.T) {
 // `urbd resume-io` releases them. The next peer loss fences again.
 func TestScenarioStonithFailedFenceHoldsUntilResume(t *testing.T) {
 	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
-	cutLink(a, b, true)
-	a.waitConn(replica.WFConnection)
-	f.called(t)
-	f.reply(t, replica.FenceExitPeerUnreachable)
+	loseAndFence(t, a, b, f, replica.FenceExitPeerUnreachable)
 	st := a.waitStatus("fence failed", func(s status.Resource) bool { return strings.Contains(s.Reason, "fencing the peer failed") })
 	if !st.Suspended || !strings.Contains(st.Reason, "urbd resume-io r0") {
 		t.Errorf("suspended %v, reason %q: want writes suspended and the resume-io hint", st.Suspended, st.Reason)
@@ -159,10 +166,7 @@ func TestScenarioStonithFailedFenceHoldsUntilResume(t *testing.T) {
 	cutLink(a, b, false)
 	a.waitInSync()
 	inSyncAndEqual(t, a, b)
-	cutLink(a, b, true)
-	a.waitConn(replica.WFConnection)
-	f.called(t) // a second loss: fenced again, not resumed for good
-	f.reply(t, replica.FenceExitPeerStonithed)
+	loseAndFence(t, a, b, f, replica.FenceExitPeerStonithed) // a second loss: fenced again, not resumed for good
 	a.waitStatus("fenced", func(s status.Resource) bool { return !s.Suspended && s.PeerDisk == "Outdated" })
 }
 
@@ -171,10 +175,7 @@ func TestScenarioStonithFailedFenceHoldsUntilResume(t *testing.T) {
 // (persisted) and its writes stay held.
 func TestScenarioFenceFindsPeerPrimary(t *testing.T) {
 	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
-	cutLink(a, b, true)
-	a.waitConn(replica.WFConnection)
-	f.called(t)
-	f.reply(t, replica.FenceExitPeerPrimary)
+	loseAndFence(t, a, b, f, replica.FenceExitPeerPrimary)
 	st := a.waitStatus("outdated", func(s status.Resource) bool { return s.DiskState == "Outdated" })
 	if !st.Suspended {
 		t.Error("writes not held after the peer was found Primary")
