@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/urbd/urbd/internal/bulkread"
 	"io"
 	"log/slog"
 	"net"
@@ -259,7 +260,8 @@ func (c *srvConn) readRequests(ctx context.Context) error {
 		if r.cost > 0 {
 			r.bufp = bufpool.Get(int(r.length))
 			if r.typ == CmdWrite {
-				if _, err := io.ReadFull(c.br, *r.bufp); err != nil {
+				// Past the read-ahead: one copy of the payload, not two.
+				if _, err := bulkread.ReadFull(c.br, c.nc, *r.bufp); err != nil {
 					c.release(r)
 					return err
 				}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/urbd/urbd/internal/bulkread"
 	"hash/crc32"
 	"io"
 	"net"
@@ -29,6 +30,10 @@ const (
 	// crcPiece is how much of a payload the receiver reads before it adds
 	// those bytes to the frame's checksum.
 	crcPiece = 64 << 10
+	// directRead is the size from which a payload read takes what the
+	// read-ahead holds and then reads the rest straight from the transport
+	// (readBulk), instead of copying it through the read-ahead buffer.
+	directRead = 16 << 10
 )
 
 // Stream carries frames over one yamux stream (control, data or resync).
@@ -76,7 +81,8 @@ type Stream struct {
 	werr    error      // first send error; sticky
 
 	// Receive side: owned by the single Recv goroutine.
-	r     *bufio.Reader
+	src   io.Reader     // the transport below r
+	r     *bufio.Reader // read-ahead over src
 	hdr   [HeaderLen]byte
 	rbuf  []byte   // payload buffer reused across Recv calls
 	rseq  uint32   // sequence expected on the next frame
@@ -110,6 +116,7 @@ func newStream(sess *Session, id uint8, rw io.ReadWriter, timeout time.Duration)
 		flusherDone: make(chan struct{}),
 		pending:     make([]byte, 0, sendBufSize),
 		spare:       make([]byte, 0, sendBufSize),
+		src:         rw,
 		r:           bufio.NewReaderSize(rw, recvBufSize),
 	}
 	st.changed.L = &st.mu
@@ -470,7 +477,7 @@ func (st *Stream) readPayload(n int, crc uint32) ([]byte, uint32, error) {
 			st.rbuf = nb
 		}
 		end := min(cap(buf), n, len(buf)+crcPiece)
-		k, err := io.ReadFull(st.r, buf[len(buf):end])
+		k, err := st.readBulk(buf[len(buf):end])
 		crc = crc32.Update(crc, castagnoli, buf[len(buf):len(buf)+k])
 		buf = buf[:len(buf)+k]
 		if err != nil {
@@ -478,6 +485,18 @@ func (st *Stream) readPayload(n int, crc uint32) ([]byte, uint32, error) {
 		}
 	}
 	return buf, crc, nil
+}
+
+// readBulk fills p. A read of at least directRead bytes takes what the
+// read-ahead buffer holds and reads the rest straight from the transport
+// (bulkread), so a large payload is copied once out of yamux, not a second
+// time through the read-ahead buffer; smaller reads go through the buffer,
+// which gathers many small frames per transport read.
+func (st *Stream) readBulk(p []byte) (int, error) {
+	if len(p) < directRead {
+		return io.ReadFull(st.r, p)
+	}
+	return bulkread.ReadFull(st.r, st.src, p)
 }
 
 // fail records err as the reason the session dies, closes the session and

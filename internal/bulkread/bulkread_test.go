@@ -1,0 +1,59 @@
+package bulkread
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"testing/iotest"
+)
+
+// TestReadFullKeepsOrder: bytes come out in stream order whether they were
+// buffered or not, across reads of every size, with a source that returns
+// one byte at a time.
+func TestReadFullKeepsOrder(t *testing.T) {
+	data := make([]byte, 100_000)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	src := iotest.HalfReader(bytes.NewReader(data))
+	br := bufio.NewReaderSize(src, 4096)
+	var got []byte
+	head := make([]byte, 10)
+	if _, err := io.ReadFull(br, head); err != nil { // fills the buffer
+		t.Fatal(err)
+	}
+	got = append(got, head...)
+	for _, n := range []int{1, 5000, 3, 4096, 30000, 17} {
+		p := make([]byte, n)
+		if k, err := ReadFull(br, src, p); err != nil || k != n {
+			t.Fatalf("ReadFull(%d) = %d, %v", n, k, err)
+		}
+		got = append(got, p...)
+		if _, err := io.ReadFull(br, head); err != nil { // small reads through br in between
+			t.Fatal(err)
+		}
+		got = append(got, head...)
+	}
+	if !bytes.Equal(got, data[:len(got)]) {
+		t.Fatal("bytes out of order")
+	}
+}
+
+// TestReadFullShort: a source that ends early gives io.ErrUnexpectedEOF
+// once some bytes were read, io.EOF when none were.
+func TestReadFullShort(t *testing.T) {
+	src := bytes.NewReader([]byte("abcdef"))
+	br := bufio.NewReaderSize(src, 16)
+	b := make([]byte, 2)
+	if _, err := io.ReadFull(br, b); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := ReadFull(br, src, make([]byte, 10)); k != 4 || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("ReadFull past the end = %d, %v; want 4, ErrUnexpectedEOF", k, err)
+	}
+	if k, err := ReadFull(br, src, make([]byte, 10)); k != 0 || err != io.EOF {
+		t.Fatalf("ReadFull at the end = %d, %v; want 0, EOF", k, err)
+	}
+}
