@@ -1,9 +1,12 @@
 package protocol
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -70,9 +73,33 @@ func (s *Session) Err() error {
 // Close closes the session and its transport, and waits for the session's
 // goroutines. Pending and later Send and Recv calls fail with ErrClosed.
 func (s *Session) Close() error {
-	s.fail(fmt.Errorf("%w locally", ErrClosed))
+	if s.closed() {
+		// yamux shut down by itself (the peer closed, a keepalive timed
+		// out): watch records why; keep that rather than "locally".
+		s.ys.Close()
+	} else {
+		s.fail(fmt.Errorf("%w locally", ErrClosed))
+	}
 	s.wait()
 	return nil
+}
+
+// LossReason says in a few words, for the status file, why a session whose
+// transport ended died, from its Err.
+func LossReason(err error) string {
+	switch {
+	case err == nil || errors.Is(err, yamux.ErrSessionShutdown) && !errors.Is(err, io.EOF):
+		return "the connection closed"
+	case errors.Is(err, yamux.ErrKeepAliveTimeout):
+		return "no answer to keepalive pings within the timeout"
+	case errors.Is(err, yamux.ErrConnectionWriteTimeout):
+		return "a write to the peer timed out: it stopped reading"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "the peer closed the connection"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "the connection was reset"
+	}
+	return err.Error()
 }
 
 // wait waits for the session's goroutines (watch, stream flushers) after
@@ -124,7 +151,7 @@ func (s *Session) watch() {
 		if err != nil {
 			s.mu.Lock()
 			if s.err == nil {
-				s.err = fmt.Errorf("%w: %v", ErrClosed, err)
+				s.err = fmt.Errorf("%w: %w", ErrClosed, err)
 			}
 			s.mu.Unlock()
 			return

@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 // testConfig is a matching configuration for both sides.
@@ -144,5 +149,24 @@ func TestSessionEndToEnd(t *testing.T) {
 	// A clean close reads as ErrClosed and, underneath, io.EOF.
 	if _, err := a.Data().Recv(); !errors.Is(err, ErrClosed) || !errors.Is(err, io.EOF) {
 		t.Fatalf("Recv after peer close: %v", err)
+	}
+}
+
+// TestLossReason: the transport errors a session dies of, in an operator's
+// words.
+func TestLossReason(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("%w: %w", ErrClosed, yamux.ErrKeepAliveTimeout), "no answer to keepalive pings within the timeout"},
+		{fmt.Errorf("%w: %w", ErrClosed, io.EOF), "the peer closed the connection"},
+		{fmt.Errorf("%w: %w", ErrClosed, &net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}), "the connection was reset"},
+		{fmt.Errorf("%w: %w", ErrClosed, yamux.ErrConnectionWriteTimeout), "a write to the peer timed out: it stopped reading"},
+		{nil, "the connection closed"},
+	} {
+		if got := LossReason(c.err); got != c.want {
+			t.Errorf("LossReason(%v) = %q, want %q", c.err, got, c.want)
+		}
 	}
 }

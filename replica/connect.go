@@ -505,8 +505,12 @@ func (n *Node) sessionEnded(s *session, err error) {
 	}
 	reason := "peer connection lost: " + err.Error()
 	var stop *localStop
-	if errors.As(err, &stop) {
+	var lost *peerLost
+	switch {
+	case errors.As(err, &stop):
 		reason = stop.reason
+	case errors.As(err, &lost):
+		reason = "peer connection lost: " + lost.cause
 	}
 	n.setStateLocked(reason, func(st *State) {
 		if n.wantConn {

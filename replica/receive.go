@@ -604,7 +604,7 @@ func (s *session) keepalive() error {
 			return s.ctx.Err()
 		case now := <-tick.C:
 			if now.Sub(time.Unix(0, s.lastRecv.Load())) > timeout {
-				return errPeerTimeout
+				return &peerLost{cause: fmt.Sprintf("no answer from the peer for %s (--timeout)", timeout)}
 			}
 			seq++
 			if err := s.ps.Control().Send(&protocol.Ping{Seq: seq}); err != nil {

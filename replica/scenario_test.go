@@ -2067,3 +2067,23 @@ func TestScenarioResyncSourceCopiesOnlyDurableData(t *testing.T) {
 	b.start()
 	inSyncAndEqual(t, a, b)
 }
+
+// TestScenarioPeerLossReasonSaysWhy: the status reason of a peer loss says
+// what ended the connection: a dead link is a peer that stopped answering,
+// a stopped peer closed the connection.
+func TestScenarioPeerLossReasonSaysWhy(t *testing.T) {
+	o := nodeOpts{viaProxy: true, timeout: time.Second}
+	a, b := cleanPair(t, o, o)
+	b.proxy.cut.Store(true)
+	a.proxy.cut.Store(true)
+	if st := a.waitConn(replica.WFConnection); !strings.HasPrefix(st.Reason, "peer connection lost: no answer") {
+		t.Errorf("a dead link: reason %q, want the peer not answering", st.Reason)
+	}
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	a.waitConn(replica.Connected)
+	b.stop()
+	if st := a.waitConn(replica.WFConnection); st.Reason != "peer connection lost: the peer closed the connection" {
+		t.Errorf("a stopped peer: reason %q", st.Reason)
+	}
+}

@@ -2,7 +2,6 @@ package replica
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -364,6 +363,11 @@ func (s *session) close(err error) {
 	s.mu.Unlock()
 	s.cancel()
 	s.ps.Close()
+	if err == ErrPeerLost {
+		// A loop saw the transport end: say why, now that the protocol
+		// session recorded it.
+		err = &peerLost{cause: protocol.LossReason(s.ps.Err())}
+	}
 	for _, e := range tl {
 		s.n.store.MarkOutOfSync(e.off, e.length)
 	}
@@ -478,4 +482,9 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 	}
 }
 
-var errPeerTimeout = errors.New("replica: no answer from the peer within the timeout")
+// peerLost is ErrPeerLost with what ended the connection, in an
+// operator's words.
+type peerLost struct{ cause string }
+
+func (e *peerLost) Error() string        { return ErrPeerLost.Error() + ": " + e.cause }
+func (e *peerLost) Is(target error) bool { return target == ErrPeerLost }
