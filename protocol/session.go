@@ -84,6 +84,16 @@ func (s *Session) Close() error {
 	return nil
 }
 
+// Goodbye tells the peer, best effort and without waiting behind other
+// senders, that this side ends the session on purpose and why: a Refuse
+// with code (one of the replication engine's, above 255) on the control
+// stream. The caller closes the session next.
+func (s *Session) Goodbye(code uint32, reason string) {
+	if ctl := s.Control(); ctl != nil {
+		ctl.trySendNow(&Refuse{Code: code, Reason: reason}, refuseGrace)
+	}
+}
+
 // LossReason says in a few words, for the status file, why a session whose
 // transport ended died, from its Err.
 func LossReason(err error) string {

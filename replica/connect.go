@@ -48,7 +48,7 @@ func (n *Node) Run(ctx context.Context) error {
 		err = nil
 	}
 	// Run owns the session it started: end it before returning.
-	n.endSession("shutting down")
+	n.endSession("shutting down", peerStopping)
 	return err
 }
 

@@ -391,6 +391,7 @@ func (n *Node) Disconnect() error {
 	n.setStateLocked("disconnect requested by operator", func(st *State) { st.Conn = StandAlone })
 	n.mu.Unlock()
 	if s != nil {
+		s.goodbye("the peer disconnected (urbd disconnect)")
 		s.close(errors.New("disconnected by operator"))
 		<-s.finished
 	}
@@ -437,14 +438,15 @@ func (n *Node) AdjustRate(bytesPerSec int64) {
 	n.log.Info("resync rate changed", "bytes_per_sec", bytesPerSec)
 }
 
-// endSession stops reconnecting and ends the live session, if any, waiting
-// until its goroutines have returned.
-func (n *Node) endSession(why string) {
+// endSession stops reconnecting and ends the live session, if any, telling
+// the peer (goodbye), and waits until its goroutines have returned.
+func (n *Node) endSession(why, goodbye string) {
 	n.mu.Lock()
 	n.wantConn = false
 	s := n.sess
 	n.mu.Unlock()
 	if s != nil {
+		s.goodbye(goodbye)
 		s.close(errors.New(why))
 		<-s.finished
 	}
@@ -453,7 +455,7 @@ func (n *Node) endSession(why string) {
 // Close stops the node after the daemon stopped serving: it drops the peer
 // session, persists the bitmap and marks the metadata clean.
 func (n *Node) Close() error {
-	n.endSession("shutting down")
+	n.endSession("shutting down", peerStopping)
 	err := n.disk.Flush(context.Background())
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -466,6 +468,9 @@ func (n *Node) Close() error {
 	}
 	return err
 }
+
+// peerStopping is the goodbye of a node whose daemon stops.
+const peerStopping = "the peer is shutting down (urbd down, or its daemon was stopped)"
 
 func randomID() uint64 {
 	for {

@@ -66,6 +66,9 @@ func (s *session) controlLoop() error {
 			}
 			s.doneOnce.Do(func() { close(s.syncDone) })
 		case *protocol.Refuse:
+			if m.Code == refuseGoodbye {
+				return &peerLost{cause: m.Reason}
+			}
 			return fmt.Errorf("peer refused: %w", m.Err())
 		default:
 			return fmt.Errorf("replica: unexpected %T on the control stream", m)

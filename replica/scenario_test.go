@@ -2070,7 +2070,8 @@ func TestScenarioResyncSourceCopiesOnlyDurableData(t *testing.T) {
 
 // TestScenarioPeerLossReasonSaysWhy: the status reason of a peer loss says
 // what ended the connection: a dead link is a peer that stopped answering,
-// a stopped peer closed the connection.
+// a connection closed under the nodes is closed or reset, and a peer that
+// disconnects or stops says so before it goes.
 func TestScenarioPeerLossReasonSaysWhy(t *testing.T) {
 	o := nodeOpts{viaProxy: true, timeout: time.Second}
 	a, b := cleanPair(t, o, o)
@@ -2082,8 +2083,24 @@ func TestScenarioPeerLossReasonSaysWhy(t *testing.T) {
 	a.proxy.cut.Store(false)
 	b.proxy.cut.Store(false)
 	a.waitConn(replica.Connected)
+	a.proxy.reset()
+	b.proxy.reset()
+	if st := a.waitConn(replica.WFConnection); st.Reason != "peer connection lost: the peer closed the connection" && st.Reason != "peer connection lost: the connection was reset" {
+		t.Errorf("a connection closed under the nodes: reason %q", st.Reason)
+	}
+	a.waitConn(replica.Connected)
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.waitConn(replica.WFConnection); st.Reason != "peer connection lost: the peer disconnected (urbd disconnect)" {
+		t.Errorf("a peer disconnected by its operator: reason %q", st.Reason)
+	}
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.Connected)
 	b.stop()
-	if st := a.waitConn(replica.WFConnection); st.Reason != "peer connection lost: the peer closed the connection" {
+	if st := a.waitConn(replica.WFConnection); !strings.HasPrefix(st.Reason, "peer connection lost: the peer is shutting down") {
 		t.Errorf("a stopped peer: reason %q", st.Reason)
 	}
 }

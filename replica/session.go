@@ -482,6 +482,16 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 	}
 }
 
+// refuseGoodbye is the Refuse code (the replication engine's own, above the
+// protocol's 255) of a node that ends the session on purpose: the reason
+// says why, from the receiver's point of view.
+const refuseGoodbye uint32 = 256
+
+// goodbye tells the peer why this node ends the session (best effort); the
+// caller closes it next. The peer's status then says so instead of "the
+// peer closed the connection".
+func (s *session) goodbye(reason string) { s.ps.Goodbye(refuseGoodbye, reason) }
+
 // peerLost is ErrPeerLost with what ended the connection, in an
 // operator's words.
 type peerLost struct{ cause string }
