@@ -429,6 +429,12 @@ func (n *Node) followPeer(s *session) error {
 		case st := <-s.peerStates:
 			peer := sideFromWire(st, s.peer.NodeID)
 			n.mu.Lock()
+			if n.sess != s {
+				// The session ended (sessionEnded ran) while the state
+				// waited here: it describes a peer that is gone.
+				n.mu.Unlock()
+				return ErrPeerLost
+			}
 			n.peerUUIDs = peer.UUIDs
 			if peer.Disk == UpToDate.String() && peer.UUIDs.Current == n.uuids.Current && n.uuids.Bitmap != 0 && (n.st.Conn == Connected || n.st.Conn == VerifyT) {
 				// The target confirmed the finished resync.
