@@ -84,13 +84,37 @@ func (s *Session) Close() error {
 	return nil
 }
 
-// Goodbye tells the peer, best effort and without waiting behind other
-// senders, that this side ends the session on purpose and why: a Refuse
-// with code (one of the replication engine's, above 255) on the control
-// stream. The caller closes the session next.
+// Goodbye tells the peer, best effort and waiting at most a second, that
+// this side ends the session on purpose and why: a Refuse with code (one of
+// the replication engine's, above 255) on the control stream. It returns
+// once the peer closed the session in answer (so the peer saw the Refuse
+// before the connection ended) or the second passed; the caller closes the
+// session next.
 func (s *Session) Goodbye(code uint32, reason string) {
-	if ctl := s.Control(); ctl != nil {
-		ctl.trySendNow(&Refuse{Code: code, Reason: reason}, refuseGrace)
+	ctl := s.Control()
+	if ctl == nil {
+		return
+	}
+	sent := make(chan struct{})
+	go func() {
+		// Ends with the session at the latest: the caller closes it.
+		defer close(sent)
+		if ctl.Send(&Refuse{Code: code, Reason: reason}) == nil {
+			ctl.Flush()
+		}
+	}()
+	t := time.NewTimer(2 * refuseGrace)
+	defer t.Stop()
+	select {
+	case <-sent:
+	case <-t.C:
+		return
+	}
+	// The peer closes the session when it reads the Refuse. Waiting for
+	// that makes it see the Refuse before the end of the connection.
+	select {
+	case <-s.Done():
+	case <-t.C:
 	}
 }
 

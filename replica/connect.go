@@ -505,7 +505,7 @@ func (n *Node) sessionEnded(s *session, err error) {
 		// absence: it must be fenced before a Primary writes alone.
 		n.resumed = false
 		n.fence = fenceDone
-		if n.st.PeerDisk == UpToDate {
+		if n.st.PeerDisk == UpToDate && !s.peerLeftUpToDate.Load() {
 			n.fence = fenceNeeded
 		}
 	}

@@ -328,3 +328,40 @@ func TestScenarioRestartedPrimaryDoesNotFenceHealthyPeer(t *testing.T) {
 	}
 	inSyncAndEqual(t, a, b)
 }
+
+// TestScenarioSecondaryLeavingOnPurposeNeedsNoFence: a Secondary that
+// stops (urbd down) or disconnects while connected to its Primary leaves
+// Outdated, as in DRBD, and tells the Primary first: the Primary's
+// resource-and-stonith fencing then has nothing to do, and its writes go
+// on at once.
+func TestScenarioSecondaryLeavingOnPurposeNeedsNoFence(t *testing.T) {
+	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
+	for _, leave := range []string{"stop", "disconnect"} {
+		if leave == "stop" {
+			b.stop()
+			if d := b.store.Meta().Disk; d != "Outdated" {
+				t.Fatalf("a Secondary stopped under its Primary persisted disk %q, want Outdated", d)
+			}
+		} else if err := b.node.Disconnect(); err != nil {
+			t.Fatal(err)
+		}
+		a.waitConn(replica.WFConnection)
+		a.write(0, pattern(leave, hBlock))
+		if a.node.Status().Suspended {
+			t.Errorf("%s: the Primary's writes are suspended", leave)
+		}
+		select {
+		case <-f.calls:
+			t.Fatalf("%s: the Primary fenced a peer that left Outdated", leave)
+		case <-time.After(300 * time.Millisecond):
+		}
+		if leave == "stop" {
+			b.start()
+		} else if err := b.node.Connect(false); err != nil {
+			t.Fatal(err)
+		}
+		a.waitInSync()
+		b.waitState("UpToDate again", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+		inSyncAndEqual(t, a, b)
+	}
+}

@@ -77,6 +77,7 @@ type tnode struct {
 
 	evMu   sync.Mutex
 	events []string // Config.Event names, in arrival order, across restarts
+	lost   []string // URBD_REASON of each peer-lost event, in arrival order
 
 	aheads atomic.Int64 // "flush_ahead" reports to Config.Observe
 }
@@ -99,6 +100,16 @@ func (x *tnode) eventCount(name string) int {
 		}
 	}
 	return n
+}
+
+// nthLoss waits for the node's n-th peer-lost event (from 1) and returns
+// its reason.
+func (x *tnode) nthLoss(n int) string {
+	x.t.Helper()
+	x.waitFor(fmt.Sprintf("peer loss %d", n), func() bool { return x.eventCount("peer-lost") >= n })
+	x.evMu.Lock()
+	defer x.evMu.Unlock()
+	return x.lost[n-1]
 }
 
 // waitEvent waits until the node fired the event (events come from their
@@ -217,9 +228,12 @@ func (x *tnode) start() {
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,
 		Logger:            x.logger(),
-		Event: func(event string, _ map[string]string) {
+		Event: func(event string, extra map[string]string) {
 			x.evMu.Lock()
 			x.events = append(x.events, event)
+			if event == "peer-lost" {
+				x.lost = append(x.lost, extra["URBD_REASON"])
+			}
 			x.evMu.Unlock()
 		},
 		Observe: func(kind string, _ bool, _ int, _ time.Duration) {

@@ -380,14 +380,10 @@ func (n *Node) Disconnect() error {
 	if outdatePeer {
 		n.outdatePeer(s)
 	}
+	n.outdateBeforeLeaving("disconnected from the Primary by the operator")
 	n.mu.Lock()
 	n.wantConn = false
 	s = n.sess
-	if n.st.Role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.Disk == UpToDate {
-		if err := n.outdateLocked("disconnected from the Primary by the operator"); err != nil {
-			n.log.Error("outdating the disk failed", "err", err)
-		}
-	}
 	n.setStateLocked("disconnect requested by operator", func(st *State) { st.Conn = StandAlone })
 	n.mu.Unlock()
 	if s != nil {
@@ -396,6 +392,30 @@ func (n *Node) Disconnect() error {
 		<-s.finished
 	}
 	return nil
+}
+
+// outdateBeforeLeaving is for a Secondary that leaves its Primary on
+// purpose (disconnect, down): it marks its disk Outdated, as DRBD does,
+// since the Primary goes on writing without it, and tells the Primary,
+// waiting (at most the peer timeout, barrier) until the Primary has read
+// it: the Primary then knows the peer cannot be promoted, and its fencing
+// has nothing to do.
+func (n *Node) outdateBeforeLeaving(reason string) {
+	n.mu.Lock()
+	s := n.sess
+	leaving := s != nil && n.st.Role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.Disk == UpToDate
+	if leaving {
+		if err := n.outdateLocked(reason); err != nil {
+			n.log.Error("outdating the disk failed", "err", err)
+			leaving = false
+		} else {
+			s.sendState(n.localSideLocked())
+		}
+	}
+	n.mu.Unlock()
+	if leaving && !s.barrier(n.cfg.Timeout) {
+		n.log.Warn("the Primary did not confirm that this node left Outdated: it may fence this node")
+	}
 }
 
 // outdatePeer asks the peer to mark its disk Outdated and waits until its
@@ -439,8 +459,11 @@ func (n *Node) AdjustRate(bytesPerSec int64) {
 }
 
 // endSession stops reconnecting and ends the live session, if any, telling
-// the peer (goodbye), and waits until its goroutines have returned.
+// the peer (goodbye), and waits until its goroutines have returned. It is
+// the node stopping: a Secondary connected to a Primary leaves Outdated
+// (outdateBeforeLeaving).
 func (n *Node) endSession(why, goodbye string) {
+	n.outdateBeforeLeaving("stopped while the Primary goes on")
 	n.mu.Lock()
 	n.wantConn = false
 	s := n.sess

@@ -36,6 +36,7 @@ func (s *session) controlLoop() error {
 		switch m := m.(type) {
 		case *protocol.State:
 			s.wantRecv.Store(m.Flags&flagWantReceived != 0)
+			s.peerLeftUpToDate.Store(m.Disk != protocol.DiskUpToDate)
 			if m.Flags&flagOutdate != 0 {
 				if err := s.n.outdatedByPeer(s); err != nil {
 					return err
@@ -51,6 +52,7 @@ func (s *session) controlLoop() error {
 				return err
 			}
 		case *protocol.PingAck:
+			s.pingAnswered(m.Seq)
 		case *protocol.Bitmap:
 			if err := s.receiveBitmap(m); err != nil {
 				return err

@@ -2068,39 +2068,41 @@ func TestScenarioResyncSourceCopiesOnlyDurableData(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
-// TestScenarioPeerLossReasonSaysWhy: the status reason of a peer loss says
-// what ended the connection: a dead link is a peer that stopped answering,
-// a connection closed under the nodes is closed or reset, and a peer that
-// disconnects or stops says so before it goes.
+// TestScenarioPeerLossReasonSaysWhy: a peer loss says what ended the
+// connection (the peer-lost handler's URBD_REASON; the status reason says
+// the same until a reconnection attempt replaces it): a dead link is a peer
+// that stopped answering, a connection closed under the nodes is closed or
+// reset, and a peer that disconnects or stops says so before it goes.
 func TestScenarioPeerLossReasonSaysWhy(t *testing.T) {
-	o := nodeOpts{viaProxy: true, timeout: time.Second}
-	a, b := cleanPair(t, o, o)
-	b.proxy.cut.Store(true)
-	a.proxy.cut.Store(true)
-	if st := a.waitConn(replica.WFConnection); !strings.HasPrefix(st.Reason, "peer connection lost: no answer") {
-		t.Errorf("a dead link: reason %q, want the peer not answering", st.Reason)
+	// a notices a dead link first: b waits much longer.
+	a, b := cleanPair(t, nodeOpts{viaProxy: true, timeout: time.Second}, nodeOpts{viaProxy: true, timeout: 20 * time.Second})
+	const lost = "replica: peer connection lost: "
+	cutLink(a, b, true)
+	if r := a.nthLoss(1); !strings.HasPrefix(r, lost+"no answer") {
+		t.Errorf("a dead link: %q, want the peer not answering", r)
 	}
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	cutLink(a, b, false)
+	a.proxy.reset()
+	b.proxy.reset()
 	a.waitConn(replica.Connected)
 	a.proxy.reset()
 	b.proxy.reset()
-	if st := a.waitConn(replica.WFConnection); st.Reason != "peer connection lost: the peer closed the connection" && st.Reason != "peer connection lost: the connection was reset" {
-		t.Errorf("a connection closed under the nodes: reason %q", st.Reason)
+	if r := a.nthLoss(2); r != lost+"the peer closed the connection" && r != lost+"the connection was reset" {
+		t.Errorf("a connection closed under the nodes: %q", r)
 	}
 	a.waitConn(replica.Connected)
 	if err := b.node.Disconnect(); err != nil {
 		t.Fatal(err)
 	}
-	if st := a.waitConn(replica.WFConnection); st.Reason != "peer connection lost: the peer disconnected (urbd disconnect)" {
-		t.Errorf("a peer disconnected by its operator: reason %q", st.Reason)
+	if r := a.nthLoss(3); r != lost+"the peer disconnected (urbd disconnect)" {
+		t.Errorf("a peer disconnected by its operator: %q", r)
 	}
 	if err := b.node.Connect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.Connected)
 	b.stop()
-	if st := a.waitConn(replica.WFConnection); !strings.HasPrefix(st.Reason, "peer connection lost: the peer is shutting down") {
-		t.Errorf("a stopped peer: reason %q", st.Reason)
+	if r := a.nthLoss(4); !strings.HasPrefix(r, lost+"the peer is shutting down") {
+		t.Errorf("a stopped peer: %q", r)
 	}
 }

@@ -48,11 +48,19 @@ type session struct {
 	wantRecv   atomic.Bool         // the peer runs protocol B
 	csumResync bool                // set before the resync starts: compare checksums first
 	peerStates chan protocol.State // control-stream states, in order
-	peerBitmap chan struct{}       // closed when the peer's bitmap arrived
-	bitmapSeen bool                // guarded by mu
-	ready      chan struct{}       // closed once this side decided (Decide)
-	syncDone   chan struct{}       // closed when the peer sent SyncDone
-	doneOnce   sync.Once
+	// peerLeftUpToDate: the last state the peer sent says its disk is not
+	// UpToDate. Set as the state arrives, before the state machine applies
+	// it, so that sessionEnded sees a Secondary that outdated itself just
+	// before it left (outdateBeforeLeaving) even if the state is
+	// still queued.
+	peerLeftUpToDate atomic.Bool
+	barriers         map[uint64]chan struct{} // guarded by mu: Ping seqs of barrier waiting for their PingAck
+	barrierN         atomic.Uint64
+	peerBitmap       chan struct{} // closed when the peer's bitmap arrived
+	bitmapSeen       bool          // guarded by mu
+	ready            chan struct{} // closed once this side decided (Decide)
+	syncDone         chan struct{} // closed when the peer sent SyncDone
+	doneOnce         sync.Once
 
 	applyQ chan applyItem // secondary: replicated writes in stream order
 
@@ -89,6 +97,7 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		rsWait:     make(map[uint64]chan uint32),
 		sumWait:    make(map[uint64]chan *protocol.ChecksumReply),
 		peerStates: make(chan protocol.State, 64),
+		barriers:   make(map[uint64]chan struct{}),
 		peerBitmap: make(chan struct{}),
 		ready:      make(chan struct{}),
 		syncDone:   make(chan struct{}),
@@ -479,6 +488,48 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 		DiscardMyData:  st.Flags&protocol.FlagDiscardMyData != 0,
 		BitmapDirty:    st.Flags&flagBitmapDirty != 0,
 		recoveredAL:    st.Flags&flagRecovered != 0,
+	}
+}
+
+// barrierSeq marks the Ping sequence numbers of barrier, apart from the
+// keepalive's.
+const barrierSeq = 1 << 63
+
+// barrier sends a Ping on the control stream and waits, at most d, for its
+// PingAck. The peer answers pings in stream order, so once it arrives the
+// peer has read every control frame this node sent before it.
+func (s *session) barrier(d time.Duration) bool {
+	seq := barrierSeq | s.barrierN.Add(1)
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.barriers[seq] = ch
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.barriers, seq)
+		s.mu.Unlock()
+	}()
+	if s.ps.Control().Send(&protocol.Ping{Seq: seq}) != nil {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+	case <-s.ctx.Done():
+	}
+	return false
+}
+
+// pingAnswered completes the barrier waiting for seq, if any.
+func (s *session) pingAnswered(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch := s.barriers[seq]; ch != nil {
+		close(ch)
+		delete(s.barriers, seq)
 	}
 }
 
