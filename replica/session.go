@@ -54,8 +54,8 @@ type session struct {
 	// before it left (outdateBeforeLeaving) even if the state is
 	// still queued.
 	peerLeftUpToDate atomic.Bool
-	barriers         map[uint64]chan struct{} // guarded by mu: Ping seqs of barrier waiting for their PingAck
-	barrierN         atomic.Uint64
+	barrierAck       chan struct{} // closed when the barrier's PingAck arrives
+	barrierOnce      sync.Once
 	peerBitmap       chan struct{} // closed when the peer's bitmap arrived
 	bitmapSeen       bool          // guarded by mu
 	ready            chan struct{} // closed once this side decided (Decide)
@@ -97,7 +97,7 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		rsWait:     make(map[uint64]chan uint32),
 		sumWait:    make(map[uint64]chan *protocol.ChecksumReply),
 		peerStates: make(chan protocol.State, 64),
-		barriers:   make(map[uint64]chan struct{}),
+		barrierAck: make(chan struct{}),
 		peerBitmap: make(chan struct{}),
 		ready:      make(chan struct{}),
 		syncDone:   make(chan struct{}),
@@ -491,31 +491,22 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 	}
 }
 
-// barrierSeq marks the Ping sequence numbers of barrier, apart from the
-// keepalive's.
+// barrierSeq is the Ping sequence number of barrier, apart from the
+// keepalive's (which count up from 1).
 const barrierSeq = 1 << 63
 
 // barrier sends a Ping on the control stream and waits, at most d, for its
 // PingAck. The peer answers pings in stream order, so once it arrives the
-// peer has read every control frame this node sent before it.
+// peer has read every control frame this node sent before it. A session
+// needs it at most once (a Secondary leaving its Primary).
 func (s *session) barrier(d time.Duration) bool {
-	seq := barrierSeq | s.barrierN.Add(1)
-	ch := make(chan struct{})
-	s.mu.Lock()
-	s.barriers[seq] = ch
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.barriers, seq)
-		s.mu.Unlock()
-	}()
-	if s.ps.Control().Send(&protocol.Ping{Seq: seq}) != nil {
+	if s.ps.Control().Send(&protocol.Ping{Seq: barrierSeq}) != nil {
 		return false
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-ch:
+	case <-s.barrierAck:
 		return true
 	case <-t.C:
 	case <-s.ctx.Done():
@@ -523,13 +514,10 @@ func (s *session) barrier(d time.Duration) bool {
 	return false
 }
 
-// pingAnswered completes the barrier waiting for seq, if any.
+// pingAnswered completes barrier when its PingAck arrives.
 func (s *session) pingAnswered(seq uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ch := s.barriers[seq]; ch != nil {
-		close(ch)
-		delete(s.barriers, seq)
+	if seq == barrierSeq {
+		s.barrierOnce.Do(func() { close(s.barrierAck) })
 	}
 }
 
