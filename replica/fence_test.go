@@ -58,6 +58,16 @@ func (f *fenceHandler) reply(t *testing.T, code int) {
 	}
 }
 
+// notCalled checks that the handler does not run within d.
+func (f *fenceHandler) notCalled(t *testing.T, what string, d time.Duration) {
+	t.Helper()
+	select {
+	case <-f.calls:
+		t.Fatalf("the fence-peer handler ran: %s", what)
+	case <-time.After(d):
+	}
+}
+
 // notReturned checks that an async request is still held.
 func notReturned(t *testing.T, what string, res <-chan error) {
 	t.Helper()
@@ -230,11 +240,7 @@ func TestScenarioPromotionWithoutPeerFencesFirst(t *testing.T) {
 	if st := b.node.State(); st.Role != replica.Primary || st.PeerDisk != replica.Outdated {
 		t.Fatalf("after the fence: %s with peer disk %s, want Primary/Outdated", st.Role, st.PeerDisk)
 	}
-	select {
-	case <-f.calls:
-		t.Fatal("the new Primary fenced its peer again")
-	case <-time.After(300 * time.Millisecond):
-	}
+	f.notCalled(t, "the new Primary fenced its peer again", 300*time.Millisecond)
 }
 
 // TestScenarioPromotionForcedPastFailedFence: --force promotes although the
@@ -321,11 +327,7 @@ func TestScenarioRestartedPrimaryDoesNotFenceHealthyPeer(t *testing.T) {
 	a.start()
 	a.waitState("reconnected as Primary", func(s replica.State) bool { return s.Conn == replica.Connected && s.Role == replica.Primary })
 	a.write(0, pattern("after the restart", hBlock))
-	select {
-	case <-f.calls:
-		t.Fatal("the restarted Primary fenced its healthy peer")
-	case <-time.After(1500 * time.Millisecond): // past the 1 s peer timeout
-	}
+	f.notCalled(t, "the restarted Primary fenced its healthy peer", 1500*time.Millisecond) // past the 1 s peer timeout
 	inSyncAndEqual(t, a, b)
 }
 
@@ -350,11 +352,7 @@ func TestScenarioSecondaryLeavingOnPurposeNeedsNoFence(t *testing.T) {
 		if a.node.Status().Suspended {
 			t.Errorf("%s: the Primary's writes are suspended", leave)
 		}
-		select {
-		case <-f.calls:
-			t.Fatalf("%s: the Primary fenced a peer that left Outdated", leave)
-		case <-time.After(300 * time.Millisecond):
-		}
+		f.notCalled(t, leave+": the Primary fenced a peer that left Outdated", 300*time.Millisecond)
 		if leave == "stop" {
 			b.start()
 		} else if err := b.node.Connect(false); err != nil {
