@@ -50,3 +50,11 @@ func (n *Node) OnStateSent(f func()) {
 	n.stateSent = f
 	n.mu.Unlock()
 }
+
+// OnSessionClosing makes f run in each session close between marking the
+// session closed and sessionEnded.
+func (n *Node) OnSessionClosing(f func()) {
+	n.mu.Lock()
+	n.sessionClosing = f
+	n.mu.Unlock()
+}

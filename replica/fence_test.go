@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -361,5 +362,38 @@ func TestScenarioSecondaryLeavingOnPurposeNeedsNoFence(t *testing.T) {
 		a.waitInSync()
 		b.waitState("UpToDate again", func(s replica.State) bool { return s.Disk == replica.UpToDate })
 		inSyncAndEqual(t, a, b)
+	}
+}
+
+// TestScenarioStonithHoldsWriteSentWhileSessionCloses: a write issued in
+// the window where the session is already closed but the state still shows
+// it Connected (before sessionEnded) is not replicated; with
+// resource-and-stonith it is held like any write the peer did not take,
+// not acknowledged on the strength of the stale state.
+func TestScenarioStonithHoldsWriteSentWhileSessionCloses(t *testing.T) {
+	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
+	inWindow, release := make(chan struct{}), make(chan struct{})
+	var once, released sync.Once
+	releaseOnce := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(releaseOnce) // a failed check must not leave the close stuck
+	a.node.OnSessionClosing(func() {
+		once.Do(func() {
+			close(inWindow)
+			<-release
+		})
+	})
+	cutLink(a, b, true)
+	<-inWindow
+	if st := a.node.State(); st.Conn != replica.Connected {
+		t.Fatalf("in the window the state is %s, want it still Connected", st.Conn)
+	}
+	res := a.asyncWrite(0, pattern("in the window", hBlock))
+	notReturned(t, "a write issued while the session closes", res)
+	releaseOnce()
+	f.called(t)
+	notReturned(t, "a write issued while the session closed, before the fence", res)
+	f.reply(t, replica.FenceExitPeerOutdated)
+	if err := recvErr(t, "the held write", res); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -77,18 +77,22 @@ type Node struct {
 	resumed      bool       // guarded by mu: urbd resume-io released held writes until the peer is back
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
-	stateSent   func()
-	sess        *session
-	changed     chan struct{} // closed and replaced on every state change
-	progress    *resync.Progress
-	verify      *status.Sync
-	clients     func() int    // how many NBD clients are attached
-	kick        chan struct{} // wakes the dialer
-	syncKick    chan struct{} // wakes the resync check
-	peerID      uint64        // guarded by mu: the peer's node id, once known
-	peerUUIDs   UUIDs         // guarded by mu: the peer's UUIDs at the last state
-	lastConnErr string        // guarded by mu: the last connection failure, logged once
-	ahead       *flushAhead
+	stateSent func()
+	// sessionClosing, if set (tests only), runs in session.close between
+	// marking the session closed and sessionEnded, the window in which the
+	// state still shows the session.
+	sessionClosing func()
+	sess           *session
+	changed        chan struct{} // closed and replaced on every state change
+	progress       *resync.Progress
+	verify         *status.Sync
+	clients        func() int    // how many NBD clients are attached
+	kick           chan struct{} // wakes the dialer
+	syncKick       chan struct{} // wakes the resync check
+	peerID         uint64        // guarded by mu: the peer's node id, once known
+	peerUUIDs      UUIDs         // guarded by mu: the peer's UUIDs at the last state
+	lastConnErr    string        // guarded by mu: the last connection failure, logged once
+	ahead          *flushAhead
 
 	stats counters
 }

@@ -390,6 +390,12 @@ func (s *session) close(err error) {
 			s.n.log.Error("persisting the bitmap after peer loss failed", "err", perr)
 		}
 	}
+	s.n.mu.Lock()
+	hook := s.n.sessionClosing
+	s.n.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	s.n.sessionEnded(s, err)
 	for _, r := range pend {
 		s.finish(r, false)
