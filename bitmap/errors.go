@@ -18,6 +18,9 @@ var (
 	ErrTooLarge = errors.New("bitmap: range spans more extents than the activity log holds")
 	// ErrClosed: the Store was closed.
 	ErrClosed = errors.New("bitmap: store closed")
+	// ErrLocked: another process holds the metadata directory's lock
+	// (LockDir): a running urbd up, or an offline command.
+	ErrLocked = errors.New("bitmap: metadata directory in use")
 	// ErrInvalid: an invalid argument (Options, Meta field).
 	ErrInvalid = errors.New("bitmap: invalid argument")
 )

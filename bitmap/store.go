@@ -27,6 +27,7 @@ const (
 	MetaFile   = "meta"
 	BitmapFile = "bitmap" // chunk i is the file "bitmap.i"
 	ALFile     = "al"
+	LockFile   = "lock" // see LockDir
 )
 
 // Values of Meta.Role and Meta.Disk used by urbd.
@@ -424,13 +425,21 @@ func (s *Store) SaveMeta(m Meta) error {
 		return fmt.Errorf("%w: meta with size %d block %d extent %d for a store of size %d block %d extent %d",
 			ErrGeometry, m.Size, m.BitmapBlock, m.ExtentSize, s.size, s.block, s.extent)
 	}
+	if err := validStates(m); err != nil {
+		return err
+	}
+	return s.writeMeta(m)
+}
+
+// validStates checks the strings of m that the format bounds.
+func validStates(m Meta) error {
 	if err := validStateString(m.Role); err != nil {
 		return fmt.Errorf("%w: role %v", ErrInvalid, err)
 	}
 	if err := validStateString(m.Disk); err != nil {
 		return fmt.Errorf("%w: disk state %v", ErrInvalid, err)
 	}
-	return s.writeMeta(m)
+	return nil
 }
 
 func (s *Store) writeMeta(m Meta) error {

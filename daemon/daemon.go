@@ -121,6 +121,16 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer disk.Close()
 	fresh := !metaExists(o.Meta)
+	// One process at a time uses the metadata: a second daemon started by
+	// mistake, or an offline urbd outdate, is refused here.
+	if err := os.MkdirAll(o.Meta, 0o700); err != nil {
+		return fmt.Errorf("creating --meta: %w", err)
+	}
+	lock, err := bitmap.LockDir(o.Meta)
+	if err != nil {
+		return fmt.Errorf("--meta: %w (is urbd up %s already running?)", err, o.Name)
+	}
+	defer lock.Unlock()
 	store, err := bitmap.Open(o.Meta, bitmap.Options{
 		Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize,
 		SyncData: func() error { return disk.Flush(context.Background()) },
@@ -369,9 +379,18 @@ func listenUnix(path string) (net.Listener, error) {
 	return ln, nil
 }
 
+// metaExists reports whether dir holds metadata (a file besides its lock).
 func metaExists(dir string) bool {
 	entries, err := os.ReadDir(dir)
-	return err == nil && len(entries) > 0
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.Name() != bitmap.LockFile {
+			return true
+		}
+	}
+	return false
 }
 
 func validName(name string) error {
