@@ -128,3 +128,55 @@ func TestForcedDemotionEndsHeldWrites(t *testing.T) {
 		t.Fatal("fio still runs after the forced demotion")
 	}
 }
+
+// TestOutdateStoppedNode: `urbd outdate` on a node whose daemon is not
+// running (what a fence-peer handler meets when the peer's daemon crashed)
+// changes its metadata: the crashed Secondary restarts Outdated and refuses
+// promotion, then a reconnect brings it up to date. A Primary that stopped
+// cleanly is refused, and so is a metadata directory a daemon uses, as is a
+// second `urbd up` on it.
+func TestOutdateStoppedNode(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	c.b.kill9()
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=16M", "--io_size=4M")
+
+	if out, err := c.b.try("outdate", "r0"); err == nil || !strings.Contains(out, "--meta") {
+		t.Errorf("outdate with the daemon stopped and no metadata named: %v %q; want a refusal asking for --meta", err, out)
+	}
+	if out := c.b.ctl("outdate", "--meta", c.b.meta, "r0"); !strings.Contains(out, "Outdated (daemon stopped") {
+		t.Errorf("offline outdate: %q", out)
+	}
+
+	c.a.stop() // cleanly, as Primary: it starts as Primary again
+	if out, err := c.a.try("outdate", "--meta", c.a.meta, "r0"); err == nil || !strings.Contains(out, "Primary") {
+		t.Errorf("offline outdate of a stopped Primary: %v %q; want a refusal naming Primary", err, out)
+	}
+
+	c.b.start()
+	if st := c.b.status(); st.DiskState != "Outdated" {
+		t.Errorf("the outdated node restarted with disk %s, want Outdated", st.DiskState)
+	}
+	if out, err := c.b.try("primary", "r0"); err == nil || !strings.Contains(out, "Outdated") {
+		t.Errorf("promoting the outdated node: %v %q; want a refusal naming its Outdated disk", err, out)
+	}
+	if out, err := c.b.try("--run-dir", filepath.Join(c.dir, "elsewhere"), "outdate", "--meta", c.b.meta, "r0"); err == nil || !strings.Contains(out, "in use") {
+		t.Errorf("offline outdate of metadata a daemon uses: %v %q; want a refusal saying it is in use", err, out)
+	}
+	second := c.b.command("--run-dir", filepath.Join(c.dir, "elsewhere"), "up", "--disk", c.b.disk, "--meta", c.b.meta,
+		"--nbd", "unix:"+filepath.Join(c.dir, "second.sock"), "--peer", c.b.peer, "r0")
+	if out, err := second.CombinedOutput(); err == nil || !strings.Contains(string(out), "in use") {
+		t.Errorf("a second urbd up on the same metadata: %v %q; want a refusal saying it is in use", err, out)
+	}
+
+	c.a.start()
+	c.b.waitFor("the outdated node up to date again", 60*time.Second, func(s statusT) bool {
+		return s.ConnState == "Connected" && s.DiskState == "UpToDate" && s.OutOfSyncKiB == 0
+	})
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, c.b.disk)
+}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -68,9 +67,6 @@ It becomes SyncTarget for the union of both nodes' changes.`,
 			"Needs a connected peer with an UpToDate disk. Example: urbd invalidate r0", nil, plain("invalidate")),
 		controlCommand("verify", "compare every block with the peer by checksum and resync the differences",
 			"Runs in the background; urbd status shows VerifyS and its progress. Example: urbd verify r0", nil, plain("verify")),
-		controlCommand("outdate", "mark this disconnected Secondary's disk Outdated: it then refuses promotion without --force",
-			`What a fence-peer handler runs on the peer of a Primary that lost it (exit 4 after it succeeds).
-Refused on a Primary and while connected. Example: urbd outdate r0`, nil, plain("outdate")),
 		controlCommand("resume-io", "release writes held for the peer (fencing failed, or on-peer-loss suspend)",
 			`Use it once you know the peer is not Primary and will not be promoted: this node then goes on
 alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io")),
@@ -87,5 +83,3 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 			}),
 	)
 }
-
-var _ = os.Stdout
