@@ -526,9 +526,13 @@ func (n *Node) sessionEnded(s *session, err error) {
 		}
 		if wasConnected {
 			// (Without a live session they keep what the last one, or
-			// the fence-peer handler, found.)
+			// the fence-peer handler, found.) A peer that said it left
+			// Outdated stays so: only a resync from this node, over a
+			// new connection, makes it UpToDate again.
 			st.PeerRole = RoleUnknown
-			st.PeerDisk = DUnknown
+			if st.PeerDisk != Outdated {
+				st.PeerDisk = DUnknown
+			}
 		}
 	})
 	// Wake waiters even when the state looks the same (a session that

@@ -250,8 +250,9 @@ func TestScenarioPeerLossMidWriteThenResync(t *testing.T) {
 		}
 	}
 	st := a.waitConn(replica.WFConnection)
-	if st.Role != replica.Primary || st.PeerRole != replica.RoleUnknown || st.PeerDisk != replica.DUnknown {
-		t.Fatalf("primary after peer loss: %+v", st)
+	// The secondary stopped on purpose: it left Outdated, and said so.
+	if st.Role != replica.Primary || st.PeerRole != replica.RoleUnknown || st.PeerDisk != replica.Outdated {
+		t.Fatalf("primary after peer loss: %+v, want PeerDisk Outdated", st)
 	}
 	s := a.node.Status()
 	if want := uint64(inflight * 2 * hBlock >> 10); s.OutOfSyncKiB < want {
@@ -1453,7 +1454,9 @@ func TestScenarioEarlyAckPeerLossMarksUnwrittenWrites(t *testing.T) {
 			}
 			b.crash()
 			b.disk.releaseWrites()
-			a.waitConn(replica.WFConnection)
+			if st := a.waitConn(replica.WFConnection); st.PeerDisk != replica.DUnknown {
+				t.Fatalf("primary after its peer crashed: %+v, want PeerDisk DUnknown", st)
+			}
 			if got := a.node.Status().OutOfSyncKiB; got != n*2*hBlock>>10 {
 				t.Fatalf("out of sync after losing %d acknowledged, unwritten writes: %d KiB, want %d", n, got, n*2*hBlock>>10)
 			}
@@ -1814,6 +1817,9 @@ func TestScenarioCleanDisconnectOutdatesSecondary(t *testing.T) {
 	}
 	if st := b.node.State(); st.Disk != replica.Outdated {
 		t.Fatalf("secondary after the primary's disconnect: %+v, want disk Outdated", st)
+	}
+	if st := a.node.State(); st.PeerDisk != replica.Outdated {
+		t.Fatalf("primary after its disconnect: %+v, want PeerDisk Outdated", st)
 	}
 	b.crash()
 	b.start()
