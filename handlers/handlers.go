@@ -28,14 +28,17 @@ import (
 // Events a handler can be configured for. The names are the keys of the
 // [handlers] table of the resource file.
 const (
-	EventSplitBrain    = "split-brain"
-	EventPeerLost      = "peer-lost"
-	EventPeerBack      = "peer-back"
-	EventResyncStarted = "resync-started"
-	EventResyncDone    = "resync-done"
-	EventPromoted      = "promoted"
-	EventDemoted       = "demoted"
-	EventLocalIOError  = "local-io-error"
+	EventSplitBrain = "split-brain" // found, and left to the operator
+	// EventInitialSplitBrain: every split brain found, also those the
+	// after-sb policies resolve (DRBD's initial-split-brain).
+	EventInitialSplitBrain = "initial-split-brain"
+	EventPeerLost          = "peer-lost"
+	EventPeerBack          = "peer-back"
+	EventResyncStarted     = "resync-started"
+	EventResyncDone        = "resync-done"
+	EventPromoted          = "promoted"
+	EventDemoted           = "demoted"
+	EventLocalIOError      = "local-io-error"
 	// EventFencePeer is not a notification: the node waits for it (Run)
 	// and reads its exit code (DRBD's fence-peer handler).
 	EventFencePeer = "fence-peer"
@@ -43,7 +46,7 @@ const (
 
 // Events lists every event name, in the order the documentation gives them.
 var Events = []string{
-	EventSplitBrain, EventPeerLost, EventPeerBack, EventResyncStarted,
+	EventInitialSplitBrain, EventSplitBrain, EventPeerLost, EventPeerBack, EventResyncStarted,
 	EventResyncDone, EventPromoted, EventDemoted, EventLocalIOError, EventFencePeer,
 }
 

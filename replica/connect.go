@@ -321,6 +321,7 @@ func (n *Node) negotiate(s *session) error {
 		n.mu.Unlock()
 		n.log.Error("refusing to connect: "+plan.Decision.String(), "reason", plan.Reason)
 		if plan.Decision == SplitBrain {
+			n.event("initial-split-brain", map[string]string{"URBD_REASON": plan.Reason})
 			n.event("split-brain", map[string]string{"URBD_REASON": plan.Reason})
 		}
 		s.ps.Control().Send(&protocol.Refuse{Code: 0, Reason: plan.Decision.String() + ": " + plan.Reason})
@@ -333,6 +334,10 @@ func (n *Node) negotiate(s *session) error {
 			return fmt.Errorf("%w: %s", ErrSplitBrain, plan.Reason)
 		}
 		return fmt.Errorf("%w: %s: %s", ErrRefused, plan.Decision, plan.Reason)
+	}
+	if plan.AutoResolved {
+		n.log.Warn("split brain resolved automatically", "reason", plan.Reason)
+		n.event("initial-split-brain", map[string]string{"URBD_REASON": plan.Reason})
 	}
 	conn := Connected
 	switch plan.Decision {
@@ -556,6 +561,7 @@ func (n *Node) localSideLocked() Side {
 		CrashedPrimary: n.crashedPri,
 		DiscardMyData:  n.discard,
 		BitmapDirty:    n.store.Bitmap().DirtyBlocks() > 0,
+		AfterSB:        n.cfg.AfterSB,
 		NodeID:         n.nodeID,
 		recoveredAL:    n.recovered,
 	}

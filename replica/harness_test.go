@@ -51,6 +51,7 @@ type nodeOpts struct {
 	volatile    bool          // the disk keeps an undo log for powerLoss
 	fencing     replica.Fencing
 	fence       *fenceHandler // Config.FencePeer; nil = none configured
+	afterSB     replica.AfterSplitBrain
 }
 
 // tnode is one in-process node with its files.
@@ -225,6 +226,7 @@ func (x *tnode) start() {
 		SuspendOnPeerLoss: x.opts.suspend,
 		Fencing:           x.opts.fencing,
 		FencePeer:         x.opts.fence.handler(),
+		AfterSB:           x.opts.afterSB,
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,
 		Logger:            x.logger(),

@@ -36,14 +36,18 @@ type Config struct {
 	// other policy FencePeer runs the fence-peer handler: it returns the
 	// handler's exit code (see the FenceExit constants), or an error when
 	// it could not run or was killed.
-	Fencing    Fencing
-	FencePeer  func(ctx context.Context) (exitCode int, err error)
+	Fencing   Fencing
+	FencePeer func(ctx context.Context) (exitCode int, err error)
+	// AfterSB is the automatic split-brain recovery policy (DRBD's
+	// after-sb-0pri and after-sb-1pri); the zero value leaves every split
+	// brain to the operator. The peer must have the same.
+	AfterSB    AfterSplitBrain
 	ResyncRate int64 // bytes/s; 0 = unlimited
 	Logger     *slog.Logger
 	Clock      resync.Clock // nil = real time
-	// Event, if set, is called (from its own goroutine) on split-brain,
-	// peer-lost, peer-back, resync-started, resync-done, promoted, demoted,
-	// local-io-error.
+	// Event, if set, is called (from its own goroutine) on
+	// initial-split-brain, split-brain, peer-lost, peer-back,
+	// resync-started, resync-done, promoted, demoted, local-io-error.
 	Event func(event string, extra map[string]string)
 	// Observe, if set, is called after each application request with its
 	// kind ("read", "write", "flush", "trim", "zero"), size and duration;

@@ -570,6 +570,76 @@ func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
 	}
 }
 
+// TestScenarioSplitBrainResolvedByPolicy: with after-sb-1pri consensus
+// (and after-sb-0pri discard-zero-changes), a split brain in which the
+// promoted Secondary wrote nothing resolves itself on reconnect: it becomes
+// SyncTarget of the Primary, with no split-brain event, and both disks end
+// equal. Once the Secondary has written too, the same policy leaves the
+// split brain to the operator. Nodes whose policies differ do not connect.
+func TestScenarioSplitBrainResolvedByPolicy(t *testing.T) {
+	policy := replica.AfterSplitBrain{NoPrimary: replica.SB0DiscardZeroChanges, OnePrimary: replica.SB1Consensus}
+	o := nodeOpts{afterSB: policy}
+	a, b := cleanPair(t, o, o)
+	split := func() {
+		t.Helper()
+		for _, x := range []*tnode{a, b} {
+			if err := x.node.Disconnect(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.node.Promote(true); err != nil {
+			t.Fatal(err)
+		}
+		a.write(10*hBlock, pattern("a alone", hBlock))
+	}
+
+	// b was promoted by mistake, wrote nothing, and is demoted.
+	split()
+	if err := b.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []*tnode{a, b} {
+		reconnect(t, x)
+	}
+	inSyncAndEqual(t, a, b)
+	for _, x := range []*tnode{a, b} {
+		x.waitEvent("initial-split-brain")
+		if x.sawEvent("split-brain") {
+			t.Errorf("%s ran the split-brain handler for a split brain resolved automatically", x.label)
+		}
+	}
+
+	// This time b writes while promoted: its changes are not discarded.
+	split()
+	b.write(20*hBlock, pattern("b alone", hBlock))
+	if err := b.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	imgB := b.image()
+	for _, x := range []*tnode{a, b} {
+		reconnect(t, x)
+	}
+	first := waitSplitBrain(a, b)
+	first.waitEvent("split-brain")
+	if st := first.node.Status(); !strings.Contains(st.Reason, "the Secondary wrote since the split") {
+		t.Errorf("%s's reason: %q; want the policy's reason for not acting", first.label, st.Reason)
+	}
+	if firstDiff(b.image(), imgB) >= 0 {
+		t.Fatal("b's changes were overwritten")
+	}
+}
+
+// TestScenarioDifferentSplitBrainPoliciesRefused: nodes configured with
+// different after-sb policies refuse to connect and say why.
+func TestScenarioDifferentSplitBrainPoliciesRefused(t *testing.T) {
+	a, b := newPair(t, nodeOpts{afterSB: replica.AfterSplitBrain{OnePrimary: replica.SB1DiscardSecondary}}, nodeOpts{})
+	a.start()
+	b.start()
+	a.waitState("refused", func(s replica.State) bool {
+		return s.Conn == replica.StandAlone && strings.Contains(s.Reason, "split-brain policies differ")
+	})
+}
+
 // TestScenarioPromoteRefusedWhilePeerPrimary: with a live Primary peer,
 // promotion is refused, with --force too; after the peer is demoted the
 // roles swap and the old primary refuses writes as a Secondary.

@@ -426,6 +426,7 @@ func (s *session) sendState(side Side, flags ...uint32) {
 	if side.BitmapDirty {
 		st.Flags |= flagBitmapDirty
 	}
+	st.Flags |= side.AfterSB.flags()
 	if s.n.cfg.Protocol == 'B' {
 		st.Flags |= flagWantReceived
 	}
@@ -456,6 +457,7 @@ const (
 	// go on without the receiver, whose disk is therefore Outdated. The
 	// receiver confirms with its new state.
 	flagOutdate uint32 = 1 << 19
+	// Bits 20-23 carry the sender's split-brain policy (AfterSplitBrain.flags).
 )
 
 func diskToWire(d DiskState) uint8 {
@@ -493,6 +495,7 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 		CrashedPrimary: st.Flags&protocol.FlagWasPrimaryCrashed != 0,
 		DiscardMyData:  st.Flags&protocol.FlagDiscardMyData != 0,
 		BitmapDirty:    st.Flags&flagBitmapDirty != 0,
+		AfterSB:        afterSBFromFlags(st.Flags),
 		recoveredAL:    st.Flags&flagRecovered != 0,
 	}
 }

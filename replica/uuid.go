@@ -117,10 +117,11 @@ type Side struct {
 	// Anything else, "DUnknown" included, counts as Inconsistent: such a
 	// disk is never a resync source.
 	Disk           string
-	Primary        bool // the node's role is Primary now
-	CrashedPrimary bool // it was Primary when it stopped uncleanly
-	DiscardMyData  bool // the operator ran connect --discard-my-data on it
-	BitmapDirty    bool // its out-of-sync bitmap has bits set
+	AfterSB        AfterSplitBrain // the node's split-brain policy; both must agree
+	Primary        bool            // the node's role is Primary now
+	CrashedPrimary bool            // it was Primary when it stopped uncleanly
+	DiscardMyData  bool            // the operator ran connect --discard-my-data on it
+	BitmapDirty    bool            // its out-of-sync bitmap has bits set
 	// NodeID is a stable, random, per-node id (kept in the metadata). It
 	// breaks the one tie nothing else decides (same generation, both
 	// bitmaps dirty, no Primary, no crashed Primary): the higher NodeID
@@ -207,6 +208,9 @@ type Plan struct {
 	// Reason is one line for logs and the status file, from this node's
 	// point of view.
 	Reason string
+	// AutoResolved: a split brain that the AfterSB policy resolved; the
+	// target's changes since the split are discarded.
+	AutoResolved bool
 }
 
 func (p Plan) String() string {
@@ -321,8 +325,8 @@ func who(dir int, self, peer string) string {
 //
 // The rules, in order:
 //
-//  1. Operator conflicts: both sides DiscardMyData, or a Primary with
-//     DiscardMyData: Refused.
+//  1. Operator conflicts: both sides DiscardMyData, a Primary with
+//     DiscardMyData, or split-brain policies (AfterSB) that differ: Refused.
 //  2. UUIDs that share no generation: Unrelated (whatever the disks).
 //  3. Neither disk consistent (UpToDate or Outdated): BothInconsistent.
 //  4. Exactly one disk consistent: it is the source. Bitmap-based only when
@@ -341,9 +345,12 @@ func who(dir int, self, peer string) string {
 //  9. Equal non-zero Bitmap UUIDs, or any other common generation:
 //     SplitBrain (Full unless the bitmaps share their base). DiscardMyData
 //     on one side turns it into a resync towards that side, from the union
-//     of both bitmaps when they share a base, else Full. Rules 7 and 8
-//     holding both ways round (impossible in a sane history) also count as
-//     a split brain.
+//     of both bitmaps when they share a base, else Full. Without it, the
+//     AfterSB policy may pick the side whose changes are discarded
+//     (AfterSplitBrain.resolve), but only when the bitmaps share a base:
+//     then each bitmap holds exactly its node's changes since the split.
+//     Rules 7 and 8 holding both ways round (impossible in a sane history)
+//     also count as a split brain.
 //  10. A Primary never becomes the target: its data is in use. Refused.
 //
 // Outside a split brain DiscardMyData changes nothing (as in DRBD): the
@@ -359,6 +366,8 @@ func Decide(local, peer Side) Plan {
 		return Plan{Decision: Refused, Reason: "this node is Primary and cannot discard its data; demote it first (urbd secondary)"}
 	case peer.DiscardMyData && peer.Primary:
 		return Plan{Decision: Refused, Reason: "the peer is Primary and cannot discard its data; demote it first (urbd secondary)"}
+	case local.AfterSB != peer.AfterSB:
+		return Plan{Decision: Refused, Reason: fmt.Sprintf("the nodes' split-brain policies differ (this node: %s; the peer: %s): configure both alike", local.AfterSB, peer.AfterSB)}
 	}
 
 	rel := compareUUIDs(local.UUIDs, peer.UUIDs)
@@ -374,6 +383,7 @@ func Decide(local, peer Side) Plan {
 		dir  int
 		full bool
 		why  string
+		auto bool // resolved by the AfterSB policy
 	)
 	switch {
 	case !lc && !pc:
@@ -414,16 +424,32 @@ func Decide(local, peer Side) Plan {
 		}
 
 	case rel.kind == relSplit:
+		full = !rel.shared
 		switch {
 		case local.DiscardMyData:
 			dir = -1
 		case peer.DiscardMyData:
 			dir = 1
-		default:
-			return Plan{Decision: SplitBrain, Full: !rel.shared, Reason: "split brain: " + rel.why + "; run urbd connect --discard-my-data on the node whose changes should be dropped" + uuids}
 		}
-		full = !rel.shared
-		why = "split brain resolved by --discard-my-data on " + who(dir, other, self) + ": " + rel.why
+		if dir != 0 {
+			why = "split brain resolved by --discard-my-data on " + who(dir, other, self) + ": " + rel.why
+			break
+		}
+		var how string
+		switch {
+		case rel.shared:
+			dir, how = local.AfterSB.resolve(local, peer)
+		case local.AfterSB != AfterSplitBrain{}:
+			how = "no automatic recovery: the bitmaps do not share a base"
+		}
+		if dir == 0 {
+			if how != "" {
+				how = " (" + how + ")"
+			}
+			return Plan{Decision: SplitBrain, Full: full, Reason: "split brain: " + rel.why + how + "; run urbd connect --discard-my-data on the node whose changes should be dropped" + uuids}
+		}
+		auto = true
+		why = "split brain resolved automatically (" + how + "): " + who(dir, other, self) + " becomes SyncTarget; " + rel.why
 
 	default:
 		// 6, 7, 8. Fresh, bitmap or history relation.
@@ -442,7 +468,7 @@ func Decide(local, peer Side) Plan {
 	if dir < 0 {
 		d = BecomeSyncTarget
 	}
-	return Plan{Decision: d, Full: full, Reason: why}
+	return Plan{Decision: d, Full: full, Reason: why, AutoResolved: auto}
 }
 
 func orUnknown(disk string) string {

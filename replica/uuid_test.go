@@ -263,6 +263,21 @@ func uuCheckInvariants(t *testing.T, local, peer replica.Side) {
 	if (local.DiscardMyData && local.Primary) && p.Decision != replica.Refused {
 		fail("a Primary discarding its data was not refused")
 	}
+	if local.AfterSB != peer.AfterSB && p.Decision != replica.Refused {
+		fail("different split-brain policies were not refused")
+	}
+	if p.AutoResolved {
+		target, source := peer, local
+		if p.Decision == replica.BecomeSyncTarget {
+			target, source = local, peer
+		}
+		if p.Full || local.DiscardMyData || peer.DiscardMyData {
+			fail("automatic recovery of a full resync, or with --discard-my-data")
+		}
+		if target.BitmapDirty && !(source.Primary && local.AfterSB.OnePrimary == replica.SB1DiscardSecondary) {
+			fail("automatic recovery discarded changes that only discard-secondary may discard")
+		}
+	}
 }
 
 // uuRandomSide draws a side from a small pool of ids so that matches
@@ -282,11 +297,21 @@ func uuRandomSide(r *rand.Rand) replica.Side {
 	}
 }
 
-// TestDecideMirrorRandom checks the invariants on many random pairs.
+// TestDecideMirrorRandom checks the invariants on many random pairs, most
+// with the same split-brain policy on both sides.
 func TestDecideMirrorRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
+	policy := func() replica.AfterSplitBrain {
+		return replica.AfterSplitBrain{NoPrimary: replica.AfterSB0(r.IntN(2)), OnePrimary: replica.AfterSB1(r.IntN(3))}
+	}
 	for range 30_000 {
-		uuCheckInvariants(t, uuRandomSide(r), uuRandomSide(r))
+		l, p := uuRandomSide(r), uuRandomSide(r)
+		l.AfterSB = policy()
+		p.AfterSB = l.AfterSB
+		if r.IntN(8) == 0 {
+			p.AfterSB = policy()
+		}
+		uuCheckInvariants(t, l, p)
 	}
 }
 
@@ -589,5 +614,104 @@ func BenchmarkDecide(b *testing.B) {
 	p := uuSide(uu(uuA, 0), upToDate, "")
 	for b.Loop() {
 		replica.Decide(l, p)
+	}
+}
+
+// TestDecideAfterSplitBrain: the automatic split-brain recovery policies
+// (DRBD's after-sb-0pri and after-sb-1pri) on a split brain whose bitmaps
+// share their base (both nodes went on from generation A), and where they
+// must not act.
+func TestDecideAfterSplitBrain(t *testing.T) {
+	const (
+		disc = replica.SB0Disconnect
+		zero = replica.SB0DiscardZeroChanges
+		d1   = replica.SB1Disconnect
+		cons = replica.SB1Consensus
+		sec  = replica.SB1DiscardSecondary
+	)
+	here, there := uu(uuB, uuA), uu(uuC, uuA)
+	side := func(u replica.UUIDs, flags string, id uint64, p0 replica.AfterSB0, p1 replica.AfterSB1) replica.Side {
+		s := uuSide(u, upToDate, flags)
+		s.NodeID = id
+		s.AfterSB = replica.AfterSplitBrain{NoPrimary: p0, OnePrimary: p1}
+		return s
+	}
+	for _, tc := range []struct {
+		story       string
+		local, peer replica.Side
+		want        replica.Decision
+		full, auto  bool
+		reason      string // a part of the reason (not mirrored: it speaks from local's side)
+	}{
+		{"default policy: the operator decides",
+			side(here, "B", 1, disc, d1), side(there, "", 2, disc, d1), replica.SplitBrain, false, false, "--discard-my-data"},
+		{"discard-zero-changes: only this node wrote, the peer is the target",
+			side(here, "B", 1, zero, d1), side(there, "", 2, zero, d1), replica.BecomeSyncSource, false, true, "only this node wrote"},
+		{"discard-zero-changes: both wrote, the operator decides",
+			side(here, "B", 1, zero, d1), side(there, "B", 2, zero, d1), replica.SplitBrain, false, false, "both nodes wrote"},
+		{"discard-zero-changes: neither wrote, the higher node id is the source",
+			side(here, "", 1, zero, d1), side(there, "", 2, zero, d1), replica.BecomeSyncTarget, false, true, "neither node wrote"},
+		{"discard-zero-changes does not apply with a Primary",
+			side(here, "PB", 1, zero, d1), side(there, "", 2, zero, d1), replica.SplitBrain, false, false, "split brain"},
+		{"discard-secondary: the Secondary's changes go",
+			side(here, "PB", 1, disc, sec), side(there, "B", 2, disc, sec), replica.BecomeSyncSource, false, true, "discard-secondary"},
+		{"discard-secondary seen from the Secondary",
+			side(here, "B", 1, disc, sec), side(there, "PB", 2, disc, sec), replica.BecomeSyncTarget, false, true, "this node becomes SyncTarget"},
+		{"consensus: the Secondary wrote nothing, zero-changes agrees",
+			side(here, "PB", 1, zero, cons), side(there, "", 2, zero, cons), replica.BecomeSyncSource, false, true, "consensus"},
+		{"consensus: neither wrote, the Secondary is the target whatever the node ids",
+			side(here, "P", 1, zero, cons), side(there, "", 2, zero, cons), replica.BecomeSyncSource, false, true, "consensus"},
+		{"consensus: the Secondary wrote",
+			side(here, "PB", 1, zero, cons), side(there, "B", 2, zero, cons), replica.SplitBrain, false, false, "the Secondary wrote"},
+		{"consensus with after-sb-0pri disconnect never discards",
+			side(here, "P", 1, disc, cons), side(there, "", 2, disc, cons), replica.SplitBrain, false, false, "split brain"},
+		{"two Primaries: never automatic",
+			side(here, "PB", 1, zero, sec), side(there, "P", 2, zero, sec), replica.SplitBrain, false, false, "both nodes are Primary"},
+		{"bitmaps without a shared base: never automatic",
+			side(uu(uuC, uuB, uuA), "", 1, zero, sec), side(uu(uuE, uuD, uuA), "B", 2, zero, sec), replica.SplitBrain, true, false, "do not share a base"},
+		{"policies differ: refused, whatever the UUIDs",
+			side(here, "", 1, zero, d1), side(here, "", 2, disc, d1), replica.Refused, false, false, "policies differ"},
+		{"--discard-my-data wins over the policy",
+			side(here, "D", 1, zero, sec), side(there, "B", 2, zero, sec), replica.BecomeSyncTarget, false, false, "--discard-my-data"},
+	} {
+		t.Run(tc.story, func(t *testing.T) {
+			for _, mirror := range []bool{false, true} {
+				l, p, want := tc.local, tc.peer, tc.want
+				if mirror {
+					l, p, want = p, l, want.Mirror()
+				}
+				got := replica.Decide(l, p)
+				if got.Decision != want || got.Full != tc.full || got.AutoResolved != tc.auto || (!mirror && !strings.Contains(got.Reason, tc.reason)) {
+					t.Errorf("mirror=%v: Decide = %v full=%v auto=%v (%s); want %v full=%v auto=%v, a reason with %q",
+						mirror, got.Decision, got.Full, got.AutoResolved, got.Reason, want, tc.full, tc.auto, tc.reason)
+				}
+				uuCheckInvariants(t, l, p)
+			}
+		})
+	}
+}
+
+// TestParseAfterSB: every DRBD name urbd supports round-trips; others are refused.
+func TestParseAfterSB(t *testing.T) {
+	for _, n := range []string{"disconnect", "discard-zero-changes"} {
+		if p, err := replica.ParseAfterSB0(n); err != nil || p.String() != n {
+			t.Errorf("ParseAfterSB0(%q) = %v, %v", n, p, err)
+		}
+	}
+	for _, n := range []string{"disconnect", "consensus", "discard-secondary"} {
+		if p, err := replica.ParseAfterSB1(n); err != nil || p.String() != n {
+			t.Errorf("ParseAfterSB1(%q) = %v, %v", n, p, err)
+		}
+	}
+	if p, err := replica.ParseAfterSB0(""); err != nil || p != replica.SB0Disconnect {
+		t.Errorf("ParseAfterSB0(\"\") = %v, %v; want the default", p, err)
+	}
+	for _, bad := range []string{"discard-least-changes", "Disconnect", "x"} {
+		if _, err := replica.ParseAfterSB0(bad); err == nil {
+			t.Errorf("ParseAfterSB0(%q) accepted", bad)
+		}
+		if _, err := replica.ParseAfterSB1(bad); err == nil {
+			t.Errorf("ParseAfterSB1(%q) accepted", bad)
+		}
 	}
 }
