@@ -39,6 +39,7 @@ const (
 	DefaultTimeout     = 6 * time.Second
 	DefaultOnPeerLoss  = OnPeerLossContinue
 	DefaultFencing     = "dont-care"
+	DefaultAfterSB     = "disconnect" // after-sb-0pri and after-sb-1pri
 	DefaultBitmapBlock = 4 << 10
 )
 
@@ -91,6 +92,8 @@ type Resource struct {
 	Timeout     time.Duration // peer loss detection
 	OnPeerLoss  string        // OnPeerLossContinue or OnPeerLossSuspend
 	Fencing     string        // dont-care, resource-only or resource-and-stonith
+	AfterSB0Pri string        // after-sb-0pri: disconnect or discard-zero-changes
+	AfterSB1Pri string        // after-sb-1pri: disconnect, consensus or discard-secondary
 	BitmapBlock int64         // bytes per bitmap bit, a power of two
 
 	Handlers      map[string]string // event -> shell command; the caller owns this copy
@@ -125,6 +128,8 @@ type commonTOML struct {
 	Timeout     durationValue     `toml:"timeout"`
 	OnPeerLoss  peerLossValue     `toml:"on-peer-loss"`
 	Fencing     fencingValue      `toml:"fencing"`
+	AfterSB0Pri afterSB0Value     `toml:"after-sb-0pri"`
+	AfterSB1Pri afterSB1Value     `toml:"after-sb-1pri"`
 	BitmapBlock sizeValue         `toml:"bitmap-block"`
 	Handlers    map[string]string `toml:"handlers"`
 }
@@ -139,6 +144,8 @@ type resourceTOML struct {
 	Timeout       durationValue       `toml:"timeout"`
 	OnPeerLoss    peerLossValue       `toml:"on-peer-loss"`
 	Fencing       fencingValue        `toml:"fencing"`
+	AfterSB0Pri   afterSB0Value       `toml:"after-sb-0pri"`
+	AfterSB1Pri   afterSB1Value       `toml:"after-sb-1pri"`
 	BitmapBlock   sizeValue           `toml:"bitmap-block"`
 	Handlers      map[string]string   `toml:"handlers"`
 	MetricsListen string              `toml:"metrics-listen"`
@@ -379,6 +386,8 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		Timeout:     time.Duration(firstSet(int64(rt.Timeout.d), rt.Timeout.set, int64(c.Timeout.d), c.Timeout.set, int64(DefaultTimeout))),
 		OnPeerLoss:  first(rt.OnPeerLoss.s, c.OnPeerLoss.s, DefaultOnPeerLoss),
 		Fencing:     first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
+		AfterSB0Pri: first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
+		AfterSB1Pri: first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
 		BitmapBlock: firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
 		Handlers:    mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
 	}

@@ -107,3 +107,27 @@ func (v *fencingValue) UnmarshalText(b []byte) error {
 	v.s = s
 	return nil
 }
+
+// afterSB0Value is an after-sb-0pri policy (replica.ParseAfterSB0's names).
+type afterSB0Value struct{ s string }
+
+func (v *afterSB0Value) UnmarshalText(b []byte) error {
+	s := strings.ToLower(strings.TrimSpace(string(b)))
+	if _, err := replica.ParseAfterSB0(s); err != nil {
+		return err
+	}
+	v.s = s
+	return nil
+}
+
+// afterSB1Value is an after-sb-1pri policy (replica.ParseAfterSB1's names).
+type afterSB1Value struct{ s string }
+
+func (v *afterSB1Value) UnmarshalText(b []byte) error {
+	s := strings.ToLower(strings.TrimSpace(string(b)))
+	if _, err := replica.ParseAfterSB1(s); err != nil {
+		return err
+	}
+	v.s = s
+	return nil
+}

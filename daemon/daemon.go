@@ -53,11 +53,14 @@ type Options struct {
 	OnPeerLoss string // continue or suspend
 	// Fencing is dont-care (or ""), resource-only or resource-and-stonith;
 	// the latter two need a fence-peer handler.
-	Fencing     string
-	BitmapBlock int64
-	AssumeClean bool
-	RunDir      string
-	// Handlers maps events (split-brain, peer-lost, peer-back,
+	Fencing string
+	// AfterSB0Pri and AfterSB1Pri are the automatic split-brain recovery
+	// policies ("" = disconnect); the peer must have the same.
+	AfterSB0Pri, AfterSB1Pri string
+	BitmapBlock              int64
+	AssumeClean              bool
+	RunDir                   string
+	// Handlers maps events (initial-split-brain, split-brain, peer-lost, peer-back,
 	// resync-started, resync-done, promoted, demoted, local-io-error) to
 	// shell commands run with URBD_RESOURCE and URBD_EVENT in their
 	// environment.
@@ -98,6 +101,14 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if fencing != replica.FenceDontCare && strings.TrimSpace(o.Handlers[handlers.EventFencePeer]) == "" {
 		return fmt.Errorf("--fencing %s needs a fence-peer handler: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", fencing)
+	}
+	afterSB0, err := replica.ParseAfterSB0(o.AfterSB0Pri)
+	if err != nil {
+		return fmt.Errorf("--%w", err)
+	}
+	afterSB1, err := replica.ParseAfterSB1(o.AfterSB1Pri)
+	if err != nil {
+		return fmt.Errorf("--%w", err)
 	}
 	var secret []byte
 	if o.SecretFile != "" {
@@ -163,6 +174,7 @@ func Run(ctx context.Context, o Options) error {
 			runner.Fire(ctx, o.Name, event, extra)
 		},
 		Fencing: fencing,
+		AfterSB: replica.AfterSplitBrain{NoPrimary: afterSB0, OnePrimary: afterSB1},
 		FencePeer: func(fctx context.Context) (int, error) {
 			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": o.Peer})
 		},

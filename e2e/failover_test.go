@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -91,4 +93,58 @@ func TestMalformedRequestsOnPrimary(t *testing.T) {
 	must(t, cl.Flush(ctx))
 	c.a.waitInSync(10 * time.Second)
 	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
+// TestSplitBrainPolicies: with --after-sb-1pri consensus on both nodes, a
+// split brain whose Secondary wrote nothing (it was promoted by mistake
+// while cut off, then demoted) resolves itself when the nodes reconnect:
+// the Secondary resyncs from the Primary, the initial-split-brain handler
+// runs and the split-brain handler does not. Nodes started with different
+// policies refuse to connect and say why.
+func TestSplitBrainPolicies(t *testing.T) {
+	c := newCluster(t, clusterOpts{flags: []string{"--after-sb-0pri", "discard-zero-changes", "--after-sb-1pri", "consensus"}})
+	ran := filepath.Join(c.dir, "handlers-ran")
+	for _, ev := range []string{"initial-split-brain", "split-brain"} {
+		c.a.extra = append(c.a.extra, "--handler", ev+"=echo "+ev+" >> "+ran)
+	}
+	c.startBoth()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	c.a.ctl("disconnect", "r0")
+	c.b.ctl("disconnect", "r0")
+	c.b.ctl("primary", "--force", "r0")
+	c.b.ctl("secondary", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=16M", "--io_size=4M")
+
+	c.a.ctl("connect", "r0")
+	c.b.ctl("connect", "r0")
+	c.b.waitFor("the split brain resolved", 60*time.Second, func(s statusT) bool {
+		return s.ConnState == "Connected" && s.DiskState == "UpToDate" && s.OutOfSyncKiB == 0
+	})
+	if st := c.a.status(); st.SplitBrain {
+		t.Errorf("the Primary flags a split brain after the policy resolved it: %+v", st)
+	}
+	var got []string
+	for deadline := time.Now().Add(10 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		out, _ := os.ReadFile(ran)
+		got = strings.Fields(string(out))
+	}
+	if len(got) != 1 || got[0] != "initial-split-brain" {
+		t.Errorf("handlers run: %q; want initial-split-brain only", got)
+	}
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, c.b.disk)
+
+	for i, f := range c.b.extra {
+		if f == "consensus" {
+			c.b.extra[i] = "discard-secondary"
+		}
+	}
+	c.a.start()
+	c.b.start()
+	c.a.waitFor("a refusal", 30*time.Second, func(s statusT) bool {
+		return s.ConnState == "StandAlone" && strings.Contains(s.Reason, "split-brain policies differ")
+	})
 }
