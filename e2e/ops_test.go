@@ -147,3 +147,46 @@ func TestSecondaryDiskErrorNotPromotable(t *testing.T) {
 		t.Errorf("the local-io-error handler did not run with the reason; events file:\n%s", got)
 	}
 }
+
+// TestQueriesAndWaits: the one-word queries print the states DRBD's print,
+// wait-sync returns once the resync is over, wait-connect fails after its
+// timeout on a node whose peer is away, and at once on a StandAlone node.
+func TestQueriesAndWaits(t *testing.T) {
+	c := newCluster(t, clusterOpts{noClean: true})
+	c.a.start()
+	c.b.start()
+	c.a.ctl("wait-connect", "--timeout", "30s", "r0")
+	c.a.ctl("primary", "--force", "r0") // a full initial sync of 64 MiB starts
+	if out := c.b.ctl("wait-sync", "--timeout", "60s", "r0"); !strings.Contains(out, "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate") {
+		t.Errorf("wait-sync printed %q", out)
+	}
+	for _, q := range []struct {
+		node      *node
+		cmd, want string
+	}{
+		{c.a, "role", "Primary/Secondary"},
+		{c.b, "role", "Secondary/Primary"},
+		{c.a, "cstate", "Connected"},
+		{c.b, "dstate", "UpToDate/UpToDate"},
+	} {
+		if out := q.node.ctl(q.cmd, "r0"); out != q.want {
+			t.Errorf("node %s: urbd %s r0 printed %q, want %q", q.node.name, q.cmd, out, q.want)
+		}
+	}
+
+	c.b.ctl("disconnect", "r0")
+	start := time.Now()
+	out, err := c.a.try("wait-connect", "--timeout", "1s", "r0")
+	if err == nil || !strings.Contains(out, "not connected after 1s (cs:WFConnection") || time.Since(start) > 10*time.Second {
+		t.Errorf("wait-connect with the peer away: %v %q after %v; want a failure after 1s naming WFConnection", err, out, time.Since(start))
+	}
+	out, err = c.b.try("wait-connect", "r0") // no timeout: it must not wait for ever
+	if err == nil || !strings.Contains(out, "StandAlone") {
+		t.Errorf("wait-connect on a StandAlone node: %v %q; want an immediate failure naming StandAlone", err, out)
+	}
+	if out := c.b.ctl("dstate", "r0"); out != "Outdated/DUnknown" {
+		t.Errorf("dstate of a Secondary that disconnected from its Primary: %q, want Outdated/DUnknown", out)
+	}
+	c.b.ctl("connect", "r0")
+	c.a.ctl("wait-connect", "--timeout", "30s", "r0")
+}
