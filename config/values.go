@@ -96,38 +96,36 @@ func (v *peerLossValue) UnmarshalText(b []byte) error {
 	return fmt.Errorf("invalid on-peer-loss %q: use continue or suspend", b)
 }
 
-// fencingValue is the fencing policy (replica.ParseFencing's names).
-type fencingValue struct{ s string }
+// policyValue is a policy name, lowercased, that check accepts (fencing,
+// after-sb-0pri, after-sb-1pri: replica's parsers decide).
+type policyValue struct{ s string }
 
-func (v *fencingValue) UnmarshalText(b []byte) error {
+func (v *policyValue) set(b []byte, check func(string) error) error {
 	s := strings.ToLower(strings.TrimSpace(string(b)))
-	if _, err := replica.ParseFencing(s); err != nil {
+	if err := check(s); err != nil {
 		return err
 	}
 	v.s = s
 	return nil
+}
+
+// fencingValue is the fencing policy (replica.ParseFencing's names).
+type fencingValue struct{ policyValue }
+
+func (v *fencingValue) UnmarshalText(b []byte) error {
+	return v.set(b, func(s string) error { _, err := replica.ParseFencing(s); return err })
 }
 
 // afterSB0Value is an after-sb-0pri policy (replica.ParseAfterSB0's names).
-type afterSB0Value struct{ s string }
+type afterSB0Value struct{ policyValue }
 
 func (v *afterSB0Value) UnmarshalText(b []byte) error {
-	s := strings.ToLower(strings.TrimSpace(string(b)))
-	if _, err := replica.ParseAfterSB0(s); err != nil {
-		return err
-	}
-	v.s = s
-	return nil
+	return v.set(b, func(s string) error { _, err := replica.ParseAfterSB0(s); return err })
 }
 
 // afterSB1Value is an after-sb-1pri policy (replica.ParseAfterSB1's names).
-type afterSB1Value struct{ s string }
+type afterSB1Value struct{ policyValue }
 
 func (v *afterSB1Value) UnmarshalText(b []byte) error {
-	s := strings.ToLower(strings.TrimSpace(string(b)))
-	if _, err := replica.ParseAfterSB1(s); err != nil {
-		return err
-	}
-	v.s = s
-	return nil
+	return v.set(b, func(s string) error { _, err := replica.ParseAfterSB1(s); return err })
 }

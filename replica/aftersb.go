@@ -37,13 +37,6 @@ var (
 func (p AfterSB0) String() string { return policyName(sb0Names, uint8(p)) }
 func (p AfterSB1) String() string { return policyName(sb1Names, uint8(p)) }
 
-func policyName(names []string, v uint8) string {
-	if int(v) < len(names) {
-		return names[v]
-	}
-	return fmt.Sprintf("unknown(%d)", v)
-}
-
 // ParseAfterSB0 parses an after-sb-0pri policy name ("" is the default).
 func ParseAfterSB0(s string) (AfterSB0, error) {
 	v, err := parsePolicy("after-sb-0pri", sb0Names, s)
@@ -54,18 +47,6 @@ func ParseAfterSB0(s string) (AfterSB0, error) {
 func ParseAfterSB1(s string) (AfterSB1, error) {
 	v, err := parsePolicy("after-sb-1pri", sb1Names, s)
 	return AfterSB1(v), err
-}
-
-func parsePolicy(what string, names []string, s string) (uint8, error) {
-	if s == "" {
-		return 0, nil
-	}
-	for i, n := range names {
-		if n == s {
-			return uint8(i), nil
-		}
-	}
-	return 0, fmt.Errorf("%s %q: use one of %v", what, s, names)
 }
 
 // AfterSplitBrain is the automatic split-brain recovery policy. Both nodes

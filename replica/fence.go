@@ -27,21 +27,13 @@ const (
 
 var fencingNames = [...]string{"dont-care", "resource-only", "resource-and-stonith"}
 
-func (f Fencing) String() string {
-	if int(f) < len(fencingNames) {
-		return fencingNames[f]
-	}
-	return fmt.Sprintf("Fencing(%d)", f)
-}
+func (f Fencing) String() string { return policyName(fencingNames[:], uint8(f)) }
 
-// ParseFencing parses a fencing policy name (Fencing.String).
+// ParseFencing parses a fencing policy name (Fencing.String); "" is
+// dont-care.
 func ParseFencing(s string) (Fencing, error) {
-	for i, n := range fencingNames {
-		if n == s {
-			return Fencing(i), nil
-		}
-	}
-	return 0, fmt.Errorf("unknown fencing policy %q: use dont-care, resource-only or resource-and-stonith", s)
+	v, err := parsePolicy("fencing", fencingNames[:], s)
+	return Fencing(v), err
 }
 
 // Exit codes of the fence-peer handler, as DRBD defines them.
