@@ -90,8 +90,11 @@ func (p AfterSplitBrain) resolve(local, peer Side) (dir int, how string) {
 		case SB1DiscardSecondary:
 			return primary, "after-sb-1pri discard-secondary"
 		case SB1Consensus:
-			if d, _ := p.noPrimary(local, peer, primary); d == primary {
+			switch d, _ := p.noPrimary(local, peer, primary); {
+			case d == primary:
 				return primary, "after-sb-1pri consensus: the Secondary wrote nothing since the split"
+			case p.NoPrimary == SB0Disconnect:
+				return 0, "after-sb-1pri consensus with after-sb-0pri disconnect: the Secondary's changes are kept"
 			}
 			return 0, "after-sb-1pri consensus: the Secondary wrote since the split"
 		}

@@ -664,7 +664,7 @@ func TestDecideAfterSplitBrain(t *testing.T) {
 		{"consensus: the Secondary wrote",
 			side(here, "PB", 1, zero, cons), side(there, "B", 2, zero, cons), replica.SplitBrain, false, false, "the Secondary wrote"},
 		{"consensus with after-sb-0pri disconnect never discards",
-			side(here, "P", 1, disc, cons), side(there, "", 2, disc, cons), replica.SplitBrain, false, false, "split brain"},
+			side(here, "P", 1, disc, cons), side(there, "", 2, disc, cons), replica.SplitBrain, false, false, "with after-sb-0pri disconnect"},
 		{"two Primaries: never automatic",
 			side(here, "PB", 1, zero, sec), side(there, "P", 2, zero, sec), replica.SplitBrain, false, false, "both nodes are Primary"},
 		{"bitmaps without a shared base: never automatic",
