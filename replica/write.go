@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/urbd/urbd/nbd"
@@ -95,6 +96,14 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		// The local write ends in fdatasync, or one follows it: the frame
 		// leaves first (see handOff).
 		req.s.handOff()
+	} else if req != nil {
+		// Let the other requests of the burst this one came in queue
+		// their frames too, so that the stream's flusher sends them all
+		// after this local write rather than after every one of them:
+		// with one processor (--cpus 1, the default on two CPUs) the
+		// peer would otherwise sit idle while this node writes the whole
+		// burst. 4k random writes at queue depth 32 ran 6-18% faster.
+		runtime.Gosched()
 	}
 
 	n.stats.localPending.Add(1)
