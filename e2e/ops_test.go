@@ -103,6 +103,13 @@ timeout = "2s"
 	if t.Failed() {
 		t.Logf("metrics:\n%s", body)
 	}
+
+	// With beta's daemon stopped, urbd outdate finds its metadata through
+	// the resource file.
+	c.b.kill9()
+	if out := c.b.ctl("outdate", "--config", path, "--node", "beta", "r0"); out != "r0: Outdated (daemon stopped; metadata in "+c.b.meta+")" {
+		t.Errorf("offline outdate through the resource file: %q", out)
+	}
 }
 
 // TestSecondaryDiskErrorNotPromotable: the Secondary's disk is a 64 MiB

@@ -9,7 +9,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/urbd/urbd/config"
 	"github.com/urbd/urbd/daemon"
 	"github.com/urbd/urbd/replica"
 )
@@ -77,11 +76,7 @@ func stoppedMeta(c *cli.Context, name string) (string, error) {
 		}
 		path = defaultConfig
 	}
-	f, err := config.Load(path)
-	if err != nil {
-		return "", err
-	}
-	r, err := f.Resolve(name, c.String("node"))
+	r, err := loadResource(c, path, name)
 	if err != nil {
 		return "", err
 	}

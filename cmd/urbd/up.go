@@ -92,11 +92,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
 	o.Timeout = c.Duration("timeout")
 	if path := c.String("config"); path != "" {
-		f, err := config.Load(path)
-		if err != nil {
-			return o, err
-		}
-		r, err := f.Resolve(name, c.String("node"))
+		r, err := loadResource(c, path, name)
 		if err != nil {
 			return o, err
 		}
@@ -163,4 +159,14 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	o.AssumeClean = c.Bool("assume-clean")
 	o.Threads = autoThreads
 	return o, nil
+}
+
+// loadResource reads this node's part (--node, or the hostname) of resource
+// name from the resource file at path.
+func loadResource(c *cli.Context, path, name string) (config.Resource, error) {
+	f, err := config.Load(path)
+	if err != nil {
+		return config.Resource{}, err
+	}
+	return f.Resolve(name, c.String("node"))
 }
