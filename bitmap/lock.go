@@ -1,6 +1,7 @@
 package bitmap
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -62,8 +63,9 @@ func (l *DirLock) Unlock() error {
 
 // EditMeta changes the stored metadata of dir without opening the Store:
 // it reads DIR/meta, calls edit and, when edit returns nil, replaces the file
-// atomically with what edit left. The caller holds dir's lock (LockDir), so
-// no daemon uses the directory meanwhile. A missing or corrupt meta file is
+// atomically with what edit left, unless that is what it holds already. The
+// caller holds dir's lock (LockDir), so no daemon uses the directory
+// meanwhile. A missing or corrupt meta file is
 // an error and nothing is written.
 func EditMeta(dir string, edit func(*Meta) error) error {
 	fsys := OSFS()
@@ -86,7 +88,11 @@ func EditMeta(dir string, edit func(*Meta) error) error {
 	if err := validStates(m); err != nil {
 		return err
 	}
-	if err := fsys.WriteFileAtomic(p, encodeMeta(m)); err != nil {
+	out := encodeMeta(m)
+	if bytes.Equal(out, data) {
+		return nil // nothing changed: no rewrite, no fsync
+	}
+	if err := fsys.WriteFileAtomic(p, out); err != nil {
 		return fmt.Errorf("bitmap: write %s: %w", p, err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestLockDirIsExclusive: while one holder has a directory's lock, a second
@@ -72,6 +73,15 @@ func TestEditMeta(t *testing.T) {
 
 	if err := EditMeta(dir, func(m *Meta) error { m.Disk = DiskOutdated; return nil }); err != nil {
 		t.Fatal(err)
+	}
+	// An edit that changes nothing does not rewrite the file.
+	st1, _ := os.Stat(meta)
+	time.Sleep(10 * time.Millisecond)
+	if err := EditMeta(dir, func(m *Meta) error { m.Disk = DiskOutdated; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if st2, _ := os.Stat(meta); !os.SameFile(st1, st2) {
+		t.Error("an edit that changed nothing replaced the meta file")
 	}
 	s, err = Open(dir, Options{})
 	if err != nil {
