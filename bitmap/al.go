@@ -274,7 +274,7 @@ func (s *Store) roundLocked() bool {
 	var bmErr, alErr error
 	var written int
 	if len(victimList) > 0 {
-		bmErr = s.syncDataIO(s.syncData)
+		bmErr = s.syncDataIO(s.syncDataFn())
 	}
 	wroteChunks := snap != nil && bmErr == nil
 	if wroteChunks {
@@ -381,7 +381,7 @@ func (s *Store) syncDataIO(sync func() error) error {
 func (s *Store) syncDataLocked() error {
 	s.mu.Unlock()
 	defer s.mu.Lock()
-	return s.syncDataIO(s.syncData)
+	return s.syncDataIO(s.syncDataFn())
 }
 
 // PersistBitmap writes the in-memory bitmap now (resync start, disconnect,
@@ -436,7 +436,7 @@ func (s *Store) Sweep() error { return s.SweepWith(nil) }
 func (s *Store) SweepWith(sync func() error) error {
 	if s.sweepable() {
 		if sync == nil {
-			sync = s.syncData
+			sync = s.syncDataFn()
 		}
 		if err := s.syncDataIO(sync); err != nil {
 			return err

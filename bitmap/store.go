@@ -129,7 +129,7 @@ type Store struct {
 
 	bm       *Bitmap
 	st       []atomic.Uint64 // per-extent state, see stHot
-	syncData func() error    // Options.SyncData
+	syncData atomic.Pointer[func() error] // Options.SyncData; see SetSyncData
 
 	waiters  atomic.Int64 // BeginWrite calls in the slow path; EndWrite wakes them
 	outside  atomic.Bool  // bits were set outside hot extents since the last bitmap write
@@ -239,7 +239,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	}
 
 	s := newStore(dir, fsys, meta, opt.ALExtents, opt.chunkWords)
-	s.syncData = opt.SyncData
+	s.SetSyncData(opt.SyncData)
 	removeTemps(fsys, dir)
 
 	// The bitmap and the activity log.
@@ -450,6 +450,22 @@ func (s *Store) writeMeta(m Meta) error {
 		return fmt.Errorf("bitmap: write %s: %w", p, err)
 	}
 	s.meta = m
+	return nil
+}
+
+// SetSyncData replaces Options.SyncData from now on, for a data disk that
+// changed: a replica whose disk was taken out of service after an I/O error
+// (Diskless) passes nil, since its data lives on the peer and its restart
+// resyncs the whole disk, so the activity log no longer waits for that disk.
+func (s *Store) SetSyncData(f func() error) {
+	s.syncData.Store(&f)
+}
+
+// syncDataFn returns the current SyncData (nil: none).
+func (s *Store) syncDataFn() func() error {
+	if p := s.syncData.Load(); p != nil {
+		return *p
+	}
 	return nil
 }
 
