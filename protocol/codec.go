@@ -425,7 +425,7 @@ func decodePayload(k Kind, p []byte, reuse *recvMsgs) (Message, error) {
 		if !pad {
 			return nil, malformed(k, "reserved bytes not zero")
 		}
-		if v.Role > RolePrimary || v.Disk > DiskUpToDate {
+		if v.Role > RolePrimary || v.Disk > DiskDiskless {
 			return nil, malformed(k, "role %d disk %d", v.Role, v.Disk)
 		}
 		m = v
@@ -773,7 +773,7 @@ func (m *StreamOpen) layout() (int, []byte, error) {
 func (m *StreamOpen) put(b []byte) { b[0] = m.Stream }
 
 func (m *State) layout() (int, []byte, error) {
-	if m.Role > RolePrimary || m.Disk > DiskUpToDate {
+	if m.Role > RolePrimary || m.Disk > DiskDiskless {
 		return 0, nil, fmt.Errorf("%w: State: role %d disk %d", ErrInvalid, m.Role, m.Disk)
 	}
 	return stateLen, nil, nil

@@ -224,7 +224,7 @@ func TestDecodeMalformedPayloads(t *testing.T) {
 		{"challenge short", KindAuthChallenge, edit(&AuthChallenge{}, func(p []byte) []byte { return p[:32] })},
 		{"stream id 3", KindStreamOpen, edit(&StreamOpen{}, func(p []byte) []byte { p[0] = 3; return p })},
 		{"state role 2", KindState, edit(&State{}, func(p []byte) []byte { p[0] = 2; return p })},
-		{"state disk 4", KindState, edit(&State{}, func(p []byte) []byte { p[1] = 4; return p })},
+		{"state disk 5", KindState, edit(&State{}, func(p []byte) []byte { p[1] = 5; return p })},
 		{"state pad", KindState, edit(&State{}, func(p []byte) []byte { p[2] = 1; return p })},
 		{"syncstart direction 4", KindSyncStart, edit(&SyncStart{}, func(p []byte) []byte { p[0] = 4; return p })},
 		{"syncstart pad", KindSyncStart, edit(&SyncStart{}, func(p []byte) []byte { p[3] = 1; return p })},

@@ -126,12 +126,14 @@ const (
 	RolePrimary   uint8 = 1
 )
 
-// Disk states for State.Disk, ordered from worst to best.
+// Disk states for State.Disk. 0-3 are ordered from worst to best;
+// DiskDiskless is apart: the sender has no disk and holds no data.
 const (
-	DiskUnknown      uint8 = 0 // DUnknown: no disk state known (or diskless)
+	DiskUnknown      uint8 = 0 // DUnknown: no disk state known
 	DiskInconsistent uint8 = 1 // a sync target that has not finished
 	DiskOutdated     uint8 = 2 // consistent, but known to miss newer writes
 	DiskUpToDate     uint8 = 3
+	DiskDiskless     uint8 = 4 // detached after an I/O error: its I/O goes to the peer
 )
 
 // Flags for State.Flags. Bits 0-15 are defined here; bits 16-31 are free
