@@ -95,7 +95,7 @@ var LatencyBuckets = []float64{
 var (
 	ConnStates = []string{"StandAlone", "WFConnection", "Connected", "SyncSource", "SyncTarget", "VerifyS", "VerifyT"}
 	Roles      = []string{"Primary", "Secondary", "Unknown"}
-	DiskStates = []string{"UpToDate", "Inconsistent", "Outdated", "DUnknown"}
+	DiskStates = []string{"UpToDate", "Inconsistent", "Outdated", "DUnknown", "Diskless"}
 )
 
 // Metrics holds the collectors of every resource of a process. Its methods

@@ -74,6 +74,9 @@ func (f *flushAhead) run(ctx context.Context, flush func(context.Context) error)
 // (nbd.File: the sync then leaves the Go processor free for the peer's
 // answer), else its Flush.
 func (n *Node) flushAheadOnce(ctx context.Context) error {
+	if n.isDiskless() {
+		return nil // the detached disk is not used
+	}
 	start := n.clock.Now()
 	var err error
 	if bg, ok := n.disk.(interface{ FlushBackground(context.Context) error }); ok {

@@ -461,7 +461,7 @@ func (n *Node) followPeer(s *session) error {
 		case <-tick.C:
 		}
 		n.mu.Lock()
-		again := n.st.Conn == Connected && n.st.Role == Primary && n.store.Bitmap().DirtyBlocks() > 0
+		again := n.st.Conn == Connected && n.st.Role == Primary && n.st.Disk != Diskless && n.store.Bitmap().DirtyBlocks() > 0
 		if again {
 			n.setStateLocked("blocks went out of sync while connected", func(x *State) { x.Conn = SyncSource })
 		}
@@ -499,10 +499,11 @@ func (n *Node) sessionEnded(s *session, err error) {
 	s.mu.Lock()
 	wasConnected := s.live // the peer had our data until now
 	s.mu.Unlock()
-	if n.st.Role == Primary && wasConnected && (n.st.PeerDisk == UpToDate || n.st.PeerDisk == Outdated) {
+	if n.st.Role == Primary && wasConnected && (n.st.PeerDisk == UpToDate || n.st.PeerDisk == Outdated) && n.st.Disk != Diskless {
 		// Only a peer that held our current data (UpToDate, or Outdated by
 		// our clean disconnect) needs a new generation to tell it apart;
-		// an Inconsistent target is fully resynced anyway.
+		// an Inconsistent target is fully resynced anyway. A Diskless
+		// Primary writes nothing alone: its generation stays.
 		n.uuids = n.uuids.NewCurrent(randomID())
 	}
 	if wasConnected {

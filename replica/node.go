@@ -97,6 +97,7 @@ type Node struct {
 	peerUUIDs      UUIDs         // guarded by mu: the peer's UUIDs at the last state
 	lastConnErr    string        // guarded by mu: the last connection failure, logged once
 	ahead          *flushAhead
+	diskless       atomic.Bool // n.st.Disk == Diskless, read without n.mu (see detach)
 
 	stats counters
 }
@@ -210,8 +211,15 @@ func (n *Node) writeMetaLocked(clean bool) error {
 	m := n.store.Meta()
 	m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = n.uuids.Current, n.uuids.Bitmap, n.uuids.History
 	m.Disk = n.st.Disk.String()
+	if n.st.Disk == Diskless {
+		// A detached disk holds no known generation: the next start
+		// (as Secondary) fully resyncs it from the peer (Decide, rules
+		// 4 and 6), and it is never a resync source.
+		m.Disk = Inconsistent.String()
+		m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = 0, 0, [2]uint64{}
+	}
 	m.Flags &^= flagPrimary | flagClean
-	if n.st.Role == Primary || (n.crashedPri && !clean) {
+	if (n.st.Role == Primary && n.st.Disk != Diskless) || (n.crashedPri && !clean) {
 		m.Flags |= flagPrimary
 	}
 	if clean {
@@ -333,6 +341,9 @@ func (n *Node) Demote(force bool) error {
 	if err := n.State().CanDemote(force, n.clients()); err != nil {
 		return fmt.Errorf("%s: %w", n.cfg.Name, err)
 	}
+	if n.isDiskless() {
+		return n.demoteDiskless()
+	}
 	if err := n.disk.Flush(context.Background()); err != nil {
 		return fmt.Errorf("replica: %s: flush before demotion: %w", n.cfg.Name, err)
 	}
@@ -358,6 +369,9 @@ func (n *Node) Demote(force bool) error {
 func (n *Node) Connect(discard bool) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.st.Disk == Diskless && n.st.Role != Primary {
+		return fmt.Errorf("%s: %w (Diskless): its disk was detached after an I/O error; repair it and restart the daemon", n.cfg.Name, ErrNotUpToDate)
+	}
 	if discard {
 		if err := n.st.CanDiscard(); err != nil {
 			return fmt.Errorf("%s: %w", n.cfg.Name, err)
@@ -383,7 +397,8 @@ func (n *Node) Connect(discard bool) error {
 func (n *Node) Disconnect() error {
 	n.mu.Lock()
 	s := n.sess
-	outdatePeer := s != nil && n.st.Role == Primary && n.st.Conn.Connected() && n.st.PeerDisk == UpToDate
+	// A Diskless Primary never outdates the peer: the peer holds the only copy.
+	outdatePeer := s != nil && n.st.Role == Primary && n.st.Conn.Connected() && n.st.PeerDisk == UpToDate && n.st.Disk != Diskless
 	n.mu.Unlock()
 	if outdatePeer {
 		n.outdatePeer(s)
@@ -487,7 +502,10 @@ func (n *Node) endSession(why, goodbye string) {
 // session, persists the bitmap and marks the metadata clean.
 func (n *Node) Close() error {
 	n.endSession("shutting down", peerStopping)
-	err := n.disk.Flush(context.Background())
+	var err error
+	if !n.isDiskless() {
+		err = n.disk.Flush(context.Background())
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	// A failed flush is not a clean stop: the next start treats it as a crash.

@@ -20,6 +20,13 @@ const readErrorEventEvery = time.Minute
 // bad sector from the other disk; otherwise the local error is returned.
 func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 	start := n.clock.Now()
+	if n.isDiskless() {
+		if err := n.readFromPeer(ctx, p, off); err != nil {
+			return fmt.Errorf("%w: %w", errNoDisk, err)
+		}
+		n.observe("read", true, len(p), start)
+		return nil
+	}
 	n.stats.localPending.Add(1)
 	err := n.disk.ReadAt(ctx, p, off)
 	n.stats.localPending.Add(-1)
@@ -50,16 +57,20 @@ var errPeerCannotServe = errors.New("the peer cannot serve it")
 // runs meanwhile, and writes the data back to the local disk, which makes a
 // disk remap a bad sector; a failed write-back is only logged (the peer
 // still has the data, and the next read of the range comes here again).
+//
+// On a Diskless node the peer's copy is the only one: the bitmap (all set)
+// is not consulted and nothing is written back.
 func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 	length := int64(len(p))
 	s := n.session()
 	st := n.State()
+	diskless := st.Disk == Diskless
 	switch {
 	case s == nil || !st.Conn.Connected() || st.Conn == SyncSource || st.Conn == SyncTarget:
 		return fmt.Errorf("%w: %s", errPeerCannotServe, st.Conn)
 	case st.PeerDisk != UpToDate:
 		return fmt.Errorf("%w: its disk is %s", errPeerCannotServe, st.PeerDisk)
-	case n.store.Bitmap().IsSet(off, length):
+	case !diskless && n.store.Bitmap().IsSet(off, length):
 		return fmt.Errorf("%w: the range is out of sync", errPeerCannotServe)
 	case length > protocol.MaxData:
 		return fmt.Errorf("%w: %d bytes is more than one Read carries", errPeerCannotServe, length)
@@ -74,12 +85,15 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 		return fmt.Errorf("%w: it did not answer", errPeerCannotServe)
 	}
 	copy(p, r.dst)
+	n.stats.netRecv.Add(uint64(length))
+	if diskless {
+		return nil
+	}
 	// A write the peer failed while the Read was on its way is marked (its
 	// answer came first): the peer's data for it is not ours.
 	if n.store.Bitmap().IsSet(off, length) {
 		return fmt.Errorf("%w: the range went out of sync", errPeerCannotServe)
 	}
-	n.stats.netRecv.Add(uint64(length))
 	if werr := n.disk.WriteAt(ctx, p, off, false); werr != nil {
 		n.log.Error("writing back a range read from the peer failed", "offset", off, "length", length, "err", werr)
 	}

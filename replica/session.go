@@ -468,6 +468,8 @@ func diskToWire(d DiskState) uint8 {
 		return protocol.DiskOutdated
 	case Inconsistent:
 		return protocol.DiskInconsistent
+	case Diskless:
+		return protocol.DiskDiskless
 	default:
 		return protocol.DiskUnknown
 	}
@@ -481,6 +483,8 @@ func diskFromWire(d uint8) DiskState {
 		return Outdated
 	case protocol.DiskInconsistent:
 		return Inconsistent
+	case protocol.DiskDiskless:
+		return Diskless
 	default:
 		return DUnknown
 	}

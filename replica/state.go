@@ -59,9 +59,13 @@ const (
 	Inconsistent                  // partly written by a resync or never initialised
 	Outdated                      // consistent, but known to be older than the peer's
 	UpToDate
+	// Diskless: a Primary detached its disk after the disk failed a write
+	// or a flush (as DRBD's on-io-error detach); all its I/O goes to the
+	// peer until the daemon restarts. Saved as Inconsistent.
+	Diskless
 )
 
-var diskNames = [...]string{"DUnknown", "Inconsistent", "Outdated", "UpToDate"}
+var diskNames = [...]string{"DUnknown", "Inconsistent", "Outdated", "UpToDate", "Diskless"}
 
 func (d DiskState) String() string {
 	if int(d) < len(diskNames) {
@@ -122,6 +126,9 @@ func (s State) CanPromote(force bool) error {
 	}
 	if s.Conn == SyncTarget {
 		return fmt.Errorf("%w: this node is SyncTarget; wait for the resync to finish", ErrSyncing)
+	}
+	if s.Disk == Diskless {
+		return fmt.Errorf("%w (Diskless): its disk was detached after an I/O error; repair it and restart the daemon", ErrNotUpToDate)
 	}
 	if s.Disk != UpToDate && !force {
 		return fmt.Errorf("%w (%s): use urbd primary --force %s if this node's data must win", ErrNotUpToDate, s.Disk, s.Name)

@@ -502,6 +502,10 @@ func (n *Node) Verify() error {
 		n.mu.Unlock()
 		return fmt.Errorf("%s: %w: verify needs a connected, idle peer (state %s)", n.cfg.Name, ErrNotConnected, conn)
 	}
+	if n.st.Disk == Diskless || n.st.PeerDisk == Diskless {
+		n.mu.Unlock()
+		return fmt.Errorf("%s: %w (Diskless): verify needs a disk on both nodes", n.cfg.Name, ErrNotUpToDate)
+	}
 	prog := resync.NewProgress(n.clock, n.disk.Size())
 	n.progress = prog
 	n.verify = &status.Sync{}

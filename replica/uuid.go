@@ -298,6 +298,27 @@ func compareUUIDs(l, p UUIDs) relation {
 	return relation{kind: relUnrelated, full: true, why: "the UUIDs share no generation"}
 }
 
+// decideDiskless is the end of Decide's rule 2: a Diskless node connects to a peer
+// that can serve all of its I/O, and nothing is copied either way. Its own
+// data is rebuilt by a full resync when its daemon restarts with a repaired
+// disk (saved as Inconsistent, with every block marked).
+func decideDiskless(local, peer Side) Plan {
+	if local.Disk == "Diskless" && peer.Disk == "Diskless" {
+		return Plan{Decision: Refused, Reason: "both nodes are Diskless: neither holds the data"}
+	}
+	o, dname, oname := peer, "this node", "the peer"
+	if peer.Disk == "Diskless" {
+		o, dname, oname = local, "the peer", "this node"
+	}
+	switch {
+	case o.Disk != "UpToDate":
+		return Plan{Decision: Refused, Reason: fmt.Sprintf("%s is Diskless and %s's disk is %s: nobody can serve the data", dname, oname, orUnknown(o.Disk))}
+	case o.Primary:
+		return Plan{Decision: Refused, Reason: fmt.Sprintf("%s is Diskless and %s is Primary: demote one of them", dname, oname)}
+	}
+	return Plan{Decision: NoSync, Reason: dname + " is Diskless (its disk was detached after an I/O error): its I/O goes to " + oname + ", nothing is copied"}
+}
+
 // pick returns +1 if only a holds, -1 if only b holds, else 0.
 func pick(a, b bool) int {
 	switch {
@@ -327,7 +348,10 @@ func who(dir int, self, peer string) string {
 //
 //  1. Operator conflicts: both sides DiscardMyData, a Primary with
 //     DiscardMyData, or split-brain policies (AfterSB) that differ: Refused.
-//  2. UUIDs that share no generation: Unrelated (whatever the disks).
+//  2. UUIDs that share no generation: Unrelated (whatever the disks). Then
+//     a Diskless side (a Primary that detached its failed disk), which holds
+//     no data to copy or to receive: NoSync, so that its I/O goes to the
+//     peer, when the other side is UpToDate and not Primary; else Refused.
 //  3. Neither disk consistent (UpToDate or Outdated): BothInconsistent.
 //  4. Exactly one disk consistent: it is the source. Bitmap-based only when
 //     the UUIDs already make it the source through its bitmap (an
@@ -376,6 +400,11 @@ func Decide(local, peer Side) Plan {
 	// 2. Unrelated data.
 	if rel.kind == relUnrelated {
 		return Plan{Decision: Unrelated, Full: true, Reason: rel.why + ": the peer holds another data set; check the peer address and disk" + uuids}
+	}
+
+	// 2. A Diskless side.
+	if local.Disk == "Diskless" || peer.Disk == "Diskless" {
+		return decideDiskless(local, peer)
 	}
 
 	lc, pc := local.consistent(), peer.consistent()

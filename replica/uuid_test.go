@@ -24,6 +24,7 @@ const (
 	upToDate     = "UpToDate"
 	inconsistent = "Inconsistent"
 	outdated     = "Outdated"
+	diskless     = "Diskless"
 )
 
 // uu builds UUIDs from Current, Bitmap and History.
@@ -194,6 +195,22 @@ func uuTable() []uuRow {
 			uuSide(uu(uuB, uuA), upToDate, "PD"), uuSide(uu(uuA, 0), upToDate, ""), replica.Refused, false},
 		{"both asking to discard is refused even when in sync",
 			uuSide(uu(uuA, 0), upToDate, "D"), uuSide(uu(uuA, 0), upToDate, "D"), replica.Refused, false},
+
+		// A Diskless side (a Primary that detached its failed disk).
+		{"a Diskless Primary connects to its UpToDate Secondary without a resync",
+			uuSide(uu(uuA, 0), diskless, "PB"), uuSide(uu(uuA, 0), upToDate, ""), replica.NoSync, false},
+		{"a Diskless Primary takes whatever generation its UpToDate peer has",
+			uuSide(uu(uuA, 0), diskless, "P"), uuSide(uu(uuB, uuA), upToDate, "B"), replica.NoSync, false},
+		{"a Diskless node and an Inconsistent peer: nobody holds the data",
+			uuSide(uu(uuA, 0), diskless, "P"), uuSide(uu(uuA, 0), inconsistent, ""), replica.Refused, false},
+		{"a Diskless node and an Outdated peer are refused",
+			uuSide(uu(uuA, 0), diskless, "P"), uuSide(uu(uuA, 0), outdated, ""), replica.Refused, false},
+		{"a Diskless node and a Primary peer are refused",
+			uuSide(uu(uuA, 0), diskless, ""), uuSide(uu(uuA, 0), upToDate, "P"), replica.Refused, false},
+		{"two Diskless nodes are refused",
+			uuSide(uu(uuA, 0), diskless, "P"), uuSide(uu(uuA, 0), diskless, ""), replica.Refused, false},
+		{"a Diskless node with unrelated data is Unrelated",
+			uuSide(uu(uuA, 0), diskless, "P"), uuSide(uu(uuB, 0), upToDate, ""), replica.Unrelated, true},
 	}
 }
 
@@ -252,10 +269,23 @@ func uuCheckInvariants(t *testing.T, local, peer replica.Side) {
 			fail("a Primary became the target")
 		}
 	case replica.NoSync:
+		if local.Disk == diskless || peer.Disk == diskless {
+			other := peer
+			if peer.Disk == diskless {
+				other = local
+			}
+			if other.Disk != upToDate || other.Primary {
+				fail("a Diskless side connected to a peer that cannot serve its I/O")
+			}
+			break
+		}
 		if local.UUIDs.Current != peer.UUIDs.Current || local.BitmapDirty || peer.BitmapDirty ||
 			!consistent(local) || !consistent(peer) {
 			fail("NoSync although the data may differ")
 		}
+	}
+	if (local.Disk == diskless || peer.Disk == diskless) && (p.Decision == replica.BecomeSyncSource || p.Decision == replica.BecomeSyncTarget) {
+		fail("a resync with a Diskless side")
 	}
 	if local.DiscardMyData && peer.DiscardMyData && p.Decision != replica.Refused {
 		fail("both sides discarding was not refused")
@@ -285,7 +315,7 @@ func uuCheckInvariants(t *testing.T, local, peer replica.Side) {
 func uuRandomSide(r *rand.Rand) replica.Side {
 	ids := []uint64{0, 0, uuA, uuB, uuC, uuD}
 	id := func() uint64 { return ids[r.IntN(len(ids))] }
-	disks := []string{upToDate, upToDate, inconsistent, outdated, "DUnknown", ""}
+	disks := []string{upToDate, upToDate, inconsistent, outdated, diskless, "DUnknown", ""}
 	return replica.Side{
 		UUIDs:          replica.UUIDs{Current: id(), Bitmap: id(), History: [2]uint64{id(), id()}},
 		Disk:           disks[r.IntN(len(disks))],

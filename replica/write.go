@@ -58,7 +58,8 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 //  2. make the activity-log extent durable (ordering rule 1);
 //  3. take the range lock of its blocks (ordering rules 3 and 5);
 //  4. send to the peer (if connected and replicating) and write locally, in
-//     parallel;
+//     parallel; a Diskless node only sends, and a local error may make it
+//     Diskless (detach);
 //  5. start a flush ahead if one is likely to follow (see flushAhead);
 //  6. answer when the protocol says so. The extent stays referenced until the
 //     peer answered or the write was marked out of sync.
@@ -83,6 +84,12 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	n.rate.NoteAppIO(length)
 
 	req := n.replicate(off, length, data, flags)
+	if n.isDiskless() {
+		unlock()
+		err := n.writeDiskless(ctx, off, length, req)
+		n.observe(kind, true, int(length), start)
+		return err
+	}
 	fua := flags&protocol.FlagFUA != 0
 	ahead := false
 	if fua {
@@ -133,6 +140,15 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	if lerr != nil {
 		// The peer may have the data and we do not: the blocks differ.
 		n.store.MarkOutOfSync(off, length)
+		if n.detach(errorVerb(kind), off, length, lerr) {
+			// The disk is out of service; the peer's copy answers.
+			err := n.writeDiskless(ctx, off, length, req)
+			n.observe(kind, true, int(length), start)
+			if err != nil {
+				return lerr
+			}
+			return nil
+		}
 	}
 	peerOK := req.wait(ctx, n.cfg.Protocol)
 	n.observe(kind, true, int(length), start)
@@ -191,6 +207,9 @@ func (n *Node) Flush(ctx context.Context) error {
 // peer flushed too: a peer that fails its flush has the writes it covered
 // marked out of sync first.
 func (n *Node) flushBoth(ctx context.Context) (peerOK bool, err error) {
+	if n.isDiskless() {
+		return true, n.flushDiskless(ctx)
+	}
 	var peer *request
 	if s := n.session(); s != nil {
 		if peer = s.sendFlush(); peer != nil {
@@ -200,6 +219,10 @@ func (n *Node) flushBoth(ctx context.Context) (peerOK bool, err error) {
 	err = n.disk.Flush(ctx)
 	if peer != nil {
 		peerOK = peer.wait(ctx, 'C')
+	}
+	if err != nil && peerOK && n.detach("flushing", 0, 0, err) {
+		// The peer made every write durable; this disk is out of service.
+		return true, nil
 	}
 	return peerOK, err
 }

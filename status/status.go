@@ -15,7 +15,7 @@ type Resource struct {
 	ConnState  string `json:"cstate"`      // StandAlone, WFConnection, Connected, SyncSource, SyncTarget, VerifyS, VerifyT
 	Role       string `json:"role"`        // Primary, Secondary
 	PeerRole   string `json:"peer_role"`   // Primary, Secondary, Unknown
-	DiskState  string `json:"dstate"`      // UpToDate, Inconsistent, Outdated, DUnknown
+	DiskState  string `json:"dstate"`      // UpToDate, Inconsistent, Outdated, DUnknown, Diskless
 	PeerDisk   string `json:"peer_dstate"` // same values
 	Suspended  bool   `json:"suspended"`   // writes held (on-peer-loss suspend)
 	SplitBrain bool   `json:"split_brain"`

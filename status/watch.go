@@ -166,7 +166,7 @@ func line(b *bytes.Buffer, label, text string) {
 func paint(state, def string) string {
 	s := token(state, def)
 	switch s {
-	case "StandAlone", "WFConnection", "Inconsistent", "Outdated", "DUnknown", "Unconfigured":
+	case "StandAlone", "WFConnection", "Inconsistent", "Outdated", "DUnknown", "Diskless", "Unconfigured":
 		return ansiYellow + s + ansiReset
 	case "UpToDate", "Connected", "Primary":
 		return ansiGreen + s + ansiReset

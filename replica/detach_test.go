@@ -1,0 +1,227 @@
+package replica_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/urbd/urbd/replica"
+)
+
+// TestScenarioPrimaryDiskFailureDetaches: when the Primary's disk fails a
+// write, the Primary detaches it (Diskless, as DRBD's on-io-error detach)
+// and the application sees no error: that write, and every read, write and
+// flush after it, is served by the UpToDate peer, which shows the node as
+// Diskless. Without the peer the node's I/O fails (it has no copy) until the
+// peer is back. Demoted, the node leaves the peer and refuses to reconnect;
+// the peer is promoted; the node, restarted with a repaired disk, comes back
+// Secondary and is fully resynced.
+func TestScenarioPrimaryDiskFailureDetaches(t *testing.T) {
+	o := nodeOpts{viaProxy: true}
+	a, b := cleanPair(t, o, o)
+	ctx := context.Background()
+	before := pattern("written before the failure", 4*hBlock)
+	a.write(0, before)
+
+	a.disk.dead.Store(true) // the disk fails every call from now on
+	after := pattern("written after the failure", 4*hBlock)
+	if err := a.node.WriteAt(ctx, after, 8*hBlock, false); err != nil {
+		t.Fatalf("the write the disk failed: %v, want it served by the peer", err)
+	}
+	st := a.node.State()
+	if st.Disk != replica.Diskless || st.Role != replica.Primary || st.Conn != replica.Connected {
+		t.Fatalf("after the disk error: %+v, want a Connected Diskless Primary", st)
+	}
+	if !strings.Contains(st.Reason, "disk detached") {
+		t.Errorf("reason %q does not say the disk was detached", st.Reason)
+	}
+	a.waitEvent("local-io-error")
+	b.waitState("the peer shown Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
+
+	// Every request goes to the peer: writes (FUA too), flushes, reads.
+	fua := pattern("fua", hBlock)
+	if err := a.node.WriteAt(ctx, fua, 12*hBlock, true); err != nil {
+		t.Fatalf("a FUA write while Diskless: %v", err)
+	}
+	if err := a.node.Flush(ctx); err != nil {
+		t.Fatalf("a flush while Diskless: %v", err)
+	}
+	want := append(append(append(bytes.Clone(before), make([]byte, 4*hBlock)...), after...), fua...)
+	got, err := a.readAt(0, len(want))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("reading back while Diskless: %v (equal %v)", err, bytes.Equal(got, want))
+	}
+	if !bytes.Equal(b.read(0, len(want)), want) {
+		t.Fatal("the peer's disk does not hold what the Diskless Primary wrote")
+	}
+	if err := a.node.Verify(); !errors.Is(err, replica.ErrNotUpToDate) {
+		t.Errorf("verify on a Diskless node: %v, want ErrNotUpToDate", err)
+	}
+	if err := b.node.Promote(false); !errors.Is(err, replica.ErrPeerPrimary) {
+		t.Errorf("promoting the peer of a Diskless Primary: %v, want ErrPeerPrimary", err)
+	}
+
+	// Without the peer nothing can serve the node's I/O.
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	if err := a.node.WriteAt(ctx, after, 16*hBlock, false); err == nil {
+		t.Fatal("a write without disk and peer succeeded")
+	}
+	if _, err := a.readAt(0, hBlock); err == nil {
+		t.Fatal("a read without disk and peer succeeded")
+	}
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	st = a.waitConn(replica.Connected)
+	if st.Disk != replica.Diskless {
+		t.Fatalf("reconnected as %v, want Diskless", st.Disk)
+	}
+	if got, err := a.readAt(8*hBlock, len(after)); err != nil || !bytes.Equal(got, after) {
+		t.Fatalf("reading after the reconnect: %v", err)
+	}
+	a.write(16*hBlock, after)
+
+	// Failover: the Diskless node steps down and leaves the peer.
+	if err := a.node.Demote(false); err != nil {
+		t.Fatalf("demote the Diskless Primary: %v", err)
+	}
+	if st := a.node.State(); st.Conn != replica.StandAlone || st.Role != replica.Secondary {
+		t.Fatalf("after demotion: %+v, want a StandAlone Secondary", st)
+	}
+	if err := a.node.Connect(false); !errors.Is(err, replica.ErrNotUpToDate) {
+		t.Fatalf("connect on a Diskless node: %v, want a refusal", err)
+	}
+	b.waitState("peer gone", func(s replica.State) bool { return !s.Conn.Connected() })
+	if err := b.node.Promote(false); err != nil {
+		t.Fatalf("promote the peer: %v", err)
+	}
+	b.write(20*hBlock, pattern("on the new Primary", hBlock))
+
+	// Repaired, the node comes back Secondary and is fully resynced.
+	a.stop()
+	a.start()
+	if st := a.node.State(); st.Role != replica.Secondary || st.Disk != replica.Inconsistent {
+		t.Fatalf("restarted: %+v, want an Inconsistent Secondary", st)
+	}
+	inSyncAndEqual(t, b, a)
+}
+
+// TestScenarioPrimaryDiskFailureKeptWithoutPeer: a Primary detaches its disk
+// only when an UpToDate peer holds the data and the metadata saying so is
+// durable. StandAlone, or when the metadata cannot be written either (the
+// whole machine failing), the disk's error reaches the application as
+// before and the disk stays in service.
+func TestScenarioPrimaryDiskFailureKeptWithoutPeer(t *testing.T) {
+	ctx := context.Background()
+	t.Run("StandAlone", func(t *testing.T) {
+		a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+		if err := a.node.Disconnect(); err != nil {
+			t.Fatal(err)
+		}
+		b.waitState("disconnected", func(s replica.State) bool { return !s.Conn.Connected() })
+		a.disk.failAt.Store(4*hBlock + 1)
+		if err := a.node.WriteAt(ctx, pattern("x", hBlock), 4*hBlock, false); !errors.Is(err, errDiskFailed) {
+			t.Fatalf("write: %v, want the disk's error", err)
+		}
+		if st := a.node.State(); st.Disk != replica.UpToDate {
+			t.Fatalf("disk %v, want UpToDate", st.Disk)
+		}
+	})
+	t.Run("metadata lost too", func(t *testing.T) {
+		a, _ := cleanPair(t, nodeOpts{}, nodeOpts{})
+		a.metaFS.dead.Store(true)
+		a.disk.failAt.Store(4*hBlock + 1)
+		if err := a.node.WriteAt(ctx, pattern("x", hBlock), 4*hBlock, false); !errors.Is(err, errDiskFailed) {
+			t.Fatalf("write: %v, want the disk's error", err)
+		}
+		if st := a.node.State(); st.Disk != replica.UpToDate {
+			t.Fatalf("disk %v, want UpToDate", st.Disk)
+		}
+		a.metaFS.dead.Store(false)
+	})
+}
+
+// TestScenarioPrimaryFlushFailureDetaches: a failed fdatasync on the Primary
+// (the kernel may have dropped written pages) detaches the disk too, once
+// the peer made the same writes durable: the FLUSH succeeds.
+func TestScenarioPrimaryFlushFailureDetaches(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	data := pattern("flushed on the peer", 2*hBlock)
+	a.write(0, data)
+	a.disk.failFlush.Store(true)
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatalf("flush: %v, want it answered by the peer's", err)
+	}
+	if st := a.node.State(); st.Disk != replica.Diskless {
+		t.Fatalf("disk %v after a failed flush, want Diskless", st.Disk)
+	}
+	if got, err := a.readAt(0, len(data)); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read: %v", err)
+	}
+	if !bytes.Equal(b.read(0, len(data)), data) {
+		t.Fatal("the peer lacks the data")
+	}
+}
+
+// TestScenarioPrimaryDiskDiesUnderLoad: with protocols A, B and C, writers
+// keep writing (some with FUA) while the Primary's disk dies: no write
+// fails, and afterwards every block reads back right through the Diskless
+// Primary and is on the peer's disk.
+func TestScenarioPrimaryDiskDiesUnderLoad(t *testing.T) {
+	for _, proto := range []byte{'A', 'B', 'C'} {
+		t.Run(string(proto), func(t *testing.T) {
+			o := nodeOpts{protocol: proto}
+			a, b := cleanPair(t, o, o)
+			ctx := context.Background()
+			const writers, each = 4, 40
+			var wg sync.WaitGroup
+			var written atomic.Int64
+			errs := make(chan error, writers)
+			for w := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range each {
+						off := int64(w*each+i) * hBlock
+						if err := a.node.WriteAt(ctx, pattern(fmt.Sprintf("%d/%d", w, i), hBlock), off, i%5 == 0); err != nil {
+							errs <- fmt.Errorf("write %d/%d: %w", w, i, err)
+							return
+						}
+						written.Add(1)
+					}
+				}()
+			}
+			a.waitFor("writes before the failure", func() bool { return written.Load() >= writers*each/4 })
+			a.disk.dead.Store(true)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if err := a.node.Flush(ctx); err != nil {
+				t.Fatalf("flush: %v", err)
+			}
+			if st := a.node.State(); st.Disk != replica.Diskless {
+				t.Fatalf("disk %v, want Diskless", st.Disk)
+			}
+			for w := range writers {
+				for i := range each {
+					off := int64(w*each+i) * hBlock
+					want := pattern(fmt.Sprintf("%d/%d", w, i), hBlock)
+					if got, err := a.readAt(off, hBlock); err != nil || !bytes.Equal(got, want) {
+						t.Fatalf("block %d/%d read through the Primary: %v (equal %v)", w, i, err, bytes.Equal(got, want))
+					}
+					if !bytes.Equal(b.read(off, hBlock), want) {
+						t.Fatalf("block %d/%d is not on the peer's disk", w, i)
+					}
+				}
+			}
+		})
+	}
+}
