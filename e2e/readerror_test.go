@@ -9,24 +9,28 @@ import (
 	"time"
 )
 
-// failingDisk makes a disk file of size bytes whose reads fail with EIO
-// while the file trigger exists, and whose writes always work: nbdkit's file
-// plugin behind its error filter, exposed as a file by nbdfuse (which does
-// not cache, so every read reaches the filter). backing is the file nbdkit
-// serves. Both processes stop at the end of the test, after everything
-// started later.
-func failingDisk(t *testing.T, size int64) (disk, backing, trigger string) {
+// failingDisk makes a disk file of size bytes whose operations named in
+// fail ("pread", "pwrite", "flush", ...: nbdkit error filter names) fail
+// with EIO while the file trigger exists; the others always work: nbdkit's
+// file plugin behind its error filter, exposed as a file by nbdfuse (which
+// does not cache, so every read reaches the filter). backing is the file
+// nbdkit serves. Both processes stop at the end of the test, after
+// everything started later.
+func failingDisk(t *testing.T, size int64, fail ...string) (disk, backing, trigger string) {
 	t.Helper()
 	requireCmds(t, "nbdkit", "nbdfuse", "fusermount3")
 	dir := shortTempDir(t)
 	backing = filepath.Join(dir, "backing.img")
-	trigger = filepath.Join(dir, "fail-reads")
+	trigger = filepath.Join(dir, "fail")
 	sock := filepath.Join(dir, "kit.sock")
 	mnt := filepath.Join(dir, "fuse")
 	must(t, os.MkdirAll(mnt, 0o755))
 	makeSparseFile(t, backing, size)
-	kit := startDaemon(t, "nbdkit", "--foreground", "--unix", sock, "--filter=error", "file", "file="+backing,
-		"error-pread=EIO", "error-pread-rate=100%", "error-pread-file="+trigger)
+	args := []string{"--foreground", "--unix", sock, "--filter=error", "file", "file=" + backing}
+	for _, op := range fail {
+		args = append(args, "error-"+op+"=EIO", "error-"+op+"-rate=100%", "error-"+op+"-file="+trigger)
+	}
+	kit := startDaemon(t, "nbdkit", args...)
 	waitForSocket(t, sock, kit, 10*time.Second)
 	fuse := startDaemon(t, "nbdfuse", mnt, "--unix", sock)
 	t.Cleanup(func() { _, _ = tryCmd(20*time.Second, "fusermount3", "-u", mnt) })
@@ -53,7 +57,7 @@ func failingDisk(t *testing.T, size int64) (disk, backing, trigger string) {
 // with EIO, as the disk's own error.
 func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
 	requireRoot(t)
-	disk, backing, trigger := failingDisk(t, 64<<20)
+	disk, backing, trigger := failingDisk(t, 64<<20, "pread")
 	c := newCluster(t, clusterOpts{})
 	c.a.disk = disk
 	events := filepath.Join(c.dir, "events")
@@ -97,4 +101,79 @@ func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
 	if err == nil || !strings.Contains(out, "Input/output error") {
 		t.Errorf("reads of a failing disk without a peer: %v, want EIO:\n%s", err, out)
 	}
+}
+
+// TestPrimaryDiskFailureDetaches: the Primary's disk dies (every read,
+// write, trim and zeroing fails) in the middle of an fio run that writes,
+// flushes and then verifies. The Primary detaches the disk (Diskless, as DRBD's
+// on-io-error detach) and serves everything through its peer: fio sees no
+// error and every block verifies; the status shows ds:Diskless/UpToDate and
+// the local-io-error handler says the disk was detached. Failover: the
+// Diskless node is demoted (it leaves the peer), the peer is promoted and
+// holds every block fio wrote. The node restarted on its repaired disk comes
+// back Secondary and is fully resynced: both disks end byte-identical.
+func TestPrimaryDiskFailureDetaches(t *testing.T) {
+	requireRoot(t)
+	disk, backing, trigger := failingDisk(t, 64<<20, "pread", "pwrite", "trim", "zero")
+	c := newCluster(t, clusterOpts{})
+	c.a.disk = disk
+	events := filepath.Join(c.dir, "events")
+	c.a.start("--handler", fmt.Sprintf(`local-io-error=echo "$URBD_EVENT $URBD_REASON" >> %s`, events))
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+
+	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
+	done := make(chan error, 1)
+	var out string
+	go func() {
+		var err error
+		out, err = runFioErr(c.a.uri(), job...)
+		done <- err
+	}()
+	// The disk dies once fio has written a few MiB.
+	c.a.waitFor("fio writing", time.Minute, func(s statusT) bool { return s.DiskWriteKiB >= 4<<10 })
+	must(t, writeFile(trigger, ""))
+	if err := <-done; err != nil {
+		t.Fatalf("fio through a Primary whose disk died: %v\n%s", err, out)
+	}
+	st := c.a.status()
+	if st.Role != "Primary" || st.ConnState != "Connected" || st.DiskState != "Diskless" || st.PeerDisk != "UpToDate" {
+		t.Fatalf("the Primary after its disk died: %+v, want a Connected Diskless Primary", st)
+	}
+	if text := string(fileBytes(t, filepath.Join(c.a.runDir, "r0", "status"))); !strings.Contains(text, "ds:Diskless/UpToDate") {
+		t.Errorf("status file does not show ds:Diskless/UpToDate:\n%s", text)
+	}
+	if got := c.b.status(); got.PeerDisk != "Diskless" {
+		t.Errorf("the peer shows the Primary's disk as %q, want Diskless", got.PeerDisk)
+	}
+	if got, _ := os.ReadFile(events); !strings.Contains(string(got), "local-io-error") || !strings.Contains(string(got), "disk detached") {
+		t.Errorf("local-io-error handler did not report the detach; events file:\n%s", got)
+	}
+	if out, err := c.a.try("primary", "r0"); err != nil {
+		t.Errorf("primary on the Diskless Primary: %v: %s", err, out)
+	}
+
+	// Failover to the peer, which holds every block.
+	c.a.ctl("secondary", "r0")
+	c.a.waitFor("StandAlone", 30*time.Second, func(s statusT) bool { return s.ConnState == "StandAlone" })
+	if out, err := c.a.try("connect", "r0"); err == nil || !strings.Contains(out, "Diskless") {
+		t.Errorf("connect on a Diskless node: %v: %s, want a refusal naming Diskless", err, out)
+	}
+	c.b.waitFor("peer gone", 30*time.Second, func(s statusT) bool { return s.ConnState != "Connected" })
+	c.b.ctl("primary", "r0")
+	runFio(t, c.b.uri(), append(job, "--verify_only")...)
+
+	// The disk repaired, the node comes back Secondary and is fully resynced.
+	c.a.stop()
+	must(t, os.Remove(trigger))
+	c.a.start()
+	st = c.a.waitInSync(60 * time.Second)
+	if st.Role != "Secondary" {
+		t.Errorf("restarted as %s, want Secondary", st.Role)
+	}
+	c.b.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, backing, c.b.disk)
 }
