@@ -128,7 +128,7 @@ type Store struct {
 	nChunks    int
 
 	bm       *Bitmap
-	st       []atomic.Uint64 // per-extent state, see stHot
+	st       []atomic.Uint64              // per-extent state, see stHot
 	syncData atomic.Pointer[func() error] // Options.SyncData; see SetSyncData
 
 	waiters  atomic.Int64 // BeginWrite calls in the slow path; EndWrite wakes them
