@@ -40,6 +40,7 @@ const (
 	DefaultOnPeerLoss  = OnPeerLossContinue
 	DefaultFencing     = "dont-care"
 	DefaultAfterSB     = "disconnect" // after-sb-0pri and after-sb-1pri
+	DefaultOnIOError   = "detach"
 	DefaultBitmapBlock = 4 << 10
 )
 
@@ -94,6 +95,7 @@ type Resource struct {
 	Fencing     string        // dont-care, resource-only or resource-and-stonith
 	AfterSB0Pri string        // after-sb-0pri: disconnect or discard-zero-changes
 	AfterSB1Pri string        // after-sb-1pri: disconnect, consensus or discard-secondary
+	OnIOError   string        // on-io-error: detach or pass_on
 	BitmapBlock int64         // bytes per bitmap bit, a power of two
 
 	Handlers      map[string]string // event -> shell command; the caller owns this copy
@@ -130,6 +132,7 @@ type commonTOML struct {
 	Fencing     fencingValue      `toml:"fencing"`
 	AfterSB0Pri afterSB0Value     `toml:"after-sb-0pri"`
 	AfterSB1Pri afterSB1Value     `toml:"after-sb-1pri"`
+	OnIOError   onIOErrorValue    `toml:"on-io-error"`
 	BitmapBlock sizeValue         `toml:"bitmap-block"`
 	Handlers    map[string]string `toml:"handlers"`
 }
@@ -146,6 +149,7 @@ type resourceTOML struct {
 	Fencing       fencingValue        `toml:"fencing"`
 	AfterSB0Pri   afterSB0Value       `toml:"after-sb-0pri"`
 	AfterSB1Pri   afterSB1Value       `toml:"after-sb-1pri"`
+	OnIOError     onIOErrorValue      `toml:"on-io-error"`
 	BitmapBlock   sizeValue           `toml:"bitmap-block"`
 	Handlers      map[string]string   `toml:"handlers"`
 	MetricsListen string              `toml:"metrics-listen"`
@@ -165,8 +169,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"bitmap-block", "fencing", "handlers", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -388,6 +392,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		Fencing:     first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
 		AfterSB0Pri: first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
 		AfterSB1Pri: first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
+		OnIOError:   first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
 		BitmapBlock: firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
 		Handlers:    mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
 	}

@@ -97,7 +97,7 @@ func (v *peerLossValue) UnmarshalText(b []byte) error {
 }
 
 // policyValue is a policy name, lowercased, that check accepts (fencing,
-// after-sb-0pri, after-sb-1pri: replica's parsers decide).
+// after-sb-0pri, after-sb-1pri, on-io-error: replica's parsers decide).
 type policyValue struct{ s string }
 
 func (v *policyValue) set(b []byte, check func(string) error) error {
@@ -128,4 +128,11 @@ type afterSB1Value struct{ policyValue }
 
 func (v *afterSB1Value) UnmarshalText(b []byte) error {
 	return v.set(b, func(s string) error { _, err := replica.ParseAfterSB1(s); return err })
+}
+
+// onIOErrorValue is an on-io-error policy (replica.ParseOnIOError's names).
+type onIOErrorValue struct{ policyValue }
+
+func (v *onIOErrorValue) UnmarshalText(b []byte) error {
+	return v.set(b, func(s string) error { _, err := replica.ParseOnIOError(s); return err })
 }

@@ -57,9 +57,12 @@ type Options struct {
 	// AfterSB0Pri and AfterSB1Pri are the automatic split-brain recovery
 	// policies ("" = disconnect); the peer must have the same.
 	AfterSB0Pri, AfterSB1Pri string
-	BitmapBlock              int64
-	AssumeClean              bool
-	RunDir                   string
+	// OnIOError is what a Primary does when its disk fails a write or a
+	// flush: detach (or "") or pass_on.
+	OnIOError   string
+	BitmapBlock int64
+	AssumeClean bool
+	RunDir      string
 	// Handlers maps events (initial-split-brain, split-brain, peer-lost, peer-back,
 	// resync-started, resync-done, promoted, demoted, local-io-error) to
 	// shell commands run with URBD_RESOURCE and URBD_EVENT in their
@@ -109,6 +112,10 @@ func Run(ctx context.Context, o Options) error {
 	afterSB1, err := replica.ParseAfterSB1(o.AfterSB1Pri)
 	if err != nil {
 		return fmt.Errorf("--%w", err)
+	}
+	onIOError, err := replica.ParseOnIOError(o.OnIOError)
+	if err != nil {
+		return fmt.Errorf("--on-io-error: %w", err)
 	}
 	var secret []byte
 	if o.SecretFile != "" {
@@ -173,8 +180,9 @@ func Run(ctx context.Context, o Options) error {
 		Event: func(event string, extra map[string]string) {
 			runner.Fire(ctx, o.Name, event, extra)
 		},
-		Fencing: fencing,
-		AfterSB: replica.AfterSplitBrain{NoPrimary: afterSB0, OnePrimary: afterSB1},
+		Fencing:   fencing,
+		OnIOError: onIOError,
+		AfterSB:   replica.AfterSplitBrain{NoPrimary: afterSB0, OnePrimary: afterSB1},
 		FencePeer: func(fctx context.Context) (int, error) {
 			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": o.Peer})
 		},

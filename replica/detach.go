@@ -6,6 +6,34 @@ import (
 	"fmt"
 )
 
+// OnIOError is DRBD's on-io-error for the Primary's own disk: what a write
+// or flush that the disk fails does.
+type OnIOError uint8
+
+const (
+	// IODetach takes the disk out of service when the peer holds the data
+	// (Diskless): the application sees no error (see detach).
+	IODetach OnIOError = iota
+	// IOPassOn keeps the disk and passes the error to the application
+	// (EIO); the range is marked out of sync, so the next resync rewrites
+	// it from the peer.
+	IOPassOn
+)
+
+var onIOErrorNames = [...]string{"detach", "pass_on"}
+
+func (p OnIOError) String() string { return policyName(onIOErrorNames[:], uint8(p)) }
+
+// ParseOnIOError parses an on-io-error policy name (OnIOError.String; DRBD
+// 9's spelling pass-on is accepted too); "" is the default, detach.
+func ParseOnIOError(s string) (OnIOError, error) {
+	if s == "pass-on" {
+		s = "pass_on"
+	}
+	v, err := parsePolicy("on-io-error", onIOErrorNames[:], s)
+	return OnIOError(v), err
+}
+
 // errNoDisk is the error of an I/O request on a Diskless node that its peer
 // cannot serve (no session, or the peer failed it): the node has no copy of
 // the data. The NBD client sees EIO.
@@ -16,7 +44,8 @@ var errNoDisk = errors.New("replica: the local disk is detached (Diskless) and t
 func (n *Node) isDiskless() bool { return n.diskless.Load() }
 
 // detach takes the Primary's disk out of service after it failed a write or
-// a flush, as DRBD's on-io-error detach does, when the peer holds everything
+// a flush, as DRBD's on-io-error detach does (unless the policy is
+// IOPassOn), when the peer holds everything
 // the application wrote: the node is Primary, connected with no resync
 // running, and the peer's disk is UpToDate. It reports whether the node is
 // (now) Diskless; if not, the caller returns the disk's error as before.
@@ -30,6 +59,9 @@ func (n *Node) isDiskless() bool { return n.diskless.Load() }
 // disk's stale data as a resync source. The peer is told and shows the node
 // as Diskless; the local-io-error handler runs.
 func (n *Node) detach(what string, off, length int64, cause error) bool {
+	if n.cfg.OnIOError == IOPassOn {
+		return false
+	}
 	n.mu.Lock()
 	if n.st.Disk == Diskless {
 		n.mu.Unlock()

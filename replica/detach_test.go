@@ -147,6 +147,38 @@ func TestScenarioPrimaryDiskFailureKeptWithoutPeer(t *testing.T) {
 	})
 }
 
+// TestScenarioPrimaryDiskFailurePassOn: with on-io-error pass_on the
+// Primary keeps its disk: the failed write gets the disk's error, the disk
+// stays UpToDate, and the range is resynced so both disks end the same.
+func TestScenarioPrimaryDiskFailurePassOn(t *testing.T) {
+	o := nodeOpts{onIOError: replica.IOPassOn}
+	a, b := cleanPair(t, o, o)
+	a.disk.failAt.Store(4*hBlock + 1)
+	if err := a.node.WriteAt(context.Background(), pattern("x", hBlock), 4*hBlock, false); !errors.Is(err, errDiskFailed) {
+		t.Fatalf("write: %v, want the disk's error", err)
+	}
+	if st := a.node.State(); st.Disk != replica.UpToDate {
+		t.Fatalf("disk %v, want UpToDate", st.Disk)
+	}
+	a.write(8*hBlock, pattern("after", hBlock))
+	inSyncAndEqual(t, a, b)
+}
+
+func TestParseOnIOError(t *testing.T) {
+	for in, want := range map[string]replica.OnIOError{"": replica.IODetach, "detach": replica.IODetach, "pass_on": replica.IOPassOn, "pass-on": replica.IOPassOn} {
+		got, err := replica.ParseOnIOError(in)
+		if err != nil || got != want {
+			t.Errorf("ParseOnIOError(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	if _, err := replica.ParseOnIOError("call-local-io-error"); err == nil || !strings.Contains(err.Error(), "use detach or pass_on") {
+		t.Errorf("ParseOnIOError of an unknown name: %v", err)
+	}
+	if replica.IOPassOn.String() != "pass_on" {
+		t.Errorf("IOPassOn.String() = %q", replica.IOPassOn.String())
+	}
+}
+
 // TestScenarioPrimaryFlushFailureDetaches: a failed fdatasync on the Primary
 // (the kernel may have dropped written pages) detaches the disk too, once
 // the peer made the same writes durable: the FLUSH succeeds.

@@ -52,6 +52,7 @@ type nodeOpts struct {
 	fencing     replica.Fencing
 	fence       *fenceHandler // Config.FencePeer; nil = none configured
 	afterSB     replica.AfterSplitBrain
+	onIOError   replica.OnIOError
 }
 
 // tnode is one in-process node with its files.
@@ -227,6 +228,7 @@ func (x *tnode) start() {
 		Fencing:           x.opts.fencing,
 		FencePeer:         x.opts.fence.handler(),
 		AfterSB:           x.opts.afterSB,
+		OnIOError:         x.opts.onIOError,
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,
 		Logger:            x.logger(),

@@ -38,6 +38,9 @@ type Config struct {
 	// it could not run or was killed.
 	Fencing   Fencing
 	FencePeer func(ctx context.Context) (exitCode int, err error)
+	// OnIOError is what a Primary does when its disk fails a write or a
+	// flush (IODetach by default; see detach).
+	OnIOError OnIOError
 	// AfterSB is the automatic split-brain recovery policy (DRBD's
 	// after-sb-0pri and after-sb-1pri); the zero value leaves every split
 	// brain to the operator. The peer must have the same.

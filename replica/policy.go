@@ -5,8 +5,9 @@ import (
 	"strings"
 )
 
-// The policies set by name (fencing, after-sb-0pri, after-sb-1pri) are small
-// integers indexing a list of DRBD's names; the first name is the default.
+// The policies set by name (fencing, after-sb-0pri, after-sb-1pri,
+// on-io-error) are small integers indexing a list of DRBD's names; the first
+// name is the default.
 
 // policyName is the name of value v in names.
 func policyName(names []string, v uint8) string {

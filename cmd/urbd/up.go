@@ -52,6 +52,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "fencing", Value: "dont-care", Usage: "dont-care, resource-only (run the fence-peer handler when the peer may be promoted without this node's writes) or resource-and-stonith (also hold writes until it reports the peer fenced)"},
 		&cli.StringFlag{Name: "after-sb-0pri", Value: "disconnect", Usage: "split brain with no Primary: disconnect (the operator decides) or discard-zero-changes (a node that wrote nothing since the split becomes SyncTarget); both nodes need the same"},
 		&cli.StringFlag{Name: "after-sb-1pri", Value: "disconnect", Usage: "split brain with one Primary: disconnect, consensus (discard the Secondary's changes when after-sb-0pri would) or discard-secondary; both nodes need the same"},
+		&cli.StringFlag{Name: "on-io-error", Value: "detach", Usage: "when the Primary's disk fails a write or a flush: detach (go on Diskless, all I/O served by the UpToDate peer, no error seen) or pass_on (the application gets EIO, the disk stays)"},
 		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on initial-split-brain, split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted, local-io-error, fence-peer (repeatable)"},
 	},
 	Before: setCPUs,
@@ -87,7 +88,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		"disk": &o.Disk, "meta": &o.Meta, "nbd": &o.NBD, "listen-peer": &o.ListenPeer, "peer": &o.Peer,
 		"secret-file": &o.SecretFile, "tls-cert": &o.TLSCert, "tls-key": &o.TLSKey, "tls-ca": &o.TLSCA,
 		"on-peer-loss": &o.OnPeerLoss, "metrics-listen": &o.MetricsListen, "fencing": &o.Fencing,
-		"after-sb-0pri": &o.AfterSB0Pri, "after-sb-1pri": &o.AfterSB1Pri,
+		"after-sb-0pri": &o.AfterSB0Pri, "after-sb-1pri": &o.AfterSB1Pri, "on-io-error": &o.OnIOError,
 	}
 	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
 	o.Timeout = c.Duration("timeout")
@@ -100,7 +101,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 			"disk": r.Disk, "meta": r.Meta, "nbd": r.NBD, "listen-peer": r.ListenPeer, "peer": r.Peer,
 			"secret-file": r.SecretFile, "tls-cert": r.TLSCert, "tls-key": r.TLSKey, "tls-ca": r.TLSCA,
 			"on-peer-loss": r.OnPeerLoss, "metrics-listen": r.MetricsListen, "fencing": r.Fencing,
-			"after-sb-0pri": r.AfterSB0Pri, "after-sb-1pri": r.AfterSB1Pri,
+			"after-sb-0pri": r.AfterSB0Pri, "after-sb-1pri": r.AfterSB1Pri, "on-io-error": r.OnIOError,
 		}
 		for k, v := range fromFile {
 			*str[k] = v
