@@ -177,3 +177,31 @@ func TestPrimaryDiskFailureDetaches(t *testing.T) {
 	c.b.stop()
 	cmpFiles(t, backing, c.b.disk)
 }
+
+// TestPrimaryDiskFailurePassOn: with --on-io-error pass_on the Primary
+// keeps a disk that fails writes: the application gets EIO and the disk
+// stays UpToDate. An unknown policy is refused in one line.
+func TestPrimaryDiskFailurePassOn(t *testing.T) {
+	requireRoot(t)
+	disk, _, trigger := failingDisk(t, 64<<20, "pwrite")
+	c := newCluster(t, clusterOpts{})
+	c.a.disk = disk
+	args := []string{"--run-dir", c.a.runDir, "up", "--disk", c.a.disk, "--meta", c.a.meta,
+		"--nbd", "unix:" + c.a.sock, "--listen-peer", c.a.listen, "--peer", c.a.peer, "--on-io-error", "panic", "r0"}
+	out, err := tryCmd(30*time.Second, urbdBin, args...)
+	if want := `unknown on-io-error policy "panic": use detach or pass_on`; err == nil || !strings.Contains(out, want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Errorf("urbd up --on-io-error panic: %v, output %q; want one line containing %q", err, out, want)
+	}
+	c.a.start("--on-io-error", "pass_on")
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	must(t, writeFile(trigger, ""))
+	out, err = runFioErr(c.a.uri(), "--rw=write", "--bs=64k", "--size=1M")
+	if err == nil || !strings.Contains(out, "Input/output error") {
+		t.Errorf("writes to a failing disk with pass_on: %v, want EIO:\n%s", err, out)
+	}
+	if st := c.a.status(); st.DiskState != "UpToDate" || st.ConnState == "StandAlone" {
+		t.Errorf("the Primary after pass_on errors: %+v, want its disk UpToDate", st)
+	}
+}
