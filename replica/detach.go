@@ -45,10 +45,10 @@ func (n *Node) isDiskless() bool { return n.diskless.Load() }
 
 // detach takes the Primary's disk out of service after it failed a write or
 // a flush, as DRBD's on-io-error detach does (unless the policy is
-// IOPassOn), when the peer holds everything
-// the application wrote: the node is Primary, connected with no resync
-// running, and the peer's disk is UpToDate. It reports whether the node is
-// (now) Diskless; if not, the caller returns the disk's error as before.
+// IOPassOn), when the peer holds everything the application wrote: the node
+// is Primary, connected with no resync or verify running, and the peer's
+// disk is UpToDate. It reports whether the node is (now) Diskless; if not,
+// the caller returns the disk's error as before.
 //
 // From then on every read, write and flush goes to the peer only (see
 // writeOp, flushBoth and ReadAt), so the application sees no error while the
