@@ -1069,7 +1069,9 @@ func TestScenarioProtocolASendQueueIsBounded(t *testing.T) {
 		total = 1024 // 64 MiB of writes, twice the bound
 		bound = 32 << 20
 	)
-	o := nodeOpts{protocol: 'A'}
+	// The peer answers nothing while its disk is stuck: a timeout well
+	// above the test's stall keeps a loaded machine from declaring it lost.
+	o := nodeOpts{protocol: 'A', timeout: 20 * time.Second}
 	a, b := cleanPair(t, o, o)
 	b.disk.holdWrites()
 	var returned atomic.Int64
@@ -1109,6 +1111,7 @@ func TestScenarioProtocolASendQueueIsBounded(t *testing.T) {
 	if err := a.node.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	a.waitInSync()
 	sameDisks(t, a, b)
 }
 
