@@ -47,6 +47,24 @@ func failingDisk(t *testing.T, size int64, fail ...string) (disk, backing, trigg
 	}
 }
 
+// failingPrimary starts a cluster whose node a runs on a failingDisk of 64
+// MiB (the operations in fail fail while trigger exists), with a
+// local-io-error handler that appends "EVENT REASON" lines to events, and
+// makes a Primary once the nodes are in sync.
+func failingPrimary(t *testing.T, fail ...string) (c *cluster, disk, backing, trigger, events string) {
+	t.Helper()
+	requireRoot(t)
+	disk, backing, trigger = failingDisk(t, 64<<20, fail...)
+	c = newCluster(t, clusterOpts{})
+	c.a.disk = disk
+	events = filepath.Join(c.dir, "events")
+	c.a.start("--handler", fmt.Sprintf(`local-io-error=echo "$URBD_EVENT $URBD_REASON" >> %s`, events))
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	return c, disk, backing, trigger, events
+}
+
 // TestPrimaryReadErrorsServedFromPeer: a Primary whose disk fails every read
 // goes on serving correct data, from its UpToDate peer, as a mirror serves a
 // bad disk's sectors from the other half: fio writes through the Primary,
@@ -56,15 +74,7 @@ func failingDisk(t *testing.T, size int64, fail ...string) (disk, backing, trigg
 // the Primary leave both disks the same. Without the peer, the same reads fail
 // with EIO, as the disk's own error.
 func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
-	requireRoot(t)
-	disk, backing, trigger := failingDisk(t, 64<<20, "pread")
-	c := newCluster(t, clusterOpts{})
-	c.a.disk = disk
-	events := filepath.Join(c.dir, "events")
-	c.a.start("--handler", fmt.Sprintf(`local-io-error=echo "$URBD_EVENT $URBD_REASON" >> %s`, events))
-	c.b.start()
-	c.a.waitInSync(30 * time.Second)
-	c.a.ctl("primary", "r0")
+	c, disk, backing, trigger, events := failingPrimary(t, "pread")
 
 	job := []string{"--rw=randwrite", "--bs=16k", "--size=16M", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1"}
 	runFio(t, c.a.uri(), append(job, "--do_verify=0")...)
@@ -113,15 +123,7 @@ func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
 // holds every block fio wrote. The node restarted on its repaired disk comes
 // back Secondary and is fully resynced: both disks end byte-identical.
 func TestPrimaryDiskFailureDetaches(t *testing.T) {
-	requireRoot(t)
-	disk, backing, trigger := failingDisk(t, 64<<20, "pread", "pwrite", "trim", "zero")
-	c := newCluster(t, clusterOpts{})
-	c.a.disk = disk
-	events := filepath.Join(c.dir, "events")
-	c.a.start("--handler", fmt.Sprintf(`local-io-error=echo "$URBD_EVENT $URBD_REASON" >> %s`, events))
-	c.b.start()
-	c.a.waitInSync(30 * time.Second)
-	c.a.ctl("primary", "r0")
+	c, _, backing, trigger, events := failingPrimary(t, "pread", "pwrite", "trim", "zero")
 
 	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
 	done := make(chan error, 1)
