@@ -30,7 +30,7 @@ const (
 	helloFixed      = 26
 	refuseFixed     = 6
 	challengeLen    = 1 + NonceLen
-	stateLen        = 40
+	stateLen        = 48
 	seqLen          = 8
 	syncStartLen    = 16
 	syncDoneLen     = 4
@@ -422,6 +422,7 @@ func decodePayload(k Kind, p []byte, reuse *recvMsgs) (Message, error) {
 		v.UUIDs.Bitmap = d.u64()
 		v.UUIDs.History[0] = d.u64()
 		v.UUIDs.History[1] = d.u64()
+		v.OutOfSync = d.u64()
 		if !pad {
 			return nil, malformed(k, "reserved bytes not zero")
 		}
@@ -788,6 +789,7 @@ func (m *State) put(b []byte) {
 	be.PutUint64(b[16:], m.UUIDs.Bitmap)
 	be.PutUint64(b[24:], m.UUIDs.History[0])
 	be.PutUint64(b[32:], m.UUIDs.History[1])
+	be.PutUint64(b[40:], m.OutOfSync)
 }
 
 func (m *Ping) layout() (int, []byte, error)    { return seqLen, nil, nil }

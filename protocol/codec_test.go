@@ -27,7 +27,7 @@ func sampleMessages() []Message {
 		&AuthResponse{MAC: [MACLen]byte{0: 0xff, 31: 1}},
 		&AuthOK{},
 		&StreamOpen{Stream: StreamResync},
-		&State{Role: RolePrimary, Disk: DiskUpToDate, Flags: FlagDiscardMyData | 1<<31,
+		&State{Role: RolePrimary, Disk: DiskUpToDate, Flags: FlagDiscardMyData | 1<<31, OutOfSync: 1<<40 + 7,
 			UUIDs: UUIDs{Current: 1, Bitmap: 2, History: [2]uint64{3, 1<<64 - 1}}},
 		&Ping{Seq: 1},
 		&PingAck{Seq: 1<<64 - 1},
@@ -146,7 +146,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"crc bit flip", func(f []byte) []byte { f[19] ^= 0x80; return f }, ErrChecksum},
 		{"seq changed", func(f []byte) []byte { f[11] = 9; return f }, ErrChecksum},
 		{"version 1", func(f []byte) []byte { f[4] = 1; return reseal(f) }, ErrVersion},
-		{"version 3", func(f []byte) []byte { f[4] = 3; return reseal(f) }, ErrVersion},
+		{"version 4", func(f []byte) []byte { f[4] = 4; return reseal(f) }, ErrVersion},
 		{"version 0", func(f []byte) []byte { f[4] = 0; return reseal(f) }, ErrVersion},
 		{"unknown kind 0", func(f []byte) []byte { f[5] = 0; return reseal(f) }, ErrUnknownKind},
 		{"unknown kind 7", func(f []byte) []byte { f[5] = 7; return reseal(f) }, ErrUnknownKind},
@@ -481,9 +481,9 @@ func TestGoldenFrames(t *testing.T) {
 		m   Message
 		hex string
 	}{
-		{0, &Ping{Seq: 1}, "55524244021100000000000000000008514391ef" + "0000000000000001"},
-		{5, &Ack{Seq: 7, Type: AckDone}, "555242440221000000000005" + "000000103b7d57d5" + "0000000000000007" + "0200000000000000"},
-		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440224000000000006" + "00000018074441bb" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
+		{0, &Ping{Seq: 1}, "55524244031100000000000000000008" + "66006652" + "0000000000000001"},
+		{5, &Ack{Seq: 7, Type: AckDone}, "555242440321000000000005" + "000000109968dce1" + "0000000000000007" + "0200000000000000"},
+		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440324000000000006" + "000000183488fa07" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
 	}
 	for _, tc := range tests {
 		got := hex.EncodeToString(mustFrame(t, tc.seq, tc.m))

@@ -4,7 +4,7 @@ import "strconv"
 
 // Version is the protocol version this package speaks. It is carried in every
 // frame header and in Hello; peers must speak the same version.
-const Version = 2
+const Version = 3
 
 // Kind is a frame's type byte. Each Message type has exactly one Kind.
 type Kind uint8
@@ -157,6 +157,9 @@ type State struct {
 	Disk  uint8 // DiskUnknown ... DiskUpToDate
 	UUIDs UUIDs
 	Flags uint32 // FlagDiscardMyData, FlagWasPrimaryCrashed, ...
+	// OutOfSync is the number of bitmap blocks the sender has marked out
+	// of sync (its changes since a split brain).
+	OutOfSync uint64
 }
 
 // Ping asks for a PingAck carrying the same Seq.
