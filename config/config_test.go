@@ -270,7 +270,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad protocol", pair("r0", "7789", `protocol = "D" #<-`), ErrBadValue},
 		{"bad on-peer-loss", pair("r0", "7789", `on-peer-loss = "panic" #<-`), ErrBadValue},
 		{"bad fencing", pair("r0", "7789", `fencing = "stonith" #<-`), ErrBadValue},
-		{"bad after-sb-0pri", pair("r0", "7789", `after-sb-0pri = "discard-least-changes" #<-`), ErrBadValue},
+		{"bad after-sb-0pri", pair("r0", "7789", `after-sb-0pri = "discard-younger-primary" #<-`), ErrBadValue},
 		{"bad after-sb-1pri", pair("r0", "7789", `after-sb-1pri = "call-pri-lost-after-sb" #<-`), ErrBadValue},
 		{"bad on-io-error", pair("r0", "7789", `on-io-error = "call-local-io-error" #<-`), ErrBadValue},
 		{"wrong type", "[resource.r0]\n" + node("r0", "alpha", "10.0.0.1:1", `metrics-listen = 9942 #<-`) + node("r0", "beta", "10.0.0.2:1"), ErrBadValue},

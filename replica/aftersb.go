@@ -13,6 +13,10 @@ const (
 	// SB0DiscardZeroChanges: a node that wrote nothing since the split
 	// becomes SyncTarget of the other; if both wrote, they disconnect.
 	SB0DiscardZeroChanges
+	// SB0DiscardLeastChanges: the node that changed fewer blocks since the
+	// split becomes SyncTarget of the other (a node that wrote nothing
+	// first); on a tie, the higher node id is the source.
+	SB0DiscardLeastChanges
 )
 
 // AfterSB1 is DRBD's after-sb-1pri: the same when one of them is Primary.
@@ -30,7 +34,7 @@ const (
 )
 
 var (
-	sb0Names = []string{"disconnect", "discard-zero-changes"}
+	sb0Names = []string{"disconnect", "discard-zero-changes", "discard-least-changes"}
 	sb1Names = []string{"disconnect", "consensus", "discard-secondary"}
 )
 
@@ -90,11 +94,16 @@ func (p AfterSplitBrain) resolve(local, peer Side) (dir int, how string) {
 		case SB1DiscardSecondary:
 			return primary, "after-sb-1pri discard-secondary"
 		case SB1Consensus:
-			switch d, _ := p.noPrimary(local, peer, primary); {
+			bothWrote := local.BitmapDirty && peer.BitmapDirty
+			switch d, how0 := p.noPrimary(local, peer, primary); {
+			case d == primary && bothWrote:
+				return primary, "after-sb-1pri consensus with " + how0
 			case d == primary:
 				return primary, "after-sb-1pri consensus: the Secondary wrote nothing since the split"
 			case p.NoPrimary == SB0Disconnect:
 				return 0, "after-sb-1pri consensus with after-sb-0pri disconnect: the Secondary's changes are kept"
+			case p.NoPrimary == SB0DiscardLeastChanges && bothWrote:
+				return 0, "after-sb-1pri consensus with " + how0 + ": the Secondary's changes are kept"
 			}
 			return 0, "after-sb-1pri consensus: the Secondary wrote since the split"
 		}
@@ -106,17 +115,34 @@ func (p AfterSplitBrain) resolve(local, peer Side) (dir int, how string) {
 // noPrimary is the after-sb-0pri rule; tie is the source when neither node
 // wrote since the split (both directions then copy nothing that matters).
 func (p AfterSplitBrain) noPrimary(local, peer Side, tie int) (dir int, how string) {
-	if p.NoPrimary != SB0DiscardZeroChanges {
+	if p.NoPrimary != SB0DiscardZeroChanges && p.NoPrimary != SB0DiscardLeastChanges {
 		return 0, ""
 	}
+	name := "after-sb-0pri " + p.NoPrimary.String()
 	if local.BitmapDirty && peer.BitmapDirty {
-		return 0, "after-sb-0pri discard-zero-changes: both nodes wrote since the split"
+		if p.NoPrimary == SB0DiscardZeroChanges {
+			return 0, name + ": both nodes wrote since the split"
+		}
+		return leastChanges(name, local, peer)
 	}
 	if dir := pick(local.BitmapDirty, peer.BitmapDirty); dir != 0 {
-		return dir, "after-sb-0pri discard-zero-changes: only " + who(dir, "this node", "the peer") + " wrote since the split"
+		return dir, name + ": only " + who(dir, "this node", "the peer") + " wrote since the split"
 	}
 	if tie != 0 {
-		return tie, "after-sb-0pri discard-zero-changes: neither node wrote since the split"
+		return tie, name + ": neither node wrote since the split"
 	}
-	return 0, "after-sb-0pri discard-zero-changes: neither node wrote, and equal node ids choose no direction"
+	return 0, name + ": neither node wrote, and equal node ids choose no direction"
+}
+
+// leastChanges is discard-least-changes when both nodes wrote: the one whose
+// bitmap marks more blocks is the source; on a tie the higher node id is.
+func leastChanges(name string, local, peer Side) (dir int, how string) {
+	counts := fmt.Sprintf(" (this node %d blocks, the peer %d)", local.Changed, peer.Changed)
+	if dir := pick(local.Changed > peer.Changed, peer.Changed > local.Changed); dir != 0 {
+		return dir, name + ": " + who(-dir, "this node", "the peer") + " changed fewer blocks since the split" + counts
+	}
+	if dir := pick(local.NodeID > peer.NodeID, peer.NodeID > local.NodeID); dir != 0 {
+		return dir, name + ": both changed as many blocks" + counts + "; the higher node id is the source"
+	}
+	return 0, name + ": both changed as many blocks" + counts + ", and equal node ids choose no direction"
 }

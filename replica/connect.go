@@ -555,13 +555,15 @@ func (n *Node) sessionEnded(s *session, err error) {
 
 // localSideLocked describes this node for Decide. n.mu must be held.
 func (n *Node) localSideLocked() Side {
+	changed := uint64(n.store.Bitmap().DirtyBlocks())
 	return Side{
 		UUIDs:          n.uuids,
 		Disk:           n.st.Disk.String(),
 		Primary:        n.st.Role == Primary,
 		CrashedPrimary: n.crashedPri,
 		DiscardMyData:  n.discard,
-		BitmapDirty:    n.store.Bitmap().DirtyBlocks() > 0,
+		BitmapDirty:    changed > 0,
+		Changed:        changed,
 		AfterSB:        n.cfg.AfterSB,
 		NodeID:         n.nodeID,
 		recoveredAL:    n.recovered,

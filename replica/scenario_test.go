@@ -2185,3 +2185,43 @@ func TestScenarioPeerLossReasonSaysWhy(t *testing.T) {
 		t.Errorf("a stopped peer: %q", r)
 	}
 }
+
+// TestScenarioSplitBrainDiscardLeastChanges: with after-sb-0pri
+// discard-least-changes, two Secondaries that both wrote since the split
+// resolve it on their own: the node that changed fewer blocks becomes
+// SyncTarget and takes the other's data; its own changes are gone.
+func TestScenarioSplitBrainDiscardLeastChanges(t *testing.T) {
+	o := nodeOpts{afterSB: replica.AfterSplitBrain{NoPrimary: replica.SB0DiscardLeastChanges}}
+	a, b := cleanPair(t, o, o)
+	for _, x := range []*tnode{a, b} {
+		if err := x.node.Disconnect(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.node.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	a.write(10*hBlock, pattern("a alone", 3*hBlock)) // three blocks
+	b.write(40*hBlock, pattern("b alone", hBlock))   // one block
+	for _, x := range []*tnode{a, b} {
+		if err := x.node.Demote(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, x := range []*tnode{a, b} {
+		reconnect(t, x)
+	}
+	inSyncAndEqual(t, a, b)
+	if !bytes.Equal(b.read(10*hBlock, 3*hBlock), pattern("a alone", 3*hBlock)) {
+		t.Fatal("the node with more changes did not win")
+	}
+	if bytes.Equal(b.read(40*hBlock, hBlock), pattern("b alone", hBlock)) {
+		t.Fatal("the node with fewer changes kept its write")
+	}
+	for _, x := range []*tnode{a, b} {
+		x.waitEvent("initial-split-brain")
+		if x.sawEvent("split-brain") {
+			t.Errorf("%s ran the split-brain handler for a split brain resolved automatically", x.label)
+		}
+	}
+}

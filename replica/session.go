@@ -413,7 +413,7 @@ func (s *session) isClosed() bool {
 // sendState tells the peer this node's state, with extra replica flags.
 func (s *session) sendState(side Side, flags ...uint32) {
 	st := protocol.State{Role: protocol.RoleSecondary, Disk: diskToWire(ParseDiskState(side.Disk)),
-		UUIDs: protocol.UUIDs(side.UUIDs)}
+		UUIDs: protocol.UUIDs(side.UUIDs), OutOfSync: side.Changed}
 	if side.Primary {
 		st.Role = protocol.RolePrimary
 	}
@@ -499,6 +499,7 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 		CrashedPrimary: st.Flags&protocol.FlagWasPrimaryCrashed != 0,
 		DiscardMyData:  st.Flags&protocol.FlagDiscardMyData != 0,
 		BitmapDirty:    st.Flags&flagBitmapDirty != 0,
+		Changed:        st.OutOfSync,
 		AfterSB:        afterSBFromFlags(st.Flags),
 		recoveredAL:    st.Flags&flagRecovered != 0,
 	}

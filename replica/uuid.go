@@ -122,6 +122,9 @@ type Side struct {
 	CrashedPrimary bool            // it was Primary when it stopped uncleanly
 	DiscardMyData  bool            // the operator ran connect --discard-my-data on it
 	BitmapDirty    bool            // its out-of-sync bitmap has bits set
+	// Changed is how many blocks its bitmap marks (its changes since a
+	// split brain): after-sb-0pri discard-least-changes compares them.
+	Changed uint64
 	// NodeID is a stable, random, per-node id (kept in the metadata). It
 	// breaks the one tie nothing else decides (same generation, both
 	// bitmaps dirty, no Primary, no crashed Primary): the higher NodeID

@@ -304,8 +304,10 @@ func uuCheckInvariants(t *testing.T, local, peer replica.Side) {
 		if p.Full || local.DiscardMyData || peer.DiscardMyData {
 			fail("automatic recovery of a full resync, or with --discard-my-data")
 		}
-		if target.BitmapDirty && !(source.Primary && local.AfterSB.OnePrimary == replica.SB1DiscardSecondary) {
-			fail("automatic recovery discarded changes that only discard-secondary may discard")
+		least := local.AfterSB.NoPrimary == replica.SB0DiscardLeastChanges && source.BitmapDirty &&
+			(target.Changed < source.Changed || target.Changed == source.Changed && target.NodeID < source.NodeID)
+		if target.BitmapDirty && !least && !(source.Primary && local.AfterSB.OnePrimary == replica.SB1DiscardSecondary) {
+			fail("automatic recovery discarded changes that only discard-secondary or discard-least-changes may discard")
 		}
 	}
 }
@@ -316,7 +318,7 @@ func uuRandomSide(r *rand.Rand) replica.Side {
 	ids := []uint64{0, 0, uuA, uuB, uuC, uuD}
 	id := func() uint64 { return ids[r.IntN(len(ids))] }
 	disks := []string{upToDate, upToDate, inconsistent, outdated, diskless, "DUnknown", ""}
-	return replica.Side{
+	s := replica.Side{
 		UUIDs:          replica.UUIDs{Current: id(), Bitmap: id(), History: [2]uint64{id(), id()}},
 		Disk:           disks[r.IntN(len(disks))],
 		Primary:        r.IntN(3) == 0,
@@ -325,6 +327,10 @@ func uuRandomSide(r *rand.Rand) replica.Side {
 		BitmapDirty:    r.IntN(2) == 0,
 		NodeID:         uint64(r.IntN(3)),
 	}
+	if s.BitmapDirty {
+		s.Changed = 1 + uint64(r.IntN(3))
+	}
+	return s
 }
 
 // TestDecideMirrorRandom checks the invariants on many random pairs, most
@@ -332,7 +338,7 @@ func uuRandomSide(r *rand.Rand) replica.Side {
 func TestDecideMirrorRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	policy := func() replica.AfterSplitBrain {
-		return replica.AfterSplitBrain{NoPrimary: replica.AfterSB0(r.IntN(2)), OnePrimary: replica.AfterSB1(r.IntN(3))}
+		return replica.AfterSplitBrain{NoPrimary: replica.AfterSB0(r.IntN(3)), OnePrimary: replica.AfterSB1(r.IntN(3))}
 	}
 	for range 30_000 {
 		l, p := uuRandomSide(r), uuRandomSide(r)
@@ -651,17 +657,27 @@ func BenchmarkDecide(b *testing.B) {
 // (DRBD's after-sb-0pri and after-sb-1pri) on a split brain whose bitmaps
 // share their base (both nodes went on from generation A), and where they
 // must not act.
+// changed sets a Side's count of changed blocks.
+func changed(s replica.Side, n uint64) replica.Side {
+	s.Changed = n
+	return s
+}
+
 func TestDecideAfterSplitBrain(t *testing.T) {
 	const (
-		disc = replica.SB0Disconnect
-		zero = replica.SB0DiscardZeroChanges
-		d1   = replica.SB1Disconnect
-		cons = replica.SB1Consensus
-		sec  = replica.SB1DiscardSecondary
+		disc  = replica.SB0Disconnect
+		zero  = replica.SB0DiscardZeroChanges
+		least = replica.SB0DiscardLeastChanges
+		d1    = replica.SB1Disconnect
+		cons  = replica.SB1Consensus
+		sec   = replica.SB1DiscardSecondary
 	)
 	here, there := uu(uuB, uuA), uu(uuC, uuA)
 	side := func(u replica.UUIDs, flags string, id uint64, p0 replica.AfterSB0, p1 replica.AfterSB1) replica.Side {
 		s := uuSide(u, upToDate, flags)
+		if s.BitmapDirty {
+			s.Changed = 5
+		}
 		s.NodeID = id
 		s.AfterSB = replica.AfterSplitBrain{NoPrimary: p0, OnePrimary: p1}
 		return s
@@ -681,6 +697,18 @@ func TestDecideAfterSplitBrain(t *testing.T) {
 			side(here, "B", 1, zero, d1), side(there, "B", 2, zero, d1), replica.SplitBrain, false, false, "both nodes wrote"},
 		{"discard-zero-changes: neither wrote, the higher node id is the source",
 			side(here, "", 1, zero, d1), side(there, "", 2, zero, d1), replica.BecomeSyncTarget, false, true, "neither node wrote"},
+		{"discard-least-changes: the node that changed fewer blocks is the target",
+			changed(side(here, "B", 1, least, d1), 9), side(there, "B", 2, least, d1), replica.BecomeSyncSource, false, true, "the peer changed fewer blocks since the split (this node 9 blocks, the peer 5)"},
+		{"discard-least-changes: as many changes, the higher node id is the source",
+			side(here, "B", 1, least, d1), side(there, "B", 2, least, d1), replica.BecomeSyncTarget, false, true, "the higher node id is the source"},
+		{"discard-least-changes: as many changes and equal node ids, the operator decides",
+			side(here, "B", 2, least, d1), side(there, "B", 2, least, d1), replica.SplitBrain, false, false, "equal node ids"},
+		{"discard-least-changes: only one node wrote, the other is the target",
+			side(here, "", 1, least, d1), side(there, "B", 2, least, d1), replica.BecomeSyncTarget, false, true, "only the peer wrote"},
+		{"consensus with discard-least-changes: the Secondary changed fewer blocks",
+			changed(side(here, "PB", 1, least, cons), 9), side(there, "B", 2, least, cons), replica.BecomeSyncSource, false, true, "consensus with after-sb-0pri discard-least-changes"},
+		{"consensus with discard-least-changes: the Secondary changed more blocks, kept",
+			side(here, "PB", 1, least, cons), changed(side(there, "B", 2, least, cons), 9), replica.SplitBrain, false, false, "the Secondary's changes are kept"},
 		{"discard-zero-changes does not apply with a Primary",
 			side(here, "PB", 1, zero, d1), side(there, "", 2, zero, d1), replica.SplitBrain, false, false, "split brain"},
 		{"discard-secondary: the Secondary's changes go",
@@ -723,7 +751,7 @@ func TestDecideAfterSplitBrain(t *testing.T) {
 
 // TestParseAfterSB: every DRBD name urbd supports round-trips; others are refused.
 func TestParseAfterSB(t *testing.T) {
-	for _, n := range []string{"disconnect", "discard-zero-changes"} {
+	for _, n := range []string{"disconnect", "discard-zero-changes", "discard-least-changes"} {
 		if p, err := replica.ParseAfterSB0(n); err != nil || p.String() != n {
 			t.Errorf("ParseAfterSB0(%q) = %v, %v", n, p, err)
 		}
@@ -736,12 +764,15 @@ func TestParseAfterSB(t *testing.T) {
 	if p, err := replica.ParseAfterSB0(""); err != nil || p != replica.SB0Disconnect {
 		t.Errorf("ParseAfterSB0(\"\") = %v, %v; want the default", p, err)
 	}
-	for _, bad := range []string{"discard-least-changes", "Disconnect", "x"} {
+	for _, bad := range []string{"discard-younger-primary", "Disconnect", "x"} {
 		if _, err := replica.ParseAfterSB0(bad); err == nil {
 			t.Errorf("ParseAfterSB0(%q) accepted", bad)
 		}
 		if _, err := replica.ParseAfterSB1(bad); err == nil {
 			t.Errorf("ParseAfterSB1(%q) accepted", bad)
 		}
+	}
+	if _, err := replica.ParseAfterSB1("discard-least-changes"); err == nil {
+		t.Error("ParseAfterSB1 accepted discard-least-changes, an after-sb-0pri policy")
 	}
 }

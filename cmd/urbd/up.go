@@ -50,7 +50,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on HOST:PORT"},
 		cpusFlag(),
 		&cli.StringFlag{Name: "fencing", Value: "dont-care", Usage: "dont-care, resource-only (run the fence-peer handler when the peer may be promoted without this node's writes) or resource-and-stonith (also hold writes until it reports the peer fenced)"},
-		&cli.StringFlag{Name: "after-sb-0pri", Value: "disconnect", Usage: "split brain with no Primary: disconnect (the operator decides) or discard-zero-changes (a node that wrote nothing since the split becomes SyncTarget); both nodes need the same"},
+		&cli.StringFlag{Name: "after-sb-0pri", Value: "disconnect", Usage: "split brain with no Primary: disconnect (the operator decides), discard-zero-changes (a node that wrote nothing since the split becomes SyncTarget) or discard-least-changes (the node that changed fewer blocks does); both nodes need the same"},
 		&cli.StringFlag{Name: "after-sb-1pri", Value: "disconnect", Usage: "split brain with one Primary: disconnect, consensus (discard the Secondary's changes when after-sb-0pri would) or discard-secondary; both nodes need the same"},
 		&cli.StringFlag{Name: "on-io-error", Value: "detach", Usage: "when the Primary's disk fails a write or a flush: detach (go on Diskless, all I/O served by the UpToDate peer, no error seen) or pass_on (the application gets EIO, the disk stays)"},
 		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on initial-split-brain, split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted, local-io-error, fence-peer (repeatable)"},
