@@ -508,10 +508,12 @@ func (n *Node) sessionEnded(s *session, err error) {
 	}
 	if wasConnected {
 		// A peer that held this node's data could be promoted in its
-		// absence: it must be fenced before a Primary writes alone.
+		// absence: it must be fenced before a Primary writes alone. Not
+		// by a Diskless Primary, which writes nothing alone: the peer
+		// holds the only copy of the data.
 		n.resumed = false
 		n.fence = fenceDone
-		if n.st.PeerDisk == UpToDate && !s.peerLeftUpToDate.Load() {
+		if n.st.PeerDisk == UpToDate && !s.peerLeftUpToDate.Load() && n.st.Disk != Diskless {
 			n.fence = fenceNeeded
 		}
 	}

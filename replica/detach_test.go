@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/urbd/urbd/replica"
 )
@@ -256,4 +257,36 @@ func TestScenarioPrimaryDiskDiesUnderLoad(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestScenarioDisklessPrimaryDoesNotFence: a Diskless Primary that loses
+// its peer does not run the fence-peer handler: the peer holds the only
+// copy of the data, and this node cannot write without it, so there is
+// nothing to protect and fencing (outdating or powering off the peer) would
+// only lose the data. Its writes fail at once instead of being held.
+func TestScenarioDisklessPrimaryDoesNotFence(t *testing.T) {
+	fh := newFenceHandler()
+	o := nodeOpts{viaProxy: true, fencing: replica.FenceResourceAndStonith, fence: fh}
+	a, b := cleanPair(t, o, nodeOpts{viaProxy: true})
+	a.disk.dead.Store(true)
+	a.write(0, pattern("detaches", hBlock))
+	if st := a.node.State(); st.Disk != replica.Diskless {
+		t.Fatalf("disk %v, want Diskless", st.Disk)
+	}
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := a.node.WriteAt(ctx, pattern("alone", hBlock), hBlock, false); err == nil || ctx.Err() != nil {
+		t.Fatalf("a write of a Diskless Primary without its peer: %v (want a prompt error)", err)
+	}
+	select {
+	case <-fh.calls:
+		t.Fatal("the Diskless Primary ran the fence-peer handler")
+	case <-time.After(500 * time.Millisecond):
+	}
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	a.waitConn(replica.Connected)
 }
