@@ -65,8 +65,8 @@ func (l *DirLock) Unlock() error {
 // it reads DIR/meta, calls edit and, when edit returns nil, replaces the file
 // atomically with what edit left, unless that is what it holds already. The
 // caller holds dir's lock (LockDir), so no daemon uses the directory
-// meanwhile. A missing or corrupt meta file is
-// an error and nothing is written.
+// meanwhile. A missing or corrupt meta file is an error and nothing is
+// written.
 func EditMeta(dir string, edit func(*Meta) error) error {
 	fsys := OSFS()
 	p := filepath.Join(dir, MetaFile)

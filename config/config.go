@@ -93,7 +93,7 @@ type Resource struct {
 	Timeout     time.Duration // peer loss detection
 	OnPeerLoss  string        // OnPeerLossContinue or OnPeerLossSuspend
 	Fencing     string        // dont-care, resource-only or resource-and-stonith
-	AfterSB0Pri string        // after-sb-0pri: disconnect or discard-zero-changes
+	AfterSB0Pri string        // after-sb-0pri: disconnect, discard-zero-changes or discard-least-changes
 	AfterSB1Pri string        // after-sb-1pri: disconnect, consensus or discard-secondary
 	OnIOError   string        // on-io-error: detach or pass_on
 	BitmapBlock int64         // bytes per bitmap bit, a power of two

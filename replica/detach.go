@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // OnIOError is DRBD's on-io-error for the Primary's own disk: what a write
@@ -107,32 +108,18 @@ func errorVerb(kind string) string {
 	return "writing"
 }
 
-// writeDiskless finishes a write on a Diskless node: the peer's copy is the
-// only one, so the write succeeds once the peer wrote it, whatever the
-// protocol. req is nil when no session replicates; the write then fails.
-func (n *Node) writeDiskless(ctx context.Context, off, length int64, req *request) error {
+// writeDiskless finishes a write of kind on a Diskless node: the peer's
+// copy is the only one, so the write succeeds once the peer wrote it,
+// whatever the protocol. req is nil when no session replicates; the write
+// then fails.
+func (n *Node) writeDiskless(ctx context.Context, kind string, off, length int64, req *request, start time.Time) error {
 	if req == nil {
 		n.store.EndWrite(off, length)
 		return errNoDisk
 	}
-	if !req.wait(ctx, 'C') {
-		return errNoDisk
-	}
-	return nil
-}
-
-// flushDiskless is Flush on a Diskless node: the peer's flush only.
-func (n *Node) flushDiskless(ctx context.Context) error {
-	s := n.session()
-	if s == nil {
-		return errNoDisk
-	}
-	peer := s.sendFlush()
-	if peer == nil {
-		return errNoDisk
-	}
-	s.handOff()
-	if !peer.wait(ctx, 'C') {
+	ok := req.wait(ctx, 'C')
+	n.observe(kind, true, int(length), start)
+	if !ok {
 		return errNoDisk
 	}
 	return nil

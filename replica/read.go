@@ -58,8 +58,8 @@ var errPeerCannotServe = errors.New("the peer cannot serve it")
 // disk remap a bad sector; a failed write-back is only logged (the peer
 // still has the data, and the next read of the range comes here again).
 //
-// On a Diskless node the peer's copy is the only one: the bitmap (all set)
-// is not consulted and nothing is written back.
+// On a Diskless node the peer's copy is the only one: the bitmap, which
+// speaks of the detached disk, is not consulted and nothing is written back.
 func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 	length := int64(len(p))
 	s := n.session()

@@ -86,9 +86,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	req := n.replicate(off, length, data, flags)
 	if n.isDiskless() {
 		unlock()
-		err := n.writeDiskless(ctx, off, length, req)
-		n.observe(kind, true, int(length), start)
-		return err
+		return n.writeDiskless(ctx, kind, off, length, req, start)
 	}
 	fua := flags&protocol.FlagFUA != 0
 	ahead := false
@@ -142,9 +140,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		n.store.MarkOutOfSync(off, length)
 		if n.detach(errorVerb(kind), off, length, lerr) {
 			// The disk is out of service; the peer's copy answers.
-			err := n.writeDiskless(ctx, off, length, req)
-			n.observe(kind, true, int(length), start)
-			if err != nil {
+			if n.writeDiskless(ctx, kind, off, length, req, start) != nil {
 				return lerr
 			}
 			return nil
@@ -207,14 +203,18 @@ func (n *Node) Flush(ctx context.Context) error {
 // peer flushed too: a peer that fails its flush has the writes it covered
 // marked out of sync first.
 func (n *Node) flushBoth(ctx context.Context) (peerOK bool, err error) {
-	if n.isDiskless() {
-		return true, n.flushDiskless(ctx)
-	}
 	var peer *request
 	if s := n.session(); s != nil {
 		if peer = s.sendFlush(); peer != nil {
 			s.handOff()
 		}
+	}
+	if n.isDiskless() {
+		// The peer's flush only: its disk holds the only copy.
+		if peer == nil || !peer.wait(ctx, 'C') {
+			return false, errNoDisk
+		}
+		return true, nil
 	}
 	err = n.disk.Flush(ctx)
 	if peer != nil {
