@@ -94,7 +94,7 @@ func (p AfterSplitBrain) resolve(local, peer Side) (dir int, how string) {
 		case SB1DiscardSecondary:
 			return primary, "after-sb-1pri discard-secondary"
 		case SB1Consensus:
-			bothWrote := local.BitmapDirty && peer.BitmapDirty
+			bothWrote := local.dirty() && peer.dirty()
 			switch d, how0 := p.noPrimary(local, peer, primary); {
 			case d == primary && bothWrote:
 				return primary, "after-sb-1pri consensus with " + how0
@@ -119,13 +119,13 @@ func (p AfterSplitBrain) noPrimary(local, peer Side, tie int) (dir int, how stri
 		return 0, ""
 	}
 	name := "after-sb-0pri " + p.NoPrimary.String()
-	if local.BitmapDirty && peer.BitmapDirty {
+	if local.dirty() && peer.dirty() {
 		if p.NoPrimary == SB0DiscardZeroChanges {
 			return 0, name + ": both nodes wrote since the split"
 		}
 		return leastChanges(name, local, peer)
 	}
-	if dir := pick(local.BitmapDirty, peer.BitmapDirty); dir != 0 {
+	if dir := pick(local.dirty(), peer.dirty()); dir != 0 {
 		return dir, name + ": only " + who(dir, "this node", "the peer") + " wrote since the split"
 	}
 	if tie != 0 {

@@ -564,7 +564,6 @@ func (n *Node) localSideLocked() Side {
 		Primary:        n.st.Role == Primary,
 		CrashedPrimary: n.crashedPri,
 		DiscardMyData:  n.discard,
-		BitmapDirty:    changed > 0,
 		Changed:        changed,
 		AfterSB:        n.cfg.AfterSB,
 		NodeID:         n.nodeID,

@@ -423,9 +423,6 @@ func (s *session) sendState(side Side, flags ...uint32) {
 	if side.CrashedPrimary {
 		st.Flags |= protocol.FlagWasPrimaryCrashed
 	}
-	if side.BitmapDirty {
-		st.Flags |= flagBitmapDirty
-	}
 	st.Flags |= side.AfterSB.flags()
 	if s.n.cfg.Protocol == 'B' {
 		st.Flags |= flagWantReceived
@@ -443,9 +440,9 @@ func (s *session) sendState(side Side, flags ...uint32) {
 
 // State flags of the replica, above the protocol's own bits (which the
 // protocol carries unchanged).
+// Bit 16 (the bitmap is dirty) is retired since version 3: State.OutOfSync
+// says it.
 const (
-	// flagBitmapDirty: the sender's out-of-sync bitmap has bits set.
-	flagBitmapDirty uint32 = 1 << 16
 	// flagWantReceived: the sender runs protocol B and wants an AckReceived
 	// before each AckDone.
 	flagWantReceived uint32 = 1 << 17
@@ -498,7 +495,6 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 		Primary:        st.Role == protocol.RolePrimary,
 		CrashedPrimary: st.Flags&protocol.FlagWasPrimaryCrashed != 0,
 		DiscardMyData:  st.Flags&protocol.FlagDiscardMyData != 0,
-		BitmapDirty:    st.Flags&flagBitmapDirty != 0,
 		Changed:        st.OutOfSync,
 		AfterSB:        afterSBFromFlags(st.Flags),
 		recoveredAL:    st.Flags&flagRecovered != 0,

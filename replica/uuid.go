@@ -121,9 +121,9 @@ type Side struct {
 	Primary        bool            // the node's role is Primary now
 	CrashedPrimary bool            // it was Primary when it stopped uncleanly
 	DiscardMyData  bool            // the operator ran connect --discard-my-data on it
-	BitmapDirty    bool            // its out-of-sync bitmap has bits set
-	// Changed is how many blocks its bitmap marks (its changes since a
-	// split brain): after-sb-0pri discard-least-changes compares them.
+	// Changed is how many blocks its out-of-sync bitmap marks (its
+	// changes since a split brain): after-sb-0pri discard-least-changes
+	// compares them; dirty says whether there are any.
 	Changed uint64
 	// NodeID is a stable, random, per-node id (kept in the metadata). It
 	// breaks the one tie nothing else decides (same generation, both
@@ -135,6 +135,9 @@ type Side struct {
 	// crash. Decide ignores it; it makes the resync compare checksums first.
 	recoveredAL bool
 }
+
+// dirty reports whether the side's bitmap marks any block.
+func (s Side) dirty() bool { return s.Changed > 0 }
 
 // consistent reports whether the disk holds a consistent data generation
 // (UpToDate or Outdated) and may therefore be a resync source.
@@ -430,7 +433,7 @@ func Decide(local, peer Side) Plan {
 		if dir < 0 {
 			inc = local
 		}
-		bitmapOK := (rel.kind == relBitmap && rel.dir == dir) || (rel.kind == relEqual && inc.BitmapDirty)
+		bitmapOK := (rel.kind == relBitmap && rel.dir == dir) || (rel.kind == relEqual && inc.dirty())
 		full = !bitmapOK
 		why = fmt.Sprintf("%s's disk is %s, %s's is %s", who(dir, other, self), orUnknown(inc.Disk), who(dir, self, other), who(dir, local.Disk, peer.Disk))
 		if bitmapOK {
@@ -439,7 +442,7 @@ func Decide(local, peer Side) Plan {
 
 	case rel.kind == relEqual || rel.kind == relBothFresh:
 		// 5. Same generation: only the dirty bitmaps differ.
-		if !local.BitmapDirty && !peer.BitmapDirty {
+		if !local.dirty() && !peer.dirty() {
 			return Plan{Decision: NoSync, Reason: rel.why + ", no bitmap dirty"}
 		}
 		full = rel.kind == relBothFresh
@@ -447,7 +450,7 @@ func Decide(local, peer Side) Plan {
 			why = rel.why + "; bitmaps dirty, " + who(dir, self, other) + " is Primary"
 		} else if dir = pick(local.CrashedPrimary, peer.CrashedPrimary); dir != 0 {
 			why = rel.why + "; bitmaps dirty, " + who(dir, self, other) + " crashed as Primary"
-		} else if dir = pick(local.BitmapDirty, peer.BitmapDirty); dir != 0 {
+		} else if dir = pick(local.dirty(), peer.dirty()); dir != 0 {
 			why = rel.why + "; only " + who(dir, self, other) + "'s bitmap is dirty"
 		} else if dir = pick(local.NodeID > peer.NodeID, peer.NodeID > local.NodeID); dir != 0 {
 			why = rel.why + "; both bitmaps dirty, no Primary: the higher node id is the source"

@@ -47,7 +47,7 @@ func uuSide(u replica.UUIDs, disk, flags string) replica.Side {
 		case 'D':
 			s.DiscardMyData = true
 		case 'B':
-			s.BitmapDirty = true
+			s.Changed = 1
 		default:
 			panic("unknown flag " + string(f))
 		}
@@ -279,7 +279,7 @@ func uuCheckInvariants(t *testing.T, local, peer replica.Side) {
 			}
 			break
 		}
-		if local.UUIDs.Current != peer.UUIDs.Current || local.BitmapDirty || peer.BitmapDirty ||
+		if local.UUIDs.Current != peer.UUIDs.Current || local.Changed > 0 || peer.Changed > 0 ||
 			!consistent(local) || !consistent(peer) {
 			fail("NoSync although the data may differ")
 		}
@@ -304,9 +304,9 @@ func uuCheckInvariants(t *testing.T, local, peer replica.Side) {
 		if p.Full || local.DiscardMyData || peer.DiscardMyData {
 			fail("automatic recovery of a full resync, or with --discard-my-data")
 		}
-		least := local.AfterSB.NoPrimary == replica.SB0DiscardLeastChanges && source.BitmapDirty &&
+		least := local.AfterSB.NoPrimary == replica.SB0DiscardLeastChanges && source.Changed > 0 &&
 			(target.Changed < source.Changed || target.Changed == source.Changed && target.NodeID < source.NodeID)
-		if target.BitmapDirty && !least && !(source.Primary && local.AfterSB.OnePrimary == replica.SB1DiscardSecondary) {
+		if target.Changed > 0 && !least && !(source.Primary && local.AfterSB.OnePrimary == replica.SB1DiscardSecondary) {
 			fail("automatic recovery discarded changes that only discard-secondary or discard-least-changes may discard")
 		}
 	}
@@ -324,11 +324,8 @@ func uuRandomSide(r *rand.Rand) replica.Side {
 		Primary:        r.IntN(3) == 0,
 		CrashedPrimary: r.IntN(4) == 0,
 		DiscardMyData:  r.IntN(5) == 0,
-		BitmapDirty:    r.IntN(2) == 0,
+		Changed:        uint64(r.IntN(2)) * (1 + uint64(r.IntN(3))), // dirty half the time
 		NodeID:         uint64(r.IntN(3)),
-	}
-	if s.BitmapDirty {
-		s.Changed = 1 + uint64(r.IntN(3))
 	}
 	return s
 }
@@ -357,8 +354,8 @@ func TestDecideMirrorTableVariants(t *testing.T) {
 	for _, row := range uuTable() {
 		for mask := range 1 << 8 {
 			l, p := row.local, row.peer
-			l.Primary, l.CrashedPrimary, l.DiscardMyData, l.BitmapDirty = mask&1 != 0, mask&2 != 0, mask&4 != 0, mask&8 != 0
-			p.Primary, p.CrashedPrimary, p.DiscardMyData, p.BitmapDirty = mask&16 != 0, mask&32 != 0, mask&64 != 0, mask&128 != 0
+			l.Primary, l.CrashedPrimary, l.DiscardMyData, l.Changed = mask&1 != 0, mask&2 != 0, mask&4 != 0, uint64(mask>>3&1)
+			p.Primary, p.CrashedPrimary, p.DiscardMyData, p.Changed = mask&16 != 0, mask&32 != 0, mask&64 != 0, uint64(mask>>7&1)
 			uuCheckInvariants(t, l, p)
 		}
 	}
@@ -378,7 +375,7 @@ func FuzzDecide(f *testing.F) {
 
 func uuFlags(s replica.Side) uint8 {
 	var f uint8
-	for i, b := range []bool{s.Primary, s.CrashedPrimary, s.DiscardMyData, s.BitmapDirty} {
+	for i, b := range []bool{s.Primary, s.CrashedPrimary, s.DiscardMyData, s.Changed > 0} {
 		if b {
 			f |= 1 << i
 		}
@@ -388,7 +385,7 @@ func uuFlags(s replica.Side) uint8 {
 
 func uuFromFlags(u replica.UUIDs, disk string, f uint8) replica.Side {
 	return replica.Side{UUIDs: u, Disk: disk, Primary: f&1 != 0, CrashedPrimary: f&2 != 0,
-		DiscardMyData: f&4 != 0, BitmapDirty: f&8 != 0, NodeID: uint64(f>>4) & 3}
+		DiscardMyData: f&4 != 0, Changed: uint64(f >> 3 & 1), NodeID: uint64(f>>4) & 3}
 }
 
 func TestUUIDTransitions(t *testing.T) {
@@ -490,7 +487,7 @@ func uuFinishSync(src, dst *uuNode) {
 	src.side.UUIDs = src.side.UUIDs.SyncSourceDone()
 	dst.side.UUIDs = dst.side.UUIDs.SyncTargetDone(srcBefore)
 	dst.side.Disk = upToDate
-	src.side.BitmapDirty, dst.side.BitmapDirty = false, false
+	src.side.Changed, dst.side.Changed = 0, 0
 	src.side.CrashedPrimary, dst.side.CrashedPrimary = false, false
 }
 
@@ -524,7 +521,7 @@ func TestScenarioDisconnectReconnect(t *testing.T) {
 		// The link breaks: the primary starts a new generation and
 		// marks what it writes.
 		p.side.UUIDs = p.side.UUIDs.NewCurrent(gen)
-		p.side.BitmapDirty = true
+		p.side.Changed = 1
 		uuConnect(t, "reconnect", p, s, replica.BecomeSyncSource, false)
 		if i == 1 {
 			// The resync is interrupted: the target is Inconsistent,
@@ -548,11 +545,11 @@ func TestScenarioSplitBrain(t *testing.T) {
 
 	// The link breaks. alpha goes on as Primary and writes.
 	a.side.UUIDs = a.side.UUIDs.NewCurrent(uuB)
-	a.side.BitmapDirty = true
+	a.side.Changed = 1
 	// The operator, thinking alpha dead, promotes beta, which writes too.
 	b.side.Primary = true
 	b.side.UUIDs = b.side.UUIDs.NewCurrent(uuC)
-	b.side.BitmapDirty = true
+	b.side.Changed = 1
 
 	uuConnect(t, "link back, both Primary", a, b, replica.SplitBrain, false)
 	b.side.Primary = false
@@ -584,11 +581,11 @@ func TestScenarioFailover(t *testing.T) {
 
 	// alpha dies (kill -9): it restarts as Secondary, crashed as Primary,
 	// with its hot activity-log extents marked dirty.
-	old.side.Primary, old.side.CrashedPrimary, old.side.BitmapDirty = false, true, true
+	old.side.Primary, old.side.CrashedPrimary, old.side.Changed = false, true, 1
 	// beta is promoted without a peer and writes.
 	sur.side.Primary = true
 	sur.side.UUIDs = sur.side.UUIDs.NewCurrent(uuB)
-	sur.side.BitmapDirty = true
+	sur.side.Changed = 1
 
 	uuConnect(t, "old primary returns", old, sur, replica.BecomeSyncTarget, false)
 	uuFinishSync(sur, old)
@@ -600,7 +597,7 @@ func TestScenarioFailover(t *testing.T) {
 	sur.side.Primary, old.side.Primary = false, true
 	uuConnect(t, "switched back", old, sur, replica.NoSync, false)
 	old.side.UUIDs = old.side.UUIDs.NewCurrent(uuC)
-	old.side.BitmapDirty = true
+	old.side.Changed = 1
 	uuConnect(t, "beta back after outage", old, sur, replica.BecomeSyncSource, false)
 	uuFinishSync(old, sur)
 	uuConnect(t, "done", old, sur, replica.NoSync, false)
@@ -609,8 +606,8 @@ func TestScenarioFailover(t *testing.T) {
 // TestScenarioPowerFailure: both nodes lose power while connected; the one
 // that was Primary wins the regions in its activity log.
 func TestScenarioPowerFailure(t *testing.T) {
-	a := &uuNode{"alpha", replica.Side{UUIDs: uu(uuA, 0), Disk: upToDate, CrashedPrimary: true, BitmapDirty: true, NodeID: 1}}
-	b := &uuNode{"beta", replica.Side{UUIDs: uu(uuA, 0), Disk: upToDate, BitmapDirty: true, NodeID: 9}}
+	a := &uuNode{"alpha", replica.Side{UUIDs: uu(uuA, 0), Disk: upToDate, CrashedPrimary: true, Changed: 1, NodeID: 1}}
+	b := &uuNode{"beta", replica.Side{UUIDs: uu(uuA, 0), Disk: upToDate, Changed: 1, NodeID: 9}}
 	uuConnect(t, "both back", a, b, replica.BecomeSyncSource, false)
 	uuFinishSync(a, b)
 	uuConnect(t, "done", a, b, replica.NoSync, false)
@@ -619,7 +616,7 @@ func TestScenarioPowerFailure(t *testing.T) {
 // TestScenarioHotJoin: a brand-new secondary joins a busy primary and gets a
 // full sync; an invalidated node gets everything again.
 func TestScenarioHotJoin(t *testing.T) {
-	p := &uuNode{"alpha", replica.Side{UUIDs: uu(uuC, uuB, uuA), Disk: upToDate, Primary: true, BitmapDirty: true}}
+	p := &uuNode{"alpha", replica.Side{UUIDs: uu(uuC, uuB, uuA), Disk: upToDate, Primary: true, Changed: 1}}
 	n := &uuNode{"gamma", replica.Side{Disk: inconsistent}}
 	uuConnect(t, "new node", p, n, replica.BecomeSyncSource, true)
 	uuFinishSync(p, n)
@@ -627,7 +624,7 @@ func TestScenarioHotJoin(t *testing.T) {
 	uuInSync(t, p, n)
 
 	// urbd invalidate on gamma: Inconsistent, every bit set.
-	n.side.Disk, n.side.BitmapDirty = inconsistent, true
+	n.side.Disk, n.side.Changed = inconsistent, 1
 	uuConnect(t, "invalidated", p, n, replica.BecomeSyncSource, false)
 }
 
@@ -675,7 +672,7 @@ func TestDecideAfterSplitBrain(t *testing.T) {
 	here, there := uu(uuB, uuA), uu(uuC, uuA)
 	side := func(u replica.UUIDs, flags string, id uint64, p0 replica.AfterSB0, p1 replica.AfterSB1) replica.Side {
 		s := uuSide(u, upToDate, flags)
-		if s.BitmapDirty {
+		if s.Changed > 0 {
 			s.Changed = 5
 		}
 		s.NodeID = id
