@@ -182,7 +182,9 @@ func TestParseOnIOError(t *testing.T) {
 
 // TestScenarioPrimaryFlushFailureDetaches: a failed fdatasync on the Primary
 // (the kernel may have dropped written pages) detaches the disk too, once
-// the peer made the same writes durable: the FLUSH succeeds.
+// the peer made the same writes durable: the FLUSH succeeds. A crash of the
+// Diskless node then brings it back as a Secondary that the peer fully
+// resyncs.
 func TestScenarioPrimaryFlushFailureDetaches(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	data := pattern("flushed on the peer", 2*hBlock)
@@ -199,6 +201,19 @@ func TestScenarioPrimaryFlushFailureDetaches(t *testing.T) {
 	}
 	if !bytes.Equal(b.read(0, len(data)), data) {
 		t.Fatal("the peer lacks the data")
+	}
+
+	// A crash keeps what detach saved, not what a clean stop would: the
+	// node comes back an Inconsistent Secondary without a generation and
+	// is fully resynced from the peer, never the other way round.
+	a.crash()
+	a.start()
+	if st := a.node.State(); st.Role != replica.Secondary || st.Disk != replica.Inconsistent {
+		t.Fatalf("after a crash while Diskless: %+v, want an Inconsistent Secondary", st)
+	}
+	inSyncAndEqual(t, b, a)
+	if !bytes.Equal(a.read(0, len(data)), data) {
+		t.Fatal("the resync lost the data")
 	}
 }
 
