@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by bench.sh: the replication and resync sections. Uses bench.sh's
-# helpers (log, die, need, make_disk, drop_cache, start_server, stop_server,
+# helpers (log, die, need, make_disk, settle_cache, start_server, stop_server,
 # run_fio, median, ratio) and its variables (URBD, RUNS, RUNTIME, SIZE, WORK).
 
 # cluster_up PROTO SIZE [extra up flags...]: two fresh nodes on loopback
@@ -21,7 +21,7 @@ cluster_up() {
 		truncate -s "$size" "$A_DISK" "$B_DISK"
 	else
 		make_disk "$A_DISK" "$size"
-		cp --sparse=never "$A_DISK" "$B_DISK"
+		make_disk "$B_DISK" "$size"
 	fi
 	local pa pb
 	pa=$(free_port) pb=$(free_port)
@@ -108,7 +108,7 @@ bench_replication() {
 		for r in $(seq "$RUNS"); do
 			for m in "${modes[@]}"; do
 				for d in ${disks[$m]}; do
-					drop_cache "$d"
+					settle_cache "$d"
 				done
 				# shellcheck disable=SC2086
 				out=$(run_fio_cpu "${pids[$m]}" "${sock[$m]}" "$metric" $args)
@@ -157,8 +157,8 @@ resync_run() {
 	fio --name=dirty --ioengine=nbd --uri="nbd+unix:///?socket=$A_SOCK" --size="$SIZE" "$@" >/dev/null 2>>"$WORK/fio.log"
 	local oos
 	oos=$(oos_kib "$A_RUN")
-	drop_cache "$A_DISK"
-	drop_cache "$B_DISK"
+	settle_cache "$A_DISK"
+	settle_cache "$B_DISK"
 	"$URBD" --run-dir "$A_RUN" adjust --resync-rate "$rate" r0 >/dev/null
 	local t0 t1
 	"$URBD" --run-dir "$A_RUN" connect r0 >/dev/null
@@ -217,8 +217,8 @@ bench_resync() {
 			start_server urbd "$dst" "$WORK/copy-dst.sock"
 			dst_pid=$SERVER_PID
 		fi
-		drop_cache "$src"
-		drop_cache "$dst"
+		settle_cache "$src"
+		settle_cache "$dst"
 		local t0 t1
 		t0=$(now_ms)
 		nbdcopy "nbd+unix:///?socket=$WORK/copy-src.sock" "nbd+unix:///?socket=$WORK/copy-dst.sock" 2>>"$WORK/nbdcopy.log"

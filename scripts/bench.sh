@@ -17,8 +17,9 @@
 #
 # Environment: URBD (binary, default bin/urbd, built if missing), RUNS (3),
 # RUNTIME (seconds per fio run, 5), SIZE (1G), WORK (scratch dir), KEEP=1
-# (keep WORK with the server and fio logs). GOMAXPROCS, if set, replaces
-# urbd's default thread count (--cpus) in every daemon.
+# (keep WORK with the server and fio logs), CACHE (cold or warm, see
+# settle_cache). GOMAXPROCS, if set, replaces urbd's default thread count
+# (--cpus) in every daemon.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +28,7 @@ RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-5}
 SIZE=${SIZE:-1G}
 WORK=${WORK:-$(mktemp -d /tmp/urbd-bench.XXXXXX)}
+CACHE=${CACHE:-cold}
 PIDS=()
 
 log() { printf '%s\n' "$*" >&2; }
@@ -53,19 +55,28 @@ need() {
 }
 
 # make_disk FILE SIZE: a fully written (not sparse) file, so that writes do
-# not pay for block allocation.
+# not pay for block allocation. With CACHE=warm it is written 4 KiB at a
+# time, which leaves it in the page cache in 4 KiB folios, as a disk that
+# takes small writes is: a file written in large pieces gets large folios
+# (ext4 on Linux 6.16 and later), into which a 4 KiB write costs several
+# times more, for every server alike.
 make_disk() {
-	local mib
-	mib=$(numfmt --from=iec "$2")
-	mib=$((mib / 1048576))
-	dd if=/dev/zero of="$1" bs=1M count="$mib" conv=fsync status=none
+	local bs=1048576
+	[ "$CACHE" = warm ] && bs=4096
+	dd if=/dev/zero of="$1" bs="$bs" count=$(($(numfmt --from=iec "$2") / bs)) conv=fsync status=none
 }
 
-# drop_cache FILE: write back and evict FILE's pages (fsync, then
-# POSIX_FADV_DONTNEED through dd's nocache flag), so every run starts cold.
-drop_cache() {
+# settle_cache FILE: the page cache state every run starts from.
+#   cold (default): write FILE back and evict it (POSIX_FADV_DONTNEED
+#     through dd's nocache flag), so every run allocates its cache afresh.
+#     On a VM that returns freed memory to its host (free page reporting),
+#     the first touch of each page then costs tens of microseconds, and a
+#     pair, whose two disks need twice the fresh pages, measures mostly that.
+#   warm: write FILE's dirty pages back and keep them, so every run starts
+#     with the whole disk clean in the page cache.
+settle_cache() {
 	sync "$1"
-	dd if="$1" iflag=nocache count=0 status=none
+	[ "$CACHE" = warm ] || dd if="$1" iflag=nocache count=0 status=none
 }
 
 # wait_sock SOCK PID: wait until something listens on SOCK.
@@ -209,7 +220,7 @@ bench_serve() {
 					start_server "$s" "$disk" "${sock[$s]}"
 					pid[$s]=$SERVER_PID
 				fi
-				drop_cache "$disk"
+				settle_cache "$disk"
 				# shellcheck disable=SC2086
 				res=$(run_fio_cpu "${pid[$s]}" "${sock[$s]}" "$metric" $args)
 				[ -n "$res" ] || continue
@@ -237,6 +248,10 @@ bench_serve() {
 
 main() {
 	local what=${1:-serve}
+	case $CACHE in
+	warm | cold) ;;
+	*) die "CACHE must be warm or cold, not $CACHE" ;;
+	esac
 	case $what in
 	serve | replication | resync) "bench_$what" ;;
 	all)
