@@ -316,6 +316,9 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Reque
 	case "invalidate":
 		err = node.Invalidate()
 		msg = "invalidated: full resync from the peer"
+	case "invalidate-remote":
+		err = node.InvalidateRemote()
+		msg = "peer invalidated: full resync to the peer"
 	case "verify":
 		err = node.Verify()
 		msg = "online verify started; watch urbd status"

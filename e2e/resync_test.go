@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urbd/urbd/status"
 )
 
 // TestResyncCopiesOnlyChanges: cut the connection, write 32 MiB at random
@@ -212,6 +214,42 @@ func TestInvalidate(t *testing.T) {
 	after := c.a.waitInSync(60 * time.Second)
 	if sent := after.NetSendKiB - before; sent < 64<<10 {
 		t.Fatalf("invalidate resynced only %d KiB of a 64 MiB disk", sent)
+	}
+	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
+// TestInvalidateRemote: the Secondary's disk file is damaged behind urbd's
+// back; `urbd invalidate-remote` on the Primary copies the whole disk to it
+// while fio writes and verifies through the Primary, and both disks end up
+// identical. On the Secondary the command is refused with a one-line reason.
+func TestInvalidateRemote(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=16M", "--end_fsync=1")
+	c.a.waitInSync(30 * time.Second)
+	f, err := os.OpenFile(c.b.disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{1 << 20, 9<<20 + 512, 40 << 20} {
+		if _, err := f.WriteAt([]byte("damaged behind urbd's back"), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if out, err := c.b.try("invalidate-remote", "r0"); err == nil || !strings.Contains(out, "runs on the Primary") || strings.Count(out, "\n") > 0 {
+		t.Fatalf("invalidate-remote on the Secondary: %v, %q; want a one-line refusal", err, out)
+	}
+	before := c.a.status().NetSendKiB
+	c.a.ctl("adjust", "--resync-rate", "16MiB", "r0")
+	c.a.ctl("invalidate-remote", "r0")
+	c.a.waitFor("SyncSource", 10*time.Second, func(s status.Resource) bool { return s.ConnState == "SyncSource" })
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--iodepth=8", "--size=16M", "--offset=24M",
+		"--verify=crc32c", "--verify_fatal=1")
+	c.a.ctl("adjust", "--resync-rate", "0", "r0")
+	after := c.a.waitInSync(60 * time.Second)
+	if sent := after.NetSendKiB - before; sent < 64<<10 {
+		t.Fatalf("invalidate-remote sent only %d KiB of a 64 MiB disk", sent)
 	}
 	cmpFiles(t, c.a.disk, c.b.disk)
 }

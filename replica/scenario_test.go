@@ -769,6 +769,50 @@ func TestScenarioInvalidateFetchesEverything(t *testing.T) {
 	}
 }
 
+// TestScenarioInvalidateRemoteSendsEverything: the secondary's disk is
+// damaged behind the engine's back; invalidate-remote on the Primary copies
+// the whole disk to it while the application writes, held at first by a
+// stopped clock so the SyncSource and its progress can be seen. It is
+// refused on the Secondary, while the resync runs, and without a peer.
+func TestScenarioInvalidateRemoteSendsEverything(t *testing.T) {
+	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
+	a, b := cleanPair(t, nodeOpts{rate: 1 << 20, clock: clk}, nodeOpts{})
+	a.write(0, pattern("primary data", 64*hBlock))
+	for i := range 10 {
+		b.poke(int64(i)*200*hBlock+17, []byte(fmt.Sprintf("damage %d", i)))
+	}
+	if err := b.node.InvalidateRemote(); !errors.Is(err, replica.ErrIsSecondary) {
+		t.Fatalf("InvalidateRemote on the Secondary: %v, want ErrIsSecondary", err)
+	}
+	sent := a.node.Status().NetSendKiB
+	if err := a.node.InvalidateRemote(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.SyncSource)
+	s := a.waitStatus("resync progress", func(s status.Resource) bool { return s.Sync != nil })
+	if s.Sync.TotalKiB != hDiskSize>>10 {
+		t.Fatalf("invalidate-remote resyncs %d KiB, want the whole disk (%d KiB)", s.Sync.TotalKiB, hDiskSize>>10)
+	}
+	if err := a.node.InvalidateRemote(); !errors.Is(err, replica.ErrNotConnected) {
+		t.Fatalf("InvalidateRemote during the resync: %v, want ErrNotConnected", err)
+	}
+	for i := range 8 {
+		a.write(int64(i)*150*hBlock, pattern(fmt.Sprintf("during %d", i), hBlock))
+	}
+	a.node.AdjustRate(0)
+	inSyncAndEqual(t, a, b)
+	if got := a.node.Status().NetSendKiB - sent; got < hDiskSize>>10 {
+		t.Fatalf("invalidate-remote sent %d KiB, want the whole disk (%d KiB)", got, hDiskSize>>10)
+	}
+
+	if err := a.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.node.InvalidateRemote(); !errors.Is(err, replica.ErrNotConnected) {
+		t.Fatalf("InvalidateRemote while StandAlone: %v, want ErrNotConnected", err)
+	}
+}
+
 // TestScenarioPromoteRefusedDuringSyncTarget: b is invalidated while both
 // nodes are Secondary; a's resync is held by a stopped clock, so b stays
 // SyncTarget and refuses promotion, with --force too. Lifting the rate lets

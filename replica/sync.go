@@ -491,6 +491,41 @@ func (n *Node) Invalidate() error {
 	return nil
 }
 
+// InvalidateRemote throws the peer's data away and copies all of this node's
+// to it (`urbd invalidate-remote`, DRBD's invalidate-remote): the whole
+// bitmap is set and made durable, and the resync that a Primary runs for
+// blocks gone out of sync while connected copies the whole disk, while the
+// application keeps writing. It runs on a connected, idle Primary with an
+// UpToDate disk; the peer stays Secondary and Connected meanwhile, as for the
+// differences an online verify finds. A crash before the copy ends leaves the
+// bits set here, so the restarted Primary resumes it.
+func (n *Node) InvalidateRemote() error {
+	n.mu.Lock()
+	var err error
+	switch {
+	case n.st.Role != Primary:
+		err = fmt.Errorf("%s: %w: invalidate-remote runs on the Primary (with two Secondaries, run urbd invalidate on the node whose data should lose)", n.cfg.Name, ErrIsSecondary)
+	case n.st.Disk != UpToDate:
+		err = fmt.Errorf("%s: %w (%s): only an UpToDate disk can be copied to the peer", n.cfg.Name, ErrNotUpToDate, n.st.Disk)
+	case n.st.Conn != Connected || n.sess == nil:
+		err = fmt.Errorf("%s: %w: invalidate-remote needs a connected peer and no resync or verify running (state %s)", n.cfg.Name, ErrNotConnected, n.st.Conn)
+	case n.st.PeerDisk == Diskless:
+		err = fmt.Errorf("%s: %w: the peer is Diskless and has no disk to copy to", n.cfg.Name, ErrNotConnected)
+	}
+	if err != nil {
+		n.mu.Unlock()
+		return err
+	}
+	n.store.Bitmap().SetAll()
+	n.mu.Unlock()
+	if err := n.store.PersistBitmap(); err != nil {
+		return err
+	}
+	n.log.Info("peer invalidated by operator: full resync to the peer")
+	n.kickSync()
+	return nil
+}
+
 // Verify compares every block with the peer by checksum (`urbd verify`),
 // marks the differing blocks out of sync and lets the resync copy them
 // (as Primary, or on the next connection). It runs in the background; the
