@@ -18,7 +18,7 @@ import (
 // Request is one command sent to a running daemon over RUN/NAME/control.sock,
 // as one JSON line. The daemon answers with one Response line.
 type Request struct {
-	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, invalidate, invalidate-remote, verify, down
+	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, invalidate, invalidate-remote, pause-sync, resume-sync, verify, down
 	Force   bool   `json:"force,omitempty"`
 	Discard bool   `json:"discard,omitempty"`
 	Rate    int64  `json:"rate,omitempty"` // bytes/s, for adjust

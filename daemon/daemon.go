@@ -319,6 +319,12 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Reque
 	case "invalidate-remote":
 		err = node.InvalidateRemote()
 		msg = "peer invalidated: full resync to the peer"
+	case "pause-sync":
+		node.PauseSync()
+		msg = "resync paused (urbd resume-sync goes on)"
+	case "resume-sync":
+		node.ResumeSync()
+		msg = "resync resumed"
 	case "verify":
 		err = node.Verify()
 		msg = "online verify started; watch urbd status"

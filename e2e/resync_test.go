@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -251,5 +253,52 @@ func TestInvalidateRemote(t *testing.T) {
 	if sent := after.NetSendKiB - before; sent < 64<<10 {
 		t.Fatalf("invalidate-remote sent only %d KiB of a 64 MiB disk", sent)
 	}
+	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
+// TestPauseSync: after a disconnect and 8 MiB of writes on the Primary, the
+// Secondary's operator pauses resyncs and the nodes reconnect. The resync
+// starts paused: the Primary's status file shows PausedSyncS with the peer's
+// pause flag ('p'), the Secondary's PausedSyncT with its own ('u'), nothing
+// is copied while writes through the Primary still replicate, and
+// resume-sync on the Secondary lets the resync finish.
+func TestPauseSync(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	c.a.ctl("disconnect", "r0")
+	c.a.waitFor("StandAlone", 10*time.Second, func(s status.Resource) bool { return s.ConnState == "StandAlone" })
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=64k", "--size=8M", "--iodepth=8")
+	if out := c.b.ctl("pause-sync", "r0"); !strings.Contains(out, "paused") {
+		t.Fatalf("pause-sync said %q", out)
+	}
+	c.a.ctl("connect", "r0")
+	c.a.waitFor("PausedSyncS", 10*time.Second, func(s status.Resource) bool { return s.ConnState == "PausedSyncS" && s.PeerPaused })
+	c.b.waitFor("PausedSyncT", 10*time.Second, func(s status.Resource) bool { return s.ConnState == "PausedSyncT" && s.SyncPaused })
+	for _, want := range []struct {
+		n    *node
+		line string
+	}{{c.a, `cs:PausedSyncS ro:Primary/Secondary ds:UpToDate/Inconsistent C r-p---`},
+		{c.b, `cs:PausedSyncT ro:Secondary/Primary ds:Inconsistent/UpToDate C r--u--`}} {
+		re := regexp.MustCompile(regexp.QuoteMeta(want.line))
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			text, _ := os.ReadFile(filepath.Join(want.n.runDir, "r0", "status"))
+			if re.Match(text) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status file does not show %q:\n%s", want.line, text)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	oos := c.a.status().OutOfSyncKiB
+	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--size=4M", "--offset=48M", "--iodepth=4")
+	time.Sleep(time.Second)
+	if got := c.a.status().OutOfSyncKiB; got != oos || oos < 1024 {
+		t.Fatalf("paused resync: %d KiB out of sync, then %d KiB", oos, got)
+	}
+	c.b.ctl("resume-sync", "r0")
+	c.a.waitInSync(60 * time.Second)
 	cmpFiles(t, c.a.disk, c.b.disk)
 }

@@ -147,7 +147,7 @@ const (
 	FlagWasPrimaryCrashed uint32 = 1 << 1
 	// FlagSuspended: the sender's application I/O is suspended waiting for a peer.
 	FlagSuspended uint32 = 1 << 2
-	// FlagResyncPaused: the sender paused resync (rate 0 or administratively).
+	// FlagResyncPaused: the sender's operator paused resyncs (urbd pause-sync).
 	FlagResyncPaused uint32 = 1 << 3
 )
 

@@ -101,6 +101,7 @@ type Node struct {
 	lastConnErr    string        // guarded by mu: the last connection failure, logged once
 	ahead          *flushAhead
 	diskless       atomic.Bool // n.st.Disk == Diskless, read without n.mu (see detach)
+	userPause      atomic.Bool // this node's operator paused resyncs (see pause.go)
 
 	stats counters
 }

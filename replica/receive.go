@@ -37,6 +37,7 @@ func (s *session) controlLoop() error {
 		case *protocol.State:
 			s.wantRecv.Store(m.Flags&flagWantReceived != 0)
 			s.peerLeftUpToDate.Store(m.Disk != protocol.DiskUpToDate)
+			s.peerPauseChanged(m)
 			if m.Flags&flagOutdate != 0 {
 				if err := s.n.outdatedByPeer(s); err != nil {
 					return err

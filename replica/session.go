@@ -54,13 +54,16 @@ type session struct {
 	// before it left (outdateBeforeLeaving) even if the state is
 	// still queued.
 	peerLeftUpToDate atomic.Bool
-	barrierAck       chan struct{} // closed when the barrier's PingAck arrives
-	barrierOnce      sync.Once
-	peerBitmap       chan struct{} // closed when the peer's bitmap arrived
-	bitmapSeen       bool          // guarded by mu
-	ready            chan struct{} // closed once this side decided (Decide)
-	syncDone         chan struct{} // closed when the peer sent SyncDone
-	doneOnce         sync.Once
+	// peerPause: the last state the peer sent says its operator paused
+	// resyncs (see pause.go).
+	peerPause   atomic.Bool
+	barrierAck  chan struct{} // closed when the barrier's PingAck arrives
+	barrierOnce sync.Once
+	peerBitmap  chan struct{} // closed when the peer's bitmap arrived
+	bitmapSeen  bool          // guarded by mu
+	ready       chan struct{} // closed once this side decided (Decide)
+	syncDone    chan struct{} // closed when the peer sent SyncDone
+	doneOnce    sync.Once
 
 	applyQ chan applyItem // secondary: replicated writes in stream order
 
@@ -429,6 +432,9 @@ func (s *session) sendState(side Side, flags ...uint32) {
 	}
 	if side.recoveredAL {
 		st.Flags |= flagRecovered
+	}
+	if s.n.userPause.Load() {
+		st.Flags |= protocol.FlagResyncPaused
 	}
 	for _, f := range flags {
 		st.Flags |= f

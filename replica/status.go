@@ -16,19 +16,23 @@ func (n *Node) Status() status.Resource {
 	}
 	susp := n.suspendedLocked()
 	var unacked int64
+	userPause, peerPause := n.userPause.Load(), false
 	if n.sess != nil {
 		unacked = n.sess.unacked.Load()
+		peerPause = n.sess.peerPause.Load()
 	}
 	n.mu.Unlock()
 	r := status.Resource{
 		Name:         n.cfg.Name,
 		Protocol:     string(n.cfg.Protocol),
-		ConnState:    st.Conn.String(),
+		ConnState:    pausedConnName(st.Conn, userPause || peerPause),
 		Role:         st.Role.String(),
 		PeerRole:     st.PeerRole.String(),
 		DiskState:    st.Disk.String(),
 		PeerDisk:     st.PeerDisk.String(),
 		Suspended:    susp,
+		SyncPaused:   userPause,
+		PeerPaused:   peerPause,
 		SplitBrain:   st.SplitBrain,
 		Reason:       st.Reason,
 		NetSendKiB:   n.stats.netSend.Load() >> 10,

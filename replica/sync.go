@@ -83,6 +83,10 @@ func (n *Node) runSyncSource(s *session) error {
 			pos = off + length
 			copied = true
 			ahead.advance(pos)
+			if err := s.waitSyncResumed(); err != nil {
+				wg.Wait()
+				return err
+			}
 			if err := n.rate.Wait(s.ctx, length); err != nil {
 				wg.Wait()
 				return err

@@ -94,16 +94,24 @@ func writeResource(b *bytes.Buffer, r *Resource) {
 	if len(r.Protocol) == 1 && r.Protocol[0] >= 'A' && r.Protocol[0] <= 'C' {
 		proto = r.Protocol[0]
 	}
-	susp := byte('r')
+	// DRBD's six state flags: I/O running or suspended, (resync-after,
+	// unused), sync paused by the peer, sync paused here, then two unused.
+	flags := []byte("r-----")
 	if r.Suspended {
-		susp = 's'
+		flags[0] = 's'
 	}
-	fmt.Fprintf(b, "%2d: %scs:%s ro:%s/%s ds:%s/%s %c %c-----\n",
+	if r.PeerPaused {
+		flags[2] = 'p'
+	}
+	if r.SyncPaused {
+		flags[3] = 'u'
+	}
+	fmt.Fprintf(b, "%2d: %scs:%s ro:%s/%s ds:%s/%s %c %s\n",
 		r.Minor, name,
 		token(r.ConnState, "Unconfigured"),
 		token(r.Role, "Unknown"), token(r.PeerRole, "Unknown"),
 		token(r.DiskState, "DUnknown"), token(r.PeerDisk, "DUnknown"),
-		proto, susp)
+		proto, flags)
 	fmt.Fprintf(b, "    ns:%d nr:%d dw:%d dr:%d al:%d bm:%d lo:%d pe:%d ua:%d ap:%d oos:%d\n",
 		r.NetSendKiB, r.NetRecvKiB, r.DiskWriteKiB, r.DiskReadKiB, r.ALWrites, r.BMWrites,
 		r.LocalPending, r.PeerPending, r.Unacked, r.AppPending, r.OutOfSyncKiB)

@@ -72,6 +72,12 @@ func scenarios() map[string][]Resource {
 			DiskReadKiB: 42, ALWrites: 1237, BMWrites: 9, AppPending: 3, PeerPending: 3, LocalPending: 1, NBDClients: 2,
 		}},
 		"resync": {ex},
+		"paused": {{
+			Minor: 0, Name: "r0", Protocol: "C", ConnState: "PausedSyncT", Role: "Secondary", PeerRole: "Primary",
+			DiskState: "Inconsistent", PeerDisk: "UpToDate", SyncPaused: true, PeerPaused: true, OutOfSyncKiB: 4096,
+			Reason: "resync paused by the peer's operator",
+			Sync:   &Sync{TotalKiB: 8192, RemainingKiB: 4096, AvgSpeedKiB: 2048, WantKiB: 102400, ETA: time.Hour},
+		}},
 		"multi": {
 			{Minor: 3, Name: "r3", Protocol: "A", ConnState: "WFConnection", Role: "Primary", PeerRole: "Unknown",
 				DiskState: "UpToDate", PeerDisk: "DUnknown", OutOfSyncKiB: 8 << 20, Reason: "peer lost: no answer within 6s"},

@@ -12,12 +12,14 @@ type Resource struct {
 	Name     string `json:"name"`
 	Protocol string `json:"protocol"` // "A", "B" or "C"
 
-	ConnState  string `json:"cstate"`      // StandAlone, WFConnection, Connected, SyncSource, SyncTarget, VerifyS, VerifyT
+	ConnState  string `json:"cstate"`      // StandAlone, WFConnection, Connected, SyncSource, SyncTarget, PausedSyncS, PausedSyncT, VerifyS, VerifyT
 	Role       string `json:"role"`        // Primary, Secondary
 	PeerRole   string `json:"peer_role"`   // Primary, Secondary, Unknown
 	DiskState  string `json:"dstate"`      // UpToDate, Inconsistent, Outdated, DUnknown, Diskless
 	PeerDisk   string `json:"peer_dstate"` // same values
 	Suspended  bool   `json:"suspended"`   // writes held (on-peer-loss suspend)
+	SyncPaused bool   `json:"sync_paused"` // this node's operator paused resyncs (urbd pause-sync)
+	PeerPaused bool   `json:"peer_paused"` // the peer's operator paused resyncs
 	SplitBrain bool   `json:"split_brain"`
 	Reason     string `json:"reason,omitempty"` // why the last state change happened, in words
 

@@ -111,7 +111,16 @@ func renderResource(b *bytes.Buffer, r *Resource, width int) {
 	fmt.Fprintf(b, "%s%s%s  minor %d, protocol %s, %s\n", ansiBold, token(r.Name, "?"), ansiReset,
 		r.Minor, token(proto, "?"), plural(r.NBDClients, "NBD client"))
 	line(b, "role", paint(r.Role, "Unknown")+" (local) / "+paint(r.PeerRole, "Unknown")+" (peer)")
-	line(b, "connection", paint(r.ConnState, "Unconfigured"))
+	conn := paint(r.ConnState, "Unconfigured")
+	switch {
+	case r.SyncPaused && r.PeerPaused:
+		conn += " (paused here and by the peer)"
+	case r.SyncPaused:
+		conn += " (paused here: urbd resume-sync)"
+	case r.PeerPaused:
+		conn += " (paused by the peer)"
+	}
+	line(b, "connection", conn)
 	line(b, "disk", paint(r.DiskState, "DUnknown")+" (local) / "+paint(r.PeerDisk, "DUnknown")+" (peer)")
 	if r.SplitBrain {
 		line(b, "warning", ansiRed+"SPLIT BRAIN"+ansiReset+": both nodes changed the data; nothing is copied")

@@ -68,6 +68,11 @@ It becomes SyncTarget for the union of both nodes' changes.`,
 		controlCommand("invalidate-remote", "discard the peer's data and resync all of it from this node",
 			`Run on the Primary, connected to its peer with no resync or verify running; the application
 keeps writing meanwhile. Example: urbd invalidate-remote r0`, nil, plain("invalidate-remote")),
+		controlCommand("pause-sync", "pause resyncs: the running one and any that starts, until resume-sync",
+			`Application writes go on and are replicated; only the copying of out-of-sync blocks stops.
+Either node may pause; both then show PausedSyncS or PausedSyncT. Example: urbd pause-sync r0`, nil, plain("pause-sync")),
+		controlCommand("resume-sync", "lift this node's pause-sync",
+			"A pause set on the peer stays until it is lifted there. Example: urbd resume-sync r0", nil, plain("resume-sync")),
 		controlCommand("verify", "compare every block with the peer by checksum and resync the differences",
 			"Runs in the background; urbd status shows VerifyS and its progress. Example: urbd verify r0", nil, plain("verify")),
 		controlCommand("resume-io", "release writes held for the peer (fencing failed, or on-peer-loss suspend)",
