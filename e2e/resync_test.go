@@ -207,15 +207,30 @@ func TestVerifyFindsDifferences(t *testing.T) {
 // TestInvalidate: `urbd invalidate` on the secondary fetches the whole disk
 // again.
 func TestInvalidate(t *testing.T) {
+	c := filledCluster(t)
+	wantFullResync(t, c, "invalidate", func() { c.b.ctl("invalidate", "r0") })
+}
+
+// filledCluster starts a connected pair whose Primary wrote its first
+// 16 MiB, in sync.
+func filledCluster(t *testing.T) *cluster {
 	c := newCluster(t, clusterOpts{})
 	c.startBoth()
 	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=16M", "--end_fsync=1")
 	c.a.waitInSync(30 * time.Second)
+	return c
+}
+
+// wantFullResync runs start, waits until the pair is in sync again, and
+// checks that a (the Primary) sent the whole 64 MiB disk meanwhile and
+// that both disks are identical.
+func wantFullResync(t *testing.T, c *cluster, what string, start func()) {
+	t.Helper()
 	before := c.a.status().NetSendKiB
-	c.b.ctl("invalidate", "r0")
+	start()
 	after := c.a.waitInSync(60 * time.Second)
 	if sent := after.NetSendKiB - before; sent < 64<<10 {
-		t.Fatalf("invalidate resynced only %d KiB of a 64 MiB disk", sent)
+		t.Fatalf("%s resynced only %d KiB of a 64 MiB disk", what, sent)
 	}
 	cmpFiles(t, c.a.disk, c.b.disk)
 }
@@ -225,10 +240,7 @@ func TestInvalidate(t *testing.T) {
 // while fio writes and verifies through the Primary, and both disks end up
 // identical. On the Secondary the command is refused with a one-line reason.
 func TestInvalidateRemote(t *testing.T) {
-	c := newCluster(t, clusterOpts{})
-	c.startBoth()
-	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=16M", "--end_fsync=1")
-	c.a.waitInSync(30 * time.Second)
+	c := filledCluster(t)
 	f, err := os.OpenFile(c.b.disk, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -242,18 +254,14 @@ func TestInvalidateRemote(t *testing.T) {
 	if out, err := c.b.try("invalidate-remote", "r0"); err == nil || !strings.Contains(out, "runs on the Primary") || strings.Count(out, "\n") > 0 {
 		t.Fatalf("invalidate-remote on the Secondary: %v, %q; want a one-line refusal", err, out)
 	}
-	before := c.a.status().NetSendKiB
-	c.a.ctl("adjust", "--resync-rate", "16MiB", "r0")
-	c.a.ctl("invalidate-remote", "r0")
-	c.a.waitFor("SyncSource", 10*time.Second, func(s status.Resource) bool { return s.ConnState == "SyncSource" })
-	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--iodepth=8", "--size=16M", "--offset=24M",
-		"--verify=crc32c", "--verify_fatal=1")
-	c.a.ctl("adjust", "--resync-rate", "0", "r0")
-	after := c.a.waitInSync(60 * time.Second)
-	if sent := after.NetSendKiB - before; sent < 64<<10 {
-		t.Fatalf("invalidate-remote sent only %d KiB of a 64 MiB disk", sent)
-	}
-	cmpFiles(t, c.a.disk, c.b.disk)
+	wantFullResync(t, c, "invalidate-remote", func() {
+		c.a.ctl("adjust", "--resync-rate", "16MiB", "r0")
+		c.a.ctl("invalidate-remote", "r0")
+		c.a.waitFor("SyncSource", 10*time.Second, func(s status.Resource) bool { return s.ConnState == "SyncSource" })
+		runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--iodepth=8", "--size=16M", "--offset=24M",
+			"--verify=crc32c", "--verify_fatal=1")
+		c.a.ctl("adjust", "--resync-rate", "0", "r0")
+	})
 }
 
 // TestPauseSync: after a disconnect and 8 MiB of writes on the Primary, the
