@@ -181,7 +181,27 @@ func TestQueriesAndWaits(t *testing.T) {
 		}
 	}
 
+	// Generation UUIDs: in sync, both hold the same current generation and
+	// show-gi on a explains both; once b leaves, the Primary starts a new
+	// generation and its bitmap UUID is the one both shared.
+	giRE := regexp.MustCompile(`^[0-9A-F]{16}(:[0-9A-F]{16}){3}$`)
+	giA, giB := c.a.ctl("get-gi", "r0"), c.b.ctl("get-gi", "r0")
+	if !giRE.MatchString(giA) || !giRE.MatchString(giB) || giA[:16] != giB[:16] || giA[:16] == strings.Repeat("0", 16) {
+		t.Errorf("get-gi in sync: a %q, b %q; want the same non-zero current generation", giA, giB)
+	}
+	if out := c.a.ctl("show-gi", "r0"); !strings.Contains(out, "this node: "+giA) || !strings.Contains(out, "the peer:  "+giB) ||
+		!strings.Contains(out, "current  "+giA[:16]) {
+		t.Errorf("show-gi in sync:\n%s", out)
+	}
+
 	c.b.ctl("disconnect", "r0")
+	c.a.waitFor("peer gone", 10*time.Second, func(s statusT) bool { return s.ConnState == "WFConnection" })
+	if gi := c.a.ctl("get-gi", "r0"); gi[:16] == giA[:16] || gi[17:33] != giA[:16] {
+		t.Errorf("get-gi of the Primary after its peer left: %q; want a new current and bitmap %s", gi, giA[:16])
+	}
+	if out := c.a.ctl("show-gi", "r0"); !strings.Contains(out, "the peer:  unknown (not connected)") {
+		t.Errorf("show-gi without the peer:\n%s", out)
+	}
 	start := time.Now()
 	out, err := c.a.try("wait-connect", "--timeout", "1s", "r0")
 	if err == nil || !strings.Contains(out, "not connected after 1s (cs:WFConnection") || time.Since(start) > 10*time.Second {

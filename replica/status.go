@@ -17,6 +17,10 @@ func (n *Node) Status() status.Resource {
 	susp := n.suspendedLocked()
 	var unacked int64
 	userPause, peerPause := n.userPause.Load(), false
+	uuids, peerUUIDs := n.uuids.String(), ""
+	if n.sess != nil && st.Conn.Connected() {
+		peerUUIDs = n.peerUUIDs.String()
+	}
 	if n.sess != nil {
 		unacked = n.sess.unacked.Load()
 		peerPause = n.sess.peerPause.Load()
@@ -35,6 +39,8 @@ func (n *Node) Status() status.Resource {
 		PeerPaused:   peerPause,
 		SplitBrain:   st.SplitBrain,
 		Reason:       st.Reason,
+		UUIDs:        uuids,
+		PeerUUIDs:    peerUUIDs,
 		NetSendKiB:   n.stats.netSend.Load() >> 10,
 		NetRecvKiB:   n.stats.netRecv.Load() >> 10,
 		DiskWriteKiB: n.stats.diskWrite.Load() >> 10,

@@ -22,6 +22,10 @@ type Resource struct {
 	PeerPaused bool   `json:"peer_paused"` // the peer's operator paused resyncs
 	SplitBrain bool   `json:"split_brain"`
 	Reason     string `json:"reason,omitempty"` // why the last state change happened, in words
+	// Generation UUIDs as DRBD's get-gi prints them, in hex:
+	// CURRENT:BITMAP:HISTORY1:HISTORY2; the peer's only while connected.
+	UUIDs     string `json:"uuids,omitempty"`
+	PeerUUIDs string `json:"peer_uuids,omitempty"`
 
 	// Counters, in KiB except where noted.
 	NetSendKiB   uint64 `json:"ns"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -115,7 +116,45 @@ func init() {
 			func(r status.Resource) string { return r.ConnState }),
 		queryCommand("dstate", "print this node's and the peer's disk state", "UpToDate/UpToDate",
 			func(r status.Resource) string { return r.DiskState + "/" + r.PeerDisk }),
+		queryCommand("get-gi", "print this node's generation UUIDs: CURRENT:BITMAP:HISTORY1:HISTORY2", "7F2B3A6B8E6B4E3C:0000000000000000:...",
+			func(r status.Resource) string { return r.UUIDs }),
+		&cli.Command{
+			Name:      "show-gi",
+			Usage:     "explain both nodes' generation UUIDs, which choose the resync direction",
+			ArgsUsage: "NAME",
+			Description: `As drbdadm show-gi: this node's UUIDs and, while connected, the peer's, field by field.
+See docs/ARCHITECTURE.md for how they decide a resync. Example: urbd show-gi r0`,
+			Action: func(c *cli.Context) error {
+				r, err := resourceStatus(c)
+				if err != nil {
+					return err
+				}
+				fmt.Print(showGI(r))
+				return nil
+			},
+		},
 		waitCommand("wait-connect", "wait until the peer is connected", "connected", isConnected),
 		waitCommand("wait-sync", "wait until connected with both disks UpToDate (no resync left)", "in sync", isInSync),
 	)
+}
+
+// showGI explains the generation UUIDs of r and of its peer, if known.
+func showGI(r status.Resource) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: cs:%s ro:%s/%s ds:%s/%s\n", r.Name, r.ConnState, r.Role, r.PeerRole, r.DiskState, r.PeerDisk)
+	for _, side := range []struct{ who, gi string }{{"this node", r.UUIDs}, {"the peer", r.PeerUUIDs}} {
+		if side.gi == "" {
+			fmt.Fprintf(&b, "%-10s unknown (not connected)\n", side.who+":")
+			continue
+		}
+		fmt.Fprintf(&b, "%-10s %s\n", side.who+":", side.gi)
+		f := strings.Split(side.gi, ":")
+		if len(f) != 4 {
+			continue
+		}
+		fmt.Fprintf(&b, "           current  %s  the data generation this disk holds\n", f[0])
+		fmt.Fprintf(&b, "           bitmap   %s  the generation its bitmap counts changes since (0: none)\n", f[1])
+		fmt.Fprintf(&b, "           history  %s  %s  older generations, newest first\n", f[2], f[3])
+	}
+	return b.String()
 }
