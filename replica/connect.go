@@ -463,7 +463,11 @@ func (n *Node) followPeer(s *session) error {
 		n.mu.Lock()
 		again := n.st.Conn == Connected && n.st.Role == Primary && n.st.Disk != Diskless && n.store.Bitmap().DirtyBlocks() > 0
 		if again {
-			n.setStateLocked("blocks went out of sync while connected", func(x *State) { x.Conn = SyncSource })
+			why := "blocks went out of sync while connected"
+			if n.syncWhy != "" {
+				why, n.syncWhy = n.syncWhy, ""
+			}
+			n.setStateLocked(why, func(x *State) { x.Conn = SyncSource })
 		}
 		n.mu.Unlock()
 		if again {
@@ -496,6 +500,7 @@ func (n *Node) sessionEnded(s *session, err error) {
 	}
 	n.sess = nil
 	n.progress = nil
+	n.syncWhy = ""
 	s.mu.Lock()
 	wasConnected := s.live // the peer had our data until now
 	s.mu.Unlock()

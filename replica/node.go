@@ -99,6 +99,7 @@ type Node struct {
 	peerID         uint64        // guarded by mu: the peer's node id, once known
 	peerUUIDs      UUIDs         // guarded by mu: the peer's UUIDs at the last state
 	lastConnErr    string        // guarded by mu: the last connection failure, logged once
+	syncWhy        string        // guarded by mu: the reason the next resync of a connected Primary shows, if not the default
 	ahead          *flushAhead
 	diskless       atomic.Bool // n.st.Disk == Diskless, read without n.mu (see detach)
 	userPause      atomic.Bool // this node's operator paused resyncs (see pause.go)

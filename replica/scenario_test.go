@@ -790,8 +790,8 @@ func TestScenarioInvalidateRemoteSendsEverything(t *testing.T) {
 	}
 	a.waitConn(replica.SyncSource)
 	s := a.waitStatus("resync progress", func(s status.Resource) bool { return s.Sync != nil })
-	if s.Sync.TotalKiB != hDiskSize>>10 {
-		t.Fatalf("invalidate-remote resyncs %d KiB, want the whole disk (%d KiB)", s.Sync.TotalKiB, hDiskSize>>10)
+	if s.Sync.TotalKiB != hDiskSize>>10 || !strings.Contains(s.Reason, "peer invalidated by operator") {
+		t.Fatalf("invalidate-remote resyncs %d KiB (want the whole disk, %d KiB), reason %q", s.Sync.TotalKiB, hDiskSize>>10, s.Reason)
 	}
 	if err := a.node.InvalidateRemote(); !errors.Is(err, replica.ErrNotConnected) {
 		t.Fatalf("InvalidateRemote during the resync: %v, want ErrNotConnected", err)

@@ -521,6 +521,7 @@ func (n *Node) InvalidateRemote() error {
 		return err
 	}
 	n.store.Bitmap().SetAll()
+	n.syncWhy = "peer invalidated by operator: full resync to the peer"
 	n.mu.Unlock()
 	if err := n.store.PersistBitmap(); err != nil {
 		return err
