@@ -118,21 +118,9 @@ func init() {
 			func(r status.Resource) string { return r.DiskState + "/" + r.PeerDisk }),
 		queryCommand("get-gi", "print this node's generation UUIDs: CURRENT:BITMAP:HISTORY1:HISTORY2", "7F2B3A6B8E6B4E3C:0000000000000000:...",
 			func(r status.Resource) string { return r.UUIDs }),
-		&cli.Command{
-			Name:      "show-gi",
-			Usage:     "explain both nodes' generation UUIDs, which choose the resync direction",
-			ArgsUsage: "NAME",
-			Description: `As drbdadm show-gi: this node's UUIDs and, while connected, the peer's, field by field.
-See docs/ARCHITECTURE.md for how they decide a resync. Example: urbd show-gi r0`,
-			Action: func(c *cli.Context) error {
-				r, err := resourceStatus(c)
-				if err != nil {
-					return err
-				}
-				fmt.Print(showGI(r))
-				return nil
-			},
-		},
+		queryCommand("show-gi", "explain both nodes' generation UUIDs, which choose the resync direction",
+			"both nodes' UUIDs (the peer's while connected), field by field",
+			func(r status.Resource) string { return strings.TrimSuffix(showGI(r), "\n") }),
 		waitCommand("wait-connect", "wait until the peer is connected", "connected", isConnected),
 		waitCommand("wait-sync", "wait until connected with both disks UpToDate (no resync left)", "in sync", isInSync),
 	)
