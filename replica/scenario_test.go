@@ -813,6 +813,27 @@ func TestScenarioInvalidateRemoteSendsEverything(t *testing.T) {
 	}
 }
 
+// TestScenarioInvalidateRemoteSurvivesCrash: the Primary crashes while the
+// copy that invalidate-remote started is held; the bits it made durable
+// first bring the copy back after the restart, and the peer's damaged
+// blocks are repaired.
+func TestScenarioInvalidateRemoteSurvivesCrash(t *testing.T) {
+	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
+	a, b := cleanPair(t, nodeOpts{rate: 1 << 20, clock: clk}, nodeOpts{})
+	a.write(0, pattern("primary data", 64*hBlock))
+	for i := range 10 {
+		b.poke(int64(i)*200*hBlock+17, []byte(fmt.Sprintf("damage %d", i)))
+	}
+	if err := a.node.InvalidateRemote(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.SyncSource)
+	a.crash()
+	a.start()
+	a.node.AdjustRate(0)
+	inSyncAndEqual(t, a, b)
+}
+
 // TestScenarioPromoteRefusedDuringSyncTarget: b is invalidated while both
 // nodes are Secondary; a's resync is held by a stopped clock, so b stays
 // SyncTarget and refuses promotion, with --force too. Lifting the rate lets
