@@ -769,18 +769,27 @@ func TestScenarioInvalidateFetchesEverything(t *testing.T) {
 	}
 }
 
+// heldDamagedPair is a clean pair whose Primary a wrote its first 64 blocks
+// and whose Secondary b then had 10 blocks changed behind the engine's back.
+// a's resyncs are held by a stopped clock until a.node.AdjustRate(0).
+func heldDamagedPair(t *testing.T) (a, b *tnode) {
+	t.Helper()
+	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
+	a, b = cleanPair(t, nodeOpts{rate: 1 << 20, clock: clk}, nodeOpts{})
+	a.write(0, pattern("primary data", 64*hBlock))
+	for i := range 10 {
+		b.poke(int64(i)*200*hBlock+17, []byte(fmt.Sprintf("damage %d", i)))
+	}
+	return a, b
+}
+
 // TestScenarioInvalidateRemoteSendsEverything: the secondary's disk is
 // damaged behind the engine's back; invalidate-remote on the Primary copies
 // the whole disk to it while the application writes, held at first by a
 // stopped clock so the SyncSource and its progress can be seen. It is
 // refused on the Secondary, while the resync runs, and without a peer.
 func TestScenarioInvalidateRemoteSendsEverything(t *testing.T) {
-	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
-	a, b := cleanPair(t, nodeOpts{rate: 1 << 20, clock: clk}, nodeOpts{})
-	a.write(0, pattern("primary data", 64*hBlock))
-	for i := range 10 {
-		b.poke(int64(i)*200*hBlock+17, []byte(fmt.Sprintf("damage %d", i)))
-	}
+	a, b := heldDamagedPair(t)
 	if err := b.node.InvalidateRemote(); !errors.Is(err, replica.ErrIsSecondary) {
 		t.Fatalf("InvalidateRemote on the Secondary: %v, want ErrIsSecondary", err)
 	}
@@ -818,12 +827,7 @@ func TestScenarioInvalidateRemoteSendsEverything(t *testing.T) {
 // first bring the copy back after the restart, and the peer's damaged
 // blocks are repaired.
 func TestScenarioInvalidateRemoteSurvivesCrash(t *testing.T) {
-	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
-	a, b := cleanPair(t, nodeOpts{rate: 1 << 20, clock: clk}, nodeOpts{})
-	a.write(0, pattern("primary data", 64*hBlock))
-	for i := range 10 {
-		b.poke(int64(i)*200*hBlock+17, []byte(fmt.Sprintf("damage %d", i)))
-	}
+	a, b := heldDamagedPair(t)
 	if err := a.node.InvalidateRemote(); err != nil {
 		t.Fatal(err)
 	}

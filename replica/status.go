@@ -18,12 +18,12 @@ func (n *Node) Status() status.Resource {
 	var unacked int64
 	userPause, peerPause := n.userPause.Load(), false
 	uuids, peerUUIDs := n.uuids.String(), ""
-	if n.sess != nil && st.Conn.Connected() {
-		peerUUIDs = n.peerUUIDs.String()
-	}
 	if n.sess != nil {
 		unacked = n.sess.unacked.Load()
 		peerPause = n.sess.peerPause.Load()
+		if st.Conn.Connected() {
+			peerUUIDs = n.peerUUIDs.String()
+		}
 	}
 	n.mu.Unlock()
 	r := status.Resource{
