@@ -17,7 +17,7 @@ const joinCopyMax = 64 << 10
 // readAhead is the joiner's receive buffer. yamux (v0.1.2) reads through a
 // 4 KiB bufio.Reader, which costs one or two read system calls per small
 // frame; reading ahead up to this many bytes lets a burst of frames arrive
-// in one system call. Reads at least this large bypass the buffer.
+// in one system call. Large reads bypass it while it is empty (Read).
 const readAhead = 256 << 10
 
 // headerJoiner sits between yamux and the transport. yamux (v0.1.2, its
@@ -49,8 +49,17 @@ func newHeaderJoiner(c, raw net.Conn) *headerJoiner {
 	return &headerJoiner{Conn: c, raw: raw, vectored: tcp, r: bufio.NewReaderSize(c, readAhead)}
 }
 
-// Read reads through the read-ahead buffer.
-func (c *headerJoiner) Read(p []byte) (int, error) { return c.r.Read(p) }
+// Read reads through the read-ahead buffer, except that a read of at least
+// directRead bytes with nothing buffered goes straight to the transport.
+// yamux copies each data frame's body into the stream's receive buffer with
+// reads as large as the rest of the body; without the bypass every such
+// body would be copied twice, into the read-ahead and out of it.
+func (c *headerJoiner) Read(p []byte) (int, error) {
+	if len(p) >= directRead && c.r.Buffered() == 0 {
+		return c.Conn.Read(p)
+	}
+	return c.r.Read(p)
+}
 
 // Close closes the raw connection. With TLS this skips the close_notify
 // alert, which tls.Conn.Close would try to send for up to 5 s on a dead

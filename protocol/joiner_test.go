@@ -102,3 +102,57 @@ func TestHeaderJoinerTCP(t *testing.T) {
 		t.Fatal("bytes changed or reordered")
 	}
 }
+
+// readSizes is a net.Conn reading from r that records the size of each Read.
+type readSizes struct {
+	net.Conn
+	r     io.Reader
+	sizes []int
+}
+
+func (c *readSizes) Read(p []byte) (int, error) {
+	c.sizes = append(c.sizes, len(p))
+	return c.r.Read(p)
+}
+
+// Small reads gather through the read-ahead; a large read with nothing
+// buffered goes straight to the transport, one with bytes buffered takes
+// those first. The bytes come out in order either way.
+func TestHeaderJoinerRead(t *testing.T) {
+	data := make([]byte, 3*readAhead)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	c := &readSizes{r: bytes.NewReader(data)}
+	j := newHeaderJoiner(c, c)
+	var got []byte
+	read := func(n, wantTransport int) {
+		t.Helper()
+		p := make([]byte, n)
+		before := len(c.sizes)
+		k, err := j.Read(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p[:k]...)
+		if len(c.sizes)-before != wantTransport {
+			t.Fatalf("Read(%d): %d transport reads, want %d", n, len(c.sizes)-before, wantTransport)
+		}
+		if wantTransport == 1 && n >= directRead && c.sizes[before] != n {
+			t.Fatalf("Read(%d) read %d from the transport, not straight into the caller's slice", n, c.sizes[before])
+		}
+	}
+	read(12, 1)           // fills the read-ahead
+	read(directRead, 0)   // large, but served from what is buffered
+	read(readAhead, 0)    // the rest of the buffer, a short read
+	read(directRead, 1)   // nothing buffered: straight to the transport
+	read(directRead-1, 1) // small: refills the read-ahead
+	read(4*directRead, 0) // buffered bytes first
+	read(readAhead, 0)    // and the rest of them
+	for len(got) < len(data) {
+		read(min(directRead, len(data)-len(got)), 1)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("bytes changed or reordered")
+	}
+}
