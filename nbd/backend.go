@@ -3,6 +3,7 @@ package nbd
 import (
 	"context"
 	"errors"
+	"hash/crc32"
 )
 
 // Backend is the storage behind one NBD export. The file backend serves a plain
@@ -34,6 +35,25 @@ type Backend interface {
 	WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error
 	Flush(ctx context.Context) error
 }
+
+// SummedWriter is implemented by a Backend that needs the CRC-32C
+// (Castagnoli) of every write's payload, as replica.Node does for the frames
+// it sends to its peer. The server then computes the checksum piece by piece
+// while the payload arrives from the client, while those bytes are still in
+// the CPU's cache, and calls WriteAtSummed instead of WriteAt; sum is the
+// checksum of exactly p (crc32.Checksum(p, crc32.MakeTable(crc32.Castagnoli))).
+// The rest of Backend's contract applies unchanged.
+type SummedWriter interface {
+	WriteAtSummed(ctx context.Context, p []byte, off int64, fua bool, sum uint32) error
+}
+
+// sumPiece is how much of a write payload the server reads before it adds
+// those bytes to the checksum for a SummedWriter: small enough to still be
+// in the CPU's cache.
+const sumPiece = 64 << 10
+
+// castagnoli is the CRC-32C table for SummedWriter checksums.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Errors a Backend may wrap to choose the NBD error code sent to the client.
 var (

@@ -6,7 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/urbd/urbd/internal/bulkread"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/internal/bufpool"
+	"github.com/urbd/urbd/internal/bulkread"
 )
 
 // Socket buffer sizes: large enough to batch a queue depth of 4 KiB
@@ -51,6 +52,7 @@ type srvConn struct {
 	// Fixed after negotiation.
 	exp      *Export
 	backend  Backend
+	summed   SummedWriter // backend as a SummedWriter, or nil
 	size     uint64
 	readOnly bool
 
@@ -78,6 +80,7 @@ type srvRequest struct {
 	errno   uint32
 	cost    int64           // bytes charged to the in-flight budget
 	bufp    *[]byte         // payload buffer from bufpool.Get, nil if none
+	sum     uint32          // CRC-32C of a write's payload, for a SummedWriter
 	tracked bool            // in c.writes
 	done    chan struct{}   // created by a later overlapping write; closed when this write's backend call ends
 	waitOn  []chan struct{} // done channels of earlier overlapping writes
@@ -157,6 +160,7 @@ func (c *srvConn) serve(ctx context.Context) {
 		return
 	}
 	c.exp, c.backend = res.exp, res.exp.Backend
+	c.summed, _ = c.backend.(SummedWriter)
 	c.size = uint64(c.backend.Size())
 	c.readOnly = res.exp.ReadOnly
 	c.s.clients.Add(1)
@@ -260,8 +264,7 @@ func (c *srvConn) readRequests(ctx context.Context) error {
 		if r.cost > 0 {
 			r.bufp = bufpool.Get(int(r.length))
 			if r.typ == CmdWrite {
-				// Past the read-ahead: one copy of the payload, not two.
-				if _, err := bulkread.ReadFull(c.br, c.nc, *r.bufp); err != nil {
+				if err := c.readPayload(r); err != nil {
 					c.release(r)
 					return err
 				}
@@ -272,6 +275,21 @@ func (c *srvConn) readRequests(ctx context.Context) error {
 		}
 		c.dispatch(ctx, r, maxInFlight)
 	}
+}
+
+// readPayload reads the payload of write r into its buffer, past the
+// read-ahead (one copy of the payload, not two). For a SummedWriter it
+// checksums the payload as it arrives.
+func (c *srvConn) readPayload(r *srvRequest) error {
+	if c.summed == nil {
+		_, err := bulkread.ReadFull(c.br, c.nc, *r.bufp)
+		return err
+	}
+	r.sum = 0
+	_, err := bulkread.ReadFullEach(c.br, c.nc, *r.bufp, sumPiece, func(b []byte) {
+		r.sum = crc32.Update(r.sum, castagnoli, b)
+	})
+	return err
 }
 
 // dispatch hands r to an idle worker, or starts one if none is idle and
@@ -385,7 +403,11 @@ func (c *srvConn) run(ctx context.Context, r *srvRequest) {
 		c.s.served.writes.Add(1)
 		c.s.served.writeBytes.Add(uint64(r.length))
 		if r.length > 0 {
-			err = c.backend.WriteAt(ctx, *r.bufp, int64(r.off), fua)
+			if c.summed != nil {
+				err = c.summed.WriteAtSummed(ctx, *r.bufp, int64(r.off), fua, r.sum)
+			} else {
+				err = c.backend.WriteAt(ctx, *r.bufp, int64(r.off), fua)
+			}
 		} else if fua {
 			err = c.backend.Flush(ctx)
 		}

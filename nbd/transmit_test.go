@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -529,6 +531,60 @@ func TestServedCounts(t *testing.T) {
 		want := Served{Reads: uint64(i + 1), Writes: 2 * uint64(i+1), WriteBytes: 4608 * uint64(i+1)}
 		if got := srv.Served(); got != want {
 			t.Errorf("after connection %d: Served() = %+v, want %+v", i+1, got, want)
+		}
+	}
+}
+
+// summedBackend is a memBackend that is a SummedWriter: it records the sum
+// the server computed for each write, next to the payload's own checksum.
+type summedBackend struct {
+	*memBackend
+	mu         sync.Mutex
+	got, want  []uint32
+	plainCalls int
+}
+
+func (b *summedBackend) WriteAtSummed(ctx context.Context, p []byte, off int64, fua bool, sum uint32) error {
+	b.mu.Lock()
+	b.got = append(b.got, sum)
+	b.want = append(b.want, crc32.Checksum(p, crc32.MakeTable(crc32.Castagnoli)))
+	b.mu.Unlock()
+	return b.memBackend.WriteAt(ctx, p, off, fua)
+}
+
+func (b *summedBackend) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	b.mu.Lock()
+	b.plainCalls++
+	b.mu.Unlock()
+	return b.memBackend.WriteAt(ctx, p, off, fua)
+}
+
+// A SummedWriter gets every write through WriteAtSummed, with the CRC-32C of
+// exactly its payload: small writes gathered in one read of the read-ahead,
+// and large ones read past it in pieces.
+func TestTransmissionSummedWriter(t *testing.T) {
+	b := &summedBackend{memBackend: newMemBackend(8 << 20)}
+	c := dialRaw(t, testServer(t, singleExport(b, false)))
+	c.goExport("")
+	sizes := []int{1, 4096, 4096, 65536, 65537, 1 << 20, 3<<20 + 5, 512}
+	for i, n := range sizes {
+		p := make([]byte, n)
+		for j := range p {
+			p[j] = byte(i*31 + j*7)
+		}
+		c.request(CmdWrite, 0, uint64(i), 0, uint32(n), p) // all queued before any reply
+	}
+	for range sizes {
+		c.reply()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.plainCalls != 0 || len(b.got) != len(sizes) {
+		t.Fatalf("%d WriteAtSummed and %d WriteAt calls, want %d and 0", len(b.got), b.plainCalls, len(sizes))
+	}
+	for i := range b.got {
+		if b.got[i] != b.want[i] {
+			t.Fatalf("write %d: sum %#08x, payload's checksum %#08x", i, b.got[i], b.want[i])
 		}
 	}
 }

@@ -18,16 +18,36 @@ import (
 // and must read only through this function or br afterwards. Errors are
 // io.ReadFull's.
 func ReadFull(br *bufio.Reader, src io.Reader, p []byte) (int, error) {
+	return ReadFullEach(br, src, p, len(p), nil)
+}
+
+// ReadFullEach is ReadFull in reads of at most piece bytes. If each is not
+// nil it is called with the bytes of every read as soon as they are in p,
+// in order, so that a caller can checksum a payload while its bytes are
+// still in the CPU's cache. The pieces passed to each cover p[:n] exactly.
+func ReadFullEach(br *bufio.Reader, src io.Reader, p []byte, piece int, each func([]byte)) (int, error) {
+	piece = max(piece, 1)
 	n := 0
-	if b := br.Buffered(); b > 0 {
-		n, _ = br.Read(p[:min(b, len(p))]) // from the buffer only: no read from src
+	for n < len(p) && br.Buffered() > 0 {
+		// From the buffer only: no read from src.
+		k, _ := br.Read(p[n:min(len(p), n+piece, n+br.Buffered())])
+		if each != nil {
+			each(p[n : n+k])
+		}
+		n += k
 	}
-	if n == len(p) {
-		return n, nil
+	for n < len(p) {
+		k, err := src.Read(p[n:min(len(p), n+piece)])
+		if each != nil && k > 0 {
+			each(p[n : n+k])
+		}
+		n += k
+		if err != nil && n < len(p) {
+			if err == io.EOF && n > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return n, err
+		}
 	}
-	k, err := io.ReadFull(src, p[n:])
-	if err == io.EOF && n > 0 {
-		err = io.ErrUnexpectedEOF
-	}
-	return n + k, err
+	return n, nil
 }

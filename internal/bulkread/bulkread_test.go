@@ -57,3 +57,47 @@ func TestReadFullShort(t *testing.T) {
 		t.Fatalf("ReadFull at the end = %d, %v; want 0, EOF", k, err)
 	}
 }
+
+// TestReadFullEach: each sees every byte once, in order, in pieces no larger
+// than asked, both from the buffer and from the source; the result is
+// ReadFull's.
+func TestReadFullEach(t *testing.T) {
+	data := make([]byte, 50_000)
+	for i := range data {
+		data[i] = byte(i * 11)
+	}
+	src := iotest.HalfReader(bytes.NewReader(data))
+	br := bufio.NewReaderSize(src, 4096)
+	head := make([]byte, 10)
+	if _, err := io.ReadFull(br, head); err != nil { // fills the buffer
+		t.Fatal(err)
+	}
+	seen := append([]byte(nil), head...)
+	for _, piece := range []int{1000, 3, 7000, 0} {
+		p := make([]byte, 9000)
+		var pieces [][]byte
+		k, err := ReadFullEach(br, src, p, piece, func(b []byte) { pieces = append(pieces, b) })
+		if err != nil || k != len(p) {
+			t.Fatalf("ReadFullEach(piece %d) = %d, %v", piece, k, err)
+		}
+		joined := bytes.Join(pieces, nil)
+		if !bytes.Equal(joined, p) {
+			t.Fatalf("piece %d: the pieces passed to each are not the bytes read", piece)
+		}
+		for _, b := range pieces {
+			if len(b) > max(piece, 1) || len(b) == 0 {
+				t.Fatalf("piece %d: each got %d bytes", piece, len(b))
+			}
+		}
+		seen = append(seen, p...)
+	}
+	if !bytes.Equal(seen, data[:len(seen)]) {
+		t.Fatal("bytes out of order")
+	}
+	rest := make([]byte, len(data)) // more than is left
+	var total int
+	k, err := ReadFullEach(br, src, rest, 4096, func(b []byte) { total += len(b) })
+	if want := len(data) - len(seen); k != want || total != want || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("past the end = %d (each saw %d), %v; want %d, ErrUnexpectedEOF", k, total, err, want)
+	}
+}
