@@ -152,7 +152,20 @@ func (st *Stream) Name() string { return streamName(st.id) }
 // is queued and the stream stays usable. After a transport error, or once
 // the session is closed, Send fails with an error wrapping ErrClosed or the
 // transport's error.
-func (st *Stream) Send(m Message) error {
+func (st *Stream) Send(m Message) error { return st.send(m, false, 0) }
+
+// SendSummed is Send for a message whose bulk payload (Write.Data,
+// ResyncData.Data, ReadReply.Data) the caller has already checksummed, for
+// example while the payload arrived: sum must be Checksum of exactly that
+// payload (0 for a message without one). The sum is not checked here; a
+// wrong one makes the peer drop the session with a checksum error.
+func (st *Stream) SendSummed(m Message, sum uint32) error { return st.send(m, true, sum) }
+
+// Checksum returns the CRC-32C (Castagnoli) of p, as SendSummed expects it.
+func Checksum(p []byte) uint32 { return crc32.Update(0, castagnoli, p) }
+
+// send is Send, with the bulk payload's checksum given if summed.
+func (st *Stream) send(m Message, summed bool, bulkCRC uint32) error {
 	w := wireOf(m)
 	if w == nil {
 		return fmt.Errorf("%w: cannot send %T", ErrUnknownKind, m)
@@ -162,9 +175,11 @@ func (st *Stream) Send(m Message) error {
 		return err
 	}
 	need := HeaderLen + fixed + len(bulk)
-	// The payload's checksum is computed before taking the lock, so that
-	// it overlaps the transport write of the frames in front.
-	bulkCRC := crc32.Update(0, castagnoli, bulk)
+	if !summed {
+		// Computed before taking the lock, so that it overlaps the
+		// transport write of the frames in front.
+		bulkCRC = Checksum(bulk)
+	}
 	st.mu.Lock()
 	if st.werr == nil && st.isDead() {
 		st.werr = st.closedErr()

@@ -147,10 +147,10 @@ func (r *request) wait(ctx context.Context, proto byte) bool {
 
 // sendWrite sends a replicated write, or returns nil when the session is not
 // replicating (closed, or still deciding).
-func (s *session) sendWrite(off, length int64, data []byte, flags uint32) *request {
+func (s *session) sendWrite(off, length int64, data []byte, sum, flags uint32) *request {
 	r := newRequest(s, s.n.cfg.Protocol)
 	r.off, r.length, r.fua = off, length, flags&protocol.FlagFUA != 0
-	ok := s.send(r, func(seq uint64) protocol.Message {
+	ok := s.send(r, sum, func(seq uint64) protocol.Message {
 		return &protocol.Write{Seq: seq, Offset: uint64(off), Flags: flags, Length: uint32(length), Data: data}
 	})
 	if !ok {
@@ -165,7 +165,7 @@ func (s *session) sendWrite(off, length int64, data []byte, flags uint32) *reque
 func (s *session) sendFlush() *request {
 	r := newRequest(s, 'C')
 	r.flush = true
-	if !s.send(r, func(seq uint64) protocol.Message { return &protocol.Flush{Seq: seq} }) {
+	if !s.send(r, 0, func(seq uint64) protocol.Message { return &protocol.Flush{Seq: seq} }) {
 		return nil
 	}
 	return r
@@ -180,7 +180,7 @@ func (s *session) sendFlush() *request {
 func (s *session) sendRead(off, length int64) *request {
 	r := newRequest(s, 'C')
 	r.read, r.off, r.length, r.dst = true, off, length, make([]byte, length)
-	if !s.send(r, func(seq uint64) protocol.Message {
+	if !s.send(r, 0, func(seq uint64) protocol.Message {
 		return &protocol.Read{Seq: seq, Offset: uint64(off), Length: uint32(length)}
 	}) {
 		return nil
@@ -243,9 +243,11 @@ func (r *request) closeReceived() {
 
 // send gives r the next sequence number, registers it as pending and sends
 // the message built for that number, all in sequence order (ordering rule
-// 3). It returns false, with r untouched, when the session is not
+// 3). sum is the CRC-32C of the message's payload (0 for none), known
+// beforehand so that it is not computed while sendMu holds every other
+// sender back. It returns false, with r untouched, when the session is not
 // replicating. A send error closes the session, which fails r.
-func (s *session) send(r *request, msg func(seq uint64) protocol.Message) bool {
+func (s *session) send(r *request, sum uint32, msg func(seq uint64) protocol.Message) bool {
 	s.sendMu.Lock()
 	s.mu.Lock()
 	if s.closed || !s.live {
@@ -260,7 +262,7 @@ func (s *session) send(r *request, msg func(seq uint64) protocol.Message) bool {
 	if r.isWrite() {
 		s.n.stats.peerPending.Add(1)
 	}
-	err := s.ps.Data().Send(msg(r.seq))
+	err := s.ps.Data().SendSummed(msg(r.seq), sum)
 	s.sendMu.Unlock()
 	if err != nil {
 		s.close(fmt.Errorf("sending to the peer: %w", err))

@@ -11,18 +11,29 @@ import (
 )
 
 // The Node is an nbd.Backend: the NBD server calls these for application I/O.
-var _ nbd.Backend = (*Node)(nil)
+// As a SummedWriter it gets each write's checksum from the server, computed
+// while the payload arrived, for the frame that carries it to the peer.
+var (
+	_ nbd.Backend      = (*Node)(nil)
+	_ nbd.SummedWriter = (*Node)(nil)
+)
 
 // Size is the size of the replicated disk.
 func (n *Node) Size() int64 { return n.disk.Size() }
 
 // WriteAt replicates a write; see writeOp.
 func (n *Node) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	return n.WriteAtSummed(ctx, p, off, fua, protocol.Checksum(p))
+}
+
+// WriteAtSummed is WriteAt for a payload whose CRC-32C (protocol.Checksum)
+// is sum; the frame to the peer carries it without checksumming p again.
+func (n *Node) WriteAtSummed(ctx context.Context, p []byte, off int64, fua bool, sum uint32) error {
 	var flags uint32
 	if fua {
 		flags |= protocol.FlagFUA
 	}
-	return n.writeOp(ctx, "write", off, int64(len(p)), p, flags, func(ctx context.Context) error {
+	return n.writeOp(ctx, "write", off, int64(len(p)), p, sum, flags, func(ctx context.Context) error {
 		return n.disk.WriteAt(ctx, p, off, fua)
 	})
 }
@@ -33,7 +44,7 @@ func (n *Node) Trim(ctx context.Context, off, length int64, fua bool) error {
 	if fua {
 		flags |= protocol.FlagFUA
 	}
-	return n.writeOp(ctx, "trim", off, length, nil, flags, func(ctx context.Context) error {
+	return n.writeOp(ctx, "trim", off, length, nil, 0, flags, func(ctx context.Context) error {
 		return n.disk.Trim(ctx, off, length, fua)
 	})
 }
@@ -47,7 +58,7 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 	if noHole {
 		flags |= protocol.FlagNoHole
 	}
-	return n.writeOp(ctx, "zero", off, length, nil, flags, func(ctx context.Context) error {
+	return n.writeOp(ctx, "zero", off, length, nil, 0, flags, func(ctx context.Context) error {
 		return n.disk.WriteZeroes(ctx, off, length, fua, noHole)
 	})
 }
@@ -63,7 +74,9 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 //  5. start a flush ahead if one is likely to follow (see flushAhead);
 //  6. answer when the protocol says so. The extent stays referenced until the
 //     peer answered or the write was marked out of sync.
-func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data []byte, flags uint32, local func(context.Context) error) error {
+//
+// sum is the CRC-32C of data (0 without data).
+func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data []byte, sum, flags uint32, local func(context.Context) error) error {
 	if err := n.CheckServe(); err != nil {
 		return fmt.Errorf("%w: %w", nbd.ErrReadOnly, err)
 	}
@@ -83,7 +96,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	}
 	n.rate.NoteAppIO(length)
 
-	req := n.replicate(off, length, data, flags)
+	req := n.replicate(off, length, data, sum, flags)
 	if n.isDiskless() {
 		unlock()
 		return n.writeDiskless(ctx, kind, off, length, req, start)
@@ -161,12 +174,12 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 // returns the request tracking the peer's answers, or nil when the write is
 // not replicated. The request releases the activity-log extent when it
 // completes.
-func (n *Node) replicate(off, length int64, data []byte, flags uint32) *request {
+func (n *Node) replicate(off, length int64, data []byte, sum, flags uint32) *request {
 	s := n.session()
 	if s == nil {
 		return nil
 	}
-	return s.sendWrite(off, length, data, flags)
+	return s.sendWrite(off, length, data, sum, flags)
 }
 
 // session returns the peer session, or nil when there is none.
