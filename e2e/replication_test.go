@@ -11,17 +11,26 @@ import (
 )
 
 // TestReplicationFioVerify: fio with verify through the primary for each
-// protocol; after a FLUSH both disks are byte-identical.
+// protocol; after a FLUSH both disks are byte-identical, and every write
+// reached the peer in the session it started in.
 func TestReplicationFioVerify(t *testing.T) {
 	for _, proto := range []string{"C", "B", "A"} {
 		t.Run("protocol"+proto, func(t *testing.T) {
 			c := newCluster(t, clusterOpts{flags: []string{"--protocol", proto}})
 			c.startBoth()
+			gi := c.a.ctl("get-gi", "r0")
 			runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=32M",
 				"--verify=crc32c", "--verify_fatal=1")
 			runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=8", "--size=32M", "--offset=32M", "--end_fsync=1")
 			c.a.waitInSync(30 * time.Second)
 			cmpFiles(t, c.a.disk, c.b.disk)
+			// Every write crossed in one session: a session lost on the
+			// way (a frame refused, say for its checksum) would have
+			// given the Primary a new generation and a resync would
+			// have hidden it from cmp.
+			if now := c.a.ctl("get-gi", "r0"); now != gi {
+				t.Errorf("the Primary's generations changed during the writes (%s, now %s): the session to the peer was lost", gi, now)
+			}
 		})
 	}
 }
