@@ -9,22 +9,33 @@ import (
 	"testing/iotest"
 )
 
-// TestReadFullKeepsOrder: bytes come out in stream order whether they were
-// buffered or not, across reads of every size, with a source that returns
-// one byte at a time.
-func TestReadFullKeepsOrder(t *testing.T) {
-	data := make([]byte, 100_000)
+// primedLen is how many bytes primed reads through the buffer.
+const primedLen = 10
+
+// primed returns n bytes of data, a source of them that returns at most
+// half of each read, and a 4 KiB bufio.Reader over it that has read the
+// first primedLen bytes and so holds the next bytes buffered.
+func primed(t *testing.T, n int) ([]byte, io.Reader, *bufio.Reader) {
+	t.Helper()
+	data := make([]byte, n)
 	for i := range data {
 		data[i] = byte(i * 7)
 	}
 	src := iotest.HalfReader(bytes.NewReader(data))
 	br := bufio.NewReaderSize(src, 4096)
-	var got []byte
-	head := make([]byte, 10)
-	if _, err := io.ReadFull(br, head); err != nil { // fills the buffer
+	if _, err := io.ReadFull(br, make([]byte, primedLen)); err != nil { // fills the buffer
 		t.Fatal(err)
 	}
-	got = append(got, head...)
+	return data, src, br
+}
+
+// TestReadFullKeepsOrder: bytes come out in stream order whether they were
+// buffered or not, across reads of every size, with a source that returns
+// at most half of each read.
+func TestReadFullKeepsOrder(t *testing.T) {
+	data, src, br := primed(t, 100_000)
+	got := bytes.Clone(data[:primedLen])
+	head := make([]byte, primedLen)
 	for _, n := range []int{1, 5000, 3, 4096, 30000, 17} {
 		p := make([]byte, n)
 		if k, err := ReadFull(br, src, p); err != nil || k != n {
@@ -62,17 +73,8 @@ func TestReadFullShort(t *testing.T) {
 // than asked, both from the buffer and from the source; the result is
 // ReadFull's.
 func TestReadFullEach(t *testing.T) {
-	data := make([]byte, 50_000)
-	for i := range data {
-		data[i] = byte(i * 11)
-	}
-	src := iotest.HalfReader(bytes.NewReader(data))
-	br := bufio.NewReaderSize(src, 4096)
-	head := make([]byte, 10)
-	if _, err := io.ReadFull(br, head); err != nil { // fills the buffer
-		t.Fatal(err)
-	}
-	seen := append([]byte(nil), head...)
+	data, src, br := primed(t, 50_000)
+	seen := bytes.Clone(data[:primedLen])
 	for _, piece := range []int{1000, 3, 7000, 0} {
 		p := make([]byte, 9000)
 		var pieces [][]byte
