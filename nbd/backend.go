@@ -37,13 +37,16 @@ type Backend interface {
 }
 
 // SummedWriter is implemented by a Backend that needs the CRC-32C
-// (Castagnoli) of every write's payload, as replica.Node does for the frames
-// it sends to its peer. The server then computes the checksum piece by piece
-// while the payload arrives from the client, while those bytes are still in
-// the CPU's cache, and calls WriteAtSummed instead of WriteAt; sum is the
-// checksum of exactly p (crc32.Checksum(p, crc32.MakeTable(crc32.Castagnoli))).
-// The rest of Backend's contract applies unchanged.
+// (Castagnoli) of write payloads, as replica.Node does for the frames it
+// sends to its peer. Before reading each write's payload the server asks
+// WantSums; if true, it computes the checksum piece by piece while the
+// payload arrives from the client, while those bytes are still in the CPU's
+// cache, and calls WriteAtSummed instead of WriteAt, with sum the checksum
+// of exactly p (crc32.Checksum(p, crc32.MakeTable(crc32.Castagnoli))).
+// Otherwise it calls WriteAt. The rest of Backend's contract applies
+// unchanged.
 type SummedWriter interface {
+	WantSums() bool
 	WriteAtSummed(ctx context.Context, p []byte, off int64, fua bool, sum uint32) error
 }
 

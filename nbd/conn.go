@@ -80,7 +80,8 @@ type srvRequest struct {
 	errno   uint32
 	cost    int64           // bytes charged to the in-flight budget
 	bufp    *[]byte         // payload buffer from bufpool.Get, nil if none
-	sum     uint32          // CRC-32C of a write's payload, for a SummedWriter
+	sum     uint32          // CRC-32C of a write's payload, if summed
+	summed  bool            // sum is set: the backend is a SummedWriter that wanted it
 	tracked bool            // in c.writes
 	done    chan struct{}   // created by a later overlapping write; closed when this write's backend call ends
 	waitOn  []chan struct{} // done channels of earlier overlapping writes
@@ -278,10 +279,11 @@ func (c *srvConn) readRequests(ctx context.Context) error {
 }
 
 // readPayload reads the payload of write r into its buffer, past the
-// read-ahead (one copy of the payload, not two). For a SummedWriter it
-// checksums the payload as it arrives.
+// read-ahead (one copy of the payload, not two). For a SummedWriter that
+// wants it, it checksums the payload as it arrives.
 func (c *srvConn) readPayload(r *srvRequest) error {
-	if c.summed == nil {
+	r.summed = c.summed != nil && c.summed.WantSums()
+	if !r.summed {
 		_, err := bulkread.ReadFull(c.br, c.nc, *r.bufp)
 		return err
 	}
@@ -403,7 +405,7 @@ func (c *srvConn) run(ctx context.Context, r *srvRequest) {
 		c.s.served.writes.Add(1)
 		c.s.served.writeBytes.Add(uint64(r.length))
 		if r.length > 0 {
-			if c.summed != nil {
+			if r.summed {
 				err = c.summed.WriteAtSummed(ctx, *r.bufp, int64(r.off), fua, r.sum)
 			} else {
 				err = c.backend.WriteAt(ctx, *r.bufp, int64(r.off), fua)

@@ -537,12 +537,16 @@ func TestServedCounts(t *testing.T) {
 
 // summedBackend is a memBackend that is a SummedWriter: it records the sum
 // the server computed for each write, next to the payload's own checksum.
+// It wants sums unless off is set.
 type summedBackend struct {
 	*memBackend
+	off        atomic.Bool
 	mu         sync.Mutex
 	got, want  []uint32
 	plainCalls int
 }
+
+func (b *summedBackend) WantSums() bool { return !b.off.Load() }
 
 func (b *summedBackend) WriteAtSummed(ctx context.Context, p []byte, off int64, fua bool, sum uint32) error {
 	b.mu.Lock()
@@ -561,7 +565,8 @@ func (b *summedBackend) WriteAt(ctx context.Context, p []byte, off int64, fua bo
 
 // A SummedWriter gets every write through WriteAtSummed, with the CRC-32C of
 // exactly its payload: small writes gathered in one read of the read-ahead,
-// and large ones read past it in pieces.
+// and large ones read past it in pieces. While it wants no sums, it gets
+// WriteAt.
 func TestTransmissionSummedWriter(t *testing.T) {
 	b := &summedBackend{memBackend: newMemBackend(8 << 20)}
 	c := dialRaw(t, testServer(t, singleExport(b, false)))
@@ -586,5 +591,14 @@ func TestTransmissionSummedWriter(t *testing.T) {
 		if b.got[i] != b.want[i] {
 			t.Fatalf("write %d: sum %#08x, payload's checksum %#08x", i, b.got[i], b.want[i])
 		}
+	}
+	b.mu.Unlock()
+
+	b.off.Store(true)
+	c.request(CmdWrite, 0, 100, 0, 4096, make([]byte, 4096))
+	c.expectReply(100, 0, 0)
+	b.mu.Lock()
+	if b.plainCalls != 1 || len(b.got) != len(sizes) {
+		t.Fatalf("without sums wanted: %d WriteAt calls and %d more WriteAtSummed, want 1 and 0", b.plainCalls, len(b.got)-len(sizes))
 	}
 }

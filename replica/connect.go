@@ -247,6 +247,7 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) bool {
 		return false
 	}
 	n.sess = s
+	n.hasSession.Store(true)
 	n.lastConnErr = ""
 	n.mu.Unlock()
 	go n.runSession(s)
@@ -499,6 +500,7 @@ func (n *Node) sessionEnded(s *session, err error) {
 		return
 	}
 	n.sess = nil
+	n.hasSession.Store(false)
 	n.progress = nil
 	n.syncWhy = ""
 	s.mu.Lock()

@@ -90,6 +90,7 @@ type Node struct {
 	// state still shows the session.
 	sessionClosing func()
 	sess           *session
+	hasSession     atomic.Bool   // sess != nil, read without mu (WantSums)
 	changed        chan struct{} // closed and replaced on every state change
 	progress       *resync.Progress
 	verify         *status.Sync

@@ -281,6 +281,9 @@ func TestScenarioPeerLossMidWriteThenResync(t *testing.T) {
 // written blocks are copied (a bitmap resync, not a full one).
 func TestScenarioDisconnectWriteReconnectBitmapResync(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if !a.node.WantSums() {
+		t.Fatal("a connected node wants no write checksums from the NBD server")
+	}
 	if err := b.node.Disconnect(); err != nil {
 		t.Fatal(err)
 	}
@@ -288,6 +291,7 @@ func TestScenarioDisconnectWriteReconnectBitmapResync(t *testing.T) {
 		t.Fatalf("after disconnect: %+v", st)
 	}
 	a.waitConn(replica.WFConnection)
+	a.waitFor("no write checksums wanted without a peer session", func() bool { return !a.node.WantSums() })
 	for i := range 5 {
 		a.write(int64(i)*100*hBlock, pattern(fmt.Sprintf("alone %d", i), hBlock))
 	}
@@ -306,6 +310,21 @@ func TestScenarioDisconnectWriteReconnectBitmapResync(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 	if got := b.node.Status().NetRecvKiB - recvBefore; got != 5*hBlock>>10 {
 		t.Fatalf("resync moved %d KiB, want only the %d KiB written while apart", got, 5*hBlock>>10)
+	}
+	// Connected again: a write whose checksum the NBD server computed
+	// replicates in the same session (a lost one would give a new
+	// generation).
+	gi := a.node.Status().UUIDs
+	p := pattern("summed", hBlock)
+	if err := a.node.WriteAtSummed(context.Background(), p, 7*hBlock, false, protocol.Checksum(p)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	inSyncAndEqual(t, a, b)
+	if now := a.node.Status().UUIDs; now != gi || !a.node.WantSums() {
+		t.Fatalf("the summed write did not replicate in the session: generations %s, then %s", gi, now)
 	}
 }
 

@@ -12,7 +12,8 @@ import (
 
 // The Node is an nbd.Backend: the NBD server calls these for application I/O.
 // As a SummedWriter it gets each write's checksum from the server, computed
-// while the payload arrived, for the frame that carries it to the peer.
+// while the payload arrived, for the frame that carries it to the peer; it
+// wants them while it has a peer session.
 var (
 	_ nbd.Backend      = (*Node)(nil)
 	_ nbd.SummedWriter = (*Node)(nil)
@@ -23,12 +24,26 @@ func (n *Node) Size() int64 { return n.disk.Size() }
 
 // WriteAt replicates a write; see writeOp.
 func (n *Node) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	return n.WriteAtSummed(ctx, p, off, fua, protocol.Checksum(p))
+	return n.write(ctx, p, off, fua, checksum{})
 }
 
 // WriteAtSummed is WriteAt for a payload whose CRC-32C (protocol.Checksum)
 // is sum; the frame to the peer carries it without checksumming p again.
 func (n *Node) WriteAtSummed(ctx context.Context, p []byte, off int64, fua bool, sum uint32) error {
+	return n.write(ctx, p, off, fua, checksum{sum: sum, ok: true})
+}
+
+// WantSums reports whether writes are replicated, or may be soon: while a
+// peer session exists.
+func (n *Node) WantSums() bool { return n.hasSession.Load() }
+
+// checksum is a write payload's CRC-32C, if ok.
+type checksum struct {
+	sum uint32
+	ok  bool
+}
+
+func (n *Node) write(ctx context.Context, p []byte, off int64, fua bool, sum checksum) error {
 	var flags uint32
 	if fua {
 		flags |= protocol.FlagFUA
@@ -44,7 +59,7 @@ func (n *Node) Trim(ctx context.Context, off, length int64, fua bool) error {
 	if fua {
 		flags |= protocol.FlagFUA
 	}
-	return n.writeOp(ctx, "trim", off, length, nil, 0, flags, func(ctx context.Context) error {
+	return n.writeOp(ctx, "trim", off, length, nil, checksum{}, flags, func(ctx context.Context) error {
 		return n.disk.Trim(ctx, off, length, fua)
 	})
 }
@@ -58,7 +73,7 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 	if noHole {
 		flags |= protocol.FlagNoHole
 	}
-	return n.writeOp(ctx, "zero", off, length, nil, 0, flags, func(ctx context.Context) error {
+	return n.writeOp(ctx, "zero", off, length, nil, checksum{}, flags, func(ctx context.Context) error {
 		return n.disk.WriteZeroes(ctx, off, length, fua, noHole)
 	})
 }
@@ -75,8 +90,8 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 //  6. answer when the protocol says so. The extent stays referenced until the
 //     peer answered or the write was marked out of sync.
 //
-// sum is the CRC-32C of data (0 without data).
-func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data []byte, sum, flags uint32, local func(context.Context) error) error {
+// sum is data's CRC-32C if known; replicate computes it otherwise.
+func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data []byte, sum checksum, flags uint32, local func(context.Context) error) error {
 	if err := n.CheckServe(); err != nil {
 		return fmt.Errorf("%w: %w", nbd.ErrReadOnly, err)
 	}
@@ -174,12 +189,15 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 // returns the request tracking the peer's answers, or nil when the write is
 // not replicated. The request releases the activity-log extent when it
 // completes.
-func (n *Node) replicate(off, length int64, data []byte, sum, flags uint32) *request {
+func (n *Node) replicate(off, length int64, data []byte, sum checksum, flags uint32) *request {
 	s := n.session()
 	if s == nil {
 		return nil
 	}
-	return s.sendWrite(off, length, data, sum, flags)
+	if !sum.ok {
+		sum = checksum{sum: protocol.Checksum(data), ok: true}
+	}
+	return s.sendWrite(off, length, data, sum.sum, flags)
 }
 
 // session returns the peer session, or nil when there is none.
