@@ -96,7 +96,11 @@ type Resource struct {
 	AfterSB0Pri string        // after-sb-0pri: disconnect, discard-zero-changes or discard-least-changes
 	AfterSB1Pri string        // after-sb-1pri: disconnect, consensus or discard-secondary
 	OnIOError   string        // on-io-error: detach or pass_on
-	BitmapBlock int64         // bytes per bitmap bit, a power of two
+	// TCPCongestion is tcp-congestion: a congestion control name or
+	// "system"; "" when neither [common] nor the resource sets it (urbd up
+	// then uses its default).
+	TCPCongestion string
+	BitmapBlock   int64 // bytes per bitmap bit, a power of two
 
 	Handlers      map[string]string // event -> shell command; the caller owns this copy
 	MetricsListen string            // HOST:PORT for Prometheus, "" for none
@@ -133,6 +137,7 @@ type commonTOML struct {
 	AfterSB0Pri afterSB0Value     `toml:"after-sb-0pri"`
 	AfterSB1Pri afterSB1Value     `toml:"after-sb-1pri"`
 	OnIOError   onIOErrorValue    `toml:"on-io-error"`
+	TCPCongest  congestionValue   `toml:"tcp-congestion"`
 	BitmapBlock sizeValue         `toml:"bitmap-block"`
 	Handlers    map[string]string `toml:"handlers"`
 }
@@ -150,6 +155,7 @@ type resourceTOML struct {
 	AfterSB0Pri   afterSB0Value       `toml:"after-sb-0pri"`
 	AfterSB1Pri   afterSB1Value       `toml:"after-sb-1pri"`
 	OnIOError     onIOErrorValue      `toml:"on-io-error"`
+	TCPCongest    congestionValue     `toml:"tcp-congestion"`
 	BitmapBlock   sizeValue           `toml:"bitmap-block"`
 	Handlers      map[string]string   `toml:"handlers"`
 	MetricsListen string              `toml:"metrics-listen"`
@@ -169,8 +175,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -382,19 +388,20 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 	}
 	c := &raw.Common
 	base := Resource{
-		Name:        name,
-		Protocol:    first(rt.Protocol.s, c.Protocol.s, DefaultProtocol),
-		ResyncRate:  firstSet(rt.ResyncRate.n, rt.ResyncRate.set, c.ResyncRate.n, c.ResyncRate.set, DefaultResyncRate),
-		SecretFile:  p.abs(first(rt.SecretFile, c.SecretFile)),
-		TLSCA:       p.abs(first(rt.TLSCA, c.TLSCA)),
-		Timeout:     time.Duration(firstSet(int64(rt.Timeout.d), rt.Timeout.set, int64(c.Timeout.d), c.Timeout.set, int64(DefaultTimeout))),
-		OnPeerLoss:  first(rt.OnPeerLoss.s, c.OnPeerLoss.s, DefaultOnPeerLoss),
-		Fencing:     first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
-		AfterSB0Pri: first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
-		AfterSB1Pri: first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
-		OnIOError:   first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
-		BitmapBlock: firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
-		Handlers:    mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
+		Name:          name,
+		Protocol:      first(rt.Protocol.s, c.Protocol.s, DefaultProtocol),
+		ResyncRate:    firstSet(rt.ResyncRate.n, rt.ResyncRate.set, c.ResyncRate.n, c.ResyncRate.set, DefaultResyncRate),
+		SecretFile:    p.abs(first(rt.SecretFile, c.SecretFile)),
+		TLSCA:         p.abs(first(rt.TLSCA, c.TLSCA)),
+		Timeout:       time.Duration(firstSet(int64(rt.Timeout.d), rt.Timeout.set, int64(c.Timeout.d), c.Timeout.set, int64(DefaultTimeout))),
+		OnPeerLoss:    first(rt.OnPeerLoss.s, c.OnPeerLoss.s, DefaultOnPeerLoss),
+		Fencing:       first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
+		AfterSB0Pri:   first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
+		AfterSB1Pri:   first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
+		OnIOError:     first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
+		TCPCongestion: first(rt.TCPCongest.s, c.TCPCongest.s),
+		BitmapBlock:   firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
+		Handlers:      mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
 	}
 	if b := base.BitmapBlock; b < MinBitmapBlock || b > MaxBitmapBlock || bits.OnesCount64(uint64(b)) != 1 {
 		key := append(rkey, "bitmap-block")

@@ -136,3 +136,10 @@ type onIOErrorValue struct{ policyValue }
 func (v *onIOErrorValue) UnmarshalText(b []byte) error {
 	return v.set(b, func(s string) error { _, err := replica.ParseOnIOError(s); return err })
 }
+
+// congestionValue is a tcp-congestion name (replica.ParseCongestion's).
+type congestionValue struct{ policyValue }
+
+func (v *congestionValue) UnmarshalText(b []byte) error {
+	return v.set(b, func(s string) error { _, err := replica.ParseCongestion(s); return err })
+}

@@ -59,10 +59,15 @@ type Options struct {
 	AfterSB0Pri, AfterSB1Pri string
 	// OnIOError is what a Primary does when its disk fails a write or a
 	// flush: detach (or "") or pass_on.
-	OnIOError   string
-	BitmapBlock int64
-	AssumeClean bool
-	RunDir      string
+	OnIOError string
+	// TCPCongestion is the congestion control of the peer connection: a
+	// name the kernel offers, or "system" for the kernel's default. ""
+	// asks for replica.DefaultCongestion and, where this process may not
+	// use it, keeps the kernel's default with a warning.
+	TCPCongestion string
+	BitmapBlock   int64
+	AssumeClean   bool
+	RunDir        string
 	// Handlers maps events (initial-split-brain, split-brain, peer-lost, peer-back,
 	// resync-started, resync-done, promoted, demoted, local-io-error) to
 	// shell commands run with URBD_RESOURCE and URBD_EVENT in their
@@ -116,6 +121,10 @@ func Run(ctx context.Context, o Options) error {
 	onIOError, err := replica.ParseOnIOError(o.OnIOError)
 	if err != nil {
 		return fmt.Errorf("--on-io-error: %w", err)
+	}
+	congestion, err := peerCongestion(o.TCPCongestion, log)
+	if err != nil {
+		return err
 	}
 	var secret []byte
 	if o.SecretFile != "" {
@@ -175,7 +184,7 @@ func Run(ctx context.Context, o Options) error {
 	node, err := replica.New(replica.Config{
 		Name: o.Name, Disk: disk, Store: store, Protocol: o.Protocol,
 		ListenPeer: o.ListenPeer, Peer: o.Peer, Secret: secret, TLS: tlsCfg,
-		Timeout: o.Timeout, SuspendOnPeerLoss: o.OnPeerLoss == "suspend",
+		Timeout: o.Timeout, SuspendOnPeerLoss: o.OnPeerLoss == "suspend", TCPCongestion: congestion,
 		ResyncRate: o.ResyncRate, Logger: log,
 		Event: func(event string, extra map[string]string) {
 			runner.Fire(ctx, o.Name, event, extra)
@@ -437,4 +446,29 @@ func loadTLS(o Options) (*tls.Config, error) {
 		return nil, errors.New("TLS needs all of --tls-cert, --tls-key and --tls-ca")
 	}
 	return protocol.LoadTLS(o.TLSCert, o.TLSKey, o.TLSCA)
+}
+
+// checkCongestion is replica.CheckCongestion; tests replace it.
+var checkCongestion = replica.CheckCongestion
+
+// peerCongestion resolves --tcp-congestion to the name the peer connection
+// asks for ("" = the kernel's default). A name the operator gave must be
+// usable; the default falls back to the kernel's with a warning.
+func peerCongestion(configured string, log *slog.Logger) (string, error) {
+	if configured != "" {
+		name, err := replica.ParseCongestion(configured)
+		if err == nil {
+			err = checkCongestion(name)
+		}
+		if err != nil {
+			return "", fmt.Errorf("--%w", err)
+		}
+		return name, nil
+	}
+	if err := checkCongestion(replica.DefaultCongestion); err != nil {
+		log.Warn("the peer connection uses the kernel's default congestion control",
+			"default", replica.SystemDefaultCongestion(), "err", err)
+		return "", nil
+	}
+	return replica.DefaultCongestion, nil
 }

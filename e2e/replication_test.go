@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -179,4 +180,66 @@ func TestStatusFile(t *testing.T) {
 	if !fi2.ModTime().After(fi.ModTime()) {
 		t.Fatalf("status file not rewritten within 1.5 s (mtime %v)", fi.ModTime())
 	}
+}
+
+// TestPeerCongestionControl: both ends of the peer connection use cubic,
+// whatever the system default (bbr on some hosts), or the congestion control
+// --tcp-congestion names; a name the kernel does not offer stops urbd up
+// with one line that says what it offers.
+func TestPeerCongestionControl(t *testing.T) {
+	for _, tc := range []struct {
+		flags []string
+		want  string
+	}{
+		{nil, "cubic"},
+		{[]string{"--tcp-congestion", "reno"}, "reno"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			c := newCluster(t, clusterOpts{flags: tc.flags})
+			c.startBoth()
+			got := peerConnCongestion(t, c.a.listen, c.b.listen)
+			if len(got) != 2 || got[0] != tc.want || got[1] != tc.want {
+				t.Fatalf("congestion control of the peer connection's two ends: %q, want %s on both", got, tc.want)
+			}
+		})
+	}
+	t.Run("unknown", func(t *testing.T) {
+		c := newCluster(t, clusterOpts{})
+		args := []string{"--run-dir", c.a.runDir, "up", "--disk", c.a.disk, "--meta", c.a.meta,
+			"--nbd", "unix:" + c.a.sock, "--listen-peer", c.a.listen, "--peer", c.a.peer,
+			"--tcp-congestion", "nosuch", "r0"}
+		out, err := tryCmd(20*time.Second, urbdBin, args...)
+		msg := strings.TrimSpace(out)
+		if err == nil || strings.Count(msg, "\n") != 0 || !strings.Contains(msg, "tcp-congestion nosuch: not available") ||
+			!strings.Contains(msg, "the kernel offers") {
+			t.Fatalf("urbd up --tcp-congestion nosuch: %v, output %q; want one line naming what the kernel offers", err, out)
+		}
+	})
+}
+
+// peerConnCongestion returns the congestion control of each established
+// TCP socket on either node's peer port, as ss reports it.
+func peerConnCongestion(t *testing.T, addrs ...string) []string {
+	t.Helper()
+	var filter []string
+	for _, a := range addrs {
+		_, port, _ := strings.Cut(a, ":")
+		filter = append(filter, "sport = :"+port, "dport = :"+port)
+	}
+	out := runCmd(t, 10*time.Second, "ss", "-Htin", "state", "established", "( "+strings.Join(filter, " or ")+" )")
+	avail, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
+	must(t, err)
+	known := strings.Fields(string(avail))
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		if line == "" || line[0] != ' ' && line[0] != '\t' {
+			continue // a socket's addresses; its details follow indented
+		}
+		for _, f := range strings.Fields(line) {
+			if slices.Contains(known, f) {
+				names = append(names, f)
+			}
+		}
+	}
+	return names
 }

@@ -22,7 +22,8 @@ func (n *Node) Run(ctx context.Context) error {
 	var ln net.Listener
 	if n.cfg.ListenPeer != "" {
 		var err error
-		ln, err = net.Listen("tcp", n.cfg.ListenPeer)
+		lc := net.ListenConfig{Control: congestionControl(n.cfg.TCPCongestion)}
+		ln, err = lc.Listen(ctx, "tcp", n.cfg.ListenPeer)
 		if err != nil {
 			return fmt.Errorf("replica: listening for the peer on %s: %w", n.cfg.ListenPeer, err)
 		}
@@ -166,7 +167,7 @@ func (n *Node) dialLoop(ctx context.Context) error {
 func (n *Node) dialOnce(ctx context.Context) (bool, error) {
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
 	defer cancel()
-	var d net.Dialer
+	d := net.Dialer{Control: congestionControl(n.cfg.TCPCongestion)}
 	conn, err := d.DialContext(dctx, "tcp", n.cfg.Peer)
 	if err != nil {
 		return false, err

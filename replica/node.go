@@ -29,6 +29,10 @@ type Config struct {
 	Secret     []byte        // shared secret; nil = no authentication
 	TLS        *tls.Config   // nil = plain TCP
 	Timeout    time.Duration // peer loss is declared after this long without an answer
+	// TCPCongestion is the congestion control asked for on the peer
+	// connection ("" = the kernel's default); see congestion.go. The caller
+	// checks it with CheckCongestion.
+	TCPCongestion string
 	// SuspendOnPeerLoss holds writes while the peer is away instead of going
 	// on alone (--on-peer-loss suspend).
 	SuspendOnPeerLoss bool

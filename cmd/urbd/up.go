@@ -41,6 +41,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "tls-key", Usage: "this node's TLS key (PEM)"},
 		&cli.StringFlag{Name: "tls-ca", Usage: "CA that signed the peer's certificate (PEM)"},
 		&cli.DurationFlag{Name: "timeout", Value: 6 * time.Second, Usage: "declare the peer lost after this long without an answer"},
+		&cli.StringFlag{Name: "tcp-congestion", Usage: "TCP congestion control of the peer connection: a name the kernel offers, or system for the kernel's default (default cubic, or the kernel's where cubic is not allowed)"},
 		&cli.StringFlag{Name: "on-peer-loss", Value: "continue", Usage: "continue (go on alone, track changes) or suspend (hold writes until the peer is back)"},
 		&cli.StringFlag{Name: "bitmap-block", Value: "4KiB", Usage: "disk bytes per out-of-sync bit"},
 		&cli.BoolFlag{Name: "assume-clean", Usage: "on first start, mark the disk UpToDate: both disks are freshly created and identical"},
@@ -89,6 +90,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		"secret-file": &o.SecretFile, "tls-cert": &o.TLSCert, "tls-key": &o.TLSKey, "tls-ca": &o.TLSCA,
 		"on-peer-loss": &o.OnPeerLoss, "metrics-listen": &o.MetricsListen, "fencing": &o.Fencing,
 		"after-sb-0pri": &o.AfterSB0Pri, "after-sb-1pri": &o.AfterSB1Pri, "on-io-error": &o.OnIOError,
+		"tcp-congestion": &o.TCPCongestion,
 	}
 	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
 	o.Timeout = c.Duration("timeout")
@@ -102,6 +104,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 			"secret-file": r.SecretFile, "tls-cert": r.TLSCert, "tls-key": r.TLSKey, "tls-ca": r.TLSCA,
 			"on-peer-loss": r.OnPeerLoss, "metrics-listen": r.MetricsListen, "fencing": r.Fencing,
 			"after-sb-0pri": r.AfterSB0Pri, "after-sb-1pri": r.AfterSB1Pri, "on-io-error": r.OnIOError,
+			"tcp-congestion": r.TCPCongestion,
 		}
 		for k, v := range fromFile {
 			*str[k] = v
