@@ -20,11 +20,11 @@ import (
 // of the bandwidth-delay product, and on a link of a few microseconds that
 // is about one megabyte. A synchronous replica sends bursts (eight 1 MiB
 // writes at once) and needs them on the wire at once. On loopback, 1 MiB
-// writes at queue depth 8 through a protocol C pair ran 22% faster with
-// cubic (median 1,060 against 872 MiB/s), and the paced segments, sent
-// from a timer on either processor, arrived out of order often enough to
-// make the sender retransmit (334 spurious retransmissions in 8 s, 5 with
-// cubic). docs/OPERATIONS.md has the measurements.
+// writes at queue depth 8 through a protocol C pair ran 9-22% faster with
+// cubic, and 4k random writes at queue depth 32 7% faster; the paced
+// segments, sent from a timer on either processor, arrived out of order
+// often enough to make the sender retransmit (334 spurious retransmissions
+// in 8 s, 5 with cubic). docs/OPERATIONS.md has the measurements.
 
 const (
 	// DefaultCongestion is the congestion control a node asks for when
