@@ -125,21 +125,21 @@ type fileTOML struct {
 }
 
 type commonTOML struct {
-	Protocol    protocolValue     `toml:"protocol"`
-	ResyncRate  rateValue         `toml:"resync-rate"`
-	SecretFile  string            `toml:"secret-file"`
-	TLSCert     string            `toml:"tls-cert"`
-	TLSKey      string            `toml:"tls-key"`
-	TLSCA       string            `toml:"tls-ca"`
-	Timeout     durationValue     `toml:"timeout"`
-	OnPeerLoss  peerLossValue     `toml:"on-peer-loss"`
-	Fencing     fencingValue      `toml:"fencing"`
-	AfterSB0Pri afterSB0Value     `toml:"after-sb-0pri"`
-	AfterSB1Pri afterSB1Value     `toml:"after-sb-1pri"`
-	OnIOError   onIOErrorValue    `toml:"on-io-error"`
-	TCPCongest  congestionValue   `toml:"tcp-congestion"`
-	BitmapBlock sizeValue         `toml:"bitmap-block"`
-	Handlers    map[string]string `toml:"handlers"`
+	Protocol      protocolValue     `toml:"protocol"`
+	ResyncRate    rateValue         `toml:"resync-rate"`
+	SecretFile    string            `toml:"secret-file"`
+	TLSCert       string            `toml:"tls-cert"`
+	TLSKey        string            `toml:"tls-key"`
+	TLSCA         string            `toml:"tls-ca"`
+	Timeout       durationValue     `toml:"timeout"`
+	OnPeerLoss    peerLossValue     `toml:"on-peer-loss"`
+	Fencing       fencingValue      `toml:"fencing"`
+	AfterSB0Pri   afterSB0Value     `toml:"after-sb-0pri"`
+	AfterSB1Pri   afterSB1Value     `toml:"after-sb-1pri"`
+	OnIOError     onIOErrorValue    `toml:"on-io-error"`
+	TCPCongestion congestionValue   `toml:"tcp-congestion"`
+	BitmapBlock   sizeValue         `toml:"bitmap-block"`
+	Handlers      map[string]string `toml:"handlers"`
 }
 
 type resourceTOML struct {
@@ -155,7 +155,7 @@ type resourceTOML struct {
 	AfterSB0Pri   afterSB0Value       `toml:"after-sb-0pri"`
 	AfterSB1Pri   afterSB1Value       `toml:"after-sb-1pri"`
 	OnIOError     onIOErrorValue      `toml:"on-io-error"`
-	TCPCongest    congestionValue     `toml:"tcp-congestion"`
+	TCPCongestion congestionValue     `toml:"tcp-congestion"`
 	BitmapBlock   sizeValue           `toml:"bitmap-block"`
 	Handlers      map[string]string   `toml:"handlers"`
 	MetricsListen string              `toml:"metrics-listen"`
@@ -399,7 +399,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		AfterSB0Pri:   first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
 		AfterSB1Pri:   first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
 		OnIOError:     first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
-		TCPCongestion: first(rt.TCPCongest.s, c.TCPCongest.s),
+		TCPCongestion: first(rt.TCPCongestion.s, c.TCPCongestion.s),
 		BitmapBlock:   firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
 		Handlers:      mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
 	}

@@ -74,7 +74,7 @@ func CheckCongestion(name string) error {
 		return fmt.Errorf("tcp-congestion %s: %w", name, err)
 	}
 	defer unix.Close(fd)
-	if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, name); err != nil {
+	if err := setCongestion(fd, name); err != nil {
 		why := "not available"
 		if errors.Is(err, unix.EPERM) {
 			why = "not allowed for this process (net.ipv4.tcp_allowed_congestion_control: " + sysctl("tcp_allowed_congestion_control") + ")"
@@ -82,6 +82,11 @@ func CheckCongestion(name string) error {
 		return fmt.Errorf("tcp-congestion %s: %s; the kernel offers %s (%v)", name, why, sysctl("tcp_available_congestion_control"), err)
 	}
 	return nil
+}
+
+// setCongestion asks for congestion control name on TCP socket fd.
+func setCongestion(fd int, name string) error {
+	return unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
 }
 
 // SystemDefaultCongestion is the kernel's default congestion control, for
@@ -110,7 +115,7 @@ func congestionControl(name string) func(network, address string, c syscall.RawC
 		}
 		var serr error
 		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
+			serr = setCongestion(int(fd), name)
 		}); err != nil {
 			return err
 		}
