@@ -124,6 +124,7 @@ type fileTOML struct {
 	Handlers map[string]string       `toml:"handlers"`
 }
 
+// commonTOML is the [common] table: the keys a resource may also set.
 type commonTOML struct {
 	Protocol      protocolValue     `toml:"protocol"`
 	ResyncRate    rateValue         `toml:"resync-rate"`
@@ -142,22 +143,10 @@ type commonTOML struct {
 	Handlers      map[string]string `toml:"handlers"`
 }
 
+// resourceTOML is a resource table: every [common] key, which it
+// overrides, and its own.
 type resourceTOML struct {
-	Protocol      protocolValue       `toml:"protocol"`
-	ResyncRate    rateValue           `toml:"resync-rate"`
-	SecretFile    string              `toml:"secret-file"`
-	TLSCert       string              `toml:"tls-cert"`
-	TLSKey        string              `toml:"tls-key"`
-	TLSCA         string              `toml:"tls-ca"`
-	Timeout       durationValue       `toml:"timeout"`
-	OnPeerLoss    peerLossValue       `toml:"on-peer-loss"`
-	Fencing       fencingValue        `toml:"fencing"`
-	AfterSB0Pri   afterSB0Value       `toml:"after-sb-0pri"`
-	AfterSB1Pri   afterSB1Value       `toml:"after-sb-1pri"`
-	OnIOError     onIOErrorValue      `toml:"on-io-error"`
-	TCPCongestion congestionValue     `toml:"tcp-congestion"`
-	BitmapBlock   sizeValue           `toml:"bitmap-block"`
-	Handlers      map[string]string   `toml:"handlers"`
+	commonTOML
 	MetricsListen string              `toml:"metrics-listen"`
 	Node          map[string]nodeTOML `toml:"node"`
 }
