@@ -86,8 +86,8 @@ bench_replication() {
 	# in turn within each round, so a machine that slows down over the run
 	# slows all of them alike and the ratios stay fair.
 	local modes=(standalone C B A)
-	declare -A res=() cpu=() sock=() disks=() pids=()
-	local m t name metric unit bs args r d out val kib ticks
+	declare -A res=() cpu=() sock=() disks=() pids=() rounds=()
+	local m t name metric unit bs args r d out val kib ticks alone
 	sock[standalone]=$WORK/standalone.sock
 	disks[standalone]=$WORK/standalone.img
 	make_disk "${disks[standalone]}" "$SIZE"
@@ -106,6 +106,7 @@ bench_replication() {
 		IFS='|' read -r name metric unit bs args <<<"$t"
 		declare -A runs=() cpus=()
 		for r in $(seq "$RUNS"); do
+			alone=""
 			for m in "${modes[@]}"; do
 				for d in ${disks[$m]}; do
 					settle_cache "$d"
@@ -116,6 +117,11 @@ bench_replication() {
 				read -r val kib ticks <<<"$out"
 				runs[$m]+="$val"$'\n'
 				cpus[$m]+="$(cpu_per_io "$ticks" "$kib" "$bs")"$'\n'
+				if [ "$m" = standalone ]; then
+					alone=$val
+				elif [ -n "$alone" ]; then
+					rounds["$m|$name"]+="$(ratio "$val" "$alone") "
+				fi
 			done
 		done
 		for m in "${modes[@]}"; do
@@ -144,6 +150,18 @@ bench_replication() {
 		printf '%-26s %6s %10s %10s %10s %10s %8s\n' "$name" "us/IO" "${cpu[standalone|$name]}" \
 			"${cpu[C|$name]}" "${cpu[B|$name]}" "${cpu[A|$name]}" \
 			"$(ratio "${cpu[C|$name]}" "${cpu[standalone|$name]}")"
+	done
+	# Each pair's rate over the standalone run just before it, round by
+	# round: the reference itself moves between rounds on a shared machine
+	# (minutes apart), and these ratios compare runs seconds apart.
+	printf '\n%s\n' "replication: each pair over the standalone run of its round, round by round (median)"
+	for t in "${tests[@]}"; do
+		IFS='|' read -r name metric unit bs args <<<"$t"
+		printf '%-26s' "$name"
+		for m in C B A; do
+			printf '   %s: %s(%s)' "$m" "${rounds[$m|$name]}" "$(printf '%s' "${rounds[$m|$name]}" | tr ' ' '\n' | grep -v '^$' | median)"
+		done
+		printf '\n'
 	done
 }
 

@@ -10,7 +10,8 @@
 #          4k randwrite QD1 fsync=1; median of RUNS runs, ratio urbd/nbdkit.
 #   replication: standalone `urbd serve` vs two `urbd up` nodes on loopback
 #          with protocol C, B and A: 4k randwrite QD32, 1M seqwrite QD8,
-#          4k randwrite QD1 fsync=1; ratios to standalone.
+#          4k randwrite QD1 fsync=1; ratios of the medians to standalone,
+#          and each round's ratio to the standalone run just before it.
 #   resync: unthrottled resync of 256 MiB vs nbdcopy of the same bytes
 #          between two exports; throttled accuracy at 10, 50, 200 MiB/s over
 #          10 s; time to resync 32 MiB changed in a 1 GiB disk.
