@@ -49,6 +49,7 @@ func TestUnitSettings(t *testing.T) {
 		{daemon, "Service", "Type", "simple"},
 		{daemon, "Service", "ExecStart", "/usr/local/bin/urbd up --config /etc/urbd/urbd.toml %i"},
 		{daemon, "Service", "ExecStop", "/usr/local/bin/urbd down %i"},
+		{daemon, "Service", "ExecReload", "/usr/local/bin/urbd adjust %i"},
 		{daemon, "Service", "Restart", "on-failure"},
 		{daemon, "Service", "RestartSec", "2s"},
 		{daemon, "Service", "RuntimeDirectory", "urbd"},
@@ -68,7 +69,7 @@ func TestUnitSettings(t *testing.T) {
 	}
 	// urbd refuses flags after the resource name: none may follow %i.
 	for _, u := range []map[string]map[string][]string{daemon, attach} {
-		for _, key := range []string{"ExecStart", "ExecStop"} {
+		for _, key := range []string{"ExecStart", "ExecStop", "ExecReload"} {
 			for _, cmd := range u["Service"][key] {
 				f := strings.Fields(cmd)
 				for i, a := range f {

@@ -22,6 +22,9 @@ type Request struct {
 	Force   bool   `json:"force,omitempty"`
 	Discard bool   `json:"discard,omitempty"`
 	Rate    int64  `json:"rate,omitempty"` // bytes/s, for adjust
+	// Reload makes adjust read the resource's settings again (Options.Reload)
+	// instead of setting Rate.
+	Reload bool `json:"reload,omitempty"`
 }
 
 // Response is the daemon's answer. Error is one line that says what to do.

@@ -78,6 +78,10 @@ type Options struct {
 	// Threads, when it adapts, switches GOMAXPROCS between its counts by
 	// the requests the NBD server serves (package threads).
 	Threads threads.Range
+	// Reload, if set, reads these options again from where they came from
+	// (the resource file, with the same command-line flags winning), for
+	// `urbd adjust NAME`; nil when there is nothing to read again.
+	Reload func() (Options, error)
 	// Ready, if set, is called once the resource serves its control socket.
 	Ready  func(*replica.Node)
 	Logger *slog.Logger
@@ -237,8 +241,9 @@ func Run(ctx context.Context, o Options) error {
 	errc := make(chan error, 4)
 	go func() { errc <- node.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx, nbdLn) }()
+	adj := &adjuster{setRate: node.AdjustRate, handlers: runner.SetCommands, reload: o.Reload, log: log, cur: o}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
-		return execute(cctx, node, srv, req, stop)
+		return execute(cctx, node, srv, adj, req, stop)
 	})
 	if reg != nil {
 		go func() { errc <- metrics.Serve(ctx, o.MetricsListen, reg) }()
@@ -286,7 +291,7 @@ func Run(ctx context.Context, o Options) error {
 const closeGrace = 10 * time.Second
 
 // execute runs one control request against the node.
-func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Request, stop func()) Response {
+func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adjuster, req Request, stop func()) Response {
 	var err error
 	msg := ""
 	switch req.Cmd {
@@ -320,8 +325,11 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, req Reque
 		err = node.Disconnect()
 		msg = "StandAlone"
 	case "adjust":
-		node.AdjustRate(req.Rate)
-		msg = "resync rate set"
+		if req.Reload {
+			msg, err = adj.fromFile()
+		} else {
+			msg = adj.rate(req.Rate)
+		}
 	case "invalidate":
 		err = node.Invalidate()
 		msg = "invalidated: full resync from the peer"

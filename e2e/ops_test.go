@@ -59,24 +59,7 @@ timeout = "2s"
 	c.a.waitInSync(30 * time.Second)
 	cmpFiles(t, c.a.disk, c.b.disk)
 
-	want := []string{"promoted r0", "peer-lost r0", "peer-back r0", "resync-done r0"}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, _ := os.ReadFile(events)
-		missing := ""
-		for _, w := range want {
-			if !strings.Contains(string(got), w) {
-				missing = w
-			}
-		}
-		if missing == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("handler for %q did not run; events file:\n%s", missing, got)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitForHandlers(t, events, "promoted r0", "peer-lost r0", "peer-back r0", "resync-done r0")
 
 	// Writes each followed by an fsync: the nodes sync ahead of the flushes.
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=1M", "--iodepth=1", "--fsync=1")
@@ -104,11 +87,53 @@ timeout = "2s"
 		t.Logf("metrics:\n%s", body)
 	}
 
+	// urbd adjust reads the file again: the new resync rate and handlers
+	// apply at once (the new demoted handler runs on the next demotion),
+	// the new protocol only at the next start, and the reply says so.
+	conf = strings.Replace(conf, `resync-rate = "50MiB"`, `resync-rate = "20MiB"`, 1)
+	conf = strings.Replace(conf, `protocol = "C"`, `protocol = "B"`, 1)
+	demoted := fmt.Sprintf(`demoted = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %s"`, events)
+	conf = strings.Replace(conf, "[resource.r0]", demoted+"\n\n[resource.r0]", 1) // into [handlers]
+	must(t, os.WriteFile(path, []byte(conf), 0o644))
+	want := "r0: resync rate set to 20MiB/s; handlers replaced (demoted added); " +
+		"changed, and applied at the next start (urbd down, then urbd up): protocol"
+	if out := c.a.ctl("adjust", "r0"); out != want {
+		t.Errorf("urbd adjust after editing the resource file:\n got %q\nwant %q", out, want)
+	}
+	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: resync rate and handlers unchanged;") {
+		t.Errorf("urbd adjust again: %q", out)
+	}
+	c.a.ctl("secondary", "r0")
+	waitForHandlers(t, events, "demoted r0")
+
 	// With beta's daemon stopped, urbd outdate finds its metadata through
 	// the resource file.
 	c.b.kill9()
 	if out := c.b.ctl("outdate", "--config", path, "--node", "beta", "r0"); out != "r0: Outdated (daemon stopped; metadata in "+c.b.meta+")" {
 		t.Errorf("offline outdate through the resource file: %q", out)
+	}
+}
+
+// waitForHandlers waits up to 10 s until the file the handlers append to
+// holds each of want.
+func waitForHandlers(t *testing.T, events string, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, _ := os.ReadFile(events)
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(string(got), w) {
+				missing = w
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("handler for %q did not run; events file:\n%s", missing, got)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -67,8 +68,9 @@ const maxTail = 4096
 var ErrTimeout = errors.New("handlers: timed out")
 
 // Runner runs the configured command for an event. Set the fields before
-// the first Fire and do not change them afterwards; a Runner must not be
-// copied after first use. Fire and Wait may be called from any goroutine.
+// the first Fire and do not change them afterwards, except Commands through
+// SetCommands; a Runner must not be copied after first use. Fire, Run,
+// SetCommands and Wait may be called from any goroutine.
 type Runner struct {
 	// Commands maps an event name to a shell command line. Events without
 	// an entry are ignored.
@@ -80,6 +82,24 @@ type Runner struct {
 	Timeout time.Duration
 
 	wg sync.WaitGroup
+	mu sync.Mutex // guards Commands once the Runner is in use
+}
+
+// SetCommands replaces Commands with a copy of commands: events fired from
+// now on run the new commands; handlers already running go on.
+func (r *Runner) SetCommands(commands map[string]string) {
+	c := maps.Clone(commands)
+	r.mu.Lock()
+	r.Commands = c
+	r.mu.Unlock()
+}
+
+// command returns the command configured for event.
+func (r *Runner) command(event string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.Commands[event]
+	return c, ok
 }
 
 // Fire starts the command configured for event, if any, and returns without
@@ -137,7 +157,7 @@ type prepared struct {
 // no command is configured.
 func (r *Runner) prepare(resource, event string, extra map[string]string) (prepared, bool) {
 	log := r.logger().With("resource", resource, "event", event)
-	command, ok := r.Commands[event]
+	command, ok := r.command(event)
 	if !ok || strings.TrimSpace(command) == "" {
 		log.Debug("no handler configured")
 		return prepared{}, false

@@ -333,3 +333,28 @@ func TestRunReturnsExitCode(t *testing.T) {
 		t.Errorf("no handler: Run = %d, %v; want -1, ErrNoHandler", code, err)
 	}
 }
+
+// TestSetCommands: events fired after SetCommands run the new commands, an
+// event whose command was removed runs nothing, and the caller's map is
+// copied (changing it later changes nothing).
+func TestSetCommands(t *testing.T) {
+	dir := t.TempDir()
+	r, _ := newRunner(map[string]string{EventPromoted: "touch " + filepath.Join(dir, "old")}, time.Minute)
+	next := map[string]string{EventDemoted: "touch " + filepath.Join(dir, "new")}
+	r.SetCommands(next)
+	next[EventPromoted] = "touch " + filepath.Join(dir, "changed-later")
+	r.Fire(context.Background(), "r0", EventPromoted, nil)
+	r.Fire(context.Background(), "r0", EventDemoted, nil)
+	r.Wait()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if len(names) != 1 || names[0] != "new" {
+		t.Errorf("handlers run after SetCommands left %v, want [new]", names)
+	}
+}

@@ -80,9 +80,15 @@ Either node may pause; both then show PausedSyncS or PausedSyncT. Example: urbd 
 alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io")),
 		controlCommand("down", "stop the resource's daemon cleanly", "Example: urbd down r0", nil, plain("down")),
 		controlCommand("adjust", "change settings of a running resource",
-			"Example: urbd adjust --resync-rate 200MiB r0",
-			[]cli.Flag{&cli.StringFlag{Name: "resync-rate", Required: true, Usage: "new resync rate per second, e.g. 50MiB; 0 = unlimited"}},
+			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
+does: a new resync-rate and new handlers apply at once, and the reply names the other settings
+that changed, which apply at the next start. With --resync-rate, only the rate changes, until
+the next adjust or start. Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0`,
+			[]cli.Flag{&cli.StringFlag{Name: "resync-rate", Usage: "new resync rate per second, e.g. 50MiB; 0 = unlimited"}},
 			func(c *cli.Context) (daemon.Request, error) {
+				if !c.IsSet("resync-rate") {
+					return daemon.Request{Cmd: "adjust", Reload: true}, nil
+				}
 				r, err := units.ParseRate(c.String("resync-rate"))
 				if err != nil {
 					return daemon.Request{}, fmt.Errorf("--resync-rate: %w", err)

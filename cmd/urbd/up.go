@@ -162,6 +162,9 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	}
 	o.AssumeClean = c.Bool("assume-clean")
 	o.Threads = autoThreads
+	if c.String("config") != "" {
+		o.Reload = func() (daemon.Options, error) { return upOptions(c, name) }
+	}
 	return o, nil
 }
 

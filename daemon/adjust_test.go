@@ -1,0 +1,160 @@
+package daemon
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeResource is what an adjuster drives, recorded.
+type fakeResource struct {
+	rates    []int64
+	handlers []map[string]string
+}
+
+func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeResource) {
+	f := &fakeResource{}
+	return &adjuster{
+		setRate:  func(r int64) { f.rates = append(f.rates, r) },
+		handlers: func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
+		reload:   reload,
+		log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		cur:      cur,
+	}, f
+}
+
+func baseOptions() Options {
+	return Options{
+		Name: "r0", Disk: "/dev/vdb", Meta: "/var/lib/urbd/r0", NBD: "unix:/run/urbd/r0.nbd",
+		ListenPeer: "10.0.0.1:7789", Peer: "10.0.0.2:7789", Protocol: 'C', ResyncRate: 100 << 20,
+		Timeout: 6 * time.Second, OnPeerLoss: "continue", BitmapBlock: 4096,
+		Handlers: map[string]string{"peer-lost": "logger lost"},
+	}
+}
+
+// TestAdjustFromFile: a new resync rate and new handlers apply at once; the
+// settings a running resource keeps are named; a second adjust finds
+// nothing left to apply.
+func TestAdjustFromFile(t *testing.T) {
+	next := baseOptions()
+	next.ResyncRate = 20 << 20
+	next.Handlers = map[string]string{"peer-lost": "logger gone", "demoted": "touch /tmp/d"}
+	next.Protocol = 'B'
+	next.Timeout = 3 * time.Second
+	a, f := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
+
+	msg, err := a.fromFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "resync rate set to 20MiB/s; handlers replaced (demoted added, peer-lost changed); " +
+		"changed, and applied at the next start (urbd down, then urbd up): protocol, timeout"
+	if msg != want {
+		t.Errorf("adjust:\n got %q\nwant %q", msg, want)
+	}
+	if len(f.rates) != 1 || f.rates[0] != 20<<20 {
+		t.Errorf("rates set: %v, want [20 MiB]", f.rates)
+	}
+	if len(f.handlers) != 1 || !maps.Equal(f.handlers[0], next.Handlers) {
+		t.Errorf("handlers set: %v, want %v", f.handlers, next.Handlers)
+	}
+
+	msg, err = a.fromFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "resync rate and handlers unchanged; changed, and applied at the next start (urbd down, then urbd up): protocol, timeout"; msg != want {
+		t.Errorf("second adjust:\n got %q\nwant %q", msg, want)
+	}
+	if len(f.rates) != 1 || len(f.handlers) != 1 {
+		t.Errorf("second adjust applied again: rates %v, handlers %v", f.rates, f.handlers)
+	}
+}
+
+// TestAdjustRateThenFile: an explicit rate lasts until the next adjust from
+// the file, which sets the file's rate again.
+func TestAdjustRateThenFile(t *testing.T) {
+	a, f := newAdjuster(baseOptions(), func() (Options, error) { return baseOptions(), nil })
+	if msg := a.rate(0); msg != "resync rate set to unlimited" {
+		t.Errorf("explicit rate: %q", msg)
+	}
+	msg, err := a.fromFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg != "resync rate set to 100MiB/s" {
+		t.Errorf("adjust from the file after an explicit rate: %q", msg)
+	}
+	if len(f.rates) != 2 || f.rates[0] != 0 || f.rates[1] != 100<<20 {
+		t.Errorf("rates set: %v, want [0 100 MiB]", f.rates)
+	}
+}
+
+// TestAdjustRefusals: without a resource file, with one that does not read,
+// and with one that drops the fence-peer handler fencing needs, adjust
+// changes nothing and says why.
+func TestAdjustRefusals(t *testing.T) {
+	a, f := newAdjuster(baseOptions(), nil)
+	if _, err := a.fromFile(); err == nil || !strings.Contains(err.Error(), "urbd adjust --resync-rate 200MiB r0") {
+		t.Errorf("without a resource file: %v", err)
+	}
+
+	a, f = newAdjuster(baseOptions(), func() (Options, error) {
+		return Options{}, errors.New("urbd.toml:3: unknown key \"protocl\"")
+	})
+	if _, err := a.fromFile(); err == nil || err.Error() != `nothing changed: urbd.toml:3: unknown key "protocl"` {
+		t.Errorf("unreadable file: %v", err)
+	}
+
+	fenced := baseOptions()
+	fenced.Fencing = "resource-only"
+	fenced.Handlers = map[string]string{"fence-peer": "/usr/local/sbin/urbd-fence-peer"}
+	next := fenced
+	next.ResyncRate = 1 << 20
+	next.Handlers = map[string]string{"peer-lost": "logger lost"}
+	a, f = newAdjuster(fenced, func() (Options, error) { return next, nil })
+	if _, err := a.fromFile(); err == nil || !strings.Contains(err.Error(), "fencing resource-only needs a fence-peer handler") {
+		t.Errorf("fence-peer handler dropped: %v", err)
+	}
+	if len(f.rates) != 0 || len(f.handlers) != 0 {
+		t.Errorf("a refused adjust applied something: rates %v, handlers %v", f.rates, f.handlers)
+	}
+}
+
+// TestRestartOnlyNamesEachFixedSetting: each setting a running resource
+// keeps is named, alone, when it alone changes; the resync rate and the
+// handlers never are.
+func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
+	cur := baseOptions()
+	changes := map[string]func(*Options){
+		"disk": func(o *Options) { o.Disk = "/dev/vdc" }, "meta": func(o *Options) { o.Meta = "/srv/m" },
+		"nbd": func(o *Options) { o.NBD = "tcp:127.0.0.1:10809" }, "address": func(o *Options) { o.ListenPeer = "10.0.0.1:7790" },
+		"peer address": func(o *Options) { o.Peer = "10.0.0.3:7789" }, "protocol": func(o *Options) { o.Protocol = 'A' },
+		"secret-file": func(o *Options) { o.SecretFile = "/etc/urbd/s" }, "tls-cert": func(o *Options) { o.TLSCert = "c.pem" },
+		"tls-key": func(o *Options) { o.TLSKey = "k.pem" }, "tls-ca": func(o *Options) { o.TLSCA = "ca.pem" },
+		"timeout": func(o *Options) { o.Timeout = time.Second }, "on-peer-loss": func(o *Options) { o.OnPeerLoss = "suspend" },
+		"fencing": func(o *Options) { o.Fencing = "resource-only" }, "after-sb-0pri": func(o *Options) { o.AfterSB0Pri = "discard-zero-changes" },
+		"after-sb-1pri": func(o *Options) { o.AfterSB1Pri = "consensus" }, "on-io-error": func(o *Options) { o.OnIOError = "pass_on" },
+		"tcp-congestion": func(o *Options) { o.TCPCongestion = "reno" }, "bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
+		"metrics-listen": func(o *Options) { o.MetricsListen = "127.0.0.1:9942" },
+	}
+	if len(changes) != len(fixedSettings) {
+		t.Errorf("%d fixed settings, %d changes tested", len(fixedSettings), len(changes))
+	}
+	for name, change := range changes {
+		next := baseOptions()
+		change(&next)
+		if got := restartOnly(cur, next); len(got) != 1 || got[0] != name {
+			t.Errorf("changing %s: named %v", name, got)
+		}
+	}
+	next := baseOptions()
+	next.ResyncRate, next.Handlers = 1, nil
+	if got := restartOnly(cur, next); len(got) != 0 {
+		t.Errorf("resync rate and handlers named as needing a restart: %v", got)
+	}
+}
