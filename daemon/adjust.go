@@ -13,34 +13,54 @@ import (
 	"github.com/urbd/urbd/replica"
 )
 
-// adjuster applies `urbd adjust` to a running resource: an explicit resync
-// rate, or the settings read again from where the daemon got them
-// (Options.Reload, the resource file). What cannot change while the
-// resource runs is named in the answer and applied at the next start.
+// adjuster applies `urbd adjust` to a running resource: settings given on
+// its command line, or the settings read again from where the daemon got
+// them (Options.Reload, the resource file). The resync rate, on-peer-loss
+// and the handlers change at once; what cannot change while the resource
+// runs is named in the answer and applied at the next start.
 type adjuster struct {
-	setRate  func(bytesPerSec int64)          // the node's resync rate (Node.AdjustRate)
-	handlers func(commands map[string]string) // the handlers (Runner.SetCommands)
-	reload   func() (Options, error)          // nil: started without a resource file
-	log      *slog.Logger
+	setRate       func(bytesPerSec int64)          // Node.AdjustRate
+	setOnPeerLoss func(suspend bool)               // Node.SetOnPeerLoss
+	setHandlers   func(commands map[string]string) // Runner.SetCommands
+	reload        func() (Options, error)          // nil: started without a resource file
+	log           *slog.Logger
 
 	mu  sync.Mutex // serializes adjustments; guards cur
 	cur Options    // the settings in effect
 }
 
-// rate applies an explicit `urbd adjust --resync-rate`. It lasts until the
-// next adjustment from the file or the next start.
-func (a *adjuster) rate(bytesPerSec int64) string {
+// set applies settings given on the command line (resync-rate,
+// on-peer-loss, as typed). They last until the next adjustment or start.
+// A value that does not parse changes nothing.
+func (a *adjuster) set(settings map[string]string) (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.setRate(bytesPerSec)
-	a.cur.ResyncRate = bytesPerSec
-	return "resync rate set to " + formatRate(bytesPerSec)
+	next := a.cur
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
+		v := settings[k]
+		switch k {
+		case "resync-rate":
+			r, err := units.ParseRate(v)
+			if err != nil {
+				return "", fmt.Errorf("--resync-rate: %w", err)
+			}
+			next.ResyncRate = r
+		case "on-peer-loss":
+			if v != "continue" && v != "suspend" {
+				return "", fmt.Errorf("--on-peer-loss %q: use continue or suspend", v)
+			}
+			next.OnPeerLoss = v
+		default:
+			return "", fmt.Errorf("%s cannot change while the resource runs", k)
+		}
+	}
+	return a.applyLocked(next), nil
 }
 
-// fromFile reads the settings again and applies those that differ: the
-// resync rate and the handlers at once; the others are only named. It
-// refuses, changing nothing, when the settings do not read or when they
-// would leave fencing without its fence-peer handler.
+// fromFile reads the settings again and applies those that can change
+// while the resource runs, naming the others that differ. It refuses,
+// changing nothing, when the settings do not read or when they would leave
+// fencing without its fence-peer handler.
 func (a *adjuster) fromFile() (string, error) {
 	if a.reload == nil {
 		return "", fmt.Errorf("started without a resource file (urbd up --config): give the setting to change, e.g. urbd adjust --resync-rate 200MiB %s", a.cur.Name)
@@ -55,26 +75,38 @@ func (a *adjuster) fromFile() (string, error) {
 	if fencing && strings.TrimSpace(next.Handlers[handlers.EventFencePeer]) == "" {
 		return "", fmt.Errorf("nothing changed: fencing %s needs a %s handler, and the new settings have none", a.cur.Fencing, handlers.EventFencePeer)
 	}
+	msg := a.applyLocked(next)
+	if later := restartOnly(a.cur, next); len(later) > 0 {
+		msg += "; changed, and applied at the next start (urbd down, then urbd up): " + strings.Join(later, ", ")
+	}
+	a.log.Info("settings read again", "result", msg)
+	return msg, nil
+}
+
+// applyLocked applies the settings of next that differ from the running
+// ones and can change at once, records them, and says what it did. a.mu
+// must be held.
+func (a *adjuster) applyLocked(next Options) string {
 	var done []string
 	if next.ResyncRate != a.cur.ResyncRate {
 		a.setRate(next.ResyncRate)
 		a.cur.ResyncRate = next.ResyncRate
 		done = append(done, "resync rate set to "+formatRate(next.ResyncRate))
 	}
+	if next.OnPeerLoss != a.cur.OnPeerLoss && (next.OnPeerLoss == "suspend") != (a.cur.OnPeerLoss == "suspend") {
+		a.setOnPeerLoss(next.OnPeerLoss == "suspend")
+		done = append(done, "on-peer-loss set to "+next.OnPeerLoss)
+	}
+	a.cur.OnPeerLoss = next.OnPeerLoss
 	if changed := changedHandlers(a.cur.Handlers, next.Handlers); len(changed) > 0 {
-		a.handlers(next.Handlers)
+		a.setHandlers(next.Handlers)
 		a.cur.Handlers = maps.Clone(next.Handlers)
 		done = append(done, "handlers replaced ("+strings.Join(changed, ", ")+")")
 	}
-	msg := strings.Join(done, "; ")
-	if msg == "" {
-		msg = "resync rate and handlers unchanged"
+	if len(done) == 0 {
+		return "resync rate, on-peer-loss and handlers unchanged"
 	}
-	if later := restartOnly(a.cur, next); len(later) > 0 {
-		msg += "; changed, and applied at the next start (urbd down, then urbd up): " + strings.Join(later, ", ")
-	}
-	a.log.Info("settings read again", "result", msg)
-	return msg, nil
+	return strings.Join(done, "; ")
 }
 
 // restartOnly names the settings, in the terms of the resource file, that
@@ -91,7 +123,8 @@ func restartOnly(cur, next Options) []string {
 }
 
 // fixedSettings are the settings a running resource keeps: its disk, its
-// addresses and the peer connection's terms are fixed while it runs.
+// addresses, the terms of the peer connection and the fencing policies are
+// fixed while it runs.
 var fixedSettings = []struct {
 	name string
 	get  func(Options) string
@@ -107,7 +140,6 @@ var fixedSettings = []struct {
 	{"tls-key", func(o Options) string { return o.TLSKey }},
 	{"tls-ca", func(o Options) string { return o.TLSCA }},
 	{"timeout", func(o Options) string { return o.Timeout.String() }},
-	{"on-peer-loss", func(o Options) string { return o.OnPeerLoss }},
 	{"fencing", func(o Options) string { return o.Fencing }},
 	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }},
 	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }},

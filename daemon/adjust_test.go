@@ -13,17 +13,19 @@ import (
 // fakeResource is what an adjuster drives, recorded.
 type fakeResource struct {
 	rates    []int64
+	suspend  []bool
 	handlers []map[string]string
 }
 
 func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeResource) {
 	f := &fakeResource{}
 	return &adjuster{
-		setRate:  func(r int64) { f.rates = append(f.rates, r) },
-		handlers: func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
-		reload:   reload,
-		log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-		cur:      cur,
+		setRate:       func(r int64) { f.rates = append(f.rates, r) },
+		setOnPeerLoss: func(s bool) { f.suspend = append(f.suspend, s) },
+		setHandlers:   func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
+		reload:        reload,
+		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		cur:           cur,
 	}, f
 }
 
@@ -36,12 +38,13 @@ func baseOptions() Options {
 	}
 }
 
-// TestAdjustFromFile: a new resync rate and new handlers apply at once; the
-// settings a running resource keeps are named; a second adjust finds
-// nothing left to apply.
+// TestAdjustFromFile: a new resync rate, on-peer-loss and new handlers
+// apply at once; the settings a running resource keeps are named; a second
+// adjust finds nothing left to apply.
 func TestAdjustFromFile(t *testing.T) {
 	next := baseOptions()
 	next.ResyncRate = 20 << 20
+	next.OnPeerLoss = "suspend"
 	next.Handlers = map[string]string{"peer-lost": "logger gone", "demoted": "touch /tmp/d"}
 	next.Protocol = 'B'
 	next.Timeout = 3 * time.Second
@@ -51,13 +54,16 @@ func TestAdjustFromFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "resync rate set to 20MiB/s; handlers replaced (demoted added, peer-lost changed); " +
+	want := "resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added, peer-lost changed); " +
 		"changed, and applied at the next start (urbd down, then urbd up): protocol, timeout"
 	if msg != want {
 		t.Errorf("adjust:\n got %q\nwant %q", msg, want)
 	}
 	if len(f.rates) != 1 || f.rates[0] != 20<<20 {
 		t.Errorf("rates set: %v, want [20 MiB]", f.rates)
+	}
+	if len(f.suspend) != 1 || !f.suspend[0] {
+		t.Errorf("on-peer-loss set: %v, want [suspend]", f.suspend)
 	}
 	if len(f.handlers) != 1 || !maps.Equal(f.handlers[0], next.Handlers) {
 		t.Errorf("handlers set: %v, want %v", f.handlers, next.Handlers)
@@ -67,30 +73,45 @@ func TestAdjustFromFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "resync rate and handlers unchanged; changed, and applied at the next start (urbd down, then urbd up): protocol, timeout"; msg != want {
+	if want := "resync rate, on-peer-loss and handlers unchanged; changed, and applied at the next start (urbd down, then urbd up): protocol, timeout"; msg != want {
 		t.Errorf("second adjust:\n got %q\nwant %q", msg, want)
 	}
-	if len(f.rates) != 1 || len(f.handlers) != 1 {
-		t.Errorf("second adjust applied again: rates %v, handlers %v", f.rates, f.handlers)
+	if len(f.rates) != 1 || len(f.suspend) != 1 || len(f.handlers) != 1 {
+		t.Errorf("second adjust applied again: rates %v, on-peer-loss %v, handlers %v", f.rates, f.suspend, f.handlers)
 	}
 }
 
-// TestAdjustRateThenFile: an explicit rate lasts until the next adjust from
-// the file, which sets the file's rate again.
-func TestAdjustRateThenFile(t *testing.T) {
+// TestAdjustFlagsThenFile: settings given as flags last until the next
+// adjust from the file, which sets the file's values again; a bad value
+// changes nothing.
+func TestAdjustFlagsThenFile(t *testing.T) {
 	a, f := newAdjuster(baseOptions(), func() (Options, error) { return baseOptions(), nil })
-	if msg := a.rate(0); msg != "resync rate set to unlimited" {
-		t.Errorf("explicit rate: %q", msg)
-	}
-	msg, err := a.fromFile()
+	msg, err := a.set(map[string]string{"resync-rate": "0", "on-peer-loss": "suspend"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg != "resync rate set to 100MiB/s" {
-		t.Errorf("adjust from the file after an explicit rate: %q", msg)
+	if msg != "resync rate set to unlimited; on-peer-loss set to suspend" {
+		t.Errorf("adjust with flags: %q", msg)
+	}
+	for _, bad := range []map[string]string{
+		{"resync-rate": "fast"}, {"on-peer-loss": "panic"}, {"protocol": "A"}, {"resync-rate": "1MiB", "on-peer-loss": "x"},
+	} {
+		if _, err := a.set(bad); err == nil {
+			t.Errorf("adjust %v: accepted", bad)
+		}
+	}
+	msg, err = a.fromFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg != "resync rate set to 100MiB/s; on-peer-loss set to continue" {
+		t.Errorf("adjust from the file after flags: %q", msg)
 	}
 	if len(f.rates) != 2 || f.rates[0] != 0 || f.rates[1] != 100<<20 {
 		t.Errorf("rates set: %v, want [0 100 MiB]", f.rates)
+	}
+	if len(f.suspend) != 2 || !f.suspend[0] || f.suspend[1] {
+		t.Errorf("on-peer-loss set: %v, want [suspend continue]", f.suspend)
 	}
 }
 
@@ -126,8 +147,8 @@ func TestAdjustRefusals(t *testing.T) {
 }
 
 // TestRestartOnlyNamesEachFixedSetting: each setting a running resource
-// keeps is named, alone, when it alone changes; the resync rate and the
-// handlers never are.
+// keeps is named, alone, when it alone changes; the resync rate,
+// on-peer-loss and the handlers never are.
 func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	cur := baseOptions()
 	changes := map[string]func(*Options){
@@ -136,7 +157,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 		"peer address": func(o *Options) { o.Peer = "10.0.0.3:7789" }, "protocol": func(o *Options) { o.Protocol = 'A' },
 		"secret-file": func(o *Options) { o.SecretFile = "/etc/urbd/s" }, "tls-cert": func(o *Options) { o.TLSCert = "c.pem" },
 		"tls-key": func(o *Options) { o.TLSKey = "k.pem" }, "tls-ca": func(o *Options) { o.TLSCA = "ca.pem" },
-		"timeout": func(o *Options) { o.Timeout = time.Second }, "on-peer-loss": func(o *Options) { o.OnPeerLoss = "suspend" },
+		"timeout": func(o *Options) { o.Timeout = time.Second },
 		"fencing": func(o *Options) { o.Fencing = "resource-only" }, "after-sb-0pri": func(o *Options) { o.AfterSB0Pri = "discard-zero-changes" },
 		"after-sb-1pri": func(o *Options) { o.AfterSB1Pri = "consensus" }, "on-io-error": func(o *Options) { o.OnIOError = "pass_on" },
 		"tcp-congestion": func(o *Options) { o.TCPCongestion = "reno" }, "bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
@@ -153,8 +174,8 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 		}
 	}
 	next := baseOptions()
-	next.ResyncRate, next.Handlers = 1, nil
+	next.ResyncRate, next.OnPeerLoss, next.Handlers = 1, "suspend", nil
 	if got := restartOnly(cur, next); len(got) != 0 {
-		t.Errorf("resync rate and handlers named as needing a restart: %v", got)
+		t.Errorf("resync rate, on-peer-loss and handlers named as needing a restart: %v", got)
 	}
 }

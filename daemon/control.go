@@ -21,10 +21,10 @@ type Request struct {
 	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, invalidate, invalidate-remote, pause-sync, resume-sync, verify, down
 	Force   bool   `json:"force,omitempty"`
 	Discard bool   `json:"discard,omitempty"`
-	Rate    int64  `json:"rate,omitempty"` // bytes/s, for adjust
-	// Reload makes adjust read the resource's settings again (Options.Reload)
-	// instead of setting Rate.
-	Reload bool `json:"reload,omitempty"`
+	// Settings, for adjust, are the settings to change, by their flag names
+	// (resync-rate, on-peer-loss) with the values as typed; without any,
+	// adjust reads the resource's settings again (Options.Reload).
+	Settings map[string]string `json:"settings,omitempty"`
 }
 
 // Response is the daemon's answer. Error is one line that says what to do.

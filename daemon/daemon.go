@@ -241,7 +241,10 @@ func Run(ctx context.Context, o Options) error {
 	errc := make(chan error, 4)
 	go func() { errc <- node.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx, nbdLn) }()
-	adj := &adjuster{setRate: node.AdjustRate, handlers: runner.SetCommands, reload: o.Reload, log: log, cur: o}
+	adj := &adjuster{
+		setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
+		reload: o.Reload, log: log, cur: o,
+	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
 		return execute(cctx, node, srv, adj, req, stop)
 	})
@@ -325,10 +328,10 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 		err = node.Disconnect()
 		msg = "StandAlone"
 	case "adjust":
-		if req.Reload {
+		if len(req.Settings) == 0 {
 			msg, err = adj.fromFile()
 		} else {
-			msg = adj.rate(req.Rate)
+			msg, err = adj.set(req.Settings)
 		}
 	case "invalidate":
 		err = node.Invalidate()

@@ -87,20 +87,21 @@ timeout = "2s"
 		t.Logf("metrics:\n%s", body)
 	}
 
-	// urbd adjust reads the file again: the new resync rate and handlers
-	// apply at once (the new demoted handler runs on the next demotion),
-	// the new protocol only at the next start, and the reply says so.
+	// urbd adjust reads the file again: the new resync rate, on-peer-loss
+	// and handlers apply at once (the new demoted handler runs on the next
+	// demotion), the new protocol only at the next start, and the reply
+	// says so.
 	conf = strings.Replace(conf, `resync-rate = "50MiB"`, `resync-rate = "20MiB"`, 1)
-	conf = strings.Replace(conf, `protocol = "C"`, `protocol = "B"`, 1)
+	conf = strings.Replace(conf, `protocol = "C"`, "protocol = \"B\"\non-peer-loss = \"suspend\"", 1)
 	demoted := fmt.Sprintf(`demoted = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %s"`, events)
 	conf = strings.Replace(conf, "[resource.r0]", demoted+"\n\n[resource.r0]", 1) // into [handlers]
 	must(t, os.WriteFile(path, []byte(conf), 0o644))
-	want := "r0: resync rate set to 20MiB/s; handlers replaced (demoted added); " +
+	want := "r0: resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added); " +
 		"changed, and applied at the next start (urbd down, then urbd up): protocol"
 	if out := c.a.ctl("adjust", "r0"); out != want {
 		t.Errorf("urbd adjust after editing the resource file:\n got %q\nwant %q", out, want)
 	}
-	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: resync rate and handlers unchanged;") {
+	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: resync rate, on-peer-loss and handlers unchanged;") {
 		t.Errorf("urbd adjust again: %q", out)
 	}
 	c.a.ctl("secondary", "r0")

@@ -319,6 +319,42 @@ func TestScenarioResumeIOReleasesSuspendedWrites(t *testing.T) {
 	a.waitStatus("suspended again", func(s status.Resource) bool { return s.Suspended })
 }
 
+// TestScenarioSetOnPeerLoss: on-peer-loss changed while the node runs
+// (urbd adjust). Becoming continue releases a write held for the absent
+// peer; becoming suspend while the peer is away does not freeze the
+// application, but holds writes from the next peer loss on.
+func TestScenarioSetOnPeerLoss(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{suspend: true}, nodeOpts{})
+	b.stop()
+	a.waitStatus("suspended", func(s status.Resource) bool { return s.Suspended })
+	held := a.asyncWrite(0, pattern("held", hBlock))
+	notReturned(t, "a suspended write", held)
+	a.node.SetOnPeerLoss(false)
+	if err := recvErr(t, "the write held when on-peer-loss became continue", held); err != nil {
+		t.Fatal(err)
+	}
+	a.write(hBlock, pattern("alone", hBlock))
+
+	a.node.SetOnPeerLoss(true)
+	if a.node.Status().Suspended {
+		t.Fatal("writes suspended the moment on-peer-loss became suspend, with the peer already away")
+	}
+	a.write(2*hBlock, pattern("alone, suspend set", hBlock))
+	b.start()
+	a.waitInSync()
+	inSyncAndEqual(t, a, b)
+	b.stop()
+	a.waitStatus("suspended at the next peer loss", func(s status.Resource) bool { return s.Suspended })
+	held = a.asyncWrite(3*hBlock, pattern("held again", hBlock))
+	notReturned(t, "a write after the next peer loss", held)
+	b.start()
+	if err := recvErr(t, "the write held until the peer was back", held); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	inSyncAndEqual(t, a, b)
+}
+
 // TestScenarioRestartedPrimaryDoesNotFenceHealthyPeer: a Primary restarted
 // after a clean stop gives its peer the peer timeout to connect before it
 // fences it, so a restart does not fence (or power off) a healthy peer.

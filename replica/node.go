@@ -86,6 +86,9 @@ type Node struct {
 	readErrEvent time.Time  // guarded by mu: when a read error last ran the local-io-error handler
 	fence        fenceState // guarded by mu: whether the peer was fenced since it was lost
 	resumed      bool       // guarded by mu: urbd resume-io released held writes until the peer is back
+	// suspendOnLoss is on-peer-loss suspend (Config.SuspendOnPeerLoss, then
+	// SetOnPeerLoss); written with mu held, read without it on the write path.
+	suspendOnLoss atomic.Bool
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
 	stateSent func()
@@ -154,6 +157,7 @@ func New(cfg Config) (*Node, error) {
 		ahead:    newFlushAhead(),
 	}
 	n.uuids = uuidsFromMeta(m)
+	n.suspendOnLoss.Store(cfg.SuspendOnPeerLoss)
 	n.st = State{
 		Name:     cfg.Name,
 		Role:     Secondary,
@@ -489,6 +493,27 @@ func (n *Node) outdateLocked(reason string) error {
 func (n *Node) AdjustRate(bytesPerSec int64) {
 	n.rate.SetRate(bytesPerSec)
 	n.log.Info("resync rate changed", "bytes_per_sec", bytesPerSec)
+}
+
+// SetOnPeerLoss changes on-peer-loss while the node runs: with suspend a
+// Primary holds writes while it has no connected, UpToDate peer; with
+// continue it writes alone. Writes held when it becomes continue are
+// released at once. A Primary that is already without its peer when it
+// becomes suspend goes on writing, as after resume-io: the setting holds
+// writes from the next peer loss on, rather than freezing the application
+// the moment it is typed.
+func (n *Node) SetOnPeerLoss(suspend bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.suspendOnLoss.Load() == suspend {
+		return
+	}
+	n.suspendOnLoss.Store(suspend)
+	if suspend && !n.fenceFrozenLocked() && n.suspendedLocked() {
+		n.resumed = true
+	}
+	n.log.Info("on-peer-loss changed", "suspend", suspend)
+	n.notifyLocked()
 }
 
 // endSession stops reconnecting and ends the live session, if any, telling

@@ -155,7 +155,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		// Not replicating: the write exists here only.
 		n.store.MarkOutOfSync(off, length)
 		n.store.EndWrite(off, length)
-		if lerr == nil && n.cfg.SuspendOnPeerLoss {
+		if lerr == nil && n.suspendOnLoss.Load() {
 			return n.waitInSync(ctx, off, length)
 		}
 		if lerr == nil {
@@ -176,7 +176,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	}
 	peerOK := req.wait(ctx, n.cfg.Protocol)
 	n.observe(kind, true, int(length), start)
-	if !peerOK && lerr == nil && n.cfg.SuspendOnPeerLoss {
+	if !peerOK && lerr == nil && n.suspendOnLoss.Load() {
 		return n.waitInSync(ctx, off, length)
 	}
 	if !peerOK && lerr == nil {
@@ -266,7 +266,7 @@ func (n *Node) observe(kind string, peer bool, bytes int, start time.Time) {
 
 // waitNotSuspended blocks a new write while writes are suspended.
 func (n *Node) waitNotSuspended(ctx context.Context) error {
-	if !n.cfg.SuspendOnPeerLoss && n.cfg.Fencing != FenceResourceAndStonith {
+	if !n.suspendOnLoss.Load() && n.cfg.Fencing != FenceResourceAndStonith {
 		return nil // the common case costs no lock
 	}
 	return n.waitUntil(ctx, func() bool { return !n.suspendedLocked() })
@@ -313,7 +313,7 @@ func (n *Node) suspendedLocked() bool {
 	if n.fenceFrozenLocked() {
 		return true
 	}
-	if !n.cfg.SuspendOnPeerLoss || n.st.Role != Primary || n.resumed {
+	if !n.suspendOnLoss.Load() || n.st.Role != Primary || n.resumed {
 		return false
 	}
 	if n.st.Conn == SyncSource {
@@ -325,7 +325,8 @@ func (n *Node) suspendedLocked() bool {
 
 // waitInSync holds the answer to a write that reached only the local disk
 // until a resync copied it to the peer (on-peer-loss suspend): no
-// acknowledged write then exists on one disk only.
+// acknowledged write then exists on one disk only. The operator releases it
+// with resume-io, or by changing on-peer-loss to continue.
 func (n *Node) waitInSync(ctx context.Context, off, length int64) error {
 	for {
 		n.mu.Lock()
@@ -334,7 +335,7 @@ func (n *Node) waitInSync(ctx context.Context, off, length int64) error {
 		n.mu.Lock()
 		resumed := n.resumed
 		n.mu.Unlock()
-		if resumed {
+		if resumed || !n.suspendOnLoss.Load() {
 			return nil
 		}
 		if !n.store.Bitmap().IsSet(off, length) {

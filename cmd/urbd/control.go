@@ -81,19 +81,26 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 		controlCommand("down", "stop the resource's daemon cleanly", "Example: urbd down r0", nil, plain("down")),
 		controlCommand("adjust", "change settings of a running resource",
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
-does: a new resync-rate and new handlers apply at once, and the reply names the other settings
-that changed, which apply at the next start. With --resync-rate, only the rate changes, until
-the next adjust or start. Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0`,
-			[]cli.Flag{&cli.StringFlag{Name: "resync-rate", Usage: "new resync rate per second, e.g. 50MiB; 0 = unlimited"}},
+does: a new resync-rate, on-peer-loss and new handlers apply at once, and the reply names the
+other settings that changed, which apply at the next start. With flags, only those settings
+change, until the next adjust or start.
+Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --on-peer-loss continue r0`,
+			[]cli.Flag{
+				&cli.StringFlag{Name: "resync-rate", Usage: "new resync rate per second, e.g. 50MiB; 0 = unlimited"},
+				&cli.StringFlag{Name: "on-peer-loss", Usage: "continue or suspend (see urbd up --help)"},
+			},
 			func(c *cli.Context) (daemon.Request, error) {
-				if !c.IsSet("resync-rate") {
-					return daemon.Request{Cmd: "adjust", Reload: true}, nil
+				settings := map[string]string{}
+				if c.IsSet("resync-rate") {
+					if _, err := units.ParseRate(c.String("resync-rate")); err != nil {
+						return daemon.Request{}, fmt.Errorf("--resync-rate: %w", err)
+					}
+					settings["resync-rate"] = c.String("resync-rate")
 				}
-				r, err := units.ParseRate(c.String("resync-rate"))
-				if err != nil {
-					return daemon.Request{}, fmt.Errorf("--resync-rate: %w", err)
+				if c.IsSet("on-peer-loss") {
+					settings["on-peer-loss"] = c.String("on-peer-loss")
 				}
-				return daemon.Request{Cmd: "adjust", Rate: r}, nil
+				return daemon.Request{Cmd: "adjust", Settings: settings}, nil
 			}),
 	)
 }
