@@ -46,8 +46,8 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 			}
 			next.ResyncRate = r
 		case "on-peer-loss":
-			if v != "continue" && v != "suspend" {
-				return "", fmt.Errorf("--on-peer-loss %q: use continue or suspend", v)
+			if err := checkOnPeerLoss(v); err != nil {
+				return "", err
 			}
 			next.OnPeerLoss = v
 		default:

@@ -87,6 +87,15 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// checkOnPeerLoss accepts continue, suspend and "" (continue).
+func checkOnPeerLoss(s string) error {
+	switch s {
+	case "", "continue", "suspend":
+		return nil
+	}
+	return fmt.Errorf("--on-peer-loss %q: use continue or suspend", s)
+}
+
 // extentSize is the activity-log extent, DRBD's 4 MiB.
 const extentSize = 4 << 20
 
@@ -102,10 +111,8 @@ func Run(ctx context.Context, o Options) error {
 	if err := validName(o.Name); err != nil {
 		return err
 	}
-	switch o.OnPeerLoss {
-	case "", "continue", "suspend":
-	default:
-		return fmt.Errorf("--on-peer-loss %q: use continue or suspend", o.OnPeerLoss)
+	if err := checkOnPeerLoss(o.OnPeerLoss); err != nil {
+		return err
 	}
 	fencing, err := replica.ParseFencing(cmp.Or(o.Fencing, "dont-care"))
 	if err != nil {

@@ -27,11 +27,7 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, syncChunk); return
 // holds the range lock from its read to the target's answer (ordering rule 5).
 func (n *Node) runSyncSource(s *session) error {
 	bm := n.store.Bitmap()
-	prog := resync.NewProgress(n.clock, bm.DirtyBytes())
-	n.mu.Lock()
-	n.progress = prog
-	n.notifyLocked()
-	n.mu.Unlock()
+	prog := n.startProgress(bm.DirtyBytes())
 	if err := s.ps.Control().Send(&protocol.SyncStart{Direction: protocol.SyncSource, BitmapBlock: uint32(bm.BlockSize()), TotalBits: uint64(bm.NumWords()) * 64}); err != nil {
 		return err
 	}
@@ -322,14 +318,20 @@ func (n *Node) finishSyncSource(s *session) error {
 		func(st *State) {})
 }
 
-// waitSyncTarget waits for the source's SyncDone and makes this disk UpToDate.
-func (n *Node) waitSyncTarget(s *session) error {
-	bm := n.store.Bitmap()
-	prog := resync.NewProgress(n.clock, bm.DirtyBytes())
+// startProgress starts the status's progress of a resync of total bytes.
+func (n *Node) startProgress(total int64) *resync.Progress {
+	prog := resync.NewProgress(n.clock, total)
 	n.mu.Lock()
 	n.progress = prog
 	n.notifyLocked()
 	n.mu.Unlock()
+	return prog
+}
+
+// waitSyncTarget waits for the source's SyncDone and makes this disk UpToDate.
+func (n *Node) waitSyncTarget(s *session) error {
+	bm := n.store.Bitmap()
+	n.startProgress(bm.DirtyBytes())
 	select {
 	case <-s.syncDone:
 	case <-s.ctx.Done():
