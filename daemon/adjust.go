@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -24,6 +25,9 @@ type adjuster struct {
 	setHandlers   func(commands map[string]string) // Runner.SetCommands
 	reload        func() (Options, error)          // nil: started without a resource file
 	log           *slog.Logger
+	// congestion is what the peer connection asks for, as show prints it:
+	// the configured name, or the kernel's default where urbd's was refused.
+	congestion string
 
 	mu  sync.Mutex // serializes adjustments; guards cur
 	cur Options    // the settings in effect
@@ -109,44 +113,110 @@ func (a *adjuster) applyLocked(next Options) string {
 	return strings.Join(done, "; ")
 }
 
+// Setting is one setting of a running resource, as `urbd show` lists it.
+type Setting struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+// show lists the settings in effect, and says what reading the resource
+// file again would change ("" when nothing, or when the daemon has no file).
+func (a *adjuster) show() (settings []Setting, pending string) {
+	var next Options
+	var rerr error
+	if a.reload != nil {
+		next, rerr = a.reload()
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range settingsTable {
+		v := s.get(a.cur)
+		if v == "" {
+			v = s.unset
+		}
+		if s.name == "tcp-congestion" && a.congestion != "" {
+			v = a.congestion
+		}
+		settings = append(settings, Setting{s.name, v})
+	}
+	for _, ev := range slices.Sorted(maps.Keys(a.cur.Handlers)) {
+		settings = append(settings, Setting{"handler " + ev, a.cur.Handlers[ev]})
+	}
+	switch {
+	case a.reload == nil:
+		return settings, ""
+	case rerr != nil:
+		return settings, "the resource file does not read: " + rerr.Error()
+	}
+	var live, later []string
+	for _, s := range settingsTable {
+		if s.get(a.cur) != s.get(next) {
+			if s.live {
+				live = append(live, s.name)
+			} else {
+				later = append(later, s.name)
+			}
+		}
+	}
+	if len(changedHandlers(a.cur.Handlers, next.Handlers)) > 0 {
+		live = append(live, "handlers")
+	}
+	var parts []string
+	if len(live) > 0 {
+		parts = append(parts, "urbd adjust applies "+strings.Join(live, ", "))
+	}
+	if len(later) > 0 {
+		parts = append(parts, "the next start applies "+strings.Join(later, ", "))
+	}
+	if len(parts) == 0 {
+		return settings, ""
+	}
+	return settings, "changed in the resource file: " + strings.Join(parts, "; ")
+}
+
 // restartOnly names the settings, in the terms of the resource file, that
 // differ between cur and next and that the running resource keeps until it
 // restarts.
 func restartOnly(cur, next Options) []string {
 	var out []string
-	for _, s := range fixedSettings {
-		if s.get(cur) != s.get(next) {
+	for _, s := range settingsTable {
+		if !s.live && s.get(cur) != s.get(next) {
 			out = append(out, s.name)
 		}
 	}
 	return out
 }
 
-// fixedSettings are the settings a running resource keeps: its disk, its
-// addresses, the terms of the peer connection and the fencing policies are
-// fixed while it runs.
-var fixedSettings = []struct {
-	name string
-	get  func(Options) string
+// settingsTable lists a resource's settings for `urbd show` and for
+// comparing them, by their names in the resource file. The live ones change
+// with `urbd adjust`; a running resource keeps the others: its disk, its
+// addresses, the terms of the peer connection and the fencing policies.
+var settingsTable = []struct {
+	name  string
+	get   func(Options) string
+	unset string // shown when get returns ""
+	live  bool
 }{
-	{"disk", func(o Options) string { return o.Disk }},
-	{"meta", func(o Options) string { return o.Meta }},
-	{"nbd", func(o Options) string { return o.NBD }},
-	{"address", func(o Options) string { return o.ListenPeer }},
-	{"peer address", func(o Options) string { return o.Peer }},
-	{"protocol", func(o Options) string { return string(o.Protocol) }},
-	{"secret-file", func(o Options) string { return o.SecretFile }},
-	{"tls-cert", func(o Options) string { return o.TLSCert }},
-	{"tls-key", func(o Options) string { return o.TLSKey }},
-	{"tls-ca", func(o Options) string { return o.TLSCA }},
-	{"timeout", func(o Options) string { return o.Timeout.String() }},
-	{"fencing", func(o Options) string { return o.Fencing }},
-	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }},
-	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }},
-	{"on-io-error", func(o Options) string { return o.OnIOError }},
-	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }},
-	{"bitmap-block", func(o Options) string { return fmt.Sprint(o.BitmapBlock) }},
-	{"metrics-listen", func(o Options) string { return o.MetricsListen }},
+	{"disk", func(o Options) string { return o.Disk }, "", false},
+	{"meta", func(o Options) string { return o.Meta }, "", false},
+	{"nbd", func(o Options) string { return o.NBD }, "", false},
+	{"address", func(o Options) string { return o.ListenPeer }, "none", false},
+	{"peer address", func(o Options) string { return o.Peer }, "none", false},
+	{"protocol", func(o Options) string { return string(o.Protocol) }, "C", false},
+	{"resync-rate", func(o Options) string { return formatRate(o.ResyncRate) }, "", true},
+	{"timeout", func(o Options) string { return o.Timeout.String() }, "", false},
+	{"on-peer-loss", func(o Options) string { return cmp.Or(o.OnPeerLoss, "continue") }, "", true},
+	{"fencing", func(o Options) string { return o.Fencing }, replica.FenceDontCare.String(), false},
+	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }, "disconnect", false},
+	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }, "disconnect", false},
+	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", false},
+	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, false},
+	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
+	{"secret-file", func(o Options) string { return o.SecretFile }, "none", false},
+	{"tls-cert", func(o Options) string { return o.TLSCert }, "none", false},
+	{"tls-key", func(o Options) string { return o.TLSKey }, "none", false},
+	{"tls-ca", func(o Options) string { return o.TLSCA }, "none", false},
+	{"metrics-listen", func(o Options) string { return o.MetricsListen }, "none", false},
 }
 
 // changedHandlers names the events whose command was added, changed or

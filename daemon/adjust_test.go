@@ -163,8 +163,14 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 		"tcp-congestion": func(o *Options) { o.TCPCongestion = "reno" }, "bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
 		"metrics-listen": func(o *Options) { o.MetricsListen = "127.0.0.1:9942" },
 	}
-	if len(changes) != len(fixedSettings) {
-		t.Errorf("%d fixed settings, %d changes tested", len(fixedSettings), len(changes))
+	fixed := 0
+	for _, s := range settingsTable {
+		if !s.live {
+			fixed++
+		}
+	}
+	if len(changes) != fixed {
+		t.Errorf("%d fixed settings, %d changes tested", fixed, len(changes))
 	}
 	for name, change := range changes {
 		next := baseOptions()
@@ -177,5 +183,56 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	next.ResyncRate, next.OnPeerLoss, next.Handlers = 1, "suspend", nil
 	if got := restartOnly(cur, next); len(got) != 0 {
 		t.Errorf("resync rate, on-peer-loss and handlers named as needing a restart: %v", got)
+	}
+}
+
+// TestShow: the settings in effect, with the defaults of those not set,
+// and what the resource file changed: the live ones for urbd adjust, the
+// others for the next start.
+func TestShow(t *testing.T) {
+	next := baseOptions()
+	next.ResyncRate = 20 << 20
+	next.Protocol = 'B'
+	next.Handlers = map[string]string{"peer-lost": "logger lost", "demoted": "touch /tmp/d"}
+	a, _ := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
+	settings, pending := a.show()
+	got := map[string]string{}
+	for _, s := range settings {
+		got[s.Key] = s.Value
+	}
+	for k, v := range map[string]string{
+		"disk": "/dev/vdb", "address": "10.0.0.1:7789", "peer address": "10.0.0.2:7789", "protocol": "C",
+		"resync-rate": "100MiB/s", "timeout": "6s", "on-peer-loss": "continue", "fencing": "dont-care",
+		"after-sb-0pri": "disconnect", "on-io-error": "detach", "tcp-congestion": "cubic",
+		"bitmap-block": "4KiB", "secret-file": "none", "handler peer-lost": "logger lost",
+	} {
+		if got[k] != v {
+			t.Errorf("show: %s = %q, want %q", k, got[k], v)
+		}
+	}
+	if want := "changed in the resource file: urbd adjust applies resync-rate, handlers; the next start applies protocol"; pending != want {
+		t.Errorf("pending:\n got %q\nwant %q", pending, want)
+	}
+	if _, err := a.fromFile(); err != nil {
+		t.Fatal(err)
+	}
+	if _, pending := a.show(); pending != "changed in the resource file: the next start applies protocol" {
+		t.Errorf("pending after adjust: %q", pending)
+	}
+
+	noFile, _ := newAdjuster(baseOptions(), nil)
+	noFile.congestion = shownCongestion("")
+	settings, pending = noFile.show()
+	if pending != "" {
+		t.Errorf("pending without a resource file: %q", pending)
+	}
+	for _, s := range settings {
+		if s.Key == "tcp-congestion" && !strings.HasPrefix(s.Value, "system (") {
+			t.Errorf("tcp-congestion with the kernel's default shown as %q", s.Value)
+		}
+	}
+	bad, _ := newAdjuster(baseOptions(), func() (Options, error) { return Options{}, errors.New("urbd.toml:3: bad") })
+	if _, pending := bad.show(); pending != "the resource file does not read: urbd.toml:3: bad" {
+		t.Errorf("pending with an unreadable file: %q", pending)
 	}
 }

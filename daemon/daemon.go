@@ -250,7 +250,7 @@ func Run(ctx context.Context, o Options) error {
 	go func() { errc <- srv.Serve(ctx, nbdLn) }()
 	adj := &adjuster{
 		setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
-		reload: o.Reload, log: log, cur: o,
+		reload: o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
 		return execute(cctx, node, srv, adj, req, stop)
@@ -340,6 +340,9 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 		} else {
 			msg, err = adj.set(req.Settings)
 		}
+	case "show":
+		settings, pending := adj.show()
+		return Response{OK: true, Settings: settings, Message: pending}
 	case "invalidate":
 		err = node.Invalidate()
 		msg = "invalidated: full resync from the peer"
@@ -464,6 +467,15 @@ func loadTLS(o Options) (*tls.Config, error) {
 		return nil, errors.New("TLS needs all of --tls-cert, --tls-key and --tls-ca")
 	}
 	return protocol.LoadTLS(o.TLSCert, o.TLSKey, o.TLSCA)
+}
+
+// shownCongestion names the congestion control peerCongestion chose, ""
+// meaning the kernel's default.
+func shownCongestion(name string) string {
+	if name == "" {
+		return "system (" + replica.SystemDefaultCongestion() + ")"
+	}
+	return name
 }
 
 // checkCongestion is replica.CheckCongestion; tests replace it.

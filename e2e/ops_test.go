@@ -96,6 +96,15 @@ timeout = "2s"
 	demoted := fmt.Sprintf(`demoted = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %s"`, events)
 	conf = strings.Replace(conf, "[resource.r0]", demoted+"\n\n[resource.r0]", 1) // into [handlers]
 	must(t, os.WriteFile(path, []byte(conf), 0o644))
+	show := func(wantRate, wantPending string) {
+		t.Helper()
+		out := c.a.ctl("show", "r0")
+		if !regexp.MustCompile(`(?m)^  resync-rate +`+wantRate+`$`).MatchString(out) ||
+			!strings.HasSuffix(out, "\nr0: "+wantPending) {
+			t.Errorf("urbd show: want resync-rate %s and %q at the end:\n%s", wantRate, wantPending, out)
+		}
+	}
+	show("50MiB/s", "changed in the resource file: urbd adjust applies resync-rate, on-peer-loss, handlers; the next start applies protocol")
 	want := "r0: resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added); " +
 		"changed, and applied at the next start (urbd down, then urbd up): protocol"
 	if out := c.a.ctl("adjust", "r0"); out != want {
@@ -104,6 +113,7 @@ timeout = "2s"
 	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: resync rate, on-peer-loss and handlers unchanged;") {
 		t.Errorf("urbd adjust again: %q", out)
 	}
+	show("20MiB/s", "changed in the resource file: the next start applies protocol")
 	c.a.ctl("secondary", "r0")
 	waitForHandlers(t, events, "demoted r0")
 
