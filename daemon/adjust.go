@@ -148,14 +148,10 @@ func (a *adjuster) show() (settings []Setting, pending string) {
 	case rerr != nil:
 		return settings, "the resource file does not read: " + rerr.Error()
 	}
-	var live, later []string
+	var live []string
 	for _, s := range settingsTable {
-		if s.get(a.cur) != s.get(next) {
-			if s.live {
-				live = append(live, s.name)
-			} else {
-				later = append(later, s.name)
-			}
+		if s.live && s.get(a.cur) != s.get(next) {
+			live = append(live, s.name)
 		}
 	}
 	if len(changedHandlers(a.cur.Handlers, next.Handlers)) > 0 {
@@ -165,7 +161,7 @@ func (a *adjuster) show() (settings []Setting, pending string) {
 	if len(live) > 0 {
 		parts = append(parts, "urbd adjust applies "+strings.Join(live, ", "))
 	}
-	if len(later) > 0 {
+	if later := restartOnly(a.cur, next); len(later) > 0 {
 		parts = append(parts, "the next start applies "+strings.Join(later, ", "))
 	}
 	if len(parts) == 0 {
