@@ -114,6 +114,14 @@ timeout = "2s"
 		t.Errorf("urbd adjust again: %q", out)
 	}
 	show("20MiB/s", "changed in the resource file: the next start applies protocol")
+	// A flag sets one setting until the next adjust from the file.
+	if out := c.a.ctl("adjust", "--on-peer-loss", "continue", "r0"); out != "r0: on-peer-loss set to continue" {
+		t.Errorf("urbd adjust --on-peer-loss continue: %q", out)
+	}
+	if out, err := c.a.try("adjust", "--on-peer-loss", "sometimes", "r0"); err == nil || out != `urbd: --on-peer-loss "sometimes": use continue or suspend` {
+		t.Errorf("urbd adjust --on-peer-loss sometimes: %v: %q", err, out)
+	}
+	show("20MiB/s", "changed in the resource file: urbd adjust applies on-peer-loss; the next start applies protocol")
 	c.a.ctl("secondary", "r0")
 	waitForHandlers(t, events, "demoted r0")
 
