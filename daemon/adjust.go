@@ -97,7 +97,7 @@ func (a *adjuster) applyLocked(next Options) string {
 		a.cur.ResyncRate = next.ResyncRate
 		done = append(done, "resync rate set to "+formatRate(next.ResyncRate))
 	}
-	if next.OnPeerLoss != a.cur.OnPeerLoss && (next.OnPeerLoss == "suspend") != (a.cur.OnPeerLoss == "suspend") {
+	if (next.OnPeerLoss == "suspend") != (a.cur.OnPeerLoss == "suspend") {
 		a.setOnPeerLoss(next.OnPeerLoss == "suspend")
 		done = append(done, "on-peer-loss set to "+next.OnPeerLoss)
 	}

@@ -29,9 +29,7 @@ func controlCommand(name, usage, desc string, flags []cli.Flag, build func(*cli.
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(c.Context, 60*time.Second)
-			defer cancel()
-			resp, err := daemon.Call(ctx, runDir(c), res, req)
+			resp, err := callDaemon(c, res, req)
 			if err != nil {
 				return err
 			}
@@ -39,6 +37,14 @@ func controlCommand(name, usage, desc string, flags []cli.Flag, build func(*cli.
 			return nil
 		},
 	}
+}
+
+// callDaemon sends req to the daemon of resource name, waiting at most a
+// minute for its answer.
+func callDaemon(c *cli.Context, name string, req daemon.Request) (*daemon.Response, error) {
+	ctx, cancel := context.WithTimeout(c.Context, 60*time.Second)
+	defer cancel()
+	return daemon.Call(ctx, runDir(c), name, req)
 }
 
 func plain(cmd string) func(*cli.Context) (daemon.Request, error) {

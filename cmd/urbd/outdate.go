@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -41,9 +39,7 @@ func runOutdate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Context, 60*time.Second)
-	defer cancel()
-	resp, err := daemon.Call(ctx, runDir(c), name, daemon.Request{Cmd: "outdate"})
+	resp, err := callDaemon(c, name, daemon.Request{Cmd: "outdate"})
 	if err == nil {
 		fmt.Printf("%s: %s\n", name, resp.Message)
 		return nil

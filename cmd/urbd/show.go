@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -32,9 +30,7 @@ func runShow(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Context, 60*time.Second)
-	defer cancel()
-	resp, err := daemon.Call(ctx, runDir(c), name, daemon.Request{Cmd: "show"})
+	resp, err := callDaemon(c, name, daemon.Request{Cmd: "show"})
 	if err != nil {
 		return err
 	}
