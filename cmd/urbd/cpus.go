@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 
@@ -30,10 +31,17 @@ const cpusPerProc = 4
 // (package threads); zero when the count is fixed by --cpus or GOMAXPROCS.
 var autoThreads threads.Range
 
+// monitorErr is why setCPUs could not relax the Go runtime's monitor thread
+// (threads.RelaxMonitor), or nil; the daemons log it at debug level.
+var monitorErr error
+
 // setCPUs applies --cpus, or the default when it is 0 and GOMAXPROCS is not
 // set in the environment (an explicit GOMAXPROCS wins over the default, not
-// over the flag), and sets autoThreads.
+// over the flag), and sets autoThreads. It also relaxes the runtime's
+// monitor thread (threads.MonitorSlack says why); a daemon without the
+// privilege for that runs as before, only a little slower.
 func setCPUs(c *cli.Context) error {
+	monitorErr = threads.RelaxMonitor(threads.MonitorSlack)
 	n := c.Int("cpus")
 	autoThreads = threads.Range{}
 	switch {
@@ -54,4 +62,12 @@ func setCPUs(c *cli.Context) error {
 // this process may use, as the runtime counts them).
 func defaultCPUs(avail int) int {
 	return max(1, avail/cpusPerProc)
+}
+
+// logMonitor logs at debug level why the runtime's monitor thread keeps its
+// timer slack, if setCPUs could not change it.
+func logMonitor(log *slog.Logger) {
+	if monitorErr != nil {
+		log.Debug("the Go runtime's monitor thread keeps its timer slack", "err", monitorErr)
+	}
 }

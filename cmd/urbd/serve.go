@@ -49,6 +49,7 @@ func serveAction(c *cli.Context) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logMonitor(log)
 
 	if p := c.String("cpu-profile"); p != "" {
 		f, err := os.Create(p)
