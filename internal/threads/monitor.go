@@ -12,21 +12,20 @@ import (
 // MonitorSlack is the timer slack the daemons give the Go runtime's monitor
 // thread (RelaxMonitor).
 //
-// The monitor (sysmon) sleeps deeply while every processor is idle. The
-// first system call after such a pause wakes it, and it then polls every
-// 20 us for at least a millisecond, each poll a timer interrupt and a
-// context switch on a CPU the daemon and its peer share. A daemon that waits
-// for the network between requests goes through that cycle all the time:
-// on two CPUs the monitor took 8% of a Primary's CPU and 14% of a
-// Secondary's at 4k random writes. With 250 us of slack the kernel lets
-// each of those sleeps run up to 250 us longer; under that load the monitor
-// then woke about half as often. Its other duties
-// keep their pace (it preempts a goroutine after 10 ms and polls the network
-// after 10 ms either way); what slows down is taking the processor away
-// from a goroutine blocked in a system call, after about half a millisecond
-// instead of about a tenth. Side by side this gave a pair 8-16% more
-// writes (4k at queue depths 1 and 32, 1 MiB) and cut its CPU per 4k write
-// by about a fifth (docs/OPERATIONS.md, "What replication costs").
+// The monitor (sysmon) sleeps deeply while every processor is idle. The first
+// system call after such a pause wakes it, and it then polls every 20 us for
+// at least a millisecond, each poll a timer interrupt and a context switch on
+// a CPU the daemon and its peer share. A daemon that waits for the network
+// between requests goes through that cycle all the time: on two CPUs the
+// monitor took 8% of a Primary's CPU and 14% of a Secondary's at 4k random
+// writes. With 250 us of slack the kernel lets each of those sleeps run up to
+// 250 us longer; under that load the monitor then woke about half as often.
+// Its other duties keep their pace (it preempts a goroutine after 10 ms and
+// polls the network after 10 ms either way); what slows down is taking the
+// processor away from a goroutine blocked in a system call, after about half
+// a millisecond instead of about a tenth. Side by side this gave a pair 8-16%
+// more writes (4k at queue depths 1 and 32, 1 MiB) and cut its CPU per 4k
+// write by about a fifth (docs/OPERATIONS.md, "What replication costs").
 const MonitorSlack = 250 * time.Microsecond
 
 // procRoot is where RelaxMonitor reads threads and writes their slack;
