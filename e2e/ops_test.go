@@ -121,6 +121,9 @@ timeout = "2s"
 	if out, err := c.a.try("adjust", "--on-peer-loss", "sometimes", "r0"); err == nil || out != `urbd: --on-peer-loss "sometimes": use continue or suspend` {
 		t.Errorf("urbd adjust --on-peer-loss sometimes: %v: %q", err, out)
 	}
+	if out, err := c.a.try("adjust", "--resync-rate", "fast", "--on-peer-loss", "suspend", "r0"); err == nil || !strings.HasPrefix(out, "urbd: --resync-rate: ") || strings.Contains(out, "\n") {
+		t.Errorf("urbd adjust --resync-rate fast: %v: %q, want one line about --resync-rate", err, out)
+	}
 	show("20MiB/s", "changed in the resource file: urbd adjust applies on-peer-loss; the next start applies protocol")
 	c.a.ctl("secondary", "r0")
 	waitForHandlers(t, events, "demoted r0")

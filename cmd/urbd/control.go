@@ -8,7 +8,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/urbd/urbd/daemon"
-	"github.com/urbd/urbd/internal/units"
 )
 
 // controlCommand builds a command that sends one request to the running
@@ -96,15 +95,13 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --on-
 				&cli.StringFlag{Name: "on-peer-loss", Usage: "continue or suspend (see urbd up --help)"},
 			},
 			func(c *cli.Context) (daemon.Request, error) {
+				// The values go as typed: the daemon checks them, with the
+				// same messages as urbd up, and a bad one changes nothing.
 				settings := map[string]string{}
-				if c.IsSet("resync-rate") {
-					if _, err := units.ParseRate(c.String("resync-rate")); err != nil {
-						return daemon.Request{}, fmt.Errorf("--resync-rate: %w", err)
+				for _, k := range []string{"resync-rate", "on-peer-loss"} {
+					if c.IsSet(k) {
+						settings[k] = c.String(k)
 					}
-					settings["resync-rate"] = c.String("resync-rate")
-				}
-				if c.IsSet("on-peer-loss") {
-					settings["on-peer-loss"] = c.String("on-peer-loss")
 				}
 				return daemon.Request{Cmd: "adjust", Settings: settings}, nil
 			}),
