@@ -16,10 +16,11 @@ import (
 
 // adjuster applies `urbd adjust` to a running resource: settings given on
 // its command line, or the settings read again from where the daemon got
-// them (Options.Reload, the resource file). The resync rate, on-peer-loss
-// and the handlers change at once; what cannot change while the resource
-// runs is named in the answer and applied at the next start.
+// them (Options.Reload, the resource file). The protocol, the resync rate,
+// on-peer-loss and the handlers change at once; what cannot change while
+// the resource runs is named in the answer and applied at the next start.
 type adjuster struct {
+	setProtocol   func(p byte) error               // Node.SetProtocol
 	setRate       func(bytesPerSec int64)          // Node.AdjustRate
 	setOnPeerLoss func(suspend bool)               // Node.SetOnPeerLoss
 	setHandlers   func(commands map[string]string) // Runner.SetCommands
@@ -33,7 +34,7 @@ type adjuster struct {
 	cur Options    // the settings in effect
 }
 
-// set applies settings given on the command line (resync-rate,
+// set applies settings given on the command line (protocol, resync-rate,
 // on-peer-loss, as typed). They last until the next adjustment or start.
 // A value that does not parse changes nothing.
 func (a *adjuster) set(settings map[string]string) (string, error) {
@@ -43,6 +44,12 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 	for _, k := range slices.Sorted(maps.Keys(settings)) {
 		v := settings[k]
 		switch k {
+		case "protocol":
+			p, err := ParseProtocol(v)
+			if err != nil {
+				return "", err
+			}
+			next.Protocol = p
 		case "resync-rate":
 			r, err := units.ParseRate(v)
 			if err != nil {
@@ -92,6 +99,15 @@ func (a *adjuster) fromFile() (string, error) {
 // must be held.
 func (a *adjuster) applyLocked(next Options) string {
 	var done []string
+	if next.Protocol != a.cur.Protocol {
+		if err := a.setProtocol(next.Protocol); err != nil {
+			// Options were checked when parsed: this is a bug, not input.
+			a.log.Error("changing the protocol failed", "err", err)
+		} else {
+			a.cur.Protocol = next.Protocol
+			done = append(done, "protocol set to "+string(next.Protocol))
+		}
+	}
 	if next.ResyncRate != a.cur.ResyncRate {
 		a.setRate(next.ResyncRate)
 		a.cur.ResyncRate = next.ResyncRate
@@ -108,7 +124,7 @@ func (a *adjuster) applyLocked(next Options) string {
 		done = append(done, "handlers replaced ("+strings.Join(changed, ", ")+")")
 	}
 	if len(done) == 0 {
-		return "resync rate, on-peer-loss and handlers unchanged"
+		return "protocol, resync rate, on-peer-loss and handlers unchanged"
 	}
 	return strings.Join(done, "; ")
 }
@@ -198,7 +214,7 @@ var settingsTable = []struct {
 	{"nbd", func(o Options) string { return o.NBD }, "", false},
 	{"address", func(o Options) string { return o.ListenPeer }, "none", false},
 	{"peer address", func(o Options) string { return o.Peer }, "none", false},
-	{"protocol", func(o Options) string { return string(o.Protocol) }, "C", false},
+	{"protocol", func(o Options) string { return string(o.Protocol) }, "C", true},
 	{"resync-rate", func(o Options) string { return formatRate(o.ResyncRate) }, "", true},
 	{"timeout", func(o Options) string { return o.Timeout.String() }, "", false},
 	{"on-peer-loss", func(o Options) string { return cmp.Or(o.OnPeerLoss, "continue") }, "", true},

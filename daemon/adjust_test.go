@@ -12,6 +12,7 @@ import (
 
 // fakeResource is what an adjuster drives, recorded.
 type fakeResource struct {
+	protos   []byte
 	rates    []int64
 	suspend  []bool
 	handlers []map[string]string
@@ -20,6 +21,7 @@ type fakeResource struct {
 func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeResource) {
 	f := &fakeResource{}
 	return &adjuster{
+		setProtocol:   func(p byte) error { f.protos = append(f.protos, p); return nil },
 		setRate:       func(r int64) { f.rates = append(f.rates, r) },
 		setOnPeerLoss: func(s bool) { f.suspend = append(f.suspend, s) },
 		setHandlers:   func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
@@ -38,8 +40,8 @@ func baseOptions() Options {
 	}
 }
 
-// TestAdjustFromFile: a new resync rate, on-peer-loss and new handlers
-// apply at once; the settings a running resource keeps are named; a second
+// TestAdjustFromFile: a new protocol, resync rate, on-peer-loss and new
+// handlers apply at once; the settings a running resource keeps are named; a second
 // adjust finds nothing left to apply.
 func TestAdjustFromFile(t *testing.T) {
 	next := baseOptions()
@@ -54,10 +56,13 @@ func TestAdjustFromFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added, peer-lost changed); " +
-		"changed, and applied at the next start (urbd down, then urbd up): protocol, timeout"
+	want := "protocol set to B; resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added, peer-lost changed); " +
+		"changed, and applied at the next start (urbd down, then urbd up): timeout"
 	if msg != want {
 		t.Errorf("adjust:\n got %q\nwant %q", msg, want)
+	}
+	if string(f.protos) != "B" {
+		t.Errorf("protocols set: %q, want B", f.protos)
 	}
 	if len(f.rates) != 1 || f.rates[0] != 20<<20 {
 		t.Errorf("rates set: %v, want [20 MiB]", f.rates)
@@ -73,11 +78,11 @@ func TestAdjustFromFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "resync rate, on-peer-loss and handlers unchanged; changed, and applied at the next start (urbd down, then urbd up): protocol, timeout"; msg != want {
+	if want := "protocol, resync rate, on-peer-loss and handlers unchanged; changed, and applied at the next start (urbd down, then urbd up): timeout"; msg != want {
 		t.Errorf("second adjust:\n got %q\nwant %q", msg, want)
 	}
-	if len(f.rates) != 1 || len(f.suspend) != 1 || len(f.handlers) != 1 {
-		t.Errorf("second adjust applied again: rates %v, on-peer-loss %v, handlers %v", f.rates, f.suspend, f.handlers)
+	if len(f.protos) != 1 || len(f.rates) != 1 || len(f.suspend) != 1 || len(f.handlers) != 1 {
+		t.Errorf("second adjust applied again: protocols %q, rates %v, on-peer-loss %v, handlers %v", f.protos, f.rates, f.suspend, f.handlers)
 	}
 }
 
@@ -86,15 +91,16 @@ func TestAdjustFromFile(t *testing.T) {
 // changes nothing.
 func TestAdjustFlagsThenFile(t *testing.T) {
 	a, f := newAdjuster(baseOptions(), func() (Options, error) { return baseOptions(), nil })
-	msg, err := a.set(map[string]string{"resync-rate": "0", "on-peer-loss": "suspend"})
+	msg, err := a.set(map[string]string{"resync-rate": "0", "on-peer-loss": "suspend", "protocol": "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg != "resync rate set to unlimited; on-peer-loss set to suspend" {
+	if msg != "protocol set to A; resync rate set to unlimited; on-peer-loss set to suspend" {
 		t.Errorf("adjust with flags: %q", msg)
 	}
 	for _, bad := range []map[string]string{
-		{"resync-rate": "fast"}, {"on-peer-loss": "panic"}, {"protocol": "A"}, {"resync-rate": "1MiB", "on-peer-loss": "x"},
+		{"resync-rate": "fast"}, {"on-peer-loss": "panic"}, {"protocol": "D"}, {"timeout": "1s"},
+		{"resync-rate": "1MiB", "on-peer-loss": "x"}, {"protocol": "B", "resync-rate": "x"},
 	} {
 		if _, err := a.set(bad); err == nil {
 			t.Errorf("adjust %v: accepted", bad)
@@ -104,8 +110,11 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg != "resync rate set to 100MiB/s; on-peer-loss set to continue" {
+	if msg != "protocol set to C; resync rate set to 100MiB/s; on-peer-loss set to continue" {
 		t.Errorf("adjust from the file after flags: %q", msg)
+	}
+	if string(f.protos) != "AC" {
+		t.Errorf("protocols set: %q, want A then C", f.protos)
 	}
 	if len(f.rates) != 2 || f.rates[0] != 0 || f.rates[1] != 100<<20 {
 		t.Errorf("rates set: %v, want [0 100 MiB]", f.rates)
@@ -147,15 +156,15 @@ func TestAdjustRefusals(t *testing.T) {
 }
 
 // TestRestartOnlyNamesEachFixedSetting: each setting a running resource
-// keeps is named, alone, when it alone changes; the resync rate,
-// on-peer-loss and the handlers never are.
+// keeps is named, alone, when it alone changes; the protocol, the resync
+// rate, on-peer-loss and the handlers never are.
 func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	cur := baseOptions()
 	changes := map[string]func(*Options){
 		"disk": func(o *Options) { o.Disk = "/dev/vdc" }, "meta": func(o *Options) { o.Meta = "/srv/m" },
 		"nbd": func(o *Options) { o.NBD = "tcp:127.0.0.1:10809" }, "address": func(o *Options) { o.ListenPeer = "10.0.0.1:7790" },
-		"peer address": func(o *Options) { o.Peer = "10.0.0.3:7789" }, "protocol": func(o *Options) { o.Protocol = 'A' },
-		"secret-file": func(o *Options) { o.SecretFile = "/etc/urbd/s" }, "tls-cert": func(o *Options) { o.TLSCert = "c.pem" },
+		"peer address": func(o *Options) { o.Peer = "10.0.0.3:7789" },
+		"secret-file":  func(o *Options) { o.SecretFile = "/etc/urbd/s" }, "tls-cert": func(o *Options) { o.TLSCert = "c.pem" },
 		"tls-key": func(o *Options) { o.TLSKey = "k.pem" }, "tls-ca": func(o *Options) { o.TLSCA = "ca.pem" },
 		"timeout": func(o *Options) { o.Timeout = time.Second },
 		"fencing": func(o *Options) { o.Fencing = "resource-only" }, "after-sb-0pri": func(o *Options) { o.AfterSB0Pri = "discard-zero-changes" },
@@ -180,9 +189,9 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 		}
 	}
 	next := baseOptions()
-	next.ResyncRate, next.OnPeerLoss, next.Handlers = 1, "suspend", nil
+	next.Protocol, next.ResyncRate, next.OnPeerLoss, next.Handlers = 'A', 1, "suspend", nil
 	if got := restartOnly(cur, next); len(got) != 0 {
-		t.Errorf("resync rate, on-peer-loss and handlers named as needing a restart: %v", got)
+		t.Errorf("protocol, resync rate, on-peer-loss and handlers named as needing a restart: %v", got)
 	}
 }
 
@@ -192,7 +201,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 func TestShow(t *testing.T) {
 	next := baseOptions()
 	next.ResyncRate = 20 << 20
-	next.Protocol = 'B'
+	next.Timeout = 3 * time.Second
 	next.Handlers = map[string]string{"peer-lost": "logger lost", "demoted": "touch /tmp/d"}
 	a, _ := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
 	settings, pending := a.show()
@@ -210,13 +219,13 @@ func TestShow(t *testing.T) {
 			t.Errorf("show: %s = %q, want %q", k, got[k], v)
 		}
 	}
-	if want := "changed in the resource file: urbd adjust applies resync-rate, handlers; the next start applies protocol"; pending != want {
+	if want := "changed in the resource file: urbd adjust applies resync-rate, handlers; the next start applies timeout"; pending != want {
 		t.Errorf("pending:\n got %q\nwant %q", pending, want)
 	}
 	if _, err := a.fromFile(); err != nil {
 		t.Fatal(err)
 	}
-	if _, pending := a.show(); pending != "changed in the resource file: the next start applies protocol" {
+	if _, pending := a.show(); pending != "changed in the resource file: the next start applies timeout" {
 		t.Errorf("pending after adjust: %q", pending)
 	}
 

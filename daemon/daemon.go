@@ -88,6 +88,16 @@ type Options struct {
 }
 
 // checkOnPeerLoss accepts continue, suspend and "" (continue).
+// ParseProtocol reads a replication protocol as given to --protocol: A, B
+// or C, in either case.
+func ParseProtocol(s string) (byte, error) {
+	switch p := strings.ToUpper(s); p {
+	case "A", "B", "C":
+		return p[0], nil
+	}
+	return 0, fmt.Errorf("--protocol %q: use A, B or C", s)
+}
+
 func checkOnPeerLoss(s string) error {
 	switch s {
 	case "", "continue", "suspend":
@@ -249,7 +259,7 @@ func Run(ctx context.Context, o Options) error {
 	go func() { errc <- node.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx, nbdLn) }()
 	adj := &adjuster{
-		setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
+		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		reload: o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {

@@ -87,11 +87,12 @@ timeout = "2s"
 		t.Logf("metrics:\n%s", body)
 	}
 
-	// urbd adjust reads the file again: the new resync rate, on-peer-loss
-	// and handlers apply at once (the new demoted handler runs on the next
-	// demotion), the new protocol only at the next start, and the reply
-	// says so.
+	// urbd adjust reads the file again: the new protocol, resync rate,
+	// on-peer-loss and handlers apply at once (the new demoted handler runs
+	// on the next demotion), the new timeout only at the next start, and
+	// the reply says so.
 	conf = strings.Replace(conf, `resync-rate = "50MiB"`, `resync-rate = "20MiB"`, 1)
+	conf = strings.Replace(conf, `timeout = "2s"`, `timeout = "3s"`, 1)
 	conf = strings.Replace(conf, `protocol = "C"`, "protocol = \"B\"\non-peer-loss = \"suspend\"", 1)
 	demoted := fmt.Sprintf(`demoted = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %s"`, events)
 	conf = strings.Replace(conf, "[resource.r0]", demoted+"\n\n[resource.r0]", 1) // into [handlers]
@@ -104,16 +105,32 @@ timeout = "2s"
 			t.Errorf("urbd show: want resync-rate %s and %q at the end:\n%s", wantRate, wantPending, out)
 		}
 	}
-	show("50MiB/s", "changed in the resource file: urbd adjust applies resync-rate, on-peer-loss, handlers; the next start applies protocol")
-	want := "r0: resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added); " +
-		"changed, and applied at the next start (urbd down, then urbd up): protocol"
+	show("50MiB/s", "changed in the resource file: urbd adjust applies protocol, resync-rate, on-peer-loss, handlers; the next start applies timeout")
+	want := "r0: protocol set to B; resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added); " +
+		"changed, and applied at the next start (urbd down, then urbd up): timeout"
 	if out := c.a.ctl("adjust", "r0"); out != want {
 		t.Errorf("urbd adjust after editing the resource file:\n got %q\nwant %q", out, want)
 	}
-	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: resync rate, on-peer-loss and handlers unchanged;") {
+	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: protocol, resync rate, on-peer-loss and handlers unchanged;") {
 		t.Errorf("urbd adjust again: %q", out)
 	}
-	show("20MiB/s", "changed in the resource file: the next start applies protocol")
+	show("20MiB/s", "changed in the resource file: the next start applies timeout")
+	// The protocol changed without a reconnect: the status file says B, and
+	// writes go on through the same connection.
+	if st := c.a.status(); st.Protocol != "B" || st.ConnState != "Connected" {
+		t.Errorf("after adjusting to protocol B: protocol %s, %s", st.Protocol, st.ConnState)
+	}
+	if out := c.a.ctl("adjust", "--protocol", "a", "r0"); out != "r0: protocol set to A" {
+		t.Errorf("urbd adjust --protocol a: %q", out)
+	}
+	if out, err := c.a.try("adjust", "--protocol", "D", "r0"); err == nil || out != `urbd: --protocol "D": use A, B or C` {
+		t.Errorf("urbd adjust --protocol D: %v: %q", err, out)
+	}
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=64k", "--size=8M", "--iodepth=8", "--verify=crc32c")
+	c.a.waitFor("protocol A writes answered by the peer", 10*time.Second, func(s statusT) bool {
+		return s.Protocol == "A" && s.PeerPending == 0 && s.ConnState == "Connected"
+	})
+	cmpFiles(t, c.a.disk, c.b.disk)
 	// A flag sets one setting until the next adjust from the file.
 	if out := c.a.ctl("adjust", "--on-peer-loss", "continue", "r0"); out != "r0: on-peer-loss set to continue" {
 		t.Errorf("urbd adjust --on-peer-loss continue: %q", out)
@@ -124,7 +141,7 @@ timeout = "2s"
 	if out, err := c.a.try("adjust", "--resync-rate", "fast", "--on-peer-loss", "suspend", "r0"); err == nil || !strings.HasPrefix(out, "urbd: --resync-rate: ") || strings.Contains(out, "\n") {
 		t.Errorf("urbd adjust --resync-rate fast: %v: %q, want one line about --resync-rate", err, out)
 	}
-	show("20MiB/s", "changed in the resource file: urbd adjust applies on-peer-loss; the next start applies protocol")
+	show("20MiB/s", "changed in the resource file: urbd adjust applies protocol, on-peer-loss; the next start applies timeout")
 	c.a.ctl("secondary", "r0")
 	waitForHandlers(t, events, "demoted r0")
 

@@ -34,6 +34,14 @@ func (n *Node) ApplyPeerWrite(w *protocol.Write) protocol.Ack {
 	return ack
 }
 
+// PeerWantsReceipts reports whether the peer, a Primary running protocol
+// B, asked this node to confirm each write's arrival (false without a
+// session).
+func (n *Node) PeerWantsReceipts() bool {
+	s := n.session()
+	return s != nil && s.wantRecv.Load()
+}
+
 // Sweep runs one activity-log sweep as the node's sweep loop does.
 func (n *Node) Sweep(ctx context.Context) error { return n.sweep(ctx) }
 

@@ -23,7 +23,7 @@ type Config struct {
 	Name       string
 	Disk       nbd.Backend   // the local disk
 	Store      *bitmap.Store // metadata, bitmap and activity log in --meta
-	Protocol   byte          // 'A', 'B' or 'C'
+	Protocol   byte          // 'A', 'B' or 'C' (0: 'C'); SetProtocol changes it
 	ListenPeer string        // HOST:PORT this node accepts its peer on ("" = do not listen)
 	Peer       string        // HOST:PORT of the peer
 	Secret     []byte        // shared secret; nil = no authentication
@@ -89,6 +89,10 @@ type Node struct {
 	// suspendOnLoss is on-peer-loss suspend (Config.SuspendOnPeerLoss, then
 	// SetOnPeerLoss); written with mu held, read without it on the write path.
 	suspendOnLoss atomic.Bool
+	// proto is the replication protocol, 'A', 'B' or 'C' (Config.Protocol,
+	// then SetProtocol); written with mu held, read without it on the write
+	// path.
+	proto atomic.Uint32
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
 	stateSent func()
@@ -126,12 +130,11 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 6 * time.Second
 	}
-	switch cfg.Protocol {
-	case 'A', 'B', 'C':
-	case 0:
+	if cfg.Protocol == 0 {
 		cfg.Protocol = 'C'
-	default:
-		return nil, fmt.Errorf("replica: unknown protocol %q: use A, B or C", cfg.Protocol)
+	}
+	if err := checkProtocol(cfg.Protocol); err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -158,6 +161,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.uuids = uuidsFromMeta(m)
 	n.suspendOnLoss.Store(cfg.SuspendOnPeerLoss)
+	n.proto.Store(uint32(cfg.Protocol))
 	n.st = State{
 		Name:     cfg.Name,
 		Role:     Secondary,
@@ -514,6 +518,44 @@ func (n *Node) SetOnPeerLoss(suspend bool) {
 	}
 	n.log.Info("on-peer-loss changed", "suspend", suspend)
 	n.notifyLocked()
+}
+
+// checkProtocol refuses anything but the protocols A, B and C.
+func checkProtocol(p byte) error {
+	switch p {
+	case 'A', 'B', 'C':
+		return nil
+	}
+	return fmt.Errorf("replica: unknown protocol %q: use A, B or C", p)
+}
+
+// protocol is the replication protocol in effect: 'A', 'B' or 'C'.
+func (n *Node) protocol() byte { return byte(n.proto.Load()) }
+
+// SetProtocol changes the replication protocol of a running node, as
+// `urbd adjust --protocol` does. Writes that start after it are answered as
+// p says; a write already waiting for the peer keeps the protocol it started
+// with. A connected peer is told at once, so that with protocol B it
+// confirms each write's arrival; until it has heard, a write under B waits
+// for the peer's write, as under C. The peer's own protocol, which governs
+// the writes it sends as a Primary, does not change.
+func (n *Node) SetProtocol(p byte) error {
+	if err := checkProtocol(p); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.protocol() == p {
+		return nil
+	}
+	n.proto.Store(uint32(p))
+	n.log.Info("protocol changed", "protocol", string(p))
+	if s := n.sess; s != nil {
+		s.sendState(n.localSideLocked())
+	}
+	n.setReasonLocked(fmt.Sprintf("protocol set to %c by operator", p))
+	n.notifyLocked() // the status shows the protocol even if the reason stayed
+	return nil
 }
 
 // endSession stops reconnecting and ends the live session, if any, telling

@@ -1072,47 +1072,84 @@ func TestScenarioPrimaryCrashFailover(t *testing.T) {
 // B write after the peer's receipt, while a protocol C write waits for the
 // peer's disk.
 func TestScenarioProtocolAckPoints(t *testing.T) {
-	for _, tt := range []struct {
-		proto      byte
-		beforeDisk bool // returns while the peer's disk write is held
-	}{{'A', true}, {'B', true}, {'C', false}} {
-		t.Run(string(tt.proto), func(t *testing.T) {
-			o := nodeOpts{protocol: tt.proto}
+	for _, proto := range []byte{'A', 'B', 'C'} {
+		t.Run(string(proto), func(t *testing.T) {
+			o := nodeOpts{protocol: proto}
 			a, b := cleanPair(t, o, o)
-			held := b.disk.holdWrites()
-			p := pattern("ack point", hBlock)
-			res := a.asyncWrite(9*hBlock, p)
-			<-held // the peer has the write and is writing it
-			if tt.beforeDisk {
-				if err := recvErr(t, "write", res); err != nil {
-					t.Fatal(err)
-				}
-				if got := b.read(9*hBlock, hBlock); string(got) == string(p) {
-					t.Fatal("the held write reached the peer's disk")
-				}
-			} else {
-				select {
-				case err := <-res:
-					t.Fatalf("protocol C write returned (%v) before the peer's disk write", err)
-				default:
-				}
-			}
-			b.disk.releaseWrites()
-			if !tt.beforeDisk {
-				if err := recvErr(t, "write", res); err != nil {
-					t.Fatal(err)
-				}
-				if got := b.read(9*hBlock, hBlock); string(got) != string(p) {
-					t.Fatal("protocol C write returned before it was on the peer's disk")
-				}
-			}
-			if err := a.node.Flush(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			a.waitStatus("peer done", func(s status.Resource) bool { return s.PeerPending == 0 })
-			sameDisks(t, a, b)
+			checkAckPoint(t, a, b, proto, 9*hBlock)
 		})
 	}
+}
+
+// TestScenarioSetProtocol: the protocol of a connected Primary changes while
+// it runs (urbd adjust --protocol). Each change shows in the status and
+// takes effect from the next write, with the ack point of the new protocol;
+// the Secondary learns whether to confirm receipts (protocol B) without a
+// reconnect. An unknown protocol is refused and changes nothing.
+func TestScenarioSetProtocol(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := a.node.SetProtocol('D'); err == nil {
+		t.Fatal("protocol D was accepted")
+	}
+	if got := a.node.Status().Protocol; got != "C" {
+		t.Fatalf("protocol %s after a refused change, want C", got)
+	}
+	for i, proto := range []byte{'A', 'B', 'C', 'B'} {
+		if err := a.node.SetProtocol(proto); err != nil {
+			t.Fatal(err)
+		}
+		if st := a.node.Status(); st.Protocol != string(proto) || st.Reason != fmt.Sprintf("protocol set to %c by operator", proto) {
+			t.Fatalf("status shows protocol %s (%s) after changing to %c", st.Protocol, st.Reason, proto)
+		}
+		b.waitFor("the secondary to learn the primary's protocol", func() bool {
+			return b.node.PeerWantsReceipts() == (proto == 'B')
+		})
+		checkAckPoint(t, a, b, proto, int64(10+i)*hBlock)
+	}
+	if c := a.node.State().Conn; c != replica.Connected {
+		t.Fatalf("a is %v after the protocol changes, want Connected", c)
+	}
+}
+
+// checkAckPoint writes a block at off on the Primary a while the disk of
+// its peer b holds writes, and checks that the write returns before the
+// peer's disk write under protocols A and B and only after it under C.
+// Afterwards both disks are equal.
+func checkAckPoint(t *testing.T, a, b *tnode, proto byte, off int64) {
+	t.Helper()
+	beforeDisk := proto != 'C'
+	held := b.disk.holdWrites()
+	p := pattern(fmt.Sprintf("ack point %c", proto), hBlock)
+	res := a.asyncWrite(off, p)
+	<-held // the peer has the write and is writing it
+	if beforeDisk {
+		if err := recvErr(t, "write", res); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.read(off, hBlock); string(got) == string(p) {
+			t.Fatal("the held write reached the peer's disk")
+		}
+	} else {
+		select {
+		case err := <-res:
+			t.Fatalf("protocol C write returned (%v) before the peer's disk write", err)
+		default:
+		}
+	}
+	b.disk.releaseWrites()
+	if !beforeDisk {
+		if err := recvErr(t, "write", res); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.read(off, hBlock); string(got) != string(p) {
+			t.Fatal("protocol C write returned before it was on the peer's disk")
+		}
+	}
+	if err := a.node.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a.waitStatus("peer done", func(s status.Resource) bool { return s.PeerPending == 0 })
+	sameDisks(t, a, b)
 }
 
 // TestScenarioProtocolBWaitsForPeerReceipt: a protocol B write is answered

@@ -145,10 +145,11 @@ func (r *request) wait(ctx context.Context, proto byte) bool {
 	}
 }
 
-// sendWrite sends a replicated write, or returns nil when the session is not
-// replicating (closed, or still deciding).
-func (s *session) sendWrite(off, length int64, data []byte, sum, flags uint32) *request {
-	r := newRequest(s, s.n.cfg.Protocol)
+// sendWrite sends a replicated write whose answer follows protocol proto, or
+// returns nil when the session is not replicating (closed, or still
+// deciding).
+func (s *session) sendWrite(off, length int64, data []byte, sum, flags uint32, proto byte) *request {
+	r := newRequest(s, proto)
 	r.off, r.length, r.fua = off, length, flags&protocol.FlagFUA != 0
 	ok := s.send(r, sum, func(seq uint64) protocol.Message {
 		return &protocol.Write{Seq: seq, Offset: uint64(off), Flags: flags, Length: uint32(length), Data: data}
@@ -429,7 +430,7 @@ func (s *session) sendState(side Side, flags ...uint32) {
 		st.Flags |= protocol.FlagWasPrimaryCrashed
 	}
 	st.Flags |= side.AfterSB.flags()
-	if s.n.cfg.Protocol == 'B' {
+	if s.n.protocol() == 'B' {
 		st.Flags |= flagWantReceived
 	}
 	if side.recoveredAL {

@@ -28,7 +28,7 @@ func (n *Node) Status() status.Resource {
 	n.mu.Unlock()
 	r := status.Resource{
 		Name:         n.cfg.Name,
-		Protocol:     string(n.cfg.Protocol),
+		Protocol:     string(n.protocol()),
 		ConnState:    pausedConnName(st.Conn, userPause || peerPause),
 		Role:         st.Role.String(),
 		PeerRole:     st.PeerRole.String(),

@@ -111,7 +111,8 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	}
 	n.rate.NoteAppIO(length)
 
-	req := n.replicate(off, length, data, sum, flags)
+	proto := n.protocol() // the protocol this write is answered by
+	req := n.replicate(off, length, data, sum, flags, proto)
 	if n.isDiskless() {
 		unlock()
 		return n.writeDiskless(ctx, kind, off, length, req, start)
@@ -123,7 +124,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	} else {
 		// Start the sync of a likely flush while the peer answers (not
 		// with protocol A, which does not wait for the peer).
-		ahead = n.ahead.wrote() && req != nil && n.cfg.Protocol != 'A'
+		ahead = n.ahead.wrote() && req != nil && proto != 'A'
 	}
 	if req != nil && (fua || ahead) {
 		// The local write ends in fdatasync, or one follows it: the frame
@@ -174,7 +175,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 			return nil
 		}
 	}
-	peerOK := req.wait(ctx, n.cfg.Protocol)
+	peerOK := req.wait(ctx, proto)
 	n.observe(kind, true, int(length), start)
 	if !peerOK && lerr == nil && n.suspendOnLoss.Load() {
 		return n.waitInSync(ctx, off, length)
@@ -186,10 +187,10 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 }
 
 // replicate sends a write to the peer if a session is replicating, and
-// returns the request tracking the peer's answers, or nil when the write is
-// not replicated. The request releases the activity-log extent when it
-// completes.
-func (n *Node) replicate(off, length int64, data []byte, sum checksum, flags uint32) *request {
+// returns the request tracking the peer's answers (those protocol proto waits
+// for), or nil when the write is not replicated. The request releases the
+// activity-log extent when it completes.
+func (n *Node) replicate(off, length int64, data []byte, sum checksum, flags uint32, proto byte) *request {
 	s := n.session()
 	if s == nil {
 		return nil
@@ -197,7 +198,7 @@ func (n *Node) replicate(off, length int64, data []byte, sum checksum, flags uin
 	if !sum.ok {
 		sum = checksum{sum: protocol.Checksum(data), ok: true}
 	}
-	return s.sendWrite(off, length, data, sum.sum, flags)
+	return s.sendWrite(off, length, data, sum.sum, flags, proto)
 }
 
 // session returns the peer session, or nil when there is none.

@@ -146,12 +146,10 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	if o.Peer == "" && o.ListenPeer == "" {
 		return o, fmt.Errorf("give --peer and --listen-peer: urbd up replicates to a peer (use urbd serve for a plain export)")
 	}
-	proto = strings.ToUpper(proto)
-	if proto != "A" && proto != "B" && proto != "C" {
-		return o, fmt.Errorf("--protocol %q: use A, B or C", proto)
-	}
-	o.Protocol = proto[0]
 	var err error
+	if o.Protocol, err = daemon.ParseProtocol(proto); err != nil {
+		return o, err
+	}
 	if o.ResyncRate, err = units.ParseRate(rate); err != nil {
 		return o, fmt.Errorf("--resync-rate: %w", err)
 	}
