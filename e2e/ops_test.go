@@ -64,12 +64,19 @@ timeout = "2s"
 	// Writes each followed by an fsync: the nodes sync ahead of the flushes.
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=1M", "--iodepth=1", "--fsync=1")
 
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-	must(t, err)
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	scrape := func() []byte {
+		t.Helper()
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+		must(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		must(t, err)
+		return body
+	}
+	body := scrape()
 	for _, w := range []string{
 		`urbd_role{resource="r0",role="Primary"} 1`,
+		`urbd_protocol{protocol="C",resource="r0"} 1`,
 		`urbd_connection_state{resource="r0",state="Connected"} 1`,
 		`urbd_io_bytes_total{kind="write",resource="r0",side="local"}`,
 		`urbd_write_latency_seconds_bucket{resource="r0",side="peer"`,
@@ -122,6 +129,13 @@ timeout = "2s"
 	}
 	if out := c.a.ctl("adjust", "--protocol", "a", "r0"); out != "r0: protocol set to A" {
 		t.Errorf("urbd adjust --protocol a: %q", out)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(string(scrape()), `urbd_protocol{protocol="A",resource="r0"} 1`); {
+		if time.Now().After(deadline) {
+			t.Errorf("metrics do not show protocol A 5 s after urbd adjust --protocol a:\n%s", scrape())
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if out, err := c.a.try("adjust", "--protocol", "D", "r0"); err == nil || out != `urbd: --protocol "D": use A, B or C` {
 		t.Errorf("urbd adjust --protocol D: %v: %q", err, out)

@@ -17,6 +17,7 @@
 //	urbd_resync_remaining_bytes                gauge    0 when no resync runs
 //	urbd_connection_state{state}               gauge    1 for the current state, 0 for the others
 //	urbd_role{role}                            gauge    local role, same scheme
+//	urbd_protocol{protocol}                    gauge    replication protocol (A, B, C), same scheme
 //	urbd_peer_role{role}                       gauge
 //	urbd_disk_state{disk="local"|"peer",state} gauge
 //	urbd_writes_suspended                      gauge    0 or 1
@@ -96,6 +97,7 @@ var (
 	ConnStates = []string{"StandAlone", "WFConnection", "Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT"}
 	Roles      = []string{"Primary", "Secondary", "Unknown"}
 	DiskStates = []string{"UpToDate", "Inconsistent", "Outdated", "DUnknown", "Diskless"}
+	Protocols  = []string{"A", "B", "C"}
 )
 
 // Metrics holds the collectors of every resource of a process. Its methods
@@ -108,6 +110,7 @@ type Metrics struct {
 	resyncRemaining *prometheus.GaugeVec
 	connState       *prometheus.GaugeVec
 	role, peerRole  *prometheus.GaugeVec
+	protocol        *prometheus.GaugeVec
 	diskState       *prometheus.GaugeVec
 	suspended       *prometheus.GaugeVec
 	splitBrain      *prometheus.GaugeVec
@@ -150,6 +153,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		peerRole: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "urbd_peer_role", Help: "1 for the peer's current role as last known, 0 for the others.",
 		}, []string{"resource", "role"}),
+		protocol: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "urbd_protocol", Help: "1 for the replication protocol in effect (A, B or C), 0 for the others.",
+		}, []string{"resource", "protocol"}),
 		diskState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "urbd_disk_state", Help: "1 for the current state of the local or peer disk, 0 for the others.",
 		}, []string{"resource", "disk", "state"}),
@@ -166,7 +172,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.bytes, m.requests, m.latency, m.outOfSync, m.resyncRate, m.resyncRemaining,
-			m.connState, m.role, m.peerRole, m.diskState, m.suspended, m.splitBrain, m.nbdClients)
+			m.connState, m.role, m.peerRole, m.protocol, m.diskState, m.suspended, m.splitBrain, m.nbdClients)
 	}
 	return m
 }
@@ -191,6 +197,7 @@ func (m *Metrics) Resource(name string) *Resource {
 		connState:       newEnum(m.connState.MustCurryWith(prometheus.Labels{"resource": name}), ConnStates),
 		role:            newEnum(m.role.MustCurryWith(prometheus.Labels{"resource": name}), Roles),
 		peerRole:        newEnum(m.peerRole.MustCurryWith(prometheus.Labels{"resource": name}), Roles),
+		protocol:        newEnum(m.protocol.MustCurryWith(prometheus.Labels{"resource": name}), Protocols),
 		localDisk:       newEnum(m.diskState.MustCurryWith(prometheus.Labels{"resource": name, "disk": "local"}), DiskStates),
 		peerDisk:        newEnum(m.diskState.MustCurryWith(prometheus.Labels{"resource": name, "disk": "peer"}), DiskStates),
 	}
@@ -216,7 +223,7 @@ func (m *Metrics) Remove(name string) {
 	for _, v := range []*prometheus.MetricVec{
 		m.bytes.MetricVec, m.requests.MetricVec, m.latency.MetricVec, m.outOfSync.MetricVec,
 		m.resyncRate.MetricVec, m.resyncRemaining.MetricVec, m.connState.MetricVec, m.role.MetricVec,
-		m.peerRole.MetricVec, m.diskState.MetricVec, m.suspended.MetricVec, m.splitBrain.MetricVec,
+		m.peerRole.MetricVec, m.protocol.MetricVec, m.diskState.MetricVec, m.suspended.MetricVec, m.splitBrain.MetricVec,
 		m.nbdClients.MetricVec,
 	} {
 		v.DeletePartialMatch(match)
@@ -237,6 +244,7 @@ type Resource struct {
 
 	mu                        sync.Mutex // serialises the enum gauges' transitions
 	connState, role, peerRole *enum
+	protocol                  *enum
 	localDisk, peerDisk       *enum
 }
 
@@ -282,6 +290,9 @@ func (r *Resource) SetRole(role string) { r.setEnum(r.role, role) }
 // disconnected).
 func (r *Resource) SetPeerRole(role string) { r.setEnum(r.peerRole, role) }
 
+// SetProtocol sets the replication protocol in effect (Protocols).
+func (r *Resource) SetProtocol(p string) { r.setEnum(r.protocol, p) }
+
 // SetDiskStates sets the local and peer disk states.
 func (r *Resource) SetDiskStates(local, peer string) {
 	r.setEnum(r.localDisk, local)
@@ -304,6 +315,7 @@ func (r *Resource) Update(s *status.Resource) {
 	r.SetConnState(s.ConnState)
 	r.SetRole(s.Role)
 	r.SetPeerRole(s.PeerRole)
+	r.SetProtocol(s.Protocol)
 	r.SetDiskStates(s.DiskState, s.PeerDisk)
 	r.SetSuspended(s.Suspended)
 	r.SetSplitBrain(s.SplitBrain)

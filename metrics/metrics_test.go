@@ -64,7 +64,7 @@ func TestServeScrape(t *testing.T) {
 	r0.ObserveWrite(Peer, 3*time.Millisecond)
 	r0.ObserveWrite(Peer, 20*time.Second)
 	r0.Update(&status.Resource{
-		Name: "r0", ConnState: "SyncSource", Role: "Primary", PeerRole: "Secondary",
+		Name: "r0", Protocol: "B", ConnState: "SyncSource", Role: "Primary", PeerRole: "Secondary",
 		DiskState: "UpToDate", PeerDisk: "Inconsistent", OutOfSyncKiB: 20480, NBDClients: 2, Suspended: true,
 		Sync: &status.Sync{TotalKiB: 29312, RemainingKiB: 20480, SpeedKiB: 4096},
 	})
@@ -107,6 +107,9 @@ func TestServeScrape(t *testing.T) {
 		`urbd_role{resource="r0",role="Primary"}`:                                  1,
 		`urbd_role{resource="r0",role="Secondary"}`:                                0,
 		`urbd_peer_role{resource="r0",role="Secondary"}`:                           1,
+		`urbd_protocol{protocol="B",resource="r0"}`:                                1,
+		`urbd_protocol{protocol="C",resource="r0"}`:                                0,
+		`urbd_protocol{protocol="A",resource="r1"}`:                                0,
 		`urbd_disk_state{disk="local",resource="r0",state="UpToDate"}`:             1,
 		`urbd_disk_state{disk="peer",resource="r0",state="Inconsistent"}`:          1,
 		`urbd_disk_state{disk="peer",resource="r0",state="UpToDate"}`:              0,
