@@ -87,7 +87,6 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// checkOnPeerLoss accepts continue, suspend and "" (continue).
 // ParseProtocol reads a replication protocol as given to --protocol: A, B
 // or C, in either case.
 func ParseProtocol(s string) (byte, error) {
@@ -98,6 +97,7 @@ func ParseProtocol(s string) (byte, error) {
 	return 0, fmt.Errorf("--protocol %q: use A, B or C", s)
 }
 
+// checkOnPeerLoss accepts continue, suspend and "" (continue).
 func checkOnPeerLoss(s string) error {
 	switch s {
 	case "", "continue", "suspend":

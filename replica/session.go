@@ -114,9 +114,12 @@ func newSession(n *Node, ps *protocol.Session) *session {
 
 func (s *session) touch() { s.lastRecv.Store(time.Now().UnixNano()) }
 
-// wait blocks until the peer's answer that the protocol needs, and reports
-// whether the peer took the write. For protocols A and B the request stays
-// pending after wait returns, until the peer's AckDone.
+// wait blocks until the peer's answer that protocol proto needs, and
+// reports whether the peer took the write. proto is the protocol r was made
+// for (writeOp reads it once for both), or C, which waits for the peer's
+// write whatever r was made for (a Diskless node, whose peer holds the only
+// copy). For protocols A and B the request stays pending after wait
+// returns, until the peer's AckDone.
 func (r *request) wait(ctx context.Context, proto byte) bool {
 	var ch chan struct{}
 	switch proto {
@@ -127,7 +130,8 @@ func (r *request) wait(ctx context.Context, proto byte) bool {
 	default:
 		ch = r.done
 	}
-	// ch is nil if the protocol changed since r was made: done decides.
+	// ch would be nil only for a protocol laxer than r was made for, which
+	// no caller asks: then done decides.
 	select {
 	case <-ch:
 		// done is closed before received (see finish), so a failed
