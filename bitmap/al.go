@@ -3,6 +3,7 @@ package bitmap
 import (
 	"fmt"
 	"slices"
+	"sync/atomic"
 )
 
 // BeginWrite makes every extent touching [off, off+length) hot — present in
@@ -45,8 +46,22 @@ func (s *Store) EndWrite(off, length int64) {
 		return
 	}
 	first, last := off>>s.extShift, (off+length-1)>>s.extShift
+	ep := s.epoch.Load()
 	for e := first; e <= last; e++ {
+		// Before the unpin: an eviction that sees the extent idle also
+		// sees that this write ended in epoch ep.
+		raise(&s.ended[e], ep)
 		s.unpin(e, false)
+	}
+}
+
+// raise sets *p to v if v is larger.
+func raise(p *atomic.Uint64, v uint64) {
+	for {
+		old := p.Load()
+		if old >= v || p.CompareAndSwap(old, v) {
+			return
+		}
 	}
 }
 
@@ -146,22 +161,64 @@ func (s *Store) beginSlow(first, last int64) error {
 		if !s.busy && s.roundLocked() {
 			continue
 		}
+		if s.needSync && !s.syncing {
+			s.syncForEvictionLocked()
+			continue
+		}
 		s.cv.Wait()
 	}
+}
+
+// syncForEvictionLocked runs the data sync a round needs before it can
+// evict idle extents (rule 3): without the store, so that writes to hot
+// extents and the sync's own use of the store (a replica marking what its
+// peer failed to flush) go on meanwhile. A failed sync fails every waiting
+// call that has no room yet. s.mu held, released during the sync.
+func (s *Store) syncForEvictionLocked() {
+	s.syncing, s.needSync = true, false
+	s.mu.Unlock()
+	err := s.syncCovering(s.syncDataFn())
+	s.mu.Lock()
+	s.syncing = false
+	s.cv.Broadcast()
+	if err != nil {
+		for _, r := range s.queue {
+			if !r.granted {
+				r.err = err
+			}
+		}
+	}
+}
+
+// syncCovering runs sync (nil: nothing to run) as a new epoch; on success
+// every write that ended before it began may leave the log. Called without
+// s.mu.
+func (s *Store) syncCovering(sync func() error) error {
+	ep := s.epoch.Add(1)
+	if err := s.syncDataIO(sync); err != nil {
+		return err
+	}
+	raise(&s.covered, ep)
+	return nil
 }
 
 // pickVictimLocked claims one member extent for eviction with the clock
 // algorithm: idle (no write in flight), not granted to a waiting BeginWrite,
 // not in skip, and not referenced since the hand last passed (the hand clears
-// the reference bit: a second chance). It clears the extent's hot bit by CAS,
-// so no write can pin it any more. s.mu held, s.busy set by the caller.
+// the reference bit: a second chance). Its last write must have ended before
+// a data sync that succeeded began; an extent that is otherwise a victim sets
+// needSync. It clears the extent's hot bit by CAS, so no write can pin it any
+// more: a write that ended since the check would have pinned it, setting the
+// reference bit, and failed the CAS. s.mu held, s.busy set by the caller.
 func (s *Store) pickVictimLocked(skip map[uint64]bool) (uint64, bool) {
 	n := len(s.members)
+	uncovered := -1 // where the hand found the first one waiting for a sync
 	for step := 0; step < 2*n+1 && n > 0; step++ {
 		if s.hand >= n {
 			s.hand = 0
 		}
-		e := s.members[s.hand]
+		at := s.hand
+		e := s.members[at]
 		s.hand++
 		if skip[e] || s.want[e] > 0 {
 			continue
@@ -175,9 +232,19 @@ func (s *Store) pickVictimLocked(skip map[uint64]bool) (uint64, bool) {
 			p.CompareAndSwap(v, v&^stRef) // a racing pin just keeps it referenced
 			continue
 		}
+		if s.ended[e].Load() >= s.covered.Load() {
+			s.needSync = true // not durable everywhere yet
+			if uncovered < 0 {
+				uncovered = at
+			}
+			continue
+		}
 		if p.CompareAndSwap(v, 0) {
 			return e, true
 		}
+	}
+	if uncovered >= 0 {
+		s.hand = uncovered // after the sync, the clock goes on from there
 	}
 	return 0, false
 }
@@ -187,8 +254,10 @@ func (s *Store) pickVictimLocked(skip map[uint64]bool) (uint64, bool) {
 // evicting idle extents as needed; persists the bitmap first if an evicted
 // extent has bits not yet on disk; then writes the AL. s.mu is held on entry
 // and exit but released during I/O. It returns false, having done nothing,
-// when the first waiting call cannot fit (every slot has a write in flight).
+// when the first waiting call cannot fit: every slot has a write in flight,
+// or the idle ones wait for a data sync (needSync).
 func (s *Store) roundLocked() bool {
+	s.needSync = false
 	inAdd := make(map[uint64]bool)
 	victims := make(map[uint64]bool)
 	skip := make(map[uint64]bool) // victims, and extents of the calls served so far
@@ -273,10 +342,7 @@ func (s *Store) roundLocked() bool {
 	s.mu.Unlock()
 	var bmErr, alErr error
 	var written int
-	if len(victimList) > 0 {
-		bmErr = s.syncDataIO(s.syncDataFn())
-	}
-	wroteChunks := snap != nil && bmErr == nil
+	wroteChunks := snap != nil
 	if wroteChunks {
 		written, bmErr = s.writeChunks(snap, chunks)
 	}
@@ -364,8 +430,8 @@ func (s *Store) sweepable() bool {
 	return false
 }
 
-// syncDataIO runs sync (Options.SyncData, or SweepWith's), before an
-// activity-log write that drops extents. Called without s.mu.
+// syncDataIO runs sync (Options.SyncData), before an activity-log write
+// that drops extents. Called without s.mu.
 func (s *Store) syncDataIO(sync func() error) error {
 	if sync == nil {
 		return nil
@@ -427,18 +493,10 @@ func (s *Store) persistBitmapLocked() error {
 // When an extent can go, Options.SyncData runs first (rule 3), before the
 // sweep takes the store: every write of such an extent ended before the
 // previous Sweep, so the sync covers it, and writes needing new extents do not
-// wait for it.
-func (s *Store) Sweep() error { return s.SweepWith(nil) }
-
-// SweepWith is Sweep with sync, when not nil, run instead of
-// Options.SyncData; it must make durable at least what SyncData does (a
-// replica also flushes its peer), and may use the store.
-func (s *Store) SweepWith(sync func() error) error {
+// wait for it. The sync also lets an eviction take the extents it covers.
+func (s *Store) Sweep() error {
 	if s.sweepable() {
-		if sync == nil {
-			sync = s.syncDataFn()
-		}
-		if err := s.syncDataIO(sync); err != nil {
+		if err := s.syncCovering(s.syncDataFn()); err != nil {
 			return err
 		}
 	}

@@ -36,13 +36,16 @@
 //     so the mark is covered; after EndWrite the extent may be evicted, and
 //     eviction persists the bitmap first if the extent has bits that are not
 //     on disk yet.
-//  3. Eviction order: (a) the victim's hot bit is cleared (no new write can
-//     start in it), (b) Options.SyncData makes the data writes done so far
-//     durable (out of the log, a write that both disks have in their page
-//     caches only is recorded nowhere, and a power cut of this machine would
-//     take it from this disk alone), (c) its bits are compared with the last
-//     durable bitmap and the bitmap is written if needed, (d) the AL is
-//     written without it. A failed SyncData keeps the victim in the log.
+//  3. Eviction order: (a) a data sync (Options.SyncData) that began after
+//     the victim's last write ended has succeeded: out of the log, a write
+//     that a page cache still holds is recorded nowhere, and a power cut
+//     would take it from one disk alone. EndWrite records the sync epoch it
+//     saw; when no idle extent is covered, the write that needs the room
+//     runs a sync without holding the store, and writes to hot extents go on.
+//     (b) The victim's hot bit is cleared (no new write can start in it),
+//     (c) its bits are compared with the last durable bitmap and the bitmap
+//     is written if needed, (d) the AL is written without it. A failed sync
+//     keeps the victims in the log and fails the calls waiting for room.
 //  4. MarkInSync only clears memory; the on-disk bitmap keeps the bits until
 //     the next bitmap write. A superset on disk is always safe.
 //  5. Sweep drops idle extents (no write in flight, none begun or ended

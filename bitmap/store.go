@@ -71,11 +71,14 @@ type Options struct {
 	ALExtents                     int
 	FS                            FS
 	// SyncData makes every data write that completed so far durable (an
-	// fdatasync of the data disk). The store calls it before it writes an
-	// activity log that drops extents (eviction, Sweep, Close): once out of
-	// the log, an extent's writes are recorded nowhere, so a power cut
-	// must not be able to take them from this disk's page cache. nil: the
-	// caller keeps the data durable itself.
+	// fdatasync of the data disk; a replica also flushes its peer's). The
+	// store calls it before it writes an activity log that drops extents
+	// (eviction, Sweep, Close): once out of the log, an extent's writes
+	// are recorded nowhere, so a power cut must not be able to take them
+	// from a page cache. Eviction and Sweep call it without holding the
+	// store, so it may use the store (mark blocks, persist the bitmap);
+	// Close calls it holding the store. nil: the caller keeps the data
+	// durable itself.
 	SyncData func() error
 
 	chunkWords int // bitmap words per chunk file; 0 is defaultChunkWords (tests use small chunks)
@@ -131,6 +134,15 @@ type Store struct {
 	st       []atomic.Uint64              // per-extent state, see stHot
 	syncData atomic.Pointer[func() error] // Options.SyncData; see SetSyncData
 
+	// Data syncs and the extents they cover (ordering rule 3). A sync
+	// starts by advancing epoch; EndWrite records in ended the epoch it
+	// saw, so a write recorded below a sync's epoch ended before that sync
+	// began, and once the sync succeeded covered rises to its epoch. An
+	// extent may leave the log only when ended[e] < covered.
+	ended   []atomic.Uint64 // per extent: the highest epoch an EndWrite saw
+	epoch   atomic.Uint64
+	covered atomic.Uint64
+
 	waiters  atomic.Int64 // BeginWrite calls in the slow path; EndWrite wakes them
 	outside  atomic.Bool  // bits were set outside hot extents since the last bitmap write
 	alWrites atomic.Uint64
@@ -142,6 +154,8 @@ type Store struct {
 	mu        sync.Mutex
 	cv        sync.Cond      // on mu; broadcast after every metadata round and when an extent goes idle while waiters > 0
 	busy      bool           // a metadata write (AL or bitmap) is running; only its runner changes members/disk
+	syncing   bool           // a BeginWrite runs the data sync that eviction needs (one at a time)
+	needSync  bool           // the last round found idle extents that only a data sync lets go
 	closed    bool           // Close has started
 	members   []uint64       // extents in the activity log on disk, in clock order
 	memberIdx map[uint64]int // extent -> index in members
@@ -379,6 +393,9 @@ func newStore(dir string, fsys FS, meta Meta, capacity, chunkWords int) *Store {
 	s.cv.L = &s.mu
 	s.bm = New(meta.Size, meta.BitmapBlock)
 	s.st = make([]atomic.Uint64, s.nExt)
+	s.ended = make([]atomic.Uint64, s.nExt)
+	s.epoch.Store(1)
+	s.covered.Store(1) // no write ended yet
 	s.disk = make([]uint64, s.bm.NumWords())
 	s.chunkWords = int64(chunkWords)
 	s.nChunks = int(ceilDiv(int64(len(s.disk)), s.chunkWords))

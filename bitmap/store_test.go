@@ -646,26 +646,69 @@ func TestSweepSyncLetsWritesGoOn(t *testing.T) {
 	}
 }
 
-// TestSweepWithReplacesSyncData: SweepWith runs its own sync instead of
-// Options.SyncData, once and only when an extent can go, so a replica that
-// also flushes its peer does not sync the local disk twice.
-func TestSweepWithReplacesSyncData(t *testing.T) {
-	var local, own int
-	s := openMem(t, NewMemFS(), Options{Size: 64 * tMiB, SyncData: func() error { local++; return nil }})
-	sync := func() error { own++; return nil }
-	if err := s.BeginWrite(0, 4096); err != nil {
-		t.Fatal(err)
+// TestEvictionSyncRunsWithoutTheStore: the data sync an eviction needs runs
+// without holding the store, so it may use it, as a replica's sync does when
+// its peer fails a flush (it marks the blocks and persists the bitmap); the
+// write that needs the room waits for it, a write to a hot extent does not.
+// The eviction then takes only an extent whose last write ended before the
+// sync began: a write ending meanwhile may have missed it.
+func TestEvictionSyncRunsWithoutTheStore(t *testing.T) {
+	entered, release := make(chan struct{}, 4), make(chan struct{})
+	var syncs atomic.Int32
+	var s *Store
+	s = openMem(t, NewMemFS(), Options{Size: 64 * tMiB, ALExtents: 2, SyncData: func() error {
+		syncs.Add(1)
+		entered <- struct{}{}
+		<-release
+		s.MarkOutOfSync(0, 4096)
+		return s.PersistBitmap()
+	}})
+	within := func(what string, ch <-chan error) {
+		t.Helper()
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: still waiting after 10 s", what)
+		}
 	}
-	s.EndWrite(0, 4096)
-	for i, want := range []int{0, 1} { // touched: nothing can go; then the extent goes
-		if err := s.SweepWith(sync); err != nil {
+	for _, off := range []int64{0, 4 * tMiB} { // extents 0 and 1, both in flight
+		if err := s.BeginWrite(off, 4096); err != nil {
 			t.Fatal(err)
 		}
-		if own != want || local != 0 {
-			t.Fatalf("sweep %d: its sync ran %d times (want %d), SyncData %d (want 0)", i+1, own, want, local)
-		}
 	}
-	if s.HotExtents() != 0 {
-		t.Fatalf("%d extents still hot", s.HotExtents())
+	began := make(chan error, 1)
+	go func() { began <- s.BeginWrite(8*tMiB, 4096) }() // extent 2: needs a victim
+	s.EndWrite(0, 4096)                                 // extent 0 idle: its write is not yet synced
+	select {
+	case <-entered:
+	case err := <-began:
+		t.Fatalf("the write needing room returned (%v) without a data sync", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no data sync after 10 s")
+	}
+	// Extent 1's write ends after the sync began: the sync need not cover it.
+	s.EndWrite(4*tMiB, 4096)
+	hot := make(chan error, 1)
+	go func() { hot <- s.BeginWrite(4*tMiB, 4096) }()
+	within("a write to a hot extent during the sync", hot)
+	s.EndWrite(4*tMiB, 4096)
+	select {
+	case err := <-began:
+		t.Fatalf("the write needing room returned (%v) before the sync did", err)
+	default:
+	}
+	close(release)
+	within("the write needing room", began)
+	s.EndWrite(8*tMiB, 4096)
+	s.mu.Lock()
+	_, hot0 := s.memberIdx[0]
+	_, hot1 := s.memberIdx[1]
+	s.mu.Unlock()
+	if hot0 || !hot1 || syncs.Load() != 1 {
+		t.Fatalf("extent 0 hot %v, extent 1 hot %v after %d syncs; want extent 0 evicted, not extent 1, after 1",
+			hot0, hot1, syncs.Load())
 	}
 }

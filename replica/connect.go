@@ -68,25 +68,27 @@ func (n *Node) sweepLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			if err := n.sweep(ctx); err != nil {
+			if err := n.sweep(); err != nil {
 				n.log.Error("activity-log sweep failed", "err", err)
 			}
 		}
 	}
 }
 
-// sweep drops idle extents from the activity log. Once out of the log a
-// write is recorded nowhere, so before that it must be durable on both
-// disks: instead of the local sync alone (bitmap.Options.SyncData) the
-// sweep flushes the peer as well, so that even both machines losing power
-// together cannot leave such a write on one disk only. A peer that fails
-// the flush, or is lost, has the writes marked out of sync (the transfer
-// log) before the flush returns.
-func (n *Node) sweep(ctx context.Context) error {
-	return n.store.SweepWith(func() error {
-		_, err := n.flushBoth(ctx)
-		return err
-	})
+// sweep drops idle extents from the activity log, after syncData.
+func (n *Node) sweep() error { return n.store.Sweep() }
+
+// syncData is the activity log's data sync (bitmap.Options.SyncData), run
+// before extents leave the log by eviction or sweep. Once out of the log a
+// write is recorded nowhere, so it must be durable on both disks first:
+// syncData flushes the peer as well as the local disk (flushBoth), so that
+// even both machines losing power together cannot leave such a write on one
+// disk only. A peer that fails the flush, or is lost, has the writes marked
+// out of sync (the transfer log) before the flush returns, and the eviction
+// or sweep persists those marks before it drops their extents.
+func (n *Node) syncData() error {
+	_, err := n.flushBoth(context.Background())
+	return err
 }
 
 func (n *Node) protoConfig() protocol.Config {

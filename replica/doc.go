@@ -14,6 +14,9 @@
 //     referenced until the peer answered the write or the write was marked
 //     out of sync, so after a crash of either node at any instant the
 //     on-disk bitmap plus the activity log cover every block that may differ.
+//     An extent leaves the log only after a flush of both disks that began
+//     after its last write ended (syncData, the store's SyncData), so a power
+//     cut of both machines together leaves nothing that differs unmarked.
 //  2. Protocol C answers an NBD write only after the local write and the
 //     peer's write completed; B after the local write and the peer's receipt;
 //     A after the local write and the hand-over to the socket. A FLUSH, or a

@@ -1,8 +1,6 @@
 package replica
 
 import (
-	"context"
-
 	"github.com/urbd/urbd/protocol"
 )
 
@@ -43,7 +41,7 @@ func (n *Node) PeerWantsReceipts() bool {
 }
 
 // Sweep runs one activity-log sweep as the node's sweep loop does.
-func (n *Node) Sweep(ctx context.Context) error { return n.sweep(ctx) }
+func (n *Node) Sweep() error { return n.sweep() }
 
 // NodeID returns the node's id, which breaks ties in Decide.
 func (n *Node) NodeID() uint64 { return n.nodeID }

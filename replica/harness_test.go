@@ -53,6 +53,7 @@ type nodeOpts struct {
 	fence       *fenceHandler // Config.FencePeer; nil = none configured
 	afterSB     replica.AfterSplitBrain
 	onIOError   replica.OnIOError
+	alExtents   int // bitmap.Options.ALExtents; 0 = the default
 }
 
 // tnode is one in-process node with its files.
@@ -200,7 +201,7 @@ func (x *tnode) start() {
 	x.metaFS.dead.Store(false)
 	disk := &testDisk{Backend: f, volatile: x.opts.volatile}
 	store, err := bitmap.Open(x.metaDir, bitmap.Options{
-		Size: f.Size(), BitmapBlock: hBlock, FS: &x.metaFS,
+		Size: f.Size(), BitmapBlock: hBlock, FS: &x.metaFS, ALExtents: x.opts.alExtents,
 		SyncData: func() error { return disk.Flush(context.Background()) },
 	})
 	if err != nil {

@@ -22,7 +22,7 @@ import (
 type Config struct {
 	Name       string
 	Disk       nbd.Backend   // the local disk
-	Store      *bitmap.Store // metadata, bitmap and activity log in --meta
+	Store      *bitmap.Store // metadata, bitmap and activity log in --meta; New sets its SyncData to flush both disks
 	Protocol   byte          // 'A', 'B' or 'C' (0: 'C'); SetProtocol changes it
 	ListenPeer string        // HOST:PORT this node accepts its peer on ("" = do not listen)
 	Peer       string        // HOST:PORT of the peer
@@ -188,6 +188,8 @@ func New(cfg Config) (*Node, error) {
 	if err := n.saveMetaLocked(); err != nil {
 		return nil, err
 	}
+	// Extents leave the activity log only once both disks flushed.
+	cfg.Store.SetSyncData(n.syncData)
 	return n, nil
 }
 
@@ -582,6 +584,9 @@ func (n *Node) Close() error {
 	var err error
 	if !n.isDiskless() {
 		err = n.disk.Flush(context.Background())
+		// No peer is left to flush, and syncData would wait for n.mu,
+		// held below: the store's last sync is this disk's alone.
+		n.store.SetSyncData(func() error { return n.disk.Flush(context.Background()) })
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

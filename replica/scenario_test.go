@@ -1824,44 +1824,59 @@ func TestScenarioSyncTargetMarksWhatAPowerCutTakes(t *testing.T) {
 	}
 }
 
-// TestScenarioPowerCutAfterExtentWentCold: a write the application never
-// flushed sits in both page caches once answered. When its extent goes cold
-// and leaves the Primary's activity log, nothing records it any more, so by
-// then it must be durable on both disks: otherwise a power cut of the Primary
-// takes it from there while the Secondary keeps it, or a power cut of both
-// machines (the Primary first, so its transfer log dies with it) takes it
-// from the Secondary only, and the disks differ with no mark that would
-// resync them.
-func TestScenarioPowerCutAfterExtentWentCold(t *testing.T) {
-	for _, both := range []bool{false, true} {
-		t.Run(map[bool]string{false: "the Primary", true: "both machines"}[both], func(t *testing.T) {
-			o := nodeOpts{volatile: true}
-			a, b := cleanPair(t, o, o)
-			off := int64(hDiskSize - 2*hBlock) // in the last extent
-			a.write(off, pattern("never flushed", hBlock))
-			f0 := a.disk.flushes.Load()
-			for range 2 { // the first sweep sees the extent touched, the second drops it
-				if err := a.node.Sweep(context.Background()); err != nil {
-					t.Fatal(err)
+// TestScenarioPowerCutAfterExtentLeftTheLog: a write the application never
+// flushed sits in both page caches once answered. When its extent leaves the
+// Primary's activity log, because it went cold (sweep) or because a write
+// elsewhere needed its slot (eviction), nothing records it any more, so by
+// then it must be durable on both disks: otherwise a power cut of the
+// Primary takes it from there while the Secondary keeps it, or a power cut
+// of both machines (the Primary first, so its transfer log dies with it)
+// takes it from the Secondary only, and the disks differ with no mark that
+// would resync them.
+func TestScenarioPowerCutAfterExtentLeftTheLog(t *testing.T) {
+	for _, how := range []string{"sweep", "eviction"} {
+		for _, both := range []bool{false, true} {
+			name := how + ", power cut of " + map[bool]string{false: "the Primary", true: "both machines"}[both]
+			t.Run(name, func(t *testing.T) {
+				o := nodeOpts{volatile: true}
+				if how == "eviction" {
+					o.alExtents = 1 // of the disk's two extents
 				}
-			}
-			if n := a.store.HotExtents(); n != 0 {
-				t.Fatalf("%d extents still hot after two sweeps", n)
-			}
-			if n := a.disk.flushes.Load() - f0; n != 1 {
-				t.Fatalf("the sweeps flushed the Primary's disk %d times, want once (the sweep that dropped the extent)", n)
-			}
-			a.powerLoss()
-			if both {
-				b.powerLoss()
-				b.start()
-			}
-			b.waitConn(replica.WFConnection)
-			a.start()
-			a.waitConn(replica.Connected)
-			b.waitInSync()
-			sameDisks(t, a, b)
-		})
+				a, b := cleanPair(t, o, o)
+				off := int64(hDiskSize - 2*hBlock) // in the last extent
+				a.write(off, pattern("never flushed", hBlock))
+				fa, fb := a.disk.flushes.Load(), b.disk.flushes.Load()
+				if how == "sweep" {
+					for range 2 { // the first sweep sees the extent touched, the second drops it
+						if err := a.node.Sweep(); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if n := a.store.HotExtents(); n != 0 {
+						t.Fatalf("%d extents still hot after two sweeps", n)
+					}
+				} else {
+					// The first extent takes the last one's slot.
+					a.write(0, pattern("in the first extent", hBlock))
+				}
+				if n := a.disk.flushes.Load() - fa; n != 1 {
+					t.Fatalf("the %s flushed the Primary's disk %d times, want once", how, n)
+				}
+				if b.disk.flushes.Load() == fb {
+					t.Fatalf("the %s dropped the extent without flushing the Secondary's disk", how)
+				}
+				a.powerLoss()
+				if both {
+					b.powerLoss()
+					b.start()
+				}
+				b.waitConn(replica.WFConnection)
+				a.start()
+				a.waitConn(replica.Connected)
+				b.waitInSync()
+				sameDisks(t, a, b)
+			})
+		}
 	}
 }
 
