@@ -1,6 +1,9 @@
 package bitmap
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Returned errors wrap them with %w and add the file, range or
 // geometry that matters; test them with errors.Is.
@@ -8,6 +11,10 @@ var (
 	// ErrGeometry: the disk size, bitmap block or extent size differs from the
 	// stored metadata or from another bitmap, or is invalid.
 	ErrGeometry = errors.New("bitmap: geometry mismatch")
+	// ErrGrew: the disk is larger than the stored metadata says, and
+	// Options.Grow was not given (a *SizeError, which also matches
+	// ErrGeometry).
+	ErrGrew = errors.New("bitmap: the disk is larger than its metadata")
 	// ErrRange: an offset, length or word range lies outside the disk/bitmap.
 	ErrRange = errors.New("bitmap: range out of bounds")
 	// ErrCorrupt: a metadata file has a bad magic, version, length, checksum or
@@ -24,3 +31,20 @@ var (
 	// ErrInvalid: an invalid argument (Options, Meta field).
 	ErrInvalid = errors.New("bitmap: invalid argument")
 )
+
+// SizeError is Open's error for a disk whose size differs from the stored
+// one (and that Options.Grow does not accept): errors.Is matches it with
+// ErrGeometry, and with ErrGrew when the disk is the larger.
+type SizeError struct {
+	Disk, Stored int64  // bytes
+	Dir          string // the metadata directory
+}
+
+func (e *SizeError) Error() string {
+	return fmt.Sprintf("bitmap: geometry mismatch: disk size %d (stored %d, metadata in %s)", e.Disk, e.Stored, e.Dir)
+}
+
+// Is makes errors.Is(err, ErrGeometry) hold, and ErrGrew for a larger disk.
+func (e *SizeError) Is(target error) bool {
+	return target == ErrGeometry || target == ErrGrew && e.Disk > e.Stored
+}

@@ -80,6 +80,12 @@ type Options struct {
 	// Close calls it holding the store. nil: the caller keeps the data
 	// durable itself.
 	SyncData func() error
+	// Grow accepts a Size larger than the stored one: the disk was grown
+	// (lvextend on both nodes). The metadata grows to Size, every block from
+	// the old end on is marked out of sync (its contents differ between the
+	// nodes until a resync copies them), and Recovery.GrownFrom tells the old
+	// size. A smaller Size is ErrGeometry, with or without Grow.
+	Grow bool
 
 	chunkWords int // bitmap words per chunk file; 0 is defaultChunkWords (tests use small chunks)
 }
@@ -91,6 +97,7 @@ type Recovery struct {
 	ALExtents    int      // extents found in the activity log after an unclean shutdown, all marked dirty
 	Corrupt      bool     // a file was torn, truncated, corrupt or missing: the whole disk was marked dirty
 	CorruptFiles []string // which files, with the reason
+	GrownFrom    int64    // the stored disk size before Options.Grow grew it; 0: not grown
 }
 
 // Extent state word, one per extent of the disk, changed only with atomic
@@ -177,7 +184,8 @@ type request struct {
 // Open loads the metadata in dir, or creates it (new NodeID, Disk
 // "Inconsistent", empty bitmap, empty activity log) when dir holds none. A
 // geometry that differs from the stored one is an error wrapping ErrGeometry
-// naming both, and nothing is written. After an unclean shutdown every block
+// naming both (a *SizeError for the disk size), and nothing is written,
+// except that Options.Grow accepts a larger disk and grows the metadata. After an unclean shutdown every block
 // of every extent in the activity log is marked dirty; a torn, truncated,
 // corrupt or missing file marks the whole disk dirty (and a lost meta gets a
 // fresh identity with Disk "Inconsistent"). Either is reported by Recovered.
@@ -232,9 +240,22 @@ func Open(dir string, opt Options) (*Store, error) {
 	default:
 		return nil, fmt.Errorf("bitmap: read %s: %w", filepath.Join(dir, MetaFile), err)
 	}
+	grownFrom := int64(0)
 	if haveMeta {
-		if err := checkGeometry(meta, opt); err != nil {
+		check := opt
+		check.Size = 0 // below
+		if err := checkGeometry(meta, check); err != nil {
 			return nil, fmt.Errorf("%w (metadata in %s)", err, dir)
+		}
+		switch {
+		case opt.Size == 0 || opt.Size == meta.Size:
+		case opt.Size > meta.Size && opt.Grow:
+			if err := validGeometry(opt.Size, meta.BitmapBlock, meta.ExtentSize); err != nil {
+				return nil, err
+			}
+			grownFrom = meta.Size // loaded at the stored size, then grown
+		default:
+			return nil, &SizeError{Disk: opt.Size, Stored: meta.Size, Dir: dir}
 		}
 	} else {
 		meta = Meta{
@@ -315,9 +336,18 @@ func Open(dir string, opt Options) (*Store, error) {
 		}
 	}
 
+	if grownFrom > 0 {
+		s = s.grown(opt.Size, opt)
+		meta = s.meta
+		rec.GrownFrom = grownFrom
+		alDirty, bmDirty = true, true
+	}
+
 	// Make the recovered state durable: bitmap first, then the AL without the
-	// extents it covers, then (on creation or after losing it) meta, which
-	// marks the directory complete.
+	// extents it covers, then (on creation, after losing it, or grown) meta,
+	// which marks the directory complete. A crash while growing leaves meta
+	// at the old size and the other files at the new one: the next Open
+	// finds them corrupt and marks the whole disk.
 	if bmDirty {
 		if err := s.persistBitmapOpen(); err != nil {
 			return nil, err
@@ -329,13 +359,35 @@ func Open(dir string, opt Options) (*Store, error) {
 		}
 		s.alSeq++
 	}
-	if !haveMeta {
+	if !haveMeta || grownFrom > 0 {
 		if err := s.writeMeta(meta); err != nil {
 			return nil, err
 		}
 	}
 	s.rec = rec
 	return s, nil
+}
+
+// grown returns a store like s, just opened, for a disk grown to size: the
+// same bits and activity-log sequence, and every block from the block
+// holding s's end on marked. Every chunk of it counts as differing from the
+// disk (each chunk file names the disk size), so all are written.
+func (s *Store) grown(size int64, opt Options) *Store {
+	m := s.meta
+	m.Size = size
+	g := newStore(s.dir, s.fs, m, opt.ALExtents, opt.chunkWords)
+	g.SetSyncData(opt.SyncData)
+	g.alSeq = s.alSeq
+	words := make([]uint64, g.bm.NumWords())
+	s.bm.snapshotInto(words[:s.bm.NumWords()])
+	g.bm.loadWords(words)
+	from := s.size / s.block * s.block
+	g.bm.Set(from, size-from)
+	g.bm.snapshotInto(words)
+	for i, w := range words {
+		g.disk[i] = ^w
+	}
+	return g
 }
 
 func orDefault(v, d int64) int64 {

@@ -712,3 +712,119 @@ func TestEvictionSyncRunsWithoutTheStore(t *testing.T) {
 			hot0, hot1, syncs.Load())
 	}
 }
+
+// TestGrow: a disk grown while the resource was down. Without Options.Grow a
+// larger size is refused as before; with it the metadata takes the new size,
+// keeps every bit and the activity log's extents, and marks everything from
+// the block holding the old end on, durably. A smaller size is refused even
+// with Grow.
+func TestGrow(t *testing.T) {
+	const block = 512
+	oldSize, newSize := int64(63*1024+300), int64(80*1024+100) // both end inside a block
+	geo := Options{Size: oldSize, BitmapBlock: block, ExtentSize: 4096, ALExtents: 4, chunkWords: 1}
+	fsys := NewMemFS()
+	s := openMem(t, fsys, geo)
+	s.MarkOutOfSync(5*block, block)
+	if err := s.PersistBitmap(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BeginWrite(40*block, block); err != nil {
+		t.Fatal(err)
+	}
+	// Crash with the write in flight: its extent is in the log.
+	fsys = fsys.Reboot()
+	want := func(s *Store, what string) {
+		t.Helper()
+		bm := s.Bitmap()
+		for b := int64(0); b*block < s.Meta().Size; b++ {
+			set := bm.IsSet(b*block, 1)
+			need := b == 5 || b/8 == 40/8 || b >= oldSize/block
+			if need && !set {
+				t.Fatalf("%s: block %d is not marked", what, b)
+			}
+			if !need && set && b < oldSize/block {
+				t.Fatalf("%s: block %d is marked, only blocks 5, 40..47 and from %d on should be", what, b, oldSize/block)
+			}
+		}
+	}
+
+	bigger := geo
+	bigger.Size = newSize
+	bigger.FS = fsys
+	if _, err := Open(tDir, bigger); !errors.Is(err, ErrGeometry) || !errors.Is(err, ErrGrew) {
+		t.Fatalf("a larger disk without Grow: %v, want ErrGeometry and ErrGrew", err)
+	}
+	smaller := geo
+	smaller.Size, smaller.Grow, smaller.FS = oldSize-block, true, fsys
+	if _, err := Open(tDir, smaller); !errors.Is(err, ErrGeometry) || errors.Is(err, ErrGrew) {
+		t.Fatalf("a smaller disk with Grow: %v, want ErrGeometry only", err)
+	}
+	bigger.Grow = true
+	g, err := Open(tDir, bigger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := g.Recovery(); r.GrownFrom != oldSize || r.ALExtents != 1 || r.Corrupt {
+		t.Fatalf("Recovery %+v; want GrownFrom %d, one AL extent, not corrupt", r, oldSize)
+	}
+	if g.Meta().Size != newSize {
+		t.Fatalf("meta size %d, want %d", g.Meta().Size, newSize)
+	}
+	want(g, "grown")
+
+	// Durable: a crash now, and the next start at the new size needs no Grow.
+	again := geo
+	again.Size, again.FS = newSize, fsys.Reboot()
+	g2, err := Open(tDir, again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := g2.Recovery(); r.GrownFrom != 0 || r.Corrupt {
+		t.Fatalf("Recovery after the grow %+v; want not grown, not corrupt", r)
+	}
+	want(g2, "reopened")
+}
+
+// TestGrowCrash: a crash at any durable operation of a growing Open loses
+// nothing: growing again afterwards marks at least what the first grow would.
+func TestGrowCrash(t *testing.T) {
+	const block = 512
+	geo := Options{Size: 63*1024 + 300, BitmapBlock: block, ExtentSize: 4096, ALExtents: 4, chunkWords: 1}
+	base := NewMemFS()
+	s := openMem(t, base, geo)
+	s.MarkOutOfSync(7*block, block)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	grow := geo
+	grow.Size, grow.Grow = 80*1024+100, true
+	full := base.Reboot()
+	grow.FS = full
+	start := full.Ops()
+	if _, err := Open(tDir, grow); err != nil {
+		t.Fatal(err)
+	}
+	total := full.Ops() - start
+	if total < 4 {
+		t.Fatalf("growing took %d durable operations; want the chunks, the AL and meta", total)
+	}
+	for _, mode := range []CrashOptions{{}, {Apply: true}, {TornTemp: true}} {
+		for k := range total {
+			fsys := base.Reboot()
+			fsys.CrashAfter(fsys.Ops()+k, mode)
+			grow.FS = fsys
+			if _, err := Open(tDir, grow); err == nil && fsys.Crashed() {
+				t.Fatalf("crash after op %d %+v: Open succeeded through the crash", k, mode)
+			}
+			grow.FS = fsys.Reboot()
+			g, err := Open(tDir, grow)
+			if err != nil {
+				t.Fatalf("crash after op %d %+v: growing again: %v", k, mode, err)
+			}
+			bm := g.Bitmap()
+			if !bm.IsSet(7*block, 1) || !bm.IsSet(geo.Size/block*block, grow.Size-geo.Size/block*block) {
+				t.Fatalf("crash after op %d %+v: a marked block was lost (meta size %d)", k, mode, g.Meta().Size)
+			}
+		}
+	}
+}

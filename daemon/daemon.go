@@ -67,7 +67,10 @@ type Options struct {
 	TCPCongestion string
 	BitmapBlock   int64
 	AssumeClean   bool
-	RunDir        string
+	// Grow accepts a disk larger than the metadata was made for: the
+	// metadata grows to it and the new part is marked out of sync.
+	Grow   bool
+	RunDir string
 	// Handlers maps events (initial-split-brain, split-brain, peer-lost, peer-back,
 	// resync-started, resync-done, promoted, demoted, local-io-error) to
 	// shell commands run with URBD_RESOURCE and URBD_EVENT in their
@@ -182,9 +185,20 @@ func Run(ctx context.Context, o Options) error {
 	store, err := bitmap.Open(o.Meta, bitmap.Options{
 		Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize,
 		SyncData: func() error { return disk.Flush(context.Background()) },
+		Grow:     o.Grow,
 	})
+	if se := (*bitmap.SizeError)(nil); errors.As(err, &se) {
+		if se.Disk > se.Stored {
+			return fmt.Errorf("--disk %s is %d bytes, --meta %s was made for %d: if the disk was grown on purpose, start with --grow, on both nodes (the new part is resynced)", o.Disk, se.Disk, o.Meta, se.Stored)
+		}
+		return fmt.Errorf("--disk %s is %d bytes, --meta %s was made for %d: urbd cannot shrink a resource; give it a disk of at least %d bytes", o.Disk, se.Disk, o.Meta, se.Stored, se.Stored)
+	}
 	if err != nil {
 		return fmt.Errorf("opening --meta %s: %w", o.Meta, err)
+	}
+	if from := store.Recovery().GrownFrom; from > 0 {
+		log.Warn("the disk grew: the metadata now covers it; the new part is out of sync until the peer, grown too, resyncs it",
+			"from_bytes", from, "to_bytes", disk.Size())
 	}
 	if fresh {
 		if err := replica.InitialUUIDs(store, o.Name, o.AssumeClean); err != nil {

@@ -123,11 +123,16 @@ func must(t testing.TB, err error) {
 // for this start only.
 func (n *node) start(extra ...string) {
 	n.t.Helper()
+	n.startArgs(n.upArgs(extra...)...)
+}
+
+// upArgs is the node's `urbd up` command line with extra flags added.
+func (n *node) upArgs(extra ...string) []string {
 	args := []string{"--run-dir", n.runDir, "up", "--disk", n.disk, "--meta", n.meta,
 		"--nbd", "unix:" + n.sock, "--listen-peer", n.listen, "--peer", n.peer, "--timeout", "2s"}
 	args = append(args, n.extra...)
 	args = append(args, extra...)
-	n.startArgs(append(args, "r0")...)
+	return append(args, "r0")
 }
 
 // startArgs runs urbd with exactly these arguments as the node's daemon.

@@ -45,6 +45,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "on-peer-loss", Value: "continue", Usage: "continue (go on alone, track changes) or suspend (hold writes until the peer is back)"},
 		&cli.StringFlag{Name: "bitmap-block", Value: "4KiB", Usage: "disk bytes per out-of-sync bit"},
 		&cli.BoolFlag{Name: "assume-clean", Usage: "on first start, mark the disk UpToDate: both disks are freshly created and identical"},
+		&cli.BoolFlag{Name: "grow", Usage: "the disk was grown since the last start (on both nodes): grow the metadata to its size and resync the new part"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "config", Usage: "resource file naming both nodes (see docs/CONFIG.md); flags override it"},
 		&cli.StringFlag{Name: "node", Usage: "this node's name in --config (default: the hostname)"},
@@ -160,6 +161,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		return o, fmt.Errorf("--bitmap-block %s: use a power of two of at least 512 bytes", block)
 	}
 	o.AssumeClean = c.Bool("assume-clean")
+	o.Grow = c.Bool("grow")
 	o.Threads = autoThreads
 	if c.String("config") != "" {
 		o.Reload = func() (daemon.Options, error) { return upOptions(c, name) }

@@ -1,0 +1,78 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urbd/urbd/status"
+)
+
+// TestGrowDisks: the operator grows both disks (lvextend) while the resource
+// is down. `urbd up` refuses the larger disk with a message that names
+// --grow; with --grow each node's metadata covers the new part and marks it
+// out of sync, the Primary's copy of it is resynced to the Secondary (whose
+// new part held other bytes), the data written before is intact, and the
+// export has the new size. A disk that shrank is refused.
+func TestGrowDisks(t *testing.T) {
+	const oldSize, newSize = 32 << 20, 48 << 20
+	c := newCluster(t, clusterOpts{size: oldSize})
+	c.startBoth()
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=64k", "--size=8M", "--iodepth=8",
+		"--verify=crc32c", "--do_verify=1", "--randrepeat=0")
+	c.a.waitInSync(30 * time.Second)
+	c.a.stop()
+	c.b.stop()
+	before := fileBytes(t, c.a.disk)
+
+	// Node a's disk grows with zeros, node b's with other bytes.
+	must(t, os.Truncate(c.a.disk, newSize))
+	junk := bytes.Repeat([]byte("not the primary's data "), (newSize-oldSize)/23+1)[:newSize-oldSize]
+	f, err := os.OpenFile(c.b.disk, os.O_WRONLY|os.O_APPEND, 0)
+	must(t, err)
+	_, err = f.Write(junk)
+	must(t, err)
+	must(t, f.Close())
+
+	out, err := c.a.command(c.a.upArgs()...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "start with --grow") {
+		t.Fatalf("urbd up on the grown disk without --grow: %v: %s", err, out)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); !strings.HasPrefix(lines[len(lines)-1], "urbd: --disk ") {
+		t.Fatalf("the refusal does not end in one urbd: line: %s", out)
+	}
+
+	c.a.start("--grow")
+	st := c.a.waitFor("the new part out of sync", 20*time.Second, func(s status.Resource) bool {
+		return s.Role == "Primary" && s.OutOfSyncKiB >= (newSize-oldSize)>>10
+	})
+	if st.OutOfSyncKiB > (newSize-oldSize)>>10+4 {
+		t.Fatalf("%d KiB out of sync after the grow; want the new %d KiB", st.OutOfSyncKiB, (newSize-oldSize)>>10)
+	}
+	c.b.start("--grow")
+	c.a.waitInSync(60 * time.Second)
+	cmpFiles(t, c.a.disk, c.b.disk)
+	after := fileBytes(t, c.b.disk)
+	if int64(len(after)) != newSize || !bytes.Equal(after[:oldSize], before) || bytes.Contains(after[oldSize:], []byte("not the primary's")) {
+		t.Fatal("after the resync the Secondary's disk is not the Primary's old data followed by the Primary's new part")
+	}
+	size := strings.TrimSpace(runCmd(t, 30*time.Second, "nbdinfo", "--size", c.a.uri()))
+	if size != strconv.Itoa(newSize) {
+		t.Fatalf("the export is %s bytes, want %d", size, newSize)
+	}
+	// Restarting needs no --grow any more.
+	c.b.stop()
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+
+	// A disk that shrank is refused, --grow or not, and keeps its data.
+	c.b.stop()
+	must(t, os.Truncate(c.b.disk, oldSize))
+	out, err = c.b.command(c.b.upArgs("--grow")...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "cannot shrink") {
+		t.Fatalf("urbd up on a smaller disk: %v: %s", err, out)
+	}
+}
