@@ -196,10 +196,6 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("opening --meta %s: %w", o.Meta, err)
 	}
-	if from := store.Recovery().GrownFrom; from > 0 {
-		log.Warn("the disk grew: the metadata now covers it; the new part is out of sync until the peer, grown too, resyncs it",
-			"from_bytes", from, "to_bytes", disk.Size())
-	}
 	if fresh {
 		if err := replica.InitialUUIDs(store, o.Name, o.AssumeClean); err != nil {
 			store.Close()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/bitmap"
+	"github.com/urbd/urbd/internal/units"
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/resync"
 	"github.com/urbd/urbd/status"
@@ -176,6 +177,11 @@ func New(cfg Config) (*Node, error) {
 		} else {
 			n.crashedPri = true // crashed while Primary: come back Secondary
 		}
+	}
+	if from := cfg.Store.Recovery().GrownFrom; from > 0 {
+		n.st.Reason = fmt.Sprintf("disk grew from %s to %s: the new part is out of sync until the peer, grown too, resyncs it",
+			units.FormatSize(from), units.FormatSize(m.Size))
+		n.log.Warn(n.st.Reason)
 	}
 	alExtents, corrupt := cfg.Store.Recovered()
 	if corrupt {
