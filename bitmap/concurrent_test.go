@@ -43,12 +43,22 @@ func (s *Store) debugString() string {
 }
 
 // TestConcurrentSmallLogNoDeadlock: many goroutines, writes spanning up to
-// three extents, a log of three extents, Sweeps and PersistBitmap in between.
-// Every BeginWrite must eventually succeed and the log never exceeds its
-// capacity.
+// three extents, a log of three extents, Sweeps and PersistBitmap in between,
+// and a data sync that now and then uses the store as a replica's does (it
+// marks what a failing peer did not flush and persists the bitmap). Every
+// BeginWrite must eventually succeed and the log never exceeds its capacity.
 func TestConcurrentSmallLogNoDeadlock(t *testing.T) {
 	const ext = 64 << 10
-	s := openMem(t, NewMemFS(), Options{Size: 40 * ext, BitmapBlock: 4096, ExtentSize: ext, ALExtents: 3})
+	var s *Store
+	var syncs atomic.Int64
+	s = openMem(t, NewMemFS(), Options{Size: 40 * ext, BitmapBlock: 4096, ExtentSize: ext, ALExtents: 3,
+		SyncData: func() error {
+			if syncs.Add(1)%3 == 0 {
+				s.MarkOutOfSync(0, 4096)
+				return s.PersistBitmap()
+			}
+			return nil
+		}})
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
@@ -99,6 +109,10 @@ func TestConcurrentSmallLogNoDeadlock(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	if syncs.Load() < 10 {
+		t.Fatalf("%d data syncs: the workload hardly evicted", syncs.Load())
+	}
+	s.SetSyncData(nil) // Close syncs holding the store: this sync would wait for it
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
