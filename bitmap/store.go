@@ -184,13 +184,14 @@ type request struct {
 // Open loads the metadata in dir, or creates it (new NodeID, Disk
 // "Inconsistent", empty bitmap, empty activity log) when dir holds none. A
 // geometry that differs from the stored one is an error wrapping ErrGeometry
-// naming both (a *SizeError for the disk size), and nothing is written,
-// except that Options.Grow accepts a larger disk and grows the metadata. After an unclean shutdown every block
-// of every extent in the activity log is marked dirty; a torn, truncated,
-// corrupt or missing file marks the whole disk dirty (and a lost meta gets a
-// fresh identity with Disk "Inconsistent"). Either is reported by Recovered.
-// Open then makes that state durable (bitmap, then an empty activity log)
-// before returning, so a crash right after Open loses nothing.
+// naming both (a *SizeError for the disk size), and nothing is written;
+// only Options.Grow accepts a larger disk, and grows the metadata to it.
+// After an unclean shutdown every block of every extent in the activity log
+// is marked dirty; a torn, truncated, corrupt or missing file marks the
+// whole disk dirty (and a lost meta gets a fresh identity with Disk
+// "Inconsistent"). Either is reported by Recovered. Open then makes that
+// state durable (bitmap, then an empty activity log) before returning, so a
+// crash right after Open loses nothing.
 func Open(dir string, opt Options) (*Store, error) {
 	fsys := opt.FS
 	if fsys == nil {
@@ -243,7 +244,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	grownFrom := int64(0)
 	if haveMeta {
 		check := opt
-		check.Size = 0 // below
+		check.Size = 0 // the size is checked below: it may grow
 		if err := checkGeometry(meta, check); err != nil {
 			return nil, fmt.Errorf("%w (metadata in %s)", err, dir)
 		}
