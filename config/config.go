@@ -42,12 +42,19 @@ const (
 	DefaultAfterSB     = "disconnect" // after-sb-0pri and after-sb-1pri
 	DefaultOnIOError   = "detach"
 	DefaultBitmapBlock = 4 << 10
+	DefaultALExtents   = 1237 // DRBD's
 )
 
 // Bounds of bitmap-block, a power of two.
 const (
 	MinBitmapBlock = 512
 	MaxBitmapBlock = 64 << 20
+)
+
+// Bounds of al-extents (DRBD's).
+const (
+	MinALExtents = 67
+	MaxALExtents = 65534
 )
 
 // MaxFileSize bounds the resource file read by Load.
@@ -101,6 +108,7 @@ type Resource struct {
 	// then uses its default).
 	TCPCongestion string
 	BitmapBlock   int64 // bytes per bitmap bit, a power of two
+	ALExtents     int   // activity-log slots of one extent (4 MiB) each
 
 	Handlers      map[string]string // event -> shell command; the caller owns this copy
 	MetricsListen string            // HOST:PORT for Prometheus, "" for none
@@ -140,6 +148,7 @@ type commonTOML struct {
 	OnIOError     onIOErrorValue    `toml:"on-io-error"`
 	TCPCongestion congestionValue   `toml:"tcp-congestion"`
 	BitmapBlock   sizeValue         `toml:"bitmap-block"`
+	ALExtents     countValue        `toml:"al-extents"`
 	Handlers      map[string]string `toml:"handlers"`
 }
 
@@ -164,8 +173,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "al-extents", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "al-extents", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -390,6 +399,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		OnIOError:     first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
 		TCPCongestion: first(rt.TCPCongestion.s, c.TCPCongestion.s),
 		BitmapBlock:   firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
+		ALExtents:     int(firstSet(rt.ALExtents.n, rt.ALExtents.set, c.ALExtents.n, c.ALExtents.set, DefaultALExtents)),
 		Handlers:      mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
 	}
 	if b := base.BitmapBlock; b < MinBitmapBlock || b > MaxBitmapBlock || bits.OnesCount64(uint64(b)) != 1 {
@@ -398,6 +408,13 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 			key = []string{"common", "bitmap-block"}
 		}
 		return nil, p.errf(ErrBadValue, key, "bitmap-block %d: use a power of two from 512 to 64MiB, e.g. 4KiB", b)
+	}
+	if n := base.ALExtents; n < MinALExtents || n > MaxALExtents {
+		key := append(rkey, "al-extents")
+		if !rt.ALExtents.set {
+			key = []string{"common", "al-extents"}
+		}
+		return nil, p.errf(ErrBadValue, key, "al-extents %d: use %d to %d (DRBD's range; default %d)", n, MinALExtents, MaxALExtents, DefaultALExtents)
 	}
 	e := &resourceEntry{line: p.ix.line(rkey...), nodes: make(map[string]*Resource, 2)}
 	for i, n := range nodes {

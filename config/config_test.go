@@ -28,7 +28,7 @@ func TestLoadExample(t *testing.T) {
 			Disk: "/dev/vdb", Meta: "/var/lib/urbd/r0", NBD: "unix:/run/urbd/r0.nbd",
 			ListenPeer: "10.0.0.1:7789", Peer: "10.0.0.2:7789",
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
-			Timeout: 6 * time.Second, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096,
+			Timeout: 6 * time.Second, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
@@ -41,7 +41,7 @@ func TestLoadExample(t *testing.T) {
 			Disk: "/dev/vdb", Meta: "/var/lib/urbd/r0", NBD: "unix:/run/urbd/r0.nbd",
 			ListenPeer: "10.0.0.2:7789", Peer: "10.0.0.1:7789",
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
-			Timeout: 6 * time.Second, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096,
+			Timeout: 6 * time.Second, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
@@ -54,7 +54,7 @@ func TestLoadExample(t *testing.T) {
 			Disk: "testdata/disks/r1.img", Meta: "/var/lib/urbd/r1", NBD: "tcp:127.0.0.1:10809",
 			ListenPeer: "10.0.0.1:7790", Peer: "10.0.0.2:7790",
 			Protocol: "A", ResyncRate: 50 << 20,
-			Timeout: 10 * time.Second, OnPeerLoss: "suspend", Fencing: "resource-and-stonith", BitmapBlock: 64 << 10,
+			Timeout: 10 * time.Second, OnPeerLoss: "suspend", Fencing: "resource-and-stonith", BitmapBlock: 64 << 10, ALExtents: 3389,
 			AfterSB0Pri: "discard-zero-changes", AfterSB1Pri: "consensus", OnIOError: "pass_on", TCPCongestion: "bbr",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
@@ -95,7 +95,7 @@ address = "127.0.0.1:7790"
 		t.Fatal(err)
 	}
 	if r.Protocol != DefaultProtocol || r.ResyncRate != DefaultResyncRate || r.Timeout != DefaultTimeout ||
-		r.OnPeerLoss != DefaultOnPeerLoss || r.BitmapBlock != DefaultBitmapBlock {
+		r.OnPeerLoss != DefaultOnPeerLoss || r.BitmapBlock != DefaultBitmapBlock || r.ALExtents != DefaultALExtents {
 		t.Errorf("defaults not applied: %+v", r)
 	}
 	if r.Handlers == nil || len(r.Handlers) != 0 {
@@ -263,6 +263,9 @@ func TestLoadErrors(t *testing.T) {
 		{"bad size", pair("r0", "7789", `bitmap-block = "4XiB" #<-`), ErrBadValue},
 		{"bitmap-block not a power of two", pair("r0", "7789", `bitmap-block = 3000 #<-`), ErrBadValue},
 		{"bitmap-block too small", "[common]\nbitmap-block = 256 #<-\n" + pair("r0", "7789"), ErrBadValue},
+		{"al-extents too small", pair("r0", "7789", `al-extents = 66 #<-`), ErrBadValue},
+		{"al-extents too large", "[common]\nal-extents = 65535 #<-\n" + pair("r0", "7789"), ErrBadValue},
+		{"al-extents not a number", pair("r0", "7789", `al-extents = "many" #<-`), ErrBadValue},
 		{"bad rate", pair("r0", "7789", `resync-rate = "fast" #<-`), ErrBadValue},
 		{"zero rate", pair("r0", "7789", `resync-rate = 0 #<-`), ErrBadValue},
 		{"bad duration", pair("r0", "7789", `timeout = "6" #<-`), ErrBadValue},

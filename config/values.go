@@ -4,6 +4,7 @@ import (
 	"github.com/urbd/urbd/replica"
 
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +24,21 @@ func (v *sizeValue) UnmarshalText(b []byte) error {
 	n, err := units.ParseSize(string(b))
 	if err != nil {
 		return err
+	}
+	v.n, v.set = n, true
+	return nil
+}
+
+// countValue is a plain count such as 3389.
+type countValue struct {
+	n   int64
+	set bool
+}
+
+func (v *countValue) UnmarshalText(b []byte) error {
+	n, err := strconv.ParseInt(string(b), 10, 32)
+	if err != nil {
+		return fmt.Errorf("invalid number %q: use a whole number such as 3389", b)
 	}
 	v.n, v.set = n, true
 	return nil

@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/urbd/urbd/bitmap"
 	"github.com/urbd/urbd/handlers"
 	"github.com/urbd/urbd/internal/units"
 	"github.com/urbd/urbd/replica"
@@ -224,6 +226,7 @@ var settingsTable = []struct {
 	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", false},
 	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, false},
 	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
+	{"al-extents", func(o Options) string { return strconv.Itoa(cmp.Or(o.ALExtents, bitmap.DefaultALExtents)) }, "", false},
 	{"secret-file", func(o Options) string { return o.SecretFile }, "none", false},
 	{"tls-cert", func(o Options) string { return o.TLSCert }, "none", false},
 	{"tls-key", func(o Options) string { return o.TLSKey }, "none", false},

@@ -170,6 +170,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 		"fencing": func(o *Options) { o.Fencing = "resource-only" }, "after-sb-0pri": func(o *Options) { o.AfterSB0Pri = "discard-zero-changes" },
 		"after-sb-1pri": func(o *Options) { o.AfterSB1Pri = "consensus" }, "on-io-error": func(o *Options) { o.OnIOError = "pass_on" },
 		"tcp-congestion": func(o *Options) { o.TCPCongestion = "reno" }, "bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
+		"al-extents":     func(o *Options) { o.ALExtents = 3389 },
 		"metrics-listen": func(o *Options) { o.MetricsListen = "127.0.0.1:9942" },
 	}
 	fixed := 0
@@ -213,7 +214,7 @@ func TestShow(t *testing.T) {
 		"disk": "/dev/vdb", "address": "10.0.0.1:7789", "peer address": "10.0.0.2:7789", "protocol": "C",
 		"resync-rate": "100MiB/s", "timeout": "6s", "on-peer-loss": "continue", "fencing": "dont-care",
 		"after-sb-0pri": "disconnect", "on-io-error": "detach", "tcp-congestion": "cubic",
-		"bitmap-block": "4KiB", "secret-file": "none", "handler peer-lost": "logger lost",
+		"bitmap-block": "4KiB", "al-extents": "1237", "secret-file": "none", "handler peer-lost": "logger lost",
 	} {
 		if got[k] != v {
 			t.Errorf("show: %s = %q, want %q", k, got[k], v)

@@ -66,6 +66,7 @@ type Options struct {
 	// use it, keeps the kernel's default with a warning.
 	TCPCongestion string
 	BitmapBlock   int64
+	ALExtents     int // activity-log slots; 0 = bitmap.DefaultALExtents
 	AssumeClean   bool
 	// Grow accepts a disk larger than the metadata was made for: the
 	// metadata grows to it and the new part is marked out of sync.
@@ -183,7 +184,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer lock.Unlock()
 	store, err := bitmap.Open(o.Meta, bitmap.Options{
-		Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize,
+		Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize, ALExtents: o.ALExtents,
 		SyncData: func() error { return disk.Flush(context.Background()) },
 		Grow:     o.Grow,
 	})

@@ -44,6 +44,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "tcp-congestion", Usage: "TCP congestion control of the peer connection: a name the kernel offers, or system for the kernel's default (default cubic, or the kernel's where cubic is not allowed)"},
 		&cli.StringFlag{Name: "on-peer-loss", Value: "continue", Usage: "continue (go on alone, track changes) or suspend (hold writes until the peer is back)"},
 		&cli.StringFlag{Name: "bitmap-block", Value: "4KiB", Usage: "disk bytes per out-of-sync bit"},
+		&cli.IntFlag{Name: "al-extents", Value: config.DefaultALExtents, Usage: "activity-log slots of 4MiB each (DRBD's al-extents, 67 to 65534): a working set that fits writes with no metadata I/O; a crash resyncs up to this much by checksum"},
 		&cli.BoolFlag{Name: "assume-clean", Usage: "on first start, mark the disk UpToDate: both disks are freshly created and identical"},
 		&cli.BoolFlag{Name: "grow", Usage: "the disk was grown since the last start (on both nodes): grow the metadata to its size and resync the new part"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
@@ -96,6 +97,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	}
 	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
 	o.Timeout = c.Duration("timeout")
+	o.ALExtents = c.Int("al-extents")
 	if path := c.String("config"); path != "" {
 		r, err := loadResource(c, path, name)
 		if err != nil {
@@ -122,6 +124,9 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		}
 		if !c.IsSet("timeout") && r.Timeout > 0 {
 			o.Timeout = r.Timeout
+		}
+		if !c.IsSet("al-extents") && r.ALExtents > 0 {
+			o.ALExtents = r.ALExtents
 		}
 		for k, v := range r.Handlers {
 			o.Handlers[k] = v
@@ -159,6 +164,9 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	}
 	if o.BitmapBlock < 512 || o.BitmapBlock&(o.BitmapBlock-1) != 0 {
 		return o, fmt.Errorf("--bitmap-block %s: use a power of two of at least 512 bytes", block)
+	}
+	if o.ALExtents < config.MinALExtents || o.ALExtents > config.MaxALExtents {
+		return o, fmt.Errorf("--al-extents %d: use %d to %d (default %d)", o.ALExtents, config.MinALExtents, config.MaxALExtents, config.DefaultALExtents)
 	}
 	o.AssumeClean = c.Bool("assume-clean")
 	o.Grow = c.Bool("grow")
