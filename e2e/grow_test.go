@@ -49,8 +49,8 @@ func TestGrowDisks(t *testing.T) {
 	st := c.a.waitFor("the new part out of sync", 20*time.Second, func(s status.Resource) bool {
 		return s.Role == "Primary" && s.OutOfSyncKiB >= (newSize-oldSize)>>10
 	})
-	if want := "disk grew from 32MiB to 48MiB"; !strings.Contains(st.Reason, want) {
-		t.Fatalf("status reason %q does not say %q", st.Reason, want)
+	if want := "disk grew from 32MiB to 48MiB"; !strings.Contains(st.Reason, want) || st.SizeKiB != newSize>>10 {
+		t.Fatalf("status reason %q does not say %q, or size %d KiB is not the new size", st.Reason, want, st.SizeKiB)
 	}
 	if st.OutOfSyncKiB > (newSize-oldSize)>>10+4 {
 		t.Fatalf("%d KiB out of sync after the grow; want the new %d KiB", st.OutOfSyncKiB, (newSize-oldSize)>>10)

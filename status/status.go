@@ -40,7 +40,8 @@ type Resource struct {
 	AppPending   uint64 `json:"ap"` // application requests in flight
 	OutOfSyncKiB uint64 `json:"oos"`
 
-	NBDClients int `json:"nbd_clients"`
+	NBDClients int    `json:"nbd_clients"`
+	SizeKiB    uint64 `json:"size_kib"` // the disk's size (the export's), KiB
 
 	Sync *Sync `json:"sync,omitempty"` // present while resyncing or verifying
 }
