@@ -42,7 +42,7 @@ func designExample() Resource {
 		NetSendKiB: 1048576, DiskWriteKiB: 1048576, DiskReadKiB: 4096,
 		ALWrites: 12, BMWrites: 3, PeerPending: 2, AppPending: 1, OutOfSyncKiB: 20480,
 		NBDClients: 1, SizeKiB: 1 << 20,
-		Sync:       &Sync{TotalKiB: 29312, RemainingKiB: 20480, SpeedKiB: 4096, AvgSpeedKiB: 4000, WantKiB: 4096, ETA: 2 * time.Second},
+		Sync: &Sync{TotalKiB: 29312, RemainingKiB: 20480, SpeedKiB: 4096, AvgSpeedKiB: 4000, WantKiB: 4096, ETA: 2 * time.Second},
 	}
 }
 
