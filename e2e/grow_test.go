@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,4 +80,57 @@ func TestGrowDisks(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "cannot shrink") {
 		t.Fatalf("urbd up on a smaller disk: %v: %s", err, out)
 	}
+}
+
+// TestExt4Grow: the operator's whole procedure. ext4 on the Primary's
+// export holds files; both disks grow while the resource is down; after
+// `urbd up --grow` on both, e2fsck and resize2fs on the export give a larger
+// file system that keeps the files and takes a file larger than the old
+// disk, and both disks end identical.
+func TestExt4Grow(t *testing.T) {
+	requireCmds(t, "mkfs.ext4", "e2fsck", "resize2fs", "mount", "umount")
+	const oldSize, newSize = 64 << 20, 192 << 20
+	c := newCluster(t, clusterOpts{size: oldSize})
+	c.startBoth()
+	mnt := filepath.Join(c.dir, "mnt")
+
+	loop, detach := fuseLoop(t, c.a.sock, c.a.dir, oldSize)
+	runCmd(t, 120*time.Second, "mkfs.ext4", "-q", "-F", loop)
+	umount := mountExt4(t, loop, mnt)
+	want := map[string]string{}
+	for i := range 20 {
+		name := fmt.Sprintf("file%02d", i)
+		data := strings.Repeat(name+" before the grow\n", 1000+i*500)
+		must(t, os.WriteFile(filepath.Join(mnt, name), []byte(data), 0o644))
+		want[name] = data
+	}
+	runCmd(t, 60*time.Second, "sync")
+	umount()
+	detach()
+	c.a.waitInSync(30 * time.Second)
+	c.a.stop()
+	c.b.stop()
+
+	must(t, os.Truncate(c.a.disk, newSize))
+	must(t, os.Truncate(c.b.disk, newSize))
+	c.a.start("--grow")
+	c.b.start("--grow")
+	c.a.waitInSync(60 * time.Second)
+
+	loop, detach = fuseLoop(t, c.a.sock, c.a.dir, newSize)
+	runCmd(t, 120*time.Second, "e2fsck", "-f", "-y", loop)
+	runCmd(t, 120*time.Second, "resize2fs", loop)
+	umount = mountExt4(t, loop, mnt)
+	for name, data := range want {
+		if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || string(got) != data {
+			t.Fatalf("%s after the grow: %d bytes (%v), want %d", name, len(got), err, len(data))
+		}
+	}
+	big := bytes.Repeat([]byte("after the grow\n"), (oldSize+(16<<20))/15) // larger than the old disk
+	must(t, os.WriteFile(filepath.Join(mnt, "big"), big, 0o644))
+	runCmd(t, 60*time.Second, "sync")
+	umount()
+	detach()
+	c.a.waitInSync(60 * time.Second)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
