@@ -77,14 +77,7 @@ func TestExt4Failover(t *testing.T) {
 	runCmd(t, 120*time.Second, "mkfs.ext4", "-q", "-F", loop)
 	mnt := filepath.Join(c.dir, "mnt")
 	umount := mountExt4(t, loop, mnt)
-	want := map[string]string{}
-	for i := 0; i < 30; i++ {
-		name := filepath.Join("dir"+string(rune('a'+i%5)), "file"+strings.Repeat("x", i))
-		must(t, os.MkdirAll(filepath.Join(mnt, filepath.Dir(name)), 0o755))
-		data := strings.Repeat(name+"\n", 500+i*300)
-		must(t, os.WriteFile(filepath.Join(mnt, name), []byte(data), 0o644))
-		want[name] = data
-	}
+	want := writeTestFiles(t, mnt, 30)
 	runCmd(t, 60*time.Second, "sync")
 	umount()
 	detach()
@@ -95,10 +88,32 @@ func TestExt4Failover(t *testing.T) {
 	loopB, _ := fuseLoop(t, c.b.sock, c.b.dir, size)
 	runCmd(t, 120*time.Second, "e2fsck", "-fn", loopB)
 	mountExt4(t, loopB, mnt, "-o", "ro")
+	checkTestFiles(t, mnt, "after failover", want)
+}
+
+// writeTestFiles writes n files of different sizes in five directories
+// under mnt and returns their contents by path relative to mnt.
+func writeTestFiles(t *testing.T, mnt string, n int) map[string]string {
+	t.Helper()
+	want := map[string]string{}
+	for i := range n {
+		name := filepath.Join("dir"+string(rune('a'+i%5)), "file"+strings.Repeat("x", i))
+		must(t, os.MkdirAll(filepath.Join(mnt, filepath.Dir(name)), 0o755))
+		data := strings.Repeat(name+"\n", 500+i*300)
+		must(t, os.WriteFile(filepath.Join(mnt, name), []byte(data), 0o644))
+		want[name] = data
+	}
+	return want
+}
+
+// checkTestFiles fails the test unless every file of want is under mnt with
+// its content.
+func checkTestFiles(t *testing.T, mnt, when string, want map[string]string) {
+	t.Helper()
 	for name, data := range want {
 		got, err := os.ReadFile(filepath.Join(mnt, name))
 		if err != nil || string(got) != data {
-			t.Fatalf("%s after failover: %d bytes (%v), want %d", name, len(got), err, len(data))
+			t.Fatalf("%s %s: %d bytes (%v), want %d", name, when, len(got), err, len(data))
 		}
 	}
 }

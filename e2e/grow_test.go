@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -97,13 +96,7 @@ func TestExt4Grow(t *testing.T) {
 	loop, detach := fuseLoop(t, c.a.sock, c.a.dir, oldSize)
 	runCmd(t, 120*time.Second, "mkfs.ext4", "-q", "-F", loop)
 	umount := mountExt4(t, loop, mnt)
-	want := map[string]string{}
-	for i := range 20 {
-		name := fmt.Sprintf("file%02d", i)
-		data := strings.Repeat(name+" before the grow\n", 1000+i*500)
-		must(t, os.WriteFile(filepath.Join(mnt, name), []byte(data), 0o644))
-		want[name] = data
-	}
+	want := writeTestFiles(t, mnt, 20)
 	runCmd(t, 60*time.Second, "sync")
 	umount()
 	detach()
@@ -121,11 +114,7 @@ func TestExt4Grow(t *testing.T) {
 	runCmd(t, 120*time.Second, "e2fsck", "-f", "-y", loop)
 	runCmd(t, 120*time.Second, "resize2fs", loop)
 	umount = mountExt4(t, loop, mnt)
-	for name, data := range want {
-		if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || string(got) != data {
-			t.Fatalf("%s after the grow: %d bytes (%v), want %d", name, len(got), err, len(data))
-		}
-	}
+	checkTestFiles(t, mnt, "after the grow", want)
 	big := bytes.Repeat([]byte("after the grow\n"), (oldSize+(16<<20))/15) // larger than the old disk
 	must(t, os.WriteFile(filepath.Join(mnt, "big"), big, 0o644))
 	runCmd(t, 60*time.Second, "sync")
