@@ -25,8 +25,8 @@ func TestGrowDisks(t *testing.T) {
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=64k", "--size=8M", "--iodepth=8",
 		"--verify=crc32c", "--do_verify=1", "--randrepeat=0")
 	c.a.waitInSync(30 * time.Second)
+	c.b.stop() // the Secondary first, as OPERATIONS says (TestExt4Grow stops the Primary first)
 	c.a.stop()
-	c.b.stop()
 	before := fileBytes(t, c.a.disk)
 
 	// Node a's disk grows with zeros, node b's with other bytes.
