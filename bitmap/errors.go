@@ -11,10 +11,6 @@ var (
 	// ErrGeometry: the disk size, bitmap block or extent size differs from the
 	// stored metadata or from another bitmap, or is invalid.
 	ErrGeometry = errors.New("bitmap: geometry mismatch")
-	// ErrGrew: the disk is larger than the stored metadata says, and
-	// Options.Grow was not given (a *SizeError, which also matches
-	// ErrGeometry).
-	ErrGrew = errors.New("bitmap: the disk is larger than its metadata")
 	// ErrRange: an offset, length or word range lies outside the disk/bitmap.
 	ErrRange = errors.New("bitmap: range out of bounds")
 	// ErrCorrupt: a metadata file has a bad magic, version, length, checksum or
@@ -33,8 +29,8 @@ var (
 )
 
 // SizeError is Open's error for a disk whose size differs from the stored
-// one (and that Options.Grow does not accept): errors.Is matches it with
-// ErrGeometry, and with ErrGrew when the disk is the larger.
+// one (and that Options.Grow does not accept); errors.Is matches it with
+// ErrGeometry.
 type SizeError struct {
 	Disk, Stored int64  // bytes
 	Dir          string // the metadata directory
@@ -44,7 +40,5 @@ func (e *SizeError) Error() string {
 	return fmt.Sprintf("bitmap: geometry mismatch: disk size %d (stored %d, metadata in %s)", e.Disk, e.Stored, e.Dir)
 }
 
-// Is makes errors.Is(err, ErrGeometry) hold, and ErrGrew for a larger disk.
-func (e *SizeError) Is(target error) bool {
-	return target == ErrGeometry || target == ErrGrew && e.Disk > e.Stored
-}
+// Is makes errors.Is(err, ErrGeometry) hold.
+func (e *SizeError) Is(target error) bool { return target == ErrGeometry }

@@ -751,13 +751,14 @@ func TestGrow(t *testing.T) {
 	bigger := geo
 	bigger.Size = newSize
 	bigger.FS = fsys
-	if _, err := Open(tDir, bigger); !errors.Is(err, ErrGeometry) || !errors.Is(err, ErrGrew) {
-		t.Fatalf("a larger disk without Grow: %v, want ErrGeometry and ErrGrew", err)
+	var se *SizeError
+	if _, err := Open(tDir, bigger); !errors.Is(err, ErrGeometry) || !errors.As(err, &se) || se.Disk != newSize || se.Stored != oldSize {
+		t.Fatalf("a larger disk without Grow: %v, want a SizeError naming both sizes", err)
 	}
 	smaller := geo
 	smaller.Size, smaller.Grow, smaller.FS = oldSize-block, true, fsys
-	if _, err := Open(tDir, smaller); !errors.Is(err, ErrGeometry) || errors.Is(err, ErrGrew) {
-		t.Fatalf("a smaller disk with Grow: %v, want ErrGeometry only", err)
+	if _, err := Open(tDir, smaller); !errors.As(err, &se) || se.Disk != oldSize-block {
+		t.Fatalf("a smaller disk with Grow: %v, want a SizeError", err)
 	}
 	bigger.Grow = true
 	g, err := Open(tDir, bigger)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/urbd/urbd/bitmap"
 	"github.com/urbd/urbd/handlers"
 )
 
@@ -42,7 +43,7 @@ const (
 	DefaultAfterSB     = "disconnect" // after-sb-0pri and after-sb-1pri
 	DefaultOnIOError   = "detach"
 	DefaultBitmapBlock = 4 << 10
-	DefaultALExtents   = 1237 // DRBD's
+	DefaultALExtents   = bitmap.DefaultALExtents // 1237, DRBD's
 )
 
 // Bounds of bitmap-block, a power of two.
@@ -56,6 +57,15 @@ const (
 	MinALExtents = 67
 	MaxALExtents = 65534
 )
+
+// CheckALExtents says what is wrong with n as al-extents, or nil; the
+// resource file and the --al-extents flag both check with it.
+func CheckALExtents(n int) error {
+	if n < MinALExtents || n > MaxALExtents {
+		return fmt.Errorf("al-extents %d: use %d to %d (DRBD's range; default %d)", n, MinALExtents, MaxALExtents, DefaultALExtents)
+	}
+	return nil
+}
 
 // MaxFileSize bounds the resource file read by Load.
 const MaxFileSize = 1 << 20
@@ -173,8 +183,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "al-extents", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "al-extents", "after-sb-1pri", "bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -409,12 +419,12 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		}
 		return nil, p.errf(ErrBadValue, key, "bitmap-block %d: use a power of two from 512 to 64MiB, e.g. 4KiB", b)
 	}
-	if n := base.ALExtents; n < MinALExtents || n > MaxALExtents {
+	if err := CheckALExtents(base.ALExtents); err != nil {
 		key := append(rkey, "al-extents")
 		if !rt.ALExtents.set {
 			key = []string{"common", "al-extents"}
 		}
-		return nil, p.errf(ErrBadValue, key, "al-extents %d: use %d to %d (DRBD's range; default %d)", n, MinALExtents, MaxALExtents, DefaultALExtents)
+		return nil, p.errf(ErrBadValue, key, "%s", err)
 	}
 	e := &resourceEntry{line: p.ix.line(rkey...), nodes: make(map[string]*Resource, 2)}
 	for i, n := range nodes {

@@ -189,10 +189,11 @@ func Run(ctx context.Context, o Options) error {
 		Grow:     o.Grow,
 	})
 	if se := (*bitmap.SizeError)(nil); errors.As(err, &se) {
-		if se.Disk > se.Stored {
-			return fmt.Errorf("--disk %s is %d bytes, --meta %s was made for %d: if the disk was grown on purpose, start with --grow, on both nodes (the new part is resynced)", o.Disk, se.Disk, o.Meta, se.Stored)
+		todo := "if the disk was grown on purpose, start with --grow, on both nodes (the new part is resynced)"
+		if se.Disk < se.Stored {
+			todo = fmt.Sprintf("urbd cannot shrink a resource; give it a disk of at least %d bytes", se.Stored)
 		}
-		return fmt.Errorf("--disk %s is %d bytes, --meta %s was made for %d: urbd cannot shrink a resource; give it a disk of at least %d bytes", o.Disk, se.Disk, o.Meta, se.Stored, se.Stored)
+		return fmt.Errorf("--disk %s is %d bytes, --meta %s was made for %d: %s", o.Disk, se.Disk, o.Meta, se.Stored, todo)
 	}
 	if err != nil {
 		return fmt.Errorf("opening --meta %s: %w", o.Meta, err)

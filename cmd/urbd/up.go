@@ -165,8 +165,8 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	if o.BitmapBlock < 512 || o.BitmapBlock&(o.BitmapBlock-1) != 0 {
 		return o, fmt.Errorf("--bitmap-block %s: use a power of two of at least 512 bytes", block)
 	}
-	if o.ALExtents < config.MinALExtents || o.ALExtents > config.MaxALExtents {
-		return o, fmt.Errorf("--al-extents %d: use %d to %d (default %d)", o.ALExtents, config.MinALExtents, config.MaxALExtents, config.DefaultALExtents)
+	if err := config.CheckALExtents(o.ALExtents); err != nil {
+		return o, fmt.Errorf("--%w", err)
 	}
 	o.AssumeClean = c.Bool("assume-clean")
 	o.Grow = c.Bool("grow")
