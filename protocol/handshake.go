@@ -358,7 +358,7 @@ func startSession(ctx context.Context, conn, raw net.Conn, cfg *Config, dialer b
 	if err != nil {
 		return nil, fmt.Errorf("protocol: yamux: %w", err)
 	}
-	s := &Session{conn: conn, ys: ys, peer: peer}
+	s := &Session{conn: conn, ys: ys, peer: peer, timeout: cfg.timeout()}
 	if err := s.openStreams(ctx, cfg.timeout(), dialer, deadline); err != nil {
 		ys.Close()
 		s.wait()

@@ -23,6 +23,7 @@ type Session struct {
 	ys      *yamux.Session
 	peer    Hello
 	streams [3]*Stream
+	timeout time.Duration // Config.Timeout it was made with (DefaultTimeout for zero)
 
 	mu  sync.Mutex
 	err error // first reason the session died; guarded by mu
@@ -32,6 +33,10 @@ type Session struct {
 
 // Peer returns the peer's Hello.
 func (s *Session) Peer() Hello { return s.peer }
+
+// Timeout returns the timeout the session was made with: yamux's keepalive
+// and write timeouts use it for the session's whole life.
+func (s *Session) Timeout() time.Duration { return s.timeout }
 
 // Control returns the control stream (State, Ping, Refuse, SyncStart, Bitmap...).
 func (s *Session) Control() *Stream { return s.streams[StreamControl] }

@@ -100,7 +100,7 @@ func (n *Node) protoConfig() protocol.Config {
 		BitmapBlock: uint32(bm.BlockSize()),
 		Secret:      n.cfg.Secret,
 		TLS:         n.cfg.TLS,
-		Timeout:     n.cfg.Timeout,
+		Timeout:     n.timeout(),
 	}
 }
 
@@ -118,7 +118,7 @@ func (n *Node) acceptLoop(ctx context.Context, ln net.Listener) error {
 			return err
 		}
 		go func() {
-			hctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+			hctx, cancel := context.WithTimeout(ctx, n.timeout())
 			defer cancel()
 			ps, err := protocol.Handshake(hctx, conn, n.protoConfig(), false)
 			if err != nil {
@@ -167,7 +167,7 @@ func (n *Node) dialLoop(ctx context.Context) error {
 // dialOnce dials the peer and offers the session; it reports whether the
 // session was adopted.
 func (n *Node) dialOnce(ctx context.Context) (bool, error) {
-	dctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+	dctx, cancel := context.WithTimeout(ctx, n.timeout())
 	defer cancel()
 	d := net.Dialer{Control: congestionControl(n.cfg.TCPCongestion)}
 	conn, err := d.DialContext(dctx, "tcp", n.cfg.Peer)
@@ -332,7 +332,7 @@ func (n *Node) negotiate(s *session) error {
 		s.ps.Control().Flush()
 		select { // the peer decides too, and hangs up
 		case <-s.ctx.Done():
-		case <-time.After(n.cfg.Timeout):
+		case <-time.After(s.ps.Timeout()):
 		}
 		if plan.Decision == SplitBrain {
 			return fmt.Errorf("%w: %s", ErrSplitBrain, plan.Reason)
@@ -575,7 +575,7 @@ func (n *Node) localSideLocked() Side {
 		CrashedPrimary: n.crashedPri,
 		DiscardMyData:  n.discard,
 		Changed:        changed,
-		AfterSB:        n.cfg.AfterSB,
+		AfterSB:        n.afterSB,
 		NodeID:         n.nodeID,
 		recoveredAL:    n.recovered,
 	}

@@ -60,7 +60,7 @@ func (n *Node) isDiskless() bool { return n.diskless.Load() }
 // disk's stale data as a resync source. The peer is told and shows the node
 // as Diskless; the local-io-error handler runs.
 func (n *Node) detach(what string, off, length int64, cause error) bool {
-	if n.cfg.OnIOError == IOPassOn {
+	if OnIOError(n.onIOError.Load()) == IOPassOn {
 		return false
 	}
 	n.mu.Lock()

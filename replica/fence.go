@@ -117,7 +117,7 @@ func (n *Node) fenceFrozenLocked() bool {
 // starts (a restart after a clean stop) first gives its peer the peer
 // timeout to connect, so that a restart does not fence a healthy peer.
 func (n *Node) fenceLoop(ctx context.Context) error {
-	grace, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+	grace, cancel := context.WithTimeout(ctx, n.timeout())
 	err := n.waitUntil(grace, func() bool { return n.st.Conn.Connected() })
 	cancel()
 	if err != nil && ctx.Err() != nil {

@@ -29,7 +29,7 @@ type Config struct {
 	Peer       string        // HOST:PORT of the peer
 	Secret     []byte        // shared secret; nil = no authentication
 	TLS        *tls.Config   // nil = plain TCP
-	Timeout    time.Duration // peer loss is declared after this long without an answer
+	Timeout    time.Duration // peer loss is declared after this long without an answer; SetTimeout changes it
 	// TCPCongestion is the congestion control asked for on the peer
 	// connection ("" = the kernel's default); see congestion.go. The caller
 	// checks it with CheckCongestion.
@@ -44,11 +44,12 @@ type Config struct {
 	Fencing   Fencing
 	FencePeer func(ctx context.Context) (exitCode int, err error)
 	// OnIOError is what a Primary does when its disk fails a write or a
-	// flush (IODetach by default; see detach).
+	// flush (IODetach by default; see detach); SetOnIOError changes it.
 	OnIOError OnIOError
 	// AfterSB is the automatic split-brain recovery policy (DRBD's
 	// after-sb-0pri and after-sb-1pri); the zero value leaves every split
-	// brain to the operator. The peer must have the same.
+	// brain to the operator. The peer must have the same. SetAfterSB
+	// changes it.
 	AfterSB    AfterSplitBrain
 	ResyncRate int64 // bytes/s; 0 = unlimited
 	Logger     *slog.Logger
@@ -94,6 +95,14 @@ type Node struct {
 	// then SetProtocol); written with mu held, read without it on the write
 	// path.
 	proto atomic.Uint32
+	// peerTimeout is the peer timeout in nanoseconds (Config.Timeout, then
+	// SetTimeout); written with mu held, read without it. A session keeps
+	// the timeout it was made with (protocol.Session.Timeout).
+	peerTimeout atomic.Int64
+	// onIOError is the on-io-error policy (Config.OnIOError, then
+	// SetOnIOError); written with mu held, read without it on the I/O path.
+	onIOError atomic.Uint32
+	afterSB   AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
 	stateSent func()
@@ -163,6 +172,9 @@ func New(cfg Config) (*Node, error) {
 	n.uuids = uuidsFromMeta(m)
 	n.suspendOnLoss.Store(cfg.SuspendOnPeerLoss)
 	n.proto.Store(uint32(cfg.Protocol))
+	n.peerTimeout.Store(int64(cfg.Timeout))
+	n.onIOError.Store(uint32(cfg.OnIOError))
+	n.afterSB = cfg.AfterSB
 	n.st = State{
 		Name:     cfg.Name,
 		Role:     Secondary,
@@ -462,7 +474,7 @@ func (n *Node) outdateBeforeLeaving(reason string) {
 		}
 	}
 	n.mu.Unlock()
-	if leaving && !s.barrier(n.cfg.Timeout) {
+	if leaving && !s.barrier(s.ps.Timeout()) {
 		n.log.Warn("the Primary did not confirm that this node left Outdated: it may fence this node")
 	}
 }
@@ -474,7 +486,7 @@ func (n *Node) outdatePeer(s *session) {
 	side := n.localSideLocked()
 	n.mu.Unlock()
 	s.sendState(side, flagOutdate)
-	deadline := time.After(n.cfg.Timeout)
+	deadline := time.After(s.ps.Timeout())
 	for {
 		n.mu.Lock()
 		done := n.st.PeerDisk == Outdated || n.sess != s || !n.st.Conn.Connected()
@@ -499,71 +511,6 @@ func (n *Node) outdatePeer(s *session) {
 func (n *Node) outdateLocked(reason string) error {
 	n.setStateLocked(reason, func(st *State) { st.Disk = Outdated })
 	return n.saveMetaLocked()
-}
-
-// AdjustRate changes the resync rate live (`urbd adjust --resync-rate`).
-func (n *Node) AdjustRate(bytesPerSec int64) {
-	n.rate.SetRate(bytesPerSec)
-	n.log.Info("resync rate changed", "bytes_per_sec", bytesPerSec)
-}
-
-// SetOnPeerLoss changes on-peer-loss while the node runs: with suspend a
-// Primary holds writes while it has no connected, UpToDate peer; with
-// continue it writes alone. Writes held when it becomes continue are
-// released at once. A Primary that is already without its peer when it
-// becomes suspend goes on writing, as after resume-io: the setting holds
-// writes from the next peer loss on, rather than freezing the application
-// the moment it is typed.
-func (n *Node) SetOnPeerLoss(suspend bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.suspendOnLoss.Load() == suspend {
-		return
-	}
-	n.suspendOnLoss.Store(suspend)
-	if suspend && !n.fenceFrozenLocked() && n.suspendedLocked() {
-		n.resumed = true
-	}
-	n.log.Info("on-peer-loss changed", "suspend", suspend)
-	n.notifyLocked()
-}
-
-// checkProtocol refuses anything but the protocols A, B and C.
-func checkProtocol(p byte) error {
-	switch p {
-	case 'A', 'B', 'C':
-		return nil
-	}
-	return fmt.Errorf("replica: unknown protocol %q: use A, B or C", p)
-}
-
-// protocol is the replication protocol in effect: 'A', 'B' or 'C'.
-func (n *Node) protocol() byte { return byte(n.proto.Load()) }
-
-// SetProtocol changes the replication protocol of a running node, as
-// `urbd adjust --protocol` does. Writes that start after it are answered as
-// p says; a write already waiting for the peer keeps the protocol it started
-// with. A connected peer is told at once, so that with protocol B it
-// confirms each write's arrival; until it has heard, a write under B waits
-// for the peer's write, as under C. The peer's own protocol, which governs
-// the writes it sends as a Primary, does not change.
-func (n *Node) SetProtocol(p byte) error {
-	if err := checkProtocol(p); err != nil {
-		return err
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.protocol() == p {
-		return nil
-	}
-	n.proto.Store(uint32(p))
-	n.log.Info("protocol changed", "protocol", string(p))
-	if s := n.sess; s != nil {
-		s.sendState(n.localSideLocked())
-	}
-	n.setReasonLocked(fmt.Sprintf("protocol set to %c by operator", p))
-	n.notifyLocked() // the status shows the protocol even if the reason stayed
-	return nil
 }
 
 // endSession stops reconnecting and ends the live session, if any, telling

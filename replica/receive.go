@@ -599,7 +599,7 @@ const peerFlushInterval = 5 * time.Second
 // the timeout. It also checkpoints the bitmap during a resync so an
 // interrupted resync resumes near where it stopped.
 func (s *session) keepalive() error {
-	timeout := s.n.cfg.Timeout
+	timeout := s.ps.Timeout()
 	tick := time.NewTicker(max(timeout/4, 50*time.Millisecond))
 	defer tick.Stop()
 	var seq uint64

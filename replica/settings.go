@@ -1,0 +1,126 @@
+package replica
+
+import (
+	"fmt"
+	"time"
+)
+
+// The settings `urbd adjust` changes while the node runs. Each takes
+// effect as its doc comment says: at once, for the next write, or from the
+// next connection on.
+
+// AdjustRate changes the resync rate live (`urbd adjust --resync-rate`).
+func (n *Node) AdjustRate(bytesPerSec int64) {
+	n.rate.SetRate(bytesPerSec)
+	n.log.Info("resync rate changed", "bytes_per_sec", bytesPerSec)
+}
+
+// SetOnPeerLoss changes on-peer-loss while the node runs: with suspend a
+// Primary holds writes while it has no connected, UpToDate peer; with
+// continue it writes alone. Writes held when it becomes continue are
+// released at once. A Primary that is already without its peer when it
+// becomes suspend goes on writing, as after resume-io: the setting holds
+// writes from the next peer loss on, rather than freezing the application
+// the moment it is typed.
+func (n *Node) SetOnPeerLoss(suspend bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.suspendOnLoss.Load() == suspend {
+		return
+	}
+	n.suspendOnLoss.Store(suspend)
+	if suspend && !n.fenceFrozenLocked() && n.suspendedLocked() {
+		n.resumed = true
+	}
+	n.log.Info("on-peer-loss changed", "suspend", suspend)
+	n.notifyLocked()
+}
+
+// checkProtocol refuses anything but the protocols A, B and C.
+func checkProtocol(p byte) error {
+	switch p {
+	case 'A', 'B', 'C':
+		return nil
+	}
+	return fmt.Errorf("replica: unknown protocol %q: use A, B or C", p)
+}
+
+// protocol is the replication protocol in effect: 'A', 'B' or 'C'.
+func (n *Node) protocol() byte { return byte(n.proto.Load()) }
+
+// SetProtocol changes the replication protocol of a running node, as
+// `urbd adjust --protocol` does. Writes that start after it are answered as
+// p says; a write already waiting for the peer keeps the protocol it started
+// with. A connected peer is told at once, so that with protocol B it
+// confirms each write's arrival; until it has heard, a write under B waits
+// for the peer's write, as under C. The peer's own protocol, which governs
+// the writes it sends as a Primary, does not change.
+func (n *Node) SetProtocol(p byte) error {
+	if err := checkProtocol(p); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.protocol() == p {
+		return nil
+	}
+	n.proto.Store(uint32(p))
+	n.log.Info("protocol changed", "protocol", string(p))
+	if s := n.sess; s != nil {
+		s.sendState(n.localSideLocked())
+	}
+	n.setReasonLocked(fmt.Sprintf("protocol set to %c by operator", p))
+	n.notifyLocked() // the status shows the protocol even if the reason stayed
+	return nil
+}
+
+// timeout is the peer timeout in effect for new connections, dials and
+// handshakes; a session keeps its own (protocol.Session.Timeout).
+func (n *Node) timeout() time.Duration { return time.Duration(n.peerTimeout.Load()) }
+
+// SetTimeout changes the peer timeout, as `urbd adjust --timeout` does.
+// Dials, handshakes and the fencing grace use it at once; a connected
+// session keeps the timeout it was made with, which yamux's keepalive also
+// uses, so a connection goes on being judged by one timeout from its start
+// to its end. The new one governs from the next connection on.
+func (n *Node) SetTimeout(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("replica: timeout %s: use a positive duration", d)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.timeout() == d {
+		return nil
+	}
+	n.peerTimeout.Store(int64(d))
+	n.log.Info("peer timeout changed, from the next connection on", "timeout", d)
+	return nil
+}
+
+// SetOnIOError changes what a Primary does when its disk fails a write or a
+// flush (`urbd adjust --on-io-error`), from the next error on. A node
+// already Diskless stays so.
+func (n *Node) SetOnIOError(p OnIOError) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if OnIOError(n.onIOError.Load()) == p {
+		return
+	}
+	n.onIOError.Store(uint32(p))
+	n.log.Info("on-io-error changed", "on_io_error", p.String())
+}
+
+// SetAfterSB changes the automatic split-brain recovery policy
+// (`urbd adjust --after-sb-0pri/--after-sb-1pri`). Split brains are found
+// when the nodes connect, so it applies from the next connection on; the
+// peer must be given the same policy before then, or that connection is
+// refused (Decide).
+func (n *Node) SetAfterSB(p AfterSplitBrain) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.afterSB == p {
+		return
+	}
+	n.afterSB = p
+	n.log.Info("split-brain recovery policy changed, from the next connection on", "policy", p.String())
+}

@@ -1,0 +1,102 @@
+package replica_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urbd/urbd/replica"
+)
+
+// TestScenarioSetTimeoutFromTheNextConnection: a timeout changed while the
+// nodes are connected leaves the connection under the one it was made with
+// (a silent link cut is noticed after about the old timeout, not the new
+// one); the next connection uses the new one. A timeout of zero is refused.
+func TestScenarioSetTimeoutFromTheNextConnection(t *testing.T) {
+	const old, shorter = 3 * time.Second, 400 * time.Millisecond
+	o := nodeOpts{timeout: old, viaProxy: true}
+	a, b := cleanPair(t, o, o)
+	if err := a.node.SetTimeout(0); err == nil {
+		t.Error("SetTimeout(0) accepted")
+	}
+	for _, x := range []*tnode{a, b} {
+		if err := x.node.SetTimeout(shorter); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := func(on bool) {
+		a.proxy.cut.Store(on)
+		b.proxy.cut.Store(on)
+	}
+
+	start := time.Now()
+	cut(true)
+	a.waitConn(replica.WFConnection)
+	// yamux's keepalive, made from the old timeout too, may notice after
+	// half of it; the new one would have noticed within about 400 ms.
+	if took := time.Since(start); took < old/2-200*time.Millisecond {
+		t.Fatalf("the connection made under a %v timeout was declared dead after %v: the new %v applied to it", old, took, shorter)
+	}
+	cut(false)
+	inSyncAndEqual(t, a, b)
+
+	start = time.Now()
+	cut(true)
+	a.waitConn(replica.WFConnection)
+	if took := time.Since(start); took > 4*shorter {
+		t.Fatalf("the next connection was declared dead after %v, want about the new timeout %v", took, shorter)
+	}
+	cut(false)
+	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioSetOnIOErrorAtOnce: on-io-error changed on a running Primary
+// governs the next disk error: with pass_on the failed write gets the
+// disk's error and the disk stays; set back to detach, the next failure
+// detaches the disk and the peer serves the write.
+func TestScenarioSetOnIOErrorAtOnce(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	ctx := context.Background()
+	a.node.SetOnIOError(replica.IOPassOn)
+	a.disk.failAt.Store(4*hBlock + 1)
+	if err := a.node.WriteAt(ctx, pattern("x", hBlock), 4*hBlock, false); !errors.Is(err, errDiskFailed) {
+		t.Fatalf("write under pass_on: %v, want the disk's error", err)
+	}
+	if st := a.node.State(); st.Disk != replica.UpToDate {
+		t.Fatalf("disk %v after a failure under pass_on, want UpToDate", st.Disk)
+	}
+	inSyncAndEqual(t, a, b)
+
+	a.node.SetOnIOError(replica.IODetach)
+	a.disk.failAt.Store(8*hBlock + 1)
+	p := pattern("served by the peer", hBlock)
+	if err := a.node.WriteAt(ctx, p, 8*hBlock, false); err != nil {
+		t.Fatalf("write under detach: %v, want it served by the peer", err)
+	}
+	if st := a.node.State(); st.Disk != replica.Diskless {
+		t.Fatalf("disk %v after a failure under detach, want Diskless", st.Disk)
+	}
+	if got := b.read(8*hBlock, hBlock); string(got) != string(p) {
+		t.Fatal("the write the disk failed is not on the peer")
+	}
+}
+
+// TestScenarioSetAfterSBFromTheNextConnection: nodes whose split-brain
+// policies differ refuse to connect; once the operator gives the second
+// node the same policy, the next connection is accepted.
+func TestScenarioSetAfterSBFromTheNextConnection(t *testing.T) {
+	policy := replica.AfterSplitBrain{NoPrimary: replica.SB0DiscardZeroChanges, OnePrimary: replica.SB1Consensus}
+	a, b := newPair(t, nodeOpts{afterSB: policy, assumeClean: true}, nodeOpts{assumeClean: true})
+	a.start()
+	b.start()
+	b.waitState("refused", func(s replica.State) bool {
+		return s.Conn == replica.StandAlone && strings.Contains(s.Reason, "split-brain policies differ")
+	})
+	a.waitConn(replica.StandAlone)
+	b.node.SetAfterSB(policy)
+	reconnect(t, a)
+	reconnect(t, b)
+	inSyncAndEqual(t, a, b)
+}
