@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/urbd/urbd/bitmap"
 	"github.com/urbd/urbd/handlers"
@@ -18,13 +19,18 @@ import (
 
 // adjuster applies `urbd adjust` to a running resource: settings given on
 // its command line, or the settings read again from where the daemon got
-// them (Options.Reload, the resource file). The protocol, the resync rate,
-// on-peer-loss and the handlers change at once; what cannot change while
-// the resource runs is named in the answer and applied at the next start.
+// them (Options.Reload, the resource file). The live settings (settingsTable)
+// change while it runs: the protocol, the resync rate, on-peer-loss,
+// on-io-error and the handlers at once, the timeout and the after-sb
+// policies from the next connection on. What cannot change while the
+// resource runs is named in the answer and applied at the next start.
 type adjuster struct {
 	setProtocol   func(p byte) error               // Node.SetProtocol
 	setRate       func(bytesPerSec int64)          // Node.AdjustRate
 	setOnPeerLoss func(suspend bool)               // Node.SetOnPeerLoss
+	setTimeout    func(d time.Duration) error      // Node.SetTimeout
+	setOnIOError  func(p replica.OnIOError)        // Node.SetOnIOError
+	setAfterSB    func(p replica.AfterSplitBrain)  // Node.SetAfterSB
 	setHandlers   func(commands map[string]string) // Runner.SetCommands
 	reload        func() (Options, error)          // nil: started without a resource file
 	log           *slog.Logger
@@ -36,9 +42,9 @@ type adjuster struct {
 	cur Options    // the settings in effect
 }
 
-// set applies settings given on the command line (protocol, resync-rate,
-// on-peer-loss, as typed). They last until the next adjustment or start.
-// A value that does not parse changes nothing.
+// set applies settings given on the command line (the live ones of
+// settingsTable, by name, as typed). They last until the next adjustment or
+// start. A value that does not parse changes nothing.
 func (a *adjuster) set(settings map[string]string) (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -63,9 +69,27 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 				return "", err
 			}
 			next.OnPeerLoss = v
+		case "timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return "", fmt.Errorf("--timeout %q: use a duration such as 6s", v)
+			}
+			if err := checkTimeout(d); err != nil {
+				return "", err
+			}
+			next.Timeout = d
+		case "on-io-error":
+			next.OnIOError = v
+		case "after-sb-0pri":
+			next.AfterSB0Pri = v
+		case "after-sb-1pri":
+			next.AfterSB1Pri = v
 		default:
 			return "", fmt.Errorf("%s cannot change while the resource runs", k)
 		}
+	}
+	if _, err := parsePolicies(next); err != nil {
+		return "", err
 	}
 	return a.applyLocked(next), nil
 }
@@ -79,6 +103,9 @@ func (a *adjuster) fromFile() (string, error) {
 		return "", fmt.Errorf("started without a resource file (urbd up --config): give the setting to change, e.g. urbd adjust --resync-rate 200MiB %s", a.cur.Name)
 	}
 	next, err := a.reload()
+	if err == nil {
+		_, err = parsePolicies(next)
+	}
 	if err != nil {
 		return "", fmt.Errorf("nothing changed: %w", err)
 	}
@@ -98,7 +125,7 @@ func (a *adjuster) fromFile() (string, error) {
 
 // applyLocked applies the settings of next that differ from the running
 // ones and can change at once, records them, and says what it did. a.mu
-// must be held.
+// must be held; next's policies parse (parsePolicies).
 func (a *adjuster) applyLocked(next Options) string {
 	var done []string
 	if next.Protocol != a.cur.Protocol {
@@ -115,20 +142,59 @@ func (a *adjuster) applyLocked(next Options) string {
 		a.cur.ResyncRate = next.ResyncRate
 		done = append(done, "resync rate set to "+formatRate(next.ResyncRate))
 	}
+	if next.Timeout > 0 && next.Timeout != a.cur.Timeout {
+		if err := a.setTimeout(next.Timeout); err != nil {
+			a.log.Error("changing the timeout failed", "err", err)
+		} else {
+			a.cur.Timeout = next.Timeout
+			done = append(done, "timeout set to "+next.Timeout.String()+" (from the next connection on)")
+		}
+	}
 	if (next.OnPeerLoss == "suspend") != (a.cur.OnPeerLoss == "suspend") {
 		a.setOnPeerLoss(next.OnPeerLoss == "suspend")
 		done = append(done, "on-peer-loss set to "+next.OnPeerLoss)
 	}
 	a.cur.OnPeerLoss = next.OnPeerLoss
+	cur, _ := parsePolicies(a.cur)
+	want, _ := parsePolicies(next)
+	if want.onIOError != cur.onIOError {
+		a.setOnIOError(want.onIOError)
+		done = append(done, "on-io-error set to "+want.onIOError.String())
+	}
+	a.cur.OnIOError = next.OnIOError
+	if want.afterSB != cur.afterSB {
+		a.setAfterSB(want.afterSB)
+		var sb []string
+		if want.afterSB.NoPrimary != cur.afterSB.NoPrimary {
+			sb = append(sb, "after-sb-0pri set to "+want.afterSB.NoPrimary.String())
+		}
+		if want.afterSB.OnePrimary != cur.afterSB.OnePrimary {
+			sb = append(sb, "after-sb-1pri set to "+want.afterSB.OnePrimary.String())
+		}
+		done = append(done, strings.Join(sb, ", ")+" (from the next connection on; the peer needs the same)")
+	}
+	a.cur.AfterSB0Pri, a.cur.AfterSB1Pri = next.AfterSB0Pri, next.AfterSB1Pri
 	if changed := changedHandlers(a.cur.Handlers, next.Handlers); len(changed) > 0 {
 		a.setHandlers(next.Handlers)
 		a.cur.Handlers = maps.Clone(next.Handlers)
 		done = append(done, "handlers replaced ("+strings.Join(changed, ", ")+")")
 	}
 	if len(done) == 0 {
-		return "protocol, resync rate, on-peer-loss and handlers unchanged"
+		return "no live setting changed (" + strings.Join(liveSettings(), ", ") + ")"
 	}
 	return strings.Join(done, "; ")
+}
+
+// liveSettings names the settings urbd adjust changes while the resource
+// runs, as the resource file names them.
+func liveSettings() []string {
+	var out []string
+	for _, s := range settingsTable {
+		if s.live {
+			out = append(out, s.name)
+		}
+	}
+	return append(out, "handlers")
 }
 
 // Setting is one setting of a running resource, as `urbd show` lists it.
@@ -203,8 +269,9 @@ func restartOnly(cur, next Options) []string {
 
 // settingsTable lists a resource's settings for `urbd show` and for
 // comparing them, by their names in the resource file. The live ones change
-// with `urbd adjust`; a running resource keeps the others: its disk, its
-// addresses, the terms of the peer connection and the fencing policies.
+// with `urbd adjust`; a running resource keeps the others: its disk and
+// metadata, its addresses, the peer connection's authentication, TLS and
+// congestion control, and fencing.
 var settingsTable = []struct {
 	name  string
 	get   func(Options) string
@@ -218,12 +285,12 @@ var settingsTable = []struct {
 	{"peer address", func(o Options) string { return o.Peer }, "none", false},
 	{"protocol", func(o Options) string { return string(o.Protocol) }, "C", true},
 	{"resync-rate", func(o Options) string { return formatRate(o.ResyncRate) }, "", true},
-	{"timeout", func(o Options) string { return o.Timeout.String() }, "", false},
+	{"timeout", func(o Options) string { return o.Timeout.String() }, "", true},
 	{"on-peer-loss", func(o Options) string { return cmp.Or(o.OnPeerLoss, "continue") }, "", true},
 	{"fencing", func(o Options) string { return o.Fencing }, replica.FenceDontCare.String(), false},
-	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }, "disconnect", false},
-	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }, "disconnect", false},
-	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", false},
+	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }, "disconnect", true},
+	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }, "disconnect", true},
+	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", true},
 	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, false},
 	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
 	{"al-extents", func(o Options) string { return strconv.Itoa(cmp.Or(o.ALExtents, bitmap.DefaultALExtents)) }, "", false},

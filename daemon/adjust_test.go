@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urbd/urbd/replica"
 )
 
 // fakeResource is what an adjuster drives, recorded.
@@ -15,6 +17,9 @@ type fakeResource struct {
 	protos   []byte
 	rates    []int64
 	suspend  []bool
+	timeouts []time.Duration
+	onIOErr  []replica.OnIOError
+	afterSB  []replica.AfterSplitBrain
 	handlers []map[string]string
 }
 
@@ -24,6 +29,9 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 		setProtocol:   func(p byte) error { f.protos = append(f.protos, p); return nil },
 		setRate:       func(r int64) { f.rates = append(f.rates, r) },
 		setOnPeerLoss: func(s bool) { f.suspend = append(f.suspend, s) },
+		setTimeout:    func(d time.Duration) error { f.timeouts = append(f.timeouts, d); return nil },
+		setOnIOError:  func(p replica.OnIOError) { f.onIOErr = append(f.onIOErr, p) },
+		setAfterSB:    func(p replica.AfterSplitBrain) { f.afterSB = append(f.afterSB, p) },
 		setHandlers:   func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
 		reload:        reload,
 		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -40,9 +48,10 @@ func baseOptions() Options {
 	}
 }
 
-// TestAdjustFromFile: a new protocol, resync rate, on-peer-loss and new
-// handlers apply at once; the settings a running resource keeps are named; a second
-// adjust finds nothing left to apply.
+// TestAdjustFromFile: a new protocol, resync rate, timeout, on-peer-loss,
+// on-io-error, after-sb policy and new handlers apply; the settings a
+// running resource keeps are named; a second adjust finds nothing left to
+// apply.
 func TestAdjustFromFile(t *testing.T) {
 	next := baseOptions()
 	next.ResyncRate = 20 << 20
@@ -50,14 +59,19 @@ func TestAdjustFromFile(t *testing.T) {
 	next.Handlers = map[string]string{"peer-lost": "logger gone", "demoted": "touch /tmp/d"}
 	next.Protocol = 'B'
 	next.Timeout = 3 * time.Second
+	next.OnIOError = "pass-on"
+	next.AfterSB0Pri = "discard-zero-changes"
+	next.ALExtents = 3389
 	a, f := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
 
 	msg, err := a.fromFile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "protocol set to B; resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added, peer-lost changed); " +
-		"changed, and applied at the next start (urbd down, then urbd up): timeout"
+	want := "protocol set to B; resync rate set to 20MiB/s; timeout set to 3s (from the next connection on); on-peer-loss set to suspend; " +
+		"on-io-error set to pass_on; after-sb-0pri set to discard-zero-changes (from the next connection on; the peer needs the same); " +
+		"handlers replaced (demoted added, peer-lost changed); " +
+		"changed, and applied at the next start (urbd down, then urbd up): al-extents"
 	if msg != want {
 		t.Errorf("adjust:\n got %q\nwant %q", msg, want)
 	}
@@ -73,16 +87,28 @@ func TestAdjustFromFile(t *testing.T) {
 	if len(f.handlers) != 1 || !maps.Equal(f.handlers[0], next.Handlers) {
 		t.Errorf("handlers set: %v, want %v", f.handlers, next.Handlers)
 	}
+	if len(f.timeouts) != 1 || f.timeouts[0] != 3*time.Second {
+		t.Errorf("timeouts set: %v, want [3s]", f.timeouts)
+	}
+	if len(f.onIOErr) != 1 || f.onIOErr[0] != replica.IOPassOn {
+		t.Errorf("on-io-error set: %v, want [pass_on]", f.onIOErr)
+	}
+	if want := (replica.AfterSplitBrain{NoPrimary: replica.SB0DiscardZeroChanges}); len(f.afterSB) != 1 || f.afterSB[0] != want {
+		t.Errorf("after-sb set: %v, want [%v]", f.afterSB, want)
+	}
 
 	msg, err = a.fromFile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "protocol, resync rate, on-peer-loss and handlers unchanged; changed, and applied at the next start (urbd down, then urbd up): timeout"; msg != want {
+	if want := "no live setting changed (protocol, resync-rate, timeout, on-peer-loss, after-sb-0pri, after-sb-1pri, on-io-error, handlers); " +
+		"changed, and applied at the next start (urbd down, then urbd up): al-extents"; msg != want {
 		t.Errorf("second adjust:\n got %q\nwant %q", msg, want)
 	}
-	if len(f.protos) != 1 || len(f.rates) != 1 || len(f.suspend) != 1 || len(f.handlers) != 1 {
-		t.Errorf("second adjust applied again: protocols %q, rates %v, on-peer-loss %v, handlers %v", f.protos, f.rates, f.suspend, f.handlers)
+	if len(f.protos) != 1 || len(f.rates) != 1 || len(f.suspend) != 1 || len(f.handlers) != 1 ||
+		len(f.timeouts) != 1 || len(f.onIOErr) != 1 || len(f.afterSB) != 1 {
+		t.Errorf("second adjust applied again: protocols %q, rates %v, on-peer-loss %v, handlers %v, timeouts %v, on-io-error %v, after-sb %v",
+			f.protos, f.rates, f.suspend, f.handlers, f.timeouts, f.onIOErr, f.afterSB)
 	}
 }
 
@@ -98,20 +124,44 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 	if msg != "protocol set to A; resync rate set to unlimited; on-peer-loss set to suspend" {
 		t.Errorf("adjust with flags: %q", msg)
 	}
-	for _, bad := range []map[string]string{
-		{"resync-rate": "fast"}, {"on-peer-loss": "panic"}, {"protocol": "D"}, {"timeout": "1s"},
-		{"resync-rate": "1MiB", "on-peer-loss": "x"}, {"protocol": "B", "resync-rate": "x"},
+	msg, err = a.set(map[string]string{"timeout": "10s", "on-io-error": "pass-on", "after-sb-1pri": "consensus"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg != "timeout set to 10s (from the next connection on); on-io-error set to pass_on; "+
+		"after-sb-1pri set to consensus (from the next connection on; the peer needs the same)" {
+		t.Errorf("adjust with flags: %q", msg)
+	}
+	for _, c := range []struct {
+		settings map[string]string
+		want     string // in the error
+	}{
+		{map[string]string{"resync-rate": "fast"}, "--resync-rate: "},
+		{map[string]string{"on-peer-loss": "panic"}, `--on-peer-loss "panic": use continue or suspend`},
+		{map[string]string{"protocol": "D"}, `--protocol "D"`},
+		{map[string]string{"timeout": "0s"}, "--timeout 0s: use a positive duration, e.g. 6s"},
+		{map[string]string{"timeout": "soon"}, `--timeout "soon": use a duration such as 6s`},
+		{map[string]string{"on-io-error": "panic"}, `--on-io-error: unknown on-io-error policy "panic"`},
+		{map[string]string{"after-sb-0pri": "x", "resync-rate": "1MiB"}, `--after-sb-0pri: unknown after-sb-0pri policy "x"`},
+		{map[string]string{"fencing": "resource-only"}, "fencing cannot change while the resource runs"},
+		{map[string]string{"resync-rate": "1MiB", "on-peer-loss": "x"}, `--on-peer-loss "x"`},
+		{map[string]string{"protocol": "B", "resync-rate": "x"}, "--resync-rate: "},
 	} {
-		if _, err := a.set(bad); err == nil {
-			t.Errorf("adjust %v: accepted", bad)
+		if _, err := a.set(c.settings); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("adjust %v: %v, want an error with %q", c.settings, err, c.want)
 		}
 	}
 	msg, err = a.fromFile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg != "protocol set to C; resync rate set to 100MiB/s; on-peer-loss set to continue" {
+	if msg != "protocol set to C; resync rate set to 100MiB/s; timeout set to 6s (from the next connection on); on-peer-loss set to continue; "+
+		"on-io-error set to detach; after-sb-1pri set to disconnect (from the next connection on; the peer needs the same)" {
 		t.Errorf("adjust from the file after flags: %q", msg)
+	}
+	if len(f.timeouts) != 2 || f.timeouts[1] != 6*time.Second || len(f.onIOErr) != 2 || f.onIOErr[1] != replica.IODetach ||
+		len(f.afterSB) != 2 || f.afterSB[1] != (replica.AfterSplitBrain{}) {
+		t.Errorf("the file's values not set again: timeouts %v, on-io-error %v, after-sb %v", f.timeouts, f.onIOErr, f.afterSB)
 	}
 	if string(f.protos) != "AC" {
 		t.Errorf("protocols set: %q, want A then C", f.protos)
@@ -156,8 +206,7 @@ func TestAdjustRefusals(t *testing.T) {
 }
 
 // TestRestartOnlyNamesEachFixedSetting: each setting a running resource
-// keeps is named, alone, when it alone changes; the protocol, the resync
-// rate, on-peer-loss and the handlers never are.
+// keeps is named, alone, when it alone changes; the live ones never are.
 func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	cur := baseOptions()
 	changes := map[string]func(*Options){
@@ -166,9 +215,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 		"peer address": func(o *Options) { o.Peer = "10.0.0.3:7789" },
 		"secret-file":  func(o *Options) { o.SecretFile = "/etc/urbd/s" }, "tls-cert": func(o *Options) { o.TLSCert = "c.pem" },
 		"tls-key": func(o *Options) { o.TLSKey = "k.pem" }, "tls-ca": func(o *Options) { o.TLSCA = "ca.pem" },
-		"timeout": func(o *Options) { o.Timeout = time.Second },
-		"fencing": func(o *Options) { o.Fencing = "resource-only" }, "after-sb-0pri": func(o *Options) { o.AfterSB0Pri = "discard-zero-changes" },
-		"after-sb-1pri": func(o *Options) { o.AfterSB1Pri = "consensus" }, "on-io-error": func(o *Options) { o.OnIOError = "pass_on" },
+		"fencing":        func(o *Options) { o.Fencing = "resource-only" },
 		"tcp-congestion": func(o *Options) { o.TCPCongestion = "reno" }, "bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
 		"al-extents":     func(o *Options) { o.ALExtents = 3389 },
 		"metrics-listen": func(o *Options) { o.MetricsListen = "127.0.0.1:9942" },
@@ -191,8 +238,9 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	}
 	next := baseOptions()
 	next.Protocol, next.ResyncRate, next.OnPeerLoss, next.Handlers = 'A', 1, "suspend", nil
+	next.Timeout, next.OnIOError, next.AfterSB0Pri, next.AfterSB1Pri = time.Second, "pass_on", "discard-zero-changes", "consensus"
 	if got := restartOnly(cur, next); len(got) != 0 {
-		t.Errorf("protocol, resync rate, on-peer-loss and handlers named as needing a restart: %v", got)
+		t.Errorf("live settings named as needing a restart: %v", got)
 	}
 }
 
@@ -203,6 +251,7 @@ func TestShow(t *testing.T) {
 	next := baseOptions()
 	next.ResyncRate = 20 << 20
 	next.Timeout = 3 * time.Second
+	next.ALExtents = 3389
 	next.Handlers = map[string]string{"peer-lost": "logger lost", "demoted": "touch /tmp/d"}
 	a, _ := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
 	settings, pending := a.show()
@@ -220,13 +269,13 @@ func TestShow(t *testing.T) {
 			t.Errorf("show: %s = %q, want %q", k, got[k], v)
 		}
 	}
-	if want := "changed in the resource file: urbd adjust applies resync-rate, handlers; the next start applies timeout"; pending != want {
+	if want := "changed in the resource file: urbd adjust applies resync-rate, timeout, handlers; the next start applies al-extents"; pending != want {
 		t.Errorf("pending:\n got %q\nwant %q", pending, want)
 	}
 	if _, err := a.fromFile(); err != nil {
 		t.Fatal(err)
 	}
-	if _, pending := a.show(); pending != "changed in the resource file: the next start applies timeout" {
+	if _, pending := a.show(); pending != "changed in the resource file: the next start applies al-extents" {
 		t.Errorf("pending after adjust: %q", pending)
 	}
 

@@ -110,6 +110,41 @@ func checkOnPeerLoss(s string) error {
 	return fmt.Errorf("--on-peer-loss %q: use continue or suspend", s)
 }
 
+// checkTimeout accepts a peer timeout for urbd adjust: a positive duration.
+func checkTimeout(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("--timeout %s: use a positive duration, e.g. 6s", d)
+	}
+	return nil
+}
+
+// policies are the replica's policies of Options, parsed.
+type policies struct {
+	fencing   replica.Fencing
+	afterSB   replica.AfterSplitBrain
+	onIOError replica.OnIOError
+}
+
+// parsePolicies parses the policies of o, with the messages of urbd up for
+// a bad value ("" is each policy's default).
+func parsePolicies(o Options) (policies, error) {
+	var p policies
+	var err error
+	if p.fencing, err = replica.ParseFencing(cmp.Or(o.Fencing, "dont-care")); err != nil {
+		return p, fmt.Errorf("--fencing: %w", err)
+	}
+	if p.afterSB.NoPrimary, err = replica.ParseAfterSB0(o.AfterSB0Pri); err != nil {
+		return p, fmt.Errorf("--after-sb-0pri: %w", err)
+	}
+	if p.afterSB.OnePrimary, err = replica.ParseAfterSB1(o.AfterSB1Pri); err != nil {
+		return p, fmt.Errorf("--after-sb-1pri: %w", err)
+	}
+	if p.onIOError, err = replica.ParseOnIOError(o.OnIOError); err != nil {
+		return p, fmt.Errorf("--on-io-error: %w", err)
+	}
+	return p, nil
+}
+
 // extentSize is the activity-log extent, DRBD's 4 MiB.
 const extentSize = 4 << 20
 
@@ -128,24 +163,12 @@ func Run(ctx context.Context, o Options) error {
 	if err := checkOnPeerLoss(o.OnPeerLoss); err != nil {
 		return err
 	}
-	fencing, err := replica.ParseFencing(cmp.Or(o.Fencing, "dont-care"))
+	pol, err := parsePolicies(o)
 	if err != nil {
-		return fmt.Errorf("--fencing: %w", err)
+		return err
 	}
-	if fencing != replica.FenceDontCare && strings.TrimSpace(o.Handlers[handlers.EventFencePeer]) == "" {
-		return fmt.Errorf("--fencing %s needs a fence-peer handler: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", fencing)
-	}
-	afterSB0, err := replica.ParseAfterSB0(o.AfterSB0Pri)
-	if err != nil {
-		return fmt.Errorf("--%w", err)
-	}
-	afterSB1, err := replica.ParseAfterSB1(o.AfterSB1Pri)
-	if err != nil {
-		return fmt.Errorf("--%w", err)
-	}
-	onIOError, err := replica.ParseOnIOError(o.OnIOError)
-	if err != nil {
-		return fmt.Errorf("--on-io-error: %w", err)
+	if pol.fencing != replica.FenceDontCare && strings.TrimSpace(o.Handlers[handlers.EventFencePeer]) == "" {
+		return fmt.Errorf("--fencing %s needs a fence-peer handler: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", pol.fencing)
 	}
 	congestion, err := peerCongestion(o.TCPCongestion, log)
 	if err != nil {
@@ -222,9 +245,9 @@ func Run(ctx context.Context, o Options) error {
 		Event: func(event string, extra map[string]string) {
 			runner.Fire(ctx, o.Name, event, extra)
 		},
-		Fencing:   fencing,
-		OnIOError: onIOError,
-		AfterSB:   replica.AfterSplitBrain{NoPrimary: afterSB0, OnePrimary: afterSB1},
+		Fencing:   pol.fencing,
+		OnIOError: pol.onIOError,
+		AfterSB:   pol.afterSB,
 		FencePeer: func(fctx context.Context) (int, error) {
 			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": o.Peer})
 		},
@@ -272,6 +295,7 @@ func Run(ctx context.Context, o Options) error {
 	go func() { errc <- srv.Serve(ctx, nbdLn) }()
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
+		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB,
 		reload: o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {

@@ -96,10 +96,11 @@ timeout = "2s"
 
 	// urbd adjust reads the file again: the new protocol, resync rate,
 	// on-peer-loss and handlers apply at once (the new demoted handler runs
-	// on the next demotion), the new timeout only at the next start, and
-	// the reply says so.
+	// on the next demotion), the new timeout from the next connection on,
+	// the new activity-log size only at the next start, and the reply says
+	// so.
 	conf = strings.Replace(conf, `resync-rate = "50MiB"`, `resync-rate = "20MiB"`, 1)
-	conf = strings.Replace(conf, `timeout = "2s"`, `timeout = "3s"`, 1)
+	conf = strings.Replace(conf, `timeout = "2s"`, "timeout = \"3s\"\nal-extents = 3389", 1)
 	conf = strings.Replace(conf, `protocol = "C"`, "protocol = \"B\"\non-peer-loss = \"suspend\"", 1)
 	demoted := fmt.Sprintf(`demoted = "echo \"$URBD_EVENT $URBD_RESOURCE\" >> %s"`, events)
 	conf = strings.Replace(conf, "[resource.r0]", demoted+"\n\n[resource.r0]", 1) // into [handlers]
@@ -112,16 +113,19 @@ timeout = "2s"
 			t.Errorf("urbd show: want resync-rate %s and %q at the end:\n%s", wantRate, wantPending, out)
 		}
 	}
-	show("50MiB/s", "changed in the resource file: urbd adjust applies protocol, resync-rate, on-peer-loss, handlers; the next start applies timeout")
-	want := "r0: protocol set to B; resync rate set to 20MiB/s; on-peer-loss set to suspend; handlers replaced (demoted added); " +
-		"changed, and applied at the next start (urbd down, then urbd up): timeout"
+	show("50MiB/s", "changed in the resource file: urbd adjust applies protocol, resync-rate, timeout, on-peer-loss, handlers; the next start applies al-extents")
+	want := "r0: protocol set to B; resync rate set to 20MiB/s; timeout set to 3s (from the next connection on); on-peer-loss set to suspend; " +
+		"handlers replaced (demoted added); changed, and applied at the next start (urbd down, then urbd up): al-extents"
 	if out := c.a.ctl("adjust", "r0"); out != want {
 		t.Errorf("urbd adjust after editing the resource file:\n got %q\nwant %q", out, want)
 	}
-	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: protocol, resync rate, on-peer-loss and handlers unchanged;") {
+	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: no live setting changed (protocol, resync-rate, timeout,") {
 		t.Errorf("urbd adjust again: %q", out)
 	}
-	show("20MiB/s", "changed in the resource file: the next start applies timeout")
+	show("20MiB/s", "changed in the resource file: the next start applies al-extents")
+	if out := c.a.ctl("show", "r0"); !regexp.MustCompile(`(?m)^  timeout +3s$`).MatchString(out) {
+		t.Errorf("urbd show after adjusting the timeout:\n%s", out)
+	}
 	// The protocol changed without a reconnect: the status file says B, and
 	// writes go on through the same connection.
 	if st := c.a.status(); st.Protocol != "B" || st.ConnState != "Connected" {
@@ -155,7 +159,20 @@ timeout = "2s"
 	if out, err := c.a.try("adjust", "--resync-rate", "fast", "--on-peer-loss", "suspend", "r0"); err == nil || !strings.HasPrefix(out, "urbd: --resync-rate: ") || strings.Contains(out, "\n") {
 		t.Errorf("urbd adjust --resync-rate fast: %v: %q, want one line about --resync-rate", err, out)
 	}
-	show("20MiB/s", "changed in the resource file: urbd adjust applies protocol, on-peer-loss; the next start applies timeout")
+	// The policies that take flags: on-io-error at once, the after-sb
+	// policies and the timeout from the next connection on; a bad value is
+	// refused in one line.
+	if out := c.a.ctl("adjust", "--on-io-error", "pass_on", "--timeout", "4s", "r0"); out != "r0: timeout set to 4s (from the next connection on); on-io-error set to pass_on" {
+		t.Errorf("urbd adjust --on-io-error pass_on --timeout 4s: %q", out)
+	}
+	if out, err := c.a.try("adjust", "--after-sb-1pri", "violence", "r0"); err == nil ||
+		out != `urbd: --after-sb-1pri: unknown after-sb-1pri policy "violence": use disconnect, consensus or discard-secondary` {
+		t.Errorf("urbd adjust --after-sb-1pri violence: %v: %q", err, out)
+	}
+	if out, err := c.a.try("adjust", "--timeout", "0s", "r0"); err == nil || out != "urbd: --timeout 0s: use a positive duration, e.g. 6s" {
+		t.Errorf("urbd adjust --timeout 0s: %v: %q", err, out)
+	}
+	show("20MiB/s", "changed in the resource file: urbd adjust applies protocol, timeout, on-peer-loss, on-io-error; the next start applies al-extents")
 	c.a.ctl("secondary", "r0")
 	waitForHandlers(t, events, "demoted r0")
 

@@ -86,8 +86,9 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 		controlCommand("down", "stop the resource's daemon cleanly", "Example: urbd down r0", nil, plain("down")),
 		controlCommand("adjust", "change settings of a running resource",
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
-does: a new protocol, resync-rate, on-peer-loss and new handlers apply at once, and the reply
-names the other settings that changed, which apply at the next start. With flags, only those
+does: a new protocol, resync-rate, on-peer-loss, on-io-error and new handlers apply at once, a
+new timeout, after-sb-0pri and after-sb-1pri from the next connection on, and the reply names
+the other settings that changed, which apply at the next start. With flags, only those
 settings change, until the next adjust or start. A new protocol applies to the writes that
 start after it; the peer is told without reconnecting.
 Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --protocol A r0`,
@@ -95,12 +96,16 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				&cli.StringFlag{Name: "protocol", Usage: "A, B or C (see urbd up --help)"},
 				&cli.StringFlag{Name: "resync-rate", Usage: "new resync rate per second, e.g. 50MiB; 0 = unlimited"},
 				&cli.StringFlag{Name: "on-peer-loss", Usage: "continue or suspend (see urbd up --help)"},
+				&cli.StringFlag{Name: "timeout", Usage: "peer timeout, e.g. 10s, for the next connection on"},
+				&cli.StringFlag{Name: "on-io-error", Usage: "detach or pass_on (see urbd up --help)"},
+				&cli.StringFlag{Name: "after-sb-0pri", Usage: "split-brain policy with no Primary, for the next connection on (see urbd up --help)"},
+				&cli.StringFlag{Name: "after-sb-1pri", Usage: "split-brain policy with one Primary, for the next connection on (see urbd up --help)"},
 			},
 			func(c *cli.Context) (daemon.Request, error) {
 				// The values go as typed: the daemon checks them, with the
 				// same messages as urbd up, and a bad one changes nothing.
 				settings := map[string]string{}
-				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss"} {
+				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri"} {
 					if c.IsSet(k) {
 						settings[k] = c.String(k)
 					}
