@@ -40,9 +40,7 @@ func (n *Node) Run(ctx context.Context) error {
 		g.Go(func() error { return n.dialLoop(ctx) })
 	}
 	g.Go(func() error { return n.sweepLoop(ctx) })
-	if n.cfg.Fencing != FenceDontCare {
-		g.Go(func() error { return n.fenceLoop(ctx) })
-	}
+	g.Go(func() error { return n.fenceLoop(ctx) })
 	g.Go(func() error { return n.ahead.run(ctx, n.flushAheadOnce) })
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) {

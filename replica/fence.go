@@ -108,12 +108,12 @@ var ErrOutdateRefused = errors.New("replica: cannot outdate")
 // a Primary with resource-and-stonith fencing, without a session, whose
 // peer has not been fenced since it was lost. n.mu must be held.
 func (n *Node) fenceFrozenLocked() bool {
-	return n.cfg.Fencing == FenceResourceAndStonith && n.st.Role == Primary &&
+	return n.fencingPolicy() == FenceResourceAndStonith && n.st.Role == Primary &&
 		!n.st.Conn.Connected() && n.fence != fenceDone
 }
 
-// fenceLoop runs the fence-peer handler whenever a Primary is without a
-// peer that may hold its data, and records the outcome. A Primary that
+// fenceLoop runs the fence-peer handler whenever fencing is on and a Primary
+// is without a peer that may hold its data, and records the outcome. A Primary that
 // starts (a restart after a clean stop) first gives its peer the peer
 // timeout to connect, so that a restart does not fence a healthy peer.
 func (n *Node) fenceLoop(ctx context.Context) error {
@@ -125,7 +125,7 @@ func (n *Node) fenceLoop(ctx context.Context) error {
 	}
 	for {
 		n.mu.Lock()
-		need := n.st.Role == Primary && !n.st.Conn.Connected() && n.fence == fenceNeeded
+		need := n.fencingPolicy() != FenceDontCare && n.st.Role == Primary && !n.st.Conn.Connected() && n.fence == fenceNeeded
 		if need {
 			n.fence = fenceRunning
 		}
@@ -159,7 +159,7 @@ func (n *Node) fencePeer(ctx context.Context, why string) bool {
 
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out := decideFence(code, err, n.cfg.Fencing, n.st.Disk)
+	out := decideFence(code, err, n.fencingPolicy(), n.st.Disk)
 	if n.st.Conn.Connected() || n.fence != fenceRunning {
 		// The peer came back (or the operator resumed) while the handler
 		// ran: its answer no longer matters.
@@ -185,7 +185,7 @@ func (n *Node) fencePeer(ctx context.Context, why string) bool {
 	default:
 		n.fence = fenceFailed
 		reason := "fencing the peer failed: " + out.what
-		if n.cfg.Fencing == FenceResourceAndStonith && n.st.Role == Primary {
+		if n.fencingPolicy() == FenceResourceAndStonith && n.st.Role == Primary {
 			reason += fmt.Sprintf("; writes stay suspended until the peer is back or urbd resume-io %s", n.cfg.Name)
 		}
 		n.log.Error("fencing the peer failed", "result", out.what)
@@ -199,7 +199,7 @@ func (n *Node) fencePeer(ctx context.Context, why string) bool {
 // not been fenced. A failed fence refuses the promotion unless force.
 func (n *Node) fenceBeforePromote(force bool) error {
 	n.mu.Lock()
-	need := n.cfg.Fencing != FenceDontCare && n.st.Role == Secondary && !n.st.Conn.Connected() &&
+	need := n.fencingPolicy() != FenceDontCare && n.st.Role == Secondary && !n.st.Conn.Connected() &&
 		n.fence != fenceDone && n.fence != fenceRunning && n.st.CanPromote(force) == nil
 	if need {
 		n.fence = fenceRunning

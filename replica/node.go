@@ -37,10 +37,10 @@ type Config struct {
 	// SuspendOnPeerLoss holds writes while the peer is away instead of going
 	// on alone (--on-peer-loss suspend).
 	SuspendOnPeerLoss bool
-	// Fencing is the fencing policy (FenceDontCare by default). With any
-	// other policy FencePeer runs the fence-peer handler: it returns the
-	// handler's exit code (see the FenceExit constants), or an error when
-	// it could not run or was killed.
+	// Fencing is the fencing policy (FenceDontCare by default); SetFencing
+	// changes it. With any other policy FencePeer runs the fence-peer
+	// handler: it returns the handler's exit code (see the FenceExit
+	// constants), or an error when it could not run or was killed.
 	Fencing   Fencing
 	FencePeer func(ctx context.Context) (exitCode int, err error)
 	// OnIOError is what a Primary does when its disk fails a write or a
@@ -103,6 +103,9 @@ type Node struct {
 	// SetOnIOError); written with mu held, read without it on the I/O path.
 	onIOError atomic.Uint32
 	afterSB   AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
+	// fencing is the fencing policy (Config.Fencing, then SetFencing);
+	// written with mu held, read without it on the write path.
+	fencing atomic.Uint32
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
 	stateSent func()
@@ -175,6 +178,7 @@ func New(cfg Config) (*Node, error) {
 	n.peerTimeout.Store(int64(cfg.Timeout))
 	n.onIOError.Store(uint32(cfg.OnIOError))
 	n.afterSB = cfg.AfterSB
+	n.fencing.Store(uint32(cfg.Fencing))
 	n.st = State{
 		Name:     cfg.Name,
 		Role:     Secondary,

@@ -124,3 +124,28 @@ func (n *Node) SetAfterSB(p AfterSplitBrain) {
 	n.afterSB = p
 	n.log.Info("split-brain recovery policy changed, from the next connection on", "policy", p.String())
 }
+
+// fencingPolicy is the fencing policy in effect.
+func (n *Node) fencingPolicy() Fencing { return Fencing(n.fencing.Load()) }
+
+// SetFencing changes the fencing policy (`urbd adjust --fencing`); the
+// caller makes sure a fence-peer handler is configured for any policy but
+// FenceDontCare. It governs from the next peer loss on, and the next
+// promotion of a Secondary without its peer: a Primary already apart from
+// its peer goes on as it was, neither fencing it now nor holding writes
+// (as SetOnPeerLoss does not freeze the application the moment it is
+// typed), and writes held for a fence are released. A fence-peer handler
+// running then finishes, and its answer is ignored.
+func (n *Node) SetFencing(p Fencing) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.fencingPolicy() == p {
+		return
+	}
+	n.fencing.Store(uint32(p))
+	if n.st.Role == Primary && !n.st.Conn.Connected() {
+		n.fence = fenceDone
+	}
+	n.log.Info("fencing changed", "fencing", p.String())
+	n.notifyLocked() // held writes look again
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/replica"
+	"github.com/urbd/urbd/status"
 )
 
 // TestScenarioSetTimeoutFromTheNextConnection: a timeout changed while the
@@ -98,5 +99,39 @@ func TestScenarioSetAfterSBFromTheNextConnection(t *testing.T) {
 	b.node.SetAfterSB(policy)
 	reconnect(t, a)
 	reconnect(t, b)
+	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioSetFencing: fencing turned on while connected governs the
+// next peer loss (the handler runs and, with resource-and-stonith, writes
+// are held); turned off, the held writes are released. Turned on while the
+// Primary is already apart from its peer, it neither fences now nor holds
+// writes.
+func TestScenarioSetFencing(t *testing.T) {
+	f := newFenceHandler()
+	a, b := cleanPair(t, nodeOpts{fence: f, viaProxy: true, timeout: time.Second}, nodeOpts{viaProxy: true, timeout: time.Second})
+	a.node.SetFencing(replica.FenceResourceAndStonith)
+
+	cutLink(a, b, true)
+	a.waitConn(replica.WFConnection)
+	f.called(t)
+	a.waitStatus("writes held for the fence", func(s status.Resource) bool { return s.Suspended })
+	held := a.asyncWrite(0, pattern("held", hBlock))
+	notReturned(t, "a write while the peer is fenced", held)
+	a.node.SetFencing(replica.FenceDontCare)
+	if err := recvErr(t, "the held write", held); err != nil {
+		t.Fatal(err)
+	}
+	f.reply(t, replica.FenceExitPeerUnreachable) // the handler still running finishes
+	cutLink(a, b, false)
+	inSyncAndEqual(t, a, b)
+
+	cutLink(a, b, true)
+	a.waitConn(replica.WFConnection)
+	f.notCalled(t, "the peer was lost with fencing off", 300*time.Millisecond)
+	a.node.SetFencing(replica.FenceResourceAndStonith)
+	f.notCalled(t, "fencing turned on while the Primary was already apart", 500*time.Millisecond)
+	a.write(hBlock, pattern("alone", hBlock))
+	cutLink(a, b, false)
 	inSyncAndEqual(t, a, b)
 }

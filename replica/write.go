@@ -267,7 +267,7 @@ func (n *Node) observe(kind string, peer bool, bytes int, start time.Time) {
 
 // waitNotSuspended blocks a new write while writes are suspended.
 func (n *Node) waitNotSuspended(ctx context.Context) error {
-	if !n.suspendOnLoss.Load() && n.cfg.Fencing != FenceResourceAndStonith {
+	if !n.suspendOnLoss.Load() && n.fencingPolicy() != FenceResourceAndStonith {
 		return nil // the common case costs no lock
 	}
 	return n.waitUntil(ctx, func() bool { return !n.suspendedLocked() })
@@ -279,7 +279,7 @@ func (n *Node) waitNotSuspended(ctx context.Context) error {
 // first waits for the failed session to be accounted for (sessionEnded),
 // so that the state it looks at is the one after the peer loss.
 func (n *Node) waitFenced(ctx context.Context) error {
-	if n.cfg.Fencing != FenceResourceAndStonith {
+	if n.fencingPolicy() != FenceResourceAndStonith {
 		return nil
 	}
 	return n.waitUntil(ctx, func() bool {
