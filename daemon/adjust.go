@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/bitmap"
-	"github.com/urbd/urbd/handlers"
 	"github.com/urbd/urbd/internal/units"
 	"github.com/urbd/urbd/replica"
 )
@@ -22,7 +21,7 @@ import (
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
 // on-io-error and the handlers at once, the timeout and the after-sb
-// policies from the next connection on. What cannot change while the
+// policies from the next connection on, fencing from the next peer loss on. What cannot change while the
 // resource runs is named in the answer and applied at the next start.
 type adjuster struct {
 	setProtocol   func(p byte) error               // Node.SetProtocol
@@ -31,6 +30,7 @@ type adjuster struct {
 	setTimeout    func(d time.Duration) error      // Node.SetTimeout
 	setOnIOError  func(p replica.OnIOError)        // Node.SetOnIOError
 	setAfterSB    func(p replica.AfterSplitBrain)  // Node.SetAfterSB
+	setFencing    func(p replica.Fencing)          // Node.SetFencing
 	setHandlers   func(commands map[string]string) // Runner.SetCommands
 	reload        func() (Options, error)          // nil: started without a resource file
 	log           *slog.Logger
@@ -84,12 +84,17 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 			next.AfterSB0Pri = v
 		case "after-sb-1pri":
 			next.AfterSB1Pri = v
+		case "fencing":
+			next.Fencing = v
 		default:
 			return "", fmt.Errorf("%s cannot change while the resource runs", k)
 		}
 	}
 	if _, err := parsePolicies(next); err != nil {
 		return "", err
+	}
+	if err := checkFenceHandler(next); err != nil {
+		return "", fmt.Errorf("%w: add one to the resource file (handlers) and run urbd adjust %s", err, a.cur.Name)
 	}
 	return a.applyLocked(next), nil
 }
@@ -111,9 +116,8 @@ func (a *adjuster) fromFile() (string, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	fencing := a.cur.Fencing != "" && a.cur.Fencing != replica.FenceDontCare.String()
-	if fencing && strings.TrimSpace(next.Handlers[handlers.EventFencePeer]) == "" {
-		return "", fmt.Errorf("nothing changed: fencing %s needs a %s handler, and the new settings have none", a.cur.Fencing, handlers.EventFencePeer)
+	if err := checkFenceHandler(next); err != nil {
+		return "", fmt.Errorf("nothing changed: %w, and the new settings have none", err)
 	}
 	msg := a.applyLocked(next)
 	if later := restartOnly(a.cur, next); len(later) > 0 {
@@ -174,6 +178,11 @@ func (a *adjuster) applyLocked(next Options) string {
 		done = append(done, strings.Join(sb, ", ")+" (from the next connection on; the peer needs the same)")
 	}
 	a.cur.AfterSB0Pri, a.cur.AfterSB1Pri = next.AfterSB0Pri, next.AfterSB1Pri
+	if want.fencing != cur.fencing {
+		a.setFencing(want.fencing)
+		done = append(done, "fencing set to "+want.fencing.String()+" (from the next peer loss on)")
+	}
+	a.cur.Fencing = next.Fencing
 	if changed := changedHandlers(a.cur.Handlers, next.Handlers); len(changed) > 0 {
 		a.setHandlers(next.Handlers)
 		a.cur.Handlers = maps.Clone(next.Handlers)
@@ -271,7 +280,7 @@ func restartOnly(cur, next Options) []string {
 // comparing them, by their names in the resource file. The live ones change
 // with `urbd adjust`; a running resource keeps the others: its disk and
 // metadata, its addresses, the peer connection's authentication, TLS and
-// congestion control, and fencing.
+// congestion control, and the shape of its metadata.
 var settingsTable = []struct {
 	name  string
 	get   func(Options) string
@@ -287,7 +296,7 @@ var settingsTable = []struct {
 	{"resync-rate", func(o Options) string { return formatRate(o.ResyncRate) }, "", true},
 	{"timeout", func(o Options) string { return o.Timeout.String() }, "", true},
 	{"on-peer-loss", func(o Options) string { return cmp.Or(o.OnPeerLoss, "continue") }, "", true},
-	{"fencing", func(o Options) string { return o.Fencing }, replica.FenceDontCare.String(), false},
+	{"fencing", func(o Options) string { return o.Fencing }, replica.FenceDontCare.String(), true},
 	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }, "disconnect", true},
 	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }, "disconnect", true},
 	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", true},

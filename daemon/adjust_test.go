@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ type fakeResource struct {
 	timeouts []time.Duration
 	onIOErr  []replica.OnIOError
 	afterSB  []replica.AfterSplitBrain
+	fencing  []replica.Fencing
 	handlers []map[string]string
 }
 
@@ -32,6 +34,7 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 		setTimeout:    func(d time.Duration) error { f.timeouts = append(f.timeouts, d); return nil },
 		setOnIOError:  func(p replica.OnIOError) { f.onIOErr = append(f.onIOErr, p) },
 		setAfterSB:    func(p replica.AfterSplitBrain) { f.afterSB = append(f.afterSB, p) },
+		setFencing:    func(p replica.Fencing) { f.fencing = append(f.fencing, p) },
 		setHandlers:   func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
 		reload:        reload,
 		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -101,7 +104,7 @@ func TestAdjustFromFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "no live setting changed (protocol, resync-rate, timeout, on-peer-loss, after-sb-0pri, after-sb-1pri, on-io-error, handlers); " +
+	if want := "no live setting changed (protocol, resync-rate, timeout, on-peer-loss, fencing, after-sb-0pri, after-sb-1pri, on-io-error, handlers); " +
 		"changed, and applied at the next start (urbd down, then urbd up): al-extents"; msg != want {
 		t.Errorf("second adjust:\n got %q\nwant %q", msg, want)
 	}
@@ -143,7 +146,9 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 		{map[string]string{"timeout": "soon"}, `--timeout "soon": use a duration such as 6s`},
 		{map[string]string{"on-io-error": "panic"}, `--on-io-error: unknown on-io-error policy "panic"`},
 		{map[string]string{"after-sb-0pri": "x", "resync-rate": "1MiB"}, `--after-sb-0pri: unknown after-sb-0pri policy "x"`},
-		{map[string]string{"fencing": "resource-only"}, "fencing cannot change while the resource runs"},
+		{map[string]string{"bitmap-block": "8KiB"}, "bitmap-block cannot change while the resource runs"},
+		{map[string]string{"fencing": "resource-only"}, "fencing resource-only needs a fence-peer handler: add one to the resource file (handlers) and run urbd adjust r0"},
+		{map[string]string{"fencing": "sometimes"}, `--fencing: `},
 		{map[string]string{"resync-rate": "1MiB", "on-peer-loss": "x"}, `--on-peer-loss "x"`},
 		{map[string]string{"protocol": "B", "resync-rate": "x"}, "--resync-rate: "},
 	} {
@@ -171,6 +176,38 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 	}
 	if len(f.suspend) != 2 || !f.suspend[0] || f.suspend[1] {
 		t.Errorf("on-peer-loss set: %v, want [suspend continue]", f.suspend)
+	}
+}
+
+// TestAdjustFencing: fencing turned on with a fence-peer handler applies
+// (from the next peer loss on), and off again; a flag turning it on while
+// no handler is configured is refused and changes nothing.
+func TestAdjustFencing(t *testing.T) {
+	var next Options
+	a, f := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
+	if _, err := a.set(map[string]string{"fencing": "resource-and-stonith", "resync-rate": "1MiB"}); err == nil {
+		t.Fatal("fencing without a fence-peer handler accepted")
+	}
+	next = baseOptions()
+	next.Fencing = "resource-and-stonith"
+	next.Handlers = map[string]string{"peer-lost": "logger lost", "fence-peer": "/usr/local/sbin/fence"}
+	msg, err := a.fromFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg != "fencing set to resource-and-stonith (from the next peer loss on); handlers replaced (fence-peer added)" {
+		t.Errorf("fencing turned on: %q", msg)
+	}
+	if msg, err := a.set(map[string]string{"fencing": "resource-only"}); err != nil || msg != "fencing set to resource-only (from the next peer loss on)" {
+		t.Errorf("fencing changed by a flag: %q, %v", msg, err)
+	}
+	next = baseOptions()
+	if msg, err := a.fromFile(); err != nil || msg != "fencing set to dont-care (from the next peer loss on); handlers replaced (fence-peer removed)" {
+		t.Errorf("fencing turned off: %q, %v", msg, err)
+	}
+	want := []replica.Fencing{replica.FenceResourceAndStonith, replica.FenceResourceOnly, replica.FenceDontCare}
+	if !slices.Equal(f.fencing, want) || len(f.rates) != 0 {
+		t.Errorf("fencing set: %v (rates %v), want %v and no rate", f.fencing, f.rates, want)
 	}
 }
 
@@ -215,7 +252,6 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 		"peer address": func(o *Options) { o.Peer = "10.0.0.3:7789" },
 		"secret-file":  func(o *Options) { o.SecretFile = "/etc/urbd/s" }, "tls-cert": func(o *Options) { o.TLSCert = "c.pem" },
 		"tls-key": func(o *Options) { o.TLSKey = "k.pem" }, "tls-ca": func(o *Options) { o.TLSCA = "ca.pem" },
-		"fencing":        func(o *Options) { o.Fencing = "resource-only" },
 		"tcp-congestion": func(o *Options) { o.TCPCongestion = "reno" }, "bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
 		"al-extents":     func(o *Options) { o.ALExtents = 3389 },
 		"metrics-listen": func(o *Options) { o.MetricsListen = "127.0.0.1:9942" },
@@ -239,6 +275,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	next := baseOptions()
 	next.Protocol, next.ResyncRate, next.OnPeerLoss, next.Handlers = 'A', 1, "suspend", nil
 	next.Timeout, next.OnIOError, next.AfterSB0Pri, next.AfterSB1Pri = time.Second, "pass_on", "discard-zero-changes", "consensus"
+	next.Fencing = "resource-and-stonith"
 	if got := restartOnly(cur, next); len(got) != 0 {
 		t.Errorf("live settings named as needing a restart: %v", got)
 	}

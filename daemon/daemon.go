@@ -118,6 +118,16 @@ func checkTimeout(d time.Duration) error {
 	return nil
 }
 
+// checkFenceHandler refuses a fencing policy without a fence-peer handler
+// to run. o's policies parse.
+func checkFenceHandler(o Options) error {
+	p, _ := parsePolicies(o)
+	if p.fencing != replica.FenceDontCare && strings.TrimSpace(o.Handlers[handlers.EventFencePeer]) == "" {
+		return fmt.Errorf("fencing %s needs a %s handler", p.fencing, handlers.EventFencePeer)
+	}
+	return nil
+}
+
 // policies are the replica's policies of Options, parsed.
 type policies struct {
 	fencing   replica.Fencing
@@ -167,8 +177,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	if pol.fencing != replica.FenceDontCare && strings.TrimSpace(o.Handlers[handlers.EventFencePeer]) == "" {
-		return fmt.Errorf("--fencing %s needs a fence-peer handler: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", pol.fencing)
+	if err := checkFenceHandler(o); err != nil {
+		return fmt.Errorf("--%w: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", err)
 	}
 	congestion, err := peerCongestion(o.TCPCongestion, log)
 	if err != nil {
@@ -295,7 +305,7 @@ func Run(ctx context.Context, o Options) error {
 	go func() { errc <- srv.Serve(ctx, nbdLn) }()
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
-		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB,
+		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
 		reload: o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {

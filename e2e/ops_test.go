@@ -172,6 +172,10 @@ timeout = "2s"
 	if out, err := c.a.try("adjust", "--timeout", "0s", "r0"); err == nil || out != "urbd: --timeout 0s: use a positive duration, e.g. 6s" {
 		t.Errorf("urbd adjust --timeout 0s: %v: %q", err, out)
 	}
+	if out, err := c.a.try("adjust", "--fencing", "resource-only", "r0"); err == nil ||
+		out != "urbd: fencing resource-only needs a fence-peer handler: add one to the resource file (handlers) and run urbd adjust r0" {
+		t.Errorf("urbd adjust --fencing resource-only without a handler: %v: %q", err, out)
+	}
 	show("20MiB/s", "changed in the resource file: urbd adjust applies protocol, timeout, on-peer-loss, on-io-error; the next start applies al-extents")
 	c.a.ctl("secondary", "r0")
 	waitForHandlers(t, events, "demoted r0")

@@ -87,8 +87,8 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 		controlCommand("adjust", "change settings of a running resource",
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
 does: a new protocol, resync-rate, on-peer-loss, on-io-error and new handlers apply at once, a
-new timeout, after-sb-0pri and after-sb-1pri from the next connection on, and the reply names
-the other settings that changed, which apply at the next start. With flags, only those
+new timeout, after-sb-0pri and after-sb-1pri from the next connection on, fencing from the next
+peer loss on, and the reply names the other settings that changed, which apply at the next start. With flags, only those
 settings change, until the next adjust or start. A new protocol applies to the writes that
 start after it; the peer is told without reconnecting.
 Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --protocol A r0`,
@@ -100,12 +100,13 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				&cli.StringFlag{Name: "on-io-error", Usage: "detach or pass_on (see urbd up --help)"},
 				&cli.StringFlag{Name: "after-sb-0pri", Usage: "split-brain policy with no Primary, for the next connection on (see urbd up --help)"},
 				&cli.StringFlag{Name: "after-sb-1pri", Usage: "split-brain policy with one Primary, for the next connection on (see urbd up --help)"},
+				&cli.StringFlag{Name: "fencing", Usage: "dont-care, resource-only or resource-and-stonith, from the next peer loss on (needs a fence-peer handler)"},
 			},
 			func(c *cli.Context) (daemon.Request, error) {
 				// The values go as typed: the daemon checks them, with the
 				// same messages as urbd up, and a bad one changes nothing.
 				settings := map[string]string{}
-				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri"} {
+				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing"} {
 					if c.IsSet(k) {
 						settings[k] = c.String(k)
 					}
