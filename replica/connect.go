@@ -19,30 +19,23 @@ import (
 // it wants a connection, dials back at once instead of waiting out its
 // retry backoff, so `urbd connect` on either node reconnects promptly.
 func (n *Node) Run(ctx context.Context) error {
-	var ln net.Listener
-	if n.cfg.ListenPeer != "" {
-		var err error
-		lc := net.ListenConfig{Control: congestionControl(n.cfg.TCPCongestion)}
-		ln, err = lc.Listen(ctx, "tcp", n.cfg.ListenPeer)
-		if err != nil {
-			return fmt.Errorf("replica: listening for the peer on %s: %w", n.cfg.ListenPeer, err)
-		}
+	defer close(n.runDone)
+	n.linkMu.Lock() // a SetLink now waits until the first listener is up
+	ln, err := n.listen(ctx, n.currentLink().ListenPeer)
+	if err == nil {
+		n.running.Store(true)
+	}
+	n.linkMu.Unlock()
+	if err != nil {
+		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	if ln != nil {
-		g.Go(func() error {
-			<-ctx.Done()
-			return ln.Close()
-		})
-		g.Go(func() error { return n.acceptLoop(ctx, ln) })
-	}
-	if n.cfg.Peer != "" {
-		g.Go(func() error { return n.dialLoop(ctx) })
-	}
+	g.Go(func() error { return n.listenLoop(ctx, ln) })
+	g.Go(func() error { return n.dialLoop(ctx) })
 	g.Go(func() error { return n.sweepLoop(ctx) })
 	g.Go(func() error { return n.fenceLoop(ctx) })
 	g.Go(func() error { return n.ahead.run(ctx, n.flushAheadOnce) })
-	err := g.Wait()
+	err = g.Wait()
 	if errors.Is(err, context.Canceled) || errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
@@ -89,24 +82,27 @@ func (n *Node) syncData() error {
 	return err
 }
 
+// protoConfig is the handshake's configuration, with the link in effect.
 func (n *Node) protoConfig() protocol.Config {
 	bm := n.store.Bitmap()
+	link := n.currentLink()
 	return protocol.Config{
 		Resource:    n.cfg.Name,
 		Size:        uint64(n.disk.Size()),
 		NodeID:      n.nodeID,
 		BitmapBlock: uint32(bm.BlockSize()),
-		Secret:      n.cfg.Secret,
-		TLS:         n.cfg.TLS,
+		Secret:      link.Secret,
+		TLS:         link.TLS,
 		Timeout:     n.timeout(),
 	}
 }
 
-func (n *Node) acceptLoop(ctx context.Context, ln net.Listener) error {
+// acceptLoop accepts the peer on ln until ctx is cancelled or ln retired.
+func (n *Node) acceptLoop(ctx context.Context, ln *peerListener) error {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || ln.retired.Load() {
 				return nil
 			}
 			var ne net.Error
@@ -134,13 +130,14 @@ func (n *Node) dialLoop(ctx context.Context) error {
 	backoff := minBackoff
 	for {
 		n.mu.Lock()
-		want := n.wantConn && n.sess == nil
+		peer := n.link.Peer
+		want := n.wantConn && n.sess == nil && peer != ""
 		if n.sess != nil {
 			backoff = minBackoff
 		}
 		n.mu.Unlock()
 		if want {
-			adopted, err := n.dialOnce(ctx)
+			adopted, err := n.dialOnce(ctx, peer)
 			switch {
 			case err != nil:
 				n.noteConnError(err)
@@ -162,13 +159,13 @@ func (n *Node) dialLoop(ctx context.Context) error {
 	}
 }
 
-// dialOnce dials the peer and offers the session; it reports whether the
-// session was adopted.
-func (n *Node) dialOnce(ctx context.Context) (bool, error) {
+// dialOnce dials the peer at addr and offers the session; it reports
+// whether the session was adopted.
+func (n *Node) dialOnce(ctx context.Context, addr string) (bool, error) {
 	dctx, cancel := context.WithTimeout(ctx, n.timeout())
 	defer cancel()
 	d := net.Dialer{Control: congestionControl(n.cfg.TCPCongestion)}
-	conn, err := d.DialContext(dctx, "tcp", n.cfg.Peer)
+	conn, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		return false, err
 	}

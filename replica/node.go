@@ -106,6 +106,13 @@ type Node struct {
 	// fencing is the fencing policy (Config.Fencing, then SetFencing);
 	// written with mu held, read without it on the write path.
 	fencing atomic.Uint32
+	link    Link       // guarded by mu: Config's ListenPeer, Peer, Secret and TLS, then SetLink
+	linkMu  sync.Mutex // serializes SetLink
+	// running is set once Run listens; relisten hands Run's listenLoop the
+	// listener of a new address (nil: none), until runDone is closed.
+	running  atomic.Bool
+	relisten chan *peerListener
+	runDone  chan struct{}
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
 	stateSent func()
@@ -168,6 +175,9 @@ func New(cfg Config) (*Node, error) {
 		wantConn: true,
 		changed:  make(chan struct{}),
 		kick:     make(chan struct{}, 1),
+		relisten: make(chan *peerListener),
+		runDone:  make(chan struct{}),
+		link:     Link{ListenPeer: cfg.ListenPeer, Peer: cfg.Peer, Secret: cfg.Secret, TLS: cfg.TLS},
 		syncKick: make(chan struct{}, 1),
 		clients:  func() int { return 0 },
 		ahead:    newFlushAhead(),

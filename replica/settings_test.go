@@ -3,10 +3,12 @@ package replica_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/urbd/urbd/protocol"
 	"github.com/urbd/urbd/replica"
 	"github.com/urbd/urbd/status"
 )
@@ -133,5 +135,62 @@ func TestScenarioSetFencing(t *testing.T) {
 	f.notCalled(t, "fencing turned on while the Primary was already apart", 500*time.Millisecond)
 	a.write(hBlock, pattern("alone", hBlock))
 	cutLink(a, b, false)
+	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioSetLink: a new secret and new addresses leave the connected
+// session alone and govern the next connection: b moves to a new port,
+// which a then dials; b's old port is closed. A node given another secret
+// than its peer is refused at the next connection, and connects again once
+// both agree. A listen address that cannot be opened changes nothing.
+func TestScenarioSetLink(t *testing.T) {
+	o := nodeOpts{secret: "correct horse"}
+	a, b := cleanPair(t, o, o)
+	newB := freeAddr(t)
+	linkA := replica.Link{ListenPeer: a.addr, Peer: newB, Secret: []byte("battery staple")}
+	linkB := replica.Link{ListenPeer: newB, Peer: a.addr, Secret: []byte("battery staple")}
+	for x, l := range map[*tnode]replica.Link{a: linkA, b: linkB} {
+		if err := x.node.SetLink(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := a.node.State(); st.Conn != replica.Connected {
+		t.Fatalf("the session did not survive the new link: %v", st.Conn)
+	}
+	if c, err := net.DialTimeout("tcp", b.addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("b's old address %s still accepts connections", b.addr)
+	}
+	if err := a.node.SetLink(replica.Link{ListenPeer: newB, Peer: newB, Secret: linkA.Secret}); err == nil {
+		t.Error("a listen address already in use was accepted")
+	}
+	if got := a.node.PeerAddress(); got != newB {
+		t.Errorf("a's peer address after a refused change: %s, want %s", got, newB)
+	}
+
+	reconnectBoth := func() {
+		t.Helper()
+		for _, x := range []*tnode{a, b} {
+			if err := x.node.Disconnect(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		reconnect(t, a)
+		reconnect(t, b)
+	}
+	reconnectBoth()
+	a.write(0, pattern("after the move", hBlock))
+	inSyncAndEqual(t, a, b)
+
+	wrong := linkA
+	wrong.Secret = []byte("tr0ub4dor")
+	if err := a.node.SetLink(wrong); err != nil {
+		t.Fatal(err)
+	}
+	reconnectBoth()
+	a.waitStatus("refused for the secret", func(s status.Resource) bool { return strings.Contains(s.Reason, protocol.ErrAuth.Error()) })
+	if err := a.node.SetLink(linkA); err != nil {
+		t.Fatal(err)
+	}
 	inSyncAndEqual(t, a, b)
 }

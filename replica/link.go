@@ -1,0 +1,130 @@
+package replica
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// Link is how a node reaches its peer: the address it listens on, the
+// peer's address, the shared secret and TLS (Config's fields of the same
+// names). SetLink changes it while the node runs.
+type Link struct {
+	ListenPeer string      // "" = do not listen
+	Peer       string      // "" = do not dial
+	Secret     []byte      // nil = no authentication
+	TLS        *tls.Config // nil = plain TCP
+}
+
+// peerListener is one listener on the peer port. SetLink retires it when a
+// new address replaces it, so that its accept loop ends quietly.
+type peerListener struct {
+	net.Listener
+	retired atomic.Bool
+}
+
+func (l *peerListener) retire() {
+	if l != nil {
+		l.retired.Store(true)
+		l.Close()
+	}
+}
+
+// listen opens the peer port on addr; nil, nil for "".
+func (n *Node) listen(ctx context.Context, addr string) (*peerListener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	lc := net.ListenConfig{Control: congestionControl(n.cfg.TCPCongestion)}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("replica: listening for the peer on %s: %w", addr, err)
+	}
+	return &peerListener{Listener: ln}, nil
+}
+
+// listenLoop accepts the peer on l (nil: nowhere yet), then on each
+// listener SetLink hands over, retiring the one before, until ctx is
+// cancelled or an accept fails.
+func (n *Node) listenLoop(ctx context.Context, l *peerListener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	errc := make(chan error, 1)
+	accept := func(l *peerListener) {
+		if l == nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := n.acceptLoop(ctx, l); err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		}()
+	}
+	accept(l)
+	for {
+		select {
+		case <-ctx.Done():
+			l.retire()
+			return nil
+		case err := <-errc:
+			l.retire()
+			return err
+		case next := <-n.relisten:
+			l.retire()
+			l = next
+			accept(l)
+		}
+	}
+}
+
+// currentLink is the link in effect.
+func (n *Node) currentLink() Link {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.link
+}
+
+// PeerAddress is the peer's address in effect ("" when this node does not
+// dial).
+func (n *Node) PeerAddress() string { return n.currentLink().Peer }
+
+// SetLink changes how the node reaches its peer, as `urbd adjust` does after
+// the addresses, the secret file or the TLS files changed. Dials, handshakes
+// and accepts use the new link at once; a connected session goes on, so the
+// new link governs from the next connection on. A new listen address is
+// opened before the old one is closed: if it cannot be, nothing changes and
+// the error says why.
+func (n *Node) SetLink(l Link) error {
+	n.linkMu.Lock()
+	defer n.linkMu.Unlock()
+	cur := n.currentLink()
+	var ln *peerListener
+	if l.ListenPeer != cur.ListenPeer && n.running.Load() {
+		var err error
+		if ln, err = n.listen(context.Background(), l.ListenPeer); err != nil {
+			return err
+		}
+	}
+	n.mu.Lock()
+	n.link = l
+	n.mu.Unlock()
+	if l.ListenPeer != cur.ListenPeer && n.running.Load() {
+		select {
+		case n.relisten <- ln:
+		case <-n.runDone:
+			ln.retire()
+		}
+	}
+	n.log.Info("peer link changed, from the next connection on", "listen_peer", l.ListenPeer, "peer", l.Peer,
+		"secret", l.Secret != nil, "tls", l.TLS != nil)
+	n.kickConnect()
+	return nil
+}
