@@ -21,25 +21,29 @@ import (
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
 // on-io-error and the handlers at once, the timeout and the after-sb
-// policies from the next connection on, fencing from the next peer loss on. What cannot change while the
+// policies, the addresses, the secret and TLS from the next connection on,
+// fencing from the next peer loss on. What cannot change while the
 // resource runs is named in the answer and applied at the next start.
 type adjuster struct {
-	setProtocol   func(p byte) error               // Node.SetProtocol
-	setRate       func(bytesPerSec int64)          // Node.AdjustRate
-	setOnPeerLoss func(suspend bool)               // Node.SetOnPeerLoss
-	setTimeout    func(d time.Duration) error      // Node.SetTimeout
-	setOnIOError  func(p replica.OnIOError)        // Node.SetOnIOError
-	setAfterSB    func(p replica.AfterSplitBrain)  // Node.SetAfterSB
-	setFencing    func(p replica.Fencing)          // Node.SetFencing
-	setHandlers   func(commands map[string]string) // Runner.SetCommands
-	reload        func() (Options, error)          // nil: started without a resource file
+	setProtocol   func(p byte) error                // Node.SetProtocol
+	setRate       func(bytesPerSec int64)           // Node.AdjustRate
+	setOnPeerLoss func(suspend bool)                // Node.SetOnPeerLoss
+	setTimeout    func(d time.Duration) error       // Node.SetTimeout
+	setOnIOError  func(p replica.OnIOError)         // Node.SetOnIOError
+	setAfterSB    func(p replica.AfterSplitBrain)   // Node.SetAfterSB
+	setFencing    func(p replica.Fencing)           // Node.SetFencing
+	setLink       func(l replica.Link) error        // Node.SetLink
+	loadLink      func(o Options) (peerLink, error) // loadLink; tests replace it
+	setHandlers   func(commands map[string]string)  // Runner.SetCommands
+	reload        func() (Options, error)           // nil: started without a resource file
 	log           *slog.Logger
 	// congestion is what the peer connection asks for, as show prints it:
 	// the configured name, or the kernel's default where urbd's was refused.
 	congestion string
 
-	mu  sync.Mutex // serializes adjustments; guards cur
-	cur Options    // the settings in effect
+	mu   sync.Mutex // serializes adjustments; guards cur and link
+	cur  Options    // the settings in effect
+	link peerLink   // the link to the peer in effect
 }
 
 // set applies settings given on the command line (the live ones of
@@ -99,10 +103,11 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 	return a.applyLocked(next), nil
 }
 
-// fromFile reads the settings again and applies those that can change
-// while the resource runs, naming the others that differ. It refuses,
-// changing nothing, when the settings do not read or when they would leave
-// fencing without its fence-peer handler.
+// fromFile reads the settings again, and the secret and TLS files, and
+// applies those that can change while the resource runs, naming the others
+// that differ. It refuses, changing nothing, when the settings or the files
+// do not read, when they would leave fencing without its fence-peer
+// handler, or when a new listen address cannot be opened.
 func (a *adjuster) fromFile() (string, error) {
 	if a.reload == nil {
 		return "", fmt.Errorf("started without a resource file (urbd up --config): give the setting to change, e.g. urbd adjust --resync-rate 200MiB %s", a.cur.Name)
@@ -110,6 +115,10 @@ func (a *adjuster) fromFile() (string, error) {
 	next, err := a.reload()
 	if err == nil {
 		_, err = parsePolicies(next)
+	}
+	var link peerLink
+	if err == nil {
+		link, err = a.loadLink(next)
 	}
 	if err != nil {
 		return "", fmt.Errorf("nothing changed: %w", err)
@@ -119,7 +128,25 @@ func (a *adjuster) fromFile() (string, error) {
 	if err := checkFenceHandler(next); err != nil {
 		return "", fmt.Errorf("nothing changed: %w, and the new settings have none", err)
 	}
+	// The link first: it is the one change that can fail here.
+	linkMsg := link.changes(a.link)
+	if linkMsg != "" {
+		if err := a.setLink(link.Link); err != nil {
+			return "", fmt.Errorf("nothing changed: %w", err)
+		}
+		a.link = link
+		linkMsg += " (from the next connection on)"
+	}
+	a.cur.ListenPeer, a.cur.Peer, a.cur.SecretFile = next.ListenPeer, next.Peer, next.SecretFile
+	a.cur.TLSCert, a.cur.TLSKey, a.cur.TLSCA = next.TLSCert, next.TLSKey, next.TLSCA
 	msg := a.applyLocked(next)
+	if linkMsg != "" {
+		if strings.HasPrefix(msg, "no live setting changed") {
+			msg = linkMsg
+		} else {
+			msg = linkMsg + "; " + msg
+		}
+	}
 	if later := restartOnly(a.cur, next); len(later) > 0 {
 		msg += "; changed, and applied at the next start (urbd down, then urbd up): " + strings.Join(later, ", ")
 	}
@@ -189,21 +216,9 @@ func (a *adjuster) applyLocked(next Options) string {
 		done = append(done, "handlers replaced ("+strings.Join(changed, ", ")+")")
 	}
 	if len(done) == 0 {
-		return "no live setting changed (" + strings.Join(liveSettings(), ", ") + ")"
+		return "no live setting changed"
 	}
 	return strings.Join(done, "; ")
-}
-
-// liveSettings names the settings urbd adjust changes while the resource
-// runs, as the resource file names them.
-func liveSettings() []string {
-	var out []string
-	for _, s := range settingsTable {
-		if s.live {
-			out = append(out, s.name)
-		}
-	}
-	return append(out, "handlers")
 }
 
 // Setting is one setting of a running resource, as `urbd show` lists it.
@@ -278,9 +293,10 @@ func restartOnly(cur, next Options) []string {
 
 // settingsTable lists a resource's settings for `urbd show` and for
 // comparing them, by their names in the resource file. The live ones change
-// with `urbd adjust`; a running resource keeps the others: its disk and
-// metadata, its addresses, the peer connection's authentication, TLS and
-// congestion control, and the shape of its metadata.
+// with `urbd adjust` (the addresses, the secret and TLS only when read
+// from the resource file); a running resource keeps the others: its disk,
+// its metadata and their shape, its NBD and metrics addresses, and the
+// peer connection's congestion control.
 var settingsTable = []struct {
 	name  string
 	get   func(Options) string
@@ -290,8 +306,8 @@ var settingsTable = []struct {
 	{"disk", func(o Options) string { return o.Disk }, "", false},
 	{"meta", func(o Options) string { return o.Meta }, "", false},
 	{"nbd", func(o Options) string { return o.NBD }, "", false},
-	{"address", func(o Options) string { return o.ListenPeer }, "none", false},
-	{"peer address", func(o Options) string { return o.Peer }, "none", false},
+	{"address", func(o Options) string { return o.ListenPeer }, "none", true},
+	{"peer address", func(o Options) string { return o.Peer }, "none", true},
 	{"protocol", func(o Options) string { return string(o.Protocol) }, "C", true},
 	{"resync-rate", func(o Options) string { return formatRate(o.ResyncRate) }, "", true},
 	{"timeout", func(o Options) string { return o.Timeout.String() }, "", true},
@@ -303,10 +319,10 @@ var settingsTable = []struct {
 	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, false},
 	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
 	{"al-extents", func(o Options) string { return strconv.Itoa(cmp.Or(o.ALExtents, bitmap.DefaultALExtents)) }, "", false},
-	{"secret-file", func(o Options) string { return o.SecretFile }, "none", false},
-	{"tls-cert", func(o Options) string { return o.TLSCert }, "none", false},
-	{"tls-key", func(o Options) string { return o.TLSKey }, "none", false},
-	{"tls-ca", func(o Options) string { return o.TLSCA }, "none", false},
+	{"secret-file", func(o Options) string { return o.SecretFile }, "none", true},
+	{"tls-cert", func(o Options) string { return o.TLSCert }, "none", true},
+	{"tls-key", func(o Options) string { return o.TLSKey }, "none", true},
+	{"tls-ca", func(o Options) string { return o.TLSCA }, "none", true},
 	{"metrics-listen", func(o Options) string { return o.MetricsListen }, "none", false},
 }
 

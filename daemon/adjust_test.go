@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"crypto/sha256"
 	"errors"
 	"io"
 	"log/slog"
@@ -22,12 +23,34 @@ type fakeResource struct {
 	onIOErr  []replica.OnIOError
 	afterSB  []replica.AfterSplitBrain
 	fencing  []replica.Fencing
+	links    []replica.Link
 	handlers []map[string]string
+	secret   string // the secret file's contents, as the fake loadLink reads them
+	linkErr  error  // what setLink returns
+}
+
+// load is the fake loadLink: the secret file is read as f.secret, and
+// "/missing" does not read.
+func (f *fakeResource) load(o Options) (peerLink, error) {
+	if o.SecretFile == "/missing" {
+		return peerLink{}, errors.New("reading --secret-file: open /missing: no such file or directory")
+	}
+	return peerLink{Link: replica.Link{ListenPeer: o.ListenPeer, Peer: o.Peer}, files: sha256.Sum256([]byte(o.SecretFile + "\x00" + f.secret))}, nil
 }
 
 func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeResource) {
 	f := &fakeResource{}
+	link, _ := f.load(cur)
 	return &adjuster{
+		setLink: func(l replica.Link) error {
+			if f.linkErr != nil {
+				return f.linkErr
+			}
+			f.links = append(f.links, l)
+			return nil
+		},
+		loadLink:      f.load,
+		link:          link,
 		setProtocol:   func(p byte) error { f.protos = append(f.protos, p); return nil },
 		setRate:       func(r int64) { f.rates = append(f.rates, r) },
 		setOnPeerLoss: func(s bool) { f.suspend = append(f.suspend, s) },
@@ -104,7 +127,7 @@ func TestAdjustFromFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "no live setting changed (protocol, resync-rate, timeout, on-peer-loss, fencing, after-sb-0pri, after-sb-1pri, on-io-error, handlers); " +
+	if want := "no live setting changed; " +
 		"changed, and applied at the next start (urbd down, then urbd up): al-extents"; msg != want {
 		t.Errorf("second adjust:\n got %q\nwant %q", msg, want)
 	}
@@ -211,6 +234,49 @@ func TestAdjustFencing(t *testing.T) {
 	}
 }
 
+// TestAdjustLink: new addresses, and a secret replaced under the same file
+// name, are handed to the node (from the next connection on) before the
+// other settings; a listen address the node cannot open, or a secret file
+// that does not read, changes nothing.
+func TestAdjustLink(t *testing.T) {
+	next := baseOptions()
+	a, f := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
+	next.Peer = "10.0.0.3:7789"
+	next.ResyncRate = 1 << 20
+	msg, err := a.fromFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg != "peer address set to 10.0.0.3:7789 (from the next connection on); resync rate set to 1MiB/s" {
+		t.Errorf("new peer address: %q", msg)
+	}
+	if len(f.links) != 1 || f.links[0].Peer != "10.0.0.3:7789" || f.links[0].ListenPeer != "10.0.0.1:7789" {
+		t.Errorf("links set: %+v", f.links)
+	}
+
+	f.secret = "a new secret"
+	if msg, err := a.fromFile(); err != nil || msg != "secret and TLS files read again (from the next connection on)" {
+		t.Errorf("secret replaced: %q, %v", msg, err)
+	}
+	if msg, err := a.fromFile(); err != nil || msg != "no live setting changed" {
+		t.Errorf("nothing new: %q, %v", msg, err)
+	}
+
+	f.linkErr = errors.New("replica: listening for the peer on 10.0.0.1:7790: bind: address already in use")
+	next.ListenPeer = "10.0.0.1:7790"
+	next.ResyncRate = 2 << 20
+	if _, err := a.fromFile(); err == nil || err.Error() != "nothing changed: "+f.linkErr.Error() {
+		t.Errorf("listen address in use: %v", err)
+	}
+	next.SecretFile = "/missing"
+	if _, err := a.fromFile(); err == nil || !strings.HasPrefix(err.Error(), "nothing changed: reading --secret-file") {
+		t.Errorf("secret file missing: %v", err)
+	}
+	if len(f.links) != 2 || len(f.rates) != 1 || a.cur.ListenPeer != "10.0.0.1:7789" {
+		t.Errorf("a refused adjust changed something: links %+v, rates %v, address %s", f.links, f.rates, a.cur.ListenPeer)
+	}
+}
+
 // TestAdjustRefusals: without a resource file, with one that does not read,
 // and with one that drops the fence-peer handler fencing needs, adjust
 // changes nothing and says why.
@@ -248,10 +314,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	cur := baseOptions()
 	changes := map[string]func(*Options){
 		"disk": func(o *Options) { o.Disk = "/dev/vdc" }, "meta": func(o *Options) { o.Meta = "/srv/m" },
-		"nbd": func(o *Options) { o.NBD = "tcp:127.0.0.1:10809" }, "address": func(o *Options) { o.ListenPeer = "10.0.0.1:7790" },
-		"peer address": func(o *Options) { o.Peer = "10.0.0.3:7789" },
-		"secret-file":  func(o *Options) { o.SecretFile = "/etc/urbd/s" }, "tls-cert": func(o *Options) { o.TLSCert = "c.pem" },
-		"tls-key": func(o *Options) { o.TLSKey = "k.pem" }, "tls-ca": func(o *Options) { o.TLSCA = "ca.pem" },
+		"nbd":            func(o *Options) { o.NBD = "tcp:127.0.0.1:10809" },
 		"tcp-congestion": func(o *Options) { o.TCPCongestion = "reno" }, "bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
 		"al-extents":     func(o *Options) { o.ALExtents = 3389 },
 		"metrics-listen": func(o *Options) { o.MetricsListen = "127.0.0.1:9942" },
@@ -276,6 +339,8 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	next.Protocol, next.ResyncRate, next.OnPeerLoss, next.Handlers = 'A', 1, "suspend", nil
 	next.Timeout, next.OnIOError, next.AfterSB0Pri, next.AfterSB1Pri = time.Second, "pass_on", "discard-zero-changes", "consensus"
 	next.Fencing = "resource-and-stonith"
+	next.ListenPeer, next.Peer, next.SecretFile = "10.0.0.1:7790", "10.0.0.3:7789", "/etc/urbd/s"
+	next.TLSCert, next.TLSKey, next.TLSCA = "c.pem", "k.pem", "ca.pem"
 	if got := restartOnly(cur, next); len(got) != 0 {
 		t.Errorf("live settings named as needing a restart: %v", got)
 	}

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -184,18 +183,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	var secret []byte
-	if o.SecretFile != "" {
-		b, err := os.ReadFile(o.SecretFile)
-		if err != nil {
-			return fmt.Errorf("reading --secret-file: %w", err)
-		}
-		secret = bytes.TrimSpace(b)
-		if len(secret) == 0 {
-			return fmt.Errorf("--secret-file %s is empty", o.SecretFile)
-		}
-	}
-	tlsCfg, err := loadTLS(o)
+	link, err := loadLink(o)
 	if err != nil {
 		return err
 	}
@@ -247,9 +235,12 @@ func Run(ctx context.Context, o Options) error {
 		reg = prometheus.NewRegistry()
 		met = metrics.New(reg).Resource(o.Name)
 	}
-	node, err := replica.New(replica.Config{
+	// The fence-peer handler is told the peer's address in effect (urbd
+	// adjust may change it).
+	var node *replica.Node
+	node, err = replica.New(replica.Config{
 		Name: o.Name, Disk: disk, Store: store, Protocol: o.Protocol,
-		ListenPeer: o.ListenPeer, Peer: o.Peer, Secret: secret, TLS: tlsCfg,
+		ListenPeer: link.ListenPeer, Peer: link.Peer, Secret: link.Secret, TLS: link.TLS,
 		Timeout: o.Timeout, SuspendOnPeerLoss: o.OnPeerLoss == "suspend", TCPCongestion: congestion,
 		ResyncRate: o.ResyncRate, Logger: log,
 		Event: func(event string, extra map[string]string) {
@@ -259,7 +250,7 @@ func Run(ctx context.Context, o Options) error {
 		OnIOError: pol.onIOError,
 		AfterSB:   pol.afterSB,
 		FencePeer: func(fctx context.Context) (int, error) {
-			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": o.Peer})
+			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": node.PeerAddress()})
 		},
 		Observe: observer(met),
 	})
@@ -306,6 +297,7 @@ func Run(ctx context.Context, o Options) error {
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
+		setLink: node.SetLink, loadLink: loadLink, link: link,
 		reload: o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
@@ -513,16 +505,6 @@ func validName(name string) error {
 		return fmt.Errorf("invalid resource name %q: use letters, digits, - and _", name)
 	}
 	return nil
-}
-
-func loadTLS(o Options) (*tls.Config, error) {
-	if o.TLSCert == "" && o.TLSKey == "" && o.TLSCA == "" {
-		return nil, nil
-	}
-	if o.TLSCert == "" || o.TLSKey == "" || o.TLSCA == "" {
-		return nil, errors.New("TLS needs all of --tls-cert, --tls-key and --tls-ca")
-	}
-	return protocol.LoadTLS(o.TLSCert, o.TLSKey, o.TLSCA)
 }
 
 // shownCongestion names the congestion control peerCongestion chose, ""

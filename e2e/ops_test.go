@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urbd/urbd/status"
 )
 
 // TestConfigHandlersMetrics: both nodes start from one resource file; the
@@ -119,7 +122,7 @@ timeout = "2s"
 	if out := c.a.ctl("adjust", "r0"); out != want {
 		t.Errorf("urbd adjust after editing the resource file:\n got %q\nwant %q", out, want)
 	}
-	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: no live setting changed (protocol, resync-rate, timeout,") {
+	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: no live setting changed;") {
 		t.Errorf("urbd adjust again: %q", out)
 	}
 	show("20MiB/s", "changed in the resource file: the next start applies al-extents")
@@ -315,4 +318,76 @@ func TestQueriesAndWaits(t *testing.T) {
 	}
 	c.b.ctl("connect", "r0")
 	c.a.ctl("wait-connect", "--timeout", "30s", "r0")
+}
+
+// TestAdjustLink: both nodes run from one resource file with a secret
+// file. A new secret, written to the same file, and a new address for
+// beta are taken by urbd adjust on both nodes without dropping the
+// connection; the next connection uses them (beta's old port is closed),
+// and a node left with the old secret is refused until it reads the new one.
+func TestAdjustLink(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	secret := filepath.Join(c.dir, "r0.secret")
+	must(t, os.WriteFile(secret, []byte("correct horse\n"), 0o600))
+	newB := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	conf := func(addrB string) string {
+		return fmt.Sprintf(`
+[resource.r0]
+secret-file = %q
+timeout = "2s"
+
+  [resource.r0.node.alpha]
+  disk = %q
+  meta = %q
+  nbd = "unix:%s"
+  address = %q
+
+  [resource.r0.node.beta]
+  disk = %q
+  meta = %q
+  nbd = "unix:%s"
+  address = %q
+`, secret, c.a.disk, c.a.meta, c.a.sock, c.a.listen, c.b.disk, c.b.meta, c.b.sock, addrB)
+	}
+	path := filepath.Join(c.dir, "urbd.toml")
+	must(t, os.WriteFile(path, []byte(conf(c.b.listen)), 0o644))
+	c.a.startArgs("--run-dir", c.a.runDir, "up", "--config", path, "--node", "alpha", "--assume-clean", "r0")
+	c.b.startArgs("--run-dir", c.b.runDir, "up", "--config", path, "--node", "beta", "--assume-clean", "r0")
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+
+	must(t, os.WriteFile(secret, []byte("battery staple\n"), 0o600))
+	must(t, os.WriteFile(path, []byte(conf(newB)), 0o644))
+	for n, want := range map[*node]string{
+		c.a: "r0: peer address set to " + newB + ", secret and TLS files read again (from the next connection on)",
+		c.b: "r0: address set to " + newB + ", secret and TLS files read again (from the next connection on)",
+	} {
+		if out := n.ctl("adjust", "r0"); out != want {
+			t.Errorf("urbd adjust on %s:\n got %q\nwant %q", n.name, out, want)
+		}
+	}
+	if st := c.a.status(); st.ConnState != "Connected" {
+		t.Fatalf("the connection did not survive urbd adjust: %s", st.ConnState)
+	}
+	if conn, err := net.DialTimeout("tcp", c.b.listen, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("beta's old address %s still accepts connections", c.b.listen)
+	}
+	c.a.ctl("disconnect", "r0")
+	c.a.ctl("connect", "r0")
+	c.a.waitInSync(30 * time.Second)
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=4M", "--iodepth=8", "--verify=crc32c")
+
+	// beta reads a secret alpha does not have: refused at the next connection.
+	must(t, os.WriteFile(secret, []byte("tr0ub4dor\n"), 0o600))
+	c.b.ctl("adjust", "r0")
+	c.a.ctl("disconnect", "r0")
+	c.a.ctl("connect", "r0")
+	c.a.waitFor("refused for the secret", 20*time.Second, func(s status.Resource) bool {
+		return strings.Contains(s.Reason, "authentication failed")
+	})
+	c.a.ctl("adjust", "r0")
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("secondary", "r0")
+	cmpFiles(t, c.a.disk, c.b.disk)
 }

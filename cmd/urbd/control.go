@@ -87,8 +87,9 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 		controlCommand("adjust", "change settings of a running resource",
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
 does: a new protocol, resync-rate, on-peer-loss, on-io-error and new handlers apply at once, a
-new timeout, after-sb-0pri and after-sb-1pri from the next connection on, fencing from the next
-peer loss on, and the reply names the other settings that changed, which apply at the next start. With flags, only those
+new timeout, after-sb-0pri, after-sb-1pri, addresses, secret-file and TLS files (read again
+each time) from the next connection on, fencing from the next peer loss on, and the reply names
+the other settings that changed, which apply at the next start. With flags, only those
 settings change, until the next adjust or start. A new protocol applies to the writes that
 start after it; the peer is told without reconnecting.
 Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --protocol A r0`,
