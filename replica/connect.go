@@ -132,7 +132,10 @@ func (n *Node) dialLoop(ctx context.Context) error {
 		n.mu.Lock()
 		peer := n.link.Peer
 		want := n.wantConn && n.sess == nil && peer != ""
-		if n.sess != nil {
+		switch {
+		case peer == "":
+			backoff = maxBackoff // nothing to dial until SetLink gives an address (it kicks)
+		case n.sess != nil:
 			backoff = minBackoff
 		}
 		n.mu.Unlock()

@@ -46,6 +46,13 @@ func (n *Node) listen(ctx context.Context, addr string) (*peerListener, error) {
 	return &peerListener{Listener: ln}, nil
 }
 
+// relisten is a new listener for listenLoop (nil: listen nowhere); done is
+// closed once the one before is retired.
+type relisten struct {
+	ln   *peerListener
+	done chan struct{}
+}
+
 // listenLoop accepts the peer on l (nil: nowhere yet), then on each
 // listener SetLink hands over, retiring the one before, until ctx is
 // cancelled or an accept fails.
@@ -79,7 +86,8 @@ func (n *Node) listenLoop(ctx context.Context, l *peerListener) error {
 			return err
 		case next := <-n.relisten:
 			l.retire()
-			l = next
+			close(next.done)
+			l = next.ln
 			accept(l)
 		}
 	}
@@ -117,8 +125,10 @@ func (n *Node) SetLink(l Link) error {
 	n.link = l
 	n.mu.Unlock()
 	if l.ListenPeer != cur.ListenPeer && n.running.Load() {
+		r := relisten{ln: ln, done: make(chan struct{})}
 		select {
-		case n.relisten <- ln:
+		case n.relisten <- r:
+			<-r.done // the old address is closed when SetLink returns
 		case <-n.runDone:
 			ln.retire()
 		}

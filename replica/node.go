@@ -111,7 +111,7 @@ type Node struct {
 	// running is set once Run listens; relisten hands Run's listenLoop the
 	// listener of a new address (nil: none), until runDone is closed.
 	running  atomic.Bool
-	relisten chan *peerListener
+	relisten chan relisten
 	runDone  chan struct{}
 	// stateSent, if set (tests only), runs in negotiate between sending the
 	// local state and deciding, where a concurrent change may land.
@@ -175,7 +175,7 @@ func New(cfg Config) (*Node, error) {
 		wantConn: true,
 		changed:  make(chan struct{}),
 		kick:     make(chan struct{}, 1),
-		relisten: make(chan *peerListener),
+		relisten: make(chan relisten),
 		runDone:  make(chan struct{}),
 		link:     Link{ListenPeer: cfg.ListenPeer, Peer: cfg.Peer, Secret: cfg.Secret, TLS: cfg.TLS},
 		syncKick: make(chan struct{}, 1),
