@@ -193,39 +193,11 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("opening --disk: %w", err)
 	}
 	defer disk.Close()
-	fresh := !metaExists(o.Meta)
-	// One process at a time uses the metadata: a second daemon started by
-	// mistake, or an offline urbd outdate, is refused here.
-	if err := os.MkdirAll(o.Meta, 0o700); err != nil {
-		return fmt.Errorf("creating --meta: %w", err)
-	}
-	lock, err := bitmap.LockDir(o.Meta)
+	store, lock, err := openMeta(o, disk, log)
 	if err != nil {
-		return fmt.Errorf("--meta: %w (is urbd up %s already running?)", err, o.Name)
+		return err
 	}
 	defer lock.Unlock()
-	store, err := bitmap.Open(o.Meta, bitmap.Options{
-		Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize, ALExtents: o.ALExtents,
-		SyncData: func() error { return disk.Flush(context.Background()) },
-		Grow:     o.Grow,
-	})
-	if se := (*bitmap.SizeError)(nil); errors.As(err, &se) {
-		todo := "if the disk was grown on purpose, start with --grow, on both nodes (the new part is resynced)"
-		if se.Disk < se.Stored {
-			todo = fmt.Sprintf("urbd cannot shrink a resource; give it a disk of at least %d bytes", se.Stored)
-		}
-		return fmt.Errorf("--disk %s is %d bytes, --meta %s was made for %d: %s", o.Disk, se.Disk, o.Meta, se.Stored, todo)
-	}
-	if err != nil {
-		return fmt.Errorf("opening --meta %s: %w", o.Meta, err)
-	}
-	if fresh {
-		if err := replica.InitialUUIDs(store, o.Name, o.AssumeClean); err != nil {
-			store.Close()
-			return err
-		}
-		log.Info("created metadata", "dir", o.Meta, "assume_clean", o.AssumeClean)
-	}
 
 	runner := &handlers.Runner{Commands: o.Handlers, Logger: log}
 	defer runner.Wait()
@@ -342,6 +314,47 @@ func Run(ctx context.Context, o Options) error {
 	os.Remove(StatusPath(o.RunDir, o.Name))
 	log.Info("resource down")
 	return runErr
+}
+
+// openMeta opens the metadata of o for disk, creating it on first start,
+// and holds its directory's lock, which the caller releases after closing
+// the store. A second daemon of the resource, or an offline urbd outdate,
+// is refused here.
+func openMeta(o Options, disk *nbd.File, log *slog.Logger) (*bitmap.Store, *bitmap.DirLock, error) {
+	fresh := !metaExists(o.Meta)
+	if err := os.MkdirAll(o.Meta, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("creating --meta: %w", err)
+	}
+	lock, err := bitmap.LockDir(o.Meta)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--meta: %w (is urbd up %s already running?)", err, o.Name)
+	}
+	store, err := bitmap.Open(o.Meta, bitmap.Options{
+		Size: disk.Size(), BitmapBlock: o.BitmapBlock, ExtentSize: extentSize, ALExtents: o.ALExtents,
+		SyncData: func() error { return disk.Flush(context.Background()) },
+		Grow:     o.Grow,
+	})
+	if se := (*bitmap.SizeError)(nil); errors.As(err, &se) {
+		todo := "if the disk was grown on purpose, start with --grow, on both nodes (the new part is resynced)"
+		if se.Disk < se.Stored {
+			todo = fmt.Sprintf("urbd cannot shrink a resource; give it a disk of at least %d bytes", se.Stored)
+		}
+		err = fmt.Errorf("--disk %s is %d bytes, --meta %s was made for %d: %s", o.Disk, se.Disk, o.Meta, se.Stored, todo)
+	} else if err != nil {
+		err = fmt.Errorf("opening --meta %s: %w", o.Meta, err)
+	}
+	if err == nil && fresh {
+		if err = replica.InitialUUIDs(store, o.Name, o.AssumeClean); err != nil {
+			store.Close()
+		} else {
+			log.Info("created metadata", "dir", o.Meta, "assume_clean", o.AssumeClean)
+		}
+	}
+	if err != nil {
+		lock.Unlock()
+		return nil, nil, err
+	}
+	return store, lock, nil
 }
 
 // closeGrace is how long `urbd secondary --force` lets the NBD clients'
