@@ -391,3 +391,26 @@ timeout = "2s"
 	c.a.ctl("secondary", "r0")
 	cmpFiles(t, c.a.disk, c.b.disk)
 }
+
+// TestSecondDaemonRefused: `urbd up` started again for a running resource
+// (the same --meta) is refused in one line that says why, before it
+// touches the metadata, the control socket or the NBD socket; the running
+// daemon goes on serving.
+func TestSecondDaemonRefused(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.a.start()
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	out, err := c.a.command(c.a.upArgs()...).CombinedOutput()
+	line := strings.TrimSpace(string(out))
+	if err == nil || !strings.HasPrefix(line, "urbd: --meta: ") || !strings.HasSuffix(line, "(is urbd up r0 already running?)") || strings.Contains(line, "\n") {
+		t.Fatalf("a second urbd up: %v: %q, want one line naming the running daemon", err, line)
+	}
+	if st := c.a.status(); st.Role != "Primary" || st.ConnState != "Connected" {
+		t.Fatalf("the running daemon after the refused start: %s %s", st.Role, st.ConnState)
+	}
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=4M", "--iodepth=8", "--verify=crc32c")
+	c.a.ctl("secondary", "r0")
+	cmpFiles(t, c.a.disk, c.b.disk)
+}
