@@ -94,10 +94,11 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 			return "", fmt.Errorf("%s cannot change while the resource runs", k)
 		}
 	}
-	if _, err := parsePolicies(next); err != nil {
+	pol, err := parsePolicies(next)
+	if err != nil {
 		return "", err
 	}
-	if err := checkFenceHandler(next); err != nil {
+	if err := checkFenceHandler(pol.fencing, next.Handlers); err != nil {
 		return "", fmt.Errorf("%w: add one to the resource file (handlers) and run urbd adjust %s", err, a.cur.Name)
 	}
 	return a.applyLocked(next), nil
@@ -113,8 +114,9 @@ func (a *adjuster) fromFile() (string, error) {
 		return "", fmt.Errorf("started without a resource file (urbd up --config): give the setting to change, e.g. urbd adjust --resync-rate 200MiB %s", a.cur.Name)
 	}
 	next, err := a.reload()
+	var pol policies
 	if err == nil {
-		_, err = parsePolicies(next)
+		pol, err = parsePolicies(next)
 	}
 	var link peerLink
 	if err == nil {
@@ -125,7 +127,7 @@ func (a *adjuster) fromFile() (string, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := checkFenceHandler(next); err != nil {
+	if err := checkFenceHandler(pol.fencing, next.Handlers); err != nil {
 		return "", fmt.Errorf("nothing changed: %w, and the new settings have none", err)
 	}
 	// The link first: it is the one change that can fail here.

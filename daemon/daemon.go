@@ -118,11 +118,10 @@ func checkTimeout(d time.Duration) error {
 }
 
 // checkFenceHandler refuses a fencing policy without a fence-peer handler
-// to run. o's policies parse.
-func checkFenceHandler(o Options) error {
-	p, _ := parsePolicies(o)
-	if p.fencing != replica.FenceDontCare && strings.TrimSpace(o.Handlers[handlers.EventFencePeer]) == "" {
-		return fmt.Errorf("fencing %s needs a %s handler", p.fencing, handlers.EventFencePeer)
+// among cmds to run.
+func checkFenceHandler(f replica.Fencing, cmds map[string]string) error {
+	if f != replica.FenceDontCare && strings.TrimSpace(cmds[handlers.EventFencePeer]) == "" {
+		return fmt.Errorf("fencing %s needs a %s handler", f, handlers.EventFencePeer)
 	}
 	return nil
 }
@@ -176,7 +175,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	if err := checkFenceHandler(o); err != nil {
+	if err := checkFenceHandler(pol.fencing, o.Handlers); err != nil {
 		return fmt.Errorf("--%w: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", err)
 	}
 	congestion, err := peerCongestion(o.TCPCongestion, log)
