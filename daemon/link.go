@@ -1,11 +1,9 @@
 package daemon
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/urbd/urbd/protocol"
@@ -25,13 +23,9 @@ func loadLink(o Options) (peerLink, error) {
 	l := peerLink{Link: replica.Link{ListenPeer: o.ListenPeer, Peer: o.Peer}}
 	h := sha256.New()
 	if o.SecretFile != "" {
-		b, err := os.ReadFile(o.SecretFile)
-		if err != nil {
-			return l, fmt.Errorf("reading --secret-file: %w", err)
-		}
-		l.Secret = bytes.TrimSpace(b)
-		if len(l.Secret) == 0 {
-			return l, fmt.Errorf("--secret-file %s is empty", o.SecretFile)
+		var err error
+		if l.Secret, err = protocol.LoadSecret(o.SecretFile); err != nil {
+			return l, fmt.Errorf("--secret-file: %w", err)
 		}
 		h.Write(l.Secret)
 	}
@@ -40,15 +34,12 @@ func loadLink(o Options) (peerLink, error) {
 	case o.TLSCert == "" || o.TLSKey == "" || o.TLSCA == "":
 		return l, errors.New("TLS needs all of --tls-cert, --tls-key and --tls-ca")
 	default:
+		var pems [3][]byte
 		var err error
-		if l.TLS, err = protocol.LoadTLS(o.TLSCert, o.TLSKey, o.TLSCA); err != nil {
+		if l.TLS, pems, err = protocol.LoadTLS(o.TLSCert, o.TLSKey, o.TLSCA); err != nil {
 			return l, err
 		}
-		for _, f := range []string{o.TLSCert, o.TLSKey, o.TLSCA} {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				return l, err
-			}
+		for _, b := range pems {
 			h.Write(b)
 		}
 	}

@@ -647,17 +647,17 @@ func TestLoadTLSAndSecret(t *testing.T) {
 		return p
 	}
 	cert, key, caf := write("cert.pem", certPEM), write("key.pem", keyPEM), write("ca.pem", ca.pem)
-	cfg, err := LoadTLS(cert, key, caf)
+	cfg, _, err := LoadTLS(cert, key, caf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.MinVersion != tls.VersionTLS13 || len(cfg.Certificates) != 1 || cfg.VerifyConnection == nil {
 		t.Fatalf("config %+v", cfg)
 	}
-	if _, err := LoadTLS(cert, key, write("empty.pem", []byte("nothing"))); err == nil {
+	if _, _, err := LoadTLS(cert, key, write("empty.pem", []byte("nothing"))); err == nil {
 		t.Fatal("CA without certificates accepted")
 	}
-	if _, err := LoadTLS(cert, caf, caf); err == nil {
+	if _, _, err := LoadTLS(cert, caf, caf); err == nil {
 		t.Fatal("mismatched key accepted")
 	}
 
@@ -667,7 +667,7 @@ func TestLoadTLSAndSecret(t *testing.T) {
 		err     bool
 	}{
 		{"hunter2\n", "hunter2", false},
-		{"  spaced secret \r\n\n", "  spaced secret", false},
+		{"  spaced secret \r\n\n", "spaced secret", false},
 		{"\n", "", true},
 		{"", "", true},
 		{strings.Repeat("x", MaxSecret), strings.Repeat("x", MaxSecret), false},

@@ -22,21 +22,27 @@ const MaxSecret = 4096
 // requires a client certificate). Peers are addressed by IP, so the peer's
 // certificate is checked against the CA only, not against a host name: the
 // CA is the trust anchor, and should sign only urbd node certificates.
-// TLS 1.3 is required.
-func LoadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("protocol: load TLS key pair %s, %s: %w", certFile, keyFile, err)
+// TLS 1.3 is required. It also returns the three files' contents as it read
+// them (certificate, key, CA), so that a caller can tell whether they
+// changed since: each file is read once.
+func LoadTLS(certFile, keyFile, caFile string) (*tls.Config, [3][]byte, error) {
+	var pems [3][]byte
+	for i, f := range []string{certFile, keyFile, caFile} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, pems, fmt.Errorf("protocol: read TLS file: %w", err)
+		}
+		pems[i] = b
 	}
-	pem, err := os.ReadFile(caFile)
+	cert, err := tls.X509KeyPair(pems[0], pems[1])
 	if err != nil {
-		return nil, fmt.Errorf("protocol: read TLS CA: %w", err)
+		return nil, pems, fmt.Errorf("protocol: load TLS key pair %s, %s: %w", certFile, keyFile, err)
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("protocol: TLS CA %s: no PEM certificate found", caFile)
+	if !pool.AppendCertsFromPEM(pems[2]) {
+		return nil, pems, fmt.Errorf("protocol: TLS CA %s: no PEM certificate found", caFile)
 	}
-	return NewTLSConfig(cert, pool), nil
+	return NewTLSConfig(cert, pool), pems, nil
 }
 
 // NewTLSConfig is LoadTLS for a certificate and CA pool already in memory.
@@ -74,8 +80,8 @@ func verifyPeer(cs tls.ConnectionState, ca *x509.CertPool) error {
 	return nil
 }
 
-// LoadSecret reads a shared secret file (--secret-file). Trailing newlines
-// and spaces are removed; the secret must be 1 to MaxSecret bytes.
+// LoadSecret reads a shared secret file (--secret-file). Leading and
+// trailing white space is removed; the secret must be 1 to MaxSecret bytes.
 func LoadSecret(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -87,7 +93,7 @@ func LoadSecret(path string) ([]byte, error) {
 	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
 		return nil, fmt.Errorf("%w: %s: %w", ErrSecret, path, err)
 	}
-	s := bytes.TrimRight(buf[:n], " \t\r\n")
+	s := bytes.TrimSpace(buf[:n])
 	if n > MaxSecret+1 || len(s) > MaxSecret {
 		return nil, fmt.Errorf("%w: %s is longer than %d bytes", ErrSecret, path, MaxSecret)
 	}
