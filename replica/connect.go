@@ -22,9 +22,7 @@ func (n *Node) Run(ctx context.Context) error {
 	defer close(n.runDone)
 	n.linkMu.Lock() // a SetLink now waits until the first listener is up
 	ln, err := n.listen(ctx, n.currentLink().ListenPeer)
-	if err == nil {
-		n.running.Store(true)
-	}
+	n.running = err == nil
 	n.linkMu.Unlock()
 	if err != nil {
 		return err

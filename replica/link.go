@@ -113,9 +113,10 @@ func (n *Node) PeerAddress() string { return n.currentLink().Peer }
 func (n *Node) SetLink(l Link) error {
 	n.linkMu.Lock()
 	defer n.linkMu.Unlock()
-	cur := n.currentLink()
+	// Before Run, Run listens on the new address itself.
+	moved := n.running && l.ListenPeer != n.currentLink().ListenPeer
 	var ln *peerListener
-	if l.ListenPeer != cur.ListenPeer && n.running.Load() {
+	if moved {
 		var err error
 		if ln, err = n.listen(context.Background(), l.ListenPeer); err != nil {
 			return err
@@ -124,7 +125,7 @@ func (n *Node) SetLink(l Link) error {
 	n.mu.Lock()
 	n.link = l
 	n.mu.Unlock()
-	if l.ListenPeer != cur.ListenPeer && n.running.Load() {
+	if moved {
 		r := relisten{ln: ln, done: make(chan struct{})}
 		select {
 		case n.relisten <- r:

@@ -108,9 +108,10 @@ type Node struct {
 	fencing atomic.Uint32
 	link    Link       // guarded by mu: Config's ListenPeer, Peer, Secret and TLS, then SetLink
 	linkMu  sync.Mutex // serializes SetLink
-	// running is set once Run listens; relisten hands Run's listenLoop the
-	// listener of a new address (nil: none), until runDone is closed.
-	running  atomic.Bool
+	// running is set once Run listens (guarded by linkMu); relisten hands
+	// Run's listenLoop the listener of a new address (nil: none), until
+	// runDone is closed.
+	running  bool
 	relisten chan relisten
 	runDone  chan struct{}
 	// stateSent, if set (tests only), runs in negotiate between sending the
