@@ -17,7 +17,9 @@ import (
 // --grow; with --grow each node's metadata covers the new part and marks it
 // out of sync, the Primary's copy of it is resynced to the Secondary (whose
 // new part held other bytes), the data written before is intact, and the
-// export has the new size. A disk that shrank is refused.
+// export has the new size. A node started on the old size meanwhile is
+// refused by both for its other disk size, and nothing reaches its disk. A
+// disk that shrank is refused.
 func TestGrowDisks(t *testing.T) {
 	const oldSize, newSize = 32 << 20, 48 << 20
 	c := newCluster(t, clusterOpts{size: oldSize})
@@ -29,14 +31,8 @@ func TestGrowDisks(t *testing.T) {
 	c.a.stop()
 	before := fileBytes(t, c.a.disk)
 
-	// Node a's disk grows with zeros, node b's with other bytes.
+	// Node a's disk grows with zeros; node b's, later, with other bytes.
 	must(t, os.Truncate(c.a.disk, newSize))
-	junk := bytes.Repeat([]byte("not the primary's data "), (newSize-oldSize)/23+1)[:newSize-oldSize]
-	f, err := os.OpenFile(c.b.disk, os.O_WRONLY|os.O_APPEND, 0)
-	must(t, err)
-	_, err = f.Write(junk)
-	must(t, err)
-	must(t, f.Close())
 
 	out, err := c.a.command(c.a.upArgs()...).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "start with --grow") {
@@ -56,6 +52,26 @@ func TestGrowDisks(t *testing.T) {
 	if st.OutOfSyncKiB > (newSize-oldSize)>>10+4 {
 		t.Fatalf("%d KiB out of sync after the grow; want the new %d KiB", st.OutOfSyncKiB, (newSize-oldSize)>>10)
 	}
+	// b, started before its disk grew, is refused for its other size on
+	// both sides, and its disk is left as it was.
+	bBefore := fileBytes(t, c.b.disk)
+	c.b.start()
+	for _, n := range []*node{c.a, c.b} {
+		n.waitFor("the size mismatch refused", 20*time.Second, func(s status.Resource) bool {
+			return s.ConnState != "Connected" && strings.Contains(s.Reason, "disk size mismatch")
+		})
+	}
+	c.b.stop()
+	if !bytes.Equal(fileBytes(t, c.b.disk), bBefore) {
+		t.Fatal("the refused peer's disk changed")
+	}
+
+	junk := bytes.Repeat([]byte("not the primary's data "), (newSize-oldSize)/23+1)[:newSize-oldSize]
+	f, err := os.OpenFile(c.b.disk, os.O_WRONLY|os.O_APPEND, 0)
+	must(t, err)
+	_, err = f.Write(junk)
+	must(t, err)
+	must(t, f.Close())
 	c.b.start("--grow")
 	c.a.waitInSync(60 * time.Second)
 	cmpFiles(t, c.a.disk, c.b.disk)
