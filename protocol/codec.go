@@ -29,6 +29,7 @@ type Header struct {
 const (
 	helloFixed      = 26
 	refuseFixed     = 6
+	resizeFixed     = 12
 	challengeLen    = 1 + NonceLen
 	stateLen        = 48
 	seqLen          = 8
@@ -75,6 +76,8 @@ func maxPayloadFor(k Kind) (max uint32, ok bool) {
 		return syncDoneLen, true
 	case KindBitmap:
 		return bitmapFixed + 8*MaxBitmapWords, true
+	case KindResize:
+		return resizeFixed + MaxReason, true
 	case KindWrite:
 		return writeFixed + MaxData, true
 	case KindAck:
@@ -137,6 +140,8 @@ func wireOf(m Message) wire {
 	case SyncDone:
 		return &v
 	case Bitmap:
+		return &v
+	case Resize:
 		return &v
 	case Write:
 		return &v
@@ -388,6 +393,22 @@ func decodePayload(k Kind, p []byte, reuse *recvMsgs) (Message, error) {
 		v.Code = d.u32()
 		n := d.u16()
 		if n > MaxReason {
+			return nil, malformed(k, "reason of %d bytes, limit %d", n, MaxReason)
+		}
+		v.Reason = string(d.take(int(n)))
+		m = v
+	case KindResize:
+		v := &Resize{}
+		v.Op = d.u8()
+		pad := d.zero(1)
+		n := d.u16()
+		v.Size = d.u64()
+		switch {
+		case !pad:
+			return nil, malformed(k, "nonzero padding")
+		case v.Op > ResizeCommit:
+			return nil, malformed(k, "op %d", v.Op)
+		case n > MaxReason:
 			return nil, malformed(k, "reason of %d bytes, limit %d", n, MaxReason)
 		}
 		v.Reason = string(d.take(int(n)))
@@ -745,6 +766,30 @@ func (m *Refuse) put(b []byte) {
 	be.PutUint32(b[0:], m.Code)
 	be.PutUint16(b[4:], uint16(len(r)))
 	copy(b[6:], r)
+}
+
+// reason returns the Reason cut to MaxReason bytes.
+func (m *Resize) reason() string {
+	if len(m.Reason) > MaxReason {
+		return m.Reason[:MaxReason]
+	}
+	return m.Reason
+}
+
+func (m *Resize) layout() (int, []byte, error) {
+	if m.Op > ResizeCommit {
+		return 0, nil, fmt.Errorf("%w: Resize: op %d", ErrInvalid, m.Op)
+	}
+	return resizeFixed + len(m.reason()), nil, nil
+}
+
+func (m *Resize) put(b []byte) {
+	r := m.reason()
+	b[0] = m.Op
+	b[1] = 0
+	be.PutUint16(b[2:], uint16(len(r)))
+	be.PutUint64(b[4:], m.Size)
+	copy(b[12:], r)
 }
 
 func (m *AuthChallenge) layout() (int, []byte, error) {

@@ -35,6 +35,9 @@ func sampleMessages() []Message {
 		&SyncDone{Flags: SyncAborted},
 		&Bitmap{FirstWord: 2, TotalBits: 64*4 + 1, Words: []uint64{0xdeadbeef, 1, 1 << 63}, Last: true},
 		&Bitmap{TotalBits: 0, Words: nil},
+		&Resize{Op: ResizeQuery, Size: 2 << 30},
+		&Resize{Op: ResizeAnswer, Size: 1<<40 + 4096, Reason: "the disk is still 1073741824 bytes"},
+		&Resize{Op: ResizeCommit, Size: 1<<64 - 1},
 		&Write{Seq: 9, Offset: 1 << 40, Flags: FlagFUA, Length: 5, Data: []byte("hello")},
 		&Write{Seq: 10, Offset: 4096, Flags: FlagTrim, Length: 1 << 31},
 		&Write{Seq: 11, Offset: 0, Flags: FlagZero | FlagNoHole | FlagFUA, Length: 8192},
@@ -146,7 +149,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"crc bit flip", func(f []byte) []byte { f[19] ^= 0x80; return f }, ErrChecksum},
 		{"seq changed", func(f []byte) []byte { f[11] = 9; return f }, ErrChecksum},
 		{"version 1", func(f []byte) []byte { f[4] = 1; return reseal(f) }, ErrVersion},
-		{"version 4", func(f []byte) []byte { f[4] = 4; return reseal(f) }, ErrVersion},
+		{"version 5", func(f []byte) []byte { f[4] = 5; return reseal(f) }, ErrVersion},
 		{"version 0", func(f []byte) []byte { f[4] = 0; return reseal(f) }, ErrVersion},
 		{"unknown kind 0", func(f []byte) []byte { f[5] = 0; return reseal(f) }, ErrUnknownKind},
 		{"unknown kind 7", func(f []byte) []byte { f[5] = 7; return reseal(f) }, ErrUnknownKind},
@@ -238,6 +241,10 @@ func TestDecodeMalformedPayloads(t *testing.T) {
 			binary.BigEndian.PutUint64(p[0:], 1<<64-1)
 			return p
 		})},
+		{"resize op 3", KindResize, edit(&Resize{}, func(p []byte) []byte { p[0] = 3; return p })},
+		{"resize pad", KindResize, edit(&Resize{}, func(p []byte) []byte { p[1] = 1; return p })},
+		{"resize reason over limit", KindResize, edit(&Resize{Reason: "x"}, func(p []byte) []byte { p[2] = 0xff; return p })},
+		{"resize reason longer than payload", KindResize, edit(&Resize{Reason: "x"}, func(p []byte) []byte { p[3] = 2; return p })},
 		{"bitmap last 2", KindBitmap, edit(&Bitmap{TotalBits: 64}, func(p []byte) []byte { p[16] = 2; return p })},
 		{"write length mismatch", KindWrite, edit(&Write{Length: 2, Data: []byte{1, 2}}, func(p []byte) []byte { p[23] = 3; return p })},
 		{"write unknown flag", KindWrite, edit(&Write{Length: 0}, func(p []byte) []byte { p[16] = 0x80; return p })},
@@ -481,9 +488,9 @@ func TestGoldenFrames(t *testing.T) {
 		m   Message
 		hex string
 	}{
-		{0, &Ping{Seq: 1}, "55524244031100000000000000000008" + "66006652" + "0000000000000001"},
-		{5, &Ack{Seq: 7, Type: AckDone}, "555242440321000000000005" + "000000109968dce1" + "0000000000000007" + "0200000000000000"},
-		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440324000000000006" + "000000183488fa07" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
+		{0, &Ping{Seq: 1}, "55524244041100000000000000000008" + "e2cba061" + "0000000000000001"},
+		{5, &Ack{Seq: 7, Type: AckDone}, "555242440421000000000005" + "00000010f934f67e" + "0000000000000007" + "0200000000000000"},
+		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440424000000000006" + "00000018afefd833" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
 	}
 	for _, tc := range tests {
 		got := hex.EncodeToString(mustFrame(t, tc.seq, tc.m))

@@ -280,11 +280,11 @@ func TestVersionMismatch(t *testing.T) {
 		f := &fake{t: t, c: mine}
 		f.send(&Hello{Version: 1, Resource: cfg.Resource, Size: cfg.Size, BitmapBlock: cfg.BitmapBlock})
 		m := f.recv()
-		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || !strings.Contains(r.Reason, "local version 1, peer version 3") {
+		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || !strings.Contains(r.Reason, "local version 1, peer version 4") {
 			t.Fatalf("got %#v", m)
 		}
 		r := <-res
-		if !errors.Is(r.err, ErrVersion) || !strings.Contains(r.err.Error(), "local version 3, peer version 1") {
+		if !errors.Is(r.err, ErrVersion) || !strings.Contains(r.err.Error(), "local version 4, peer version 1") {
 			t.Fatalf("acceptor: %v", r.err)
 		}
 	})

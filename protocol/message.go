@@ -4,7 +4,7 @@ import "strconv"
 
 // Version is the protocol version this package speaks. It is carried in every
 // frame header and in Hello; peers must speak the same version.
-const Version = 3
+const Version = 4
 
 // Kind is a frame's type byte. Each Message type has exactly one Kind.
 type Kind uint8
@@ -25,6 +25,7 @@ const (
 	KindSyncStart Kind = 19 // control
 	KindSyncDone  Kind = 20 // control
 	KindBitmap    Kind = 21 // control
+	KindResize    Kind = 22 // control
 
 	KindWrite     Kind = 32 // data
 	KindAck       Kind = 33 // data
@@ -52,6 +53,7 @@ var kindNames = map[Kind]string{
 	KindSyncStart:       "SyncStart",
 	KindSyncDone:        "SyncDone",
 	KindBitmap:          "Bitmap",
+	KindResize:          "Resize",
 	KindWrite:           "Write",
 	KindAck:             "Ack",
 	KindFlush:           "Flush",
@@ -377,6 +379,29 @@ type AuthResponse struct{ MAC [MACLen]byte }
 // AuthOK: the dialer accepted the acceptor; yamux starts after it.
 type AuthOK struct{}
 
+// Resize operations (Resize.Op), in the order an online resize uses them.
+const (
+	// ResizeQuery asks the receiver how far its disk can grow: it
+	// answers ResizeAnswer with the smaller of Size and its own disk's
+	// size, changing nothing.
+	ResizeQuery uint8 = 0
+	// ResizeAnswer answers a ResizeQuery or a ResizeCommit: Size is the
+	// size the receiver can grow to (or grew to), Reason says why it
+	// cannot when not empty.
+	ResizeAnswer uint8 = 1
+	// ResizeCommit tells the receiver to grow to Size, which an answer
+	// to a ResizeQuery offered; it answers with ResizeAnswer once grown.
+	ResizeCommit uint8 = 2
+)
+
+// Resize carries an online resize between the nodes (`urbd resize`): the
+// node that runs it queries the peer, grows itself, then commits the peer.
+type Resize struct {
+	Op     uint8  // ResizeQuery, ResizeAnswer or ResizeCommit
+	Size   uint64 // disk size in bytes
+	Reason string // ResizeAnswer only: why the receiver cannot grow; at most MaxReason bytes
+}
+
 // Stream identifiers carried by StreamOpen.
 const (
 	StreamControl uint8 = 0
@@ -400,6 +425,7 @@ func (PingAck) Kind() Kind         { return KindPingAck }
 func (SyncStart) Kind() Kind       { return KindSyncStart }
 func (SyncDone) Kind() Kind        { return KindSyncDone }
 func (Bitmap) Kind() Kind          { return KindBitmap }
+func (Resize) Kind() Kind          { return KindResize }
 func (Write) Kind() Kind           { return KindWrite }
 func (Ack) Kind() Kind             { return KindAck }
 func (Flush) Kind() Kind           { return KindFlush }
