@@ -19,6 +19,8 @@ var (
 	ErrCorrupt = errors.New("bitmap: corrupt metadata file")
 	// ErrTooLarge: a write spans more extents than the activity log holds.
 	ErrTooLarge = errors.New("bitmap: range spans more extents than the activity log holds")
+	// ErrBusy: Store.Grow found writes in flight.
+	ErrBusy = errors.New("bitmap: writes in flight")
 	// ErrClosed: the Store was closed.
 	ErrClosed = errors.New("bitmap: store closed")
 	// ErrLocked: another process holds the metadata directory's lock

@@ -172,6 +172,7 @@ type Store struct {
 	disk      []uint64       // bitmap words known durable (a subset of the file on disk)
 	alSeq     uint64         // sequence number of the last activity log written
 	rec       Recovery
+	opt       Options // as opened, for Grow
 }
 
 // request is one BeginWrite waiting in the slow path; guarded by Store.mu.
@@ -276,6 +277,7 @@ func Open(dir string, opt Options) (*Store, error) {
 
 	s := newStore(dir, fsys, meta, opt.ALExtents, opt.chunkWords)
 	s.SetSyncData(opt.SyncData)
+	s.opt = opt
 	removeTemps(fsys, dir)
 
 	// The bitmap and the activity log.
@@ -378,6 +380,7 @@ func (s *Store) grown(size int64, opt Options) *Store {
 	m.Size = size
 	g := newStore(s.dir, s.fs, m, opt.ALExtents, opt.chunkWords)
 	g.SetSyncData(opt.SyncData)
+	g.opt = opt
 	g.alSeq = s.alSeq
 	words := make([]uint64, g.bm.NumWords())
 	s.bm.snapshotInto(words[:s.bm.NumWords()])
@@ -718,4 +721,67 @@ func (s *Store) extentUnpersistedLocked(e int64) bool {
 		return !found
 	})
 	return found
+}
+
+// Idle reports whether no write is in flight: every BeginWrite has had its
+// EndWrite. Grow needs it.
+func (s *Store) Idle() bool {
+	for i := range s.st {
+		if s.st[i].Load()&stInflight != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Grow grows the metadata of a running resource to a disk grown to size
+// bytes: it closes s and opens its directory again with Options.Grow, the
+// way a start with --grow does, so the new part is marked out of sync, the
+// same crash rules hold (a crash in between marks the whole disk), and
+// Recovery.GrownFrom of the returned store tells the old size. The store's
+// SyncData carries over.
+//
+// The caller holds every write back: with a write in flight (Idle is false)
+// Grow fails with ErrBusy and changes nothing. On success s is closed and
+// the caller uses the returned store from then on. When the new store
+// cannot be opened, Grow opens the directory again at the old size and
+// returns that store with the error (metadata torn by the failure then
+// marks the whole disk out of sync); when even that fails it returns nil
+// and the error, and the metadata is unusable until the next start.
+func (s *Store) Grow(size int64) (*Store, error) {
+	if size <= s.size {
+		return nil, fmt.Errorf("%w: cannot grow a disk of %d bytes to %d", ErrGeometry, s.size, size)
+	}
+	if err := validGeometry(size, s.block, s.extent); err != nil {
+		return nil, err
+	}
+	if !s.Idle() {
+		return nil, fmt.Errorf("%w: writes are in flight", ErrBusy)
+	}
+	opt := s.opt
+	opt.SyncData = nil
+	if f := s.syncData.Load(); f != nil {
+		opt.SyncData = *f
+	}
+	if err := s.Close(); err != nil {
+		return s.reopen(opt, fmt.Errorf("bitmap: growing %s: %w", s.dir, err))
+	}
+	grown := opt
+	grown.Size, grown.Grow = size, true
+	g, err := Open(s.dir, grown)
+	if err != nil {
+		return s.reopen(opt, fmt.Errorf("bitmap: growing %s: %w", s.dir, err))
+	}
+	return g, nil
+}
+
+// reopen opens s's directory at its old size after a failed Grow and
+// returns it with cause (nil and both errors when that fails too).
+func (s *Store) reopen(opt Options, cause error) (*Store, error) {
+	opt.Size, opt.Grow = s.size, false
+	r, err := Open(s.dir, opt)
+	if err != nil {
+		return nil, fmt.Errorf("%w; reopening at the old size: %w", cause, err)
+	}
+	return r, cause
 }

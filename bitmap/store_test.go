@@ -829,3 +829,75 @@ func TestGrowCrash(t *testing.T) {
 		}
 	}
 }
+
+// TestGrowOnline: Store.Grow on a running store. With a write in flight it
+// refuses and the store keeps working; once idle it returns a store at the
+// new size that keeps every bit, marks the new part, carries SyncData over,
+// and is durable (a crash right after needs no Grow to open at the new
+// size). A size that does not grow is refused.
+func TestGrowOnline(t *testing.T) {
+	const block = 512
+	oldSize, newSize := int64(63*1024+300), int64(80*1024+100)
+	fsys := NewMemFS()
+	var syncs atomic.Int64
+	geo := Options{Size: oldSize, BitmapBlock: block, ExtentSize: 4096, ALExtents: 4, chunkWords: 1,
+		SyncData: func() error { syncs.Add(1); return nil }}
+	s := openMem(t, fsys, geo)
+	s.MarkOutOfSync(5*block, block)
+	if err := s.BeginWrite(40*block, block); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Grow(newSize); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Grow with a write in flight: %v, want ErrBusy", err)
+	}
+	s.EndWrite(40*block, block)
+	if err := s.BeginWrite(0, block); err != nil {
+		t.Fatalf("the store stopped working after a refused Grow: %v", err)
+	}
+	s.EndWrite(0, block)
+	if _, err := s.Grow(oldSize); !errors.Is(err, ErrGeometry) {
+		t.Fatalf("Grow to the same size: %v, want ErrGeometry", err)
+	}
+
+	g, err := s.Grow(newSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BeginWrite(0, block); !errors.Is(err, ErrClosed) {
+		t.Fatalf("the old store after Grow: BeginWrite %v, want ErrClosed", err)
+	}
+	if g.Meta().Size != newSize || g.Bitmap().Size() != newSize || g.Recovery().GrownFrom != oldSize {
+		t.Fatalf("grown store: meta size %d, bitmap size %d, GrownFrom %d; want %d, %d, %d",
+			g.Meta().Size, g.Bitmap().Size(), g.Recovery().GrownFrom, newSize, newSize, oldSize)
+	}
+	check := func(g *Store, what string) {
+		t.Helper()
+		bm := g.Bitmap()
+		for b := int64(0); b*block < newSize; b++ {
+			need := b == 5 || b >= oldSize/block
+			if set := bm.IsSet(b*block, 1); set != need {
+				t.Fatalf("%s: block %d marked %v, want %v", what, b, set, need)
+			}
+		}
+	}
+	check(g, "grown")
+	before := syncs.Load()
+	if err := g.BeginWrite(newSize-block, block); err != nil {
+		t.Fatalf("a write into the new part: %v", err)
+	}
+	g.EndWrite(newSize-block, block)
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if syncs.Load() == before {
+		t.Fatal("the grown store's Close did not call SyncData: it was not carried over")
+	}
+
+	again := geo
+	again.Size, again.FS = newSize, fsys.Reboot()
+	r, err := Open(tDir, again)
+	if err != nil {
+		t.Fatalf("opening at the new size after the grow, without Grow: %v", err)
+	}
+	check(r, "reopened")
+}
