@@ -31,7 +31,7 @@ var ErrNotBlockStorage = errors.New("nbd: not a regular file or block device")
 type File struct {
 	f        *os.File
 	fd       int
-	size     int64
+	size     atomic.Int64 // the size served; Grow raises it
 	readOnly bool
 	blockDev bool
 
@@ -83,27 +83,75 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 	b := &File{f: f, fd: int(f.Fd()), readOnly: readOnly}
 	switch {
 	case fi.Mode().IsRegular():
-		b.size = fi.Size()
 	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
-		var sz uint64
-		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&sz))); errno != 0 {
-			f.Close()
-			return nil, fmt.Errorf("nbd: open disk %s: BLKGETSIZE64: %w", path, errno)
-		}
-		b.size = int64(sz)
 		b.blockDev = true
 	default:
 		f.Close()
 		return nil, fmt.Errorf("%w: %s", ErrNotBlockStorage, path)
 	}
+	size, err := b.StorageSize()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("nbd: open disk %s: %w", path, err)
+	}
+	b.size.Store(size)
 	b.sync = func() error { return unix.Fdatasync(b.fd) }
 	b.cond = sync.NewCond(&b.mu)
 	b.changes.Store(1)
 	return b, nil
 }
 
-// Size returns the size in bytes, fixed at open.
-func (b *File) Size() int64 { return b.size }
+// Size returns the size in bytes served: the storage's size at open, or
+// what Grow set since.
+func (b *File) Size() int64 { return b.size.Load() }
+
+// A Grower is a Backend whose storage may grow while it is open (a file
+// extended, a logical volume grown with lvextend), and which can serve the
+// larger size without being opened again.
+type Grower interface {
+	// StorageSize reads the size of the storage now, which may be more
+	// than Size.
+	StorageSize() (int64, error)
+	// Grow makes the backend serve size bytes from now on: requests
+	// up to size are accepted. size is at least Size and at most
+	// StorageSize; Grow never shrinks.
+	Grow(size int64) error
+}
+
+var _ Grower = (*File)(nil)
+
+// StorageSize reads the file's size or, for a block device, BLKGETSIZE64.
+func (b *File) StorageSize() (int64, error) {
+	if !b.blockDev {
+		var st unix.Stat_t
+		if err := unix.Fstat(b.fd, &st); err != nil {
+			return 0, fmt.Errorf("stat: %w", err)
+		}
+		return st.Size, nil
+	}
+	var sz uint64
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(b.fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&sz))); errno != 0 {
+		return 0, fmt.Errorf("BLKGETSIZE64: %w", errno)
+	}
+	return int64(sz), nil
+}
+
+// Grow serves size bytes from now on; see Grower.
+func (b *File) Grow(size int64) error {
+	cur := b.size.Load()
+	if size < cur {
+		return fmt.Errorf("nbd: disk cannot shrink from %d to %d bytes", cur, size)
+	}
+	have, err := b.StorageSize()
+	if err != nil {
+		return fmt.Errorf("nbd: disk size: %w", err)
+	}
+	if size > have {
+		return fmt.Errorf("nbd: disk holds %d bytes, cannot serve %d", have, size)
+	}
+	b.size.Store(size)
+	return nil
+}
 
 // Close closes the descriptor. No method may be running or called after.
 func (b *File) Close() error {

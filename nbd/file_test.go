@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -425,5 +426,41 @@ func TestFileFUAMakesDurable(t *testing.T) {
 		if got, want := syncs.Load(), int64(i+1); got != want {
 			t.Fatalf("after a %s with FUA: %d fdatasyncs, want %d", op.name, got, want)
 		}
+	}
+}
+
+// TestFileGrow: a File serves the size it was opened with until Grow, which
+// accepts any size up to what the storage holds now, and never shrinks.
+func TestFileGrow(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := os.Truncate(path, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if have, err := f.StorageSize(); err != nil || have != 2<<20 {
+		t.Fatalf("StorageSize after the file grew: %d, %v; want %d", have, err, 2<<20)
+	}
+	if f.Size() != 1<<20 {
+		t.Fatalf("Size %d before Grow, want the size at open, %d", f.Size(), 1<<20)
+	}
+	if err := f.Grow(3 << 20); err == nil || !strings.Contains(err.Error(), "cannot serve") {
+		t.Fatalf("Grow beyond the storage: %v", err)
+	}
+	if err := f.Grow(2 << 20); err != nil || f.Size() != 2<<20 {
+		t.Fatalf("Grow to the storage's size: %v, Size %d", err, f.Size())
+	}
+	if err := f.Grow(1 << 20); err == nil || f.Size() != 2<<20 {
+		t.Fatalf("Grow to a smaller size: %v, Size %d; want an error and no change", err, f.Size())
+	}
+	buf := []byte("tail")
+	if err := f.WriteAt(context.Background(), buf, 2<<20-4, false); err != nil {
+		t.Fatalf("a write at the new end: %v", err)
 	}
 }
