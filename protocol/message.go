@@ -381,16 +381,17 @@ type AuthOK struct{}
 
 // Resize operations (Resize.Op), in the order an online resize uses them.
 const (
-	// ResizeQuery asks the receiver how far its disk can grow: it
-	// answers ResizeAnswer with the smaller of Size and its own disk's
-	// size, changing nothing.
+	// ResizeQuery asks the receiver whether it can grow to Size (its
+	// disk must hold exactly Size bytes): it answers ResizeAnswer with
+	// the same Size, and a Reason when it cannot, changing nothing.
 	ResizeQuery uint8 = 0
-	// ResizeAnswer answers a ResizeQuery or a ResizeCommit: Size is the
-	// size the receiver can grow to (or grew to), Reason says why it
-	// cannot when not empty.
+	// ResizeAnswer answers a ResizeQuery or a ResizeCommit with its
+	// Size; Reason says why the sender cannot grow (or did not) when not
+	// empty.
 	ResizeAnswer uint8 = 1
-	// ResizeCommit tells the receiver to grow to Size, which an answer
-	// to a ResizeQuery offered; it answers with ResizeAnswer once grown.
+	// ResizeCommit tells the receiver to grow to Size, which it accepted
+	// in an answer to a ResizeQuery; it answers with ResizeAnswer once
+	// grown.
 	ResizeCommit uint8 = 2
 )
 

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/urbd/urbd/bitmap"
 	"github.com/urbd/urbd/protocol"
 )
 
@@ -65,7 +66,16 @@ func (n *Node) sweepLoop(ctx context.Context) error {
 }
 
 // sweep drops idle extents from the activity log, after syncData.
-func (n *Node) sweep() error { return n.store.Sweep() }
+func (n *Node) sweep() error {
+	n.growMu.RLock() // not while Resize replaces the store
+	defer n.growMu.RUnlock()
+	return n.store().Sweep()
+}
+
+// store is the resource's metadata: its bitmap and activity log. Resize
+// replaces it while it holds growMu with every write finished, so a write
+// uses the store it began on for its whole life.
+func (n *Node) store() *bitmap.Store { return n.meta.Load() }
 
 // syncData is the activity log's data sync (bitmap.Options.SyncData), run
 // before extents leave the log by eviction or sweep. Once out of the log a
@@ -82,7 +92,7 @@ func (n *Node) syncData() error {
 
 // protoConfig is the handshake's configuration, with the link in effect.
 func (n *Node) protoConfig() protocol.Config {
-	bm := n.store.Bitmap()
+	bm := n.store().Bitmap()
 	link := n.currentLink()
 	return protocol.Config{
 		Resource:    n.cfg.Name,
@@ -381,7 +391,7 @@ func (n *Node) negotiate(s *session) error {
 	if conn != Connected {
 		s.csumResync = !plan.Full && (local.recoveredAL || peer.recoveredAL)
 		if plan.Full {
-			n.store.Bitmap().SetAll()
+			n.store().Bitmap().SetAll()
 		}
 		if err := s.sendBitmap(); err != nil {
 			return err
@@ -391,7 +401,7 @@ func (n *Node) negotiate(s *session) error {
 		case <-s.ctx.Done():
 			return s.ctx.Err()
 		}
-		if err := n.store.PersistBitmap(); err != nil {
+		if err := n.store().PersistBitmap(); err != nil {
 			return err
 		}
 		n.event("resync-started", map[string]string{"URBD_DIRECTION": conn.String()})
@@ -461,7 +471,7 @@ func (n *Node) followPeer(s *session) error {
 		case <-tick.C:
 		}
 		n.mu.Lock()
-		again := n.st.Conn == Connected && n.st.Role == Primary && n.st.Disk != Diskless && n.store.Bitmap().DirtyBlocks() > 0
+		again := n.st.Conn == Connected && n.st.Role == Primary && n.st.Disk != Diskless && !n.resizing && n.store().Bitmap().DirtyBlocks() > 0
 		if again {
 			why := "blocks went out of sync while connected"
 			if n.syncWhy != "" {
@@ -476,8 +486,8 @@ func (n *Node) followPeer(s *session) error {
 			}
 		}
 		n.mu.Lock()
-		renegotiate := n.st.Conn == Connected && n.st.Role == Secondary &&
-			(n.store.Bitmap().DirtyBlocks() > 0 || (n.st.Disk == Inconsistent && n.st.PeerDisk == UpToDate))
+		renegotiate := n.st.Conn == Connected && n.st.Role == Secondary && !n.resizing &&
+			(n.store().Bitmap().DirtyBlocks() > 0 || (n.st.Disk == Inconsistent && n.st.PeerDisk == UpToDate))
 		n.mu.Unlock()
 		if renegotiate {
 			// Blocks marked here (a failed write, an online verify), or a
@@ -502,6 +512,7 @@ func (n *Node) sessionEnded(s *session, err error) {
 	n.hasSession.Store(false)
 	n.progress = nil
 	n.syncWhy = ""
+	n.resizing = false // a resize that grew both nodes ends with its session
 	s.mu.Lock()
 	wasConnected := s.live // the peer had our data until now
 	s.mu.Unlock()
@@ -563,7 +574,7 @@ func (n *Node) sessionEnded(s *session, err error) {
 
 // localSideLocked describes this node for Decide. n.mu must be held.
 func (n *Node) localSideLocked() Side {
-	changed := uint64(n.store.Bitmap().DirtyBlocks())
+	changed := uint64(n.store().Bitmap().DirtyBlocks())
 	return Side{
 		UUIDs:          n.uuids,
 		Disk:           n.st.Disk.String(),

@@ -88,7 +88,7 @@ func (n *Node) detach(what string, off, length int64, cause error) bool {
 	n.st.Disk = was
 	reason += "; disk detached, all I/O goes to the peer (repair the disk, then restart the daemon)"
 	n.diskless.Store(true)
-	n.store.SetSyncData(nil) // the activity log no longer waits for this disk
+	n.store().SetSyncData(nil) // the activity log no longer waits for this disk
 	n.setStateLocked(reason, func(st *State) { st.Disk = Diskless })
 	s.sendState(n.localSideLocked())
 	n.mu.Unlock()
@@ -114,7 +114,7 @@ func errorVerb(kind string) string {
 // then fails.
 func (n *Node) writeDiskless(ctx context.Context, kind string, off, length int64, req *request, start time.Time) error {
 	if req == nil {
-		n.store.EndWrite(off, length)
+		n.store().EndWrite(off, length)
 		return errNoDisk
 	}
 	ok := req.wait(ctx, 'C')

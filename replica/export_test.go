@@ -47,7 +47,7 @@ func (n *Node) Sweep() error { return n.sweep() }
 func (n *Node) NodeID() uint64 { return n.nodeID }
 
 // MarkOutOfSync marks a range out of sync as a write without the peer would.
-func (n *Node) MarkOutOfSync(off, length int64) { n.store.MarkOutOfSync(off, length) }
+func (n *Node) MarkOutOfSync(off, length int64) { n.store().MarkOutOfSync(off, length) }
 
 // OnStateSent makes f run in each negotiation between sending the local
 // state to the peer and deciding.

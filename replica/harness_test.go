@@ -54,6 +54,7 @@ type nodeOpts struct {
 	afterSB     replica.AfterSplitBrain
 	onIOError   replica.OnIOError
 	alExtents   int // bitmap.Options.ALExtents; 0 = the default
+	grow        bool // bitmap.Options.Grow: start on a disk grown since (urbd up --grow)
 }
 
 // tnode is one in-process node with its files.
@@ -201,7 +202,7 @@ func (x *tnode) start() {
 	x.metaFS.dead.Store(false)
 	disk := &testDisk{Backend: f, volatile: x.opts.volatile}
 	store, err := bitmap.Open(x.metaDir, bitmap.Options{
-		Size: f.Size(), BitmapBlock: hBlock, FS: &x.metaFS, ALExtents: x.opts.alExtents,
+		Size: f.Size(), BitmapBlock: hBlock, FS: &x.metaFS, ALExtents: x.opts.alExtents, Grow: x.opts.grow,
 		SyncData: func() error { return disk.Flush(context.Background()) },
 	})
 	if err != nil {
@@ -1003,4 +1004,17 @@ func (p *linkProxy) close() {
 	p.mu.Unlock()
 	p.ln.Close()
 	p.wg.Wait()
+}
+
+// StorageSize and Grow pass nbd.Grower through to the file, so the node
+// can grow online (Node.Resize).
+func (d *testDisk) StorageSize() (int64, error) { return d.Backend.(nbd.Grower).StorageSize() }
+func (d *testDisk) Grow(size int64) error       { return d.Backend.(nbd.Grower).Grow(size) }
+
+// growFile extends x's disk file to size bytes behind the engine (lvextend).
+func (x *tnode) growFile(size int64) {
+	x.t.Helper()
+	if err := os.Truncate(x.diskPath, size); err != nil {
+		x.t.Fatal(err)
+	}
 }

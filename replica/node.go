@@ -73,7 +73,7 @@ type Node struct {
 	log    *slog.Logger
 	clock  resync.Clock
 	disk   nbd.Backend
-	store  *bitmap.Store
+	meta   atomic.Pointer[bitmap.Store] // see store; Resize replaces it
 	rl     *rangeLock
 	rate   *resync.Limiter
 	nodeID uint64
@@ -88,6 +88,11 @@ type Node struct {
 	readErrEvent time.Time  // guarded by mu: when a read error last ran the local-io-error handler
 	fence        fenceState // guarded by mu: whether the peer was fenced since it was lost
 	resumed      bool       // guarded by mu: urbd resume-io released held writes until the peer is back
+	resizing     bool       // guarded by mu: Resize runs here, or the peer's commit is being applied
+	// growMu is held shared by every write from its BeginWrite until it
+	// is done locally (see writeOp), and by the activity-log sweep; Resize
+	// holds it alone while it replaces the store.
+	growMu sync.RWMutex
 	// suspendOnLoss is on-peer-loss suspend (Config.SuspendOnPeerLoss, then
 	// SetOnPeerLoss); written with mu held, read without it on the write path.
 	suspendOnLoss atomic.Bool
@@ -169,7 +174,6 @@ func New(cfg Config) (*Node, error) {
 		log:      cfg.Logger,
 		clock:    cfg.Clock,
 		disk:     cfg.Disk,
-		store:    cfg.Store,
 		rl:       newRangeLock(),
 		rate:     resync.NewLimiter(cfg.Clock, cfg.ResyncRate),
 		nodeID:   m.NodeID,
@@ -184,6 +188,7 @@ func New(cfg Config) (*Node, error) {
 		ahead:    newFlushAhead(),
 	}
 	n.uuids = uuidsFromMeta(m)
+	n.meta.Store(cfg.Store)
 	n.suspendOnLoss.Store(cfg.SuspendOnPeerLoss)
 	n.proto.Store(uint32(cfg.Protocol))
 	n.peerTimeout.Store(int64(cfg.Timeout))
@@ -261,7 +266,7 @@ func (n *Node) saveMetaLocked() error {
 // writeMetaLocked saves the metadata; clean marks a clean stop, after which
 // the role is restored on the next start. n.mu must be held.
 func (n *Node) writeMetaLocked(clean bool) error {
-	m := n.store.Meta()
+	m := n.store().Meta()
 	m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = n.uuids.Current, n.uuids.Bitmap, n.uuids.History
 	m.Disk = n.st.Disk.String()
 	if n.st.Disk == Diskless {
@@ -278,7 +283,7 @@ func (n *Node) writeMetaLocked(clean bool) error {
 	if clean {
 		m.Flags |= flagClean
 	}
-	if err := n.store.SaveMeta(m); err != nil {
+	if err := n.store().SaveMeta(m); err != nil {
 		return fmt.Errorf("replica: %s: saving metadata: %w", n.cfg.Name, err)
 	}
 	return nil
@@ -554,7 +559,7 @@ func (n *Node) Close() error {
 		err = n.disk.Flush(context.Background())
 		// No peer is left to flush, and syncData would wait for n.mu,
 		// held below: the store's last sync is this disk's alone.
-		n.store.SetSyncData(func() error { return n.disk.Flush(context.Background()) })
+		n.store().SetSyncData(func() error { return n.disk.Flush(context.Background()) })
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -562,7 +567,7 @@ func (n *Node) Close() error {
 	if serr := n.writeMetaLocked(err == nil); err == nil {
 		err = serr
 	}
-	if cerr := n.store.Close(); err == nil {
+	if cerr := n.store().Close(); err == nil {
 		err = cerr
 	}
 	return err

@@ -70,7 +70,7 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 		return fmt.Errorf("%w: %s", errPeerCannotServe, st.Conn)
 	case st.PeerDisk != UpToDate:
 		return fmt.Errorf("%w: its disk is %s", errPeerCannotServe, st.PeerDisk)
-	case !diskless && n.store.Bitmap().IsSet(off, length):
+	case !diskless && n.store().Bitmap().IsSet(off, length):
 		return fmt.Errorf("%w: the range is out of sync", errPeerCannotServe)
 	case length > protocol.MaxData:
 		return fmt.Errorf("%w: %d bytes is more than one Read carries", errPeerCannotServe, length)
@@ -91,7 +91,7 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 	}
 	// A write the peer failed while the Read was on its way is marked (its
 	// answer came first): the peer's data for it is not ours.
-	if n.store.Bitmap().IsSet(off, length) {
+	if n.store().Bitmap().IsSet(off, length) {
 		return fmt.Errorf("%w: the range went out of sync", errPeerCannotServe)
 	}
 	if werr := n.disk.WriteAt(ctx, p, off, false); werr != nil {

@@ -68,6 +68,10 @@ func (s *session) controlLoop() error {
 				break
 			}
 			s.doneOnce.Do(func() { close(s.syncDone) })
+		case *protocol.Resize:
+			if err := s.peerResize(m); err != nil {
+				return err
+			}
 		case *protocol.Refuse:
 			if m.Code == refuseGoodbye {
 				return &peerLost{cause: m.Reason}
@@ -82,7 +86,7 @@ func (s *session) controlLoop() error {
 
 // receiveBitmap merges a chunk of the peer's out-of-sync bitmap into ours.
 func (s *session) receiveBitmap(m *protocol.Bitmap) error {
-	bm := s.n.store.Bitmap()
+	bm := s.n.store().Bitmap()
 	if int64(m.TotalBits) != int64(bm.NumWords())*64 && m.TotalBits > uint64(bm.NumWords())*64 {
 		return fmt.Errorf("replica: peer bitmap has %d bits, ours %d words", m.TotalBits, bm.NumWords())
 	}
@@ -106,7 +110,7 @@ func (s *session) receiveBitmap(m *protocol.Bitmap) error {
 
 // sendBitmap sends our whole out-of-sync bitmap in chunks.
 func (s *session) sendBitmap() error {
-	bm := s.n.store.Bitmap()
+	bm := s.n.store().Bitmap()
 	total := bm.NumWords()
 	for first := 0; ; first += protocol.MaxBitmapWords {
 		cnt := min(protocol.MaxBitmapWords, total-first)
@@ -359,7 +363,7 @@ func (s *session) answerRead(rd *protocol.Read) error {
 	switch {
 	case off < 0 || length <= 0 || off+length > n.disk.Size():
 		reply.Err = protocol.CodeInvalid
-	case st.Role == Primary || st.Disk != UpToDate || n.store.Bitmap().IsSet(off, length):
+	case st.Role == Primary || st.Disk != UpToDate || n.store().Bitmap().IsSet(off, length):
 	default:
 		buf := bufpool.Get(int(length))
 		defer bufpool.Put(buf)
@@ -434,7 +438,7 @@ func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
 	}
 	if err != nil {
 		s.forgetCopies(off, length)
-		n.store.MarkOutOfSync(off, length)
+		n.store().MarkOutOfSync(off, length)
 		s.diskFailed("writing a replicated write", err, false)
 	}
 	return errCode(err)
@@ -476,7 +480,7 @@ func (s *session) diskFailed(what string, err error, standAlone bool) {
 	if serr != nil {
 		n.log.Error("saving metadata after a disk error failed", "err", serr)
 	}
-	if perr := n.store.PersistBitmap(); perr != nil {
+	if perr := n.store().PersistBitmap(); perr != nil {
 		n.log.Error("persisting the bitmap after a disk error failed", "err", perr)
 	}
 	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
@@ -626,7 +630,7 @@ func (s *session) keepalive() error {
 				lastCkpt = now
 				switch s.n.State().Conn {
 				case SyncSource:
-					if err := s.n.store.PersistBitmap(); err != nil {
+					if err := s.n.store().PersistBitmap(); err != nil {
 						s.n.log.Error("bitmap checkpoint failed", "err", err)
 					}
 				case SyncTarget:

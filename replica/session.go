@@ -67,6 +67,8 @@ type session struct {
 
 	applyQ chan applyItem // secondary: replicated writes in stream order
 
+	resized chan protocol.Resize // the peer's answers to this node's Resize (Node.Resize)
+
 	wg       sync.WaitGroup // the session's goroutines
 	finished chan struct{}  // closed after cleanup, when every goroutine returned
 }
@@ -105,8 +107,9 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		ready:      make(chan struct{}),
 		syncDone:   make(chan struct{}),
 		finished:   make(chan struct{}),
-		tlog:       newTransferLog(n.store.ExtentSize()),
+		tlog:       newTransferLog(n.store().ExtentSize()),
 		applyQ:     make(chan applyItem, applyQueue),
+		resized:    make(chan protocol.Resize, 1),
 	}
 	s.touch()
 	return s
@@ -309,10 +312,10 @@ func (s *session) complete(seq uint64, ok bool) {
 	s.mu.Unlock()
 	if len(lost) > 0 {
 		for _, e := range lost {
-			s.n.store.MarkOutOfSync(e.off, e.length)
+			s.n.store().MarkOutOfSync(e.off, e.length)
 		}
 		s.n.log.Error("the peer failed a flush: its unflushed writes are marked out of sync", "ranges", len(lost))
-		if err := s.n.store.PersistBitmap(); err != nil {
+		if err := s.n.store().PersistBitmap(); err != nil {
 			s.n.log.Error("persisting the bitmap after a failed peer flush failed", "err", err)
 		}
 	}
@@ -342,9 +345,9 @@ func (s *session) flushPeer() {
 func (s *session) finish(r *request, ok bool) {
 	if r.isWrite() {
 		if !ok {
-			s.n.store.MarkOutOfSync(r.off, r.length)
+			s.n.store().MarkOutOfSync(r.off, r.length)
 		}
-		s.n.store.EndWrite(r.off, r.length)
+		s.n.store().EndWrite(r.off, r.length)
 		s.n.stats.peerPending.Add(-1)
 	}
 	r.ok = ok
@@ -388,15 +391,15 @@ func (s *session) close(err error) {
 		err = &peerLost{cause: protocol.LossReason(s.ps.Err())}
 	}
 	for _, e := range tl {
-		s.n.store.MarkOutOfSync(e.off, e.length)
+		s.n.store().MarkOutOfSync(e.off, e.length)
 	}
 	for _, r := range pend {
 		if r.isWrite() {
-			s.n.store.MarkOutOfSync(r.off, r.length)
+			s.n.store().MarkOutOfSync(r.off, r.length)
 		}
 	}
 	if len(tl) > 0 || len(pend) > 0 {
-		if perr := s.n.store.PersistBitmap(); perr != nil {
+		if perr := s.n.store().PersistBitmap(); perr != nil {
 			s.n.log.Error("persisting the bitmap after peer loss failed", "err", perr)
 		}
 	}

@@ -6,7 +6,7 @@ import (
 
 // Status returns the facts behind the status file and `urbd status --json`.
 func (n *Node) Status() status.Resource {
-	al, bm := n.store.Counters()
+	al, bm := n.store().Counters()
 	n.mu.Lock()
 	st := n.st
 	prog := n.progress
@@ -51,7 +51,7 @@ func (n *Node) Status() status.Resource {
 		PeerPending:  uint64(max(0, n.stats.peerPending.Load())),
 		Unacked:      uint64(max(0, unacked)),
 		AppPending:   uint64(max(0, n.stats.appPending.Load())),
-		OutOfSyncKiB: uint64(n.store.Bitmap().DirtyBytes()) >> 10,
+		OutOfSyncKiB: uint64(n.store().Bitmap().DirtyBytes()) >> 10,
 		NBDClients:   n.clients(),
 		SizeKiB:      uint64(n.disk.Size()) >> 10,
 	}

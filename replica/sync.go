@@ -26,7 +26,7 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, syncChunk); return
 // then completes the resync on both sides. Application writes go on; a copy
 // holds the range lock from its read to the target's answer (ordering rule 5).
 func (n *Node) runSyncSource(s *session) error {
-	bm := n.store.Bitmap()
+	bm := n.store().Bitmap()
 	prog := n.startProgress(bm.DirtyBytes())
 	if err := s.ps.Control().Send(&protocol.SyncStart{Direction: protocol.SyncSource, BitmapBlock: uint32(bm.BlockSize()), TotalBits: uint64(bm.NumWords()) * 64}); err != nil {
 		return err
@@ -211,7 +211,7 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 		}
 		return s.copied(off, length)
 	}
-	bs := n.store.Bitmap().BlockSize()
+	bs := n.store().Bitmap().BlockSize()
 	theirs, err := s.peerSums(off, length, bs)
 	if err != nil {
 		return err
@@ -253,7 +253,7 @@ func (s *session) copied(off, length int64) error {
 	// A flush numbered after every request sent so far is sent after the
 	// target's answer arrived, so the target's fdatasync covers the copy.
 	s.tlog.add(s.seq+1, off, length)
-	s.n.store.MarkInSync(off, length)
+	s.n.store().MarkInSync(off, length)
 	return nil
 }
 
@@ -330,7 +330,7 @@ func (n *Node) startProgress(total int64) *resync.Progress {
 
 // waitSyncTarget waits for the source's SyncDone and makes this disk UpToDate.
 func (n *Node) waitSyncTarget(s *session) error {
-	bm := n.store.Bitmap()
+	bm := n.store().Bitmap()
 	n.startProgress(bm.DirtyBytes())
 	select {
 	case <-s.syncDone:
@@ -402,7 +402,7 @@ func (s *session) flushLocal() error {
 	defer s.mu.Unlock()
 	i := 0
 	for ; i < len(s.copies) && s.copies[i].seq < upto; i++ {
-		s.n.store.MarkInSync(s.copies[i].off, s.copies[i].length)
+		s.n.store().MarkInSync(s.copies[i].off, s.copies[i].length)
 	}
 	s.copies = s.copies[i:]
 	return nil
@@ -424,7 +424,7 @@ func (s *session) checkpointTarget() {
 			s.diskFailed("flushing for a resync checkpoint", err, true)
 			return
 		}
-		if err := s.n.store.PersistBitmap(); err != nil {
+		if err := s.n.store().PersistBitmap(); err != nil {
 			s.n.log.Error("bitmap checkpoint failed", "err", err)
 		}
 	}()
@@ -445,7 +445,7 @@ func (n *Node) completeSync(s *session, role ConnState, uuids func(UUIDs) UUIDs,
 	if err != nil {
 		return err
 	}
-	if err := n.store.PersistBitmap(); err != nil {
+	if err := n.store().PersistBitmap(); err != nil {
 		return err
 	}
 	if role == SyncSource {
@@ -478,7 +478,7 @@ func (n *Node) Invalidate() error {
 		n.mu.Unlock()
 		return fmt.Errorf("%s: %w: invalidate needs a connected peer with an UpToDate disk", n.cfg.Name, ErrNotConnected)
 	}
-	n.store.Bitmap().SetAll()
+	n.store().Bitmap().SetAll()
 	n.setStateLocked("invalidated by operator: full resync from the peer", func(st *State) { st.Disk = Inconsistent })
 	err := n.saveMetaLocked()
 	s := n.sess
@@ -486,7 +486,7 @@ func (n *Node) Invalidate() error {
 	if err != nil {
 		return err
 	}
-	if err := n.store.PersistBitmap(); err != nil {
+	if err := n.store().PersistBitmap(); err != nil {
 		return err
 	}
 	if s != nil {
@@ -522,10 +522,10 @@ func (n *Node) InvalidateRemote() error {
 		n.mu.Unlock()
 		return err
 	}
-	n.store.Bitmap().SetAll()
+	n.store().Bitmap().SetAll()
 	n.syncWhy = "peer invalidated by operator: full resync to the peer"
 	n.mu.Unlock()
-	if err := n.store.PersistBitmap(); err != nil {
+	if err := n.store().PersistBitmap(); err != nil {
 		return err
 	}
 	n.log.Info("peer invalidated by operator: full resync to the peer")
@@ -557,7 +557,7 @@ func (n *Node) Verify() error {
 		// The peer shows VerifyT meanwhile; it answers the checksum
 		// requests whatever it shows.
 		ctl := s.ps.Control()
-		ctl.Send(&protocol.SyncStart{Direction: protocol.VerifySource, BitmapBlock: uint32(n.store.Bitmap().BlockSize())})
+		ctl.Send(&protocol.SyncStart{Direction: protocol.VerifySource, BitmapBlock: uint32(n.store().Bitmap().BlockSize())})
 		diff, err := n.runVerify(s, prog)
 		ctl.Send(&protocol.SyncDone{Flags: protocol.SyncVerify})
 		n.mu.Lock()
@@ -610,7 +610,7 @@ func (n *Node) verifyAnswered(length int64) {
 }
 
 func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
-	bs := n.store.Bitmap().BlockSize()
+	bs := n.store().Bitmap().BlockSize()
 	size := n.disk.Size()
 	chunk := min(int64(syncChunk), bs*protocol.MaxSums)
 	var diff int64
@@ -641,7 +641,7 @@ func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
 		for i := range local {
 			if local[i] != reply.Sums[i] {
 				diff++
-				n.store.MarkOutOfSync(off+int64(i)*bs, min(bs, size-off-int64(i)*bs))
+				n.store().MarkOutOfSync(off+int64(i)*bs, min(bs, size-off-int64(i)*bs))
 			}
 		}
 		prog.Done(length)
@@ -652,7 +652,7 @@ func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
 		n.mu.Unlock()
 	}
 	if diff > 0 {
-		if err := n.store.PersistBitmap(); err != nil {
+		if err := n.store().PersistBitmap(); err != nil {
 			return diff, err
 		}
 	}

@@ -101,12 +101,17 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	if err := n.waitNotSuspended(ctx); err != nil {
 		return err
 	}
-	if err := n.store.BeginWrite(off, length); err != nil {
+	// From BeginWrite until the write is done here (not while it waits
+	// for the peer): Resize holds growMu alone to replace the store.
+	n.growMu.RLock()
+	if err := n.store().BeginWrite(off, length); err != nil {
+		n.growMu.RUnlock()
 		return fmt.Errorf("replica: %s: activity log: %w", n.cfg.Name, err)
 	}
 	unlock, err := n.rl.lock(ctx, off, length)
 	if err != nil {
-		n.store.EndWrite(off, length)
+		n.store().EndWrite(off, length)
+		n.growMu.RUnlock()
 		return err
 	}
 	n.rate.NoteAppIO(length)
@@ -115,6 +120,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	req := n.replicate(off, length, data, sum, flags, proto)
 	if n.isDiskless() {
 		unlock()
+		n.growMu.RUnlock()
 		return n.writeDiskless(ctx, kind, off, length, req, start)
 	}
 	fua := flags&protocol.FlagFUA != 0
@@ -154,8 +160,9 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 
 	if req == nil {
 		// Not replicating: the write exists here only.
-		n.store.MarkOutOfSync(off, length)
-		n.store.EndWrite(off, length)
+		n.store().MarkOutOfSync(off, length)
+		n.store().EndWrite(off, length)
+		n.growMu.RUnlock()
 		if lerr == nil && n.suspendOnLoss.Load() {
 			return n.waitInSync(ctx, off, length)
 		}
@@ -166,15 +173,17 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	}
 	if lerr != nil {
 		// The peer may have the data and we do not: the blocks differ.
-		n.store.MarkOutOfSync(off, length)
+		n.store().MarkOutOfSync(off, length)
 		if n.detach(errorVerb(kind), off, length, lerr) {
 			// The disk is out of service; the peer's copy answers.
+			n.growMu.RUnlock()
 			if n.writeDiskless(ctx, kind, off, length, req, start) != nil {
 				return lerr
 			}
 			return nil
 		}
 	}
+	n.growMu.RUnlock()
 	peerOK := req.wait(ctx, proto)
 	n.observe(kind, true, int(length), start)
 	if !peerOK && lerr == nil && n.suspendOnLoss.Load() {
@@ -339,7 +348,7 @@ func (n *Node) waitInSync(ctx context.Context, off, length int64) error {
 		if resumed || !n.suspendOnLoss.Load() {
 			return nil
 		}
-		if !n.store.Bitmap().IsSet(off, length) {
+		if !n.store().Bitmap().IsSet(off, length) {
 			n.mu.Lock()
 			ok := n.st.Conn.Connected()
 			n.mu.Unlock()
