@@ -53,7 +53,7 @@ type nodeOpts struct {
 	fence       *fenceHandler // Config.FencePeer; nil = none configured
 	afterSB     replica.AfterSplitBrain
 	onIOError   replica.OnIOError
-	alExtents   int // bitmap.Options.ALExtents; 0 = the default
+	alExtents   int  // bitmap.Options.ALExtents; 0 = the default
 	grow        bool // bitmap.Options.Grow: start on a disk grown since (urbd up --grow)
 }
 
