@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,11 +29,15 @@ import (
 //     socket are resent after the per-request timeout.
 //  4. The supervisor sees the hang-up (or the event), asks the kernel
 //     whether the device is still configured (a detach ends supervision),
-//     dials the addresses in order, negotiates, checks the size did not
-//     change, and hands the new sockets over with NBD_CMD_RECONFIGURE, which
+//     dials the addresses in order, negotiates, checks the export did not
+//     shrink, and hands the new sockets over with NBD_CMD_RECONFIGURE, which
 //     replaces dead connections only. Only then does it close its copies
-//     of the dead sockets.
-//  5. On shutdown it sends NBD_CMD_DISCONNECT: the kernel sends NBD_CMD_DISC
+//     of the dead sockets. If the export grew meanwhile it grows the device.
+//  5. Refresh (urbd attach runs it on SIGHUP) dials one probe connection,
+//     reads the export's size from the negotiation, closes it, and grows
+//     the device with an NBD_CMD_RECONFIGURE that only sets the size. A
+//     live device is never shrunk.
+//  6. On shutdown it sends NBD_CMD_DISCONNECT: the kernel sends NBD_CMD_DISC
 //     to the server and tears the device's configuration down.
 
 // Kernel is the part of the kernel's nbd driver the attach supervisor
@@ -42,6 +47,8 @@ type Kernel interface {
 	Reconfigure(index int, fds []int, timeout, deadConnTimeout time.Duration) error
 	Disconnect(index int) error
 	Connected(index int) (bool, error)
+	// Resize sets a connected device's size in bytes.
+	Resize(index int, size uint64) error
 }
 
 // AttachConfig describes one kernel attachment.
@@ -80,11 +87,15 @@ type AttachConfig struct {
 	Logger         *slog.Logger
 }
 
-// Attachment is a device connected by Attach. Its methods are called by the
-// one goroutine that owns it.
+// Attachment is a device connected by Attach. Supervise is called by the
+// one goroutine that owns it; Info and Refresh may be called from any
+// goroutine, also while Supervise runs.
 type Attachment struct {
-	cfg   AttachConfig
-	log   *slog.Logger
+	cfg AttachConfig
+	log *slog.Logger
+	// mu guards info, whose Size is the device's size: Refresh and the
+	// reconnect path both grow it.
+	mu    sync.Mutex
 	info  ExportInfo
 	socks []*os.File // our copies of the sockets the kernel holds
 	// deadEvents counts LINK_DEAD events for this device not yet matched
@@ -92,8 +103,70 @@ type Attachment struct {
 	deadEvents int
 }
 
-// Info is the export as negotiated on the first connection.
-func (a *Attachment) Info() ExportInfo { return a.info }
+// Info is the export as negotiated on the first connection, with Size the
+// device's current size (larger than at first once the device was grown).
+func (a *Attachment) Info() ExportInfo {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.info
+}
+
+// device is the path of the attached device, for messages.
+func (a *Attachment) device() string { return fmt.Sprintf("/dev/nbd%d", a.cfg.Index) }
+
+// grow sets the device's size to size bytes when that is larger than its
+// size now, and returns the size it had before. A smaller size is an error
+// and the device keeps its size: a live device is never shrunk. Checking
+// and resizing happen under a.mu, so concurrent callers only ever grow it.
+func (a *Attachment) grow(size int64) (old int64, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	old = a.info.Size
+	if size < old {
+		return old, fmt.Errorf("nbd: export shrank from %d to %d bytes: %s keeps its size", old, size, a.device())
+	}
+	if size == old {
+		return old, nil
+	}
+	if err := a.cfg.Kernel.Resize(a.cfg.Index, uint64(size)); err != nil {
+		return old, err
+	}
+	a.info.Size = size
+	return old, nil
+}
+
+// Refresh reads the export's current size over one probe connection (the
+// addresses tried in order, as on a reconnect) and grows the device to it.
+// The probe is closed after negotiation and never reaches the kernel. It
+// returns the device's size before and after: equal when the export did
+// not grow. An export smaller than the device is an error and the device
+// keeps its size. On any error both sizes are 0. Refresh may run
+// concurrently with Supervise.
+func (a *Attachment) Refresh(ctx context.Context) (from, to int64, err error) {
+	probe, info, _, err := a.cfg.dialOne(ctx, a.log)
+	if err != nil {
+		return 0, 0, fmt.Errorf("nbd: reading the export's size: %w", err)
+	}
+	probe.Close()
+	from, err = a.grow(info.Size)
+	if err != nil {
+		return 0, 0, err
+	}
+	return from, info.Size, nil
+}
+
+// growOnReconnect grows the device to size, the size of the export it just
+// reconnected to, and logs it. A failure is only logged: the device goes on
+// working at its old size, and Refresh can try again.
+func (a *Attachment) growOnReconnect(size int64) {
+	old, err := a.grow(size)
+	switch {
+	case err != nil:
+		a.log.Warn("cannot grow the device to the export's size", "device", a.device(), "size", size, "err", err)
+	case size > old:
+		a.log.Info("grew the device to the export's new size", "device", a.device(), "from", old, "to", size)
+	}
+}
 
 // blockSize picks the device's logical block size: the server's minimum if
 // larger than 512, else 512, capped at 4096 (the kernel's page size).
@@ -343,9 +416,9 @@ func (a *Attachment) reconnect(ctx context.Context, dead []int) error {
 			return ErrDetached
 		}
 		socks, info, err := a.cfg.dialN(ctx, a.log, len(dead))
-		if err == nil && (info.Size != a.info.Size) {
+		if old := a.Info().Size; err == nil && info.Size < old {
 			closeAll(socks)
-			err = fmt.Errorf("nbd: export size changed from %d to %d bytes: not reconnecting", a.info.Size, info.Size)
+			err = fmt.Errorf("nbd: export shrank from %d to %d bytes: not reconnecting", old, info.Size)
 		}
 		if err == nil {
 			a.awaitDeadEvents(ctx, len(dead))
@@ -361,6 +434,7 @@ func (a *Attachment) reconnect(ctx context.Context, dead []int) error {
 				a.socks[d] = socks[i]
 			}
 			a.log.Info("reconnected", "device", fmt.Sprintf("/dev/nbd%d", a.cfg.Index), "after", time.Since(start).Round(time.Millisecond))
+			a.growOnReconnect(info.Size)
 			return nil
 		}
 		if attempt%25 == 0 {

@@ -18,14 +18,15 @@ import (
 type fakeKernel struct {
 	mu          sync.Mutex
 	connects    []ConnectParams
-	reconfigs   chan []int // fds of each Reconfigure
+	reconfigs   chan []int  // fds of each Reconfigure
+	resizes     chan uint64 // size of each Resize
 	disconnects int
 	connected   bool
 	connectErr  error
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{reconfigs: make(chan []int, 8), connected: true}
+	return &fakeKernel{reconfigs: make(chan []int, 8), resizes: make(chan uint64, 8), connected: true}
 }
 
 func (k *fakeKernel) Connect(p ConnectParams) error {
@@ -40,6 +41,11 @@ func (k *fakeKernel) Connect(p ConnectParams) error {
 
 func (k *fakeKernel) Reconfigure(index int, fds []int, timeout, dead time.Duration) error {
 	k.reconfigs <- fds
+	return nil
+}
+
+func (k *fakeKernel) Resize(index int, size uint64) error {
+	k.resizes <- size
 	return nil
 }
 
@@ -66,13 +72,16 @@ func (k *fakeKernel) setConnected(v bool) {
 // fakeExportServer accepts on a unix socket, negotiates one export with
 // NBD_OPT_GO (or refuses with refuse as the message) and then holds each
 // connection open until closeAll. Every accepted, negotiated connection is
-// announced on conns.
+// announced on conns. setSize changes the size later connections are told.
 type fakeExportServer struct {
 	addr  string
 	ln    net.Listener
 	conns chan net.Conn
 	wg    sync.WaitGroup
+	size  atomic.Uint64
 }
+
+func (s *fakeExportServer) setSize(size uint64) { s.size.Store(size) }
 
 func startFakeExport(t *testing.T, name string, size uint64, flags uint16, refuse string) *fakeExportServer {
 	t.Helper()
@@ -82,6 +91,7 @@ func startFakeExport(t *testing.T, name string, size uint64, flags uint16, refus
 		t.Fatal(err)
 	}
 	s := &fakeExportServer{addr: "unix:" + path, ln: ln, conns: make(chan net.Conn, 16)}
+	s.setSize(size)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -99,9 +109,15 @@ func startFakeExport(t *testing.T, name string, size uint64, flags uint16, refus
 				c.Close()
 				continue
 			}
-			ss.reply(OptGo, RepInfo, infoExport(size, flags))
+			ss.reply(OptGo, RepInfo, infoExport(s.size.Load(), flags))
 			ss.reply(OptGo, RepAck, nil)
-			s.conns <- c
+			select {
+			case s.conns <- c:
+			default:
+				// Nobody reads this many (a failing test's redial loop):
+				// drop it so that stop does not block.
+				c.Close()
+			}
 		}
 	}()
 	t.Cleanup(s.stop)
@@ -336,4 +352,184 @@ func TestSuperviseWaitsForKernelToMarkEveryConnectionDead(t *testing.T) {
 		t.Fatalf("reconfigured after %d of 2 dead-connection events", got)
 	}
 	stop()
+}
+
+// attachForTest attaches with cfg; the test owns the sockets unless it runs
+// Supervise, which closes them.
+func attachForTest(t *testing.T, cfg AttachConfig) *Attachment {
+	t.Helper()
+	att, err := Attach(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return att
+}
+
+// runSupervise runs Supervise in a goroutine; stop cancels it and checks
+// it returned nil. After stop, Supervise has finished everything it did.
+func runSupervise(t *testing.T, att *Attachment) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // a failed test must not leave it redialing
+	done := make(chan error, 1)
+	go func() { done <- att.Supervise(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Supervise: %v", err)
+		}
+	}
+}
+
+// noResize fails the test if the kernel was asked to resize.
+func noResize(t *testing.T, k *fakeKernel) {
+	t.Helper()
+	select {
+	case size := <-k.resizes:
+		t.Errorf("device resized to %d bytes", size)
+	default:
+	}
+}
+
+// recv returns the next value from ch, failing the test after 5s.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no %s within 5s", what)
+		var zero T
+		return zero
+	}
+}
+
+// TestRefreshGrowsDevice: the export grew; Refresh resizes the device to
+// the new size through a probe connection that it closes and never hands
+// to the kernel.
+func TestRefreshGrowsDevice(t *testing.T) {
+	srv := startFakeExport(t, "a", 1<<20, FlagHasFlags, "")
+	k := newFakeKernel()
+	att := attachForTest(t, testAttachConfig(k, srv.addr))
+	defer closeAll(att.socks)
+	<-srv.conns // the kernel's connection
+
+	srv.setSize(3 << 20)
+	from, to, err := att.Refresh(context.Background())
+	if err != nil || from != 1<<20 || to != 3<<20 {
+		t.Fatalf("Refresh = %d, %d, %v; want %d, %d, nil", from, to, err, 1<<20, 3<<20)
+	}
+	select {
+	case size := <-k.resizes:
+		if size != 3<<20 {
+			t.Errorf("resized to %d bytes, want %d", size, 3<<20)
+		}
+	default:
+		t.Fatal("Refresh did not resize the device")
+	}
+	if got := att.Info().Size; got != 3<<20 {
+		t.Errorf("Info().Size = %d after growing, want %d", got, 3<<20)
+	}
+
+	probe := <-srv.conns
+	probe.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := probe.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("probe connection read: %v, want EOF (closed by Refresh)", err)
+	}
+	if len(k.connects) != 1 || len(k.reconfigs) != 0 {
+		t.Errorf("probe reached the kernel: %d connects, %d reconfigures", len(k.connects), len(k.reconfigs))
+	}
+}
+
+func TestRefreshSameSizeLeavesDevice(t *testing.T) {
+	srv := startFakeExport(t, "a", 1<<20, FlagHasFlags, "")
+	k := newFakeKernel()
+	att := attachForTest(t, testAttachConfig(k, srv.addr))
+	defer closeAll(att.socks)
+
+	from, to, err := att.Refresh(context.Background())
+	if err != nil || from != 1<<20 || to != 1<<20 {
+		t.Fatalf("Refresh = %d, %d, %v; want %d, %d, nil", from, to, err, 1<<20, 1<<20)
+	}
+	noResize(t, k)
+}
+
+// TestRefreshNeverShrinks: a smaller export is an error and the device
+// keeps its size.
+func TestRefreshNeverShrinks(t *testing.T) {
+	srv := startFakeExport(t, "a", 1<<20, FlagHasFlags, "")
+	k := newFakeKernel()
+	att := attachForTest(t, testAttachConfig(k, srv.addr))
+	defer closeAll(att.socks)
+
+	srv.setSize(512 << 10)
+	from, to, err := att.Refresh(context.Background())
+	const want = "nbd: export shrank from 1048576 to 524288 bytes: /dev/nbd2 keeps its size"
+	if err == nil || err.Error() != want || from != 0 || to != 0 {
+		t.Fatalf("Refresh = %d, %d, %v; want 0, 0, %q", from, to, err, want)
+	}
+	noResize(t, k)
+	if got := att.Info().Size; got != 1<<20 {
+		t.Errorf("Info().Size = %d, want %d", got, 1<<20)
+	}
+}
+
+func TestRefreshWithoutServerFails(t *testing.T) {
+	srv := startFakeExport(t, "a", 1<<20, FlagHasFlags, "")
+	k := newFakeKernel()
+	att := attachForTest(t, testAttachConfig(k, srv.addr))
+	defer closeAll(att.socks)
+
+	srv.stop()
+	if _, _, err := att.Refresh(context.Background()); err == nil || !strings.Contains(err.Error(), "reading the export's size") {
+		t.Fatalf("Refresh without a server = %v", err)
+	}
+	noResize(t, k)
+}
+
+// TestSuperviseGrowsDeviceOnReconnect: the server went away and came back
+// with a larger export; the supervisor reconnects and grows the device.
+func TestSuperviseGrowsDeviceOnReconnect(t *testing.T) {
+	srv := startFakeExport(t, "a", 1<<20, FlagHasFlags, "")
+	k := newFakeKernel()
+	att := attachForTest(t, testAttachConfig(k, srv.addr))
+	stop := runSupervise(t, att)
+
+	c := <-srv.conns
+	srv.setSize(4 << 20)
+	c.Close()
+	recv(t, k.reconfigs, "reconfigure")
+	if size := recv(t, k.resizes, "resize"); size != 4<<20 {
+		t.Errorf("resized to %d bytes, want %d", size, 4<<20)
+	}
+	stop()
+	if got := att.Info().Size; got != 4<<20 {
+		t.Errorf("Info().Size = %d, want %d", got, 4<<20)
+	}
+}
+
+// TestRefreshDuringSuperviseThenReconnect: Refresh grows the device while
+// Supervise runs (the race detector checks the shared size); a later
+// reconnect to the same export sees the new size and resizes nothing.
+func TestRefreshDuringSuperviseThenReconnect(t *testing.T) {
+	srv := startFakeExport(t, "a", 1<<20, FlagHasFlags, "")
+	k := newFakeKernel()
+	att := attachForTest(t, testAttachConfig(k, srv.addr))
+	stop := runSupervise(t, att)
+	c := <-srv.conns
+
+	srv.setSize(2 << 20)
+	if _, to, err := att.Refresh(context.Background()); err != nil || to != 2<<20 {
+		t.Fatalf("Refresh = %d, %v", to, err)
+	}
+	if size := recv(t, k.resizes, "resize"); size != 2<<20 {
+		t.Fatalf("resized to %d bytes, want %d", size, 2<<20)
+	}
+	recv(t, srv.conns, "probe connection")
+
+	c.Close()
+	recv(t, k.reconfigs, "reconfigure")
+	stop() // Supervise finished the reconnect, growing included
+	noResize(t, k)
 }

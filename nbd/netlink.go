@@ -207,6 +207,26 @@ func (n *Netlink) Reconfigure(index int, fds []int, timeout, deadConnTimeout tim
 	return nil
 }
 
+// resizeAttrs returns the attributes of an NBD_CMD_RECONFIGURE that only
+// sets the device's size.
+func resizeAttrs(index int, size uint64) []*nl.RtAttr {
+	return []*nl.RtAttr{
+		nl.NewRtAttr(nlAttrIndex, nl.Uint32Attr(uint32(index))),
+		nl.NewRtAttr(nlAttrSizeBytes, nl.Uint64Attr(size)),
+	}
+}
+
+// Resize sets the size of a connected device to size bytes with
+// NBD_CMD_RECONFIGURE (Linux >= 5.3; a live device's capacity changes
+// since 5.11). It hands no sockets over and leaves the timeouts as they
+// are. The caller checks that the export is at least that large.
+func (n *Netlink) Resize(index int, size uint64) error {
+	if _, err := n.execute(nlCmdReconfigure, resizeAttrs(index, size)); err != nil {
+		return fmt.Errorf("nbd: resizing /dev/nbd%d to %d bytes: %w", index, size, err)
+	}
+	return nil
+}
+
 // Disconnect sends NBD_CMD_DISCONNECT for the device: the kernel sends
 // NBD_CMD_DISC to the server and shuts the sockets down.
 func (n *Netlink) Disconnect(index int) error {

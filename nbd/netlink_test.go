@@ -99,6 +99,21 @@ func TestConnectAttrsEncoding(t *testing.T) {
 	}
 }
 
+// TestResizeAttrsEncoding: a resize is NBD_ATTR_INDEX and
+// NBD_ATTR_SIZE_BYTES only, so the kernel changes nothing else.
+func TestResizeAttrsEncoding(t *testing.T) {
+	attrs, err := parseAttrs(serialize(resizeAttrs(5, 3<<30)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(attrs) != 2 || attrs[0].typ != nlAttrIndex || attrs[1].typ != nlAttrSizeBytes {
+		t.Fatalf("attributes %+v, want index and size", attrs)
+	}
+	if u32(attrs[0].val) != 5 || len(attrs[1].val) != 8 || u64(attrs[1].val) != 3<<30 {
+		t.Errorf("index %x size %x, want 5 and %d", attrs[0].val, attrs[1].val, uint64(3<<30))
+	}
+}
+
 // statusReply builds an NBD_CMD_STATUS reply body.
 func statusReply(devs ...DeviceStatus) []byte {
 	list := nl.NewRtAttr(nlAttrDeviceList|unix.NLA_F_NESTED, nil)

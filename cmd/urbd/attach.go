@@ -33,7 +33,9 @@ var attachCommand = &cli.Command{
 		"hands new sockets to the kernel, so I/O waits instead of failing while the outage is shorter than " +
 		"--timeout. SIGTERM/SIGINT disconnect the device and exit 0; so does urbd detach. If attach is killed " +
 		"with SIGKILL the device stays configured without a supervisor: run urbd detach. Under systemd use " +
-		"Type=notify: attach reports READY=1 once the device is live.",
+		"Type=notify: attach reports READY=1 once the device is live. SIGHUP makes it re-read the export's " +
+		"size and grow the device to it (urbd resize sends it after growing a resource); the device never " +
+		"shrinks, and SIGHUP does not stop attach.",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "device", Usage: "nbd device, e.g. /dev/nbd0", Required: true},
 		&cli.StringSliceFlag{Name: "nbd", Usage: "export address unix:SOCK or tcp:HOST:PORT; repeat for failover", Required: true},
@@ -81,6 +83,10 @@ func runAttach(c *cli.Context) error {
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// Caught from the start: SIGHUP's default action would kill attach.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	events := make(chan int, 1)
 	if w, err := kern.WatchLinkDead(); err != nil {
@@ -112,6 +118,13 @@ func runAttach(c *cli.Context) error {
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("cannot notify systemd", "err", err)
 	}
+	hctx, hcancel := context.WithCancel(ctx)
+	hdone := make(chan struct{})
+	go func() {
+		defer close(hdone)
+		refreshOnHangup(hctx, att, hup, log, c.String("device"))
+	}()
+	defer func() { hcancel(); <-hdone }()
 	pidFile := attachPIDFile(runDir(c), index)
 	if err := writePIDFile(pidFile); err != nil {
 		log.Warn("urbd detach will not find this process", "err", err)
@@ -140,6 +153,58 @@ func forwardLinkDead(w *nbd.LinkDeadWatcher, events chan<- int) {
 		default:
 		}
 	}
+}
+
+// refresher is the part of *nbd.Attachment that refreshOnHangup uses.
+type refresher interface {
+	Refresh(ctx context.Context) (from, to int64, err error)
+}
+
+// refreshOnHangup grows the device to the export's size each time a signal
+// arrives on hup, logging one line per signal, until ctx is done.
+func refreshOnHangup(ctx context.Context, att refresher, hup <-chan os.Signal, log *slog.Logger, device string) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		from, to, err := att.Refresh(ctx)
+		switch {
+		case err != nil:
+			log.Warn(fmt.Sprintf("cannot grow %s", device), "err", err)
+		case to > from:
+			log.Info(fmt.Sprintf("grew %s from %d to %d bytes", device, from, to))
+		default:
+			log.Info(fmt.Sprintf("%s already has the export's size, %d bytes", device, to))
+		}
+	}
+}
+
+// signalAttaches sends SIGHUP to every running urbd attach recorded in
+// runDir (RUN/attach/nbdN.pid), so that each grows its device to its
+// export's size, and returns how many it signalled. Pid files of processes
+// that are gone or are not urbd are skipped, as are signals that fail.
+func signalAttaches(runDir string) int {
+	paths, err := filepath.Glob(filepath.Join(filepath.Dir(attachPIDFile(runDir, 0)), "nbd*.pid"))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, p := range paths {
+		index, err := nbd.DeviceIndex(strings.TrimSuffix(filepath.Base(p), ".pid"))
+		if err != nil {
+			continue
+		}
+		pid := readAttachPID(attachPIDFile(runDir, index))
+		if pid == 0 {
+			continue
+		}
+		if err := unix.Kill(pid, unix.SIGHUP); err == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // sdNotify sends a state line to systemd's notification socket when the
