@@ -24,6 +24,7 @@ import (
 	"github.com/urbd/urbd/bitmap"
 	"github.com/urbd/urbd/handlers"
 	"github.com/urbd/urbd/internal/threads"
+	"github.com/urbd/urbd/internal/units"
 	"github.com/urbd/urbd/metrics"
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/protocol"
@@ -409,6 +410,11 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 	case "invalidate-remote":
 		err = node.InvalidateRemote()
 		msg = "peer invalidated: full resync to the peer"
+	case "resize":
+		var r replica.Resized
+		r, err = node.Resize(ctx)
+		msg = fmt.Sprintf("grown from %s to %s on both nodes; they reconnect, and the resync copies the new %s",
+			units.FormatSize(r.From), units.FormatSize(r.To), units.FormatSize(r.To-r.From))
 	case "pause-sync":
 		node.PauseSync()
 		msg = "resync paused (urbd resume-sync goes on)"
