@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -138,4 +139,75 @@ func TestExt4Grow(t *testing.T) {
 	detach()
 	c.a.waitInSync(60 * time.Second)
 	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
+// TestResizeOnline: the operator grows both disks while the resource runs
+// and an application writes, then runs `urbd resize` on the Primary. Before
+// the disks grow it is refused in one line and changes nothing; afterwards
+// both nodes take the new size without a restart, the application's writes
+// all verify, the Secondary's new part (other bytes there) is resynced from
+// the Primary, new NBD connections see the new size and can write at its
+// end, and a later restart needs no --grow.
+func TestResizeOnline(t *testing.T) {
+	const oldSize, newSize = 32 << 20, 48 << 20
+	c := newCluster(t, clusterOpts{size: oldSize})
+	c.startBoth()
+	c.a.waitInSync(30 * time.Second)
+
+	out, err := c.a.try("resize", "r0")
+	if err == nil || !strings.Contains(out, "grow it on both nodes first") || strings.Count(out, "\n") > 0 {
+		t.Fatalf("urbd resize before the disks grew: %v: %q; want one line refusing", err, out)
+	}
+	if st := c.a.status(); st.SizeKiB != oldSize>>10 {
+		t.Fatalf("size %d KiB after a refused resize, want %d", st.SizeKiB, oldSize>>10)
+	}
+
+	must(t, os.Truncate(c.a.disk, newSize))
+	junk := bytes.Repeat([]byte("not the primary's data "), (newSize-oldSize)/23+1)[:newSize-oldSize]
+	f, err := os.OpenFile(c.b.disk, os.O_WRONLY|os.O_APPEND, 0)
+	must(t, err)
+	_, err = f.Write(junk)
+	must(t, err)
+	must(t, f.Close())
+
+	// The application writes (and then verifies) throughout the resize.
+	fioDone := make(chan error, 1)
+	go func() {
+		out, err := runFioErr(c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=16M", "--iodepth=4",
+			"--rate=4m", "--verify=crc32c", "--do_verify=1", "--randrepeat=0")
+		if err != nil {
+			err = fmt.Errorf("%w\n%s", err, out)
+		}
+		fioDone <- err
+	}()
+	time.Sleep(time.Second)
+	out = c.a.ctl("resize", "r0")
+	if !strings.Contains(out, "grown from 32MiB to 48MiB on both nodes") {
+		t.Fatalf("urbd resize: %q", out)
+	}
+	if err := <-fioDone; err != nil {
+		t.Fatalf("fio writing through the resize: %v", err)
+	}
+	c.a.waitInSync(60 * time.Second)
+	cmpFiles(t, c.a.disk, c.b.disk)
+	if bytes.Contains(fileBytes(t, c.b.disk)[oldSize:], []byte("not the primary's")) {
+		t.Fatal("the Secondary's new part was not resynced from the Primary")
+	}
+	for _, n := range []*node{c.a, c.b} {
+		if st := n.status(); st.SizeKiB != newSize>>10 {
+			t.Fatalf("node %s: size %d KiB after the resize, want %d", n.name, st.SizeKiB, newSize>>10)
+		}
+	}
+	if size := strings.TrimSpace(runCmd(t, 30*time.Second, "nbdinfo", "--size", c.a.uri())); size != strconv.Itoa(newSize) {
+		t.Fatalf("a new NBD connection sees %s bytes, want %d", size, newSize)
+	}
+	runFio(t, c.a.uri(), "--rw=write", "--bs=64k", "--offset=40M", "--size=8M",
+		"--verify=crc32c", "--do_verify=1")
+	c.a.waitInSync(30 * time.Second)
+	cmpFiles(t, c.a.disk, c.b.disk)
+
+	// The metadata has the new size: restarts need no --grow.
+	c.b.stop()
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
 }
