@@ -756,7 +756,7 @@ func (s *Store) Grow(size int64) (*Store, error) {
 		return nil, err
 	}
 	if !s.Idle() {
-		return nil, fmt.Errorf("%w: writes are in flight", ErrBusy)
+		return nil, ErrBusy
 	}
 	opt := s.opt
 	opt.SyncData = nil

@@ -62,3 +62,16 @@ func TestKernelFailover(t *testing.T) {
 		t.Fatal("attach did not fail over to the survivor")
 	}
 }
+
+// TestKernelResizeOnline: ext4 mounted on /dev/nbd0 through the Primary of
+// two urbd up nodes; both disks grow, urbd resize grows the resource and
+// tells urbd attach, which grows /dev/nbd0 live (NBD_CMD_RECONFIGURE with
+// the size); resize2fs grows the mounted file system, a file larger than
+// the old disk fits, the Secondary ends identical, and e2fsck -fn is clean.
+func TestKernelResizeOnline(t *testing.T) {
+	kernelTierResult(t)
+	res := runVMScenario(t, "resize-online.sh", 6*time.Minute)
+	if !strings.Contains(res.file("attach.log"), "grew /dev/nbd0 from 134217728 to 268435456 bytes") {
+		t.Fatal("attach did not log growing the device")
+	}
+}
