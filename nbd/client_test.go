@@ -597,3 +597,53 @@ func TestClientInteropServer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestServerServesGrownExport: a connection negotiated before the export
+// grew (File.Grow, as urbd resize does) may use the new end at once, as the
+// kernel does after urbd attach grew /dev/nbdN; past the new end is still
+// EINVAL.
+func TestServerServesGrownExport(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, addr := startServer(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := Negotiate(ctx, conn, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewClientConn(conn, info)
+	defer c.Disconnect()
+	data := bytes.Repeat([]byte{9}, 4096)
+	var re *RemoteError
+	if err := c.Write(ctx, data, 1<<20, false); !errors.As(err, &re) || re.Errno != ErrnoInval {
+		t.Fatalf("write past the end before the grow: %v, want EINVAL", err)
+	}
+	if err := os.Truncate(path, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Grow(2 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Write(ctx, data, 2<<20-4096, false); err != nil {
+		t.Fatalf("write at the new end on the old connection: %v", err)
+	}
+	got := make([]byte, 4096)
+	if err := c.Read(ctx, got, 2<<20-4096); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read at the new end: %v", err)
+	}
+	if err := c.Write(ctx, data, 2<<20, false); !errors.As(err, &re) || re.Errno != ErrnoInval {
+		t.Fatalf("write past the new end: %v, want EINVAL", err)
+	}
+}

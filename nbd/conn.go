@@ -53,7 +53,6 @@ type srvConn struct {
 	exp      *Export
 	backend  Backend
 	summed   SummedWriter // backend as a SummedWriter, or nil
-	size     uint64
 	readOnly bool
 
 	br      *bufio.Reader
@@ -162,11 +161,10 @@ func (c *srvConn) serve(ctx context.Context) {
 	}
 	c.exp, c.backend = res.exp, res.exp.Backend
 	c.summed, _ = c.backend.(SummedWriter)
-	c.size = uint64(c.backend.Size())
 	c.readOnly = res.exp.ReadOnly
 	c.s.clients.Add(1)
 	defer c.s.clients.Add(-1)
-	c.log.Debug("nbd: client attached", "remote", c.nc.RemoteAddr(), "export", res.name, "size", c.size)
+	c.log.Debug("nbd: client attached", "remote", c.nc.RemoteAddr(), "export", res.name, "size", c.backend.Size())
 
 	c.replies = make(chan *srvRequest, c.s.maxInFlight())
 	c.work = make(chan *srvRequest)
@@ -341,7 +339,10 @@ func (c *srvConn) check(r *srvRequest) uint32 {
 	if (r.typ == CmdRead || r.typ == CmdWrite) && r.length > MaxBlockSize {
 		return ErrnoInval
 	}
-	if r.off > c.size || uint64(r.length) > c.size-r.off {
+	// The export's size now, not the one negotiated: a resource grown
+	// online (urbd resize) serves its new end to a client that learned
+	// the new size without connecting again (urbd attach, on SIGHUP).
+	if size := uint64(c.backend.Size()); r.off > size || uint64(r.length) > size-r.off {
 		return ErrnoInval
 	}
 	return 0
