@@ -193,7 +193,7 @@ func checkHello(cfg *Config, p *Hello) (*Refuse, error) {
 	case RefuseResource:
 		reason = fmt.Sprintf("resource name mismatch: local %q, peer %q", p.Resource, cfg.Resource)
 	case RefuseSize:
-		reason = fmt.Sprintf("disk size mismatch: local %d bytes, peer %d bytes", p.Size, cfg.Size)
+		reason = fmt.Sprintf("disk size mismatch: local %d bytes, peer %d bytes (the smaller node, once its disk is grown too, starts with urbd up --grow)", p.Size, cfg.Size)
 	case RefuseBitmapBlock:
 		reason = fmt.Sprintf("bitmap block size mismatch: local %d bytes, peer %d bytes", p.BitmapBlock, cfg.BitmapBlock)
 	default:
