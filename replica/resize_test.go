@@ -16,9 +16,17 @@ import (
 // both grew to the same size, both nodes serve it, the peer reconnects and
 // the resync copies the new part (each disk held different bytes there),
 // writes running meanwhile all land on both disks, and writes into the new
-// part replicate. A restart needs no --grow.
+// part replicate. A restart needs no --grow. With each protocol: with A
+// and B a write is answered before the peer wrote it, and the resize still
+// waits for the peer's answers before it replaces the metadata.
 func TestScenarioResizeOnline(t *testing.T) {
-	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	for _, proto := range []byte{'A', 'B', 'C'} {
+		t.Run("protocol "+string(proto), func(t *testing.T) { testResizeOnline(t, proto) })
+	}
+}
+
+func testResizeOnline(t *testing.T, proto byte) {
+	a, b := cleanPair(t, nodeOpts{protocol: proto}, nodeOpts{protocol: proto})
 	const old, grown = int64(hDiskSize), int64(hDiskSize + 4<<20)
 	ctx := context.Background()
 	a.write(0, pattern("before", 64<<10))
