@@ -70,7 +70,8 @@ func (n *Node) Resize(ctx context.Context) (Resized, error) {
 		return Resized{}, err
 	}
 	res := Resized{From: from, To: to}
-	ans, err = s.askResize(ctx, protocol.ResizeCommit, uint64(to), wait)
+	// The peer may take up to wait for its own writes to end.
+	ans, err = s.askResize(ctx, protocol.ResizeCommit, uint64(to), 2*wait)
 	if err == nil && ans.Reason != "" {
 		err = errors.New(ans.Reason)
 	}
