@@ -67,12 +67,7 @@ func TestGrowDisks(t *testing.T) {
 		t.Fatal("the refused peer's disk changed")
 	}
 
-	junk := bytes.Repeat([]byte("not the primary's data "), (newSize-oldSize)/23+1)[:newSize-oldSize]
-	f, err := os.OpenFile(c.b.disk, os.O_WRONLY|os.O_APPEND, 0)
-	must(t, err)
-	_, err = f.Write(junk)
-	must(t, err)
-	must(t, f.Close())
+	growWithJunk(t, c.b.disk, newSize-oldSize)
 	c.b.start("--grow")
 	c.a.waitInSync(60 * time.Second)
 	cmpFiles(t, c.a.disk, c.b.disk)
@@ -163,12 +158,7 @@ func TestResizeOnline(t *testing.T) {
 	}
 
 	must(t, os.Truncate(c.a.disk, newSize))
-	junk := bytes.Repeat([]byte("not the primary's data "), (newSize-oldSize)/23+1)[:newSize-oldSize]
-	f, err := os.OpenFile(c.b.disk, os.O_WRONLY|os.O_APPEND, 0)
-	must(t, err)
-	_, err = f.Write(junk)
-	must(t, err)
-	must(t, f.Close())
+	growWithJunk(t, c.b.disk, newSize-oldSize)
 
 	// The application writes (and then verifies) throughout the resize.
 	fioDone := make(chan error, 1)
@@ -210,4 +200,16 @@ func TestResizeOnline(t *testing.T) {
 	c.b.stop()
 	c.b.start()
 	c.a.waitInSync(30 * time.Second)
+}
+
+// growWithJunk grows the file at path by n bytes of text that is not the
+// Primary's, as a disk grown with other bytes in its new part.
+func growWithJunk(t *testing.T, path string, n int) {
+	t.Helper()
+	junk := bytes.Repeat([]byte("not the primary's data "), n/23+1)[:n]
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	must(t, err)
+	_, err = f.Write(junk)
+	must(t, err)
+	must(t, f.Close())
 }

@@ -603,15 +603,8 @@ func TestClientInteropServer(t *testing.T) {
 // kernel does after urbd attach grew /dev/nbdN; past the new end is still
 // EINVAL.
 func TestServerServesGrownExport(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "disk")
-	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := OpenFile(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := openTestFile(t, 1<<20)
+	path := f.f.Name()
 	_, addr := startServer(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

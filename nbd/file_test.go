@@ -432,15 +432,8 @@ func TestFileFUAMakesDurable(t *testing.T) {
 // TestFileGrow: a File serves the size it was opened with until Grow, which
 // accepts any size up to what the storage holds now, and never shrinks.
 func TestFileGrow(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "disk")
-	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := OpenFile(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := openTestFile(t, 1<<20)
+	path := f.f.Name()
 	if err := os.Truncate(path, 2<<20); err != nil {
 		t.Fatal(err)
 	}
