@@ -3,6 +3,7 @@ package replica
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -101,10 +102,24 @@ func sysctl(name string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// congestionControl returns a net.Dialer or net.ListenConfig Control
-// function that asks for congestion control name on each socket before it
-// connects or listens (sockets accepted from a listener inherit it). A
-// refusal is returned: the name was checked when the node started.
+// setConnCongestion asks for congestion control name on an accepted
+// connection ("" leaves the kernel's choice). A refusal is returned: the
+// name was checked when it was configured.
+func setConnCongestion(conn net.Conn, name string) error {
+	tc, ok := conn.(*net.TCPConn)
+	if name == "" || !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return congestionControl(name)("tcp", "", rc)
+}
+
+// congestionControl returns a net.Dialer Control function that asks for
+// congestion control name on each socket before it connects. A refusal is
+// returned: the name was checked when it was configured.
 func congestionControl(name string) func(network, address string, c syscall.RawConn) error {
 	if name == "" {
 		return nil

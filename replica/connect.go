@@ -122,6 +122,11 @@ func (n *Node) acceptLoop(ctx context.Context, ln *peerListener) error {
 		go func() {
 			hctx, cancel := context.WithTimeout(ctx, n.timeout())
 			defer cancel()
+			if err := setConnCongestion(conn, n.currentLink().Congestion); err != nil {
+				conn.Close()
+				n.noteConnError(err)
+				return
+			}
 			ps, err := protocol.Handshake(hctx, conn, n.protoConfig(), false)
 			if err != nil {
 				conn.Close()
@@ -175,7 +180,7 @@ func (n *Node) dialLoop(ctx context.Context) error {
 func (n *Node) dialOnce(ctx context.Context, addr string) (bool, error) {
 	dctx, cancel := context.WithTimeout(ctx, n.timeout())
 	defer cancel()
-	d := net.Dialer{Control: congestionControl(n.cfg.TCPCongestion)}
+	d := net.Dialer{Control: congestionControl(n.currentLink().Congestion)}
 	conn, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		return false, err

@@ -10,13 +10,15 @@ import (
 )
 
 // Link is how a node reaches its peer: the address it listens on, the
-// peer's address, the shared secret and TLS (Config's fields of the same
-// names). SetLink changes it while the node runs.
+// peer's address, the shared secret, TLS and the TCP congestion control
+// (Config's ListenPeer, Peer, Secret, TLS and TCPCongestion). SetLink
+// changes it while the node runs.
 type Link struct {
 	ListenPeer string      // "" = do not listen
 	Peer       string      // "" = do not dial
 	Secret     []byte      // nil = no authentication
 	TLS        *tls.Config // nil = plain TCP
+	Congestion string      // "" = the kernel's default; checked (CheckCongestion) by the caller
 }
 
 // peerListener is one listener on the peer port. SetLink retires it when a
@@ -33,12 +35,13 @@ func (l *peerListener) retire() {
 	}
 }
 
-// listen opens the peer port on addr; nil, nil for "".
+// listen opens the peer port on addr; nil, nil for "". Accepted sockets
+// take their congestion control from the link in effect (acceptLoop).
 func (n *Node) listen(ctx context.Context, addr string) (*peerListener, error) {
 	if addr == "" {
 		return nil, nil
 	}
-	lc := net.ListenConfig{Control: congestionControl(n.cfg.TCPCongestion)}
+	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("replica: listening for the peer on %s: %w", addr, err)
@@ -135,7 +138,7 @@ func (n *Node) SetLink(l Link) error {
 		}
 	}
 	n.log.Info("peer link changed, from the next connection on", "listen_peer", l.ListenPeer, "peer", l.Peer,
-		"secret", l.Secret != nil, "tls", l.TLS != nil)
+		"secret", l.Secret != nil, "tls", l.TLS != nil, "tcp_congestion", l.Congestion)
 	n.kickConnect()
 	return nil
 }

@@ -32,7 +32,7 @@ type Config struct {
 	Timeout    time.Duration // peer loss is declared after this long without an answer; SetTimeout changes it
 	// TCPCongestion is the congestion control asked for on the peer
 	// connection ("" = the kernel's default); see congestion.go. The caller
-	// checks it with CheckCongestion.
+	// checks it with CheckCongestion. SetLink changes it (Link.Congestion).
 	TCPCongestion string
 	// SuspendOnPeerLoss holds writes while the peer is away instead of going
 	// on alone (--on-peer-loss suspend).
@@ -182,7 +182,7 @@ func New(cfg Config) (*Node, error) {
 		kick:     make(chan struct{}, 1),
 		relisten: make(chan relisten),
 		runDone:  make(chan struct{}),
-		link:     Link{ListenPeer: cfg.ListenPeer, Peer: cfg.Peer, Secret: cfg.Secret, TLS: cfg.TLS},
+		link:     Link{ListenPeer: cfg.ListenPeer, Peer: cfg.Peer, Secret: cfg.Secret, TLS: cfg.TLS, Congestion: cfg.TCPCongestion},
 		syncKick: make(chan struct{}, 1),
 		clients:  func() int { return 0 },
 		ahead:    newFlushAhead(),
