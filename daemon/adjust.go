@@ -21,8 +21,8 @@ import (
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
 // on-io-error and the handlers at once, the timeout and the after-sb
-// policies, the addresses, the secret and TLS from the next connection on,
-// fencing from the next peer loss on. What cannot change while the
+// policies, the addresses, the secret, TLS and the congestion control from
+// the next connection on, fencing from the next peer loss on. What cannot change while the
 // resource runs is named in the answer and applied at the next start.
 type adjuster struct {
 	setProtocol   func(p byte) error                // Node.SetProtocol
@@ -122,6 +122,12 @@ func (a *adjuster) fromFile() (string, error) {
 	if err == nil {
 		link, err = a.loadLink(next)
 	}
+	if err == nil {
+		link.Congestion = a.link.Congestion
+		if next.TCPCongestion != a.cur.TCPCongestion {
+			link.Congestion, err = peerCongestion(next.TCPCongestion, a.log)
+		}
+	}
 	if err != nil {
 		return "", fmt.Errorf("nothing changed: %w", err)
 	}
@@ -137,9 +143,10 @@ func (a *adjuster) fromFile() (string, error) {
 			return "", fmt.Errorf("nothing changed: %w", err)
 		}
 		a.link = link
+		a.congestion = shownCongestion(link.Congestion)
 		linkMsg += " (from the next connection on)"
 	}
-	a.cur.ListenPeer, a.cur.Peer, a.cur.SecretFile = next.ListenPeer, next.Peer, next.SecretFile
+	a.cur.ListenPeer, a.cur.Peer, a.cur.SecretFile, a.cur.TCPCongestion = next.ListenPeer, next.Peer, next.SecretFile, next.TCPCongestion
 	a.cur.TLSCert, a.cur.TLSKey, a.cur.TLSCA = next.TLSCert, next.TLSKey, next.TLSCA
 	msg := a.applyLocked(next)
 	if linkMsg != "" {
@@ -295,10 +302,10 @@ func restartOnly(cur, next Options) []string {
 
 // settingsTable lists a resource's settings for `urbd show` and for
 // comparing them, by their names in the resource file. The live ones change
-// with `urbd adjust` (the addresses, the secret and TLS only when read
-// from the resource file); a running resource keeps the others: its disk,
-// its metadata and their shape, its NBD and metrics addresses, and the
-// peer connection's congestion control.
+// with `urbd adjust` (the addresses, the secret, TLS and the congestion
+// control only when read from the resource file); a running resource keeps
+// the others: its disk, its metadata and their shape, and its NBD and
+// metrics addresses.
 var settingsTable = []struct {
 	name  string
 	get   func(Options) string
@@ -318,7 +325,7 @@ var settingsTable = []struct {
 	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }, "disconnect", true},
 	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }, "disconnect", true},
 	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", true},
-	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, false},
+	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, true},
 	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
 	{"al-extents", func(o Options) string { return strconv.Itoa(cmp.Or(o.ALExtents, bitmap.DefaultALExtents)) }, "", false},
 	{"secret-file", func(o Options) string { return o.SecretFile }, "none", true},

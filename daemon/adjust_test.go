@@ -262,6 +262,25 @@ func TestAdjustLink(t *testing.T) {
 		t.Errorf("nothing new: %q, %v", msg, err)
 	}
 
+	defer func(c func(string) error) { checkCongestion = c }(checkCongestion)
+	checkCongestion = func(name string) error {
+		if name != "reno" {
+			return errors.New("tcp-congestion " + name + ": not allowed for this process")
+		}
+		return nil
+	}
+	next.TCPCongestion = "bbr"
+	if _, err := a.fromFile(); err == nil || err.Error() != "nothing changed: --tcp-congestion bbr: not allowed for this process" {
+		t.Errorf("a congestion control this process may not use: %v", err)
+	}
+	next.TCPCongestion = "reno"
+	if msg, err := a.fromFile(); err != nil || msg != "tcp-congestion set to reno (from the next connection on)" {
+		t.Errorf("new congestion control: %q, %v", msg, err)
+	}
+	if l := f.links[len(f.links)-1]; l.Congestion != "reno" || a.congestion != "reno" {
+		t.Errorf("link set %+v, shown %q; want reno", l, a.congestion)
+	}
+
 	f.linkErr = errors.New("replica: listening for the peer on 10.0.0.1:7790: bind: address already in use")
 	next.ListenPeer = "10.0.0.1:7790"
 	next.ResyncRate = 2 << 20
@@ -272,7 +291,7 @@ func TestAdjustLink(t *testing.T) {
 	if _, err := a.fromFile(); err == nil || !strings.HasPrefix(err.Error(), "nothing changed: reading --secret-file") {
 		t.Errorf("secret file missing: %v", err)
 	}
-	if len(f.links) != 2 || len(f.rates) != 1 || a.cur.ListenPeer != "10.0.0.1:7789" {
+	if len(f.links) != 3 || len(f.rates) != 1 || a.cur.ListenPeer != "10.0.0.1:7789" {
 		t.Errorf("a refused adjust changed something: links %+v, rates %v, address %s", f.links, f.rates, a.cur.ListenPeer)
 	}
 }
@@ -315,7 +334,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	changes := map[string]func(*Options){
 		"disk": func(o *Options) { o.Disk = "/dev/vdc" }, "meta": func(o *Options) { o.Meta = "/srv/m" },
 		"nbd":            func(o *Options) { o.NBD = "tcp:127.0.0.1:10809" },
-		"tcp-congestion": func(o *Options) { o.TCPCongestion = "reno" }, "bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
+		"bitmap-block":   func(o *Options) { o.BitmapBlock = 8192 },
 		"al-extents":     func(o *Options) { o.ALExtents = 3389 },
 		"metrics-listen": func(o *Options) { o.MetricsListen = "127.0.0.1:9942" },
 	}
@@ -341,6 +360,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	next.Fencing = "resource-and-stonith"
 	next.ListenPeer, next.Peer, next.SecretFile = "10.0.0.1:7790", "10.0.0.3:7789", "/etc/urbd/s"
 	next.TLSCert, next.TLSKey, next.TLSCA = "c.pem", "k.pem", "ca.pem"
+	next.TCPCongestion = "reno"
 	if got := restartOnly(cur, next); len(got) != 0 {
 		t.Errorf("live settings named as needing a restart: %v", got)
 	}

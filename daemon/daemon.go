@@ -187,6 +187,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	link.Congestion = congestion
 
 	disk, err := nbd.OpenFile(o.Disk, false)
 	if err != nil {

@@ -59,6 +59,9 @@ func (l peerLink) changes(cur peerLink) string {
 	if l.files != cur.files {
 		out = append(out, "secret and TLS files read again")
 	}
+	if l.Congestion != cur.Congestion {
+		out = append(out, "tcp-congestion set to "+shownCongestion(l.Congestion))
+	}
 	return strings.Join(out, ", ")
 }
 

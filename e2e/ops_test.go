@@ -321,20 +321,22 @@ func TestQueriesAndWaits(t *testing.T) {
 }
 
 // TestAdjustLink: both nodes run from one resource file with a secret
-// file. A new secret, written to the same file, and a new address for
-// beta are taken by urbd adjust on both nodes without dropping the
-// connection; the next connection uses them (beta's old port is closed),
-// and a node left with the old secret is refused until it reads the new one.
+// file. A new secret, written to the same file, a new address for beta and
+// a new tcp-congestion are taken by urbd adjust on both nodes without
+// dropping the connection; the next connection uses them (beta's old port
+// is closed, both ends run reno), and a node left with the old secret is
+// refused until it reads the new one.
 func TestAdjustLink(t *testing.T) {
 	c := newCluster(t, clusterOpts{})
 	secret := filepath.Join(c.dir, "r0.secret")
 	must(t, os.WriteFile(secret, []byte("correct horse\n"), 0o600))
 	newB := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	conf := func(addrB string) string {
+	conf := func(addrB, congestion string) string {
 		return fmt.Sprintf(`
 [resource.r0]
 secret-file = %q
 timeout = "2s"
+tcp-congestion = %q
 
   [resource.r0.node.alpha]
   disk = %q
@@ -347,20 +349,20 @@ timeout = "2s"
   meta = %q
   nbd = "unix:%s"
   address = %q
-`, secret, c.a.disk, c.a.meta, c.a.sock, c.a.listen, c.b.disk, c.b.meta, c.b.sock, addrB)
+`, secret, congestion, c.a.disk, c.a.meta, c.a.sock, c.a.listen, c.b.disk, c.b.meta, c.b.sock, addrB)
 	}
 	path := filepath.Join(c.dir, "urbd.toml")
-	must(t, os.WriteFile(path, []byte(conf(c.b.listen)), 0o644))
+	must(t, os.WriteFile(path, []byte(conf(c.b.listen, "cubic")), 0o644))
 	c.a.startArgs("--run-dir", c.a.runDir, "up", "--config", path, "--node", "alpha", "--assume-clean", "r0")
 	c.b.startArgs("--run-dir", c.b.runDir, "up", "--config", path, "--node", "beta", "--assume-clean", "r0")
 	c.a.waitInSync(30 * time.Second)
 	c.a.ctl("primary", "r0")
 
 	must(t, os.WriteFile(secret, []byte("battery staple\n"), 0o600))
-	must(t, os.WriteFile(path, []byte(conf(newB)), 0o644))
+	must(t, os.WriteFile(path, []byte(conf(newB, "reno")), 0o644))
 	for n, want := range map[*node]string{
-		c.a: "r0: peer address set to " + newB + ", secret and TLS files read again (from the next connection on)",
-		c.b: "r0: address set to " + newB + ", secret and TLS files read again (from the next connection on)",
+		c.a: "r0: peer address set to " + newB + ", secret and TLS files read again, tcp-congestion set to reno (from the next connection on)",
+		c.b: "r0: address set to " + newB + ", secret and TLS files read again, tcp-congestion set to reno (from the next connection on)",
 	} {
 		if out := n.ctl("adjust", "r0"); out != want {
 			t.Errorf("urbd adjust on %s:\n got %q\nwant %q", n.name, out, want)
@@ -377,6 +379,9 @@ timeout = "2s"
 	c.a.ctl("connect", "r0")
 	c.a.waitInSync(30 * time.Second)
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=4M", "--iodepth=8", "--verify=crc32c")
+	if got := peerConnCongestion(t, c.a.listen, newB); len(got) != 2 || got[0] != "reno" || got[1] != "reno" {
+		t.Errorf("congestion control of the new connection's two ends: %q, want reno on both", got)
+	}
 
 	// beta reads a secret alpha does not have: refused at the next connection.
 	must(t, os.WriteFile(secret, []byte("tr0ub4dor\n"), 0o600))
