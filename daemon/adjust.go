@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,7 +23,8 @@ import (
 // change while it runs: the protocol, the resync rate, on-peer-loss,
 // on-io-error and the handlers at once, the timeout and the after-sb
 // policies, the addresses, the secret, TLS and the congestion control from
-// the next connection on, fencing from the next peer loss on. What cannot change while the
+// the next connection on, fencing from the next peer loss on, the metrics
+// address at once. What cannot change while the
 // resource runs is named in the answer and applied at the next start.
 type adjuster struct {
 	setProtocol   func(p byte) error                // Node.SetProtocol
@@ -35,7 +37,11 @@ type adjuster struct {
 	setLink       func(l replica.Link) error        // Node.SetLink
 	loadLink      func(o Options) (peerLink, error) // loadLink; tests replace it
 	setHandlers   func(commands map[string]string)  // Runner.SetCommands
-	reload        func() (Options, error)           // nil: started without a resource file
+	// listenMetrics binds a new metrics address (nil, nil for none) and
+	// useMetrics serves on it, closing the one before (metricsServer).
+	listenMetrics func(addr string) (net.Listener, error)
+	useMetrics    func(ln net.Listener)
+	reload        func() (Options, error) // nil: started without a resource file
 	log           *slog.Logger
 	// congestion is what the peer connection asks for, as show prints it:
 	// the configured name, or the kernel's default where urbd's was refused.
@@ -136,10 +142,21 @@ func (a *adjuster) fromFile() (string, error) {
 	if err := checkFenceHandler(pol.fencing, next.Handlers); err != nil {
 		return "", fmt.Errorf("nothing changed: %w, and the new settings have none", err)
 	}
-	// The link first: it is the one change that can fail here.
+	// The new metrics address is bound first and the link set next: they
+	// are the changes that can fail here (an address in use).
+	var metricsLn net.Listener
+	moveMetrics := next.MetricsListen != a.cur.MetricsListen
+	if moveMetrics {
+		if metricsLn, err = a.listenMetrics(next.MetricsListen); err != nil {
+			return "", fmt.Errorf("nothing changed: metrics-listen: %w", err)
+		}
+	}
 	linkMsg := link.changes(a.link)
 	if linkMsg != "" {
 		if err := a.setLink(link.Link); err != nil {
+			if metricsLn != nil {
+				metricsLn.Close()
+			}
 			return "", fmt.Errorf("nothing changed: %w", err)
 		}
 		a.link = link
@@ -148,6 +165,16 @@ func (a *adjuster) fromFile() (string, error) {
 	}
 	a.cur.ListenPeer, a.cur.Peer, a.cur.SecretFile, a.cur.TCPCongestion = next.ListenPeer, next.Peer, next.SecretFile, next.TCPCongestion
 	a.cur.TLSCert, a.cur.TLSKey, a.cur.TLSCA = next.TLSCert, next.TLSKey, next.TLSCA
+	if moveMetrics {
+		a.useMetrics(metricsLn)
+		a.cur.MetricsListen = next.MetricsListen
+		m := "metrics-listen set to " + orNone(next.MetricsListen)
+		if linkMsg == "" {
+			linkMsg = m
+		} else {
+			linkMsg += "; " + m
+		}
+	}
 	msg := a.applyLocked(next)
 	if linkMsg != "" {
 		if strings.HasPrefix(msg, "no live setting changed") {
@@ -302,10 +329,10 @@ func restartOnly(cur, next Options) []string {
 
 // settingsTable lists a resource's settings for `urbd show` and for
 // comparing them, by their names in the resource file. The live ones change
-// with `urbd adjust` (the addresses, the secret, TLS and the congestion
-// control only when read from the resource file); a running resource keeps
-// the others: its disk, its metadata and their shape, and its NBD and
-// metrics addresses.
+// with `urbd adjust` (the addresses, the secret, TLS, the congestion
+// control and the metrics address only when read from the resource file);
+// a running resource keeps the others: its disk, its metadata and their
+// shape, and its NBD address.
 var settingsTable = []struct {
 	name  string
 	get   func(Options) string
@@ -332,7 +359,7 @@ var settingsTable = []struct {
 	{"tls-cert", func(o Options) string { return o.TLSCert }, "none", true},
 	{"tls-key", func(o Options) string { return o.TLSKey }, "none", true},
 	{"tls-ca", func(o Options) string { return o.TLSCA }, "none", true},
-	{"metrics-listen", func(o Options) string { return o.MetricsListen }, "none", false},
+	{"metrics-listen", func(o Options) string { return o.MetricsListen }, "none", true},
 }
 
 // changedHandlers names the events whose command was added, changed or

@@ -1,15 +1,21 @@
 package daemon
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/urbd/urbd/replica"
 )
@@ -27,6 +33,7 @@ type fakeResource struct {
 	handlers []map[string]string
 	secret   string // the secret file's contents, as the fake loadLink reads them
 	linkErr  error  // what setLink returns
+	metrics  *metricsServer
 }
 
 // load is the fake loadLink: the secret file is read as f.secret, and
@@ -40,8 +47,11 @@ func (f *fakeResource) load(o Options) (peerLink, error) {
 
 func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeResource) {
 	f := &fakeResource{}
+	f.metrics = &metricsServer{reg: prometheus.NewRegistry(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	link, _ := f.load(cur)
 	return &adjuster{
+		listenMetrics: func(addr string) (net.Listener, error) { return f.metrics.listen(context.Background(), addr) },
+		useMetrics:    func(ln net.Listener) { f.metrics.use(context.Background(), ln) },
 		setLink: func(l replica.Link) error {
 			if f.linkErr != nil {
 				return f.linkErr
@@ -333,10 +343,9 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	cur := baseOptions()
 	changes := map[string]func(*Options){
 		"disk": func(o *Options) { o.Disk = "/dev/vdc" }, "meta": func(o *Options) { o.Meta = "/srv/m" },
-		"nbd":            func(o *Options) { o.NBD = "tcp:127.0.0.1:10809" },
-		"bitmap-block":   func(o *Options) { o.BitmapBlock = 8192 },
-		"al-extents":     func(o *Options) { o.ALExtents = 3389 },
-		"metrics-listen": func(o *Options) { o.MetricsListen = "127.0.0.1:9942" },
+		"nbd":          func(o *Options) { o.NBD = "tcp:127.0.0.1:10809" },
+		"bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
+		"al-extents":   func(o *Options) { o.ALExtents = 3389 },
 	}
 	fixed := 0
 	for _, s := range settingsTable {
@@ -360,7 +369,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	next.Fencing = "resource-and-stonith"
 	next.ListenPeer, next.Peer, next.SecretFile = "10.0.0.1:7790", "10.0.0.3:7789", "/etc/urbd/s"
 	next.TLSCert, next.TLSKey, next.TLSCA = "c.pem", "k.pem", "ca.pem"
-	next.TCPCongestion = "reno"
+	next.TCPCongestion, next.MetricsListen = "reno", "127.0.0.1:9942"
 	if got := restartOnly(cur, next); len(got) != 0 {
 		t.Errorf("live settings named as needing a restart: %v", got)
 	}
@@ -416,4 +425,70 @@ func TestShow(t *testing.T) {
 	if _, pending := bad.show(); pending != "the resource file does not read: urbd.toml:3: bad" {
 		t.Errorf("pending with an unreadable file: %q", pending)
 	}
+}
+
+// TestAdjustMetricsListen: metrics-listen changes from the resource file at
+// once: the metrics are served on the new address, the old one is closed
+// after the new one is bound, an address in use is refused and changes
+// nothing, and none stops serving (and recording).
+func TestAdjustMetricsListen(t *testing.T) {
+	next := baseOptions()
+	a, f := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
+	defer f.metrics.close()
+	serves := func(addr string) bool {
+		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	first, second := freeLoopback(t), freeLoopback(t)
+
+	next.MetricsListen = first
+	if msg, err := a.fromFile(); err != nil || msg != "metrics-listen set to "+first {
+		t.Fatalf("metrics on: %q, %v", msg, err)
+	}
+	if !serves(first) || !f.metrics.on.Load() {
+		t.Fatalf("no metrics on %s after urbd adjust", first)
+	}
+
+	busy, err := net.Listen("tcp", second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.MetricsListen = second
+	next.ResyncRate = 1 << 20
+	if _, err := a.fromFile(); err == nil || !strings.HasPrefix(err.Error(), "nothing changed: metrics-listen: metrics: cannot listen on "+second) {
+		t.Errorf("an address in use: %v", err)
+	}
+	if !serves(first) || len(f.rates) != 0 || a.cur.MetricsListen != first {
+		t.Errorf("a refused adjust changed something: serving on %s %v, rates %v, address %s", first, serves(first), f.rates, a.cur.MetricsListen)
+	}
+	busy.Close()
+
+	if msg, err := a.fromFile(); err != nil || msg != "metrics-listen set to "+second+"; resync rate set to 1MiB/s" {
+		t.Fatalf("metrics moved: %q, %v", msg, err)
+	}
+	if !serves(second) || serves(first) {
+		t.Errorf("after the move: serving on %s %v, on %s %v; want only the new", second, serves(second), first, serves(first))
+	}
+	next.MetricsListen = ""
+	if msg, err := a.fromFile(); err != nil || msg != "metrics-listen set to none" {
+		t.Fatalf("metrics off: %q, %v", msg, err)
+	}
+	if serves(second) || f.metrics.on.Load() {
+		t.Error("still serving, or recording, after metrics-listen was removed")
+	}
+}
+
+// freeLoopback returns a 127.0.0.1 address with a port free a moment ago.
+func freeLoopback(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return fmt.Sprintf("127.0.0.1:%d", ln.Addr().(*net.TCPAddr).Port)
 }

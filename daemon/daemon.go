@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -202,12 +203,9 @@ func Run(ctx context.Context, o Options) error {
 
 	runner := &handlers.Runner{Commands: o.Handlers, Logger: log}
 	defer runner.Wait()
-	var reg *prometheus.Registry
-	var met *metrics.Resource
-	if o.MetricsListen != "" {
-		reg = prometheus.NewRegistry()
-		met = metrics.New(reg).Resource(o.Name)
-	}
+	reg := prometheus.NewRegistry()
+	met := metrics.New(reg).Resource(o.Name)
+	ms := &metricsServer{reg: reg, log: log}
 	// The fence-peer handler is told the peer's address in effect (urbd
 	// adjust may change it).
 	var node *replica.Node
@@ -225,7 +223,7 @@ func Run(ctx context.Context, o Options) error {
 		FencePeer: func(fctx context.Context) (int, error) {
 			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": node.PeerAddress()})
 		},
-		Observe: observer(met),
+		Observe: observer(met, &ms.on),
 	})
 	if err != nil {
 		store.Close()
@@ -261,6 +259,13 @@ func Run(ctx context.Context, o Options) error {
 		node.Close()
 		return fmt.Errorf("--nbd: %w", err)
 	}
+	metricsLn, err := ms.listen(ctx, o.MetricsListen)
+	if err != nil {
+		nbdLn.Close()
+		ctl.Close()
+		node.Close()
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -271,14 +276,14 @@ func Run(ctx context.Context, o Options) error {
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
 		setLink: node.SetLink, loadLink: loadLink, link: link,
-		reload: o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
+		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },
+		useMetrics:    func(ln net.Listener) { ms.use(ctx, ln) },
+		reload:        o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
 		return execute(cctx, node, srv, adj, req, stop)
 	})
-	if reg != nil {
-		go func() { errc <- metrics.Serve(ctx, o.MetricsListen, reg) }()
-	}
+	ms.use(ctx, metricsLn)
 	if addr := os.Getenv("URBD_PPROF"); addr != "" {
 		// Profiling for benchmarks: net/http/pprof on a loopback address.
 		go func() { log.Warn("pprof server stopped", "err", http.ListenAndServe(addr, nil)) }()
@@ -303,6 +308,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	stop()
+	ms.close()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
@@ -470,13 +476,14 @@ func writeStatusLoop(ctx context.Context, path string, node *replica.Node, met *
 	}
 }
 
-// observer feeds application requests into the metrics, or does nothing.
-func observer(met *metrics.Resource) func(kind string, peer bool, bytes int, d time.Duration) {
-	if met == nil {
-		return nil
-	}
+// observer feeds application requests into the metrics while they are
+// served (on).
+func observer(met *metrics.Resource, on *atomic.Bool) func(kind string, peer bool, bytes int, d time.Duration) {
 	kinds := map[string]metrics.Kind{"read": metrics.Read, "write": metrics.Write, "flush": metrics.Flush, "trim": metrics.Trim, "zero": metrics.Zero, "flush_ahead": metrics.FlushAhead}
 	return func(kind string, peer bool, bytes int, d time.Duration) {
+		if !on.Load() {
+			return
+		}
 		side := metrics.Local
 		if peer {
 			side = metrics.Peer

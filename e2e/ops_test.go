@@ -183,6 +183,22 @@ timeout = "2s"
 	c.a.ctl("secondary", "r0")
 	waitForHandlers(t, events, "demoted r0")
 
+	// The metrics move to another port with the resource file: served there
+	// at once, the old port closed.
+	newPort := freePort(t)
+	conf = strings.Replace(conf, fmt.Sprintf("127.0.0.1:%d", metricsPort), fmt.Sprintf("127.0.0.1:%d", newPort), 1)
+	must(t, os.WriteFile(path, []byte(conf), 0o644))
+	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, fmt.Sprintf("r0: metrics-listen set to 127.0.0.1:%d;", newPort)) {
+		t.Errorf("urbd adjust with a new metrics-listen: %q", out)
+	}
+	if _, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)); err == nil {
+		t.Errorf("the old metrics port %d still answers", metricsPort)
+	}
+	metricsPort = newPort
+	if body := scrape(); !strings.Contains(string(body), `urbd_role{resource="r0",role="Secondary"} 1`) {
+		t.Errorf("the new metrics port does not serve the resource's metrics:\n%s", body)
+	}
+
 	// With beta's daemon stopped, urbd outdate finds its metadata through
 	// the resource file.
 	c.b.kill9()

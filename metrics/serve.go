@@ -29,11 +29,21 @@ const (
 // reg's metrics at /metrics until ctx is cancelled. It returns nil after a
 // cancellation and an error wrapping ErrListen when addr cannot be bound.
 func Serve(ctx context.Context, addr string, reg prometheus.Gatherer) error {
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+	ln, err := Listen(ctx, addr)
 	if err != nil {
-		return fmt.Errorf("%w on %s: %w", ErrListen, addr, err)
+		return err
 	}
 	return ServeListener(ctx, ln, reg)
+}
+
+// Listen binds addr (HOST:PORT) for ServeListener; its error wraps
+// ErrListen.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w on %s: %w", ErrListen, addr, err)
+	}
+	return ln, nil
 }
 
 // ServeListener is Serve on a listener the caller bound (tests bind

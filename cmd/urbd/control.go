@@ -88,7 +88,8 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
 does: a new protocol, resync-rate, on-peer-loss, on-io-error and new handlers apply at once, a
 new timeout, after-sb-0pri, after-sb-1pri, addresses, secret-file and TLS files (read again
-each time) and tcp-congestion from the next connection on, fencing from the next peer loss on, and the reply names
+each time) and tcp-congestion from the next connection on, fencing from the next peer loss on,
+metrics-listen at once, and the reply names
 the other settings that changed, which apply at the next start. With flags, only those
 settings change, until the next adjust or start. A new protocol applies to the writes that
 start after it; the peer is told without reconnecting.
