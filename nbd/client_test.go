@@ -640,3 +640,74 @@ func TestServerServesGrownExport(t *testing.T) {
 		t.Fatalf("write past the new end: %v, want EINVAL", err)
 	}
 }
+
+// TestServerCloseListener: a server moved to another listener (Serve on the
+// new one, CloseListener on the old) keeps the clients it has: a client
+// connected through the old listener goes on reading and writing, new
+// clients connect through the new one, the old address refuses, and the
+// old Serve returns nil.
+func TestServerCloseListener(t *testing.T) {
+	f := openTestFile(t, 1<<20)
+	srv := &Server{
+		Lookup: func(string) (*Export, error) { return &Export{Backend: f}, nil },
+		Logger: quietLogger(),
+	}
+	dir := t.TempDir()
+	oldAddr, newAddr := "unix:"+filepath.Join(dir, "old.sock"), "unix:"+filepath.Join(dir, "new.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	serve := func(addr string) (net.Listener, chan error) {
+		ln, err := Listen(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(context.Background(), ln) }()
+		return ln, done
+	}
+	client := func(addr string) *ClientConn {
+		conn, err := Dial(ctx, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := Negotiate(ctx, conn, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return NewClientConn(conn, info)
+	}
+	oldLn, oldDone := serve(oldAddr)
+	old := client(oldAddr)
+	_, newDone := serve(newAddr)
+	srv.CloseListener(oldLn)
+	select {
+	case err := <-oldDone:
+		if err != nil {
+			t.Fatalf("Serve of the closed listener returned %v, want nil", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Serve of the closed listener did not return")
+	}
+	data := bytes.Repeat([]byte{3}, 4096)
+	if err := old.Write(ctx, data, 8192, false); err != nil {
+		t.Fatalf("the client of the old listener: %v", err)
+	}
+	fresh := client(newAddr)
+	got := make([]byte, 4096)
+	if err := fresh.Read(ctx, got, 8192); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("a client of the new listener: %v", err)
+	}
+	if _, err := Dial(ctx, oldAddr); err == nil {
+		t.Error("the old address still accepts")
+	}
+	old.Disconnect()
+	fresh.Disconnect()
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-newDone; err != nil {
+		t.Fatalf("Serve of the new listener after Shutdown: %v", err)
+	}
+}

@@ -82,7 +82,7 @@ type Server struct {
 	NegotiationTimeout time.Duration
 
 	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
+	listeners map[net.Listener]bool // true once CloseListener retired it
 	conns     map[*srvConn]struct{}
 	shutdown  bool
 	connWG    sync.WaitGroup // one per conn in conns
@@ -133,7 +133,7 @@ func (s *Server) maxInFlightBytes() int64 {
 }
 
 // Serve accepts connections on ln and serves each in its own goroutines
-// until Shutdown, which makes Serve return nil, or until ctx is cancelled,
+// until Shutdown or CloseListener(ln), which make Serve return nil, or until ctx is cancelled,
 // which closes ln and every connection Serve accepted abruptly (no flush)
 // and returns ctx.Err(). Serve closes ln before it returns. Several Serve
 // calls on different listeners may share one Server.
@@ -145,9 +145,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return ErrServerClosed
 	}
 	if s.listeners == nil {
-		s.listeners = make(map[net.Listener]struct{})
+		s.listeners = make(map[net.Listener]bool)
 	}
-	s.listeners[ln] = struct{}{}
+	if s.listeners[ln] { // CloseListener came first
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		return nil
+	}
+	s.listeners[ln] = false
 	s.mu.Unlock()
 
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
@@ -164,7 +169,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		nc, err := ln.Accept()
 		if err != nil {
 			s.mu.Lock()
-			down := s.shutdown
+			down := s.shutdown || s.listeners[ln]
 			s.mu.Unlock()
 			if down {
 				return nil
@@ -236,6 +241,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	return s.closeConns(ctx, &s.connWG)
+}
+
+// CloseListener stops accepting on ln, which a Serve call serves: that
+// Serve returns nil, and the connections it accepted go on until their
+// clients leave (Shutdown or CloseClients end them). For moving a server to
+// another address: Serve the new listener first, then close the old one.
+func (s *Server) CloseListener(ln net.Listener) {
+	s.mu.Lock()
+	if s.listeners == nil {
+		s.listeners = make(map[net.Listener]bool)
+	}
+	s.listeners[ln] = true // also when its Serve has not started yet
+	s.mu.Unlock()
+	ln.Close()
 }
 
 // CloseClients disconnects every current client as Shutdown does (finish
