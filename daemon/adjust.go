@@ -23,8 +23,8 @@ import (
 // change while it runs: the protocol, the resync rate, on-peer-loss,
 // on-io-error and the handlers at once, the timeout and the after-sb
 // policies, the addresses, the secret, TLS and the congestion control from
-// the next connection on, fencing from the next peer loss on, the metrics
-// address at once. What cannot change while the
+// the next connection on, fencing from the next peer loss on, the NBD and
+// metrics addresses at once. What cannot change while the
 // resource runs is named in the answer and applied at the next start.
 type adjuster struct {
 	setProtocol   func(p byte) error                // Node.SetProtocol
@@ -41,6 +41,10 @@ type adjuster struct {
 	// useMetrics serves on it, closing the one before (metricsServer).
 	listenMetrics func(addr string) (net.Listener, error)
 	useMetrics    func(ln net.Listener)
+	// listenNBD binds a new NBD address (nbd.Listen) and useNBD serves on
+	// it, then stops accepting on the one before; attached clients stay.
+	listenNBD func(addr string) (net.Listener, error)
+	useNBD    func(ln net.Listener)
 	reload        func() (Options, error) // nil: started without a resource file
 	log           *slog.Logger
 	// congestion is what the peer connection asks for, as show prints it:
@@ -142,21 +146,33 @@ func (a *adjuster) fromFile() (string, error) {
 	if err := checkFenceHandler(pol.fencing, next.Handlers); err != nil {
 		return "", fmt.Errorf("nothing changed: %w, and the new settings have none", err)
 	}
-	// The new metrics address is bound first and the link set next: they
-	// are the changes that can fail here (an address in use).
-	var metricsLn net.Listener
+	// The new NBD and metrics addresses are bound first and the link set
+	// next: they are the changes that can fail here (an address in use).
+	var nbdLn, metricsLn net.Listener
+	closeNew := func() {
+		for _, ln := range []net.Listener{nbdLn, metricsLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
+	moveNBD := next.NBD != a.cur.NBD
+	if moveNBD {
+		if nbdLn, err = a.listenNBD(next.NBD); err != nil {
+			return "", fmt.Errorf("nothing changed: nbd: %w", err)
+		}
+	}
 	moveMetrics := next.MetricsListen != a.cur.MetricsListen
 	if moveMetrics {
 		if metricsLn, err = a.listenMetrics(next.MetricsListen); err != nil {
+			closeNew()
 			return "", fmt.Errorf("nothing changed: metrics-listen: %w", err)
 		}
 	}
 	linkMsg := link.changes(a.link)
 	if linkMsg != "" {
 		if err := a.setLink(link.Link); err != nil {
-			if metricsLn != nil {
-				metricsLn.Close()
-			}
+			closeNew()
 			return "", fmt.Errorf("nothing changed: %w", err)
 		}
 		a.link = link
@@ -165,15 +181,22 @@ func (a *adjuster) fromFile() (string, error) {
 	}
 	a.cur.ListenPeer, a.cur.Peer, a.cur.SecretFile, a.cur.TCPCongestion = next.ListenPeer, next.Peer, next.SecretFile, next.TCPCongestion
 	a.cur.TLSCert, a.cur.TLSKey, a.cur.TLSCA = next.TLSCert, next.TLSKey, next.TLSCA
+	var moved []string
+	if moveNBD {
+		a.useNBD(nbdLn)
+		a.cur.NBD = next.NBD
+		moved = append(moved, "nbd set to "+next.NBD+" (attached clients stay connected)")
+	}
 	if moveMetrics {
 		a.useMetrics(metricsLn)
 		a.cur.MetricsListen = next.MetricsListen
-		m := "metrics-listen set to " + orNone(next.MetricsListen)
-		if linkMsg == "" {
-			linkMsg = m
-		} else {
-			linkMsg += "; " + m
+		moved = append(moved, "metrics-listen set to "+orNone(next.MetricsListen))
+	}
+	if len(moved) > 0 {
+		if linkMsg != "" {
+			moved = append([]string{linkMsg}, moved...)
 		}
+		linkMsg = strings.Join(moved, "; ")
 	}
 	msg := a.applyLocked(next)
 	if linkMsg != "" {
@@ -330,9 +353,9 @@ func restartOnly(cur, next Options) []string {
 // settingsTable lists a resource's settings for `urbd show` and for
 // comparing them, by their names in the resource file. The live ones change
 // with `urbd adjust` (the addresses, the secret, TLS, the congestion
-// control and the metrics address only when read from the resource file);
-// a running resource keeps the others: its disk, its metadata and their
-// shape, and its NBD address.
+// control and the NBD and metrics addresses only when read from the
+// resource file); a running resource keeps the others: its disk, its
+// metadata and their shape.
 var settingsTable = []struct {
 	name  string
 	get   func(Options) string
@@ -341,7 +364,7 @@ var settingsTable = []struct {
 }{
 	{"disk", func(o Options) string { return o.Disk }, "", false},
 	{"meta", func(o Options) string { return o.Meta }, "", false},
-	{"nbd", func(o Options) string { return o.NBD }, "", false},
+	{"nbd", func(o Options) string { return o.NBD }, "", true},
 	{"address", func(o Options) string { return o.ListenPeer }, "none", true},
 	{"peer address", func(o Options) string { return o.Peer }, "none", true},
 	{"protocol", func(o Options) string { return string(o.Protocol) }, "C", true},

@@ -34,7 +34,14 @@ type fakeResource struct {
 	secret   string // the secret file's contents, as the fake loadLink reads them
 	linkErr  error  // what setLink returns
 	metrics  *metricsServer
+	nbdErr   error          // what listenNBD returns
+	nbds     []net.Listener // the NBD listeners used, in order
 }
+
+// fakeListener is an NBD listener that accepts nothing.
+type fakeListener struct{ net.Listener }
+
+func (fakeListener) Close() error { return nil }
 
 // load is the fake loadLink: the secret file is read as f.secret, and
 // "/missing" does not read.
@@ -52,6 +59,13 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 	return &adjuster{
 		listenMetrics: func(addr string) (net.Listener, error) { return f.metrics.listen(context.Background(), addr) },
 		useMetrics:    func(ln net.Listener) { f.metrics.use(context.Background(), ln) },
+		listenNBD: func(string) (net.Listener, error) {
+			if f.nbdErr != nil {
+				return nil, f.nbdErr
+			}
+			return fakeListener{}, nil
+		},
+		useNBD: func(ln net.Listener) { f.nbds = append(f.nbds, ln) },
 		setLink: func(l replica.Link) error {
 			if f.linkErr != nil {
 				return f.linkErr
@@ -343,7 +357,6 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	cur := baseOptions()
 	changes := map[string]func(*Options){
 		"disk": func(o *Options) { o.Disk = "/dev/vdc" }, "meta": func(o *Options) { o.Meta = "/srv/m" },
-		"nbd":          func(o *Options) { o.NBD = "tcp:127.0.0.1:10809" },
 		"bitmap-block": func(o *Options) { o.BitmapBlock = 8192 },
 		"al-extents":   func(o *Options) { o.ALExtents = 3389 },
 	}
@@ -369,7 +382,7 @@ func TestRestartOnlyNamesEachFixedSetting(t *testing.T) {
 	next.Fencing = "resource-and-stonith"
 	next.ListenPeer, next.Peer, next.SecretFile = "10.0.0.1:7790", "10.0.0.3:7789", "/etc/urbd/s"
 	next.TLSCert, next.TLSKey, next.TLSCA = "c.pem", "k.pem", "ca.pem"
-	next.TCPCongestion, next.MetricsListen = "reno", "127.0.0.1:9942"
+	next.TCPCongestion, next.MetricsListen, next.NBD = "reno", "127.0.0.1:9942", "tcp:127.0.0.1:10809"
 	if got := restartOnly(cur, next); len(got) != 0 {
 		t.Errorf("live settings named as needing a restart: %v", got)
 	}
@@ -491,4 +504,29 @@ func freeLoopback(t *testing.T) string {
 	}
 	defer ln.Close()
 	return fmt.Sprintf("127.0.0.1:%d", ln.Addr().(*net.TCPAddr).Port)
+}
+
+// TestAdjustNBD: a new nbd address in the resource file is bound and served
+// at once (the attached clients stay); one that cannot be bound is refused
+// and changes nothing, also not what else the file changed.
+func TestAdjustNBD(t *testing.T) {
+	next := baseOptions()
+	a, f := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
+	next.NBD = "unix:/run/urbd/r0-new.nbd"
+	next.ResyncRate = 1 << 20
+	f.nbdErr = errors.New("listen unix /run/urbd/r0-new.nbd: bind: address already in use")
+	if _, err := a.fromFile(); err == nil || err.Error() != "nothing changed: nbd: "+f.nbdErr.Error() {
+		t.Errorf("an NBD address in use: %v", err)
+	}
+	if len(f.nbds) != 0 || len(f.rates) != 0 || a.cur.NBD != baseOptions().NBD {
+		t.Errorf("a refused adjust changed something: listeners %d, rates %v, nbd %s", len(f.nbds), f.rates, a.cur.NBD)
+	}
+	f.nbdErr = nil
+	msg, err := a.fromFile()
+	if err != nil || msg != "nbd set to unix:/run/urbd/r0-new.nbd (attached clients stay connected); resync rate set to 1MiB/s" {
+		t.Fatalf("new NBD address: %q, %v", msg, err)
+	}
+	if len(f.nbds) != 1 || a.cur.NBD != next.NBD {
+		t.Errorf("listeners used %d, nbd in effect %s", len(f.nbds), a.cur.NBD)
+	}
 }

@@ -271,14 +271,34 @@ func Run(ctx context.Context, o Options) error {
 	defer stop()
 	errc := make(chan error, 4)
 	go func() { errc <- node.Run(ctx) }()
-	go func() { errc <- srv.Serve(ctx, nbdLn) }()
+	// serveNBD serves NBD clients on ln until the daemon stops or urbd
+	// adjust moves the export (CloseListener: Serve returns nil); a
+	// listener that fails stops the daemon, as at the start.
+	serveNBD := func(ln net.Listener) {
+		go func() {
+			if err := srv.Serve(ctx, ln); err != nil && ctx.Err() == nil {
+				select {
+				case errc <- fmt.Errorf("nbd: %w", err):
+				default:
+				}
+			}
+		}()
+	}
+	serveNBD(nbdLn)
+	nbdCur := nbdLn // the listener in effect; urbd adjust replaces it (under adj.mu)
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
 		setLink: node.SetLink, loadLink: loadLink, link: link,
 		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },
 		useMetrics:    func(ln net.Listener) { ms.use(ctx, ln) },
-		reload:        o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
+		listenNBD:     nbd.Listen,
+		useNBD: func(ln net.Listener) {
+			serveNBD(ln)
+			srv.CloseListener(nbdCur)
+			nbdCur = ln
+		},
+		reload: o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
 		return execute(cctx, node, srv, adj, req, stop)

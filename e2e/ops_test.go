@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -180,6 +182,30 @@ timeout = "2s"
 		t.Errorf("urbd adjust --fencing resource-only without a handler: %v: %q", err, out)
 	}
 	show("20MiB/s", "changed in the resource file: urbd adjust applies protocol, timeout, on-peer-loss, on-io-error; the next start applies al-extents")
+
+	// The export moves to another socket with the resource file: a client
+	// attached through the old one stays and goes on writing, new clients
+	// use the new one, the old path is gone.
+	attached, err := c.a.client()
+	must(t, err)
+	newSock := filepath.Join(c.a.dir, "moved.sock")
+	conf = strings.Replace(conf, "nbd = \"unix:"+c.a.sock+"\"", "nbd = \"unix:"+newSock+"\"", 1)
+	must(t, os.WriteFile(path, []byte(conf), 0o644))
+	if out := c.a.ctl("adjust", "r0"); !strings.HasPrefix(out, "r0: nbd set to unix:"+newSock+" (attached clients stay connected);") {
+		t.Errorf("urbd adjust with a new nbd address: %q", out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := attached.Write(ctx, bytes.Repeat([]byte{5}, 4096), 1<<20, true); err != nil {
+		t.Errorf("the client attached before the move: %v", err)
+	}
+	must(t, attached.Disconnect())
+	if _, err := os.Stat(c.a.sock); err == nil {
+		t.Errorf("the old NBD socket %s is still there", c.a.sock)
+	}
+	c.a.sock = newSock
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=1M", "--iodepth=4", "--verify=crc32c")
+
 	c.a.ctl("secondary", "r0")
 	waitForHandlers(t, events, "demoted r0")
 

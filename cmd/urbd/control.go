@@ -89,8 +89,8 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 does: a new protocol, resync-rate, on-peer-loss, on-io-error and new handlers apply at once, a
 new timeout, after-sb-0pri, after-sb-1pri, addresses, secret-file and TLS files (read again
 each time) and tcp-congestion from the next connection on, fencing from the next peer loss on,
-metrics-listen at once, and the reply names
-the other settings that changed, which apply at the next start. With flags, only those
+nbd and metrics-listen at once, and the reply names the other settings that changed (disk,
+meta, bitmap-block, al-extents), which apply at the next start. With flags, only those
 settings change, until the next adjust or start. A new protocol applies to the writes that
 start after it; the peer is told without reconnecting.
 Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --protocol A r0`,
