@@ -45,8 +45,8 @@ type adjuster struct {
 	// it, then stops accepting on the one before; attached clients stay.
 	listenNBD func(addr string) (net.Listener, error)
 	useNBD    func(ln net.Listener)
-	reload        func() (Options, error) // nil: started without a resource file
-	log           *slog.Logger
+	reload    func() (Options, error) // nil: started without a resource file
+	log       *slog.Logger
 	// congestion is what the peer connection asks for, as show prints it:
 	// the configured name, or the kernel's default where urbd's was refused.
 	congestion string
