@@ -148,31 +148,16 @@ func (a *adjuster) fromFile() (string, error) {
 	}
 	// The new NBD and metrics addresses are bound first and the link set
 	// next: they are the changes that can fail here (an address in use).
-	var nbdLn, metricsLn net.Listener
-	closeNew := func() {
-		for _, ln := range []net.Listener{nbdLn, metricsLn} {
-			if ln != nil {
-				ln.Close()
-			}
-		}
-	}
-	moveNBD := next.NBD != a.cur.NBD
-	if moveNBD {
-		if nbdLn, err = a.listenNBD(next.NBD); err != nil {
-			return "", fmt.Errorf("nothing changed: nbd: %w", err)
-		}
-	}
-	moveMetrics := next.MetricsListen != a.cur.MetricsListen
-	if moveMetrics {
-		if metricsLn, err = a.listenMetrics(next.MetricsListen); err != nil {
-			closeNew()
-			return "", fmt.Errorf("nothing changed: metrics-listen: %w", err)
-		}
+	moves, err := a.bindAddresses(next)
+	if err != nil {
+		return "", fmt.Errorf("nothing changed: %w", err)
 	}
 	linkMsg := link.changes(a.link)
 	if linkMsg != "" {
 		if err := a.setLink(link.Link); err != nil {
-			closeNew()
+			for _, m := range moves {
+				m.close()
+			}
 			return "", fmt.Errorf("nothing changed: %w", err)
 		}
 		a.link = link
@@ -181,22 +166,13 @@ func (a *adjuster) fromFile() (string, error) {
 	}
 	a.cur.ListenPeer, a.cur.Peer, a.cur.SecretFile, a.cur.TCPCongestion = next.ListenPeer, next.Peer, next.SecretFile, next.TCPCongestion
 	a.cur.TLSCert, a.cur.TLSKey, a.cur.TLSCA = next.TLSCert, next.TLSKey, next.TLSCA
-	var moved []string
-	if moveNBD {
-		a.useNBD(nbdLn)
-		a.cur.NBD = next.NBD
-		moved = append(moved, "nbd set to "+next.NBD+" (attached clients stay connected)")
-	}
-	if moveMetrics {
-		a.useMetrics(metricsLn)
-		a.cur.MetricsListen = next.MetricsListen
-		moved = append(moved, "metrics-listen set to "+orNone(next.MetricsListen))
-	}
-	if len(moved) > 0 {
+	for _, m := range moves {
+		m.use(m.ln)
+		*m.cur = m.addr
 		if linkMsg != "" {
-			moved = append([]string{linkMsg}, moved...)
+			linkMsg += "; "
 		}
-		linkMsg = strings.Join(moved, "; ")
+		linkMsg += m.done
 	}
 	msg := a.applyLocked(next)
 	if linkMsg != "" {
@@ -211,6 +187,52 @@ func (a *adjuster) fromFile() (string, error) {
 	}
 	a.log.Info("settings read again", "result", msg)
 	return msg, nil
+}
+
+// addressMove is a new NBD or metrics address that fromFile bound, to be
+// served (use) once nothing else can fail.
+type addressMove struct {
+	addr string
+	ln   net.Listener // nil: serve nowhere (metrics only)
+	use  func(net.Listener)
+	cur  *string // the setting in Options to record addr in
+	done string  // what the reply says
+}
+
+func (m addressMove) close() {
+	if m.ln != nil {
+		m.ln.Close()
+	}
+}
+
+// bindAddresses binds the NBD and metrics addresses of next that differ
+// from the running ones. An address that cannot be bound is an error, and
+// none stays bound. a.mu must be held.
+func (a *adjuster) bindAddresses(next Options) ([]addressMove, error) {
+	var moves []addressMove
+	fail := func(err error) ([]addressMove, error) {
+		for _, m := range moves {
+			m.close()
+		}
+		return nil, err
+	}
+	if next.NBD != a.cur.NBD {
+		ln, err := a.listenNBD(next.NBD)
+		if err != nil {
+			return fail(fmt.Errorf("nbd: %w", err))
+		}
+		moves = append(moves, addressMove{next.NBD, ln, a.useNBD, &a.cur.NBD,
+			"nbd set to " + next.NBD + " (attached clients stay connected)"})
+	}
+	if next.MetricsListen != a.cur.MetricsListen {
+		ln, err := a.listenMetrics(next.MetricsListen)
+		if err != nil {
+			return fail(fmt.Errorf("metrics-listen: %w", err))
+		}
+		moves = append(moves, addressMove{next.MetricsListen, ln, a.useMetrics, &a.cur.MetricsListen,
+			"metrics-listen set to " + orNone(next.MetricsListen)})
+	}
+	return moves, nil
 }
 
 // applyLocked applies the settings of next that differ from the running
