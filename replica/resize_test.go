@@ -134,3 +134,27 @@ func TestScenarioResizePeerFails(t *testing.T) {
 		t.Fatal("the peer's new part was not resynced from the Primary")
 	}
 }
+
+// TestScenarioResizeBothSecondary: with no Primary either node may run the
+// resize; both grow, and the resync after the reconnection makes the new
+// parts equal.
+func TestScenarioResizeBothSecondary(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := a.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	b.waitState("peer Secondary", func(s replica.State) bool { return s.PeerRole == replica.Secondary })
+	const old, grown = int64(hDiskSize), int64(hDiskSize + 4<<20)
+	a.growFile(grown)
+	b.growFile(grown)
+	a.poke(old, pattern("a's new part", 4<<20))
+	b.poke(old, pattern("b's new part", 4<<20))
+	res, err := b.node.Resize(context.Background())
+	if err != nil || res.To != grown {
+		t.Fatalf("Resize on a Secondary with a Secondary peer: %+v, %v", res, err)
+	}
+	inSyncAndEqual(t, a, b)
+	if a.node.Size() != grown || b.node.Size() != grown {
+		t.Fatalf("sizes %d/%d, want %d", a.node.Size(), b.node.Size(), grown)
+	}
+}
