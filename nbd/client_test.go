@@ -608,15 +608,7 @@ func TestServerServesGrownExport(t *testing.T) {
 	_, addr := startServer(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := Dial(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := Negotiate(ctx, conn, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := NewClientConn(conn, info)
+	c := connectTest(ctx, t, addr)
 	defer c.Disconnect()
 	data := bytes.Repeat([]byte{9}, 4096)
 	var re *RemoteError
@@ -665,19 +657,8 @@ func TestServerCloseListener(t *testing.T) {
 		go func() { done <- srv.Serve(context.Background(), ln) }()
 		return ln, done
 	}
-	client := func(addr string) *ClientConn {
-		conn, err := Dial(ctx, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := Negotiate(ctx, conn, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return NewClientConn(conn, info)
-	}
 	oldLn, oldDone := serve(oldAddr)
-	old := client(oldAddr)
+	old := connectTest(ctx, t, oldAddr)
 	_, newDone := serve(newAddr)
 	srv.CloseListener(oldLn)
 	select {
@@ -692,7 +673,7 @@ func TestServerCloseListener(t *testing.T) {
 	if err := old.Write(ctx, data, 8192, false); err != nil {
 		t.Fatalf("the client of the old listener: %v", err)
 	}
-	fresh := client(newAddr)
+	fresh := connectTest(ctx, t, newAddr)
 	got := make([]byte, 4096)
 	if err := fresh.Read(ctx, got, 8192); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("a client of the new listener: %v", err)
@@ -710,4 +691,19 @@ func TestServerCloseListener(t *testing.T) {
 	if err := <-newDone; err != nil {
 		t.Fatalf("Serve of the new listener after Shutdown: %v", err)
 	}
+}
+
+// connectTest dials addr and negotiates the default export.
+func connectTest(ctx context.Context, t *testing.T, addr string) *ClientConn {
+	t.Helper()
+	conn, err := Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := Negotiate(ctx, conn, "")
+	if err != nil {
+		conn.Close()
+		t.Fatal(err)
+	}
+	return NewClientConn(conn, info)
 }
