@@ -58,7 +58,8 @@ func (n *Node) sweepLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			if err := n.sweep(); err != nil {
+			// A store that Resize closed meanwhile was swept by its Close.
+			if err := n.sweep(); err != nil && !errors.Is(err, bitmap.ErrClosed) {
 				n.log.Error("activity-log sweep failed", "err", err)
 			}
 		}
@@ -66,11 +67,7 @@ func (n *Node) sweepLoop(ctx context.Context) error {
 }
 
 // sweep drops idle extents from the activity log, after syncData.
-func (n *Node) sweep() error {
-	n.growMu.RLock() // not while Resize replaces the store
-	defer n.growMu.RUnlock()
-	return n.store().Sweep()
-}
+func (n *Node) sweep() error { return n.store().Sweep() }
 
 // store is the resource's metadata: its bitmap and activity log. Resize
 // replaces it while it holds growMu with every write finished, so a write

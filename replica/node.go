@@ -90,8 +90,8 @@ type Node struct {
 	resumed      bool       // guarded by mu: urbd resume-io released held writes until the peer is back
 	resizing     bool       // guarded by mu: Resize runs here, or the peer's commit is being applied
 	// growMu is held shared by every write from its BeginWrite until it
-	// is done locally (see writeOp), and by the activity-log sweep; Resize
-	// holds it alone while it replaces the store.
+	// is done locally (see writeOp); Resize holds it alone while it
+	// replaces the store.
 	growMu sync.RWMutex
 	// suspendOnLoss is on-peer-loss suspend (Config.SuspendOnPeerLoss, then
 	// SetOnPeerLoss); written with mu held, read without it on the write path.
