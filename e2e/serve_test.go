@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,6 +75,40 @@ func TestServeNbdinfo(t *testing.T) {
 	msg, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(msg), `unknown export "other"`) {
 		t.Errorf("nbdinfo on an unknown export: %v\n%s", err, msg)
+	}
+}
+
+// TestServeGrowsOnSIGHUP: the disk file grows under urbd serve; SIGHUP makes
+// the export serve the new size (nbdinfo on a new connection sees it), the
+// new end takes writes that read back, and a SIGHUP with nothing grown
+// changes nothing and does not stop the server.
+func TestServeGrowsOnSIGHUP(t *testing.T) {
+	requireCmds(t, "nbdinfo", "fio")
+	f := newServe(t, 32<<20)
+	size := func() string {
+		return strings.TrimSpace(runCmd(t, 30*time.Second, "nbdinfo", "--size", nbdURI(f.sock)))
+	}
+	must(t, os.Truncate(f.disk, 48<<20))
+	if got := size(); got != strconv.Itoa(32<<20) {
+		t.Fatalf("before SIGHUP the export is %s bytes, want the size at start", got)
+	}
+	f.d.signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for size() != strconv.Itoa(48<<20) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after SIGHUP the export is %s bytes, want %d\n%s", size(), 48<<20, f.d.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	runFio(t, nbdURI(f.sock), "--rw=write", "--bs=64k", "--offset=40M", "--size=8M", "--verify=crc32c", "--do_verify=1")
+	f.d.signal(syscall.SIGHUP)
+	time.Sleep(200 * time.Millisecond)
+	if f.d.exited() || size() != strconv.Itoa(48<<20) {
+		t.Fatalf("a second SIGHUP stopped the server or changed its size:\n%s", f.d.output())
+	}
+	if out := f.d.output(); !strings.Contains(out, "grew the export from 33554432 to 50331648 bytes") ||
+		!strings.Contains(out, "the disk is still 50331648 bytes") {
+		t.Errorf("the log does not say what each SIGHUP did:\n%s", out)
 	}
 }
 

@@ -26,7 +26,8 @@ var serveCommand = &cli.Command{
 	UsageText: "urbd serve --disk PATH --listen unix:SOCK|tcp:HOST:PORT [--read-only]",
 	Description: "Serves PATH (a regular file or a block device) to NBD clients under the export name \"\" " +
 		"and the file's base name. SIGINT or SIGTERM stops accepting, finishes the requests in flight, " +
-		"flushes the disk and exits 0.",
+		"flushes the disk and exits 0. SIGHUP takes a disk grown meanwhile (truncate, lvextend): the export " +
+		"serves its new size, to new clients and to urbd attach after its own SIGHUP.",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "disk", Usage: "file or block device to export", Required: true},
 		&cli.StringFlag{Name: "listen", Usage: "unix:/path/to.sock or tcp:host:port", Required: true},
@@ -101,16 +102,24 @@ func serveAction(c *cli.Context) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(context.Background(), ln) }()
 	go threads.Run(context.Background(), autoThreads, threads.Interval, srv.Served)
 	log.Info("serving", "disk", path, "size", disk.Size(), "listen", addr, "read_only", ro)
 
-	select {
-	case err := <-served:
-		return fmt.Errorf("serving %s: %v", addr, err)
-	case sig := <-sigs:
-		log.Info("shutting down", "signal", sig.String())
+	for running := true; running; {
+		select {
+		case err := <-served:
+			return fmt.Errorf("serving %s: %v", addr, err)
+		case <-hup:
+			growExport(disk, log)
+		case sig := <-sigs:
+			log.Info("shutting down", "signal", sig.String())
+			running = false
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -131,4 +140,25 @@ func serveAction(c *cli.Context) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// growExport serves the disk's size now if it grew (SIGHUP), and logs one
+// line either way. A disk never shrinks under its clients.
+func growExport(disk *nbd.File, log *slog.Logger) {
+	from := disk.Size()
+	have, err := disk.StorageSize()
+	switch {
+	case err != nil:
+		log.Error("cannot read the disk's size", "err", err)
+	case have < from:
+		log.Warn(fmt.Sprintf("the disk shrank from %d to %d bytes: the export keeps %d", from, have, from))
+	case have == from:
+		log.Info(fmt.Sprintf("the disk is still %d bytes", from))
+	default:
+		if err := disk.Grow(have); err != nil {
+			log.Error("cannot grow the export", "err", err)
+			return
+		}
+		log.Info(fmt.Sprintf("grew the export from %d to %d bytes", from, have))
+	}
 }
