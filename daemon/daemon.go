@@ -167,18 +167,9 @@ func Run(ctx context.Context, o Options) error {
 		log = slog.Default()
 	}
 	log = log.With("resource", o.Name)
-	if err := validName(o.Name); err != nil {
-		return err
-	}
-	if err := checkOnPeerLoss(o.OnPeerLoss); err != nil {
-		return err
-	}
-	pol, err := parsePolicies(o)
+	pol, err := checkOptions(o)
 	if err != nil {
 		return err
-	}
-	if err := checkFenceHandler(pol.fencing, o.Handlers); err != nil {
-		return fmt.Errorf("--%w: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", err)
 	}
 	congestion, err := peerCongestion(o.TCPCongestion, log)
 	if err != nil {
@@ -230,62 +221,22 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	srv := &nbd.Server{
-		Logger: log,
-		Lookup: func(name string) (*nbd.Export, error) {
-			if err := node.CheckServe(); err != nil {
-				return nil, nbd.Refuse(err)
-			}
-			return &nbd.Export{Name: o.Name, Description: "urbd resource " + o.Name, Backend: node, MultiConn: true}, nil
-		},
-		List: func() []string { return []string{o.Name} },
-	}
+	srv := newNBDServer(o.Name, node, log)
 	node.SetClientCounter(srv.Clients)
 
-	dir := filepath.Join(o.RunDir, o.Name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		node.Close()
-		return fmt.Errorf("creating run dir: %w", err)
-	}
-	ctl, err := listenUnix(SocketPath(o.RunDir, o.Name))
+	ctl, nbdLn, metricsLn, err := openListeners(ctx, o, ms)
 	if err != nil {
 		node.Close()
 		return err
 	}
 	defer os.Remove(SocketPath(o.RunDir, o.Name))
-	nbdLn, err := nbd.Listen(o.NBD)
-	if err != nil {
-		ctl.Close()
-		node.Close()
-		return fmt.Errorf("--nbd: %w", err)
-	}
-	metricsLn, err := ms.listen(ctx, o.MetricsListen)
-	if err != nil {
-		nbdLn.Close()
-		ctl.Close()
-		node.Close()
-		return fmt.Errorf("--metrics-listen: %w", err)
-	}
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	errc := make(chan error, 4)
 	go func() { errc <- node.Run(ctx) }()
-	// serveNBD serves NBD clients on ln until the daemon stops or urbd
-	// adjust moves the export (CloseListener: Serve returns nil); a
-	// listener that fails stops the daemon, as at the start.
-	serveNBD := func(ln net.Listener) {
-		go func() {
-			if err := srv.Serve(ctx, ln); err != nil && ctx.Err() == nil {
-				select {
-				case errc <- fmt.Errorf("nbd: %w", err):
-				default:
-				}
-			}
-		}()
-	}
-	serveNBD(nbdLn)
-	nbdCur := nbdLn // the listener in effect; urbd adjust replaces it (under adj.mu)
+	export := &nbdExport{srv: srv, errc: errc}
+	export.use(ctx, nbdLn)
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
@@ -293,12 +244,8 @@ func Run(ctx context.Context, o Options) error {
 		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },
 		useMetrics:    func(ln net.Listener) { ms.use(ctx, ln) },
 		listenNBD:     nbd.Listen,
-		useNBD: func(ln net.Listener) {
-			serveNBD(ln)
-			srv.CloseListener(nbdCur)
-			nbdCur = ln
-		},
-		reload: o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
+		useNBD:        func(ln net.Listener) { export.use(ctx, ln) },
+		reload:        o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
 		return execute(cctx, node, srv, adj, req, stop)
@@ -341,6 +288,87 @@ func Run(ctx context.Context, o Options) error {
 	os.Remove(StatusPath(o.RunDir, o.Name))
 	log.Info("resource down")
 	return runErr
+}
+
+// openListeners binds the control socket, the NBD address and the metrics
+// address (nil when none) of o; on an error none stays bound.
+func openListeners(ctx context.Context, o Options, ms *metricsServer) (ctl, nbdLn, metricsLn net.Listener, err error) {
+	if err := os.MkdirAll(filepath.Join(o.RunDir, o.Name), 0o755); err != nil {
+		return nil, nil, nil, fmt.Errorf("creating run dir: %w", err)
+	}
+	if ctl, err = listenUnix(SocketPath(o.RunDir, o.Name)); err != nil {
+		return nil, nil, nil, err
+	}
+	if nbdLn, err = nbd.Listen(o.NBD); err != nil {
+		ctl.Close()
+		return nil, nil, nil, fmt.Errorf("--nbd: %w", err)
+	}
+	if metricsLn, err = ms.listen(ctx, o.MetricsListen); err != nil {
+		nbdLn.Close()
+		ctl.Close()
+		return nil, nil, nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	return ctl, nbdLn, metricsLn, nil
+}
+
+// checkOptions checks what Run can check of o before it opens anything,
+// and returns its policies parsed.
+func checkOptions(o Options) (policies, error) {
+	if err := validName(o.Name); err != nil {
+		return policies{}, err
+	}
+	if err := checkOnPeerLoss(o.OnPeerLoss); err != nil {
+		return policies{}, err
+	}
+	pol, err := parsePolicies(o)
+	if err != nil {
+		return policies{}, err
+	}
+	if err := checkFenceHandler(pol.fencing, o.Handlers); err != nil {
+		return policies{}, fmt.Errorf("--%w: add --handler 'fence-peer=COMMAND' (see docs/OPERATIONS.md, Fencing)", err)
+	}
+	return pol, nil
+}
+
+// newNBDServer serves the resource's export, which node refuses while it
+// is not Primary.
+func newNBDServer(name string, node *replica.Node, log *slog.Logger) *nbd.Server {
+	return &nbd.Server{
+		Logger: log,
+		Lookup: func(string) (*nbd.Export, error) {
+			if err := node.CheckServe(); err != nil {
+				return nil, nbd.Refuse(err)
+			}
+			return &nbd.Export{Name: name, Description: "urbd resource " + name, Backend: node, MultiConn: true}, nil
+		},
+		List: func() []string { return []string{name} },
+	}
+}
+
+// nbdExport serves the NBD server on the listener in effect; urbd adjust
+// moves it to another (nbd). Its methods are called by one goroutine at a
+// time (Run, then the adjuster under its mutex).
+type nbdExport struct {
+	srv  *nbd.Server
+	errc chan<- error // a listener that fails stops the daemon, as at the start
+	cur  net.Listener
+}
+
+// use serves on ln until the daemon stops, then stops accepting on the
+// listener before (its Serve returns nil; its clients stay connected).
+func (e *nbdExport) use(ctx context.Context, ln net.Listener) {
+	go func() {
+		if err := e.srv.Serve(ctx, ln); err != nil && ctx.Err() == nil {
+			select {
+			case e.errc <- fmt.Errorf("nbd: %w", err):
+			default:
+			}
+		}
+	}()
+	if e.cur != nil {
+		e.srv.CloseListener(e.cur)
+	}
+	e.cur = ln
 }
 
 // openMeta opens the metadata of o for disk, creating it on first start,
