@@ -739,7 +739,11 @@ func (s *Store) Idle() bool {
 // way a start with --grow does, so the new part is marked out of sync, the
 // same crash rules hold (a crash in between marks the whole disk), and
 // Recovery.GrownFrom of the returned store tells the old size. The store's
-// SyncData carries over.
+// SyncData carries over. With clean the new part is taken as equal on both
+// nodes (urbd resize --assume-clean): it is marked in sync again at once,
+// down to the block holding the old end unless that block was marked
+// before; the bitmap on disk may keep the marks until its next write (a
+// superset, which is safe).
 //
 // The caller holds every write back: with a write in flight (Idle is false)
 // Grow fails with ErrBusy and changes nothing. On success s is closed and
@@ -748,7 +752,7 @@ func (s *Store) Idle() bool {
 // returns that store with the error (metadata torn by the failure then
 // marks the whole disk out of sync); when even that fails it returns nil
 // and the error, and the metadata is unusable until the next start.
-func (s *Store) Grow(size int64) (*Store, error) {
+func (s *Store) Grow(size int64, clean bool) (*Store, error) {
 	if size <= s.size {
 		return nil, fmt.Errorf("%w: cannot grow a disk of %d bytes to %d", ErrGeometry, s.size, size)
 	}
@@ -771,6 +775,16 @@ func (s *Store) Grow(size int64) (*Store, error) {
 	g, err := Open(s.dir, grown)
 	if err != nil {
 		return s.reopen(opt, fmt.Errorf("bitmap: growing %s: %w", s.dir, err))
+	}
+	if clean {
+		from := s.size / s.block * s.block // Open marked from here on
+		if from < s.size && s.bm.IsSet(from, s.size-from) {
+			from += s.block // the old end's block was marked before: keep it
+		}
+		if from < size {
+			g.MarkInSync(from, size-from)
+			_ = g.PersistBitmap() // on a failure the file keeps the marks: a superset
+		}
 	}
 	return g, nil
 }

@@ -847,7 +847,7 @@ func TestGrowOnline(t *testing.T) {
 	if err := s.BeginWrite(40*block, block); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Grow(newSize); !errors.Is(err, ErrBusy) {
+	if _, err := s.Grow(newSize, false); !errors.Is(err, ErrBusy) {
 		t.Fatalf("Grow with a write in flight: %v, want ErrBusy", err)
 	}
 	s.EndWrite(40*block, block)
@@ -855,11 +855,11 @@ func TestGrowOnline(t *testing.T) {
 		t.Fatalf("the store stopped working after a refused Grow: %v", err)
 	}
 	s.EndWrite(0, block)
-	if _, err := s.Grow(oldSize); !errors.Is(err, ErrGeometry) {
+	if _, err := s.Grow(oldSize, false); !errors.Is(err, ErrGeometry) {
 		t.Fatalf("Grow to the same size: %v, want ErrGeometry", err)
 	}
 
-	g, err := s.Grow(newSize)
+	g, err := s.Grow(newSize, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -900,4 +900,42 @@ func TestGrowOnline(t *testing.T) {
 		t.Fatalf("opening at the new size after the grow, without Grow: %v", err)
 	}
 	check(r, "reopened")
+}
+
+// TestGrowOnlineClean: Store.Grow with clean marks nothing new, except the
+// block holding the old end when it was marked before; a crash afterwards
+// opens with the same marks.
+func TestGrowOnlineClean(t *testing.T) {
+	const block = 512
+	oldSize, newSize := int64(63*1024+300), int64(80*1024+100) // the old end inside block 124
+	for _, endMarked := range []bool{false, true} {
+		fsys := NewMemFS()
+		geo := Options{Size: oldSize, BitmapBlock: block, ExtentSize: 4096, ALExtents: 4, chunkWords: 1}
+		s := openMem(t, fsys, geo)
+		s.MarkOutOfSync(5*block, block)
+		if endMarked {
+			s.MarkOutOfSync(oldSize-1, 1)
+		}
+		g, err := s.Grow(newSize, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check := func(g *Store, what string) {
+			t.Helper()
+			for b := int64(0); b*block < newSize; b++ {
+				need := b == 5 || endMarked && b == oldSize/block
+				if set := g.Bitmap().IsSet(b*block, 1); set != need {
+					t.Fatalf("%s (old end marked %v): block %d marked %v, want %v", what, endMarked, b, set, need)
+				}
+			}
+		}
+		check(g, "grown clean")
+		again := geo
+		again.Size, again.FS = newSize, fsys.Reboot()
+		r, err := Open(tDir, again)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(r, "after a crash")
+	}
 }

@@ -21,6 +21,8 @@ type Request struct {
 	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, show, invalidate, invalidate-remote, resize, pause-sync, resume-sync, verify, down
 	Force   bool   `json:"force,omitempty"`
 	Discard bool   `json:"discard,omitempty"`
+	// AssumeClean, for resize: the disks' new parts are equal, resync none.
+	AssumeClean bool `json:"assume_clean,omitempty"`
 	// Settings, for adjust, are the settings to change, by their flag names
 	// (resync-rate, on-peer-loss) with the values as typed; without any,
 	// adjust reads the resource's settings again (Options.Reload).

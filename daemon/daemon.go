@@ -467,9 +467,13 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 		msg = "peer invalidated: full resync to the peer"
 	case "resize":
 		var r replica.Resized
-		r, err = node.Resize(ctx)
+		r, err = node.Resize(ctx, req.AssumeClean)
 		msg = fmt.Sprintf("grown from %s to %s on both nodes; they reconnect, and the resync copies the new %s",
 			units.FormatSize(r.From), units.FormatSize(r.To), units.FormatSize(r.To-r.From))
+		if req.AssumeClean {
+			msg = fmt.Sprintf("grown from %s to %s on both nodes; the new %s is taken as equal on both (assume-clean): nothing to resync",
+				units.FormatSize(r.From), units.FormatSize(r.To), units.FormatSize(r.To-r.From))
+		}
 	case "pause-sync":
 		node.PauseSync()
 		msg = "resync paused (urbd resume-sync goes on)"

@@ -142,7 +142,8 @@ func TestExt4Grow(t *testing.T) {
 // both nodes take the new size without a restart, the application's writes
 // all verify, the Secondary's new part (other bytes there) is resynced from
 // the Primary, new NBD connections see the new size and can write at its
-// end, and a later restart needs no --grow.
+// end, and a later restart needs no --grow. Grown again with zeroes on both,
+// --assume-clean keeps the nodes connected and resyncs nothing.
 func TestResizeOnline(t *testing.T) {
 	const oldSize, newSize = 32 << 20, 48 << 20
 	c := newCluster(t, clusterOpts{size: oldSize})
@@ -200,6 +201,22 @@ func TestResizeOnline(t *testing.T) {
 	c.b.stop()
 	c.b.start()
 	c.a.waitInSync(30 * time.Second)
+
+	// Grown again with zeroes on both: --assume-clean resyncs nothing and
+	// the nodes stay connected.
+	const cleanSize = newSize + 16<<20
+	must(t, os.Truncate(c.a.disk, cleanSize))
+	must(t, os.Truncate(c.b.disk, cleanSize))
+	if out := c.a.ctl("resize", "--assume-clean", "r0"); !strings.Contains(out, "grown from 48MiB to 64MiB on both nodes; the new 16MiB is taken as equal on both (assume-clean): nothing to resync") {
+		t.Fatalf("urbd resize --assume-clean: %q", out)
+	}
+	if st := c.a.status(); st.ConnState != "Connected" || st.OutOfSyncKiB != 0 || st.SizeKiB != cleanSize>>10 {
+		t.Fatalf("after urbd resize --assume-clean: %s, %d KiB out of sync, size %d KiB; want Connected, 0, %d",
+			st.ConnState, st.OutOfSyncKiB, st.SizeKiB, cleanSize>>10)
+	}
+	runFio(t, c.a.uri(), "--rw=write", "--bs=64k", "--offset=56M", "--size=8M", "--verify=crc32c", "--do_verify=1")
+	c.a.waitInSync(30 * time.Second)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // growWithJunk grows the file at path by n bytes of text that is not the

@@ -29,7 +29,7 @@ type Header struct {
 const (
 	helloFixed      = 26
 	refuseFixed     = 6
-	resizeFixed     = 12
+	resizeFixed     = 16
 	challengeLen    = 1 + NonceLen
 	stateLen        = 48
 	seqLen          = 8
@@ -402,12 +402,15 @@ func decodePayload(k Kind, p []byte, reuse *recvMsgs) (Message, error) {
 		v.Op = d.u8()
 		pad := d.zero(1)
 		n := d.u16()
+		v.Flags = d.u32()
 		v.Size = d.u64()
 		switch {
 		case !pad:
 			return nil, malformed(k, "nonzero padding")
 		case v.Op > ResizeCommit:
 			return nil, malformed(k, "op %d", v.Op)
+		case v.Flags&^ResizeAssumeClean != 0:
+			return nil, malformed(k, "flags %#x", v.Flags)
 		case n > MaxReason:
 			return nil, malformed(k, "reason of %d bytes, limit %d", n, MaxReason)
 		}
@@ -780,6 +783,9 @@ func (m *Resize) layout() (int, []byte, error) {
 	if m.Op > ResizeCommit {
 		return 0, nil, fmt.Errorf("%w: Resize: op %d", ErrInvalid, m.Op)
 	}
+	if m.Flags&^ResizeAssumeClean != 0 {
+		return 0, nil, fmt.Errorf("%w: Resize: flags %#x", ErrInvalid, m.Flags)
+	}
 	return resizeFixed + len(m.reason()), nil, nil
 }
 
@@ -788,8 +794,9 @@ func (m *Resize) put(b []byte) {
 	b[0] = m.Op
 	b[1] = 0
 	be.PutUint16(b[2:], uint16(len(r)))
-	be.PutUint64(b[4:], m.Size)
-	copy(b[12:], r)
+	be.PutUint32(b[4:], m.Flags)
+	be.PutUint64(b[8:], m.Size)
+	copy(b[16:], r)
 }
 
 func (m *AuthChallenge) layout() (int, []byte, error) {

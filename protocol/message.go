@@ -399,9 +399,15 @@ const (
 // node that runs it queries the peer, grows itself, then commits the peer.
 type Resize struct {
 	Op     uint8  // ResizeQuery, ResizeAnswer or ResizeCommit
+	Flags  uint32 // ResizeAssumeClean
 	Size   uint64 // disk size in bytes
 	Reason string // ResizeAnswer only: why the receiver cannot grow; at most MaxReason bytes
 }
+
+// ResizeAssumeClean (Resize.Flags, on a query and its commit): the new part
+// holds the same bytes on both disks (zeroes, say), so neither node marks
+// it out of sync and nothing is resynced (`urbd resize --assume-clean`).
+const ResizeAssumeClean uint32 = 1 << 0
 
 // Stream identifiers carried by StreamOpen.
 const (

@@ -34,10 +34,14 @@ type Resized struct {
 // this node grows its metadata. NBD clients connected before see the old
 // size until they connect again (urbd attach grows /dev/nbdN on SIGHUP).
 //
+// With clean (--assume-clean) the operator vouches that the new part holds
+// the same bytes on both disks (zeroes, say): neither node marks it, the
+// session goes on, and nothing is resynced.
+//
 // A refusal changes nothing. If the peer does not confirm, this node has
 // grown and the peer has not: the error says so, and the handshake refuses
 // the pair (its sizes differ) until the peer is started with --grow.
-func (n *Node) Resize(ctx context.Context) (Resized, error) {
+func (n *Node) Resize(ctx context.Context, clean bool) (Resized, error) {
 	s, grower, err := n.startResize()
 	if err != nil {
 		return Resized{}, err
@@ -57,8 +61,12 @@ func (n *Node) Resize(ctx context.Context) (Resized, error) {
 		return Resized{}, fmt.Errorf("%s: %w: it is still %s (%d bytes); grow it on both nodes first (lvextend), then run urbd resize",
 			n.cfg.Name, ErrNotGrown, units.FormatSize(from), from)
 	}
+	var flags uint32
+	if clean {
+		flags = protocol.ResizeAssumeClean
+	}
 	wait := 2 * n.timeout()
-	ans, err := s.askResize(ctx, protocol.ResizeQuery, uint64(have), wait)
+	ans, err := s.askResize(ctx, protocol.ResizeQuery, flags, uint64(have), wait)
 	if err != nil {
 		return Resized{}, fmt.Errorf("%s: asking the peer how far it can grow: %w", n.cfg.Name, err)
 	}
@@ -66,14 +74,17 @@ func (n *Node) Resize(ctx context.Context) (Resized, error) {
 		return Resized{}, fmt.Errorf("%s: %w: the peer cannot grow: %s", n.cfg.Name, ErrNotGrown, ans.Reason)
 	}
 	to := have
-	if err := n.growLocal(ctx, to, wait, true); err != nil {
+	if err := n.growLocal(ctx, to, wait, true, clean); err != nil {
 		return Resized{}, err
 	}
 	res := Resized{From: from, To: to}
 	// The peer may take up to wait for its own writes to end.
-	ans, err = s.askResize(ctx, protocol.ResizeCommit, uint64(to), 2*wait)
+	ans, err = s.askResize(ctx, protocol.ResizeCommit, flags, uint64(to), 2*wait)
 	if err == nil && ans.Reason != "" {
 		err = errors.New(ans.Reason)
+	}
+	if err == nil && clean {
+		return res, nil // nothing marked, nothing to resync: the session goes on
 	}
 	// This node grew, so the session ends whatever the answer: after a
 	// refusal the handshake keeps the pair apart (the sizes differ);
@@ -132,13 +143,13 @@ func (n *Node) endResize() {
 
 // askResize sends a Resize query or commit and waits up to wait for the
 // peer's answer.
-func (s *session) askResize(ctx context.Context, op uint8, size uint64, wait time.Duration) (protocol.Resize, error) {
+func (s *session) askResize(ctx context.Context, op uint8, flags uint32, size uint64, wait time.Duration) (protocol.Resize, error) {
 	// An answer to an earlier question that timed out is stale.
 	select {
 	case <-s.resized:
 	default:
 	}
-	if err := s.ps.Control().Send(&protocol.Resize{Op: op, Size: size}); err != nil {
+	if err := s.ps.Control().Send(&protocol.Resize{Op: op, Flags: flags, Size: size}); err != nil {
 		return protocol.Resize{}, err
 	}
 	t := time.NewTimer(wait)
@@ -164,8 +175,8 @@ func (s *session) askResize(ctx context.Context, op uint8, size uint64, wait tim
 // it holds new writes (growMu), waits up to wait for the ones in flight to
 // end, with flush makes them durable on both disks (so that a peer lost
 // meanwhile has nothing in the transfer log to mark), and replaces the
-// store.
-func (n *Node) growLocal(ctx context.Context, size int64, wait time.Duration, flush bool) error {
+// store (bitmap.Store.Grow, with clean).
+func (n *Node) growLocal(ctx context.Context, size int64, wait time.Duration, flush, clean bool) error {
 	n.growMu.Lock()
 	defer n.growMu.Unlock()
 	st := n.store()
@@ -182,7 +193,7 @@ func (n *Node) growLocal(ctx context.Context, size int64, wait time.Duration, fl
 		}
 	}
 	from := n.disk.Size()
-	g, err := st.Grow(size)
+	g, err := st.Grow(size, clean)
 	if g != nil {
 		n.meta.Store(g)
 	}
@@ -197,6 +208,10 @@ func (n *Node) growLocal(ctx context.Context, size int64, wait time.Duration, fl
 	}
 	reason := fmt.Sprintf("grown online from %s to %s: the new part is out of sync until the resync copies it",
 		units.FormatSize(from), units.FormatSize(size))
+	if clean {
+		reason = fmt.Sprintf("grown online from %s to %s; the new part is taken as equal on both nodes (assume-clean)",
+			units.FormatSize(from), units.FormatSize(size))
+	}
 	n.log.Info(reason)
 	n.mu.Lock()
 	n.setStateLocked(reason, func(*State) {})
@@ -231,18 +246,19 @@ func (s *session) peerResize(m *protocol.Resize) error {
 		return s.ps.Control().Send(&protocol.Resize{Op: protocol.ResizeAnswer, Size: m.Size, Reason: "a resize runs on that node too"})
 	}
 	size := int64(m.Size)
+	clean := m.Flags&protocol.ResizeAssumeClean != 0
 	reason := n.resizeOffer(size)
 	if reason == "" {
 		// The asking node flushed both disks before it committed.
-		if err := n.growLocal(s.ctx, size, 2*n.timeout(), false); err != nil {
+		if err := n.growLocal(s.ctx, size, 2*n.timeout(), false, clean); err != nil {
 			reason = err.Error()
 		}
 	}
-	if reason != "" {
+	if reason != "" || clean {
 		n.endResize()
 	}
-	// Grown: the asking node ends the session once it has the answer,
-	// and resizing with it.
+	// Grown with the new part marked: the asking node ends the session
+	// once it has the answer, and resizing with it.
 	return s.ps.Control().Send(&protocol.Resize{Op: protocol.ResizeAnswer, Size: uint64(size), Reason: reason})
 }
 

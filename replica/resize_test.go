@@ -33,7 +33,7 @@ func testResizeOnline(t *testing.T, proto byte) {
 
 	refused := func(what, want string) {
 		t.Helper()
-		_, err := a.node.Resize(ctx)
+		_, err := a.node.Resize(ctx, false)
 		if err == nil || !errors.Is(err, replica.ErrNotGrown) || !strings.Contains(err.Error(), want) {
 			t.Fatalf("%s: Resize: %v; want ErrNotGrown saying %q", what, err, want)
 		}
@@ -47,7 +47,7 @@ func testResizeOnline(t *testing.T, proto byte) {
 	b.growFile(grown + 1<<20)
 	refused("disks grown apart", "grow both to the same size")
 	b.growFile(grown)
-	if _, err := b.node.Resize(ctx); !errors.Is(err, replica.ErrPeerPrimary) {
+	if _, err := b.node.Resize(ctx, false); !errors.Is(err, replica.ErrPeerPrimary) {
 		t.Fatalf("Resize on the Secondary: %v, want ErrPeerPrimary", err)
 	}
 
@@ -74,7 +74,7 @@ func testResizeOnline(t *testing.T, proto byte) {
 			}
 		}
 	}()
-	res, err := a.node.Resize(ctx)
+	res, err := a.node.Resize(ctx, false)
 	close(stop)
 	wg.Wait()
 	if err != nil {
@@ -114,7 +114,7 @@ func TestScenarioResizePeerFails(t *testing.T) {
 	a.poke(old, pattern("a's new part", 4<<20))
 	b.metaFS.dead.Store(true) // the peer's metadata device fails
 
-	_, err := a.node.Resize(context.Background())
+	_, err := a.node.Resize(context.Background(), false)
 	if err == nil || !strings.Contains(err.Error(), "did not confirm") || !strings.Contains(err.Error(), "urbd up --grow") {
 		t.Fatalf("Resize with the peer's metadata failing: %v; want an error naming the remedy", err)
 	}
@@ -149,12 +149,37 @@ func TestScenarioResizeBothSecondary(t *testing.T) {
 	b.growFile(grown)
 	a.poke(old, pattern("a's new part", 4<<20))
 	b.poke(old, pattern("b's new part", 4<<20))
-	res, err := b.node.Resize(context.Background())
+	res, err := b.node.Resize(context.Background(), false)
 	if err != nil || res.To != grown {
 		t.Fatalf("Resize on a Secondary with a Secondary peer: %+v, %v", res, err)
 	}
 	inSyncAndEqual(t, a, b)
 	if a.node.Size() != grown || b.node.Size() != grown {
 		t.Fatalf("sizes %d/%d, want %d", a.node.Size(), b.node.Size(), grown)
+	}
+}
+
+// TestScenarioResizeAssumeClean: with assume-clean the new parts (zeroes on
+// both disks) are taken as equal: both nodes grow, the session goes on (no
+// peer loss, no resync), nothing is out of sync, writes into the new part
+// replicate, and the disks stay equal.
+func TestScenarioResizeAssumeClean(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	const grown = int64(hDiskSize + 4<<20)
+	a.growFile(grown)
+	b.growFile(grown)
+	res, err := a.node.Resize(context.Background(), true)
+	if err != nil || res.To != grown {
+		t.Fatalf("Resize --assume-clean: %+v, %v", res, err)
+	}
+	if a.node.Size() != grown || b.node.Size() != grown {
+		t.Fatalf("sizes %d/%d, want %d", a.node.Size(), b.node.Size(), grown)
+	}
+	a.write(grown-4096, pattern("new end", 4096))
+	inSyncAndEqual(t, a, b)
+	for _, x := range []*tnode{a, b} {
+		if x.sawEvent("peer-lost") || x.sawEvent("resync-started") {
+			t.Errorf("%s: events %v; want no reconnection and no resync", x.label, x.events)
+		}
 	}
 }
