@@ -42,7 +42,7 @@ type Resized struct {
 // grown and the peer has not: the error says so, and the handshake refuses
 // the pair (its sizes differ) until the peer is started with --grow.
 func (n *Node) Resize(ctx context.Context, clean bool) (Resized, error) {
-	s, grower, err := n.startResize()
+	s, err := n.startResize()
 	if err != nil {
 		return Resized{}, err
 	}
@@ -52,10 +52,9 @@ func (n *Node) Resize(ctx context.Context, clean bool) (Resized, error) {
 			n.endResize()
 		}
 	}()
-	from := n.disk.Size()
-	have, err := grower.StorageSize()
+	from, have, err := n.diskGrowth()
 	if err != nil {
-		return Resized{}, fmt.Errorf("%s: reading the disk's size: %w", n.cfg.Name, err)
+		return Resized{}, fmt.Errorf("%s: %w", n.cfg.Name, err)
 	}
 	if have <= from {
 		return Resized{}, fmt.Errorf("%s: %w: it is still %s (%d bytes); grow it on both nodes first (lvextend), then run urbd resize",
@@ -102,14 +101,11 @@ func (n *Node) Resize(ctx context.Context, clean bool) (Resized, error) {
 }
 
 // startResize checks that Resize may run and marks it running.
-func (n *Node) startResize() (*session, nbd.Grower, error) {
+func (n *Node) startResize() (*session, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	grower, ok := n.disk.(nbd.Grower)
 	var err error
 	switch {
-	case !ok:
-		err = fmt.Errorf("%s: this disk cannot grow while the resource runs", n.cfg.Name)
 	case n.resizing:
 		err = fmt.Errorf("%s: %w: a resize is running", n.cfg.Name, ErrSyncing)
 	case n.sess == nil || n.st.Conn != Connected:
@@ -121,10 +117,23 @@ func (n *Node) startResize() (*session, nbd.Grower, error) {
 		err = fmt.Errorf("%s: %w: the peer is Primary: run urbd resize there", n.cfg.Name, ErrPeerPrimary)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	n.resizing = true
-	return n.sess, grower, nil
+	return n.sess, nil
+}
+
+// diskGrowth returns the size the disk serves and the size it holds now,
+// which Resize grows to.
+func (n *Node) diskGrowth() (serves, holds int64, err error) {
+	g, ok := n.disk.(nbd.Grower)
+	if !ok {
+		return 0, 0, errors.New("this disk cannot grow while the resource runs")
+	}
+	if holds, err = g.StorageSize(); err != nil {
+		return 0, 0, fmt.Errorf("reading the disk's size: %w", err)
+	}
+	return n.disk.Size(), holds, nil
 }
 
 func (n *Node) isResizing() bool {
@@ -268,18 +277,14 @@ func (n *Node) resizeOffer(want int64) string {
 	n.mu.Lock()
 	conn, disk := n.st.Conn, n.st.Disk
 	n.mu.Unlock()
-	grower, ok := n.disk.(nbd.Grower)
-	if !ok {
-		return "its disk cannot grow while the resource runs"
-	}
 	if conn != Connected || disk != UpToDate {
 		return fmt.Sprintf("it is %s with its disk %s; resize needs Connected and UpToDate", conn, disk)
 	}
-	have, err := grower.StorageSize()
+	cur, have, err := n.diskGrowth()
 	if err != nil {
-		return fmt.Sprintf("reading its disk's size: %v", err)
+		return err.Error()
 	}
-	switch cur := n.disk.Size(); {
+	switch {
 	case have <= cur:
 		return fmt.Sprintf("its disk is still %s (%d bytes): grow it too", units.FormatSize(cur), cur)
 	case have != want:
