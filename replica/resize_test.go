@@ -137,7 +137,8 @@ func TestScenarioResizePeerFails(t *testing.T) {
 
 // TestScenarioResizeBothSecondary: with no Primary either node may run the
 // resize; both grow, and the resync after the reconnection makes the new
-// parts equal.
+// parts equal, copying the new part and nothing of the old disk (with no
+// application writes, what the two nodes received is the resync).
 func TestScenarioResizeBothSecondary(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	if err := a.node.Demote(false); err != nil {
@@ -149,11 +150,15 @@ func TestScenarioResizeBothSecondary(t *testing.T) {
 	b.growFile(grown)
 	a.poke(old, pattern("a's new part", 4<<20))
 	b.poke(old, pattern("b's new part", 4<<20))
+	before := received(a, b)
 	res, err := b.node.Resize(context.Background(), false)
 	if err != nil || res.To != grown {
 		t.Fatalf("Resize on a Secondary with a Secondary peer: %+v, %v", res, err)
 	}
 	inSyncAndEqual(t, a, b)
+	if copied := int64(received(a, b) - before); copied < (grown-old)>>10 || copied > (grown-old+hBlock)>>10 {
+		t.Errorf("the resync after the resize copied %d KiB; want the new %d KiB and nothing more", copied, (grown-old)>>10)
+	}
 	if a.node.Size() != grown || b.node.Size() != grown {
 		t.Fatalf("sizes %d/%d, want %d", a.node.Size(), b.node.Size(), grown)
 	}
@@ -175,11 +180,21 @@ func TestScenarioResizeAssumeClean(t *testing.T) {
 	if a.node.Size() != grown || b.node.Size() != grown {
 		t.Fatalf("sizes %d/%d, want %d", a.node.Size(), b.node.Size(), grown)
 	}
+	before := received(a, b)
 	a.write(grown-4096, pattern("new end", 4096))
 	inSyncAndEqual(t, a, b)
+	if got := received(a, b) - before; got != 4 {
+		t.Errorf("the nodes received %d KiB after the resize; want only the 4 KiB write", got)
+	}
 	for _, x := range []*tnode{a, b} {
 		if x.sawEvent("peer-lost") || x.sawEvent("resync-started") {
 			t.Errorf("%s: events %v; want no reconnection and no resync", x.label, x.events)
 		}
 	}
+}
+
+// received is the KiB both nodes received from their peer (nr), the
+// replicated writes and the resync's copies.
+func received(a, b *tnode) uint64 {
+	return a.node.Status().NetRecvKiB + b.node.Status().NetRecvKiB
 }
