@@ -18,7 +18,7 @@ import (
 // Request is one command sent to a running daemon over RUN/NAME/control.sock,
 // as one JSON line. The daemon answers with one Response line.
 type Request struct {
-	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, show, invalidate, invalidate-remote, resize, pause-sync, resume-sync, verify, down
+	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, show, invalidate, invalidate-remote, resize, attach-disk, pause-sync, resume-sync, verify, down
 	Force   bool   `json:"force,omitempty"`
 	Discard bool   `json:"discard,omitempty"`
 	// AssumeClean, for resize: the disks' new parts are equal, resync none.

@@ -185,7 +185,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("opening --disk: %w", err)
 	}
-	defer disk.Close()
+	slot := &diskSlot{path: o.Disk, cur: disk}
+	defer slot.close()
 	store, lock, err := openMeta(o, disk, log)
 	if err != nil {
 		return err
@@ -248,7 +249,7 @@ func Run(ctx context.Context, o Options) error {
 		reload:        o.Reload, log: log, cur: o, congestion: shownCongestion(congestion),
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
-		return execute(cctx, node, srv, adj, req, stop)
+		return execute(cctx, node, srv, adj, slot, req, stop)
 	})
 	ms.use(ctx, metricsLn)
 	if addr := os.Getenv("URBD_PPROF"); addr != "" {
@@ -417,7 +418,7 @@ func openMeta(o Options, disk *nbd.File, log *slog.Logger) (*bitmap.Store, *bitm
 const closeGrace = 10 * time.Second
 
 // execute runs one control request against the node.
-func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adjuster, req Request, stop func()) Response {
+func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adjuster, disk *diskSlot, req Request, stop func()) Response {
 	var err error
 	msg := ""
 	switch req.Cmd {
@@ -474,6 +475,8 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 			msg = fmt.Sprintf("grown from %s to %s on both nodes; the new %s is taken as equal on both (assume-clean): nothing to resync",
 				units.FormatSize(r.From), units.FormatSize(r.To), units.FormatSize(r.To-r.From))
 		}
+	case "attach-disk":
+		msg, err = disk.attach(node)
 	case "pause-sync":
 		node.PauseSync()
 		msg = "resync paused (urbd resume-sync goes on)"

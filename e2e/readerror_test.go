@@ -207,3 +207,56 @@ func TestPrimaryDiskFailurePassOn(t *testing.T) {
 		t.Errorf("the Primary after pass_on errors: %+v, want its disk UpToDate", st)
 	}
 }
+
+// TestAttachDiskOnline: the Primary's disk dies under fio and is detached
+// (Diskless); once it works again, urbd attach-disk gives it back while a
+// second fio run writes and verifies through the Primary: the daemon copies
+// the peer's data to the disk, the node becomes UpToDate again and fio sees
+// no error. Refused, in one line, on the peer, whose disk is not detached.
+// Both disks end byte-identical.
+func TestAttachDiskOnline(t *testing.T) {
+	c, _, backing, trigger, _ := failingPrimary(t, "pread", "pwrite", "trim", "zero")
+	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
+	done := make(chan error, 1)
+	var out string
+	go func() {
+		var err error
+		out, err = runFioErr(c.a.uri(), job...)
+		done <- err
+	}()
+	c.a.waitFor("fio writing", time.Minute, func(s statusT) bool { return s.DiskWriteKiB >= 4<<10 })
+	must(t, writeFile(trigger, ""))
+	c.a.waitFor("Diskless", time.Minute, func(s statusT) bool { return s.DiskState == "Diskless" })
+	if err := <-done; err != nil {
+		t.Fatalf("fio through a Primary whose disk died: %v\n%s", err, out)
+	}
+
+	if out, err := c.b.try("attach-disk", "r0"); err == nil || !strings.Contains(out, "not Diskless") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Errorf("attach-disk on the UpToDate peer: %v, %q; want a one-line refusal", err, out)
+	}
+	must(t, os.Remove(trigger)) // the disk works again
+	sent := c.a.status().NetSendKiB
+	job2 := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--offset=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
+	go func() {
+		var err error
+		out, err = runFioErr(c.a.uri(), job2...)
+		done <- err
+	}()
+	c.a.waitFor("fio writing again", time.Minute, func(s statusT) bool { return s.NetSendKiB >= sent+2<<10 })
+	msg := c.a.ctl("attach-disk", "r0")
+	if !strings.Contains(msg, "copying 64MiB from the peer") {
+		t.Errorf("attach-disk said %q", msg)
+	}
+	st := c.a.waitFor("UpToDate", 2*time.Minute, func(s statusT) bool { return s.DiskState == "UpToDate" })
+	if st.Role != "Primary" || st.PeerDisk != "UpToDate" || !strings.Contains(st.Reason, "attached") {
+		t.Errorf("after attach-disk: %+v", st)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("fio during attach-disk: %v\n%s", err, out)
+	}
+	runFio(t, c.a.uri(), append(job, "--verify_only")...)
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, backing, c.b.disk)
+}

@@ -79,10 +79,10 @@ func (n *Node) flushAheadOnce(ctx context.Context) error {
 	}
 	start := n.clock.Now()
 	var err error
-	if bg, ok := n.disk.(interface{ FlushBackground(context.Context) error }); ok {
+	if bg, ok := n.backend().(interface{ FlushBackground(context.Context) error }); ok {
 		err = bg.FlushBackground(ctx)
 	} else {
-		err = n.disk.Flush(ctx)
+		err = n.backend().Flush(ctx)
 	}
 	n.observe("flush_ahead", false, 0, start)
 	return err

@@ -93,7 +93,7 @@ func (n *Node) protoConfig() protocol.Config {
 	link := n.currentLink()
 	return protocol.Config{
 		Resource:    n.cfg.Name,
-		Size:        uint64(n.disk.Size()),
+		Size:        uint64(n.backend().Size()),
 		NodeID:      n.nodeID,
 		BitmapBlock: uint32(bm.BlockSize()),
 		Secret:      link.Secret,

@@ -72,7 +72,7 @@ type Node struct {
 	cfg    Config
 	log    *slog.Logger
 	clock  resync.Clock
-	disk   nbd.Backend
+	disk   atomic.Pointer[diskRef]      // see backend; AttachDisk replaces it
 	meta   atomic.Pointer[bitmap.Store] // see store; Resize replaces it
 	rl     *rangeLock
 	rate   *resync.Limiter
@@ -89,10 +89,19 @@ type Node struct {
 	fence        fenceState // guarded by mu: whether the peer was fenced since it was lost
 	resumed      bool       // guarded by mu: urbd resume-io released held writes until the peer is back
 	resizing     bool       // guarded by mu: Resize runs here, or the peer's commit is being applied
+	attaching    bool       // guarded by mu: AttachDisk's copy runs
 	// growMu is held shared by every write from its BeginWrite until it
 	// is done locally (see writeOp); Resize holds it alone while it
 	// replaces the store.
 	growMu sync.RWMutex
+	// attachWrites is set while AttachDisk copies the peer's data to a new
+	// disk: writes on the Diskless node go to that disk too. Written with
+	// growMu held alone, read by writes that hold it shared.
+	attachWrites atomic.Bool
+	// attachFailed is set when the disk being attached fails a write.
+	attachFailed atomic.Bool
+	// attachWG counts AttachDisk's copy, which Close waits for.
+	attachWG sync.WaitGroup
 	// suspendOnLoss is on-peer-loss suspend (Config.SuspendOnPeerLoss, then
 	// SetOnPeerLoss); written with mu held, read without it on the write path.
 	suspendOnLoss atomic.Bool
@@ -173,7 +182,6 @@ func New(cfg Config) (*Node, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		clock:    cfg.Clock,
-		disk:     cfg.Disk,
 		rl:       newRangeLock(),
 		rate:     resync.NewLimiter(cfg.Clock, cfg.ResyncRate),
 		nodeID:   m.NodeID,
@@ -189,6 +197,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.uuids = uuidsFromMeta(m)
 	n.meta.Store(cfg.Store)
+	n.disk.Store(&diskRef{cfg.Disk})
 	n.suspendOnLoss.Store(cfg.SuspendOnPeerLoss)
 	n.proto.Store(uint32(cfg.Protocol))
 	n.peerTimeout.Store(int64(cfg.Timeout))
@@ -402,7 +411,7 @@ func (n *Node) Demote(force bool) error {
 	if n.isDiskless() {
 		return n.demoteDiskless()
 	}
-	if err := n.disk.Flush(context.Background()); err != nil {
+	if err := n.backend().Flush(context.Background()); err != nil {
 		return fmt.Errorf("replica: %s: flush before demotion: %w", n.cfg.Name, err)
 	}
 	n.mu.Lock()
@@ -554,12 +563,13 @@ func (n *Node) endSession(why, goodbye string) {
 // session, persists the bitmap and marks the metadata clean.
 func (n *Node) Close() error {
 	n.endSession("shutting down", peerStopping)
+	n.attachWG.Wait() // the session's end stops an attach's copy
 	var err error
 	if !n.isDiskless() {
-		err = n.disk.Flush(context.Background())
+		err = n.backend().Flush(context.Background())
 		// No peer is left to flush, and syncData would wait for n.mu,
 		// held below: the store's last sync is this disk's alone.
-		n.store().SetSyncData(func() error { return n.disk.Flush(context.Background()) })
+		n.store().SetSyncData(func() error { return n.backend().Flush(context.Background()) })
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

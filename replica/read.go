@@ -28,7 +28,7 @@ func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 		return nil
 	}
 	n.stats.localPending.Add(1)
-	err := n.disk.ReadAt(ctx, p, off)
+	err := n.backend().ReadAt(ctx, p, off)
 	n.stats.localPending.Add(-1)
 	n.stats.diskRead.Add(uint64(len(p)))
 	n.observe("read", false, len(p), start)
@@ -94,7 +94,7 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 	if n.store().Bitmap().IsSet(off, length) {
 		return fmt.Errorf("%w: the range went out of sync", errPeerCannotServe)
 	}
-	if werr := n.disk.WriteAt(ctx, p, off, false); werr != nil {
+	if werr := n.backend().WriteAt(ctx, p, off, false); werr != nil {
 		n.log.Error("writing back a range read from the peer failed", "offset", off, "length", length, "err", werr)
 	}
 	return nil

@@ -361,13 +361,13 @@ func (s *session) answerRead(rd *protocol.Read) error {
 	off, length := int64(rd.Offset), int64(rd.Length)
 	st := n.State()
 	switch {
-	case off < 0 || length <= 0 || off+length > n.disk.Size():
+	case off < 0 || length <= 0 || off+length > n.backend().Size():
 		reply.Err = protocol.CodeInvalid
 	case st.Role == Primary || st.Disk != UpToDate || n.store().Bitmap().IsSet(off, length):
 	default:
 		buf := bufpool.Get(int(length))
 		defer bufpool.Put(buf)
-		if err := n.disk.ReadAt(s.ctx, *buf, off); err != nil {
+		if err := n.backend().ReadAt(s.ctx, *buf, off); err != nil {
 			n.log.Error("reading for the peer failed", "offset", off, "length", length, "err", err)
 			break
 		}
@@ -408,7 +408,7 @@ func (s *session) applyWrite(w *protocol.Write) (ack protocol.Ack, async bool) {
 		return ack, false
 	}
 	off, length := int64(w.Offset), int64(w.Length)
-	if off < 0 || length < 0 || off+length > n.disk.Size() {
+	if off < 0 || length < 0 || off+length > n.backend().Size() {
 		ack.Err = protocol.CodeInvalid
 		return ack, false
 	}
@@ -429,11 +429,11 @@ func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
 	var err error
 	switch {
 	case w.Flags&protocol.FlagTrim != 0:
-		err = n.disk.Trim(s.ctx, off, length, false)
+		err = n.backend().Trim(s.ctx, off, length, false)
 	case w.Flags&protocol.FlagZero != 0:
-		err = n.disk.WriteZeroes(s.ctx, off, length, false, w.Flags&protocol.FlagNoHole != 0)
+		err = n.backend().WriteZeroes(s.ctx, off, length, false, w.Flags&protocol.FlagNoHole != 0)
 	default:
-		err = n.disk.WriteAt(s.ctx, w.Data, off, false)
+		err = n.backend().WriteAt(s.ctx, w.Data, off, false)
 		n.stats.diskWrite.Add(uint64(len(w.Data)))
 	}
 	if err != nil {
@@ -558,10 +558,10 @@ func (s *session) resyncLoop() error {
 func (s *session) applyResync(m *protocol.ResyncData) uint32 {
 	n := s.n
 	off, length := int64(m.Offset), int64(len(m.Data))
-	if off < 0 || off+length > n.disk.Size() {
+	if off < 0 || off+length > n.backend().Size() {
 		return protocol.CodeInvalid
 	}
-	if err := n.disk.WriteAt(s.ctx, m.Data, off, false); err != nil {
+	if err := n.backend().WriteAt(s.ctx, m.Data, off, false); err != nil {
 		s.diskFailed("writing a resync copy", err, true)
 		return protocol.CodeIO
 	}
@@ -577,11 +577,11 @@ func (s *session) applyResync(m *protocol.ResyncData) uint32 {
 // checksums answers a checksum request from the local disk.
 func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumReply, error) {
 	off, length, bs := int64(m.Offset), int64(m.Length), int64(m.BlockSize)
-	if bs <= 0 || off < 0 || off+length > s.n.disk.Size() || (length+bs-1)/bs > protocol.MaxSums {
+	if bs <= 0 || off < 0 || off+length > s.n.backend().Size() || (length+bs-1)/bs > protocol.MaxSums {
 		return nil, fmt.Errorf("replica: bad checksum request at %d+%d/%d", off, length, bs)
 	}
 	buf := make([]byte, length)
-	if err := s.n.disk.ReadAt(s.ctx, buf, off); err != nil {
+	if err := s.n.backend().ReadAt(s.ctx, buf, off); err != nil {
 		return nil, fmt.Errorf("replica: reading for checksums at %d: %w", off, err)
 	}
 	return &protocol.ChecksumReply{Seq: m.Seq, Offset: m.Offset, BlockSize: m.BlockSize, Sums: blockSums(buf, bs)}, nil

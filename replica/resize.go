@@ -126,14 +126,14 @@ func (n *Node) startResize() (*session, error) {
 // diskGrowth returns the size the disk serves and the size it holds now,
 // which Resize grows to.
 func (n *Node) diskGrowth() (serves, holds int64, err error) {
-	g, ok := n.disk.(nbd.Grower)
+	g, ok := n.backend().(nbd.Grower)
 	if !ok {
 		return 0, 0, errors.New("this disk cannot grow while the resource runs")
 	}
 	if holds, err = g.StorageSize(); err != nil {
 		return 0, 0, fmt.Errorf("reading the disk's size: %w", err)
 	}
-	return n.disk.Size(), holds, nil
+	return n.backend().Size(), holds, nil
 }
 
 func (n *Node) isResizing() bool {
@@ -201,7 +201,7 @@ func (n *Node) growLocal(ctx context.Context, size int64, wait time.Duration, fl
 			return fmt.Errorf("%s: flushing before growing: %w; nothing was grown", n.cfg.Name, err)
 		}
 	}
-	from := n.disk.Size()
+	from := n.backend().Size()
 	g, err := st.Grow(size, clean)
 	if g != nil {
 		n.meta.Store(g)
@@ -210,7 +210,7 @@ func (n *Node) growLocal(ctx context.Context, size int64, wait time.Duration, fl
 		n.log.Error("growing the metadata failed", "err", err)
 		return fmt.Errorf("%s: %w", n.cfg.Name, err)
 	}
-	if err := n.disk.(nbd.Grower).Grow(size); err != nil {
+	if err := n.backend().(nbd.Grower).Grow(size); err != nil {
 		// The metadata is grown and the disk holds size bytes (it was
 		// checked): serving it fails only if the disk shrank since.
 		return fmt.Errorf("%s: metadata grown to %d bytes, but the disk cannot serve them: %w", n.cfg.Name, size, err)

@@ -53,7 +53,7 @@ func (n *Node) Status() status.Resource {
 		AppPending:   uint64(max(0, n.stats.appPending.Load())),
 		OutOfSyncKiB: uint64(n.store().Bitmap().DirtyBytes()) >> 10,
 		NBDClients:   n.clients(),
-		SizeKiB:      uint64(n.disk.Size()) >> 10,
+		SizeKiB:      uint64(n.backend().Size()) >> 10,
 	}
 	if prog != nil {
 		snap := prog.Snapshot()

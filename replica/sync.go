@@ -38,7 +38,7 @@ func (n *Node) runSyncSource(s *session) error {
 	// the bits cleared on both sides and nothing left to mark the blocks.
 	// Writes that arrive from now on are in the activity log, or there is
 	// no Primary to write.
-	if err := n.disk.Flush(s.ctx); err != nil {
+	if err := n.backend().Flush(s.ctx); err != nil {
 		if s.ctx.Err() != nil {
 			return err
 		}
@@ -140,7 +140,7 @@ type readAhead struct {
 }
 
 func (n *Node) newReadAhead(bm *bitmap.Bitmap) *readAhead {
-	p, _ := n.disk.(prefetcher)
+	p, _ := n.backend().(prefetcher)
 	return &readAhead{disk: p, bm: bm}
 }
 
@@ -198,7 +198,7 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:length] // length <= syncChunk: NextDirty's limit
-	if err := n.disk.ReadAt(s.ctx, buf, off); err != nil {
+	if err := n.backend().ReadAt(s.ctx, buf, off); err != nil {
 		if s.ctx.Err() != nil {
 			return err // the session is ending, not the disk
 		}
@@ -393,7 +393,7 @@ func (s *session) flushLocal() error {
 	s.mu.Lock()
 	upto := s.copySeq
 	s.mu.Unlock()
-	if err := s.n.disk.Flush(s.ctx); err != nil {
+	if err := s.n.backend().Flush(s.ctx); err != nil {
 		return err
 	}
 	// Under mu, so a failed write's forgetCopies is either seen here or
@@ -548,7 +548,7 @@ func (n *Node) Verify() error {
 		n.mu.Unlock()
 		return fmt.Errorf("%s: %w (Diskless): verify needs a disk on both nodes", n.cfg.Name, ErrNotUpToDate)
 	}
-	prog := resync.NewProgress(n.clock, n.disk.Size())
+	prog := resync.NewProgress(n.clock, n.backend().Size())
 	n.progress = prog
 	n.verify = &status.Sync{}
 	n.setStateLocked("online verify started by operator", func(st *State) { st.Conn = VerifyS })
@@ -590,7 +590,7 @@ func (n *Node) peerVerifying(on bool) {
 	switch {
 	case on && n.st.Conn == Connected:
 		// Progress counts the checksum requests answered (verifyAnswered).
-		n.progress = resync.NewProgress(n.clock, n.disk.Size())
+		n.progress = resync.NewProgress(n.clock, n.backend().Size())
 		n.setStateLocked("online verify started by the peer", func(st *State) { st.Conn = VerifyT })
 	case !on && n.st.Conn == VerifyT:
 		n.progress = nil
@@ -611,7 +611,7 @@ func (n *Node) verifyAnswered(length int64) {
 
 func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
 	bs := n.store().Bitmap().BlockSize()
-	size := n.disk.Size()
+	size := n.backend().Size()
 	chunk := min(int64(syncChunk), bs*protocol.MaxSums)
 	var diff int64
 	buf := make([]byte, chunk)
@@ -624,7 +624,7 @@ func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
 		if err != nil {
 			return diff, err
 		}
-		if err := n.disk.ReadAt(s.ctx, buf[:length], off); err != nil {
+		if err := n.backend().ReadAt(s.ctx, buf[:length], off); err != nil {
 			unlock()
 			return diff, err
 		}

@@ -20,7 +20,7 @@ var (
 )
 
 // Size is the size of the replicated disk.
-func (n *Node) Size() int64 { return n.disk.Size() }
+func (n *Node) Size() int64 { return n.backend().Size() }
 
 // WriteAt replicates a write; see writeOp.
 func (n *Node) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
@@ -49,7 +49,7 @@ func (n *Node) write(ctx context.Context, p []byte, off int64, fua bool, sum che
 		flags |= protocol.FlagFUA
 	}
 	return n.writeOp(ctx, "write", off, int64(len(p)), p, sum, flags, func(ctx context.Context) error {
-		return n.disk.WriteAt(ctx, p, off, fua)
+		return n.backend().WriteAt(ctx, p, off, fua)
 	})
 }
 
@@ -60,7 +60,7 @@ func (n *Node) Trim(ctx context.Context, off, length int64, fua bool) error {
 		flags |= protocol.FlagFUA
 	}
 	return n.writeOp(ctx, "trim", off, length, nil, checksum{}, flags, func(ctx context.Context) error {
-		return n.disk.Trim(ctx, off, length, fua)
+		return n.backend().Trim(ctx, off, length, fua)
 	})
 }
 
@@ -74,7 +74,7 @@ func (n *Node) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 		flags |= protocol.FlagNoHole
 	}
 	return n.writeOp(ctx, "zero", off, length, nil, checksum{}, flags, func(ctx context.Context) error {
-		return n.disk.WriteZeroes(ctx, off, length, fua, noHole)
+		return n.backend().WriteZeroes(ctx, off, length, fua, noHole)
 	})
 }
 
@@ -119,6 +119,9 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	proto := n.protocol() // the protocol this write is answered by
 	req := n.replicate(off, length, data, sum, flags, proto)
 	if n.isDiskless() {
+		if n.attachWrites.Load() {
+			n.writeAttaching(ctx, kind, off, length, local)
+		}
 		unlock()
 		n.growMu.RUnlock()
 		return n.writeDiskless(ctx, kind, off, length, req, start)
@@ -257,7 +260,7 @@ func (n *Node) flushBoth(ctx context.Context) (peerOK bool, err error) {
 		}
 		return true, nil
 	}
-	err = n.disk.Flush(ctx)
+	err = n.backend().Flush(ctx)
 	if peer != nil {
 		peerOK = peer.wait(ctx, 'C')
 	}

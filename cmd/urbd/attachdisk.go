@@ -1,0 +1,40 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/urbd/urbd/daemon"
+)
+
+func init() {
+	commands = append(commands, attachDiskCommand)
+}
+
+var attachDiskCommand = &cli.Command{
+	Name:      "attach-disk",
+	Usage:     "give a Diskless Primary its repaired or replaced disk back, online",
+	ArgsUsage: "NAME",
+	Description: `After the Primary's disk failed and was detached (ds:Diskless), repair or replace it
+at the same path (--disk of urbd up; the same size exactly, e.g. lvcreate -L with the old
+size and the old name), then run urbd attach-disk NAME on the Primary, connected to a peer
+that is UpToDate. The daemon opens the path again and copies the peer's data to it in the
+background while the application keeps running: the status shows the progress, and the
+node stays Diskless (reads from the peer) until the copy is done and flushed; then it is
+UpToDate and reads locally again. If the copy fails (the peer is lost, the new disk fails a
+write), the node stays Diskless and the reason says why: run it again.
+Example: urbd attach-disk r0`,
+	Action: func(c *cli.Context) error {
+		res, err := resourceName(c)
+		if err != nil {
+			return err
+		}
+		resp, err := callDaemon(c, res, daemon.Request{Cmd: "attach-disk"})
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s: %s\n", res, resp.Message)
+		return nil
+	},
+}

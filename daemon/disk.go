@@ -1,0 +1,51 @@
+package daemon
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/urbd/urbd/internal/units"
+	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/replica"
+)
+
+// diskSlot is the resource's disk: the one opened at start, or the one that
+// `urbd attach-disk` opened at the same path to replace it after it failed.
+type diskSlot struct {
+	path string
+
+	mu  sync.Mutex
+	cur *nbd.File
+}
+
+// attach opens the disk path again and gives it to the node, which must be
+// a Diskless Primary (replica.Node.AttachDisk); the failed disk is closed.
+// It returns the command's answer.
+func (d *diskSlot) attach(node *replica.Node) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f, err := nbd.OpenFile(d.path, false)
+	if err != nil {
+		return "", fmt.Errorf("opening the new disk: %w", err)
+	}
+	if want := node.Size(); f.Size() != want {
+		f.Close()
+		return "", fmt.Errorf("%w: %s is %d bytes, the resource %d: give the new disk exactly %d bytes",
+			replica.ErrDiskSize, d.path, f.Size(), want, want)
+	}
+	if _, err := node.AttachDisk(f); err != nil {
+		f.Close()
+		return "", err
+	}
+	d.cur.Close()
+	d.cur = f
+	return fmt.Sprintf("attached %s; copying %s from the peer, Diskless until UpToDate (watch urbd status)",
+		d.path, units.FormatSize(f.Size())), nil
+}
+
+// close closes the disk in use, once the node is closed.
+func (d *diskSlot) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cur.Close()
+}

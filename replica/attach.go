@@ -1,0 +1,247 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/urbd/urbd/internal/units"
+	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/protocol"
+	"github.com/urbd/urbd/resync"
+)
+
+// errAttachWrite ends an attach whose new disk failed an application write.
+var errAttachWrite = errors.New("the new disk failed a write (see the log)")
+
+// diskRef holds the node's disk behind one pointer, so that AttachDisk can
+// replace it while requests read it.
+type diskRef struct{ nbd.Backend }
+
+// backend is the node's disk. It changes only in AttachDisk, on a Diskless
+// Primary, while no write is between its BeginWrite and its local write.
+func (n *Node) backend() nbd.Backend { return n.disk.Load().Backend }
+
+// attachWindow is how many chunks an attach copies at once: the peer reads
+// one while this node writes another and a third crosses the link.
+const attachWindow = 4
+
+// Refusals of AttachDisk.
+var (
+	ErrNotDiskless = errors.New("replica: the disk is not detached")
+	ErrAttaching   = errors.New("replica: a disk is being attached")
+	ErrDiskSize    = errors.New("replica: the new disk's size differs")
+)
+
+// AttachDisk gives a Diskless Primary a working disk again without stopping
+// it, as DRBD's attach does after the failed disk was replaced (`urbd
+// attach-disk`). d must be exactly as large as the resource. It returns the
+// disk it replaced (the failed one), which the caller closes, and copies the
+// peer's data to d in the background:
+//
+//   - Until the copy is done the node stays Diskless: reads and flushes go
+//     to the peer only, and a write is answered once the peer has it, as
+//     before. Every write is also written to d, under the range lock.
+//   - The copy reads each chunk from the peer (Read, behind every earlier
+//     write on the data stream) while holding the chunk's range lock, and
+//     writes it to d. A write to the chunk waits for the lock, so d ends up
+//     with the peer's data, chunk after chunk.
+//   - Then, with writes held, d is flushed, the metadata saved UpToDate
+//     (with the peer's data generation) and the node leaves Diskless: reads
+//     are local again and the peer is told.
+//
+// The node stays Diskless if the copy fails (the peer is lost, d fails a
+// write): the reason says why; run it again. A daemon that stops meanwhile
+// restarts as before, Secondary and Inconsistent, and gets a full resync.
+func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, err error) {
+	n.mu.Lock()
+	s := n.sess
+	switch {
+	case n.st.Disk != Diskless:
+		err = fmt.Errorf("%s: %w: the disk is %s, not Diskless; attach-disk replaces a disk that was detached after an I/O error", n.cfg.Name, ErrNotDiskless, n.st.Disk)
+	case n.attaching:
+		err = fmt.Errorf("%s: %w: wait until it is UpToDate (urbd status)", n.cfg.Name, ErrAttaching)
+	case n.st.Role != Primary || s == nil || n.st.Conn != Connected || n.st.PeerDisk != UpToDate:
+		err = fmt.Errorf("%s: %w: a disk is attached from a connected peer that is UpToDate (%s, peer %s)", n.cfg.Name, ErrNotConnected, n.st.Conn, n.st.PeerDisk)
+	case d.Size() != n.backend().Size():
+		err = fmt.Errorf("%s: %w: the new disk is %d bytes, the resource %d", n.cfg.Name, ErrDiskSize, d.Size(), n.backend().Size())
+	}
+	if err != nil {
+		n.mu.Unlock()
+		return nil, err
+	}
+	n.attaching = true
+	n.attachWG.Add(1) // before Close's Wait: Close ends the session first
+	n.mu.Unlock()
+
+	// No write is between its BeginWrite and its local write while growMu
+	// is held: each write from here on also writes d.
+	n.growMu.Lock()
+	old = n.backend()
+	n.disk.Store(&diskRef{d})
+	n.attachFailed.Store(false)
+	n.attachWrites.Store(true)
+	n.growMu.Unlock()
+
+	prog := resync.NewProgress(n.clock, d.Size())
+	n.mu.Lock()
+	n.progress = prog
+	n.setReasonLocked(fmt.Sprintf("attaching a new disk: copying %s from the peer; Diskless until it is done", units.FormatSize(d.Size())))
+	n.mu.Unlock()
+	n.log.Info("attaching a new disk", "size", d.Size())
+	go func() {
+		defer n.attachWG.Done()
+		n.finishAttach(s, prog)
+	}()
+	return old, nil
+}
+
+// finishAttach runs AttachDisk's copy on session s and then leaves Diskless,
+// or stays Diskless and says why.
+func (n *Node) finishAttach(s *session, prog *resync.Progress) {
+	err := n.copyFromPeer(s, prog)
+	if err == nil {
+		err = n.leaveDiskless(s)
+	}
+	if err != nil {
+		n.growMu.Lock()
+		n.attachWrites.Store(false)
+		n.growMu.Unlock()
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.progress = nil
+	n.attaching = false
+	if err == nil {
+		return
+	}
+	reason := fmt.Sprintf("attaching the new disk failed: %v; still Diskless (run urbd attach-disk again)", err)
+	n.log.Error(reason)
+	if n.sess == s && n.st.Disk == Diskless {
+		// Otherwise the reason says why the session ended.
+		n.setReasonLocked(reason)
+	}
+}
+
+// copyFromPeer copies the whole disk from the peer to the node's (new)
+// disk, attachWindow chunks at a time, at the resync rate.
+func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
+	size := n.backend().Size()
+	chunk := min(int64(syncChunk), int64(protocol.MaxData))
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	failed := func() bool {
+		if n.attachFailed.Load() {
+			fail(errAttachWrite)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return firstErr != nil
+	}
+	slots := make(chan struct{}, attachWindow)
+	for off := int64(0); off < size && !failed(); off += chunk {
+		length := min(chunk, size-off)
+		if err := n.rate.Wait(s.ctx, length); err != nil {
+			fail(err)
+			break
+		}
+		slots <- struct{}{}
+		unlock, err := n.rl.lock(s.ctx, off, length)
+		if err != nil {
+			<-slots
+			fail(err)
+			break
+		}
+		r := s.sendRead(off, length)
+		if r == nil {
+			unlock()
+			<-slots
+			fail(ErrPeerLost)
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			defer unlock()
+			if !r.wait(s.ctx, 'C') {
+				fail(fmt.Errorf("the peer did not serve %d bytes at %d", length, off))
+				return
+			}
+			n.stats.netRecv.Add(uint64(length))
+			if err := n.backend().WriteAt(s.ctx, r.dst, off, false); err != nil {
+				fail(fmt.Errorf("writing the new disk at %d: %w", off, err))
+				return
+			}
+			n.stats.diskWrite.Add(uint64(length))
+			prog.Done(length)
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// leaveDiskless ends an attach whose copy is done: with every write held,
+// the new disk is flushed, the metadata saved UpToDate with the peer's data
+// generation, and the node serves from its disk again.
+func (n *Node) leaveDiskless(s *session) error {
+	n.growMu.Lock()
+	defer n.growMu.Unlock()
+	if n.attachFailed.Load() {
+		return errAttachWrite
+	}
+	if err := n.backend().Flush(s.ctx); err != nil {
+		return fmt.Errorf("flushing the new disk: %w", err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.sess != s || n.st.Disk != Diskless {
+		return ErrPeerLost
+	}
+	was := n.uuids
+	if n.peerUUIDs.Current != 0 {
+		n.uuids = n.uuids.SyncTargetDone(n.peerUUIDs)
+	}
+	n.st.Disk = UpToDate
+	err := n.saveMetaLocked()
+	n.st.Disk = Diskless
+	if err != nil {
+		n.uuids = was
+		return err
+	}
+	n.diskless.Store(false)
+	n.attachWrites.Store(false)
+	n.store().SetSyncData(n.syncData)
+	n.setStateLocked("new disk attached: UpToDate, reads are local again", func(st *State) { st.Disk = UpToDate })
+	s.sendState(n.localSideLocked())
+	n.log.Info("new disk attached and in sync with the peer")
+	return nil
+}
+
+// writeAttaching writes a Diskless node's write to the disk AttachDisk is
+// filling, with the range lock held. The peer's copy answers the write; a
+// failure here only ends the attach, whose copy then stops.
+func (n *Node) writeAttaching(ctx context.Context, kind string, off, length int64, local func(context.Context) error) {
+	n.stats.localPending.Add(1)
+	err := local(ctx)
+	n.stats.localPending.Add(-1)
+	if err == nil {
+		if kind != "trim" && kind != "zero" {
+			n.stats.diskWrite.Add(uint64(length))
+		}
+		return
+	}
+	n.log.Error("the disk being attached failed a write", "offset", off, "length", length, "err", err)
+	n.attachFailed.Store(true)
+}

@@ -1,0 +1,218 @@
+package replica_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/replica"
+)
+
+// detachedPair is a connected pair whose Primary a detached its failed disk
+// (Diskless) after writing data; it returns what a's disk should hold.
+func detachedPair(t *testing.T, oa nodeOpts) (a, b *tnode, want []byte) {
+	t.Helper()
+	oa.viaProxy = true
+	a, b = cleanPair(t, oa, nodeOpts{viaProxy: true})
+	want = make([]byte, hDiskSize)
+	copy(want, pattern("before the failure", hDiskSize/2))
+	a.write(0, want[:hDiskSize/2])
+	a.disk.dead.Store(true)
+	failed := pattern("the write the disk failed", 2*hBlock)
+	copy(want[hDiskSize/2:], failed)
+	a.write(hDiskSize/2, failed)
+	a.waitState("Diskless", func(s replica.State) bool { return s.Disk == replica.Diskless })
+	return a, b, want
+}
+
+// replaceDisk puts a new disk file of size bytes, full of garbage, at a's
+// disk path (the old file stays open, as a failed disk does) and opens it.
+func replaceDisk(t *testing.T, a *tnode, size int64) *nbd.File {
+	t.Helper()
+	tmp := a.diskPath + ".new"
+	junk := bytes.Repeat([]byte("garbage on the replacement disk "), int(size)/32)
+	if err := os.WriteFile(tmp, junk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, a.diskPath); err != nil {
+		t.Fatal(err)
+	}
+	f, err := nbd.OpenFile(a.diskPath, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// attach gives a the disk f (AttachDisk) and makes it the tnode's disk, so
+// that stop and start use it.
+func attach(t *testing.T, a *tnode, f *nbd.File) *testDisk {
+	t.Helper()
+	d := &testDisk{Backend: f}
+	old, err := a.node.AttachDisk(d)
+	if err != nil {
+		f.Close()
+		t.Fatalf("AttachDisk: %v", err)
+	}
+	if old != nbd.Backend(a.disk) {
+		t.Errorf("AttachDisk returned %v, want the failed disk", old)
+	}
+	a.file.Close()
+	a.file, a.disk = f, d
+	return d
+}
+
+// TestScenarioAttachDiskOnline: a Diskless Primary gets a new disk without
+// stopping (urbd attach-disk). While the peer's data is copied to it,
+// application writes go on, and are answered, as on a Diskless node; the
+// node then is UpToDate with a disk byte-identical to the peer's, reads
+// locally (the peer may go away), and its metadata says UpToDate and
+// Primary: a restart comes back with no resync.
+func TestScenarioAttachDiskOnline(t *testing.T) {
+	ctx := context.Background()
+	a, b, want := detachedPair(t, nodeOpts{rate: 4 << 20})
+
+	small := replaceDisk(t, a, hDiskSize/2)
+	if _, err := a.node.AttachDisk(&testDisk{Backend: small}); !errors.Is(err, replica.ErrDiskSize) {
+		t.Fatalf("attaching a disk half the size: %v, want ErrDiskSize", err)
+	}
+	small.Close()
+
+	d := attach(t, a, replaceDisk(t, a, hDiskSize))
+	if _, err := a.node.AttachDisk(&testDisk{Backend: a.file}); !errors.Is(err, replica.ErrAttaching) {
+		t.Errorf("a second attach during the copy: %v, want ErrAttaching", err)
+	}
+	st := a.node.Status()
+	if st.DiskState != "Diskless" || st.Sync == nil || !strings.Contains(st.Reason, "attaching a new disk") {
+		t.Errorf("during the copy: ds %s, progress %v, reason %q; want Diskless with progress and the reason", st.DiskState, st.Sync, st.Reason)
+	}
+
+	// Writes during the copy, all over the disk, overlapping each other.
+	var mu sync.Mutex
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	writes := 0
+	for w := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				off := rng.Int64N(hDiskSize/hBlock-4) * hBlock
+				p := pattern(fmt.Sprintf("writer %d write %d", w, i), int(1+rng.Int64N(4))*hBlock)
+				mu.Lock() // the model follows the order in which writes complete
+				err := a.node.WriteAt(ctx, p, off, false)
+				copy(want[off:], p)
+				writes++
+				mu.Unlock()
+				if err != nil {
+					t.Errorf("write during the attach: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	close(done)
+	wg.Wait()
+	if writes < 10 {
+		t.Errorf("only %d writes overlapped the copy", writes)
+	}
+	b.waitState("peer UpToDate", func(s replica.State) bool { return s.PeerDisk == replica.UpToDate })
+	if st := a.node.Status(); st.Sync != nil || !strings.Contains(st.Reason, "attached") {
+		t.Errorf("after the copy: progress %v, reason %q", st.Sync, st.Reason)
+	}
+	if err := a.node.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from what was written at %d", i)
+	}
+	sameDisks(t, a, b)
+	if d.writesDone.Load() == 0 {
+		t.Fatal("nothing was written to the attached disk")
+	}
+
+	// Reads are local again: they work without the peer.
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	if got, err := a.readAt(0, hDiskSize); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("reading the attached disk without the peer: %v (equal %v)", err, bytes.Equal(got, want))
+	}
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	inSyncAndEqual(t, a, b)
+
+	// The metadata says UpToDate and Primary.
+	a.stop()
+	a.start()
+	if st := a.node.State(); st.Disk != replica.UpToDate || st.Role != replica.Primary {
+		t.Fatalf("restarted after the attach: %+v, want an UpToDate Primary", st)
+	}
+	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioAttachDiskFails: an attach whose copy cannot finish leaves the
+// node Diskless, serving from the peer as before, and says why; run again,
+// it completes. The copy stops when the peer is lost, and when the new disk
+// fails a write.
+func TestScenarioAttachDiskFails(t *testing.T) {
+	ctx := context.Background()
+	a, b, want := detachedPair(t, nodeOpts{rate: 1 << 20})
+
+	if _, err := b.node.AttachDisk(&testDisk{Backend: b.file}); !errors.Is(err, replica.ErrNotDiskless) {
+		t.Errorf("attach on an UpToDate node: %v, want ErrNotDiskless", err)
+	}
+
+	// The peer is lost during the copy.
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	st := a.waitConn(replica.Connected)
+	if st.Disk != replica.Diskless {
+		t.Fatalf("after the peer came back: disk %v, want Diskless", st.Disk)
+	}
+	if got, err := a.readAt(0, hDiskSize); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("reading from the peer after the failed attach: %v", err)
+	}
+
+	// The new disk fails a write during the copy.
+	d := attach(t, a, replaceDisk(t, a, hDiskSize))
+	d.failAt.Store(hBlock + 1)
+	copy(want[hBlock:], pattern("written while attaching", hBlock))
+	a.write(hBlock, want[hBlock:2*hBlock])
+	st = a.waitState("attach failed", func(s replica.State) bool {
+		return strings.Contains(s.Reason, "attaching the new disk failed")
+	})
+	if st.Disk != replica.Diskless || !strings.Contains(st.Reason, "failed a write") {
+		t.Fatalf("after the new disk failed: %+v", st)
+	}
+	if err := a.node.WriteAt(ctx, want[hBlock:2*hBlock], hBlock, true); err != nil {
+		t.Fatalf("a write after the failed attach: %v", err)
+	}
+
+	// Again, on a good disk: it completes.
+	a.node.AdjustRate(64 << 20)
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from what was written at %d", i)
+	}
+	inSyncAndEqual(t, a, b)
+}
