@@ -86,7 +86,7 @@ func (n *Node) detach(what string, off, length int64, cause error) bool {
 		return false
 	}
 	n.st.Disk = was
-	reason += "; disk detached, all I/O goes to the peer (repair the disk, then restart the daemon)"
+	reason += "; disk detached, all I/O goes to the peer (replace or repair the disk, then run urbd attach-disk)"
 	n.diskless.Store(true)
 	n.store().SetSyncData(nil) // the activity log no longer waits for this disk
 	n.setStateLocked(reason, func(st *State) { st.Disk = Diskless })
