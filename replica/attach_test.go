@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/replica"
@@ -213,6 +214,46 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
 	if i := firstDiff(a.image(), want); i >= 0 {
 		t.Fatalf("the attached disk differs from what was written at %d", i)
+	}
+	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioAttachDiskCopyOrder: a write to a chunk whose copy is on its
+// way waits for it, so the copy never overwrites the newer write on the new
+// disk. The peer is made slow to answer the copy's Read (its disk holds an
+// earlier write, which the Read queues behind), and a write to the chunk
+// comes meanwhile: without the chunk's range lock it would reach the new
+// disk first and the peer's older data would land on top of it.
+func TestScenarioAttachDiskCopyOrder(t *testing.T) {
+	a, b, want := detachedPair(t, nodeOpts{})
+	held := b.disk.holdWrites()
+	early := pattern("queued ahead of the copy", hBlock)
+	copy(want[hDiskSize-hBlock:], early)
+	earlyDone := a.asyncWrite(hDiskSize-hBlock, early)
+	<-held // the peer's apply loop waits in this write
+
+	d := attach(t, a, replaceDisk(t, a, hDiskSize))
+	late := pattern("written during the chunk's copy", hBlock)
+	copy(want[2*hBlock:], late)
+	lateDone := a.asyncWrite(2*hBlock, late)
+	// Give a write that did not wait for the chunk the time to reach the
+	// new disk; one that waits (as it must) never does before the release.
+	for i := 0; i < 20 && d.writesDone.Load() == 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := d.writesDone.Load(); n != 0 {
+		t.Errorf("%d writes reached the new disk while its first chunk's copy was on the way", n)
+	}
+	b.disk.releaseWrites()
+	if err := recvErr(t, "the write queued ahead", earlyDone); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, "the write during the copy", lateDone); err != nil {
+		t.Fatal(err)
+	}
+	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from what was written at %d (block %d)", i, i/hBlock)
 	}
 	inSyncAndEqual(t, a, b)
 }
