@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -83,6 +85,59 @@ func Call(ctx context.Context, runDir, name string, req Request) (*Response, err
 	return &resp, nil
 }
 
+// streamTo runs events on conn until the daemon stops or the client goes
+// away (its end of the socket reads EOF).
+func streamTo(ctx context.Context, conn net.Conn, events streamer) {
+	conn.SetDeadline(time.Time{})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		io.Copy(io.Discard, conn)
+		cancel()
+	}()
+	enc := json.NewEncoder(conn)
+	events(ctx, func(r Response) error {
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		return enc.Encode(r)
+	})
+}
+
+// Events streams the status of resource name from its daemon: fn is called
+// with the status now and again after each state change (a burst of changes
+// may arrive as one), until ctx ends, fn fails or the daemon goes away,
+// which returns nil.
+func Events(ctx context.Context, runDir, name string, fn func(status.Resource) error) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", SocketPath(runDir, name))
+	if err != nil {
+		return fmt.Errorf("%w: %s (no daemon at %s; start it with urbd up %s, or set --run-dir)", ErrNotRunning, name, SocketPath(runDir, name), name)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(Request{Cmd: "events"}); err != nil {
+		return fmt.Errorf("daemon: asking %s for events: %w", name, err)
+	}
+	sc := bufio.NewScanner(conn)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var resp Response
+		if err := json.Unmarshal(sc.Bytes(), &resp); err != nil {
+			return fmt.Errorf("daemon: %s: bad event: %w", name, err)
+		}
+		if !resp.OK || resp.Status == nil {
+			return fmt.Errorf("daemon: %s: %s", name, cmp.Or(resp.Error, "event without a status"))
+		}
+		if err := fn(*resp.Status); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return nil
+}
+
 // Resources lists the resources with a control socket under runDir.
 func Resources(runDir string) ([]string, error) {
 	entries, err := os.ReadDir(runDir)
@@ -105,8 +160,13 @@ func Resources(runDir string) ([]string, error) {
 // handler executes one control request.
 type handler func(ctx context.Context, req Request) Response
 
-// serveControl answers requests on ln until ctx is cancelled.
-func serveControl(ctx context.Context, ln net.Listener, h handler) {
+// streamer answers the events request: it sends the resource's status now
+// and after every state change until ctx ends or send fails.
+type streamer func(ctx context.Context, send func(Response) error) error
+
+// serveControl answers requests on ln until ctx is cancelled: one Response
+// line per request, except for events (see Events).
+func serveControl(ctx context.Context, ln net.Listener, h handler, events streamer) {
 	go func() {
 		<-ctx.Done()
 		ln.Close()
@@ -128,6 +188,9 @@ func serveControl(ctx context.Context, ln net.Listener, h handler) {
 			var resp Response
 			if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
 				resp = Response{Error: "bad request: " + err.Error()}
+			} else if req.Cmd == "events" {
+				streamTo(ctx, conn, events)
+				return
 			} else {
 				resp = h(ctx, req)
 			}

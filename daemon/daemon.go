@@ -250,6 +250,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
 		return execute(cctx, node, srv, adj, slot, req, stop)
+	}, func(cctx context.Context, send func(Response) error) error {
+		return streamStatus(cctx, node, send)
 	})
 	ms.use(ctx, metricsLn)
 	if addr := os.Getenv("URBD_PPROF"); addr != "" {
@@ -502,6 +504,23 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 		return Response{Error: err.Error()}
 	}
 	return Response{OK: true, Message: msg}
+}
+
+// streamStatus sends the node's status now and after every state change,
+// until ctx ends or send fails (urbd events).
+func streamStatus(ctx context.Context, node *replica.Node, send func(Response) error) error {
+	for {
+		changed := node.Changed()
+		st := node.Status()
+		if err := send(Response{OK: true, Status: &st}); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
 }
 
 // writeStatusLoop rewrites the status file at least once a second and on

@@ -461,3 +461,65 @@ func TestSecondDaemonRefused(t *testing.T) {
 	c.a.ctl("secondary", "r0")
 	cmpFiles(t, c.a.disk, c.b.disk)
 }
+
+// TestEvents: urbd events prints each resource as it is (exists lines, then
+// "exists -"), then one change line per state change with the fields that
+// changed, and "destroy" when the daemon stops, after which it exits 0.
+// --now prints the listing only; a resource that is not running is refused
+// in one line.
+func TestEvents(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.a.start()
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	out := c.a.ctl("events", "--now", "r0")
+	if lines := strings.Split(out, "\n"); len(lines) != 2 || lines[1] != "exists -" ||
+		!strings.HasPrefix(lines[0], "exists resource name:r0 role:Secondary peer-role:Secondary cstate:Connected disk:UpToDate peer-disk:UpToDate protocol:C suspended:no split-brain:no reason:") {
+		t.Errorf("events --now printed:\n%s", out)
+	}
+	if out, err := c.a.try("events", "r9"); err == nil || !strings.Contains(out, "no daemon") || strings.Count(out, "\n") > 0 {
+		t.Errorf("events for a resource that is not running: %v, %q; want a one-line error", err, out)
+	}
+
+	ev := startDaemon(t, urbdBin, "--run-dir", c.a.runDir, "events", "--timestamps", "r0")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(ev.output(), "exists -") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.a.ctl("primary", "r0")
+	c.a.ctl("disconnect", "r0")
+	c.a.ctl("connect", "r0")
+	c.a.waitInSync(30 * time.Second)
+	c.a.stop()
+	if code := ev.wait(30 * time.Second); code != 0 {
+		t.Errorf("urbd events exited %d after the daemon stopped:\n%s", code, ev.output())
+	}
+	got := ev.output()
+	stamp := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[-+]\d\d:\d\d `)
+	var kinds []string
+	for _, l := range strings.Split(strings.TrimSpace(got), "\n") {
+		if !stamp.MatchString(l) {
+			t.Errorf("line without a timestamp: %q", l)
+			continue
+		}
+		kinds = append(kinds, stamp.ReplaceAllString(l, ""))
+	}
+	// In order, each somewhere after the one before.
+	want := []string{
+		"exists resource name:r0 role:Secondary",
+		"exists -",
+		"change resource name:r0 role:Primary",
+		"cstate:StandAlone",
+		"cstate:Connected",
+		"destroy resource name:r0",
+	}
+	i := 0
+	for _, l := range kinds {
+		if i < len(want) && strings.Contains(l, want[i]) {
+			i++
+		}
+	}
+	if i < len(want) {
+		t.Errorf("urbd events did not print %q (in this order after the ones before):\n%s", want[i], got)
+	}
+}

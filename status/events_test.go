@@ -1,0 +1,28 @@
+package status
+
+import "testing"
+
+func TestEventLine(t *testing.T) {
+	r := Resource{Name: "r0", Role: "Primary", PeerRole: "Secondary", ConnState: "Connected", DiskState: "UpToDate",
+		PeerDisk: "UpToDate", Protocol: "C", Reason: "promoted by operator"}
+	want := `exists resource name:r0 role:Primary peer-role:Secondary cstate:Connected disk:UpToDate peer-disk:UpToDate protocol:C suspended:no split-brain:no reason:"promoted by operator"`
+	if got := EventLine(nil, &r); got != want {
+		t.Errorf("exists:\n got %s\nwant %s", got, want)
+	}
+	next := r
+	next.ConnState, next.PeerRole, next.PeerDisk, next.Suspended = "WFConnection", "Unknown", "DUnknown", true
+	next.Reason = `peer lost: "read: connection reset"`
+	next.NetSendKiB = 123 // counters are not events
+	want = `change resource name:r0 peer-role:Unknown cstate:WFConnection peer-disk:DUnknown suspended:yes reason:"peer lost: \"read: connection reset\""`
+	if got := EventLine(&r, &next); got != want {
+		t.Errorf("change:\n got %s\nwant %s", got, want)
+	}
+	counters := next
+	counters.OutOfSyncKiB = 4
+	if got := EventLine(&next, &counters); got != "" {
+		t.Errorf("a change of counters only: %q, want no line", got)
+	}
+	if got := DestroyLine("r0"); got != "destroy resource name:r0" {
+		t.Errorf("destroy: %q", got)
+	}
+}
