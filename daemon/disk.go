@@ -33,6 +33,12 @@ func (d *diskSlot) attach(node *replica.Node) (string, error) {
 		return "", fmt.Errorf("%w: %s is %d bytes, the resource %d: give the new disk exactly %d bytes",
 			replica.ErrDiskSize, d.path, f.Size(), want, want)
 	}
+	// An error the kernel kept for the failed disk's lost writes is not
+	// the new disk's (the same device node, a dm table loaded again).
+	if err := f.ClearStaleError(); err != nil {
+		f.Close()
+		return "", fmt.Errorf("the new disk at %s fails: %w", d.path, err)
+	}
 	if _, err := node.AttachDisk(f); err != nil {
 		f.Close()
 		return "", err

@@ -63,6 +63,20 @@ func TestKernelFailover(t *testing.T) {
 	}
 }
 
+// TestKernelAttachDisk: ext4 mounted on /dev/nbd0 through a Primary whose
+// disk is a dm device. The disk dies (dm's error target), the Primary goes
+// Diskless and ext4 goes on; the disk is replaced under the same name and
+// urbd attach-disk copies the peer's data to it while a file is written;
+// the new disk ends UpToDate, identical to the Secondary's, e2fsck -fn is
+// clean, and no I/O error reached /dev/nbd0 or ext4.
+func TestKernelAttachDisk(t *testing.T) {
+	kernelTierResult(t)
+	res := runVMScenario(t, "attach-disk.sh", 6*time.Minute)
+	if !strings.Contains(res.file("scenario.log"), "copying 128MiB from the peer") {
+		t.Fatal("attach-disk did not say what it copies")
+	}
+}
+
 // TestKernelResizeOnline: ext4 mounted on /dev/nbd0 through the Primary of
 // two urbd up nodes; both disks grow, urbd resize grows the resource and
 // tells urbd attach, which grows /dev/nbd0 live (NBD_CMD_RECONFIGURE with

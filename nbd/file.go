@@ -331,6 +331,21 @@ func fileUnsupported(err error) bool {
 // a sync in progress cannot be abandoned.
 func (b *File) Flush(context.Context) error { return b.flush(b.sync) }
 
+// ClearStaleError consumes a write-back error that belongs to an earlier
+// user of the storage, on a File nothing was written through yet. Linux
+// reports a write-back error to each open file that existed, or was opened,
+// before anyone saw it, so a disk replaced under the same device node (a
+// device-mapper table loaded again, a multipath device whose paths came
+// back) can fail its new user's first fdatasync with its predecessor's lost
+// writes. It runs fdatasync twice and returns the second one's error.
+func (b *File) ClearStaleError() error {
+	_ = unix.Fdatasync(b.fd)
+	if err := unix.Fdatasync(b.fd); err != nil {
+		return fmt.Errorf("nbd: fdatasync: %w", err)
+	}
+	return nil
+}
+
 // flush is Flush performing its fdatasyncs with doSync.
 func (b *File) flush(doSync func() error) error {
 	if b.readOnly {
