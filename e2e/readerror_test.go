@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -113,6 +114,28 @@ func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
 	}
 }
 
+// diskDiesUnderFio runs an fio job that writes, flushes and verifies 32
+// MiB through node a of failingPrimary, and makes a's disk fail (trigger)
+// once fio has written a few MiB; fio must see no error. It returns the job,
+// for a later --verify_only.
+func diskDiesUnderFio(t *testing.T, c *cluster, trigger string) []string {
+	t.Helper()
+	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
+	done := make(chan error, 1)
+	var out string
+	go func() {
+		var err error
+		out, err = runFioErr(c.a.uri(), job...)
+		done <- err
+	}()
+	c.a.waitFor("fio writing", time.Minute, func(s statusT) bool { return s.DiskWriteKiB >= 4<<10 })
+	must(t, writeFile(trigger, ""))
+	if err := <-done; err != nil {
+		t.Fatalf("fio through a Primary whose disk died: %v\n%s", err, out)
+	}
+	return job
+}
+
 // TestPrimaryDiskFailureDetaches: the Primary's disk dies (every read,
 // write, trim and zeroing fails) in the middle of an fio run that writes,
 // flushes and then verifies. The Primary detaches the disk (Diskless, as DRBD's
@@ -124,21 +147,7 @@ func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
 // back Secondary and is fully resynced: both disks end byte-identical.
 func TestPrimaryDiskFailureDetaches(t *testing.T) {
 	c, _, backing, trigger, events := failingPrimary(t, "pread", "pwrite", "trim", "zero")
-
-	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
-	done := make(chan error, 1)
-	var out string
-	go func() {
-		var err error
-		out, err = runFioErr(c.a.uri(), job...)
-		done <- err
-	}()
-	// The disk dies once fio has written a few MiB.
-	c.a.waitFor("fio writing", time.Minute, func(s statusT) bool { return s.DiskWriteKiB >= 4<<10 })
-	must(t, writeFile(trigger, ""))
-	if err := <-done; err != nil {
-		t.Fatalf("fio through a Primary whose disk died: %v\n%s", err, out)
-	}
+	job := diskDiesUnderFio(t, c, trigger)
 	st := c.a.status()
 	if st.Role != "Primary" || st.ConnState != "Connected" || st.DiskState != "Diskless" || st.PeerDisk != "UpToDate" {
 		t.Fatalf("the Primary after its disk died: %+v, want a Connected Diskless Primary", st)
@@ -216,27 +225,17 @@ func TestPrimaryDiskFailurePassOn(t *testing.T) {
 // Both disks end byte-identical.
 func TestAttachDiskOnline(t *testing.T) {
 	c, _, backing, trigger, _ := failingPrimary(t, "pread", "pwrite", "trim", "zero")
-	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
-	done := make(chan error, 1)
-	var out string
-	go func() {
-		var err error
-		out, err = runFioErr(c.a.uri(), job...)
-		done <- err
-	}()
-	c.a.waitFor("fio writing", time.Minute, func(s statusT) bool { return s.DiskWriteKiB >= 4<<10 })
-	must(t, writeFile(trigger, ""))
+	job := diskDiesUnderFio(t, c, trigger)
 	c.a.waitFor("Diskless", time.Minute, func(s statusT) bool { return s.DiskState == "Diskless" })
-	if err := <-done; err != nil {
-		t.Fatalf("fio through a Primary whose disk died: %v\n%s", err, out)
-	}
 
 	if out, err := c.b.try("attach-disk", "r0"); err == nil || !strings.Contains(out, "not Diskless") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 		t.Errorf("attach-disk on the UpToDate peer: %v, %q; want a one-line refusal", err, out)
 	}
 	must(t, os.Remove(trigger)) // the disk works again
 	sent := c.a.status().NetSendKiB
-	job2 := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--offset=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
+	job2 := append(slices.Clone(job), "--offset=32M") // the disk's other half
+	done := make(chan error, 1)
+	var out string
 	go func() {
 		var err error
 		out, err = runFioErr(c.a.uri(), job2...)

@@ -21,26 +21,9 @@ retable() {
 	dmsetup load adisk --table "$1"
 	dmsetup resume adisk
 }
-# up NODE DISK PORT PEERPORT: start urbd up for node a or b.
-up() {
-	"$URBD" --run-dir "/run/urbd-$1" up --disk "$2" --meta "/tmp/meta-$1" \
-		--nbd "unix:/run/$1.sock" --listen-peer "127.0.0.1:$3" --peer "127.0.0.1:$4" \
-		--timeout 2s --assume-clean r0 >> "$OUT/node-$1.log" 2>&1 &
-	eval "PID_$1=$!"
-}
-status_has() { "$URBD" --run-dir "/run/urbd-$1" status r0 | grep -q "$2"; }
-
-up a /dev/mapper/adisk 7788 7789
-up b /tmp/b.img 7789 7788
-wait_for status_has b "ds:UpToDate/UpToDate"
-"$URBD" --run-dir /run/urbd-a primary r0
-wait_for status_has b "ro:Secondary/Primary"
-"$URBD" --run-dir /run/urbd-a attach --device /dev/nbd0 --nbd unix:/run/a.sock --timeout 30s >> "$OUT/attach.log" 2>&1 &
-ATTACH_PID=$!
-wait_for device_ready nbd0
-mkfs.ext4 -q -b 4096 /dev/nbd0
-mkdir -p /tmp/m
-mount -t ext4 /dev/nbd0 /tmp/m
+up_node a /dev/mapper/adisk 7788 7789
+up_node b /tmp/b.img 7789 7788
+ext4_on_primary
 dd if=/dev/urandom of=/tmp/m/f1 bs=1M count=8 status=none conv=fsync
 step "ext4 on /dev/nbd0 written through node a, on /dev/mapper/adisk"
 

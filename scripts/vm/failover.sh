@@ -7,18 +7,9 @@
 . "$OUT/lib.sh"
 load_modules
 
-# up NODE PORT PEERPORT: start urbd up for node a or b; sets PID_<node>.
-up() {
-	truncate -s 512M "/tmp/$1.img"
-	"$URBD" --run-dir "/run/urbd-$1" up --disk "/tmp/$1.img" --meta "/tmp/meta-$1" \
-		--nbd "unix:/run/$1.sock" --listen-peer "127.0.0.1:$2" --peer "127.0.0.1:$3" \
-		--timeout 2s --assume-clean r0 >> "$OUT/node-$1.log" 2>&1 &
-	eval "PID_$1=$!"
-}
-status_has() { "$URBD" --run-dir "/run/urbd-$1" status r0 | grep -q "$2"; }
-
-up a 7788 7789
-up b 7789 7788
+truncate -s 512M /tmp/a.img /tmp/b.img
+up_node a /tmp/a.img 7788 7789
+up_node b /tmp/b.img 7789 7788
 wait_for status_has a "cs:Connected"
 wait_for status_has b "ds:UpToDate/UpToDate"
 step "nodes connected: $("$URBD" --run-dir /run/urbd-a status r0 | sed -n 2p)"

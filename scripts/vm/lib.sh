@@ -29,6 +29,33 @@ wait_for() {
 	done
 }
 
+# up_node NODE DISK PORT PEERPORT: start urbd up for node a or b of r0 on
+# DISK, the peers on 127.0.0.1; sets PID_<node>.
+up_node() {
+	"$URBD" --run-dir "/run/urbd-$1" up --disk "$2" --meta "/tmp/meta-$1" \
+		--nbd "unix:/run/$1.sock" --listen-peer "127.0.0.1:$3" --peer "127.0.0.1:$4" \
+		--timeout 2s --assume-clean r0 >> "$OUT/node-$1.log" 2>&1 &
+	eval "PID_$1=$!"
+}
+
+# status_has NODE PATTERN: the node's status of r0 matches PATTERN.
+status_has() { "$URBD" --run-dir "/run/urbd-$1" status r0 | grep -q "$2"; }
+
+# ext4_on_primary: promote node a, attach /dev/nbd0 to its export (with its
+# run dir, where urbd resize looks for attach processes; ATTACH_PID) and
+# mount a new ext4 on it at /tmp/m.
+ext4_on_primary() {
+	wait_for status_has b "ds:UpToDate/UpToDate"
+	"$URBD" --run-dir /run/urbd-a primary r0
+	wait_for status_has b "ro:Secondary/Primary"
+	"$URBD" --run-dir /run/urbd-a attach --device /dev/nbd0 --nbd unix:/run/a.sock --timeout 30s >> "$OUT/attach.log" 2>&1 &
+	ATTACH_PID=$!
+	wait_for device_ready nbd0
+	mkfs.ext4 -q -b 4096 /dev/nbd0
+	mkdir -p /tmp/m
+	mount -t ext4 /dev/nbd0 /tmp/m
+}
+
 device_ready() { [ "$(cat /sys/block/$1/size)" -gt 0 ]; }
 device_gone() { [ "$(cat /sys/block/$1/size)" -eq 0 ]; }
 proc_gone() { ! kill -0 "$1"; }

@@ -7,29 +7,12 @@
 load_modules
 
 OLD=128M NEW=256M
-# up NODE PORT PEERPORT: start urbd up for node a or b.
-up() {
-	truncate -s $OLD "/tmp/$1.img"
-	"$URBD" --run-dir "/run/urbd-$1" up --disk "/tmp/$1.img" --meta "/tmp/meta-$1" \
-		--nbd "unix:/run/$1.sock" --listen-peer "127.0.0.1:$2" --peer "127.0.0.1:$3" \
-		--timeout 2s --assume-clean r0 >> "$OUT/node-$1.log" 2>&1 &
-	eval "PID_$1=$!"
-}
-status_has() { "$URBD" --run-dir "/run/urbd-$1" status r0 | grep -q "$2"; }
 sectors_are() { [ "$(cat /sys/block/$1/size)" -eq "$2" ]; }
 
-up a 7788 7789
-up b 7789 7788
-wait_for status_has b "ds:UpToDate/UpToDate"
-"$URBD" --run-dir /run/urbd-a primary r0
-wait_for status_has b "ro:Secondary/Primary"
-# The attach records its pid where urbd resize on node a looks for it.
-"$URBD" --run-dir /run/urbd-a attach --device /dev/nbd0 --nbd unix:/run/a.sock --timeout 30s >> "$OUT/attach.log" 2>&1 &
-ATTACH_PID=$!
-wait_for device_ready nbd0
-mkfs.ext4 -q -b 4096 /dev/nbd0
-mkdir -p /tmp/m
-mount -t ext4 /dev/nbd0 /tmp/m
+truncate -s $OLD /tmp/a.img /tmp/b.img
+up_node a /tmp/a.img 7788 7789
+up_node b /tmp/b.img 7789 7788
+ext4_on_primary
 for i in 1 2; do
 	dd if=/dev/urandom of=/tmp/m/f$i bs=1M count=8 status=none
 done
