@@ -51,9 +51,12 @@ var (
 //     (with the peer's data generation) and the node leaves Diskless: reads
 //     are local again and the peer is told.
 //
-// The node stays Diskless if the copy fails (the peer is lost, d fails a
-// write): the reason says why; run it again. A daemon that stops meanwhile
-// restarts as before, Secondary and Inconsistent, and gets a full resync.
+// If the peer is lost during the copy, the node stays Diskless (its I/O
+// fails until the peer is back, as before) and the copy starts over once
+// the nodes are connected again (resumeAttach). If d fails a write, or the
+// peer cannot serve a chunk, the node stays Diskless with d out of use and
+// the reason says why: run it again. A daemon that stops meanwhile restarts
+// as before, Secondary and Inconsistent, and gets a full resync.
 func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 	n.mu.Lock()
 	s := n.sess
@@ -71,8 +74,7 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 		n.mu.Unlock()
 		return nil, err
 	}
-	n.attaching = true
-	n.attachWG.Add(1) // before Close's Wait: Close ends the session first
+	n.attaching = true // no resumeAttach meanwhile
 	n.mu.Unlock()
 
 	// No write is between its BeginWrite and its local write while growMu
@@ -84,27 +86,59 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 	n.attachWrites.Store(true)
 	n.growMu.Unlock()
 
-	prog := resync.NewProgress(n.clock, d.Size())
-	n.mu.Lock()
-	n.progress = prog
-	n.setReasonLocked(fmt.Sprintf("attaching a new disk: copying %s from the peer; Diskless until it is done", units.FormatSize(d.Size())))
-	n.mu.Unlock()
 	n.log.Info("attaching a new disk", "size", d.Size())
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.sess != s {
+		// The session ended meanwhile: the next one starts the copy.
+		n.attaching = false
+		return old, nil
+	}
+	n.startCopyLocked(s, fmt.Sprintf("attaching a new disk: copying %s from the peer; Diskless until it is done", units.FormatSize(d.Size())))
+	return old, nil
+}
+
+// startCopyLocked runs AttachDisk's copy on session s in the background, with
+// reason as the node's reason meanwhile. n.mu must be held and n.attaching
+// set; n.sess is s, so Close, which ends the session before it waits for
+// attachWG, waits for this copy.
+func (n *Node) startCopyLocked(s *session, reason string) {
+	prog := resync.NewProgress(n.clock, n.backend().Size())
+	n.progress = prog
+	n.setReasonLocked(reason)
+	n.attachWG.Add(1)
 	go func() {
 		defer n.attachWG.Done()
 		n.finishAttach(s, prog)
 	}()
-	return old, nil
+}
+
+// resumeAttach starts AttachDisk's copy over on session s when an earlier
+// one ended with its session: the node, still a Diskless Primary with the
+// new disk, is connected again to an UpToDate peer. followPeer calls it.
+func (n *Node) resumeAttach(s *session) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.attachWrites.Load() || n.attaching || n.sess != s || n.st.Role != Primary || n.st.Disk != Diskless ||
+		n.st.Conn != Connected || n.st.PeerDisk != UpToDate {
+		return
+	}
+	n.attaching = true
+	n.log.Info("the peer is back: copying to the new disk again")
+	n.startCopyLocked(s, fmt.Sprintf("attaching a new disk: the peer is back, copying %s again; Diskless until it is done", units.FormatSize(n.backend().Size())))
 }
 
 // finishAttach runs AttachDisk's copy on session s and then leaves Diskless,
-// or stays Diskless and says why.
+// or stays Diskless and says why. A copy that ended with its session is
+// resumed by the next one (resumeAttach); any other failure takes the new
+// disk out of use until AttachDisk runs again.
 func (n *Node) finishAttach(s *session, prog *resync.Progress) {
 	err := n.copyFromPeer(s, prog)
 	if err == nil {
 		err = n.leaveDiskless(s)
 	}
-	if err != nil {
+	lost := err != nil && s.isClosed() && !errors.Is(err, errAttachWrite) && !n.attachFailed.Load()
+	if err != nil && !lost {
 		n.growMu.Lock()
 		n.attachWrites.Store(false)
 		n.growMu.Unlock()
@@ -113,7 +147,12 @@ func (n *Node) finishAttach(s *session, prog *resync.Progress) {
 	defer n.mu.Unlock()
 	n.progress = nil
 	n.attaching = false
-	if err == nil {
+	switch {
+	case err == nil:
+		return
+	case lost:
+		// The session's end set the reason; the next session resumes.
+		n.log.Warn("the copy to the new disk stopped with the peer connection; it starts over when the peer is back", "err", err)
 		return
 	}
 	reason := fmt.Sprintf("attaching the new disk failed: %v; still Diskless (run urbd attach-disk again)", err)
@@ -193,7 +232,8 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
 }
 
 // leaveDiskless ends an attach whose copy is done: with every write held,
-// the new disk is flushed, the metadata saved UpToDate with the peer's data
+// the new disk is flushed, the bitmap cleared (the blocks marked while
+// Diskless are equal now), the metadata saved UpToDate with the peer's data
 // generation, and the node serves from its disk again.
 func (n *Node) leaveDiskless(s *session) error {
 	n.growMu.Lock()
@@ -203,6 +243,12 @@ func (n *Node) leaveDiskless(s *session) error {
 	}
 	if err := n.backend().Flush(s.ctx); err != nil {
 		return fmt.Errorf("flushing the new disk: %w", err)
+	}
+	// The new disk holds the peer's data: nothing differs. A write the
+	// peer fails from here on is marked again when its session ends.
+	n.store().Bitmap().ClearAll()
+	if err := n.store().PersistBitmap(); err != nil {
+		return fmt.Errorf("saving the bitmap: %w", err)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -128,6 +128,10 @@ func TestScenarioAttachDiskOnline(t *testing.T) {
 	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
 	close(done)
 	wg.Wait()
+	if oos := a.node.Status().OutOfSyncKiB; oos != 0 || a.sawEvent("resync-started") {
+		t.Errorf("attached with %d KiB out of sync (resync started: %v): the blocks marked while Diskless were left marked",
+			oos, a.sawEvent("resync-started"))
+	}
 	if writes < 10 {
 		t.Errorf("only %d writes overlapped the copy", writes)
 	}
@@ -166,10 +170,10 @@ func TestScenarioAttachDiskOnline(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
-// TestScenarioAttachDiskFails: an attach whose copy cannot finish leaves the
-// node Diskless, serving from the peer as before, and says why; run again,
-// it completes. The copy stops when the peer is lost, and when the new disk
-// fails a write.
+// TestScenarioAttachDiskFails: an attach whose new disk fails a write
+// stops for good: the node stays Diskless, serving from the peer as before,
+// and the reason says why. One whose peer is lost during the copy starts
+// over when the peer is back, without the operator, and completes.
 func TestScenarioAttachDiskFails(t *testing.T) {
 	ctx := context.Background()
 	a, b, want := detachedPair(t, nodeOpts{rate: 1 << 20})
@@ -178,27 +182,12 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 		t.Errorf("attach on an UpToDate node: %v, want ErrNotDiskless", err)
 	}
 
-	// The peer is lost during the copy.
-	attach(t, a, replaceDisk(t, a, hDiskSize))
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
-	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
-	st := a.waitConn(replica.Connected)
-	if st.Disk != replica.Diskless {
-		t.Fatalf("after the peer came back: disk %v, want Diskless", st.Disk)
-	}
-	if got, err := a.readAt(0, hDiskSize); err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("reading from the peer after the failed attach: %v", err)
-	}
-
 	// The new disk fails a write during the copy.
 	d := attach(t, a, replaceDisk(t, a, hDiskSize))
 	d.failAt.Store(hBlock + 1)
 	copy(want[hBlock:], pattern("written while attaching", hBlock))
 	a.write(hBlock, want[hBlock:2*hBlock])
-	st = a.waitState("attach failed", func(s replica.State) bool {
+	st := a.waitState("attach failed", func(s replica.State) bool {
 		return strings.Contains(s.Reason, "attaching the new disk failed")
 	})
 	if st.Disk != replica.Diskless || !strings.Contains(st.Reason, "failed a write") {
@@ -207,11 +196,31 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 	if err := a.node.WriteAt(ctx, want[hBlock:2*hBlock], hBlock, true); err != nil {
 		t.Fatalf("a write after the failed attach: %v", err)
 	}
+	if got, err := a.readAt(0, hDiskSize); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("reading from the peer after the failed attach: %v", err)
+	}
 
-	// Again, on a good disk: it completes.
-	a.node.AdjustRate(64 << 20)
+	// The peer is lost during the copy to a good disk.
 	attach(t, a, replaceDisk(t, a, hDiskSize))
-	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	if _, err := a.readAt(0, hBlock); err == nil {
+		t.Fatal("a read without the peer succeeded before the copy was done")
+	}
+	if st := a.node.State(); st.Disk != replica.Diskless {
+		t.Fatalf("without the peer during the copy: disk %v, want Diskless", st.Disk)
+	}
+	a.node.AdjustRate(64 << 20)
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	a.waitConn(replica.Connected)
+	copy(want[3*hBlock:], pattern("written after the reconnect", hBlock))
+	a.write(3*hBlock, want[3*hBlock:4*hBlock])
+	st = a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if !strings.Contains(st.Reason, "new disk attached") {
+		t.Errorf("reason %q after the resumed copy", st.Reason)
+	}
 	if i := firstDiff(a.image(), want); i >= 0 {
 		t.Fatalf("the attached disk differs from what was written at %d", i)
 	}

@@ -434,8 +434,9 @@ func (n *Node) outdatedByPeer(s *session) error {
 }
 
 // followPeer applies the peer's state changes for the rest of the session,
-// and starts a resync when this node is Primary and blocks went out of sync
-// while connected.
+// starts a resync when this node is Primary and blocks went out of sync
+// while connected, and resumes an attach whose copy an earlier session cut
+// short.
 func (n *Node) followPeer(s *session) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -472,6 +473,7 @@ func (n *Node) followPeer(s *session) error {
 		case <-n.syncKick:
 		case <-tick.C:
 		}
+		n.resumeAttach(s)
 		n.mu.Lock()
 		again := n.st.Conn == Connected && n.st.Role == Primary && n.st.Disk != Diskless && !n.resizing && n.store().Bitmap().DirtyBlocks() > 0
 		if again {

@@ -22,8 +22,9 @@ size and the old name), then run urbd attach-disk NAME on the Primary, connected
 that is UpToDate. The daemon opens the path again and copies the peer's data to it in the
 background while the application keeps running: the status shows the progress, and the
 node stays Diskless (reads from the peer) until the copy is done and flushed; then it is
-UpToDate and reads locally again. If the copy fails (the peer is lost, the new disk fails a
-write), the node stays Diskless and the reason says why: run it again.
+UpToDate and reads locally again. A copy cut short by a lost peer starts over when the peer is
+back; if the new disk fails a write, the node stays Diskless and the reason says why: run it
+again on a working disk.
 Example: urbd attach-disk r0`,
 	Action: func(c *cli.Context) error {
 		res, err := resourceName(c)
