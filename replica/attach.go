@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/urbd/urbd/internal/units"
 	"github.com/urbd/urbd/nbd"
@@ -17,7 +18,55 @@ var errAttachWrite = errors.New("the new disk failed a write (see the log)")
 
 // diskRef holds the node's disk behind one pointer, so that AttachDisk can
 // replace it while requests read it.
-type diskRef struct{ nbd.Backend }
+type diskRef struct {
+	nbd.Backend
+	// copied is how far AttachDisk's copy has filled this disk from the
+	// start without a gap: reads below it are served locally while the
+	// node is still Diskless (see attachedRead).
+	copied atomic.Int64
+}
+
+// attachedRead reads p at off from the disk being attached, if the copy
+// has passed that range and the disk has failed no write; it reports
+// whether it did. The peer serves the read otherwise, or if this one fails.
+func (n *Node) attachedRead(ctx context.Context, p []byte, off int64) bool {
+	ref := n.disk.Load()
+	if !n.attachWrites.Load() || n.attachFailed.Load() || off+int64(len(p)) > ref.copied.Load() {
+		return false
+	}
+	n.stats.localPending.Add(1)
+	err := ref.ReadAt(ctx, p, off)
+	n.stats.localPending.Add(-1)
+	if err != nil {
+		n.log.Warn("reading the disk being attached failed; the peer serves it", "offset", off, "length", len(p), "err", err)
+		return false
+	}
+	n.stats.diskRead.Add(uint64(len(p)))
+	return true
+}
+
+// copyMark advances a diskRef's copied over the chunks of a copy, which
+// complete out of order: it moves over each run of completed chunks.
+type copyMark struct {
+	ref   *diskRef
+	chunk int64
+	size  int64
+
+	mu   sync.Mutex
+	next int64          // the first chunk not yet done
+	done map[int64]bool // chunks done after next
+}
+
+func (m *copyMark) chunkDone(off int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.done[off/m.chunk] = true
+	for m.done[m.next] {
+		delete(m.done, m.next)
+		m.next++
+	}
+	m.ref.copied.Store(min(m.next*m.chunk, m.size))
+}
 
 // backend is the node's disk. It changes only in AttachDisk, on a Diskless
 // Primary, while no write is between its BeginWrite and its local write.
@@ -40,9 +89,11 @@ var (
 // disk it replaced (the failed one), which the caller closes, and copies the
 // peer's data to d in the background:
 //
-//   - Until the copy is done the node stays Diskless: reads and flushes go
-//     to the peer only, and a write is answered once the peer has it, as
-//     before. Every write is also written to d, under the range lock.
+//   - Until the copy is done the node stays Diskless: flushes go to the
+//     peer only, and a write is answered once the peer has it, as before.
+//     Every write is also written to d, under the range lock. A read comes
+//     from d if the copy has passed its range (attachedRead), else from the
+//     peer.
 //   - The copy reads each chunk from the peer (Read, behind every earlier
 //     write on the data stream) while holding the chunk's range lock, and
 //     writes it to d. A write to the chunk waits for the lock, so d ends up
@@ -81,7 +132,7 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 	// is held: each write from here on also writes d.
 	n.growMu.Lock()
 	old = n.backend()
-	n.disk.Store(&diskRef{d})
+	n.disk.Store(&diskRef{Backend: d})
 	n.attachFailed.Store(false)
 	n.attachWrites.Store(true)
 	n.growMu.Unlock()
@@ -138,6 +189,9 @@ func (n *Node) finishAttach(s *session, prog *resync.Progress) {
 		err = n.leaveDiskless(s)
 	}
 	lost := err != nil && s.isClosed() && !errors.Is(err, errAttachWrite) && !n.attachFailed.Load()
+	if err != nil {
+		n.disk.Load().copied.Store(0) // reads go to the peer again
+	}
 	if err != nil && !lost {
 		n.growMu.Lock()
 		n.attachWrites.Store(false)
@@ -166,8 +220,11 @@ func (n *Node) finishAttach(s *session, prog *resync.Progress) {
 // copyFromPeer copies the whole disk from the peer to the node's (new)
 // disk, attachWindow chunks at a time, at the resync rate.
 func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
-	size := n.backend().Size()
+	ref := n.disk.Load()
+	size := ref.Size()
 	chunk := min(int64(syncChunk), int64(protocol.MaxData))
+	mark := &copyMark{ref: ref, chunk: chunk, size: size, done: map[int64]bool{}}
+	ref.copied.Store(0)
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
@@ -219,12 +276,13 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
 				return
 			}
 			n.stats.netRecv.Add(uint64(length))
-			if err := n.backend().WriteAt(s.ctx, r.dst, off, false); err != nil {
+			if err := ref.WriteAt(s.ctx, r.dst, off, false); err != nil {
 				fail(fmt.Errorf("writing the new disk at %d: %w", off, err))
 				return
 			}
 			n.stats.diskWrite.Add(uint64(length))
 			prog.Done(length)
+			mark.chunkDone(off)
 		}()
 	}
 	wg.Wait()

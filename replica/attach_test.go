@@ -14,6 +14,7 @@ import (
 
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/replica"
+	"github.com/urbd/urbd/status"
 )
 
 // detachedPair is a connected pair whose Primary a detached its failed disk
@@ -93,6 +94,18 @@ func TestScenarioAttachDiskOnline(t *testing.T) {
 	st := a.node.Status()
 	if st.DiskState != "Diskless" || st.Sync == nil || !strings.Contains(st.Reason, "attaching a new disk") {
 		t.Errorf("during the copy: ds %s, progress %v, reason %q; want Diskless with progress and the reason", st.DiskState, st.Sync, st.Reason)
+	}
+
+	// Reads of what the copy has passed come from the new disk.
+	st = a.waitStatus("2 MiB copied", func(s status.Resource) bool {
+		return s.Sync != nil && s.Sync.RemainingKiB+2048 <= s.Sync.TotalKiB
+	})
+	before := st.DiskReadKiB
+	if got, err := a.readAt(0, 1<<20); err != nil || !bytes.Equal(got, want[:1<<20]) {
+		t.Fatalf("reading what the copy passed: %v (equal %v)", err, bytes.Equal(got, want[:1<<20]))
+	}
+	if read := a.node.Status().DiskReadKiB - before; read < 1024 {
+		t.Errorf("reading what the copy passed read %d KiB from the new disk, want 1024", read)
 	}
 
 	// Writes during the copy, all over the disk, overlapping each other.

@@ -197,7 +197,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.uuids = uuidsFromMeta(m)
 	n.meta.Store(cfg.Store)
-	n.disk.Store(&diskRef{cfg.Disk})
+	n.disk.Store(&diskRef{Backend: cfg.Disk})
 	n.suspendOnLoss.Store(cfg.SuspendOnPeerLoss)
 	n.proto.Store(uint32(cfg.Protocol))
 	n.peerTimeout.Store(int64(cfg.Timeout))

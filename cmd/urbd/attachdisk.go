@@ -21,8 +21,8 @@ at the same path (--disk of urbd up; the same size exactly, e.g. lvcreate -L wit
 size and the old name), then run urbd attach-disk NAME on the Primary, connected to a peer
 that is UpToDate. The daemon opens the path again and copies the peer's data to it in the
 background while the application keeps running: the status shows the progress, and the
-node stays Diskless (reads from the peer) until the copy is done and flushed; then it is
-UpToDate and reads locally again. A copy cut short by a lost peer starts over when the peer is
+node stays Diskless (reads what is not copied yet from the peer) until the copy is done and
+flushed; then it is UpToDate. A copy cut short by a lost peer starts over when the peer is
 back; if the new disk fails a write, the node stays Diskless and the reason says why: run it
 again on a working disk.
 Example: urbd attach-disk r0`,
