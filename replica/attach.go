@@ -289,11 +289,17 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
 	return firstErr
 }
 
-// leaveDiskless ends an attach whose copy is done: with every write held,
-// the new disk is flushed, the bitmap cleared (the blocks marked while
-// Diskless are equal now), the metadata saved UpToDate with the peer's data
-// generation, and the node serves from its disk again.
+// leaveDiskless ends an attach whose copy is done: the new disk is
+// flushed, then, with every write held, flushed again, the bitmap cleared
+// (the blocks marked while Diskless are equal now), the metadata saved
+// UpToDate with the peer's data generation, and the node serves from its
+// disk again.
 func (n *Node) leaveDiskless(s *session) error {
+	// The copy's bulk is made durable while writes go on; the flush below,
+	// with writes held, then has only what they wrote since.
+	if err := n.backend().Flush(s.ctx); err != nil {
+		return fmt.Errorf("flushing the new disk: %w", err)
+	}
 	n.growMu.Lock()
 	defer n.growMu.Unlock()
 	if n.attachFailed.Load() {
@@ -301,6 +307,9 @@ func (n *Node) leaveDiskless(s *session) error {
 	}
 	if err := n.backend().Flush(s.ctx); err != nil {
 		return fmt.Errorf("flushing the new disk: %w", err)
+	}
+	if s.isClosed() {
+		return ErrPeerLost
 	}
 	// The new disk holds the peer's data: nothing differs. A write the
 	// peer fails from here on is marked again when its session ends.
