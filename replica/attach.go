@@ -34,14 +34,10 @@ func (n *Node) attachedRead(ctx context.Context, p []byte, off int64) bool {
 	if !n.attachWrites.Load() || n.attachFailed.Load() || off+int64(len(p)) > ref.copied.Load() {
 		return false
 	}
-	n.stats.localPending.Add(1)
-	err := ref.ReadAt(ctx, p, off)
-	n.stats.localPending.Add(-1)
-	if err != nil {
+	if err := n.readLocal(ctx, ref.Backend, p, off); err != nil {
 		n.log.Warn("reading the disk being attached failed; the peer serves it", "offset", off, "length", len(p), "err", err)
 		return false
 	}
-	n.stats.diskRead.Add(uint64(len(p)))
 	return true
 }
 
@@ -346,15 +342,8 @@ func (n *Node) leaveDiskless(s *session) error {
 // filling, with the range lock held. The peer's copy answers the write; a
 // failure here only ends the attach, whose copy then stops.
 func (n *Node) writeAttaching(ctx context.Context, kind string, off, length int64, local func(context.Context) error) {
-	n.stats.localPending.Add(1)
-	err := local(ctx)
-	n.stats.localPending.Add(-1)
-	if err == nil {
-		if kind != "trim" && kind != "zero" {
-			n.stats.diskWrite.Add(uint64(length))
-		}
-		return
+	if err := n.writeLocal(ctx, kind, length, local); err != nil {
+		n.log.Error("the disk being attached failed a write", "offset", off, "length", length, "err", err)
+		n.attachFailed.Store(true)
 	}
-	n.log.Error("the disk being attached failed a write", "offset", off, "length", length, "err", err)
-	n.attachFailed.Store(true)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/protocol"
 )
 
@@ -31,10 +32,7 @@ func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 		n.observe("read", true, len(p), start)
 		return nil
 	}
-	n.stats.localPending.Add(1)
-	err := n.backend().ReadAt(ctx, p, off)
-	n.stats.localPending.Add(-1)
-	n.stats.diskRead.Add(uint64(len(p)))
+	err := n.readLocal(ctx, n.backend(), p, off)
 	n.observe("read", false, len(p), start)
 	if err == nil || ctx.Err() != nil {
 		return err
@@ -47,6 +45,16 @@ func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 	n.observe("read", true, len(p), start)
 	n.readErrorServed(off, len(p), err)
 	return nil
+}
+
+// readLocal reads p at off from disk, counted in the status (lo: while it
+// runs, dr:).
+func (n *Node) readLocal(ctx context.Context, disk nbd.Backend, p []byte, off int64) error {
+	n.stats.localPending.Add(1)
+	err := disk.ReadAt(ctx, p, off)
+	n.stats.localPending.Add(-1)
+	n.stats.diskRead.Add(uint64(len(p)))
+	return err
 }
 
 // errPeerCannotServe says why a read the local disk failed cannot come from

@@ -149,12 +149,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		runtime.Gosched()
 	}
 
-	n.stats.localPending.Add(1)
-	lerr := local(ctx)
-	n.stats.localPending.Add(-1)
-	if kind != "trim" && kind != "zero" {
-		n.stats.diskWrite.Add(uint64(length))
-	}
+	lerr := n.writeLocal(ctx, kind, length, local)
 	unlock()
 	if ahead && lerr == nil {
 		n.ahead.start()
@@ -196,6 +191,18 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		return n.waitFenced(ctx)
 	}
 	return lerr
+}
+
+// writeLocal runs a write's local part, local, counted in the status (lo:
+// while it runs, dw: for the bytes of a write, not a trim or zeroing).
+func (n *Node) writeLocal(ctx context.Context, kind string, length int64, local func(context.Context) error) error {
+	n.stats.localPending.Add(1)
+	err := local(ctx)
+	n.stats.localPending.Add(-1)
+	if kind != "trim" && kind != "zero" {
+		n.stats.diskWrite.Add(uint64(length))
+	}
+	return err
 }
 
 // replicate sends a write to the peer if a session is replicating, and
