@@ -55,24 +55,35 @@ func StatusPath(runDir, name string) string {
 	return filepath.Join(runDir, name, "status")
 }
 
-// Call sends one request to the daemon of resource name and returns its
-// answer. A refusal is returned as an error carrying the daemon's message.
-func Call(ctx context.Context, runDir, name string, req Request) (*Response, error) {
+// send connects to the daemon of resource name and sends req; the answer
+// lines are read from the scanner. The connection's deadline is ctx's.
+func send(ctx context.Context, runDir, name string, req Request) (net.Conn, *bufio.Scanner, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", SocketPath(runDir, name))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s (no daemon at %s; start it with urbd up %s, or set --run-dir)", ErrNotRunning, name, SocketPath(runDir, name), name)
+		return nil, nil, fmt.Errorf("%w: %s (no daemon at %s; start it with urbd up %s, or set --run-dir)", ErrNotRunning, name, SocketPath(runDir, name), name)
 	}
-	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return nil, fmt.Errorf("daemon: sending %s to %s: %w", req.Cmd, name, err)
+		conn.Close()
+		return nil, nil, fmt.Errorf("daemon: sending %s to %s: %w", req.Cmd, name, err)
 	}
-	var resp Response
 	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	return conn, sc, nil
+}
+
+// Call sends one request to the daemon of resource name and returns its
+// answer. A refusal is returned as an error carrying the daemon's message.
+func Call(ctx context.Context, runDir, name string, req Request) (*Response, error) {
+	conn, sc, err := send(ctx, runDir, name, req)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	var resp Response
 	if !sc.Scan() {
 		return nil, fmt.Errorf("daemon: %s: no answer to %s", name, req.Cmd)
 	}
@@ -107,19 +118,13 @@ func streamTo(ctx context.Context, conn net.Conn, events streamer) {
 // may arrive as one), until ctx ends, fn fails or the daemon goes away,
 // which returns nil.
 func Events(ctx context.Context, runDir, name string, fn func(status.Resource) error) error {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", SocketPath(runDir, name))
+	conn, sc, err := send(ctx, runDir, name, Request{Cmd: "events"})
 	if err != nil {
-		return fmt.Errorf("%w: %s (no daemon at %s; start it with urbd up %s, or set --run-dir)", ErrNotRunning, name, SocketPath(runDir, name), name)
+		return err
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	if err := json.NewEncoder(conn).Encode(Request{Cmd: "events"}); err != nil {
-		return fmt.Errorf("daemon: asking %s for events: %w", name, err)
-	}
-	sc := bufio.NewScanner(conn)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var resp Response
 		if err := json.Unmarshal(sc.Bytes(), &resp); err != nil {
