@@ -178,7 +178,7 @@ func (n *Node) dialOnce(ctx context.Context, addr string) (bool, error) {
 	dctx, cancel := context.WithTimeout(ctx, n.timeout())
 	defer cancel()
 	d := net.Dialer{Control: congestionControl(n.currentLink().Congestion)}
-	conn, err := d.DialContext(dctx, "tcp", addr)
+	conn, err := dialTCP(dctx, &d, addr)
 	if err != nil {
 		return false, err
 	}
@@ -188,6 +188,30 @@ func (n *Node) dialOnce(ctx context.Context, addr string) (bool, error) {
 		return false, err
 	}
 	return n.offer(ps, true), nil
+}
+
+// errSelfConnect reports a dial that TCP connected to itself.
+var errSelfConnect = errors.New("connected to itself: the peer's port was the dial's own source port, nothing listens there")
+
+// dialTCP dials addr with d and refuses a connection to itself. When
+// nothing listens on a local peer address, Linux may pick that very port as
+// the dial's source port, and the simultaneous open then connects the socket
+// to itself. Kept, such a socket would hold the peer's port, so the peer's
+// daemon, started later, could not listen there until the handshake timed
+// out (see TestDialRefusesSelfConnect).
+func dialTCP(ctx context.Context, d *net.Dialer, addr string) (net.Conn, error) {
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if conn.LocalAddr().String() == conn.RemoteAddr().String() {
+		if tc, ok := conn.(*net.TCPConn); ok {
+			tc.SetLinger(0) // reset: a FIN would keep the port until TIME_WAIT ends
+		}
+		conn.Close()
+		return nil, errSelfConnect
+	}
+	return conn, nil
 }
 
 // noteConnError logs a failed connection attempt once per distinct reason
@@ -208,7 +232,7 @@ func (n *Node) noteConnError(err error) {
 	}
 	n.lastConnErr = msg
 	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, errConnRefused) {
+	if errors.As(err, &ne) || errors.Is(err, errConnRefused) || errors.Is(err, errSelfConnect) {
 		n.log.Debug("peer connection failed", "err", msg)
 		return
 	}

@@ -1,9 +1,13 @@
 package replica
 
 import (
+	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"testing"
+
+	"github.com/urbd/urbd/internal/testnet"
 )
 
 // TestConnErrorKeepsStandAloneReason: a connection error shows in the
@@ -22,4 +26,34 @@ func TestConnErrorKeepsStandAloneReason(t *testing.T) {
 	if want := "peer connection failed: protocol: handshake: wrong secret"; n.st.Reason != want {
 		t.Errorf("WFConnection reason: %q, want %q", n.st.Reason, want)
 	}
+}
+
+// TestDialRefusesSelfConnect: a dial whose source port is the port it dials,
+// with nothing listening there, connects TCP to itself on Linux. dialTCP
+// must refuse that connection and free the port, so the peer's daemon can
+// still listen on it. The source port is forced here; the kernel picks it
+// by chance when the peer's port lies in the ephemeral range.
+func TestDialRefusesSelfConnect(t *testing.T) {
+	addr, err := testnet.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	laddr, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := net.Dialer{LocalAddr: laddr}
+	conn, err := dialTCP(context.Background(), &d, addr)
+	if err == nil {
+		conn.Close()
+		t.Fatalf("dial of %s from %s: connected, want %v", addr, addr, errSelfConnect)
+	}
+	if !errors.Is(err, errSelfConnect) {
+		t.Fatalf("dial of %s from %s: %v, want %v", addr, addr, err, errSelfConnect)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listening on %s after the refused self-connection: %v", addr, err)
+	}
+	ln.Close()
 }
