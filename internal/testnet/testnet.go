@@ -5,24 +5,67 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
+	"strings"
+	"sync"
 )
 
-// Ports are chosen below Linux's default ephemeral range (32768-60999):
-// a port taken from that range with ":0" can be handed again, between the
-// check and the server's bind, to the source of some outgoing connection,
-// which a busy test run makes many of.
+// Ports are chosen outside the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 by default). A port from that
+// range can be handed, between the check and the server's bind, to the
+// source of some outgoing connection, which a busy test run makes many of;
+// and a client that dials such a port before its server listens may be
+// given it as its own source port and connect to itself.
 const (
-	lowPort  = 20000
-	highPort = 32768
+	floorPort = 10000 // below are the well-known ports of services a machine may run
+	defLow    = 20000 // the window used when the range cannot be read
+	defHigh   = 32768
+	minWindow = 1000 // a gap smaller than this is not worth the collisions
 )
 
-// FreePort returns a 127.0.0.1 TCP port below the ephemeral range that was
-// free a moment ago.
+var window = sync.OnceValues(func() (int, int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return defLow, defHigh
+	}
+	return windowOutside(string(b))
+})
+
+// windowOutside returns the larger run of ports [low, high) outside the
+// ephemeral range given as "LOW HIGH", above floorPort. With no run of
+// minWindow ports outside it, it returns the default window.
+func windowOutside(portRange string) (low, high int) {
+	f := strings.Fields(portRange)
+	if len(f) != 2 {
+		return defLow, defHigh
+	}
+	elo, err1 := strconv.Atoi(f[0])
+	ehi, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil || elo > ehi {
+		return defLow, defHigh
+	}
+	if elo >= defHigh {
+		return defLow, defHigh
+	}
+	below := elo - floorPort
+	above := 65536 - (ehi + 1)
+	switch {
+	case below >= above && below >= minWindow:
+		return floorPort, elo
+	case above > below && above >= minWindow:
+		return ehi + 1, 65536
+	}
+	return defLow, defHigh
+}
+
+// FreePort returns a 127.0.0.1 TCP port outside the ephemeral range that
+// was free a moment ago.
 func FreePort() (int, error) {
+	low, high := window()
 	var lastErr error
 	for range 100 {
-		port := lowPort + rand.IntN(highPort-lowPort)
+		port := low + rand.IntN(high-low)
 		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
 			lastErr = err
@@ -31,7 +74,7 @@ func FreePort() (int, error) {
 		ln.Close()
 		return port, nil
 	}
-	return 0, fmt.Errorf("testnet: no free port found below %d: %w", highPort, lastErr)
+	return 0, fmt.Errorf("testnet: no free port found in [%d, %d): %w", low, high, lastErr)
 }
 
 // FreeAddr is FreePort as a "127.0.0.1:PORT" address.

@@ -5,8 +5,9 @@ import (
 	"testing"
 )
 
-// A port from FreePort is below the ephemeral range and can be listened on.
+// A port from FreePort is outside the ephemeral range and can be listened on.
 func TestFreeAddr(t *testing.T) {
+	low, high := window()
 	for range 20 {
 		addr, err := FreeAddr()
 		if err != nil {
@@ -18,8 +19,29 @@ func TestFreeAddr(t *testing.T) {
 		}
 		port := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		if port < lowPort || port >= highPort {
-			t.Fatalf("port %d outside [%d, %d)", port, lowPort, highPort)
+		if port < low || port >= high {
+			t.Fatalf("port %d outside [%d, %d)", port, low, high)
+		}
+	}
+}
+
+// The window lies outside the ephemeral range, whichever way it is set.
+func TestWindowOutside(t *testing.T) {
+	for _, c := range []struct {
+		in        string
+		low, high int
+	}{
+		{"32768\t60999\n", 20000, 32768}, // Linux's default
+		{"1024 65535", 20000, 32768},     // no gap: the default window
+		{"15000 65535", 10000, 15000},    // only below
+		{"1024 50000", 50001, 65536},     // only above
+		{"20000 40000", 40001, 65536},    // above is larger
+		{"40000 60999", 20000, 32768},    // above the default window
+		{"garbage", 20000, 32768},
+	} {
+		low, high := windowOutside(c.in)
+		if low != c.low || high != c.high {
+			t.Errorf("windowOutside(%q) = [%d, %d), want [%d, %d)", c.in, low, high, c.low, c.high)
 		}
 	}
 }
