@@ -255,6 +255,9 @@ func TestScenarioAttachDiskCopyOrder(t *testing.T) {
 	<-held // the peer's apply loop waits in this write
 
 	d := attach(t, a, replaceDisk(t, a, hDiskSize))
+	// The copy sends a chunk's Read once it holds the chunk's range lock,
+	// the first chunk first.
+	a.waitFor("the copy's first Read", func() bool { return a.node.PendingPeerReads() > 0 })
 	late := pattern("written during the chunk's copy", hBlock)
 	copy(want[2*hBlock:], late)
 	lateDone := a.asyncWrite(2*hBlock, late)

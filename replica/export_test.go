@@ -64,3 +64,21 @@ func (n *Node) OnSessionClosing(f func()) {
 	n.sessionClosing = f
 	n.mu.Unlock()
 }
+
+// PendingPeerReads counts the reads sent to the peer and not answered yet
+// (0 without a session).
+func (n *Node) PendingPeerReads() int {
+	s := n.session()
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	reads := 0
+	for _, r := range s.pending {
+		if r.read {
+			reads++
+		}
+	}
+	return reads
+}
