@@ -18,8 +18,8 @@ type diskSlot struct {
 	cur *nbd.File
 }
 
-// attach opens the disk path again and gives it to the node, which must be
-// a Diskless Primary (replica.Node.AttachDisk); the failed disk is closed.
+// attach opens the disk path again and gives it to the node, whose disk
+// must have failed (replica.Node.AttachDisk); the failed disk is closed.
 // It returns the command's answer.
 func (d *diskSlot) attach(node *replica.Node) (string, error) {
 	d.mu.Lock()
@@ -39,12 +39,20 @@ func (d *diskSlot) attach(node *replica.Node) (string, error) {
 		f.Close()
 		return "", fmt.Errorf("the new disk at %s fails: %w", d.path, err)
 	}
-	if _, err := node.AttachDisk(f); err != nil {
+	old, resync, err := node.AttachDisk(f)
+	if old == nil {
 		f.Close()
+	} else { // the node uses f now, even if it failed afterwards
+		d.cur.Close()
+		d.cur = f
+	}
+	if err != nil {
 		return "", err
 	}
-	d.cur.Close()
-	d.cur = f
+	if resync {
+		return fmt.Sprintf("attached %s; full resync of %s from the peer, Inconsistent until it is done (watch urbd status)",
+			d.path, units.FormatSize(f.Size())), nil
+	}
 	return fmt.Sprintf("attached %s; copying %s from the peer, Diskless until UpToDate (watch urbd status)",
 		d.path, units.FormatSize(f.Size())), nil
 }

@@ -143,8 +143,9 @@ func diskDiesUnderFio(t *testing.T, c *cluster, trigger string) []string {
 // error and every block verifies; the status shows ds:Diskless/UpToDate and
 // the local-io-error handler says the disk was detached. Failover: the
 // Diskless node is demoted (it leaves the peer), the peer is promoted and
-// holds every block fio wrote. The node restarted on its repaired disk comes
-// back Secondary and is fully resynced: both disks end byte-identical.
+// holds every block fio wrote. urbd attach-disk on the repaired disk brings
+// the node back, without a restart, as a Secondary that is fully resynced:
+// both disks end byte-identical.
 func TestPrimaryDiskFailureDetaches(t *testing.T) {
 	c, _, backing, trigger, events := failingPrimary(t, "pread", "pwrite", "trim", "zero")
 	job := diskDiesUnderFio(t, c, trigger)
@@ -175,13 +176,21 @@ func TestPrimaryDiskFailureDetaches(t *testing.T) {
 	c.b.ctl("primary", "r0")
 	runFio(t, c.b.uri(), append(job, "--verify_only")...)
 
-	// The disk repaired, the node comes back Secondary and is fully resynced.
-	c.a.stop()
+	// The disk repaired, attach-disk brings the node back, without a
+	// restart, as a Secondary that is fully resynced.
 	must(t, os.Remove(trigger))
-	c.a.start()
+	msg := c.a.ctl("attach-disk", "r0")
+	if !strings.Contains(msg, "full resync of 64MiB from the peer") {
+		t.Errorf("attach-disk on the Diskless Secondary said %q", msg)
+	}
 	st = c.a.waitInSync(60 * time.Second)
-	if st.Role != "Secondary" {
-		t.Errorf("restarted as %s, want Secondary", st.Role)
+	if st.Role != "Secondary" || st.DiskState != "UpToDate" {
+		t.Errorf("after attach-disk: %+v, want an UpToDate Secondary", st)
+	}
+	c.a.stop()
+	c.a.start()
+	if st := c.a.waitInSync(60 * time.Second); st.Role != "Secondary" || st.OutOfSyncKiB != 0 {
+		t.Errorf("restarted after attach-disk: %+v", st)
 	}
 	c.b.ctl("secondary", "r0")
 	c.a.stop()
@@ -228,7 +237,7 @@ func TestAttachDiskOnline(t *testing.T) {
 	job := diskDiesUnderFio(t, c, trigger)
 	c.a.waitFor("Diskless", time.Minute, func(s statusT) bool { return s.DiskState == "Diskless" })
 
-	if out, err := c.b.try("attach-disk", "r0"); err == nil || !strings.Contains(out, "not Diskless") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+	if out, err := c.b.try("attach-disk", "r0"); err == nil || !strings.Contains(out, "not detached: it is UpToDate") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 		t.Errorf("attach-disk on the UpToDate peer: %v, %q; want a one-line refusal", err, out)
 	}
 	must(t, os.Remove(trigger)) // the disk works again

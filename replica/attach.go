@@ -79,11 +79,15 @@ var (
 	ErrDiskSize    = errors.New("replica: the new disk's size differs")
 )
 
-// AttachDisk gives a Diskless Primary a working disk again without stopping
-// it, as DRBD's attach does after the failed disk was replaced (`urbd
-// attach-disk`). d must be exactly as large as the resource. It returns the
-// disk it replaced (the failed one), which the caller closes, and copies the
-// peer's data to d in the background:
+// AttachDisk gives a node whose disk failed a working disk again without
+// stopping it, as DRBD's attach does after the failed disk was replaced
+// (`urbd attach-disk`). d must be exactly as large as the resource. It
+// returns the disk it replaced (the failed one), which the caller closes,
+// and whether d is filled by a resync (a Secondary's, see attachSecondary)
+// rather than by the Primary's online copy. old is nil if d did not replace
+// the disk; it may have, and d be in use, even when err is not nil.
+//
+// On a Diskless Primary it copies the peer's data to d in the background:
 //
 //   - Until the copy is done the node stays Diskless: flushes go to the
 //     peer only, and a write is answered once the peer has it, as before.
@@ -104,8 +108,13 @@ var (
 // peer cannot serve a chunk, the node stays Diskless with d out of use and
 // the reason says why: run it again. A daemon that stops meanwhile restarts
 // as before, Secondary and Inconsistent, and gets a full resync.
-func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, err error) {
+func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, resync bool, err error) {
 	n.mu.Lock()
+	if n.st.Role == Secondary {
+		n.mu.Unlock()
+		old, err = n.attachSecondary(d)
+		return old, true, err
+	}
 	s := n.sess
 	switch {
 	case n.st.Disk != Diskless:
@@ -119,7 +128,7 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 	}
 	if err != nil {
 		n.mu.Unlock()
-		return nil, err
+		return nil, false, err
 	}
 	n.attaching = true // no resumeAttach meanwhile
 	n.mu.Unlock()
@@ -139,9 +148,78 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 	if n.sess != s {
 		// The session ended meanwhile: the next one starts the copy.
 		n.attaching = false
-		return old, nil
+		return old, false, nil
 	}
 	n.startCopyLocked(s, fmt.Sprintf("attaching a new disk: copying %s from the peer; Diskless until it is done", units.FormatSize(d.Size())))
+	return old, false, nil
+}
+
+// attachSecondary is AttachDisk on a Secondary whose disk failed: Diskless
+// (demoted after a detach) or Inconsistent (it failed a replicated write, a
+// flush or a resync copy, and may stand alone since). d replaces the disk and
+// gets all of the peer's data by a full resync, as after `urbd invalidate`:
+//
+//   - The session, if any, ends first, and none is adopted until d is in
+//     place, so no replicated write or resync copy is between the two disks.
+//   - The whole bitmap is set and the node is Inconsistent, both saved
+//     before it connects again: a crash before the resync ends resumes it.
+//   - The node then connects, even if it stood alone after the failure, and
+//     becomes SyncTarget of an UpToDate peer for every block.
+//
+// A Secondary with a working disk (UpToDate or Outdated) is refused.
+func (n *Node) attachSecondary(d nbd.Backend) (old nbd.Backend, err error) {
+	n.mu.Lock()
+	switch {
+	case n.st.Disk == UpToDate || n.st.Disk == Outdated:
+		err = fmt.Errorf("%s: %w: it is %s; attach-disk replaces a disk that failed (Diskless, or Inconsistent after an I/O error)", n.cfg.Name, ErrNotDiskless, n.st.Disk)
+	case n.attaching:
+		err = fmt.Errorf("%s: %w: wait until it is done (urbd status)", n.cfg.Name, ErrAttaching)
+	case d.Size() != n.backend().Size():
+		err = fmt.Errorf("%s: %w: the new disk is %d bytes, the resource %d", n.cfg.Name, ErrDiskSize, d.Size(), n.backend().Size())
+	}
+	if err != nil {
+		n.mu.Unlock()
+		return nil, err
+	}
+	const why = "attaching a new disk: disconnected from the peer until it is in place"
+	n.attaching = true
+	n.wantConn = false // no session until d is in place
+	s := n.sess
+	n.setStateLocked(why, func(st *State) { st.Conn = StandAlone })
+	n.mu.Unlock()
+	if s != nil {
+		s.goodbye("the peer attaches a new disk")
+		s.close(&localStop{reason: why})
+		<-s.finished
+	}
+
+	n.growMu.Lock()
+	old = n.backend()
+	n.disk.Store(&diskRef{Backend: d})
+	n.growMu.Unlock()
+	n.log.Info("attached a new disk: full resync from the peer", "size", d.Size())
+
+	// The bitmap first: the metadata says Inconsistent already (the disk
+	// failed), so a crash in between still resyncs every block.
+	n.store().Bitmap().SetAll()
+	perr := n.store().PersistBitmap()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.attaching = false
+	n.diskless.Store(false)
+	n.store().SetSyncData(n.syncData)
+	n.st.Disk = Inconsistent // saved below; shown with the reason
+	if perr != nil {
+		n.setReasonLocked(fmt.Sprintf("attaching a new disk: saving the bitmap failed: %v; still StandAlone (run urbd attach-disk again)", perr))
+		return old, perr
+	}
+	if err := n.saveMetaLocked(); err != nil {
+		n.setReasonLocked(fmt.Sprintf("attaching a new disk: saving the metadata failed: %v; still StandAlone (run urbd attach-disk again)", err))
+		return old, err
+	}
+	n.wantConn = true
+	n.setStateLocked("new disk attached: Inconsistent until a full resync from the peer", func(st *State) { st.Conn = WFConnection })
+	n.kickConnect()
 	return old, nil
 }
 

@@ -58,7 +58,7 @@ func replaceDisk(t *testing.T, a *tnode, size int64) *nbd.File {
 func attach(t *testing.T, a *tnode, f *nbd.File) *testDisk {
 	t.Helper()
 	d := &testDisk{Backend: f, volatile: a.opts.volatile}
-	old, err := a.node.AttachDisk(d)
+	old, _, err := a.node.AttachDisk(d)
 	if err != nil {
 		f.Close()
 		t.Fatalf("AttachDisk: %v", err)
@@ -82,13 +82,13 @@ func TestScenarioAttachDiskOnline(t *testing.T) {
 	a, b, want := detachedPair(t, nodeOpts{rate: 4 << 20})
 
 	small := replaceDisk(t, a, hDiskSize/2)
-	if _, err := a.node.AttachDisk(&testDisk{Backend: small}); !errors.Is(err, replica.ErrDiskSize) {
+	if _, _, err := a.node.AttachDisk(&testDisk{Backend: small}); !errors.Is(err, replica.ErrDiskSize) {
 		t.Fatalf("attaching a disk half the size: %v, want ErrDiskSize", err)
 	}
 	small.Close()
 
 	d := attach(t, a, replaceDisk(t, a, hDiskSize))
-	if _, err := a.node.AttachDisk(&testDisk{Backend: a.file}); !errors.Is(err, replica.ErrAttaching) {
+	if _, _, err := a.node.AttachDisk(&testDisk{Backend: a.file}); !errors.Is(err, replica.ErrAttaching) {
 		t.Errorf("a second attach during the copy: %v, want ErrAttaching", err)
 	}
 	st := a.node.Status()
@@ -191,7 +191,7 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 	ctx := context.Background()
 	a, b, want := detachedPair(t, nodeOpts{rate: 1 << 20})
 
-	if _, err := b.node.AttachDisk(&testDisk{Backend: b.file}); !errors.Is(err, replica.ErrNotDiskless) {
+	if _, _, err := b.node.AttachDisk(&testDisk{Backend: b.file}); !errors.Is(err, replica.ErrNotDiskless) {
 		t.Errorf("attach on an UpToDate node: %v, want ErrNotDiskless", err)
 	}
 
@@ -304,5 +304,101 @@ func TestScenarioAttachDiskPowerCut(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 	if i := firstDiff(b.image(), want); i >= 0 {
 		t.Fatalf("the peer's disk differs from what was written at %d", i)
+	}
+}
+
+// TestScenarioAttachDiskSecondary: a Secondary whose disk failed gets a new
+// one without a restart (urbd attach-disk). The failed flush left it
+// Inconsistent and StandAlone; the attach connects it again, a full resync
+// copies the Primary's data while the application writes, and it ends
+// UpToDate, also across a restart. Then a Primary that detached its disk
+// and was demoted (failing over instead of attaching) stands alone
+// Diskless; an attach brings it back as a resynced Secondary of the new
+// Primary.
+func TestScenarioAttachDiskSecondary(t *testing.T) {
+	ctx := context.Background()
+	a, b := cleanPair(t, nodeOpts{viaProxy: true}, nodeOpts{viaProxy: true})
+	want := make([]byte, hDiskSize)
+	copy(want, pattern("before the failure", hDiskSize/2))
+	a.write(0, want[:hDiskSize/2])
+	if _, _, err := b.node.AttachDisk(&testDisk{Backend: b.file}); !errors.Is(err, replica.ErrNotDiskless) {
+		t.Errorf("attach on an UpToDate Secondary: %v, want ErrNotDiskless", err)
+	}
+
+	b.disk.failFlush.Store(true)
+	if err := a.node.Flush(ctx); err != nil {
+		t.Fatalf("a FLUSH durable on the Primary: %v", err)
+	}
+	st := b.waitState("b Inconsistent and StandAlone after its flush failed", func(s replica.State) bool {
+		return s.Disk == replica.Inconsistent && s.Conn == replica.StandAlone
+	})
+	if !strings.Contains(st.Reason, "urbd attach-disk") {
+		t.Errorf("b's reason %q does not name attach-disk", st.Reason)
+	}
+	alone := pattern("written while b stood alone", 8*hBlock)
+	copy(want[hDiskSize/2:], alone)
+	a.write(hDiskSize/2, alone)
+
+	small := replaceDisk(t, b, hDiskSize/2)
+	if _, _, err := b.node.AttachDisk(&testDisk{Backend: small}); !errors.Is(err, replica.ErrDiskSize) {
+		t.Errorf("attaching a disk half the size: %v, want ErrDiskSize", err)
+	}
+	small.Close()
+	d := attach(t, b, replaceDisk(t, b, hDiskSize))
+	if st := b.node.State(); st.Disk != replica.Inconsistent || !strings.Contains(st.Reason, "full resync") {
+		t.Errorf("after the attach: %+v, want Inconsistent until a full resync", st)
+	}
+
+	// The application writes during the resync.
+	for i := range 16 {
+		off := int64(i) * (hDiskSize / 16)
+		p := pattern(fmt.Sprintf("during the resync %d", i), hBlock)
+		copy(want[off:], p)
+		a.write(off, p)
+	}
+	b.waitState("b UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+	inSyncAndEqual(t, a, b)
+	if i := firstDiff(b.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from what was written at %d", i)
+	}
+	if d.writesDone.Load() == 0 {
+		t.Fatal("nothing was written to the attached disk")
+	}
+	b.stop()
+	b.start()
+	b.waitConn(replica.Connected)
+	if st := b.node.State(); st.Disk != replica.UpToDate || st.Role != replica.Secondary {
+		t.Fatalf("b restarted after the attach: %+v, want an UpToDate Secondary", st)
+	}
+	inSyncAndEqual(t, a, b)
+
+	// A detached Primary fails over instead: demoted, it stands alone
+	// without a disk, and connect refuses it until it has one.
+	a.disk.dead.Store(true)
+	lost := pattern("the write a's disk failed", 2*hBlock)
+	copy(want, lost)
+	a.write(0, lost)
+	a.waitState("a Diskless", func(s replica.State) bool { return s.Disk == replica.Diskless })
+	if err := a.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitState("a StandAlone", func(s replica.State) bool { return s.Conn == replica.StandAlone && s.Role == replica.Secondary })
+	if err := a.node.Connect(false); err == nil || !strings.Contains(err.Error(), "urbd attach-disk") {
+		t.Errorf("connect on a Diskless Secondary: %v, want a refusal naming attach-disk", err)
+	}
+	if err := b.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	after := pattern("written on the new Primary", 4*hBlock)
+	copy(want[hDiskSize-4*hBlock:], after)
+	b.write(hDiskSize-4*hBlock, after)
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.waitState("a UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+	inSyncAndEqual(t, b, a)
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("a's attached disk differs from what was written at %d", i)
+	}
+	if got := a.read(0, len(lost)); !bytes.Equal(got, lost) {
+		t.Fatal("a's new disk lacks the write its old disk failed")
 	}
 }

@@ -127,8 +127,9 @@ func (n *Node) writeDiskless(ctx context.Context, kind string, off, length int64
 
 // demoteDiskless is Demote on a Diskless Primary. A Secondary without a disk
 // could apply nothing a new Primary sends, so the node also leaves the peer
-// and stays StandAlone (connect refuses) until its daemon restarts with a
-// repaired disk; the peer, which holds the data, can then be promoted.
+// and stays StandAlone (connect refuses) until AttachDisk gives it a working
+// disk, or its daemon restarts with one; the peer, which holds the data, can
+// then be promoted.
 func (n *Node) demoteDiskless() error {
 	n.mu.Lock()
 	if n.st.Role == Secondary {
@@ -137,7 +138,7 @@ func (n *Node) demoteDiskless() error {
 	}
 	n.wantConn = false
 	s := n.sess
-	n.setStateLocked("demoted by operator; Diskless, so disconnected from the peer (repair the disk, then restart the daemon)", func(st *State) {
+	n.setStateLocked("demoted by operator; Diskless, so disconnected from the peer (replace or repair the disk, then run urbd attach-disk)", func(st *State) {
 		st.Role = Secondary
 		st.Conn = StandAlone
 	})

@@ -437,7 +437,7 @@ func (n *Node) Connect(discard bool) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.st.Disk == Diskless && n.st.Role != Primary {
-		return fmt.Errorf("%s: %w (Diskless): its disk was detached after an I/O error; repair it and restart the daemon", n.cfg.Name, ErrNotUpToDate)
+		return fmt.Errorf("%s: %w (Diskless): its disk was detached after an I/O error; replace or repair it, then run urbd attach-disk", n.cfg.Name, ErrNotUpToDate)
 	}
 	if discard {
 		if err := n.st.CanDiscard(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/urbd/urbd/internal/bufpool"
@@ -454,9 +455,10 @@ func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
 //     and the bitmap resync repairs the disk, once;
 //   - a flush failed (nbd.File reports every later flush as failed, since
 //     the kernel may have dropped the pages), or the resync's own copy
-//     failed: the node goes StandAlone until the operator repaired the disk
-//     and runs connect (or restarts the daemon), instead of resyncing
-//     in a loop.
+//     failed: the node goes StandAlone, instead of resyncing in a loop,
+//     until the operator replaces or repairs the disk and runs attach-disk
+//     (AttachDisk: a full resync), or, after a failed copy, repairs it in
+//     place and runs connect.
 func (s *session) diskFailed(what string, err error, standAlone bool) {
 	if s.ctx.Err() != nil {
 		return
@@ -470,7 +472,14 @@ func (s *session) diskFailed(what string, err error, standAlone bool) {
 	}
 	if standAlone {
 		n.wantConn = false
-		reason += "; repair the disk, then run urbd connect (after a failed flush, restart the daemon)"
+		reason += "; replace or repair the disk, then run urbd attach-disk (a full resync)"
+		if !strings.HasPrefix(what, "flushing") {
+			// After a failed flush the open disk fails every later one
+			// (nbd.File), so only attach-disk's fresh open helps; after a
+			// failed copy a bitmap resync can finish a disk repaired in
+			// place.
+			reason += ", or repair it in place and run urbd connect"
+		}
 	}
 	n.setStateLocked(reason, func(st *State) { st.Disk = Inconsistent })
 	serr := n.saveMetaLocked()
