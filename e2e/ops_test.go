@@ -466,7 +466,9 @@ func TestSecondDaemonRefused(t *testing.T) {
 // "exists -"), then one change line per state change with the fields that
 // changed, and "destroy" when the daemon stops, after which it exits 0.
 // --now prints the listing only; a resource that is not running is refused
-// in one line.
+// in one line. Without a name it prints "exists -" with no daemon running,
+// then create and destroy each time the daemon starts and stops, and exits
+// 0 on SIGTERM.
 func TestEvents(t *testing.T) {
 	c := newCluster(t, clusterOpts{})
 	c.a.start()
@@ -521,5 +523,32 @@ func TestEvents(t *testing.T) {
 	}
 	if i < len(want) {
 		t.Errorf("urbd events did not print %q (in this order after the ones before):\n%s", want[i], got)
+	}
+
+	// Without a name it follows daemons that start later, and again.
+	all := startDaemon(t, urbdBin, "--run-dir", c.a.runDir, "events")
+	waitOutput := func(what string, n int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for strings.Count(all.output(), what) < n {
+			if time.Now().After(deadline) || all.exited() {
+				t.Fatalf("urbd events did not print %q %d times:\n%s", what, n, all.output())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitOutput("exists -\n", 1)
+	for round := 1; round <= 2; round++ {
+		c.a.start()
+		waitOutput("create resource name:r0 role:", round)
+		c.a.stop()
+		waitOutput("destroy resource name:r0", round)
+	}
+	all.stop(10 * time.Second)
+	if code := all.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("urbd events exited %d on SIGTERM:\n%s", code, all.output())
+	}
+	if got := all.output(); strings.Contains(got, "exists resource") {
+		t.Errorf("urbd events listed a resource whose daemon had stopped:\n%s", got)
 	}
 }

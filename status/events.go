@@ -12,16 +12,19 @@ import (
 //	exists -
 //	change resource name:r0 cstate:WFConnection peer-role:Unknown peer-disk:DUnknown reason:"peer lost: ..."
 //	destroy resource name:r0
+//	create resource name:r0 role:Secondary peer-role:Unknown cstate:WFConnection ...
 //
 // "exists" describes a resource as it is when the stream starts (every
 // field), "exists -" ends that first listing, "change" gives the fields
-// that differ from the resource's previous line, and "destroy" says its
-// daemon went away. Values never contain spaces, except the reason, which
+// that differ from the resource's previous line, "destroy" says its
+// daemon went away, and "create" describes, with every field, a resource
+// whose daemon started after the listing. Values never contain spaces, except the reason, which
 // is quoted as a Go string literal and always comes last.
 const (
 	EventExists  = "exists"
 	EventChange  = "change"
 	EventDestroy = "destroy"
+	EventCreate  = "create"
 )
 
 // eventFields are the fields of a resource line, in the order printed.
@@ -55,6 +58,14 @@ func EventLine(prev, cur *Resource) string {
 	if prev != nil {
 		kind = EventChange
 	}
+	return eventLine(kind, prev, cur)
+}
+
+// CreateLine is the "create" line, with every field, of a resource whose
+// daemon started after the listing.
+func CreateLine(cur *Resource) string { return eventLine(EventCreate, nil, cur) }
+
+func eventLine(kind string, prev, cur *Resource) string {
 	var b strings.Builder
 	b.WriteString(kind + " resource name:" + cur.Name)
 	changed := false

@@ -22,6 +22,9 @@ func TestEventLine(t *testing.T) {
 	if got := EventLine(&next, &counters); got != "" {
 		t.Errorf("a change of counters only: %q, want no line", got)
 	}
+	if got, want := CreateLine(&r), "create"+EventLine(nil, &r)[len("exists"):]; got != want {
+		t.Errorf("create:\n got %s\nwant %s", got, want)
+	}
 	if got := DestroyLine("r0"); got != "destroy resource name:r0" {
 		t.Errorf("destroy: %q", got)
 	}

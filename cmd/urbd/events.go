@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -22,9 +24,11 @@ var eventsCommand = &cli.Command{
 resource, then "exists -", then a "change resource name:NAME FIELD:VALUE ..." line with the fields
 that changed each time the state of a resource changes (role, peer-role, cstate, disk, peer-disk,
 protocol, suspended, split-brain, reason), and "destroy resource name:NAME" when its daemon stops.
-Without NAME, every resource running when it starts. Changes that follow each other within
-microseconds may be printed as one line. It runs until every daemon it follows has stopped, or
-Ctrl-C; with --now it prints the exists lines and exits.
+Changes that follow each other within microseconds may be printed as one line.
+With NAME it follows that resource until its daemon stops. Without NAME it follows every resource
+until Ctrl-C, also those whose daemon starts later (or again): each is announced by a
+"create resource name:NAME ..." line with every field. With --now it prints the exists lines and
+exits.
 Examples: urbd events; urbd events --now r0; urbd events --timestamps r0 | logger -t urbd`,
 	Flags: []cli.Flag{
 		&cli.BoolFlag{Name: "now", Usage: "print the current state and exit"},
@@ -47,32 +51,45 @@ func runEvents(c *cli.Context) error {
 	if c.NArg() > 1 {
 		return fmt.Errorf("events takes at most one resource name")
 	}
+	dir := runDir(c)
 	name := c.Args().First()
 	names := []string{name}
 	if name == "" {
 		var err error
-		if names, err = daemon.Resources(runDir(c)); err != nil {
+		if names, err = daemon.Resources(dir); err != nil {
 			return err
 		}
-		if len(names) == 0 {
-			return fmt.Errorf("no resources are running (run dir %s)", runDir(c))
-		}
 	}
-	ctx, cancel := context.WithCancel(c.Context)
+	// Ctrl-C or SIGTERM ends it with status 0.
+	ctx, cancel := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 	msgs := make(chan eventMsg)
+	follow := func(n string) { go followEvents(ctx, dir, n, msgs) }
 	for _, n := range names {
-		go followEvents(ctx, runDir(c), n, msgs)
+		follow(n)
 	}
 	p := &eventPrinter{w: os.Stdout, stamps: c.Bool("timestamps"), last: map[string]*status.Resource{}}
-	err := p.run(ctx, len(names), msgs, c.Bool("now"))
-	if name != "" && errors.Is(err, daemon.ErrNotRunning) {
-		return err
+	var w *watcher
+	if name == "" {
+		w = &watcher{every: watchEvery, list: func() ([]string, error) { return daemon.Resources(dir) }, follow: follow}
 	}
+	err := p.run(ctx, names, msgs, c.Bool("now"), w)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
+}
+
+// watchEvery is how often `urbd events` without a name looks for daemons
+// started since.
+const watchEvery = 500 * time.Millisecond
+
+// watcher finds the resources running now, for `urbd events` without a
+// name, which follows those started after its listing too.
+type watcher struct {
+	every  time.Duration
+	list   func() ([]string, error)
+	follow func(name string) // starts a stream that sends to run's msgs
 }
 
 // followEvents sends resource name's statuses to msgs, then its end.
@@ -108,46 +125,71 @@ func (p *eventPrinter) line(s string) {
 	fmt.Fprintln(p.w, s)
 }
 
-// run prints the first status of each of the n streams as exists lines,
+// run prints the first status of each stream of names as exists lines,
 // then "exists -", then the changes, until every stream ended (or, with
-// now, after "exists -"). When no stream sent anything, it prints nothing
-// and returns the first stream's error.
-func (p *eventPrinter) run(ctx context.Context, n int, msgs <-chan eventMsg, now bool) error {
+// now, after "exists -"). A stream that ends before its first status is
+// left out. When streams were asked for and none sent anything, it prints
+// nothing and returns the first one's error.
+//
+// With a watcher it lists even no resource, and goes on until ctx ends:
+// every w.every it follows the resources running that it does not follow
+// yet, whose first status is a create line, so a daemon that stops and
+// starts again prints destroy, then create.
+func (p *eventPrinter) run(ctx context.Context, names []string, msgs <-chan eventMsg, now bool, w *watcher) error {
 	var firstErr error
 	var later []eventMsg // changes that came before every stream had listed
-	listed := map[string]bool{}
-	for len(listed) < n {
+	following := map[string]bool{}
+	for _, n := range names {
+		following[n] = true
+	}
+	for waiting := len(names); waiting > 0; {
 		m := <-msgs
 		switch {
-		case listed[m.name]:
+		case p.last[m.name] != nil:
 			later = append(later, m)
 			continue
 		case m.st == nil:
 			if firstErr == nil && m.err != nil {
 				firstErr = m.err
 			}
-			n-- // it never listed: nothing to follow
-			continue
+			delete(following, m.name) // it never listed: nothing to follow
+		default:
+			p.line(status.EventLine(nil, m.st))
+			p.last[m.name] = m.st
 		}
-		listed[m.name] = true
-		p.line(status.EventLine(nil, m.st))
-		p.last[m.name] = m.st
+		waiting--
 	}
-	if len(listed) == 0 {
+	if len(following) == 0 && w == nil {
 		return firstErr
 	}
 	p.line("exists -")
 	if now {
 		return nil
 	}
-	live := len(listed)
-	for _, m := range later {
-		live -= p.change(m)
+	var tick <-chan time.Time
+	if w != nil {
+		t := time.NewTicker(w.every)
+		defer t.Stop()
+		tick = t.C
 	}
-	for live > 0 {
+	for _, m := range later {
+		p.change(m, following)
+	}
+	for len(following) > 0 || w != nil {
 		select {
 		case m := <-msgs:
-			live -= p.change(m)
+			p.change(m, following)
+		case <-tick:
+			running, err := w.list()
+			if err != nil {
+				return err
+			}
+			for _, n := range running {
+				if !following[n] {
+					following[n] = true
+					w.follow(n)
+				}
+			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -155,14 +197,23 @@ func (p *eventPrinter) run(ctx context.Context, n int, msgs <-chan eventMsg, now
 	return nil
 }
 
-// change prints m as a change or destroy line; it returns 1 when m ends a
-// stream.
-func (p *eventPrinter) change(m eventMsg) int {
-	if m.st == nil {
-		p.line(status.DestroyLine(m.name))
-		return 1
+// change prints m as a create, change or destroy line. A stream that ends
+// is no longer in following; one that ends before its first status, such
+// as the stale socket of a daemon that was killed, prints nothing.
+func (p *eventPrinter) change(m eventMsg, following map[string]bool) {
+	prev := p.last[m.name]
+	switch {
+	case m.st == nil:
+		delete(following, m.name)
+		if prev != nil {
+			p.line(status.DestroyLine(m.name))
+			delete(p.last, m.name)
+		}
+		return
+	case prev == nil:
+		p.line(status.CreateLine(m.st))
+	default:
+		p.line(status.EventLine(prev, m.st))
 	}
-	p.line(status.EventLine(p.last[m.name], m.st))
 	p.last[m.name] = m.st
-	return 0
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urbd/urbd/status"
 )
@@ -28,7 +29,7 @@ func TestEventPrinter(t *testing.T) {
 	msgs <- eventMsg{name: "r1"}
 	var out bytes.Buffer
 	p := &eventPrinter{w: &out, last: map[string]*status.Resource{}}
-	if err := p.run(context.Background(), 3, msgs, false); err != nil {
+	if err := p.run(context.Background(), []string{"r0", "r1", "r2"}, msgs, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	var got []string
@@ -54,7 +55,62 @@ func TestEventPrinter(t *testing.T) {
 	// Nothing running: no listing, the error.
 	msgs <- eventMsg{name: "r9", err: errors.New("no daemon")}
 	out.Reset()
-	if err := p.run(context.Background(), 1, msgs, false); err == nil || out.Len() != 0 {
+	if err := p.run(context.Background(), []string{"r9"}, msgs, false, nil); err == nil || out.Len() != 0 {
 		t.Errorf("a resource that is not running: %v, printed %q", err, out.String())
+	}
+}
+
+// TestEventPrinterWatches: without a name, run lists no resource if none
+// runs, then follows the ones the watcher finds: a daemon that starts
+// prints create, its changes, destroy when it stops, and create again when
+// it starts again. A stale socket (its stream ends at once) prints nothing.
+func TestEventPrinterWatches(t *testing.T) {
+	sec := &status.Resource{Name: "r0", Role: "Secondary", ConnState: "WFConnection"}
+	pri := &status.Resource{Name: "r0", Role: "Primary", ConnState: "WFConnection"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs := make(chan eventMsg)
+	send := func(m eventMsg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	}
+	starts := 0
+	w := &watcher{
+		every: time.Millisecond,
+		list:  func() ([]string, error) { return []string{"r0", "r9"}, nil },
+		follow: func(name string) {
+			if name == "r9" {
+				go send(eventMsg{name: name, err: errors.New("no daemon")})
+				return
+			}
+			starts++
+			if starts == 1 {
+				go func() {
+					send(eventMsg{name: name, st: sec})
+					send(eventMsg{name: name, st: pri})
+					send(eventMsg{name: name})
+				}()
+				return
+			}
+			go func() {
+				send(eventMsg{name: name, st: sec})
+				cancel()
+			}()
+		},
+	}
+	var out bytes.Buffer
+	p := &eventPrinter{w: &out, last: map[string]*status.Resource{}}
+	if err := p.run(ctx, nil, msgs, false, w); !errors.Is(err, context.Canceled) {
+		t.Fatalf("run: %v, want it to go on until cancelled", err)
+	}
+	want := "exists -\n" +
+		status.CreateLine(sec) + "\n" +
+		"change resource name:r0 role:Primary\n" +
+		"destroy resource name:r0\n" +
+		status.CreateLine(sec) + "\n"
+	if out.String() != want {
+		t.Errorf("printed:\n%s\nwant:\n%s", out.String(), want)
 	}
 }
