@@ -479,6 +479,8 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 		}
 	case "attach-disk":
 		msg, err = disk.attach(node)
+	case "detach-disk":
+		msg, err = disk.detach(node)
 	case "pause-sync":
 		node.PauseSync()
 		msg = "resync paused (urbd resume-sync goes on)"

@@ -10,12 +10,13 @@ import (
 )
 
 // diskSlot is the resource's disk: the one opened at start, or the one that
-// `urbd attach-disk` opened at the same path to replace it after it failed.
+// `urbd attach-disk` opened at the same path to replace it after it failed,
+// or none after `urbd detach-disk`.
 type diskSlot struct {
 	path string
 
 	mu  sync.Mutex
-	cur *nbd.File
+	cur *nbd.File // nil once detached
 }
 
 // attach opens the disk path again and gives it to the node, whose disk
@@ -43,7 +44,7 @@ func (d *diskSlot) attach(node *replica.Node) (string, error) {
 	if old == nil {
 		f.Close()
 	} else { // the node uses f now, even if it failed afterwards
-		d.cur.Close()
+		d.closeCur()
 		d.cur = f
 	}
 	if err != nil {
@@ -57,9 +58,33 @@ func (d *diskSlot) attach(node *replica.Node) (string, error) {
 		d.path, units.FormatSize(f.Size())), nil
 }
 
+// detach takes the disk out of service (replica.Node.DetachDisk) and
+// closes it, so that it can be replaced (lvremove refuses an open volume).
+// It returns the command's answer.
+func (d *diskSlot) detach(node *replica.Node) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, err := node.DetachDisk(); err != nil {
+		return "", err
+	}
+	d.closeCur()
+	if node.State().Role == replica.Primary {
+		return fmt.Sprintf("detached and closed %s; Diskless: all I/O goes to the peer until urbd attach-disk", d.path), nil
+	}
+	return fmt.Sprintf("detached and closed %s; Diskless and StandAlone until urbd attach-disk (a full resync from the peer)", d.path), nil
+}
+
 // close closes the disk in use, once the node is closed.
 func (d *diskSlot) close() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.cur.Close()
+	d.closeCur()
+}
+
+// closeCur closes the disk in use, if any. d.mu is held.
+func (d *diskSlot) closeCur() {
+	if d.cur != nil {
+		d.cur.Close()
+		d.cur = nil
+	}
 }

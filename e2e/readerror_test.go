@@ -268,3 +268,90 @@ func TestAttachDiskOnline(t *testing.T) {
 	c.b.stop()
 	cmpFiles(t, backing, c.b.disk)
 }
+
+// TestDetachDiskReplace: the operator replaces working disks without
+// stopping anything, as with DRBD's detach and attach. On the Primary, urbd
+// detach-disk takes the disk out (Diskless) and closes it; the file is
+// removed and a new one put at its path; fio verifies every block through
+// the peer meanwhile, and attach-disk copies the data back while a second
+// fio run writes. On the Secondary, detach-disk leaves it Diskless and
+// StandAlone while the Primary writes alone; its new disk is fully
+// resynced by attach-disk. Both disks end byte-identical.
+func TestDetachDiskReplace(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.a.start()
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
+	runFio(t, c.a.uri(), job...)
+
+	if msg := c.a.ctl("detach-disk", "r0"); !strings.Contains(msg, "detached and closed "+c.a.disk+"; Diskless") {
+		t.Errorf("detach-disk on the Primary said %q", msg)
+	}
+	if st := c.a.status(); st.DiskState != "Diskless" || st.ConnState != "Connected" {
+		t.Fatalf("the Primary after detach-disk: %+v, want a connected Diskless Primary", st)
+	}
+	if out, err := c.a.try("detach-disk", "r0"); err == nil || !strings.Contains(out, "detached already") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Errorf("a second detach-disk: %v, %q; want a one-line refusal", err, out)
+	}
+	if holdsFile(t, c.a.cmd.Process.Pid, c.a.disk) {
+		t.Errorf("the daemon still holds %s open after detach-disk", c.a.disk)
+	}
+	newDisk(t, c.a.disk, 64<<20)
+	runFio(t, c.a.uri(), append(job, "--verify_only")...)
+	job2 := append(slices.Clone(job), "--offset=32M") // the disk's other half
+	done := make(chan error, 1)
+	var out string
+	go func() {
+		var err error
+		out, err = runFioErr(c.a.uri(), job2...)
+		done <- err
+	}()
+	if msg := c.a.ctl("attach-disk", "r0"); !strings.Contains(msg, "copying 64MiB from the peer") {
+		t.Errorf("attach-disk on the Primary said %q", msg)
+	}
+	c.a.waitFor("UpToDate", 2*time.Minute, func(s statusT) bool { return s.DiskState == "UpToDate" })
+	if err := <-done; err != nil {
+		t.Fatalf("fio during attach-disk: %v\n%s", err, out)
+	}
+	runFio(t, c.a.uri(), append(job, "--verify_only")...)
+
+	if msg := c.b.ctl("detach-disk", "r0"); !strings.Contains(msg, "Diskless and StandAlone") {
+		t.Errorf("detach-disk on the Secondary said %q", msg)
+	}
+	c.a.waitFor("peer gone", 30*time.Second, func(s statusT) bool { return s.ConnState != "Connected" })
+	runFio(t, c.a.uri(), job2...) // alone
+	newDisk(t, c.b.disk, 64<<20)
+	if msg := c.b.ctl("attach-disk", "r0"); !strings.Contains(msg, "full resync of 64MiB") {
+		t.Errorf("attach-disk on the Secondary said %q", msg)
+	}
+	c.b.waitInSync(2 * time.Minute)
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
+// newDisk removes the file at path and puts an empty one of size bytes
+// there, as lvremove and lvcreate replace a volume.
+func newDisk(t *testing.T, path string, size int64) {
+	t.Helper()
+	must(t, os.Remove(path))
+	must(t, os.WriteFile(path, nil, 0o644))
+	must(t, os.Truncate(path, size))
+}
+
+// holdsFile reports whether process pid has path open.
+func holdsFile(t *testing.T, pid int, path string) bool {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, err := os.ReadDir(dir)
+	must(t, err)
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && strings.TrimSuffix(target, " (deleted)") == path {
+			return true
+		}
+	}
+	return false
+}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/urbd/urbd/nbd"
 )
 
 // OnIOError is DRBD's on-io-error for the Primary's own disk: what a write
@@ -68,33 +70,170 @@ func (n *Node) detach(what string, off, length int64, cause error) bool {
 		n.mu.Unlock()
 		return true
 	}
-	s := n.sess
-	if n.st.Role != Primary || n.st.Conn != Connected || n.st.PeerDisk != UpToDate || s == nil {
-		n.mu.Unlock()
-		return false
-	}
 	reason := fmt.Sprintf("local disk error %s: %v", what, cause)
 	if length > 0 {
 		reason = fmt.Sprintf("local disk error %s %d bytes at %d: %v", what, length, off, cause)
 	}
-	was := n.st.Disk
-	n.st.Disk = Diskless
-	if err := n.saveMetaLocked(); err != nil {
-		n.st.Disk = was
-		n.mu.Unlock()
-		n.log.Error("cannot detach the failed disk: saving the metadata failed", "err", err, "cause", reason)
+	reason += "; disk detached, all I/O goes to the peer (replace or repair the disk, then run urbd attach-disk)"
+	err := n.goDisklessLocked(reason)
+	n.mu.Unlock()
+	if err != nil {
+		if !errors.Is(err, ErrNotConnected) {
+			n.log.Error("cannot detach the failed disk", "err", err, "cause", reason)
+		}
 		return false
 	}
+	n.log.Error(reason)
+	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
+	return true
+}
+
+// goDisklessLocked takes a Primary's disk out of service, with reason as
+// the node's reason, if the peer holds everything the application wrote:
+// the node is Primary, connected with no resync or verify running, and the
+// peer's disk is UpToDate (ErrNotConnected otherwise). The metadata is saved
+// first, as Inconsistent with no data generation and not Primary, and the
+// node goes Diskless only if that worked; the peer is told. n.mu is held.
+func (n *Node) goDisklessLocked(reason string) error {
+	s := n.sess
+	if n.st.Role != Primary || n.st.Conn != Connected || n.st.PeerDisk != UpToDate || s == nil {
+		return fmt.Errorf("%s: %w: a Primary detaches its disk only while connected to an UpToDate peer, with no resync or verify running (%s, peer %s)",
+			n.cfg.Name, ErrNotConnected, n.st.Conn, n.st.PeerDisk)
+	}
+	was := n.st.Disk
+	n.st.Disk = Diskless
+	err := n.saveMetaLocked()
 	n.st.Disk = was
-	reason += "; disk detached, all I/O goes to the peer (replace or repair the disk, then run urbd attach-disk)"
+	if err != nil {
+		return fmt.Errorf("saving the metadata failed: %w", err)
+	}
 	n.diskless.Store(true)
 	n.store().SetSyncData(nil) // the activity log no longer waits for this disk
 	n.setStateLocked(reason, func(st *State) { st.Disk = Diskless })
 	s.sendState(n.localSideLocked())
+	return nil
+}
+
+// ErrDiskless refuses DetachDisk on a node that has no disk in service.
+var ErrDiskless = errors.New("replica: the disk is detached already")
+
+// DetachDisk takes a working disk out of service on purpose (`urbd
+// detach-disk`, DRBD's detach), so that it can be replaced without stopping
+// anything; attach-disk then takes the new one. It returns the disk, which
+// the caller closes: the node keeps a stand-in of the same size that fails
+// every call (detachedDisk).
+//
+//   - On a Primary connected to an UpToDate peer it goes Diskless as after
+//     a write error (goDisklessLocked): every read, write and flush goes to
+//     the peer, and the application sees nothing. With growMu held, no
+//     write is in its local part when the disk is swapped.
+//   - On a Secondary it goes Diskless and StandAlone, as a Diskless
+//     Primary that is demoted: its metadata says Inconsistent, so even a
+//     daemon restarted on a blank disk is fully resynced, never taken for
+//     the old one. The Primary goes on alone.
+//
+// It refuses a node whose disk is detached already, and a Primary whose peer
+// does not hold all of its data.
+func (n *Node) DetachDisk() (old nbd.Backend, err error) {
+	if n.State().Role == Primary {
+		return n.detachPrimary()
+	}
+	return n.detachSecondary()
+}
+
+// detachRefusal is why DetachDisk may not run on a node that is in role
+// now, or nil. n.mu is held.
+func (n *Node) detachRefusal(role Role) error {
+	switch {
+	case n.st.Disk == Diskless:
+		return fmt.Errorf("%s: %w (Diskless); urbd attach-disk gives it a disk again", n.cfg.Name, ErrDiskless)
+	case n.attaching:
+		return fmt.Errorf("%s: %w: wait until it is done (urbd status)", n.cfg.Name, ErrAttaching)
+	case n.st.Role != role:
+		return fmt.Errorf("%s: the role changed to %s meanwhile; run it again", n.cfg.Name, n.st.Role)
+	}
+	return nil
+}
+
+const detachedByOperator = "disk detached by operator"
+
+func (n *Node) detachPrimary() (nbd.Backend, error) {
+	n.growMu.Lock() // no write is in its local part
+	defer n.growMu.Unlock()
+	n.mu.Lock()
+	err := n.detachRefusal(Primary)
+	if err == nil {
+		err = n.goDisklessLocked(detachedByOperator + "; all I/O goes to the peer (replace the disk, then run urbd attach-disk)")
+	}
 	n.mu.Unlock()
-	n.log.Error(reason)
-	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
-	return true
+	if err != nil {
+		return nil, err
+	}
+	n.log.Warn(detachedByOperator + ": all I/O goes to the peer")
+	return n.swapDetached(), nil
+}
+
+func (n *Node) detachSecondary() (nbd.Backend, error) {
+	n.mu.Lock()
+	if err := n.detachRefusal(Secondary); err != nil {
+		n.mu.Unlock()
+		return nil, err
+	}
+	was := n.st.Disk
+	n.st.Disk = Diskless
+	err := n.saveMetaLocked()
+	n.st.Disk = was
+	if err != nil {
+		n.mu.Unlock()
+		return nil, fmt.Errorf("%s: saving the metadata failed: %w; the disk stays", n.cfg.Name, err)
+	}
+	reason := detachedByOperator + "; StandAlone until urbd attach-disk gives it a disk (a full resync from the peer)"
+	n.wantConn = false
+	s := n.sess
+	n.diskless.Store(true)
+	n.store().SetSyncData(nil)
+	n.setStateLocked(reason, func(st *State) {
+		st.Disk = Diskless
+		st.Conn = StandAlone
+	})
+	if s != nil {
+		s.sendState(n.localSideLocked())
+	}
+	n.mu.Unlock()
+	if s != nil {
+		s.ps.Control().Flush() // the Diskless state above, before the hang-up
+		s.goodbye("the peer detached its disk (urbd detach-disk)")
+		s.close(&localStop{reason: reason})
+		<-s.finished // no replicated write or resync copy is applied any more
+	}
+	n.log.Warn(detachedByOperator + ": StandAlone until a disk is attached")
+	n.growMu.Lock()
+	defer n.growMu.Unlock()
+	return n.swapDetached(), nil
+}
+
+// swapDetached replaces the node's disk by a detachedDisk and returns the
+// disk it replaced. growMu is held alone and the node is Diskless.
+func (n *Node) swapDetached() nbd.Backend {
+	old := n.backend()
+	n.disk.Store(&diskRef{Backend: detachedDisk{size: old.Size()}})
+	return old
+}
+
+// errDetached is the error of every call to a detachedDisk.
+var errDetached = errors.New("replica: the disk was detached by the operator")
+
+// detachedDisk stands in for a disk DetachDisk took out of service: it has
+// the resource's size and fails every I/O call. A Diskless node uses none.
+type detachedDisk struct{ size int64 }
+
+func (d detachedDisk) Size() int64                                      { return d.size }
+func (detachedDisk) ReadAt(context.Context, []byte, int64) error        { return errDetached }
+func (detachedDisk) WriteAt(context.Context, []byte, int64, bool) error { return errDetached }
+func (detachedDisk) Trim(context.Context, int64, int64, bool) error     { return errDetached }
+func (detachedDisk) Flush(context.Context) error                        { return errDetached }
+func (detachedDisk) WriteZeroes(context.Context, int64, int64, bool, bool) error {
+	return errDetached
 }
 
 // errorVerb names what a writeOp of kind was doing, for detach's reason.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/replica"
 )
 
@@ -304,4 +305,86 @@ func TestScenarioDisklessPrimaryDoesNotFence(t *testing.T) {
 	a.proxy.cut.Store(false)
 	b.proxy.cut.Store(false)
 	a.waitConn(replica.Connected)
+}
+
+// TestScenarioDetachDisk: the operator takes a working disk out of service
+// (urbd detach-disk) to replace it. The Primary goes Diskless: its I/O goes
+// to the peer, the old disk is written no more, no local-io-error handler
+// runs, and attach-disk takes the new disk back. The Secondary goes Diskless
+// and StandAlone while the Primary goes on alone: a blank disk its daemon
+// restarts on after a crash is fully resynced (the metadata no longer
+// claims the old data), and so is a new disk attached online.
+func TestScenarioDetachDisk(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	want := make([]byte, hDiskSize)
+	copy(want, pattern("before the detach", hDiskSize/2))
+	a.write(0, want[:hDiskSize/2])
+
+	old, err := a.node.DetachDisk()
+	if err != nil {
+		t.Fatalf("DetachDisk on the Primary: %v", err)
+	}
+	if old != nbd.Backend(a.disk) {
+		t.Errorf("DetachDisk returned %v, want the node's disk", old)
+	}
+	st := a.node.State()
+	if st.Disk != replica.Diskless || st.Conn != replica.Connected || !strings.Contains(st.Reason, "detached by operator") {
+		t.Fatalf("the Primary after DetachDisk: %+v, want a connected Diskless Primary", st)
+	}
+	if _, err := a.node.DetachDisk(); !errors.Is(err, replica.ErrDiskless) {
+		t.Errorf("a second DetachDisk: %v, want ErrDiskless", err)
+	}
+	b.waitState("b sees the Primary Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
+	written := a.disk.writesDone.Load()
+	p := pattern("written while Diskless", 4*hBlock)
+	copy(want[hDiskSize/2:], p)
+	a.write(hDiskSize/2, p)
+	if got, err := a.readAt(0, hDiskSize); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("reading through the peer: %v (equal %v)", err, bytes.Equal(got, want))
+	}
+	if n := a.disk.writesDone.Load() - written; n != 0 {
+		t.Errorf("%d writes reached the detached disk", n)
+	}
+	if a.sawEvent("local-io-error") {
+		t.Error("the local-io-error handler ran for a detach by the operator")
+	}
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.waitState("a UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	inSyncAndEqual(t, a, b)
+
+	// The Secondary, detached while StandAlone, its daemon killed and
+	// restarted on a blank disk: a full resync, as the metadata says.
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	b.crash()
+	replaceDisk(t, b, hDiskSize).Close()
+	b.start()
+	b.waitState("b UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+	inSyncAndEqual(t, a, b)
+	if i := firstDiff(b.image(), want); i >= 0 {
+		t.Fatalf("b's blank disk after the restart differs from what was written at %d", i)
+	}
+
+	// Detached while connected: Diskless and StandAlone; the Primary goes
+	// on alone, and a new disk attached online is fully resynced.
+	if _, err := b.node.DetachDisk(); err != nil {
+		t.Fatalf("DetachDisk on the Secondary: %v", err)
+	}
+	if st := b.node.State(); st.Disk != replica.Diskless || st.Conn != replica.StandAlone {
+		t.Fatalf("the Secondary after DetachDisk: %+v, want Diskless and StandAlone", st)
+	}
+	a.waitState("a alone", func(s replica.State) bool { return !s.Conn.Connected() })
+	p = pattern("written while the Secondary had no disk", 4*hBlock)
+	copy(want[hDiskSize-4*hBlock:], p)
+	a.write(hDiskSize-4*hBlock, p)
+	attach(t, b, replaceDisk(t, b, hDiskSize))
+	b.waitState("b UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+	inSyncAndEqual(t, a, b)
+	if i := firstDiff(b.image(), want); i >= 0 {
+		t.Fatalf("b's attached disk differs from what was written at %d", i)
+	}
 }

@@ -1,0 +1,37 @@
+package main
+
+func init() {
+	commands = append(commands,
+		controlCommand("attach-disk", "give a node whose disk failed its repaired or replaced disk back, online",
+			`After the node's disk failed, or urbd detach-disk took it out, repair or replace it at the
+same path (--disk of urbd up; the same size exactly, e.g. lvcreate -L with the old size and the
+old name), then run urbd attach-disk NAME on that node. The daemon opens the path again.
+
+On a Diskless Primary, connected to a peer that is UpToDate, the peer's data is copied to the
+new disk in the background while the application keeps running: the status shows the
+progress, and the node stays Diskless (reads what is not copied yet from the peer) until the
+copy is done and flushed; then it is UpToDate. A copy cut short by a lost peer starts over when
+the peer is back; if the new disk fails a write, the node stays Diskless and the reason says
+why: run it again on a working disk.
+
+On a Secondary whose disk failed (Inconsistent after an I/O error, perhaps StandAlone, or
+Diskless), the new disk gets a full resync from the peer: the node connects again and is
+Inconsistent until the resync is done. A disk that works (UpToDate or Outdated) is never
+replaced.
+Example: urbd attach-disk r0`, nil, plain("attach-disk")),
+		controlCommand("detach-disk", "take a working disk out of service to replace it, online (DRBD's detach)",
+			`Takes the node's disk out of service and closes it, so that it can be replaced (a disk that
+reports errors ahead of failing, a move to another volume); then urbd attach-disk NAME takes
+the new one at the same path.
+
+On a Primary connected to an UpToDate peer, with no resync or verify running, the node goes
+Diskless: every read, write and flush goes to the peer and the application sees nothing.
+
+On a Secondary, the node goes Diskless and StandAlone; the Primary goes on alone. Its metadata
+says Inconsistent, so attach-disk, or a daemon restarted on the new disk, resyncs all of it.
+
+Refused, with nothing changed, on a node that is Diskless already, and on a Primary whose peer
+does not hold all of its data.
+Example: urbd detach-disk r0`, nil, plain("detach-disk")),
+	)
+}
