@@ -336,3 +336,19 @@ func runFioErr(uri string, args ...string) (string, error) {
 	out, err := exec.Command("fio", all...).CombinedOutput()
 	return string(out), err
 }
+
+// startFio runs runFioErr in the background; the function it returns waits
+// for fio and returns what runFioErr did.
+func startFio(uri string, args ...string) (wait func() (string, error)) {
+	var out string
+	var err error
+	done := make(chan struct{})
+	go func() {
+		out, err = runFioErr(uri, args...)
+		close(done)
+	}()
+	return func() (string, error) {
+		<-done
+		return out, err
+	}
+}

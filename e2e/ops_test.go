@@ -445,10 +445,7 @@ tcp-congestion = %q
 // daemon goes on serving.
 func TestSecondDaemonRefused(t *testing.T) {
 	c := newCluster(t, clusterOpts{})
-	c.a.start()
-	c.b.start()
-	c.a.waitInSync(30 * time.Second)
-	c.a.ctl("primary", "r0")
+	c.startBoth()
 	out, err := c.a.command(c.a.upArgs()...).CombinedOutput()
 	line := strings.TrimSpace(string(out))
 	if err == nil || !strings.HasPrefix(line, "urbd: --meta: ") || !strings.HasSuffix(line, "(is urbd up r0 already running?)") || strings.Contains(line, "\n") {

@@ -121,16 +121,10 @@ func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
 func diskDiesUnderFio(t *testing.T, c *cluster, trigger string) []string {
 	t.Helper()
 	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
-	done := make(chan error, 1)
-	var out string
-	go func() {
-		var err error
-		out, err = runFioErr(c.a.uri(), job...)
-		done <- err
-	}()
+	fio := startFio(c.a.uri(), job...)
 	c.a.waitFor("fio writing", time.Minute, func(s statusT) bool { return s.DiskWriteKiB >= 4<<10 })
 	must(t, writeFile(trigger, ""))
-	if err := <-done; err != nil {
+	if out, err := fio(); err != nil {
 		t.Fatalf("fio through a Primary whose disk died: %v\n%s", err, out)
 	}
 	return job
@@ -243,13 +237,7 @@ func TestAttachDiskOnline(t *testing.T) {
 	must(t, os.Remove(trigger)) // the disk works again
 	sent := c.a.status().NetSendKiB
 	job2 := append(slices.Clone(job), "--offset=32M") // the disk's other half
-	done := make(chan error, 1)
-	var out string
-	go func() {
-		var err error
-		out, err = runFioErr(c.a.uri(), job2...)
-		done <- err
-	}()
+	fio2 := startFio(c.a.uri(), job2...)
 	c.a.waitFor("fio writing again", time.Minute, func(s statusT) bool { return s.NetSendKiB >= sent+2<<10 })
 	msg := c.a.ctl("attach-disk", "r0")
 	if !strings.Contains(msg, "copying 64MiB from the peer") {
@@ -259,7 +247,7 @@ func TestAttachDiskOnline(t *testing.T) {
 	if st.Role != "Primary" || st.PeerDisk != "UpToDate" || !strings.Contains(st.Reason, "attached") {
 		t.Errorf("after attach-disk: %+v", st)
 	}
-	if err := <-done; err != nil {
+	if out, err := fio2(); err != nil {
 		t.Fatalf("fio during attach-disk: %v\n%s", err, out)
 	}
 	runFio(t, c.a.uri(), append(job, "--verify_only")...)
@@ -279,10 +267,7 @@ func TestAttachDiskOnline(t *testing.T) {
 // resynced by attach-disk. Both disks end byte-identical.
 func TestDetachDiskReplace(t *testing.T) {
 	c := newCluster(t, clusterOpts{})
-	c.a.start()
-	c.b.start()
-	c.a.waitInSync(30 * time.Second)
-	c.a.ctl("primary", "r0")
+	c.startBoth()
 	job := []string{"--rw=randwrite", "--bs=16k", "--size=32M", "--iodepth=8", "--fsync=8", "--verify=crc32c", "--verify_fatal=1"}
 	runFio(t, c.a.uri(), job...)
 
@@ -301,18 +286,12 @@ func TestDetachDiskReplace(t *testing.T) {
 	newDisk(t, c.a.disk, 64<<20)
 	runFio(t, c.a.uri(), append(job, "--verify_only")...)
 	job2 := append(slices.Clone(job), "--offset=32M") // the disk's other half
-	done := make(chan error, 1)
-	var out string
-	go func() {
-		var err error
-		out, err = runFioErr(c.a.uri(), job2...)
-		done <- err
-	}()
+	fio2 := startFio(c.a.uri(), job2...)
 	if msg := c.a.ctl("attach-disk", "r0"); !strings.Contains(msg, "copying 64MiB from the peer") {
 		t.Errorf("attach-disk on the Primary said %q", msg)
 	}
 	c.a.waitFor("UpToDate", 2*time.Minute, func(s statusT) bool { return s.DiskState == "UpToDate" })
-	if err := <-done; err != nil {
+	if out, err := fio2(); err != nil {
 		t.Fatalf("fio during attach-disk: %v\n%s", err, out)
 	}
 	runFio(t, c.a.uri(), append(job, "--verify_only")...)

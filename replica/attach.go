@@ -188,9 +188,7 @@ func (n *Node) attachSecondary(d nbd.Backend) (old nbd.Backend, err error) {
 	n.setStateLocked(why, func(st *State) { st.Conn = StandAlone })
 	n.mu.Unlock()
 	if s != nil {
-		s.goodbye("the peer attaches a new disk")
-		s.close(&localStop{reason: why})
-		<-s.finished
+		s.leave("the peer attaches a new disk", &localStop{reason: why})
 	}
 
 	n.growMu.Lock()

@@ -201,10 +201,8 @@ func (n *Node) detachSecondary() (nbd.Backend, error) {
 	}
 	n.mu.Unlock()
 	if s != nil {
-		s.ps.Control().Flush() // the Diskless state above, before the hang-up
-		s.goodbye("the peer detached its disk (urbd detach-disk)")
-		s.close(&localStop{reason: reason})
-		<-s.finished // no replicated write or resync copy is applied any more
+		// No replicated write or resync copy is applied after this.
+		s.leave("the peer detached its disk (urbd detach-disk)", &localStop{reason: reason})
 	}
 	n.log.Warn(detachedByOperator + ": StandAlone until a disk is attached")
 	n.growMu.Lock()
@@ -287,10 +285,7 @@ func (n *Node) demoteDiskless() error {
 	}
 	n.mu.Unlock()
 	if s != nil {
-		s.ps.Control().Flush() // the Secondary role above, before the hang-up
-		s.goodbye("the peer was demoted without a disk (Diskless)")
-		s.close(errors.New("demoted while Diskless"))
-		<-s.finished
+		s.leave("the peer was demoted without a disk (Diskless)", errors.New("demoted while Diskless"))
 	}
 	n.event("demoted", map[string]string{"URBD_ROLE": "Secondary"})
 	return err

@@ -557,6 +557,16 @@ const refuseGoodbye uint32 = 256
 // peer closed the connection".
 func (s *session) goodbye(reason string) { s.ps.Goodbye(refuseGoodbye, reason) }
 
+// leave ends the session after a state change the caller sent the peer: the
+// state leaves first, then the goodbye (why), then the session is closed with
+// cause and leave waits until it has finished.
+func (s *session) leave(why string, cause error) {
+	s.ps.Control().Flush()
+	s.goodbye(why)
+	s.close(cause)
+	<-s.finished
+}
+
 // peerLost is ErrPeerLost with what ended the connection, in an
 // operator's words.
 type peerLost struct{ cause string }
