@@ -74,6 +74,18 @@ func attach(t *testing.T, a *tnode, f *nbd.File) *testDisk {
 	return d
 }
 
+// attachResynced gives the Secondary x a new disk (attach) and waits until a
+// full resync from its peer p made it UpToDate: both disks then hold want.
+func attachResynced(t *testing.T, x, p *tnode, want []byte) {
+	t.Helper()
+	attach(t, x, replaceDisk(t, x, hDiskSize))
+	x.waitState("UpToDate after the attach", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+	inSyncAndEqual(t, p, x)
+	if i := firstDiff(x.image(), want); i >= 0 {
+		t.Fatalf("%s's attached disk differs from what was written at %d", x.label, i)
+	}
+}
+
 // TestScenarioAttachDiskOnline: a Diskless Primary gets a new disk without
 // stopping (urbd attach-disk). While the peer's data is copied to it,
 // application writes go on, and are answered, as on a Diskless node; the
@@ -396,12 +408,7 @@ func TestScenarioAttachDiskSecondary(t *testing.T) {
 	after := pattern("written on the new Primary", 4*hBlock)
 	copy(want[hDiskSize-4*hBlock:], after)
 	b.write(hDiskSize-4*hBlock, after)
-	attach(t, a, replaceDisk(t, a, hDiskSize))
-	a.waitState("a UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
-	inSyncAndEqual(t, b, a)
-	if i := firstDiff(a.image(), want); i >= 0 {
-		t.Fatalf("a's attached disk differs from what was written at %d", i)
-	}
+	attachResynced(t, a, b, want)
 	if got := a.read(0, len(lost)); !bytes.Equal(got, lost) {
 		t.Fatal("a's new disk lacks the write its old disk failed")
 	}

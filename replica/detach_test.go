@@ -381,10 +381,5 @@ func TestScenarioDetachDisk(t *testing.T) {
 	p = pattern("written while the Secondary had no disk", 4*hBlock)
 	copy(want[hDiskSize-4*hBlock:], p)
 	a.write(hDiskSize-4*hBlock, p)
-	attach(t, b, replaceDisk(t, b, hDiskSize))
-	b.waitState("b UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
-	inSyncAndEqual(t, a, b)
-	if i := firstDiff(b.image(), want); i >= 0 {
-		t.Fatalf("b's attached disk differs from what was written at %d", i)
-	}
+	attachResynced(t, b, a, want)
 }
