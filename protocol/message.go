@@ -135,7 +135,7 @@ const (
 	DiskInconsistent uint8 = 1 // a sync target that has not finished
 	DiskOutdated     uint8 = 2 // consistent, but known to miss newer writes
 	DiskUpToDate     uint8 = 3
-	DiskDiskless     uint8 = 4 // detached after an I/O error: its I/O goes to the peer
+	DiskDiskless     uint8 = 4 // detached (an I/O error, or urbd detach-disk): its I/O goes to the peer
 )
 
 // Flags for State.Flags. Bits 0-15 are defined here; bits 16-31 are free

@@ -118,7 +118,7 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, resync bool, err erro
 	s := n.sess
 	switch {
 	case n.st.Disk != Diskless:
-		err = fmt.Errorf("%s: %w: the disk is %s, not Diskless; attach-disk replaces a disk that was detached after an I/O error", n.cfg.Name, ErrNotDiskless, n.st.Disk)
+		err = fmt.Errorf("%s: %w: the disk is %s, not Diskless; attach-disk replaces a disk that was detached (after an I/O error, or by urbd detach-disk)", n.cfg.Name, ErrNotDiskless, n.st.Disk)
 	case n.attaching:
 		err = fmt.Errorf("%s: %w: wait until it is UpToDate (urbd status)", n.cfg.Name, ErrAttaching)
 	case n.st.Role != Primary || s == nil || n.st.Conn != Connected || n.st.PeerDisk != UpToDate:

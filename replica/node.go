@@ -437,7 +437,11 @@ func (n *Node) Connect(discard bool) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.st.Disk == Diskless && n.st.Role != Primary {
-		return fmt.Errorf("%s: %w (Diskless): its disk was detached after an I/O error; replace or repair it, then run urbd attach-disk", n.cfg.Name, ErrNotUpToDate)
+		return fmt.Errorf("%s: %w (Diskless): its disk was detached; replace or repair it, then run urbd attach-disk", n.cfg.Name, ErrNotUpToDate)
+	}
+	if n.attaching && n.st.Role == Secondary {
+		// attachSecondary connects once the new disk is in place.
+		return fmt.Errorf("%s: %w: it connects once the disk is in place", n.cfg.Name, ErrAttaching)
 	}
 	if discard {
 		if err := n.st.CanDiscard(); err != nil {

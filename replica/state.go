@@ -128,7 +128,7 @@ func (s State) CanPromote(force bool) error {
 		return fmt.Errorf("%w: this node is SyncTarget; wait for the resync to finish", ErrSyncing)
 	}
 	if s.Disk == Diskless {
-		return fmt.Errorf("%w (Diskless): its disk was detached after an I/O error; replace or repair it, then run urbd attach-disk", ErrNotUpToDate)
+		return fmt.Errorf("%w (Diskless): its disk was detached; replace or repair it, then run urbd attach-disk", ErrNotUpToDate)
 	}
 	if s.Disk != UpToDate && !force {
 		return fmt.Errorf("%w (%s): use urbd primary --force %s if this node's data must win", ErrNotUpToDate, s.Disk, s.Name)

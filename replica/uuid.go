@@ -322,7 +322,7 @@ func decideDiskless(local, peer Side) Plan {
 	case o.Primary:
 		return Plan{Decision: Refused, Reason: fmt.Sprintf("%s is Diskless and %s is Primary: demote one of them", dname, oname)}
 	}
-	return Plan{Decision: NoSync, Reason: dname + " is Diskless (its disk was detached after an I/O error): its I/O goes to " + oname + ", nothing is copied"}
+	return Plan{Decision: NoSync, Reason: dname + " is Diskless (its disk was detached): its I/O goes to " + oname + ", nothing is copied"}
 }
 
 // pick returns +1 if only a holds, -1 if only b holds, else 0.
