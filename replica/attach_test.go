@@ -18,11 +18,12 @@ import (
 )
 
 // detachedPair is a connected pair whose Primary a detached its failed disk
-// (Diskless) after writing data; it returns what a's disk should hold.
+// (Diskless) after writing data; it returns what a's disk should hold. Both
+// nodes have oa's peer timeout.
 func detachedPair(t *testing.T, oa nodeOpts) (a, b *tnode, want []byte) {
 	t.Helper()
 	oa.viaProxy = true
-	a, b = cleanPair(t, oa, nodeOpts{viaProxy: true})
+	a, b = cleanPair(t, oa, nodeOpts{viaProxy: true, timeout: oa.timeout})
 	want = make([]byte, hDiskSize)
 	copy(want, pattern("before the failure", hDiskSize/2))
 	a.write(0, want[:hDiskSize/2])
@@ -204,7 +205,10 @@ func TestScenarioAttachDiskOnline(t *testing.T) {
 // over when the peer is back, without the operator, and completes.
 func TestScenarioAttachDiskFails(t *testing.T) {
 	ctx := context.Background()
-	a, b, want := detachedPair(t, nodeOpts{rate: 1 << 20})
+	// Reads through the peer must not fail because a loaded machine missed
+	// a keepalive: a timeout longer than the default 2 s, short enough to
+	// notice the cut link below within hWait.
+	a, b, want := detachedPair(t, nodeOpts{rate: 1 << 20, timeout: 4 * time.Second})
 
 	if _, _, err := b.node.AttachDisk(&testDisk{Backend: b.file}); !errors.Is(err, replica.ErrNotDiskless) {
 		t.Errorf("attach on an UpToDate node: %v, want ErrNotDiskless", err)
