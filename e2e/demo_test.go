@@ -16,7 +16,7 @@ const demoOK = "urbd demo: OK"
 
 // TestDemo runs the guided tour the way `make demo` would, through `urbd
 // demo` from the source tree, non-interactively: two nodes, ext4, a link cut,
-// a resync, a failover and cmp of both disks. It must exit 0 and end with
+// a resync, a failover, a disk replaced online and cmp of both disks. It must exit 0 and end with
 // "urbd demo: OK", leaving no mount, loop device, process or temporary
 // directory behind.
 func TestDemo(t *testing.T) {
@@ -36,7 +36,7 @@ func TestDemo(t *testing.T) {
 	if last := lines[len(lines)-1]; last != demoOK {
 		t.Fatalf("last line %q, want %q\n%s", last, demoOK, out)
 	}
-	for _, want := range []string{"cs:SyncSource", "sync'ed:", "the disks are identical", "checksums match"} {
+	for _, want := range []string{"cs:SyncSource", "sync'ed:", "the disks are identical", "checksums match", "full resync of 256MiB from the peer"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the tour never showed %q", want)
 		}

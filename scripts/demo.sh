@@ -5,8 +5,9 @@
 # each with a sparse 256 MiB disk file in a temporary directory. The tour puts
 # ext4 on alpha's NBD export (nbdfuse + a loop device, so no kernel NBD client
 # is needed), cuts the link, writes more, reconnects and shows the bitmap
-# resync, fails over to beta, checks the filesystem there and ends by
-# comparing both disks byte for byte.
+# resync, fails over to beta, checks the filesystem there, replaces alpha's
+# disk online (detach-disk, attach-disk) and ends by comparing both disks
+# byte for byte.
 #
 # Needs root (loop devices, mount, FUSE) and the packages of
 # scripts/install-deps.sh. `make demo` installs them and builds bin/urbd first.
@@ -345,6 +346,14 @@ step "Write a file on beta: it is mirrored back to alpha, now the Secondary."
 write_files "$MNT/after" back 1 1
 show sync
 u beta status "$RES"
+
+step "Replace alpha's disk while beta serves: detach-disk takes it out and closes it, an empty file takes its place, attach-disk resyncs all of it from beta."
+u alpha detach-disk "$RES"
+show rm "$TMP/alpha/disk.img"
+show truncate -s "$SIZE" "$TMP/alpha/disk.img"
+u alpha attach-disk "$RES"
+wait_for alpha 120 "resync of the new disk" in_sync alpha
+u alpha status "$RES"
 
 step "Unmount, detach, and compare the two disk files byte for byte."
 show umount "$MNT"
