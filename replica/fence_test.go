@@ -433,3 +433,25 @@ func TestScenarioStonithHoldsWriteSentWhileSessionCloses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestScenarioDetachedSecondaryNotFenced: a Secondary whose operator takes
+// its disk out (DetachDisk) tells the Primary it is Diskless before it
+// hangs up: the Primary, with resource-and-stonith fencing, has nobody to
+// fence (a disk without data cannot be promoted) and goes on writing.
+func TestScenarioDetachedSecondaryNotFenced(t *testing.T) {
+	a, b, f := stonithPair(t, replica.FenceResourceAndStonith)
+	a.write(0, pattern("before", hBlock))
+	if _, err := b.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.node.WriteAt(ctx, pattern("alone", hBlock), hBlock, true); err != nil {
+		t.Fatalf("a write after the Secondary detached its disk: %v", err)
+	}
+	f.notCalled(t, "the peer left Diskless", 300*time.Millisecond)
+	if st := a.node.Status(); st.Suspended {
+		t.Errorf("writes suspended after the Secondary detached its disk: %q", st.Reason)
+	}
+}
