@@ -297,25 +297,14 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
 	chunk := min(int64(syncChunk), int64(protocol.MaxData))
 	mark := &copyMark{ref: ref, chunk: chunk, size: size, done: map[int64]bool{}}
 	ref.copied.Store(0)
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-	)
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		mu.Unlock()
-	}
+	var wg sync.WaitGroup
+	var errs firstError
+	fail := errs.set
 	failed := func() bool {
 		if n.attachFailed.Load() {
 			fail(errAttachWrite)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		return firstErr != nil
+		return errs.get() != nil
 	}
 	slots := make(chan struct{}, attachWindow)
 	for off := int64(0); off < size && !failed(); off += chunk {
@@ -358,7 +347,7 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
 		}()
 	}
 	wg.Wait()
-	return firstErr
+	return errs.get()
 }
 
 // leaveDiskless ends an attach whose copy is done: the new disk is

@@ -49,20 +49,8 @@ func (n *Node) runSyncSource(s *session) error {
 
 	sem := make(chan struct{}, syncWindow)
 	var wg sync.WaitGroup
-	var firstErr error
-	var errMu sync.Mutex
-	fail := func(err error) {
-		errMu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		errMu.Unlock()
-	}
-	failed := func() error {
-		errMu.Lock()
-		defer errMu.Unlock()
-		return firstErr
-	}
+	var errs firstError
+	fail, failed := errs.set, errs.get
 	for {
 		pos := int64(0)
 		copied := false
@@ -660,3 +648,26 @@ func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
 }
 
 var _ = context.Background
+
+// firstError keeps the first error that concurrent copies report; the
+// copy loops (resync, attach) stop at it. The zero value holds none.
+type firstError struct {
+	mu  sync.Mutex
+	err error
+}
+
+// set records err unless an error is recorded already.
+func (f *firstError) set(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = err
+	}
+}
+
+// get returns the recorded error, or nil.
+func (f *firstError) get() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
