@@ -126,7 +126,9 @@ var ErrDiskless = errors.New("replica: the disk is detached already")
 //   - On a Primary connected to an UpToDate peer it goes Diskless as after
 //     a write error (goDisklessLocked): every read, write and flush goes to
 //     the peer, and the application sees nothing. With growMu held, no
-//     write is in its local part when the disk is swapped.
+//     write is in its local part when the disk is swapped, and first the
+//     peer flushes, so that a write protocol A or B answered is not left on
+//     the detached disk only (peerHasAnswered).
 //   - On a Secondary it goes Diskless and StandAlone, as a Diskless
 //     Primary that is demoted: its metadata says Inconsistent, so even a
 //     daemon restarted on a blank disk is fully resynced, never taken for
@@ -158,8 +160,11 @@ func (n *Node) detachRefusal(role Role) error {
 const detachedByOperator = "disk detached by operator"
 
 func (n *Node) detachPrimary() (nbd.Backend, error) {
-	n.growMu.Lock() // no write is in its local part
+	n.growMu.Lock() // no write is in its local part, and new ones wait
 	defer n.growMu.Unlock()
+	if err := n.peerHasAnswered(); err != nil {
+		return nil, err
+	}
 	n.mu.Lock()
 	err := n.detachRefusal(Primary)
 	if err == nil {
@@ -171,6 +176,22 @@ func (n *Node) detachPrimary() (nbd.Backend, error) {
 	}
 	n.log.Warn(detachedByOperator + ": all I/O goes to the peer")
 	return n.swapDetached(), nil
+}
+
+// peerHasAnswered makes every write answered so far durable on the peer,
+// with a flush that follows them on the data stream: protocols A and B
+// answer a write before the peer has written it, and the disk about to be
+// detached may hold its only copy. Writes are held (growMu) meanwhile, so
+// none is answered from this disk alone after it.
+func (n *Node) peerHasAnswered() error {
+	ctx, cancel := context.WithTimeout(context.Background(), n.timeout())
+	defer cancel()
+	if s := n.session(); s != nil {
+		if r := s.sendFlush(); r != nil && r.wait(ctx, 'C') {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: %w: the peer did not make the writes answered so far durable; the disk stays", n.cfg.Name, ErrNotConnected)
 }
 
 func (n *Node) detachSecondary() (nbd.Backend, error) {

@@ -383,3 +383,28 @@ func TestScenarioDetachDisk(t *testing.T) {
 	a.write(hDiskSize-4*hBlock, p)
 	attachResynced(t, b, a, want)
 }
+
+// TestScenarioDetachDiskKeepsEarlyAnsweredWrites: with protocol A a write
+// is answered once this disk has it, before the peer does. Detaching the
+// disk must not leave such a write on the detached disk only: DetachDisk
+// waits until the peer made it durable, and then the peer serves it.
+func TestScenarioDetachDiskKeepsEarlyAnsweredWrites(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{protocol: 'A'}, nodeOpts{protocol: 'A'})
+	held := b.disk.holdWrites()
+	p := pattern("answered before the peer wrote it", hBlock)
+	a.write(0, p) // protocol A: answered while the peer's disk holds it
+	<-held
+	res := make(chan error, 1)
+	go func() {
+		_, err := a.node.DetachDisk()
+		res <- err
+	}()
+	notReturned(t, "DetachDisk while the peer has not written an answered write", res)
+	b.disk.releaseWrites()
+	if err := recvErr(t, "DetachDisk", res); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.readAt(0, hBlock); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("reading the early-answered write through the peer: %v (equal %v)", err, bytes.Equal(got, p))
+	}
+}
