@@ -1756,6 +1756,38 @@ func TestScenarioPeerLossMarksUnflushedResyncCopies(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
+// TestScenarioFinishedResyncForgetsItsCopies: the source of a finished
+// resync has the target flush, so its transfer log forgets the copies
+// without waiting for the application's next flush, and a peer loss after
+// that marks nothing: the next reconnect copies only what changed since,
+// not the whole last resync again. The log must be empty well before the
+// Primary's periodic peer flush (5 s after the session started) or an
+// activity-log sweep (5 s of idleness at least) would empty it anyway.
+func TestScenarioFinishedResyncForgetsItsCopies(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	a.write(0, pattern("written alone", hDiskSize/2))
+	reconnect(t, b)
+	connected := time.Now()
+	inSyncAndEqual(t, a, b)
+	for !a.node.TransferLogEmpty() {
+		if time.Since(connected) > 3*time.Second {
+			t.Fatal("the source's transfer log still holds the resync's copies 3 s after the reconnect")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	if got := a.node.Status().OutOfSyncKiB; got != 0 {
+		t.Fatalf("after the peer left, the source marks %d KiB of the finished resync out of sync again", got)
+	}
+}
+
 // TestScenarioSyncTargetMarksWhatAPowerCutTakes: a sync target's bitmap never
 // calls a copied block in sync before an fdatasync made the copy durable,
 // neither in a checkpoint during the resync nor when the resync ends and the

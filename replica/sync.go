@@ -440,6 +440,11 @@ func (n *Node) completeSync(s *session, role ConnState, uuids func(UUIDs) UUIDs,
 		if err := s.ps.Control().Send(&protocol.SyncDone{}); err != nil {
 			return err
 		}
+		// The target's answer to this flush drops the copies from the
+		// transfer log (see copied): without it they stay there until the
+		// application flushes, and a peer loss before that marks the whole
+		// resync out of sync again.
+		s.sendFlush()
 	}
 	s.sendState(local)
 	n.log.Info("resync finished", "direction", role.String())
