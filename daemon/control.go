@@ -20,11 +20,14 @@ import (
 // Request is one command sent to a running daemon over RUN/NAME/control.sock,
 // as one JSON line. The daemon answers with one Response line.
 type Request struct {
-	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, show, invalidate, invalidate-remote, resize, attach-disk, pause-sync, resume-sync, verify, down
+	Cmd     string `json:"cmd"` // primary, secondary, connect, disconnect, status, adjust, show, invalidate, invalidate-remote, resize, attach-disk, detach-disk, pause-sync, resume-sync, verify, down
 	Force   bool   `json:"force,omitempty"`
 	Discard bool   `json:"discard,omitempty"`
 	// AssumeClean, for resize: the disks' new parts are equal, resync none.
 	AssumeClean bool `json:"assume_clean,omitempty"`
+	// SameDisk, for attach-disk: the disk is the one detach-disk took out,
+	// unchanged; resync only what the peer changed since.
+	SameDisk bool `json:"same_disk,omitempty"`
 	// Settings, for adjust, are the settings to change, by their flag names
 	// (resync-rate, on-peer-loss) with the values as typed; without any,
 	// adjust reads the resource's settings again (Options.Reload).

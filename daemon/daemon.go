@@ -478,7 +478,7 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 				units.FormatSize(r.From), units.FormatSize(r.To), units.FormatSize(r.To-r.From))
 		}
 	case "attach-disk":
-		msg, err = disk.attach(node)
+		msg, err = disk.attach(node, req.SameDisk)
 	case "detach-disk":
 		msg, err = disk.detach(node)
 	case "pause-sync":

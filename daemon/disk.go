@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"sync"
 
@@ -20,9 +21,10 @@ type diskSlot struct {
 }
 
 // attach opens the disk path again and gives it to the node, whose disk
-// must have failed (replica.Node.AttachDisk); the failed disk is closed.
-// It returns the command's answer.
-func (d *diskSlot) attach(node *replica.Node) (string, error) {
+// must have failed (replica.Node.AttachDisk), or, with same, must be the
+// one detach-disk took out (replica.Node.ReattachDisk); the disk it
+// replaces is closed. It returns the command's answer.
+func (d *diskSlot) attach(node *replica.Node, same bool) (string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	f, err := nbd.OpenFile(d.path, false)
@@ -33,6 +35,9 @@ func (d *diskSlot) attach(node *replica.Node) (string, error) {
 		f.Close()
 		return "", fmt.Errorf("%w: %s is %d bytes, the resource %d: give the new disk exactly %d bytes",
 			replica.ErrDiskSize, d.path, f.Size(), want, want)
+	}
+	if same {
+		return d.reattach(node, f)
 	}
 	// An error the kernel kept for the failed disk's lost writes is not
 	// the new disk's (the same device node, a dm table loaded again).
@@ -58,6 +63,25 @@ func (d *diskSlot) attach(node *replica.Node) (string, error) {
 		d.path, units.FormatSize(f.Size())), nil
 }
 
+// reattach gives the node f, the disk detach-disk took out, opened again
+// (replica.Node.ReattachDisk). A write-back error since the detach, which
+// the first fdatasync reports, means the disk lost writes: it is refused.
+// d.mu is held.
+func (d *diskSlot) reattach(node *replica.Node, f *nbd.File) (string, error) {
+	if err := f.Flush(context.Background()); err != nil {
+		f.Close()
+		return "", fmt.Errorf("%w: %s lost writes since it was detached (%v); attach it without --same-disk for a full resync",
+			replica.ErrNotSameDisk, d.path, err)
+	}
+	if _, err := node.ReattachDisk(f); err != nil {
+		f.Close()
+		return "", err
+	}
+	d.closeCur()
+	d.cur = f
+	return fmt.Sprintf("attached %s again; the peer resyncs what it changed since detach-disk, Outdated until then (watch urbd status)", d.path), nil
+}
+
 // detach takes the disk out of service (replica.Node.DetachDisk) and
 // closes it, so that it can be replaced (lvremove refuses an open volume).
 // It returns the command's answer.
@@ -71,7 +95,7 @@ func (d *diskSlot) detach(node *replica.Node) (string, error) {
 	if node.State().Role == replica.Primary {
 		return fmt.Sprintf("detached and closed %s; Diskless: all I/O goes to the peer until urbd attach-disk", d.path), nil
 	}
-	return fmt.Sprintf("detached and closed %s; Diskless and StandAlone until urbd attach-disk (a full resync from the peer)", d.path), nil
+	return fmt.Sprintf("detached and closed %s; Diskless and StandAlone until urbd attach-disk (a full resync of a new disk, or --same-disk: of what changed meanwhile)", d.path), nil
 }
 
 // close closes the disk in use, once the node is closed.

@@ -306,6 +306,29 @@ func TestDetachDiskReplace(t *testing.T) {
 		t.Errorf("attach-disk on the Secondary said %q", msg)
 	}
 	c.b.waitInSync(2 * time.Minute)
+
+	// The same disk back (--same-disk): only what the Primary wrote
+	// meanwhile is copied. Another disk at the path is refused.
+	if msg := c.b.ctl("detach-disk", "r0"); !strings.Contains(msg, "--same-disk") {
+		t.Errorf("detach-disk on the Secondary said %q", msg)
+	}
+	c.a.waitFor("peer gone", 30*time.Second, func(s statusT) bool { return s.ConnState != "Connected" })
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=4M", "--offset=16M", "--iodepth=8")
+	must(t, os.Rename(c.b.disk, c.b.disk+".old")) // the detached disk aside, a blank one in its place
+	must(t, os.WriteFile(c.b.disk, nil, 0o644))
+	must(t, os.Truncate(c.b.disk, 64<<20))
+	if out, err := c.b.try("attach-disk", "--same-disk", "r0"); err == nil || !strings.Contains(out, "contents differ") || strings.Contains(out, "\n") {
+		t.Errorf("attach-disk --same-disk of a blank disk: %v, %q; want a one-line refusal", err, out)
+	}
+	must(t, os.Rename(c.b.disk+".old", c.b.disk))
+	recv := c.b.status().NetRecvKiB
+	if msg := c.b.ctl("attach-disk", "--same-disk", "r0"); !strings.Contains(msg, "attached "+c.b.disk+" again") {
+		t.Errorf("attach-disk --same-disk said %q", msg)
+	}
+	c.b.waitInSync(2 * time.Minute)
+	if got := c.b.status().NetRecvKiB - recv; got > 16<<10 {
+		t.Errorf("the resync after attach-disk --same-disk received %d KiB, want about the 4 MiB written meanwhile, not the 64 MiB disk", got)
+	}
 	c.a.ctl("secondary", "r0")
 	c.a.stop()
 	c.b.stop()

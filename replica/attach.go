@@ -112,7 +112,7 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, resync bool, err erro
 	n.mu.Lock()
 	if n.st.Role == Secondary {
 		n.mu.Unlock()
-		old, err = n.attachSecondary(d)
+		old, err = n.attachSecondary(d, nil)
 		return old, true, err
 	}
 	s := n.sess
@@ -167,9 +167,15 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, resync bool, err erro
 //     becomes SyncTarget of an UpToDate peer for every block.
 //
 // A Secondary with a working disk (UpToDate or Outdated) is refused.
-func (n *Node) attachSecondary(d nbd.Backend) (old nbd.Backend, err error) {
+//
+// With rec (ReattachDisk), d is the disk DetachDisk took out, unchanged:
+// the bitmap stays as it was, and the node takes rec's data generation back,
+// Outdated, so that the resync copies only what the peer's bitmap marked.
+func (n *Node) attachSecondary(d nbd.Backend, rec *detachRecord) (old nbd.Backend, err error) {
 	n.mu.Lock()
 	switch {
+	case rec != nil && n.detached != rec:
+		err = fmt.Errorf("%s: %w: another attach-disk ran meanwhile", n.cfg.Name, ErrNotSameDisk)
 	case n.st.Disk == UpToDate || n.st.Disk == Outdated:
 		err = fmt.Errorf("%s: %w: it is %s; attach-disk replaces a disk that failed (Diskless, or Inconsistent after an I/O error)", n.cfg.Name, ErrNotDiskless, n.st.Disk)
 	case n.attaching:
@@ -195,28 +201,43 @@ func (n *Node) attachSecondary(d nbd.Backend) (old nbd.Backend, err error) {
 	old = n.backend()
 	n.disk.Store(&diskRef{Backend: d})
 	n.growMu.Unlock()
-	n.log.Info("attached a new disk: full resync from the peer", "size", d.Size())
 
-	// The bitmap first: the metadata says Inconsistent already (the disk
-	// failed), so a crash in between still resyncs every block.
-	n.store().Bitmap().SetAll()
-	perr := n.store().PersistBitmap()
+	var perr error
+	if rec == nil {
+		n.log.Info("attached a new disk: full resync from the peer", "size", d.Size())
+		// The bitmap first: the metadata says Inconsistent already (the
+		// disk failed), so a crash in between still resyncs every block.
+		n.store().Bitmap().SetAll()
+		perr = n.store().PersistBitmap()
+	} else {
+		n.log.Info("attached the detached disk again: resync of what the peer changed meanwhile", "size", d.Size())
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.attaching = false
 	n.diskless.Store(false)
 	n.store().SetSyncData(n.syncData)
 	n.st.Disk = Inconsistent // saved below; shown with the reason
+	connected := "new disk attached: Inconsistent until a full resync from the peer"
+	if rec != nil {
+		n.uuids = rec.uuids
+		n.st.Disk = Outdated
+		connected = "detached disk attached again: Outdated until the peer resyncs what it changed meanwhile"
+	}
 	if perr != nil {
 		n.setReasonLocked(fmt.Sprintf("attaching a new disk: saving the bitmap failed: %v; still StandAlone (run urbd attach-disk again)", perr))
 		return old, perr
 	}
 	if err := n.saveMetaLocked(); err != nil {
+		// Still Inconsistent on the metadata device: a retry, with or
+		// without --same-disk (rec stays), starts over from there.
+		n.st.Disk = Inconsistent
 		n.setReasonLocked(fmt.Sprintf("attaching a new disk: saving the metadata failed: %v; still StandAlone (run urbd attach-disk again)", err))
 		return old, err
 	}
+	n.detached = nil
 	n.wantConn = true
-	n.setStateLocked("new disk attached: Inconsistent until a full resync from the peer", func(st *State) { st.Conn = WFConnection })
+	n.setStateLocked(connected, func(st *State) { st.Conn = WFConnection })
 	n.kickConnect()
 	return old, nil
 }

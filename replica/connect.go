@@ -544,11 +544,12 @@ func (n *Node) sessionEnded(s *session, err error) {
 	s.mu.Lock()
 	wasConnected := s.live // the peer had our data until now
 	s.mu.Unlock()
-	if n.st.Role == Primary && wasConnected && (n.st.PeerDisk == UpToDate || n.st.PeerDisk == Outdated) && n.st.Disk != Diskless {
+	if n.st.Role == Primary && wasConnected && (n.st.PeerDisk == UpToDate || n.st.PeerDisk == Outdated || n.st.PeerDisk == Diskless) && n.st.Disk != Diskless {
 		// Only a peer that held our current data (UpToDate, or Outdated by
-		// our clean disconnect) needs a new generation to tell it apart;
-		// an Inconsistent target is fully resynced anyway. A Diskless
-		// Primary writes nothing alone: its generation stays.
+		// our clean disconnect, or Diskless after detach-disk, which may
+		// take the same disk back) needs a new generation to tell it
+		// apart; an Inconsistent target is fully resynced anyway. A
+		// Diskless Primary writes nothing alone: its generation stays.
 		n.uuids = n.uuids.NewCurrent(randomID())
 	}
 	if wasConnected {

@@ -132,7 +132,10 @@ var ErrDiskless = errors.New("replica: the disk is detached already")
 //   - On a Secondary it goes Diskless and StandAlone, as a Diskless
 //     Primary that is demoted: its metadata says Inconsistent, so even a
 //     daemon restarted on a blank disk is fully resynced, never taken for
-//     the old one. The Primary goes on alone.
+//     the old one. The Primary goes on alone. A disk that was UpToDate or
+//     Outdated is flushed and remembered (recordDetached), so that
+//     ReattachDisk can take the same disk back with a resync of what
+//     changed.
 //
 // It refuses a node whose disk is detached already, and a Primary whose peer
 // does not hold all of its data.
@@ -200,7 +203,7 @@ func (n *Node) detachSecondary() (nbd.Backend, error) {
 		n.mu.Unlock()
 		return nil, err
 	}
-	was := n.st.Disk
+	was, uuids := n.st.Disk, n.uuids
 	n.st.Disk = Diskless
 	err := n.saveMetaLocked()
 	n.st.Disk = was
@@ -208,7 +211,7 @@ func (n *Node) detachSecondary() (nbd.Backend, error) {
 		n.mu.Unlock()
 		return nil, fmt.Errorf("%s: saving the metadata failed: %w; the disk stays", n.cfg.Name, err)
 	}
-	reason := detachedByOperator + "; StandAlone until urbd attach-disk gives it a disk (a full resync from the peer)"
+	reason := detachedByOperator + "; StandAlone until urbd attach-disk gives it a disk (a full resync from the peer, or of what changed with --same-disk)"
 	n.wantConn = false
 	s := n.sess
 	n.diskless.Store(true)
@@ -228,7 +231,9 @@ func (n *Node) detachSecondary() (nbd.Backend, error) {
 	n.log.Warn(detachedByOperator + ": StandAlone until a disk is attached")
 	n.growMu.Lock()
 	defer n.growMu.Unlock()
-	return n.swapDetached(), nil
+	old := n.swapDetached()
+	n.recordDetached(old, was, uuids)
+	return old, nil
 }
 
 // swapDetached replaces the node's disk by a detachedDisk and returns the

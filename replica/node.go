@@ -90,6 +90,9 @@ type Node struct {
 	resumed      bool       // guarded by mu: urbd resume-io released held writes until the peer is back
 	resizing     bool       // guarded by mu: Resize runs here, or the peer's commit is being applied
 	attaching    bool       // guarded by mu: AttachDisk's copy runs
+	// detached, guarded by mu, describes the disk DetachDisk took out of a
+	// Secondary whose data was consistent, for ReattachDisk; nil otherwise.
+	detached *detachRecord
 	// growMu is held shared by every write from its BeginWrite until it
 	// is done locally (see writeOp); Resize holds it alone while it
 	// replaces the store.

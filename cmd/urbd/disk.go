@@ -1,5 +1,10 @@
 package main
 
+import (
+	"github.com/urbd/urbd/daemon"
+	"github.com/urfave/cli/v2"
+)
+
 func init() {
 	commands = append(commands,
 		controlCommand("attach-disk", "give a node whose disk failed its repaired or replaced disk back, online",
@@ -18,7 +23,17 @@ On a Secondary whose disk failed (Inconsistent after an I/O error, perhaps Stand
 Diskless), the new disk gets a full resync from the peer: the node connects again and is
 Inconsistent until the resync is done. A disk that works (UpToDate or Outdated) is never
 replaced.
-Example: urbd attach-disk r0`, nil, plain("attach-disk")),
+
+With --same-disk, a Secondary takes back the very disk urbd detach-disk took out, unchanged,
+and the peer resyncs only the blocks it wrote since (as after a reconnect): the node is
+Outdated until then. Refused unless this daemon detached that disk while it was UpToDate or
+Outdated, and unless the disk has the size and the sampled contents it had then; nothing
+may write it meanwhile. A restarted daemon resyncs any disk in full.
+Example: urbd attach-disk r0; urbd attach-disk --same-disk r0`,
+			[]cli.Flag{&cli.BoolFlag{Name: "same-disk", Usage: "the disk detach-disk took out, unchanged: resync only what changed"}},
+			func(c *cli.Context) (daemon.Request, error) {
+				return daemon.Request{Cmd: "attach-disk", SameDisk: c.Bool("same-disk")}, nil
+			}),
 		controlCommand("detach-disk", "take a working disk out of service to replace it, online (DRBD's detach)",
 			`Takes the node's disk out of service and closes it, so that it can be replaced (a disk that
 reports errors ahead of failing, a move to another volume); then urbd attach-disk NAME takes
@@ -28,7 +43,8 @@ On a Primary connected to an UpToDate peer, with no resync or verify running, th
 Diskless: every read, write and flush goes to the peer and the application sees nothing.
 
 On a Secondary, the node goes Diskless and StandAlone; the Primary goes on alone. Its metadata
-says Inconsistent, so attach-disk, or a daemon restarted on the new disk, resyncs all of it.
+says Inconsistent, so attach-disk, or a daemon restarted on the new disk, resyncs all of it;
+attach-disk --same-disk takes the same disk back and resyncs only what changed meanwhile.
 
 Refused, with nothing changed, on a node that is Diskless already, and on a Primary whose peer
 does not hold all of its data.
