@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
 	"sync"
 
@@ -68,7 +67,7 @@ func (d *diskSlot) attach(node *replica.Node, same bool) (string, error) {
 // the first fdatasync reports, means the disk lost writes: it is refused.
 // d.mu is held.
 func (d *diskSlot) reattach(node *replica.Node, f *nbd.File) (string, error) {
-	if err := f.Flush(context.Background()); err != nil {
+	if err := f.StaleError(); err != nil {
 		f.Close()
 		return "", fmt.Errorf("%w: %s lost writes since it was detached (%v); attach it without --same-disk for a full resync",
 			replica.ErrNotSameDisk, d.path, err)

@@ -339,7 +339,15 @@ func (b *File) Flush(context.Context) error { return b.flush(b.sync) }
 // back) can fail its new user's first fdatasync with its predecessor's lost
 // writes. It runs fdatasync twice and returns the second one's error.
 func (b *File) ClearStaleError() error {
-	_ = unix.Fdatasync(b.fd)
+	_ = b.StaleError()
+	return b.StaleError()
+}
+
+// StaleError runs one fdatasync, on a File nothing was written through yet,
+// and returns its error: a write-back error that Linux kept for the storage
+// since before the File was opened (see ClearStaleError), which this call
+// consumes.
+func (b *File) StaleError() error {
 	if err := unix.Fdatasync(b.fd); err != nil {
 		return fmt.Errorf("nbd: fdatasync: %w", err)
 	}
