@@ -480,6 +480,7 @@ func (s *session) diskFailed(what string, err error, standAlone bool) {
 			// place.
 			reason += ", or repair it in place and run urbd connect"
 		}
+		s.stopped = reason
 	}
 	n.setStateLocked(reason, func(st *State) { st.Disk = Inconsistent })
 	serr := n.saveMetaLocked()

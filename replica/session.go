@@ -22,6 +22,10 @@ type session struct {
 
 	ctx    context.Context // cancelled when the session dies
 	cancel context.CancelFunc
+	// stopped, guarded by n.mu, is why this node's disk failed so that
+	// the session must end (diskFailed), or "": nothing may call the disk
+	// UpToDate on this session afterwards (completeSync).
+	stopped string
 
 	sendMu sync.Mutex // data-stream sends: sequence order equals wire order
 	seq    uint64     // changed with sendMu and mu held: read with either

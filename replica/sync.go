@@ -423,6 +423,15 @@ func (s *session) checkpointTarget() {
 // (the source also sends SyncDone first).
 func (n *Node) completeSync(s *session, role ConnState, uuids func(UUIDs) UUIDs, apply func(*State)) error {
 	n.mu.Lock()
+	if s.stopped != "" {
+		// The disk failed a flush or a copy meanwhile: a later flush that
+		// succeeded proves nothing about the copies (Linux reports a lost
+		// write-back once), so the resync does not end here; the session
+		// ends with the disk's error as the reason.
+		stop := &localStop{reason: s.stopped}
+		n.mu.Unlock()
+		return stop
+	}
 	n.uuids = uuids(n.uuids)
 	n.progress = nil
 	n.recovered = false
