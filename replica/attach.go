@@ -24,6 +24,63 @@ type diskRef struct {
 	// start without a gap: reads below it are served locally while the
 	// node is still Diskless (see attachedRead).
 	copied atomic.Int64
+	// resumeAt and resumeGen, guarded by the node's mu, say where a copy
+	// that ended with its session resumes (copyPlanLocked): below resumeAt
+	// this disk holds the data of the peer's generation resumeGen, except
+	// where inFlight says.
+	resumeAt  int64
+	resumeGen uint64
+	// inFlight holds the ranges of the writes whose peer part was in
+	// flight when a session ended (session.close): they may have reached
+	// this disk and not the peer.
+	inFlightMu sync.Mutex
+	inFlight   []tlEntry
+}
+
+// lostInFlight records that the write of [off, off+length) was in flight
+// to the peer when its session ended.
+func (r *diskRef) lostInFlight(off, length int64) {
+	r.inFlightMu.Lock()
+	r.inFlight = append(r.inFlight, tlEntry{off: off, length: length})
+	r.inFlightMu.Unlock()
+}
+
+// copyPlan is what one run of AttachDisk's copy copies, in chunks of
+// chunk bytes: every chunk from `from` on, and the chunks in redo below it.
+type copyPlan struct {
+	chunk, from int64
+	redo        map[int64]bool // chunk offsets
+	bytes       int64          // the total to copy
+}
+
+// copyPlanLocked plans the next run of the copy to ref. A first run copies
+// everything. A run after a lost session resumes where the last one's
+// contiguous progress ended, if the peer still holds the same data
+// generation (it was not promoted and written meanwhile): the chunks below
+// that are equal to the peer's, except where a write's peer part was in
+// flight when a session ended, which may have reached this disk and not
+// the peer. session.close records those (lostInFlight) before any later
+// session starts, and their chunks are copied again. n.mu is held.
+func (n *Node) copyPlanLocked(ref *diskRef) copyPlan {
+	size := ref.Size()
+	p := copyPlan{chunk: min(int64(syncChunk), int64(protocol.MaxData)), redo: map[int64]bool{}}
+	if gen := n.peerUUIDs.Current; gen != 0 && gen == ref.resumeGen {
+		p.from = ref.resumeAt
+	}
+	ref.resumeGen, ref.resumeAt = n.peerUUIDs.Current, 0
+	ref.inFlightMu.Lock()
+	for _, e := range ref.inFlight {
+		for off := e.off / p.chunk * p.chunk; off < min(e.off+max(e.length, 1), p.from); off += p.chunk {
+			p.redo[off] = true
+		}
+	}
+	ref.inFlight = nil
+	ref.inFlightMu.Unlock()
+	p.bytes = size - p.from
+	for off := range p.redo {
+		p.bytes += min(p.chunk, size-off)
+	}
+	return p
 }
 
 // attachedRead reads p at off from the disk being attached, if the copy
@@ -91,7 +148,8 @@ var (
 //
 //   - Until the copy is done the node stays Diskless: flushes go to the
 //     peer only, and a write is answered once the peer has it, as before.
-//     Every write is also written to d, under the range lock. A read comes
+//     Every write sent to the peer is also written to d, under the range
+//     lock (one that cannot be sent fails, and stays off d). A read comes
 //     from d if the copy has passed its range (attachedRead), else from the
 //     peer.
 //   - The copy reads each chunk from the peer (Read, behind every earlier
@@ -103,8 +161,9 @@ var (
 //     are local again and the peer is told.
 //
 // If the peer is lost during the copy, the node stays Diskless (its I/O
-// fails until the peer is back, as before) and the copy starts over once
-// the nodes are connected again (resumeAttach). If d fails a write, or the
+// fails until the peer is back, as before) and the copy goes on where it
+// stopped once the nodes are connected again (resumeAttach, copyPlanLocked).
+// If d fails a write, or the
 // peer cannot serve a chunk, the node stays Diskless with d out of use and
 // the reason says why: run it again. A daemon that stops meanwhile restarts
 // as before, Secondary and Inconsistent, and gets a full resync.
@@ -150,7 +209,7 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, resync bool, err erro
 		n.attaching = false
 		return old, false, nil
 	}
-	n.startCopyLocked(s, fmt.Sprintf("attaching a new disk: copying %s from the peer; Diskless until it is done", units.FormatSize(d.Size())))
+	n.startCopyLocked(s, false)
 	return old, false, nil
 }
 
@@ -242,18 +301,26 @@ func (n *Node) attachSecondary(d nbd.Backend, rec *detachRecord) (old nbd.Backen
 	return old, nil
 }
 
-// startCopyLocked runs AttachDisk's copy on session s in the background, with
-// reason as the node's reason meanwhile. n.mu must be held and n.attaching
-// set; n.sess is s, so Close, which ends the session before it waits for
-// attachWG, waits for this copy.
-func (n *Node) startCopyLocked(s *session, reason string) {
-	prog := resync.NewProgress(n.clock, n.backend().Size())
+// startCopyLocked runs AttachDisk's copy on session s in the background, as
+// copyPlanLocked plans it; again says that an earlier run ended with its
+// session. n.mu must be held and n.attaching set; n.sess is s, so Close,
+// which ends the session before it waits for attachWG, waits for this copy.
+func (n *Node) startCopyLocked(s *session, again bool) {
+	plan := n.copyPlanLocked(n.disk.Load())
+	reason := fmt.Sprintf("attaching a new disk: copying %s from the peer; Diskless until it is done", units.FormatSize(plan.bytes))
+	switch {
+	case again && plan.from > 0:
+		reason = fmt.Sprintf("attaching a new disk: the peer is back, copying the %s not copied yet; Diskless until it is done", units.FormatSize(plan.bytes))
+	case again:
+		reason = fmt.Sprintf("attaching a new disk: the peer is back, copying %s again; Diskless until it is done", units.FormatSize(plan.bytes))
+	}
+	prog := resync.NewProgress(n.clock, plan.bytes)
 	n.progress = prog
 	n.setReasonLocked(reason)
 	n.attachWG.Add(1)
 	go func() {
 		defer n.attachWG.Done()
-		n.finishAttach(s, prog)
+		n.finishAttach(s, prog, plan)
 	}()
 }
 
@@ -269,21 +336,23 @@ func (n *Node) resumeAttach(s *session) {
 	}
 	n.attaching = true
 	n.log.Info("the peer is back: copying to the new disk again")
-	n.startCopyLocked(s, fmt.Sprintf("attaching a new disk: the peer is back, copying %s again; Diskless until it is done", units.FormatSize(n.backend().Size())))
+	n.startCopyLocked(s, true)
 }
 
 // finishAttach runs AttachDisk's copy on session s and then leaves Diskless,
 // or stays Diskless and says why. A copy that ended with its session is
 // resumed by the next one (resumeAttach); any other failure takes the new
 // disk out of use until AttachDisk runs again.
-func (n *Node) finishAttach(s *session, prog *resync.Progress) {
-	err := n.copyFromPeer(s, prog)
+func (n *Node) finishAttach(s *session, prog *resync.Progress, plan copyPlan) {
+	ref := n.disk.Load()
+	err := n.copyFromPeer(s, prog, plan)
 	if err == nil {
 		err = n.leaveDiskless(s)
 	}
 	lost := err != nil && s.isClosed() && !errors.Is(err, errAttachWrite) && !n.attachFailed.Load()
+	copied := ref.copied.Load()
 	if err != nil {
-		n.disk.Load().copied.Store(0) // reads go to the peer again
+		ref.copied.Store(0) // reads go to the peer again
 	}
 	if err != nil && !lost {
 		n.growMu.Lock()
@@ -299,7 +368,8 @@ func (n *Node) finishAttach(s *session, prog *resync.Progress) {
 		return
 	case lost:
 		// The session's end set the reason; the next session resumes.
-		n.log.Warn("the copy to the new disk stopped with the peer connection; it starts over when the peer is back", "err", err)
+		ref.resumeAt = copied
+		n.log.Warn("the copy to the new disk stopped with the peer connection; it resumes when the peer is back", "copied", copied, "err", err)
 		return
 	}
 	reason := fmt.Sprintf("attaching the new disk failed: %v; still Diskless (run urbd attach-disk again)", err)
@@ -310,14 +380,18 @@ func (n *Node) finishAttach(s *session, prog *resync.Progress) {
 	}
 }
 
-// copyFromPeer copies the whole disk from the peer to the node's (new)
+// copyFromPeer copies what plan says from the peer to the node's (new)
 // disk, attachWindow chunks at a time, at the resync rate.
-func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
+func (n *Node) copyFromPeer(s *session, prog *resync.Progress, plan copyPlan) error {
 	ref := n.disk.Load()
 	size := ref.Size()
-	chunk := min(int64(syncChunk), int64(protocol.MaxData))
-	mark := &copyMark{ref: ref, chunk: chunk, size: size, done: map[int64]bool{}}
-	ref.copied.Store(0)
+	chunk := plan.chunk
+	start := plan.from // the first chunk not known to be equal
+	for off := range plan.redo {
+		start = min(start, off)
+	}
+	mark := &copyMark{ref: ref, chunk: chunk, size: size, next: start / chunk, done: map[int64]bool{}}
+	ref.copied.Store(start)
 	var wg sync.WaitGroup
 	var errs firstError
 	fail := errs.set
@@ -328,7 +402,11 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress) error {
 		return errs.get() != nil
 	}
 	slots := make(chan struct{}, attachWindow)
-	for off := int64(0); off < size && !failed(); off += chunk {
+	for off := start; off < size && !failed(); off += chunk {
+		if off < plan.from && !plan.redo[off] {
+			mark.chunkDone(off) // equal to the peer's already
+			continue
+		}
 		length := min(chunk, size-off)
 		if err := n.rate.Wait(s.ctx, length); err != nil {
 			fail(err)

@@ -259,6 +259,82 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
+// TestScenarioAttachDiskResumes: a copy to a Primary's new disk that a lost
+// peer cut short resumes where it stopped once the peer is back, instead of
+// starting over, and copies again the chunk that a write in flight at the
+// loss reached on the new disk but not on the peer (the application saw it
+// fail): the disks end equal, without that write, and without one made
+// while the peer was away (which failed too).
+func TestScenarioAttachDiskResumes(t *testing.T) {
+	a, b, want := detachedPair(t, nodeOpts{rate: 2 << 20})
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.waitStatus("half the disk copied", func(s status.Resource) bool {
+		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
+	})
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	lost := a.asyncWrite(0, pattern("in flight when the link went", hBlock)) // below the copy's progress
+	if err := recvErr(t, "the write in flight at the loss", lost); err == nil {
+		t.Fatal("a write the peer never got succeeded on a Diskless node")
+	}
+	st := a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	if st.Disk != replica.Diskless {
+		t.Fatalf("after the loss: %v, want Diskless", st.Disk)
+	}
+	// Without the peer a write fails, and stays off the new disk too.
+	if err := a.node.WriteAt(context.Background(), pattern("without the peer", hBlock), 1<<20, false); err == nil {
+		t.Fatal("a write without disk and peer succeeded")
+	}
+	recv := a.node.Status().NetRecvKiB
+	a.node.AdjustRate(64 << 20)
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	st = a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if got := a.node.Status().NetRecvKiB - recv; got > hDiskSize>>10*3/4 {
+		t.Errorf("the resumed copy received %d KiB of the %d KiB disk, want at most the half not copied and the chunk written meanwhile", got, hDiskSize>>10)
+	}
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from the peer's data at %d", i)
+	}
+	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioAttachDiskStartsOverOnNewData: a copy cut short resumes only
+// while the peer holds the data generation it copied from. Here the peer
+// was promoted and written while apart (a new generation), so the part
+// copied before is not taken as equal: the copy starts over, and it stops
+// at the block the peer wrote alone, which the peer does not serve while
+// that block is marked out of sync. The node stays Diskless, where a
+// resumed copy would have left the old block on the new disk and called it
+// UpToDate.
+func TestScenarioAttachDiskStartsOverOnNewData(t *testing.T) {
+	a, b, _ := detachedPair(t, nodeOpts{rate: 2 << 20})
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.waitStatus("half the disk copied", func(s status.Resource) bool {
+		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
+	})
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	if err := b.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	b.write(0, pattern("written on the peer while apart", hBlock))
+	if err := b.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	a.node.AdjustRate(64 << 20)
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	st := a.waitState("the copy stopped", func(s replica.State) bool {
+		return s.Disk == replica.UpToDate || strings.Contains(s.Reason, "attaching the new disk failed")
+	})
+	if st.Disk != replica.Diskless || !strings.Contains(st.Reason, "did not serve 1048576 bytes at 0") {
+		t.Fatalf("after the peer's new generation: %+v, want Diskless, the copy stopped at the peer's marked block", st)
+	}
+}
+
 // TestScenarioAttachDiskCopyOrder: a write to a chunk whose copy is on its
 // way waits for it, so the copy never overwrites the newer write on the new
 // disk. The peer is made slow to answer the copy's Read (its disk holds an

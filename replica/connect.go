@@ -514,14 +514,15 @@ func (n *Node) followPeer(s *session) error {
 			}
 		}
 		n.mu.Lock()
-		renegotiate := n.st.Conn == Connected && n.st.Role == Secondary && !n.resizing &&
+		renegotiate := n.st.Conn == Connected && n.st.Role == Secondary && !n.resizing && n.st.PeerDisk != Diskless &&
 			(n.store().Bitmap().DirtyBlocks() > 0 || (n.st.Disk == Inconsistent && n.st.PeerDisk == UpToDate))
 		n.mu.Unlock()
 		if renegotiate {
 			// Blocks marked here (a failed write, an online verify), or a
 			// disk made Inconsistent by an I/O error, are repaired by the
 			// resync the UUIDs and disk states choose: reconnect and
-			// decide again.
+			// decide again. Not with a Diskless peer, which has nothing
+			// to resync with until its disk is attached.
 			return errors.New("replica: out-of-sync blocks or a failed disk on the secondary: reconnecting to resync")
 		}
 	}

@@ -397,9 +397,13 @@ func (s *session) close(err error) {
 	for _, e := range tl {
 		s.n.store().MarkOutOfSync(e.off, e.length)
 	}
+	attaching := s.n.attachWrites.Load()
 	for _, r := range pend {
 		if r.isWrite() {
 			s.n.store().MarkOutOfSync(r.off, r.length)
+			if attaching {
+				s.n.disk.Load().lostInFlight(r.off, r.length)
+			}
 		}
 	}
 	if len(tl) > 0 || len(pend) > 0 {

@@ -119,7 +119,10 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	proto := n.protocol() // the protocol this write is answered by
 	req := n.replicate(off, length, data, sum, flags, proto)
 	if n.isDiskless() {
-		if n.attachWrites.Load() {
+		// Without a session the write fails: it stays off the disk being
+		// attached too, which a resumed copy takes as equal to the peer's
+		// wherever no write was in flight to the peer (copyPlanLocked).
+		if n.attachWrites.Load() && req != nil {
 			n.writeAttaching(ctx, kind, off, length, local)
 		}
 		unlock()

@@ -15,9 +15,10 @@ old name), then run urbd attach-disk NAME on that node. The daemon opens the pat
 On a Diskless Primary, connected to a peer that is UpToDate, the peer's data is copied to the
 new disk in the background while the application keeps running: the status shows the
 progress, and the node stays Diskless (reads what is not copied yet from the peer) until the
-copy is done and flushed; then it is UpToDate. A copy cut short by a lost peer starts over when
-the peer is back; if the new disk fails a write, the node stays Diskless and the reason says
-why: run it again on a working disk.
+copy is done and flushed; then it is UpToDate. A copy cut short by a lost peer goes on where it
+stopped when the peer is back (from the start if the peer was promoted and written meanwhile);
+if the new disk fails a write, the node stays Diskless and the reason says why: run it again on
+a working disk.
 
 On a Secondary whose disk failed (Inconsistent after an I/O error, perhaps StandAlone, or
 Diskless), the new disk gets a full resync from the peer: the node connects again and is
