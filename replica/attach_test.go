@@ -259,6 +259,21 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
+// attachCutMidCopy is a detachedPair whose Primary a attaches a new disk
+// (at 2 MiB/s); once half of it is copied, the link between the nodes is
+// cut both ways.
+func attachCutMidCopy(t *testing.T) (a, b *tnode, want []byte) {
+	t.Helper()
+	a, b, want = detachedPair(t, nodeOpts{rate: 2 << 20})
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.waitStatus("half the disk copied", func(s status.Resource) bool {
+		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
+	})
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	return a, b, want
+}
+
 // TestScenarioAttachDiskResumes: a copy to a Primary's new disk that a lost
 // peer cut short resumes where it stopped once the peer is back, instead of
 // starting over, and copies again the chunk that a write in flight at the
@@ -266,13 +281,7 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 // fail): the disks end equal, without that write, and without one made
 // while the peer was away (which failed too).
 func TestScenarioAttachDiskResumes(t *testing.T) {
-	a, b, want := detachedPair(t, nodeOpts{rate: 2 << 20})
-	attach(t, a, replaceDisk(t, a, hDiskSize))
-	a.waitStatus("half the disk copied", func(s status.Resource) bool {
-		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
-	})
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a, b, want := attachCutMidCopy(t)
 	lost := a.asyncWrite(0, pattern("in flight when the link went", hBlock)) // below the copy's progress
 	if err := recvErr(t, "the write in flight at the loss", lost); err == nil {
 		t.Fatal("a write the peer never got succeeded on a Diskless node")
@@ -308,13 +317,7 @@ func TestScenarioAttachDiskResumes(t *testing.T) {
 // resumed copy would have left the old block on the new disk and called it
 // UpToDate.
 func TestScenarioAttachDiskStartsOverOnNewData(t *testing.T) {
-	a, b, _ := detachedPair(t, nodeOpts{rate: 2 << 20})
-	attach(t, a, replaceDisk(t, a, hDiskSize))
-	a.waitStatus("half the disk copied", func(s status.Resource) bool {
-		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
-	})
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a, b, _ := attachCutMidCopy(t)
 	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	if err := b.node.Promote(false); err != nil {
