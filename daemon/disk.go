@@ -78,6 +78,9 @@ func (d *diskSlot) reattach(node *replica.Node, f *nbd.File) (string, error) {
 	}
 	d.closeCur()
 	d.cur = f
+	if node.State().Role == replica.Primary {
+		return fmt.Sprintf("attached %s again; copying what was written since detach-disk from the peer, Diskless until UpToDate (watch urbd status)", d.path), nil
+	}
 	return fmt.Sprintf("attached %s again; the peer resyncs what it changed since detach-disk, Outdated until then (watch urbd status)", d.path), nil
 }
 
@@ -92,7 +95,7 @@ func (d *diskSlot) detach(node *replica.Node) (string, error) {
 	}
 	d.closeCur()
 	if node.State().Role == replica.Primary {
-		return fmt.Sprintf("detached and closed %s; Diskless: all I/O goes to the peer until urbd attach-disk", d.path), nil
+		return fmt.Sprintf("detached and closed %s; Diskless: all I/O goes to the peer until urbd attach-disk (a copy of a new disk, or --same-disk: of what is written meanwhile)", d.path), nil
 	}
 	return fmt.Sprintf("detached and closed %s; Diskless and StandAlone until urbd attach-disk (a full resync of a new disk, or --same-disk: of what changed meanwhile)", d.path), nil
 }

@@ -329,6 +329,19 @@ func TestDetachDiskReplace(t *testing.T) {
 	if got := c.b.status().NetRecvKiB - recv; got > 16<<10 {
 		t.Errorf("the resync after attach-disk --same-disk received %d KiB, want about the 4 MiB written meanwhile, not the 64 MiB disk", got)
 	}
+
+	// The Primary takes its own disk back: only what it wrote meanwhile,
+	// through the peer, is copied.
+	c.a.ctl("detach-disk", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--size=4M", "--offset=40M", "--iodepth=8")
+	recv = c.a.status().NetRecvKiB
+	if msg := c.a.ctl("attach-disk", "--same-disk", "r0"); !strings.Contains(msg, "copying what was written since detach-disk") {
+		t.Errorf("attach-disk --same-disk on the Primary said %q", msg)
+	}
+	c.a.waitFor("UpToDate", 2*time.Minute, func(s statusT) bool { return s.DiskState == "UpToDate" })
+	if got := c.a.status().NetRecvKiB - recv; got > 16<<10 {
+		t.Errorf("the copy after attach-disk --same-disk on the Primary received %d KiB, want about the 4 MiB written meanwhile, not the 64 MiB disk", got)
+	}
 	c.a.ctl("secondary", "r0")
 	c.a.stop()
 	c.b.stop()

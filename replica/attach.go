@@ -30,6 +30,10 @@ type diskRef struct {
 	// where inFlight says.
 	resumeAt  int64
 	resumeGen uint64
+	// marked, guarded by the node's mu, says that the chunks the bitmap
+	// marks differ from the peer's too: this is the disk DetachDisk took
+	// out of the Primary, and the bitmap marks the writes made since.
+	marked bool
 	// inFlight holds the ranges of the writes whose peer part was in
 	// flight when a session ended (session.close): they may have reached
 	// this disk and not the peer.
@@ -76,6 +80,14 @@ func (n *Node) copyPlanLocked(ref *diskRef) copyPlan {
 	}
 	ref.inFlight = nil
 	ref.inFlightMu.Unlock()
+	if ref.marked {
+		bm := n.store().Bitmap()
+		for off := int64(0); off < p.from; off += p.chunk {
+			if bm.IsSet(off, min(p.chunk, size-off)) {
+				p.redo[off] = true
+			}
+		}
+	}
 	p.bytes = size - p.from
 	for off := range p.redo {
 		p.bytes += min(p.chunk, size-off)
@@ -174,8 +186,23 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, resync bool, err erro
 		old, err = n.attachSecondary(d, nil)
 		return old, true, err
 	}
+	n.mu.Unlock()
+	old, err = n.attachPrimary(d, nil)
+	return old, false, err
+}
+
+// attachPrimary is AttachDisk on a Diskless Primary. With rec
+// (ReattachDisk), d is the disk DetachDisk took out, which already holds
+// the peer's data except where the bitmap marks the writes made since: the
+// copy takes only those chunks (copyPlanLocked).
+func (n *Node) attachPrimary(d nbd.Backend, rec *detachRecord) (old nbd.Backend, err error) {
+	n.mu.Lock()
 	s := n.sess
 	switch {
+	case rec != nil && n.detached != rec:
+		err = fmt.Errorf("%s: %w: another attach-disk ran meanwhile", n.cfg.Name, ErrNotSameDisk)
+	case rec != nil && n.peerUUIDs.Current != rec.peerGen:
+		err = fmt.Errorf("%s: %w: the peer's data is of another generation than at the detach (it was promoted meanwhile); attach the disk without --same-disk", n.cfg.Name, ErrNotSameDisk)
 	case n.st.Disk != Diskless:
 		err = fmt.Errorf("%s: %w: the disk is %s, not Diskless; attach-disk replaces a disk that was detached (after an I/O error, or by urbd detach-disk)", n.cfg.Name, ErrNotDiskless, n.st.Disk)
 	case n.attaching:
@@ -187,30 +214,39 @@ func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, resync bool, err erro
 	}
 	if err != nil {
 		n.mu.Unlock()
-		return nil, false, err
+		return nil, err
 	}
 	n.attaching = true // no resumeAttach meanwhile
+	n.detached = nil
+	ref := &diskRef{Backend: d}
+	if rec != nil {
+		// Equal to the peer's generation below the end, but for the
+		// chunks the bitmap marks.
+		ref.resumeGen, ref.resumeAt, ref.marked = rec.peerGen, d.Size(), true
+	}
 	n.mu.Unlock()
 
 	// No write is between its BeginWrite and its local write while growMu
-	// is held: each write from here on also writes d.
+	// is held: each write from here on also writes d (and none is marked
+	// for it any more, see markDiskless).
 	n.growMu.Lock()
 	old = n.backend()
-	n.disk.Store(&diskRef{Backend: d})
+	n.disk.Store(ref)
 	n.attachFailed.Store(false)
 	n.attachWrites.Store(true)
+	n.markDiskless.Store(false)
 	n.growMu.Unlock()
 
-	n.log.Info("attaching a new disk", "size", d.Size())
+	n.log.Info("attaching a disk", "size", d.Size(), "same", rec != nil)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.sess != s {
 		// The session ended meanwhile: the next one starts the copy.
 		n.attaching = false
-		return old, false, nil
+		return old, nil
 	}
 	n.startCopyLocked(s, false)
-	return old, false, nil
+	return old, nil
 }
 
 // attachSecondary is AttachDisk on a Secondary whose disk failed: Diskless

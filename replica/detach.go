@@ -178,7 +178,16 @@ func (n *Node) detachPrimary() (nbd.Backend, error) {
 		return nil, err
 	}
 	n.log.Warn(detachedByOperator + ": all I/O goes to the peer")
-	return n.swapDetached(), nil
+	old := n.swapDetached()
+	n.recordDetached(old, UpToDate, n.uuidsNow(), true)
+	return old, nil
+}
+
+// uuidsNow returns the node's data generation.
+func (n *Node) uuidsNow() UUIDs {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.uuids
 }
 
 // peerHasAnswered makes every write answered so far durable on the peer,
@@ -232,7 +241,7 @@ func (n *Node) detachSecondary() (nbd.Backend, error) {
 	n.growMu.Lock()
 	defer n.growMu.Unlock()
 	old := n.swapDetached()
-	n.recordDetached(old, was, uuids)
+	n.recordDetached(old, was, uuids, false)
 	return old, nil
 }
 

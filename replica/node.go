@@ -93,6 +93,11 @@ type Node struct {
 	// detached, guarded by mu, describes the disk DetachDisk took out of a
 	// Secondary whose data was consistent, for ReattachDisk; nil otherwise.
 	detached *detachRecord
+	// markDiskless is set while a Primary whose disk DetachDisk took out
+	// is Diskless and no disk is being attached: each write is marked in
+	// the bitmap (it reaches the peer only), so that ReattachDisk copies
+	// those chunks back. Written with growMu held alone.
+	markDiskless atomic.Bool
 	// growMu is held shared by every write from its BeginWrite until it
 	// is done locally (see writeOp); Resize holds it alone while it
 	// replaces the store.

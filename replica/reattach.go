@@ -18,6 +18,11 @@ import (
 type detachRecord struct {
 	uuids UUIDs    // the data generation the disk holds
 	print [32]byte // diskPrint of the disk, flushed, when it was detached
+	// primary: the disk was a Primary's, which stayed Primary and Diskless
+	// with its peer, of generation peerGen, serving all I/O; the writes
+	// made since are marked in the bitmap (markDiskless).
+	primary bool
+	peerGen uint64
 }
 
 // ErrNotSameDisk refuses ReattachDisk: there is no detached disk to take
@@ -56,12 +61,14 @@ func diskPrint(ctx context.Context, d nbd.Backend) ([32]byte, error) {
 	return sum, nil
 }
 
-// recordDetached remembers old, the disk a Secondary's DetachDisk just took
-// out, if its data was consistent: it is flushed, so that what the
-// metadata's generation counts is on it, and fingerprinted. A disk that
-// fails either is not remembered (ReattachDisk then refuses it). growMu is
-// held alone, so nothing writes old.
-func (n *Node) recordDetached(old nbd.Backend, was DiskState, uuids UUIDs) {
+// recordDetached remembers old, the disk DetachDisk just took out, if its
+// data was consistent: it is flushed, so that what the metadata's
+// generation counts is on it, and fingerprinted. A disk that fails either is
+// not remembered (ReattachDisk then refuses it). On a Primary, every write
+// from now on is marked in the bitmap (markDiskless): it reaches the peer
+// only. growMu is held alone, so nothing writes old and no write is between
+// its BeginWrite and its local part.
+func (n *Node) recordDetached(old nbd.Backend, was DiskState, uuids UUIDs, primary bool) {
 	if was != UpToDate && was != Outdated {
 		return
 	}
@@ -77,30 +84,37 @@ func (n *Node) recordDetached(old nbd.Backend, was DiskState, uuids UUIDs) {
 		return
 	}
 	n.mu.Lock()
-	n.detached = &detachRecord{uuids: uuids, print: print}
+	n.detached = &detachRecord{uuids: uuids, print: print, primary: primary, peerGen: n.peerUUIDs.Current}
 	n.mu.Unlock()
+	n.markDiskless.Store(primary)
 }
 
-// ReattachDisk gives a Secondary back the disk that DetachDisk took out,
-// unchanged (`urbd attach-disk --same-disk`), and resyncs only the blocks
-// the Primary wrote since: the node takes the data generation the disk
-// held, Outdated, and connects; the Primary's bitmap of the writes it made
-// alone then drives a resync as after any reconnect (Decide). It returns the
-// disk it replaced (the stand-in), which the caller closes.
+// ReattachDisk gives the node back the disk that DetachDisk took out,
+// unchanged (`urbd attach-disk --same-disk`), and copies only the blocks
+// written since:
 //
+//   - A Secondary takes the data generation the disk held, Outdated, and
+//     connects; the Primary's bitmap of the writes it made alone then
+//     drives a resync as after any reconnect (Decide).
+//   - A Primary, still Diskless with the same peer, copies from the peer
+//     the chunks its bitmap marks (the writes made while Diskless), as
+//     AttachDisk copies a whole new disk.
+//
+// It returns the disk it replaced (the stand-in), which the caller closes.
 // It refuses, with nothing changed, unless this daemon detached the disk
 // with detach-disk while it was UpToDate or Outdated (not after an I/O
-// error, not across a restart), and unless d has the size and the sampled
-// contents (diskPrint) the disk had then. The operator asserts that
-// nothing wrote d meanwhile; the check catches a blank or another disk.
+// error, not across a restart, and for a Primary not across a demotion),
+// and unless d has the size and the sampled contents (diskPrint) the disk
+// had then. The operator asserts that nothing wrote d meanwhile; the check
+// catches a blank or another disk.
 func (n *Node) ReattachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 	n.mu.Lock()
 	rec := n.detached
 	role, disk := n.st.Role, n.st.Disk
 	n.mu.Unlock()
 	switch {
-	case role != Secondary || disk == UpToDate || disk == Outdated || rec == nil:
-		return nil, fmt.Errorf("%s: %w: --same-disk takes back a disk that urbd detach-disk took out of this Secondary while it was UpToDate or Outdated, with no restart since (%s, %s); attach it without --same-disk for a full resync",
+	case rec == nil || rec.primary != (role == Primary) || disk == UpToDate || disk == Outdated:
+		return nil, fmt.Errorf("%s: %w: --same-disk takes back a disk that urbd detach-disk took out of this node while it was UpToDate or Outdated, with no restart or demotion since (%s, %s); attach it without --same-disk for a full copy",
 			n.cfg.Name, ErrNotSameDisk, role, disk)
 	case d.Size() != n.backend().Size():
 		return nil, fmt.Errorf("%s: %w: the disk is %d bytes, the resource %d", n.cfg.Name, ErrDiskSize, d.Size(), n.backend().Size())
@@ -112,7 +126,10 @@ func (n *Node) ReattachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 		return nil, fmt.Errorf("%s: reading the disk failed: %w", n.cfg.Name, err)
 	}
 	if print != rec.print {
-		return nil, fmt.Errorf("%s: %w: its contents differ from the detached disk's; attach it without --same-disk for a full resync", n.cfg.Name, ErrNotSameDisk)
+		return nil, fmt.Errorf("%s: %w: its contents differ from the detached disk's; attach it without --same-disk for a full copy", n.cfg.Name, ErrNotSameDisk)
+	}
+	if rec.primary {
+		return n.attachPrimary(d, rec)
 	}
 	return n.attachSecondary(d, rec)
 }

@@ -32,6 +32,25 @@ func reattach(t *testing.T, x *tnode) error {
 	return nil
 }
 
+// reattachBlank offers x a blank disk of size bytes at its disk path
+// (ReattachDisk), with the detached disk put aside meanwhile and back at
+// the path afterwards, and returns ReattachDisk's error.
+func reattachBlank(t *testing.T, x *tnode, size int64) error {
+	t.Helper()
+	if err := os.Rename(x.diskPath, x.diskPath+".old"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := os.Rename(x.diskPath+".old", x.diskPath); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	if err := os.WriteFile(x.diskPath, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return reattach(t, x)
+}
+
 // TestScenarioReattachSameDisk: a Secondary whose disk urbd detach-disk took
 // out gets the same disk back (attach-disk --same-disk) and the resync
 // copies only what the Primary wrote meanwhile, as after a reconnect: both
@@ -78,26 +97,14 @@ func TestScenarioReattachSameDisk(t *testing.T) {
 	a.write(hDiskSize/2, pattern("after the detach", 4*hBlock))
 
 	// Another disk at the path, and a disk of another size, are refused.
-	if err := os.Rename(b.diskPath, b.diskPath+".old"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(b.diskPath, make([]byte, hDiskSize), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := reattach(t, b); !errors.Is(err, replica.ErrNotSameDisk) || !strings.Contains(err.Error(), "contents differ") {
+	if err := reattachBlank(t, b, hDiskSize); !errors.Is(err, replica.ErrNotSameDisk) || !strings.Contains(err.Error(), "contents differ") {
 		t.Errorf("ReattachDisk of a blank disk: %v, want ErrNotSameDisk", err)
 	}
-	if err := os.WriteFile(b.diskPath, make([]byte, hDiskSize/2), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := reattach(t, b); !errors.Is(err, replica.ErrDiskSize) {
+	if err := reattachBlank(t, b, hDiskSize/2); !errors.Is(err, replica.ErrDiskSize) {
 		t.Errorf("ReattachDisk of a smaller disk: %v, want ErrDiskSize", err)
 	}
 	if st := b.node.State(); st.Disk != replica.Diskless || st.Conn != replica.StandAlone {
 		t.Fatalf("b after the refusals: %+v, want Diskless and StandAlone", st)
-	}
-	if err := os.Rename(b.diskPath+".old", b.diskPath); err != nil {
-		t.Fatal(err)
 	}
 
 	// The same disk: only what changed is copied.
@@ -184,5 +191,48 @@ func TestScenarioReattachSameDiskAfterFailover(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 	if i := firstDiff(b.image(), want); i >= 0 {
 		t.Fatalf("the disks hold the detached disk's old data at %d, not what a wrote", i)
+	}
+}
+
+// TestScenarioReattachSameDiskPrimary: a Primary whose disk detach-disk
+// took out stays Diskless and writes through its peer; the same disk taken
+// back (attach-disk --same-disk) gets only the chunks written meanwhile,
+// which the node marked, and the node is UpToDate with the peer's data. A
+// blank disk is refused, and so is the old disk once the node was demoted:
+// the peer, which got those writes as a Secondary, marked none of them.
+func TestScenarioReattachSameDiskPrimary(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	want := pattern("before the detach", hDiskSize)
+	a.write(0, want)
+	if _, err := a.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	p := pattern("written while Diskless", 4*hBlock)
+	copy(want[hDiskSize/2:], p)
+	a.write(hDiskSize/2, p)
+	if err := reattachBlank(t, a, hDiskSize); !errors.Is(err, replica.ErrNotSameDisk) {
+		t.Errorf("ReattachDisk of a blank disk on the Primary: %v, want ErrNotSameDisk", err)
+	}
+	recv := a.node.Status().NetRecvKiB
+	if err := reattach(t, a); err != nil {
+		t.Fatalf("ReattachDisk on the Primary: %v", err)
+	}
+	a.waitState("a UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if got := a.node.Status().NetRecvKiB - recv; got >= hDiskSize>>10/4 {
+		t.Errorf("the copy after --same-disk received %d KiB, want the one chunk written meanwhile", got)
+	}
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the disk taken back differs from what was written at %d", i)
+	}
+	inSyncAndEqual(t, a, b)
+
+	if _, err := a.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := reattach(t, a); !errors.Is(err, replica.ErrNotSameDisk) {
+		t.Errorf("ReattachDisk after the demotion: %v, want ErrNotSameDisk", err)
 	}
 }

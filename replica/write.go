@@ -125,6 +125,9 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		if n.attachWrites.Load() && req != nil {
 			n.writeAttaching(ctx, kind, off, length, local)
 		}
+		if n.markDiskless.Load() {
+			n.store().MarkOutOfSync(off, length)
+		}
 		unlock()
 		n.growMu.RUnlock()
 		return n.writeDiskless(ctx, kind, off, length, req, start)

@@ -25,11 +25,13 @@ Diskless), the new disk gets a full resync from the peer: the node connects agai
 Inconsistent until the resync is done. A disk that works (UpToDate or Outdated) is never
 replaced.
 
-With --same-disk, a Secondary takes back the very disk urbd detach-disk took out, unchanged,
-and the peer resyncs only the blocks it wrote since (as after a reconnect): the node is
-Outdated until then. Refused unless this daemon detached that disk while it was UpToDate or
-Outdated, and unless the disk has the size and the sampled contents it had then; nothing
-may write it meanwhile. A restarted daemon resyncs any disk in full.
+With --same-disk, the node takes back the very disk urbd detach-disk took out, unchanged, and
+only the blocks written since are copied: a Secondary is resynced by the peer (as after a
+reconnect) and is Outdated until then; a Primary, still Diskless, copies the blocks it wrote
+through the peer meanwhile. Refused unless this daemon detached that disk while it was
+UpToDate or Outdated (and a Primary was not demoted since), and unless the disk has the size
+and the sampled contents it had then; nothing may write it meanwhile. A restarted daemon
+resyncs any disk in full.
 Example: urbd attach-disk r0; urbd attach-disk --same-disk r0`,
 			[]cli.Flag{&cli.BoolFlag{Name: "same-disk", Usage: "the disk detach-disk took out, unchanged: resync only what changed"}},
 			func(c *cli.Context) (daemon.Request, error) {
@@ -44,8 +46,9 @@ On a Primary connected to an UpToDate peer, with no resync or verify running, th
 Diskless: every read, write and flush goes to the peer and the application sees nothing.
 
 On a Secondary, the node goes Diskless and StandAlone; the Primary goes on alone. Its metadata
-says Inconsistent, so attach-disk, or a daemon restarted on the new disk, resyncs all of it;
-attach-disk --same-disk takes the same disk back and resyncs only what changed meanwhile.
+says Inconsistent, so attach-disk, or a daemon restarted on the new disk, resyncs all of it.
+On either node, attach-disk --same-disk takes the same disk back and copies only what changed
+meanwhile.
 
 Refused, with nothing changed, on a node that is Diskless already, and on a Primary whose peer
 does not hold all of its data.
