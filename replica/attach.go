@@ -57,6 +57,14 @@ type copyPlan struct {
 	bytes       int64          // the total to copy
 }
 
+// redoRange adds the chunks touching [off, off+length) below p.from to
+// p.redo.
+func (p *copyPlan) redoRange(off, length int64) {
+	for c := off / p.chunk * p.chunk; c < min(off+max(length, 1), p.from); c += p.chunk {
+		p.redo[c] = true
+	}
+}
+
 // copyPlanLocked plans the next run of the copy to ref. A first run copies
 // everything. A run after a lost session resumes where the last one's
 // contiguous progress ended, if the peer still holds the same data
@@ -74,18 +82,20 @@ func (n *Node) copyPlanLocked(ref *diskRef) copyPlan {
 	ref.resumeGen, ref.resumeAt = n.peerUUIDs.Current, 0
 	ref.inFlightMu.Lock()
 	for _, e := range ref.inFlight {
-		for off := e.off / p.chunk * p.chunk; off < min(e.off+max(e.length, 1), p.from); off += p.chunk {
-			p.redo[off] = true
-		}
+		p.redoRange(e.off, e.length)
 	}
 	ref.inFlight = nil
 	ref.inFlightMu.Unlock()
 	if ref.marked {
+		// Only the marked runs, not every chunk: n.mu is held.
 		bm := n.store().Bitmap()
-		for off := int64(0); off < p.from; off += p.chunk {
-			if bm.IsSet(off, min(p.chunk, size-off)) {
-				p.redo[off] = true
+		for off := int64(0); off < p.from; {
+			o, l, ok := bm.NextDirty(off, p.from-off)
+			if !ok {
+				break
 			}
+			p.redoRange(o, l)
+			off = o + l
 		}
 	}
 	p.bytes = size - p.from

@@ -173,21 +173,15 @@ func (n *Node) detachPrimary() (nbd.Backend, error) {
 	if err == nil {
 		err = n.goDisklessLocked(detachedByOperator + "; all I/O goes to the peer (replace the disk, then run urbd attach-disk)")
 	}
+	uuids := n.uuids
 	n.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
 	n.log.Warn(detachedByOperator + ": all I/O goes to the peer")
 	old := n.swapDetached()
-	n.recordDetached(old, UpToDate, n.uuidsNow(), true)
+	n.recordDetached(old, UpToDate, uuids, true)
 	return old, nil
-}
-
-// uuidsNow returns the node's data generation.
-func (n *Node) uuidsNow() UUIDs {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.uuids
 }
 
 // peerHasAnswered makes every write answered so far durable on the peer,
