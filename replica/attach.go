@@ -542,6 +542,7 @@ func (n *Node) leaveDiskless(s *session) error {
 	n.diskless.Store(false)
 	n.attachWrites.Store(false)
 	n.store().SetSyncData(n.syncData)
+	n.progress = nil // the status shows no copy once it says UpToDate
 	n.setStateLocked("new disk attached: UpToDate, reads are local again", func(st *State) { st.Disk = UpToDate })
 	s.sendState(n.localSideLocked())
 	n.log.Info("new disk attached and in sync with the peer")

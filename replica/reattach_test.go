@@ -64,6 +64,7 @@ func TestScenarioReattachSameDisk(t *testing.T) {
 	if err := a.node.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	inSyncAndEqual(t, a, b) // b holds the data (a loaded machine may have cut the link)
 	if err := reattach(t, b); !errors.Is(err, replica.ErrNotSameDisk) {
 		t.Fatalf("ReattachDisk on an UpToDate Secondary: %v, want ErrNotSameDisk", err)
 	}
@@ -174,6 +175,7 @@ func TestScenarioReattachSameDiskAfterFailover(t *testing.T) {
 	if err := a.node.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	inSyncAndEqual(t, a, b)
 	if _, err := b.node.DetachDisk(); err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +206,7 @@ func TestScenarioReattachSameDiskPrimary(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	want := pattern("before the detach", hDiskSize)
 	a.write(0, want)
+	inSyncAndEqual(t, a, b)
 	if _, err := a.node.DetachDisk(); err != nil {
 		t.Fatal(err)
 	}
