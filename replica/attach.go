@@ -68,7 +68,8 @@ func (p *copyPlan) redoRange(off, length int64) {
 // copyPlanLocked plans the next run of the copy to ref. A first run copies
 // everything. A run after a lost session resumes where the last one's
 // contiguous progress ended, if the peer still holds the same data
-// generation (it was not promoted and written meanwhile): the chunks below
+// generation (it was not promoted and written meanwhile; Decide refuses
+// such a peer already, and this keeps the copy safe anyway): the chunks below
 // that are equal to the peer's, except where a write's peer part was in
 // flight when a session ended, which may have reached this disk and not
 // the peer. session.close records those (lostInFlight) before any later
@@ -211,14 +212,16 @@ func (n *Node) attachPrimary(d nbd.Backend, rec *detachRecord) (old nbd.Backend,
 	switch {
 	case rec != nil && n.detached != rec:
 		err = fmt.Errorf("%s: %w: another attach-disk ran meanwhile", n.cfg.Name, ErrNotSameDisk)
-	case rec != nil && n.peerUUIDs.Current != rec.peerGen:
-		err = fmt.Errorf("%s: %w: the peer's data is of another generation than at the detach (it was promoted meanwhile); attach the disk without --same-disk", n.cfg.Name, ErrNotSameDisk)
 	case n.st.Disk != Diskless:
 		err = fmt.Errorf("%s: %w: the disk is %s, not Diskless; attach-disk replaces a disk that was detached (after an I/O error, or by urbd detach-disk)", n.cfg.Name, ErrNotDiskless, n.st.Disk)
 	case n.attaching:
 		err = fmt.Errorf("%s: %w: wait until it is UpToDate (urbd status)", n.cfg.Name, ErrAttaching)
 	case n.st.Role != Primary || s == nil || n.st.Conn != Connected || n.st.PeerDisk != UpToDate:
 		err = fmt.Errorf("%s: %w: a disk is attached from a connected peer that is UpToDate (%s, peer %s)", n.cfg.Name, ErrNotConnected, n.st.Conn, n.st.PeerDisk)
+	case rec != nil && n.peerUUIDs.Current != rec.peerGen:
+		// Decide refuses such a peer already (a Diskless Primary connects
+		// to its own generation only); this keeps the copy safe anyway.
+		err = fmt.Errorf("%s: %w: the peer's data is of another generation than at the detach (it was promoted meanwhile); attach the disk without --same-disk", n.cfg.Name, ErrNotSameDisk)
 	case d.Size() != n.backend().Size():
 		err = fmt.Errorf("%s: %w: the new disk is %d bytes, the resource %d", n.cfg.Name, ErrDiskSize, d.Size(), n.backend().Size())
 	}

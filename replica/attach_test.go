@@ -308,15 +308,13 @@ func TestScenarioAttachDiskResumes(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
-// TestScenarioAttachDiskStartsOverOnNewData: a copy cut short resumes only
-// while the peer holds the data generation it copied from. Here the peer
-// was promoted and written while apart (a new generation), so the part
-// copied before is not taken as equal: the copy starts over, and it stops
-// at the block the peer wrote alone, which the peer does not serve while
-// that block is marked out of sync. The node stays Diskless, where a
-// resumed copy would have left the old block on the new disk and called it
-// UpToDate.
-func TestScenarioAttachDiskStartsOverOnNewData(t *testing.T) {
+// TestScenarioAttachDiskRefusesPeerPromotedMeanwhile: a copy cut short
+// does not go on from a peer that was promoted and written while apart (a
+// new data generation): the Diskless Primary refuses to connect to it, as
+// DRBD does, and says why; the node stays Diskless with its copy unfinished,
+// where a resumed copy would have left the old block on the new disk and
+// called it UpToDate.
+func TestScenarioAttachDiskRefusesPeerPromotedMeanwhile(t *testing.T) {
 	a, b, _ := attachCutMidCopy(t)
 	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
@@ -330,11 +328,11 @@ func TestScenarioAttachDiskStartsOverOnNewData(t *testing.T) {
 	a.node.AdjustRate(64 << 20)
 	a.proxy.cut.Store(false)
 	b.proxy.cut.Store(false)
-	st := a.waitState("the copy stopped", func(s replica.State) bool {
-		return s.Disk == replica.UpToDate || strings.Contains(s.Reason, "attaching the new disk failed")
+	st := a.waitState("the connection refused", func(s replica.State) bool {
+		return s.Conn == replica.StandAlone || s.Disk != replica.Diskless
 	})
-	if st.Disk != replica.Diskless || !strings.Contains(st.Reason, "did not serve 1048576 bytes at 0") {
-		t.Fatalf("after the peer's new generation: %+v, want Diskless, the copy stopped at the peer's marked block", st)
+	if st.Disk != replica.Diskless || !strings.Contains(st.Reason, "is a Diskless Primary on data generation") {
+		t.Fatalf("after the peer's new generation: %+v, want StandAlone and Diskless, refused for the generation", st)
 	}
 }
 

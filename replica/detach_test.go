@@ -408,3 +408,59 @@ func TestScenarioDetachDiskKeepsEarlyAnsweredWrites(t *testing.T) {
 		t.Fatalf("reading the early-answered write through the peer: %v (equal %v)", err, bytes.Equal(got, p))
 	}
 }
+
+// TestScenarioDisklessPrimaryRefusesPeerPromotedMeanwhile: a Diskless
+// Primary (detach-disk) whose peer was promoted and written while the two
+// were apart does not connect to it again, on either side, and both say
+// why: its application never saw the peer's new data, and its writes would
+// land on top of it (DRBD: "Can only connect to data with current UUID").
+// --same-disk is refused too. Demoting it and attaching its disk there
+// brings it the peer's data, the writes made while apart included.
+func TestScenarioDisklessPrimaryRefusesPeerPromotedMeanwhile(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{viaProxy: true}, nodeOpts{viaProxy: true})
+	want := pattern("before the detach", hDiskSize)
+	a.write(0, want)
+	inSyncAndEqual(t, a, b)
+	if _, err := a.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	if err := b.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	p := pattern("written on the peer while apart", hBlock)
+	copy(want[hDiskSize/4:], p)
+	b.write(hDiskSize/4, p)
+	if err := b.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	for _, x := range []*tnode{a, b} {
+		st := x.waitState("the connection refused", func(s replica.State) bool { return s.Conn == replica.StandAlone })
+		if !strings.Contains(st.Reason, "is a Diskless Primary on data generation") {
+			t.Errorf("%s's reason: %q, want the Diskless Primary's generation named", x.label, st.Reason)
+		}
+	}
+	if st := a.node.State(); st.Disk != replica.Diskless || st.Role != replica.Primary {
+		t.Fatalf("after the refusal: %v %v, want a Diskless Primary", st.Role, st.Disk)
+	}
+	if err := reattach(t, a); !errors.Is(err, replica.ErrNotSameDisk) && !errors.Is(err, replica.ErrNotConnected) {
+		t.Errorf("--same-disk after the refusal: %v, want a refusal", err)
+	}
+
+	if err := a.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	inSyncAndEqual(t, a, b)
+	if i := firstDiff(b.image(), want); i >= 0 {
+		t.Fatalf("the peer's data differs from what was written at %d", i)
+	}
+}

@@ -307,20 +307,27 @@ func compareUUIDs(l, p UUIDs) relation {
 // decideDiskless is the end of Decide's rule 2: a Diskless node connects to a peer
 // that can serve all of its I/O, and nothing is copied either way. Its own
 // data is rebuilt by a full resync when its daemon restarts with a repaired
-// disk (saved as Inconsistent, with every block marked).
-func decideDiskless(local, peer Side) Plan {
+// disk (saved as Inconsistent, with every block marked). A Diskless Primary
+// connects only to the data generation its application has been using
+// (rel, relEqual): a peer that was promoted and written while apart holds
+// data that application never wrote nor read, and its writes would land on
+// top of it (DRBD: "Can only connect to data with current UUID").
+func decideDiskless(local, peer Side, rel relation) Plan {
 	if local.Disk == "Diskless" && peer.Disk == "Diskless" {
 		return Plan{Decision: Refused, Reason: "both nodes are Diskless: neither holds the data"}
 	}
-	o, dname, oname := peer, "this node", "the peer"
+	d, o, dname, oname := local, peer, "this node", "the peer"
 	if peer.Disk == "Diskless" {
-		o, dname, oname = local, "the peer", "this node"
+		d, o, dname, oname = peer, local, "the peer", "this node"
 	}
 	switch {
 	case o.Disk != "UpToDate":
 		return Plan{Decision: Refused, Reason: fmt.Sprintf("%s is Diskless and %s's disk is %s: nobody can serve the data", dname, oname, orUnknown(o.Disk))}
 	case o.Primary:
 		return Plan{Decision: Refused, Reason: fmt.Sprintf("%s is Diskless and %s is Primary: demote one of them", dname, oname)}
+	case d.Primary && rel.kind != relEqual:
+		return Plan{Decision: Refused, Reason: fmt.Sprintf("%s is a Diskless Primary on data generation %016X but %s's data is of generation %016X (written without the other, e.g. promoted while apart): "+
+			"its application would run on data it never wrote; demote %s (urbd secondary), then attach-disk there for a full resync", dname, d.UUIDs.Current, oname, o.UUIDs.Current, dname)}
 	}
 	return Plan{Decision: NoSync, Reason: dname + " is Diskless (its disk was detached): its I/O goes to " + oname + ", nothing is copied"}
 }
@@ -357,7 +364,8 @@ func who(dir int, self, peer string) string {
 //  2. UUIDs that share no generation: Unrelated (whatever the disks). Then
 //     a Diskless side (a Primary that detached its failed disk), which holds
 //     no data to copy or to receive: NoSync, so that its I/O goes to the
-//     peer, when the other side is UpToDate and not Primary; else Refused.
+//     peer, when the other side is UpToDate, not Primary and, if the
+//     Diskless side is Primary, of the same generation; else Refused.
 //  3. Neither disk consistent (UpToDate or Outdated): BothInconsistent.
 //  4. Exactly one disk consistent: it is the source. Bitmap-based only when
 //     the UUIDs already make it the source through its bitmap (an
@@ -410,7 +418,7 @@ func Decide(local, peer Side) Plan {
 
 	// 2. A Diskless side.
 	if local.Disk == "Diskless" || peer.Disk == "Diskless" {
-		return decideDiskless(local, peer)
+		return decideDiskless(local, peer, rel)
 	}
 
 	lc, pc := local.consistent(), peer.consistent()

@@ -199,8 +199,10 @@ func uuTable() []uuRow {
 		// A Diskless side (a Primary that detached its failed disk).
 		{"a Diskless Primary connects to its UpToDate Secondary without a resync",
 			uuSide(uu(uuA, 0), diskless, "PB"), uuSide(uu(uuA, 0), upToDate, ""), replica.NoSync, false},
-		{"a Diskless Primary takes whatever generation its UpToDate peer has",
-			uuSide(uu(uuA, 0), diskless, "P"), uuSide(uu(uuB, uuA), upToDate, "B"), replica.NoSync, false},
+		{"a Diskless Primary refuses a peer that was promoted and written while apart",
+			uuSide(uu(uuA, 0), diskless, "P"), uuSide(uu(uuB, uuA), upToDate, "B"), replica.Refused, false},
+		{"a Diskless Primary refuses a peer whose generation it has in its history only",
+			uuSide(uu(uuB, 0, uuA), diskless, "P"), uuSide(uu(uuA, 0), upToDate, ""), replica.Refused, false},
 		{"a Diskless node and an Inconsistent peer: nobody holds the data",
 			uuSide(uu(uuA, 0), diskless, "P"), uuSide(uu(uuA, 0), inconsistent, ""), replica.Refused, false},
 		{"a Diskless node and an Outdated peer are refused",
@@ -276,6 +278,9 @@ func uuCheckInvariants(t *testing.T, local, peer replica.Side) {
 			}
 			if other.Disk != upToDate || other.Primary {
 				fail("a Diskless side connected to a peer that cannot serve its I/O")
+			}
+			if (local.Primary || peer.Primary) && local.UUIDs.Current != peer.UUIDs.Current {
+				fail("a Diskless Primary connected to data of another generation")
 			}
 			break
 		}
