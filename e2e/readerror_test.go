@@ -348,6 +348,58 @@ func TestDetachDiskReplace(t *testing.T) {
 	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
+// TestSameDiskRefusedAfterLostWrites: attach-disk --same-disk refuses a disk
+// that lost a write while it was detached, which Linux reports as a
+// write-back error to the next file opened on it. The Secondary's disk is a
+// loop device over a sparse file on a small tmpfs; while detached, a
+// buffered write to it fails its write-back (the tmpfs is full). The
+// refusal is one line naming the lost writes, and a plain attach-disk (a full
+// resync) then makes the disk equal to the Primary's.
+func TestSameDiskRefusedAfterLostWrites(t *testing.T) {
+	requireCmds(t, "losetup", "blockdev", "mount", "umount", "dd")
+	c := newCluster(t, clusterOpts{})
+	small := filepath.Join(c.dir, "small")
+	must(t, os.MkdirAll(small, 0o755))
+	runCmd(t, 30*time.Second, "mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", small)
+	t.Cleanup(func() { _, _ = tryCmd(30*time.Second, "umount", "-l", small) })
+	img := filepath.Join(small, "disk.img")
+	must(t, os.WriteFile(img, nil, 0o644))
+	must(t, os.Truncate(img, 64<<20))
+	loop := strings.TrimSpace(runCmd(t, 30*time.Second, "losetup", "-f", "--show", img))
+	t.Cleanup(func() { _, _ = tryCmd(30*time.Second, "losetup", "-d", loop) })
+	c.b.disk = loop
+	c.startBoth()
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=4M", "--iodepth=8", "--fsync=8")
+	c.a.waitInSync(30 * time.Second)
+
+	if msg := c.b.ctl("detach-disk", "r0"); !strings.Contains(msg, "--same-disk") {
+		t.Errorf("detach-disk on the Secondary said %q", msg)
+	}
+	// Fill the tmpfs, then write a block of the disk that the sparse file
+	// holds no page for: its write-back fails, after dd has exited.
+	filler := filepath.Join(small, "filler")
+	_, _ = tryCmd(30*time.Second, "dd", "if=/dev/zero", "of="+filler, "bs=1M", "status=none")
+	_, _ = tryCmd(30*time.Second, "dd", "if=/dev/urandom", "of="+loop, "bs=4k", "count=1", "seek=8192", "status=none")
+	_, _ = tryCmd(30*time.Second, "blockdev", "--flushbufs", loop)
+	must(t, os.Remove(filler))
+
+	out, err := c.b.try("attach-disk", "--same-disk", "r0")
+	if err == nil || !strings.Contains(out, "lost writes since it was detached") || strings.Contains(strings.TrimSpace(out), "\n") {
+		t.Fatalf("attach-disk --same-disk of a disk that lost a write: %v, %q; want a one-line refusal naming the lost writes", err, out)
+	}
+	if st := c.b.status(); st.DiskState != "Diskless" || st.ConnState != "StandAlone" {
+		t.Errorf("after the refusal: %s %s, want Diskless and StandAlone", st.DiskState, st.ConnState)
+	}
+	if msg := c.b.ctl("attach-disk", "r0"); !strings.Contains(msg, "full resync of 64MiB") {
+		t.Errorf("attach-disk on the Secondary said %q", msg)
+	}
+	c.b.waitInSync(2 * time.Minute)
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, loop)
+}
+
 // newDisk removes the file at path and puts an empty one of size bytes
 // there, as lvremove and lvcreate replace a volume.
 func newDisk(t *testing.T, path string, size int64) {
