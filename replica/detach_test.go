@@ -464,3 +464,46 @@ func TestScenarioDisklessPrimaryRefusesPeerPromotedMeanwhile(t *testing.T) {
 		t.Fatalf("the peer's data differs from what was written at %d", i)
 	}
 }
+
+// TestScenarioDisklessPrimarySuspendedRefusedDemotes: with --on-peer-loss
+// suspend, a Diskless Primary refused by its peer (promoted and written
+// while apart) holds its writes, and `urbd secondary --force` ends them with
+// an error instead of hanging: the application gets no data from a peer of
+// another generation, and the operator gets the node back.
+func TestScenarioDisklessPrimarySuspendedRefusedDemotes(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{viaProxy: true, suspend: true}, nodeOpts{viaProxy: true})
+	a.write(0, pattern("before the detach", hDiskSize))
+	inSyncAndEqual(t, a, b)
+	if _, err := a.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	if err := b.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	b.write(0, pattern("written on the peer while apart", hBlock))
+	if err := b.node.Demote(false); err != nil {
+		t.Fatal(err)
+	}
+	held := a.asyncWrite(hBlock, pattern("held while refused", hBlock))
+	a.proxy.cut.Store(false)
+	b.proxy.cut.Store(false)
+	a.waitState("the connection refused", func(s replica.State) bool { return s.Conn == replica.StandAlone })
+	select {
+	case err := <-held:
+		t.Fatalf("a write on the suspended Diskless Primary ended before the operator acted: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := a.node.Demote(true); err != nil {
+		t.Fatalf("secondary --force: %v", err)
+	}
+	if err := recvErr(t, "the held write", held); err == nil {
+		t.Fatal("the held write succeeded without a disk or a peer of its generation")
+	}
+	if st := a.node.State(); st.Role != replica.Secondary || st.Disk != replica.Diskless {
+		t.Fatalf("after secondary --force: %v %v, want a Diskless Secondary", st.Role, st.Disk)
+	}
+}
