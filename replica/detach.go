@@ -117,6 +117,11 @@ func (n *Node) goDisklessLocked(reason string) error {
 // ErrDiskless refuses DetachDisk on a node that has no disk in service.
 var ErrDiskless = errors.New("replica: the disk is detached already")
 
+// ErrOnlyData refuses DetachDisk on a Secondary whose disk holds the only
+// data its peer, a Diskless Primary, has (DRBD: "Need access to UpToDate
+// data").
+var ErrOnlyData = errors.New("replica: this disk holds the Diskless Primary's only data")
+
 // DetachDisk takes a working disk out of service on purpose (`urbd
 // detach-disk`, DRBD's detach), so that it can be replaced without stopping
 // anything; attach-disk then takes the new one. It returns the disk, which
@@ -137,8 +142,9 @@ var ErrDiskless = errors.New("replica: the disk is detached already")
 //     ReattachDisk can take the same disk back with a resync of what
 //     changed.
 //
-// It refuses a node whose disk is detached already, and a Primary whose peer
-// does not hold all of its data.
+// It refuses a node whose disk is detached already, a Primary whose peer
+// does not hold all of its data, and a Secondary whose peer is a Diskless
+// Primary: all of that Primary's I/O goes to this disk.
 func (n *Node) DetachDisk() (old nbd.Backend, err error) {
 	if n.State().Role == Primary {
 		return n.detachPrimary()
@@ -156,6 +162,8 @@ func (n *Node) detachRefusal(role Role) error {
 		return fmt.Errorf("%s: %w: wait until it is done (urbd status)", n.cfg.Name, ErrAttaching)
 	case n.st.Role != role:
 		return fmt.Errorf("%s: the role changed to %s meanwhile; run it again", n.cfg.Name, n.st.Role)
+	case role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.PeerDisk == Diskless:
+		return fmt.Errorf("%s: %w: all of its I/O comes here, and would fail; give it a disk first (urbd attach-disk there), or stop its application and demote it", n.cfg.Name, ErrOnlyData)
 	}
 	return nil
 }

@@ -310,7 +310,8 @@ func TestScenarioDisklessPrimaryDoesNotFence(t *testing.T) {
 // TestScenarioDetachDisk: the operator takes a working disk out of service
 // (urbd detach-disk) to replace it. The Primary goes Diskless: its I/O goes
 // to the peer, the old disk is written no more, no local-io-error handler
-// runs, and attach-disk takes the new disk back. The Secondary goes Diskless
+// runs, the peer refuses to detach the disk that is now the only one, and
+// attach-disk takes the new disk back. The Secondary goes Diskless
 // and StandAlone while the Primary goes on alone: a blank disk its daemon
 // restarts on after a crash is fully resynced (the metadata no longer
 // claims the old data), and so is a new disk attached online.
@@ -335,6 +336,13 @@ func TestScenarioDetachDisk(t *testing.T) {
 		t.Errorf("a second DetachDisk: %v, want ErrDiskless", err)
 	}
 	b.waitState("b sees the Primary Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
+	// The Secondary's disk is the Primary's only data now: not detached.
+	if _, err := b.node.DetachDisk(); !errors.Is(err, replica.ErrOnlyData) {
+		t.Errorf("DetachDisk on the Secondary of a Diskless Primary: %v, want ErrOnlyData", err)
+	}
+	if st := b.node.State(); st.Disk != replica.UpToDate || st.Conn != replica.Connected {
+		t.Fatalf("the Secondary after the refused DetachDisk: %+v, want UpToDate and Connected", st)
+	}
 	written := a.disk.writesDone.Load()
 	p := pattern("written while Diskless", 4*hBlock)
 	copy(want[hDiskSize/2:], p)
