@@ -515,3 +515,47 @@ func TestScenarioDisklessPrimarySuspendedRefusedDemotes(t *testing.T) {
 		t.Fatalf("after secondary --force: %v %v, want a Diskless Secondary", st.Role, st.Disk)
 	}
 }
+
+// TestScenarioDisklessPrimaryPeerRestarts: the Secondary of a Diskless
+// Primary leaves on purpose (urbd down for an upgrade, urbd disconnect) and
+// comes back. Its disk holds the Primary's only data, which the Primary
+// cannot change without it, so it stays UpToDate instead of leaving
+// Outdated as it does from a Primary with a disk: the two connect again and
+// the Primary's I/O goes on through it, with every write kept.
+func TestScenarioDisklessPrimaryPeerRestarts(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	want := pattern("before the detach", hDiskSize)
+	a.write(0, want)
+	inSyncAndEqual(t, a, b)
+	if _, err := a.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	b.waitState("b sees the Primary Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
+	p := pattern("written while Diskless", 2*hBlock)
+	copy(want[hBlock:], p)
+	a.write(hBlock, p)
+
+	b.stop() // urbd down
+	if st := b.node.State(); st.Disk != replica.UpToDate {
+		t.Fatalf("the Secondary left its Diskless Primary %v, want UpToDate", st.Disk)
+	}
+	b.start()
+	a.waitConn(replica.Connected)
+	p = pattern("written after the restart", hBlock)
+	copy(want[3*hBlock:], p)
+	a.write(3*hBlock, p)
+
+	if err := b.node.Disconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.node.State(); st.Disk != replica.UpToDate {
+		t.Fatalf("the Secondary disconnected from its Diskless Primary %v, want UpToDate", st.Disk)
+	}
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.Connected)
+	if got, err := a.readAt(0, hDiskSize); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("reading through the peer after it came back: %v (equal %v)", err, bytes.Equal(got, want))
+	}
+}

@@ -501,11 +501,15 @@ func (n *Node) Disconnect() error {
 // since the Primary goes on writing without it, and tells the Primary,
 // waiting (at most the peer timeout, barrier) until the Primary has read
 // it: the Primary then knows the peer cannot be promoted, and its fencing
-// has nothing to do.
+// has nothing to do. A Diskless Primary writes nothing without this node,
+// whose disk holds its only data: that disk stays UpToDate, so that the
+// two connect again when this node is back (Decide refuses an Outdated
+// peer to a Diskless node).
 func (n *Node) outdateBeforeLeaving(reason string) {
 	n.mu.Lock()
 	s := n.sess
-	leaving := s != nil && n.st.Role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.Disk == UpToDate
+	leaving := s != nil && n.st.Role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.Disk == UpToDate &&
+		n.st.PeerDisk != Diskless
 	if leaving {
 		if err := n.outdateLocked(reason); err != nil {
 			n.log.Error("outdating the disk failed", "err", err)
