@@ -539,6 +539,7 @@ func TestScenarioDisklessPrimaryPeerRestarts(t *testing.T) {
 	if st := b.node.State(); st.Disk != replica.UpToDate {
 		t.Fatalf("the Secondary left its Diskless Primary %v, want UpToDate", st.Disk)
 	}
+	a.waitState("peer gone", func(s replica.State) bool { return !s.Conn.Connected() })
 	b.start()
 	a.waitConn(replica.Connected)
 	p = pattern("written after the restart", hBlock)
@@ -551,6 +552,7 @@ func TestScenarioDisklessPrimaryPeerRestarts(t *testing.T) {
 	if st := b.node.State(); st.Disk != replica.UpToDate {
 		t.Fatalf("the Secondary disconnected from its Diskless Primary %v, want UpToDate", st.Disk)
 	}
+	a.waitState("peer gone", func(s replica.State) bool { return !s.Conn.Connected() })
 	if err := b.node.Connect(false); err != nil {
 		t.Fatal(err)
 	}
