@@ -316,15 +316,7 @@ func TestScenarioAttachDiskResumes(t *testing.T) {
 // called it UpToDate.
 func TestScenarioAttachDiskRefusesPeerPromotedMeanwhile(t *testing.T) {
 	a, b, _ := attachCutMidCopy(t)
-	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
-	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
-	if err := b.node.Promote(false); err != nil {
-		t.Fatal(err)
-	}
-	b.write(0, pattern("written on the peer while apart", hBlock))
-	if err := b.node.Demote(false); err != nil {
-		t.Fatal(err)
-	}
+	writeWhileApart(t, a, b, 0, pattern("written on the peer while apart", hBlock))
 	a.node.AdjustRate(64 << 20)
 	a.proxy.cut.Store(false)
 	b.proxy.cut.Store(false)

@@ -425,26 +425,10 @@ func TestScenarioDetachDiskKeepsEarlyAnsweredWrites(t *testing.T) {
 // --same-disk is refused too. Demoting it and attaching its disk there
 // brings it the peer's data, the writes made while apart included.
 func TestScenarioDisklessPrimaryRefusesPeerPromotedMeanwhile(t *testing.T) {
-	a, b := cleanPair(t, nodeOpts{viaProxy: true}, nodeOpts{viaProxy: true})
-	want := pattern("before the detach", hDiskSize)
-	a.write(0, want)
-	inSyncAndEqual(t, a, b)
-	if _, err := a.node.DetachDisk(); err != nil {
-		t.Fatal(err)
-	}
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
-	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
-	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
-	if err := b.node.Promote(false); err != nil {
-		t.Fatal(err)
-	}
+	a, b, want := disklessPair(t, nodeOpts{viaProxy: true}, nodeOpts{viaProxy: true})
 	p := pattern("written on the peer while apart", hBlock)
 	copy(want[hDiskSize/4:], p)
-	b.write(hDiskSize/4, p)
-	if err := b.node.Demote(false); err != nil {
-		t.Fatal(err)
-	}
+	writeWhileApart(t, a, b, hDiskSize/4, p)
 	a.proxy.cut.Store(false)
 	b.proxy.cut.Store(false)
 	for _, x := range []*tnode{a, b} {
@@ -479,23 +463,8 @@ func TestScenarioDisklessPrimaryRefusesPeerPromotedMeanwhile(t *testing.T) {
 // an error instead of hanging: the application gets no data from a peer of
 // another generation, and the operator gets the node back.
 func TestScenarioDisklessPrimarySuspendedRefusedDemotes(t *testing.T) {
-	a, b := cleanPair(t, nodeOpts{viaProxy: true, suspend: true}, nodeOpts{viaProxy: true})
-	a.write(0, pattern("before the detach", hDiskSize))
-	inSyncAndEqual(t, a, b)
-	if _, err := a.node.DetachDisk(); err != nil {
-		t.Fatal(err)
-	}
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
-	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
-	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
-	if err := b.node.Promote(false); err != nil {
-		t.Fatal(err)
-	}
-	b.write(0, pattern("written on the peer while apart", hBlock))
-	if err := b.node.Demote(false); err != nil {
-		t.Fatal(err)
-	}
+	a, b, _ := disklessPair(t, nodeOpts{viaProxy: true, suspend: true}, nodeOpts{viaProxy: true})
+	writeWhileApart(t, a, b, 0, pattern("written on the peer while apart", hBlock))
 	held := a.asyncWrite(hBlock, pattern("held while refused", hBlock))
 	a.proxy.cut.Store(false)
 	b.proxy.cut.Store(false)
@@ -523,13 +492,7 @@ func TestScenarioDisklessPrimarySuspendedRefusedDemotes(t *testing.T) {
 // Outdated as it does from a Primary with a disk: the two connect again and
 // the Primary's I/O goes on through it, with every write kept.
 func TestScenarioDisklessPrimaryPeerRestarts(t *testing.T) {
-	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	want := pattern("before the detach", hDiskSize)
-	a.write(0, want)
-	inSyncAndEqual(t, a, b)
-	if _, err := a.node.DetachDisk(); err != nil {
-		t.Fatal(err)
-	}
+	a, b, want := disklessPair(t, nodeOpts{}, nodeOpts{})
 	b.waitState("b sees the Primary Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
 	p := pattern("written while Diskless", 2*hBlock)
 	copy(want[hBlock:], p)
@@ -559,5 +522,39 @@ func TestScenarioDisklessPrimaryPeerRestarts(t *testing.T) {
 	a.waitConn(replica.Connected)
 	if got, err := a.readAt(0, hDiskSize); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("reading through the peer after it came back: %v (equal %v)", err, bytes.Equal(got, want))
+	}
+}
+
+// disklessPair starts a pair with the options given, fills the Primary a's
+// disk, waits until b holds the same data, and detaches a's disk (urbd
+// detach-disk): a is a Diskless Primary whose I/O goes to b. want is the
+// data written.
+func disklessPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode, want []byte) {
+	t.Helper()
+	a, b = cleanPair(t, oa, ob)
+	want = pattern("before the detach", hDiskSize)
+	a.write(0, want)
+	inSyncAndEqual(t, a, b)
+	if _, err := a.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, want
+}
+
+// writeWhileApart cuts the link between a and b (the pair runs viaProxy),
+// waits until both saw it go, and has b promoted, write p at off and demoted
+// again: b's data is then of a generation a never saw.
+func writeWhileApart(t *testing.T, a, b *tnode, off int64, p []byte) {
+	t.Helper()
+	a.proxy.cut.Store(true)
+	b.proxy.cut.Store(true)
+	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
+	if err := b.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	b.write(off, p)
+	if err := b.node.Demote(false); err != nil {
+		t.Fatal(err)
 	}
 }

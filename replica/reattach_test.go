@@ -203,13 +203,7 @@ func TestScenarioReattachSameDiskAfterFailover(t *testing.T) {
 // blank disk is refused, and so is the old disk once the node was demoted:
 // the peer, which got those writes as a Secondary, marked none of them.
 func TestScenarioReattachSameDiskPrimary(t *testing.T) {
-	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	want := pattern("before the detach", hDiskSize)
-	a.write(0, want)
-	inSyncAndEqual(t, a, b)
-	if _, err := a.node.DetachDisk(); err != nil {
-		t.Fatal(err)
-	}
+	a, b, want := disklessPair(t, nodeOpts{}, nodeOpts{})
 	p := pattern("written while Diskless", 4*hBlock)
 	copy(want[hDiskSize/2:], p)
 	a.write(hDiskSize/2, p)
