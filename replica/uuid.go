@@ -326,8 +326,13 @@ func decideDiskless(local, peer Side, rel relation) Plan {
 	case o.Primary:
 		return Plan{Decision: Refused, Reason: fmt.Sprintf("%s is Diskless and %s is Primary: demote one of them", dname, oname)}
 	case d.Primary && rel.kind != relEqual:
+		where := "here"
+		if peer.Disk == "Diskless" {
+			where = "there"
+		}
 		return Plan{Decision: Refused, Reason: fmt.Sprintf("%s is a Diskless Primary on data generation %016X but %s's data is of generation %016X (written without the other, e.g. promoted while apart): "+
-			"its application would run on data it never wrote; demote %s (urbd secondary), then attach-disk there for a full resync", dname, d.UUIDs.Current, oname, o.UUIDs.Current, dname)}
+			"its application would run on data it never wrote; demote %s (urbd secondary), run attach-disk %s (a full resync) and urbd connect on %s",
+			dname, d.UUIDs.Current, oname, o.UUIDs.Current, dname, where, oname)}
 	}
 	return Plan{Decision: NoSync, Reason: dname + " is Diskless (its disk was detached): its I/O goes to " + oname + ", nothing is copied"}
 }
