@@ -451,7 +451,7 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 			msg = "connecting; this node's changes will be discarded"
 		}
 	case "disconnect":
-		err = node.Disconnect()
+		err = node.Disconnect(req.Force)
 		msg = "StandAlone"
 	case "adjust":
 		if len(req.Settings) == 0 {

@@ -283,9 +283,15 @@ func TestDetachDiskReplace(t *testing.T) {
 	if holdsFile(t, c.a.cmd.Process.Pid, c.a.disk) {
 		t.Errorf("the daemon still holds %s open after detach-disk", c.a.disk)
 	}
-	if out, err := c.b.try("detach-disk", "r0"); err == nil || !strings.Contains(out, "only data") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+	if out, err := c.b.try("detach-disk", "r0"); err == nil || !strings.Contains(out, "would lose access to its data") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 		t.Errorf("detach-disk on the Secondary of a Diskless Primary: %v, %q; want a one-line refusal", err, out)
 	}
+	if out, err := c.a.try("disconnect", "r0"); err == nil || !strings.Contains(out, "would lose access to its data") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Errorf("disconnect of a Diskless Primary: %v, %q; want a one-line refusal", err, out)
+	}
+	c.a.ctl("disconnect", "--force", "r0")
+	c.a.ctl("connect", "r0")
+	c.a.waitFor("Connected again", 30*time.Second, func(s statusT) bool { return s.ConnState == "Connected" })
 	newDisk(t, c.a.disk, 64<<20)
 	runFio(t, c.a.uri(), append(job, "--verify_only")...)
 	job2 := append(slices.Clone(job), "--offset=32M") // the disk's other half

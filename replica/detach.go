@@ -117,10 +117,11 @@ func (n *Node) goDisklessLocked(reason string) error {
 // ErrDiskless refuses DetachDisk on a node that has no disk in service.
 var ErrDiskless = errors.New("replica: the disk is detached already")
 
-// ErrOnlyData refuses DetachDisk on a Secondary whose disk holds the only
-// data its peer, a Diskless Primary, has (DRBD: "Need access to UpToDate
-// data").
-var ErrOnlyData = errors.New("replica: this disk holds the Diskless Primary's only data")
+// ErrNoDataAccess refuses what would leave a Diskless Primary without its
+// data (DRBD: "Need access to UpToDate data"): DetachDisk on its Secondary,
+// whose disk holds the only copy, and Disconnect without force on either
+// node.
+var ErrNoDataAccess = errors.New("replica: the Diskless Primary would lose access to its data")
 
 // DetachDisk takes a working disk out of service on purpose (`urbd
 // detach-disk`, DRBD's detach), so that it can be replaced without stopping
@@ -163,7 +164,7 @@ func (n *Node) detachRefusal(role Role) error {
 	case n.st.Role != role:
 		return fmt.Errorf("%s: the role changed to %s meanwhile; run it again", n.cfg.Name, n.st.Role)
 	case role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.PeerDisk == Diskless:
-		return fmt.Errorf("%s: %w: all of its I/O comes here, and would fail; give it a disk first (urbd attach-disk there), or stop its application and demote it", n.cfg.Name, ErrOnlyData)
+		return fmt.Errorf("%s: %w: this disk holds the only copy and all of its I/O comes here; give it a disk first (urbd attach-disk there), or stop its application and demote it", n.cfg.Name, ErrNoDataAccess)
 	}
 	return nil
 }

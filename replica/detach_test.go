@@ -123,7 +123,7 @@ func TestScenarioPrimaryDiskFailureKeptWithoutPeer(t *testing.T) {
 	ctx := context.Background()
 	t.Run("StandAlone", func(t *testing.T) {
 		a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-		if err := a.node.Disconnect(); err != nil {
+		if err := a.node.Disconnect(false); err != nil {
 			t.Fatal(err)
 		}
 		b.waitState("disconnected", func(s replica.State) bool { return !s.Conn.Connected() })
@@ -337,8 +337,8 @@ func TestScenarioDetachDisk(t *testing.T) {
 	}
 	b.waitState("b sees the Primary Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
 	// The Secondary's disk is the Primary's only data now: not detached.
-	if _, err := b.node.DetachDisk(); !errors.Is(err, replica.ErrOnlyData) {
-		t.Errorf("DetachDisk on the Secondary of a Diskless Primary: %v, want ErrOnlyData", err)
+	if _, err := b.node.DetachDisk(); !errors.Is(err, replica.ErrNoDataAccess) {
+		t.Errorf("DetachDisk on the Secondary of a Diskless Primary: %v, want ErrNoDataAccess", err)
 	}
 	if st := b.node.State(); st.Disk != replica.UpToDate || st.Conn != replica.Connected {
 		t.Fatalf("the Secondary after the refused DetachDisk: %+v, want UpToDate and Connected", st)
@@ -362,7 +362,7 @@ func TestScenarioDetachDisk(t *testing.T) {
 
 	// The Secondary, detached while StandAlone, its daemon killed and
 	// restarted on a blank disk: a full resync, as the metadata says.
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.node.DetachDisk(); err != nil {
@@ -486,8 +486,9 @@ func TestScenarioDisklessPrimarySuspendedRefusedDemotes(t *testing.T) {
 }
 
 // TestScenarioDisklessPrimaryPeerRestarts: the Secondary of a Diskless
-// Primary leaves on purpose (urbd down for an upgrade, urbd disconnect) and
-// comes back. Its disk holds the Primary's only data, which the Primary
+// Primary leaves on purpose (urbd down for an upgrade, urbd disconnect
+// --force: without it, a disconnect of either node is refused) and comes
+// back. Its disk holds the Primary's only data, which the Primary
 // cannot change without it, so it stays UpToDate instead of leaving
 // Outdated as it does from a Primary with a disk: the two connect again and
 // the Primary's I/O goes on through it, with every write kept.
@@ -509,7 +510,17 @@ func TestScenarioDisklessPrimaryPeerRestarts(t *testing.T) {
 	copy(want[3*hBlock:], p)
 	a.write(3*hBlock, p)
 
-	if err := b.node.Disconnect(); err != nil {
+	// A disconnect would cut the Primary off its data: refused without
+	// --force, on either node.
+	for _, x := range []*tnode{a, b} {
+		if err := x.node.Disconnect(false); !errors.Is(err, replica.ErrNoDataAccess) {
+			t.Errorf("%s: Disconnect with a Diskless Primary: %v, want ErrNoDataAccess", x.label, err)
+		}
+	}
+	if st := b.node.State(); st.Conn != replica.Connected {
+		t.Fatalf("after the refused disconnects: %v, want Connected", st.Conn)
+	}
+	if err := b.node.Disconnect(true); err != nil {
 		t.Fatal(err)
 	}
 	if st := b.node.State(); st.Disk != replica.UpToDate {

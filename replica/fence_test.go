@@ -381,7 +381,7 @@ func TestScenarioSecondaryLeavingOnPurposeNeedsNoFence(t *testing.T) {
 			if d := b.store.Meta().Disk; d != "Outdated" {
 				t.Fatalf("a Secondary stopped under its Primary persisted disk %q, want Outdated", d)
 			}
-		} else if err := b.node.Disconnect(); err != nil {
+		} else if err := b.node.Disconnect(false); err != nil {
 			t.Fatal(err)
 		}
 		a.waitConn(replica.WFConnection)

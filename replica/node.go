@@ -473,8 +473,12 @@ func (n *Node) Connect(discard bool) error {
 // brings it up to date. A Primary that disconnects tells the peer and waits,
 // at most the peer timeout, for it to confirm; a Secondary that disconnects
 // from a Primary outdates itself.
-func (n *Node) Disconnect() error {
+func (n *Node) Disconnect(force bool) error {
 	n.mu.Lock()
+	if err := n.disconnectRefusalLocked(force); err != nil {
+		n.mu.Unlock()
+		return err
+	}
 	s := n.sess
 	// A Diskless Primary never outdates the peer: the peer holds the only copy.
 	outdatePeer := s != nil && n.st.Role == Primary && n.st.Conn.Connected() && n.st.PeerDisk == UpToDate && n.st.Disk != Diskless
@@ -615,4 +619,21 @@ func (n *Node) kickConnect() {
 	case n.kick <- struct{}{}:
 	default:
 	}
+}
+
+// disconnectRefusalLocked is why Disconnect may not run without force, or
+// nil: a connected Diskless Primary reaches its data only over this
+// connection, from either end (DRBD refuses such a disconnect too). n.mu is
+// held.
+func (n *Node) disconnectRefusalLocked(force bool) error {
+	if force || !n.st.Conn.Connected() {
+		return nil
+	}
+	switch {
+	case n.st.Role == Primary && n.st.Disk == Diskless:
+		return fmt.Errorf("%s: %w: this node is Diskless and all of its I/O goes to the peer over this connection; give it a disk first (urbd attach-disk), or stop its application and demote it, or disconnect --force (its I/O then fails)", n.cfg.Name, ErrNoDataAccess)
+	case n.st.Role == Secondary && n.st.PeerRole == Primary && n.st.PeerDisk == Diskless:
+		return fmt.Errorf("%s: %w: the peer is Diskless and all of its I/O comes here over this connection; give it a disk first (urbd attach-disk there), or stop its application and demote it, or disconnect --force (its I/O then fails)", n.cfg.Name, ErrNoDataAccess)
+	}
+	return nil
 }

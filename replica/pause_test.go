@@ -17,7 +17,7 @@ import (
 // are lifted the resync finishes with identical disks.
 func TestScenarioPauseSync(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	if err := a.node.Disconnect(); err != nil {
+	if err := a.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.StandAlone)

@@ -84,7 +84,7 @@ func TestScenarioReadErrorNotServedWhenPeerDiffers(t *testing.T) {
 		t.Fatalf("the refused read cost the connection: %v", c)
 	}
 
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.WFConnection)
@@ -148,7 +148,7 @@ func TestStatusShowsProtocolVersion(t *testing.T) {
 // Once the disk reads again, connect finishes the resync.
 func TestScenarioResyncSourceReadErrorStops(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.WFConnection)

@@ -23,7 +23,7 @@ func TestRegressionSuspendAcksFailedInFlightWrite(t *testing.T) {
 	}
 	<-held
 	a.waitStatus("all sent", func(s status.Resource) bool { return s.PeerPending == n })
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	b.disk.releaseWrites()
@@ -52,7 +52,7 @@ func merge(chs []<-chan error) <-chan error {
 func TestRegressionSplitBrainFlaggedOnOneSideOnly(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	for _, x := range []*tnode{a, b} {
-		if err := x.node.Disconnect(); err != nil {
+		if err := x.node.Disconnect(false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -90,7 +90,7 @@ func TestRegressionSplitBrainFlaggedOnOneSideOnly(t *testing.T) {
 // peer, called in a loop while the state changes, is race-free (-race).
 func TestRegressionVerifyRefusalReadsStateUnlocked(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.WFConnection)

@@ -284,7 +284,7 @@ func TestScenarioDisconnectWriteReconnectBitmapResync(t *testing.T) {
 	if !a.node.WantSums() {
 		t.Fatal("a connected node wants no write checksums from the NBD server")
 	}
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	if st := b.node.State(); st.Conn != replica.StandAlone {
@@ -448,7 +448,7 @@ func TestScenarioSuspendHoldsWriteUntilResyncCopiedIt(t *testing.T) {
 	held := a.metaFS.al.hold()
 	res := a.asyncWrite(off, p)
 	<-held
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.WFConnection)
@@ -482,7 +482,7 @@ func TestScenarioSuspendOnPeerLossWaitsForPeer(t *testing.T) {
 	if a.node.Status().Suspended {
 		t.Fatal("suspended while connected")
 	}
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitStatus("suspended", func(s status.Resource) bool { return s.ConnState == "WFConnection" && s.Suspended })
@@ -517,7 +517,7 @@ func TestScenarioSplitBrainBothStandAloneUntilDiscard(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	a.write(0, pattern("shared", hBlock))
 	for _, x := range []*tnode{a, b} {
-		if err := x.node.Disconnect(); err != nil {
+		if err := x.node.Disconnect(false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -602,7 +602,7 @@ func TestScenarioSplitBrainResolvedByPolicy(t *testing.T) {
 	split := func() {
 		t.Helper()
 		for _, x := range []*tnode{a, b} {
-			if err := x.node.Disconnect(); err != nil {
+			if err := x.node.Disconnect(false); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -780,7 +780,7 @@ func TestScenarioInvalidateFetchesEverything(t *testing.T) {
 		t.Fatalf("invalidate copied %d KiB, want the whole disk (%d KiB)", got, hDiskSize>>10)
 	}
 
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.node.Invalidate(); !errors.Is(err, replica.ErrNotConnected) {
@@ -833,7 +833,7 @@ func TestScenarioInvalidateRemoteSendsEverything(t *testing.T) {
 		t.Fatalf("invalidate-remote sent %d KiB, want the whole disk (%d KiB)", got, hDiskSize>>10)
 	}
 
-	if err := a.node.Disconnect(); err != nil {
+	if err := a.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.node.InvalidateRemote(); !errors.Is(err, replica.ErrNotConnected) {
@@ -899,7 +899,7 @@ func TestScenarioPromoteRefusedDuringSyncTarget(t *testing.T) {
 // disks.
 func TestScenarioResyncNeverOverwritesNewerWrite(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.WFConnection)
@@ -1694,7 +1694,7 @@ func TestScenarioInterruptedResyncResumes(t *testing.T) {
 	if err := a.node.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	b.disk.releaseWrites()
@@ -1765,7 +1765,7 @@ func TestScenarioPeerLossMarksUnflushedResyncCopies(t *testing.T) {
 // activity-log sweep (5 s of idleness at least) would empty it anyway.
 func TestScenarioFinishedResyncForgetsItsCopies(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.WFConnection)
@@ -1779,7 +1779,7 @@ func TestScenarioFinishedResyncForgetsItsCopies(t *testing.T) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	a.waitConn(replica.WFConnection)
@@ -1824,7 +1824,7 @@ func TestScenarioSyncTargetMarksWhatAPowerCutTakes(t *testing.T) {
 	for name, before := range cut {
 		t.Run(name, func(t *testing.T) {
 			a, b := cleanPair(t, nodeOpts{}, nodeOpts{volatile: true})
-			if err := b.node.Disconnect(); err != nil {
+			if err := b.node.Disconnect(false); err != nil {
 				t.Fatal(err)
 			}
 			a.waitConn(replica.WFConnection)
@@ -1832,7 +1832,7 @@ func TestScenarioSyncTargetMarksWhatAPowerCutTakes(t *testing.T) {
 				a.write(off, pattern(fmt.Sprintf("written while apart %d", off), 1<<20))
 			}
 			before(t, a, b)
-			if err := a.node.Disconnect(); err != nil {
+			if err := a.node.Disconnect(false); err != nil {
 				t.Fatal(err)
 			}
 			b.powerLoss()
@@ -2057,7 +2057,7 @@ func TestScenarioLargeWriteWaitsForQueuedWritesOnPeer(t *testing.T) {
 // Secondary that disconnects itself from its Primary outdates itself too.
 func TestScenarioCleanDisconnectOutdatesSecondary(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	if err := a.node.Disconnect(); err != nil {
+	if err := a.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	if st := b.node.State(); st.Disk != replica.Outdated {
@@ -2079,7 +2079,7 @@ func TestScenarioCleanDisconnectOutdatesSecondary(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 
 	// Nothing written while apart: the reconnect finds the same data.
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	if st := b.node.State(); st.Disk != replica.Outdated {
@@ -2274,7 +2274,7 @@ func TestScenarioBothNodesDecideFromTheStatesExchanged(t *testing.T) {
 	if b.node.NodeID() > a.node.NodeID() {
 		hi, lo = b, a
 	}
-	if err := lo.node.Disconnect(); err != nil {
+	if err := lo.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	hi.waitConn(replica.WFConnection)
@@ -2342,7 +2342,7 @@ func TestScenarioPeerLossReasonSaysWhy(t *testing.T) {
 		t.Errorf("a connection closed under the nodes: %q", r)
 	}
 	a.waitConn(replica.Connected)
-	if err := b.node.Disconnect(); err != nil {
+	if err := b.node.Disconnect(false); err != nil {
 		t.Fatal(err)
 	}
 	if r := a.nthLoss(3); r != lost+"the peer disconnected (urbd disconnect)" {
@@ -2366,7 +2366,7 @@ func TestScenarioSplitBrainDiscardLeastChanges(t *testing.T) {
 	o := nodeOpts{afterSB: replica.AfterSplitBrain{NoPrimary: replica.SB0DiscardLeastChanges}}
 	a, b := cleanPair(t, o, o)
 	for _, x := range []*tnode{a, b} {
-		if err := x.node.Disconnect(); err != nil {
+		if err := x.node.Disconnect(false); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -171,7 +171,7 @@ func TestScenarioSetLink(t *testing.T) {
 	reconnectBoth := func() {
 		t.Helper()
 		for _, x := range []*tnode{a, b} {
-			if err := x.node.Disconnect(); err != nil {
+			if err := x.node.Disconnect(false); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -67,7 +67,10 @@ Example: urbd secondary r0`,
    urbd connect --discard-my-data r0
 It becomes SyncTarget for the union of both nodes' changes.`,
 			[]cli.Flag{&cli.BoolFlag{Name: "discard-my-data", Usage: "resolve a split brain: this node's changes are dropped"}}, plain("connect")),
-		controlCommand("disconnect", "drop the peer connection and stay StandAlone", "Example: urbd disconnect r0", nil, plain("disconnect")),
+		controlCommand("disconnect", "drop the peer connection and stay StandAlone",
+			`Refused while a Diskless Primary reaches its data over the connection (on either node) unless --force.
+Example: urbd disconnect r0`,
+			[]cli.Flag{&cli.BoolFlag{Name: "force", Usage: "disconnect even if a Diskless Primary loses access to its data (its I/O fails)"}}, plain("disconnect")),
 		controlCommand("invalidate", "discard this node's data and resync all of it from the peer",
 			"Needs a connected peer with an UpToDate disk. Example: urbd invalidate r0", nil, plain("invalidate")),
 		controlCommand("invalidate-remote", "discard the peer's data and resync all of it from this node",

@@ -50,8 +50,9 @@ says Inconsistent, so attach-disk, or a daemon restarted on the new disk, resync
 On either node, attach-disk --same-disk takes the same disk back and copies only what changed
 meanwhile.
 
-Refused, with nothing changed, on a node that is Diskless already, and on a Primary whose peer
-does not hold all of its data.
+Refused, with nothing changed, on a node that is Diskless already, on a Primary whose peer
+does not hold all of its data, and on a Secondary whose peer is a Diskless Primary (its disk
+holds the only copy).
 Example: urbd detach-disk r0`, nil, plain("detach-disk")),
 	)
 }
