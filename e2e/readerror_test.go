@@ -292,6 +292,13 @@ func TestDetachDiskReplace(t *testing.T) {
 	c.a.ctl("disconnect", "--force", "r0")
 	c.a.ctl("connect", "r0")
 	c.a.waitFor("Connected again", 30*time.Second, func(s statusT) bool { return s.ConnState == "Connected" })
+	// The Secondary's daemon restarted (an upgrade) comes back UpToDate, and
+	// the Diskless Primary goes on through it.
+	c.b.stop()
+	c.b.start()
+	c.a.waitFor("Connected to the restarted peer", 30*time.Second, func(s statusT) bool {
+		return s.ConnState == "Connected" && s.PeerDisk == "UpToDate"
+	})
 	newDisk(t, c.a.disk, 64<<20)
 	runFio(t, c.a.uri(), append(job, "--verify_only")...)
 	job2 := append(slices.Clone(job), "--offset=32M") // the disk's other half
