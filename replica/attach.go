@@ -24,12 +24,10 @@ type diskRef struct {
 	// start without a gap: reads below it are served locally while the
 	// node is still Diskless (see attachedRead).
 	copied atomic.Int64
-	// resumeAt and resumeGen, guarded by the node's mu, say where a copy
-	// that ended with its session resumes (copyPlanLocked): below resumeAt
-	// this disk holds the data of the peer's generation resumeGen, except
-	// where inFlight says.
-	resumeAt  int64
-	resumeGen uint64
+	// resumeAt, guarded by the node's mu, says where a copy that ended with
+	// its session resumes (copyPlanLocked): below it this disk holds the
+	// data of the node's generation, except where inFlight says.
+	resumeAt int64
 	// marked, guarded by the node's mu, says that the chunks the bitmap
 	// marks differ from the peer's too: this is the disk DetachDisk took
 	// out of the Primary, and the bitmap marks the writes made since.
@@ -67,7 +65,7 @@ func (p *copyPlan) redoRange(off, length int64) {
 
 // copyPlanLocked plans the next run of the copy to ref. A first run copies
 // everything. A run after a lost session resumes where the last one's
-// contiguous progress ended, if the peer still holds the same data
+// contiguous progress ended, if the peer still holds this node's data
 // generation (it was not promoted and written meanwhile; Decide refuses
 // such a peer already, and this keeps the copy safe anyway): the chunks below
 // that are equal to the peer's, except where a write's peer part was in
@@ -77,10 +75,10 @@ func (p *copyPlan) redoRange(off, length int64) {
 func (n *Node) copyPlanLocked(ref *diskRef) copyPlan {
 	size := ref.Size()
 	p := copyPlan{chunk: min(int64(syncChunk), int64(protocol.MaxData)), redo: map[int64]bool{}}
-	if gen := n.peerUUIDs.Current; gen != 0 && gen == ref.resumeGen {
+	if gen := n.peerUUIDs.Current; gen != 0 && gen == n.uuids.Current {
 		p.from = ref.resumeAt
 	}
-	ref.resumeGen, ref.resumeAt = n.peerUUIDs.Current, 0
+	ref.resumeAt = 0
 	ref.inFlightMu.Lock()
 	for _, e := range ref.inFlight {
 		p.redoRange(e.off, e.length)
@@ -218,7 +216,7 @@ func (n *Node) attachPrimary(d nbd.Backend, rec *detachRecord) (old nbd.Backend,
 		err = fmt.Errorf("%s: %w: wait until it is UpToDate (urbd status)", n.cfg.Name, ErrAttaching)
 	case n.st.Role != Primary || s == nil || n.st.Conn != Connected || n.st.PeerDisk != UpToDate:
 		err = fmt.Errorf("%s: %w: a disk is attached from a connected peer that is UpToDate (%s, peer %s)", n.cfg.Name, ErrNotConnected, n.st.Conn, n.st.PeerDisk)
-	case rec != nil && n.peerUUIDs.Current != rec.peerGen:
+	case rec != nil && n.peerUUIDs.Current != rec.uuids.Current:
 		// Decide refuses such a peer already (a Diskless Primary connects
 		// to its own generation only); this keeps the copy safe anyway.
 		err = fmt.Errorf("%s: %w: the peer's data is of another generation than at the detach (it was promoted meanwhile); attach the disk without --same-disk", n.cfg.Name, ErrNotSameDisk)
@@ -235,7 +233,7 @@ func (n *Node) attachPrimary(d nbd.Backend, rec *detachRecord) (old nbd.Backend,
 	if rec != nil {
 		// Equal to the peer's generation below the end, but for the
 		// chunks the bitmap marks.
-		ref.resumeGen, ref.resumeAt, ref.marked = rec.peerGen, d.Size(), true
+		ref.resumeAt, ref.marked = d.Size(), true
 	}
 	n.mu.Unlock()
 

@@ -18,11 +18,10 @@ import (
 type detachRecord struct {
 	uuids UUIDs    // the data generation the disk holds
 	print [32]byte // diskPrint of the disk, flushed, when it was detached
-	// primary: the disk was a Primary's, which stayed Primary and Diskless
-	// with its peer, of generation peerGen, serving all I/O; the writes
-	// made since are marked in the bitmap (markDiskless).
+	// primary: the disk was a Primary's, which stayed Primary and Diskless,
+	// its peer serving all I/O; the writes made since are marked in the
+	// bitmap (markDiskless).
 	primary bool
-	peerGen uint64
 }
 
 // ErrNotSameDisk refuses ReattachDisk: there is no detached disk to take
@@ -84,7 +83,7 @@ func (n *Node) recordDetached(old nbd.Backend, was DiskState, uuids UUIDs, prima
 		return
 	}
 	n.mu.Lock()
-	n.detached = &detachRecord{uuids: uuids, print: print, primary: primary, peerGen: n.peerUUIDs.Current}
+	n.detached = &detachRecord{uuids: uuids, print: print, primary: primary}
 	n.mu.Unlock()
 	n.markDiskless.Store(primary)
 }
