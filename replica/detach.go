@@ -163,7 +163,7 @@ func (n *Node) detachRefusal(role Role) error {
 		return fmt.Errorf("%s: %w: wait until it is done (urbd status)", n.cfg.Name, ErrAttaching)
 	case n.st.Role != role:
 		return fmt.Errorf("%s: the role changed to %s meanwhile; run it again", n.cfg.Name, n.st.Role)
-	case role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.PeerDisk == Diskless:
+	case role == Secondary && n.st.servesDisklessPrimary():
 		return fmt.Errorf("%s: %w: this disk holds the only copy and all of its I/O comes here; give it a disk first (urbd attach-disk there), or stop its application and demote it", n.cfg.Name, ErrNoDataAccess)
 	}
 	return nil

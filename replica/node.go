@@ -513,7 +513,7 @@ func (n *Node) outdateBeforeLeaving(reason string) {
 	n.mu.Lock()
 	s := n.sess
 	leaving := s != nil && n.st.Role == Secondary && n.st.Conn.Connected() && n.st.PeerRole == Primary && n.st.Disk == UpToDate &&
-		n.st.PeerDisk != Diskless
+		!n.st.servesDisklessPrimary()
 	if leaving {
 		if err := n.outdateLocked(reason); err != nil {
 			n.log.Error("outdating the disk failed", "err", err)
@@ -632,7 +632,7 @@ func (n *Node) disconnectRefusalLocked(force bool) error {
 	switch {
 	case n.st.Role == Primary && n.st.Disk == Diskless:
 		return fmt.Errorf("%s: %w: this node is Diskless and all of its I/O goes to the peer over this connection; give it a disk first (urbd attach-disk), or stop its application and demote it, or disconnect --force (its I/O then fails)", n.cfg.Name, ErrNoDataAccess)
-	case n.st.Role == Secondary && n.st.PeerRole == Primary && n.st.PeerDisk == Diskless:
+	case n.st.servesDisklessPrimary():
 		return fmt.Errorf("%s: %w: the peer is Diskless and all of its I/O comes here over this connection; give it a disk first (urbd attach-disk there), or stop its application and demote it, or disconnect --force (its I/O then fails)", n.cfg.Name, ErrNoDataAccess)
 	}
 	return nil

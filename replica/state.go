@@ -113,6 +113,13 @@ type State struct {
 	Reason     string // why the last transition happened
 }
 
+// servesDisklessPrimary reports whether this node is the connected
+// Secondary of a Diskless Primary: its disk holds that Primary's only data,
+// and all of the Primary's I/O comes here.
+func (s State) servesDisklessPrimary() bool {
+	return s.Role == Secondary && s.Conn.Connected() && s.PeerRole == Primary && s.PeerDisk == Diskless
+}
+
 // CanPromote checks `urbd primary`: refused while the connected peer is
 // Primary (even with force: two primaries would overwrite each other), or
 // while the local disk is not UpToDate unless force, or during a resync in
