@@ -123,6 +123,10 @@ var ErrDiskless = errors.New("replica: the disk is detached already")
 // node.
 var ErrNoDataAccess = errors.New("replica: the Diskless Primary would lose access to its data")
 
+// disklessPeerAdvice is what the refusals of ErrNoDataAccess on the
+// Secondary tell the operator to do about its Diskless Primary.
+const disklessPeerAdvice = "give it a disk first (urbd attach-disk there), or stop its application and demote it"
+
 // DetachDisk takes a working disk out of service on purpose (`urbd
 // detach-disk`, DRBD's detach), so that it can be replaced without stopping
 // anything; attach-disk then takes the new one. It returns the disk, which
@@ -164,7 +168,7 @@ func (n *Node) detachRefusal(role Role) error {
 	case n.st.Role != role:
 		return fmt.Errorf("%s: the role changed to %s meanwhile; run it again", n.cfg.Name, n.st.Role)
 	case role == Secondary && n.st.servesDisklessPrimary():
-		return fmt.Errorf("%s: %w: this disk holds the only copy and all of its I/O comes here; give it a disk first (urbd attach-disk there), or stop its application and demote it", n.cfg.Name, ErrNoDataAccess)
+		return fmt.Errorf("%s: %w: this disk holds the only copy and all of its I/O comes here; %s", n.cfg.Name, ErrNoDataAccess, disklessPeerAdvice)
 	}
 	return nil
 }

@@ -633,7 +633,7 @@ func (n *Node) disconnectRefusalLocked(force bool) error {
 	case n.st.Role == Primary && n.st.Disk == Diskless:
 		return fmt.Errorf("%s: %w: this node is Diskless and all of its I/O goes to the peer over this connection; give it a disk first (urbd attach-disk), or stop its application and demote it, or disconnect --force (its I/O then fails)", n.cfg.Name, ErrNoDataAccess)
 	case n.st.servesDisklessPrimary():
-		return fmt.Errorf("%s: %w: the peer is Diskless and all of its I/O comes here over this connection; give it a disk first (urbd attach-disk there), or stop its application and demote it, or disconnect --force (its I/O then fails)", n.cfg.Name, ErrNoDataAccess)
+		return fmt.Errorf("%s: %w: the peer is Diskless and all of its I/O comes here over this connection; %s, or disconnect --force (its I/O then fails)", n.cfg.Name, ErrNoDataAccess, disklessPeerAdvice)
 	}
 	return nil
 }
