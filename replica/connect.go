@@ -271,7 +271,7 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) bool {
 	old := n.sess
 	n.mu.Unlock()
 	if old != nil {
-		old.close(errors.New("replaced by a new connection from the peer"))
+		old.close(&peerLost{cause: "replaced by a new connection from the peer"})
 		<-old.finished
 	}
 	s := newSession(n, ps)
