@@ -370,7 +370,10 @@ func (s *session) markReceived(seq uint64) {
 
 // close ends the session once: it fails every pending request (marking its
 // blocks out of sync), marks the transfer log out of sync, persists the
-// bitmap, and tells the node.
+// bitmap, and tells the node. An err that only says the connection is gone
+// (ErrPeerLost, or one isClosedErr accepts) is replaced by the reason the
+// protocol session recorded, so the status and the peer-lost event say why
+// the connection ended, not which call noticed.
 func (s *session) close(err error) {
 	s.mu.Lock()
 	if s.closed {
@@ -389,9 +392,9 @@ func (s *session) close(err error) {
 	s.mu.Unlock()
 	s.cancel()
 	s.ps.Close()
-	if err == ErrPeerLost {
-		// A loop saw the transport end: say why, now that the protocol
-		// session recorded it.
+	if err == ErrPeerLost || isClosedErr(err) {
+		// A loop, or a send, saw the transport end: say why, now that the
+		// protocol session recorded it, rather than which call noticed.
 		err = &peerLost{cause: protocol.LossReason(s.ps.Err())}
 	}
 	for _, e := range tl {
