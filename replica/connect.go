@@ -298,8 +298,8 @@ func (n *Node) runSession(s *session) {
 		go func() {
 			defer s.wg.Done()
 			err := loop()
-			if err == nil || isClosedErr(err) {
-				err = ErrPeerLost
+			if err == nil {
+				err = ErrPeerLost // close says why the connection ended
 			}
 			s.close(err)
 		}()
