@@ -32,7 +32,6 @@ type session struct {
 
 	mu       sync.Mutex
 	closed   bool                // guarded by mu
-	err      error               // why it closed; guarded by mu
 	live     bool                // guarded by mu: application writes are replicated
 	pending  map[uint64]*request // guarded by mu
 	tlog     *transferLog        // guarded by mu: done on the peer, not yet flushed there
@@ -381,7 +380,6 @@ func (s *session) close(err error) {
 		return
 	}
 	s.closed = true
-	s.err = err
 	pend := s.pending
 	s.pending = map[uint64]*request{}
 	tl := s.tlog.ranges()
