@@ -369,10 +369,7 @@ func (s *session) markReceived(seq uint64) {
 
 // close ends the session once: it fails every pending request (marking its
 // blocks out of sync), marks the transfer log out of sync, persists the
-// bitmap, and tells the node. An err that only says the connection is gone
-// (ErrPeerLost, or one isClosedErr accepts) is replaced by the reason the
-// protocol session recorded, so the status and the peer-lost event say why
-// the connection ended, not which call noticed.
+// bitmap, and tells the node, with err as lossErr reports it.
 func (s *session) close(err error) {
 	s.mu.Lock()
 	if s.closed {
@@ -390,11 +387,8 @@ func (s *session) close(err error) {
 	s.mu.Unlock()
 	s.cancel()
 	s.ps.Close()
-	if err == ErrPeerLost || isClosedErr(err) {
-		// A loop, or a send, saw the transport end: say why, now that the
-		// protocol session recorded it, rather than which call noticed.
-		err = &peerLost{cause: protocol.LossReason(s.ps.Err())}
-	}
+	// Now that the protocol session recorded why its transport ended.
+	err = lossErr(err, s.ps.Err())
 	for _, e := range tl {
 		s.n.store().MarkOutOfSync(e.off, e.length)
 	}
@@ -579,6 +573,19 @@ func (s *session) leave(why string, cause error) {
 // peerLost is ErrPeerLost with what ended the connection, in an
 // operator's words.
 type peerLost struct{ cause string }
+
+// lossErr is the error a session closed with err reports (the status
+// reason, the peer-lost event). An err that only says the connection is
+// gone (ErrPeerLost, or one isClosedErr accepts, such as a send's on a dead
+// stream) becomes a peerLost with the reason the protocol session recorded,
+// transportErr (its Err): why the connection ended, not which call noticed.
+// Any other err says more and is kept.
+func lossErr(err, transportErr error) error {
+	if err == ErrPeerLost || isClosedErr(err) {
+		return &peerLost{cause: protocol.LossReason(transportErr)}
+	}
+	return err
+}
 
 func (e *peerLost) Error() string        { return ErrPeerLost.Error() + ": " + e.cause }
 func (e *peerLost) Is(target error) bool { return target == ErrPeerLost }
