@@ -218,13 +218,21 @@ func dialTCP(ctx context.Context, d *net.Dialer, addr string) (net.Conn, error) 
 // and shows it in the status, so a wrong secret or size is visible at once.
 // A StandAlone node keeps the reason it stopped connecting for (a split
 // brain, the operator's disconnect): the teardown of the session it refused
-// may still report an error, which must not hide why it stands alone.
+// may still report an error, which must not hide why it stands alone. A node
+// with a session keeps the reason of its current state (a detached disk, a
+// promotion): a second connection failing then is most often the peer's
+// dial that lost the tie-break, closed while this side still read its
+// handshake ("accept stream: EOF"), and says nothing about the live link.
 func (n *Node) noteConnError(err error) {
 	msg := err.Error()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.st.Conn == StandAlone {
 		n.log.Debug("peer connection failed while StandAlone", "err", msg)
+		return
+	}
+	if n.sess != nil {
+		n.log.Debug("a second peer connection failed while a session runs", "err", msg)
 		return
 	}
 	if n.lastConnErr == msg {
