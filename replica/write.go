@@ -356,10 +356,7 @@ func (n *Node) suspendedLocked() bool {
 func (n *Node) waitInSync(ctx context.Context, off, length int64) error {
 	for {
 		n.mu.Lock()
-		ch := n.changed
-		n.mu.Unlock()
-		n.mu.Lock()
-		resumed := n.resumed
+		ch, resumed := n.changed, n.resumed
 		n.mu.Unlock()
 		if resumed || !n.suspendOnLoss.Load() {
 			return nil
