@@ -84,6 +84,34 @@ type tnode struct {
 	lost   []string // URBD_REASON of each peer-lost event, in arrival order
 
 	aheads atomic.Int64 // "flush_ahead" reports to Config.Observe
+
+	logs *testLog // the node's log, printed if the test fails
+}
+
+// testLog keeps the last logKeep bytes a node logged, for a failed test to
+// print: a rare failure then shows what the nodes saw (a timeout, a
+// replaced connection) without a rerun with URBD_TEST_LOG.
+type testLog struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const logKeep = 64 << 10
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	if over := len(l.buf) - logKeep; over > 0 {
+		l.buf = append(l.buf[:0], l.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (l *testLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.buf)
 }
 
 // sawEvent reports whether the node fired the event since it was created.
@@ -139,8 +167,16 @@ func newPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
 	t.Helper()
 	dir := t.TempDir()
 	addrA, addrB := freeAddr(t), freeAddr(t)
-	a = &tnode{t: t, label: "a", diskPath: filepath.Join(dir, "a.img"), metaDir: filepath.Join(dir, "a.meta"), addr: addrA, peerAddr: addrB, opts: oa}
-	b = &tnode{t: t, label: "b", diskPath: filepath.Join(dir, "b.img"), metaDir: filepath.Join(dir, "b.meta"), addr: addrB, peerAddr: addrA, opts: ob}
+	a = &tnode{t: t, label: "a", diskPath: filepath.Join(dir, "a.img"), metaDir: filepath.Join(dir, "a.meta"), addr: addrA, peerAddr: addrB, opts: oa, logs: &testLog{}}
+	b = &tnode{t: t, label: "b", diskPath: filepath.Join(dir, "b.img"), metaDir: filepath.Join(dir, "b.meta"), addr: addrB, peerAddr: addrA, opts: ob, logs: &testLog{}}
+	// Registered first, so it runs last: after the nodes stopped.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, x := range []*tnode{a, b} {
+				t.Logf("log of node %s (its last %d KiB):\n%s", x.label, logKeep>>10, x.logs)
+			}
+		}
+	})
 	for _, x := range []*tnode{a, b} {
 		if x.opts.viaProxy {
 			x.proxy = startProxy(t, map[*tnode]string{a: addrB, b: addrA}[x])
@@ -261,13 +297,15 @@ func (x *tnode) start() {
 	x.up = true
 }
 
-// logger discards the node's log, or with URBD_TEST_LOG=1 writes it to
-// stderr prefixed with the node's label (for debugging a scenario).
+// logger keeps the node's log for the test to print if it fails, or with
+// URBD_TEST_LOG=1 writes it to stderr prefixed with the node's label (for
+// debugging a scenario that passes).
 func (x *tnode) logger() *slog.Logger {
-	if os.Getenv("URBD_TEST_LOG") == "" {
-		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	var w io.Writer = x.logs
+	if os.Getenv("URBD_TEST_LOG") != "" {
+		w = os.Stderr
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", x.label)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", x.label)
 }
 
 // stop ends Run, closes the node (a clean shutdown: the session drops, the
