@@ -46,6 +46,12 @@ var (
 	// ErrClosed: the session was closed (locally, by the peer, or after an
 	// error on any stream). Session.Err tells why.
 	ErrClosed = errors.New("protocol: session closed")
+	// ErrPeerLeft: the dialer closed the connection after authenticating,
+	// while the acceptor set up the streams (SPEC.md, handshake step 5).
+	// A node does so with a connection it dialed that the tie-break between
+	// two connections drops, so this is most often no failure at all; the
+	// dialer reports its own reason if it had one.
+	ErrPeerLeft = errors.New("protocol: the peer closed the connection while the streams were set up")
 )
 
 // Refuse codes: why a peer refuses a connection. Codes up to 255 are reserved

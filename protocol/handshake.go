@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -390,7 +391,7 @@ func (s *Session) openStreams(ctx context.Context, timeout time.Duration, dialer
 	for range 3 {
 		ymx, err := s.ys.AcceptStreamWithContext(ctx)
 		if err != nil {
-			return fmt.Errorf("protocol: accept stream: %w", err)
+			return peerLeft(ctx, deadline, fmt.Errorf("protocol: accept stream: %w", err))
 		}
 		st := newStream(s, 0, ymx, timeout)
 		id, err := acceptStream(st, ymx, deadline)
@@ -398,13 +399,31 @@ func (s *Session) openStreams(ctx context.Context, timeout time.Duration, dialer
 			err = fmt.Errorf("%w: %s stream opened twice", ErrUnexpected, streamName(id))
 		}
 		if err != nil {
-			return err
+			return peerLeft(ctx, deadline, err)
 		}
 		st.id = id
 		st.start()
 		s.streams[id] = st
 	}
 	return nil
+}
+
+// peerLeft marks err, an acceptor's failure to set up the streams, with
+// ErrPeerLeft when it says the dialer closed the connection while neither
+// this side's context nor its deadline had ended: an end of file, a reset,
+// or yamux's ErrSessionShutdown, which AcceptStream returns when the
+// session ended under a stream it was about to hand over (its window update
+// could not be sent). A dialer gone silent (a keepalive timeout) is no such
+// thing.
+func peerLeft(ctx context.Context, deadline time.Time, err error) error {
+	closed := false
+	for _, e := range []error{io.EOF, io.ErrUnexpectedEOF, syscall.ECONNRESET, yamux.ErrSessionShutdown} {
+		closed = closed || errors.Is(err, e)
+	}
+	if closed && ctx.Err() == nil && time.Now().Before(deadline) {
+		return fmt.Errorf("%w (%w)", ErrPeerLeft, err)
+	}
+	return err
 }
 
 // acceptStream reads the StreamOpen that starts an accepted stream st.

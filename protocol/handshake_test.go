@@ -237,6 +237,55 @@ func TestWrongResponseRefusedBeforeStreams(t *testing.T) {
 	}
 }
 
+// TestAcceptorSeesDialerLeave: a dialer that closes the connection after
+// AuthOK, before opening the streams (as a node does with a dial the
+// tie-break drops), ends the acceptor's handshake with ErrPeerLeft, which
+// the replication engine takes as no failure. A handshake that runs out of
+// time in the same step is not that.
+func TestAcceptorSeesDialerLeave(t *testing.T) {
+	t.Run("closed", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.Secret = nil
+		mine, theirs := tcpPair(t)
+		res := runAcceptor(cfg, theirs)
+		fakeDialerUpToStreams(t, cfg, mine)
+		mine.Close()
+		if r := <-res; !errors.Is(r.err, ErrPeerLeft) {
+			t.Fatalf("acceptor: %v, want ErrPeerLeft", r.err)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.Secret = nil
+		cfg.Timeout = 200 * time.Millisecond
+		mine, theirs := tcpPair(t)
+		defer mine.Close()
+		res := runAcceptor(cfg, theirs)
+		fakeDialerUpToStreams(t, cfg, mine)
+		r := <-res // no stream is ever opened
+		if r.err == nil || errors.Is(r.err, ErrPeerLeft) {
+			t.Fatalf("acceptor whose dialer went silent: %v, want a timeout, not ErrPeerLeft", r.err)
+		}
+	})
+}
+
+// fakeDialerUpToStreams plays, on mine, a dialer without a secret through
+// handshake steps 1 to 4 (up to AuthOK) against an acceptor configured
+// with cfg.
+func fakeDialerUpToStreams(t *testing.T, cfg Config, mine net.Conn) {
+	t.Helper()
+	f := &fake{t: t, c: mine}
+	f.send(&Hello{Version: Version, Resource: cfg.Resource, Size: cfg.Size, BitmapBlock: cfg.BitmapBlock, NodeID: 1})
+	if _, ok := f.recv().(*Hello); !ok {
+		t.Fatal("no Hello")
+	}
+	f.send(&AuthChallenge{Mode: AuthNone})
+	if _, ok := f.recv().(*AuthChallenge); !ok {
+		t.Fatal("no AuthChallenge")
+	}
+	f.send(&AuthOK{})
+}
+
 // A replayed or reflected response (the acceptor's own MAC sent back) is
 // refused, and an acceptor that answers wrongly is refused by the dialer.
 func TestDialerRefusesWrongAcceptorResponse(t *testing.T) {
