@@ -125,6 +125,14 @@ func (n *Node) acceptLoop(ctx context.Context, ln *peerListener) error {
 				return
 			}
 			ps, err := protocol.Handshake(hctx, conn, n.protoConfig(), false)
+			if errors.Is(err, protocol.ErrPeerLeft) {
+				// The peer's dial lost the tie-break and it closed it
+				// before this side had finished: a knock, as in offer.
+				conn.Close()
+				n.log.Debug("the peer closed its connection during the handshake", "err", err)
+				n.answerKnock()
+				return
+			}
 			if err != nil {
 				conn.Close()
 				n.noteConnError(err)
@@ -268,11 +276,10 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) bool {
 	n.peerID = peerID
 	keep := (dialer && n.nodeID > peerID) || (!dialer && peerID > n.nodeID)
 	if !keep || !n.wantConn {
-		knocked := !dialer && !keep && n.wantConn && n.sess == nil
 		n.mu.Unlock()
 		ps.Close()
-		if knocked {
-			n.kickConnect() // the peer wants us: dial it now
+		if !dialer && !keep {
+			n.answerKnock()
 		}
 		return false
 	}
@@ -295,6 +302,17 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) bool {
 	n.mu.Unlock()
 	go n.runSession(s)
 	return true
+}
+
+// answerKnock dials the peer now, if this node wants a connection and has
+// none: the peer dialed, and its connection lost the tie-break.
+func (n *Node) answerKnock() {
+	n.mu.Lock()
+	knocked := n.wantConn && n.sess == nil
+	n.mu.Unlock()
+	if knocked {
+		n.kickConnect()
+	}
 }
 
 // runSession drives one session from the state exchange to its end. The
