@@ -228,9 +228,8 @@ func dialTCP(ctx context.Context, d *net.Dialer, addr string) (net.Conn, error) 
 // brain, the operator's disconnect): the teardown of the session it refused
 // may still report an error, which must not hide why it stands alone. A node
 // with a session keeps the reason of its current state (a detached disk, a
-// promotion): a second connection failing then is most often the peer's
-// dial that lost the tie-break, closed while this side still read its
-// handshake ("accept stream: EOF"), and says nothing about the live link.
+// promotion): a second connection failing meanwhile (a stray dial, a
+// handshake cut short) says nothing about the live link.
 func (n *Node) noteConnError(err error) {
 	msg := err.Error()
 	n.mu.Lock()
