@@ -2,10 +2,12 @@
 package testnet
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,19 +61,37 @@ func windowOutside(portRange string) (low, high int) {
 	return defLow, defHigh
 }
 
+// recent holds the last ports FreePort handed out, which it does not hand
+// out again: the two nodes of a pair, which ask one after the other before
+// either listens, would otherwise get the same port about once in 22,000
+// pairs (Linux's default window), and one node would then connect to
+// itself.
+var recent struct {
+	sync.Mutex
+	ports [64]int
+	next  int
+}
+
 // FreePort returns a 127.0.0.1 TCP port outside the ephemeral range that
-// was free a moment ago.
+// was free a moment ago and is none of the last 64 it returned.
 func FreePort() (int, error) {
+	recent.Lock()
+	defer recent.Unlock()
 	low, high := window()
-	var lastErr error
+	lastErr := errors.New("every port tried was handed out just before")
 	for range 100 {
 		port := low + rand.IntN(high-low)
+		if slices.Contains(recent.ports[:], port) {
+			continue
+		}
 		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
 			lastErr = err
 			continue
 		}
 		ln.Close()
+		recent.ports[recent.next] = port
+		recent.next = (recent.next + 1) % len(recent.ports)
 		return port, nil
 	}
 	return 0, fmt.Errorf("testnet: no free port found in [%d, %d): %w", low, high, lastErr)

@@ -25,6 +25,28 @@ func TestFreeAddr(t *testing.T) {
 	}
 }
 
+// FreePort does not hand out a port it handed out among the last 64, even
+// though the port is free again: two nodes asking one after the other must
+// not share one. With a window of 200 ports, 64 random picks would repeat
+// one almost surely (about 1 - 1e-4).
+func TestFreePortNotRepeated(t *testing.T) {
+	low, _ := window()
+	saved := window
+	window = func() (int, int) { return low, low + 200 }
+	defer func() { window = saved }()
+	seen := map[int]bool{}
+	for range 64 {
+		port, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[port] {
+			t.Fatalf("port %d handed out twice among 64", port)
+		}
+		seen[port] = true
+	}
+}
+
 // The window lies outside the ephemeral range, whichever way it is set.
 func TestWindowOutside(t *testing.T) {
 	for _, c := range []struct {
