@@ -475,6 +475,8 @@ func TestScenarioAttachDiskSecondary(t *testing.T) {
 	if err := a.node.Connect(false); err == nil || !strings.Contains(err.Error(), "urbd attach-disk") {
 		t.Errorf("connect on a Diskless Secondary: %v, want a refusal naming attach-disk", err)
 	}
+	// b refuses promotion while it still sees a as its connected Primary.
+	b.waitState("b sees a gone", func(s replica.State) bool { return !s.Conn.Connected() })
 	if err := b.node.Promote(false); err != nil {
 		t.Fatal(err)
 	}
