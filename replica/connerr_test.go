@@ -29,23 +29,23 @@ func TestConnErrorKeepsStandAloneReason(t *testing.T) {
 }
 
 // TestConnErrorKeepsConnectedReason: while a session runs, a second
-// connection that fails (the peer's dial dropped in the tie-break, seen by
-// this side's handshake as "accept stream: EOF") neither replaces the
+// connection that fails (a stray dial, a handshake cut short; a dial the
+// tie-break dropped never gets here, see ErrPeerLeft) neither replaces the
 // reason of the node's state nor counts as the last failure, so the same
 // error still shows once the session is gone and a new attempt fails so.
 func TestConnErrorKeepsConnectedReason(t *testing.T) {
 	n := &Node{log: slog.New(slog.DiscardHandler), changed: make(chan struct{})}
 	n.sess = &session{}
 	n.st = State{Conn: Connected, Reason: "disk detached after a write error"}
-	knock := errors.New("protocol: accept stream: EOF")
-	n.noteConnError(knock)
+	cut := errors.New("protocol: handshake: receive: read: connection timed out")
+	n.noteConnError(cut)
 	if n.st.Reason != "disk detached after a write error" {
 		t.Errorf("Connected reason after a second connection failed: %q, want the detach kept", n.st.Reason)
 	}
 	n.sess = nil
 	n.st.Conn = WFConnection
-	n.noteConnError(knock)
-	if want := "peer connection failed: " + knock.Error(); n.st.Reason != want {
+	n.noteConnError(cut)
+	if want := "peer connection failed: " + cut.Error(); n.st.Reason != want {
 		t.Errorf("WFConnection reason: %q, want %q", n.st.Reason, want)
 	}
 }
