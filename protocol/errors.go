@@ -3,6 +3,7 @@ package protocol
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinel errors. Every error returned by this package that has one of these
@@ -57,16 +58,17 @@ var (
 // Refuse codes: why a peer refuses a connection. Codes up to 255 are reserved
 // for this package; the replication engine may use its own codes above that.
 const (
-	RefuseOther       uint32 = 0 // see Reason
-	RefuseVersion     uint32 = 1 // protocol version mismatch
-	RefuseResource    uint32 = 2 // resource name mismatch
-	RefuseSize        uint32 = 3 // disk size mismatch
-	RefuseBitmapBlock uint32 = 4 // bitmap block size mismatch
-	RefuseAuth        uint32 = 5 // wrong or missing shared secret
-	RefuseSplitBrain  uint32 = 6 // both sides changed data independently
-	RefuseBothPrimary uint32 = 7 // both sides are Primary
-	RefuseBusy        uint32 = 8 // the resource already has a peer connection
-	RefuseProtocol    uint32 = 9 // the peer sent a malformed or unexpected frame
+	RefuseOther       uint32 = 0  // see Reason
+	RefuseVersion     uint32 = 1  // protocol version mismatch
+	RefuseResource    uint32 = 2  // resource name mismatch
+	RefuseSize        uint32 = 3  // disk size mismatch
+	RefuseBitmapBlock uint32 = 4  // bitmap block size mismatch
+	RefuseAuth        uint32 = 5  // wrong or missing shared secret
+	RefuseSplitBrain  uint32 = 6  // both sides changed data independently
+	RefuseBothPrimary uint32 = 7  // both sides are Primary
+	RefuseBusy        uint32 = 8  // the resource already has a peer connection
+	RefuseProtocol    uint32 = 9  // the peer sent a malformed or unexpected frame
+	RefuseSameNode    uint32 = 10 // both sides have the same node id
 )
 
 // refuseSentinel maps a Refuse code to the sentinel a local check would have
@@ -85,6 +87,8 @@ func refuseSentinel(code uint32) error {
 		return ErrAuth
 	case RefuseProtocol:
 		return ErrMalformed
+	case RefuseSameNode:
+		return ErrSameNode
 	}
 	return nil
 }
@@ -101,6 +105,11 @@ func (e *RefusedError) Error() string {
 	if e.Reason == "" {
 		return fmt.Sprintf("protocol: refused by peer (code %d)", e.Code)
 	}
+	if c := refuseSentinel(e.Code); c != nil && strings.HasPrefix(e.Reason, causeWords(c)+": ") {
+		// A check both sides make (see refusal): the refused node says
+		// what the refusing one says, not who found it first.
+		return "protocol: " + e.Reason
+	}
 	return "protocol: refused by peer: " + e.Reason
 }
 
@@ -115,4 +124,21 @@ func (e *RefusedError) Unwrap() []error {
 // Err returns the error r stands for, a *RefusedError.
 func (r *Refuse) Err() error {
 	return &RefusedError{Code: r.Code, Reason: r.Reason}
+}
+
+// causeWords is a sentinel's text without the package prefix: "disk size
+// mismatch" for ErrSizeMismatch.
+func causeWords(cause error) string {
+	return strings.TrimPrefix(cause.Error(), "protocol: ")
+}
+
+// refusal builds the Refuse to send and the local error for a check both
+// sides of a connection make (sizes, names, secrets...). local says what
+// differs from this node's point of view, peer from the receiver's. The
+// Refuse's reason is cause's words and peer, and a RefusedError built from it
+// reads as the local error does on this side ("protocol: disk size mismatch:
+// local ..., peer ..."), so a node logs one line for a mismatch whichever
+// of the two found it first on each attempt.
+func refusal(code uint32, cause error, local, peer string) (*Refuse, error) {
+	return &Refuse{Code: code, Reason: causeWords(cause) + ": " + peer}, fmt.Errorf("%w: %s", cause, local)
 }

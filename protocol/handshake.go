@@ -168,39 +168,45 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 
 // checkHello compares the peer's Hello with the local configuration and
 // returns the Refuse to send and the local error for the first mismatch.
+// Both name the same two values, each from its own side (see refusal), so
+// the two nodes report a mismatch in the same words whichever found it.
 func checkHello(cfg *Config, p *Hello) (*Refuse, error) {
+	local := cfg.hello()
+	// detail says what differs from the point of view of the node whose
+	// Hello is mine.
 	var code uint32
-	var err error
+	var cause error
+	var detail func(mine, theirs *Hello) string
 	switch {
 	case p.Version != Version:
-		code, err = RefuseVersion, fmt.Errorf("%w: local version %d, peer version %d", ErrVersion, Version, p.Version)
+		code, cause = RefuseVersion, ErrVersion
+		detail = func(mine, theirs *Hello) string {
+			return fmt.Sprintf("local version %d, peer version %d", mine.Version, theirs.Version)
+		}
 	case p.Resource != cfg.Resource:
-		code, err = RefuseResource, fmt.Errorf("%w: local %q, peer %q", ErrResourceMismatch, cfg.Resource, p.Resource)
+		code, cause = RefuseResource, ErrResourceMismatch
+		detail = func(mine, theirs *Hello) string {
+			return fmt.Sprintf("local %q, peer %q", mine.Resource, theirs.Resource)
+		}
 	case p.Size != cfg.Size:
-		code, err = RefuseSize, fmt.Errorf("%w: local %d bytes, peer %d bytes", ErrSizeMismatch, cfg.Size, p.Size)
+		code, cause = RefuseSize, ErrSizeMismatch
+		detail = func(mine, theirs *Hello) string {
+			return fmt.Sprintf("local %d bytes, peer %d bytes (the smaller node, once its disk is grown too, starts with urbd up --grow)", mine.Size, theirs.Size)
+		}
 	case p.BitmapBlock != cfg.BitmapBlock:
-		code, err = RefuseBitmapBlock, fmt.Errorf("%w: local %d bytes, peer %d bytes", ErrBitmapBlockMismatch, cfg.BitmapBlock, p.BitmapBlock)
+		code, cause = RefuseBitmapBlock, ErrBitmapBlockMismatch
+		detail = func(mine, theirs *Hello) string {
+			return fmt.Sprintf("local %d bytes, peer %d bytes", mine.BitmapBlock, theirs.BitmapBlock)
+		}
 	case p.NodeID != 0 && p.NodeID == cfg.NodeID:
-		code, err = RefuseOther, fmt.Errorf("%w: both are node %d", ErrSameNode, p.NodeID)
+		code, cause = RefuseSameNode, ErrSameNode
+		detail = func(mine, _ *Hello) string {
+			return fmt.Sprintf("both are node %d (was the metadata copied? recreate one side's --meta)", mine.NodeID)
+		}
 	default:
 		return nil, nil
 	}
-	// The reason is written from the receiver's point of view: its value
-	// is "peer", ours is "local" on its side.
-	var reason string
-	switch code {
-	case RefuseVersion:
-		reason = fmt.Sprintf("version mismatch: local version %d, peer version %d", p.Version, Version)
-	case RefuseResource:
-		reason = fmt.Sprintf("resource name mismatch: local %q, peer %q", p.Resource, cfg.Resource)
-	case RefuseSize:
-		reason = fmt.Sprintf("disk size mismatch: local %d bytes, peer %d bytes (the smaller node, once its disk is grown too, starts with urbd up --grow)", p.Size, cfg.Size)
-	case RefuseBitmapBlock:
-		reason = fmt.Sprintf("bitmap block size mismatch: local %d bytes, peer %d bytes", p.BitmapBlock, cfg.BitmapBlock)
-	default:
-		reason = fmt.Sprintf("both nodes have node id %d", p.NodeID)
-	}
-	return &Refuse{Code: code, Reason: reason}, err
+	return refusal(code, cause, detail(&local, p), detail(p, &local))
 }
 
 // exchangeHello: the dialer sends its Hello first, the acceptor answers with
@@ -277,7 +283,7 @@ func authenticate(rc *rawConn, cfg *Config, dialer bool, binding []byte) error {
 			return rc.unexpected(m, "AuthChallenge")
 		}
 		if peer.Mode != local.Mode {
-			return rc.refuseAuth(modeMismatch(local.Mode))
+			return rc.refuseAuth(modeMismatch(local.Mode), modeMismatch(peer.Mode))
 		}
 	}
 	if local.Mode == AuthHMAC {
@@ -299,7 +305,8 @@ func authenticate(rc *rawConn, cfg *Config, dialer bool, binding []byte) error {
 				return rc.unexpected(m, "AuthResponse")
 			}
 			if !hmac.Equal(resp.MAC[:], want[:]) {
-				return rc.refuseAuth("the peer's response does not match the shared secret")
+				const differ = "the two nodes' shared secrets do not match"
+				return rc.refuseAuth(differ, differ)
 			}
 		}
 	}
@@ -545,8 +552,10 @@ func (rc *rawConn) unexpected(m Message, want string) error {
 	return err
 }
 
-// refuseAuth tells the peer authentication failed and returns ErrAuth.
-func (rc *rawConn) refuseAuth(reason string) error {
-	rc.send(&Refuse{Code: RefuseAuth, Reason: reason})
-	return fmt.Errorf("%w: %s", ErrAuth, reason)
+// refuseAuth tells the peer authentication failed and returns ErrAuth; local
+// and peer say why from each side's point of view (see refusal).
+func (rc *rawConn) refuseAuth(local, peer string) error {
+	ref, err := refusal(RefuseAuth, ErrAuth, local, peer)
+	rc.send(ref)
+	return err
 }

@@ -98,10 +98,6 @@ func TestHandshakeMismatch(t *testing.T) {
 				d, a := tr.pair(t)
 				dr, ar := handshakePair(t, d, a, dcfg, acfg)
 				for side, err := range map[string]error{"dialer": dr.err, "acceptor": ar.err} {
-					if tc.want == ErrSameNode && errors.Is(err, ErrRefused) {
-						// The refused side learns only the reason text.
-						continue
-					}
 					if !errors.Is(err, tc.want) {
 						t.Errorf("%s: got %v, want %v", side, err, tc.want)
 					}
@@ -119,21 +115,79 @@ func TestHandshakeMismatch(t *testing.T) {
 	}
 }
 
-// The refusing side's message names local and peer values from the
-// receiver's point of view.
-func TestSizeMismatchMessage(t *testing.T) {
-	dcfg, acfg := testConfig(), testConfig()
-	dcfg.Size, acfg.Size = 1073741824, 536870912
-	d, a := net.Pipe()
-	dr, ar := handshakePair(t, d, a, dcfg, acfg)
-	if want := "local 1073741824 bytes, peer 536870912 bytes"; !strings.Contains(dr.err.Error(), want) {
-		t.Errorf("dialer: %q lacks %q", dr.err, want)
+// A check both sides make reads the same on both, each from its own point
+// of view, whichever side found the mismatch and refused the other: a node
+// logs one line per cause, not two that alternate as each side dials in
+// turn (a refused node once read "refused by peer: the peer has no shared
+// secret but this node requires one" about itself).
+func TestRefusalReadsAlikeOnBothSides(t *testing.T) {
+	const grow = " (the smaller node, once its disk is grown too, starts with urbd up --grow)"
+	tests := []struct {
+		name             string
+		edit             func(d, a *Config)
+		dialer, acceptor string // each side's error text
+	}{
+		{"size", func(d, a *Config) { d.Size, a.Size = 1073741824, 536870912 },
+			"protocol: disk size mismatch: local 1073741824 bytes, peer 536870912 bytes" + grow,
+			"protocol: disk size mismatch: local 536870912 bytes, peer 1073741824 bytes" + grow},
+		{"resource", func(d, a *Config) { d.Resource, a.Resource = "r0", "r1" },
+			`protocol: resource name mismatch: local "r0", peer "r1"`,
+			`protocol: resource name mismatch: local "r1", peer "r0"`},
+		{"bitmap block", func(d, a *Config) { d.BitmapBlock = 65536 },
+			"protocol: bitmap block size mismatch: local 65536 bytes, peer 4096 bytes",
+			"protocol: bitmap block size mismatch: local 4096 bytes, peer 65536 bytes"},
+		{"same node id", func(d, a *Config) { d.NodeID, a.NodeID = 5, 5 },
+			"protocol: peer has this node's id: both are node 5 (was the metadata copied? recreate one side's --meta)",
+			"protocol: peer has this node's id: both are node 5 (was the metadata copied? recreate one side's --meta)"},
+		{"secrets differ", func(d, a *Config) { d.Secret = []byte("one") },
+			"protocol: authentication failed: the two nodes' shared secrets do not match",
+			"protocol: authentication failed: the two nodes' shared secrets do not match"},
+		{"dialer without secret", func(d, a *Config) { d.Secret = nil },
+			"protocol: authentication failed: the peer requires a shared secret but this node has none configured",
+			"protocol: authentication failed: the peer has no shared secret but this node requires one"},
+		{"acceptor without secret", func(d, a *Config) { a.Secret = nil },
+			"protocol: authentication failed: the peer has no shared secret but this node requires one",
+			"protocol: authentication failed: the peer requires a shared secret but this node has none configured"},
 	}
-	if want := "protocol: disk size mismatch: local 536870912 bytes, peer 1073741824 bytes"; ar.err.Error() != want {
-		t.Errorf("acceptor: %q, want %q", ar.err, want)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dcfg, acfg := testConfig(), testConfig()
+			dcfg.NodeID, acfg.NodeID = 1, 2
+			tc.edit(&dcfg, &acfg)
+			d, a := net.Pipe()
+			dr, ar := handshakePair(t, d, a, dcfg, acfg)
+			if dr.err == nil || dr.err.Error() != tc.dialer {
+				t.Errorf("dialer: %v, want %q", dr.err, tc.dialer)
+			}
+			if ar.err == nil || ar.err.Error() != tc.acceptor {
+				t.Errorf("acceptor: %v, want %q", ar.err, tc.acceptor)
+			}
+			// The acceptor checks first and refuses the dialer.
+			if !errors.Is(dr.err, ErrRefused) || errors.Is(ar.err, ErrRefused) {
+				t.Errorf("dialer %v and acceptor %v: only the dialer should have been refused", dr.err, ar.err)
+			}
+		})
 	}
-	if !errors.Is(dr.err, ErrRefused) {
-		t.Errorf("dialer: %v does not wrap ErrRefused", dr.err)
+}
+
+// A Refuse whose reason does not start with its cause's words (another
+// implementation, or a cause only one side checks) still says the peer
+// refused.
+func TestRefusedErrorText(t *testing.T) {
+	for _, tc := range []struct {
+		r    Refuse
+		want string
+	}{
+		{Refuse{Code: RefuseSize, Reason: "disk size mismatch: local 1 bytes, peer 2 bytes"}, "protocol: disk size mismatch: local 1 bytes, peer 2 bytes"},
+		{Refuse{Code: RefuseSize, Reason: "sizes differ"}, "protocol: refused by peer: sizes differ"},
+		{Refuse{Code: RefuseProtocol, Reason: "malformed message: expected Hello"}, "protocol: malformed message: expected Hello"},
+		{Refuse{Code: RefuseProtocol, Reason: "expected Hello, got Ping"}, "protocol: refused by peer: expected Hello, got Ping"},
+		{Refuse{Code: RefuseBusy, Reason: "busy: already connected"}, "protocol: refused by peer: busy: already connected"},
+		{Refuse{Code: RefuseSize}, "protocol: refused by peer (code 3)"},
+	} {
+		if got := tc.r.Err().Error(); got != tc.want {
+			t.Errorf("%+v: %q, want %q", tc.r, got, tc.want)
+		}
 	}
 }
 
