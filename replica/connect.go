@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -121,7 +122,7 @@ func (n *Node) acceptLoop(ctx context.Context, ln *peerListener) error {
 			defer cancel()
 			if err := setConnCongestion(conn, n.currentLink().Congestion); err != nil {
 				conn.Close()
-				n.noteConnError(err)
+				n.noteConnError(err, accepted)
 				return
 			}
 			ps, err := protocol.Handshake(hctx, conn, n.protoConfig(), false)
@@ -135,7 +136,7 @@ func (n *Node) acceptLoop(ctx context.Context, ln *peerListener) error {
 			}
 			if err != nil {
 				conn.Close()
-				n.noteConnError(err)
+				n.noteConnError(err, accepted)
 				return
 			}
 			n.offer(ps, false)
@@ -161,7 +162,7 @@ func (n *Node) dialLoop(ctx context.Context) error {
 			adopted, err := n.dialOnce(ctx, peer)
 			switch {
 			case err != nil:
-				n.noteConnError(err)
+				n.noteConnError(err, dialed)
 				backoff = min(backoff*2, maxBackoff)
 			case adopted:
 				backoff = minBackoff
@@ -222,15 +223,30 @@ func dialTCP(ctx context.Context, d *net.Dialer, addr string) (net.Conn, error) 
 	return conn, nil
 }
 
+// How a connection came about: this node dialed it, or accepted the peer's.
+const (
+	dialed   = 0
+	accepted = 1
+)
+
 // noteConnError logs a failed connection attempt once per distinct reason
 // and shows it in the status, so a wrong secret or size is visible at once.
+// Both nodes dial, and the two ways a connection is made may fail in
+// different words (a TLS failure names the side that saw it), so the last
+// failure is remembered for each way (how is dialed or accepted): a reason
+// either remembers is not logged again, where one memory would be rewritten
+// by each attempt in turn and log every one. A failure not logged again
+// still returns to the status if something else (a promotion) has taken the
+// reason since. A successful connection, and the operator's connect, forget
+// both.
+//
 // A StandAlone node keeps the reason it stopped connecting for (a split
 // brain, the operator's disconnect): the teardown of the session it refused
 // may still report an error, which must not hide why it stands alone. A node
 // with a session keeps the reason of its current state (a detached disk, a
 // promotion): a second connection failing meanwhile (a stray dial, a
 // handshake cut short) says nothing about the live link.
-func (n *Node) noteConnError(err error) {
+func (n *Node) noteConnError(err error, how int) {
 	msg := err.Error()
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -242,19 +258,28 @@ func (n *Node) noteConnError(err error) {
 		n.log.Debug("a second peer connection failed while a session runs", "err", msg)
 		return
 	}
-	if n.lastConnErr == msg {
-		return
-	}
-	n.lastConnErr = msg
+	seen := n.lastConnErr[dialed] == msg || n.lastConnErr[accepted] == msg
+	n.lastConnErr[how] = msg
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, errConnRefused) || errors.Is(err, errSelfConnect) {
-		n.log.Debug("peer connection failed", "err", msg)
+		if !seen {
+			n.log.Debug("peer connection failed", "err", msg)
+		}
 		return
 	}
-	n.log.Warn("peer connection failed", "err", msg)
-	n.st.Reason = "peer connection failed: " + msg
+	if !seen {
+		n.log.Warn("peer connection failed", "err", msg)
+	} else if strings.HasPrefix(n.st.Reason, reasonConnFailed) {
+		return
+	}
+	// A new failure, or a known one after something else (a promotion)
+	// took the status: show why the node still does not connect.
+	n.st.Reason = reasonConnFailed + msg
 	n.notifyLocked()
 }
+
+// reasonConnFailed begins the status reason of a failed connection attempt.
+const reasonConnFailed = "peer connection failed: "
 
 var errConnRefused = errors.New("connection refused")
 
@@ -267,7 +292,11 @@ var errConnRefused = errors.New("connection refused")
 func (n *Node) offer(ps *protocol.Session, dialer bool) bool {
 	peerID := ps.Peer().NodeID
 	if peerID == n.nodeID {
-		n.noteConnError(fmt.Errorf("replica: peer has the same node id %016x: was the metadata copied? recreate one side's --meta", peerID))
+		how := accepted
+		if dialer {
+			how = dialed
+		}
+		n.noteConnError(fmt.Errorf("replica: peer has the same node id %016x: was the metadata copied? recreate one side's --meta", peerID), how)
 		ps.Close()
 		return false
 	}
@@ -297,7 +326,7 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) bool {
 	}
 	n.sess = s
 	n.hasSession.Store(true)
-	n.lastConnErr = ""
+	n.lastConnErr = [2]string{}
 	n.mu.Unlock()
 	go n.runSession(s)
 	return true

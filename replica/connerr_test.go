@@ -1,10 +1,12 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/urbd/urbd/internal/testnet"
@@ -17,12 +19,12 @@ import (
 func TestConnErrorKeepsStandAloneReason(t *testing.T) {
 	n := &Node{log: slog.New(slog.DiscardHandler), changed: make(chan struct{})}
 	n.st = State{Conn: StandAlone, Reason: "split brain: both sides wrote"}
-	n.noteConnError(errors.New("protocol: accept stream: session shutdown"))
+	n.noteConnError(errors.New("protocol: accept stream: session shutdown"), accepted)
 	if n.st.Reason != "split brain: both sides wrote" {
 		t.Errorf("StandAlone reason after a connection error: %q, want the split brain kept", n.st.Reason)
 	}
 	n.st.Conn = WFConnection
-	n.noteConnError(errors.New("protocol: handshake: wrong secret"))
+	n.noteConnError(errors.New("protocol: handshake: wrong secret"), dialed)
 	if want := "peer connection failed: protocol: handshake: wrong secret"; n.st.Reason != want {
 		t.Errorf("WFConnection reason: %q, want %q", n.st.Reason, want)
 	}
@@ -38,15 +40,62 @@ func TestConnErrorKeepsConnectedReason(t *testing.T) {
 	n.sess = &session{}
 	n.st = State{Conn: Connected, Reason: "disk detached after a write error"}
 	cut := errors.New("protocol: handshake: receive: read: connection timed out")
-	n.noteConnError(cut)
+	n.noteConnError(cut, accepted)
 	if n.st.Reason != "disk detached after a write error" {
 		t.Errorf("Connected reason after a second connection failed: %q, want the detach kept", n.st.Reason)
 	}
 	n.sess = nil
 	n.st.Conn = WFConnection
-	n.noteConnError(cut)
+	n.noteConnError(cut, accepted)
 	if want := "peer connection failed: " + cut.Error(); n.st.Reason != want {
 		t.Errorf("WFConnection reason: %q, want %q", n.st.Reason, want)
+	}
+}
+
+// TestConnErrorLoggedOnce: a failure repeated at every attempt is logged,
+// and put in the status, once, even when the attempts this node dials and
+// those it accepts fail in different words and alternate (a TLS failure
+// names the side that saw it). A new failure is logged; a known one comes
+// back to the status when a promotion took it; after the operator's
+// connect, the same failure is logged again.
+func TestConnErrorLoggedOnce(t *testing.T) {
+	var logs bytes.Buffer
+	n := &Node{log: slog.New(slog.NewTextHandler(&logs, nil)), changed: make(chan struct{})}
+	n.st = State{Conn: WFConnection}
+	asDialer := errors.New("protocol: TLS handshake failed (dialer): remote error: tls: bad certificate")
+	asAcceptor := errors.New("protocol: TLS handshake failed (acceptor): tls: failed to verify certificate")
+	warnings := func() int { return strings.Count(logs.String(), `level=WARN msg="peer connection failed"`) }
+	for range 5 {
+		n.noteConnError(asDialer, dialed)
+		n.noteConnError(asAcceptor, accepted)
+	}
+	if got := warnings(); got != 2 {
+		t.Fatalf("%d warnings for two failures repeated five times, want 2:\n%s", got, logs.String())
+	}
+	if want := "peer connection failed: " + asAcceptor.Error(); n.st.Reason != want {
+		t.Errorf("reason %q, want %q", n.st.Reason, want)
+	}
+	n.noteConnError(asDialer, accepted) // the acceptor's side now fails as the dialer's did: nothing new
+	if got := warnings(); got != 2 {
+		t.Fatalf("%d warnings after a known failure came the other way, want 2", got)
+	}
+	other := errors.New("protocol: disk size mismatch: local 1 bytes, peer 2 bytes")
+	n.noteConnError(other, dialed)
+	if got := warnings(); got != 3 || n.st.Reason != "peer connection failed: "+other.Error() {
+		t.Fatalf("a new failure: %d warnings (want 3), reason %q", got, n.st.Reason)
+	}
+	n.st.Reason = "promoted by operator"
+	n.noteConnError(other, accepted)
+	if got := warnings(); got != 3 || n.st.Reason != "peer connection failed: "+other.Error() {
+		t.Fatalf("a known failure after a promotion: %d warnings (want 3), reason %q (want the failure back)", got, n.st.Reason)
+	}
+	n.st.Reason = "connect requested by operator"
+	if err := n.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	n.noteConnError(other, dialed)
+	if got := warnings(); got != 4 || n.st.Reason != "peer connection failed: "+other.Error() {
+		t.Fatalf("after the operator's connect: %d warnings (want 4), reason %q", got, n.st.Reason)
 	}
 }
 

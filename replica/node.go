@@ -153,7 +153,7 @@ type Node struct {
 	syncKick       chan struct{} // wakes the resync check
 	peerID         uint64        // guarded by mu: the peer's node id, once known
 	peerUUIDs      UUIDs         // guarded by mu: the peer's UUIDs at the last state
-	lastConnErr    string        // guarded by mu: the last connection failure, logged once
+	lastConnErr    [2]string     // guarded by mu: the last connection failure, dialed and accepted (see noteConnError)
 	syncWhy        string        // guarded by mu: the reason the next resync of a connected Primary shows, if not the default
 	ahead          *flushAhead
 	diskless       atomic.Bool // n.st.Disk == Diskless, read without n.mu (see detach)
@@ -458,6 +458,7 @@ func (n *Node) Connect(discard bool) error {
 	}
 	n.discard = discard
 	n.wantConn = true
+	n.lastConnErr = [2]string{} // the operator asked: say again why it fails
 	if n.st.Conn == StandAlone {
 		n.setStateLocked("connect requested by operator", func(s *State) { s.Conn = WFConnection; s.SplitBrain = false })
 	}
