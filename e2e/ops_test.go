@@ -430,10 +430,9 @@ tcp-congestion = %q
 	c.b.ctl("adjust", "r0")
 	c.a.ctl("disconnect", "r0")
 	c.a.ctl("connect", "r0")
-	// Which end finds the mismatch depends on who dialed last: alpha says
-	// "authentication failed" or "refused by peer", each with the reason.
+	// Whichever end finds the mismatch, both say it in the same words.
 	c.a.waitFor("refused for the secret", 20*time.Second, func(s status.Resource) bool {
-		return strings.Contains(s.Reason, "does not match the shared secret")
+		return strings.Contains(s.Reason, "authentication failed: the two nodes' shared secrets do not match")
 	})
 	c.a.ctl("adjust", "r0")
 	c.a.waitInSync(30 * time.Second)

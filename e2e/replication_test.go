@@ -120,6 +120,37 @@ func TestWrongSecretRefused(t *testing.T) {
 	if b := c.b.status(); b.NetRecvKiB != 0 || b.DiskWriteKiB != 0 {
 		t.Fatalf("data moved to a peer with the wrong secret: %+v", b)
 	}
+	want := "peer connection failed: protocol: authentication failed: the two nodes' shared secrets do not match"
+	if st.Reason != want {
+		t.Fatalf("reason %q, want %q", st.Reason, want)
+	}
+	c.logOneConnFailure()
+
+	// A peer with no secret at all: each side says which of the two has one.
+	c.b.stop()
+	c.b.start()
+	c.a.waitFor("the peer without a secret", 20*time.Second, func(s status.Resource) bool {
+		return s.Reason == "peer connection failed: protocol: authentication failed: the peer has no shared secret but this node requires one"
+	})
+	c.b.waitFor("refused for having no secret", 20*time.Second, func(s status.Resource) bool {
+		return s.Reason == "peer connection failed: protocol: authentication failed: the peer requires a shared secret but this node has none configured"
+	})
+}
+
+// logOneConnFailure waits while the two nodes keep dialing each other in
+// vain (the dial backoff grows to 2 s: each tries four times or more, and
+// is dialed as often) and checks that each logged the failure once, not at
+// every attempt.
+func (c *cluster) logOneConnFailure() {
+	c.t.Helper()
+	time.Sleep(5 * time.Second)
+	for _, n := range []*node{c.a, c.b} {
+		logs, err := os.ReadFile(n.logPath)
+		must(c.t, err)
+		if got := strings.Count(string(logs), `level=WARN msg="peer connection failed"`); got != 1 {
+			c.t.Fatalf("%s: %d warnings of a failed connection in 5 s of the same failure, want 1:\n%s", n.name, got, logs)
+		}
+	}
 }
 
 // TestSizeMismatchRefused: peers whose disks differ in size never connect,
@@ -137,6 +168,7 @@ func TestSizeMismatchRefused(t *testing.T) {
 	if st.ConnState == "Connected" {
 		t.Fatal("connected despite a size mismatch")
 	}
+	c.logOneConnFailure()
 }
 
 // TestStatusFile: RUN/NAME/status has the /proc/drbd shape, follows a state
