@@ -69,6 +69,7 @@ const (
 	RefuseBusy        uint32 = 8  // the resource already has a peer connection
 	RefuseProtocol    uint32 = 9  // the peer sent a malformed or unexpected frame
 	RefuseSameNode    uint32 = 10 // both sides have the same node id
+	RefuseTLS         uint32 = 11 // TLS is configured on one side only
 )
 
 // refuseSentinel maps a Refuse code to the sentinel a local check would have
@@ -89,6 +90,8 @@ func refuseSentinel(code uint32) error {
 		return ErrMalformed
 	case RefuseSameNode:
 		return ErrSameNode
+	case RefuseTLS:
+		return ErrTLS
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -120,10 +122,6 @@ func Handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool) (*Se
 }
 
 func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, deadline time.Time) (*Session, error) {
-	role := "acceptor"
-	if dialer {
-		role = "dialer"
-	}
 	var binding []byte
 	raw := conn
 	if cfg.TLS != nil {
@@ -134,7 +132,17 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 			tc = tls.Server(conn, cfg.TLS)
 		}
 		if err := tc.HandshakeContext(ctx); err != nil {
-			return nil, fmt.Errorf("%w (%s): %w", ErrTLS, role, err)
+			var rh tls.RecordHeaderError
+			if errors.As(err, &rh) && bytes.HasPrefix(rh.RecordHeader[:], magic[:]) {
+				// The peer sent a frame of ours in clear: a Hello, or
+				// the Refuse below from a node without TLS.
+				ref, lerr := tlsOneSide(true)
+				if !dialer {
+					(&rawConn{c: raw}).send(ref)
+				}
+				return nil, lerr
+			}
+			return nil, tlsFailure(err)
 		}
 		cs := tc.ConnectionState()
 		b, err := cs.ExportKeyingMaterial("urbd auth v1", nil, 32)
@@ -153,9 +161,8 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 		// In TLS 1.3 the client finishes its handshake before the server
 		// has checked the client's certificate; a rejection arrives as an
 		// alert on the first read.
-		var op *net.OpError
-		if cfg.TLS != nil && errors.As(err, &op) && op.Op == "remote error" {
-			err = fmt.Errorf("%w (%s): %w", ErrTLS, role, err)
+		if alert := tlsAlert(err); cfg.TLS != nil && alert != nil {
+			err = tlsFailure(alert)
 		}
 		return nil, err
 	}
@@ -511,8 +518,12 @@ func (rc *rawConn) recv() (Message, error) {
 	h, err := parseHeader(rc.hdr[:])
 	if err != nil {
 		if rc.hdr[0] == 0x16 && rc.hdr[1] == 0x03 {
-			// A TLS handshake record: the peer is configured for TLS.
-			return nil, fmt.Errorf("protocol: handshake: %w (the peer speaks TLS; configure --tls-cert/--tls-key/--tls-ca on both nodes or neither)", err)
+			// A TLS handshake record: the peer is configured for TLS and
+			// this node is not. A Refuse in answer reaches a TLS client
+			// as a record it cannot read, which it recognises (above).
+			ref, lerr := tlsOneSide(false)
+			rc.send(ref)
+			return nil, lerr
 		}
 		if errors.Is(err, ErrVersion) {
 			rc.send(&Refuse{Code: RefuseVersion, Reason: fmt.Sprintf("version mismatch: local version %d, peer version %d", h.Version, Version)})
@@ -550,6 +561,42 @@ func (rc *rawConn) unexpected(m Message, want string) error {
 	err := fmt.Errorf("protocol: handshake: %w: %v, expected %s", ErrUnexpected, m.Kind(), want)
 	rc.send(&Refuse{Code: RefuseProtocol, Reason: fmt.Sprintf("expected %s, got %v", want, m.Kind())})
 	return err
+}
+
+// tlsAlert returns the TLS alert the peer sent that err carries, or nil.
+func tlsAlert(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" {
+		return op
+	}
+	return nil
+}
+
+// tlsFailure is the error for a failed TLS handshake. It does not say which
+// side of the handshake this node was: the nodes dial each other in turn,
+// and a fault reads the same both ways, whether this node found it (the
+// peer's certificate) or the peer did and sent an alert, which reaches a
+// TLS 1.3 client only on its first read after the handshake.
+func tlsFailure(err error) error {
+	if alert := tlsAlert(err); alert != nil {
+		if strings.Contains(alert.Error(), "certificate") {
+			return fmt.Errorf("%w: the peer does not accept this node's certificate (is it signed by the CA of the peer's --tls-ca?): %w", ErrTLS, alert)
+		}
+		return fmt.Errorf("%w: %w", ErrTLS, alert)
+	}
+	return fmt.Errorf("%w: %w", ErrTLS, err)
+}
+
+// tlsOneSide is the Refuse and the local error for a connection between a
+// node with TLS configured and one without; withTLS says which this node is.
+func tlsOneSide(withTLS bool) (*Refuse, error) {
+	const hint = " (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)"
+	requires := "the peer has no TLS configured but this node requires it" + hint
+	lacks := "the peer requires TLS but this node has none configured" + hint
+	if withTLS {
+		return refusal(RefuseTLS, ErrTLS, requires, lacks)
+	}
+	return refusal(RefuseTLS, ErrTLS, lacks, requires)
 }
 
 // refuseAuth tells the peer authentication failed and returns ErrAuth; local

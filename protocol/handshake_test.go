@@ -711,31 +711,52 @@ func TestTLS(t *testing.T) {
 			if !errors.Is(dr.err, ErrTLS) || !errors.Is(ar.err, ErrTLS) {
 				t.Fatalf("dialer %v, acceptor %v; want ErrTLS on both", dr.err, ar.err)
 			}
+			// The side that refused names the CA; the refused side says
+			// its certificate was not accepted, as dialer or acceptor.
+			refuser, refused := ar.err, dr.err
+			if tc.name == "acceptor cert from another CA" {
+				refuser, refused = dr.err, ar.err
+			}
+			if !strings.HasPrefix(refuser.Error(), "protocol: TLS handshake failed: the peer's certificate does not chain to the CA of this node's --tls-ca: ") {
+				t.Errorf("refusing side: %v", refuser)
+			}
+			if !strings.HasPrefix(refused.Error(), "protocol: TLS handshake failed: the peer does not accept this node's certificate") {
+				t.Errorf("refused side: %v", refused)
+			}
 		})
 	}
-	t.Run("plain peer", func(t *testing.T) {
-		dcfg, acfg := testConfig(), testConfig()
-		acfg.TLS = NewTLSConfig(nodeB, ca.pool)
-		dcfg.Timeout, acfg.Timeout = time.Second, time.Second
-		d, a := tcpPair(t)
-		dr, ar := handshakePair(t, d, a, dcfg, acfg)
-		if dr.err == nil || !errors.Is(ar.err, ErrTLS) {
-			t.Fatalf("dialer %v, acceptor %v", dr.err, ar.err)
-		}
-	})
-	t.Run("TLS peer", func(t *testing.T) {
-		dcfg, acfg := testConfig(), testConfig()
-		dcfg.TLS = NewTLSConfig(nodeA, ca.pool)
-		dcfg.Timeout, acfg.Timeout = time.Second, time.Second
-		d, a := tcpPair(t)
-		dr, ar := handshakePair(t, d, a, dcfg, acfg)
-		if !errors.Is(ar.err, ErrBadMagic) || !strings.Contains(ar.err.Error(), "the peer speaks TLS") {
-			t.Fatalf("acceptor %v", ar.err)
-		}
-		if !errors.Is(dr.err, ErrTLS) {
-			t.Fatalf("dialer %v", dr.err)
-		}
-	})
+	// TLS on one side only: each side says which has it, in the same
+	// words whichever dialed (see TestRefusalReadsAlikeOnBothSides).
+	const (
+		requires = "protocol: TLS handshake failed: the peer has no TLS configured but this node requires it (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)"
+		lacks    = "protocol: TLS handshake failed: the peer requires TLS but this node has none configured (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)"
+	)
+	for _, tc := range []struct {
+		name             string
+		dialTLS          bool
+		dialer, acceptor string
+	}{
+		{"plain dialer", false, lacks, requires},
+		{"plain acceptor", true, requires, lacks},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dcfg, acfg := testConfig(), testConfig()
+			if tc.dialTLS {
+				dcfg.TLS = NewTLSConfig(nodeA, ca.pool)
+			} else {
+				acfg.TLS = NewTLSConfig(nodeB, ca.pool)
+			}
+			dcfg.Timeout, acfg.Timeout = time.Second, time.Second
+			d, a := tcpPair(t)
+			dr, ar := handshakePair(t, d, a, dcfg, acfg)
+			if dr.err == nil || dr.err.Error() != tc.dialer || !errors.Is(dr.err, ErrTLS) {
+				t.Errorf("dialer: %v, want %q", dr.err, tc.dialer)
+			}
+			if ar.err == nil || ar.err.Error() != tc.acceptor || !errors.Is(ar.err, ErrTLS) {
+				t.Errorf("acceptor: %v, want %q", ar.err, tc.acceptor)
+			}
+		})
+	}
 }
 
 func TestLoadTLSAndSecret(t *testing.T) {

@@ -75,7 +75,7 @@ func verifyPeer(cs tls.ConnectionState, ca *x509.CertPool) error {
 		opts.Intermediates.AddCert(c)
 	}
 	if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
-		return fmt.Errorf("peer certificate: %w", err)
+		return fmt.Errorf("the peer's certificate does not chain to the CA of this node's --tls-ca: %w", err)
 	}
 	return nil
 }
