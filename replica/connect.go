@@ -232,7 +232,8 @@ const (
 // noteConnError logs a failed connection attempt once per distinct reason
 // and shows it in the status, so a wrong secret or size is visible at once.
 // Both nodes dial, and the two ways a connection is made may fail in
-// different words (a TLS failure names the side that saw it), so the last
+// different words (a node without TLS whose peer requires it sees the peer
+// hang up when it dials, and a TLS record when it is dialed), so the last
 // failure is remembered for each way (how is dialed or accepted): a reason
 // either remembers is not logged again, where one memory would be rewritten
 // by each attempt in turn and log every one. A failure not logged again
@@ -260,8 +261,7 @@ func (n *Node) noteConnError(err error, how int) {
 	}
 	seen := n.lastConnErr[dialed] == msg || n.lastConnErr[accepted] == msg
 	n.lastConnErr[how] = msg
-	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, errConnRefused) || errors.Is(err, errSelfConnect) {
+	if unreachable(err) {
 		if !seen {
 			n.log.Debug("peer connection failed", "err", msg)
 		}
@@ -276,6 +276,18 @@ func (n *Node) noteConnError(err error, how int) {
 	// took the status: show why the node still does not connect.
 	n.st.Reason = reasonConnFailed + msg
 	n.notifyLocked()
+}
+
+// unreachable reports a failure to reach the peer at all (refused, timed
+// out, no route): expected while the peer is down, so logged at debug level
+// and kept out of the status. A TLS alert from the peer is a net.Error too,
+// but says the peer was reached and refused this node's certificate.
+func unreachable(err error) bool {
+	var ne net.Error
+	if errors.Is(err, protocol.ErrTLS) {
+		return false
+	}
+	return errors.As(err, &ne) || errors.Is(err, errConnRefused) || errors.Is(err, errSelfConnect)
 }
 
 // reasonConnFailed begins the status reason of a failed connection attempt.

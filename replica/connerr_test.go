@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
 
 	"github.com/urbd/urbd/internal/testnet"
+	"github.com/urbd/urbd/protocol"
 )
 
 // TestConnErrorKeepsStandAloneReason: a connection error shows in the
@@ -54,16 +56,16 @@ func TestConnErrorKeepsConnectedReason(t *testing.T) {
 
 // TestConnErrorLoggedOnce: a failure repeated at every attempt is logged,
 // and put in the status, once, even when the attempts this node dials and
-// those it accepts fail in different words and alternate (a TLS failure
-// names the side that saw it). A new failure is logged; a known one comes
+// those it accepts fail in different words and alternate. A new failure is logged; a known one comes
 // back to the status when a promotion took it; after the operator's
 // connect, the same failure is logged again.
 func TestConnErrorLoggedOnce(t *testing.T) {
 	var logs bytes.Buffer
 	n := &Node{log: slog.New(slog.NewTextHandler(&logs, nil)), changed: make(chan struct{})}
 	n.st = State{Conn: WFConnection}
-	asDialer := errors.New("protocol: TLS handshake failed (dialer): remote error: tls: bad certificate")
-	asAcceptor := errors.New("protocol: TLS handshake failed (acceptor): tls: failed to verify certificate")
+	// A node without TLS whose peer requires it.
+	asDialer := errors.New("protocol: handshake: the peer closed the connection (EOF)")
+	asAcceptor := errors.New("protocol: handshake: protocol: bad frame magic: 16 03 01 05 (the peer speaks TLS; configure --tls-cert/--tls-key/--tls-ca on both nodes or neither)")
 	warnings := func() int { return strings.Count(logs.String(), `level=WARN msg="peer connection failed"`) }
 	for range 5 {
 		n.noteConnError(asDialer, dialed)
@@ -96,6 +98,28 @@ func TestConnErrorLoggedOnce(t *testing.T) {
 	n.noteConnError(other, dialed)
 	if got := warnings(); got != 4 || n.st.Reason != "peer connection failed: "+other.Error() {
 		t.Fatalf("after the operator's connect: %d warnings (want 4), reason %q", got, n.st.Reason)
+	}
+}
+
+// TestConnErrorPeerAlertShown: a peer that is not reached at all (refused,
+// timed out) is expected while it is down and only logged at debug level,
+// but a TLS alert from the peer, a net.Error too, says it was reached and
+// refused this node's certificate: a warning and the status reason. A node
+// whose certificate the peer rejected used to show nothing of it.
+func TestConnErrorPeerAlertShown(t *testing.T) {
+	var logs bytes.Buffer
+	n := &Node{log: slog.New(slog.NewTextHandler(&logs, nil)), changed: make(chan struct{})}
+	n.st = State{Conn: WFConnection, Reason: "promoted by operator"}
+	down := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}
+	n.noteConnError(down, dialed)
+	if strings.Contains(logs.String(), "WARN") || n.st.Reason != "promoted by operator" {
+		t.Fatalf("a peer that is down: reason %q, log:\n%s", n.st.Reason, logs.String())
+	}
+	alert := fmt.Errorf("%w: the peer does not accept this node's certificate: %w", protocol.ErrTLS,
+		&net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")})
+	n.noteConnError(alert, accepted)
+	if !strings.Contains(logs.String(), `level=WARN msg="peer connection failed"`) || n.st.Reason != "peer connection failed: "+alert.Error() {
+		t.Fatalf("a TLS alert from the peer: reason %q, log:\n%s", n.st.Reason, logs.String())
 	}
 }
 
