@@ -1,0 +1,279 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/urbd/urbd/internal/testnet"
+	"github.com/urbd/urbd/status"
+)
+
+// TestTLSReplication: two daemons given --tls-cert, --tls-key and --tls-ca
+// from one CA connect and replicate, and what crosses the network is TLS:
+// every peer connection starts with a TLS record, and a block written
+// through the Primary never appears in clear on the wire, while both disks
+// end up equal. A node whose certificate another CA signed is refused; each
+// node says why from its side in its status and logs it once; a node without
+// TLS is refused, and each of the two says which one has TLS.
+func TestTLSReplication(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	pki := newTestPKI(t, c.dir)
+	// Each node dials the other through a relay that keeps what passed.
+	toB := startRelay(t, c.b.listen)
+	toA := startRelay(t, c.a.listen)
+	c.a.peer, c.b.peer = toB.addr, toA.addr
+	tlsFlags := func(name string) []string {
+		return []string{"--tls-cert", pki.cert[name], "--tls-key", pki.key[name], "--tls-ca", pki.ca}
+	}
+	c.a.start(tlsFlags("a")...)
+	c.b.start(tlsFlags("b")...)
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+
+	canary := bytes.Repeat([]byte("urbd-tls-canary:"), 1<<16) // 1 MiB
+	cl, err := c.a.client()
+	must(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	must(t, cl.Write(ctx, canary, 8<<20, false))
+	must(t, cl.Flush(ctx))
+	cl.Close()
+	c.a.ctl("secondary", "r0")
+	cmpFiles(t, c.a.disk, c.b.disk)
+	if got := fileBytes(t, c.b.disk)[8<<20 : 9<<20]; !bytes.Equal(got, canary) {
+		t.Fatal("the canary block is not on the Secondary's disk")
+	}
+	conns, wire := toA.seen()
+	conns2, wire2 := toB.seen()
+	conns = append(conns, conns2...)
+	if len(conns) == 0 {
+		t.Fatal("no peer connection passed the relays")
+	}
+	for i, first := range conns {
+		// A TLS handshake record: content type 22, version 3.x.
+		if len(first) < 2 || first[0] != 0x16 || first[1] != 0x03 {
+			t.Fatalf("peer connection %d began % x, not with a TLS record", i, first)
+		}
+	}
+	if bytes.Contains(append(wire, wire2...), []byte("urbd-tls-canary:urbd-tls-canary:")) {
+		t.Fatal("the written block crossed the network in clear")
+	}
+
+	// b comes back with a certificate from another CA.
+	c.b.stop()
+	logA, err := os.ReadFile(c.a.logPath)
+	must(t, err)
+	logB, err := os.ReadFile(c.b.logPath)
+	must(t, err)
+	c.b.start("--tls-cert", pki.cert["rogue"], "--tls-key", pki.key["rogue"], "--tls-ca", pki.ca)
+	c.a.waitFor("the rogue certificate refused", 20*time.Second, func(s status.Resource) bool {
+		return s.ConnState == "WFConnection" && strings.HasPrefix(s.Reason, "peer connection failed: protocol: TLS handshake failed: the peer's certificate does not chain to the CA of this node's --tls-ca: x509: certificate signed by unknown authority")
+	})
+	c.b.waitFor("its certificate refused", 20*time.Second, func(s status.Resource) bool {
+		return strings.HasPrefix(s.Reason, "peer connection failed: protocol: TLS handshake failed: the peer does not accept this node's certificate")
+	})
+	time.Sleep(5 * time.Second) // several attempts each way
+	for _, n := range []struct {
+		n      *node
+		before []byte
+	}{{c.a, logA}, {c.b, logB}} {
+		after, err := os.ReadFile(n.n.logPath)
+		must(t, err)
+		if got := strings.Count(string(after[len(n.before):]), `level=WARN msg="peer connection failed"`); got != 1 {
+			t.Fatalf("%s: %d warnings of a failed connection in 5 s of the same failure, want 1:\n%s", n.n.name, got, after[len(n.before):])
+		}
+	}
+	if st := c.b.status(); st.ConnState == "Connected" {
+		t.Fatal("the node with a certificate from another CA connected")
+	}
+
+	// b comes back without TLS: each node says which of the two has it.
+	c.b.stop()
+	c.b.start()
+	c.a.waitFor("the peer without TLS", 20*time.Second, func(s status.Resource) bool {
+		return s.Reason == "peer connection failed: protocol: TLS handshake failed: the peer has no TLS configured but this node requires it (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)"
+	})
+	c.b.waitFor("refused for having no TLS", 20*time.Second, func(s status.Resource) bool {
+		return s.Reason == "peer connection failed: protocol: TLS handshake failed: the peer requires TLS but this node has none configured (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)"
+	})
+}
+
+// testPKI is a CA and certificates for nodes "a" and "b" it signed, and one
+// for "rogue" that another CA signed, as PEM files.
+type testPKI struct {
+	ca        string
+	cert, key map[string]string
+}
+
+func newTestPKI(t *testing.T, dir string) *testPKI {
+	t.Helper()
+	p := &testPKI{cert: map[string]string{}, key: map[string]string{}}
+	ca, caKey := newTestCA(t, "urbd test CA")
+	other, otherKey := newTestCA(t, "another CA")
+	p.ca = filepath.Join(dir, "ca.pem")
+	writePEM(t, p.ca, "CERTIFICATE", ca.Raw)
+	for _, n := range []struct {
+		name   string
+		parent *x509.Certificate
+		key    *ecdsa.PrivateKey
+	}{{"a", ca, caKey}, {"b", ca, caKey}, {"rogue", other, otherKey}} {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		must(t, err)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(time.Now().UnixNano()),
+			Subject:      pkix.Name{CommonName: "node-" + n.name},
+			NotBefore:    time.Now().Add(-time.Hour),
+			NotAfter:     time.Now().Add(24 * time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, n.parent, &key.PublicKey, n.key)
+		must(t, err)
+		kder, err := x509.MarshalECPrivateKey(key)
+		must(t, err)
+		p.cert[n.name] = filepath.Join(dir, n.name+".pem")
+		p.key[n.name] = filepath.Join(dir, n.name+".key")
+		writePEM(t, p.cert[n.name], "CERTIFICATE", der)
+		writePEM(t, p.key[n.name], "EC PRIVATE KEY", kder)
+	}
+	return p
+}
+
+func newTestCA(t *testing.T, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(t, err)
+	cert, err := x509.ParseCertificate(der)
+	must(t, err)
+	return cert, key
+}
+
+func writePEM(t *testing.T, path, typ string, der []byte) {
+	t.Helper()
+	must(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+}
+
+// relay forwards each TCP connection made to addr on to a target and keeps
+// what it forwarded both ways (up to relayKeep bytes), and the first bytes
+// the connecting side sent on each connection.
+type relay struct {
+	addr  string
+	mu    sync.Mutex
+	wire  []byte
+	first [][]byte
+}
+
+const relayKeep = 64 << 20
+
+func startRelay(t *testing.T, target string) *relay {
+	t.Helper()
+	addr, err := testnet.FreeAddr()
+	must(t, err)
+	ln, err := net.Listen("tcp", addr)
+	must(t, err)
+	r := &relay{addr: addr}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			mu.Lock()
+			open = append(open, in, out)
+			mu.Unlock()
+			idx := r.newConn()
+			wg.Add(2)
+			go func() { defer wg.Done(); r.pump(out, in, idx); out.Close() }()
+			go func() { defer wg.Done(); r.pump(in, out, -1); in.Close() }()
+		}
+	}()
+	return r
+}
+
+func (r *relay) newConn() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.first = append(r.first, nil)
+	return len(r.first) - 1
+}
+
+// pump copies src to dst, keeping what passed; idx >= 0 also keeps the
+// first bytes of connection idx.
+func (r *relay) pump(dst io.Writer, src io.Reader, idx int) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			r.mu.Lock()
+			if idx >= 0 && len(r.first[idx]) < 8 {
+				r.first[idx] = append(r.first[idx], buf[:min(n, 8-len(r.first[idx]))]...)
+			}
+			if len(r.wire) < relayKeep {
+				r.wire = append(r.wire, buf[:n]...)
+			}
+			r.mu.Unlock()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// seen returns the first bytes of each connection and what passed so far.
+func (r *relay) seen() ([][]byte, []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first := make([][]byte, len(r.first))
+	for i, f := range r.first {
+		first[i] = append([]byte(nil), f...)
+	}
+	return first, append([]byte(nil), r.wire...)
+}
