@@ -124,32 +124,56 @@ func TestWrongSecretRefused(t *testing.T) {
 	if st.Reason != want {
 		t.Fatalf("reason %q, want %q", st.Reason, want)
 	}
-	c.logOneConnFailure()
+	c.logOneConnFailure([2]int{})
 
 	// A peer with no secret at all: each side says which of the two has one.
-	c.b.stop()
-	c.b.start()
-	c.a.waitFor("the peer without a secret", 20*time.Second, func(s status.Resource) bool {
-		return s.Reason == "peer connection failed: protocol: authentication failed: the peer has no shared secret but this node requires one"
-	})
-	c.b.waitFor("refused for having no secret", 20*time.Second, func(s status.Resource) bool {
-		return s.Reason == "peer connection failed: protocol: authentication failed: the peer requires a shared secret but this node has none configured"
-	})
+	c.restartBRefused(nil,
+		"protocol: authentication failed: the peer has no shared secret but this node requires one",
+		"protocol: authentication failed: the peer requires a shared secret but this node has none configured")
+}
+
+// logSizes is how long each node's log is now, for logOneConnFailure.
+func (c *cluster) logSizes() [2]int {
+	var n [2]int
+	for i, nd := range []*node{c.a, c.b} {
+		b, err := os.ReadFile(nd.logPath)
+		must(c.t, err)
+		n[i] = len(b)
+	}
+	return n
 }
 
 // logOneConnFailure waits while the two nodes keep dialing each other in
 // vain (the dial backoff grows to 2 s: each tries four times or more, and
-// is dialed as often) and checks that each logged the failure once, not at
-// every attempt.
-func (c *cluster) logOneConnFailure() {
+// is dialed as often) and checks that each logged the failure once since
+// from (logSizes), not at every attempt.
+func (c *cluster) logOneConnFailure(from [2]int) {
 	c.t.Helper()
 	time.Sleep(5 * time.Second)
-	for _, n := range []*node{c.a, c.b} {
+	for i, n := range []*node{c.a, c.b} {
 		logs, err := os.ReadFile(n.logPath)
 		must(c.t, err)
+		logs = logs[from[i]:]
 		if got := strings.Count(string(logs), `level=WARN msg="peer connection failed"`); got != 1 {
 			c.t.Fatalf("%s: %d warnings of a failed connection in 5 s of the same failure, want 1:\n%s", n.name, got, logs)
 		}
+	}
+}
+
+// restartBRefused restarts b with extra flags and waits until the status
+// reason of each node says that the connection failed, as reasonA and
+// reasonB begin.
+func (c *cluster) restartBRefused(extra []string, reasonA, reasonB string) {
+	c.t.Helper()
+	c.b.stop()
+	c.b.start(extra...)
+	for _, w := range []struct {
+		n      *node
+		reason string
+	}{{c.a, reasonA}, {c.b, reasonB}} {
+		w.n.waitFor("reason "+w.reason, 20*time.Second, func(s status.Resource) bool {
+			return s.ConnState == "WFConnection" && strings.HasPrefix(s.Reason, "peer connection failed: "+w.reason)
+		})
 	}
 }
 
@@ -168,7 +192,7 @@ func TestSizeMismatchRefused(t *testing.T) {
 	if st.ConnState == "Connected" {
 		t.Fatal("connected despite a size mismatch")
 	}
-	c.logOneConnFailure()
+	c.logOneConnFailure([2]int{})
 }
 
 // TestStatusFile: RUN/NAME/status has the /proc/drbd shape, follows a state

@@ -3,24 +3,16 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/urbd/urbd/internal/testnet"
-	"github.com/urbd/urbd/status"
+	"github.com/urbd/urbd/internal/testpki"
 )
 
 // TestTLSReplication: two daemons given --tls-cert, --tls-key and --tls-ca
@@ -74,47 +66,19 @@ func TestTLSReplication(t *testing.T) {
 		t.Fatal("the written block crossed the network in clear")
 	}
 
-	// b comes back with a certificate from another CA.
-	c.b.stop()
-	logA, err := os.ReadFile(c.a.logPath)
-	must(t, err)
-	logB, err := os.ReadFile(c.b.logPath)
-	must(t, err)
-	c.b.start("--tls-cert", pki.cert["rogue"], "--tls-key", pki.key["rogue"], "--tls-ca", pki.ca)
-	c.a.waitFor("the rogue certificate refused", 20*time.Second, func(s status.Resource) bool {
-		return s.ConnState == "WFConnection" && strings.HasPrefix(s.Reason, "peer connection failed: protocol: TLS handshake failed: the peer's certificate does not chain to the CA of this node's --tls-ca: x509: certificate signed by unknown authority")
-	})
-	c.b.waitFor("its certificate refused", 20*time.Second, func(s status.Resource) bool {
-		return strings.HasPrefix(s.Reason, "peer connection failed: protocol: TLS handshake failed: the peer does not accept this node's certificate")
-	})
-	time.Sleep(5 * time.Second) // several attempts each way
-	for _, n := range []struct {
-		n      *node
-		before []byte
-	}{{c.a, logA}, {c.b, logB}} {
-		after, err := os.ReadFile(n.n.logPath)
-		must(t, err)
-		if got := strings.Count(string(after[len(n.before):]), `level=WARN msg="peer connection failed"`); got != 1 {
-			t.Fatalf("%s: %d warnings of a failed connection in 5 s of the same failure, want 1:\n%s", n.n.name, got, after[len(n.before):])
-		}
-	}
-	if st := c.b.status(); st.ConnState == "Connected" {
-		t.Fatal("the node with a certificate from another CA connected")
-	}
-
-	// b comes back without TLS: each node says which of the two has it.
-	c.b.stop()
-	c.b.start()
-	c.a.waitFor("the peer without TLS", 20*time.Second, func(s status.Resource) bool {
-		return s.Reason == "peer connection failed: protocol: TLS handshake failed: the peer has no TLS configured but this node requires it (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)"
-	})
-	c.b.waitFor("refused for having no TLS", 20*time.Second, func(s status.Resource) bool {
-		return s.Reason == "peer connection failed: protocol: TLS handshake failed: the peer requires TLS but this node has none configured (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)"
-	})
+	// b comes back with a certificate from another CA; then without TLS.
+	from := c.logSizes()
+	c.restartBRefused([]string{"--tls-cert", pki.cert["rogue"], "--tls-key", pki.key["rogue"], "--tls-ca", pki.ca},
+		"protocol: TLS handshake failed: the peer's certificate does not chain to the CA of this node's --tls-ca: x509: certificate signed by unknown authority",
+		"protocol: TLS handshake failed: the peer does not accept this node's certificate")
+	c.logOneConnFailure(from)
+	c.restartBRefused(nil,
+		"protocol: TLS handshake failed: the peer has no TLS configured but this node requires it (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)",
+		"protocol: TLS handshake failed: the peer requires TLS but this node has none configured (give both nodes --tls-cert, --tls-key and --tls-ca, or neither)")
 }
 
-// testPKI is a CA and certificates for nodes "a" and "b" it signed, and one
-// for "rogue" that another CA signed, as PEM files.
+// testPKI is PEM files for a CA and certificates it signed for nodes "a"
+// and "b", and one for "rogue" that another CA signed.
 type testPKI struct {
 	ca        string
 	cert, key map[string]string
@@ -122,61 +86,16 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T, dir string) *testPKI {
 	t.Helper()
-	p := &testPKI{cert: map[string]string{}, key: map[string]string{}}
-	ca, caKey := newTestCA(t, "urbd test CA")
-	other, otherKey := newTestCA(t, "another CA")
-	p.ca = filepath.Join(dir, "ca.pem")
-	writePEM(t, p.ca, "CERTIFICATE", ca.Raw)
-	for _, n := range []struct {
-		name   string
-		parent *x509.Certificate
-		key    *ecdsa.PrivateKey
-	}{{"a", ca, caKey}, {"b", ca, caKey}, {"rogue", other, otherKey}} {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		must(t, err)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(time.Now().UnixNano()),
-			Subject:      pkix.Name{CommonName: "node-" + n.name},
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(24 * time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, n.parent, &key.PublicKey, n.key)
-		must(t, err)
-		kder, err := x509.MarshalECPrivateKey(key)
-		must(t, err)
-		p.cert[n.name] = filepath.Join(dir, n.name+".pem")
-		p.key[n.name] = filepath.Join(dir, n.name+".key")
-		writePEM(t, p.cert[n.name], "CERTIFICATE", der)
-		writePEM(t, p.key[n.name], "EC PRIVATE KEY", kder)
+	p := &testPKI{ca: filepath.Join(dir, "ca.pem"), cert: map[string]string{}, key: map[string]string{}}
+	ca, other := testpki.New(t, "urbd test CA"), testpki.New(t, "another CA")
+	must(t, os.WriteFile(p.ca, ca.PEM, 0o600))
+	for name, issuer := range map[string]*testpki.CA{"a": ca, "b": ca, "rogue": other} {
+		_, certPEM, keyPEM := issuer.Leaf(t, "node-"+name)
+		p.cert[name], p.key[name] = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
+		must(t, os.WriteFile(p.cert[name], certPEM, 0o600))
+		must(t, os.WriteFile(p.key[name], keyPEM, 0o600))
 	}
 	return p
-}
-
-func newTestCA(t *testing.T, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	must(t, err)
-	cert, err := x509.ParseCertificate(der)
-	must(t, err)
-	return cert, key
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	must(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
 }
 
 // relay forwards each TCP connection made to addr on to a target and keeps

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/urbd/urbd/internal/testpki"
 )
 
 // drain receives frames on st until it has seen n Writes or an error, and
@@ -31,11 +33,11 @@ func benchWrites(b *testing.B, size int, parallel bool) {
 
 // tlsSessionPair returns two sessions over loopback TCP with mutual TLS.
 func tlsSessionPair(b *testing.B) (*Session, *Session) {
-	ca := newCA(b, "bench CA")
-	n1, _, _ := ca.leaf(b, "n1")
-	n2, _, _ := ca.leaf(b, "n2")
+	ca := testpki.New(b, "bench CA")
+	n1, _, _ := ca.Leaf(b, "n1")
+	n2, _, _ := ca.Leaf(b, "n2")
 	dcfg, acfg := testConfig(), testConfig()
-	dcfg.TLS, acfg.TLS = NewTLSConfig(n1, ca.pool), NewTLSConfig(n2, ca.pool)
+	dcfg.TLS, acfg.TLS = NewTLSConfig(n1, ca.Pool), NewTLSConfig(n2, ca.Pool)
 	dc, ac := tcpPair(b)
 	dr, ar := handshakePair(b, dc, ac, dcfg, acfg)
 	if dr.err != nil || ar.err != nil {

@@ -2,22 +2,18 @@ package protocol
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urbd/urbd/internal/testpki"
 )
 
 // transports run a handshake test over an unbuffered pipe and over TCP.
@@ -601,86 +597,17 @@ func TestCloseIsIdempotentAndErrClosed(t *testing.T) {
 	}
 }
 
-// --- TLS ---
-
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	pem  []byte
-}
-
-func newCA(t testing.TB, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// leaf issues a node certificate; it returns the key pair and its PEM files' contents.
-func (ca *testCA) leaf(t testing.TB, name string) (tls.Certificate, []byte, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pair, certPEM, keyPEM
-}
-
 func TestTLS(t *testing.T) {
-	ca := newCA(t, "urbd test CA")
-	other := newCA(t, "some other CA")
-	nodeA, _, _ := ca.leaf(t, "node-a")
-	nodeB, _, _ := ca.leaf(t, "node-b")
-	rogue, _, _ := other.leaf(t, "rogue")
+	ca := testpki.New(t, "urbd test CA")
+	other := testpki.New(t, "some other CA")
+	nodeA, _, _ := ca.Leaf(t, "node-a")
+	nodeB, _, _ := ca.Leaf(t, "node-b")
+	rogue, _, _ := other.Leaf(t, "rogue")
 
 	t.Run("success", func(t *testing.T) {
 		dcfg, acfg := testConfig(), testConfig()
-		dcfg.TLS = NewTLSConfig(nodeA, ca.pool)
-		acfg.TLS = NewTLSConfig(nodeB, ca.pool)
+		dcfg.TLS = NewTLSConfig(nodeA, ca.Pool)
+		acfg.TLS = NewTLSConfig(nodeB, ca.Pool)
 		d, a := tcpPair(t)
 		dr, ar := handshakePair(t, d, a, dcfg, acfg)
 		if dr.err != nil || ar.err != nil {
@@ -696,15 +623,15 @@ func TestTLS(t *testing.T) {
 		dial, acpt tls.Certificate
 		dpool      *x509.CertPool
 	}{
-		{"dialer cert from another CA", rogue, nodeB, ca.pool},
-		{"acceptor cert from another CA", nodeA, rogue, other.pool},
+		{"dialer cert from another CA", rogue, nodeB, ca.Pool},
+		{"acceptor cert from another CA", nodeA, rogue, other.Pool},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dcfg, acfg := testConfig(), testConfig()
 			dcfg.TLS = NewTLSConfig(tc.dial, tc.dpool)
-			acfg.TLS = NewTLSConfig(tc.acpt, ca.pool)
+			acfg.TLS = NewTLSConfig(tc.acpt, ca.Pool)
 			if tc.name == "acceptor cert from another CA" {
-				dcfg.TLS = NewTLSConfig(tc.dial, ca.pool)
+				dcfg.TLS = NewTLSConfig(tc.dial, ca.Pool)
 			}
 			d, a := tcpPair(t)
 			dr, ar := handshakePair(t, d, a, dcfg, acfg)
@@ -742,9 +669,9 @@ func TestTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dcfg, acfg := testConfig(), testConfig()
 			if tc.dialTLS {
-				dcfg.TLS = NewTLSConfig(nodeA, ca.pool)
+				dcfg.TLS = NewTLSConfig(nodeA, ca.Pool)
 			} else {
-				acfg.TLS = NewTLSConfig(nodeB, ca.pool)
+				acfg.TLS = NewTLSConfig(nodeB, ca.Pool)
 			}
 			dcfg.Timeout, acfg.Timeout = time.Second, time.Second
 			d, a := tcpPair(t)
@@ -761,8 +688,8 @@ func TestTLS(t *testing.T) {
 
 func TestLoadTLSAndSecret(t *testing.T) {
 	dir := t.TempDir()
-	ca := newCA(t, "urbd test CA")
-	_, certPEM, keyPEM := ca.leaf(t, "node")
+	ca := testpki.New(t, "urbd test CA")
+	_, certPEM, keyPEM := ca.Leaf(t, "node")
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, b, 0o600); err != nil {
@@ -770,7 +697,7 @@ func TestLoadTLSAndSecret(t *testing.T) {
 		}
 		return p
 	}
-	cert, key, caf := write("cert.pem", certPEM), write("key.pem", keyPEM), write("ca.pem", ca.pem)
+	cert, key, caf := write("cert.pem", certPEM), write("key.pem", keyPEM), write("ca.pem", ca.PEM)
 	cfg, _, err := LoadTLS(cert, key, caf)
 	if err != nil {
 		t.Fatal(err)

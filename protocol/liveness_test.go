@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/urbd/urbd/internal/testpki"
 )
 
 // blackhole forwards bytes between two TCP connections until cut, then
@@ -67,11 +69,11 @@ func blackholePair(t *testing.T, timeout time.Duration, edit ...func(d, a *Confi
 func TestDeadLinkDetectedWithinTimeout(t *testing.T) {
 	t.Run("tcp", func(t *testing.T) { testDeadLink(t) })
 	t.Run("tls", func(t *testing.T) {
-		ca := newCA(t, "CA")
-		n1, _, _ := ca.leaf(t, "n1")
-		n2, _, _ := ca.leaf(t, "n2")
+		ca := testpki.New(t, "CA")
+		n1, _, _ := ca.Leaf(t, "n1")
+		n2, _, _ := ca.Leaf(t, "n2")
 		testDeadLink(t, func(d, a *Config) {
-			d.TLS, a.TLS = NewTLSConfig(n1, ca.pool), NewTLSConfig(n2, ca.pool)
+			d.TLS, a.TLS = NewTLSConfig(n1, ca.Pool), NewTLSConfig(n2, ca.Pool)
 		})
 	})
 }
