@@ -232,8 +232,8 @@ const (
 // noteConnError logs a failed connection attempt once per distinct reason
 // and shows it in the status, so a wrong secret or size is visible at once.
 // Both nodes dial, and the two ways a connection is made may fail in
-// different words (a node without TLS whose peer requires it sees the peer
-// hang up when it dials, and a TLS record when it is dialed), so the last
+// different words (they meet a fault at different steps of the handshake;
+// protocol.Handshake words the refusals both sides check alike), so the last
 // failure is remembered for each way (how is dialed or accepted): a reason
 // either remembers is not logged again, where one memory would be rewritten
 // by each attempt in turn and log every one. A failure not logged again
