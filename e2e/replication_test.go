@@ -162,10 +162,12 @@ func (c *cluster) logOneConnFailure(from [2]int) {
 
 // restartBRefused restarts b with extra flags and waits until the status
 // reason of each node says that the connection failed, as reasonA and
-// reasonB begin.
-func (c *cluster) restartBRefused(extra []string, reasonA, reasonB string) {
+// reasonB begin. It returns the nodes' log sizes from before b started
+// again, for logOneConnFailure.
+func (c *cluster) restartBRefused(extra []string, reasonA, reasonB string) [2]int {
 	c.t.Helper()
 	c.b.stop()
+	from := c.logSizes()
 	c.b.start(extra...)
 	for _, w := range []struct {
 		n      *node
@@ -175,6 +177,7 @@ func (c *cluster) restartBRefused(extra []string, reasonA, reasonB string) {
 			return s.ConnState == "WFConnection" && strings.HasPrefix(s.Reason, "peer connection failed: "+w.reason)
 		})
 	}
+	return from
 }
 
 // TestSizeMismatchRefused: peers whose disks differ in size never connect,

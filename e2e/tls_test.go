@@ -67,8 +67,7 @@ func TestTLSReplication(t *testing.T) {
 	}
 
 	// b comes back with a certificate from another CA; then without TLS.
-	from := c.logSizes()
-	c.restartBRefused([]string{"--tls-cert", pki.cert["rogue"], "--tls-key", pki.key["rogue"], "--tls-ca", pki.ca},
+	from := c.restartBRefused([]string{"--tls-cert", pki.cert["rogue"], "--tls-key", pki.key["rogue"], "--tls-ca", pki.ca},
 		"protocol: TLS handshake failed: the peer's certificate does not chain to the CA of this node's --tls-ca: x509: certificate signed by unknown authority",
 		"protocol: TLS handshake failed: the peer does not accept this node's certificate")
 	c.logOneConnFailure(from)
@@ -139,6 +138,9 @@ func startRelay(t *testing.T, target string) *relay {
 			}
 			out, err := net.Dial("tcp", target)
 			if err != nil {
+				// Nothing listens there: reset, as the target's
+				// host would have refused the connection.
+				in.(*net.TCPConn).SetLinger(0)
 				in.Close()
 				continue
 			}

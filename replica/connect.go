@@ -278,15 +278,16 @@ func (n *Node) noteConnError(err error, how int) {
 	n.notifyLocked()
 }
 
-// unreachable reports a failure to reach the peer at all (refused, timed
-// out, no route): expected while the peer is down, so logged at debug level
-// and kept out of the status. A TLS alert from the peer is a net.Error too,
-// but says the peer was reached and refused this node's certificate.
+// unreachable reports a failure to reach the peer at all (refused, reset,
+// timed out, no route): expected while the peer is down, so logged at debug
+// level and kept out of the status. A TLS alert from the peer is a net.Error
+// too, but says that the peer was reached and refused this node.
 func unreachable(err error) bool {
-	var ne net.Error
-	if errors.Is(err, protocol.ErrTLS) {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" {
 		return false
 	}
+	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, errConnRefused) || errors.Is(err, errSelfConnect)
 }
 

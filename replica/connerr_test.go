@@ -102,7 +102,8 @@ func TestConnErrorLoggedOnce(t *testing.T) {
 }
 
 // TestConnErrorPeerAlertShown: a peer that is not reached at all (refused,
-// timed out) is expected while it is down and only logged at debug level,
+// reset, even during the TLS handshake) is expected while it is down and
+// only logged at debug level,
 // but a TLS alert from the peer, a net.Error too, says it was reached and
 // refused this node's certificate: a warning and the status reason. A node
 // whose certificate the peer rejected used to show nothing of it.
@@ -114,6 +115,11 @@ func TestConnErrorPeerAlertShown(t *testing.T) {
 	n.noteConnError(down, dialed)
 	if strings.Contains(logs.String(), "WARN") || n.st.Reason != "promoted by operator" {
 		t.Fatalf("a peer that is down: reason %q, log:\n%s", n.st.Reason, logs.String())
+	}
+	reset := fmt.Errorf("%w: %w", protocol.ErrTLS, &net.OpError{Op: "read", Net: "tcp", Err: errors.New("read: connection reset by peer")})
+	n.noteConnError(reset, dialed)
+	if strings.Contains(logs.String(), "WARN") || n.st.Reason != "promoted by operator" {
+		t.Fatalf("a peer that went down during the TLS handshake: reason %q, log:\n%s", n.st.Reason, logs.String())
 	}
 	alert := fmt.Errorf("%w: the peer does not accept this node's certificate: %w", protocol.ErrTLS,
 		&net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")})
