@@ -238,8 +238,8 @@ const (
 // either remembers is not logged again, where one memory would be rewritten
 // by each attempt in turn and log every one. A failure not logged again
 // still returns to the status if something else (a promotion) has taken the
-// reason since. A successful connection, and the operator's connect, forget
-// both.
+// reason since. A successful connection, the operator's connect and a new
+// link (urbd adjust) forget both.
 //
 // A StandAlone node keeps the reason it stopped connecting for (a split
 // brain, the operator's disconnect): the teardown of the session it refused

@@ -58,7 +58,7 @@ func TestConnErrorKeepsConnectedReason(t *testing.T) {
 // and put in the status, once, even when the attempts this node dials and
 // those it accepts fail in different words and alternate. A new failure is logged; a known one comes
 // back to the status when a promotion took it; after the operator's
-// connect, the same failure is logged again.
+// connect, or a new link, the same failure is logged again.
 func TestConnErrorLoggedOnce(t *testing.T) {
 	var logs bytes.Buffer
 	n := &Node{log: slog.New(slog.NewTextHandler(&logs, nil)), changed: make(chan struct{})}
@@ -98,6 +98,13 @@ func TestConnErrorLoggedOnce(t *testing.T) {
 	n.noteConnError(other, dialed)
 	if got := warnings(); got != 4 || n.st.Reason != "peer connection failed: "+other.Error() {
 		t.Fatalf("after the operator's connect: %d warnings (want 4), reason %q", got, n.st.Reason)
+	}
+	if err := n.SetLink(Link{Peer: "127.0.0.1:1"}); err != nil { // urbd adjust
+		t.Fatal(err)
+	}
+	n.noteConnError(other, accepted)
+	if got := warnings(); got != 5 {
+		t.Fatalf("after a new link: %d warnings, want 5", got)
 	}
 }
 

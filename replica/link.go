@@ -127,6 +127,7 @@ func (n *Node) SetLink(l Link) error {
 	}
 	n.mu.Lock()
 	n.link = l
+	n.lastConnErr = [2]string{} // a failure the new link meets again is said again
 	n.mu.Unlock()
 	if moved {
 		r := relisten{ln: ln, done: make(chan struct{})}
