@@ -138,7 +138,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 				// the Refuse below from a node without TLS.
 				ref, lerr := tlsOneSide(true)
 				if !dialer {
-					(&rawConn{c: raw}).send(ref)
+					(&rawConn{c: raw}).refuseUnread(ref)
 				}
 				return nil, lerr
 			}
@@ -522,7 +522,7 @@ func (rc *rawConn) recv() (Message, error) {
 			// this node is not. A Refuse in answer reaches a TLS client
 			// as a record it cannot read, which it recognises (above).
 			ref, lerr := tlsOneSide(false)
-			rc.send(ref)
+			rc.refuseUnread(ref)
 			return nil, lerr
 		}
 		if errors.Is(err, ErrVersion) {
@@ -585,6 +585,19 @@ func tlsFailure(err error) error {
 		return fmt.Errorf("%w: %w", ErrTLS, alert)
 	}
 	return fmt.Errorf("%w: %w", ErrTLS, err)
+}
+
+// refuseUnread sends ref on a connection with bytes from the peer still
+// unread, then reads what the peer sends until it hangs up, for at most a
+// second. Closed with unread bytes, the connection would be reset, and the
+// reset may reach the peer before it has read ref.
+func (rc *rawConn) refuseUnread(ref *Refuse) {
+	if rc.send(ref) != nil {
+		return
+	}
+	if rc.c.SetReadDeadline(time.Now().Add(time.Second)) == nil {
+		io.Copy(io.Discard, io.LimitReader(rc.c, 1<<20))
+	}
 }
 
 // tlsOneSide is the Refuse and the local error for a connection between a
