@@ -178,42 +178,30 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 // Both name the same two values, each from its own side (see refusal), so
 // the two nodes report a mismatch in the same words whichever found it.
 func checkHello(cfg *Config, p *Hello) (*Refuse, error) {
-	local := cfg.hello()
-	// detail says what differs from the point of view of the node whose
-	// Hello is mine.
+	// format names this node's value first, then the peer's; the Refuse
+	// names them the other way round.
 	var code uint32
 	var cause error
-	var detail func(mine, theirs *Hello) string
+	var format string
+	var mine, theirs any
 	switch {
 	case p.Version != Version:
-		code, cause = RefuseVersion, ErrVersion
-		detail = func(mine, theirs *Hello) string {
-			return fmt.Sprintf("local version %d, peer version %d", mine.Version, theirs.Version)
-		}
+		code, cause, format, mine, theirs = RefuseVersion, ErrVersion, "local version %d, peer version %d", Version, p.Version
 	case p.Resource != cfg.Resource:
-		code, cause = RefuseResource, ErrResourceMismatch
-		detail = func(mine, theirs *Hello) string {
-			return fmt.Sprintf("local %q, peer %q", mine.Resource, theirs.Resource)
-		}
+		code, cause, format, mine, theirs = RefuseResource, ErrResourceMismatch, "local %q, peer %q", cfg.Resource, p.Resource
 	case p.Size != cfg.Size:
-		code, cause = RefuseSize, ErrSizeMismatch
-		detail = func(mine, theirs *Hello) string {
-			return fmt.Sprintf("local %d bytes, peer %d bytes (the smaller node, once its disk is grown too, starts with urbd up --grow)", mine.Size, theirs.Size)
-		}
+		code, cause, format, mine, theirs = RefuseSize, ErrSizeMismatch,
+			"local %d bytes, peer %d bytes (the smaller node, once its disk is grown too, starts with urbd up --grow)", cfg.Size, p.Size
 	case p.BitmapBlock != cfg.BitmapBlock:
-		code, cause = RefuseBitmapBlock, ErrBitmapBlockMismatch
-		detail = func(mine, theirs *Hello) string {
-			return fmt.Sprintf("local %d bytes, peer %d bytes", mine.BitmapBlock, theirs.BitmapBlock)
-		}
+		code, cause, format, mine, theirs = RefuseBitmapBlock, ErrBitmapBlockMismatch, "local %d bytes, peer %d bytes", cfg.BitmapBlock, p.BitmapBlock
 	case p.NodeID != 0 && p.NodeID == cfg.NodeID:
-		code, cause = RefuseSameNode, ErrSameNode
-		detail = func(mine, _ *Hello) string {
-			return fmt.Sprintf("both are node %d (was the metadata copied? recreate one side's --meta)", mine.NodeID)
-		}
+		// The two values are equal; %[1]d names one of them.
+		code, cause, format, mine, theirs = RefuseSameNode, ErrSameNode,
+			"both are node %[1]d (was the metadata copied? recreate one side's --meta)", cfg.NodeID, p.NodeID
 	default:
 		return nil, nil
 	}
-	return refusal(code, cause, detail(&local, p), detail(p, &local))
+	return refusal(code, cause, fmt.Sprintf(format, mine, theirs), fmt.Sprintf(format, theirs, mine))
 }
 
 // exchangeHello: the dialer sends its Hello first, the acceptor answers with
