@@ -40,7 +40,8 @@ var (
 	ErrBitmapBlockMismatch = errors.New("protocol: bitmap block size mismatch")
 	// ErrVersion: the peer speaks another protocol version.
 	ErrVersion = errors.New("protocol: version mismatch")
-	// ErrRefused: the peer sent Refuse; the error text carries its reason.
+	// ErrRefused: the peer sent Refuse, or a TLS alert that ended the
+	// handshake (then with ErrTLS); the error text carries its reason.
 	// When the Refuse code names a cause (RefuseSize...) the error also wraps
 	// the matching sentinel (ErrSizeMismatch...).
 	ErrRefused = errors.New("protocol: refused by peer")

@@ -567,13 +567,22 @@ func tlsAlert(err error) error {
 // TLS 1.3 client only on its first read after the handshake.
 func tlsFailure(err error) error {
 	if alert := tlsAlert(err); alert != nil {
+		// The peer refused this node, in TLS's words: ErrRefused too.
+		refused := &tlsRefusal{alert}
 		if strings.Contains(alert.Error(), "certificate") {
-			return fmt.Errorf("%w: the peer does not accept this node's certificate (is it signed by the CA of the peer's --tls-ca?): %w", ErrTLS, alert)
+			return fmt.Errorf("%w: the peer does not accept this node's certificate (is it signed by the CA of the peer's --tls-ca?): %w", ErrTLS, refused)
 		}
-		return fmt.Errorf("%w: %w", ErrTLS, alert)
+		return fmt.Errorf("%w: %w", ErrTLS, refused)
 	}
 	return fmt.Errorf("%w: %w", ErrTLS, err)
 }
+
+// tlsRefusal is a TLS alert from the peer. It reads as the alert does and
+// wraps it and ErrRefused.
+type tlsRefusal struct{ alert error }
+
+func (e *tlsRefusal) Error() string   { return e.alert.Error() }
+func (e *tlsRefusal) Unwrap() []error { return []error{ErrRefused, e.alert} }
 
 // refuseUnread sends ref on a connection with bytes from the peer still
 // unread, then reads what the peer sends until it hangs up, for at most a

@@ -613,8 +613,11 @@ func TestTLS(t *testing.T) {
 			if !strings.HasPrefix(refuser.Error(), "protocol: TLS handshake failed: the peer's certificate does not chain to the CA of this node's --tls-ca: ") {
 				t.Errorf("refusing side: %v", refuser)
 			}
-			if !strings.HasPrefix(refused.Error(), "protocol: TLS handshake failed: the peer does not accept this node's certificate") {
-				t.Errorf("refused side: %v", refused)
+			if !strings.HasPrefix(refused.Error(), "protocol: TLS handshake failed: the peer does not accept this node's certificate") || !errors.Is(refused, ErrRefused) {
+				t.Errorf("refused side: %v (want it to wrap ErrRefused)", refused)
+			}
+			if errors.Is(refuser, ErrRefused) {
+				t.Errorf("refusing side: %v wraps ErrRefused", refuser)
 			}
 		})
 	}

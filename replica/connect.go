@@ -281,10 +281,10 @@ func (n *Node) noteConnError(err error, how int) {
 // unreachable reports a failure to reach the peer at all (refused, reset,
 // timed out, no route): expected while the peer is down, so logged at debug
 // level and kept out of the status. A TLS alert from the peer is a net.Error
-// too, but says that the peer was reached and refused this node.
+// too, but says that the peer was reached and refused this node
+// (protocol.ErrRefused).
 func unreachable(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "remote error" {
+	if errors.Is(err, protocol.ErrRefused) {
 		return false
 	}
 	var ne net.Error

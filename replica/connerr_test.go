@@ -128,7 +128,8 @@ func TestConnErrorPeerAlertShown(t *testing.T) {
 	if strings.Contains(logs.String(), "WARN") || n.st.Reason != "promoted by operator" {
 		t.Fatalf("a peer that went down during the TLS handshake: reason %q, log:\n%s", n.st.Reason, logs.String())
 	}
-	alert := fmt.Errorf("%w: the peer does not accept this node's certificate: %w", protocol.ErrTLS,
+	// As protocol.Handshake reports a TLS alert (protocol.TestTLS).
+	alert := fmt.Errorf("%w: the peer does not accept this node's certificate: %w: %w", protocol.ErrTLS, protocol.ErrRefused,
 		&net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")})
 	n.noteConnError(alert, accepted)
 	if !strings.Contains(logs.String(), `level=WARN msg="peer connection failed"`) || n.st.Reason != "peer connection failed: "+alert.Error() {
