@@ -186,7 +186,7 @@ func checkHello(cfg *Config, p *Hello) (*Refuse, error) {
 	var mine, theirs any
 	switch {
 	case p.Version != Version:
-		code, cause, format, mine, theirs = RefuseVersion, ErrVersion, "local version %d, peer version %d", Version, p.Version
+		return versionMismatch(p.Version)
 	case p.Resource != cfg.Resource:
 		code, cause, format, mine, theirs = RefuseResource, ErrResourceMismatch, "local %q, peer %q", cfg.Resource, p.Resource
 	case p.Size != cfg.Size:
@@ -202,6 +202,13 @@ func checkHello(cfg *Config, p *Hello) (*Refuse, error) {
 		return nil, nil
 	}
 	return refusal(code, cause, fmt.Sprintf(format, mine, theirs), fmt.Sprintf(format, theirs, mine))
+}
+
+// versionMismatch is checkHello's answer to a peer speaking protocol version
+// peer, whether its Hello or the header of its first frame said so.
+func versionMismatch(peer uint32) (*Refuse, error) {
+	const format = "local version %d, peer version %d"
+	return refusal(RefuseVersion, ErrVersion, fmt.Sprintf(format, Version, peer), fmt.Sprintf(format, peer, Version))
 }
 
 // exchangeHello: the dialer sends its Hello first, the acceptor answers with
@@ -514,7 +521,11 @@ func (rc *rawConn) recv() (Message, error) {
 			return nil, lerr
 		}
 		if errors.Is(err, ErrVersion) {
-			rc.send(&Refuse{Code: RefuseVersion, Reason: fmt.Sprintf("version mismatch: local version %d, peer version %d", h.Version, Version)})
+			// A node of another version frames its Hello in that
+			// version: name the two as a Hello's mismatch does.
+			ref, lerr := versionMismatch(uint32(h.Version))
+			rc.send(ref)
+			return nil, lerr
 		}
 		return nil, fmt.Errorf("protocol: handshake: %w", err)
 	}

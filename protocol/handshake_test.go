@@ -364,11 +364,16 @@ func TestVersionMismatch(t *testing.T) {
 		// elsewhere so the unbuffered pipe does not block us.
 		go mine.Write(b)
 		f := &fake{t: t, c: mine}
-		if m, ok := f.recv().(*Refuse); !ok || m.Code != RefuseVersion {
+		// Both sides name the two versions as for a Hello's version.
+		m := f.recv()
+		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || r.Reason != "version mismatch: local version 1, peer version 4" {
 			t.Fatalf("got %#v", m)
 		}
-		if r := <-res; !errors.Is(r.err, ErrVersion) {
+		if r := <-res; !errors.Is(r.err, ErrVersion) || r.err.Error() != "protocol: version mismatch: local version 4, peer version 1" {
 			t.Fatalf("acceptor: %v", r.err)
+		}
+		if got := m.(*Refuse).Err().Error(); got != "protocol: version mismatch: local version 1, peer version 4" {
+			t.Fatalf("the refused side reads %q", got)
 		}
 	})
 	t.Run("refused dialer", func(t *testing.T) {
