@@ -26,6 +26,11 @@ import (
 // a millisecond instead of about a tenth. Side by side this gave a pair 8-16%
 // more writes (4k at queue depths 1 and 32, 1 MiB) and cut its CPU per 4k
 // write by about a fifth (docs/OPERATIONS.md, "What replication costs").
+// A longer slack was tried and not taken: 2 ms gave a pair on two CPUs 4-12%
+// more (medians of 4 to 12 alternating rounds) and `urbd serve` 2-7% less,
+// and would let a blocked system call hold the processor four times longer,
+// which a Primary on its own machine, reading from its disk, pays for; 10 ms
+// gave the pair no more than 2 ms.
 const MonitorSlack = 250 * time.Microsecond
 
 // procRoot is where RelaxMonitor reads threads and writes their slack;
