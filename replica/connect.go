@@ -524,6 +524,27 @@ func (n *Node) outdatedByPeer(s *session) error {
 	return nil
 }
 
+// peerChange says, for the status file's reason, what the peer's new role
+// and disk change in old: "the peer was promoted to Primary", "the peer's
+// disk is now UpToDate", or both. It is empty when neither changed, and then
+// unused: setStateLocked keeps the reason of a state that did not change.
+func peerChange(old State, role Role, disk DiskState) string {
+	var parts []string
+	switch {
+	case role == old.PeerRole:
+	case role == Primary:
+		parts = append(parts, "the peer was promoted to Primary")
+	case old.PeerRole == Primary:
+		parts = append(parts, "the peer was demoted to Secondary")
+	default:
+		parts = append(parts, "the peer is Secondary")
+	}
+	if disk != old.PeerDisk {
+		parts = append(parts, "the peer's disk is now "+disk.String())
+	}
+	return strings.Join(parts, "; ")
+}
+
 // followPeer applies the peer's state changes for the rest of the session,
 // starts a resync when this node is Primary and blocks went out of sync
 // while connected, and resumes an attach whose copy an earlier session cut
@@ -553,12 +574,12 @@ func (n *Node) followPeer(s *session) error {
 					return err
 				}
 			}
-			n.setStateLocked("peer state changed", func(x *State) {
-				x.PeerRole = Secondary
-				if peer.Primary {
-					x.PeerRole = Primary
-				}
-				x.PeerDisk = ParseDiskState(peer.Disk)
+			role, disk := Secondary, ParseDiskState(peer.Disk)
+			if peer.Primary {
+				role = Primary
+			}
+			n.setStateLocked(peerChange(n.st, role, disk), func(x *State) {
+				x.PeerRole, x.PeerDisk = role, disk
 			})
 			n.mu.Unlock()
 		case <-n.syncKick:

@@ -30,6 +30,10 @@ func TestScenarioAssumeCleanConnectPromoteWrite(t *testing.T) {
 	if st := b.node.State(); st.Role != replica.Secondary || st.Disk != replica.UpToDate {
 		t.Fatalf("b after a's promote: %+v", st)
 	}
+	// The status says what changed on the peer.
+	b.waitState("reason naming a's promotion", func(s replica.State) bool {
+		return s.Reason == "the peer was promoted to Primary"
+	})
 	for i := range 8 {
 		off := int64(i) * 3 * hBlock
 		p := pattern(fmt.Sprintf("w%d", i), 2*hBlock)
@@ -89,6 +93,10 @@ func TestScenarioFreshPairForcedPromoteSyncsPeer(t *testing.T) {
 	if st := b.node.State(); st.PeerRole != replica.Primary || st.Role != replica.Secondary {
 		t.Fatalf("peer after the forced promotion: %+v", st)
 	}
+	// The source's last word on the resync is the target's new disk state.
+	a.waitState("reason naming the peer's UpToDate disk", func(s replica.State) bool {
+		return s.Reason == "the peer's disk is now UpToDate"
+	})
 	if err := b.node.CheckServe(); !errors.Is(err, replica.ErrIsSecondary) {
 		t.Fatalf("secondary CheckServe: %v, want ErrIsSecondary", err)
 	}
