@@ -161,8 +161,8 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, dialer bool, dead
 		// In TLS 1.3 the client finishes its handshake before the server
 		// has checked the client's certificate; a rejection arrives as an
 		// alert on the first read.
-		if alert := tlsAlert(err); cfg.TLS != nil && alert != nil {
-			err = tlsFailure(alert)
+		if cfg.TLS != nil && tlsAlert(err) != nil {
+			err = tlsFailure(err)
 		}
 		return nil, err
 	}
@@ -229,8 +229,7 @@ func exchangeHello(rc *rawConn, cfg *Config, dialer bool) (Hello, error) {
 		return Hello{}, rc.unexpected(m, "Hello")
 	}
 	if ref, err := checkHello(cfg, peer); err != nil {
-		rc.send(ref)
-		return Hello{}, err
+		return Hello{}, rc.refuse(ref, err)
 	}
 	if !dialer {
 		if err := rc.send(&local); err != nil {
@@ -285,7 +284,7 @@ func authenticate(rc *rawConn, cfg *Config, dialer bool, binding []byte) error {
 			return rc.unexpected(m, "AuthChallenge")
 		}
 		if peer.Mode != local.Mode {
-			return rc.refuseAuth(modeMismatch(local.Mode), modeMismatch(peer.Mode))
+			return rc.refuse(refusal(RefuseAuth, ErrAuth, modeMismatch(local.Mode), modeMismatch(peer.Mode)))
 		}
 	}
 	if local.Mode == AuthHMAC {
@@ -308,7 +307,7 @@ func authenticate(rc *rawConn, cfg *Config, dialer bool, binding []byte) error {
 			}
 			if !hmac.Equal(resp.MAC[:], want[:]) {
 				const differ = "the two nodes' shared secrets do not match"
-				return rc.refuseAuth(differ, differ)
+				return rc.refuse(refusal(RefuseAuth, ErrAuth, differ, differ))
 			}
 		}
 	}
@@ -523,9 +522,7 @@ func (rc *rawConn) recv() (Message, error) {
 		if errors.Is(err, ErrVersion) {
 			// A node of another version frames its Hello in that
 			// version: name the two as a Hello's mismatch does.
-			ref, lerr := versionMismatch(uint32(h.Version))
-			rc.send(ref)
-			return nil, lerr
+			return nil, rc.refuse(versionMismatch(uint32(h.Version)))
 		}
 		return nil, fmt.Errorf("protocol: handshake: %w", err)
 	}
@@ -620,10 +617,9 @@ func tlsOneSide(withTLS bool) (*Refuse, error) {
 	return refusal(RefuseTLS, ErrTLS, lacks, requires)
 }
 
-// refuseAuth tells the peer authentication failed and returns ErrAuth; local
-// and peer say why from each side's point of view (see refusal).
-func (rc *rawConn) refuseAuth(local, peer string) error {
-	ref, err := refusal(RefuseAuth, ErrAuth, local, peer)
+// refuse sends ref, best effort, and returns err: a check's Refuse and local
+// error (see refusal), the handshake's end on this side.
+func (rc *rawConn) refuse(ref *Refuse, err error) error {
 	rc.send(ref)
 	return err
 }
