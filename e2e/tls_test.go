@@ -3,8 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -97,9 +95,9 @@ func newTestPKI(t *testing.T, dir string) *testPKI {
 	return p
 }
 
-// relay forwards each TCP connection made to addr on to a target and keeps
-// what it forwarded both ways (up to relayKeep bytes), and the first bytes
-// the connecting side sent on each connection.
+// relay is a testnet.Proxy that keeps what it forwarded both ways (up to
+// relayKeep bytes) and the first bytes the connecting side sent on each
+// connection.
 type relay struct {
 	addr  string
 	mu    sync.Mutex
@@ -111,80 +109,26 @@ const relayKeep = 64 << 20
 
 func startRelay(t *testing.T, target string) *relay {
 	t.Helper()
-	addr, err := testnet.FreeAddr()
+	r := &relay{}
+	p, err := testnet.StartProxy(target, r.keep)
 	must(t, err)
-	ln, err := net.Listen("tcp", addr)
-	must(t, err)
-	r := &relay{addr: addr}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var open []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range open {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				// Nothing listens there: reset, as the target's
-				// host would have refused the connection.
-				in.(*net.TCPConn).SetLinger(0)
-				in.Close()
-				continue
-			}
-			mu.Lock()
-			open = append(open, in, out)
-			mu.Unlock()
-			idx := r.newConn()
-			wg.Add(2)
-			go func() { defer wg.Done(); r.pump(out, in, idx); out.Close() }()
-			go func() { defer wg.Done(); r.pump(in, out, -1); in.Close() }()
-		}
-	}()
+	t.Cleanup(p.Close)
+	r.addr = p.Addr()
 	return r
 }
 
-func (r *relay) newConn() int {
+// keep is the proxy's Tap.
+func (r *relay) keep(conn int, forward bool, p []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.first = append(r.first, nil)
-	return len(r.first) - 1
-}
-
-// pump copies src to dst, keeping what passed; idx >= 0 also keeps the
-// first bytes of connection idx.
-func (r *relay) pump(dst io.Writer, src io.Reader, idx int) {
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			r.mu.Lock()
-			if idx >= 0 && len(r.first[idx]) < 8 {
-				r.first[idx] = append(r.first[idx], buf[:min(n, 8-len(r.first[idx]))]...)
-			}
-			if len(r.wire) < relayKeep {
-				r.wire = append(r.wire, buf[:n]...)
-			}
-			r.mu.Unlock()
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
+	for len(r.first) <= conn {
+		r.first = append(r.first, nil)
+	}
+	if forward && len(r.first[conn]) < 8 {
+		r.first[conn] = append(r.first[conn], p[:min(len(p), 8-len(r.first[conn]))]...)
+	}
+	if len(r.wire) < relayKeep {
+		r.wire = append(r.wire, p...)
 	}
 }
 

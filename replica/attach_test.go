@@ -180,14 +180,14 @@ func TestScenarioAttachDiskOnline(t *testing.T) {
 	}
 
 	// Reads are local again: they work without the peer.
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
 	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	if got, err := a.readAt(0, hDiskSize); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("reading the attached disk without the peer: %v (equal %v)", err, bytes.Equal(got, want))
 	}
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	inSyncAndEqual(t, a, b)
 
 	// The metadata says UpToDate and Primary.
@@ -234,8 +234,8 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 
 	// The peer is lost during the copy to a good disk.
 	attach(t, a, replaceDisk(t, a, hDiskSize))
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
 	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	if _, err := a.readAt(0, hBlock); err == nil {
 		t.Fatal("a read without the peer succeeded before the copy was done")
@@ -244,8 +244,8 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 		t.Fatalf("without the peer during the copy: disk %v, want Diskless", st.Disk)
 	}
 	a.node.AdjustRate(64 << 20)
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	a.waitConn(replica.Connected)
 	copy(want[3*hBlock:], pattern("written after the reconnect", hBlock))
 	a.write(3*hBlock, want[3*hBlock:4*hBlock])
@@ -269,8 +269,8 @@ func attachCutMidCopy(t *testing.T) (a, b *tnode, want []byte) {
 	a.waitStatus("half the disk copied", func(s status.Resource) bool {
 		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
 	})
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
 	return a, b, want
 }
 
@@ -296,8 +296,8 @@ func TestScenarioAttachDiskResumes(t *testing.T) {
 	}
 	recv := a.node.Status().NetRecvKiB
 	a.node.AdjustRate(64 << 20)
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	st = a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
 	if got := a.node.Status().NetRecvKiB - recv; got > hDiskSize>>10*3/4 {
 		t.Errorf("the resumed copy received %d KiB of the %d KiB disk, want at most the half not copied and the chunk written meanwhile", got, hDiskSize>>10)
@@ -318,8 +318,8 @@ func TestScenarioAttachDiskRefusesPeerPromotedMeanwhile(t *testing.T) {
 	a, b, _ := attachCutMidCopy(t)
 	writeWhileApart(t, a, b, 0, pattern("written on the peer while apart", hBlock))
 	a.node.AdjustRate(64 << 20)
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	st := a.waitState("the connection refused", func(s replica.State) bool {
 		return s.Conn == replica.StandAlone || s.Disk != replica.Diskless
 	})

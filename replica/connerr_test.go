@@ -56,9 +56,10 @@ func TestConnErrorKeepsConnectedReason(t *testing.T) {
 
 // TestConnErrorLoggedOnce: a failure repeated at every attempt is logged,
 // and put in the status, once, even when the attempts this node dials and
-// those it accepts fail in different words and alternate. A new failure is logged; a known one comes
-// back to the status when a promotion took it; after the operator's
-// connect, or a new link, the same failure is logged again.
+// those it accepts fail in different words and alternate. A new failure is
+// logged; a known one comes back to the status when a promotion took it;
+// after the operator's connect, or a new link, the same failure is logged
+// again.
 func TestConnErrorLoggedOnce(t *testing.T) {
 	var logs bytes.Buffer
 	n := &Node{log: slog.New(slog.NewTextHandler(&logs, nil)), changed: make(chan struct{})}
@@ -110,10 +111,10 @@ func TestConnErrorLoggedOnce(t *testing.T) {
 
 // TestConnErrorPeerAlertShown: a peer that is not reached at all (refused,
 // reset, even during the TLS handshake) is expected while it is down and
-// only logged at debug level,
-// but a TLS alert from the peer, a net.Error too, says it was reached and
-// refused this node's certificate: a warning and the status reason. A node
-// whose certificate the peer rejected used to show nothing of it.
+// only logged at debug level, but a TLS alert from the peer, a net.Error
+// too, says it was reached and refused this node's certificate: a warning
+// and the status reason. A node whose certificate the peer rejected used to
+// show nothing of it.
 func TestConnErrorPeerAlertShown(t *testing.T) {
 	var logs bytes.Buffer
 	n := &Node{log: slog.New(slog.NewTextHandler(&logs, nil)), changed: make(chan struct{})}

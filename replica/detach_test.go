@@ -69,8 +69,8 @@ func TestScenarioPrimaryDiskFailureDetaches(t *testing.T) {
 	}
 
 	// Without the peer nothing can serve the node's I/O.
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
 	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	if err := a.node.WriteAt(ctx, after, 16*hBlock, false); err == nil {
 		t.Fatal("a write without disk and peer succeeded")
@@ -78,8 +78,8 @@ func TestScenarioPrimaryDiskFailureDetaches(t *testing.T) {
 	if _, err := a.readAt(0, hBlock); err == nil {
 		t.Fatal("a read without disk and peer succeeded")
 	}
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	st = a.waitConn(replica.Connected)
 	if st.Disk != replica.Diskless {
 		t.Fatalf("reconnected as %v, want Diskless", st.Disk)
@@ -289,8 +289,8 @@ func TestScenarioDisklessPrimaryDoesNotFence(t *testing.T) {
 	if st := a.node.State(); st.Disk != replica.Diskless {
 		t.Fatalf("disk %v, want Diskless", st.Disk)
 	}
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
 	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -302,8 +302,8 @@ func TestScenarioDisklessPrimaryDoesNotFence(t *testing.T) {
 		t.Fatal("the Diskless Primary ran the fence-peer handler")
 	case <-time.After(500 * time.Millisecond):
 	}
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	a.waitConn(replica.Connected)
 }
 
@@ -429,8 +429,8 @@ func TestScenarioDisklessPrimaryRefusesPeerPromotedMeanwhile(t *testing.T) {
 	p := pattern("written on the peer while apart", hBlock)
 	copy(want[hDiskSize/4:], p)
 	writeWhileApart(t, a, b, hDiskSize/4, p)
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	for _, x := range []*tnode{a, b} {
 		st := x.waitState("the connection refused", func(s replica.State) bool { return s.Conn == replica.StandAlone })
 		if !strings.Contains(st.Reason, "is a Diskless Primary on data generation") {
@@ -466,8 +466,8 @@ func TestScenarioDisklessPrimarySuspendedRefusedDemotes(t *testing.T) {
 	a, b, _ := disklessPair(t, nodeOpts{viaProxy: true, suspend: true}, nodeOpts{viaProxy: true})
 	writeWhileApart(t, a, b, 0, pattern("written on the peer while apart", hBlock))
 	held := a.asyncWrite(hBlock, pattern("held while refused", hBlock))
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	a.waitState("the connection refused", func(s replica.State) bool { return s.Conn == replica.StandAlone })
 	select {
 	case err := <-held:
@@ -557,8 +557,8 @@ func disklessPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode, want []byte) {
 // again: b's data is then of a generation a never saw.
 func writeWhileApart(t *testing.T, a, b *tnode, off int64, p []byte) {
 	t.Helper()
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
 	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	b.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
 	if err := b.node.Promote(false); err != nil {

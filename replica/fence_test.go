@@ -90,8 +90,8 @@ func stonithPair(t *testing.T, policy replica.Fencing) (a, b *tnode, f *fenceHan
 // cutLink makes the link between a and b dead (both directions, both
 // dialers) or heals it.
 func cutLink(a, b *tnode, dead bool) {
-	a.proxy.cut.Store(dead)
-	b.proxy.cut.Store(dead)
+	a.proxy.Cut.Store(dead)
+	b.proxy.Cut.Store(dead)
 }
 
 // loseAndFence cuts the link between a and b, and answers the fence-peer

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -45,7 +44,7 @@ type nodeOpts struct {
 	clock       resync.Clock
 	assumeClean bool
 	timeout     time.Duration // Config.Timeout; 0 = 2s
-	viaProxy    bool          // dial the peer through a linkProxy (x.proxy)
+	viaProxy    bool          // dial the peer through a testnet.Proxy (x.proxy)
 	size        int64         // disk size; 0 = hDiskSize
 	secret      string        // Config.Secret; "" = none
 	volatile    bool          // the disk keeps an undo log for powerLoss
@@ -77,7 +76,7 @@ type tnode struct {
 	runErr chan error
 	up     bool
 
-	proxy *linkProxy // forwards this node's dials to the peer, if opts.viaProxy
+	proxy *testnet.Proxy // forwards this node's dials to the peer, if opts.viaProxy
 
 	evMu   sync.Mutex
 	events []string // Config.Event names, in arrival order, across restarts
@@ -180,7 +179,7 @@ func newPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
 	for _, x := range []*tnode{a, b} {
 		if x.opts.viaProxy {
 			x.proxy = startProxy(t, map[*tnode]string{a: addrB, b: addrA}[x])
-			x.peerAddr = x.proxy.addr()
+			x.peerAddr = x.proxy.Addr()
 		}
 		if err := os.WriteFile(x.diskPath, nil, 0o600); err != nil {
 			t.Fatal(err)
@@ -932,116 +931,16 @@ func (x *tnode) crashAs(powerCut bool) {
 	}
 }
 
-// linkProxy forwards TCP connections to a target address. cut makes the link
-// dead: connections stay open but every byte is dropped (no FIN, no RST), as
-// when a cable is pulled, so only the peer timeout can notice. heal forwards
-// again.
-type linkProxy struct {
-	ln     net.Listener
-	target string
-	cut    atomic.Bool // both directions
-	// cutFwd and cutBack drop one direction only: the bytes from the
-	// dialing node to the target, or back.
-	cutFwd, cutBack atomic.Bool
-	wg              sync.WaitGroup
-	mu              sync.Mutex
-	conns           map[net.Conn]struct{}
-	closed          bool
-}
-
-func startProxy(t *testing.T, target string) *linkProxy {
+// startProxy starts a link between this node and the peer at target that
+// the test can cut or reset (testnet.Proxy), closed when the test ends.
+func startProxy(t *testing.T, target string) *testnet.Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := testnet.StartProxy(target, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &linkProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.acceptLoop()
-	t.Cleanup(p.close)
+	t.Cleanup(p.Close)
 	return p
-}
-
-func (p *linkProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *linkProxy) acceptLoop() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		d, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		if !p.track(c, d) {
-			return
-		}
-		p.wg.Add(2)
-		go p.pipe(c, d, &p.cutFwd)
-		go p.pipe(d, c, &p.cutBack)
-	}
-}
-
-// track remembers both ends for close; false if the proxy is closing.
-func (p *linkProxy) track(c ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		for _, x := range c {
-			x.Close()
-		}
-		return false
-	}
-	for _, x := range c {
-		p.conns[x] = struct{}{}
-	}
-	return true
-}
-
-// pipe copies src to dst, dropping the bytes while the link or this
-// direction (cutDir) is cut. When
-// src ends, both ends are closed.
-func (p *linkProxy) pipe(src, dst net.Conn, cutDir *atomic.Bool) {
-	defer p.wg.Done()
-	defer src.Close()
-	defer dst.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 && !p.cut.Load() && !cutDir.Load() {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// reset closes every connection through the proxy (the peers see EOF at
-// once, as when a peer's host reboots); new connections are forwarded.
-func (p *linkProxy) reset() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-func (p *linkProxy) close() {
-	p.mu.Lock()
-	p.closed = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.ln.Close()
-	p.wg.Wait()
 }
 
 // StorageSize and Grow pass nbd.Grower through to the file, so the node

@@ -948,8 +948,8 @@ func TestScenarioSilentLinkCutDetectedWithinTimeout(t *testing.T) {
 	a, b := cleanPair(t, o, o)
 	a.write(0, pattern("before the cut", hBlock))
 	start := time.Now()
-	a.proxy.cut.Store(true)
-	b.proxy.cut.Store(true)
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
 	res := a.asyncWrite(40*hBlock, pattern("during the cut", hBlock))
 	a.waitConn(replica.WFConnection)
 	b.waitConn(replica.WFConnection)
@@ -964,8 +964,8 @@ func TestScenarioSilentLinkCutDetectedWithinTimeout(t *testing.T) {
 	if got := a.node.Status().OutOfSyncKiB; got < hBlock>>10 {
 		t.Fatalf("write during the cut not marked out of sync (%d KiB)", got)
 	}
-	a.proxy.cut.Store(false)
-	b.proxy.cut.Store(false)
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
 	inSyncAndEqual(t, a, b)
 }
 
@@ -1168,8 +1168,8 @@ func TestScenarioProtocolBWaitsForPeerReceipt(t *testing.T) {
 	o := nodeOpts{protocol: 'B', viaProxy: true}
 	a, b := cleanPair(t, o, o)
 	// Whichever node dialed, drop what a sends to b.
-	a.proxy.cutFwd.Store(true)
-	b.proxy.cutBack.Store(true)
+	a.proxy.CutForward.Store(true)
+	b.proxy.CutBack.Store(true)
 	res := a.asyncWrite(12*hBlock, pattern("never received", hBlock))
 	select {
 	case err := <-res:
@@ -1185,8 +1185,8 @@ func TestScenarioProtocolBWaitsForPeerReceipt(t *testing.T) {
 	if got := a.node.Status().OutOfSyncKiB; got < hBlock>>10 {
 		t.Fatalf("%d KiB out of sync after the peer loss, want the write's %d", got, hBlock>>10)
 	}
-	a.proxy.cutFwd.Store(false)
-	b.proxy.cutBack.Store(false)
+	a.proxy.CutForward.Store(false)
+	b.proxy.CutBack.Store(false)
 	a.waitInSync()
 	sameDisks(t, a, b)
 }
@@ -1297,8 +1297,8 @@ func TestScenarioFlappingLinkUnderLoad(t *testing.T) {
 	for round := range 4 {
 		n := writes.Load()
 		a.waitFor("writes while connected", func() bool { return writes.Load() > n+20 })
-		a.proxy.reset()
-		b.proxy.reset()
+		a.proxy.Reset()
+		b.proxy.Reset()
 		a.waitFor("the loss noticed", func() bool { return a.eventCount("peer-lost") > round })
 		n = writes.Load()
 		a.waitFor("writes after the reset", func() bool { return writes.Load() > n+20 })
@@ -1348,8 +1348,8 @@ func TestScenarioCrashMidWriteResyncsInFlightBlocks(t *testing.T) {
 			a.write(0, pattern("settled", 8*hBlock))
 			var held <-chan struct{}
 			if victim == "primary" {
-				a.proxy.cut.Store(true)
-				b.proxy.cut.Store(true)
+				a.proxy.Cut.Store(true)
+				b.proxy.Cut.Store(true)
 			} else {
 				held = b.disk.holdWrites()
 			}
@@ -1390,8 +1390,8 @@ func TestScenarioCrashMidWriteResyncsInFlightBlocks(t *testing.T) {
 				if got := b.read(5*hBlock, 3*hBlock); string(got) == string(pattern("in flight 0", 3*hBlock)) {
 					t.Fatal("the cut link delivered a write")
 				}
-				a.proxy.cut.Store(false)
-				b.proxy.cut.Store(false)
+				a.proxy.Cut.Store(false)
+				b.proxy.Cut.Store(false)
 			}
 			x.start()
 			if victim == "primary" {
@@ -2341,11 +2341,11 @@ func TestScenarioPeerLossReasonSaysWhy(t *testing.T) {
 		t.Errorf("a dead link: %q, want the peer not answering", r)
 	}
 	cutLink(a, b, false)
-	a.proxy.reset()
-	b.proxy.reset()
+	a.proxy.Reset()
+	b.proxy.Reset()
 	a.waitConn(replica.Connected)
-	a.proxy.reset()
-	b.proxy.reset()
+	a.proxy.Reset()
+	b.proxy.Reset()
 	// The peer may notice first and be back before this node read the
 	// end of the old connection: the new one replaces it, and says so.
 	if r := a.nthLoss(2); r != lost+"the peer closed the connection" && r != lost+"the connection was reset" &&

@@ -30,8 +30,8 @@ func TestScenarioSetTimeoutFromTheNextConnection(t *testing.T) {
 		}
 	}
 	cut := func(on bool) {
-		a.proxy.cut.Store(on)
-		b.proxy.cut.Store(on)
+		a.proxy.Cut.Store(on)
+		b.proxy.Cut.Store(on)
 	}
 
 	start := time.Now()
