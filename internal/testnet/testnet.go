@@ -1,4 +1,5 @@
-// Package testnet gives tests loopback ports for servers they start later.
+// Package testnet gives tests loopback ports for servers they start later,
+// and a TCP proxy that stands for the link between two nodes (Proxy).
 package testnet
 
 import (
