@@ -408,11 +408,7 @@ func (n *Node) negotiate(s *session) error {
 	plan := Decide(local, peer)
 	n.discard = false
 	n.peerUUIDs = peer.UUIDs
-	peerRole := Secondary
-	if peer.Primary {
-		peerRole = Primary
-	}
-	peerDisk := ParseDiskState(peer.Disk)
+	peerRole, peerDisk := peer.role(), ParseDiskState(peer.Disk)
 	switch plan.Decision {
 	case NoSync, BecomeSyncSource, BecomeSyncTarget, BothInconsistent:
 	default:
@@ -574,10 +570,7 @@ func (n *Node) followPeer(s *session) error {
 					return err
 				}
 			}
-			role, disk := Secondary, ParseDiskState(peer.Disk)
-			if peer.Primary {
-				role = Primary
-			}
+			role, disk := peer.role(), ParseDiskState(peer.Disk)
 			n.setStateLocked(peerChange(n.st, role, disk), func(x *State) {
 				x.PeerRole, x.PeerDisk = role, disk
 			})

@@ -136,6 +136,14 @@ type Side struct {
 	recoveredAL bool
 }
 
+// role is the side's role: Primary or Secondary.
+func (s Side) role() Role {
+	if s.Primary {
+		return Primary
+	}
+	return Secondary
+}
+
 // dirty reports whether the side's bitmap marks any block.
 func (s Side) dirty() bool { return s.Changed > 0 }
 
