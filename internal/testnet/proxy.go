@@ -96,11 +96,11 @@ func (p *Proxy) track(c ...net.Conn) (idx int, ok bool) {
 }
 
 // pipe copies src to dst, dropping the bytes while the link or this
-// direction (cutDir) is cut. When src ends, both ends are closed.
+// direction (cutDir) is cut. When src ends, both ends are closed and
+// forgotten.
 func (p *Proxy) pipe(src, dst net.Conn, idx int, forward bool, cutDir *atomic.Bool) {
 	defer p.wg.Done()
-	defer src.Close()
-	defer dst.Close()
+	defer p.forget(src, dst)
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
@@ -115,6 +115,16 @@ func (p *Proxy) pipe(src, dst net.Conn, idx int, forward bool, cutDir *atomic.Bo
 		if err != nil {
 			return
 		}
+	}
+}
+
+// forget closes c and drops it from the connections Reset and Close close.
+func (p *Proxy) forget(c ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, x := range c {
+		x.Close()
+		delete(p.conns, x)
 	}
 }
 

@@ -81,6 +81,69 @@ func TestProxy(t *testing.T) {
 	}
 }
 
+// TestProxyResetAndForget: Reset ends the open connections and the proxy
+// forwards new ones; a connection that ended is no longer kept for Reset and
+// Close.
+func TestProxyResetAndForget(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }() // echo
+		}
+	}()
+	p, err := StartProxy(ln.Addr().String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	echo := func() (net.Conn, error) {
+		c, err := net.Dial("tcp", p.Addr())
+		if err != nil {
+			return nil, err
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "x")
+		_, err = io.ReadFull(c, make([]byte, 1))
+		return c, err
+	}
+	open := func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.conns)
+	}
+
+	c, err := echo()
+	if err != nil {
+		t.Fatalf("echo through the proxy: %v", err)
+	}
+	defer c.Close()
+	p.Reset()
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a connection read data after Reset, want its end")
+	}
+	d, err := echo()
+	if err != nil {
+		t.Fatalf("echo through the proxy after Reset: %v", err)
+	}
+	if n := open(); n != 2 {
+		t.Errorf("proxy keeps %d connection ends with one connection open, want 2", n)
+	}
+	d.Close()
+	for deadline := time.Now().Add(5 * time.Second); open() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy still keeps %d connection ends after the only connection ended", open())
+		}
+	}
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
