@@ -15,20 +15,7 @@ import (
 // direction; while cut, nothing passes and the connection stays open; a
 // target that refuses the connection makes the proxy reset it.
 func TestProxy(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }() // echo
-		}
-	}()
+	ln := startEcho(t)
 	var mu sync.Mutex
 	seen := map[bool]string{}
 	p, err := StartProxy(ln.Addr().String(), func(conn int, forward bool, b []byte) {
@@ -85,20 +72,7 @@ func TestProxy(t *testing.T) {
 // forwards new ones; a connection that ended is no longer kept for Reset and
 // Close.
 func TestProxyResetAndForget(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }() // echo
-		}
-	}()
+	ln := startEcho(t)
 	p, err := StartProxy(ln.Addr().String(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +116,27 @@ func TestProxyResetAndForget(t *testing.T) {
 			t.Fatalf("proxy still keeps %d connection ends after the only connection ended", open())
 		}
 	}
+}
+
+// startEcho listens on a loopback port and echoes every connection's bytes
+// back to it until the test ends or the listener is closed.
+func startEcho(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return ln
 }
 
 func isTimeout(err error) bool {
