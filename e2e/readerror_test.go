@@ -364,6 +364,41 @@ func TestDetachDiskReplace(t *testing.T) {
 	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
+// TestAttachDiskRestartComparesChecksums: a Primary's daemon killed while
+// attach-disk copies its data to a new disk comes back Secondary and
+// Inconsistent, and the full resync from the peer compares checksums, so
+// that what the copy had filled before the kill does not travel again: the
+// node receives about the half not copied yet, not the whole 64 MiB disk.
+// Both disks end byte-identical.
+func TestAttachDiskRestartComparesChecksums(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--size=64M", "--iodepth=4")
+	c.a.ctl("detach-disk", "r0")
+	newDisk(t, c.a.disk, 64<<20)
+	c.a.ctl("adjust", "--resync-rate", "8MiB", "r0")
+	c.a.ctl("attach-disk", "r0")
+	c.a.waitFor("half the disk copied", time.Minute, func(s statusT) bool {
+		return s.Sync != nil && s.Sync.RemainingKiB <= s.Sync.TotalKiB/2
+	})
+	c.a.kill9()
+	c.a.start()
+	if st := c.a.waitInSync(2 * time.Minute); st.Role != "Secondary" {
+		t.Errorf("restarted during attach-disk: %+v, want Secondary", st)
+	}
+	got := c.a.status().NetRecvKiB
+	t.Logf("the resync after the restart received %d KiB of the 64 MiB disk", got)
+	if got > 48<<10 {
+		t.Errorf("the resync after the restart received %d KiB of the 64 MiB disk, want about the half attach-disk had not copied", got)
+	}
+	if log, _ := os.ReadFile(c.a.logPath); !strings.Contains(string(log), "the resync compares checksums") {
+		t.Error("the restarted node's log does not say that the resync compared checksums")
+	}
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
 // TestSameDiskRefusedAfterLostWrites: attach-disk --same-disk refuses a disk
 // that lost a write while it was detached, which Linux reports as a
 // write-back error to the next file opened on it. The Secondary's disk is a

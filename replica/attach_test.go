@@ -308,6 +308,49 @@ func TestScenarioAttachDiskResumes(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
+// attachStoppedMidCopy is a detachedPair whose Primary a attaches a new
+// disk (at 2 MiB/s) and crashes, or loses power, once half of it is copied.
+func attachStoppedMidCopy(t *testing.T, powerCut bool) (a, b *tnode, want []byte) {
+	t.Helper()
+	a, b, want = detachedPair(t, nodeOpts{rate: 2 << 20, volatile: powerCut})
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.waitStatus("half the disk copied", func(s status.Resource) bool {
+		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
+	})
+	a.crashAs(powerCut)
+	return a, b, want
+}
+
+// TestScenarioAttachDiskRestartComparesChecksums: a daemon that stops
+// while attach-disk fills its new disk does not copy the filled part again.
+// It comes back Secondary and Inconsistent, as before, and the full resync
+// from its peer compares checksums first, so only the blocks the copy had
+// not reached travel. After a power cut instead, which takes the copy's
+// unflushed writes with it, the checksums find every block the new disk
+// lost: the disks end equal all the same.
+func TestScenarioAttachDiskRestartComparesChecksums(t *testing.T) {
+	for _, powerCut := range []bool{false, true} {
+		t.Run(fmt.Sprintf("powerCut=%v", powerCut), func(t *testing.T) {
+			a, b, want := attachStoppedMidCopy(t, powerCut)
+			a.start()
+			if st := a.node.State(); st.Role != replica.Secondary || st.Disk != replica.Inconsistent {
+				t.Fatalf("restarted during the copy: %v %v, want Secondary and Inconsistent", st.Role, st.Disk)
+			}
+			a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+			inSyncAndEqual(t, a, b)
+			if i := firstDiff(a.image(), want); i >= 0 {
+				t.Fatalf("the attached disk differs from the peer's data at %d", i)
+			}
+			if !strings.Contains(a.logs.String(), "the resync compares checksums") {
+				t.Error("the target's log does not say that the resync compared checksums")
+			}
+			if got := a.node.Status().NetRecvKiB; !powerCut && got > hDiskSize>>10*3/4 {
+				t.Errorf("the resync after the restart received %d KiB of the %d KiB disk, want at most the half the copy had not reached", got, hDiskSize>>10)
+			}
+		})
+	}
+}
+
 // TestScenarioAttachDiskRefusesPeerPromotedMeanwhile: a copy cut short
 // does not go on from a peer that was promoted and written while apart (a
 // new data generation): the Diskless Primary refuses to connect to it, as

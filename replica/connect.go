@@ -449,7 +449,12 @@ func (n *Node) negotiate(s *session) error {
 			n.uuids = n.uuids.ConnectedInSync()
 		}
 	}
-	n.setStateLocked("connected: "+plan.Reason, func(st *State) {
+	csum := byChecksum(plan, conn, local, peer)
+	reason := "connected: " + plan.Reason
+	if csum && plan.Full {
+		reason += "; the target's disk was being filled by attach-disk when its daemon stopped, so the resync compares checksums and copies only the blocks that differ"
+	}
+	n.setStateLocked(reason, func(st *State) {
 		st.Conn = conn
 		st.PeerRole = peerRole
 		st.PeerDisk = peerDisk
@@ -478,7 +483,7 @@ func (n *Node) negotiate(s *session) error {
 	n.event("peer-back", map[string]string{"URBD_PEER_ROLE": peerRole.String()})
 
 	if conn != Connected {
-		s.csumResync = !plan.Full && (local.recoveredAL || peer.recoveredAL)
+		s.csumResync = csum
 		if plan.Full {
 			n.store().Bitmap().SetAll()
 		}
@@ -696,7 +701,24 @@ func (n *Node) localSideLocked() Side {
 		AfterSB:        n.afterSB,
 		NodeID:         n.nodeID,
 		recoveredAL:    n.recovered,
+		filling:        n.filling && !n.st.Disk.consistent(),
 	}
+}
+
+// byChecksum says whether the resync that plan starts compares block
+// checksums before it copies (copyRange), for blocks that are probably equal
+// already: the activity-log extents a crashed node recovered into a bitmap
+// resync, or, in a full resync, the part of the target's disk that
+// attach-disk's copy filled before the target's daemon stopped. conn is this
+// node's side of the resync.
+func byChecksum(plan Plan, conn ConnState, local, peer Side) bool {
+	if !plan.Full {
+		return local.recoveredAL || peer.recoveredAL
+	}
+	if conn == SyncTarget {
+		return local.filling
+	}
+	return peer.filling
 }
 
 func (n *Node) kickSync() {

@@ -112,7 +112,7 @@ func (n *Node) ReattachDisk(d nbd.Backend) (old nbd.Backend, err error) {
 	role, disk := n.st.Role, n.st.Disk
 	n.mu.Unlock()
 	switch {
-	case rec == nil || rec.primary != (role == Primary) || disk == UpToDate || disk == Outdated:
+	case rec == nil || rec.primary != (role == Primary) || disk.consistent():
 		return nil, fmt.Errorf("%s: %w: --same-disk takes back a disk that urbd detach-disk took out of this node while it was UpToDate or Outdated, with no restart or demotion since (%s, %s); attach it without --same-disk for a full copy",
 			n.cfg.Name, ErrNotSameDisk, role, disk)
 	case d.Size() != n.backend().Size():

@@ -446,6 +446,9 @@ func (s *session) sendState(side Side, flags ...uint32) {
 	if side.recoveredAL {
 		st.Flags |= flagRecovered
 	}
+	if side.filling {
+		st.Flags |= flagStateFilling
+	}
 	if s.n.userPause.Load() {
 		st.Flags |= protocol.FlagResyncPaused
 	}
@@ -474,6 +477,10 @@ const (
 	// receiver confirms with its new state.
 	flagOutdate uint32 = 1 << 19
 	// Bits 20-23 carry the sender's split-brain policy (AfterSplitBrain.flags).
+
+	// flagStateFilling: the sender's disk is one attach-disk was filling
+	// when its daemon stopped: a full resync to it compares checksums.
+	flagStateFilling uint32 = 1 << 24
 )
 
 func diskToWire(d DiskState) uint8 {
@@ -517,6 +524,7 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 		Changed:        st.OutOfSync,
 		AfterSB:        afterSBFromFlags(st.Flags),
 		recoveredAL:    st.Flags&flagRecovered != 0,
+		filling:        st.Flags&flagStateFilling != 0,
 	}
 }
 

@@ -74,6 +74,10 @@ func (d DiskState) String() string {
 	return fmt.Sprintf("DiskState(%d)", d)
 }
 
+// consistent reports whether the disk holds a consistent data generation
+// (UpToDate or Outdated), and so may be a resync source.
+func (d DiskState) consistent() bool { return d == UpToDate || d == Outdated }
+
 // ParseDiskState is the inverse of DiskState.String; unknown text gives Inconsistent,
 // the safe assumption.
 func ParseDiskState(s string) DiskState {

@@ -134,6 +134,11 @@ type Side struct {
 	// recoveredAL: the bitmap holds activity-log extents recovered after a
 	// crash. Decide ignores it; it makes the resync compare checksums first.
 	recoveredAL bool
+	// filling: the disk is one attach-disk was filling from the peer when
+	// the daemon stopped, so much of it probably holds the peer's data
+	// already. Decide ignores it; a full resync to it compares checksums
+	// first (byChecksum).
+	filling bool
 }
 
 // role is the side's role: Primary or Secondary.
@@ -149,7 +154,7 @@ func (s Side) dirty() bool { return s.Changed > 0 }
 
 // consistent reports whether the disk holds a consistent data generation
 // (UpToDate or Outdated) and may therefore be a resync source.
-func (s Side) consistent() bool { return s.Disk == "UpToDate" || s.Disk == "Outdated" }
+func (s Side) consistent() bool { return ParseDiskState(s.Disk).consistent() }
 
 // Decision is what two connecting nodes do. Every decision except
 // BecomeSyncSource and BecomeSyncTarget is its own mirror image: Decide on
