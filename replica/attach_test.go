@@ -351,6 +351,30 @@ func TestScenarioAttachDiskRestartComparesChecksums(t *testing.T) {
 	}
 }
 
+// TestScenarioChecksumResyncTargetReadError: a block that the sync target
+// cannot read while the resync compares checksums counts as different. The
+// source sends it and the write repairs it, as a disk remaps a bad sector
+// when it is written, and a resync without checksums would have written it
+// too. Ending the connection instead would make every reconnection fail on
+// the same block.
+func TestScenarioChecksumResyncTargetReadError(t *testing.T) {
+	a, b, want := attachStoppedMidCopy(t, false)
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
+	a.start()
+	a.disk.setBad(hBlock, hBlock) // in the half the copy filled
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
+	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+	if a.disk.readErrors.Load() == 0 || a.disk.isBad() {
+		t.Fatalf("the unreadable block: %d read errors, still bad %v; want it read, failed, and written", a.disk.readErrors.Load(), a.disk.isBad())
+	}
+	inSyncAndEqual(t, a, b)
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from the peer's data at %d", i)
+	}
+}
+
 // TestScenarioAttachDiskRefusesPeerPromotedMeanwhile: a copy cut short
 // does not go on from a peer that was promoted and written while apart (a
 // new data generation): the Diskless Primary refuses to connect to it, as

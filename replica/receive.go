@@ -584,17 +584,28 @@ func (s *session) applyResync(m *protocol.ResyncData) uint32 {
 	return protocol.CodeOK
 }
 
-// checksums answers a checksum request from the local disk.
+// checksums answers a checksum request from the local disk. On a SyncTarget
+// a range the disk cannot read is answered with zero sums, which no block's
+// SHA-256 equals: the source sends those blocks, and writing them may repair
+// the disk, as a resync without checksums would have. Elsewhere (a verify) a
+// read error ends the session.
 func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumReply, error) {
 	off, length, bs := int64(m.Offset), int64(m.Length), int64(m.BlockSize)
 	if bs <= 0 || off < 0 || off+length > s.n.backend().Size() || (length+bs-1)/bs > protocol.MaxSums {
 		return nil, fmt.Errorf("replica: bad checksum request at %d+%d/%d", off, length, bs)
 	}
+	reply := &protocol.ChecksumReply{Seq: m.Seq, Offset: m.Offset, BlockSize: m.BlockSize}
 	buf := make([]byte, length)
 	if err := s.n.backend().ReadAt(s.ctx, buf, off); err != nil {
-		return nil, fmt.Errorf("replica: reading for checksums at %d: %w", off, err)
+		if s.ctx.Err() != nil || s.n.State().Conn != SyncTarget {
+			return nil, fmt.Errorf("replica: reading for checksums at %d: %w", off, err)
+		}
+		s.n.log.Warn("reading for the resync's checksums failed: the source sends those blocks", "offset", off, "length", length, "err", err)
+		reply.Sums = make([]protocol.Sum, (length+bs-1)/bs)
+		return reply, nil
 	}
-	return &protocol.ChecksumReply{Seq: m.Seq, Offset: m.Offset, BlockSize: m.BlockSize, Sums: blockSums(buf, bs)}, nil
+	reply.Sums = blockSums(buf, bs)
+	return reply, nil
 }
 
 func blockSums(buf []byte, bs int64) []protocol.Sum {
