@@ -449,10 +449,10 @@ func (n *Node) negotiate(s *session) error {
 			n.uuids = n.uuids.ConnectedInSync()
 		}
 	}
-	csum := byChecksum(plan, conn, local, peer)
+	csum, why := byChecksum(plan, conn, local, peer)
 	reason := "connected: " + plan.Reason
-	if csum && plan.Full {
-		reason += "; the target's disk was being filled by attach-disk when its daemon stopped, so the resync compares checksums and copies only the blocks that differ"
+	if why != "" {
+		reason += "; " + why + ", so the resync compares checksums and copies only the blocks that differ"
 	}
 	n.setStateLocked(reason, func(st *State) {
 		st.Conn = conn
@@ -707,18 +707,28 @@ func (n *Node) localSideLocked() Side {
 
 // byChecksum says whether the resync that plan starts compares block
 // checksums before it copies (copyRange), for blocks that are probably equal
-// already: the activity-log extents a crashed node recovered into a bitmap
-// resync, or, in a full resync, the part of the target's disk that
-// attach-disk's copy filled before the target's daemon stopped. conn is this
-// node's side of the resync.
-func byChecksum(plan Plan, conn ConnState, local, peer Side) bool {
+// already, and, for a full resync, why. A bitmap resync compares the
+// activity-log extents a crashed node recovered. A full resync compares when
+// the target's disk holds data of this resource: a data generation (one the
+// source has moved on from, or one that split off), or the part attach-disk's
+// copy filled before the target's daemon stopped. A target with neither (a
+// new disk, or one never synced) gets plain copies. conn is this node's side
+// of the resync.
+func byChecksum(plan Plan, conn ConnState, local, peer Side) (csum bool, why string) {
 	if !plan.Full {
-		return local.recoveredAL || peer.recoveredAL
+		return local.recoveredAL || peer.recoveredAL, ""
 	}
+	target := peer
 	if conn == SyncTarget {
-		return local.filling
+		target = local
 	}
-	return peer.filling
+	switch {
+	case target.filling:
+		return true, "the target's disk was being filled by attach-disk when its daemon stopped"
+	case target.UUIDs.Current != 0:
+		return true, "the target's disk holds another version of this data"
+	}
+	return false, ""
 }
 
 func (n *Node) kickSync() {

@@ -1,0 +1,70 @@
+package replica
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestByChecksum: which resyncs compare checksums first, from plans Decide
+// makes. Both nodes must reach the same answer, each from its own side of
+// the resync, since only the source acts on it but both report it.
+func TestByChecksum(t *testing.T) {
+	const g1, g2, g3 = 0x11, 0x22, 0x33
+	upToDate := func(u UUIDs) Side { return Side{UUIDs: u, Disk: "UpToDate", NodeID: 2} }
+	cases := []struct {
+		name        string
+		source, tgt Side
+		full, csum  bool
+		whyMentions string
+	}{
+		{
+			name:   "bitmap resync after a crash recovered the activity log",
+			source: Side{UUIDs: UUIDs{Current: g1}, Disk: "UpToDate", Changed: 8, CrashedPrimary: true, recoveredAL: true, NodeID: 1},
+			tgt:    upToDate(UUIDs{Current: g1}),
+			csum:   true,
+		},
+		{
+			name:   "bitmap resync of writes made while apart",
+			source: Side{UUIDs: UUIDs{Current: g2, Bitmap: g1}, Disk: "UpToDate", Primary: true, Changed: 8, NodeID: 2},
+			tgt:    Side{UUIDs: UUIDs{Current: g1}, Disk: "UpToDate", NodeID: 1},
+		},
+		{
+			name:   "full resync to a new disk",
+			source: upToDate(UUIDs{Current: g1}),
+			tgt:    Side{Disk: "Inconsistent", NodeID: 1},
+			full:   true,
+		},
+		{
+			name:        "full resync to the disk attach-disk was filling",
+			source:      upToDate(UUIDs{Current: g1}),
+			tgt:         Side{Disk: "Inconsistent", NodeID: 1, filling: true},
+			full:        true,
+			csum:        true,
+			whyMentions: "attach-disk",
+		},
+		{
+			name:        "full resync to an older generation",
+			source:      upToDate(UUIDs{Current: g3, Bitmap: g2, History: [2]uint64{g1}}),
+			tgt:         Side{UUIDs: UUIDs{Current: g1}, Disk: "Outdated", NodeID: 1},
+			full:        true,
+			csum:        true,
+			whyMentions: "another version of this data",
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			plan := Decide(c.source, c.tgt)
+			if plan.Decision != BecomeSyncSource || plan.Full != c.full {
+				t.Fatalf("Decide = %v full=%v (%s); the case wants SyncSource full=%v", plan.Decision, plan.Full, plan.Reason, c.full)
+			}
+			src, srcWhy := byChecksum(plan, SyncSource, c.source, c.tgt)
+			tgt, tgtWhy := byChecksum(Decide(c.tgt, c.source), SyncTarget, c.tgt, c.source)
+			if src != c.csum || tgt != c.csum || srcWhy != tgtWhy {
+				t.Fatalf("source %v (%q), target %v (%q); want both %v alike", src, srcWhy, tgt, tgtWhy, c.csum)
+			}
+			if (srcWhy != "") != (c.whyMentions != "") || !strings.Contains(srcWhy, c.whyMentions) {
+				t.Errorf("why %q, want it to mention %q", srcWhy, c.whyMentions)
+			}
+		})
+	}
+}
