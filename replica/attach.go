@@ -188,7 +188,7 @@ var (
 // peer cannot serve a chunk, the node stays Diskless with d out of use and
 // the reason says why: run it again. A daemon that stops meanwhile restarts
 // as before, Secondary and Inconsistent, and gets a full resync, which
-// compares checksums first (flagFilling, byChecksum): what the copy filled
+// compares checksums first (flagPartial, byChecksum): what the copy filled
 // does not travel again.
 func (n *Node) AttachDisk(d nbd.Backend) (old nbd.Backend, resync bool, err error) {
 	n.mu.Lock()
@@ -253,12 +253,6 @@ func (n *Node) attachPrimary(d nbd.Backend, rec *detachRecord) (old nbd.Backend,
 	n.log.Info("attaching a disk", "size", d.Size(), "same", rec != nil)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	// A daemon that stops before the copy ends resyncs d in full when it
-	// starts again: by checksum, so that what the copy filled stays.
-	n.filling = true
-	if err := n.saveMetaLocked(); err != nil {
-		n.log.Warn("attach-disk: a restart before the copy ends would copy the whole disk again", "err", err)
-	}
 	if n.sess != s {
 		// The session ended meanwhile: the next one starts the copy.
 		n.attaching = false
@@ -329,7 +323,7 @@ func (n *Node) attachSecondary(d nbd.Backend, rec *detachRecord) (old nbd.Backen
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.attaching = false
-	n.filling = false // a new disk, or the detached one with its bitmap
+	n.partial = false // a new disk, or the detached one with its bitmap
 	n.diskless.Store(false)
 	n.store().SetSyncData(n.syncData)
 	n.st.Disk = Inconsistent // saved below; shown with the reason
@@ -427,9 +421,6 @@ func (n *Node) finishAttach(s *session, prog *resync.Progress, plan copyPlan) {
 		ref.resumeAt = copied
 		n.log.Warn("the copy to the new disk stopped with the peer connection; it resumes when the peer is back", "copied", copied, "err", err)
 		return
-	}
-	if n.attachFailed.Load() {
-		n.filling = false // the next attach-disk brings another disk
 	}
 	reason := fmt.Sprintf("attaching the new disk failed: %v; still Diskless (run urbd attach-disk again)", err)
 	n.log.Error(reason)
@@ -552,7 +543,6 @@ func (n *Node) leaveDiskless(s *session) error {
 		n.uuids = was
 		return err
 	}
-	n.filling = false
 	n.diskless.Store(false)
 	n.attachWrites.Store(false)
 	n.store().SetSyncData(n.syncData)

@@ -351,6 +351,28 @@ func TestScenarioAttachDiskRestartComparesChecksums(t *testing.T) {
 	}
 }
 
+// TestScenarioDetachedDiskRestartComparesChecksums: a Primary whose disk
+// failed a write (Diskless), and whose daemon then restarts on that disk,
+// working again, comes back Secondary and Inconsistent as before. The full
+// resync from its peer compares checksums, so only what the disk lacks
+// travels (the write it failed), not the whole disk.
+func TestScenarioDetachedDiskRestartComparesChecksums(t *testing.T) {
+	a, b, want := detachedPair(t, nodeOpts{})
+	a.crash()
+	a.start()
+	if st := a.node.State(); st.Role != replica.Secondary || st.Disk != replica.Inconsistent {
+		t.Fatalf("restarted after the detach: %v %v, want Secondary and Inconsistent", st.Role, st.Disk)
+	}
+	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+	inSyncAndEqual(t, a, b)
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the resynced disk differs from the peer's data at %d", i)
+	}
+	if got := a.node.Status().NetRecvKiB; got > hDiskSize>>10/8 {
+		t.Errorf("the resync after the restart received %d KiB of the %d KiB disk, want about the 8 KiB write the disk failed", got, hDiskSize>>10)
+	}
+}
+
 // TestScenarioChecksumResyncTargetReadError: a block that the sync target
 // cannot read while the resync compares checksums counts as different. The
 // source sends it and the write repairs it, as a disk remaps a bad sector

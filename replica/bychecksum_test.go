@@ -35,9 +35,9 @@ func TestByChecksum(t *testing.T) {
 			full:   true,
 		},
 		{
-			name:        "full resync to the disk attach-disk was filling",
+			name:        "full resync to a disk detached, or being filled by attach-disk, when its daemon stopped",
 			source:      upToDate(UUIDs{Current: g1}),
-			tgt:         Side{Disk: "Inconsistent", NodeID: 1, filling: true},
+			tgt:         Side{Disk: "Inconsistent", NodeID: 1, partial: true},
 			full:        true,
 			csum:        true,
 			whyMentions: "attach-disk",

@@ -701,7 +701,7 @@ func (n *Node) localSideLocked() Side {
 		AfterSB:        n.afterSB,
 		NodeID:         n.nodeID,
 		recoveredAL:    n.recovered,
-		filling:        n.filling && !n.st.Disk.consistent(),
+		partial:        n.partial && !n.st.Disk.consistent(),
 	}
 }
 
@@ -710,10 +710,11 @@ func (n *Node) localSideLocked() Side {
 // already, and, for a full resync, why. A bitmap resync compares the
 // activity-log extents a crashed node recovered. A full resync compares when
 // the target's disk holds data of this resource: a data generation (one the
-// source has moved on from, or one that split off), or the part attach-disk's
-// copy filled before the target's daemon stopped. A target with neither (a
-// new disk, or one never synced) gets plain copies. conn is this node's side
-// of the resync.
+// source has moved on from, or one that split off), or, with none, what it
+// held when it was detached or what attach-disk's copy filled before the
+// target's daemon stopped (Side.partial). A target with neither (a new disk,
+// or one never synced) gets plain copies. conn is this node's side of the
+// resync.
 func byChecksum(plan Plan, conn ConnState, local, peer Side) (csum bool, why string) {
 	if !plan.Full {
 		return local.recoveredAL || peer.recoveredAL, ""
@@ -723,8 +724,8 @@ func byChecksum(plan Plan, conn ConnState, local, peer Side) (csum bool, why str
 		target = local
 	}
 	switch {
-	case target.filling:
-		return true, "the target's disk was being filled by attach-disk when its daemon stopped"
+	case target.partial:
+		return true, "the target's disk was detached, or being filled by attach-disk, when its daemon stopped"
 	case target.UUIDs.Current != 0:
 		return true, "the target's disk holds another version of this data"
 	}

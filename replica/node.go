@@ -85,7 +85,7 @@ type Node struct {
 	discard      bool       // guarded by mu: --discard-my-data for the next connection
 	crashedPri   bool       // guarded by mu: stopped uncleanly while Primary
 	recovered    bool       // guarded by mu: the bitmap holds activity-log extents recovered after a crash
-	filling      bool       // guarded by mu: the disk is, or was when the daemon stopped, being filled by attach-disk's copy (flagFilling)
+	partial      bool       // guarded by mu: the daemon started on a disk saved Diskless (flagPartial), not resynced since
 	readErrEvent time.Time  // guarded by mu: when a read error last ran the local-io-error handler
 	fence        fenceState // guarded by mu: whether the peer was fenced since it was lost
 	resumed      bool       // guarded by mu: urbd resume-io released held writes until the peer is back
@@ -228,9 +228,9 @@ func New(cfg Config) (*Node, error) {
 			n.crashedPri = true // crashed while Primary: come back Secondary
 		}
 	}
-	n.filling = m.Flags&flagFilling != 0 && !n.st.Disk.consistent()
-	if n.filling {
-		n.log.Info("the daemon stopped while attach-disk filled this disk: its full resync compares checksums first, and copies only the blocks that differ")
+	n.partial = m.Flags&flagPartial != 0 && !n.st.Disk.consistent()
+	if n.partial {
+		n.log.Info("the disk was detached, or being filled by attach-disk, when the daemon stopped: its full resync compares checksums first, and copies only the blocks that differ")
 	}
 	if from := cfg.Store.Recovery().GrownFrom; from > 0 {
 		n.st.Reason = fmt.Sprintf("disk grew from %s to %s: the new part is out of sync until the peer, grown too, resyncs it",
@@ -257,10 +257,13 @@ func New(cfg Config) (*Node, error) {
 const (
 	flagPrimary = 1 << 0 // the role at the last save was Primary
 	flagClean   = 1 << 1 // the daemon stopped cleanly after that save
-	// flagFilling: attach-disk's copy was filling the (Inconsistent) disk
-	// at that save. Only an optimisation rests on it (byChecksum), never
-	// which blocks are taken as equal, so a stale flag is harmless.
-	flagFilling = 1 << 2
+	// flagPartial: the disk, saved as Inconsistent with no generation, was
+	// Diskless at that save (detached, or being filled by attach-disk's
+	// copy), or the daemon started on such a disk and has not resynced it
+	// since: it probably holds much of the data. Only an optimisation rests
+	// on it (byChecksum), never which blocks count as equal, so a stale flag
+	// is harmless.
+	flagPartial = 1 << 2
 )
 
 // InitialUUIDs sets up a freshly created resource. With assumeClean the disk
@@ -302,9 +305,9 @@ func (n *Node) writeMetaLocked(clean bool) error {
 		m.Disk = Inconsistent.String()
 		m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = 0, 0, [2]uint64{}
 	}
-	m.Flags &^= flagPrimary | flagClean | flagFilling
-	if n.filling && !n.st.Disk.consistent() {
-		m.Flags |= flagFilling
+	m.Flags &^= flagPrimary | flagClean | flagPartial
+	if n.st.Disk == Diskless || (n.partial && !n.st.Disk.consistent()) {
+		m.Flags |= flagPartial
 	}
 	if (n.st.Role == Primary && n.st.Disk != Diskless) || (n.crashedPri && !clean) {
 		m.Flags |= flagPrimary

@@ -446,8 +446,8 @@ func (s *session) sendState(side Side, flags ...uint32) {
 	if side.recoveredAL {
 		st.Flags |= flagRecovered
 	}
-	if side.filling {
-		st.Flags |= flagStateFilling
+	if side.partial {
+		st.Flags |= flagStatePartial
 	}
 	if s.n.userPause.Load() {
 		st.Flags |= protocol.FlagResyncPaused
@@ -478,9 +478,10 @@ const (
 	flagOutdate uint32 = 1 << 19
 	// Bits 20-23 carry the sender's split-brain policy (AfterSplitBrain.flags).
 
-	// flagStateFilling: the sender's disk is one attach-disk was filling
-	// when its daemon stopped: a full resync to it compares checksums.
-	flagStateFilling uint32 = 1 << 24
+	// flagStatePartial: the sender's disk names no generation but probably
+	// holds much of the data (Side.partial): a full resync to it compares
+	// checksums.
+	flagStatePartial uint32 = 1 << 24
 )
 
 func diskToWire(d DiskState) uint8 {
@@ -524,7 +525,7 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 		Changed:        st.OutOfSync,
 		AfterSB:        afterSBFromFlags(st.Flags),
 		recoveredAL:    st.Flags&flagRecovered != 0,
-		filling:        st.Flags&flagStateFilling != 0,
+		partial:        st.Flags&flagStatePartial != 0,
 	}
 }
 

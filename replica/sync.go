@@ -435,7 +435,7 @@ func (n *Node) completeSync(s *session, role ConnState, uuids func(UUIDs) UUIDs,
 	n.uuids = uuids(n.uuids)
 	n.progress = nil
 	n.recovered = false
-	n.filling = false
+	n.partial = false
 	n.setStateLocked("resync finished", func(st *State) { st.Conn = Connected; apply(st) })
 	err := n.saveMetaLocked()
 	local := n.localSideLocked()

@@ -134,11 +134,11 @@ type Side struct {
 	// recoveredAL: the bitmap holds activity-log extents recovered after a
 	// crash. Decide ignores it; it makes the resync compare checksums first.
 	recoveredAL bool
-	// filling: the disk is one attach-disk was filling from the peer when
-	// the daemon stopped, so much of it probably holds the peer's data
-	// already. Decide ignores it; a full resync to it compares checksums
-	// first (byChecksum).
-	filling bool
+	// partial: the disk names no data generation but probably holds much
+	// of the data: it was detached (Diskless), or attach-disk's copy was
+	// filling it, when the daemon stopped. Decide ignores it; a full resync
+	// to it compares checksums first (byChecksum).
+	partial bool
 }
 
 // role is the side's role: Primary or Secondary.
