@@ -51,6 +51,14 @@ func TestByChecksum(t *testing.T) {
 			whyMentions: "another version of this data",
 		},
 	}
+	// Two Inconsistent disks connect without a resync: nothing to compare,
+	// and no reason may say otherwise.
+	both := Side{UUIDs: UUIDs{Current: g1}, Disk: "Inconsistent", partial: true}
+	if plan := Decide(both, both); plan.Decision != BothInconsistent {
+		t.Fatalf("two Inconsistent disks: Decide = %v", plan.Decision)
+	} else if csum, why := byChecksum(plan, Connected, both, both); csum || why != "" {
+		t.Errorf("no resync: byChecksum = %v, %q; want false and no reason", csum, why)
+	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			plan := Decide(c.source, c.tgt)

@@ -714,9 +714,12 @@ func (n *Node) localSideLocked() Side {
 // held when it was detached or what attach-disk's copy filled before the
 // target's daemon stopped (Side.partial). A target with neither (a new disk,
 // or one never synced) gets plain copies. conn is this node's side of the
-// resync.
+// resync; with no resync (Connected) there is nothing to compare.
 func byChecksum(plan Plan, conn ConnState, local, peer Side) (csum bool, why string) {
-	if !plan.Full {
+	switch {
+	case conn != SyncSource && conn != SyncTarget:
+		return false, ""
+	case !plan.Full:
 		return local.recoveredAL || peer.recoveredAL, ""
 	}
 	target := peer
