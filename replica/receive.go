@@ -517,8 +517,16 @@ func errCode(err error) uint32 {
 
 // resyncLoop reads the resync stream: copies and checksum requests as the
 // target, their answers as the source.
+//
+// Checksum requests are answered by up to syncWindow goroutines at once
+// (each reads and hashes up to a MiB), so that a resync by checksum reads
+// this disk as deep as the source reads its own, not one request at a
+// time. The source holds a range's lock from its request to its copy, so
+// no copy of the range is applied meanwhile; answers match requests by
+// sequence number, in any order.
 func (s *session) resyncLoop() error {
 	st := s.ps.Resync()
+	sums := make(chan struct{}, syncWindow) // checksum requests being answered
 	return s.readLoop(st, func(m protocol.Message) error {
 		switch m := m.(type) {
 		case *protocol.ResyncData:
@@ -540,14 +548,25 @@ func (s *session) resyncLoop() error {
 				ch <- m.Err
 			}
 		case *protocol.ChecksumRequest:
-			reply, err := s.checksums(m)
-			if err != nil {
-				return err
+			select {
+			case sums <- struct{}{}:
+			case <-s.ctx.Done():
+				return s.ctx.Err()
 			}
-			s.n.verifyAnswered(int64(m.Length))
-			if err := st.Send(reply); err != nil {
-				return err
-			}
+			req := *m
+			s.wg.Add(1) // called from a counted loop: never races with Wait
+			go func() {
+				defer s.wg.Done()
+				defer func() { <-sums }()
+				reply, err := s.checksums(&req)
+				if err == nil {
+					s.n.verifyAnswered(int64(req.Length))
+					err = st.Send(reply)
+				}
+				if err != nil {
+					s.close(err)
+				}
+			}()
 		case *protocol.ChecksumReply:
 			s.mu.Lock()
 			ch := s.sumWait[m.Seq]

@@ -5,7 +5,8 @@
 
 # cluster_up PROTO SIZE [extra up flags...]: two fresh nodes on loopback
 # replicating r0 with --assume-clean; node a is Primary. Sets A_SOCK, B_SOCK,
-# A_DISK, B_DISK, A_RUN, B_RUN and adds the daemons to CLUSTER_PIDS. Without
+# A_DISK, B_DISK, A_RUN, B_RUN, node b's command line B_UP, its log B_LOG and
+# its process B_PID, and adds the daemons to CLUSTER_PIDS. Without
 # CLUSTER it first stops every cluster; with CLUSTER=NAME it adds one more
 # next to those running, in its own directory.
 cluster_up() {
@@ -28,8 +29,11 @@ cluster_up() {
 	"$URBD" --run-dir "$A_RUN" up --disk "$A_DISK" --meta "$dir/meta-a" --nbd "unix:$A_SOCK" \
 		--listen-peer "127.0.0.1:$pa" --peer "127.0.0.1:$pb" --protocol "$proto" --assume-clean "$@" r0 2>>"$dir.a.log" &
 	CLUSTER_PIDS+=($!)
-	"$URBD" --run-dir "$B_RUN" up --disk "$B_DISK" --meta "$dir/meta-b" --nbd "unix:$B_SOCK" \
-		--listen-peer "127.0.0.1:$pb" --peer "127.0.0.1:$pa" --protocol "$proto" --assume-clean "$@" r0 2>>"$dir.b.log" &
+	B_UP=("$URBD" --run-dir "$B_RUN" up --disk "$B_DISK" --meta "$dir/meta-b" --nbd "unix:$B_SOCK"
+		--listen-peer "127.0.0.1:$pb" --peer "127.0.0.1:$pa" --protocol "$proto" --assume-clean "$@" r0)
+	B_LOG=$dir.b.log
+	"${B_UP[@]}" 2>>"$B_LOG" &
+	B_PID=$!
 	CLUSTER_PIDS+=($!)
 	wait_state "$A_RUN" "cs:Connected" 30
 	"$URBD" --run-dir "$A_RUN" primary r0 >/dev/null
@@ -189,6 +193,52 @@ resync_run() {
 	awk -v ms=$((t1 - t0)) -v kib="$oos" 'BEGIN { printf "%.2f %.0f\n", ms / 1000, kib / 1024 }'
 }
 
+# full_resync_time RUN: wait for SyncTarget on RUN, then print the seconds
+# until it is in sync and the MiB it received meanwhile.
+full_resync_time() {
+	wait_state "$1" "cs:SyncTarget" 30
+	local t0 t1 nr0 nr1
+	t0=$(now_ms)
+	nr0=$(nr_kib "$1")
+	until in_sync "$1"; do sleep 0.005; done
+	t1=$(now_ms)
+	nr1=$(nr_kib "$1")
+	awk -v ms=$((t1 - t0)) -v kib=$((nr1 - nr0)) 'BEGIN { printf "%.2f %.0f\n", ms / 1000, kib / 1024 }'
+}
+
+# nr_kib RUN: the KiB the node received from its peer since it started.
+nr_kib() {
+	"$URBD" --run-dir "$1" status --json r0 | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["nr"])'
+}
+
+# full_copy_run: a full resync of node b's disk by plain copies (urbd
+# invalidate), though b holds all of the data; prints seconds and MiB.
+full_copy_run() {
+	settle_cache "$A_DISK"
+	settle_cache "$B_DISK"
+	"$URBD" --run-dir "$B_RUN" invalidate r0 >/dev/null
+	full_resync_time "$B_RUN"
+}
+
+# full_csum_run: node b's disk is detached (Diskless), 32 MiB are written
+# at random offsets without it, and b's daemon is killed and restarted on
+# the same disk: a full resync that compares checksums; prints seconds and
+# MiB. Not in a subshell: it replaces B_PID.
+full_csum_run() {
+	"$URBD" --run-dir "$B_RUN" detach-disk r0 >/dev/null
+	wait_state "$A_RUN" "cs:WFConnection" 10
+	fio --name=dirty --ioengine=nbd --uri="nbd+unix:///?socket=$A_SOCK" --size="$SIZE" \
+		--rw=randwrite --bs=64k --iodepth=8 --io_size=32M --norandommap >/dev/null 2>>"$WORK/fio.log"
+	kill -9 "$B_PID"
+	wait "$B_PID" 2>/dev/null || true
+	settle_cache "$A_DISK"
+	settle_cache "$B_DISK"
+	"${B_UP[@]}" >/dev/null 2>>"$B_LOG" &
+	B_PID=$!
+	CLUSTER_PIDS+=($!)
+	full_resync_time "$B_RUN"
+}
+
 # rate_run RATE_MIB: measure the resync rate over 10 s at RATE_MIB MiB/s.
 rate_run() {
 	local want=$1
@@ -260,7 +310,28 @@ bench_resync() {
 	done
 	printf '%-44s %10s %10s %8s\n' "32 MiB changed in 1 GiB, default rate (s)" "$(printf '%s' "$times" | median)" "-" "-"
 
-	# 3. Throttled accuracy over 10 s, on sparse 4 GiB disks (enough dirty
+	# 3. A full resync of the 1 GiB disk to a Secondary that already holds
+	# most of it, unthrottled: by checksum (its disk detached, 32 MiB
+	# written without it, its daemon restarted on the same disk) against
+	# by plain copies (urbd invalidate).
+	"$URBD" --run-dir "$A_RUN" adjust --resync-rate 0 r0 >/dev/null
+	local csum_s="" csum_mib="" copy_s="" copy_mib=""
+	for r in $(seq "$RUNS"); do
+		full_csum_run >"$WORK/full.out"
+		read -r secs mib <"$WORK/full.out"
+		csum_s+="$secs"$'\n' csum_mib+="$mib"$'\n'
+		full_copy_run >"$WORK/full.out"
+		read -r secs mib <"$WORK/full.out"
+		copy_s+="$secs"$'\n' copy_mib+="$mib"$'\n'
+	done
+	local cs ps
+	cs=$(printf '%s' "$csum_s" | median)
+	ps=$(printf '%s' "$copy_s" | median)
+	printf '%-44s %10s %10s %8s\n' "full resync to a disk holding most data" "checksum" "copy" "ratio"
+	printf '%-44s %10s %10s %8s\n' "  1 GiB, 32 MiB differ, unthrottled (s)" "$cs" "$ps" "$(ratio "$cs" "$ps")"
+	printf '%-44s %10s %10s %8s\n' "  MiB the target received" "$(printf '%s' "$csum_mib" | median)" "$(printf '%s' "$copy_mib" | median)" "-"
+
+	# 4. Throttled accuracy over 10 s, on sparse 4 GiB disks (enough dirty
 	# data for 12 s at 200 MiB/s).
 	SIZE=4G SPARSE=1 cluster_up C 4G
 	local want got

@@ -13,8 +13,11 @@
 #          4k randwrite QD1 fsync=1; ratios of the medians to standalone,
 #          and each round's ratio to the standalone run just before it.
 #   resync: unthrottled resync of 256 MiB vs nbdcopy of the same bytes
-#          between two exports; throttled accuracy at 10, 50, 200 MiB/s over
-#          10 s; time to resync 32 MiB changed in a 1 GiB disk.
+#          between two exports; time to resync 32 MiB changed in a 1 GiB
+#          disk; a full resync of 1 GiB to a Secondary that holds all but
+#          32 MiB of it, by checksum (restarted on its detached disk) vs by
+#          copy (urbd invalidate); throttled accuracy at 10, 50, 200 MiB/s
+#          over 10 s.
 #
 # Environment: URBD (binary, default bin/urbd, built if missing), RUNS (3),
 # RUNTIME (seconds per fio run, 5), SIZE (1G), WORK (scratch dir), KEEP=1
