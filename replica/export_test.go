@@ -32,6 +32,16 @@ func (n *Node) ApplyPeerWrite(w *protocol.Write) protocol.Ack {
 	return ack
 }
 
+// AnswerPeerChecksums answers m as if the peer had sent it on the resync
+// stream (an error without a session).
+func (n *Node) AnswerPeerChecksums(m *protocol.ChecksumRequest) (*protocol.ChecksumReply, error) {
+	s := n.session()
+	if s == nil {
+		return nil, ErrPeerLost
+	}
+	return s.checksums(m)
+}
+
 // PeerWantsReceipts reports whether the peer, a Primary running protocol
 // B, asked this node to confirm each write's arrival (false without a
 // session).

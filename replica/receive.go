@@ -607,14 +607,17 @@ func (s *session) applyResync(m *protocol.ResyncData) uint32 {
 // a range the disk cannot read is answered with zero sums, which no block's
 // SHA-256 equals: the source sends those blocks, and writing them may repair
 // the disk, as a resync without checksums would have. Elsewhere (a verify) a
-// read error ends the session.
+// read error ends the session. A request covers at most syncChunk bytes, as
+// a resync's or a verify's runs do: resyncLoop answers several at once.
 func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumReply, error) {
 	off, length, bs := int64(m.Offset), int64(m.Length), int64(m.BlockSize)
-	if bs <= 0 || off < 0 || off+length > s.n.backend().Size() || (length+bs-1)/bs > protocol.MaxSums {
+	if bs <= 0 || off < 0 || length > syncChunk || off+length > s.n.backend().Size() || (length+bs-1)/bs > protocol.MaxSums {
 		return nil, fmt.Errorf("replica: bad checksum request at %d+%d/%d", off, length, bs)
 	}
 	reply := &protocol.ChecksumReply{Seq: m.Seq, Offset: m.Offset, BlockSize: m.BlockSize}
-	buf := make([]byte, length)
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := (*bp)[:length]
 	if err := s.n.backend().ReadAt(s.ctx, buf, off); err != nil {
 		if s.ctx.Err() != nil || s.n.State().Conn != SyncTarget {
 			return nil, fmt.Errorf("replica: reading for checksums at %d: %w", off, err)
