@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/protocol"
 	"github.com/urbd/urbd/replica"
 	"github.com/urbd/urbd/status"
 )
@@ -259,16 +260,25 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
-// attachCutMidCopy is a detachedPair whose Primary a attaches a new disk
-// (at 2 MiB/s); once half of it is copied, the link between the nodes is
-// cut both ways.
-func attachCutMidCopy(t *testing.T) (a, b *tnode, want []byte) {
+// attachHalfCopied is a detachedPair (a's options oa, plus a 2 MiB/s
+// rate) whose Primary a attaches a new disk, returned once half of it is
+// copied.
+func attachHalfCopied(t *testing.T, oa nodeOpts) (a, b *tnode, want []byte) {
 	t.Helper()
-	a, b, want = detachedPair(t, nodeOpts{rate: 2 << 20})
+	oa.rate = 2 << 20
+	a, b, want = detachedPair(t, oa)
 	attach(t, a, replaceDisk(t, a, hDiskSize))
 	a.waitStatus("half the disk copied", func(s status.Resource) bool {
 		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
 	})
+	return a, b, want
+}
+
+// attachCutMidCopy is attachHalfCopied with the link between the nodes
+// then cut both ways.
+func attachCutMidCopy(t *testing.T) (a, b *tnode, want []byte) {
+	t.Helper()
+	a, b, want = attachHalfCopied(t, nodeOpts{})
 	a.proxy.Cut.Store(true)
 	b.proxy.Cut.Store(true)
 	return a, b, want
@@ -308,15 +318,11 @@ func TestScenarioAttachDiskResumes(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
-// attachStoppedMidCopy is a detachedPair whose Primary a attaches a new
-// disk (at 2 MiB/s) and crashes, or loses power, once half of it is copied.
+// attachStoppedMidCopy is attachHalfCopied with a then crashed, or cut
+// off by a power loss.
 func attachStoppedMidCopy(t *testing.T, powerCut bool) (a, b *tnode, want []byte) {
 	t.Helper()
-	a, b, want = detachedPair(t, nodeOpts{rate: 2 << 20, volatile: powerCut})
-	attach(t, a, replaceDisk(t, a, hDiskSize))
-	a.waitStatus("half the disk copied", func(s status.Resource) bool {
-		return s.Sync != nil && s.Sync.RemainingKiB+hDiskSize>>11 <= s.Sync.TotalKiB
-	})
+	a, b, want = attachHalfCopied(t, nodeOpts{volatile: powerCut})
 	a.crashAs(powerCut)
 	return a, b, want
 }
@@ -394,6 +400,27 @@ func TestScenarioChecksumResyncTargetReadError(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 	if i := firstDiff(a.image(), want); i >= 0 {
 		t.Fatalf("the attached disk differs from the peer's data at %d", i)
+	}
+}
+
+// TestScenarioChecksumRequestBounds: a checksum request larger than a
+// resync's run (1 MiB), or past the end of the disk, is refused before
+// anything is read or allocated for it: the target answers up to 16 at once,
+// and a peer could otherwise make it read gigabytes for each. One that fits
+// gets a sum per block.
+func TestScenarioChecksumRequestBounds(t *testing.T) {
+	a, _ := cleanPair(t, nodeOpts{}, nodeOpts{})
+	for _, m := range []protocol.ChecksumRequest{
+		{Seq: 1, Offset: 0, Length: 4 << 20, BlockSize: 1 << 20},
+		{Seq: 2, Offset: hDiskSize - hBlock, Length: 2 * hBlock, BlockSize: hBlock},
+	} {
+		if _, err := a.node.AnswerPeerChecksums(&m); err == nil {
+			t.Errorf("checksums of %d bytes at %d: answered, want refused", m.Length, m.Offset)
+		}
+	}
+	reply, err := a.node.AnswerPeerChecksums(&protocol.ChecksumRequest{Seq: 3, Offset: hBlock, Length: 1 << 20, BlockSize: hBlock})
+	if err != nil || len(reply.Sums) != 1<<20/hBlock {
+		t.Fatalf("checksums of 1 MiB: %v, %v; want %d sums", reply, err, 1<<20/hBlock)
 	}
 }
 
