@@ -65,11 +65,15 @@ wait_state() {
 	die "timed out waiting for $2 in $1/r0/status: $(cat "$1/r0/status" 2>/dev/null)"
 }
 
-# oos_kib RUN: the out-of-sync KiB now (asked from the daemon, not read from
-# the status file, which may be up to a second old).
-oos_kib() {
-	"$URBD" --run-dir "$1" status --json r0 | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["oos"])'
+# status_kib RUN FIELD: a KiB count of `urbd status --json` now (asked from
+# the daemon, not read from the status file, which may be up to a second
+# old): oos (out of sync), nr (received from the peer since the start), ...
+status_kib() {
+	"$URBD" --run-dir "$1" status --json r0 | python3 -c 'import json, sys; print(json.load(sys.stdin)[0][sys.argv[1]])' "$2"
 }
+
+# oos_kib RUN: the out-of-sync KiB now.
+oos_kib() { status_kib "$1" oos; }
 
 # in_sync RUN: true when Connected with no block out of sync.
 in_sync() { grep -q 'cs:Connected.*ds:UpToDate/UpToDate' "$1/r0/status" && grep -q 'oos:0$' "$1/r0/status"; }
@@ -199,16 +203,11 @@ full_resync_time() {
 	wait_state "$1" "cs:SyncTarget" 30
 	local t0 t1 nr0 nr1
 	t0=$(now_ms)
-	nr0=$(nr_kib "$1")
+	nr0=$(status_kib "$1" nr)
 	until in_sync "$1"; do sleep 0.005; done
 	t1=$(now_ms)
-	nr1=$(nr_kib "$1")
+	nr1=$(status_kib "$1" nr)
 	awk -v ms=$((t1 - t0)) -v kib=$((nr1 - nr0)) 'BEGIN { printf "%.2f %.0f\n", ms / 1000, kib / 1024 }'
-}
-
-# nr_kib RUN: the KiB the node received from its peer since it started.
-nr_kib() {
-	"$URBD" --run-dir "$1" status --json r0 | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["nr"])'
 }
 
 # full_copy_run: a full resync of node b's disk by plain copies (urbd
