@@ -327,6 +327,27 @@ func attachStoppedMidCopy(t *testing.T, powerCut bool) (a, b *tnode, want []byte
 	return a, b, want
 }
 
+// restartResyncedByChecksum starts a, stopped while Diskless, and checks
+// that it comes back Secondary and Inconsistent, that its full resync from b
+// says it compares checksums, and that it ends UpToDate, in sync with b and
+// holding want. It returns the KiB a received meanwhile.
+func restartResyncedByChecksum(t *testing.T, a, b *tnode, want []byte) uint64 {
+	t.Helper()
+	a.start()
+	if st := a.node.State(); st.Role != replica.Secondary || st.Disk != replica.Inconsistent {
+		t.Fatalf("restarted while Diskless: %v %v, want Secondary and Inconsistent", st.Role, st.Disk)
+	}
+	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
+	inSyncAndEqual(t, a, b)
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the resynced disk differs from the peer's data at %d", i)
+	}
+	if !strings.Contains(a.logs.String(), "the resync compares checksums") {
+		t.Error("the target's log does not say that the resync compared checksums")
+	}
+	return a.node.Status().NetRecvKiB
+}
+
 // TestScenarioAttachDiskRestartComparesChecksums: a daemon that stops
 // while attach-disk fills its new disk does not copy the filled part again.
 // It comes back Secondary and Inconsistent, as before, and the full resync
@@ -338,19 +359,7 @@ func TestScenarioAttachDiskRestartComparesChecksums(t *testing.T) {
 	for _, powerCut := range []bool{false, true} {
 		t.Run(fmt.Sprintf("powerCut=%v", powerCut), func(t *testing.T) {
 			a, b, want := attachStoppedMidCopy(t, powerCut)
-			a.start()
-			if st := a.node.State(); st.Role != replica.Secondary || st.Disk != replica.Inconsistent {
-				t.Fatalf("restarted during the copy: %v %v, want Secondary and Inconsistent", st.Role, st.Disk)
-			}
-			a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
-			inSyncAndEqual(t, a, b)
-			if i := firstDiff(a.image(), want); i >= 0 {
-				t.Fatalf("the attached disk differs from the peer's data at %d", i)
-			}
-			if !strings.Contains(a.logs.String(), "the resync compares checksums") {
-				t.Error("the target's log does not say that the resync compared checksums")
-			}
-			if got := a.node.Status().NetRecvKiB; !powerCut && got > hDiskSize>>10*3/4 {
+			if got := restartResyncedByChecksum(t, a, b, want); !powerCut && got > hDiskSize>>10*3/4 {
 				t.Errorf("the resync after the restart received %d KiB of the %d KiB disk, want at most the half the copy had not reached", got, hDiskSize>>10)
 			}
 		})
@@ -365,16 +374,7 @@ func TestScenarioAttachDiskRestartComparesChecksums(t *testing.T) {
 func TestScenarioDetachedDiskRestartComparesChecksums(t *testing.T) {
 	a, b, want := detachedPair(t, nodeOpts{})
 	a.crash()
-	a.start()
-	if st := a.node.State(); st.Role != replica.Secondary || st.Disk != replica.Inconsistent {
-		t.Fatalf("restarted after the detach: %v %v, want Secondary and Inconsistent", st.Role, st.Disk)
-	}
-	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate && s.Conn == replica.Connected })
-	inSyncAndEqual(t, a, b)
-	if i := firstDiff(a.image(), want); i >= 0 {
-		t.Fatalf("the resynced disk differs from the peer's data at %d", i)
-	}
-	if got := a.node.Status().NetRecvKiB; got > hDiskSize>>10/8 {
+	if got := restartResyncedByChecksum(t, a, b, want); got > hDiskSize>>10/8 {
 		t.Errorf("the resync after the restart received %d KiB of the %d KiB disk, want about the 8 KiB write the disk failed", got, hDiskSize>>10)
 	}
 }
