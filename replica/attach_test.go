@@ -403,6 +403,51 @@ func TestScenarioChecksumResyncTargetReadError(t *testing.T) {
 	}
 }
 
+// TestScenarioChecksumResyncNeverOverwritesNewerWrite: a resync that
+// compares checksums holds a block's range lock from its checksum request
+// to its copy, as a plain one does, so an application write to the block
+// while the copy is on its way waits, and the newer data wins on both
+// disks. b's disk is detached and its daemon restarted on it: a full resync
+// by checksum from the Primary a, in which block 5, written meanwhile, is
+// the one that differs.
+func TestScenarioChecksumResyncNeverOverwritesNewerWrite(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{viaProxy: true}, nodeOpts{viaProxy: true})
+	if _, err := b.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	a.write(5*hBlock, pattern("old", hBlock))
+	b.crash()
+	a.proxy.Cut.Store(true)
+	b.proxy.Cut.Store(true)
+	b.start()
+	held := b.disk.holdWrites()
+	a.proxy.Cut.Store(false)
+	b.proxy.Cut.Store(false)
+	<-held // the copy of block 5, the only one that differs, is being written on b
+	if !strings.Contains(b.node.State().Reason, "the resync compares checksums") {
+		t.Fatalf("b's resync: %q, want one that compares checksums", b.node.State().Reason)
+	}
+	newer := pattern("newer", hBlock)
+	res := a.asyncWrite(5*hBlock, newer)
+	a.waitStatus("write waiting for the copy", func(s status.Resource) bool { return s.AppPending == 1 })
+	if s := a.node.Status(); s.LocalPending != 0 || s.PeerPending != 0 {
+		t.Fatalf("application write started (lo %d pe %d) before the copy of its block finished", s.LocalPending, s.PeerPending)
+	}
+	b.disk.releaseWrites()
+	if err := recvErr(t, "application write", res); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	sameDisks(t, a, b)
+	if got := b.read(5*hBlock, hBlock); !bytes.Equal(got, newer) {
+		t.Fatal("resync data overwrote the newer application write on the target")
+	}
+	if got := b.node.Status().NetRecvKiB; got > 64 {
+		t.Errorf("b received %d KiB, want the block that differed and the newer write", got)
+	}
+}
+
 // TestScenarioChecksumRequestBounds: a checksum request larger than a
 // resync's run (1 MiB), or past the end of the disk, is refused before
 // anything is read or allocated for it: the target answers up to 16 at once,
