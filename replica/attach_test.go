@@ -428,21 +428,7 @@ func TestScenarioChecksumResyncNeverOverwritesNewerWrite(t *testing.T) {
 	if !strings.Contains(b.node.State().Reason, "the resync compares checksums") {
 		t.Fatalf("b's resync: %q, want one that compares checksums", b.node.State().Reason)
 	}
-	newer := pattern("newer", hBlock)
-	res := a.asyncWrite(5*hBlock, newer)
-	a.waitStatus("write waiting for the copy", func(s status.Resource) bool { return s.AppPending == 1 })
-	if s := a.node.Status(); s.LocalPending != 0 || s.PeerPending != 0 {
-		t.Fatalf("application write started (lo %d pe %d) before the copy of its block finished", s.LocalPending, s.PeerPending)
-	}
-	b.disk.releaseWrites()
-	if err := recvErr(t, "application write", res); err != nil {
-		t.Fatal(err)
-	}
-	a.waitInSync()
-	sameDisks(t, a, b)
-	if got := b.read(5*hBlock, hBlock); !bytes.Equal(got, newer) {
-		t.Fatal("resync data overwrote the newer application write on the target")
-	}
+	newerWriteWaitsForCopy(t, a, b, 5*hBlock)
 	if got := b.node.Status().NetRecvKiB; got > 64 {
 		t.Errorf("b received %d KiB, want the block that differed and the newer write", got)
 	}

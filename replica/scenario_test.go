@@ -915,8 +915,18 @@ func TestScenarioResyncNeverOverwritesNewerWrite(t *testing.T) {
 	held := b.disk.holdWrites()
 	reconnect(t, b)
 	<-held // the resync copy of block 5 is being written on b
+	newerWriteWaitsForCopy(t, a, b, 5*hBlock)
+}
+
+// newerWriteWaitsForCopy writes the block at off on the Primary a while the
+// resync's copy of it to b is held in b's disk (holdWrites), and checks that
+// the write waits for the copy: it neither returns nor starts before b's
+// writes are released. Then the nodes end in sync with the newer data on
+// both disks.
+func newerWriteWaitsForCopy(t *testing.T, a, b *tnode, off int64) {
+	t.Helper()
 	newer := pattern("newer", hBlock)
-	res := a.asyncWrite(5*hBlock, newer)
+	res := a.asyncWrite(off, newer)
 	a.waitStatus("write waiting for the copy", func(s status.Resource) bool { return s.AppPending == 1 })
 	select {
 	case err := <-res:
@@ -932,7 +942,7 @@ func TestScenarioResyncNeverOverwritesNewerWrite(t *testing.T) {
 	}
 	a.waitInSync()
 	sameDisks(t, a, b)
-	if got := b.read(5*hBlock, hBlock); string(got) != string(newer) {
+	if got := b.read(off, hBlock); !bytes.Equal(got, newer) {
 		t.Fatal("resync data overwrote the newer application write on the target")
 	}
 }
