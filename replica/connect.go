@@ -701,7 +701,7 @@ func (n *Node) localSideLocked() Side {
 		AfterSB:        n.afterSB,
 		NodeID:         n.nodeID,
 		recoveredAL:    n.recovered,
-		partial:        n.partial && !n.st.Disk.consistent(),
+		partial:        n.partialLocked(),
 	}
 }
 

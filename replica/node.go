@@ -228,8 +228,8 @@ func New(cfg Config) (*Node, error) {
 			n.crashedPri = true // crashed while Primary: come back Secondary
 		}
 	}
-	n.partial = m.Flags&flagPartial != 0 && !n.st.Disk.consistent()
-	if n.partial {
+	n.partial = m.Flags&flagPartial != 0
+	if n.partialLocked() {
 		n.log.Info("the disk was detached, or being filled by attach-disk, when the daemon stopped: its full resync compares checksums first, and copies only the blocks that differ")
 	}
 	if from := cfg.Store.Recovery().GrownFrom; from > 0 {
@@ -306,7 +306,7 @@ func (n *Node) writeMetaLocked(clean bool) error {
 		m.UUIDs.Current, m.UUIDs.Bitmap, m.UUIDs.History = 0, 0, [2]uint64{}
 	}
 	m.Flags &^= flagPrimary | flagClean | flagPartial
-	if n.st.Disk == Diskless || (n.partial && !n.st.Disk.consistent()) {
+	if n.partialLocked() {
 		m.Flags |= flagPartial
 	}
 	if (n.st.Role == Primary && n.st.Disk != Diskless) || (n.crashedPri && !clean) {
@@ -319,6 +319,14 @@ func (n *Node) writeMetaLocked(clean bool) error {
 		return fmt.Errorf("replica: %s: saving metadata: %w", n.cfg.Name, err)
 	}
 	return nil
+}
+
+// partialLocked reports whether the disk names no data generation but
+// probably holds much of the data (flagPartial, Side.partial): it is
+// Diskless, or the daemon started on such a disk and has not made it
+// consistent since. n.mu must be held (or the node not yet shared).
+func (n *Node) partialLocked() bool {
+	return n.st.Disk == Diskless || (n.partial && !n.st.Disk.consistent())
 }
 
 // SetClientCounter tells the node how to count attached NBD clients (for the
