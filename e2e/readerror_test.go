@@ -114,6 +114,42 @@ func TestPrimaryReadErrorsServedFromPeer(t *testing.T) {
 	}
 }
 
+// TestVerifyRewritesUnreadableDisk: `urbd verify` on a Primary whose disk
+// fails every read scrubs it as md's check does: every block is read from
+// the peer and written back, the nodes stay Connected, the status reason
+// counts the blocks, and the local-io-error handler names the verify. With
+// reads working again, both disks hold the same data.
+func TestVerifyRewritesUnreadableDisk(t *testing.T) {
+	c, disk, backing, trigger, events := failingPrimary(t, "pread")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=16M", "--iodepth=8")
+	// Out of the page cache, so that the reads reach the failing disk.
+	runCmd(t, time.Minute, "sync", disk)
+	runCmd(t, time.Minute, "dd", "if="+disk, "iflag=nocache", "count=0", "status=none")
+	must(t, writeFile(trigger, ""))
+
+	c.a.ctl("verify", "r0")
+	st := c.a.waitFor("the verify's end", 2*time.Minute, func(s statusT) bool {
+		return s.ConnState == "Connected" && strings.HasPrefix(s.Reason, "online verify")
+	})
+	blocks := (64 << 20) / 4096
+	if want := fmt.Sprintf("online verify finished: 0 blocks differ, %d unreadable here (%d rewritten from the peer)", blocks, blocks); st.Reason != want {
+		t.Fatalf("status reason %q, want %q", st.Reason, want)
+	}
+	if st.DiskState != "UpToDate" || st.OutOfSyncKiB != 0 {
+		t.Errorf("the Primary after its verify: %+v", st)
+	}
+	got, _ := os.ReadFile(events)
+	if !strings.Contains(string(got), "during the online verify") || !strings.Contains(string(got), "rewritten from the peer") {
+		t.Errorf("the local-io-error handler did not name the verify; events file:\n%s", got)
+	}
+
+	must(t, os.Remove(trigger))
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, backing, c.b.disk)
+}
+
 // diskDiesUnderFio runs an fio job that writes, flushes and verifies 32
 // MiB through node a of failingPrimary, and makes a's disk fail (trigger)
 // once fio has written a few MiB; fio must see no error. It returns the job,

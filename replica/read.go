@@ -112,11 +112,15 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
-// readErrorServed reports a local read error the peer covered: always in
-// the log, and through the local-io-error handler at most once a
-// readErrorEventEvery.
+// readErrorServed reports a local read error the peer covered.
 func (n *Node) readErrorServed(off int64, length int, cause error) {
-	reason := fmt.Sprintf("local disk error reading %d bytes at %d: %v; served from the peer", length, off, cause)
+	n.localReadError(fmt.Sprintf("local disk error reading %d bytes at %d: %v; served from the peer", length, off, cause))
+}
+
+// localReadError reports a local read error that the node worked around:
+// always in the log, and through the local-io-error handler at most once a
+// readErrorEventEvery.
+func (n *Node) localReadError(reason string) {
 	n.log.Error(reason)
 	now := n.clock.Now()
 	n.mu.Lock()

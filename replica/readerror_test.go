@@ -181,12 +181,14 @@ func TestScenarioResyncSourceReadErrorStops(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
-// TestScenarioVerifyReadErrorIsReported: an online verify whose local read
-// fails stops, and the status says so with the error (not "finished"); the
-// nodes stay Connected.
+// TestScenarioVerifyReadErrorIsReported: an online verify on a Primary whose
+// disk cannot read a block that the peer cannot serve either (its copy is
+// marked stale) stops, and the status says so with the error (not
+// "finished"); the nodes stay Connected.
 func TestScenarioVerifyReadErrorIsReported(t *testing.T) {
-	a, _ := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	a.disk.setBad(3*hBlock, hBlock)
+	b.node.MarkOutOfSync(3*hBlock, hBlock)
 	if err := a.node.Verify(); err != nil {
 		t.Fatal(err)
 	}
@@ -194,6 +196,75 @@ func TestScenarioVerifyReadErrorIsReported(t *testing.T) {
 	if !strings.Contains(st.Reason, "online verify stopped") || !strings.Contains(st.Reason, errDiskFailed.Error()) {
 		t.Fatalf("reason after a verify whose read failed: %q", st.Reason)
 	}
+}
+
+// TestScenarioVerifyRewritesUnreadableBlocks: an online verify on the
+// Primary scrubs both disks, as md's check does. A block its own disk
+// cannot read is read from the peer and written back; a block the peer's
+// disk cannot read is answered as unreadable, marked, and rewritten by the
+// resync. Neither ends the session; both run the local-io-error handler,
+// and the reason counts them.
+func TestScenarioVerifyRewritesUnreadableBlocks(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	data := pattern("on both disks", 16*hBlock)
+	a.write(0, data)
+	a.disk.setBad(3*hBlock, hBlock)
+	b.disk.setBad(9*hBlock, hBlock)
+	if err := a.node.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor("the verify's end in the log", func() bool { return strings.Contains(a.logs.String(), "online verify finished") })
+	want := "online verify finished: 1 blocks differ, 1 unreadable here (1 rewritten from the peer), 1 unreadable on the peer"
+	if !strings.Contains(a.logs.String(), want) {
+		t.Fatalf("no state change to %q in the log", want)
+	}
+	inSyncAndEqual(t, a, b)
+	if a.disk.isBad() || b.disk.isBad() {
+		t.Fatalf("unreadable blocks left: a %v, b %v", a.disk.isBad(), b.disk.isBad())
+	}
+	a.waitEvent("local-io-error")
+	b.waitEvent("local-io-error")
+	if !bytes.Equal(b.image()[:16*hBlock], data) {
+		t.Fatal("the peer's disk does not hold the data after the verify")
+	}
+	if a.node.State().Conn != replica.Connected || b.node.State().Conn != replica.Connected {
+		t.Fatal("the nodes are not Connected after the verify")
+	}
+}
+
+// TestScenarioVerifyOnSecondaryLeavesThePrimaryBlock: a verify run on the
+// Secondary marks the blocks its own disk cannot read, so the resync copies
+// them from the Primary. A block the Primary cannot read is only counted:
+// marking it would make the Primary's copy look newer than the Secondary's,
+// the one good copy, which instead serves the Primary's reads of it.
+func TestScenarioVerifyOnSecondaryLeavesThePrimaryBlock(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	data := pattern("on both disks", 16*hBlock)
+	a.write(0, data)
+	// The Primary's bad block is one the last writes did not touch: a
+	// reconnection resyncs those, and a resync source that cannot read
+	// stops (TestScenarioResyncSourceReadErrorStops).
+	a.disk.setBad(40*hBlock, hBlock)
+	b.disk.setBad(12*hBlock, hBlock)
+	if err := b.node.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor("the verify's end in the log", func() bool { return strings.Contains(b.logs.String(), "online verify finished") })
+	want := "online verify finished: 1 blocks differ, 1 unreadable here, 1 unreadable on the peer"
+	if !strings.Contains(b.logs.String(), want) {
+		t.Fatalf("no state change to %q in the log", want)
+	}
+	b.waitFor("the resync rewriting b's unreadable block", func() bool { return !b.disk.isBad() })
+	a.waitInSync()
+	b.waitInSync()
+	if !a.disk.isBad() {
+		t.Fatal("the Primary's unreadable block was rewritten: by what?")
+	}
+	got, err := a.readAt(40*hBlock, hBlock)
+	if err != nil || !bytes.Equal(got, make([]byte, hBlock)) {
+		t.Fatalf("the Primary's read of its unreadable block: %v", err)
+	}
+	inSyncAndEqual(t, a, b)
 }
 
 // TestScenarioReadFromPeerNeverOverwritesNewerWrite: the data read from the

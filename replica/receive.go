@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/internal/bufpool"
+	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/protocol"
 )
 
@@ -603,12 +604,15 @@ func (s *session) applyResync(m *protocol.ResyncData) uint32 {
 	return protocol.CodeOK
 }
 
-// checksums answers a checksum request from the local disk. On a SyncTarget
-// a range the disk cannot read is answered with zero sums, which no block's
-// SHA-256 equals: the source sends those blocks, and writing them may repair
-// the disk, as a resync without checksums would have. Elsewhere (a verify) a
-// read error ends the session. A request covers at most syncChunk bytes, as
-// a resync's or a verify's runs do: resyncLoop answers several at once.
+// checksums answers a checksum request from the local disk. A request
+// covers at most syncChunk bytes, as a resync's or a verify's runs do:
+// resyncLoop answers several at once.
+//
+// A block the disk cannot read is answered with unreadableSum, which no
+// block's SHA-256 equals: a resync's source sends the block, and writing it
+// may repair the disk, as a resync without checksums would have; a verify's
+// source counts it as unreadable on its peer (runVerify). The error is
+// logged and runs the local-io-error handler; the session goes on.
 func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumReply, error) {
 	off, length, bs := int64(m.Offset), int64(m.Length), int64(m.BlockSize)
 	if bs <= 0 || off < 0 || length > syncChunk || off+length > s.n.backend().Size() || (length+bs-1)/bs > protocol.MaxSums {
@@ -618,17 +622,34 @@ func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumRepl
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:length]
-	if err := s.n.backend().ReadAt(s.ctx, buf, off); err != nil {
-		if s.ctx.Err() != nil || s.n.State().Conn != SyncTarget {
-			return nil, fmt.Errorf("replica: reading for checksums at %d: %w", off, err)
-		}
-		s.n.log.Warn("reading for the resync's checksums failed: the source sends those blocks", "offset", off, "length", length, "err", err)
-		reply.Sums = make([]protocol.Sum, (length+bs-1)/bs)
+	err := s.n.backend().ReadAt(s.ctx, buf, off)
+	if err == nil {
+		reply.Sums = blockSums(buf, bs)
 		return reply, nil
 	}
+	if s.ctx.Err() != nil {
+		return nil, s.ctx.Err()
+	}
+	bad, berr := readBlocks(s.ctx, s.n.backend(), buf, off, bs)
+	if s.ctx.Err() != nil {
+		return nil, s.ctx.Err()
+	}
 	reply.Sums = blockSums(buf, bs)
+	for _, i := range bad {
+		reply.Sums[i] = unreadableSum
+	}
+	if len(bad) == 0 {
+		s.n.log.Warn("a read for the peer's checksums failed, then read block by block", "offset", off, "length", length, "err", err)
+	} else {
+		s.n.localReadError(fmt.Sprintf("local disk error reading for the peer's checksums: %v; %d block(s) of %d bytes answered as unreadable, from %d on",
+			berr, len(bad), bs, off+int64(bad[0])*bs))
+	}
 	return reply, nil
 }
+
+// unreadableSum is the checksum a node answers for a block its disk cannot
+// read: 32 zero bytes, which no block's SHA-256 is.
+var unreadableSum protocol.Sum
 
 func blockSums(buf []byte, bs int64) []protocol.Sum {
 	sums := make([]protocol.Sum, 0, (int64(len(buf))+bs-1)/bs)
@@ -636,6 +657,26 @@ func blockSums(buf []byte, bs int64) []protocol.Sum {
 		sums = append(sums, sha256.Sum256(buf[i:min(i+bs, int64(len(buf)))]))
 	}
 	return sums
+}
+
+// readBlocks reads buf at off from disk one block of bs bytes at a time,
+// after a read of the whole range failed. It returns the indexes of the
+// blocks that failed again (zeroed in buf), none if the error has passed,
+// and the first of their errors.
+func readBlocks(ctx context.Context, disk nbd.Backend, buf []byte, off, bs int64) ([]int, error) {
+	var bad []int
+	var first error
+	for i := int64(0); i < int64(len(buf)) && ctx.Err() == nil; i += bs {
+		b := buf[i:min(i+bs, int64(len(buf)))]
+		if err := disk.ReadAt(ctx, b, off+i); err != nil {
+			clear(b)
+			bad = append(bad, int(i/bs))
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	return bad, first
 }
 
 // peerFlushInterval is how often a primary asks the peer to flush what it

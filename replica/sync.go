@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -538,8 +537,10 @@ func (n *Node) InvalidateRemote() error {
 
 // Verify compares every block with the peer by checksum (`urbd verify`),
 // marks the differing blocks out of sync and lets the resync copy them
-// (as Primary, or on the next connection). It runs in the background; the
-// status shows VerifyS and its progress.
+// (as Primary, or on the next connection). Blocks either disk cannot read
+// are repaired or marked on the way (runVerify). It runs in the
+// background; the status shows VerifyS and its progress, and the reason
+// what it found (verifyCounts).
 func (n *Node) Verify() error {
 	n.mu.Lock()
 	s := n.sess
@@ -561,15 +562,15 @@ func (n *Node) Verify() error {
 		// requests whatever it shows.
 		ctl := s.ps.Control()
 		ctl.Send(&protocol.SyncStart{Direction: protocol.VerifySource, BitmapBlock: uint32(n.store().Bitmap().BlockSize())})
-		diff, err := n.runVerify(s, prog)
+		found, err := n.runVerify(s, prog)
 		ctl.Send(&protocol.SyncDone{Flags: protocol.SyncVerify})
 		n.mu.Lock()
 		n.progress = nil
 		n.verify = nil
 		if n.sess == s && n.st.Conn == VerifyS {
-			reason := fmt.Sprintf("online verify finished: %d blocks differ", diff)
+			reason := fmt.Sprintf("online verify finished: %v", found)
 			if err != nil {
-				reason = fmt.Sprintf("online verify stopped after %d differing blocks: %v", diff, err)
+				reason = fmt.Sprintf("online verify stopped (%v so far): %v", found, err)
 			}
 			n.setStateLocked(reason, func(st *State) { st.Conn = Connected })
 		}
@@ -578,7 +579,8 @@ func (n *Node) Verify() error {
 			n.log.Error("online verify stopped", "err", err)
 			return
 		}
-		n.log.Info("online verify finished", "differing_blocks", diff)
+		n.log.Info("online verify finished", "differing_blocks", found.differ, "unreadable_blocks", found.unreadable,
+			"rewritten_from_peer", found.repaired, "unreadable_on_peer", found.peerUnreadable)
 		n.kickSync()
 	}()
 	return nil
@@ -612,57 +614,130 @@ func (n *Node) verifyAnswered(length int64) {
 	}
 }
 
-func (n *Node) runVerify(s *session, prog *resync.Progress) (int64, error) {
+func (n *Node) runVerify(s *session, prog *resync.Progress) (verifyCounts, error) {
+	var c verifyCounts
 	bs := n.store().Bitmap().BlockSize()
 	size := n.backend().Size()
 	chunk := min(int64(syncChunk), bs*protocol.MaxSums)
-	var diff int64
 	buf := make([]byte, chunk)
 	for off := int64(0); off < size; off += chunk {
 		length := min(chunk, size-off)
 		if err := n.rate.Wait(s.ctx, length); err != nil {
-			return diff, err
+			return c, err
 		}
 		unlock, err := n.rl.lock(s.ctx, off, length)
 		if err != nil {
-			return diff, err
+			return c, err
 		}
-		if err := n.backend().ReadAt(s.ctx, buf[:length], off); err != nil {
+		var bad []int // blocks this disk cannot read
+		var readErr error
+		if err := n.backend().ReadAt(s.ctx, buf[:length], off); err != nil && s.ctx.Err() == nil {
+			bad, readErr = readBlocks(s.ctx, n.backend(), buf[:length], off, bs)
+		}
+		if s.ctx.Err() != nil {
 			unlock()
-			return diff, err
+			return c, s.ctx.Err()
 		}
 		local := blockSums(buf[:length], bs)
-		sums, err := s.peerSums(off, length, bs)
+		theirs, err := s.peerSums(off, length, bs)
 		unlock()
 		if err != nil {
-			return diff, err
+			return c, err
 		}
-		reply := &protocol.ChecksumReply{Sums: sums}
-		if len(reply.Sums) != len(local) {
-			return diff, fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(reply.Sums), len(local))
+		if len(theirs) != len(local) {
+			return c, fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(theirs), len(local))
+		}
+		for len(bad) > 0 {
+			// A run of blocks this disk cannot read: handled together.
+			i, j := bad[0], 1
+			for j < len(bad) && bad[j] == i+j {
+				j++
+			}
+			roff := off + int64(i)*bs
+			if err := n.verifyUnreadable(s, roff, min(int64(j)*bs, size-roff), int64(j), readErr, &c); err != nil {
+				return c, err
+			}
+			for k := i; k < i+j; k++ {
+				theirs[k] = local[k] // compared already
+			}
+			bad = bad[j:]
 		}
 		for i := range local {
-			if local[i] != reply.Sums[i] {
-				diff++
-				n.store().MarkOutOfSync(off+int64(i)*bs, min(bs, size-off-int64(i)*bs))
+			boff := off + int64(i)*bs
+			blen := min(bs, size-boff)
+			if local[i] == theirs[i] {
+				continue
 			}
+			if theirs[i] == unreadableSum {
+				c.peerUnreadable++
+				if n.State().PeerRole == Primary {
+					continue // its reads of the block are served from here
+				}
+			}
+			c.differ++
+			n.store().MarkOutOfSync(boff, blen)
 		}
 		prog.Done(length)
 		n.mu.Lock()
 		if n.verify != nil {
-			n.verify.Differing = uint64(diff)
+			n.verify.Differing = uint64(c.differ)
 		}
 		n.mu.Unlock()
 	}
-	if diff > 0 {
+	if c.differ > 0 {
 		if err := n.store().PersistBitmap(); err != nil {
-			return diff, err
+			return c, err
 		}
 	}
-	return diff, nil
+	return c, nil
 }
 
-var _ = context.Background
+// verifyUnreadable handles blocks blocks at [off, off+length) that this
+// node's disk could not read during its verify (cause: the first such error
+// of their chunk). A Primary reads them from the peer and writes them back
+// (readFromPeer), as it serves a client's read: the disk may remap the bad
+// sectors, and the blocks are in sync again. Any other node marks them out
+// of sync, so that the resync copies them from the Primary. The verify
+// stops when a Primary cannot get the blocks from the peer.
+func (n *Node) verifyUnreadable(s *session, off, length, blocks int64, cause error, c *verifyCounts) error {
+	c.unreadable += blocks
+	what := fmt.Sprintf("local disk error reading %d bytes at %d during the online verify: %v", length, off, cause)
+	if n.State().Role != Primary {
+		c.differ += blocks
+		n.store().MarkOutOfSync(off, length)
+		n.localReadError(what + "; marked out of sync, the resync copies them from the peer")
+		return nil
+	}
+	if err := n.readFromPeer(s.ctx, make([]byte, length), off); err != nil {
+		return fmt.Errorf("%s; %w", what, err)
+	}
+	c.repaired += blocks
+	n.localReadError(what + "; rewritten from the peer")
+	return nil
+}
+
+// verifyCounts is what an online verify found, in blocks.
+type verifyCounts struct {
+	differ         int64 // marked out of sync: the resync copies them
+	unreadable     int64 // this disk could not read them
+	repaired       int64 // of those, rewritten from the peer (on a Primary)
+	peerUnreadable int64 // the peer's disk could not read them
+}
+
+// String says what the verify found, for the status reason.
+func (c verifyCounts) String() string {
+	s := fmt.Sprintf("%d blocks differ", c.differ)
+	if c.unreadable > 0 {
+		s += fmt.Sprintf(", %d unreadable here", c.unreadable)
+		if c.repaired > 0 {
+			s += fmt.Sprintf(" (%d rewritten from the peer)", c.repaired)
+		}
+	}
+	if c.peerUnreadable > 0 {
+		s += fmt.Sprintf(", %d unreadable on the peer", c.peerUnreadable)
+	}
+	return s
+}
 
 // firstError keeps the first error that concurrent copies report; the
 // copy loops (resync, attach) stop at it. The zero value holds none.
