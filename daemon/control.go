@@ -32,6 +32,11 @@ type Request struct {
 	// (resync-rate, on-peer-loss) with the values as typed; without any,
 	// adjust reads the resource's settings again (Options.Reload).
 	Settings map[string]string `json:"settings,omitempty"`
+	// Start and Stop, for verify, are the bytes to compare (Stop 0: up to
+	// the end); Resume goes on where the last verify stopped early.
+	Start  int64 `json:"start,omitempty"`
+	Stop   int64 `json:"stop,omitempty"`
+	Resume bool  `json:"resume,omitempty"`
 }
 
 // Response is the daemon's answer. Error is one line that says what to do.

@@ -488,7 +488,7 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 		node.ResumeSync()
 		msg = "resync resumed"
 	case "verify":
-		err = node.Verify()
+		err = node.Verify(replica.VerifyRange{Start: req.Start, Stop: req.Stop, Resume: req.Resume})
 		msg = "online verify started; watch urbd status"
 	case "outdate":
 		err = node.Outdate()

@@ -243,6 +243,22 @@ func (n *node) try(args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
+// waitLog waits until the node's log holds want, and returns the log.
+func (n *node) waitLog(want string, timeout time.Duration) string {
+	n.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		logs, _ := os.ReadFile(n.logPath)
+		if strings.Contains(string(logs), want) {
+			return string(logs)
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("node %s: no %q in its log within %s:\n%s", n.name, want, timeout, logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // status returns the node's status as `urbd status --json` reports it.
 func (n *node) status() status.Resource {
 	n.t.Helper()

@@ -174,34 +174,58 @@ func TestVerifyFindsDifferences(t *testing.T) {
 	c := newCluster(t, clusterOpts{})
 	c.startBoth()
 	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--iodepth=4", "--size=16M", "--end_fsync=1")
-	f, err := os.OpenFile(c.b.disk, os.O_WRONLY, 0)
-	must(t, err)
-	junk := make([]byte, 4096)
-	for i := range junk {
-		junk[i] = byte(rand.IntN(256))
-	}
-	for _, off := range []int64{0, 5 << 20, 40 << 20} {
-		_, err := f.WriteAt(junk, off)
-		must(t, err)
-	}
-	f.Close()
+	rot(t, c.b.disk, 0, 5<<20, 40<<20)
 	c.a.ctl("verify", "r0")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		logs, _ := os.ReadFile(c.a.logPath)
-		if strings.Contains(string(logs), "online verify finished") {
-			if !strings.Contains(string(logs), "differing_blocks=3") {
-				t.Fatalf("verify did not report 3 differing blocks:\n%s", logs)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("online verify did not finish within 60 s")
-		}
-		time.Sleep(100 * time.Millisecond)
+	if logs := c.a.waitLog("online verify finished", 60*time.Second); !strings.Contains(logs, "differing_blocks=3") {
+		t.Fatalf("verify did not report 3 differing blocks:\n%s", logs)
 	}
 	c.a.waitInSync(30 * time.Second)
 	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
+// rot overwrites a 4 KiB block of the disk file at each offset with random
+// bytes, behind urbd's back.
+func rot(t *testing.T, disk string, offs ...int64) {
+	t.Helper()
+	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
+	must(t, err)
+	defer f.Close()
+	junk := make([]byte, 4096)
+	for _, off := range offs {
+		for i := range junk {
+			junk[i] = byte(rand.IntN(256))
+		}
+		_, err := f.WriteAt(junk, off)
+		must(t, err)
+	}
+}
+
+// TestVerifyRange: `urbd verify --start --stop` compares that part of the
+// disk only, and says so; --resume with no verify stopped early, or with a
+// range, is refused with a message, and starts nothing.
+func TestVerifyRange(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	rot(t, c.b.disk, 1<<20, 5<<20, 40<<20)
+	if out, err := c.a.try("verify", "--resume", "--start", "1MiB", "r0"); err == nil || !strings.Contains(out, "takes no --start") {
+		t.Errorf("verify --resume --start: %v %q, want a refusal", err, out)
+	}
+	if out, err := c.a.try("verify", "--resume", "r0"); err == nil || !strings.Contains(out, "nothing to resume") {
+		t.Errorf("verify --resume with no verify stopped: %v %q, want a refusal", err, out)
+	}
+	if out, err := c.a.try("verify", "--start", "64MiB", "r0"); err == nil || !strings.Contains(out, "cannot verify from") {
+		t.Errorf("verify --start past the end: %v %q, want a refusal", err, out)
+	}
+	c.a.ctl("verify", "--start", "4MiB", "--stop", "8MiB", "r0")
+	c.a.waitLog(`reason="online verify finished (4MiB to 8MiB of 64MiB): 1 blocks differ"`, 60*time.Second)
+	c.a.waitInSync(30 * time.Second)
+	a, err := os.ReadFile(c.a.disk)
+	must(t, err)
+	b, err := os.ReadFile(c.b.disk)
+	must(t, err)
+	if !bytes.Equal(a[4<<20:8<<20], b[4<<20:8<<20]) || bytes.Equal(a[1<<20:2<<20], b[1<<20:2<<20]) || bytes.Equal(a[40<<20:41<<20], b[40<<20:41<<20]) {
+		t.Fatal("the verify of 4-8 MiB repaired outside its range, or not inside it")
+	}
 }
 
 // TestInvalidate: `urbd invalidate` on the secondary fetches the whole disk

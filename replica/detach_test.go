@@ -61,7 +61,7 @@ func TestScenarioPrimaryDiskFailureDetaches(t *testing.T) {
 	if !bytes.Equal(b.read(0, len(want)), want) {
 		t.Fatal("the peer's disk does not hold what the Diskless Primary wrote")
 	}
-	if err := a.node.Verify(); !errors.Is(err, replica.ErrNotUpToDate) {
+	if err := a.node.Verify(replica.VerifyRange{}); !errors.Is(err, replica.ErrNotUpToDate) {
 		t.Errorf("verify on a Diskless node: %v, want ErrNotUpToDate", err)
 	}
 	if err := b.node.Promote(false); !errors.Is(err, replica.ErrPeerPrimary) {

@@ -149,6 +149,7 @@ type Node struct {
 	changed        chan struct{} // closed and replaced on every state change
 	progress       *resync.Progress
 	verify         *status.Sync
+	verifyLeft     *VerifyRange  // what is left of the last verify that stopped early, or nil
 	clients        func() int    // how many NBD clients are attached
 	kick           chan struct{} // wakes the dialer
 	syncKick       chan struct{} // wakes the resync check

@@ -189,7 +189,7 @@ func TestScenarioVerifyReadErrorIsReported(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	a.disk.setBad(3*hBlock, hBlock)
 	b.node.MarkOutOfSync(3*hBlock, hBlock)
-	if err := a.node.Verify(); err != nil {
+	if err := a.node.Verify(replica.VerifyRange{}); err != nil {
 		t.Fatal(err)
 	}
 	st := a.waitState("verify over", func(s replica.State) bool { return s.Conn == replica.Connected })
@@ -210,7 +210,7 @@ func TestScenarioVerifyRewritesUnreadableBlocks(t *testing.T) {
 	a.write(0, data)
 	a.disk.setBad(3*hBlock, hBlock)
 	b.disk.setBad(9*hBlock, hBlock)
-	if err := a.node.Verify(); err != nil {
+	if err := a.node.Verify(replica.VerifyRange{}); err != nil {
 		t.Fatal(err)
 	}
 	a.waitFor("the verify's end in the log", func() bool { return strings.Contains(a.logs.String(), "online verify finished") })
@@ -246,7 +246,7 @@ func TestScenarioVerifyOnSecondaryLeavesThePrimaryBlock(t *testing.T) {
 	// stops (TestScenarioResyncSourceReadErrorStops).
 	a.disk.setBad(40*hBlock, hBlock)
 	b.disk.setBad(12*hBlock, hBlock)
-	if err := b.node.Verify(); err != nil {
+	if err := b.node.Verify(replica.VerifyRange{}); err != nil {
 		t.Fatal(err)
 	}
 	b.waitFor("the verify's end in the log", func() bool { return strings.Contains(b.logs.String(), "online verify finished") })

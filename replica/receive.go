@@ -62,11 +62,15 @@ func (s *session) controlLoop() error {
 			}
 		case *protocol.SyncStart:
 			if m.Direction == protocol.VerifySource {
-				s.n.peerVerifying(true)
+				total := int64(m.TotalBits) * int64(m.BitmapBlock)
+				if total <= 0 || total > s.n.backend().Size() {
+					total = s.n.backend().Size()
+				}
+				s.n.peerVerifying(true, total)
 			}
 		case *protocol.SyncDone:
 			if m.Flags&protocol.SyncVerify != 0 {
-				s.n.peerVerifying(false)
+				s.n.peerVerifying(false, 0)
 				break
 			}
 			s.doneOnce.Do(func() { close(s.syncDone) })

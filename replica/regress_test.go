@@ -98,7 +98,7 @@ func TestRegressionVerifyRefusalReadsStateUnlocked(t *testing.T) {
 	// rewrites a's state under n.mu.
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
-		if err := a.node.Verify(); !errors.Is(err, replica.ErrNotConnected) {
+		if err := a.node.Verify(replica.VerifyRange{}); !errors.Is(err, replica.ErrNotConnected) {
 			t.Fatalf("Verify without a peer: %v", err)
 		}
 	}

@@ -744,7 +744,7 @@ func TestScenarioVerifyFindsBlockChangedBehindEngine(t *testing.T) {
 	}
 	// Hold the resync's write on b so the marked block can be counted.
 	held := b.disk.holdWrites()
-	if err := a.node.Verify(); err != nil {
+	if err := a.node.Verify(replica.VerifyRange{}); err != nil {
 		t.Fatal(err)
 	}
 	<-held
@@ -761,7 +761,7 @@ func TestScenarioVerifyNeedsConnectedPeer(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	b.stop()
 	a.waitConn(replica.WFConnection)
-	if err := a.node.Verify(); !errors.Is(err, replica.ErrNotConnected) {
+	if err := a.node.Verify(replica.VerifyRange{}); !errors.Is(err, replica.ErrNotConnected) {
 		t.Fatalf("Verify without a peer: %v, want ErrNotConnected", err)
 	}
 }
@@ -1265,7 +1265,7 @@ func TestScenarioVerifyOnSecondaryResyncsFromPrimary(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	a.write(30*hBlock, pattern("primary data", 2*hBlock))
 	b.poke(31*hBlock, []byte("changed behind the engine"))
-	if err := b.node.Verify(); err != nil {
+	if err := b.node.Verify(replica.VerifyRange{}); err != nil {
 		t.Fatal(err)
 	}
 	a.waitFor("disks identical", func() bool { return firstDiff(a.image(), b.image()) < 0 })
@@ -2122,7 +2122,7 @@ func TestScenarioVerifyPeerShowsVerifyT(t *testing.T) {
 				v, peer = b, a
 			}
 			v.node.AdjustRate(2 << 20) // 8 MiB in about 4 s: slow enough to watch
-			if err := v.node.Verify(); err != nil {
+			if err := v.node.Verify(replica.VerifyRange{}); err != nil {
 				t.Fatal(err)
 			}
 			peer.waitConn(replica.VerifyT)

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/urbd/urbd/daemon"
+	"github.com/urbd/urbd/internal/units"
 )
 
 // controlCommand builds a command that sends one request to the running
@@ -82,7 +83,39 @@ Either node may pause; both then show PausedSyncS or PausedSyncT. Example: urbd 
 		controlCommand("resume-sync", "lift this node's pause-sync",
 			"A pause set on the peer stays until it is lifted there. Example: urbd resume-sync r0", nil, plain("resume-sync")),
 		controlCommand("verify", "compare every block with the peer by checksum and resync the differences",
-			"Runs in the background; urbd status shows VerifyS and its progress. Example: urbd verify r0", nil, plain("verify")),
+			`Runs in the background; urbd status shows VerifyS and its progress, and its reason what the
+verify found. Blocks a disk cannot read are rewritten from the other node's copy on the way.
+--start and --stop verify a part of the disk (a night's share of a large one); a verify that
+stopped early (the peer lost, an error) says where, and --resume goes on from there.
+Examples: urbd verify r0; urbd verify --start 100GiB --stop 200GiB r0; urbd verify --resume r0`,
+			[]cli.Flag{
+				&cli.StringFlag{Name: "start", Usage: "verify from this offset on, e.g. 100GiB (rounded down to a bitmap block)"},
+				&cli.StringFlag{Name: "stop", Usage: "verify up to this offset, e.g. 200GiB (rounded up to a bitmap block); default: the end of the disk"},
+				&cli.BoolFlag{Name: "resume", Usage: "go on where the last verify of this node stopped early"},
+			},
+			func(c *cli.Context) (daemon.Request, error) {
+				req := daemon.Request{Cmd: "verify", Resume: c.Bool("resume")}
+				if req.Resume && (c.IsSet("start") || c.IsSet("stop")) {
+					return req, fmt.Errorf("--resume goes on where the last verify stopped: it takes no --start or --stop")
+				}
+				for _, f := range []struct {
+					name string
+					to   *int64
+				}{{"start", &req.Start}, {"stop", &req.Stop}} {
+					if !c.IsSet(f.name) {
+						continue
+					}
+					v, err := units.ParseSize(c.String(f.name))
+					if err != nil {
+						return req, fmt.Errorf("--%s: %w", f.name, err)
+					}
+					*f.to = v
+				}
+				if c.IsSet("stop") && req.Stop == 0 {
+					return req, fmt.Errorf("--stop 0 verifies nothing")
+				}
+				return req, nil
+			}),
 		controlCommand("resume-io", "release writes held for the peer (fencing failed, or on-peer-loss suspend)",
 			`Use it once you know the peer is not Primary and will not be promoted: this node then goes on
 alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io")),

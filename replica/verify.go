@@ -1,0 +1,276 @@
+package replica
+
+import (
+	"fmt"
+
+	"github.com/urbd/urbd/internal/units"
+	"github.com/urbd/urbd/protocol"
+	"github.com/urbd/urbd/resync"
+	"github.com/urbd/urbd/status"
+)
+
+// VerifyRange is the part of the disk an online verify compares: the bytes
+// from Start up to Stop (0: the end of the disk), widened to whole bitmap
+// blocks. With Resume it is instead what is left of the last verify this
+// node ran that stopped early (Node.verifyLeft).
+type VerifyRange struct {
+	Start, Stop int64
+	Resume      bool
+}
+
+// Verify compares every block of r with the peer by checksum (`urbd
+// verify`), marks the differing blocks out of sync and lets the resync copy
+// them (as Primary, or on the next connection). Blocks either disk cannot
+// read are repaired or marked on the way (runVerify). It runs in the
+// background; the status shows VerifyS and its progress, and the reason
+// what it found (verifyCounts). A verify that stops early (the peer lost,
+// an error) remembers where, for VerifyRange.Resume.
+func (n *Node) Verify(r VerifyRange) error {
+	n.mu.Lock()
+	s := n.sess
+	if conn := n.st.Conn; s == nil || conn != Connected {
+		n.mu.Unlock()
+		return fmt.Errorf("%s: %w: verify needs a connected, idle peer (state %s)", n.cfg.Name, ErrNotConnected, conn)
+	}
+	if n.st.Disk == Diskless || n.st.PeerDisk == Diskless {
+		n.mu.Unlock()
+		return fmt.Errorf("%s: %w (Diskless): verify needs a disk on both nodes", n.cfg.Name, ErrNotUpToDate)
+	}
+	start, stop, err := n.verifyBounds(r)
+	if err != nil {
+		n.mu.Unlock()
+		return err
+	}
+	note := rangeNote(start, stop, n.backend().Size())
+	prog := resync.NewProgress(n.clock, stop-start)
+	n.progress = prog
+	n.verify = &status.Sync{}
+	n.verifyLeft = nil
+	n.setStateLocked("online verify started by operator"+note, func(st *State) { st.Conn = VerifyS })
+	n.mu.Unlock()
+	go func() {
+		// The peer shows VerifyT meanwhile; it answers the checksum
+		// requests whatever it shows.
+		ctl := s.ps.Control()
+		bs := n.store().Bitmap().BlockSize()
+		ctl.Send(&protocol.SyncStart{Direction: protocol.VerifySource, BitmapBlock: uint32(bs), TotalBits: uint64((stop - start + bs - 1) / bs)})
+		found, next, err := n.runVerify(s, prog, start, stop)
+		ctl.Send(&protocol.SyncDone{Flags: protocol.SyncVerify})
+		reason := fmt.Sprintf("online verify finished%s: %v", note, found)
+		if err != nil {
+			reason = fmt.Sprintf("online verify stopped at %s (%v so far; urbd verify --resume goes on from there): %v", units.FormatSize(next), found, err)
+		}
+		n.mu.Lock()
+		n.progress = nil
+		n.verify = nil
+		if err != nil {
+			n.verifyLeft = &VerifyRange{Start: next, Stop: stop}
+		}
+		if n.sess == s && n.st.Conn == VerifyS {
+			n.setStateLocked(reason, func(st *State) { st.Conn = Connected })
+		}
+		n.mu.Unlock()
+		if err != nil {
+			n.log.Error(reason, "offset", next)
+		} else {
+			n.log.Info("online verify finished", "start", start, "stop", stop, "differing_blocks", found.differ, "unreadable_blocks", found.unreadable,
+				"rewritten_from_peer", found.repaired, "unreadable_on_peer", found.peerUnreadable)
+		}
+		n.kickSync() // the blocks it marked, even if it stopped early
+	}()
+	return nil
+}
+
+// verifyBounds turns r into the byte range [start, stop) to verify, whole
+// bitmap blocks, or says why it cannot. Called with n.mu held.
+func (n *Node) verifyBounds(r VerifyRange) (start, stop int64, err error) {
+	size := n.backend().Size()
+	if r.Resume {
+		if n.verifyLeft == nil {
+			return 0, 0, fmt.Errorf("%s: no online verify stopped early on this node since its daemon started: nothing to resume (urbd verify --start OFFSET starts anywhere)", n.cfg.Name)
+		}
+		r = *n.verifyLeft
+	}
+	start, stop = r.Start, r.Stop
+	if stop == 0 {
+		stop = size
+	}
+	if start < 0 || start >= stop || stop > size {
+		return 0, 0, fmt.Errorf("%s: cannot verify from %d to %d: the disk has %d bytes (%s)", n.cfg.Name, start, stop, size, units.FormatSize(size))
+	}
+	bs := n.store().Bitmap().BlockSize()
+	return start / bs * bs, min((stop+bs-1)/bs*bs, size), nil
+}
+
+// rangeNote names [start, stop) for a reason, or nothing for the whole disk.
+func rangeNote(start, stop, size int64) string {
+	if start == 0 && stop == size {
+		return ""
+	}
+	return fmt.Sprintf(" (%s to %s of %s)", units.FormatSize(start), units.FormatSize(stop), units.FormatSize(size))
+}
+
+// peerVerifying shows that the peer started (VerifyT) or ended (back to
+// Connected) an online verify against this node; total is the bytes the
+// verify covers.
+func (n *Node) peerVerifying(on bool, total int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case on && n.st.Conn == Connected:
+		// Progress counts the checksum requests answered (verifyAnswered).
+		n.progress = resync.NewProgress(n.clock, total)
+		n.setStateLocked("online verify started by the peer", func(st *State) { st.Conn = VerifyT })
+	case !on && n.st.Conn == VerifyT:
+		n.progress = nil
+		n.setStateLocked("online verify by the peer finished", func(st *State) { st.Conn = Connected })
+	}
+}
+
+// verifyAnswered counts length bytes of a peer's verify as compared here.
+func (n *Node) verifyAnswered(length int64) {
+	n.mu.Lock()
+	p := n.progress
+	verifying := n.st.Conn == VerifyT
+	n.mu.Unlock()
+	if verifying && p != nil {
+		p.Done(length)
+	}
+}
+
+// runVerify walks [start, stop) in chunks, comparing the peer's checksums
+// with this disk's, and saves the bitmap if it marked blocks. It returns
+// what it found and how far it got: stop, or the start of the chunk it could
+// not finish. The blocks it marked stay marked when it stops early.
+func (n *Node) runVerify(s *session, prog *resync.Progress, start, stop int64) (verifyCounts, int64, error) {
+	var c verifyCounts
+	off, err := n.verifyChunks(s, prog, start, stop, &c)
+	if c.differ > 0 {
+		if perr := n.store().PersistBitmap(); err == nil {
+			err = perr
+		}
+	}
+	return c, off, err
+}
+
+// verifyChunks is runVerify's walk; it counts into c.
+func (n *Node) verifyChunks(s *session, prog *resync.Progress, start, stop int64, c *verifyCounts) (int64, error) {
+	bs := n.store().Bitmap().BlockSize()
+	size := n.backend().Size()
+	chunk := min(int64(syncChunk), bs*protocol.MaxSums)
+	buf := make([]byte, chunk)
+	off := start
+	for ; off < stop; off += chunk {
+		length := min(chunk, stop-off)
+		if err := n.rate.Wait(s.ctx, length); err != nil {
+			return off, err
+		}
+		unlock, err := n.rl.lock(s.ctx, off, length)
+		if err != nil {
+			return off, err
+		}
+		var bad []int // blocks this disk cannot read
+		var readErr error
+		if err := n.backend().ReadAt(s.ctx, buf[:length], off); err != nil && s.ctx.Err() == nil {
+			bad, readErr = readBlocks(s.ctx, n.backend(), buf[:length], off, bs)
+		}
+		if s.ctx.Err() != nil {
+			unlock()
+			return off, s.ctx.Err()
+		}
+		local := blockSums(buf[:length], bs)
+		theirs, err := s.peerSums(off, length, bs)
+		unlock()
+		if err != nil {
+			return off, err
+		}
+		if len(theirs) != len(local) {
+			return off, fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(theirs), len(local))
+		}
+		for len(bad) > 0 {
+			// A run of blocks this disk cannot read: handled together.
+			i, j := bad[0], 1
+			for j < len(bad) && bad[j] == i+j {
+				j++
+			}
+			roff := off + int64(i)*bs
+			if err := n.verifyUnreadable(s, roff, min(int64(j)*bs, size-roff), int64(j), readErr, c); err != nil {
+				return off, err
+			}
+			for k := i; k < i+j; k++ {
+				theirs[k] = local[k] // compared already
+			}
+			bad = bad[j:]
+		}
+		for i := range local {
+			boff := off + int64(i)*bs
+			blen := min(bs, size-boff)
+			if local[i] == theirs[i] {
+				continue
+			}
+			if theirs[i] == unreadableSum {
+				c.peerUnreadable++
+				if n.State().PeerRole == Primary {
+					continue // its reads of the block are served from here
+				}
+			}
+			c.differ++
+			n.store().MarkOutOfSync(boff, blen)
+		}
+		prog.Done(length)
+		n.mu.Lock()
+		if n.verify != nil {
+			n.verify.Differing = uint64(c.differ)
+		}
+		n.mu.Unlock()
+	}
+	return off, nil
+}
+
+// verifyUnreadable handles blocks blocks at [off, off+length) that this
+// node's disk could not read during its verify (cause: the first such error
+// of their chunk). A Primary reads them from the peer and writes them back
+// (readFromPeer), as it serves a client's read: the disk may remap the bad
+// sectors, and the blocks are in sync again. Any other node marks them out
+// of sync, so that the resync copies them from the Primary. The verify
+// stops when a Primary cannot get the blocks from the peer.
+func (n *Node) verifyUnreadable(s *session, off, length, blocks int64, cause error, c *verifyCounts) error {
+	c.unreadable += blocks
+	what := fmt.Sprintf("local disk error reading %d bytes at %d during the online verify: %v", length, off, cause)
+	if n.State().Role != Primary {
+		c.differ += blocks
+		n.store().MarkOutOfSync(off, length)
+		n.localReadError(what + "; marked out of sync, the resync copies them from the peer")
+		return nil
+	}
+	if err := n.readFromPeer(s.ctx, make([]byte, length), off); err != nil {
+		return fmt.Errorf("%s; %w", what, err)
+	}
+	c.repaired += blocks
+	n.localReadError(what + "; rewritten from the peer")
+	return nil
+}
+
+// verifyCounts is what an online verify found, in blocks.
+type verifyCounts struct {
+	differ         int64 // marked out of sync: the resync copies them
+	unreadable     int64 // this disk could not read them
+	repaired       int64 // of those, rewritten from the peer (on a Primary)
+	peerUnreadable int64 // the peer's disk could not read them
+}
+
+// String says what the verify found, for the status reason.
+func (c verifyCounts) String() string {
+	s := fmt.Sprintf("%d blocks differ", c.differ)
+	if c.unreadable > 0 {
+		s += fmt.Sprintf(", %d unreadable here", c.unreadable)
+		if c.repaired > 0 {
+			s += fmt.Sprintf(" (%d rewritten from the peer)", c.repaired)
+		}
+	}
+	if c.peerUnreadable > 0 {
+		s += fmt.Sprintf(", %d unreadable on the peer", c.peerUnreadable)
+	}
+	return s
+}
+

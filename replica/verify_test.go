@@ -1,0 +1,103 @@
+package replica_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/urbd/urbd/replica"
+	"github.com/urbd/urbd/status"
+)
+
+const mib = 1 << 20
+
+// TestScenarioVerifyRange: a verify of part of the disk compares only that
+// part: of two blocks rotted on the Secondary, it finds the one inside the
+// range, and the reason names the range. The peer's progress counts the
+// range, not the disk. A range outside the disk is refused.
+func TestScenarioVerifyRange(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	b.poke(1*mib+100, []byte("rot outside the range"))
+	b.poke(4*mib+5*hBlock+100, []byte("rot inside the range"))
+
+	if err := a.node.Verify(replica.VerifyRange{Start: 4*mib + 10, Stop: 5*mib - 10}); err != nil {
+		t.Fatal(err)
+	}
+	sawTotal := make(chan uint64, 1)
+	b.waitStatus("b's verify progress", func(s status.Resource) bool {
+		if s.ConnState == "VerifyT" && s.Sync != nil {
+			select {
+			case sawTotal <- s.Sync.TotalKiB:
+			default:
+			}
+		}
+		return len(sawTotal) > 0 || strings.Contains(a.logs.String(), "online verify finished")
+	})
+	a.waitFor("the verify's end in the log", func() bool { return strings.Contains(a.logs.String(), "online verify finished") })
+	want := "online verify finished (4MiB to 5MiB of 8MiB): 1 blocks differ"
+	if !strings.Contains(a.logs.String(), want) {
+		t.Fatalf("no state change to %q in the log:\n%s", want, a.logs.String())
+	}
+	select {
+	case total := <-sawTotal:
+		if total != 1024 {
+			t.Errorf("the peer's verify progress counts %d KiB, want the range's 1024", total)
+		}
+	default:
+		t.Log("the verify ended before the peer's progress could be seen")
+	}
+	a.waitInSync()
+	if d := firstDiff(a.image(), b.image()); d != 1*mib+100 {
+		t.Fatalf("the disks first differ at %d, want only the rot outside the range (at %d)", d, 1*mib+100)
+	}
+
+	for _, r := range []replica.VerifyRange{{Start: 8 * mib}, {Start: 2 * mib, Stop: 1 * mib}, {Stop: 9 * mib}, {Start: -1}} {
+		if err := a.node.Verify(r); err == nil || !strings.Contains(err.Error(), "cannot verify from") {
+			t.Errorf("Verify(%+v): %v, want a refusal naming the disk's size", r, err)
+		}
+	}
+}
+
+// TestScenarioVerifyResumes: a verify that stops early (here the peer
+// disconnects) says where, and Resume goes on from there to the end:
+// blocks before that point are not compared again, blocks after it are.
+// Without a stopped verify there is nothing to resume.
+func TestScenarioVerifyResumes(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{rate: 2 * mib}, nodeOpts{})
+	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err == nil || !strings.Contains(err.Error(), "nothing to resume") {
+		t.Fatalf("resume with no verify stopped: %v", err)
+	}
+	b.poke(1*mib+100, []byte("rot early"))
+	b.poke(7*mib+100, []byte("rot late"))
+
+	if err := a.node.Verify(replica.VerifyRange{}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitStatus("3 MiB verified", func(s status.Resource) bool { return s.Sync != nil && s.Sync.VerifiedKiB >= 3<<10 })
+	if err := b.node.Disconnect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor("the verify's stop in the log", func() bool { return strings.Contains(a.logs.String(), "online verify stopped at") })
+	if !strings.Contains(a.logs.String(), "1 blocks differ") || !strings.Contains(a.logs.String(), "urbd verify --resume") {
+		t.Fatalf("the stopped verify's log does not count the early block or name --resume:\n%s", a.logs.String())
+	}
+	reconnect(t, b)
+	a.waitInSync()
+	if d := firstDiff(a.image(), b.image()); d != 7*mib+100 {
+		t.Fatalf("after the reconnection the disks first differ at %d, want only the late rot (%d)", d, 7*mib+100)
+	}
+
+	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor("the resumed verify's end in the log", func() bool { return strings.Contains(a.logs.String(), "online verify finished") })
+	logs := a.logs.String()
+	i := strings.Index(logs, "online verify finished (")
+	if i < 0 || !strings.Contains(logs[i:], "to 8MiB of 8MiB): 1 blocks differ") || strings.Contains(logs[i:], "finished (0B") {
+		t.Fatalf("the resumed verify did not cover the rest of the disk alone, finding the late block:\n%s", logs)
+	}
+	a.waitInSync()
+	sameDisks(t, a, b)
+	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err == nil {
+		t.Fatal("a second resume after the verify finished was accepted")
+	}
+}
