@@ -65,6 +65,7 @@ func (n *Node) Status() status.Resource {
 			WantKiB:      uint64(n.rate.Rate()) >> 10,
 			ETA:          snap.ETA,
 			Differing:    verify.Differing,
+			Unreadable:   verify.Unreadable,
 		}
 		if st.Conn == VerifyS || st.Conn == VerifyT {
 			r.Sync.VerifiedKiB = uint64(snap.Total-snap.Remaining) >> 10

@@ -221,6 +221,7 @@ func (n *Node) verifyChunks(s *session, prog *resync.Progress, start, stop int64
 		n.mu.Lock()
 		if n.verify != nil {
 			n.verify.Differing = uint64(c.differ)
+			n.verify.Unreadable = uint64(c.unreadable + c.peerUnreadable)
 		}
 		n.mu.Unlock()
 	}

@@ -100,7 +100,7 @@ func scenarios() map[string][]Resource {
 		"verify": {{
 			Minor: 0, Name: "r0", Protocol: "C", ConnState: "VerifyS", Role: "Primary", PeerRole: "Secondary",
 			DiskState: "UpToDate", PeerDisk: "UpToDate", OutOfSyncKiB: 8,
-			Sync: &Sync{TotalKiB: 2 << 20, RemainingKiB: 1 << 19, SpeedKiB: 204800, AvgSpeedKiB: 200000, ETA: 2*time.Second + 600*time.Millisecond, VerifiedKiB: 3 << 19, Differing: 2},
+			Sync: &Sync{TotalKiB: 2 << 20, RemainingKiB: 1 << 19, SpeedKiB: 204800, AvgSpeedKiB: 200000, ETA: 2*time.Second + 600*time.Millisecond, VerifiedKiB: 3 << 19, Differing: 2, Unreadable: 1},
 		}},
 		"unset": {{Minor: 0, Name: "bad name\n", Protocol: "X"}},
 	}

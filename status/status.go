@@ -54,8 +54,9 @@ type Sync struct {
 	AvgSpeedKiB  uint64        `json:"avg_speed_kib"` // since the start, KiB/s
 	WantKiB      uint64        `json:"want_kib"`      // configured rate, KiB/s
 	ETA          time.Duration `json:"eta_ns"`
-	VerifiedKiB  uint64        `json:"verified_kib,omitempty"`     // verify only
-	Differing    uint64        `json:"differing_blocks,omitempty"` // verify only
+	VerifiedKiB  uint64        `json:"verified_kib,omitempty"`      // verify only
+	Differing    uint64        `json:"differing_blocks,omitempty"`  // verify only
+	Unreadable   uint64        `json:"unreadable_blocks,omitempty"` // verify only: blocks either disk could not read
 }
 
 // Percent is the part of the resync done, 0..100.

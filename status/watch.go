@@ -149,7 +149,11 @@ func renderResource(b *bytes.Buffer, r *Resource, width int) {
 		}
 		line(b, "", rates)
 		if verb == "verify" {
-			line(b, "", fmt.Sprintf("%s verified, %s differing", kib(s.VerifiedKiB), plural(int(min(s.Differing, 1<<31)), "block")))
+			found := fmt.Sprintf("%s verified, %s differing", kib(s.VerifiedKiB), plural(int(min(s.Differing, 1<<31)), "block"))
+			if s.Unreadable > 0 {
+				found += fmt.Sprintf(", %d unreadable", s.Unreadable)
+			}
+			line(b, "", found)
 		}
 	}
 	oos := kib(r.OutOfSyncKiB)
