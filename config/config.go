@@ -42,6 +42,7 @@ const (
 	DefaultFencing     = "dont-care"
 	DefaultAfterSB     = "disconnect" // after-sb-0pri and after-sb-1pri
 	DefaultOnIOError   = "detach"
+	DefaultCsumsAlg    = "none"
 	DefaultBitmapBlock = 4 << 10
 	DefaultALExtents   = bitmap.DefaultALExtents // 1237, DRBD's
 )
@@ -113,6 +114,7 @@ type Resource struct {
 	AfterSB0Pri string        // after-sb-0pri: disconnect, discard-zero-changes or discard-least-changes
 	AfterSB1Pri string        // after-sb-1pri: disconnect, consensus or discard-secondary
 	OnIOError   string        // on-io-error: detach or pass_on
+	CsumsAlg    string        // csums-alg: sha256 or none
 	// TCPCongestion is tcp-congestion: a congestion control name or
 	// "system"; "" when neither [common] nor the resource sets it (urbd up
 	// then uses its default).
@@ -156,6 +158,7 @@ type commonTOML struct {
 	AfterSB0Pri   afterSB0Value     `toml:"after-sb-0pri"`
 	AfterSB1Pri   afterSB1Value     `toml:"after-sb-1pri"`
 	OnIOError     onIOErrorValue    `toml:"on-io-error"`
+	CsumsAlg      csumsAlgValue     `toml:"csums-alg"`
 	TCPCongestion congestionValue   `toml:"tcp-congestion"`
 	BitmapBlock   sizeValue         `toml:"bitmap-block"`
 	ALExtents     countValue        `toml:"al-extents"`
@@ -183,8 +186,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -407,6 +410,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		AfterSB0Pri:   first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
 		AfterSB1Pri:   first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
 		OnIOError:     first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
+		CsumsAlg:      first(rt.CsumsAlg.s, c.CsumsAlg.s, DefaultCsumsAlg),
 		TCPCongestion: first(rt.TCPCongestion.s, c.TCPCongestion.s),
 		BitmapBlock:   firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
 		ALExtents:     int(firstSet(rt.ALExtents.n, rt.ALExtents.set, c.ALExtents.n, c.ALExtents.set, DefaultALExtents)),

@@ -153,6 +153,13 @@ func (v *onIOErrorValue) UnmarshalText(b []byte) error {
 	return v.set(b, func(s string) error { _, err := replica.ParseOnIOError(s); return err })
 }
 
+// csumsAlgValue is a csums-alg (replica.ParseCsumsAlg's names).
+type csumsAlgValue struct{ policyValue }
+
+func (v *csumsAlgValue) UnmarshalText(b []byte) error {
+	return v.set(b, func(s string) error { _, err := replica.ParseCsumsAlg(s); return err })
+}
+
 // congestionValue is a tcp-congestion name (replica.ParseCongestion's).
 type congestionValue struct{ policyValue }
 

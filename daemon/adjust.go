@@ -21,7 +21,8 @@ import (
 // its command line, or the settings read again from where the daemon got
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
-// on-io-error and the handlers at once, the timeout and the after-sb
+// on-io-error and the handlers at once, csums-alg from the next resync on,
+// the timeout and the after-sb
 // policies, the addresses, the secret, TLS and the congestion control from
 // the next connection on, fencing from the next peer loss on, the NBD and
 // metrics addresses at once. What cannot change while the
@@ -34,6 +35,7 @@ type adjuster struct {
 	setOnIOError  func(p replica.OnIOError)         // Node.SetOnIOError
 	setAfterSB    func(p replica.AfterSplitBrain)   // Node.SetAfterSB
 	setFencing    func(p replica.Fencing)           // Node.SetFencing
+	setCsums      func(on bool)                     // Node.SetResyncChecksums
 	setLink       func(l replica.Link) error        // Node.SetLink
 	loadLink      func(o Options) (peerLink, error) // loadLink; tests replace it
 	setHandlers   func(commands map[string]string)  // Runner.SetCommands
@@ -100,6 +102,8 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 			next.AfterSB1Pri = v
 		case "fencing":
 			next.Fencing = v
+		case "csums-alg":
+			next.CsumsAlg = v
 		default:
 			return "", fmt.Errorf("%s cannot change while the resource runs", k)
 		}
@@ -291,6 +295,11 @@ func (a *adjuster) applyLocked(next Options) string {
 		done = append(done, "fencing set to "+want.fencing.String()+" (from the next peer loss on)")
 	}
 	a.cur.Fencing = next.Fencing
+	if want.csums != cur.csums {
+		a.setCsums(want.csums)
+		done = append(done, "csums-alg set to "+cmp.Or(next.CsumsAlg, "none")+" (from the next resync on)")
+	}
+	a.cur.CsumsAlg = next.CsumsAlg
 	if changed := changedHandlers(a.cur.Handlers, next.Handlers); len(changed) > 0 {
 		a.setHandlers(next.Handlers)
 		a.cur.Handlers = maps.Clone(next.Handlers)
@@ -397,6 +406,7 @@ var settingsTable = []struct {
 	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }, "disconnect", true},
 	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }, "disconnect", true},
 	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", true},
+	{"csums-alg", func(o Options) string { return o.CsumsAlg }, "none", true},
 	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, true},
 	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
 	{"al-extents", func(o Options) string { return strconv.Itoa(cmp.Or(o.ALExtents, bitmap.DefaultALExtents)) }, "", false},

@@ -29,6 +29,7 @@ type fakeResource struct {
 	onIOErr  []replica.OnIOError
 	afterSB  []replica.AfterSplitBrain
 	fencing  []replica.Fencing
+	csums    []bool
 	links    []replica.Link
 	handlers []map[string]string
 	secret   string // the secret file's contents, as the fake loadLink reads them
@@ -82,6 +83,7 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 		setOnIOError:  func(p replica.OnIOError) { f.onIOErr = append(f.onIOErr, p) },
 		setAfterSB:    func(p replica.AfterSplitBrain) { f.afterSB = append(f.afterSB, p) },
 		setFencing:    func(p replica.Fencing) { f.fencing = append(f.fencing, p) },
+		setCsums:      func(on bool) { f.csums = append(f.csums, on) },
 		setHandlers:   func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
 		reload:        reload,
 		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -323,6 +325,29 @@ func TestAdjustLink(t *testing.T) {
 // TestAdjustRefusals: without a resource file, with one that does not read,
 // and with one that drops the fence-peer handler fencing needs, adjust
 // changes nothing and says why.
+// TestAdjustCsumsAlg: csums-alg changes live, from the flag and from the
+// file; a value other than sha256 or none changes nothing.
+func TestAdjustCsumsAlg(t *testing.T) {
+	next := baseOptions()
+	a, f := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
+	if msg, err := a.set(map[string]string{"csums-alg": "sha256"}); err != nil || msg != "csums-alg set to sha256 (from the next resync on)" {
+		t.Errorf("adjust --csums-alg sha256: %q, %v", msg, err)
+	}
+	if _, err := a.set(map[string]string{"csums-alg": "md5"}); err == nil || !strings.Contains(err.Error(), `csums-alg "md5": use sha256 or none`) {
+		t.Errorf("adjust --csums-alg md5: %v, want a refusal", err)
+	}
+	if msg, err := a.fromFile(); err != nil || msg != "csums-alg set to none (from the next resync on)" {
+		t.Errorf("adjust from a file without csums-alg: %q, %v", msg, err)
+	}
+	if !slices.Equal(f.csums, []bool{true, false}) {
+		t.Errorf("the node was told %v, want [true false]", f.csums)
+	}
+	settings, _ := a.show()
+	if !slices.Contains(settings, Setting{"csums-alg", "none"}) {
+		t.Errorf("show after the adjustments: %v, want csums-alg none", settings)
+	}
+}
+
 func TestAdjustRefusals(t *testing.T) {
 	a, f := newAdjuster(baseOptions(), nil)
 	if _, err := a.fromFile(); err == nil || !strings.Contains(err.Error(), "urbd adjust --resync-rate 200MiB r0") {

@@ -61,6 +61,9 @@ type Options struct {
 	// OnIOError is what a Primary does when its disk fails a write or a
 	// flush: detach (or "") or pass_on.
 	OnIOError string
+	// CsumsAlg is csums-alg: sha256 makes resyncs compare checksums
+	// before they copy; none (or "") does not.
+	CsumsAlg string
 	// TCPCongestion is the congestion control of the peer connection: a
 	// name the kernel offers, or "system" for the kernel's default. ""
 	// asks for replica.DefaultCongestion and, where this process may not
@@ -133,6 +136,7 @@ type policies struct {
 	fencing   replica.Fencing
 	afterSB   replica.AfterSplitBrain
 	onIOError replica.OnIOError
+	csums     bool
 }
 
 // parsePolicies parses the policies of o, with the messages of urbd up for
@@ -151,6 +155,9 @@ func parsePolicies(o Options) (policies, error) {
 	}
 	if p.onIOError, err = replica.ParseOnIOError(o.OnIOError); err != nil {
 		return p, fmt.Errorf("--on-io-error: %w", err)
+	}
+	if p.csums, err = replica.ParseCsumsAlg(o.CsumsAlg); err != nil {
+		return p, fmt.Errorf("--%w", err)
 	}
 	return p, nil
 }
@@ -209,9 +216,10 @@ func Run(ctx context.Context, o Options) error {
 		Event: func(event string, extra map[string]string) {
 			runner.Fire(ctx, o.Name, event, extra)
 		},
-		Fencing:   pol.fencing,
-		OnIOError: pol.onIOError,
-		AfterSB:   pol.afterSB,
+		Fencing:         pol.fencing,
+		OnIOError:       pol.onIOError,
+		AfterSB:         pol.afterSB,
+		ResyncChecksums: pol.csums,
 		FencePeer: func(fctx context.Context) (int, error) {
 			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": node.PeerAddress()})
 		},
@@ -241,7 +249,8 @@ func Run(ctx context.Context, o Options) error {
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
-		setLink: node.SetLink, loadLink: loadLink, link: link,
+		setCsums: node.SetResyncChecksums,
+		setLink:  node.SetLink, loadLink: loadLink, link: link,
 		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },
 		useMetrics:    func(ln net.Listener) { ms.use(ctx, ln) },
 		listenNBD:     nbd.Listen,

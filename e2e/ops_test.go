@@ -174,6 +174,15 @@ timeout = "2s"
 		out != `urbd: --after-sb-1pri: unknown after-sb-1pri policy "violence": use disconnect, consensus or discard-secondary` {
 		t.Errorf("urbd adjust --after-sb-1pri violence: %v: %q", err, out)
 	}
+	if out := c.a.ctl("adjust", "--csums-alg", "sha256", "r0"); out != "r0: csums-alg set to sha256 (from the next resync on)" {
+		t.Errorf("urbd adjust --csums-alg sha256: %q", out)
+	}
+	if out, err := c.a.try("adjust", "--csums-alg", "md5", "r0"); err == nil || out != `urbd: --csums-alg "md5": use sha256 or none` {
+		t.Errorf("urbd adjust --csums-alg md5: %v: %q", err, out)
+	}
+	if out := c.a.ctl("adjust", "--csums-alg", "none", "r0"); out != "r0: csums-alg set to none (from the next resync on)" {
+		t.Errorf("urbd adjust --csums-alg none: %q", out)
+	}
 	if out, err := c.a.try("adjust", "--timeout", "0s", "r0"); err == nil || out != "urbd: --timeout 0s: use a positive duration, e.g. 6s" {
 		t.Errorf("urbd adjust --timeout 0s: %v: %q", err, out)
 	}

@@ -37,6 +37,38 @@ func TestResyncCopiesOnlyChanges(t *testing.T) {
 	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
+// TestCsumsAlgResync: with --csums-alg sha256 on the Secondary, a resync
+// after 32 MiB were written again with the data they held, and 1 MiB with
+// new data, sends that 1 MiB and little more; the disks end identical.
+func TestCsumsAlgResync(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.a.start()
+	c.b.start("--csums-alg", "sha256")
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	same := []string{"--rw=write", "--bs=1M", "--iodepth=4", "--size=32M", "--buffer_pattern=0x75726264"}
+	runFio(t, c.a.uri(), same...)
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("disconnect", "r0")
+	runFio(t, c.a.uri(), same...)
+	runFio(t, c.a.uri(), "--rw=write", "--bs=1M", "--offset=8M", "--size=1M", "--buffer_pattern=0x6e6577")
+	before := c.a.status()
+	if before.OutOfSyncKiB < 32<<10 {
+		t.Fatalf("out of sync after 32 MiB written while disconnected: %d KiB", before.OutOfSyncKiB)
+	}
+	c.a.ctl("connect", "r0")
+	after := c.a.waitInSync(60 * time.Second)
+	if sent := after.NetSendKiB - before.NetSendKiB; sent > 1<<10+256 {
+		t.Fatalf("the resync sent %d KiB for 1,024 KiB changed among %d KiB marked", sent, before.OutOfSyncKiB)
+	} else {
+		t.Logf("the resync sent %d KiB of data for %d KiB marked, 1,024 KiB changed", sent, before.OutOfSyncKiB)
+	}
+	if logs := c.a.waitLog("csums-alg sha256 is set, so the resync compares checksums", 10*time.Second); !strings.Contains(logs, "by_checksum=true") {
+		t.Fatalf("the source's log does not show a resync by checksum:\n%s", logs)
+	}
+	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
 // TestLinkCutDuringWrites: the veth link between two network namespaces is
 // cut under fio load and restored; the primary goes on alone, then resyncs.
 func TestLinkCutDuringWrites(t *testing.T) {

@@ -29,9 +29,29 @@ func TestByChecksum(t *testing.T) {
 			tgt:    Side{UUIDs: UUIDs{Current: g1}, Disk: "UpToDate", NodeID: 1},
 		},
 		{
+			name:        "bitmap resync with csums-alg set on the source",
+			source:      Side{UUIDs: UUIDs{Current: g2, Bitmap: g1}, Disk: "UpToDate", Primary: true, Changed: 8, NodeID: 2, csums: true},
+			tgt:         Side{UUIDs: UUIDs{Current: g1}, Disk: "UpToDate", NodeID: 1},
+			csum:        true,
+			whyMentions: "csums-alg",
+		},
+		{
+			name:        "bitmap resync with csums-alg set on the target",
+			source:      Side{UUIDs: UUIDs{Current: g2, Bitmap: g1}, Disk: "UpToDate", Primary: true, Changed: 8, NodeID: 2},
+			tgt:         Side{UUIDs: UUIDs{Current: g1}, Disk: "UpToDate", NodeID: 1, csums: true},
+			csum:        true,
+			whyMentions: "csums-alg",
+		},
+		{
 			name:   "full resync to a new disk",
 			source: upToDate(UUIDs{Current: g1}),
 			tgt:    Side{Disk: "Inconsistent", NodeID: 1},
+			full:   true,
+		},
+		{
+			name:   "full resync to a new disk with csums-alg set: nothing there to compare",
+			source: Side{UUIDs: UUIDs{Current: g1}, Disk: "UpToDate", NodeID: 2, csums: true},
+			tgt:    Side{Disk: "Inconsistent", NodeID: 1, csums: true},
 			full:   true,
 		},
 		{

@@ -592,6 +592,7 @@ func (n *Node) followPeer(s *session) error {
 				why, n.syncWhy = n.syncWhy, ""
 			}
 			n.setStateLocked(why, func(x *State) { x.Conn = SyncSource })
+			s.csumResync = n.csums.Load() || s.peerCsums.Load()
 		}
 		n.mu.Unlock()
 		if again {
@@ -702,6 +703,7 @@ func (n *Node) localSideLocked() Side {
 		NodeID:         n.nodeID,
 		recoveredAL:    n.recovered,
 		partial:        n.partialLocked(),
+		csums:          n.csums.Load(),
 	}
 }
 
@@ -713,12 +715,15 @@ func (n *Node) localSideLocked() Side {
 // source has moved on from, or one that split off), or, with none, what it
 // held when it was detached or what attach-disk's copy filled before the
 // target's daemon stopped (Side.partial). A target with neither (a new disk,
-// or one never synced) gets plain copies. conn is this node's side of the
-// resync; with no resync (Connected) there is nothing to compare.
+// or one never synced) gets plain copies. With csums-alg set on either node
+// (Side.csums), every bitmap resync compares too. conn is this node's side
+// of the resync; with no resync (Connected) there is nothing to compare.
 func byChecksum(plan Plan, conn ConnState, local, peer Side) (csum bool, why string) {
 	switch {
 	case conn != SyncSource && conn != SyncTarget:
 		return false, ""
+	case !plan.Full && (local.csums || peer.csums):
+		return true, csumsWhy
 	case !plan.Full:
 		return local.recoveredAL || peer.recoveredAL, ""
 	}
@@ -734,6 +739,9 @@ func byChecksum(plan Plan, conn ConnState, local, peer Side) (csum bool, why str
 	}
 	return false, ""
 }
+
+// csumsWhy is byChecksum's reason when csums-alg asks for the comparison.
+const csumsWhy = "csums-alg sha256 is set"
 
 func (n *Node) kickSync() {
 	select {

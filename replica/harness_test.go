@@ -54,6 +54,7 @@ type nodeOpts struct {
 	onIOError   replica.OnIOError
 	alExtents   int  // bitmap.Options.ALExtents; 0 = the default
 	grow        bool // bitmap.Options.Grow: start on a disk grown since (urbd up --grow)
+	csums       bool // Config.ResyncChecksums (csums-alg sha256)
 }
 
 // tnode is one in-process node with its files.
@@ -266,6 +267,7 @@ func (x *tnode) start() {
 		FencePeer:         x.opts.fence.handler(),
 		AfterSB:           x.opts.afterSB,
 		OnIOError:         x.opts.onIOError,
+		ResyncChecksums:   x.opts.csums,
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,
 		Logger:            x.logger(),

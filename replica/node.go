@@ -52,8 +52,13 @@ type Config struct {
 	// changes it.
 	AfterSB    AfterSplitBrain
 	ResyncRate int64 // bytes/s; 0 = unlimited
-	Logger     *slog.Logger
-	Clock      resync.Clock // nil = real time
+	// ResyncChecksums makes every resync to a disk that holds data compare
+	// SHA-256 checksums before it copies (DRBD's csums-alg sha256): on
+	// either node, it applies to the resyncs between them.
+	// SetResyncChecksums changes it.
+	ResyncChecksums bool
+	Logger          *slog.Logger
+	Clock           resync.Clock // nil = real time
 	// Event, if set, is called (from its own goroutine) on
 	// initial-split-brain, split-brain, peer-lost, peer-back,
 	// resync-started, resync-done, promoted, demoted, local-io-error.
@@ -126,6 +131,8 @@ type Node struct {
 	// SetOnIOError); written with mu held, read without it on the I/O path.
 	onIOError atomic.Uint32
 	afterSB   AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
+	// csums is Config.ResyncChecksums, then SetResyncChecksums.
+	csums atomic.Bool
 	// fencing is the fencing policy (Config.Fencing, then SetFencing);
 	// written with mu held, read without it on the write path.
 	fencing atomic.Uint32
@@ -213,6 +220,7 @@ func New(cfg Config) (*Node, error) {
 	n.peerTimeout.Store(int64(cfg.Timeout))
 	n.onIOError.Store(uint32(cfg.OnIOError))
 	n.afterSB = cfg.AfterSB
+	n.csums.Store(cfg.ResyncChecksums)
 	n.fencing.Store(uint32(cfg.Fencing))
 	n.st = State{
 		Name:     cfg.Name,

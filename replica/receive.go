@@ -38,6 +38,7 @@ func (s *session) controlLoop() error {
 		switch m := m.(type) {
 		case *protocol.State:
 			s.wantRecv.Store(m.Flags&flagWantReceived != 0)
+			s.peerCsums.Store(m.Flags&flagStateCsums != 0)
 			s.peerLeftUpToDate.Store(m.Disk != protocol.DiskUpToDate)
 			s.peerPauseChanged(m)
 			if m.Flags&flagOutdate != 0 {

@@ -49,6 +49,7 @@ type session struct {
 	ckpt    atomic.Bool // a target checkpoint is running
 
 	wantRecv   atomic.Bool         // the peer runs protocol B
+	peerCsums  atomic.Bool         // the peer has csums-alg set
 	csumResync bool                // set before the resync starts: compare checksums first
 	peerStates chan protocol.State // control-stream states, in order
 	// peerLeftUpToDate: the last state the peer sent says its disk is not
@@ -449,6 +450,9 @@ func (s *session) sendState(side Side, flags ...uint32) {
 	if side.partial {
 		st.Flags |= flagStatePartial
 	}
+	if side.csums {
+		st.Flags |= flagStateCsums
+	}
 	if s.n.userPause.Load() {
 		st.Flags |= protocol.FlagResyncPaused
 	}
@@ -482,6 +486,9 @@ const (
 	// holds much of the data (Side.partial): a full resync to it compares
 	// checksums.
 	flagStatePartial uint32 = 1 << 24
+	// flagStateCsums: the sender has ResyncChecksums set (csums-alg): a
+	// resync between the nodes to a disk with data compares checksums.
+	flagStateCsums uint32 = 1 << 25
 )
 
 func diskToWire(d DiskState) uint8 {
@@ -526,6 +533,7 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 		AfterSB:        afterSBFromFlags(st.Flags),
 		recoveredAL:    st.Flags&flagRecovered != 0,
 		partial:        st.Flags&flagStatePartial != 0,
+		csums:          st.Flags&flagStateCsums != 0,
 	}
 }
 

@@ -74,6 +74,35 @@ func (n *Node) SetProtocol(p byte) error {
 	return nil
 }
 
+// ParseCsumsAlg parses a csums-alg value: "sha256" turns ResyncChecksums on,
+// "none" (or "") off. SHA-256 is the one checksum urbd compares blocks by.
+func ParseCsumsAlg(s string) (bool, error) {
+	switch s {
+	case "sha256":
+		return true, nil
+	case "", "none":
+		return false, nil
+	}
+	return false, fmt.Errorf("csums-alg %q: use sha256 or none", s)
+}
+
+// SetResyncChecksums turns csums-alg on or off (`urbd adjust --csums-alg`):
+// whether resyncs to a disk with data compare SHA-256 checksums before they
+// copy. A connected peer is told at once; a resync already running keeps
+// its mode, the next one follows the setting of either node.
+func (n *Node) SetResyncChecksums(on bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.csums.Load() == on {
+		return
+	}
+	n.csums.Store(on)
+	n.log.Info("csums-alg changed", "resync_checksums", on)
+	if s := n.sess; s != nil {
+		s.sendState(n.localSideLocked())
+	}
+}
+
 // timeout is the peer timeout in effect for new connections, dials and
 // handshakes; a session keeps its own (protocol.Session.Timeout).
 func (n *Node) timeout() time.Duration { return time.Duration(n.peerTimeout.Load()) }

@@ -139,6 +139,9 @@ type Side struct {
 	// filling it, when the daemon stopped. Decide ignores it; a full resync
 	// to it compares checksums first (byChecksum).
 	partial bool
+	// csums: the node has ResyncChecksums set. Decide ignores it; every
+	// resync between the nodes to a disk with data compares checksums.
+	csums bool
 }
 
 // role is the side's role: Primary or Secondary.

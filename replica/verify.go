@@ -274,4 +274,3 @@ func (c verifyCounts) String() string {
 	}
 	return s
 }
-

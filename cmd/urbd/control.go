@@ -122,7 +122,8 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 		controlCommand("down", "stop the resource's daemon cleanly", "Example: urbd down r0", nil, plain("down")),
 		controlCommand("adjust", "change settings of a running resource",
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
-does: a new protocol, resync-rate, on-peer-loss, on-io-error and new handlers apply at once, a
+does: a new protocol, resync-rate, on-peer-loss, on-io-error and new handlers apply at once,
+csums-alg from the next resync on, a
 new timeout, after-sb-0pri, after-sb-1pri, addresses, secret-file and TLS files (read again
 each time) and tcp-congestion from the next connection on, fencing from the next peer loss on,
 nbd and metrics-listen at once, and the reply names the other settings that changed (disk,
@@ -139,12 +140,13 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				&cli.StringFlag{Name: "after-sb-0pri", Usage: "split-brain policy with no Primary, for the next connection on (see urbd up --help)"},
 				&cli.StringFlag{Name: "after-sb-1pri", Usage: "split-brain policy with one Primary, for the next connection on (see urbd up --help)"},
 				&cli.StringFlag{Name: "fencing", Usage: "dont-care, resource-only or resource-and-stonith, from the next peer loss on (needs a fence-peer handler)"},
+				&cli.StringFlag{Name: "csums-alg", Usage: "sha256 or none, from the next resync on (see urbd up --help)"},
 			},
 			func(c *cli.Context) (daemon.Request, error) {
 				// The values go as typed: the daemon checks them, with the
 				// same messages as urbd up, and a bad one changes nothing.
 				settings := map[string]string{}
-				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing"} {
+				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing", "csums-alg"} {
 					if c.IsSet(k) {
 						settings[k] = c.String(k)
 					}
