@@ -10,6 +10,26 @@ import (
 
 const mib = 1 << 20
 
+// verifyFinds runs an online verify of r from x and checks what it found
+// (verifyFound).
+func (x *tnode) verifyFinds(r replica.VerifyRange, want string) {
+	x.t.Helper()
+	if err := x.node.Verify(r); err != nil {
+		x.t.Fatal(err)
+	}
+	x.verifyFound(want)
+}
+
+// verifyFound waits for the end of x's online verify in its log and checks
+// that the state changed to the reason want.
+func (x *tnode) verifyFound(want string) {
+	x.t.Helper()
+	x.waitFor("the verify's end in the log", func() bool { return strings.Contains(x.logs.String(), "online verify finished") })
+	if !strings.Contains(x.logs.String(), `reason="`+want+`"`) {
+		x.t.Fatalf("%s: no state change to %q in the log", x.label, want)
+	}
+}
+
 // TestScenarioVerifyRange: a verify of part of the disk compares only that
 // part: of two blocks rotted on the Secondary, it finds the one inside the
 // range, and the reason names the range. The peer's progress counts the
@@ -32,11 +52,7 @@ func TestScenarioVerifyRange(t *testing.T) {
 		}
 		return len(sawTotal) > 0 || strings.Contains(a.logs.String(), "online verify finished")
 	})
-	a.waitFor("the verify's end in the log", func() bool { return strings.Contains(a.logs.String(), "online verify finished") })
-	want := "online verify finished (4MiB to 5MiB of 8MiB): 1 blocks differ"
-	if !strings.Contains(a.logs.String(), want) {
-		t.Fatalf("no state change to %q in the log:\n%s", want, a.logs.String())
-	}
+	a.verifyFound("online verify finished (4MiB to 5MiB of 8MiB): 1 blocks differ")
 	select {
 	case total := <-sawTotal:
 		if total != 1024 {
