@@ -10,7 +10,7 @@ import (
 )
 
 // The systemd units that run a resource file's resources live in scripts/.
-var unitFiles = []string{"urbd@.service", "urbd-attach@.service"}
+var unitFiles = []string{"urbd@.service", "urbd-attach@.service", "urbd-verify@.service", "urbd-verify@.timer"}
 
 // unitSettings parses a unit file into section -> key -> values.
 func unitSettings(t *testing.T, path string) map[string]map[string][]string {
@@ -42,6 +42,8 @@ func unitSettings(t *testing.T, path string) map[string]map[string][]string {
 func TestUnitSettings(t *testing.T) {
 	daemon := unitSettings(t, filepath.Join("..", "scripts", unitFiles[0]))
 	attach := unitSettings(t, filepath.Join("..", "scripts", unitFiles[1]))
+	verify := unitSettings(t, filepath.Join("..", "scripts", unitFiles[2]))
+	timer := unitSettings(t, filepath.Join("..", "scripts", unitFiles[3]))
 	for _, tc := range []struct {
 		unit             map[string]map[string][]string
 		section, key, is string
@@ -61,6 +63,11 @@ func TestUnitSettings(t *testing.T) {
 		{attach, "Service", "EnvironmentFile", "/etc/urbd/attach-%i.env"},
 		{attach, "Service", "Type", "notify"},
 		{attach, "Service", "Restart", "on-failure"},
+		{verify, "Unit", "Requires", "urbd@%i.service"},
+		{verify, "Service", "Type", "oneshot"},
+		{verify, "Service", "ExecStart", "/usr/local/bin/urbd verify %i"},
+		{timer, "Timer", "Persistent", "true"},
+		{timer, "Install", "WantedBy", "timers.target"},
 	} {
 		got := tc.unit[tc.section][tc.key]
 		if len(got) != 1 || got[0] != tc.is {
@@ -68,7 +75,7 @@ func TestUnitSettings(t *testing.T) {
 		}
 	}
 	// urbd refuses flags after the resource name: none may follow %i.
-	for _, u := range []map[string]map[string][]string{daemon, attach} {
+	for _, u := range []map[string]map[string][]string{daemon, attach, verify} {
 		for _, key := range []string{"ExecStart", "ExecStop", "ExecReload"} {
 			for _, cmd := range u["Service"][key] {
 				f := strings.Fields(cmd)
@@ -106,7 +113,8 @@ func TestUnitsVerify(t *testing.T) {
 		}
 	}
 	cmd := exec.Command(analyze, "verify", "--man=no",
-		filepath.Join(dir, "urbd@r0.service"), filepath.Join(dir, "urbd-attach@r0.service"))
+		filepath.Join(dir, "urbd@r0.service"), filepath.Join(dir, "urbd-attach@r0.service"),
+		filepath.Join(dir, "urbd-verify@r0.service"), filepath.Join(dir, "urbd-verify@r0.timer"))
 	cmd.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+dir+":", "SYSTEMD_LOG_COLOR=0")
 	var stderr bytes.Buffer
 	cmd.Stdout = &stderr

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -258,6 +260,48 @@ func TestVerifyRange(t *testing.T) {
 	if !bytes.Equal(a[4<<20:8<<20], b[4<<20:8<<20]) || bytes.Equal(a[1<<20:2<<20], b[1<<20:2<<20]) || bytes.Equal(a[40<<20:41<<20], b[40<<20:41<<20]) {
 		t.Fatal("the verify of 4-8 MiB repaired outside its range, or not inside it")
 	}
+}
+
+// TestVerifyUnit: the commands of scripts/urbd-verify@.service, run as
+// systemd runs them (URBD_RUN_DIR from the unit, %i the resource): the
+// condition passes on the Primary only, and the start command starts a
+// verify there that finds a block rotted on the Secondary.
+func TestVerifyUnit(t *testing.T) {
+	unit, err := os.ReadFile(filepath.Join("..", "scripts", "urbd-verify@.service"))
+	must(t, err)
+	cmds := map[string]string{}
+	for _, l := range strings.Split(string(unit), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok && (k == "ExecCondition" || k == "ExecStart") {
+			cmds[k] = strings.NewReplacer("/usr/local/bin/urbd", urbdBin, "%i", "r0").Replace(v)
+		}
+	}
+	if len(cmds) != 2 {
+		t.Fatalf("the unit's ExecCondition and ExecStart: %v", cmds)
+	}
+	run := func(n *node, key string) error {
+		cmd := exec.Command("/bin/sh", "-c", cmds[key])
+		cmd.Env = append(os.Environ(), "URBD_RUN_DIR="+n.runDir)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	rot(t, c.b.disk, 3<<20)
+	if err := run(c.b, "ExecCondition"); err == nil {
+		t.Error("the condition passed on the Secondary")
+	}
+	if err := run(c.a, "ExecCondition"); err != nil {
+		t.Fatalf("the condition failed on the Primary: %v", err)
+	}
+	if err := run(c.a, "ExecStart"); err != nil {
+		t.Fatalf("the unit's verify: %v", err)
+	}
+	c.a.waitLog(`reason="online verify finished: 1 blocks differ"`, 60*time.Second)
+	c.a.waitInSync(30 * time.Second)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // TestInvalidate: `urbd invalidate` on the secondary fetches the whole disk
