@@ -2,6 +2,7 @@ package replica
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/urbd/urbd/internal/units"
 	"github.com/urbd/urbd/protocol"
@@ -138,94 +139,167 @@ func (n *Node) verifyAnswered(length int64) {
 	}
 }
 
-// runVerify walks [start, stop) in chunks, comparing the peer's checksums
-// with this disk's, and saves the bitmap if it marked blocks. It returns
-// what it found and how far it got: stop, or the start of the chunk it could
-// not finish. The blocks it marked stay marked when it stops early.
+// runVerify walks [start, stop) in chunks of up to syncChunk bytes,
+// comparing the peer's checksums with this disk's, with up to syncWindow
+// chunks in flight, so that neither the round trip nor one side's hashing
+// sets the pace; it saves the bitmap if it marked blocks. It returns what
+// it found and how far it got: stop, or the start of the first chunk it
+// could not finish (chunks after it may be done already, and are compared
+// again by a resumed verify). The blocks it marked stay marked when it
+// stops early.
 func (n *Node) runVerify(s *session, prog *resync.Progress, start, stop int64) (verifyCounts, int64, error) {
-	var c verifyCounts
-	off, err := n.verifyChunks(s, prog, start, stop, &c)
+	w := &verifyWalk{n: n, s: s, prog: prog, unfinished: stop}
+	chunk := min(int64(syncChunk), n.store().Bitmap().BlockSize()*protocol.MaxSums)
+	sem := make(chan struct{}, syncWindow)
+	var wg sync.WaitGroup
+	for off := start; off < stop; off += chunk {
+		length := min(chunk, stop-off)
+		err := w.errs.get()
+		if err == nil {
+			err = n.rate.Wait(s.ctx, length)
+		}
+		if err == nil {
+			select {
+			case sem <- struct{}{}:
+			case <-s.ctx.Done():
+				err = s.ctx.Err()
+			}
+		}
+		if err != nil {
+			w.stopped(off, err)
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := w.chunk(off, length); err != nil {
+				w.stopped(off, err)
+			}
+		}()
+	}
+	wg.Wait()
+	c, next, err := w.result()
 	if c.differ > 0 {
 		if perr := n.store().PersistBitmap(); err == nil {
 			err = perr
 		}
 	}
-	return c, off, err
+	return c, next, err
 }
 
-// verifyChunks is runVerify's walk; it counts into c.
-func (n *Node) verifyChunks(s *session, prog *resync.Progress, start, stop int64, c *verifyCounts) (int64, error) {
+// verifyWalk is one online verify's walk over its chunks, which run
+// concurrently.
+type verifyWalk struct {
+	n    *Node
+	s    *session
+	prog *resync.Progress
+	errs firstError
+
+	mu         sync.Mutex
+	found      verifyCounts
+	unfinished int64 // the first chunk not verified: the walk's end, until one fails
+}
+
+// stopped records that the chunk at off was not verified, for err.
+func (w *verifyWalk) stopped(off int64, err error) {
+	w.errs.set(err)
+	w.mu.Lock()
+	w.unfinished = min(w.unfinished, off)
+	w.mu.Unlock()
+}
+
+// count adds c to what the walk found, and shows it in the status.
+func (w *verifyWalk) count(c verifyCounts) {
+	w.mu.Lock()
+	w.found.differ += c.differ
+	w.found.unreadable += c.unreadable
+	w.found.repaired += c.repaired
+	w.found.peerUnreadable += c.peerUnreadable
+	f := w.found
+	w.mu.Unlock()
+	n := w.n
+	n.mu.Lock()
+	if n.verify != nil {
+		n.verify.Differing = uint64(f.differ)
+		n.verify.Unreadable = uint64(f.unreadable + f.peerUnreadable)
+	}
+	n.mu.Unlock()
+}
+
+// result is what the walk found, where it stopped and why.
+func (w *verifyWalk) result() (verifyCounts, int64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.found, w.unfinished, w.errs.get()
+}
+
+// chunk verifies [off, off+length): this disk's checksums against the
+// peer's, read and asked for under the range lock, so that no write or
+// resync copy of the range runs in between.
+func (w *verifyWalk) chunk(off, length int64) error {
+	n, s := w.n, w.s
 	bs := n.store().Bitmap().BlockSize()
 	size := n.backend().Size()
-	chunk := min(int64(syncChunk), bs*protocol.MaxSums)
-	buf := make([]byte, chunk)
-	off := start
-	for ; off < stop; off += chunk {
-		length := min(chunk, stop-off)
-		if err := n.rate.Wait(s.ctx, length); err != nil {
-			return off, err
-		}
-		unlock, err := n.rl.lock(s.ctx, off, length)
-		if err != nil {
-			return off, err
-		}
-		var bad []int // blocks this disk cannot read
-		var readErr error
-		if err := n.backend().ReadAt(s.ctx, buf[:length], off); err != nil && s.ctx.Err() == nil {
-			bad, readErr = readBlocks(s.ctx, n.backend(), buf[:length], off, bs)
-		}
-		if s.ctx.Err() != nil {
-			unlock()
-			return off, s.ctx.Err()
-		}
-		local := blockSums(buf[:length], bs)
-		theirs, err := s.peerSums(off, length, bs)
-		unlock()
-		if err != nil {
-			return off, err
-		}
-		if len(theirs) != len(local) {
-			return off, fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(theirs), len(local))
-		}
-		for len(bad) > 0 {
-			// A run of blocks this disk cannot read: handled together.
-			i, j := bad[0], 1
-			for j < len(bad) && bad[j] == i+j {
-				j++
-			}
-			roff := off + int64(i)*bs
-			if err := n.verifyUnreadable(s, roff, min(int64(j)*bs, size-roff), int64(j), readErr, c); err != nil {
-				return off, err
-			}
-			for k := i; k < i+j; k++ {
-				theirs[k] = local[k] // compared already
-			}
-			bad = bad[j:]
-		}
-		for i := range local {
-			boff := off + int64(i)*bs
-			blen := min(bs, size-boff)
-			if local[i] == theirs[i] {
-				continue
-			}
-			if theirs[i] == unreadableSum {
-				c.peerUnreadable++
-				if n.State().PeerRole == Primary {
-					continue // its reads of the block are served from here
-				}
-			}
-			c.differ++
-			n.store().MarkOutOfSync(boff, blen)
-		}
-		prog.Done(length)
-		n.mu.Lock()
-		if n.verify != nil {
-			n.verify.Differing = uint64(c.differ)
-			n.verify.Unreadable = uint64(c.unreadable + c.peerUnreadable)
-		}
-		n.mu.Unlock()
+	unlock, err := n.rl.lock(s.ctx, off, length)
+	if err != nil {
+		return err
 	}
-	return off, nil
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := (*bp)[:length]
+	var bad []int // blocks this disk cannot read
+	var readErr error
+	if err := n.backend().ReadAt(s.ctx, buf, off); err != nil && s.ctx.Err() == nil {
+		bad, readErr = readBlocks(s.ctx, n.backend(), buf, off, bs)
+	}
+	if s.ctx.Err() != nil {
+		unlock()
+		return s.ctx.Err()
+	}
+	local := blockSums(buf, bs)
+	theirs, err := s.peerSums(off, length, bs)
+	unlock()
+	if err != nil {
+		return err
+	}
+	if len(theirs) != len(local) {
+		return fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(theirs), len(local))
+	}
+	var c verifyCounts
+	defer func() { w.count(c) }()
+	for len(bad) > 0 {
+		// A run of blocks this disk cannot read: handled together.
+		i, j := bad[0], 1
+		for j < len(bad) && bad[j] == i+j {
+			j++
+		}
+		roff := off + int64(i)*bs
+		if err := n.verifyUnreadable(s, roff, min(int64(j)*bs, size-roff), int64(j), readErr, &c); err != nil {
+			return err
+		}
+		for k := i; k < i+j; k++ {
+			theirs[k] = local[k] // compared already
+		}
+		bad = bad[j:]
+	}
+	peerPrimary := n.State().PeerRole == Primary
+	for i := range local {
+		if local[i] == theirs[i] {
+			continue
+		}
+		if theirs[i] == unreadableSum {
+			c.peerUnreadable++
+			if peerPrimary {
+				continue // its reads of the block are served from here
+			}
+		}
+		boff := off + int64(i)*bs
+		c.differ++
+		n.store().MarkOutOfSync(boff, min(bs, size-boff))
+	}
+	w.prog.Done(length)
+	return nil
 }
 
 // verifyUnreadable handles blocks blocks at [off, off+length) that this

@@ -3,6 +3,7 @@ package replica_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urbd/urbd/replica"
 	"github.com/urbd/urbd/status"
@@ -116,4 +117,24 @@ func TestScenarioVerifyResumes(t *testing.T) {
 	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err == nil {
 		t.Fatal("a second resume after the verify finished was accepted")
 	}
+}
+
+// TestScenarioVerifyOverLongLink: over a link that holds every byte 5 ms
+// each way, a verify of a 64 MiB disk (64 chunks, several in flight) finds
+// the one rotted block and the resync repairs it.
+func TestScenarioVerifyOverLongLink(t *testing.T) {
+	o := nodeOpts{viaProxy: true, size: 64 * mib, assumeClean: true}
+	a, b := newPair(t, o, o)
+	for _, x := range []*tnode{a, b} {
+		x.proxy.Delay.Store(int64(5 * time.Millisecond))
+	}
+	a.start()
+	b.start()
+	a.waitConn(replica.Connected)
+	if err := a.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	b.poke(50*mib+100, []byte("rot far out"))
+	a.verifyFinds(replica.VerifyRange{}, "online verify finished: 1 blocks differ")
+	inSyncAndEqual(t, a, b)
 }

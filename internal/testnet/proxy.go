@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Tap sees each piece of data a Proxy forwards: conn counts the proxy's
@@ -24,8 +25,12 @@ type Tap func(conn int, forward bool, p []byte)
 //     end at once, as when a host reboots); new ones are forwarded.
 //   - A connection the target refuses is reset, as the target's host would
 //     have done had it been dialed directly.
+//   - Delay holds every byte that long in each direction, as a long link
+//     does (a one-way latency, not a bandwidth limit); set it before the
+//     connections it should apply to are made.
 type Proxy struct {
 	Cut, CutForward, CutBack atomic.Bool
+	Delay                    atomic.Int64 // nanoseconds
 
 	ln     net.Listener
 	target string
@@ -101,6 +106,12 @@ func (p *Proxy) track(c ...net.Conn) (idx int, ok bool) {
 func (p *Proxy) pipe(src, dst net.Conn, idx int, forward bool, cutDir *atomic.Bool) {
 	defer p.wg.Done()
 	defer p.forget(src, dst)
+	write := dst.Write
+	if d := time.Duration(p.Delay.Load()); d > 0 {
+		var wait func()
+		write, wait = delayed(dst, d)
+		defer wait()
+	}
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
@@ -108,7 +119,7 @@ func (p *Proxy) pipe(src, dst net.Conn, idx int, forward bool, cutDir *atomic.Bo
 			if p.tap != nil {
 				p.tap(idx, forward, buf[:n])
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if _, werr := write(buf[:n]); werr != nil {
 				return
 			}
 		}
@@ -116,6 +127,36 @@ func (p *Proxy) pipe(src, dst net.Conn, idx int, forward bool, cutDir *atomic.Bo
 			return
 		}
 	}
+}
+
+// delayed returns a write that hands a copy of p to a goroutine which
+// writes it to dst d after the call, in order, and a wait that ends that
+// goroutine once what was handed over is written.
+func delayed(dst net.Conn, d time.Duration) (write func(p []byte) (int, error), wait func()) {
+	type piece struct {
+		due  time.Time
+		data []byte
+	}
+	q := make(chan piece, 4096)
+	done := make(chan struct{})
+	var failed atomic.Bool
+	go func() {
+		defer close(done)
+		for pc := range q {
+			time.Sleep(time.Until(pc.due))
+			if _, err := dst.Write(pc.data); err != nil {
+				failed.Store(true)
+			}
+		}
+	}()
+	write = func(p []byte) (int, error) {
+		if failed.Load() {
+			return 0, net.ErrClosed
+		}
+		q <- piece{time.Now().Add(d), append([]byte(nil), p...)}
+		return len(p), nil
+	}
+	return write, func() { close(q); <-done }
 }
 
 // forget closes c and drops it from the connections Reset and Close close.

@@ -3,6 +3,7 @@ package testnet
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -142,4 +143,40 @@ func startEcho(t *testing.T) net.Listener {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestProxyDelay: with a Delay, lines through the proxy and back arrive no
+// sooner than twice the delay, all of them and in order, and lines sent
+// together are not held once each: the delay is latency, not a queue.
+func TestProxyDelay(t *testing.T) {
+	ln := startEcho(t)
+	p, err := StartProxy(ln.Addr().String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const delay = 30 * time.Millisecond
+	p.Delay.Store(int64(delay))
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	start := time.Now()
+	for i := range 20 {
+		fmt.Fprintf(c, "line %d\n", i)
+	}
+	for i := range 20 {
+		line, err := r.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("line %d\n", i) {
+			t.Fatalf("line %d through the delayed proxy: %q, %v", i, line, err)
+		}
+		if i == 0 && time.Since(start) < 2*delay {
+			t.Fatalf("the first line came back after %s, before twice the delay (%s)", time.Since(start), 2*delay)
+		}
+	}
+	if took := time.Since(start); took > 20*delay {
+		t.Errorf("20 lines sent together took %s: each was held in turn, not all at once", took)
+	}
 }
