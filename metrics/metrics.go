@@ -115,6 +115,9 @@ type Metrics struct {
 	suspended       *prometheus.GaugeVec
 	splitBrain      *prometheus.GaugeVec
 	nbdClients      *prometheus.GaugeVec
+	verifyEnd       *prometheus.GaugeVec
+	verifyBlocks    *prometheus.GaugeVec
+	verifyComplete  *prometheus.GaugeVec
 	mu              sync.Mutex
 	resources       map[string]*Resource
 }
@@ -168,11 +171,21 @@ func New(reg prometheus.Registerer) *Metrics {
 		nbdClients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "urbd_nbd_clients", Help: "NBD client connections attached to the export.",
 		}, []string{"resource"}),
+		verifyEnd: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "urbd_last_verify_end_timestamp_seconds", Help: "When the last online verify this node ran ended (Unix time); 0 when it ran none since its daemon started.",
+		}, []string{"resource"}),
+		verifyBlocks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "urbd_last_verify_blocks", Help: "Blocks the last online verify found: differing (marked and resynced) or unreadable (on either disk).",
+		}, []string{"resource", "found"}),
+		verifyComplete: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "urbd_last_verify_complete", Help: "1 when the last online verify covered its whole range, 0 when it stopped early (or none ran).",
+		}, []string{"resource"}),
 		resources: make(map[string]*Resource),
 	}
 	if reg != nil {
 		reg.MustRegister(m.bytes, m.requests, m.latency, m.outOfSync, m.resyncRate, m.resyncRemaining,
-			m.connState, m.role, m.peerRole, m.protocol, m.diskState, m.suspended, m.splitBrain, m.nbdClients)
+			m.connState, m.role, m.peerRole, m.protocol, m.diskState, m.suspended, m.splitBrain, m.nbdClients,
+			m.verifyEnd, m.verifyBlocks, m.verifyComplete)
 	}
 	return m
 }
@@ -194,6 +207,10 @@ func (m *Metrics) Resource(name string) *Resource {
 		suspended:       m.suspended.WithLabelValues(name),
 		splitBrain:      m.splitBrain.WithLabelValues(name),
 		nbdClients:      m.nbdClients.WithLabelValues(name),
+		verifyEnd:       m.verifyEnd.WithLabelValues(name),
+		verifyDiffering: m.verifyBlocks.WithLabelValues(name, "differing"),
+		verifyBad:       m.verifyBlocks.WithLabelValues(name, "unreadable"),
+		verifyComplete:  m.verifyComplete.WithLabelValues(name),
 		connState:       newEnum(m.connState.MustCurryWith(prometheus.Labels{"resource": name}), ConnStates),
 		role:            newEnum(m.role.MustCurryWith(prometheus.Labels{"resource": name}), Roles),
 		peerRole:        newEnum(m.peerRole.MustCurryWith(prometheus.Labels{"resource": name}), Roles),
@@ -224,7 +241,7 @@ func (m *Metrics) Remove(name string) {
 		m.bytes.MetricVec, m.requests.MetricVec, m.latency.MetricVec, m.outOfSync.MetricVec,
 		m.resyncRate.MetricVec, m.resyncRemaining.MetricVec, m.connState.MetricVec, m.role.MetricVec,
 		m.peerRole.MetricVec, m.protocol.MetricVec, m.diskState.MetricVec, m.suspended.MetricVec, m.splitBrain.MetricVec,
-		m.nbdClients.MetricVec,
+		m.nbdClients.MetricVec, m.verifyEnd.MetricVec, m.verifyBlocks.MetricVec, m.verifyComplete.MetricVec,
 	} {
 		v.DeletePartialMatch(match)
 	}
@@ -241,6 +258,8 @@ type Resource struct {
 
 	outOfSync, resyncRate, resyncRemaining prometheus.Gauge
 	suspended, splitBrain, nbdClients      prometheus.Gauge
+	verifyEnd, verifyComplete              prometheus.Gauge
+	verifyDiffering, verifyBad             prometheus.Gauge
 
 	mu                        sync.Mutex // serialises the enum gauges' transitions
 	connState, role, peerRole *enum
@@ -326,6 +345,17 @@ func (r *Resource) Update(s *status.Resource) {
 	} else {
 		r.SetResync(0, 0)
 	}
+	if v := s.LastVerify; v != nil {
+		r.SetLastVerify(*v)
+	}
+}
+
+// SetLastVerify records what the last online verify found.
+func (r *Resource) SetLastVerify(v status.VerifyResult) {
+	r.verifyEnd.Set(float64(v.Ended.UnixNano()) / 1e9)
+	r.verifyDiffering.Set(float64(v.Differing))
+	r.verifyBad.Set(float64(v.Unreadable))
+	r.verifyComplete.Set(b2f(v.Complete))
 }
 
 func (r *Resource) setEnum(e *enum, value string) {

@@ -66,7 +66,8 @@ func TestServeScrape(t *testing.T) {
 	r0.Update(&status.Resource{
 		Name: "r0", Protocol: "B", ConnState: "SyncSource", Role: "Primary", PeerRole: "Secondary",
 		DiskState: "UpToDate", PeerDisk: "Inconsistent", OutOfSyncKiB: 20480, NBDClients: 2, Suspended: true,
-		Sync: &status.Sync{TotalKiB: 29312, RemainingKiB: 20480, SpeedKiB: 4096},
+		Sync:       &status.Sync{TotalKiB: 29312, RemainingKiB: 20480, SpeedKiB: 4096},
+		LastVerify: &status.VerifyResult{Ended: time.Unix(1793000000, 500e6), Complete: true, Differing: 3, Unreadable: 1},
 	})
 	r1 := m.Resource("r1")
 	r1.SetConnState("StandAlone")
@@ -119,6 +120,11 @@ func TestServeScrape(t *testing.T) {
 		`urbd_connection_state{resource="r1",state="StandAlone"}`:                  1,
 		`urbd_split_brain{resource="r1"}`:                                          1,
 		`urbd_role{resource="r1",role="Primary"}`:                                  0,
+		`urbd_last_verify_end_timestamp_seconds{resource="r0"}`:                    1793000000.5,
+		`urbd_last_verify_blocks{found="differing",resource="r0"}`:                 3,
+		`urbd_last_verify_blocks{found="unreadable",resource="r0"}`:                1,
+		`urbd_last_verify_complete{resource="r0"}`:                                 1,
+		`urbd_last_verify_end_timestamp_seconds{resource="r1"}`:                    0,
 	}
 	for series, w := range want {
 		v, ok := got[series]

@@ -211,6 +211,9 @@ func TestScenarioVerifyRewritesUnreadableBlocks(t *testing.T) {
 	a.disk.setBad(3*hBlock, hBlock)
 	b.disk.setBad(9*hBlock, hBlock)
 	a.verifyFinds(replica.VerifyRange{}, "online verify finished: 1 blocks differ, 1 unreadable here (1 rewritten from the peer), 1 unreadable on the peer")
+	if v := a.node.Status().LastVerify; v == nil || !v.Complete || v.Differing != 1 || v.Unreadable != 2 {
+		t.Errorf("status after the verify: last verify %+v, want 1 differing and 2 unreadable", v)
+	}
 	inSyncAndEqual(t, a, b)
 	if a.disk.isBad() || b.disk.isBad() {
 		t.Fatalf("unreadable blocks left: a %v, b %v", a.disk.isBad(), b.disk.isBad())

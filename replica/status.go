@@ -14,6 +14,11 @@ func (n *Node) Status() status.Resource {
 	if n.verify != nil {
 		verify = *n.verify
 	}
+	var last *status.VerifyResult
+	if n.lastVerify != nil {
+		v := *n.lastVerify
+		last = &v
+	}
 	susp := n.suspendedLocked()
 	var unacked int64
 	userPause, peerPause := n.userPause.Load(), false
@@ -39,6 +44,7 @@ func (n *Node) Status() status.Resource {
 		PeerPaused:   peerPause,
 		SplitBrain:   st.SplitBrain,
 		Reason:       st.Reason,
+		LastVerify:   last,
 		UUIDs:        uuids,
 		PeerUUIDs:    peerUUIDs,
 		NetSendKiB:   n.stats.netSend.Load() >> 10,

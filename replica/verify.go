@@ -67,6 +67,10 @@ func (n *Node) Verify(r VerifyRange) error {
 		if err != nil {
 			n.verifyLeft = &VerifyRange{Start: next, Stop: stop}
 		}
+		n.lastVerify = &status.VerifyResult{
+			Ended: n.clock.Now(), Complete: err == nil, FromKiB: uint64(start) >> 10, ToKiB: uint64(stop) >> 10,
+			Differing: uint64(found.differ), Unreadable: uint64(found.unreadable + found.peerUnreadable),
+		}
 		if n.sess == s && n.st.Conn == VerifyS {
 			n.setStateLocked(reason, func(st *State) { st.Conn = Connected })
 		}

@@ -97,6 +97,9 @@ func TestScenarioVerifyResumes(t *testing.T) {
 	if !strings.Contains(a.logs.String(), "1 blocks differ") || !strings.Contains(a.logs.String(), "urbd verify --resume") {
 		t.Fatalf("the stopped verify's log does not count the early block or name --resume:\n%s", a.logs.String())
 	}
+	if v := a.node.Status().LastVerify; v == nil || v.Complete || v.Differing != 1 || v.FromKiB != 0 || v.ToKiB != 8<<10 {
+		t.Fatalf("status after the stopped verify: last verify %+v, want one stopped early that found 1 block", v)
+	}
 	reconnect(t, b)
 	a.waitInSync()
 	if d := firstDiff(a.image(), b.image()); d != 7*mib+100 {
@@ -111,6 +114,9 @@ func TestScenarioVerifyResumes(t *testing.T) {
 	i := strings.Index(logs, "online verify finished (")
 	if i < 0 || !strings.Contains(logs[i:], "to 8MiB of 8MiB): 1 blocks differ") || strings.Contains(logs[i:], "finished (0B") {
 		t.Fatalf("the resumed verify did not cover the rest of the disk alone, finding the late block:\n%s", logs)
+	}
+	if v := a.node.Status().LastVerify; v == nil || !v.Complete || v.Differing != 1 || v.FromKiB < 3<<10 || v.ToKiB != 8<<10 {
+		t.Fatalf("status after the resumed verify: last verify %+v, want a complete one from where the first stopped", v)
 	}
 	a.waitInSync()
 	sameDisks(t, a, b)

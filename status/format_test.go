@@ -100,7 +100,9 @@ func scenarios() map[string][]Resource {
 		"verify": {{
 			Minor: 0, Name: "r0", Protocol: "C", ConnState: "VerifyS", Role: "Primary", PeerRole: "Secondary",
 			DiskState: "UpToDate", PeerDisk: "UpToDate", OutOfSyncKiB: 8,
-			Sync: &Sync{TotalKiB: 2 << 20, RemainingKiB: 1 << 19, SpeedKiB: 204800, AvgSpeedKiB: 200000, ETA: 2*time.Second + 600*time.Millisecond, VerifiedKiB: 3 << 19, Differing: 2, Unreadable: 1},
+			Sync:       &Sync{TotalKiB: 2 << 20, RemainingKiB: 1 << 19, SpeedKiB: 204800, AvgSpeedKiB: 200000, ETA: 2*time.Second + 600*time.Millisecond, VerifiedKiB: 3 << 19, Differing: 2, Unreadable: 1},
+			SizeKiB:    2 << 20,
+			LastVerify: &VerifyResult{Ended: time.Date(2026, 11, 1, 3, 12, 0, 0, time.UTC), FromKiB: 1 << 20, ToKiB: 2 << 20, Differing: 3},
 		}},
 		"unset": {{Minor: 0, Name: "bad name\n", Protocol: "X"}},
 	}

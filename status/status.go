@@ -44,6 +44,20 @@ type Resource struct {
 	SizeKiB    uint64 `json:"size_kib"` // the disk's size (the export's), KiB
 
 	Sync *Sync `json:"sync,omitempty"` // present while resyncing or verifying
+
+	// LastVerify is what the last online verify this node ran found, since
+	// its daemon started; nil when it ran none.
+	LastVerify *VerifyResult `json:"last_verify,omitempty"`
+}
+
+// VerifyResult is what one online verify found.
+type VerifyResult struct {
+	Ended      time.Time `json:"ended"`
+	Complete   bool      `json:"complete"` // false: it stopped early (the reason said why)
+	FromKiB    uint64    `json:"from_kib"` // the range it covered
+	ToKiB      uint64    `json:"to_kib"`
+	Differing  uint64    `json:"differing_blocks"`  // marked out of sync: the resync copies them
+	Unreadable uint64    `json:"unreadable_blocks"` // on either disk
 }
 
 // Sync is the progress of a running resync or online verify.

@@ -161,10 +161,30 @@ func renderResource(b *bytes.Buffer, r *Resource, width int) {
 		oos = ansiYellow + oos + ansiReset
 	}
 	line(b, "out of sync", oos)
+	if v := r.LastVerify; v != nil {
+		line(b, "last verify", lastVerify(v, r.SizeKiB))
+	}
 	line(b, "traffic", fmt.Sprintf("sent %s, received %s, written %s, read %s",
 		kib(r.NetSendKiB), kib(r.NetRecvKiB), kib(r.DiskWriteKiB), kib(r.DiskReadKiB)))
 	line(b, "in flight", fmt.Sprintf("app %d, local %d, peer %d, unacked %d",
 		r.AppPending, r.LocalPending, r.PeerPending, r.Unacked))
+}
+
+// lastVerify says what the last online verify found, in yellow when it
+// found anything or stopped early.
+func lastVerify(v *VerifyResult, sizeKiB uint64) string {
+	s := v.Ended.UTC().Format("2006-01-02 15:04 UTC")
+	if v.FromKiB != 0 || v.ToKiB != sizeKiB {
+		s += fmt.Sprintf(" %s-%s", kib(v.FromKiB), kib(v.ToKiB))
+	}
+	found := fmt.Sprintf("%d differ, %d unreadable", v.Differing, v.Unreadable)
+	if !v.Complete {
+		found += ", stopped"
+	}
+	if !v.Complete || v.Differing > 0 || v.Unreadable > 0 {
+		found = ansiYellow + found + ansiReset
+	}
+	return s + ": " + found
 }
 
 // line prints one labelled row of the watch view.
