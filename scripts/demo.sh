@@ -5,9 +5,10 @@
 # each with a sparse 256 MiB disk file in a temporary directory. The tour puts
 # ext4 on alpha's NBD export (nbdfuse + a loop device, so no kernel NBD client
 # is needed), cuts the link, writes more, reconnects and shows the bitmap
-# resync, fails over to beta, checks the filesystem there, replaces alpha's
-# disk online (detach-disk, attach-disk) and ends by comparing both disks
-# byte for byte.
+# resync, fails over to beta, checks the filesystem there, finds and repairs
+# a block rotted behind urbd's back (urbd verify), replaces alpha's disk
+# online (detach-disk, attach-disk) and ends by comparing both disks byte for
+# byte.
 #
 # Needs root (loop devices, mount, FUSE) and the packages of
 # scripts/install-deps.sh. `make demo` installs them and builds bin/urbd first.
@@ -183,6 +184,7 @@ in_sync() {
 syncing() { [ "$(field "$1" cstate)" = SyncSource ]; }
 peer_lost() { [ "$(field "$1" cstate)" = WFConnection ]; }
 no_clients() { [ "$(field "$1" nbd_clients)" = 0 ]; }
+verified() { [ -n "$(field "$1" ended)" ]; } # a verify ended (last_verify.ended)
 
 # free_port: a TCP port on 127.0.0.1 nothing listens on now, below Linux's
 # ephemeral range (32768-60999), which outgoing connections draw their source
@@ -346,6 +348,17 @@ step "Write a file on beta: it is mirrored back to alpha, now the Secondary."
 write_files "$MNT/after" back 1 1
 show sync
 u beta status "$RES"
+
+step "Bit rot: overwrite the last 4 KiB of alpha's disk file behind urbd's back. urbd verify on beta compares every block with alpha's by SHA-256, in the background, and resyncs the blocks that differ (scripts/urbd-verify@.timer runs it monthly)."
+blocks=$(($(stat -c %s "$TMP/alpha/disk.img") / 4096))
+show dd if=/dev/urandom of="$TMP/alpha/disk.img" bs=4096 seek=$((blocks - 1)) count=1 conv=notrunc,fsync status=none
+u beta verify "$RES"
+wait_for beta 60 "verify end" verified beta
+wait_for beta 30 "resync of the rotted block" in_sync beta
+u beta status "$RES"
+found=$(field beta differing_blocks)
+echo "the verify found ${found:-no} differing block; the resync copied beta's back to alpha"
+[ "$found" = 1 ] || fail "the verify found ${found:-no} differing blocks, want 1"
 
 step "Replace alpha's disk while beta serves: detach-disk takes it out and closes it, an empty file takes its place, attach-disk resyncs all of it from beta."
 u alpha detach-disk "$RES"
