@@ -197,17 +197,22 @@ resync_run() {
 	awk -v ms=$((t1 - t0)) -v kib="$oos" 'BEGIN { printf "%.2f %.0f\n", ms / 1000, kib / 1024 }'
 }
 
+# synced_since T0_MS NR0_KIB RUN: wait until node RUN is in sync, then print
+# the seconds since T0_MS and the MiB it received since its counter said
+# NR0_KIB.
+synced_since() {
+	until in_sync "$3"; do sleep 0.005; done
+	local t1 nr1
+	t1=$(now_ms)
+	nr1=$(status_kib "$3" nr)
+	awk -v ms=$((t1 - $1)) -v kib=$((nr1 - $2)) 'BEGIN { printf "%.2f %.1f\n", ms / 1000, kib / 1024 }'
+}
+
 # full_resync_time RUN: wait for SyncTarget on RUN, then print the seconds
 # until it is in sync and the MiB it received meanwhile.
 full_resync_time() {
 	wait_state "$1" "cs:SyncTarget" 30
-	local t0 t1 nr0 nr1
-	t0=$(now_ms)
-	nr0=$(status_kib "$1" nr)
-	until in_sync "$1"; do sleep 0.005; done
-	t1=$(now_ms)
-	nr1=$(status_kib "$1" nr)
-	awk -v ms=$((t1 - t0)) -v kib=$((nr1 - nr0)) 'BEGIN { printf "%.2f %.0f\n", ms / 1000, kib / 1024 }'
+	synced_since "$(now_ms)" "$(status_kib "$1" nr)" "$1"
 }
 
 # full_copy_run: a full resync of node b's disk by plain copies (urbd
@@ -252,15 +257,13 @@ csums_run() {
 		--rw=write --bs=1M --buffer_pattern="$2" >/dev/null 2>>"$WORK/fio.log"
 	settle_cache "$A_DISK"
 	settle_cache "$B_DISK"
-	local t0 t1 nr0 nr1
+	local t0 nr0
 	nr0=$(status_kib "$B_RUN" nr)
 	"$URBD" --run-dir "$A_RUN" connect r0 >/dev/null
 	until grep -q 'cs:SyncSource' "$A_RUN/r0/status" || in_sync "$A_RUN"; do sleep 0.002; done
 	t0=$(now_ms)
-	until in_sync "$A_RUN" && in_sync "$B_RUN"; do sleep 0.005; done
-	t1=$(now_ms)
-	nr1=$(status_kib "$B_RUN" nr)
-	awk -v ms=$((t1 - t0)) -v kib=$((nr1 - nr0)) 'BEGIN { printf "%.2f %.1f\n", ms / 1000, kib / 1024 }'
+	until in_sync "$A_RUN"; do sleep 0.005; done
+	synced_since "$t0" "$nr0" "$B_RUN"
 }
 
 # verify_run: an online verify of node a's whole disk, unthrottled, from
