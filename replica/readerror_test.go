@@ -228,31 +228,34 @@ func TestScenarioVerifyRewritesUnreadableBlocks(t *testing.T) {
 	}
 }
 
-// TestScenarioVerifyOnSecondaryLeavesThePrimaryBlock: a verify run on the
-// Secondary marks the blocks its own disk cannot read, so the resync copies
-// them from the Primary. A block the Primary cannot read is only counted:
-// marking it would make the Primary's copy look newer than the Secondary's,
-// the one good copy, which instead serves the Primary's reads of it.
-func TestScenarioVerifyOnSecondaryLeavesThePrimaryBlock(t *testing.T) {
+// TestScenarioVerifyOnSecondaryRepairsBothDisks: a verify run on the
+// Secondary scrubs both disks too. A block the Primary cannot read is
+// counted, not marked (that would make the Primary's copy look newer than
+// the Secondary's, the one good copy), and the Primary rewrites it from the
+// Secondary as it answers. A block the Secondary cannot read is marked, so
+// the resync copies it from the Primary.
+func TestScenarioVerifyOnSecondaryRepairsBothDisks(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	data := pattern("on both disks", 16*hBlock)
 	a.write(0, data)
-	// The Primary's bad block is one the last writes did not touch: a
-	// reconnection resyncs those, and a resync source that cannot read
-	// stops (TestScenarioResyncSourceReadErrorStops).
-	a.disk.setBad(40*hBlock, hBlock)
+	a.disk.setBad(5*hBlock, hBlock)
+	b.verifyFinds(replica.VerifyRange{}, "online verify finished: 0 blocks differ, 1 unreadable on the peer")
+	a.waitFor("the Primary rewriting its unreadable block", func() bool {
+		return strings.Contains(a.logs.String(), "rewrote an unreadable block from the peer")
+	})
+	if a.disk.isBad() {
+		t.Fatal("the Primary says it rewrote its unreadable block, and the block is still bad")
+	}
+	if got, err := a.readAt(5*hBlock, hBlock); err != nil || !bytes.Equal(got, data[5*hBlock:6*hBlock]) {
+		t.Fatalf("the Primary's read of its rewritten block: %v", err)
+	}
+	if a.disk.readErrors.Load() != 2 {
+		t.Errorf("%d local read errors on the Primary, want 2 (the checksums' read of the chunk and of the block)", a.disk.readErrors.Load())
+	}
+
 	b.disk.setBad(12*hBlock, hBlock)
-	b.verifyFinds(replica.VerifyRange{}, "online verify finished: 1 blocks differ, 1 unreadable here, 1 unreadable on the peer")
+	b.verifyFinds(replica.VerifyRange{}, "online verify finished: 1 blocks differ, 1 unreadable here")
 	b.waitFor("the resync rewriting b's unreadable block", func() bool { return !b.disk.isBad() })
-	a.waitInSync()
-	b.waitInSync()
-	if !a.disk.isBad() {
-		t.Fatal("the Primary's unreadable block was rewritten: by what?")
-	}
-	got, err := a.readAt(40*hBlock, hBlock)
-	if err != nil || !bytes.Equal(got, make([]byte, hBlock)) {
-		t.Fatalf("the Primary's read of its unreadable block: %v", err)
-	}
 	inSyncAndEqual(t, a, b)
 }
 

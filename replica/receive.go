@@ -645,9 +645,21 @@ func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumRepl
 	}
 	if len(bad) == 0 {
 		s.n.log.Warn("a read for the peer's checksums failed, then read block by block", "offset", off, "length", length, "err", err)
-	} else {
-		s.n.localReadError(fmt.Sprintf("local disk error reading for the peer's checksums: %v; %d block(s) of %d bytes answered as unreadable, from %d on",
-			berr, len(bad), bs, off+int64(bad[0])*bs))
+		return reply, nil
+	}
+	s.n.localReadError(fmt.Sprintf("local disk error reading for the peer's checksums: %v; %d block(s) of %d bytes answered as unreadable, from %d on",
+		berr, len(bad), bs, off+int64(bad[0])*bs))
+	if s.n.State().Role == Primary {
+		// The peer's copy is the good one: rewrite the blocks from it, as
+		// a client's read of them would, once this answer is on its way.
+		s.wg.Add(1) // called from a counted goroutine: never races with Wait
+		go func() {
+			defer s.wg.Done()
+			for _, i := range bad {
+				boff := off + int64(i)*bs
+				s.n.rewriteFromPeer(s, boff, min(bs, off+length-boff))
+			}
+		}()
 	}
 	return reply, nil
 }

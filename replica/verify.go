@@ -330,6 +330,18 @@ func (n *Node) verifyUnreadable(s *session, off, length, blocks int64, cause err
 	return nil
 }
 
+// rewriteFromPeer reads [off, off+length), which this Primary's disk could
+// not read for a peer's checksum request, from the peer and writes it back
+// (readFromPeer), so that a verify run on the Secondary repairs the
+// Primary's disk too.
+func (n *Node) rewriteFromPeer(s *session, off, length int64) {
+	if err := n.readFromPeer(s.ctx, make([]byte, length), off); err != nil {
+		n.log.Warn("rewriting an unreadable block from the peer failed; a client's read of it will try again", "offset", off, "length", length, "err", err)
+		return
+	}
+	n.log.Info("rewrote an unreadable block from the peer", "offset", off, "length", length)
+}
+
 // verifyCounts is what an online verify found, in blocks.
 type verifyCounts struct {
 	differ         int64 // marked out of sync: the resync copies them
