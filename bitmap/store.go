@@ -526,6 +526,53 @@ func (s *Store) writeMeta(m Meta) error {
 	return nil
 }
 
+// A note is a small file the layers above keep in the metadata directory,
+// next to the metadata it belongs with (the replica's online verify
+// results): at most maxNoteLen bytes, named by a lowercase word that is not
+// one of the store's own files.
+const maxNoteLen = 4 << 10
+
+// notePath checks name and returns its path.
+func (s *Store) notePath(name string) (string, error) {
+	if name == "" || name == MetaFile || name == ALFile || strings.HasPrefix(name, BitmapFile) ||
+		strings.TrimLeft(name, "abcdefghijklmnopqrstuvwxyz") != "" {
+		return "", fmt.Errorf("%w: note name %q", ErrInvalid, name)
+	}
+	return filepath.Join(s.dir, name+".note"), nil
+}
+
+// SaveNote replaces the note name with data (at most 4 KiB); it is durable
+// on return.
+func (s *Store) SaveNote(name string, data []byte) error {
+	p, err := s.notePath(name)
+	if err != nil {
+		return err
+	}
+	if len(data) > maxNoteLen {
+		return fmt.Errorf("%w: note %s of %d bytes, limit %d", ErrInvalid, name, len(data), maxNoteLen)
+	}
+	if err := s.fs.WriteFileAtomic(p, data); err != nil {
+		return fmt.Errorf("bitmap: write %s: %w", p, err)
+	}
+	return nil
+}
+
+// LoadNote returns the note name as last saved, or nil when there is none.
+func (s *Store) LoadNote(name string) ([]byte, error) {
+	p, err := s.notePath(name)
+	if err != nil {
+		return nil, err
+	}
+	data, err := s.fs.ReadFile(p, maxNoteLen)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bitmap: read %s: %w", p, err)
+	}
+	return data, nil
+}
+
 // SetSyncData replaces Options.SyncData from now on, for a data disk that
 // changed: a replica whose disk was taken out of service after an I/O error
 // (Diskless) passes nil, since its data lives on the peer and its restart

@@ -939,3 +939,35 @@ func TestGrowOnlineClean(t *testing.T) {
 		check(r, "after a crash")
 	}
 }
+
+// TestNotes: a note saved survives a reboot of the metadata's file system,
+// a missing one reads as nil, and names that are not lowercase words, or
+// that are the store's own files, and notes over 4 KiB are refused.
+func TestNotes(t *testing.T) {
+	fsys := NewMemFS()
+	s := openMem(t, fsys, Options{Size: 64 * tMiB})
+	if data, err := s.LoadNote("verify"); data != nil || err != nil {
+		t.Fatalf("a note never saved: %q, %v", data, err)
+	}
+	if err := s.SaveNote("verify", []byte(`{"last":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openMem(t, fsys.Reboot(), Options{Size: 64 * tMiB})
+	if data, err := s2.LoadNote("verify"); string(data) != `{"last":1}` || err != nil {
+		t.Fatalf("the note after a reboot: %q, %v", data, err)
+	}
+	for _, name := range []string{"", "meta", "al", "bitmap", "bitmap.0", "../x", "Verify", "a.b"} {
+		if err := s2.SaveNote(name, nil); !errors.Is(err, ErrInvalid) {
+			t.Errorf("SaveNote(%q): %v, want ErrInvalid", name, err)
+		}
+	}
+	if err := s2.SaveNote("verify", make([]byte, 4<<10+1)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a note of 4 KiB + 1: %v, want ErrInvalid", err)
+	}
+	if m := s2.Meta(); m.Size != 64*tMiB {
+		t.Fatalf("the metadata after saving notes: %+v", m)
+	}
+}

@@ -172,7 +172,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "urbd_nbd_clients", Help: "NBD client connections attached to the export.",
 		}, []string{"resource"}),
 		verifyEnd: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "urbd_last_verify_end_timestamp_seconds", Help: "When the last online verify this node ran ended (Unix time); 0 when it ran none since its daemon started.",
+			Name: "urbd_last_verify_end_timestamp_seconds", Help: "When the last online verify this node ran ended (Unix time); 0 when it never ran one.",
 		}, []string{"resource"}),
 		verifyBlocks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "urbd_last_verify_blocks", Help: "Blocks the last online verify found: differing (marked and resynced) or unreadable (on either disk).",

@@ -239,6 +239,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.partial = m.Flags&flagPartial != 0
+	n.loadVerifyNote()
 	if n.partialLocked() {
 		n.log.Info("the disk was detached, or being filled by attach-disk, when the daemon stopped: its full resync compares checksums first, and copies only the blocks that differ")
 	}

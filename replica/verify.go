@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"encoding/json"
 	"fmt"
 	"sync"
 
@@ -15,8 +16,9 @@ import (
 // blocks. With Resume it is instead what is left of the last verify this
 // node ran that stopped early (Node.verifyLeft).
 type VerifyRange struct {
-	Start, Stop int64
-	Resume      bool
+	Start  int64 `json:"start"`
+	Stop   int64 `json:"stop"`
+	Resume bool  `json:"-"`
 }
 
 // Verify compares every block of r with the peer by checksum (`urbd
@@ -47,8 +49,11 @@ func (n *Node) Verify(r VerifyRange) error {
 	n.progress = prog
 	n.verify = &status.Sync{}
 	n.verifyLeft = nil
+	// Until it ends, a crash of the daemon leaves the whole range to resume.
+	saved := verifyNote{Last: n.lastVerify, Left: &VerifyRange{Start: start, Stop: stop}}
 	n.setStateLocked("online verify started by operator"+note, func(st *State) { st.Conn = VerifyS })
 	n.mu.Unlock()
+	n.saveVerifyNote(saved)
 	go func() {
 		// The peer shows VerifyT meanwhile; it answers the checksum
 		// requests whatever it shows.
@@ -68,13 +73,15 @@ func (n *Node) Verify(r VerifyRange) error {
 			n.verifyLeft = &VerifyRange{Start: next, Stop: stop}
 		}
 		n.lastVerify = &status.VerifyResult{
-			Ended: n.clock.Now(), Complete: err == nil, FromKiB: uint64(start) >> 10, ToKiB: uint64(stop) >> 10,
+			Ended: n.clock.Now().Round(0), Complete: err == nil, FromKiB: uint64(start) >> 10, ToKiB: uint64(stop) >> 10,
 			Differing: uint64(found.differ), Unreadable: uint64(found.unreadable + found.peerUnreadable),
 		}
+		saved := verifyNote{Last: n.lastVerify, Left: n.verifyLeft}
 		if n.sess == s && n.st.Conn == VerifyS {
 			n.setStateLocked(reason, func(st *State) { st.Conn = Connected })
 		}
 		n.mu.Unlock()
+		n.saveVerifyNote(saved)
 		if err != nil {
 			n.log.Error(reason, "offset", next)
 		} else {
@@ -86,13 +93,52 @@ func (n *Node) Verify(r VerifyRange) error {
 	return nil
 }
 
+// verifyNote is what the node keeps of its last online verify across
+// restarts, in a note of its metadata directory (bitmap.Store.SaveNote): what
+// it found, and what is left of it if it stopped early.
+type verifyNote struct {
+	Last *status.VerifyResult `json:"last,omitempty"`
+	Left *VerifyRange         `json:"left,omitempty"`
+}
+
+// saveVerifyNote saves note; a failure is logged, since the verify's
+// results are also in the log.
+func (n *Node) saveVerifyNote(note verifyNote) {
+	data, err := json.Marshal(note)
+	if err == nil {
+		err = n.store().SaveNote("verify", data)
+	}
+	if err != nil {
+		n.log.Warn("saving the online verify's results failed; they are in this log", "err", err)
+	}
+}
+
+// loadVerifyNote restores the last verify's results and resume point, as
+// saved before the daemon stopped. A note that does not read or parse is
+// logged and ignored: it holds nothing the data depends on.
+func (n *Node) loadVerifyNote() {
+	data, err := n.store().LoadNote("verify")
+	var note verifyNote
+	if err == nil && data != nil {
+		err = json.Unmarshal(data, &note)
+	}
+	if err != nil {
+		n.log.Warn("the last online verify's results are unreadable; ignored", "err", err)
+		return
+	}
+	n.lastVerify = note.Last
+	if l := note.Left; l != nil && l.Start >= 0 && l.Start < l.Stop && l.Stop <= n.backend().Size() {
+		n.verifyLeft = &VerifyRange{Start: l.Start, Stop: l.Stop}
+	}
+}
+
 // verifyBounds turns r into the byte range [start, stop) to verify, whole
 // bitmap blocks, or says why it cannot. Called with n.mu held.
 func (n *Node) verifyBounds(r VerifyRange) (start, stop int64, err error) {
 	size := n.backend().Size()
 	if r.Resume {
 		if n.verifyLeft == nil {
-			return 0, 0, fmt.Errorf("%s: no online verify stopped early on this node since its daemon started: nothing to resume (urbd verify --start OFFSET starts anywhere)", n.cfg.Name)
+			return 0, 0, fmt.Errorf("%s: the last online verify of this node did not stop early: nothing to resume (urbd verify --start OFFSET starts anywhere)", n.cfg.Name)
 		}
 		r = *n.verifyLeft
 	}

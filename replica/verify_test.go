@@ -1,6 +1,8 @@
 package replica_test
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,9 +75,10 @@ func TestScenarioVerifyRange(t *testing.T) {
 }
 
 // TestScenarioVerifyResumes: a verify that stops early (here the peer
-// disconnects) says where, and Resume goes on from there to the end:
-// blocks before that point are not compared again, blocks after it are.
-// Without a stopped verify there is nothing to resume.
+// disconnects) says where, and Resume goes on from there to the end, also
+// after the node restarted: blocks before that point are not compared
+// again, blocks after it are. Without a stopped verify there is nothing to
+// resume.
 func TestScenarioVerifyResumes(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{rate: 2 * mib}, nodeOpts{})
 	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err == nil || !strings.Contains(err.Error(), "nothing to resume") {
@@ -97,6 +100,13 @@ func TestScenarioVerifyResumes(t *testing.T) {
 	}
 	if v := a.node.Status().LastVerify; v == nil || v.Complete || v.Differing != 1 || v.FromKiB != 0 || v.ToKiB != 8<<10 {
 		t.Fatalf("status after the stopped verify: last verify %+v, want one stopped early that found 1 block", v)
+	}
+	// Both the result and the point to resume from survive a restart.
+	before := *a.node.Status().LastVerify
+	a.stop()
+	a.start()
+	if v := a.node.Status().LastVerify; v == nil || !v.Ended.Equal(before.Ended) || v.Complete || v.Differing != 1 || v.ToKiB != 8<<10 {
+		t.Fatalf("last verify after a restart: %+v, want %+v", v, before)
 	}
 	reconnect(t, b)
 	a.waitInSync()
@@ -141,4 +151,28 @@ func TestScenarioVerifyOverLongLink(t *testing.T) {
 	b.poke(50*mib+100, []byte("rot far out"))
 	a.verifyFinds(replica.VerifyRange{}, "online verify finished: 1 blocks differ")
 	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioVerifyNoteUnreadable: a verify note that does not parse (a
+// disk error, an edit) is logged and ignored: the node starts, with no last
+// verify and nothing to resume.
+func TestScenarioVerifyNoteUnreadable(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	b.poke(2*mib, []byte("rot"))
+	a.verifyFinds(replica.VerifyRange{}, "online verify finished: 1 blocks differ")
+	a.stop()
+	if err := os.WriteFile(filepath.Join(a.metaDir, "verify.note"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	a.waitConn(replica.Connected)
+	if v := a.node.Status().LastVerify; v != nil {
+		t.Errorf("last verify from an unreadable note: %+v", v)
+	}
+	if !strings.Contains(a.logs.String(), "the last online verify's results are unreadable; ignored") {
+		t.Error("the unreadable note was not logged")
+	}
+	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err == nil || !strings.Contains(err.Error(), "nothing to resume") {
+		t.Errorf("resume after an unreadable note: %v", err)
+	}
 }

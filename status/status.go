@@ -45,8 +45,8 @@ type Resource struct {
 
 	Sync *Sync `json:"sync,omitempty"` // present while resyncing or verifying
 
-	// LastVerify is what the last online verify this node ran found, since
-	// its daemon started; nil when it ran none.
+	// LastVerify is what the last online verify this node ran found (kept
+	// across restarts); nil when it never ran one.
 	LastVerify *VerifyResult `json:"last_verify,omitempty"`
 }
 
