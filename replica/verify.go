@@ -138,7 +138,7 @@ func (n *Node) verifyBounds(r VerifyRange) (start, stop int64, err error) {
 	size := n.backend().Size()
 	if r.Resume {
 		if n.verifyLeft == nil {
-			return 0, 0, fmt.Errorf("%s: the last online verify of this node did not stop early: nothing to resume (urbd verify --start OFFSET starts anywhere)", n.cfg.Name)
+			return 0, 0, fmt.Errorf("%s: no online verify of this node stopped early: nothing to resume (urbd verify --start OFFSET starts anywhere)", n.cfg.Name)
 		}
 		r = *n.verifyLeft
 	}
