@@ -262,6 +262,35 @@ func TestVerifyRange(t *testing.T) {
 	}
 }
 
+// TestVerifyResumeAfterRestart: a verify cut by stopping the daemon (as a
+// reboot for a kernel update would) goes on after `urbd up` with `urbd
+// verify --resume`, from where it stopped, and finds the block rotted past
+// that point; the status kept the stopped verify's result meanwhile.
+func TestVerifyResumeAfterRestart(t *testing.T) {
+	c := newCluster(t, clusterOpts{})
+	c.startBoth()
+	rot(t, c.b.disk, 60<<20)
+	c.a.ctl("adjust", "--resync-rate", "8MiB", "r0")
+	c.a.ctl("verify", "r0")
+	c.a.waitFor("16 MiB verified", 30*time.Second, func(s statusT) bool { return s.Sync != nil && s.Sync.VerifiedKiB >= 16<<10 })
+	c.a.stop()
+	c.a.start()
+	st := c.a.waitInSync(30 * time.Second)
+	if v := st.LastVerify; v == nil || v.Complete || v.Differing != 0 {
+		t.Fatalf("the stopped verify's result after the restart: %+v", v)
+	}
+	c.a.ctl("adjust", "--resync-rate", "0", "r0")
+	c.a.ctl("verify", "--resume", "r0")
+	logs := c.a.waitLog("to 64MiB of 64MiB): 1 blocks differ", 60*time.Second)
+	if strings.Contains(logs, "online verify finished (0B to") {
+		t.Fatalf("the resumed verify started from the beginning:\n%s", logs)
+	}
+	if v := c.a.waitInSync(30 * time.Second).LastVerify; v == nil || !v.Complete || v.FromKiB < 16<<10 || v.Differing != 1 {
+		t.Fatalf("the resumed verify's result: %+v", v)
+	}
+	cmpFiles(t, c.a.disk, c.b.disk)
+}
+
 // TestVerifyUnit: the commands of scripts/urbd-verify@.service, run as
 // systemd runs them (URBD_RUN_DIR from the unit, %i the resource): the
 // condition passes on the Primary only, and the start command starts a

@@ -354,7 +354,7 @@ func (n *Node) attachSecondary(d nbd.Backend, rec *detachRecord) (old nbd.Backen
 // startCopyLocked runs AttachDisk's copy on session s in the background, as
 // copyPlanLocked plans it; again says that an earlier run ended with its
 // session. n.mu must be held and n.attaching set; n.sess is s, so Close,
-// which ends the session before it waits for attachWG, waits for this copy.
+// which ends the session before it waits for bgWG, waits for this copy.
 func (n *Node) startCopyLocked(s *session, again bool) {
 	plan := n.copyPlanLocked(n.disk.Load())
 	reason := fmt.Sprintf("attaching a new disk: copying %s from the peer; Diskless until it is done", units.FormatSize(plan.bytes))
@@ -367,9 +367,9 @@ func (n *Node) startCopyLocked(s *session, again bool) {
 	prog := resync.NewProgress(n.clock, plan.bytes)
 	n.progress = prog
 	n.setReasonLocked(reason)
-	n.attachWG.Add(1)
+	n.bgWG.Add(1)
 	go func() {
-		defer n.attachWG.Done()
+		defer n.bgWG.Done()
 		n.finishAttach(s, prog, plan)
 	}()
 }

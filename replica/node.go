@@ -114,8 +114,9 @@ type Node struct {
 	attachWrites atomic.Bool
 	// attachFailed is set when the disk being attached fails a write.
 	attachFailed atomic.Bool
-	// attachWG counts AttachDisk's copy, which Close waits for.
-	attachWG sync.WaitGroup
+	// bgWG counts the background work that runs on a session and ends with
+	// it (AttachDisk's copy, an online verify), which Close waits for.
+	bgWG sync.WaitGroup
 	// suspendOnLoss is on-peer-loss suspend (Config.SuspendOnPeerLoss, then
 	// SetOnPeerLoss); written with mu held, read without it on the write path.
 	suspendOnLoss atomic.Bool
@@ -618,7 +619,7 @@ func (n *Node) endSession(why, goodbye string) {
 // session, persists the bitmap and marks the metadata clean.
 func (n *Node) Close() error {
 	n.endSession("shutting down", peerStopping)
-	n.attachWG.Wait() // the session's end stops an attach's copy
+	n.bgWG.Wait() // the session's end stops an attach's copy and a verify
 	var err error
 	if !n.isDiskless() {
 		err = n.backend().Flush(context.Background())

@@ -52,9 +52,11 @@ func (n *Node) Verify(r VerifyRange) error {
 	// Until it ends, a crash of the daemon leaves the whole range to resume.
 	saved := verifyNote{Last: n.lastVerify, Left: &VerifyRange{Start: start, Stop: stop}}
 	n.setStateLocked("online verify started by operator"+note, func(st *State) { st.Conn = VerifyS })
+	n.bgWG.Add(1) // n.sess is s: Close ends it before it waits for bgWG
 	n.mu.Unlock()
 	n.saveVerifyNote(saved)
 	go func() {
+		defer n.bgWG.Done()
 		// The peer shows VerifyT meanwhile; it answers the checksum
 		// requests whatever it shows.
 		ctl := s.ps.Control()
