@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -94,5 +95,20 @@ func TestByChecksum(t *testing.T) {
 				t.Errorf("why %q, want it to mention %q", srcWhy, c.whyMentions)
 			}
 		})
+	}
+}
+
+// TestBlockRuns: runs of consecutive indexes, as first and one past last.
+func TestBlockRuns(t *testing.T) {
+	var got [][2]int
+	for i, j := range blockRuns([]int{0, 1, 2, 5, 7, 8, 255}) {
+		got = append(got, [2]int{i, j})
+	}
+	want := [][2]int{{0, 3}, {5, 6}, {7, 9}, {255, 256}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("blockRuns = %v, want %v", got, want)
+	}
+	for range blockRuns(nil) {
+		t.Fatal("a run of no blocks")
 	}
 }

@@ -241,7 +241,7 @@ func TestScenarioVerifyOnSecondaryRepairsBothDisks(t *testing.T) {
 	a.disk.setBad(5*hBlock, hBlock)
 	b.verifyFinds(replica.VerifyRange{}, "online verify finished: 0 blocks differ, 1 unreadable on the peer")
 	a.waitFor("the Primary rewriting its unreadable block", func() bool {
-		return strings.Contains(a.logs.String(), "rewrote an unreadable block from the peer")
+		return strings.Contains(a.logs.String(), "rewrote unreadable blocks from the peer")
 	})
 	if a.disk.isBad() {
 		t.Fatal("the Primary says it rewrote its unreadable block, and the block is still bad")

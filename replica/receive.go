@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"strings"
 	"time"
 
@@ -655,9 +656,9 @@ func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumRepl
 		s.wg.Add(1) // called from a counted goroutine: never races with Wait
 		go func() {
 			defer s.wg.Done()
-			for _, i := range bad {
-				boff := off + int64(i)*bs
-				s.n.rewriteFromPeer(s, boff, min(bs, off+length-boff))
+			for i, j := range blockRuns(bad) {
+				roff := off + int64(i)*bs
+				s.n.rewriteFromPeer(s, roff, min(int64(j-i)*bs, off+length-roff))
 			}
 		}()
 	}
@@ -674,6 +675,23 @@ func blockSums(buf []byte, bs int64) []protocol.Sum {
 		sums = append(sums, sha256.Sum256(buf[i:min(i+bs, int64(len(buf)))]))
 	}
 	return sums
+}
+
+// blockRuns yields the runs of consecutive indexes of bad, which is sorted:
+// each as its first index and the one after its last.
+func blockRuns(bad []int) iter.Seq2[int, int] {
+	return func(yield func(int, int) bool) {
+		for len(bad) > 0 {
+			n := 1
+			for n < len(bad) && bad[n] == bad[0]+n {
+				n++
+			}
+			if !yield(bad[0], bad[0]+n) {
+				return
+			}
+			bad = bad[n:]
+		}
+	}
 }
 
 // readBlocks reads buf at off from disk one block of bs bytes at a time,

@@ -320,20 +320,13 @@ func (w *verifyWalk) chunk(off, length int64) error {
 	}
 	var c verifyCounts
 	defer func() { w.count(c) }()
-	for len(bad) > 0 {
+	for i, j := range blockRuns(bad) {
 		// A run of blocks this disk cannot read: handled together.
-		i, j := bad[0], 1
-		for j < len(bad) && bad[j] == i+j {
-			j++
-		}
 		roff := off + int64(i)*bs
-		if err := n.verifyUnreadable(s, roff, min(int64(j)*bs, size-roff), int64(j), readErr, &c); err != nil {
+		if err := n.verifyUnreadable(s, roff, min(int64(j-i)*bs, size-roff), int64(j-i), readErr, &c); err != nil {
 			return err
 		}
-		for k := i; k < i+j; k++ {
-			theirs[k] = local[k] // compared already
-		}
-		bad = bad[j:]
+		copy(theirs[i:j], local[i:j]) // compared already
 	}
 	peerPrimary := n.State().PeerRole == Primary
 	for i := range local {
@@ -378,16 +371,16 @@ func (n *Node) verifyUnreadable(s *session, off, length, blocks int64, cause err
 	return nil
 }
 
-// rewriteFromPeer reads [off, off+length), which this Primary's disk could
+// rewriteFromPeer reads [off, off+length), blocks this Primary's disk could
 // not read for a peer's checksum request, from the peer and writes it back
 // (readFromPeer), so that a verify run on the Secondary repairs the
 // Primary's disk too.
 func (n *Node) rewriteFromPeer(s *session, off, length int64) {
 	if err := n.readFromPeer(s.ctx, make([]byte, length), off); err != nil {
-		n.log.Warn("rewriting an unreadable block from the peer failed; a client's read of it will try again", "offset", off, "length", length, "err", err)
+		n.log.Warn("rewriting unreadable blocks from the peer failed; a client's read of them will try again", "offset", off, "length", length, "err", err)
 		return
 	}
-	n.log.Info("rewrote an unreadable block from the peer", "offset", off, "length", length)
+	n.log.Info("rewrote unreadable blocks from the peer", "offset", off, "length", length)
 }
 
 // verifyCounts is what an online verify found, in blocks.
