@@ -67,3 +67,35 @@ func TestScenarioCsumsAlgSendsOnlyChangedBlocks(t *testing.T) {
 		}
 	})
 }
+
+// TestScenarioCsumsAlgRuntimeResync: the resync a connected Primary starts
+// on its own (here after invalidate-remote marked the whole disk) follows
+// csums-alg too, set on either node: of the Secondary's 8 MiB only the 3
+// blocks damaged behind urbd's back are sent.
+func TestScenarioCsumsAlgRuntimeResync(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		oa, ob nodeOpts
+	}{
+		{"set on the Primary", nodeOpts{csums: true}, nodeOpts{}},
+		{"set on the Secondary", nodeOpts{}, nodeOpts{csums: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := cleanPair(t, tc.oa, tc.ob)
+			a.write(0, pattern("primary data", 64*hBlock))
+			a.waitInSync()
+			for i := range 3 {
+				b.poke(int64(i)*500*hBlock+17, []byte("damage"))
+			}
+			recv := b.node.Status().NetRecvKiB
+			if err := a.node.InvalidateRemote(); err != nil {
+				t.Fatal(err)
+			}
+			a.waitFor("the resync from invalidate-remote", func() bool { return strings.Contains(a.logs.String(), `msg="resync finished"`) })
+			inSyncAndEqual(t, a, b)
+			if got := b.node.Status().NetRecvKiB - recv; got > 3*hBlock>>10+4 {
+				t.Errorf("b received %d KiB, want the 3 damaged blocks (%d KiB)", got, 3*hBlock>>10)
+			}
+		})
+	}
+}
