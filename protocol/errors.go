@@ -67,7 +67,7 @@ const (
 	RefuseAuth        uint32 = 5  // wrong or missing shared secret
 	RefuseSplitBrain  uint32 = 6  // both sides changed data independently
 	RefuseBothPrimary uint32 = 7  // both sides are Primary
-	RefuseBusy        uint32 = 8  // the resource already has a peer connection
+	RefuseBusy        uint32 = 8  // the acceptor cannot take a connection now (Config.Busy)
 	RefuseProtocol    uint32 = 9  // the peer sent a malformed or unexpected frame
 	RefuseSameNode    uint32 = 10 // both sides have the same node id
 	RefuseTLS         uint32 = 11 // TLS is configured on one side only
@@ -93,6 +93,8 @@ func refuseSentinel(code uint32) error {
 		return ErrSameNode
 	case RefuseTLS:
 		return ErrTLS
+	case RefuseBusy:
+		return ErrBusy
 	}
 	return nil
 }

@@ -27,6 +27,8 @@ var (
 	// ErrSameNode: the peer announced this node's own NodeID (a node
 	// connected to itself, or two nodes configured with one identity).
 	ErrSameNode = errors.New("protocol: peer has this node's id")
+	// ErrBusy: the acceptor cannot take a connection now (Config.Busy).
+	ErrBusy = errors.New("protocol: busy")
 )
 
 // DefaultTimeout is used when Config.Timeout is zero (DRBD's default).
@@ -53,6 +55,12 @@ type Config struct {
 	Timeout time.Duration
 	// LogOutput receives yamux's diagnostics; nil discards them.
 	LogOutput io.Writer
+	// Busy, if set, is asked by the acceptor once it has verified the
+	// dialer, before its last handshake frame: a non-empty local refuses
+	// the connection with Refuse code 8 (busy) whose reason is peer (the
+	// same cause from the dialer's point of view), and the acceptor's
+	// Handshake returns an error wrapping ErrBusy that says local.
+	Busy func() (local, peer string)
 }
 
 func (c *Config) timeout() time.Duration {
@@ -270,6 +278,12 @@ func authenticate(rc *rawConn, cfg *Config, dialer bool, binding []byte) error {
 	var peer *AuthChallenge
 	for step := 0; step < 2; step++ {
 		if dialer == (step == 0) {
+			if !dialer && local.Mode != AuthHMAC {
+				// Without a secret this is the acceptor's last frame.
+				if err := rc.admit(cfg); err != nil {
+					return err
+				}
+			}
 			if err := rc.send(&local); err != nil {
 				return err
 			}
@@ -292,6 +306,11 @@ func authenticate(rc *rawConn, cfg *Config, dialer bool, binding []byte) error {
 		want := authMAC(cfg.Secret, !dialer, &local.Nonce, &peer.Nonce, binding)
 		for step := 0; step < 2; step++ {
 			if dialer == (step == 0) {
+				if !dialer {
+					if err := rc.admit(cfg); err != nil {
+						return err
+					}
+				}
 				if err := rc.send(&mine); err != nil {
 					return err
 				}
@@ -320,6 +339,18 @@ func authenticate(rc *rawConn, cfg *Config, dialer bool, binding []byte) error {
 	}
 	if _, ok := m.(*AuthOK); !ok {
 		return rc.unexpected(m, "AuthOK")
+	}
+	return nil
+}
+
+// admit is the acceptor's Config.Busy check, made once the dialer is
+// verified: a busy acceptor refuses with code 8.
+func (rc *rawConn) admit(cfg *Config) error {
+	if cfg.Busy == nil {
+		return nil
+	}
+	if local, peer := cfg.Busy(); local != "" {
+		return rc.refuse(refusal(RefuseBusy, ErrBusy, local, peer))
 	}
 	return nil
 }

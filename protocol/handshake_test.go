@@ -102,6 +102,15 @@ func TestHandshakeMismatch(t *testing.T) {
 			"protocol: bitmap block size mismatch: local 65536 bytes, peer 4096 bytes",
 			"protocol: bitmap block size mismatch: local 4096 bytes, peer 65536 bytes"},
 		{"same node id", func(d, a *Config) { d.NodeID, a.NodeID = 5, 5 }, ErrSameNode, sameNode, sameNode},
+		// A busy acceptor refuses once the dialer is verified, with or
+		// without a secret; one that cannot verify it says only that.
+		{"busy", func(d, a *Config) { a.Busy = busy }, ErrBusy, "protocol: busy: the peer is busy", "protocol: busy: this node is busy"},
+		{"busy with secret", func(d, a *Config) { d.Secret, a.Secret, a.Busy = []byte("s"), []byte("s"), busy }, ErrBusy,
+			"protocol: busy: the peer is busy", "protocol: busy: this node is busy"},
+		{"busy, wrong secret", func(d, a *Config) { d.Secret, a.Secret, a.Busy = []byte("one"), []byte("two"), busy }, ErrAuth, differ, differ},
+		{"size mismatch, busy", func(d, a *Config) {
+			d.Size, a.Size, a.Busy = 1, 2, busy
+		}, ErrSizeMismatch, "protocol: disk size mismatch: local 1 bytes, peer 2 bytes" + grow, "protocol: disk size mismatch: local 2 bytes, peer 1 bytes" + grow},
 	}
 	for _, tr := range transports {
 		for _, tc := range tests {
@@ -132,6 +141,9 @@ func TestHandshakeMismatch(t *testing.T) {
 	}
 }
 
+// busy is a Config.Busy that always refuses.
+func busy() (local, peer string) { return "this node is busy", "the peer is busy" }
+
 // A Refuse whose reason does not start with its cause's words (another
 // implementation, or a cause only one side checks) still says the peer
 // refused.
@@ -144,7 +156,8 @@ func TestRefusedErrorText(t *testing.T) {
 		{Refuse{Code: RefuseSize, Reason: "sizes differ"}, "protocol: refused by peer: sizes differ"},
 		{Refuse{Code: RefuseProtocol, Reason: "malformed message: expected Hello"}, "protocol: malformed message: expected Hello"},
 		{Refuse{Code: RefuseProtocol, Reason: "expected Hello, got Ping"}, "protocol: refused by peer: expected Hello, got Ping"},
-		{Refuse{Code: RefuseBusy, Reason: "busy: already connected"}, "protocol: refused by peer: busy: already connected"},
+		{Refuse{Code: RefuseBusy, Reason: "busy: already connected"}, "protocol: busy: already connected"},
+		{Refuse{Code: RefuseBusy, Reason: "come back later"}, "protocol: refused by peer: come back later"},
 		{Refuse{Code: RefuseSize}, "protocol: refused by peer (code 3)"},
 	} {
 		if got := tc.r.Err().Error(); got != tc.want {

@@ -100,6 +100,46 @@ func (n *Node) protoConfig() protocol.Config {
 		Secret:      link.Secret,
 		TLS:         link.TLS,
 		Timeout:     n.timeout(),
+		Busy:        n.busy,
+	}
+}
+
+// busy refuses a new connection (protocol.Config.Busy) while the goroutines
+// of the last session have not returned, waiting a third of the timeout for
+// them first: a session ends in milliseconds unless a request of it to this
+// node's disk hangs. A node whose disk hung under a peer's write (which
+// ko-count made the peer drop) so keeps the peer away until the disk
+// answers, rather than taking new writes that hang in turn; the dialer
+// skips its attempts meanwhile (lastSessRunningLocked).
+func (n *Node) busy() (local, peer string) {
+	n.mu.Lock()
+	s := n.lastSess
+	live := s == n.sess
+	n.mu.Unlock()
+	if s == nil || live {
+		return "", ""
+	}
+	select {
+	case <-s.finished:
+		return "", ""
+	case <-time.After(n.timeout() / 3):
+	}
+	return "this node's disk has not completed the I/O of the last connection (the disk may be hung); the peer is refused until it has",
+		"the peer's disk has not completed the I/O of the last connection (it may be hung); the peer accepts this node once it has"
+}
+
+// lastSessRunningLocked reports whether the last session ended but its
+// goroutines have not all returned (see busy). n.mu is held.
+func (n *Node) lastSessRunningLocked() bool {
+	s := n.lastSess
+	if s == nil || s == n.sess {
+		return false
+	}
+	select {
+	case <-s.finished:
+		return false
+	default:
+		return true
 	}
 }
 
@@ -150,7 +190,7 @@ func (n *Node) dialLoop(ctx context.Context) error {
 	for {
 		n.mu.Lock()
 		peer := n.link.Peer
-		want := n.wantConn && n.sess == nil && peer != ""
+		want := n.wantConn && n.sess == nil && peer != "" && !n.lastSessRunningLocked()
 		switch {
 		case peer == "":
 			backoff = maxBackoff // nothing to dial until SetLink gives an address (it kicks)
@@ -338,6 +378,7 @@ func (n *Node) offer(ps *protocol.Session, dialer bool) bool {
 		return false
 	}
 	n.sess = s
+	n.lastSess = s
 	n.hasSession.Store(true)
 	n.lastConnErr = [2]string{}
 	n.mu.Unlock()
@@ -373,6 +414,7 @@ func (n *Node) runSession(s *session) {
 	}
 	s.wg.Wait()
 	close(s.finished)
+	n.kickConnect() // the dialer skipped its attempts while s ran (busy)
 }
 
 // negotiate exchanges states with the peer, decides with Decide, and starts

@@ -55,6 +55,7 @@ type nodeOpts struct {
 	alExtents   int  // bitmap.Options.ALExtents; 0 = the default
 	grow        bool // bitmap.Options.Grow: start on a disk grown since (urbd up --grow)
 	csums       bool // Config.ResyncChecksums (csums-alg sha256)
+	koCount     int  // Config.KoCount; 0 = never
 }
 
 // tnode is one in-process node with its files.
@@ -261,6 +262,7 @@ func (x *tnode) start() {
 		ListenPeer:        x.addr,
 		Peer:              x.peerAddr,
 		Timeout:           cmp.Or(x.opts.timeout, 2*time.Second),
+		KoCount:           x.opts.koCount,
 		Secret:            []byte(x.opts.secret),
 		SuspendOnPeerLoss: x.opts.suspend,
 		Fencing:           x.opts.fencing,
@@ -516,13 +518,24 @@ type gate struct {
 	held   chan struct{}
 	tokens chan struct{} // each lets one waiting caller through
 	skip   int           // while closed, this many more callers pass first
+	deaf   bool          // while closed, callers ignore their context (a hung disk)
 }
 
 func (g *gate) hold() <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.open, g.held, g.tokens, g.skip = make(chan struct{}), make(chan struct{}, 1024), make(chan struct{}, 1024), 0
+	g.open, g.held, g.tokens, g.skip, g.deaf = make(chan struct{}), make(chan struct{}, 1024), make(chan struct{}, 1024), 0, false
 	return g.held
+}
+
+// hang is hold for callers that wait even once their context ends, as a
+// system call to a hung disk does.
+func (g *gate) hang() <-chan struct{} {
+	held := g.hold()
+	g.mu.Lock()
+	g.deaf = true
+	g.mu.Unlock()
+	return held
 }
 
 // holdAfter is hold once the next n callers have passed.
@@ -558,6 +571,9 @@ func (g *gate) allow(n int) {
 func (g *gate) pass(ctx context.Context) error {
 	g.mu.Lock()
 	open, held, tokens := g.open, g.held, g.tokens
+	if g.deaf {
+		ctx = context.Background()
+	}
 	if open != nil && g.skip > 0 {
 		g.skip--
 		open = nil
@@ -705,6 +721,10 @@ func (d *testDisk) revertUnflushed(img []byte) {
 // holdWrites makes later WriteAt calls wait (for allowWrites or
 // releaseWrites); each waiting write sends on the returned channel.
 func (d *testDisk) holdWrites() <-chan struct{} { return d.writeGate.hold() }
+
+// hangWrites is holdWrites for writes that do not end with their context:
+// the disk hangs until releaseWrites.
+func (d *testDisk) hangWrites() <-chan struct{} { return d.writeGate.hang() }
 
 // allowWrites lets n more held writes through, in the order they wait.
 func (d *testDisk) allowWrites(n int) { d.writeGate.allow(n) }

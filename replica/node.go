@@ -30,6 +30,12 @@ type Config struct {
 	Secret     []byte        // shared secret; nil = no authentication
 	TLS        *tls.Config   // nil = plain TCP
 	Timeout    time.Duration // peer loss is declared after this long without an answer; SetTimeout changes it
+	// KoCount is DRBD's ko-count: a peer that leaves a write, flush or read
+	// unanswered for KoCount times the session's timeout, while answering
+	// pings (its disk hung, say), is dropped as lost, so that the
+	// application's I/O is not held for as long as the peer's disk hangs.
+	// 0 never drops it. SetKoCount changes it.
+	KoCount int
 	// TCPCongestion is the congestion control asked for on the peer
 	// connection ("" = the kernel's default); see congestion.go. The caller
 	// checks it with CheckCongestion. SetLink changes it (Link.Congestion).
@@ -128,6 +134,8 @@ type Node struct {
 	// SetTimeout); written with mu held, read without it. A session keeps
 	// the timeout it was made with (protocol.Session.Timeout).
 	peerTimeout atomic.Int64
+	// koCount is Config.KoCount, then SetKoCount; read by the keepalive.
+	koCount atomic.Int64
 	// onIOError is the on-io-error policy (Config.OnIOError, then
 	// SetOnIOError); written with mu held, read without it on the I/O path.
 	onIOError atomic.Uint32
@@ -153,6 +161,9 @@ type Node struct {
 	// state still shows the session.
 	sessionClosing func()
 	sess           *session
+	// lastSess, guarded by mu, is the last session adopted: its goroutines
+	// may outlive it by as long as a disk request of it hangs (see busy).
+	lastSess *session
 	hasSession     atomic.Bool   // sess != nil, read without mu (WantSums)
 	changed        chan struct{} // closed and replaced on every state change
 	progress       *resync.Progress
@@ -220,6 +231,7 @@ func New(cfg Config) (*Node, error) {
 	n.suspendOnLoss.Store(cfg.SuspendOnPeerLoss)
 	n.proto.Store(uint32(cfg.Protocol))
 	n.peerTimeout.Store(int64(cfg.Timeout))
+	n.koCount.Store(int64(max(cfg.KoCount, 0)))
 	n.onIOError.Store(uint32(cfg.OnIOError))
 	n.afterSB = cfg.AfterSB
 	n.csums.Store(cfg.ResyncChecksums)

@@ -726,6 +726,7 @@ func (s *session) keepalive() error {
 	tick := time.NewTicker(max(timeout/4, 50*time.Millisecond))
 	defer tick.Stop()
 	var seq uint64
+	var ko koWatch
 	lastCkpt, lastFlush := time.Now(), time.Now()
 	for {
 		select {
@@ -734,6 +735,9 @@ func (s *session) keepalive() error {
 		case now := <-tick.C:
 			if now.Sub(time.Unix(0, s.lastRecv.Load())) > timeout {
 				return &peerLost{cause: fmt.Sprintf("no answer from the peer for %s (--timeout)", timeout)}
+			}
+			if err := ko.check(s, now, timeout); err != nil {
+				return err
 			}
 			seq++
 			if err := s.ps.Control().Send(&protocol.Ping{Seq: seq}); err != nil {
@@ -758,6 +762,38 @@ func (s *session) keepalive() error {
 			}
 		}
 	}
+}
+
+// koWatch follows the oldest request the peer has not answered, for
+// ko-count: the keepalive looks at it on every tick.
+type koWatch struct {
+	seq   uint64    // the oldest pending request's sequence number, or 0
+	since time.Time // the tick that first saw it pending
+}
+
+// check returns a peerLost once the oldest request pending at the peer has
+// waited ko-count times timeout (as seen by the keepalive's ticks, so up to
+// one tick more). A peer that answers pings but not I/O has a hung disk or
+// worse; dropping it ends the wait of the application's I/O, which completes
+// here and is marked out of sync, as for any peer loss. A Diskless node
+// never drops its peer this way: the peer's disk holds its only copy, and
+// waiting for it beats failing every request.
+func (w *koWatch) check(s *session, now time.Time, timeout time.Duration) error {
+	ko := s.n.koCount.Load()
+	seq, what := s.oldestPending()
+	if ko <= 0 || seq == 0 || s.n.isDiskless() {
+		w.seq = 0
+		return nil
+	}
+	if seq != w.seq {
+		w.seq, w.since = seq, now
+		return nil
+	}
+	if waited := now.Sub(w.since); waited >= time.Duration(ko)*timeout {
+		return &peerLost{cause: fmt.Sprintf("the peer has left a %s unanswered for %s (--ko-count %d × --timeout %s): its disk may be hung",
+			what, waited.Round(time.Second), ko, timeout)}
+	}
+	return nil
 }
 
 // isClosedErr tells a normal end of a stream from a protocol failure.

@@ -326,6 +326,29 @@ func (s *session) complete(seq uint64, ok bool) {
 	s.finish(r, ok)
 }
 
+// oldestPending returns the sequence number of the oldest request the peer
+// has not answered, and what it is (write, flush or read), or 0 when none
+// is pending.
+func (s *session) oldestPending() (seq uint64, what string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var oldest *request
+	for q, r := range s.pending {
+		if oldest == nil || q < oldest.seq {
+			oldest = r
+		}
+	}
+	switch {
+	case oldest == nil:
+		return 0, ""
+	case oldest.flush:
+		return oldest.seq, "flush"
+	case oldest.read:
+		return oldest.seq, "read"
+	}
+	return oldest.seq, "write"
+}
+
 // flushPeer asks the peer, in the background, to make what it wrote durable,
 // so the transfer log empties. At most one such flush is in flight.
 func (s *session) flushPeer() {

@@ -126,6 +126,19 @@ func (n *Node) SetTimeout(d time.Duration) error {
 	return nil
 }
 
+// SetKoCount changes ko-count (`urbd adjust --ko-count`), at once, for
+// the connected session too: a peer is dropped once its oldest unanswered
+// request is older than n times the session's timeout; 0 never drops it.
+func (n *Node) SetKoCount(count int) error {
+	if count < 0 {
+		return fmt.Errorf("replica: ko-count %d: use 0 (never) or a positive count", count)
+	}
+	if n.koCount.Swap(int64(count)) != int64(count) {
+		n.log.Info("ko-count changed", "ko_count", count)
+	}
+	return nil
+}
+
 // SetOnIOError changes what a Primary does when its disk fails a write or a
 // flush (`urbd adjust --on-io-error`), from the next error on. A node
 // already Diskless stays so.
