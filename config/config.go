@@ -18,6 +18,7 @@ import (
 
 	"github.com/urbd/urbd/bitmap"
 	"github.com/urbd/urbd/handlers"
+	"github.com/urbd/urbd/replica"
 )
 
 // Sentinel errors, wrapped by every *Error.
@@ -45,6 +46,7 @@ const (
 	DefaultCsumsAlg    = "none"
 	DefaultBitmapBlock = 4 << 10
 	DefaultALExtents   = bitmap.DefaultALExtents // 1237, DRBD's
+	DefaultKoCount     = replica.DefaultKoCount  // 7, DRBD's
 )
 
 // Bounds of bitmap-block, a power of two.
@@ -109,6 +111,7 @@ type Resource struct {
 	TLSKey      string
 	TLSCA       string
 	Timeout     time.Duration // peer loss detection
+	KoCount     int           // ko-count: a peer that leaves I/O unanswered this many timeouts is dropped; 0 never
 	OnPeerLoss  string        // OnPeerLossContinue or OnPeerLossSuspend
 	Fencing     string        // dont-care, resource-only or resource-and-stonith
 	AfterSB0Pri string        // after-sb-0pri: disconnect, discard-zero-changes or discard-least-changes
@@ -153,6 +156,7 @@ type commonTOML struct {
 	TLSKey        string            `toml:"tls-key"`
 	TLSCA         string            `toml:"tls-ca"`
 	Timeout       durationValue     `toml:"timeout"`
+	KoCount       countValue        `toml:"ko-count"`
 	OnPeerLoss    peerLossValue     `toml:"on-peer-loss"`
 	Fencing       fencingValue      `toml:"fencing"`
 	AfterSB0Pri   afterSB0Value     `toml:"after-sb-0pri"`
@@ -186,8 +190,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "fencing", "handlers", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "fencing", "handlers", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "fencing", "handlers", "ko-count", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -405,6 +409,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		SecretFile:    p.abs(first(rt.SecretFile, c.SecretFile)),
 		TLSCA:         p.abs(first(rt.TLSCA, c.TLSCA)),
 		Timeout:       time.Duration(firstSet(int64(rt.Timeout.d), rt.Timeout.set, int64(c.Timeout.d), c.Timeout.set, int64(DefaultTimeout))),
+		KoCount:       int(firstSet(rt.KoCount.n, rt.KoCount.set, c.KoCount.n, c.KoCount.set, DefaultKoCount)),
 		OnPeerLoss:    first(rt.OnPeerLoss.s, c.OnPeerLoss.s, DefaultOnPeerLoss),
 		Fencing:       first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
 		AfterSB0Pri:   first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
@@ -427,6 +432,13 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		key := append(rkey, "al-extents")
 		if !rt.ALExtents.set {
 			key = []string{"common", "al-extents"}
+		}
+		return nil, p.errf(ErrBadValue, key, "%s", err)
+	}
+	if err := replica.CheckKoCount(base.KoCount); err != nil {
+		key := append(rkey, "ko-count")
+		if !rt.KoCount.set {
+			key = []string{"common", "ko-count"}
 		}
 		return nil, p.errf(ErrBadValue, key, "%s", err)
 	}

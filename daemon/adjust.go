@@ -21,7 +21,8 @@ import (
 // its command line, or the settings read again from where the daemon got
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
-// on-io-error and the handlers at once, csums-alg from the next resync on,
+// ko-count, on-io-error and the handlers at once, csums-alg from the next
+// resync on,
 // the timeout and the after-sb
 // policies, the addresses, the secret, TLS and the congestion control from
 // the next connection on, fencing from the next peer loss on, the NBD and
@@ -32,6 +33,7 @@ type adjuster struct {
 	setRate       func(bytesPerSec int64)           // Node.AdjustRate
 	setOnPeerLoss func(suspend bool)                // Node.SetOnPeerLoss
 	setTimeout    func(d time.Duration) error       // Node.SetTimeout
+	setKoCount    func(count int) error             // Node.SetKoCount
 	setOnIOError  func(p replica.OnIOError)         // Node.SetOnIOError
 	setAfterSB    func(p replica.AfterSplitBrain)   // Node.SetAfterSB
 	setFencing    func(p replica.Fencing)           // Node.SetFencing
@@ -94,6 +96,17 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 				return "", err
 			}
 			next.Timeout = d
+		case "ko-count":
+			n, err := strconv.Atoi(v)
+			if err == nil {
+				err = replica.CheckKoCount(n)
+			} else {
+				err = fmt.Errorf("ko-count %q: use a whole number such as 7", v)
+			}
+			if err != nil {
+				return "", fmt.Errorf("--%w", err)
+			}
+			next.KoCount = n
 		case "on-io-error":
 			next.OnIOError = v
 		case "after-sb-0pri":
@@ -266,6 +279,14 @@ func (a *adjuster) applyLocked(next Options) string {
 			done = append(done, "timeout set to "+next.Timeout.String()+" (from the next connection on)")
 		}
 	}
+	if next.KoCount != a.cur.KoCount {
+		if err := a.setKoCount(next.KoCount); err != nil {
+			a.log.Error("changing ko-count failed", "err", err)
+		} else {
+			a.cur.KoCount = next.KoCount
+			done = append(done, "ko-count set to "+strconv.Itoa(next.KoCount))
+		}
+	}
 	if (next.OnPeerLoss == "suspend") != (a.cur.OnPeerLoss == "suspend") {
 		a.setOnPeerLoss(next.OnPeerLoss == "suspend")
 		done = append(done, "on-peer-loss set to "+next.OnPeerLoss)
@@ -401,6 +422,7 @@ var settingsTable = []struct {
 	{"protocol", func(o Options) string { return string(o.Protocol) }, "C", true},
 	{"resync-rate", func(o Options) string { return formatRate(o.ResyncRate) }, "", true},
 	{"timeout", func(o Options) string { return o.Timeout.String() }, "", true},
+	{"ko-count", func(o Options) string { return strconv.Itoa(o.KoCount) }, "", true},
 	{"on-peer-loss", func(o Options) string { return cmp.Or(o.OnPeerLoss, "continue") }, "", true},
 	{"fencing", func(o Options) string { return o.Fencing }, replica.FenceDontCare.String(), true},
 	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }, "disconnect", true},

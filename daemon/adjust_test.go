@@ -26,6 +26,7 @@ type fakeResource struct {
 	rates    []int64
 	suspend  []bool
 	timeouts []time.Duration
+	koCounts []int
 	onIOErr  []replica.OnIOError
 	afterSB  []replica.AfterSplitBrain
 	fencing  []replica.Fencing
@@ -80,6 +81,7 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 		setRate:       func(r int64) { f.rates = append(f.rates, r) },
 		setOnPeerLoss: func(s bool) { f.suspend = append(f.suspend, s) },
 		setTimeout:    func(d time.Duration) error { f.timeouts = append(f.timeouts, d); return nil },
+		setKoCount:    func(n int) error { f.koCounts = append(f.koCounts, n); return nil },
 		setOnIOError:  func(p replica.OnIOError) { f.onIOErr = append(f.onIOErr, p) },
 		setAfterSB:    func(p replica.AfterSplitBrain) { f.afterSB = append(f.afterSB, p) },
 		setFencing:    func(p replica.Fencing) { f.fencing = append(f.fencing, p) },
@@ -95,7 +97,7 @@ func baseOptions() Options {
 	return Options{
 		Name: "r0", Disk: "/dev/vdb", Meta: "/var/lib/urbd/r0", NBD: "unix:/run/urbd/r0.nbd",
 		ListenPeer: "10.0.0.1:7789", Peer: "10.0.0.2:7789", Protocol: 'C', ResyncRate: 100 << 20,
-		Timeout: 6 * time.Second, OnPeerLoss: "continue", BitmapBlock: 4096,
+		Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", BitmapBlock: 4096,
 		Handlers: map[string]string{"peer-lost": "logger lost"},
 	}
 }
@@ -176,11 +178,11 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 	if msg != "protocol set to A; resync rate set to unlimited; on-peer-loss set to suspend" {
 		t.Errorf("adjust with flags: %q", msg)
 	}
-	msg, err = a.set(map[string]string{"timeout": "10s", "on-io-error": "pass-on", "after-sb-1pri": "consensus"})
+	msg, err = a.set(map[string]string{"timeout": "10s", "ko-count": "2", "on-io-error": "pass-on", "after-sb-1pri": "consensus"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg != "timeout set to 10s (from the next connection on); on-io-error set to pass_on; "+
+	if msg != "timeout set to 10s (from the next connection on); ko-count set to 2; on-io-error set to pass_on; "+
 		"after-sb-1pri set to consensus (from the next connection on; the peer needs the same)" {
 		t.Errorf("adjust with flags: %q", msg)
 	}
@@ -194,6 +196,8 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 		{map[string]string{"timeout": "0s"}, "--timeout 0s: use a positive duration, e.g. 6s"},
 		{map[string]string{"timeout": "soon"}, `--timeout "soon": use a duration such as 6s`},
 		{map[string]string{"on-io-error": "panic"}, `--on-io-error: unknown on-io-error policy "panic"`},
+		{map[string]string{"ko-count": "-1"}, "--ko-count -1: use 0 (never drop a peer that answers pings) to 200; default 7"},
+		{map[string]string{"ko-count": "many"}, `--ko-count "many": use a whole number such as 7`},
 		{map[string]string{"after-sb-0pri": "x", "resync-rate": "1MiB"}, `--after-sb-0pri: unknown after-sb-0pri policy "x"`},
 		{map[string]string{"bitmap-block": "8KiB"}, "bitmap-block cannot change while the resource runs"},
 		{map[string]string{"fencing": "resource-only"}, "fencing resource-only needs a fence-peer handler: add one to the resource file (handlers) and run urbd adjust r0"},
@@ -209,13 +213,16 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg != "protocol set to C; resync rate set to 100MiB/s; timeout set to 6s (from the next connection on); on-peer-loss set to continue; "+
+	if msg != "protocol set to C; resync rate set to 100MiB/s; timeout set to 6s (from the next connection on); ko-count set to 7; on-peer-loss set to continue; "+
 		"on-io-error set to detach; after-sb-1pri set to disconnect (from the next connection on; the peer needs the same)" {
 		t.Errorf("adjust from the file after flags: %q", msg)
 	}
 	if len(f.timeouts) != 2 || f.timeouts[1] != 6*time.Second || len(f.onIOErr) != 2 || f.onIOErr[1] != replica.IODetach ||
 		len(f.afterSB) != 2 || f.afterSB[1] != (replica.AfterSplitBrain{}) {
 		t.Errorf("the file's values not set again: timeouts %v, on-io-error %v, after-sb %v", f.timeouts, f.onIOErr, f.afterSB)
+	}
+	if !slices.Equal(f.koCounts, []int{2, 7}) {
+		t.Errorf("ko-counts set: %v, want [2 7]", f.koCounts)
 	}
 	if string(f.protos) != "AC" {
 		t.Errorf("protocols set: %q, want A then C", f.protos)

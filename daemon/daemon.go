@@ -51,6 +51,10 @@ type Options struct {
 	TLSKey     string
 	TLSCA      string
 	Timeout    time.Duration
+	// KoCount is ko-count: a peer that leaves a write, flush or read
+	// unanswered for KoCount timeouts is dropped (its disk hung); 0 never
+	// drops it. urbd up's default is replica.DefaultKoCount.
+	KoCount    int
 	OnPeerLoss string // continue or suspend
 	// Fencing is dont-care (or ""), resource-only or resource-and-stonith;
 	// the latter two need a fence-peer handler.
@@ -211,7 +215,7 @@ func Run(ctx context.Context, o Options) error {
 	node, err = replica.New(replica.Config{
 		Name: o.Name, Disk: disk, Store: store, Protocol: o.Protocol,
 		ListenPeer: link.ListenPeer, Peer: link.Peer, Secret: link.Secret, TLS: link.TLS,
-		Timeout: o.Timeout, SuspendOnPeerLoss: o.OnPeerLoss == "suspend", TCPCongestion: congestion,
+		Timeout: o.Timeout, KoCount: o.KoCount, SuspendOnPeerLoss: o.OnPeerLoss == "suspend", TCPCongestion: congestion,
 		ResyncRate: o.ResyncRate, Logger: log,
 		Event: func(event string, extra map[string]string) {
 			runner.Fire(ctx, o.Name, event, extra)
@@ -248,7 +252,7 @@ func Run(ctx context.Context, o Options) error {
 	export.use(ctx, nbdLn)
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
-		setTimeout: node.SetTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
+		setTimeout: node.SetTimeout, setKoCount: node.SetKoCount, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
 		setCsums: node.SetResyncChecksums,
 		setLink:  node.SetLink, loadLink: loadLink, link: link,
 		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },

@@ -183,6 +183,16 @@ timeout = "2s"
 	if out := c.a.ctl("adjust", "--csums-alg", "none", "r0"); out != "r0: csums-alg set to none (from the next resync on)" {
 		t.Errorf("urbd adjust --csums-alg none: %q", out)
 	}
+	// ko-count applies at once; a bad one is refused in one line.
+	if out := c.a.ctl("adjust", "--ko-count", "3", "r0"); out != "r0: ko-count set to 3" {
+		t.Errorf("urbd adjust --ko-count 3: %q", out)
+	}
+	if out, err := c.a.try("adjust", "--ko-count", "-1", "r0"); err == nil || out != "urbd: --ko-count -1: use 0 (never drop a peer that answers pings) to 200; default 7" {
+		t.Errorf("urbd adjust --ko-count -1: %v: %q", err, out)
+	}
+	if out := c.a.ctl("adjust", "--ko-count", "7", "r0"); out != "r0: ko-count set to 7" {
+		t.Errorf("urbd adjust --ko-count 7: %q", out)
+	}
 	if out, err := c.a.try("adjust", "--timeout", "0s", "r0"); err == nil || out != "urbd: --timeout 0s: use a positive duration, e.g. 6s" {
 		t.Errorf("urbd adjust --timeout 0s: %v: %q", err, out)
 	}

@@ -12,37 +12,52 @@ import (
 
 // failingDisk makes a disk file of size bytes whose operations named in
 // fail ("pread", "pwrite", "flush", ...: nbdkit error filter names) fail
-// with EIO while the file trigger exists; the others always work: nbdkit's
-// file plugin behind its error filter, exposed as a file by nbdfuse (which
-// does not cache, so every read reaches the filter). backing is the file
-// nbdkit serves. Both processes stop at the end of the test, after
-// everything started later.
+// with EIO while the file trigger exists; the others always work (see
+// kitDisk). backing is the file nbdkit serves.
 func failingDisk(t *testing.T, size int64, fail ...string) (disk, backing, trigger string) {
+	d := newKitDisk(t, size, fail...)
+	return d.path, d.backing, d.trigger
+}
+
+// kitDisk is a disk file served by nbdkit's file plugin behind its error
+// filter, exposed as a file by nbdfuse: every write reaches nbdkit, and so
+// does every read out of the page cache. Stopping nbdkit (SIGSTOP) hangs
+// the disk.
+type kitDisk struct {
+	path    string  // the disk file, in the nbdfuse mount
+	backing string  // the file nbdkit serves
+	trigger string  // while it exists, the operations named in fail fail
+	kit     *daemon // nbdkit
+}
+
+// newKitDisk makes a kitDisk of size bytes whose operations named in fail
+// fail with EIO while its trigger exists. nbdkit and nbdfuse stop at the end
+// of the test, after everything started later.
+func newKitDisk(t *testing.T, size int64, fail ...string) *kitDisk {
 	t.Helper()
 	requireCmds(t, "nbdkit", "nbdfuse", "fusermount3")
 	dir := shortTempDir(t)
-	backing = filepath.Join(dir, "backing.img")
-	trigger = filepath.Join(dir, "fail")
+	d := &kitDisk{backing: filepath.Join(dir, "backing.img"), trigger: filepath.Join(dir, "fail")}
 	sock := filepath.Join(dir, "kit.sock")
 	mnt := filepath.Join(dir, "fuse")
 	must(t, os.MkdirAll(mnt, 0o755))
-	makeSparseFile(t, backing, size)
-	args := []string{"--foreground", "--unix", sock, "--filter=error", "file", "file=" + backing}
+	makeSparseFile(t, d.backing, size)
+	args := []string{"--foreground", "--unix", sock, "--filter=error", "file", "file=" + d.backing}
 	for _, op := range fail {
-		args = append(args, "error-"+op+"=EIO", "error-"+op+"-rate=100%", "error-"+op+"-file="+trigger)
+		args = append(args, "error-"+op+"=EIO", "error-"+op+"-rate=100%", "error-"+op+"-file="+d.trigger)
 	}
-	kit := startDaemon(t, "nbdkit", args...)
-	waitForSocket(t, sock, kit, 10*time.Second)
+	d.kit = startDaemon(t, "nbdkit", args...)
+	waitForSocket(t, sock, d.kit, 10*time.Second)
 	fuse := startDaemon(t, "nbdfuse", mnt, "--unix", sock)
 	t.Cleanup(func() { _, _ = tryCmd(20*time.Second, "fusermount3", "-u", mnt) })
-	disk = filepath.Join(mnt, "nbd")
+	d.path = filepath.Join(mnt, "nbd")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if fi, err := os.Stat(disk); err == nil && fi.Size() == size {
-			return disk, backing, trigger
+		if fi, err := os.Stat(d.path); err == nil && fi.Size() == size {
+			return d
 		}
 		if fuse.exited() || time.Now().After(deadline) {
-			t.Fatalf("nbdfuse did not expose %s:\n%s", disk, fuse.output())
+			t.Fatalf("nbdfuse did not expose %s:\n%s", d.path, fuse.output())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -163,23 +163,23 @@ type Node struct {
 	sess           *session
 	// lastSess, guarded by mu, is the last session adopted: its goroutines
 	// may outlive it by as long as a disk request of it hangs (see busy).
-	lastSess *session
-	hasSession     atomic.Bool   // sess != nil, read without mu (WantSums)
-	changed        chan struct{} // closed and replaced on every state change
-	progress       *resync.Progress
-	verify         *status.Sync
-	verifyLeft     *VerifyRange         // what is left of the last verify that stopped early, or nil
-	lastVerify     *status.VerifyResult // what the last verify found, or nil
-	clients        func() int           // how many NBD clients are attached
-	kick           chan struct{}        // wakes the dialer
-	syncKick       chan struct{}        // wakes the resync check
-	peerID         uint64               // guarded by mu: the peer's node id, once known
-	peerUUIDs      UUIDs                // guarded by mu: the peer's UUIDs at the last state
-	lastConnErr    [2]string            // guarded by mu: the last connection failure, dialed and accepted (see noteConnError)
-	syncWhy        string               // guarded by mu: the reason the next resync of a connected Primary shows, if not the default
-	ahead          *flushAhead
-	diskless       atomic.Bool // n.st.Disk == Diskless, read without n.mu (see detach)
-	userPause      atomic.Bool // this node's operator paused resyncs (see pause.go)
+	lastSess    *session
+	hasSession  atomic.Bool   // sess != nil, read without mu (WantSums)
+	changed     chan struct{} // closed and replaced on every state change
+	progress    *resync.Progress
+	verify      *status.Sync
+	verifyLeft  *VerifyRange         // what is left of the last verify that stopped early, or nil
+	lastVerify  *status.VerifyResult // what the last verify found, or nil
+	clients     func() int           // how many NBD clients are attached
+	kick        chan struct{}        // wakes the dialer
+	syncKick    chan struct{}        // wakes the resync check
+	peerID      uint64               // guarded by mu: the peer's node id, once known
+	peerUUIDs   UUIDs                // guarded by mu: the peer's UUIDs at the last state
+	lastConnErr [2]string            // guarded by mu: the last connection failure, dialed and accepted (see noteConnError)
+	syncWhy     string               // guarded by mu: the reason the next resync of a connected Primary shows, if not the default
+	ahead       *flushAhead
+	diskless    atomic.Bool // n.st.Disk == Diskless, read without n.mu (see detach)
+	userPause   atomic.Bool // this node's operator paused resyncs (see pause.go)
 
 	stats counters
 }

@@ -126,12 +126,29 @@ func (n *Node) SetTimeout(d time.Duration) error {
 	return nil
 }
 
+// DefaultKoCount is the ko-count of urbd up and of the resource file
+// (DRBD's): with the default timeout of 6s, a peer that leaves a write
+// unanswered for 42s is dropped. MaxKoCount is DRBD's upper bound.
+const (
+	DefaultKoCount = 7
+	MaxKoCount     = 200
+)
+
+// CheckKoCount says what is wrong with count as ko-count, or nil.
+func CheckKoCount(count int) error {
+	if count < 0 || count > MaxKoCount {
+		return fmt.Errorf("ko-count %d: use 0 (never drop a peer that answers pings) to %d; default %d", count, MaxKoCount, DefaultKoCount)
+	}
+	return nil
+}
+
 // SetKoCount changes ko-count (`urbd adjust --ko-count`), at once, for
 // the connected session too: a peer is dropped once its oldest unanswered
-// request is older than n times the session's timeout; 0 never drops it.
+// request is older than count times the session's timeout; 0 never drops
+// it.
 func (n *Node) SetKoCount(count int) error {
-	if count < 0 {
-		return fmt.Errorf("replica: ko-count %d: use 0 (never) or a positive count", count)
+	if err := CheckKoCount(count); err != nil {
+		return fmt.Errorf("replica: %w", err)
 	}
 	if n.koCount.Swap(int64(count)) != int64(count) {
 		n.log.Info("ko-count changed", "ko_count", count)

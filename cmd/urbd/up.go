@@ -15,6 +15,7 @@ import (
 	"github.com/urbd/urbd/config"
 	"github.com/urbd/urbd/daemon"
 	"github.com/urbd/urbd/internal/units"
+	"github.com/urbd/urbd/replica"
 )
 
 var upCommand = &cli.Command{
@@ -41,6 +42,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "tls-key", Usage: "this node's TLS key (PEM)"},
 		&cli.StringFlag{Name: "tls-ca", Usage: "CA that signed the peer's certificate (PEM)"},
 		&cli.DurationFlag{Name: "timeout", Value: 6 * time.Second, Usage: "declare the peer lost after this long without an answer"},
+		&cli.IntFlag{Name: "ko-count", Value: replica.DefaultKoCount, Usage: "drop a peer that answers pings but leaves a write unanswered for this many timeouts (its disk hung), so the application goes on alone; 0 = wait for it however long (DRBD's ko-count)"},
 		&cli.StringFlag{Name: "tcp-congestion", Usage: "TCP congestion control of the peer connection: a name the kernel offers, or system for the kernel's default (default cubic, or the kernel's where cubic is not allowed)"},
 		&cli.StringFlag{Name: "on-peer-loss", Value: "continue", Usage: "continue (go on alone, track changes) or suspend (hold writes until the peer is back)"},
 		&cli.StringFlag{Name: "bitmap-block", Value: "4KiB", Usage: "disk bytes per out-of-sync bit"},
@@ -99,6 +101,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
 	o.Timeout = c.Duration("timeout")
 	o.ALExtents = c.Int("al-extents")
+	o.KoCount = c.Int("ko-count")
 	if path := c.String("config"); path != "" {
 		r, err := loadResource(c, path, name)
 		if err != nil {
@@ -128,6 +131,9 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		}
 		if !c.IsSet("al-extents") && r.ALExtents > 0 {
 			o.ALExtents = r.ALExtents
+		}
+		if !c.IsSet("ko-count") {
+			o.KoCount = r.KoCount // the file's, or its default
 		}
 		for k, v := range r.Handlers {
 			o.Handlers[k] = v
@@ -167,6 +173,9 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		return o, fmt.Errorf("--bitmap-block %s: use a power of two of at least 512 bytes", block)
 	}
 	if err := config.CheckALExtents(o.ALExtents); err != nil {
+		return o, fmt.Errorf("--%w", err)
+	}
+	if err := replica.CheckKoCount(o.KoCount); err != nil {
 		return o, fmt.Errorf("--%w", err)
 	}
 	o.AssumeClean = c.Bool("assume-clean")

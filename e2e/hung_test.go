@@ -1,0 +1,65 @@
+package e2e
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestHungSecondaryDisk: the Secondary's disk stops answering (nbdkit,
+// which serves it, is stopped), while the Secondary's daemon still answers
+// pings. The Primary's client does not hang with it: once a write has waited
+// ko-count × timeout (3 × 1s) the Primary drops the peer and goes on alone,
+// fio finishes without an error, the Secondary refuses to reconnect while
+// its disk still holds the last connection's writes (so the writes that
+// follow do not wait again), both nodes say so, and once the disk answers
+// again the nodes reconnect and resync: both disks hold the same data.
+func TestHungSecondaryDisk(t *testing.T) {
+	requireRoot(t)
+	disk := newKitDisk(t, 64<<20)
+	c := newCluster(t, clusterOpts{})
+	c.b.disk = disk.path
+	if out, err := c.a.command(c.a.upArgs("--ko-count", "201")...).CombinedOutput(); err == nil || !strings.Contains(string(out), "--ko-count 201: use 0 (never drop a peer that answers pings) to 200") {
+		t.Fatalf("urbd up --ko-count 201: %v: %s", err, out)
+	}
+	c.a.start("--timeout", "1s", "--ko-count", "3")
+	c.b.start("--timeout", "1s", "--ko-count", "3")
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=4M", "--iodepth=8")
+
+	disk.kit.signal(syscall.SIGSTOP)
+	t.Cleanup(func() { disk.kit.signal(syscall.SIGCONT) }) // before nbdfuse is unmounted
+	start := time.Now()
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=4M", "--offset=8M", "--iodepth=8", "--end_fsync=1")
+	took := time.Since(start)
+	t.Logf("fio with the Secondary's disk hung: %s", took)
+	if took > 20*time.Second {
+		t.Errorf("fio took %s with the Secondary's disk hung (ko-count × timeout is 3s)", took)
+	}
+	c.a.waitLog("the peer has left a", 10*time.Second)
+	st := c.a.waitFor("the Secondary refusing as busy", 20*time.Second, func(s statusT) bool {
+		return strings.Contains(s.Reason, "protocol: busy: the peer's disk has not completed the I/O of the last connection")
+	})
+	if st.Role != "Primary" || st.DiskState != "UpToDate" || st.OutOfSyncKiB == 0 {
+		t.Errorf("the Primary without its hung peer: %+v", st)
+	}
+	c.b.waitFor("refusing the Primary as busy", 20*time.Second, func(s statusT) bool {
+		return strings.Contains(s.Reason, "this node's disk has not completed the I/O of the last connection (the disk may be hung)")
+	})
+	start = time.Now()
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=4M", "--offset=16M", "--iodepth=8", "--end_fsync=1")
+	took = time.Since(start)
+	t.Logf("fio once the hung peer was dropped: %s", took)
+	if took > 2*time.Second {
+		t.Errorf("fio took %s once the hung peer was dropped", took)
+	}
+
+	disk.kit.signal(syscall.SIGCONT)
+	c.a.waitInSync(60 * time.Second)
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, disk.backing)
+}
