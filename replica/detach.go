@@ -62,30 +62,42 @@ func (n *Node) isDiskless() bool { return n.diskless.Load() }
 // disk's stale data as a resync source. The peer is told and shows the node
 // as Diskless; the local-io-error handler runs.
 func (n *Node) detach(what string, off, length int64, cause error) bool {
+	if n.isDiskless() {
+		return true // detached already (by another request, or disk-timeout)
+	}
 	if OnIOError(n.onIOError.Load()) == IOPassOn {
 		return false
-	}
-	n.mu.Lock()
-	if n.st.Disk == Diskless {
-		n.mu.Unlock()
-		return true
 	}
 	reason := fmt.Sprintf("local disk error %s: %v", what, cause)
 	if length > 0 {
 		reason = fmt.Sprintf("local disk error %s %d bytes at %d: %v", what, length, off, cause)
 	}
+	err := n.detachFor(reason)
+	if err != nil && !errors.Is(err, ErrNotConnected) {
+		n.log.Error("cannot detach the failed disk", "err", err, "cause", reason)
+	}
+	return err == nil
+}
+
+// detachFor takes the disk out of service (goDisklessLocked) because of
+// what reason says, which it completes with what to do next, logs, and
+// hands the local-io-error handler. It returns nil once the node is
+// Diskless, or why it is not.
+func (n *Node) detachFor(reason string) error {
 	reason += "; disk detached, all I/O goes to the peer (replace or repair the disk, then run urbd attach-disk)"
+	n.mu.Lock()
+	if n.st.Disk == Diskless {
+		n.mu.Unlock()
+		return nil
+	}
 	err := n.goDisklessLocked(reason)
 	n.mu.Unlock()
 	if err != nil {
-		if !errors.Is(err, ErrNotConnected) {
-			n.log.Error("cannot detach the failed disk", "err", err, "cause", reason)
-		}
-		return false
+		return err
 	}
 	n.log.Error(reason)
 	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
-	return true
+	return nil
 }
 
 // goDisklessLocked takes a Primary's disk out of service, with reason as
@@ -274,6 +286,17 @@ func (detachedDisk) Trim(context.Context, int64, int64, bool) error     { return
 func (detachedDisk) Flush(context.Context) error                        { return errDetached }
 func (detachedDisk) WriteZeroes(context.Context, int64, int64, bool, bool) error {
 	return errDetached
+}
+
+// requestNoun names a writeOp of kind, for timedLocal's reason.
+func requestNoun(kind string) string {
+	switch kind {
+	case "trim":
+		return "a trim"
+	case "zero":
+		return "a zeroing"
+	}
+	return "a write"
 }
 
 // errorVerb names what a writeOp of kind was doing, for detach's reason.

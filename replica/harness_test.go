@@ -52,10 +52,11 @@ type nodeOpts struct {
 	fence       *fenceHandler // Config.FencePeer; nil = none configured
 	afterSB     replica.AfterSplitBrain
 	onIOError   replica.OnIOError
-	alExtents   int  // bitmap.Options.ALExtents; 0 = the default
-	grow        bool // bitmap.Options.Grow: start on a disk grown since (urbd up --grow)
-	csums       bool // Config.ResyncChecksums (csums-alg sha256)
-	koCount     int  // Config.KoCount; 0 = never
+	alExtents   int           // bitmap.Options.ALExtents; 0 = the default
+	grow        bool          // bitmap.Options.Grow: start on a disk grown since (urbd up --grow)
+	csums       bool          // Config.ResyncChecksums (csums-alg sha256)
+	koCount     int           // Config.KoCount; 0 = never
+	diskTimeout time.Duration // Config.DiskTimeout; 0 = off
 }
 
 // tnode is one in-process node with its files.
@@ -263,6 +264,7 @@ func (x *tnode) start() {
 		Peer:              x.peerAddr,
 		Timeout:           cmp.Or(x.opts.timeout, 2*time.Second),
 		KoCount:           x.opts.koCount,
+		DiskTimeout:       x.opts.diskTimeout,
 		Secret:            []byte(x.opts.secret),
 		SuspendOnPeerLoss: x.opts.suspend,
 		Fencing:           x.opts.fencing,
@@ -647,6 +649,7 @@ type testDisk struct {
 	doneAtSync atomic.Int64 // writesDone when the last Flush started
 	writeGate  gate         // held: writes wait
 	flushGate  gate         // held: flushes wait
+	readGate   gate         // held: reads wait
 
 	dead atomic.Bool // the machine crashed (crashAs): every later call fails
 
@@ -739,6 +742,16 @@ func (d *testDisk) releaseWrites() { d.writeGate.release() }
 // returned channel.
 func (d *testDisk) holdFlushes() <-chan struct{} { return d.flushGate.hold() }
 
+// hangFlushes is holdFlushes for flushes that do not end with their
+// context (a hung disk).
+func (d *testDisk) hangFlushes() <-chan struct{} { return d.flushGate.hang() }
+
+// hangReads makes later ReadAt calls wait, whatever their context, until
+// releaseReads; each waiting read sends on the returned channel.
+func (d *testDisk) hangReads() <-chan struct{} { return d.readGate.hang() }
+
+func (d *testDisk) releaseReads() { d.readGate.release() }
+
 // releaseFlushes lets held and later flushes through.
 func (d *testDisk) releaseFlushes() { d.flushGate.release() }
 
@@ -764,6 +777,9 @@ func (d *testDisk) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if bad {
 		d.readErrors.Add(1)
 		return fmt.Errorf("read at %d: %w", off, errDiskFailed)
+	}
+	if err := d.readGate.pass(ctx); err != nil {
+		return err
 	}
 	return d.Backend.ReadAt(ctx, p, off)
 }

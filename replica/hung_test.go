@@ -1,6 +1,10 @@
 package replica_test
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -111,4 +115,137 @@ func TestScenarioKoCountOff(t *testing.T) {
 	b.disk.releaseWrites()
 	a.waitConn(replica.Connected)
 	inSyncAndEqual(t, a, b)
+}
+
+// TestScenarioHungPrimaryDiskDetached: with disk-timeout, a Primary whose
+// disk leaves a write, a flush or a read unanswered detaches it once the
+// timeout has passed, as after a disk error, and the request is served by
+// the UpToDate peer: the application sees no error, only the wait. The
+// reason and the local-io-error handler say what hung. When the disk answers
+// at last, its late result changes nothing.
+func TestScenarioHungPrimaryDiskDetached(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		hang   func(d *testDisk) <-chan struct{}
+		free   func(d *testDisk)
+		do     func(x *tnode) error
+		reason string
+	}{
+		{"write", (*testDisk).hangWrites, (*testDisk).releaseWrites,
+			func(x *tnode) error { return x.node.WriteAt(ctx, pattern("after", 2*hBlock), 8*hBlock, false) },
+			fmt.Sprintf("local disk has not completed a write of %d bytes at %d in ", 2*hBlock, 8*hBlock)},
+		{"flush", (*testDisk).hangFlushes, (*testDisk).releaseFlushes,
+			func(x *tnode) error { return x.node.Flush(ctx) }, "local disk has not completed a flush in "},
+		{"read", (*testDisk).hangReads, (*testDisk).releaseReads,
+			func(x *tnode) error {
+				got, err := x.readAt(0, 4*hBlock)
+				if err == nil && !bytes.Equal(got, pattern("before", 4*hBlock)) {
+					return errors.New("the read served by the peer returned other data")
+				}
+				return err
+			}, fmt.Sprintf("local disk has not completed a read of %d bytes at 0 in ", 4*hBlock)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := nodeOpts{diskTimeout: 300 * time.Millisecond}
+			a, b := cleanPair(t, o, o)
+			a.write(0, pattern("before", 4*hBlock))
+			held := tc.hang(a.disk)
+			defer tc.free(a.disk)
+			start := time.Now()
+			done := make(chan error, 1)
+			go func() { done <- tc.do(a) }()
+			<-held
+			if err := recvErr(t, "the request the disk holds", done); err != nil {
+				t.Fatalf("the %s the disk held: %v, want it served by the peer", tc.name, err)
+			}
+			if took := time.Since(start); took < 300*time.Millisecond {
+				t.Errorf("detached after %s, before the disk-timeout", took)
+			}
+			st := a.node.State()
+			if st.Disk != replica.Diskless || st.Role != replica.Primary || st.Conn != replica.Connected {
+				t.Fatalf("after the hung %s: %+v, want a Connected Diskless Primary", tc.name, st)
+			}
+			if !strings.Contains(st.Reason, tc.reason) || !strings.Contains(st.Reason, "(--disk-timeout 300ms); disk detached") {
+				t.Errorf("reason %q, want %q and the disk-timeout", st.Reason, tc.reason)
+			}
+			a.waitEvent("local-io-error")
+			b.waitState("the peer shown Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
+
+			// The disk answers at last: the node stays Diskless, and the
+			// peer still serves what was written.
+			tc.free(a.disk)
+			a.write(12*hBlock, pattern("later", hBlock))
+			if err := a.node.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			want := append(append(pattern("before", 4*hBlock), make([]byte, 8*hBlock)...), pattern("later", hBlock)...)
+			if tc.name == "write" {
+				copy(want[8*hBlock:], pattern("after", 2*hBlock))
+			}
+			if got, err := a.readAt(0, len(want)); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("reading back while Diskless: %v (equal %v)", err, bytes.Equal(got, want))
+			}
+			if !bytes.Equal(b.read(0, len(want)), want) {
+				t.Fatal("the peer's disk does not hold what the Primary wrote")
+			}
+			if st := a.node.State(); st.Disk != replica.Diskless {
+				t.Errorf("after the disk answered: %+v, want still Diskless", st)
+			}
+		})
+	}
+}
+
+// TestScenarioHungPrimaryDiskWithoutPeer: a Primary without its peer has no
+// other copy to serve from: with disk-timeout it goes on waiting for its
+// hung disk, as without it, keeps the disk, and says so in the log; the
+// write completes when the disk answers. With the timeout off (the
+// default), a hung disk is waited for with a peer too.
+func TestScenarioHungPrimaryDiskWithoutPeer(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{diskTimeout: 200 * time.Millisecond}, nodeOpts{})
+	b.stop()
+	a.waitState("peer gone", func(s replica.State) bool { return !s.Conn.Connected() })
+	held := a.disk.hangWrites()
+	done := a.asyncWrite(0, pattern("waits for the disk", hBlock))
+	<-held
+	select {
+	case err := <-done:
+		t.Fatalf("the write answered while the disk held it: %v", err)
+	case <-time.After(time.Second): // five timeouts
+	}
+	a.disk.releaseWrites()
+	if err := recvErr(t, "the write once the disk answered", done); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.node.State(); st.Disk != replica.UpToDate {
+		t.Fatalf("after the disk answered: %+v, want the disk kept", st)
+	}
+	if !strings.Contains(a.logs.String(), "the local disk does not answer and cannot be detached: waiting for it") {
+		t.Error("the log does not say the node waits for its hung disk")
+	}
+
+	if err := a.node.SetDiskTimeout(0); err != nil {
+		t.Fatal(err)
+	}
+	b.start()
+	a.waitConn(replica.Connected)
+	a.waitInSync()
+	held = a.disk.hangWrites()
+	done = a.asyncWrite(hBlock, pattern("waits with the timeout off", hBlock))
+	<-held
+	select {
+	case err := <-done:
+		t.Fatalf("with disk-timeout off the write answered while the disk held it: %v", err)
+	case <-time.After(time.Second):
+	}
+	a.disk.releaseWrites()
+	if err := recvErr(t, "the write once the disk answered", done); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.node.State(); st.Disk != replica.UpToDate {
+		t.Fatalf("with disk-timeout off: %+v, want the disk kept", st)
+	}
+	if err := a.node.SetDiskTimeout(-time.Second); err == nil {
+		t.Error("a negative disk-timeout was accepted")
+	}
 }

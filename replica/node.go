@@ -36,6 +36,12 @@ type Config struct {
 	// application's I/O is not held for as long as the peer's disk hangs.
 	// 0 never drops it. SetKoCount changes it.
 	KoCount int
+	// DiskTimeout is DRBD's disk-timeout: a Primary whose disk leaves an
+	// application request unanswered this long detaches it, when the peer
+	// holds the data, and serves the request from the peer (see
+	// timedLocal). 0 waits for the disk however long. SetDiskTimeout
+	// changes it.
+	DiskTimeout time.Duration
 	// TCPCongestion is the congestion control asked for on the peer
 	// connection ("" = the kernel's default); see congestion.go. The caller
 	// checks it with CheckCongestion. SetLink changes it (Link.Congestion).
@@ -136,6 +142,10 @@ type Node struct {
 	peerTimeout atomic.Int64
 	// koCount is Config.KoCount, then SetKoCount; read by the keepalive.
 	koCount atomic.Int64
+	// diskTimeout is Config.DiskTimeout in nanoseconds, then
+	// SetDiskTimeout; read on the I/O path (timedLocal).
+	diskTimeout atomic.Int64
+	hungWarned  rateGate // timedLocal's warning that it cannot detach
 	// onIOError is the on-io-error policy (Config.OnIOError, then
 	// SetOnIOError); written with mu held, read without it on the I/O path.
 	onIOError atomic.Uint32
@@ -232,6 +242,7 @@ func New(cfg Config) (*Node, error) {
 	n.proto.Store(uint32(cfg.Protocol))
 	n.peerTimeout.Store(int64(cfg.Timeout))
 	n.koCount.Store(int64(max(cfg.KoCount, 0)))
+	n.diskTimeout.Store(int64(max(cfg.DiskTimeout, 0)))
 	n.onIOError.Store(uint32(cfg.OnIOError))
 	n.afterSB = cfg.AfterSB
 	n.csums.Store(cfg.ResyncChecksums)

@@ -32,10 +32,20 @@ func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 		n.observe("read", true, len(p), start)
 		return nil
 	}
-	err := n.readLocal(ctx, n.backend(), p, off)
+	err := n.readTimed(ctx, p, off)
 	n.observe("read", false, len(p), start)
 	if err == nil || ctx.Err() != nil {
 		return err
+	}
+	if errors.Is(err, errDiskTimeout) {
+		// Detached (timedLocal said why): the peer serves this read as
+		// every one after it.
+		start = n.clock.Now()
+		if perr := n.readFromPeer(ctx, p, off); perr != nil {
+			return fmt.Errorf("%w: %w", errNoDisk, perr)
+		}
+		n.observe("read", true, len(p), start)
+		return nil
 	}
 	start = n.clock.Now()
 	if perr := n.readFromPeer(ctx, p, off); perr != nil {
@@ -45,6 +55,23 @@ func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 	n.observe("read", true, len(p), start)
 	n.readErrorServed(off, len(p), err)
 	return nil
+}
+
+// readTimed reads p at off from the local disk under disk-timeout
+// (timedLocal): with it set, into a buffer of its own, copied to p once the
+// read returned, so that a read given up on cannot write into p after p went
+// back to the NBD server.
+func (n *Node) readTimed(ctx context.Context, p []byte, off int64) error {
+	if n.diskTimeout.Load() <= 0 {
+		return n.readLocal(ctx, n.backend(), p, off)
+	}
+	buf := make([]byte, len(p))
+	disk := n.backend()
+	err := n.timedLocal(ctx, "a read", off, int64(len(p)), func(ctx context.Context) error { return n.readLocal(ctx, disk, buf, off) })
+	if err == nil {
+		copy(p, buf)
+	}
+	return err
 }
 
 // readLocal reads p at off from disk, counted in the status (lo: while it

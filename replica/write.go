@@ -155,6 +155,10 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		runtime.Gosched()
 	}
 
+	if n.diskTimeout.Load() > 0 {
+		call := local
+		local = func(ctx context.Context) error { return n.timedLocal(ctx, requestNoun(kind), off, length, call) }
+	}
 	lerr := n.writeLocal(ctx, kind, length, local)
 	unlock()
 	if ahead && lerr == nil {
@@ -273,7 +277,7 @@ func (n *Node) flushBoth(ctx context.Context) (peerOK bool, err error) {
 		}
 		return true, nil
 	}
-	err = n.backend().Flush(ctx)
+	err = n.timedLocal(ctx, "a flush", 0, 0, n.backend().Flush)
 	if peer != nil {
 		peerOK = peer.wait(ctx, 'C')
 	}
