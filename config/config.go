@@ -112,6 +112,7 @@ type Resource struct {
 	TLSCA       string
 	Timeout     time.Duration // peer loss detection
 	KoCount     int           // ko-count: a peer that leaves I/O unanswered this many timeouts is dropped; 0 never
+	DiskTimeout time.Duration // disk-timeout: a Primary's disk that leaves a request unanswered this long is detached; 0 never
 	OnPeerLoss  string        // OnPeerLossContinue or OnPeerLossSuspend
 	Fencing     string        // dont-care, resource-only or resource-and-stonith
 	AfterSB0Pri string        // after-sb-0pri: disconnect, discard-zero-changes or discard-least-changes
@@ -157,6 +158,7 @@ type commonTOML struct {
 	TLSCA         string            `toml:"tls-ca"`
 	Timeout       durationValue     `toml:"timeout"`
 	KoCount       countValue        `toml:"ko-count"`
+	DiskTimeout   offDurationValue  `toml:"disk-timeout"`
 	OnPeerLoss    peerLossValue     `toml:"on-peer-loss"`
 	Fencing       fencingValue      `toml:"fencing"`
 	AfterSB0Pri   afterSB0Value     `toml:"after-sb-0pri"`
@@ -190,8 +192,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "fencing", "handlers", "ko-count", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -410,6 +412,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		TLSCA:         p.abs(first(rt.TLSCA, c.TLSCA)),
 		Timeout:       time.Duration(firstSet(int64(rt.Timeout.d), rt.Timeout.set, int64(c.Timeout.d), c.Timeout.set, int64(DefaultTimeout))),
 		KoCount:       int(firstSet(rt.KoCount.n, rt.KoCount.set, c.KoCount.n, c.KoCount.set, DefaultKoCount)),
+		DiskTimeout:   time.Duration(firstSet(int64(rt.DiskTimeout.d), rt.DiskTimeout.set, int64(c.DiskTimeout.d), c.DiskTimeout.set, 0)),
 		OnPeerLoss:    first(rt.OnPeerLoss.s, c.OnPeerLoss.s, DefaultOnPeerLoss),
 		Fencing:       first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
 		AfterSB0Pri:   first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),

@@ -54,7 +54,7 @@ func TestLoadExample(t *testing.T) {
 			Disk: "testdata/disks/r1.img", Meta: "/var/lib/urbd/r1", NBD: "tcp:127.0.0.1:10809",
 			ListenPeer: "10.0.0.1:7790", Peer: "10.0.0.2:7790",
 			Protocol: "A", ResyncRate: 50 << 20,
-			Timeout: 10 * time.Second, KoCount: 0, OnPeerLoss: "suspend", Fencing: "resource-and-stonith", BitmapBlock: 64 << 10, ALExtents: 3389,
+			Timeout: 10 * time.Second, KoCount: 0, DiskTimeout: 30 * time.Second, OnPeerLoss: "suspend", Fencing: "resource-and-stonith", BitmapBlock: 64 << 10, ALExtents: 3389,
 			AfterSB0Pri: "discard-zero-changes", AfterSB1Pri: "consensus", OnIOError: "pass_on", CsumsAlg: "sha256", TCPCongestion: "bbr",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
@@ -278,6 +278,8 @@ func TestLoadErrors(t *testing.T) {
 		{"bad on-io-error", pair("r0", "7789", `on-io-error = "call-local-io-error" #<-`), ErrBadValue},
 		{"bad tcp-congestion", pair("r0", "7789", `tcp-congestion = "cu bic" #<-`), ErrBadValue},
 		{"bad csums-alg", pair("r0", "7789", `csums-alg = "md5" #<-`), ErrBadValue},
+		{"negative disk-timeout", pair("r0", "7789", `disk-timeout = "-1s" #<-`), ErrBadValue},
+		{"bad disk-timeout", pair("r0", "7789", `disk-timeout = "soon" #<-`), ErrBadValue},
 		{"negative ko-count", pair("r0", "7789", `ko-count = -1 #<-`), ErrBadValue},
 		{"ko-count too large", "[common]\nko-count = 201 #<-\n" + pair("r0", "7789"), ErrBadValue},
 		{"wrong type", "[resource.r0]\n" + node("r0", "alpha", "10.0.0.1:1", `metrics-listen = 9942 #<-`) + node("r0", "beta", "10.0.0.2:1"), ErrBadValue},

@@ -80,6 +80,21 @@ func (v *durationValue) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// offDurationValue is a duration such as "30s", or 0 for off.
+type offDurationValue struct {
+	d   time.Duration
+	set bool
+}
+
+func (v *offDurationValue) UnmarshalText(b []byte) error {
+	d, err := time.ParseDuration(strings.TrimSpace(string(b)))
+	if err != nil || d < 0 {
+		return fmt.Errorf("invalid duration %q: use a number with a unit, e.g. 30s, or 0 for off", b)
+	}
+	v.d, v.set = d, true
+	return nil
+}
+
 // protocolValue is the replication protocol: A, B or C.
 type protocolValue struct{ s string }
 

@@ -21,7 +21,7 @@ import (
 // its command line, or the settings read again from where the daemon got
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
-// ko-count, on-io-error and the handlers at once, csums-alg from the next
+// ko-count, disk-timeout, on-io-error and the handlers at once, csums-alg from the next
 // resync on,
 // the timeout and the after-sb
 // policies, the addresses, the secret, TLS and the congestion control from
@@ -29,18 +29,19 @@ import (
 // metrics addresses at once. What cannot change while the
 // resource runs is named in the answer and applied at the next start.
 type adjuster struct {
-	setProtocol   func(p byte) error                // Node.SetProtocol
-	setRate       func(bytesPerSec int64)           // Node.AdjustRate
-	setOnPeerLoss func(suspend bool)                // Node.SetOnPeerLoss
-	setTimeout    func(d time.Duration) error       // Node.SetTimeout
-	setKoCount    func(count int) error             // Node.SetKoCount
-	setOnIOError  func(p replica.OnIOError)         // Node.SetOnIOError
-	setAfterSB    func(p replica.AfterSplitBrain)   // Node.SetAfterSB
-	setFencing    func(p replica.Fencing)           // Node.SetFencing
-	setCsums      func(on bool)                     // Node.SetResyncChecksums
-	setLink       func(l replica.Link) error        // Node.SetLink
-	loadLink      func(o Options) (peerLink, error) // loadLink; tests replace it
-	setHandlers   func(commands map[string]string)  // Runner.SetCommands
+	setProtocol    func(p byte) error                // Node.SetProtocol
+	setRate        func(bytesPerSec int64)           // Node.AdjustRate
+	setOnPeerLoss  func(suspend bool)                // Node.SetOnPeerLoss
+	setTimeout     func(d time.Duration) error       // Node.SetTimeout
+	setKoCount     func(count int) error             // Node.SetKoCount
+	setDiskTimeout func(d time.Duration) error       // Node.SetDiskTimeout
+	setOnIOError   func(p replica.OnIOError)         // Node.SetOnIOError
+	setAfterSB     func(p replica.AfterSplitBrain)   // Node.SetAfterSB
+	setFencing     func(p replica.Fencing)           // Node.SetFencing
+	setCsums       func(on bool)                     // Node.SetResyncChecksums
+	setLink        func(l replica.Link) error        // Node.SetLink
+	loadLink       func(o Options) (peerLink, error) // loadLink; tests replace it
+	setHandlers    func(commands map[string]string)  // Runner.SetCommands
 	// listenMetrics binds a new metrics address (nil, nil for none) and
 	// useMetrics serves on it, closing the one before (metricsServer).
 	listenMetrics func(addr string) (net.Listener, error)
@@ -107,6 +108,12 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 				return "", fmt.Errorf("--%w", err)
 			}
 			next.KoCount = n
+		case "disk-timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return "", fmt.Errorf("--disk-timeout %q: use a duration such as 30s, or 0 for off", v)
+			}
+			next.DiskTimeout = d
 		case "on-io-error":
 			next.OnIOError = v
 		case "after-sb-0pri":
@@ -287,6 +294,14 @@ func (a *adjuster) applyLocked(next Options) string {
 			done = append(done, "ko-count set to "+strconv.Itoa(next.KoCount))
 		}
 	}
+	if next.DiskTimeout != a.cur.DiskTimeout {
+		if err := a.setDiskTimeout(next.DiskTimeout); err != nil {
+			a.log.Error("changing disk-timeout failed", "err", err)
+		} else {
+			a.cur.DiskTimeout = next.DiskTimeout
+			done = append(done, "disk-timeout set to "+formatDiskTimeout(next.DiskTimeout))
+		}
+	}
 	if (next.OnPeerLoss == "suspend") != (a.cur.OnPeerLoss == "suspend") {
 		a.setOnPeerLoss(next.OnPeerLoss == "suspend")
 		done = append(done, "on-peer-loss set to "+next.OnPeerLoss)
@@ -423,6 +438,7 @@ var settingsTable = []struct {
 	{"resync-rate", func(o Options) string { return formatRate(o.ResyncRate) }, "", true},
 	{"timeout", func(o Options) string { return o.Timeout.String() }, "", true},
 	{"ko-count", func(o Options) string { return strconv.Itoa(o.KoCount) }, "", true},
+	{"disk-timeout", func(o Options) string { return formatDiskTimeout(o.DiskTimeout) }, "", true},
 	{"on-peer-loss", func(o Options) string { return cmp.Or(o.OnPeerLoss, "continue") }, "", true},
 	{"fencing", func(o Options) string { return o.Fencing }, replica.FenceDontCare.String(), true},
 	{"after-sb-0pri", func(o Options) string { return o.AfterSB0Pri }, "disconnect", true},
@@ -437,6 +453,15 @@ var settingsTable = []struct {
 	{"tls-key", func(o Options) string { return o.TLSKey }, "none", true},
 	{"tls-ca", func(o Options) string { return o.TLSCA }, "none", true},
 	{"metrics-listen", func(o Options) string { return o.MetricsListen }, "none", true},
+}
+
+// formatDiskTimeout shows disk-timeout as urbd adjust takes it: a
+// duration, "0 (off)" for none.
+func formatDiskTimeout(d time.Duration) string {
+	if d <= 0 {
+		return "0 (off)"
+	}
+	return d.String()
 }
 
 // changedHandlers names the events whose command was added, changed or

@@ -27,6 +27,7 @@ type fakeResource struct {
 	suspend  []bool
 	timeouts []time.Duration
 	koCounts []int
+	diskTOs  []time.Duration
 	onIOErr  []replica.OnIOError
 	afterSB  []replica.AfterSplitBrain
 	fencing  []replica.Fencing
@@ -75,21 +76,22 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 			f.links = append(f.links, l)
 			return nil
 		},
-		loadLink:      f.load,
-		link:          link,
-		setProtocol:   func(p byte) error { f.protos = append(f.protos, p); return nil },
-		setRate:       func(r int64) { f.rates = append(f.rates, r) },
-		setOnPeerLoss: func(s bool) { f.suspend = append(f.suspend, s) },
-		setTimeout:    func(d time.Duration) error { f.timeouts = append(f.timeouts, d); return nil },
-		setKoCount:    func(n int) error { f.koCounts = append(f.koCounts, n); return nil },
-		setOnIOError:  func(p replica.OnIOError) { f.onIOErr = append(f.onIOErr, p) },
-		setAfterSB:    func(p replica.AfterSplitBrain) { f.afterSB = append(f.afterSB, p) },
-		setFencing:    func(p replica.Fencing) { f.fencing = append(f.fencing, p) },
-		setCsums:      func(on bool) { f.csums = append(f.csums, on) },
-		setHandlers:   func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
-		reload:        reload,
-		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
-		cur:           cur,
+		loadLink:       f.load,
+		link:           link,
+		setProtocol:    func(p byte) error { f.protos = append(f.protos, p); return nil },
+		setRate:        func(r int64) { f.rates = append(f.rates, r) },
+		setOnPeerLoss:  func(s bool) { f.suspend = append(f.suspend, s) },
+		setTimeout:     func(d time.Duration) error { f.timeouts = append(f.timeouts, d); return nil },
+		setKoCount:     func(n int) error { f.koCounts = append(f.koCounts, n); return nil },
+		setDiskTimeout: func(d time.Duration) error { f.diskTOs = append(f.diskTOs, d); return nil },
+		setOnIOError:   func(p replica.OnIOError) { f.onIOErr = append(f.onIOErr, p) },
+		setAfterSB:     func(p replica.AfterSplitBrain) { f.afterSB = append(f.afterSB, p) },
+		setFencing:     func(p replica.Fencing) { f.fencing = append(f.fencing, p) },
+		setCsums:       func(on bool) { f.csums = append(f.csums, on) },
+		setHandlers:    func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
+		reload:         reload,
+		log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+		cur:            cur,
 	}, f
 }
 
@@ -178,11 +180,11 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 	if msg != "protocol set to A; resync rate set to unlimited; on-peer-loss set to suspend" {
 		t.Errorf("adjust with flags: %q", msg)
 	}
-	msg, err = a.set(map[string]string{"timeout": "10s", "ko-count": "2", "on-io-error": "pass-on", "after-sb-1pri": "consensus"})
+	msg, err = a.set(map[string]string{"timeout": "10s", "ko-count": "2", "disk-timeout": "30s", "on-io-error": "pass-on", "after-sb-1pri": "consensus"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg != "timeout set to 10s (from the next connection on); ko-count set to 2; on-io-error set to pass_on; "+
+	if msg != "timeout set to 10s (from the next connection on); ko-count set to 2; disk-timeout set to 30s; on-io-error set to pass_on; "+
 		"after-sb-1pri set to consensus (from the next connection on; the peer needs the same)" {
 		t.Errorf("adjust with flags: %q", msg)
 	}
@@ -198,6 +200,8 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 		{map[string]string{"on-io-error": "panic"}, `--on-io-error: unknown on-io-error policy "panic"`},
 		{map[string]string{"ko-count": "-1"}, "--ko-count -1: use 0 (never drop a peer that answers pings) to 200; default 7"},
 		{map[string]string{"ko-count": "many"}, `--ko-count "many": use a whole number such as 7`},
+		{map[string]string{"disk-timeout": "-1s"}, `--disk-timeout "-1s": use a duration such as 30s, or 0 for off`},
+		{map[string]string{"disk-timeout": "soon"}, `--disk-timeout "soon": use a duration such as 30s, or 0 for off`},
 		{map[string]string{"after-sb-0pri": "x", "resync-rate": "1MiB"}, `--after-sb-0pri: unknown after-sb-0pri policy "x"`},
 		{map[string]string{"bitmap-block": "8KiB"}, "bitmap-block cannot change while the resource runs"},
 		{map[string]string{"fencing": "resource-only"}, "fencing resource-only needs a fence-peer handler: add one to the resource file (handlers) and run urbd adjust r0"},
@@ -213,7 +217,7 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg != "protocol set to C; resync rate set to 100MiB/s; timeout set to 6s (from the next connection on); ko-count set to 7; on-peer-loss set to continue; "+
+	if msg != "protocol set to C; resync rate set to 100MiB/s; timeout set to 6s (from the next connection on); ko-count set to 7; disk-timeout set to 0 (off); on-peer-loss set to continue; "+
 		"on-io-error set to detach; after-sb-1pri set to disconnect (from the next connection on; the peer needs the same)" {
 		t.Errorf("adjust from the file after flags: %q", msg)
 	}
@@ -223,6 +227,9 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 	}
 	if !slices.Equal(f.koCounts, []int{2, 7}) {
 		t.Errorf("ko-counts set: %v, want [2 7]", f.koCounts)
+	}
+	if !slices.Equal(f.diskTOs, []time.Duration{30 * time.Second, 0}) {
+		t.Errorf("disk-timeouts set: %v, want [30s 0]", f.diskTOs)
 	}
 	if string(f.protos) != "AC" {
 		t.Errorf("protocols set: %q, want A then C", f.protos)

@@ -55,6 +55,10 @@ type Options struct {
 	// unanswered for KoCount timeouts is dropped (its disk hung); 0 never
 	// drops it. urbd up's default is replica.DefaultKoCount.
 	KoCount    int
+	// DiskTimeout is disk-timeout: a Primary whose disk leaves a request
+	// unanswered this long detaches it, when the peer holds the data; 0
+	// waits for the disk however long.
+	DiskTimeout time.Duration
 	OnPeerLoss string // continue or suspend
 	// Fencing is dont-care (or ""), resource-only or resource-and-stonith;
 	// the latter two need a fence-peer handler.
@@ -215,7 +219,7 @@ func Run(ctx context.Context, o Options) error {
 	node, err = replica.New(replica.Config{
 		Name: o.Name, Disk: disk, Store: store, Protocol: o.Protocol,
 		ListenPeer: link.ListenPeer, Peer: link.Peer, Secret: link.Secret, TLS: link.TLS,
-		Timeout: o.Timeout, KoCount: o.KoCount, SuspendOnPeerLoss: o.OnPeerLoss == "suspend", TCPCongestion: congestion,
+		Timeout: o.Timeout, KoCount: o.KoCount, DiskTimeout: o.DiskTimeout, SuspendOnPeerLoss: o.OnPeerLoss == "suspend", TCPCongestion: congestion,
 		ResyncRate: o.ResyncRate, Logger: log,
 		Event: func(event string, extra map[string]string) {
 			runner.Fire(ctx, o.Name, event, extra)
@@ -252,7 +256,7 @@ func Run(ctx context.Context, o Options) error {
 	export.use(ctx, nbdLn)
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
-		setTimeout: node.SetTimeout, setKoCount: node.SetKoCount, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
+		setTimeout: node.SetTimeout, setKoCount: node.SetKoCount, setDiskTimeout: node.SetDiskTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
 		setCsums: node.SetResyncChecksums,
 		setLink:  node.SetLink, loadLink: loadLink, link: link,
 		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },

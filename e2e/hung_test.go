@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,4 +65,52 @@ func TestHungSecondaryDisk(t *testing.T) {
 	c.a.stop()
 	c.b.stop()
 	cmpFiles(t, c.a.disk, disk.backing)
+}
+
+// TestHungPrimaryDisk: with --disk-timeout 2s, the Primary's disk stops
+// answering (nbdkit, which serves it, is stopped) under fio: the Primary
+// detaches it once a request has waited 2s and goes on Diskless, every read,
+// write and flush served by the peer, and fio, which verifies what it wrote,
+// sees no error. The local-io-error handler names the hung request. Once
+// the disk answers again, urbd attach-disk takes it back and the resync
+// makes both disks equal.
+func TestHungPrimaryDisk(t *testing.T) {
+	requireRoot(t)
+	disk := newKitDisk(t, 64<<20)
+	c := newCluster(t, clusterOpts{})
+	c.a.disk = disk.path
+	events := filepath.Join(c.dir, "events")
+	c.a.start("--disk-timeout", "2s", "--handler", fmt.Sprintf(`local-io-error=echo "$URBD_REASON" >> %s`, events))
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=8M", "--iodepth=8")
+
+	disk.kit.signal(syscall.SIGSTOP)
+	t.Cleanup(func() { disk.kit.signal(syscall.SIGCONT) }) // before nbdfuse is unmounted
+	start := time.Now()
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=8M", "--offset=16M", "--iodepth=8",
+		"--verify=crc32c", "--verify_fatal=1", "--end_fsync=1")
+	t.Logf("fio with the Primary's disk hung: %s", time.Since(start))
+	st := c.a.status()
+	if st.Role != "Primary" || st.DiskState != "Diskless" || st.ConnState != "Connected" || st.PeerDisk != "UpToDate" {
+		t.Fatalf("the Primary after its disk hung: %+v, want a Connected Diskless Primary", st)
+	}
+	if !strings.Contains(st.Reason, "(--disk-timeout 2s); disk detached, all I/O goes to the peer") {
+		t.Errorf("reason %q does not name the disk-timeout", st.Reason)
+	}
+	if got, _ := os.ReadFile(events); !strings.Contains(string(got), "local disk has not completed a ") {
+		t.Errorf("local-io-error handler: %q, want the hung request", got)
+	}
+
+	disk.kit.signal(syscall.SIGCONT)
+	if out := c.a.ctl("attach-disk", "r0"); !strings.Contains(out, "copying 64MiB from the peer") {
+		t.Errorf("urbd attach-disk: %q", out)
+	}
+	c.a.waitInSync(60 * time.Second)
+	runFio(t, c.a.uri(), "--rw=read", "--bs=16k", "--size=8M", "--offset=16M", "--verify=crc32c", "--verify_fatal=1", "--verify_only")
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, disk.backing, c.b.disk)
 }

@@ -122,8 +122,8 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 		controlCommand("down", "stop the resource's daemon cleanly", "Example: urbd down r0", nil, plain("down")),
 		controlCommand("adjust", "change settings of a running resource",
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
-does: a new protocol, resync-rate, on-peer-loss, ko-count, on-io-error and new handlers apply
-at once,
+does: a new protocol, resync-rate, on-peer-loss, ko-count, disk-timeout, on-io-error and new
+handlers apply at once,
 csums-alg from the next resync on, a
 new timeout, after-sb-0pri, after-sb-1pri, addresses, secret-file and TLS files (read again
 each time) and tcp-congestion from the next connection on, fencing from the next peer loss on,
@@ -137,6 +137,7 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				&cli.StringFlag{Name: "resync-rate", Usage: "new resync rate per second, e.g. 50MiB; 0 = unlimited"},
 				&cli.StringFlag{Name: "on-peer-loss", Usage: "continue or suspend (see urbd up --help)"},
 				&cli.StringFlag{Name: "timeout", Usage: "peer timeout, e.g. 10s, for the next connection on"},
+				&cli.StringFlag{Name: "disk-timeout", Usage: "detach the Primary's disk when a request waits this long, e.g. 30s; 0 = off; for the requests that start after it (see urbd up --help)"},
 				&cli.StringFlag{Name: "ko-count", Usage: "drop a peer that leaves a write unanswered this many timeouts, at once; 0 = never (see urbd up --help)"},
 				&cli.StringFlag{Name: "on-io-error", Usage: "detach or pass_on (see urbd up --help)"},
 				&cli.StringFlag{Name: "after-sb-0pri", Usage: "split-brain policy with no Primary, for the next connection on (see urbd up --help)"},
@@ -148,7 +149,7 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				// The values go as typed: the daemon checks them, with the
 				// same messages as urbd up, and a bad one changes nothing.
 				settings := map[string]string{}
-				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "ko-count", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing", "csums-alg"} {
+				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "ko-count", "disk-timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing", "csums-alg"} {
 					if c.IsSet(k) {
 						settings[k] = c.String(k)
 					}

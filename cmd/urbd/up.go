@@ -42,6 +42,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "tls-key", Usage: "this node's TLS key (PEM)"},
 		&cli.StringFlag{Name: "tls-ca", Usage: "CA that signed the peer's certificate (PEM)"},
 		&cli.DurationFlag{Name: "timeout", Value: 6 * time.Second, Usage: "declare the peer lost after this long without an answer"},
+		&cli.DurationFlag{Name: "disk-timeout", Usage: "detach the Primary's disk when it leaves a write, flush or read unanswered this long, and serve the request from the UpToDate peer (DRBD's disk-timeout); without the peer it waits for the disk; 0 = off (default)"},
 		&cli.IntFlag{Name: "ko-count", Value: replica.DefaultKoCount, Usage: "drop a peer that answers pings but leaves a write unanswered for this many timeouts (its disk hung), so the application goes on alone; 0 = wait for it however long (DRBD's ko-count)"},
 		&cli.StringFlag{Name: "tcp-congestion", Usage: "TCP congestion control of the peer connection: a name the kernel offers, or system for the kernel's default (default cubic, or the kernel's where cubic is not allowed)"},
 		&cli.StringFlag{Name: "on-peer-loss", Value: "continue", Usage: "continue (go on alone, track changes) or suspend (hold writes until the peer is back)"},
@@ -102,6 +103,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	o.Timeout = c.Duration("timeout")
 	o.ALExtents = c.Int("al-extents")
 	o.KoCount = c.Int("ko-count")
+	o.DiskTimeout = c.Duration("disk-timeout")
 	if path := c.String("config"); path != "" {
 		r, err := loadResource(c, path, name)
 		if err != nil {
@@ -134,6 +136,9 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		}
 		if !c.IsSet("ko-count") {
 			o.KoCount = r.KoCount // the file's, or its default
+		}
+		if !c.IsSet("disk-timeout") {
+			o.DiskTimeout = r.DiskTimeout
 		}
 		for k, v := range r.Handlers {
 			o.Handlers[k] = v
@@ -177,6 +182,9 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	}
 	if err := replica.CheckKoCount(o.KoCount); err != nil {
 		return o, fmt.Errorf("--%w", err)
+	}
+	if o.DiskTimeout < 0 {
+		return o, fmt.Errorf("--disk-timeout %s: use a duration such as 30s, or 0 for off", o.DiskTimeout)
 	}
 	o.AssumeClean = c.Bool("assume-clean")
 	o.Grow = c.Bool("grow")
