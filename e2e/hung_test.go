@@ -41,7 +41,7 @@ func TestHungSecondaryDisk(t *testing.T) {
 	if took > 20*time.Second {
 		t.Errorf("fio took %s with the Secondary's disk hung (ko-count × timeout is 3s)", took)
 	}
-	c.a.waitLog("the peer has left a", 10*time.Second)
+	c.a.waitLog("the peer has completed no request for", 10*time.Second)
 	st := c.a.waitFor("the Secondary refusing as busy", 20*time.Second, func(s statusT) bool {
 		return strings.Contains(s.Reason, "protocol: busy: the peer's disk has not completed the I/O of the last connection")
 	})

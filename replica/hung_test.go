@@ -39,8 +39,8 @@ func TestScenarioHungPeerDiskDropped(t *testing.T) {
 	if st.Role != replica.Primary || st.Conn.Connected() {
 		t.Fatalf("after the hung write: %+v, want a Primary without its peer", st)
 	}
-	if !strings.Contains(st.Reason, "the peer has left a write unanswered") || !strings.Contains(st.Reason, "--ko-count 3") {
-		t.Errorf("reason %q does not say the peer left a write unanswered (ko-count)", st.Reason)
+	if !strings.Contains(st.Reason, "the peer has completed no request for") || !strings.Contains(st.Reason, "--ko-count 3") {
+		t.Errorf("reason %q does not say the peer completed no request (ko-count)", st.Reason)
 	}
 	if lost := a.nthLoss(1); !strings.Contains(lost, "its disk may be hung") {
 		t.Errorf("peer-lost handler reason %q does not name the hung disk", lost)
@@ -248,4 +248,44 @@ func TestScenarioHungPrimaryDiskWithoutPeer(t *testing.T) {
 	if err := a.node.SetDiskTimeout(-time.Second); err == nil {
 		t.Error("a negative disk-timeout was accepted")
 	}
+}
+
+// TestScenarioSlowPeerDiskKept: ko-count drops a peer that completes
+// nothing, not one that is slow: a peer whose disk takes one write every
+// 50ms (its answers come in batches of replica.AckBatch (8), 400ms apart), with
+// the last of a queue of 48 writes waiting about 2.4s, much longer than
+// ko-count × timeout (900ms), stays connected and every write completes on
+// both disks.
+func TestScenarioSlowPeerDiskKept(t *testing.T) {
+	o := nodeOpts{timeout: 300 * time.Millisecond, koCount: 3}
+	a, b := cleanPair(t, o, o)
+	held := b.disk.holdWrites()
+	const writes = 48
+	var done []<-chan error
+	for i := range writes {
+		done = append(done, a.asyncWrite(int64(i)*hBlock, pattern(fmt.Sprint("queued ", i), hBlock)))
+	}
+	<-held
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				b.disk.allowWrites(1)
+			}
+		}
+	}()
+	for i, ch := range done {
+		if err := recvErr(t, fmt.Sprint("write ", i), ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, n := a.node.State(), a.eventCount("peer-lost"); st.Conn != replica.Connected || n != 0 {
+		t.Fatalf("the slow peer was dropped: %+v, %d peer losses", st, n)
+	}
+	b.disk.releaseWrites()
+	inSyncAndEqual(t, a, b)
 }

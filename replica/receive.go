@@ -764,34 +764,40 @@ func (s *session) keepalive() error {
 	}
 }
 
-// koWatch follows the oldest request the peer has not answered, for
-// ko-count: the keepalive looks at it on every tick.
+// koWatch follows, for ko-count, whether the peer answers the requests
+// sent to it: the keepalive looks on every tick.
 type koWatch struct {
-	seq   uint64    // the oldest pending request's sequence number, or 0
-	since time.Time // the tick that first saw it pending
+	answered uint64    // session.answered at the last tick
+	since    time.Time // the tick since which requests have been pending and none was answered; zero when not so
 }
 
-// check returns a peerLost once the oldest request pending at the peer has
-// waited ko-count times timeout (as seen by the keepalive's ticks, so up to
-// one tick more). A peer that answers pings but not I/O has a hung disk or
-// worse; dropping it ends the wait of the application's I/O, which completes
-// here and is marked out of sync, as for any peer loss. A Diskless node
-// never drops its peer this way: the peer's disk holds its only copy, and
-// waiting for it beats failing every request.
+// check returns a peerLost once requests have been pending at the peer and
+// it has answered none of them for ko-count times timeout (as seen by the
+// keepalive's ticks, so up to a tick more). A peer that answers pings but
+// no I/O has a hung disk or worse; dropping it ends the wait of the
+// application's I/O, which completes here and is marked out of sync, as for
+// any peer loss. Progress, not the age of the oldest request, is what
+// counts (as in DRBD, whose ko-count counts timeouts without progress): on
+// a slow link a deep queue of writes may wait long while answers keep
+// coming. A Diskless node never drops its peer this way: the peer's disk
+// holds its only copy, and waiting for it beats failing every request.
 func (w *koWatch) check(s *session, now time.Time, timeout time.Duration) error {
 	ko := s.n.koCount.Load()
+	answered := s.answered.Load()
+	progress := answered != w.answered
+	w.answered = answered
 	seq, what := s.oldestPending()
-	if ko <= 0 || seq == 0 || s.n.isDiskless() {
-		w.seq = 0
+	if ko <= 0 || seq == 0 || progress || s.n.isDiskless() {
+		w.since = time.Time{}
 		return nil
 	}
-	if seq != w.seq {
-		w.seq, w.since = seq, now
+	if w.since.IsZero() {
+		w.since = now
 		return nil
 	}
 	if waited := now.Sub(w.since); waited >= time.Duration(ko)*timeout {
-		return &peerLost{cause: fmt.Sprintf("the peer has left a %s unanswered for %s (--ko-count %d × --timeout %s): its disk may be hung",
-			what, waited.Round(time.Second), ko, timeout)}
+		return &peerLost{cause: fmt.Sprintf("the peer has completed no request for %s while a %s waited (--ko-count %d × --timeout %s): its disk may be hung",
+			waited.Round(time.Second), what, ko, timeout)}
 	}
 	return nil
 }

@@ -40,6 +40,7 @@ type session struct {
 	sumWait  map[uint64]chan *protocol.ChecksumReply
 	rsSeq    atomic.Uint64
 	lastRecv atomic.Int64 // unix nanos of the last frame from the peer
+	answered atomic.Uint64 // requests the peer answered (complete, completeRead), for ko-count
 	unacked  atomic.Int64 // secondary: writes and flushes received, not yet answered
 
 	// Sync target: resync copies written but not yet covered by a local
@@ -215,6 +216,7 @@ func (s *session) completeRead(m *protocol.ReadReply) error {
 	}
 	delete(s.pending, m.Seq)
 	s.mu.Unlock()
+	s.answered.Add(1)
 	ok := m.Err == protocol.CodeOK && len(m.Data) == len(r.dst)
 	if ok {
 		copy(r.dst, m.Data)
@@ -300,6 +302,7 @@ func (s *session) complete(seq uint64, ok bool) {
 		return
 	}
 	delete(s.pending, seq)
+	s.answered.Add(1)
 	if r.read {
 		ok = false // a read is answered by a ReadReply, never an Ack
 	}
@@ -328,7 +331,8 @@ func (s *session) complete(seq uint64, ok bool) {
 
 // oldestPending returns the sequence number of the oldest request the peer
 // has not answered, and what it is (write, flush or read), or 0 when none
-// is pending.
+// is pending. The keepalive calls it once a tick: it scans the pending
+// requests.
 func (s *session) oldestPending() (seq uint64, what string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -90,10 +90,11 @@ bench_replication() {
 		"1M seqwrite QD8|wmibs|MiB/s|1048576|--rw=write --bs=1M --iodepth=8"
 		"4k randwrite QD1 fsync=1|wiops|IOPS|4096|--rw=randwrite --bs=4k --iodepth=1 --fsync=1"
 	)
-	# All four setups run at once (idle ones cost nothing) and are measured
+	# All five setups run at once (idle ones cost nothing) and are measured
 	# in turn within each round, so a machine that slows down over the run
-	# slows all of them alike and the ratios stay fair.
-	local modes=(standalone C B A)
+	# slows all of them alike and the ratios stay fair. Cdt is protocol C
+	# with --disk-timeout 30s: what watching the disk for a hang costs.
+	local modes=(standalone C B A Cdt)
 	declare -A res=() cpu=() sock=() disks=() pids=() rounds=()
 	local m t name metric unit bs args r d out val kib ticks alone
 	sock[standalone]=$WORK/standalone.sock
@@ -103,9 +104,13 @@ bench_replication() {
 	local standalone_pid=$SERVER_PID
 	pids[standalone]=$SERVER_PID
 	cluster_down
-	for m in C B A; do
+	for m in C B A Cdt; do
 		log "replication: starting the protocol $m pair"
-		CLUSTER=$m cluster_up "$m" "$SIZE"
+		if [ "$m" = Cdt ]; then
+			CLUSTER=$m cluster_up C "$SIZE" --disk-timeout 30s
+		else
+			CLUSTER=$m cluster_up "$m" "$SIZE"
+		fi
 		sock[$m]=$A_SOCK
 		disks[$m]="$A_DISK $B_DISK"
 		pids[$m]="${CLUSTER_PIDS[-2]} ${CLUSTER_PIDS[-1]}"
@@ -140,24 +145,26 @@ bench_replication() {
 	done
 	stop_server "$standalone_pid"
 	cluster_down
-	printf '\n%-26s %6s %10s %10s %10s %10s %8s %8s %8s\n' "replication: test" unit standalone "proto C" "proto B" "proto A" C/alone B/alone A/alone
+	printf '\n%-26s %6s %10s %10s %10s %10s %10s %8s %8s %8s %8s\n' "replication: test" unit standalone "proto C" "proto B" "proto A" "C+dtmo" C/alone B/alone A/alone C+dtmo/C
 	for t in "${tests[@]}"; do
 		IFS='|' read -r name metric unit bs args <<<"$t"
-		printf '%-26s %6s %10s %10s %10s %10s %8s %8s %8s\n' "$name" "$unit" "${res[standalone|$name]}" \
-			"${res[C|$name]}" "${res[B|$name]}" "${res[A|$name]}" \
+		printf '%-26s %6s %10s %10s %10s %10s %10s %8s %8s %8s %8s\n' "$name" "$unit" "${res[standalone|$name]}" \
+			"${res[C|$name]}" "${res[B|$name]}" "${res[A|$name]}" "${res[Cdt|$name]}" \
 			"$(ratio "${res[C|$name]}" "${res[standalone|$name]}")" \
 			"$(ratio "${res[B|$name]}" "${res[standalone|$name]}")" \
-			"$(ratio "${res[A|$name]}" "${res[standalone|$name]}")"
+			"$(ratio "${res[A|$name]}" "${res[standalone|$name]}")" \
+			"$(ratio "${res[Cdt|$name]}" "${res[C|$name]}")"
 	done
 	# The daemons' CPU time per I/O (user+system, both nodes of a pair
 	# together, median over runs): what replication costs the machine,
 	# which on a shared machine moves much less than the rates.
-	printf '\n%-26s %6s %10s %10s %10s %10s %8s\n' "replication: daemon CPU" unit standalone "proto C" "proto B" "proto A" C/alone
+	printf '\n%-26s %6s %10s %10s %10s %10s %10s %8s %8s\n' "replication: daemon CPU" unit standalone "proto C" "proto B" "proto A" "C+dtmo" C/alone C+dtmo/C
 	for t in "${tests[@]}"; do
 		IFS='|' read -r name metric unit bs args <<<"$t"
-		printf '%-26s %6s %10s %10s %10s %10s %8s\n' "$name" "us/IO" "${cpu[standalone|$name]}" \
-			"${cpu[C|$name]}" "${cpu[B|$name]}" "${cpu[A|$name]}" \
-			"$(ratio "${cpu[C|$name]}" "${cpu[standalone|$name]}")"
+		printf '%-26s %6s %10s %10s %10s %10s %10s %8s %8s\n' "$name" "us/IO" "${cpu[standalone|$name]}" \
+			"${cpu[C|$name]}" "${cpu[B|$name]}" "${cpu[A|$name]}" "${cpu[Cdt|$name]}" \
+			"$(ratio "${cpu[C|$name]}" "${cpu[standalone|$name]}")" \
+			"$(ratio "${cpu[Cdt|$name]}" "${cpu[C|$name]}")"
 	done
 	# Each pair's rate over the standalone run just before it, round by
 	# round: the reference itself moves between rounds on a shared machine
@@ -166,7 +173,7 @@ bench_replication() {
 	for t in "${tests[@]}"; do
 		IFS='|' read -r name metric unit bs args <<<"$t"
 		printf '%-26s' "$name"
-		for m in C B A; do
+		for m in C B A Cdt; do
 			printf '   %s: %s(%s)' "$m" "${rounds[$m|$name]}" "$(printf '%s' "${rounds[$m|$name]}" | tr ' ' '\n' | grep -v '^$' | median)"
 		done
 		printf '\n'
