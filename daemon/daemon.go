@@ -54,12 +54,12 @@ type Options struct {
 	// KoCount is ko-count: a peer that leaves a write, flush or read
 	// unanswered for KoCount timeouts is dropped (its disk hung); 0 never
 	// drops it. urbd up's default is replica.DefaultKoCount.
-	KoCount    int
+	KoCount int
 	// DiskTimeout is disk-timeout: a Primary whose disk leaves a request
 	// unanswered this long detaches it, when the peer holds the data; 0
 	// waits for the disk however long.
 	DiskTimeout time.Duration
-	OnPeerLoss string // continue or suspend
+	OnPeerLoss  string // continue or suspend
 	// Fencing is dont-care (or ""), resource-only or resource-and-stonith;
 	// the latter two need a fence-peer handler.
 	Fencing string

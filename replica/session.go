@@ -39,9 +39,9 @@ type session struct {
 	rsWait   map[uint64]chan uint32
 	sumWait  map[uint64]chan *protocol.ChecksumReply
 	rsSeq    atomic.Uint64
-	lastRecv atomic.Int64 // unix nanos of the last frame from the peer
+	lastRecv atomic.Int64  // unix nanos of the last frame from the peer
 	answered atomic.Uint64 // requests the peer answered (complete, completeRead), for ko-count
-	unacked  atomic.Int64 // secondary: writes and flushes received, not yet answered
+	unacked  atomic.Int64  // secondary: writes and flushes received, not yet answered
 
 	// Sync target: resync copies written but not yet covered by a local
 	// fdatasync (see copyWritten); guarded by mu.
