@@ -1,11 +1,17 @@
 package replica
 
 import (
+	"time"
+
 	"github.com/urbd/urbd/protocol"
 )
 
 // AckBatch exposes ackBatch to the scenario tests.
 const AckBatch = ackBatch
+
+// SetVerifyCheckpointEvery changes how often a running verify saves its
+// resume point (verifyCheckpointEvery).
+func (n *Node) SetVerifyCheckpointEvery(d time.Duration) { n.verifyCkptEvery.Store(int64(d)) }
 
 // TransferLogEmpty reports whether a replicating session's transfer log is
 // empty (every write the peer answered is covered by a peer flush). It is

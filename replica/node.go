@@ -146,6 +146,9 @@ type Node struct {
 	// SetDiskTimeout; read on the I/O path (timedLocal).
 	diskTimeout atomic.Int64
 	hungWarned  rateGate // timedLocal's warning that it cannot detach
+	// verifyCkptEvery is verifyCheckpointEvery in nanoseconds (tests
+	// shorten it).
+	verifyCkptEvery atomic.Int64
 	// onIOError is the on-io-error policy (Config.OnIOError, then
 	// SetOnIOError); written with mu held, read without it on the I/O path.
 	onIOError atomic.Uint32
@@ -243,6 +246,7 @@ func New(cfg Config) (*Node, error) {
 	n.peerTimeout.Store(int64(cfg.Timeout))
 	n.koCount.Store(int64(max(cfg.KoCount, 0)))
 	n.diskTimeout.Store(int64(max(cfg.DiskTimeout, 0)))
+	n.verifyCkptEvery.Store(int64(verifyCheckpointEvery))
 	n.onIOError.Store(uint32(cfg.OnIOError))
 	n.afterSB = cfg.AfterSB
 	n.csums.Store(cfg.ResyncChecksums)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/urbd/urbd/internal/units"
 	"github.com/urbd/urbd/protocol"
@@ -200,12 +201,17 @@ func (n *Node) verifyAnswered(length int64) {
 // again by a resumed verify). The blocks it marked stay marked when it
 // stops early.
 func (n *Node) runVerify(s *session, prog *resync.Progress, start, stop int64) (verifyCounts, int64, error) {
-	w := &verifyWalk{n: n, s: s, prog: prog, unfinished: stop}
+	w := &verifyWalk{n: n, s: s, prog: prog, unfinished: stop, inflight: make(map[int64]bool)}
 	chunk := min(int64(syncChunk), n.store().Bitmap().BlockSize()*protocol.MaxSums)
 	sem := make(chan struct{}, syncWindow)
 	var wg sync.WaitGroup
+	lastCkpt := n.clock.Now()
 	for off := start; off < stop; off += chunk {
 		length := min(chunk, stop-off)
+		if now := n.clock.Now(); now.Sub(lastCkpt) >= time.Duration(n.verifyCkptEvery.Load()) {
+			lastCkpt = now
+			w.checkpoint(off, stop)
+		}
 		err := w.errs.get()
 		if err == nil {
 			err = n.rate.Wait(s.ctx, length)
@@ -222,12 +228,14 @@ func (n *Node) runVerify(s *session, prog *resync.Progress, start, stop int64) (
 			break
 		}
 		wg.Add(1)
+		w.begin(off)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
 			if err := w.chunk(off, length); err != nil {
 				w.stopped(off, err)
 			}
+			w.end(off)
 		}()
 	}
 	wg.Wait()
@@ -250,7 +258,52 @@ type verifyWalk struct {
 
 	mu         sync.Mutex
 	found      verifyCounts
-	unfinished int64 // the first chunk not verified: the walk's end, until one fails
+	unfinished int64          // the first chunk not verified: the walk's end, until one fails
+	inflight   map[int64]bool // the chunks being verified, by offset
+}
+
+// verifyCheckpointEvery is how often a running verify saves the point a
+// crash of the daemon would resume it from (verifyWalk.checkpoint).
+const verifyCheckpointEvery = 10 * time.Second
+
+// begin and end bracket the verification of the chunk at off.
+func (w *verifyWalk) begin(off int64) {
+	w.mu.Lock()
+	w.inflight[off] = true
+	w.mu.Unlock()
+}
+
+func (w *verifyWalk) end(off int64) {
+	w.mu.Lock()
+	delete(w.inflight, off)
+	w.mu.Unlock()
+}
+
+// checkpoint saves, in the verify note, that what is left of the walk
+// starts at the first chunk not yet verified (next, the chunk about to
+// start, or an earlier one in flight), so that a crash of the daemon loses
+// at most verifyCheckpointEvery of the walk: --resume goes on from there.
+// The blocks marked so far are persisted first, so that none found before
+// that point is lost with the crash. A walk that stopped early saves
+// nothing here (Verify saves where it stopped).
+func (w *verifyWalk) checkpoint(next, stop int64) {
+	if w.errs.get() != nil {
+		return
+	}
+	w.mu.Lock()
+	for off := range w.inflight {
+		next = min(next, off)
+	}
+	w.mu.Unlock()
+	n := w.n
+	if err := n.store().PersistBitmap(); err != nil {
+		n.log.Warn("a running verify's checkpoint failed: a crash would resume it from its start", "err", err)
+		return
+	}
+	n.mu.Lock()
+	note := verifyNote{Last: n.lastVerify, Left: &VerifyRange{Start: next, Stop: stop}}
+	n.mu.Unlock()
+	n.saveVerifyNote(note)
 }
 
 // stopped records that the chunk at off was not verified, for err.

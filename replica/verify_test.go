@@ -133,6 +133,45 @@ func TestScenarioVerifyResumes(t *testing.T) {
 	}
 }
 
+// TestScenarioVerifyCheckpointSurvivesCrash: a running verify saves, every
+// checkpoint interval, the point it would resume from, after persisting the
+// blocks it marked: killed in the middle (kill -9), the node restarts with
+// the early block it found still marked, the resync copies it, and --resume
+// goes on from the last checkpoint, not from the start, and finds the
+// late block.
+func TestScenarioVerifyCheckpointSurvivesCrash(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{rate: 2 * mib}, nodeOpts{})
+	a.node.SetVerifyCheckpointEvery(200 * time.Millisecond)
+	b.poke(1*mib+100, []byte("rot early"))
+	b.poke(7*mib+100, []byte("rot late"))
+	if err := a.node.Verify(replica.VerifyRange{}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitStatus("4 MiB verified", func(s status.Resource) bool { return s.Sync != nil && s.Sync.VerifiedKiB >= 4<<10 })
+	time.Sleep(300 * time.Millisecond) // a checkpoint past the early block
+	a.crash()
+	a.start()
+	reconnect(t, b)
+	a.waitInSync()
+	if d := firstDiff(a.image(), b.image()); d != 7*mib+100 {
+		t.Fatalf("after the restart the disks first differ at %d, want only the late rot (%d): the early block's mark was lost", d, 7*mib+100)
+	}
+	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor("the resumed verify's end in the log", func() bool { return strings.Contains(a.logs.String(), "online verify finished") })
+	logs := a.logs.String()
+	i := strings.Index(logs, "online verify finished (")
+	if i < 0 || !strings.Contains(logs[i:], "to 8MiB of 8MiB): 1 blocks differ") || strings.HasPrefix(logs[i:], "online verify finished (0B") {
+		t.Fatalf("the resumed verify did not go on from a checkpoint and find the late block:\n%s", logs)
+	}
+	if v := a.node.Status().LastVerify; v == nil || !v.Complete || v.FromKiB < 2<<10 {
+		t.Fatalf("the resumed verify: %+v, want one from a checkpoint past 2 MiB", v)
+	}
+	a.waitInSync()
+	sameDisks(t, a, b)
+}
+
 // TestScenarioVerifyOverLongLink: over a link that holds every byte 5 ms
 // each way, a verify of a 64 MiB disk (64 chunks, several in flight) finds
 // the one rotted block and the resync repairs it.
