@@ -39,7 +39,7 @@ const (
 	writeFixed      = 24
 	ackLen          = 16
 	flushAckLen     = 12
-	readLen         = 24
+	rangeLen         = 24
 	readReplyFixed  = 16
 	resyncFixed     = 16
 	resyncAckLen    = 24
@@ -85,7 +85,7 @@ func maxPayloadFor(k Kind) (max uint32, ok bool) {
 	case KindFlushAck:
 		return flushAckLen, true
 	case KindRead:
-		return readLen, true
+		return rangeLen, true
 	case KindReadReply:
 		return readReplyFixed + MaxData, true
 	case KindResyncData:
@@ -96,6 +96,8 @@ func maxPayloadFor(k Kind) (max uint32, ok bool) {
 		return checksumReqLen, true
 	case KindChecksumReply:
 		return checksumFixed + 32*MaxSums, true
+	case KindResyncZero:
+		return rangeLen, true
 	}
 	return 0, false
 }
@@ -162,6 +164,8 @@ func wireOf(m Message) wire {
 	case ChecksumRequest:
 		return &v
 	case ChecksumReply:
+		return &v
+	case ResyncZero:
 		return &v
 	}
 	return nil
@@ -556,17 +560,13 @@ func decodePayload(k Kind, p []byte, reuse *recvMsgs) (Message, error) {
 		m = v
 	case KindRead:
 		v := &Read{}
-		v.Seq = d.u64()
-		v.Offset = d.u64()
-		v.Length = d.u32()
-		pad := d.zero(4)
-		if d.short {
-			break
+		if err := d.byteRange(k, &v.Seq, &v.Offset, &v.Length); err != nil {
+			return nil, err
 		}
-		if !pad {
-			return nil, malformed(k, "reserved bytes not zero")
-		}
-		if err := checkRead(v.Length); err != nil {
+		m = v
+	case KindResyncZero:
+		v := &ResyncZero{}
+		if err := d.byteRange(k, &v.Seq, &v.Offset, &v.Length); err != nil {
 			return nil, err
 		}
 		m = v
@@ -680,11 +680,36 @@ func checkWrite(flags, length uint32, data int) error {
 }
 
 // checkRead validates a Read's length: 1..MaxData.
-func checkRead(length uint32) error {
+func checkRange(k Kind, length uint32) error {
 	if length == 0 || length > MaxData {
-		return malformed(KindRead, "length %d, want 1..%d", length, MaxData)
+		return malformed(k, "length %d, want 1..%d", length, MaxData)
 	}
 	return nil
+}
+
+// byteRange decodes the layout Read and ResyncZero share: Seq, Offset,
+// Length (1..MaxData) and four reserved zero bytes. A short payload is left
+// to the caller's length check (d.short).
+func (d *dec) byteRange(k Kind, seq, off *uint64, length *uint32) error {
+	*seq = d.u64()
+	*off = d.u64()
+	*length = d.u32()
+	pad := d.zero(4)
+	if d.short {
+		return nil
+	}
+	if !pad {
+		return malformed(k, "reserved bytes not zero")
+	}
+	return checkRange(k, *length)
+}
+
+// putRange encodes the layout Read and ResyncZero share (see byteRange).
+func putRange(b []byte, seq, off uint64, length uint32) {
+	be.PutUint64(b[0:], seq)
+	be.PutUint64(b[8:], off)
+	be.PutUint32(b[16:], length)
+	b[20], b[21], b[22], b[23] = 0, 0, 0, 0
 }
 
 // checkReadReply validates a ReadReply: data only with CodeOK, at most
@@ -925,18 +950,22 @@ func (m *FlushAck) put(b []byte) {
 }
 
 func (m *Read) layout() (int, []byte, error) {
-	if err := checkRead(m.Length); err != nil {
+	if err := checkRange(KindRead, m.Length); err != nil {
 		return 0, nil, invalid(KindRead, err)
 	}
-	return readLen, nil, nil
+	return rangeLen, nil, nil
 }
 
-func (m *Read) put(b []byte) {
-	be.PutUint64(b[0:], m.Seq)
-	be.PutUint64(b[8:], m.Offset)
-	be.PutUint32(b[16:], m.Length)
-	b[20], b[21], b[22], b[23] = 0, 0, 0, 0
+func (m *Read) put(b []byte) { putRange(b, m.Seq, m.Offset, m.Length) }
+
+func (m *ResyncZero) layout() (int, []byte, error) {
+	if err := checkRange(KindResyncZero, m.Length); err != nil {
+		return 0, nil, invalid(KindResyncZero, err)
+	}
+	return rangeLen, nil, nil
 }
+
+func (m *ResyncZero) put(b []byte) { putRange(b, m.Seq, m.Offset, m.Length) }
 
 func (m *ReadReply) layout() (int, []byte, error) {
 	if err := checkReadReply(m.Err, len(m.Data)); err != nil {

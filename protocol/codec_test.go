@@ -56,6 +56,8 @@ func sampleMessages() []Message {
 		&ChecksumRequest{Seq: 3, Offset: 0, Length: 1 << 20, BlockSize: 4096},
 		&ChecksumReply{Seq: 3, Offset: 0, BlockSize: 4096, Sums: sums[:]},
 		&ChecksumReply{Seq: 4, BlockSize: 1},
+		&ResyncZero{Seq: 5, Offset: 1 << 40, Length: 1 << 20},
+		&ResyncZero{Seq: 6, Offset: 1<<64 - 1, Length: MaxData},
 	}
 }
 
@@ -149,7 +151,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"crc bit flip", func(f []byte) []byte { f[19] ^= 0x80; return f }, ErrChecksum},
 		{"seq changed", func(f []byte) []byte { f[11] = 9; return f }, ErrChecksum},
 		{"version 1", func(f []byte) []byte { f[4] = 1; return reseal(f) }, ErrVersion},
-		{"version 5", func(f []byte) []byte { f[4] = 5; return reseal(f) }, ErrVersion},
+		{"version 6", func(f []byte) []byte { f[4] = 6; return reseal(f) }, ErrVersion},
 		{"version 0", func(f []byte) []byte { f[4] = 0; return reseal(f) }, ErrVersion},
 		{"unknown kind 0", func(f []byte) []byte { f[5] = 0; return reseal(f) }, ErrUnknownKind},
 		{"unknown kind 7", func(f []byte) []byte { f[5] = 7; return reseal(f) }, ErrUnknownKind},
@@ -176,7 +178,7 @@ func TestDecodeErrors(t *testing.T) {
 		}, ErrTooLarge},
 		{"read length 25", func([]byte) []byte {
 			f := mustFrame(t, 0, &Read{Length: 1})
-			binary.BigEndian.PutUint32(f[12:], readLen+1)
+			binary.BigEndian.PutUint32(f[12:], rangeLen+1)
 			return reseal(append(f, 0))
 		}, ErrTooLarge},
 		{"bitmap over 1 MiB", func([]byte) []byte {
@@ -268,6 +270,13 @@ func TestDecodeMalformedPayloads(t *testing.T) {
 		{"readreply pad with data", KindReadReply, edit(&ReadReply{Data: []byte{1}}, func(p []byte) []byte { p[15] = 0x80; return p })},
 		{"readreply error with data", KindReadReply, edit(&ReadReply{Data: []byte{1, 2}}, func(p []byte) []byte { p[11] = byte(CodeIO); return p })},
 		{"readreply short", KindReadReply, edit(&ReadReply{Err: CodeIO}, func(p []byte) []byte { return p[:15] })},
+		{"resynczero pad", KindResyncZero, edit(&ResyncZero{Length: 1}, func(p []byte) []byte { p[23] = 1; return p })},
+		{"resynczero zero length", KindResyncZero, edit(&ResyncZero{Length: 1}, func(p []byte) []byte { p[19] = 0; return p })},
+		{"resynczero length over MaxData", KindResyncZero, edit(&ResyncZero{Length: 1}, func(p []byte) []byte {
+			binary.BigEndian.PutUint32(p[16:], MaxData+1)
+			return p
+		})},
+		{"resynczero short", KindResyncZero, edit(&ResyncZero{Length: 1}, func(p []byte) []byte { return p[:20] })},
 		{"resyncdata short", KindResyncData, edit(&ResyncData{}, func(p []byte) []byte { return p[:15] })},
 		{"checksum request zero block", KindChecksumRequest, edit(&ChecksumRequest{BlockSize: 1}, func(p []byte) []byte { p[23] = 0; return p })},
 		{"checksum request too many blocks", KindChecksumRequest, edit(&ChecksumRequest{BlockSize: 1}, func(p []byte) []byte {
@@ -315,6 +324,8 @@ func TestEncodeRefusesInvalid(t *testing.T) {
 		{"resync too large", &ResyncData{Data: make([]byte, MaxData+1)}, ErrInvalid},
 		{"read zero length", &Read{Offset: 4096}, ErrInvalid},
 		{"read too long", Read{Length: MaxData + 1}, ErrInvalid},
+		{"resynczero zero length", &ResyncZero{Offset: 4096}, ErrInvalid},
+		{"resynczero too long", ResyncZero{Length: MaxData + 1}, ErrInvalid},
 		{"readreply error with data", &ReadReply{Err: CodeIO, Data: []byte{1}}, ErrInvalid},
 		{"readreply too large", &ReadReply{Data: make([]byte, MaxData+1)}, ErrInvalid},
 		{"ack type 0", &Ack{}, ErrInvalid},
@@ -489,9 +500,9 @@ func TestGoldenFrames(t *testing.T) {
 		m   Message
 		hex string
 	}{
-		{0, &Ping{Seq: 1}, "55524244041100000000000000000008" + "e2cba061" + "0000000000000001"},
-		{5, &Ack{Seq: 7, Type: AckDone}, "555242440421000000000005" + "00000010f934f67e" + "0000000000000007" + "0200000000000000"},
-		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440424000000000006" + "00000018afefd833" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
+		{0, &Ping{Seq: 1}, "55524244051100000000000000000008" + "d58857dc" + "0000000000000001"},
+		{5, &Ack{Seq: 7, Type: AckDone}, "555242440521000000000005" + "000000105b217d4a" + "0000000000000007" + "0200000000000000"},
+		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440524000000000006" + "000000189c23638f" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
 	}
 	for _, tc := range tests {
 		got := hex.EncodeToString(mustFrame(t, tc.seq, tc.m))

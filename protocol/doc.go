@@ -13,7 +13,7 @@
 //   - Data: Write, Ack, Flush, FlushAck, in the order the primary issued them;
 //     Read and ReadReply, a Read being answered only after every Write sent
 //     before it on the stream was applied.
-//   - Resync: ResyncData, ResyncAck, ChecksumRequest, ChecksumReply.
+//   - Resync: ResyncData, ResyncZero, ResyncAck, ChecksumRequest, ChecksumReply.
 //
 // Keeping replicated writes and resync traffic on separate streams lets each
 // be flow-controlled on its own (yamux windows of 16 MiB per stream), so a

@@ -4,7 +4,7 @@ import "strconv"
 
 // Version is the protocol version this package speaks. It is carried in every
 // frame header and in Hello; peers must speak the same version.
-const Version = 4
+const Version = 5
 
 // Kind is a frame's type byte. Each Message type has exactly one Kind.
 type Kind uint8
@@ -38,6 +38,7 @@ const (
 	KindResyncAck       Kind = 49 // resync
 	KindChecksumRequest Kind = 50 // resync
 	KindChecksumReply   Kind = 51 // resync
+	KindResyncZero      Kind = 52 // resync
 )
 
 var kindNames = map[Kind]string{
@@ -64,6 +65,7 @@ var kindNames = map[Kind]string{
 	KindResyncAck:       "ResyncAck",
 	KindChecksumRequest: "ChecksumRequest",
 	KindChecksumReply:   "ChecksumReply",
+	KindResyncZero:      "ResyncZero",
 }
 
 // String returns the message name, or "Kind(N)" for an undefined kind.
@@ -332,7 +334,17 @@ func (r *ResyncData) Clone() *ResyncData {
 	return &c
 }
 
-// ResyncAck answers a ResyncData from target to source.
+// ResyncZero is a resync copy of Length bytes at Offset that read as zeroes
+// on the source: the target makes the range read as zeroes (a hole where
+// its disk can punch one) instead of receiving them. Length is 1..MaxData.
+// The target answers it with a ResyncAck, as a ResyncData.
+type ResyncZero struct {
+	Seq    uint64
+	Offset uint64
+	Length uint32
+}
+
+// ResyncAck answers a ResyncData or a ResyncZero from target to source.
 type ResyncAck struct {
 	Seq    uint64
 	Offset uint64
@@ -443,3 +455,4 @@ func (ResyncData) Kind() Kind      { return KindResyncData }
 func (ResyncAck) Kind() Kind       { return KindResyncAck }
 func (ChecksumRequest) Kind() Kind { return KindChecksumRequest }
 func (ChecksumReply) Kind() Kind   { return KindChecksumReply }
+func (ResyncZero) Kind() Kind      { return KindResyncZero }
