@@ -351,15 +351,22 @@ func filledCluster(t *testing.T) *cluster {
 }
 
 // wantFullResync runs start, waits until the pair is in sync again, and
-// checks that a (the Primary) sent the whole 64 MiB disk meanwhile and
-// that both disks are identical.
+// checks that a (the Primary) resynced the whole 64 MiB disk meanwhile,
+// sending the 16 MiB of data filledCluster wrote and the rest, zeroes, as
+// ranges without their bytes, and that both disks are identical.
 func wantFullResync(t *testing.T, c *cluster, what string, start func()) {
 	t.Helper()
+	const whole = "direction=SyncSource bytes=67108864"
+	logs, _ := os.ReadFile(c.a.logPath)
+	fulls := strings.Count(string(logs), whole)
 	before := c.a.status().NetSendKiB
 	start()
 	after := c.a.waitInSync(60 * time.Second)
-	if sent := after.NetSendKiB - before; sent < 64<<10 {
-		t.Fatalf("%s resynced only %d KiB of a 64 MiB disk", what, sent)
+	if sent := after.NetSendKiB - before; sent < 16<<10 || sent >= 64<<10 {
+		t.Errorf("%s sent %d KiB of a 64 MiB disk holding 16 MiB of data, want the data and not the zeroes", what, sent)
+	}
+	if logs, _ = os.ReadFile(c.a.logPath); strings.Count(string(logs), whole) != fulls+1 {
+		t.Errorf("%s: no resync of the whole disk in a's log (%q):\n%s", what, whole, logs)
 	}
 	cmpFiles(t, c.a.disk, c.b.disk)
 }

@@ -1,7 +1,9 @@
 package replica_test
 
 import (
+	"bytes"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/urbd/urbd/replica"
@@ -98,4 +100,42 @@ func TestScenarioCsumsAlgRuntimeResync(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestScenarioResyncSendsZeroesAsRanges: a resync sends a run of blocks that
+// reads as zeroes on the source as a ResyncZero, without its bytes, and the
+// target makes it read as zeroes by punching a hole: a full resync of a disk
+// that is mostly empty moves little more than its data over the link, the
+// target's junk in the empty regions is gone, and its file is sparse again.
+func TestScenarioResyncSendsZeroesAsRanges(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	data := pattern("the only data", 16*hBlock)
+	a.write(3*mib, data)
+	a.waitInSync()
+	junk := bytes.Repeat([]byte("junk"), mib)
+	b.poke(4*mib, junk) // 4 MiB that should read as zeroes
+	if used := allocatedBytes(t, b.diskPath); used < 4*mib {
+		t.Fatalf("the junk occupies %d bytes of b's file, want at least 4 MiB", used)
+	}
+	recv := b.node.Status().NetRecvKiB
+	if err := b.node.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	inSyncAndEqual(t, a, b)
+	if got := b.node.Status().NetRecvKiB - recv; got < uint64(len(data))>>10 || got > 1<<10 {
+		t.Errorf("the full resync received %d KiB, want the 1 MiB chunk holding the data and no zeroes", got)
+	}
+	if used := allocatedBytes(t, b.diskPath); used > 2*mib {
+		t.Errorf("b's file occupies %d bytes after the resync, want the zeroes punched out (at most 2 MiB)", used)
+	}
+}
+
+// allocatedBytes is the disk space path's file occupies.
+func allocatedBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
 }

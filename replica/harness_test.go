@@ -822,13 +822,22 @@ func (d *testDisk) settle(settle func(bool), fua bool, err error, what string, o
 	return err
 }
 
+// WriteZeroes is a write to the disk as WriteAt is: failAt, the write gate
+// and the crash apply to it too.
 func (d *testDisk) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
+	if f := d.failAt.Load(); f == off+1 && d.failAt.CompareAndSwap(f, 0) {
+		return fmt.Errorf("zeroing at %d: %w", off, errDiskFailed)
+	}
+	if err := d.writeGate.pass(ctx); err != nil {
+		return fmt.Errorf("held zeroing at %d: %w", off, err)
+	}
 	if fua {
 		d.fuaWrites.Add(1)
 	}
 	if d.dead.Load() {
 		return fmt.Errorf("zeroing at %d after the crash: %w", off, errDiskFailed)
 	}
+	defer d.writesDone.Add(1)
 	settle, err := d.remember(ctx, off, int(length))
 	if err != nil {
 		return err

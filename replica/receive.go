@@ -542,8 +542,18 @@ func (s *session) resyncLoop() error {
 			}
 			// Written from the receive buffer, without a copy; the
 			// transport keeps buffering the next copies meanwhile.
-			code := s.applyResync(m)
-			if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: uint32(len(m.Data)), Err: code}); err != nil {
+			off, length := int64(m.Offset), int64(len(m.Data))
+			code := s.applyResync(off, length, length, func() error { return s.n.backend().WriteAt(s.ctx, m.Data, off, false) })
+			if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: uint32(length), Err: code}); err != nil {
+				return err
+			}
+		case *protocol.ResyncZero:
+			if s.ctx.Err() != nil {
+				return s.ctx.Err()
+			}
+			off, length := int64(m.Offset), int64(m.Length)
+			code := s.applyResync(off, length, 0, func() error { return s.n.backend().WriteZeroes(s.ctx, off, length, false, false) })
+			if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: m.Length, Err: code}); err != nil {
 				return err
 			}
 		case *protocol.ResyncAck:
@@ -589,21 +599,22 @@ func (s *session) resyncLoop() error {
 	})
 }
 
-// applyResync writes one resync copy on the sync target; its blocks are
+// applyResync applies one resync copy of [off, off+length) on the sync
+// target with write (the bytes of a ResyncData, or zeroes for a
+// ResyncZero, of which received bytes came over the link); its blocks are
 // marked in sync once a local fdatasync covers it (copyWritten).
-func (s *session) applyResync(m *protocol.ResyncData) uint32 {
+func (s *session) applyResync(off, length, received int64, write func() error) uint32 {
 	n := s.n
-	off, length := int64(m.Offset), int64(len(m.Data))
 	if off < 0 || off+length > n.backend().Size() {
 		return protocol.CodeInvalid
 	}
-	if err := n.backend().WriteAt(s.ctx, m.Data, off, false); err != nil {
+	if err := write(); err != nil {
 		s.diskFailed("writing a resync copy", err, true)
 		return protocol.CodeIO
 	}
 	s.copyWritten(off, length)
-	n.stats.netRecv.Add(uint64(length))
-	n.stats.diskWrite.Add(uint64(length))
+	n.stats.netRecv.Add(uint64(received))
+	n.stats.diskWrite.Add(uint64(received))
 	if p := n.syncProgress(); p != nil {
 		p.Done(length)
 	}

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"sync"
@@ -266,7 +267,9 @@ func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
 }
 
 // sendBlocks sends data for [off, off+len(buf)) to the sync target and waits
-// until the target wrote it.
+// until the target wrote it. Data that is all zeroes goes as a ResyncZero,
+// without its bytes: the target punches a hole or writes zeroes itself, so
+// an empty region costs the link nothing and leaves a thin target thin.
 func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	length := int64(len(buf))
 	seq := s.rsSeq.Add(1)
@@ -278,10 +281,17 @@ func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	}
 	s.rsWait[seq] = ch
 	s.mu.Unlock()
-	if err := s.ps.Resync().Send(&protocol.ResyncData{Seq: seq, Offset: uint64(off), Data: buf}); err != nil {
+	var msg protocol.Message = &protocol.ResyncData{Seq: seq, Offset: uint64(off), Data: buf}
+	zero := allZero(buf)
+	if zero {
+		msg = &protocol.ResyncZero{Seq: seq, Offset: uint64(off), Length: uint32(length)}
+	}
+	if err := s.ps.Resync().Send(msg); err != nil {
 		return err
 	}
-	n.stats.netSend.Add(uint64(length))
+	if !zero {
+		n.stats.netSend.Add(uint64(length))
+	}
 	select {
 	case code, ok := <-ch:
 		if !ok {
@@ -294,6 +304,21 @@ func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 		return s.ctx.Err()
 	}
 	return nil
+}
+
+// zeroChunk is syncChunk zero bytes, which allZero compares against.
+var zeroChunk = make([]byte, syncChunk)
+
+// allZero reports whether b, at most syncChunk bytes, holds only zeroes.
+func allZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroChunk))
+		if !bytes.Equal(b[:n], zeroChunk[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
 
 // finishSyncSource completes a resync on this side and tells the target.
