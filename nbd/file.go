@@ -187,6 +187,25 @@ func (b *File) Prefetch(off, length int64) {
 	_ = unix.Fadvise(b.fd, off, length, unix.FADV_WILLNEED)
 }
 
+// HasData reports whether [off, off+length) may hold data: false only when
+// the file system says the whole range is a hole (lseek SEEK_DATA, which
+// counts data still in the page cache), so that it reads as zeroes without
+// being read. A block device, or a file system that cannot say, may hold
+// data anywhere.
+func (b *File) HasData(off, length int64) bool {
+	if b.blockDev {
+		return true
+	}
+	next, err := unix.Seek(b.fd, off, unix.SEEK_DATA)
+	switch {
+	case errors.Is(err, unix.ENXIO):
+		return false // no data from off to the end of the file
+	case err != nil:
+		return true
+	}
+	return next < off+length
+}
+
 // WriteAt writes p at off with pwrite, then, if fua, flushes (group commit).
 func (b *File) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if b.readOnly {

@@ -457,3 +457,33 @@ func TestFileGrow(t *testing.T) {
 		t.Fatalf("a write at the new end: %v", err)
 	}
 }
+
+// TestFileHasData: on a sparse file only the ranges the file system says
+// are holes have no data: data written a moment ago (still in the page
+// cache) counts, and so does a range that touches it by one byte.
+func TestFileHasData(t *testing.T) {
+	const mib = 1 << 20
+	f, err := OpenFile(tempDisk(t, 4*mib), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.WriteAt(context.Background(), bytes.Repeat([]byte{1}, 4096), mib, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		off, length int64
+		want        bool
+	}{
+		{0, mib, false},
+		{0, mib + 1, true},
+		{mib, 4096, true},
+		{mib + 4096 - 1, 1, true},
+		{2 * mib, mib, false},
+		{3 * mib, mib, false},
+	} {
+		if got := f.HasData(tc.off, tc.length); got != tc.want {
+			t.Errorf("HasData(%d, %d) = %v, want %v", tc.off, tc.length, got, tc.want)
+		}
+	}
+}

@@ -107,6 +107,7 @@ func TestScenarioCsumsAlgRuntimeResync(t *testing.T) {
 // target makes it read as zeroes by punching a hole: a full resync of a disk
 // that is mostly empty moves little more than its data over the link, the
 // target's junk in the empty regions is gone, and its file is sparse again.
+// Where the source's file has holes, it does not even read them.
 func TestScenarioResyncSendsZeroesAsRanges(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	data := pattern("the only data", 16*hBlock)
@@ -117,13 +118,17 @@ func TestScenarioResyncSendsZeroesAsRanges(t *testing.T) {
 	if used := allocatedBytes(t, b.diskPath); used < 4*mib {
 		t.Fatalf("the junk occupies %d bytes of b's file, want at least 4 MiB", used)
 	}
-	recv := b.node.Status().NetRecvKiB
+	recv, read := b.node.Status().NetRecvKiB, a.node.Status().DiskReadKiB
 	if err := b.node.Invalidate(); err != nil {
 		t.Fatal(err)
 	}
 	inSyncAndEqual(t, a, b)
 	if got := b.node.Status().NetRecvKiB - recv; got < uint64(len(data))>>10 || got > 1<<10 {
 		t.Errorf("the full resync received %d KiB, want the 1 MiB chunk holding the data and no zeroes", got)
+	}
+	// a's disk is a sparse file: the holes were not even read.
+	if got := a.node.Status().DiskReadKiB - read; got > 1<<10 {
+		t.Errorf("the source read %d KiB, want only the 1 MiB chunk holding the data (its file's holes read as zeroes)", got)
 	}
 	if used := allocatedBytes(t, b.diskPath); used > 2*mib {
 		t.Errorf("b's file occupies %d bytes after the resync, want the zeroes punched out (at most 2 MiB)", used)

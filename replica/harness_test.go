@@ -993,6 +993,16 @@ func startProxy(t *testing.T, target string) *testnet.Proxy {
 // StorageSize and Grow pass nbd.Grower through to the file, so the node
 // can grow online (Node.Resize).
 func (d *testDisk) StorageSize() (int64, error) { return d.Backend.(nbd.Grower).StorageSize() }
+
+// HasData is the file's (nbd.File.HasData): the resync skips holes. A
+// range made unreadable (setBad) holds data, which the disk fails to read.
+func (d *testDisk) HasData(off, length int64) bool {
+	d.badMu.Lock()
+	bad := d.badLen > 0 && off < d.badOff+d.badLen && d.badOff < off+length
+	d.badMu.Unlock()
+	h, ok := d.Backend.(interface{ HasData(off, length int64) bool })
+	return bad || !ok || h.HasData(off, length)
+}
 func (d *testDisk) Grow(size int64) error       { return d.Backend.(nbd.Grower).Grow(size) }
 
 // growFile extends x's disk file to size bytes behind the engine (lvextend).

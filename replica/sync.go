@@ -70,9 +70,13 @@ func (n *Node) runSyncSource(s *session) error {
 				wg.Wait()
 				return err
 			}
-			if err := n.rate.Wait(s.ctx, length); err != nil {
-				wg.Wait()
-				return err
+			// A hole costs neither a read nor the link: the rate
+			// limit does not count it (copyRange looks again).
+			if !n.isHole(off, length) {
+				if err := n.rate.Wait(s.ctx, length); err != nil {
+					wg.Wait()
+					return err
+				}
 			}
 			select {
 			case sem <- struct{}{}:
@@ -109,6 +113,19 @@ func (n *Node) runSyncSource(s *session) error {
 		}
 	}
 	return n.finishSyncSource(s)
+}
+
+// holeFinder is a disk that can tell ranges that hold no data (nbd.File
+// on a sparse file).
+type holeFinder interface {
+	HasData(off, length int64) bool
+}
+
+// isHole reports whether the disk says [off, off+length) holds no data: it
+// reads as zeroes, without a read.
+func (n *Node) isHole(off, length int64) bool {
+	h, ok := n.backend().(holeFinder)
+	return ok && !h.HasData(off, length)
 }
 
 // prefetcher is a disk that can start reading a range in the background.
@@ -182,6 +199,13 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 		return err
 	}
 	defer unlock()
+	if n.isHole(off, length) {
+		// Zeroes, without reading them (or comparing checksums).
+		if err := n.sendCopy(s, off, length, nil); err != nil {
+			return err
+		}
+		return s.copied(off, length)
+	}
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:length] // length <= syncChunk: NextDirty's limit
@@ -272,6 +296,16 @@ func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
 // an empty region costs the link nothing and leaves a thin target thin.
 func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	length := int64(len(buf))
+	if allZero(buf) {
+		buf = nil
+	}
+	return n.sendCopy(s, off, length, buf)
+}
+
+// sendCopy sends the copy of [off, off+length) to the sync target, data as
+// a ResyncData, or zeroes as a ResyncZero when data is nil, and waits until
+// the target wrote it.
+func (n *Node) sendCopy(s *session, off, length int64, data []byte) error {
 	seq := s.rsSeq.Add(1)
 	ch := make(chan uint32, 1)
 	s.mu.Lock()
@@ -281,15 +315,14 @@ func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	}
 	s.rsWait[seq] = ch
 	s.mu.Unlock()
-	var msg protocol.Message = &protocol.ResyncData{Seq: seq, Offset: uint64(off), Data: buf}
-	zero := allZero(buf)
-	if zero {
+	var msg protocol.Message = &protocol.ResyncData{Seq: seq, Offset: uint64(off), Data: data}
+	if data == nil {
 		msg = &protocol.ResyncZero{Seq: seq, Offset: uint64(off), Length: uint32(length)}
 	}
 	if err := s.ps.Resync().Send(msg); err != nil {
 		return err
 	}
-	if !zero {
+	if data != nil {
 		n.stats.netSend.Add(uint64(length))
 	}
 	select {
