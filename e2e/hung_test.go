@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -32,8 +31,7 @@ func TestHungSecondaryDisk(t *testing.T) {
 	c.a.ctl("primary", "r0")
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=4M", "--iodepth=8")
 
-	disk.kit.signal(syscall.SIGSTOP)
-	t.Cleanup(func() { disk.kit.signal(syscall.SIGCONT) }) // before nbdfuse is unmounted
+	disk.hang(t)
 	start := time.Now()
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=4M", "--offset=8M", "--iodepth=8", "--end_fsync=1")
 	took := time.Since(start)
@@ -59,7 +57,7 @@ func TestHungSecondaryDisk(t *testing.T) {
 		t.Errorf("fio took %s once the hung peer was dropped", took)
 	}
 
-	disk.kit.signal(syscall.SIGCONT)
+	disk.answer()
 	c.a.waitInSync(60 * time.Second)
 	c.a.ctl("secondary", "r0")
 	c.a.stop()
@@ -86,8 +84,7 @@ func TestHungPrimaryDisk(t *testing.T) {
 	c.a.ctl("primary", "r0")
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=8M", "--iodepth=8")
 
-	disk.kit.signal(syscall.SIGSTOP)
-	t.Cleanup(func() { disk.kit.signal(syscall.SIGCONT) }) // before nbdfuse is unmounted
+	disk.hang(t)
 	start := time.Now()
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=8M", "--offset=16M", "--iodepth=8",
 		"--verify=crc32c", "--verify_fatal=1", "--end_fsync=1")
@@ -103,7 +100,7 @@ func TestHungPrimaryDisk(t *testing.T) {
 		t.Errorf("local-io-error handler: %q, want the hung request", got)
 	}
 
-	disk.kit.signal(syscall.SIGCONT)
+	disk.answer()
 	if out := c.a.ctl("attach-disk", "r0"); !strings.Contains(out, "copying 64MiB from the peer") {
 		t.Errorf("urbd attach-disk: %q", out)
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -29,6 +30,16 @@ type kitDisk struct {
 	trigger string  // while it exists, the operations named in fail fail
 	kit     *daemon // nbdkit
 }
+
+// hang stops nbdkit: every request to the disk waits, as on a hung disk,
+// until answer (or the end of the test, before nbdfuse is unmounted).
+func (d *kitDisk) hang(t *testing.T) {
+	d.kit.signal(syscall.SIGSTOP)
+	t.Cleanup(d.answer)
+}
+
+// answer lets nbdkit go on after hang.
+func (d *kitDisk) answer() { d.kit.signal(syscall.SIGCONT) }
 
 // newKitDisk makes a kitDisk of size bytes whose operations named in fail
 // fail with EIO while its trigger exists. nbdkit and nbdfuse stop at the end
