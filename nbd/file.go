@@ -279,10 +279,10 @@ func (b *File) Trim(ctx context.Context, off, length int64, fua bool) error {
 	return nil
 }
 
-// WriteZeroes makes the range read as fileZeroes: on a regular file with
+// WriteZeroes makes the range read as zeroes: on a regular file with
 // fallocate ZERO_RANGE when noHole (blocks stay allocated) or PUNCH_HOLE
 // otherwise; on a block device with BLKZEROOUT. Where those are not
-// supported it writes fileZeroes.
+// supported it writes zeroes.
 func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
 	if b.readOnly {
 		return ErrReadOnly
@@ -303,7 +303,7 @@ func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 	}
 	if err != nil {
 		if !fileUnsupported(err) {
-			return fmt.Errorf("nbd: write fileZeroes %d bytes at %d: %w", length, off, fileErrno(err))
+			return fmt.Errorf("nbd: write zeroes %d bytes at %d: %w", length, off, fileErrno(err))
 		}
 		if err := b.writeZeroes(off, length); err != nil {
 			return err
