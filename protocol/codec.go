@@ -39,7 +39,7 @@ const (
 	writeFixed      = 24
 	ackLen          = 16
 	flushAckLen     = 12
-	rangeLen         = 24
+	rangeLen        = 24
 	readReplyFixed  = 16
 	resyncFixed     = 16
 	resyncAckLen    = 24

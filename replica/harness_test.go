@@ -1003,7 +1003,7 @@ func (d *testDisk) HasData(off, length int64) bool {
 	h, ok := d.Backend.(interface{ HasData(off, length int64) bool })
 	return bad || !ok || h.HasData(off, length)
 }
-func (d *testDisk) Grow(size int64) error       { return d.Backend.(nbd.Grower).Grow(size) }
+func (d *testDisk) Grow(size int64) error { return d.Backend.(nbd.Grower).Grow(size) }
 
 // growFile extends x's disk file to size bytes behind the engine (lvextend).
 func (x *tnode) growFile(size int64) {
