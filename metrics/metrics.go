@@ -23,6 +23,7 @@
 //	urbd_writes_suspended                      gauge    0 or 1
 //	urbd_split_brain                           gauge    0 or 1
 //	urbd_nbd_clients                           gauge
+//	urbd_pending_requests{queue}               gauge    the status file's lo, pe, ua, ap: local, peer, unacked, application
 //
 // kind is one of read, write, flush, trim, zero, flush_ahead (an fdatasync
 // started ahead of a likely flush); side is local or peer.
@@ -115,6 +116,7 @@ type Metrics struct {
 	suspended       *prometheus.GaugeVec
 	splitBrain      *prometheus.GaugeVec
 	nbdClients      *prometheus.GaugeVec
+	pending         *prometheus.GaugeVec
 	verifyEnd       *prometheus.GaugeVec
 	verifyBlocks    *prometheus.GaugeVec
 	verifyComplete  *prometheus.GaugeVec
@@ -171,6 +173,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		nbdClients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "urbd_nbd_clients", Help: "NBD client connections attached to the export.",
 		}, []string{"resource"}),
+		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "urbd_pending_requests", Help: "Requests in flight, as the status file's lo, pe, ua and ap: to the local disk (local), sent to the peer and not answered (peer), received from the peer and not answered (unacked), from the application (application).",
+		}, []string{"resource", "queue"}),
 		verifyEnd: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "urbd_last_verify_end_timestamp_seconds", Help: "When the last online verify this node ran ended (Unix time); 0 when it never ran one.",
 		}, []string{"resource"}),
@@ -185,7 +190,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.bytes, m.requests, m.latency, m.outOfSync, m.resyncRate, m.resyncRemaining,
 			m.connState, m.role, m.peerRole, m.protocol, m.diskState, m.suspended, m.splitBrain, m.nbdClients,
-			m.verifyEnd, m.verifyBlocks, m.verifyComplete)
+			m.verifyEnd, m.verifyBlocks, m.verifyComplete, m.pending)
 	}
 	return m
 }
@@ -207,6 +212,10 @@ func (m *Metrics) Resource(name string) *Resource {
 		suspended:       m.suspended.WithLabelValues(name),
 		splitBrain:      m.splitBrain.WithLabelValues(name),
 		nbdClients:      m.nbdClients.WithLabelValues(name),
+		pending: [numQueues]prometheus.Gauge{
+			m.pending.WithLabelValues(name, "local"), m.pending.WithLabelValues(name, "peer"),
+			m.pending.WithLabelValues(name, "unacked"), m.pending.WithLabelValues(name, "application"),
+		},
 		verifyEnd:       m.verifyEnd.WithLabelValues(name),
 		verifyDiffering: m.verifyBlocks.WithLabelValues(name, "differing"),
 		verifyBad:       m.verifyBlocks.WithLabelValues(name, "unreadable"),
@@ -242,6 +251,7 @@ func (m *Metrics) Remove(name string) {
 		m.resyncRate.MetricVec, m.resyncRemaining.MetricVec, m.connState.MetricVec, m.role.MetricVec,
 		m.peerRole.MetricVec, m.protocol.MetricVec, m.diskState.MetricVec, m.suspended.MetricVec, m.splitBrain.MetricVec,
 		m.nbdClients.MetricVec, m.verifyEnd.MetricVec, m.verifyBlocks.MetricVec, m.verifyComplete.MetricVec,
+		m.pending.MetricVec,
 	} {
 		v.DeletePartialMatch(match)
 	}
@@ -260,6 +270,7 @@ type Resource struct {
 	suspended, splitBrain, nbdClients      prometheus.Gauge
 	verifyEnd, verifyComplete              prometheus.Gauge
 	verifyDiffering, verifyBad             prometheus.Gauge
+	pending                                [numQueues]prometheus.Gauge // local, peer, unacked, application
 
 	mu                        sync.Mutex // serialises the enum gauges' transitions
 	connState, role, peerRole *enum
@@ -324,6 +335,9 @@ func (r *Resource) SetSuspended(v bool) { r.suspended.Set(b2f(v)) }
 // SetSplitBrain records whether the resource is in split brain.
 func (r *Resource) SetSplitBrain(v bool) { r.splitBrain.Set(b2f(v)) }
 
+// numQueues is the number of urbd_pending_requests series per resource.
+const numQueues = 4
+
 // SetNBDClients sets the number of attached NBD clients.
 func (r *Resource) SetNBDClients(n int) { r.nbdClients.Set(float64(n)) }
 
@@ -339,6 +353,9 @@ func (r *Resource) Update(s *status.Resource) {
 	r.SetSuspended(s.Suspended)
 	r.SetSplitBrain(s.SplitBrain)
 	r.SetNBDClients(s.NBDClients)
+	for i, n := range [numQueues]uint64{s.LocalPending, s.PeerPending, s.Unacked, s.AppPending} {
+		r.pending[i].Set(float64(n))
+	}
 	r.SetOutOfSync(kibToBytes(s.OutOfSyncKiB))
 	if s.Sync != nil {
 		r.SetResync(kibToBytes(s.Sync.SpeedKiB), kibToBytes(s.Sync.RemainingKiB))
