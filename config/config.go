@@ -158,7 +158,7 @@ type commonTOML struct {
 	TLSCA         string            `toml:"tls-ca"`
 	Timeout       durationValue     `toml:"timeout"`
 	KoCount       countValue        `toml:"ko-count"`
-	DiskTimeout   offDurationValue  `toml:"disk-timeout"`
+	DiskTimeout   diskTimeoutValue  `toml:"disk-timeout"`
 	OnPeerLoss    peerLossValue     `toml:"on-peer-loss"`
 	Fencing       fencingValue      `toml:"fencing"`
 	AfterSB0Pri   afterSB0Value     `toml:"after-sb-0pri"`

@@ -80,16 +80,17 @@ func (v *durationValue) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// offDurationValue is a duration such as "30s", or 0 for off.
-type offDurationValue struct {
+// diskTimeoutValue is a disk-timeout (replica.ParseDiskTimeout): a
+// duration such as "30s", or 0 for off.
+type diskTimeoutValue struct {
 	d   time.Duration
 	set bool
 }
 
-func (v *offDurationValue) UnmarshalText(b []byte) error {
-	d, err := time.ParseDuration(strings.TrimSpace(string(b)))
-	if err != nil || d < 0 {
-		return fmt.Errorf("invalid duration %q: use a number with a unit, e.g. 30s, or 0 for off", b)
+func (v *diskTimeoutValue) UnmarshalText(b []byte) error {
+	d, err := replica.ParseDiskTimeout(string(b))
+	if err != nil {
+		return err
 	}
 	v.d, v.set = d, true
 	return nil

@@ -109,9 +109,9 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 			}
 			next.KoCount = n
 		case "disk-timeout":
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 {
-				return "", fmt.Errorf("--disk-timeout %q: use a duration such as 30s, or 0 for off", v)
+			d, err := replica.ParseDiskTimeout(v)
+			if err != nil {
+				return "", fmt.Errorf("--%w", err)
 			}
 			next.DiskTimeout = d
 		case "on-io-error":

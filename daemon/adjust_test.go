@@ -200,7 +200,7 @@ func TestAdjustFlagsThenFile(t *testing.T) {
 		{map[string]string{"on-io-error": "panic"}, `--on-io-error: unknown on-io-error policy "panic"`},
 		{map[string]string{"ko-count": "-1"}, "--ko-count -1: use 0 (never drop a peer that answers pings) to 200; default 7"},
 		{map[string]string{"ko-count": "many"}, `--ko-count "many": use a whole number such as 7`},
-		{map[string]string{"disk-timeout": "-1s"}, `--disk-timeout "-1s": use a duration such as 30s, or 0 for off`},
+		{map[string]string{"disk-timeout": "-1s"}, `--disk-timeout -1s: use a duration such as 30s, or 0 for off`},
 		{map[string]string{"disk-timeout": "soon"}, `--disk-timeout "soon": use a duration such as 30s, or 0 for off`},
 		{map[string]string{"after-sb-0pri": "x", "resync-rate": "1MiB"}, `--after-sb-0pri: unknown after-sb-0pri policy "x"`},
 		{map[string]string{"bitmap-block": "8KiB"}, "bitmap-block cannot change while the resource runs"},

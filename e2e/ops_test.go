@@ -196,7 +196,7 @@ timeout = "2s"
 	if out := c.a.ctl("adjust", "--disk-timeout", "30s", "r0"); out != "r0: disk-timeout set to 30s" {
 		t.Errorf("urbd adjust --disk-timeout 30s: %q", out)
 	}
-	if out, err := c.a.try("adjust", "--disk-timeout", "-5s", "r0"); err == nil || out != `urbd: --disk-timeout "-5s": use a duration such as 30s, or 0 for off` {
+	if out, err := c.a.try("adjust", "--disk-timeout", "-5s", "r0"); err == nil || out != `urbd: --disk-timeout -5s: use a duration such as 30s, or 0 for off` {
 		t.Errorf("urbd adjust --disk-timeout -5s: %v: %q", err, out)
 	}
 	if out := c.a.ctl("adjust", "--disk-timeout", "0", "r0"); out != "r0: disk-timeout set to 0 (off)" {

@@ -38,6 +38,17 @@ func (n *Node) ApplyPeerWrite(w *protocol.Write) protocol.Ack {
 	return ack
 }
 
+// ApplyPeerCopy applies m, a *protocol.ResyncData or *protocol.ResyncZero,
+// as if the peer had sent it on the resync stream, and returns the answer
+// (CodeIO without a session).
+func (n *Node) ApplyPeerCopy(m protocol.Message) protocol.ResyncAck {
+	s := n.session()
+	if s == nil {
+		return protocol.ResyncAck{Err: protocol.CodeIO}
+	}
+	return s.applyCopy(m)
+}
+
 // AnswerPeerChecksums answers m as if the peer had sent it on the resync
 // stream (an error without a session).
 func (n *Node) AnswerPeerChecksums(m *protocol.ChecksumRequest) (*protocol.ChecksumReply, error) {

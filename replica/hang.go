@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -22,11 +23,30 @@ var errDiskTimeout = errors.New("no answer from the disk within --disk-timeout")
 // says so in the log.
 const hungWarnEvery = time.Minute
 
+// CheckDiskTimeout says what is wrong with d as disk-timeout, or nil: a
+// duration, or 0 for off.
+func CheckDiskTimeout(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("disk-timeout %s: use a duration such as 30s, or 0 for off", d)
+	}
+	return nil
+}
+
+// ParseDiskTimeout parses a disk-timeout as typed (urbd adjust, the
+// resource file) and checks it.
+func ParseDiskTimeout(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("disk-timeout %q: use a duration such as 30s, or 0 for off", s)
+	}
+	return d, CheckDiskTimeout(d)
+}
+
 // SetDiskTimeout changes disk-timeout (`urbd adjust --disk-timeout`), for
 // the requests that start after it; 0 turns it off.
 func (n *Node) SetDiskTimeout(d time.Duration) error {
-	if d < 0 {
-		return fmt.Errorf("replica: disk-timeout %s: use 0 (off) or a positive duration", d)
+	if err := CheckDiskTimeout(d); err != nil {
+		return fmt.Errorf("replica: %w", err)
 	}
 	if n.diskTimeout.Swap(int64(d)) != int64(d) {
 		n.log.Info("disk-timeout changed", "disk_timeout", d)

@@ -536,24 +536,12 @@ func (s *session) resyncLoop() error {
 	sums := make(chan struct{}, syncWindow) // checksum requests being answered
 	return s.readLoop(st, func(m protocol.Message) error {
 		switch m := m.(type) {
-		case *protocol.ResyncData:
+		case *protocol.ResyncData, *protocol.ResyncZero:
 			if s.ctx.Err() != nil {
 				return s.ctx.Err() // the session ended: frames still buffered are dropped
 			}
-			// Written from the receive buffer, without a copy; the
-			// transport keeps buffering the next copies meanwhile.
-			off, length := int64(m.Offset), int64(len(m.Data))
-			code := s.applyResync(off, length, length, func() error { return s.n.backend().WriteAt(s.ctx, m.Data, off, false) })
-			if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: uint32(length), Err: code}); err != nil {
-				return err
-			}
-		case *protocol.ResyncZero:
-			if s.ctx.Err() != nil {
-				return s.ctx.Err()
-			}
-			off, length := int64(m.Offset), int64(m.Length)
-			code := s.applyResync(off, length, 0, func() error { return s.n.backend().WriteZeroes(s.ctx, off, length, false, false) })
-			if err := st.Send(&protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: m.Length, Err: code}); err != nil {
+			ack := s.applyCopy(m)
+			if err := st.Send(&ack); err != nil {
 				return err
 			}
 		case *protocol.ResyncAck:
@@ -597,6 +585,23 @@ func (s *session) resyncLoop() error {
 		}
 		return nil
 	})
+}
+
+// applyCopy applies a resync copy, a *protocol.ResyncData (written from
+// the receive buffer, without a copy; the transport keeps buffering the
+// next copies meanwhile) or a *protocol.ResyncZero, and returns its answer.
+func (s *session) applyCopy(m protocol.Message) protocol.ResyncAck {
+	switch m := m.(type) {
+	case *protocol.ResyncData:
+		off, length := int64(m.Offset), int64(len(m.Data))
+		code := s.applyResync(off, length, length, func() error { return s.n.backend().WriteAt(s.ctx, m.Data, off, false) })
+		return protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: uint32(length), Err: code}
+	case *protocol.ResyncZero:
+		off, length := int64(m.Offset), int64(m.Length)
+		code := s.applyResync(off, length, 0, func() error { return s.n.backend().WriteZeroes(s.ctx, off, length, false, false) })
+		return protocol.ResyncAck{Seq: m.Seq, Offset: m.Offset, Length: m.Length, Err: code}
+	}
+	return protocol.ResyncAck{Err: protocol.CodeInvalid} // not a copy: resyncLoop passes none
 }
 
 // applyResync applies one resync copy of [off, off+length) on the sync
@@ -797,8 +802,7 @@ func (w *koWatch) check(s *session, now time.Time, timeout time.Duration) error 
 	answered := s.answered.Load()
 	progress := answered != w.answered
 	w.answered = answered
-	seq, what := s.oldestPending()
-	if ko <= 0 || seq == 0 || progress || s.n.isDiskless() {
+	if ko <= 0 || progress || !s.hasPending() || s.n.isDiskless() {
 		w.since = time.Time{}
 		return nil
 	}
@@ -808,7 +812,7 @@ func (w *koWatch) check(s *session, now time.Time, timeout time.Duration) error 
 	}
 	if waited := now.Sub(w.since); waited >= time.Duration(ko)*timeout {
 		return &peerLost{cause: fmt.Sprintf("the peer has completed no request for %s while a %s waited (--ko-count %d × --timeout %s): its disk may be hung",
-			waited.Round(time.Second), what, ko, timeout)}
+			waited.Round(time.Second), s.oldestPending(), ko, timeout)}
 	}
 	return nil
 }

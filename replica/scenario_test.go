@@ -921,6 +921,30 @@ func TestScenarioResyncNeverOverwritesNewerWrite(t *testing.T) {
 	newerWriteWaitsForCopy(t, a, b, 5*hBlock)
 }
 
+// TestScenarioResyncZeroNeverOverwritesNewerWrite: the same for a copy of
+// zeroes (a block trimmed while the peer was away goes as a ResyncZero, and
+// the target's zeroing of it is held): the newer write waits for it and
+// wins on both disks.
+func TestScenarioResyncZeroNeverOverwritesNewerWrite(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	a.write(5*hBlock, pattern("old", hBlock))
+	if err := b.node.Disconnect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.WFConnection)
+	if err := a.node.Trim(context.Background(), 5*hBlock, hBlock, false); err != nil {
+		t.Fatal(err)
+	}
+	recv := b.node.Status().NetRecvKiB
+	held := b.disk.holdWrites()
+	reconnect(t, b)
+	<-held // the resync's zeroing of block 5 is being done on b
+	if got := b.node.Status().NetRecvKiB - recv; got != 0 {
+		t.Fatalf("the copy of a trimmed block brought %d KiB, want a ResyncZero without data", got)
+	}
+	newerWriteWaitsForCopy(t, a, b, 5*hBlock)
+}
+
 // newerWriteWaitsForCopy writes the block at off on the Primary a while the
 // resync's copy of it to b is held in b's disk (holdWrites), and checks that
 // the write waits for the copy: it neither returns nor starts before b's
@@ -2228,8 +2252,9 @@ func TestScenarioFlushAhead(t *testing.T) {
 }
 
 // TestScenarioSecondaryRefusesPeerWritesPastTheEnd: a replicated write, trim
-// or zero that does not fit the Secondary's disk (a peer bug, or a peer
-// whose disk grew) is answered EINVAL and touches nothing; the file backing
+// or zero, or a resync copy of data or zeroes, that does not fit the
+// Secondary's disk (a peer bug, or a peer whose disk grew) is answered
+// EINVAL and touches nothing; the file backing
 // the disk does not grow, and the session goes on.
 func TestScenarioSecondaryRefusesPeerWritesPastTheEnd(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
@@ -2262,6 +2287,20 @@ func TestScenarioSecondaryRefusesPeerWritesPastTheEnd(t *testing.T) {
 				t.Fatalf("the disk file is %d bytes, want %d", fi.Size(), size)
 			}
 		})
+	}
+	// Resync copies of data and of zeroes alike.
+	for _, m := range []protocol.Message{
+		&protocol.ResyncData{Seq: 1, Offset: uint64(size - 512), Data: pattern("copy across the end", 1024)},
+		&protocol.ResyncData{Seq: 2, Offset: 1 << 63, Data: pattern("copy at a negative offset", 512)},
+		&protocol.ResyncZero{Seq: 3, Offset: uint64(size - 512), Length: 1024},
+		&protocol.ResyncZero{Seq: 4, Offset: 1 << 63, Length: 512},
+	} {
+		if ack := b.node.ApplyPeerCopy(m); ack.Err != protocol.CodeInvalid {
+			t.Fatalf("%T %+v: answer %+v, want error %d (EINVAL)", m, m, ack, protocol.CodeInvalid)
+		}
+	}
+	if fi, err := os.Stat(b.diskPath); err != nil || fi.Size() != size {
+		t.Fatalf("the disk file after the refused copies: %v, %v", fi.Size(), err)
 	}
 	// The node still applies writes that fit, and stays connected.
 	p := pattern("fits", hBlock)

@@ -329,28 +329,34 @@ func (s *session) complete(seq uint64, ok bool) {
 	s.finish(r, ok)
 }
 
-// oldestPending returns the sequence number of the oldest request the peer
-// has not answered, and what it is (write, flush or read), or 0 when none
-// is pending. The keepalive calls it once a tick: it scans the pending
-// requests.
-func (s *session) oldestPending() (seq uint64, what string) {
+// hasPending reports whether a request sent to the peer awaits its answer.
+func (s *session) hasPending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending) > 0
+}
+
+// oldestPending names the oldest request the peer has not answered: write,
+// flush or read ("request" when none is). It scans the pending requests;
+// ko-count calls it only to say why it drops the peer.
+func (s *session) oldestPending() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var oldest *request
-	for q, r := range s.pending {
-		if oldest == nil || q < oldest.seq {
+	for _, r := range s.pending {
+		if oldest == nil || r.seq < oldest.seq {
 			oldest = r
 		}
 	}
 	switch {
 	case oldest == nil:
-		return 0, ""
+		return "request"
 	case oldest.flush:
-		return oldest.seq, "flush"
+		return "flush"
 	case oldest.read:
-		return oldest.seq, "read"
+		return "read"
 	}
-	return oldest.seq, "write"
+	return "write"
 }
 
 // flushPeer asks the peer, in the background, to make what it wrote durable,

@@ -108,26 +108,7 @@ func TestScenarioVerifyResumes(t *testing.T) {
 	if v := a.node.Status().LastVerify; v == nil || !v.Ended.Equal(before.Ended) || v.Complete || v.Differing != 1 || v.ToKiB != 8<<10 {
 		t.Fatalf("last verify after a restart: %+v, want %+v", v, before)
 	}
-	reconnect(t, b)
-	a.waitInSync()
-	if d := firstDiff(a.image(), b.image()); d != 7*mib+100 {
-		t.Fatalf("after the reconnection the disks first differ at %d, want only the late rot (%d)", d, 7*mib+100)
-	}
-
-	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err != nil {
-		t.Fatal(err)
-	}
-	a.waitFor("the resumed verify's end in the log", func() bool { return strings.Contains(a.logs.String(), "online verify finished") })
-	logs := a.logs.String()
-	i := strings.Index(logs, "online verify finished (")
-	if i < 0 || !strings.Contains(logs[i:], "to 8MiB of 8MiB): 1 blocks differ") || strings.Contains(logs[i:], "finished (0B") {
-		t.Fatalf("the resumed verify did not cover the rest of the disk alone, finding the late block:\n%s", logs)
-	}
-	if v := a.node.Status().LastVerify; v == nil || !v.Complete || v.Differing != 1 || v.FromKiB < 3<<10 || v.ToKiB != 8<<10 {
-		t.Fatalf("status after the resumed verify: last verify %+v, want a complete one from where the first stopped", v)
-	}
-	a.waitInSync()
-	sameDisks(t, a, b)
+	resumeFindsLateRot(t, a, b, 3<<10)
 	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err == nil {
 		t.Fatal("a second resume after the verify finished was accepted")
 	}
@@ -151,10 +132,21 @@ func TestScenarioVerifyCheckpointSurvivesCrash(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // a checkpoint past the early block
 	a.crash()
 	a.start()
+	resumeFindsLateRot(t, a, b, 2<<10)
+}
+
+// resumeFindsLateRot follows a verify by a that stopped (or crashed) past
+// the early rot at 1 MiB of b and before the late one at 7 MiB: b
+// reconnects, the resync copies the early block the verify marked (the
+// disks then differ only at the late one), and --resume goes on from at
+// least fromKiB to the end of the 8 MiB disk, alone, finds the late block,
+// and the resync makes both disks equal.
+func resumeFindsLateRot(t *testing.T, a, b *tnode, fromKiB uint64) {
+	t.Helper()
 	reconnect(t, b)
 	a.waitInSync()
 	if d := firstDiff(a.image(), b.image()); d != 7*mib+100 {
-		t.Fatalf("after the restart the disks first differ at %d, want only the late rot (%d): the early block's mark was lost", d, 7*mib+100)
+		t.Fatalf("after the reconnection the disks first differ at %d, want only the late rot (%d): the early block's mark was lost", d, 7*mib+100)
 	}
 	if err := a.node.Verify(replica.VerifyRange{Resume: true}); err != nil {
 		t.Fatal(err)
@@ -163,10 +155,10 @@ func TestScenarioVerifyCheckpointSurvivesCrash(t *testing.T) {
 	logs := a.logs.String()
 	i := strings.Index(logs, "online verify finished (")
 	if i < 0 || !strings.Contains(logs[i:], "to 8MiB of 8MiB): 1 blocks differ") || strings.HasPrefix(logs[i:], "online verify finished (0B") {
-		t.Fatalf("the resumed verify did not go on from a checkpoint and find the late block:\n%s", logs)
+		t.Fatalf("the resumed verify did not cover the rest of the disk alone, finding the late block:\n%s", logs)
 	}
-	if v := a.node.Status().LastVerify; v == nil || !v.Complete || v.FromKiB < 2<<10 {
-		t.Fatalf("the resumed verify: %+v, want one from a checkpoint past 2 MiB", v)
+	if v := a.node.Status().LastVerify; v == nil || !v.Complete || v.Differing != 1 || v.FromKiB < fromKiB || v.ToKiB != 8<<10 {
+		t.Fatalf("status after the resumed verify: last verify %+v, want a complete one from at least %d KiB", v, fromKiB)
 	}
 	a.waitInSync()
 	sameDisks(t, a, b)

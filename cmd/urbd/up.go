@@ -183,8 +183,8 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	if err := replica.CheckKoCount(o.KoCount); err != nil {
 		return o, fmt.Errorf("--%w", err)
 	}
-	if o.DiskTimeout < 0 {
-		return o, fmt.Errorf("--disk-timeout %s: use a duration such as 30s, or 0 for off", o.DiskTimeout)
+	if err := replica.CheckDiskTimeout(o.DiskTimeout); err != nil {
+		return o, fmt.Errorf("--%w", err)
 	}
 	o.AssumeClean = c.Bool("assume-clean")
 	o.Grow = c.Bool("grow")
