@@ -574,16 +574,17 @@ func decodePayload(k Kind, p []byte, reuse *recvMsgs) (Message, error) {
 		v := &ReadReply{}
 		v.Seq = d.u64()
 		v.Err = d.u32()
-		pad := d.zero(4)
+		flags := d.u32()
 		if d.short {
 			break
 		}
-		if !pad {
-			return nil, malformed(k, "reserved bytes not zero")
+		if flags&^readReplyZero != 0 {
+			return nil, malformed(k, "unknown flags %#x", flags&^readReplyZero)
 		}
+		v.Zero = flags&readReplyZero != 0
 		v.Data = d.b
 		d.b = nil
-		if err := checkReadReply(v.Err, len(v.Data)); err != nil {
+		if err := checkReadReply(v.Err, len(v.Data), v.Zero); err != nil {
 			return nil, err
 		}
 		if len(v.Data) == 0 {
@@ -712,12 +713,19 @@ func putRange(b []byte, seq, off uint64, length uint32) {
 	b[20], b[21], b[22], b[23] = 0, 0, 0, 0
 }
 
+// readReplyZero is ReadReply's flag bit for Zero.
+const readReplyZero = 1
+
 // checkReadReply validates a ReadReply: data only with CodeOK, at most
-// MaxData bytes.
-func checkReadReply(code uint32, data int) error {
+// MaxData bytes; Zero only with CodeOK and no data.
+func checkReadReply(code uint32, data int, zero bool) error {
 	switch {
 	case code != CodeOK && data != 0:
 		return malformed(KindReadReply, "error %d with %d data bytes", code, data)
+	case zero && code != CodeOK:
+		return malformed(KindReadReply, "zero flag with error %d", code)
+	case zero && data != 0:
+		return malformed(KindReadReply, "zero flag with %d data bytes", data)
 	case data > MaxData:
 		return malformed(KindReadReply, "%d data bytes, limit %d", data, MaxData)
 	}
@@ -968,7 +976,7 @@ func (m *ResyncZero) layout() (int, []byte, error) {
 func (m *ResyncZero) put(b []byte) { putRange(b, m.Seq, m.Offset, m.Length) }
 
 func (m *ReadReply) layout() (int, []byte, error) {
-	if err := checkReadReply(m.Err, len(m.Data)); err != nil {
+	if err := checkReadReply(m.Err, len(m.Data), m.Zero); err != nil {
 		return 0, nil, invalid(KindReadReply, err)
 	}
 	return readReplyFixed, m.Data, nil
@@ -977,7 +985,11 @@ func (m *ReadReply) layout() (int, []byte, error) {
 func (m *ReadReply) put(b []byte) {
 	be.PutUint64(b[0:], m.Seq)
 	be.PutUint32(b[8:], m.Err)
-	b[12], b[13], b[14], b[15] = 0, 0, 0, 0
+	var flags uint32
+	if m.Zero {
+		flags = readReplyZero
+	}
+	be.PutUint32(b[12:], flags)
 }
 
 func (m *ResyncData) layout() (int, []byte, error) {

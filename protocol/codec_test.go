@@ -50,6 +50,7 @@ func sampleMessages() []Message {
 		&Read{Seq: 15, Offset: 1<<64 - 1, Length: MaxData},
 		&ReadReply{Seq: 14, Data: []byte("sector bytes")},
 		&ReadReply{Seq: 15, Err: CodeIO},
+		&ReadReply{Seq: 16, Zero: true},
 		&ResyncData{Seq: 1, Offset: 65536, Data: bytes.Repeat([]byte{7}, 4096)},
 		&ResyncData{Seq: 2},
 		&ResyncAck{Seq: 1, Offset: 65536, Length: 4096, Err: CodeInvalid},
@@ -151,7 +152,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"crc bit flip", func(f []byte) []byte { f[19] ^= 0x80; return f }, ErrChecksum},
 		{"seq changed", func(f []byte) []byte { f[11] = 9; return f }, ErrChecksum},
 		{"version 1", func(f []byte) []byte { f[4] = 1; return reseal(f) }, ErrVersion},
-		{"version 6", func(f []byte) []byte { f[4] = 6; return reseal(f) }, ErrVersion},
+		{"version 5 (the previous one)", func(f []byte) []byte { f[4] = 5; return reseal(f) }, ErrVersion},
 		{"version 0", func(f []byte) []byte { f[4] = 0; return reseal(f) }, ErrVersion},
 		{"unknown kind 0", func(f []byte) []byte { f[5] = 0; return reseal(f) }, ErrUnknownKind},
 		{"unknown kind 7", func(f []byte) []byte { f[5] = 7; return reseal(f) }, ErrUnknownKind},
@@ -266,9 +267,11 @@ func TestDecodeMalformedPayloads(t *testing.T) {
 			return p
 		})},
 		{"read short", KindRead, edit(&Read{Length: 1}, func(p []byte) []byte { return p[:20] })},
-		{"readreply pad", KindReadReply, edit(&ReadReply{}, func(p []byte) []byte { p[12] = 1; return p })},
-		{"readreply pad with data", KindReadReply, edit(&ReadReply{Data: []byte{1}}, func(p []byte) []byte { p[15] = 0x80; return p })},
+		{"readreply unknown flag", KindReadReply, edit(&ReadReply{}, func(p []byte) []byte { p[12] = 1; return p })},
+		{"readreply unknown flag with data", KindReadReply, edit(&ReadReply{Data: []byte{1}}, func(p []byte) []byte { p[15] = 0x80; return p })},
 		{"readreply error with data", KindReadReply, edit(&ReadReply{Data: []byte{1, 2}}, func(p []byte) []byte { p[11] = byte(CodeIO); return p })},
+		{"readreply zero with error", KindReadReply, edit(&ReadReply{Zero: true}, func(p []byte) []byte { p[11] = byte(CodeIO); return p })},
+		{"readreply zero with data", KindReadReply, edit(&ReadReply{Data: []byte{1}}, func(p []byte) []byte { p[15] = 1; return p })},
 		{"readreply short", KindReadReply, edit(&ReadReply{Err: CodeIO}, func(p []byte) []byte { return p[:15] })},
 		{"resynczero pad", KindResyncZero, edit(&ResyncZero{Length: 1}, func(p []byte) []byte { p[23] = 1; return p })},
 		{"resynczero zero length", KindResyncZero, edit(&ResyncZero{Length: 1}, func(p []byte) []byte { p[19] = 0; return p })},
@@ -328,6 +331,8 @@ func TestEncodeRefusesInvalid(t *testing.T) {
 		{"resynczero too long", ResyncZero{Length: MaxData + 1}, ErrInvalid},
 		{"readreply error with data", &ReadReply{Err: CodeIO, Data: []byte{1}}, ErrInvalid},
 		{"readreply too large", &ReadReply{Data: make([]byte, MaxData+1)}, ErrInvalid},
+		{"readreply zero with error", &ReadReply{Err: CodeIO, Zero: true}, ErrInvalid},
+		{"readreply zero with data", &ReadReply{Zero: true, Data: []byte{1}}, ErrInvalid},
 		{"ack type 0", &Ack{}, ErrInvalid},
 		{"state role", &State{Role: 9}, ErrInvalid},
 		{"syncstart direction", SyncStart{Direction: 9}, ErrInvalid},
@@ -500,9 +505,9 @@ func TestGoldenFrames(t *testing.T) {
 		m   Message
 		hex string
 	}{
-		{0, &Ping{Seq: 1}, "55524244051100000000000000000008" + "d58857dc" + "0000000000000001"},
-		{5, &Ack{Seq: 7, Type: AckDone}, "555242440521000000000005" + "000000105b217d4a" + "0000000000000007" + "0200000000000000"},
-		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440524000000000006" + "000000189c23638f" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
+		{0, &Ping{Seq: 1}, "55524244061100000000000000000008" + "8c4c4f1b" + "0000000000000001"},
+		{5, &Ack{Seq: 7, Type: AckDone}, "555242440621000000000005" + "00000010b8f396e7" + "0000000000000007" + "0200000000000000"},
+		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440624000000000006" + "00000018c876af4b" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
 	}
 	for _, tc := range tests {
 		got := hex.EncodeToString(mustFrame(t, tc.seq, tc.m))

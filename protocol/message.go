@@ -4,7 +4,7 @@ import "strconv"
 
 // Version is the protocol version this package speaks. It is carried in every
 // frame header and in Hello; peers must speak the same version.
-const Version = 5
+const Version = 6
 
 // Kind is a frame's type byte. Each Message type has exactly one Kind.
 type Kind uint8
@@ -295,9 +295,11 @@ type Read struct {
 }
 
 // ReadReply answers the Read with the same Seq: Err CodeOK and exactly the
-// requested bytes in Data, or an error code (CodeIO, CodeInvalid, ...) and no
-// Data. Data is at most MaxData bytes; the frame format cannot tell whether
-// it is as long as the Read asked for, so the requester checks that.
+// requested bytes in Data, or Err CodeOK, Zero and no Data when every
+// requested byte is zero (the range crosses the link as a flag, as a
+// ResyncZero does), or an error code (CodeIO, CodeInvalid, ...) and no Data.
+// Data is at most MaxData bytes; the frame format cannot tell whether it is
+// as long as the Read asked for, so the requester checks that.
 //
 // A ReadReply returned by Recv is freshly allocated, but its Data aliases the
 // stream's receive buffer like Write.Data: it is valid only until the next
@@ -305,6 +307,7 @@ type Read struct {
 type ReadReply struct {
 	Seq  uint64
 	Err  uint32
+	Zero bool // the range reads as zeroes; Data is empty
 	Data []byte
 }
 

@@ -598,7 +598,7 @@ func FuzzStreamRecv(f *testing.F) {
 	f.Add(framesOf(f, sampleMessages()...))
 	f.Add(framesOf(f, &Write{Seq: 1, Length: 3, Data: []byte("abc")}, &Ack{Seq: 1, Type: AckDone}))
 	f.Add([]byte("URBD\x01\x20\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00"))
-	f.Add(framesOf(f, &Read{Seq: 1, Length: 3}, &ReadReply{Seq: 1, Data: []byte("abc")}, &ReadReply{Seq: 2, Err: CodeIO}))
+	f.Add(framesOf(f, &Read{Seq: 1, Length: 3}, &ReadReply{Seq: 1, Data: []byte("abc")}, &ReadReply{Seq: 2, Err: CodeIO}, &ReadReply{Seq: 3, Zero: true}))
 	f.Add([]byte("URBD\x01\x25\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		st := streamOver(b)
