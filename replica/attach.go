@@ -458,10 +458,6 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress, plan copyPlan) er
 			continue
 		}
 		length := min(chunk, size-off)
-		if err := n.rate.Wait(s.ctx, length); err != nil {
-			fail(err)
-			break
-		}
 		slots <- struct{}{}
 		unlock, err := n.rl.lock(s.ctx, off, length)
 		if err != nil {
@@ -480,23 +476,46 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress, plan copyPlan) er
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			defer unlock()
-			if !r.wait(s.ctx, 'C') {
-				fail(fmt.Errorf("the peer did not serve %d bytes at %d", length, off))
+			zero, err := n.copyChunk(s, ref, r, unlock)
+			if err != nil {
+				fail(err)
 				return
 			}
-			n.stats.netRecv.Add(uint64(length))
-			if err := ref.WriteAt(s.ctx, r.dst, off, false); err != nil {
-				fail(fmt.Errorf("writing the new disk at %d: %w", off, err))
-				return
-			}
-			n.stats.diskWrite.Add(uint64(length))
 			prog.Done(length)
 			mark.chunkDone(off)
+			// The rate limit counts what crossed the link: a chunk that
+			// reads as zeroes costs it nothing. The slot is held meanwhile,
+			// so the copy keeps to the rate.
+			if !zero {
+				if err := n.rate.Wait(s.ctx, length); err != nil {
+					fail(err)
+				}
+			}
 		}()
 	}
 	wg.Wait()
 	return errs.get()
+}
+
+// copyChunk waits for the peer's answer to the copy's read r and writes it
+// to ref, then releases the chunk's range lock (unlock). A chunk the peer
+// answered as zeroes is written with WriteZeroes, which punches a hole where
+// the disk can, so a thin or sparse new disk stays thin; zero says so.
+func (n *Node) copyChunk(s *session, ref *diskRef, r *request, unlock func()) (zero bool, err error) {
+	defer unlock()
+	if !r.wait(s.ctx, 'C') {
+		return false, fmt.Errorf("the peer did not serve %d bytes at %d", r.length, r.off)
+	}
+	if r.zero {
+		err = ref.WriteZeroes(s.ctx, r.off, r.length, false, false)
+	} else {
+		err = ref.WriteAt(s.ctx, r.dst, r.off, false)
+	}
+	if err != nil {
+		return false, fmt.Errorf("writing the new disk at %d: %w", r.off, err)
+	}
+	n.stats.diskWrite.Add(uint64(r.length))
+	return r.zero, nil
 }
 
 // leaveDiskless ends an attach whose copy is done: the new disk is

@@ -238,7 +238,9 @@ func TestScenarioAttachDiskFails(t *testing.T) {
 	a.proxy.Cut.Store(true)
 	b.proxy.Cut.Store(true)
 	a.waitState("peer lost", func(s replica.State) bool { return !s.Conn.Connected() })
-	if _, err := a.readAt(0, hBlock); err == nil {
+	// The copy's first chunks go at once (the rate is charged as their
+	// data arrives); at 1 MiB/s it cannot have reached the disk's end.
+	if _, err := a.readAt(hDiskSize-hBlock, hBlock); err == nil {
 		t.Fatal("a read without the peer succeeded before the copy was done")
 	}
 	if st := a.node.State(); st.Disk != replica.Diskless {
@@ -637,5 +639,45 @@ func TestScenarioAttachDiskSecondary(t *testing.T) {
 	attachResynced(t, a, b, want)
 	if got := a.read(0, len(lost)); !bytes.Equal(got, lost) {
 		t.Fatal("a's new disk lacks the write its old disk failed")
+	}
+}
+
+// TestScenarioAttachDiskKeepsZeroesThin: zeroes the Diskless Primary reads
+// from its peer, and zeroes the copy to a new disk takes from it, cross the
+// link as a flag (ReadReply's Zero), not as bytes; the peer's holes are not
+// even read, and the new disk gets holes where the peer's disk reads as
+// zeroes, so a thin disk stays thin. The new disk still ends up equal.
+func TestScenarioAttachDiskKeepsZeroesThin(t *testing.T) {
+	a, b, want := detachedPair(t, nodeOpts{})
+	// b's file holds data in [0, 4 MiB + 8 KiB) and holes after it; a
+	// run of written zeroes at 6 MiB makes one chunk that reads as zeroes
+	// without being a hole.
+	b.poke(6*mib, make([]byte, mib))
+
+	recv := a.node.Status().NetRecvKiB
+	if got, err := a.readAt(5*mib, 3*mib); err != nil || !bytes.Equal(got, want[5*mib:]) {
+		t.Fatalf("the Diskless Primary reading zeroes from its peer: %v (equal %v)", err, bytes.Equal(got, want[5*mib:]))
+	}
+	if got := a.node.Status().NetRecvKiB - recv; got != 0 {
+		t.Errorf("reading 3 MiB of zeroes from the peer received %d KiB, want none", got)
+	}
+
+	sent, read := b.node.Status().NetSendKiB, b.node.Status().DiskReadKiB
+
+	attach(t, a, replaceDisk(t, a, hDiskSize))
+	a.waitState("UpToDate after the attach", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from what was written at %d", i)
+	}
+	sameDisks(t, a, b)
+	// 5 MiB of chunks hold data; the 3 after them cross as flags.
+	if got := b.node.Status().NetSendKiB - sent; got != 5<<10 {
+		t.Errorf("the peer sent %d KiB for the copy, want the 5 chunks holding data (5120 KiB)", got)
+	}
+	if got := b.node.Status().DiskReadKiB - read; got != 6<<10 {
+		t.Errorf("the peer read %d KiB for the copy, want the 5 chunks holding data and the chunk of written zeroes (6144 KiB), not its holes", got)
+	}
+	if used := allocatedBytes(t, a.diskPath); used > 5*mib+64<<10 {
+		t.Errorf("the new disk's file occupies %d bytes after the copy, want the garbage in the zero chunks punched out (about 5 MiB)", used)
 	}
 }

@@ -124,7 +124,6 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 		return fmt.Errorf("%w: it did not answer", errPeerCannotServe)
 	}
 	copy(p, r.dst)
-	n.stats.netRecv.Add(uint64(length))
 	if diskless {
 		return nil
 	}

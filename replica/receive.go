@@ -359,10 +359,13 @@ func (s *session) applyLoop() error {
 }
 
 // answerRead reads a range for the peer, a Primary whose own disk failed to
-// read it, and sends it back. It runs in the apply loop, so every write
-// received before the Read is on the disk. Only a disk that holds the data
-// the Primary wrote answers: this node UpToDate, not Primary, and none of the
-// range out of sync; otherwise, or if the read fails, it answers CodeIO.
+// read it (or is Diskless, or is being attached), and sends it back. It
+// runs in the apply loop, so every write received before the Read is on the
+// disk. Only a disk that holds the data the Primary wrote answers: this node
+// UpToDate, not Primary, and none of the range out of sync; otherwise, or if
+// the read fails, it answers CodeIO. A range that reads as zeroes goes back
+// as a Zero reply without its bytes, and a hole of a sparse disk is not even
+// read.
 func (s *session) answerRead(rd *protocol.Read) error {
 	n := s.n
 	reply := protocol.ReadReply{Seq: rd.Seq, Err: protocol.CodeIO}
@@ -372,6 +375,8 @@ func (s *session) answerRead(rd *protocol.Read) error {
 	case off < 0 || length <= 0 || off+length > n.backend().Size():
 		reply.Err = protocol.CodeInvalid
 	case st.Role == Primary || st.Disk != UpToDate || n.store().Bitmap().IsSet(off, length):
+	case n.isHole(off, length):
+		reply.Err, reply.Zero = protocol.CodeOK, true
 	default:
 		buf := bufpool.Get(int(length))
 		defer bufpool.Put(buf)
@@ -380,7 +385,11 @@ func (s *session) answerRead(rd *protocol.Read) error {
 			break
 		}
 		n.stats.diskRead.Add(uint64(length))
-		reply.Err, reply.Data = protocol.CodeOK, *buf
+		reply.Err = protocol.CodeOK
+		if reply.Zero = allZero(*buf); !reply.Zero {
+			reply.Data = *buf
+			n.stats.netSend.Add(uint64(length))
+		}
 	}
 	s.unacked.Add(-1)
 	return s.ps.Data().Send(&reply)

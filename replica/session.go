@@ -86,6 +86,7 @@ type request struct {
 	flush, fua  bool
 	read        bool          // a Read: the peer's data lands in dst
 	dst         []byte        // a read's own buffer; filled before done is closed
+	zero        bool          // a read the peer answered as zeroes (dst is zeroes); set before done is closed
 	sent        chan struct{} // handed to the socket; protocol A writes only, else nil
 	received    chan struct{} // the peer has it; protocol B writes only, else nil
 	done        chan struct{} // the peer wrote it (protocol C), or it failed
@@ -202,7 +203,8 @@ func (s *session) sendRead(off, length int64) *request {
 }
 
 // completeRead finishes a pending read with the peer's answer: its data is
-// copied into the read's destination, which must be exactly as long.
+// copied into the read's destination, which must be exactly as long, or the
+// destination is zeroed when the peer says the range reads as zeroes.
 func (s *session) completeRead(m *protocol.ReadReply) error {
 	s.mu.Lock()
 	r := s.pending[m.Seq]
@@ -217,10 +219,15 @@ func (s *session) completeRead(m *protocol.ReadReply) error {
 	delete(s.pending, m.Seq)
 	s.mu.Unlock()
 	s.answered.Add(1)
-	ok := m.Err == protocol.CodeOK && len(m.Data) == len(r.dst)
-	if ok {
+	ok := m.Err == protocol.CodeOK && (m.Zero || len(m.Data) == len(r.dst))
+	switch {
+	case ok && m.Zero:
+		clear(r.dst)
+		r.zero = true
+	case ok:
 		copy(r.dst, m.Data)
-	} else if m.Err == protocol.CodeOK {
+		s.n.stats.netRecv.Add(uint64(len(m.Data)))
+	case m.Err == protocol.CodeOK:
 		s.n.log.Error("the peer answered a read with the wrong length", "want", len(r.dst), "got", len(m.Data))
 	}
 	s.finish(r, ok)
