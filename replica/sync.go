@@ -291,27 +291,86 @@ func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
 }
 
 // sendBlocks sends data for [off, off+len(buf)) to the sync target and waits
-// until the target wrote it. Data that is all zeroes goes as a ResyncZero,
-// without its bytes: the target punches a hole or writes zeroes itself, so
-// an empty region costs the link nothing and leaves a thin target thin.
+// until the target wrote it. Pieces of at least minZeroPiece bytes that are
+// all zeroes go as ResyncZeros, without their bytes: the target punches a
+// hole or writes zeroes itself, so an empty region costs the link nothing
+// and leaves a thin target thin. The rest goes as ResyncData. Every piece is
+// sent before the first answer is waited for.
 func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
-	length := int64(len(buf))
-	if allZero(buf) {
-		buf = nil
+	var waits []func() error
+	for _, p := range zeroPieces(buf, minZeroPiece) {
+		data := buf[p.off : p.off+p.length]
+		if p.zero {
+			data = nil
+		}
+		wait, err := n.startCopy(s, off+p.off, p.length, data)
+		if err != nil {
+			return err
+		}
+		waits = append(waits, wait)
 	}
-	return n.sendCopy(s, off, length, buf)
+	for _, wait := range waits {
+		if err := wait(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// minZeroPiece is the smallest run of zeroes inside a resync run that
+// sendBlocks sends as a ResyncZero: smaller ones travel with the data
+// around them, which costs less than a message and a write of its own.
+const minZeroPiece = 64 << 10
+
+// piece is a part of a resync run: zero says it holds only zeroes.
+type piece struct {
+	off, length int64
+	zero        bool
+}
+
+// zeroPieces splits b into pieces that alternate between data and runs of
+// zeroes of at least min bytes that start and end on a multiple of min (a
+// run shorter than that stays in the data around it). Together they cover b
+// in order; a b of zeroes is one zero piece.
+func zeroPieces(b []byte, min int64) []piece {
+	var ps []piece
+	add := func(off, length int64, zero bool) {
+		if k := len(ps) - 1; k >= 0 && ps[k].zero == zero {
+			ps[k].length += length
+			return
+		}
+		ps = append(ps, piece{off: off, length: length, zero: zero})
+	}
+	for off := int64(0); off < int64(len(b)); off += min {
+		end := off + min
+		if end > int64(len(b)) {
+			end = int64(len(b))
+		}
+		add(off, end-off, allZero(b[off:end]))
+	}
+	return ps
 }
 
 // sendCopy sends the copy of [off, off+length) to the sync target, data as
 // a ResyncData, or zeroes as a ResyncZero when data is nil, and waits until
 // the target wrote it.
 func (n *Node) sendCopy(s *session, off, length int64, data []byte) error {
+	wait, err := n.startCopy(s, off, length, data)
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// startCopy sends the copy of [off, off+length) as sendCopy does, and
+// returns a function that waits until the target wrote it.
+func (n *Node) startCopy(s *session, off, length int64, data []byte) (wait func() error, err error) {
 	seq := s.rsSeq.Add(1)
 	ch := make(chan uint32, 1)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return ErrPeerLost
+		return nil, ErrPeerLost
 	}
 	s.rsWait[seq] = ch
 	s.mu.Unlock()
@@ -320,29 +379,31 @@ func (n *Node) sendCopy(s *session, off, length int64, data []byte) error {
 		msg = &protocol.ResyncZero{Seq: seq, Offset: uint64(off), Length: uint32(length)}
 	}
 	if err := s.ps.Resync().Send(msg); err != nil {
-		return err
+		return nil, err
 	}
 	if data != nil {
 		n.stats.netSend.Add(uint64(length))
 	}
-	select {
-	case code, ok := <-ch:
-		if !ok {
-			return ErrPeerLost
+	return func() error {
+		select {
+		case code, ok := <-ch:
+			if !ok {
+				return ErrPeerLost
+			}
+			if code != protocol.CodeOK {
+				return fmt.Errorf("replica: peer failed resync write at %d+%d (errno %d)", off, length, code)
+			}
+		case <-s.ctx.Done():
+			return s.ctx.Err()
 		}
-		if code != protocol.CodeOK {
-			return fmt.Errorf("replica: peer failed resync write at %d+%d (errno %d)", off, length, code)
-		}
-	case <-s.ctx.Done():
-		return s.ctx.Err()
-	}
-	return nil
+		return nil
+	}, nil
 }
 
 // zeroChunk is syncChunk zero bytes, which allZero compares against.
 var zeroChunk = make([]byte, syncChunk)
 
-// allZero reports whether b, at most syncChunk bytes, holds only zeroes.
+// allZero reports whether b holds only zeroes.
 func allZero(b []byte) bool {
 	for len(b) > 0 {
 		n := min(len(b), len(zeroChunk))
