@@ -118,8 +118,9 @@ func TestScenarioKoCountOff(t *testing.T) {
 }
 
 // TestScenarioHungPrimaryDiskDetached: with disk-timeout, a Primary whose
-// disk leaves a write, a flush or a read unanswered detaches it once the
-// timeout has passed, as after a disk error, and the request is served by
+// disk leaves a write, a flush, a read or the flush an activity-log eviction
+// needs unanswered detaches it once the timeout has passed, as after a disk
+// error, and the request is served by
 // the UpToDate peer: the application sees no error, only the wait. The
 // reason and the local-io-error handler say what hung. When the disk answers
 // at last, its late result changes nothing.
@@ -137,6 +138,11 @@ func TestScenarioHungPrimaryDiskDetached(t *testing.T) {
 			fmt.Sprintf("local disk has not completed a write of %d bytes at %d in ", 2*hBlock, 8*hBlock)},
 		{"flush", (*testDisk).hangFlushes, (*testDisk).releaseFlushes,
 			func(x *tnode) error { return x.node.Flush(ctx) }, "local disk has not completed a flush in "},
+		// A write to an extent the activity log must make room for: the
+		// data sync before the eviction is the request that hangs.
+		{"eviction", (*testDisk).hangFlushes, (*testDisk).releaseFlushes,
+			func(x *tnode) error { return x.node.WriteAt(ctx, pattern("evicts", hBlock), hDiskSize/2, false) },
+			"local disk has not completed a flush in "},
 		{"read", (*testDisk).hangReads, (*testDisk).releaseReads,
 			func(x *tnode) error {
 				got, err := x.readAt(0, 4*hBlock)
@@ -147,7 +153,7 @@ func TestScenarioHungPrimaryDiskDetached(t *testing.T) {
 			}, fmt.Sprintf("local disk has not completed a read of %d bytes at 0 in ", 4*hBlock)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			o := nodeOpts{diskTimeout: 300 * time.Millisecond}
+			o := nodeOpts{diskTimeout: 300 * time.Millisecond, alExtents: 1}
 			a, b := cleanPair(t, o, o)
 			a.write(0, pattern("before", 4*hBlock))
 			held := tc.hang(a.disk)
