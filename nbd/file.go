@@ -281,8 +281,12 @@ func (b *File) Trim(ctx context.Context, off, length int64, fua bool) error {
 
 // WriteZeroes makes the range read as zeroes: on a regular file with
 // fallocate ZERO_RANGE when noHole (blocks stay allocated) or PUNCH_HOLE
-// otherwise; on a block device with BLKZEROOUT. Where those are not
-// supported it writes zeroes.
+// otherwise; on a block device with BLKZEROOUT, which keeps blocks
+// allocated, or, without noHole, first with fallocate PUNCH_HOLE, which the
+// kernel turns into a write of zeroes that may unmap (a loop device punches
+// its file, a thin device frees its blocks) and refuses where the device
+// cannot do that without writing zeroes. Where none of those is supported
+// it writes zeroes.
 func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
 	if b.readOnly {
 		return ErrReadOnly
@@ -292,7 +296,12 @@ func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 	}
 	var err error
 	if b.blockDev {
-		err = b.rangeIoctl(unix.BLKZEROOUT, off, length)
+		if !noHole {
+			err = b.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		}
+		if noHole || fileUnsupported(err) {
+			err = b.rangeIoctl(unix.BLKZEROOUT, off, length)
+		}
 	} else if noHole {
 		err = b.fallocate(unix.FALLOC_FL_ZERO_RANGE, off, length)
 	} else {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -485,5 +486,56 @@ func TestFileHasData(t *testing.T) {
 		if got := f.HasData(tc.off, tc.length); got != tc.want {
 			t.Errorf("HasData(%d, %d) = %v, want %v", tc.off, tc.length, got, tc.want)
 		}
+	}
+}
+
+// TestFileWriteZeroesBlockDevice: on a block device (a loop device over a
+// sparse file), WriteZeroes without noHole frees the blocks (the loop
+// device punches its file), and with noHole keeps them allocated; both read
+// back as zeroes.
+func TestFileWriteZeroesBlockDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root (a loop device)")
+	}
+	const mib = 1 << 20
+	backing := tempDisk(t, 8*mib)
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
+	f, err := OpenFile(dev, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if !f.blockDev {
+		t.Fatalf("%s opened as a regular file", dev)
+	}
+	ctx := context.Background()
+	data := bytes.Repeat([]byte{0x5a}, 4*mib)
+	if err := f.WriteAt(ctx, data, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if used := allocatedBytes(t, backing); used < 4*mib {
+		t.Fatalf("the loop device's file occupies %d bytes after 4 MiB were written", used)
+	}
+	if err := f.WriteZeroes(ctx, 0, 2*mib, true, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WriteZeroes(ctx, 2*mib, mib, true, true); err != nil {
+		t.Fatal(err)
+	}
+	if used := allocatedBytes(t, backing); used != 2*mib {
+		t.Errorf("the loop device's file occupies %d bytes, want 2 MiB: the range zeroed without noHole freed, the one with it kept", used)
+	}
+	got := make([]byte, 4*mib)
+	if err := f.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := append(make([]byte, 3*mib), data[:mib]...)
+	if !bytes.Equal(got, want) {
+		t.Fatal("the zeroed ranges do not read back as zeroes")
 	}
 }
