@@ -231,6 +231,23 @@ full_copy_run() {
 	full_resync_time "$B_RUN"
 }
 
+# attach_run: node a's disk is taken out (urbd detach-disk) and replaced by a
+# new sparse file, which urbd attach-disk fills from node b; prints the
+# seconds until a is UpToDate again, the MiB it received meanwhile and the
+# MiB its new disk occupies.
+attach_run() {
+	"$URBD" --run-dir "$A_RUN" detach-disk r0 >/dev/null
+	wait_state "$A_RUN" "ds:Diskless" 10
+	rm -f "$A_DISK"
+	truncate -s "$SIZE" "$A_DISK"
+	settle_cache "$B_DISK"
+	local t0 nr0
+	nr0=$(status_kib "$A_RUN" nr)
+	t0=$(now_ms)
+	"$URBD" --run-dir "$A_RUN" attach-disk r0 >/dev/null
+	printf '%s %s\n' "$(synced_since "$t0" "$nr0" "$A_RUN")" "$(du -m "$A_DISK" | cut -f1)"
+}
+
 # full_csum_run: node b's disk is detached (Diskless), 32 MiB are written
 # at random offsets without it, and b's daemon is killed and restarted on
 # the same disk: a full resync that compares checksums; prints seconds and
@@ -414,7 +431,7 @@ bench_resync() {
 	fio --name=data --ioengine=nbd --uri="nbd+unix:///?socket=$A_SOCK" --size=64M \
 		--rw=write --bs=1M --iodepth=8 --offset=256M >/dev/null 2>>"$WORK/fio.log"
 	until in_sync "$A_RUN"; do sleep 0.05; done
-	local zero_s="" zero_mib="" zcopy_s="" zrate_s="" t0 t1
+	local zero_s="" zero_mib="" zcopy_s="" zrate_s="" att_s="" att_mib="" att_used="" arate_s="" t0 t1
 	src=$WORK/zero-src.img dst=$WORK/zero-dst.img
 	cp --sparse=always "$A_DISK" "$src"
 	rm -f "$dst"
@@ -439,6 +456,18 @@ bench_resync() {
 		zrate_s+="$secs"$'\n'
 		"$URBD" --run-dir "$A_RUN" adjust --resync-rate 0 r0 >/dev/null
 	done
+	# attach-disk of a new sparse disk on node a, after the rounds above
+	# (it replaces a's disk file): unthrottled, then at the default rate.
+	for r in $(seq "$RUNS"); do
+		attach_run >"$WORK/attach.out"
+		read -r secs mib used <"$WORK/attach.out"
+		att_s+="$secs"$'\n' att_mib+="$mib"$'\n' att_used+="$used"$'\n'
+		"$URBD" --run-dir "$A_RUN" adjust --resync-rate 100MiB r0 >/dev/null
+		attach_run >"$WORK/attach.out"
+		read -r secs mib used <"$WORK/attach.out"
+		arate_s+="$secs"$'\n'
+		"$URBD" --run-dir "$A_RUN" adjust --resync-rate 0 r0 >/dev/null
+	done
 	stop_server "$src_pid"
 	stop_server "$dst_pid"
 	cs=$(printf '%s' "$zero_s" | median)
@@ -446,6 +475,11 @@ bench_resync() {
 	printf '%-44s %10s %10s %8s\n' "full resync, sparse 1 GiB holding 64 MiB (s)" "$cs" "$ps" "$(ratio "$cs" "$ps")"
 	printf '%-44s %10s %10s %8s\n' "  MiB the target received" "$(printf '%s' "$zero_mib" | median)" "-" "-"
 	printf '%-44s %10s %10s %8s\n' "  at the default rate, 100 MiB/s (s)" "$(printf '%s' "$zrate_s" | median)" "-" "-"
+	cs=$(printf '%s' "$att_s" | median)
+	printf '%-44s %10s %10s %8s\n' "attach-disk of a new sparse disk, same data (s)" "$cs" "$ps" "$(ratio "$cs" "$ps")"
+	printf '%-44s %10s %10s %8s\n' "  MiB the attaching node received" "$(printf '%s' "$att_mib" | median)" "-" "-"
+	printf '%-44s %10s %10s %8s\n' "  MiB the new disk occupies" "$(printf '%s' "$att_used" | median)" "-" "-"
+	printf '%-44s %10s %10s %8s\n' "  at the default rate, 100 MiB/s (s)" "$(printf '%s' "$arate_s" | median)" "-" "-"
 
 	# 7. Throttled accuracy over 10 s, on sparse 4 GiB disks (enough dirty
 	# data for 12 s at 200 MiB/s).
