@@ -291,14 +291,14 @@ func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
 }
 
 // sendBlocks sends data for [off, off+len(buf)) to the sync target and waits
-// until the target wrote it. Pieces of at least minZeroPiece bytes that are
-// all zeroes go as ResyncZeros, without their bytes: the target punches a
-// hole or writes zeroes itself, so an empty region costs the link nothing
-// and leaves a thin target thin. The rest goes as ResyncData. Every piece is
-// sent before the first answer is waited for.
+// until the target wrote it. The steps of zeroStep bytes (from off) that hold
+// only zeroes go as ResyncZeros, merged with their zero neighbours, without
+// their bytes: the target punches a hole or writes zeroes itself, so an empty
+// region costs the link nothing and leaves a thin target thin. The rest goes
+// as ResyncData. Every piece is sent before the first answer is waited for.
 func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	var waits []func() error
-	for _, p := range zeroPieces(buf, minZeroPiece) {
+	for _, p := range zeroPieces(buf, zeroStep) {
 		data := buf[p.off : p.off+p.length]
 		if p.zero {
 			data = nil
@@ -317,10 +317,10 @@ func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	return nil
 }
 
-// minZeroPiece is the smallest run of zeroes inside a resync run that
-// sendBlocks sends as a ResyncZero: smaller ones travel with the data
-// around them, which costs less than a message and a write of its own.
-const minZeroPiece = 64 << 10
+// zeroStep is the granularity at which sendBlocks looks for zeroes inside a
+// resync run: a shorter run of zeroes travels with the data around it,
+// which costs less than a message and a write of its own.
+const zeroStep = 64 << 10
 
 // piece is a part of a resync run: zero says it holds only zeroes.
 type piece struct {
@@ -329,10 +329,10 @@ type piece struct {
 }
 
 // zeroPieces splits b into pieces that alternate between data and runs of
-// zeroes of at least min bytes that start and end on a multiple of min (a
-// run shorter than that stays in the data around it). Together they cover b
-// in order; a b of zeroes is one zero piece.
-func zeroPieces(b []byte, min int64) []piece {
+// zeroes made of whole steps of step bytes (a run of zeroes that covers no
+// whole step stays in the data around it). Together they cover b in order;
+// a b of zeroes is one zero piece.
+func zeroPieces(b []byte, step int64) []piece {
 	var ps []piece
 	add := func(off, length int64, zero bool) {
 		if k := len(ps) - 1; k >= 0 && ps[k].zero == zero {
@@ -341,11 +341,8 @@ func zeroPieces(b []byte, min int64) []piece {
 		}
 		ps = append(ps, piece{off: off, length: length, zero: zero})
 	}
-	for off := int64(0); off < int64(len(b)); off += min {
-		end := off + min
-		if end > int64(len(b)) {
-			end = int64(len(b))
-		}
+	for off := int64(0); off < int64(len(b)); off += step {
+		end := min(off+step, int64(len(b)))
 		add(off, end-off, allZero(b[off:end]))
 	}
 	return ps
