@@ -52,6 +52,13 @@ attach_over() {
 wait_for attach_over
 step "attached: $("$URBD" --run-dir /run/urbd-a status r0 | sed -n 2p)"
 status_has a "reason: new disk attached" || fail "the reason does not say the disk was attached"
+# The peer's chunks of zeroes came as zeroes, written as zeroes that may
+# unmap through dm-linear to the loop device, which punches its file: the
+# new disk's file stays sparse (a copy written as data fills all 128 MiB).
+used_new=$(du -k /tmp/a-new.img | cut -f1)
+used_b=$(du -k /tmp/b.img | cut -f1)
+step "the new disk's file occupies ${used_new} KiB of 131072, the peer's ${used_b} KiB"
+[ "$used_new" -lt $((96 * 1024)) ] || fail "the new disk's file occupies ${used_new} KiB: the copy wrote the peer's zeroes as data"
 
 (cd /tmp/m && md5sum f1 f2 f3) > /tmp/sums
 umount /tmp/m
