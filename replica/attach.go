@@ -53,6 +53,7 @@ type copyPlan struct {
 	chunk, from int64
 	redo        map[int64]bool // chunk offsets
 	bytes       int64          // the total to copy
+	compare     bool           // compare checksums first (csums-alg on either node)
 }
 
 // redoRange adds the chunks touching [off, off+length) below p.from to
@@ -364,6 +365,9 @@ func (n *Node) startCopyLocked(s *session, again bool) {
 	case again:
 		reason = fmt.Sprintf("attaching a new disk: the peer is back, copying %s again; Diskless until it is done", units.FormatSize(plan.bytes))
 	}
+	if plan.compare = n.csums.Load() || s.peerCsums.Load(); plan.compare {
+		reason += " (csums-alg: only blocks whose checksums differ are copied)"
+	}
 	prog := resync.NewProgress(n.clock, plan.bytes)
 	n.progress = prog
 	n.setReasonLocked(reason)
@@ -431,7 +435,10 @@ func (n *Node) finishAttach(s *session, prog *resync.Progress, plan copyPlan) {
 }
 
 // copyFromPeer copies what plan says from the peer to the node's (new)
-// disk, attachWindow chunks at a time, at the resync rate.
+// disk, attachWindow chunks at a time, at the resync rate. With csums-alg
+// set on either node it compares checksums first (compareChunk), so that a
+// disk that already holds most of the data (the failed one, repaired) gets
+// only the blocks that differ.
 func (n *Node) copyFromPeer(s *session, prog *resync.Progress, plan copyPlan) error {
 	ref := n.disk.Load()
 	size := ref.Size()
@@ -439,6 +446,15 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress, plan copyPlan) er
 	start := plan.from // the first chunk not known to be equal
 	for off := range plan.redo {
 		start = min(start, off)
+	}
+	compare := plan.compare
+	if compare {
+		// Writes sent before the new disk took writes are not on it: the
+		// peer must have applied them before its checksums are compared
+		// with it. A flush follows them on the data stream.
+		if r := s.sendFlush(); r == nil || !r.wait(s.ctx, 'C') {
+			return fmt.Errorf("the peer did not apply the writes sent before the copy: %w", ErrPeerLost)
+		}
 	}
 	mark := &copyMark{ref: ref, chunk: chunk, size: size, next: start / chunk, done: map[int64]bool{}}
 	ref.copied.Store(start)
@@ -465,27 +481,36 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress, plan copyPlan) er
 			fail(err)
 			break
 		}
-		r := s.sendRead(off, length)
-		if r == nil {
-			unlock()
-			<-slots
-			fail(ErrPeerLost)
-			break
+		var r *request
+		if !compare {
+			if r = s.sendRead(off, length); r == nil {
+				unlock()
+				<-slots
+				fail(ErrPeerLost)
+				break
+			}
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			zero, err := n.copyChunk(s, ref, r, unlock)
+			var zero bool
+			var err error
+			if compare {
+				err = n.compareChunk(s, ref, off, length, unlock)
+			} else {
+				zero, err = n.copyChunk(s, ref, r, unlock)
+			}
 			if err != nil {
 				fail(err)
 				return
 			}
 			prog.Done(length)
 			mark.chunkDone(off)
-			// The rate limit counts what crossed the link: a chunk that
-			// reads as zeroes costs it nothing. The slot is held meanwhile,
-			// so the copy keeps to the rate.
+			// The rate limit counts what crossed the link, or was read
+			// on both nodes to compare: a chunk that reads as zeroes costs
+			// it nothing. The slot is held meanwhile, so the copy keeps to
+			// the rate.
 			if !zero {
 				if err := n.rate.Wait(s.ctx, length); err != nil {
 					fail(err)
@@ -498,11 +523,68 @@ func (n *Node) copyFromPeer(s *session, prog *resync.Progress, plan copyPlan) er
 }
 
 // copyChunk waits for the peer's answer to the copy's read r and writes it
-// to ref, then releases the chunk's range lock (unlock). A chunk the peer
-// answered as zeroes is written with WriteZeroes, which punches a hole where
-// the disk can, so a thin or sparse new disk stays thin; zero says so.
+// to ref (writeRead), then releases the chunk's range lock (unlock).
 func (n *Node) copyChunk(s *session, ref *diskRef, r *request, unlock func()) (zero bool, err error) {
 	defer unlock()
+	return n.writeRead(s, ref, r)
+}
+
+// compareChunk fills [off, off+length) of ref, the disk being attached, by
+// checksum, then releases the chunk's range lock (unlock): it reads the
+// chunk from ref, asks the peer for the SHA-256 of each bitmap block of its
+// copy, and reads from the peer only the runs of blocks whose sums differ,
+// or that either disk cannot read. The peer's sums may predate a write to
+// the chunk still on its way to it; such a write is on ref already (writes
+// reach the new disk under the range lock), so its blocks differ and are
+// read, behind the write, or are equal after it too. copyFromPeer's flush
+// covers the writes sent before the new disk took writes.
+func (n *Node) compareChunk(s *session, ref *diskRef, off, length int64, unlock func()) error {
+	defer unlock()
+	bs := n.store().Bitmap().BlockSize()
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := (*bp)[:length]   // length <= syncChunk: copyPlan's chunk
+	var ours []protocol.Sum // nil: unreadable here, every block differs
+	if err := n.readLocal(s.ctx, ref.Backend, buf, off); err == nil {
+		ours = blockSums(buf, bs)
+	} else if s.ctx.Err() != nil {
+		return err
+	}
+	theirs, err := s.peerSums(off, length, bs)
+	if err != nil {
+		return err
+	}
+	if blocks := (length + bs - 1) / bs; int64(len(theirs)) != blocks {
+		return fmt.Errorf("the peer sent %d checksums for %d blocks at %d", len(theirs), blocks, off)
+	}
+	same := func(i int) bool { return ours != nil && ours[i] == theirs[i] && theirs[i] != unreadableSum }
+	for i := 0; i < len(theirs); {
+		if same(i) {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(theirs) && !same(j) {
+			j++
+		}
+		lo, hi := int64(i)*bs, min(int64(j)*bs, length)
+		r := s.sendRead(off+lo, hi-lo)
+		if r == nil {
+			return ErrPeerLost
+		}
+		if _, err := n.writeRead(s, ref, r); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// writeRead waits for the peer's answer to the copy's read r and writes it
+// to ref. A range the peer answered as zeroes is written with WriteZeroes,
+// which punches a hole where the disk can, so a thin or sparse new disk
+// stays thin; zero says so.
+func (n *Node) writeRead(s *session, ref *diskRef, r *request) (zero bool, err error) {
 	if !r.wait(s.ctx, 'C') {
 		return false, fmt.Errorf("the peer did not serve %d bytes at %d", r.length, r.off)
 	}

@@ -681,3 +681,56 @@ func TestScenarioAttachDiskKeepsZeroesThin(t *testing.T) {
 		t.Errorf("the new disk's file occupies %d bytes after the copy, want the garbage in the zero chunks punched out (about 5 MiB)", used)
 	}
 }
+
+// TestScenarioAttachDiskComparesChecksums: with csums-alg, attach-disk of a
+// disk that holds most of the data (the failed disk, repaired) compares
+// checksums and takes from the peer only the blocks that differ. A write
+// still on its way to the peer's disk when the attach starts is compared
+// after it landed there: the repaired disk, which lacks it, gets it.
+func TestScenarioAttachDiskComparesChecksums(t *testing.T) {
+	a, b, want := detachedPair(t, nodeOpts{csums: true})
+	img := b.image() // the repaired disk: the peer's data, but for 3 blocks
+	for _, blk := range []int64{5, 700, 1900} {
+		copy(img[blk*hBlock:], pattern("rot", hBlock))
+	}
+
+	// A write the peer's disk holds back while the attach starts.
+	held := b.disk.hangWrites()
+	late := pattern("on its way", hBlock)
+	copy(want[1200*hBlock:], late)
+	wrote := make(chan error, 1)
+	go func() { wrote <- a.node.WriteAt(context.Background(), late, 1200*hBlock, false) }()
+	<-held
+
+	tmp := a.diskPath + ".repaired"
+	if err := os.WriteFile(tmp, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, a.diskPath); err != nil {
+		t.Fatal(err)
+	}
+	f, err := nbd.OpenFile(a.diskPath, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := a.node.Status().NetRecvKiB
+	attach(t, a, f)
+	if r := a.node.Status().Reason; !strings.Contains(r, "csums-alg: only blocks whose checksums differ are copied") {
+		t.Errorf("reason %q does not say the copy compares checksums", r)
+	}
+	time.Sleep(200 * time.Millisecond) // the copy would compare now
+	b.disk.releaseWrites()
+	if err := recvErr(t, "the write held by the peer's disk", wrote); err != nil {
+		t.Fatal(err)
+	}
+	a.waitState("UpToDate after the attach", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if i := firstDiff(a.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from what was written at %d (block %d)", i, i/hBlock)
+	}
+	sameDisks(t, a, b)
+	// Blocks 5 and 700 and the late write cross as data; block 1900 is
+	// zeroes on the peer, which cross as a flag.
+	if got := a.node.Status().NetRecvKiB - recv; got != 3*hBlock>>10 {
+		t.Errorf("the attach received %d KiB, want 2 rotten blocks and the late write (%d KiB)", got, 3*hBlock>>10)
+	}
+}
