@@ -545,7 +545,9 @@ func (n *Node) compareChunk(s *session, ref *diskRef, off, length int64, unlock 
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:length]   // length <= syncChunk: copyPlan's chunk
 	var ours []protocol.Sum // nil: unreadable here, every block differs
-	if err := n.readLocal(s.ctx, ref.Backend, buf, off); err == nil {
+	if n.isHole(off, length) {
+		ours = zeroSums(length, bs)
+	} else if err := n.readLocal(s.ctx, ref.Backend, buf, off); err == nil {
 		ours = blockSums(buf, bs)
 	} else if s.ctx.Err() != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"iter"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/urbd/urbd/internal/bufpool"
@@ -650,10 +651,15 @@ func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumRepl
 		return nil, fmt.Errorf("replica: bad checksum request at %d+%d/%d", off, length, bs)
 	}
 	reply := &protocol.ChecksumReply{Seq: m.Seq, Offset: m.Offset, BlockSize: m.BlockSize}
+	if s.n.isHole(off, length) {
+		reply.Sums = zeroSums(length, bs) // nothing to read, nothing to scrub
+		return reply, nil
+	}
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:length]
 	err := s.n.backend().ReadAt(s.ctx, buf, off)
+	s.n.stats.diskRead.Add(uint64(length))
 	if err == nil {
 		reply.Sums = blockSums(buf, bs)
 		return reply, nil
@@ -693,6 +699,33 @@ func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumRepl
 // unreadableSum is the checksum a node answers for a block its disk cannot
 // read: 32 zero bytes, which no block's SHA-256 is.
 var unreadableSum protocol.Sum
+
+// zeroSums is blockSums of length bytes of zeroes, without hashing them:
+// the sums of a hole of a sparse disk.
+func zeroSums(length, bs int64) []protocol.Sum {
+	sums := make([]protocol.Sum, 0, (length+bs-1)/bs)
+	for i := int64(0); i < length; i += bs {
+		if i+bs <= length {
+			sums = append(sums, zeroBlockSum(bs))
+		} else {
+			sums = append(sums, sha256.Sum256(zeroChunk[:length-i]))
+		}
+	}
+	return sums
+}
+
+// zeroBlockSums caches zeroBlockSum's answers by block size.
+var zeroBlockSums sync.Map
+
+// zeroBlockSum is the SHA-256 of bs zero bytes (bs at most syncChunk).
+func zeroBlockSum(bs int64) protocol.Sum {
+	if v, ok := zeroBlockSums.Load(bs); ok {
+		return v.(protocol.Sum)
+	}
+	sum := protocol.Sum(sha256.Sum256(zeroChunk[:bs]))
+	zeroBlockSums.Store(bs, sum)
+	return sum
+}
 
 func blockSums(buf []byte, bs int64) []protocol.Sum {
 	sums := make([]protocol.Sum, 0, (int64(len(buf))+bs-1)/bs)

@@ -355,14 +355,20 @@ func (w *verifyWalk) chunk(off, length int64) error {
 	buf := (*bp)[:length]
 	var bad []int // blocks this disk cannot read
 	var readErr error
-	if err := n.backend().ReadAt(s.ctx, buf, off); err != nil && s.ctx.Err() == nil {
-		bad, readErr = readBlocks(s.ctx, n.backend(), buf, off, bs)
+	var local []protocol.Sum
+	if n.isHole(off, length) {
+		local = zeroSums(length, bs) // nothing to read, nothing to scrub
+	} else {
+		if err := n.backend().ReadAt(s.ctx, buf, off); err != nil && s.ctx.Err() == nil {
+			bad, readErr = readBlocks(s.ctx, n.backend(), buf, off, bs)
+		}
+		n.stats.diskRead.Add(uint64(length))
+		local = blockSums(buf, bs)
 	}
 	if s.ctx.Err() != nil {
 		unlock()
 		return s.ctx.Err()
 	}
-	local := blockSums(buf, bs)
 	theirs, err := s.peerSums(off, length, bs)
 	unlock()
 	if err != nil {
