@@ -248,6 +248,25 @@ attach_run() {
 	printf '%s %s\n' "$(synced_since "$t0" "$nr0" "$A_RUN")" "$(du -m "$A_DISK" | cut -f1)"
 }
 
+# attach_repaired_run ALG: node a's disk is taken out (urbd detach-disk),
+# 8 MiB of its data are overwritten (a disk repaired after a passing fault
+# that lost some writes), and urbd attach-disk takes it back with csums-alg
+# ALG; prints the seconds until a is UpToDate again and the MiB it received.
+attach_repaired_run() {
+	"$URBD" --run-dir "$A_RUN" adjust --csums-alg "$1" r0 >/dev/null
+	"$URBD" --run-dir "$A_RUN" detach-disk r0 >/dev/null
+	wait_state "$A_RUN" "ds:Diskless" 10
+	dd if=/dev/urandom of="$A_DISK" bs=1M count=8 seek=300 conv=notrunc status=none
+	settle_cache "$A_DISK"
+	settle_cache "$B_DISK"
+	local t0 nr0
+	nr0=$(status_kib "$A_RUN" nr)
+	t0=$(now_ms)
+	"$URBD" --run-dir "$A_RUN" attach-disk r0 >/dev/null
+	synced_since "$t0" "$nr0" "$A_RUN"
+	"$URBD" --run-dir "$A_RUN" adjust --csums-alg none r0 >/dev/null
+}
+
 # full_csum_run: node b's disk is detached (Diskless), 32 MiB are written
 # at random offsets without it, and b's daemon is killed and restarted on
 # the same disk: a full resync that compares checksums; prints seconds and
@@ -456,6 +475,12 @@ bench_resync() {
 		zrate_s+="$secs"$'\n'
 		"$URBD" --run-dir "$A_RUN" adjust --resync-rate 0 r0 >/dev/null
 	done
+	# An online verify of the sparse disks: their holes are neither read
+	# nor hashed.
+	local svrates=""
+	for r in $(seq "$RUNS"); do
+		svrates+="$(verify_run)"$'\n'
+	done
 	# attach-disk of a new sparse disk on node a, after the rounds above
 	# (it replaces a's disk file): unthrottled, then at the default rate.
 	for r in $(seq "$RUNS"); do
@@ -467,6 +492,14 @@ bench_resync() {
 		read -r secs mib used <"$WORK/attach.out"
 		arate_s+="$secs"$'\n'
 		"$URBD" --run-dir "$A_RUN" adjust --resync-rate 0 r0 >/dev/null
+	done
+	# attach-disk of the repaired disk, by checksum and by copy.
+	local rsha_s="" rsha_mib="" rnone_s="" rnone_mib=""
+	for r in $(seq "$RUNS"); do
+		read -r secs mib < <(attach_repaired_run sha256)
+		rsha_s+="$secs"$'\n' rsha_mib+="$mib"$'\n'
+		read -r secs mib < <(attach_repaired_run none)
+		rnone_s+="$secs"$'\n' rnone_mib+="$mib"$'\n'
 	done
 	stop_server "$src_pid"
 	stop_server "$dst_pid"
@@ -480,6 +513,12 @@ bench_resync() {
 	printf '%-44s %10s %10s %8s\n' "  MiB the attaching node received" "$(printf '%s' "$att_mib" | median)" "-" "-"
 	printf '%-44s %10s %10s %8s\n' "  MiB the new disk occupies" "$(printf '%s' "$att_used" | median)" "-" "-"
 	printf '%-44s %10s %10s %8s\n' "  at the default rate, 100 MiB/s (s)" "$(printf '%s' "$arate_s" | median)" "-" "-"
+	printf '%-44s %10s %10s %8s\n' "online verify, sparse 1 GiB holding 64 MiB (MiB/s)" "$(printf '%s' "$svrates" | median)" "-" "-"
+	printf '%-44s %10s %10s %8s\n' "attach-disk of the repaired disk, 8 MiB differ" "sha256" "none" "ratio"
+	cs=$(printf '%s' "$rsha_s" | median)
+	ps=$(printf '%s' "$rnone_s" | median)
+	printf '%-44s %10s %10s %8s\n' "  csums-alg, unthrottled (s)" "$cs" "$ps" "$(ratio "$cs" "$ps")"
+	printf '%-44s %10s %10s %8s\n' "  MiB the attaching node received" "$(printf '%s' "$rsha_mib" | median)" "$(printf '%s' "$rnone_mib" | median)" "-"
 
 	# 7. Throttled accuracy over 10 s, on sparse 4 GiB disks (enough dirty
 	# data for 12 s at 200 MiB/s).
