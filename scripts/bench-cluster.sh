@@ -496,9 +496,11 @@ bench_resync() {
 	# attach-disk of the repaired disk, by checksum and by copy.
 	local rsha_s="" rsha_mib="" rnone_s="" rnone_mib=""
 	for r in $(seq "$RUNS"); do
-		read -r secs mib < <(attach_repaired_run sha256)
+		attach_repaired_run sha256 >"$WORK/repaired.out"
+		read -r secs mib <"$WORK/repaired.out"
 		rsha_s+="$secs"$'\n' rsha_mib+="$mib"$'\n'
-		read -r secs mib < <(attach_repaired_run none)
+		attach_repaired_run none >"$WORK/repaired.out"
+		read -r secs mib <"$WORK/repaired.out"
 		rnone_s+="$secs"$'\n' rnone_mib+="$mib"$'\n'
 	done
 	stop_server "$src_pid"
