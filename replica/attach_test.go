@@ -40,9 +40,15 @@ func detachedPair(t *testing.T, oa nodeOpts) (a, b *tnode, want []byte) {
 // disk path (the old file stays open, as a failed disk does) and opens it.
 func replaceDisk(t *testing.T, a *tnode, size int64) *nbd.File {
 	t.Helper()
+	return putDisk(t, a, bytes.Repeat([]byte("garbage on the replacement disk "), int(size)/32))
+}
+
+// putDisk puts a new disk file holding contents at a's disk path (the old
+// file stays open, as a failed disk does) and opens it.
+func putDisk(t *testing.T, a *tnode, contents []byte) *nbd.File {
+	t.Helper()
 	tmp := a.diskPath + ".new"
-	junk := bytes.Repeat([]byte("garbage on the replacement disk "), int(size)/32)
-	if err := os.WriteFile(tmp, junk, 0o600); err != nil {
+	if err := os.WriteFile(tmp, contents, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(tmp, a.diskPath); err != nil {
@@ -702,19 +708,8 @@ func TestScenarioAttachDiskComparesChecksums(t *testing.T) {
 	go func() { wrote <- a.node.WriteAt(context.Background(), late, 1200*hBlock, false) }()
 	<-held
 
-	tmp := a.diskPath + ".repaired"
-	if err := os.WriteFile(tmp, img, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, a.diskPath); err != nil {
-		t.Fatal(err)
-	}
-	f, err := nbd.OpenFile(a.diskPath, false)
-	if err != nil {
-		t.Fatal(err)
-	}
 	recv := a.node.Status().NetRecvKiB
-	attach(t, a, f)
+	attach(t, a, putDisk(t, a, img))
 	if r := a.node.Status().Reason; !strings.Contains(r, "csums-alg: only blocks whose checksums differ are copied") {
 		t.Errorf("reason %q does not say the copy compares checksums", r)
 	}
