@@ -58,6 +58,10 @@ func (d *diskSlot) attach(node *replica.Node, same bool) (string, error) {
 		return fmt.Sprintf("attached %s; full resync of %s from the peer, Inconsistent until it is done (watch urbd status)",
 			d.path, units.FormatSize(f.Size())), nil
 	}
+	if node.AttachCompares() {
+		return fmt.Sprintf("attached %s; comparing %s with the peer by checksum (csums-alg) and copying the blocks that differ, Diskless until UpToDate (watch urbd status)",
+			d.path, units.FormatSize(f.Size())), nil
+	}
 	return fmt.Sprintf("attached %s; copying %s from the peer, Diskless until UpToDate (watch urbd status)",
 		d.path, units.FormatSize(f.Size())), nil
 }

@@ -551,7 +551,7 @@ func TestAttachDiskRepairedByChecksum(t *testing.T) {
 	recv := c.a.status().NetRecvKiB
 	job := []string{"--rw=randwrite", "--bs=16k", "--size=8M", "--offset=48M", "--iodepth=4", "--verify=crc32c", "--verify_fatal=1", "--do_verify=0"}
 	fio := startFio(c.a.uri(), job...)
-	if msg := c.a.ctl("attach-disk", "r0"); !strings.Contains(msg, "attached "+c.a.disk) {
+	if msg := c.a.ctl("attach-disk", "r0"); !strings.Contains(msg, "comparing 64MiB with the peer by checksum (csums-alg)") {
 		t.Errorf("attach-disk said %q", msg)
 	}
 	if st := c.a.status(); !strings.Contains(st.Reason, "only blocks whose checksums differ are copied") && st.DiskState != "UpToDate" {

@@ -365,7 +365,7 @@ func (n *Node) startCopyLocked(s *session, again bool) {
 	case again:
 		reason = fmt.Sprintf("attaching a new disk: the peer is back, copying %s again; Diskless until it is done", units.FormatSize(plan.bytes))
 	}
-	if plan.compare = n.csums.Load() || s.peerCsums.Load(); plan.compare {
+	if plan.compare = n.copyComparesLocked(s); plan.compare {
 		reason += " (csums-alg: only blocks whose checksums differ are copied)"
 	}
 	prog := resync.NewProgress(n.clock, plan.bytes)
@@ -376,6 +376,20 @@ func (n *Node) startCopyLocked(s *session, again bool) {
 		defer n.bgWG.Done()
 		n.finishAttach(s, prog, plan)
 	}()
+}
+
+// AttachCompares reports whether AttachDisk's copy, started now on a
+// Primary, would compare checksums first (csums-alg on either node).
+func (n *Node) AttachCompares() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.copyComparesLocked(n.sess)
+}
+
+// copyComparesLocked is AttachCompares for a copy on session s (nil: none).
+// n.mu is held.
+func (n *Node) copyComparesLocked(s *session) bool {
+	return n.csums.Load() || (s != nil && s.peerCsums.Load())
 }
 
 // resumeAttach starts AttachDisk's copy over on session s when an earlier
