@@ -570,19 +570,7 @@ func (n *Node) compareChunk(s *session, ref *diskRef, off, length int64, unlock 
 	if err != nil {
 		return err
 	}
-	if blocks := (length + bs - 1) / bs; int64(len(theirs)) != blocks {
-		return fmt.Errorf("the peer sent %d checksums for %d blocks at %d", len(theirs), blocks, off)
-	}
-	same := func(i int) bool { return ours != nil && ours[i] == theirs[i] && theirs[i] != unreadableSum }
-	for i := 0; i < len(theirs); {
-		if same(i) {
-			i++
-			continue
-		}
-		j := i + 1
-		for j < len(theirs) && !same(j) {
-			j++
-		}
+	for i, j := range differingRuns(ours, theirs) {
 		lo, hi := int64(i)*bs, min(int64(j)*bs, length)
 		r := s.sendRead(off+lo, hi-lo)
 		if r == nil {
@@ -591,7 +579,6 @@ func (n *Node) compareChunk(s *session, ref *diskRef, off, length int64, unlock 
 		if _, err := n.writeRead(s, ref, r); err != nil {
 			return err
 		}
-		i = j
 	}
 	return nil
 }

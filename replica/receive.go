@@ -735,6 +735,31 @@ func blockSums(buf []byte, bs int64) []protocol.Sum {
 	return sums
 }
 
+// differingRuns yields the runs of consecutive blocks whose sums differ
+// between ours and theirs, each as its first index and the one after its
+// last; ours nil (this disk could not be read) differs everywhere. A block
+// the peer answered as unreadable (unreadableSum) differs too: no block's
+// SHA-256 is that.
+func differingRuns(ours, theirs []protocol.Sum) iter.Seq2[int, int] {
+	same := func(i int) bool { return ours != nil && ours[i] == theirs[i] }
+	return func(yield func(int, int) bool) {
+		for i := 0; i < len(theirs); {
+			if same(i) {
+				i++
+				continue
+			}
+			j := i + 1
+			for j < len(theirs) && !same(j) {
+				j++
+			}
+			if !yield(i, j) {
+				return
+			}
+			i = j
+		}
+	}
+}
+
 // blockRuns yields the runs of consecutive indexes of bad, which is sorted:
 // each as its first index and the one after its last.
 func blockRuns(bad []int) iter.Seq2[int, int] {

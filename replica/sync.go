@@ -227,24 +227,11 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 	if err != nil {
 		return err
 	}
-	ours := blockSums(buf, bs)
-	if len(theirs) != len(ours) {
-		return fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(theirs), len(ours))
-	}
-	for i := 0; i < len(ours); {
-		if ours[i] == theirs[i] {
-			i++
-			continue
-		}
-		j := i + 1
-		for j < len(ours) && ours[j] != theirs[j] {
-			j++
-		}
+	for i, j := range differingRuns(blockSums(buf, bs), theirs) {
 		lo, hi := int64(i)*bs, min(int64(j)*bs, length)
 		if err := n.sendBlocks(s, off+lo, buf[lo:hi]); err != nil {
 			return err
 		}
-		i = j
 	}
 	return s.copied(off, length)
 }
@@ -268,7 +255,8 @@ func (s *session) copied(off, length int64) error {
 	return nil
 }
 
-// peerSums asks the peer for the checksums of [off, off+length).
+// peerSums asks the peer for the checksums of [off, off+length), one per
+// block of bs bytes; a reply with another count is an error.
 func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
 	seq := s.rsSeq.Add(1)
 	ch := make(chan *protocol.ChecksumReply, 1)
@@ -284,6 +272,9 @@ func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
 	}
 	select {
 	case reply := <-ch:
+		if blocks := (length + bs - 1) / bs; int64(len(reply.Sums)) != blocks {
+			return nil, fmt.Errorf("replica: peer sent %d checksums for %d blocks at %d", len(reply.Sums), blocks, off)
+		}
 		return reply.Sums, nil
 	case <-s.ctx.Done():
 		return nil, ErrPeerLost

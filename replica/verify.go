@@ -374,9 +374,6 @@ func (w *verifyWalk) chunk(off, length int64) error {
 	if err != nil {
 		return err
 	}
-	if len(theirs) != len(local) {
-		return fmt.Errorf("replica: peer sent %d checksums for %d blocks", len(theirs), len(local))
-	}
 	var c verifyCounts
 	defer func() { w.count(c) }()
 	for i, j := range blockRuns(bad) {
