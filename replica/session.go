@@ -203,8 +203,8 @@ func (s *session) sendRead(off, length int64) *request {
 }
 
 // completeRead finishes a pending read with the peer's answer: its data is
-// copied into the read's destination, which must be exactly as long, or the
-// destination is zeroed when the peer says the range reads as zeroes.
+// copied into the read's destination, which must be exactly as long, or
+// left as it is (zeroes) when the peer says the range reads as zeroes.
 func (s *session) completeRead(m *protocol.ReadReply) error {
 	s.mu.Lock()
 	r := s.pending[m.Seq]
@@ -222,8 +222,7 @@ func (s *session) completeRead(m *protocol.ReadReply) error {
 	ok := m.Err == protocol.CodeOK && (m.Zero || len(m.Data) == len(r.dst))
 	switch {
 	case ok && m.Zero:
-		clear(r.dst)
-		r.zero = true
+		r.zero = true // dst, fresh from sendRead, holds zeroes already
 	case ok:
 		copy(r.dst, m.Data)
 		s.n.stats.netRecv.Add(uint64(len(m.Data)))
