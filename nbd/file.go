@@ -285,8 +285,8 @@ func (b *File) Trim(ctx context.Context, off, length int64, fua bool) error {
 // allocated, or, without noHole, first with fallocate PUNCH_HOLE, which the
 // kernel turns into a write of zeroes that may unmap (a loop device punches
 // its file, a device that zeroes by unmapping frees its blocks) and refuses
-// where the device cannot do that without writing zeroes. Where none of those is supported
-// it writes zeroes.
+// where the device cannot do that without writing zeroes. Where none of
+// those is supported it writes zeroes.
 func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
 	if b.readOnly {
 		return ErrReadOnly

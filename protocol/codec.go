@@ -680,7 +680,8 @@ func checkWrite(flags, length uint32, data int) error {
 	return nil
 }
 
-// checkRead validates a Read's length: 1..MaxData.
+// checkRange validates the length of a Read or a ResyncZero (k):
+// 1..MaxData.
 func checkRange(k Kind, length uint32) error {
 	if length == 0 || length > MaxData {
 		return malformed(k, "length %d, want 1..%d", length, MaxData)
