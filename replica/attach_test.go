@@ -82,6 +82,16 @@ func attach(t *testing.T, a *tnode, f *nbd.File) *testDisk {
 	return d
 }
 
+// attachedUpToDate waits until the attach on x made it UpToDate and checks
+// that its disk holds want.
+func attachedUpToDate(t *testing.T, x *tnode, want []byte) {
+	t.Helper()
+	x.waitState("UpToDate after the attach", func(s replica.State) bool { return s.Disk == replica.UpToDate })
+	if i := firstDiff(x.image(), want); i >= 0 {
+		t.Fatalf("the attached disk differs from what was written at %d (block %d)", i, i/hBlock)
+	}
+}
+
 // attachResynced gives the Secondary x a new disk (attach) and waits until a
 // full resync from its peer p made it UpToDate: both disks then hold want.
 func attachResynced(t *testing.T, x, p *tnode, want []byte) {
@@ -519,10 +529,7 @@ func TestScenarioAttachDiskCopyOrder(t *testing.T) {
 	if err := recvErr(t, "the write during the copy", lateDone); err != nil {
 		t.Fatal(err)
 	}
-	a.waitState("UpToDate", func(s replica.State) bool { return s.Disk == replica.UpToDate })
-	if i := firstDiff(a.image(), want); i >= 0 {
-		t.Fatalf("the attached disk differs from what was written at %d (block %d)", i, i/hBlock)
-	}
+	attachedUpToDate(t, a, want)
 	inSyncAndEqual(t, a, b)
 }
 
@@ -671,10 +678,7 @@ func TestScenarioAttachDiskKeepsZeroesThin(t *testing.T) {
 	sent, read := b.node.Status().NetSendKiB, b.node.Status().DiskReadKiB
 
 	attach(t, a, replaceDisk(t, a, hDiskSize))
-	a.waitState("UpToDate after the attach", func(s replica.State) bool { return s.Disk == replica.UpToDate })
-	if i := firstDiff(a.image(), want); i >= 0 {
-		t.Fatalf("the attached disk differs from what was written at %d", i)
-	}
+	attachedUpToDate(t, a, want)
 	sameDisks(t, a, b)
 	// 5 MiB of chunks hold data; the 3 after them cross as flags.
 	if got := b.node.Status().NetSendKiB - sent; got != 5<<10 {
@@ -718,10 +722,7 @@ func TestScenarioAttachDiskComparesChecksums(t *testing.T) {
 	if err := recvErr(t, "the write held by the peer's disk", wrote); err != nil {
 		t.Fatal(err)
 	}
-	a.waitState("UpToDate after the attach", func(s replica.State) bool { return s.Disk == replica.UpToDate })
-	if i := firstDiff(a.image(), want); i >= 0 {
-		t.Fatalf("the attached disk differs from what was written at %d (block %d)", i, i/hBlock)
-	}
+	attachedUpToDate(t, a, want)
 	sameDisks(t, a, b)
 	// Blocks 5 and 700 and the late write cross as data; block 1900 is
 	// zeroes on the peer, which cross as a flag.
