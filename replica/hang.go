@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/urbd/urbd/protocol"
 )
 
 // A disk that fails returns an error, which detach handles; a disk that
@@ -107,4 +110,122 @@ type rateGate struct{ last atomic.Int64 }
 func (g *rateGate) shouldSay(now time.Time) bool {
 	last := g.last.Load()
 	return now.UnixNano()-last >= int64(hungWarnEvery) && g.last.CompareAndSwap(last, now.UnixNano())
+}
+
+// A Secondary's disk that hangs holds its Primary's writes, and under
+// protocol C the application with them, while the daemon still answers
+// pings. ko-count lets the Primary notice that from afar; with disk-timeout
+// the Secondary notices it itself: once a request it runs for the Primary
+// (a replicated write, a flush, a read) has waited disk-timeout, it leaves
+// the Primary, Outdated, and the Primary goes on alone.
+
+// diskWatch holds the disk requests a Secondary runs for its Primary that
+// have not returned, while disk-timeout is set (session.checkHungDisk).
+// Requests that start while it is off are not watched.
+type diskWatch struct {
+	mu   sync.Mutex
+	next uint64               // the token of the next request
+	ops  map[uint64]watchedOp // by token
+}
+
+// watchedOp is a request diskWatch holds.
+type watchedOp struct {
+	what        string // "a replicated write", "a flush"...
+	off, length int64  // length 0: the request has no range (a flush)
+	start       time.Time
+}
+
+// String names op as a reason does: "a replicated write of 4096 bytes at
+// 8192", "a flush".
+func (op watchedOp) String() string {
+	if op.length == 0 {
+		return op.what
+	}
+	return fmt.Sprintf("%s of %d bytes at %d", op.what, op.length, op.off)
+}
+
+// begin records a request to this node's disk for the peer, starting now,
+// when disk-timeout is set, and returns the token end takes (0: not
+// recorded).
+func (s *session) begin(what string, off, length int64) uint64 {
+	if s.n.diskTimeout.Load() <= 0 {
+		return 0
+	}
+	w := &s.watch
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ops == nil {
+		w.ops = make(map[uint64]watchedOp)
+	}
+	w.next++
+	w.ops[w.next] = watchedOp{what: what, off: off, length: length, start: time.Now()}
+	return w.next
+}
+
+// end records that the request of token returned.
+func (s *session) end(token uint64) {
+	if token == 0 {
+		return
+	}
+	s.watch.mu.Lock()
+	delete(s.watch.ops, token)
+	s.watch.mu.Unlock()
+}
+
+// oldest returns the request that has waited longest, if any.
+func (w *diskWatch) oldest() (op watchedOp, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, o := range w.ops {
+		if !ok || o.start.Before(op.start) {
+			op, ok = o, true
+		}
+	}
+	return op, ok
+}
+
+// checkHungDisk runs on the keepalive's ticks. Once a request this node
+// runs for its peer has waited disk-timeout, it leaves: its disk marked
+// Outdated (it lacks writes the Primary goes on to answer; the Primary is
+// told and fences nothing), a goodbye that names the request, the
+// local-io-error handler, and the session ends with a localStop. The
+// waiting writes then complete on the Primary, marked out of sync, as for
+// any peer loss. The hung request stays behind, and with it the session's
+// goroutines, so this node refuses to connect as busy until the disk
+// answers, then connects again by itself and takes a bitmap resync (see
+// busy). A Secondary that serves a Diskless Primary stays: its disk holds
+// that Primary's only data, and leaving would fail every request; it says
+// so in the log at most once a minute.
+func (s *session) checkHungDisk(now time.Time) error {
+	d := time.Duration(s.n.diskTimeout.Load())
+	op, ok := s.watch.oldest()
+	if d <= 0 || !ok || now.Sub(op.start) < d {
+		return nil
+	}
+	n := s.n
+	waited := now.Sub(op.start).Round(time.Millisecond)
+	if n.State().servesDisklessPrimary() {
+		if n.hungWarned.shouldSay(now) {
+			n.log.Warn("the local disk does not answer, but the Primary is Diskless and this disk holds its only data: waiting for it", "waited", waited, "request", op.String())
+		}
+		return nil
+	}
+	hung := fmt.Sprintf("has not completed %s in %s (--disk-timeout %s)", op, waited, d)
+	reason := "local disk " + hung + "; left the peer, which goes on alone; this node connects again once its disk answers"
+	n.log.Error(reason)
+	n.outdateBeforeLeaving("local disk " + hung + ": left the Primary, which goes on alone")
+	s.goodbye("the peer's disk " + hung + ": the peer left, and comes back once its disk answers")
+	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
+	return &localStop{reason: reason}
+}
+
+// replicatedNoun names a replicated write of flags for checkHungDisk.
+func replicatedNoun(flags uint32) string {
+	switch {
+	case flags&protocol.FlagTrim != 0:
+		return "a replicated trim"
+	case flags&protocol.FlagZero != 0:
+		return "a replicated zeroing"
+	}
+	return "a replicated write"
 }

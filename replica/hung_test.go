@@ -295,3 +295,117 @@ func TestScenarioSlowPeerDiskKept(t *testing.T) {
 	b.disk.releaseWrites()
 	inSyncAndEqual(t, a, b)
 }
+
+// TestScenarioHungSecondaryDiskLeaves: with disk-timeout on the Secondary,
+// and ko-count off so that the Primary never drops it, a Secondary whose
+// disk leaves a replicated write or a flush unanswered leaves its Primary
+// itself once the timeout has passed: its disk Outdated, the reason and
+// the local-io-error handler naming the request, and the Primary, told
+// why, completes the held request alone, the write marked out of sync.
+// While the disk hangs the nodes stay apart (busy), so the application does
+// not wait again; once it answers they connect again by themselves and the
+// resync makes both disks equal.
+func TestScenarioHungSecondaryDiskLeaves(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		hang   func(d *testDisk) <-chan struct{}
+		free   func(d *testDisk)
+		do     func(x *tnode) error
+		reason string
+	}{
+		{"write", (*testDisk).hangWrites, (*testDisk).releaseWrites,
+			func(x *tnode) error { return x.node.WriteAt(ctx, pattern("held", 2*hBlock), 8*hBlock, false) },
+			fmt.Sprintf("has not completed a replicated write of %d bytes at %d in ", 2*hBlock, 8*hBlock)},
+		{"flush", (*testDisk).hangFlushes, (*testDisk).releaseFlushes,
+			func(x *tnode) error { return x.node.Flush(ctx) }, "has not completed a flush in "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := cleanPair(t, nodeOpts{}, nodeOpts{diskTimeout: 300 * time.Millisecond})
+			a.write(0, pattern("before", 4*hBlock))
+			held := tc.hang(b.disk)
+			defer tc.free(b.disk)
+			start := time.Now()
+			done := make(chan error, 1)
+			go func() { done <- tc.do(a) }()
+			<-held
+			if err := recvErr(t, "the request the peer's disk holds", done); err != nil {
+				t.Fatalf("the %s the peer's disk held: %v, want it completed by the Primary alone", tc.name, err)
+			}
+			if took := time.Since(start); took < 300*time.Millisecond {
+				t.Errorf("the Secondary left after %s, before its disk-timeout", took)
+			}
+			st := b.waitState("the Secondary gone", func(s replica.State) bool { return !s.Conn.Connected() })
+			if st.Disk != replica.Outdated || st.Role != replica.Secondary {
+				t.Errorf("the Secondary after its disk hung: %+v, want an Outdated Secondary", st)
+			}
+			if !strings.Contains(st.Reason, "local disk "+tc.reason) || !strings.Contains(st.Reason, "(--disk-timeout 300ms); left the peer") {
+				t.Errorf("the Secondary's reason %q, want %q and the disk-timeout", st.Reason, tc.reason)
+			}
+			b.waitEvent("local-io-error")
+			if lost := a.nthLoss(1); !strings.Contains(lost, "the peer's disk "+tc.reason) {
+				t.Errorf("the Primary's peer-lost reason %q does not name the peer's hung %s", lost, tc.name)
+			}
+			if st := a.node.State(); st.Role != replica.Primary || st.Disk != replica.UpToDate || st.Conn.Connected() {
+				t.Errorf("the Primary after its peer left: %+v, want an UpToDate Primary alone", st)
+			}
+			if tc.name == "write" && a.node.Status().OutOfSyncKiB == 0 {
+				t.Error("the write the peer never completed is not marked out of sync")
+			}
+
+			// Apart while the disk hangs: the writes that follow do not
+			// wait for it again.
+			b.waitStatus("refusing the peer as busy", func(r status.Resource) bool {
+				return strings.Contains(r.Reason, "protocol: busy: this node's disk has not completed the I/O of the last connection")
+			})
+			for i := range 5 {
+				start := time.Now()
+				a.write(int64(12+i)*hBlock, pattern("written alone", hBlock))
+				if took := time.Since(start); took > 200*time.Millisecond {
+					t.Fatalf("write %d while the peer's disk hangs took %s", i, took)
+				}
+			}
+
+			tc.free(b.disk)
+			a.waitConn(replica.Connected)
+			inSyncAndEqual(t, a, b)
+			if st := b.node.State(); st.Disk != replica.UpToDate {
+				t.Errorf("the Secondary after the resync: %+v, want UpToDate", st)
+			}
+		})
+	}
+}
+
+// TestScenarioHungSecondaryDiskKeptForDisklessPrimary: a Secondary whose
+// Primary is Diskless holds that Primary's only data, so with disk-timeout
+// it does not leave when its disk hangs: the Primary's write waits for the
+// disk, as without the timeout, the log says why, and the write completes
+// once the disk answers.
+func TestScenarioHungSecondaryDiskKeptForDisklessPrimary(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{diskTimeout: 200 * time.Millisecond})
+	if _, err := a.node.DetachDisk(); err != nil {
+		t.Fatal(err)
+	}
+	b.waitState("the peer shown Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
+	held := b.disk.hangWrites()
+	done := a.asyncWrite(0, pattern("waits for the only disk", hBlock))
+	<-held
+	select {
+	case err := <-done:
+		t.Fatalf("the write answered while the only disk held it: %v", err)
+	case <-time.After(time.Second): // five disk-timeouts
+	}
+	if st := b.node.State(); !st.Conn.Connected() || st.Disk != replica.UpToDate {
+		t.Fatalf("the Secondary of a Diskless Primary, its disk hung: %+v, want it connected and UpToDate", st)
+	}
+	if !strings.Contains(b.logs.String(), "this disk holds its only data: waiting for it") {
+		t.Error("the log does not say the Secondary waits for its hung disk")
+	}
+	b.disk.releaseWrites()
+	if err := recvErr(t, "the write once the disk answered", done); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.read(0, hBlock), pattern("waits for the only disk", hBlock)) {
+		t.Error("the Secondary's disk does not hold the write")
+	}
+}

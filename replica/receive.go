@@ -381,7 +381,10 @@ func (s *session) answerRead(rd *protocol.Read) error {
 	default:
 		buf := bufpool.Get(int(length))
 		defer bufpool.Put(buf)
-		if err := n.backend().ReadAt(s.ctx, *buf, off); err != nil {
+		token := s.begin("a read for the peer", off, length)
+		err := n.backend().ReadAt(s.ctx, *buf, off)
+		s.end(token)
+		if err != nil {
 			n.log.Error("reading for the peer failed", "offset", off, "length", length, "err", err)
 			break
 		}
@@ -402,7 +405,9 @@ func (s *session) flushThenAck(ack func(code uint32) protocol.Message) {
 	s.wg.Add(1) // called from a counted loop: never races with Wait
 	go func() {
 		defer s.wg.Done()
+		token := s.begin("a flush", 0, 0)
 		err := s.flushLocal()
+		s.end(token)
 		if err != nil {
 			s.diskFailed("flushing", err, true)
 		}
@@ -445,6 +450,7 @@ func (s *session) applyWrite(w *protocol.Write) (ack protocol.Ack, async bool) {
 func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
 	n := s.n
 	var err error
+	token := s.begin(replicatedNoun(w.Flags), off, length)
 	switch {
 	case w.Flags&protocol.FlagTrim != 0:
 		err = n.backend().Trim(s.ctx, off, length, false)
@@ -454,6 +460,7 @@ func (s *session) writeLocal(w *protocol.Write, off, length int64) uint32 {
 		err = n.backend().WriteAt(s.ctx, w.Data, off, false)
 		n.stats.diskWrite.Add(uint64(len(w.Data)))
 	}
+	s.end(token)
 	if err != nil {
 		s.forgetCopies(off, length)
 		n.store().MarkOutOfSync(off, length)
@@ -820,6 +827,9 @@ func (s *session) keepalive() error {
 				return &peerLost{cause: fmt.Sprintf("no answer from the peer for %s (--timeout)", timeout)}
 			}
 			if err := ko.check(s, now, timeout); err != nil {
+				return err
+			}
+			if err := s.checkHungDisk(now); err != nil {
 				return err
 			}
 			seq++

@@ -42,6 +42,7 @@ type session struct {
 	lastRecv atomic.Int64  // unix nanos of the last frame from the peer
 	answered atomic.Uint64 // requests the peer answered (complete, completeRead), for ko-count
 	unacked  atomic.Int64  // secondary: writes and flushes received, not yet answered
+	watch    diskWatch     // secondary: its disk requests for the peer, for disk-timeout
 
 	// Sync target: resync copies written but not yet covered by a local
 	// fdatasync (see copyWritten); guarded by mu.
