@@ -329,12 +329,25 @@ func runFio(t *testing.T, uri string, args ...string) string {
 	t.Helper()
 	requireCmds(t, "fio")
 	all := append([]string{"--name=job", "--ioengine=nbd", "--uri=" + uri, "--group_reporting", "--verify_state_save=0"}, args...)
-	out, err := exec.Command("fio", all...).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), fioLimit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "fio", all...)
+	// fio's jobs run in sessions of their own, which the kill does not
+	// reach and which hold the output open; they end with the daemons.
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("fio %s did not finish within %s: a request is held\n%s", strings.Join(args, " "), fioLimit, out)
+	}
 	if err != nil {
 		t.Fatalf("fio %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
 }
+
+// fioLimit bounds a runFio: far above what any of the tests' runs takes, so
+// that a request held for good fails the test instead of hanging the suite.
+const fioLimit = 5 * time.Minute
 
 // fileBytes reads a whole file, to check later that it did not change.
 func fileBytes(t *testing.T, path string) []byte {

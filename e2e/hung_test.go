@@ -111,3 +111,55 @@ func TestHungPrimaryDisk(t *testing.T) {
 	c.b.stop()
 	cmpFiles(t, disk.backing, c.b.disk)
 }
+
+// TestHungSecondaryDiskTimeout: the same hung Secondary disk, noticed by the
+// Secondary itself: with --disk-timeout 2s there, and ko-count off on the
+// Primary, the Secondary leaves once a write has waited 2s, Outdated, and
+// says why on both nodes; fio, which verifies what it wrote, finishes
+// without an error; once the disk answers, the nodes reconnect by
+// themselves and resync, and both disks hold the same data.
+func TestHungSecondaryDiskTimeout(t *testing.T) {
+	requireRoot(t)
+	disk := newKitDisk(t, 64<<20)
+	c := newCluster(t, clusterOpts{})
+	c.b.disk = disk.path
+	events := filepath.Join(c.dir, "events")
+	c.a.start("--ko-count", "0")
+	c.b.start("--disk-timeout", "2s", "--handler", fmt.Sprintf(`local-io-error=echo "$URBD_REASON" >> %s`, events))
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=4M", "--iodepth=8")
+
+	disk.hang(t)
+	start := time.Now()
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=8M", "--offset=8M", "--iodepth=8",
+		"--verify=crc32c", "--verify_fatal=1", "--end_fsync=1")
+	took := time.Since(start)
+	t.Logf("fio with the Secondary's disk hung: %s", took)
+	if took > 20*time.Second {
+		t.Errorf("fio took %s with the Secondary's disk hung (its disk-timeout is 2s)", took)
+	}
+	st := c.b.waitFor("the Secondary leaving", 20*time.Second, func(s statusT) bool {
+		return strings.Contains(s.Reason, "(--disk-timeout 2s); left the peer") || strings.Contains(s.Reason, "protocol: busy")
+	})
+	if st.Role != "Secondary" || st.DiskState != "Outdated" || st.ConnState == "Connected" {
+		t.Errorf("the Secondary after its disk hung: %+v, want it Outdated and apart", st)
+	}
+	if got, _ := os.ReadFile(events); !strings.Contains(string(got), "local disk has not completed a ") {
+		t.Errorf("local-io-error handler: %q, want the hung request", got)
+	}
+	c.a.waitLog("the peer's disk has not completed a ", 10*time.Second)
+	if st := c.a.status(); st.Role != "Primary" || st.DiskState != "UpToDate" || st.OutOfSyncKiB == 0 {
+		t.Errorf("the Primary without its hung peer: %+v", st)
+	}
+
+	disk.answer()
+	c.a.waitInSync(60 * time.Second)
+	if st := c.b.status(); st.DiskState != "UpToDate" {
+		t.Errorf("the Secondary after the resync: %+v", st)
+	}
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, disk.backing)
+}
