@@ -112,7 +112,7 @@ type Resource struct {
 	TLSCA       string
 	Timeout     time.Duration // peer loss detection
 	KoCount     int           // ko-count: a peer that leaves I/O unanswered this many timeouts is dropped; 0 never
-	DiskTimeout time.Duration // disk-timeout: a Primary's disk that leaves a request unanswered this long is detached; 0 never
+	DiskTimeout time.Duration // disk-timeout: a Primary's disk that leaves a request unanswered this long is detached, a Secondary leaves its Primary; 0 never
 	OnPeerLoss  string        // OnPeerLossContinue or OnPeerLossSuspend
 	Fencing     string        // dont-care, resource-only or resource-and-stonith
 	AfterSB0Pri string        // after-sb-0pri: disconnect, discard-zero-changes or discard-least-changes

@@ -39,8 +39,9 @@ type Config struct {
 	// DiskTimeout is DRBD's disk-timeout: a Primary whose disk leaves an
 	// application request unanswered this long detaches it, when the peer
 	// holds the data, and serves the request from the peer (see
-	// timedLocal). 0 waits for the disk however long. SetDiskTimeout
-	// changes it.
+	// timedLocal); a Secondary whose disk leaves a request of its Primary
+	// unanswered this long leaves the Primary (checkHungDisk). 0 waits for
+	// the disk however long. SetDiskTimeout changes it.
 	DiskTimeout time.Duration
 	// TCPCongestion is the congestion control asked for on the peer
 	// connection ("" = the kernel's default); see congestion.go. The caller
@@ -143,9 +144,9 @@ type Node struct {
 	// koCount is Config.KoCount, then SetKoCount; read by the keepalive.
 	koCount atomic.Int64
 	// diskTimeout is Config.DiskTimeout in nanoseconds, then
-	// SetDiskTimeout; read on the I/O path (timedLocal).
+	// SetDiskTimeout; read on the I/O path (timedLocal, session.begin).
 	diskTimeout atomic.Int64
-	hungWarned  rateGate // timedLocal's warning that it cannot detach
+	hungWarned  rateGate // the warning that a hung disk is waited for (timedLocal, checkHungDisk)
 	// verifyCkptEvery is verifyCheckpointEvery in nanoseconds (tests
 	// shorten it).
 	verifyCkptEvery atomic.Int64

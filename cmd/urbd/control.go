@@ -137,7 +137,7 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				&cli.StringFlag{Name: "resync-rate", Usage: "new resync rate per second, e.g. 50MiB; 0 = unlimited"},
 				&cli.StringFlag{Name: "on-peer-loss", Usage: "continue or suspend (see urbd up --help)"},
 				&cli.StringFlag{Name: "timeout", Usage: "peer timeout, e.g. 10s, for the next connection on"},
-				&cli.StringFlag{Name: "disk-timeout", Usage: "detach the Primary's disk when a request waits this long, e.g. 30s; 0 = off; for the requests that start after it (see urbd up --help)"},
+				&cli.StringFlag{Name: "disk-timeout", Usage: "detach the Primary's disk (a Secondary leaves its Primary) when a request waits this long, e.g. 30s; 0 = off; for the requests that start after it (see urbd up --help)"},
 				&cli.StringFlag{Name: "ko-count", Usage: "drop a peer that leaves a write unanswered this many timeouts, at once; 0 = never (see urbd up --help)"},
 				&cli.StringFlag{Name: "on-io-error", Usage: "detach or pass_on (see urbd up --help)"},
 				&cli.StringFlag{Name: "after-sb-0pri", Usage: "split-brain policy with no Primary, for the next connection on (see urbd up --help)"},

@@ -42,7 +42,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "tls-key", Usage: "this node's TLS key (PEM)"},
 		&cli.StringFlag{Name: "tls-ca", Usage: "CA that signed the peer's certificate (PEM)"},
 		&cli.DurationFlag{Name: "timeout", Value: 6 * time.Second, Usage: "declare the peer lost after this long without an answer"},
-		&cli.DurationFlag{Name: "disk-timeout", Usage: "detach the Primary's disk when it leaves a write, flush or read unanswered this long, and serve the request from the UpToDate peer (DRBD's disk-timeout); without the peer it waits for the disk; 0 = off (default)"},
+		&cli.DurationFlag{Name: "disk-timeout", Usage: "detach the Primary's disk when it leaves a write, flush or read unanswered this long, and serve the request from the UpToDate peer (DRBD's disk-timeout); without the peer it waits for the disk; a Secondary whose disk leaves a request of its Primary unanswered this long leaves the Primary, Outdated, and connects again once the disk answers; 0 = off (default)"},
 		&cli.IntFlag{Name: "ko-count", Value: replica.DefaultKoCount, Usage: "drop a peer that answers pings but leaves a write unanswered for this many timeouts (its disk hung), so the application goes on alone; 0 = wait for it however long (DRBD's ko-count)"},
 		&cli.StringFlag{Name: "tcp-congestion", Usage: "TCP congestion control of the peer connection: a name the kernel offers, or system for the kernel's default (default cubic, or the kernel's where cubic is not allowed)"},
 		&cli.StringFlag{Name: "on-peer-loss", Value: "continue", Usage: "continue (go on alone, track changes) or suspend (hold writes until the peer is back)"},
