@@ -77,8 +77,8 @@ func TestHungPrimaryDisk(t *testing.T) {
 	disk := newKitDisk(t, 64<<20)
 	c := newCluster(t, clusterOpts{})
 	c.a.disk = disk.path
-	events := filepath.Join(c.dir, "events")
-	c.a.start("--disk-timeout", "2s", "--handler", fmt.Sprintf(`local-io-error=echo "$URBD_REASON" >> %s`, events))
+	handler, events := ioErrorLog(c)
+	c.a.start(append([]string{"--disk-timeout", "2s"}, handler...)...)
 	c.b.start()
 	c.a.waitInSync(30 * time.Second)
 	c.a.ctl("primary", "r0")
@@ -123,9 +123,9 @@ func TestHungSecondaryDiskTimeout(t *testing.T) {
 	disk := newKitDisk(t, 64<<20)
 	c := newCluster(t, clusterOpts{})
 	c.b.disk = disk.path
-	events := filepath.Join(c.dir, "events")
+	handler, events := ioErrorLog(c)
 	c.a.start("--ko-count", "0")
-	c.b.start("--disk-timeout", "2s", "--handler", fmt.Sprintf(`local-io-error=echo "$URBD_REASON" >> %s`, events))
+	c.b.start(append([]string{"--disk-timeout", "2s"}, handler...)...)
 	c.a.waitInSync(30 * time.Second)
 	c.a.ctl("primary", "r0")
 	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=4M", "--iodepth=8")
@@ -162,4 +162,11 @@ func TestHungSecondaryDiskTimeout(t *testing.T) {
 	c.a.stop()
 	c.b.stop()
 	cmpFiles(t, c.a.disk, disk.backing)
+}
+
+// ioErrorLog returns the flags that make a node append the reason of every
+// local-io-error event to a file in c's directory, and that file.
+func ioErrorLog(c *cluster) (flags []string, file string) {
+	file = filepath.Join(c.dir, "events")
+	return []string{"--handler", fmt.Sprintf(`local-io-error=echo "$URBD_REASON" >> %s`, file)}, file
 }

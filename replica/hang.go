@@ -211,12 +211,13 @@ func (s *session) checkHungDisk(now time.Time) error {
 		return nil
 	}
 	hung := fmt.Sprintf("has not completed %s in %s (--disk-timeout %s)", op, waited, d)
-	reason := "local disk " + hung + "; left the peer, which goes on alone; this node connects again once its disk answers"
-	n.log.Error(reason)
+	stop := &localStop{reason: "local disk " + hung + "; left the peer, which goes on alone; this node connects again once its disk answers"}
+	s.leaving.Store(stop)
+	n.log.Error(stop.reason)
 	n.outdateBeforeLeaving("local disk " + hung + ": left the Primary, which goes on alone")
 	s.goodbye("the peer's disk " + hung + ": the peer left, and comes back once its disk answers")
-	n.event("local-io-error", map[string]string{"URBD_REASON": reason})
-	return &localStop{reason: reason}
+	n.event("local-io-error", map[string]string{"URBD_REASON": stop.reason})
+	return stop
 }
 
 // replicatedNoun names a replicated write of flags for checkHungDisk.

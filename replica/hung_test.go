@@ -117,6 +117,29 @@ func TestScenarioKoCountOff(t *testing.T) {
 	inSyncAndEqual(t, a, b)
 }
 
+// hungCase is a request that a hung disk holds: hang makes the disk hold
+// the requests of its kind (the channel is closed once it holds one), free
+// lets them go on, do makes x issue the request, and reason is what the
+// node's reason says of it.
+type hungCase struct {
+	name   string
+	hang   func(d *testDisk) <-chan struct{}
+	free   func(d *testDisk)
+	do     func(x *tnode) error
+	reason string
+}
+
+// start hangs disk, runs the request on x in the background and returns,
+// once disk holds it, when it started and where its result arrives.
+func (tc hungCase) start(x *tnode, disk *testDisk) (time.Time, <-chan error) {
+	held := tc.hang(disk)
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- tc.do(x) }()
+	<-held
+	return start, done
+}
+
 // TestScenarioHungPrimaryDiskDetached: with disk-timeout, a Primary whose
 // disk leaves a write, a flush, a read or the flush an activity-log eviction
 // needs unanswered detaches it once the timeout has passed, as after a disk
@@ -126,13 +149,7 @@ func TestScenarioKoCountOff(t *testing.T) {
 // at last, its late result changes nothing.
 func TestScenarioHungPrimaryDiskDetached(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name   string
-		hang   func(d *testDisk) <-chan struct{}
-		free   func(d *testDisk)
-		do     func(x *tnode) error
-		reason string
-	}{
+	for _, tc := range []hungCase{
 		{"write", (*testDisk).hangWrites, (*testDisk).releaseWrites,
 			func(x *tnode) error { return x.node.WriteAt(ctx, pattern("after", 2*hBlock), 8*hBlock, false) },
 			fmt.Sprintf("local disk has not completed a write of %d bytes at %d in ", 2*hBlock, 8*hBlock)},
@@ -156,12 +173,8 @@ func TestScenarioHungPrimaryDiskDetached(t *testing.T) {
 			o := nodeOpts{diskTimeout: 300 * time.Millisecond, alExtents: 1}
 			a, b := cleanPair(t, o, o)
 			a.write(0, pattern("before", 4*hBlock))
-			held := tc.hang(a.disk)
 			defer tc.free(a.disk)
-			start := time.Now()
-			done := make(chan error, 1)
-			go func() { done <- tc.do(a) }()
-			<-held
+			start, done := tc.start(a, a.disk)
 			if err := recvErr(t, "the request the disk holds", done); err != nil {
 				t.Fatalf("the %s the disk held: %v, want it served by the peer", tc.name, err)
 			}
@@ -307,13 +320,7 @@ func TestScenarioSlowPeerDiskKept(t *testing.T) {
 // resync makes both disks equal.
 func TestScenarioHungSecondaryDiskLeaves(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name   string
-		hang   func(d *testDisk) <-chan struct{}
-		free   func(d *testDisk)
-		do     func(x *tnode) error
-		reason string
-	}{
+	for _, tc := range []hungCase{
 		{"write", (*testDisk).hangWrites, (*testDisk).releaseWrites,
 			func(x *tnode) error { return x.node.WriteAt(ctx, pattern("held", 2*hBlock), 8*hBlock, false) },
 			fmt.Sprintf("has not completed a replicated write of %d bytes at %d in ", 2*hBlock, 8*hBlock)},
@@ -323,12 +330,8 @@ func TestScenarioHungSecondaryDiskLeaves(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := cleanPair(t, nodeOpts{}, nodeOpts{diskTimeout: 300 * time.Millisecond})
 			a.write(0, pattern("before", 4*hBlock))
-			held := tc.hang(b.disk)
 			defer tc.free(b.disk)
-			start := time.Now()
-			done := make(chan error, 1)
-			go func() { done <- tc.do(a) }()
-			<-held
+			start, done := tc.start(a, b.disk)
 			if err := recvErr(t, "the request the peer's disk holds", done); err != nil {
 				t.Fatalf("the %s the peer's disk held: %v, want it completed by the Primary alone", tc.name, err)
 			}

@@ -43,6 +43,10 @@ type session struct {
 	answered atomic.Uint64 // requests the peer answered (complete, completeRead), for ko-count
 	unacked  atomic.Int64  // secondary: writes and flushes received, not yet answered
 	watch    diskWatch     // secondary: its disk requests for the peer, for disk-timeout
+	// leaving is why this node ends the session, set before it says
+	// goodbye: close reports it, whichever error closes the session (the
+	// peer, told, may close the connection first).
+	leaving atomic.Pointer[localStop]
 
 	// Sync target: resync copies written but not yet covered by a local
 	// fdatasync (see copyWritten); guarded by mu.
@@ -428,6 +432,9 @@ func (s *session) close(err error) {
 	s.mu.Unlock()
 	s.cancel()
 	s.ps.Close()
+	if stop := s.leaving.Load(); stop != nil {
+		err = stop
+	}
 	// Now that the protocol session recorded why its transport ended.
 	err = lossErr(err, s.ps.Err())
 	for _, e := range tl {
