@@ -661,7 +661,7 @@ func (n *Node) leaveDiskless(s *session) error {
 // filling, with the range lock held. The peer's copy answers the write; a
 // failure here only ends the attach, whose copy then stops.
 func (n *Node) writeAttaching(ctx context.Context, kind string, off, length int64, local func(context.Context) error) {
-	if err := n.writeLocal(ctx, kind, length, local); err != nil {
+	if err := n.writeLocal(ctx, kind, off, length, local); err != nil {
 		n.log.Error("the disk being attached failed a write", "offset", off, "length", length, "err", err)
 		n.attachFailed.Store(true)
 	}

@@ -144,10 +144,11 @@ func (op watchedOp) String() string {
 	return fmt.Sprintf("%s of %d bytes at %d", op.what, op.length, op.off)
 }
 
-// begin records a request to this node's disk for the peer, starting now,
-// when disk-timeout is set, and returns the token end takes (0: not
-// recorded).
+// begin counts a request to this node's disk for the peer (diskBegin)
+// and, when disk-timeout is set, records it, starting now; it returns the
+// token end takes (0: not recorded).
 func (s *session) begin(what string, off, length int64) uint64 {
+	s.n.diskBegin()
 	if s.n.diskTimeout.Load() <= 0 {
 		return 0
 	}
@@ -162,8 +163,9 @@ func (s *session) begin(what string, off, length int64) uint64 {
 	return w.next
 }
 
-// end records that the request of token returned.
+// end records that the request begin returned token for has returned.
 func (s *session) end(token uint64) {
+	s.n.diskEnd()
 	if token == 0 {
 		return
 	}

@@ -77,17 +77,27 @@ func TestScenarioHungPeerDiskDropped(t *testing.T) {
 // TestScenarioKoCountOff: with ko-count 0 a write the peer's disk holds
 // waits for it, however long, and completes once the disk answers; the
 // connection stays up. Set at run time (urbd adjust --ko-count), ko-count
-// applies to the write already waiting.
+// applies to the write already waiting. Meanwhile both statuses say what
+// is blocked: the Primary's the peer (flag n), the Secondary's its disk
+// (flag b), and neither once the disk answers.
 func TestScenarioKoCountOff(t *testing.T) {
 	o := nodeOpts{timeout: 300 * time.Millisecond}
 	a, b := cleanPair(t, o, o)
 	held := b.disk.holdWrites()
 	done := a.asyncWrite(0, pattern("waits for the peer", hBlock))
 	<-held
+	a.waitStatus("the peer shown blocked", func(r status.Resource) bool {
+		return r.PeerBlockedSeconds >= 2 && r.DiskBlockedSeconds == 0 && len(r.Blocked) == 1 &&
+			strings.HasPrefix(r.Blocked[0], "the peer has completed no request for ") && strings.HasSuffix(r.Blocked[0], " (--ko-count 0: waiting for it)")
+	})
+	b.waitStatus("the disk shown blocked", func(r status.Resource) bool {
+		return r.DiskBlockedSeconds >= 2 && r.PeerBlockedSeconds == 0 && len(r.Blocked) == 1 &&
+			strings.HasPrefix(r.Blocked[0], "the local disk has completed no request for ") && r.LocalPending == 1
+	})
 	select {
 	case err := <-done:
 		t.Fatalf("the write answered while the peer's disk held it: %v", err)
-	case <-time.After(2 * time.Second): // over six timeouts
+	default:
 	}
 	if st := a.node.State(); st.Conn != replica.Connected {
 		t.Fatalf("with ko-count 0 the peer was dropped: %+v", st)
@@ -96,6 +106,8 @@ func TestScenarioKoCountOff(t *testing.T) {
 	if err := recvErr(t, "the write once the peer's disk answered", done); err != nil {
 		t.Fatal(err)
 	}
+	a.waitStatus("the peer no longer blocked", func(r status.Resource) bool { return r.PeerBlockedSeconds == 0 && r.Blocked == nil })
+	b.waitStatus("the disk no longer blocked", func(r status.Resource) bool { return r.DiskBlockedSeconds == 0 && r.Blocked == nil })
 
 	if err := a.node.SetKoCount(-1); err == nil {
 		t.Error("ko-count -1 accepted")
@@ -217,8 +229,9 @@ func TestScenarioHungPrimaryDiskDetached(t *testing.T) {
 
 // TestScenarioHungPrimaryDiskWithoutPeer: a Primary without its peer has no
 // other copy to serve from: with disk-timeout it goes on waiting for its
-// hung disk, as without it, keeps the disk, and says so in the log; the
-// write completes when the disk answers. With the timeout off (the
+// hung disk, as without it, keeps the disk, and says so in the log and in
+// its status (blocked, flag b); the write completes when the disk answers.
+// With the timeout off (the
 // default), a hung disk is waited for with a peer too.
 func TestScenarioHungPrimaryDiskWithoutPeer(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{diskTimeout: 200 * time.Millisecond}, nodeOpts{})
@@ -227,10 +240,13 @@ func TestScenarioHungPrimaryDiskWithoutPeer(t *testing.T) {
 	held := a.disk.hangWrites()
 	done := a.asyncWrite(0, pattern("waits for the disk", hBlock))
 	<-held
+	a.waitStatus("the disk shown blocked", func(r status.Resource) bool {
+		return r.DiskBlockedSeconds >= 2 && len(r.Blocked) == 1 && strings.HasSuffix(r.Blocked[0], " (--disk-timeout 200ms)")
+	})
 	select {
 	case err := <-done:
 		t.Fatalf("the write answered while the disk held it: %v", err)
-	case <-time.After(time.Second): // five timeouts
+	default:
 	}
 	a.disk.releaseWrites()
 	if err := recvErr(t, "the write once the disk answered", done); err != nil {

@@ -195,13 +195,15 @@ type Node struct {
 	diskless    atomic.Bool // n.st.Disk == Diskless, read without n.mu (see detach)
 	userPause   atomic.Bool // this node's operator paused resyncs (see pause.go)
 
-	stats counters
+	stats     counters
+	diskStall stallWatch // the local disk's requests, for the status (localBlocked)
 }
 
 // counters are the status file's ns/nr/dw/dr/lo/pe/ua/ap, in bytes or requests.
 type counters struct {
 	netSend, netRecv, diskWrite, diskRead atomic.Uint64 // bytes
 	localPending, peerPending, appPending atomic.Int64
+	localDone                             atomic.Uint64 // requests to the local disk completed (diskEnd)
 }
 
 // New opens the resource described by cfg. It does not connect; call Run.

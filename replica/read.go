@@ -77,9 +77,9 @@ func (n *Node) readTimed(ctx context.Context, p []byte, off int64) error {
 // readLocal reads p at off from disk, counted in the status (lo: while it
 // runs, dr:).
 func (n *Node) readLocal(ctx context.Context, disk nbd.Backend, p []byte, off int64) error {
-	n.stats.localPending.Add(1)
+	n.diskBegin()
 	err := disk.ReadAt(ctx, p, off)
-	n.stats.localPending.Add(-1)
+	n.diskEnd()
 	n.stats.diskRead.Add(uint64(len(p)))
 	return err
 }

@@ -816,7 +816,7 @@ func (s *session) keepalive() error {
 	tick := time.NewTicker(max(timeout/4, 50*time.Millisecond))
 	defer tick.Stop()
 	var seq uint64
-	var ko koWatch
+	var peer stallWatch
 	lastCkpt, lastFlush := time.Now(), time.Now()
 	for {
 		select {
@@ -826,7 +826,7 @@ func (s *session) keepalive() error {
 			if now.Sub(time.Unix(0, s.lastRecv.Load())) > timeout {
 				return &peerLost{cause: fmt.Sprintf("no answer from the peer for %s (--timeout)", timeout)}
 			}
-			if err := ko.check(s, now, timeout); err != nil {
+			if err := s.checkPeer(&peer, now, timeout); err != nil {
 				return err
 			}
 			if err := s.checkHungDisk(now); err != nil {
@@ -857,41 +857,27 @@ func (s *session) keepalive() error {
 	}
 }
 
-// koWatch follows, for ko-count, whether the peer answers the requests
-// sent to it: the keepalive looks on every tick.
-type koWatch struct {
-	answered uint64    // session.answered at the last tick
-	since    time.Time // the tick since which requests have been pending and none was answered; zero when not so
-}
-
-// check returns a peerLost once requests have been pending at the peer and
-// it has answered none of them for ko-count times timeout (as seen by the
-// keepalive's ticks, so up to a tick more). A peer that answers pings but
-// no I/O has a hung disk or worse; dropping it ends the wait of the
-// application's I/O, which completes here and is marked out of sync, as for
-// any peer loss. Progress, not the age of the oldest request, is what
-// counts (as in DRBD, whose ko-count counts timeouts without progress): on
-// a slow link a deep queue of writes may wait long while answers keep
-// coming. A Diskless node never drops its peer this way: the peer's disk
-// holds its only copy, and waiting for it beats failing every request.
-func (w *koWatch) check(s *session, now time.Time, timeout time.Duration) error {
+// checkPeer looks, on each keepalive tick, at the requests sent to the peer:
+// how long they have waited with none answered (w, stallWatch) is kept for
+// the status (peerWait), and once that reaches ko-count times timeout (as
+// seen by the ticks, so up to a tick more) the peer is dropped as lost. A
+// peer that answers pings but no I/O has a hung disk or worse; dropping it
+// ends the wait of the application's I/O, which completes here and is
+// marked out of sync, as for any peer loss. Progress, not the age of the
+// oldest request, is what counts (as in DRBD, whose ko-count counts
+// timeouts without progress): on a slow link a deep queue of writes may
+// wait long while answers keep coming. A Diskless node never drops its
+// peer this way: the peer's disk holds its only copy, and waiting for it
+// beats failing every request.
+func (s *session) checkPeer(w *stallWatch, now time.Time, timeout time.Duration) error {
+	waited := w.look(now, s.hasPending(), s.answered.Load())
+	s.peerWait.Store(int64(waited))
 	ko := s.n.koCount.Load()
-	answered := s.answered.Load()
-	progress := answered != w.answered
-	w.answered = answered
-	if ko <= 0 || progress || !s.hasPending() || s.n.isDiskless() {
-		w.since = time.Time{}
+	if ko <= 0 || s.n.isDiskless() || waited < time.Duration(ko)*timeout {
 		return nil
 	}
-	if w.since.IsZero() {
-		w.since = now
-		return nil
-	}
-	if waited := now.Sub(w.since); waited >= time.Duration(ko)*timeout {
-		return &peerLost{cause: fmt.Sprintf("the peer has completed no request for %s while a %s waited (--ko-count %d × --timeout %s): its disk may be hung",
-			waited.Round(time.Second), s.oldestPending(), ko, timeout)}
-	}
-	return nil
+	return &peerLost{cause: fmt.Sprintf("the peer has completed no request for %s while a %s waited (--ko-count %d × --timeout %s): its disk may be hung",
+		waited.Round(time.Second), s.oldestPending(), ko, timeout)}
 }
 
 // isClosedErr tells a normal end of a stream from a protocol failure.

@@ -41,6 +41,7 @@ type session struct {
 	rsSeq    atomic.Uint64
 	lastRecv atomic.Int64  // unix nanos of the last frame from the peer
 	answered atomic.Uint64 // requests the peer answered (complete, completeRead), for ko-count
+	peerWait atomic.Int64  // how long requests have waited at the peer with none answered, at the keepalive's last tick (checkPeer)
 	unacked  atomic.Int64  // secondary: writes and flushes received, not yet answered
 	watch    diskWatch     // secondary: its disk requests for the peer, for disk-timeout
 	// leaving is why this node ends the session, set before it says

@@ -1,6 +1,8 @@
 package replica
 
 import (
+	"time"
+
 	"github.com/urbd/urbd/status"
 )
 
@@ -21,11 +23,13 @@ func (n *Node) Status() status.Resource {
 	}
 	susp := n.suspendedLocked()
 	var unacked int64
+	var peerWait, timeout time.Duration
 	userPause, peerPause := n.userPause.Load(), false
 	uuids, peerUUIDs := n.uuids.String(), ""
 	if n.sess != nil {
 		unacked = n.sess.unacked.Load()
 		peerPause = n.sess.peerPause.Load()
+		peerWait, timeout = time.Duration(n.sess.peerWait.Load()), n.sess.ps.Timeout()
 		if st.Conn.Connected() {
 			peerUUIDs = n.peerUUIDs.String()
 		}
@@ -61,6 +65,7 @@ func (n *Node) Status() status.Resource {
 		NBDClients:   n.clients(),
 		SizeKiB:      uint64(n.backend().Size()) >> 10,
 	}
+	n.blocked(&r, n.localBlocked(time.Now()), peerWait, timeout, st)
 	if prog != nil {
 		snap := prog.Snapshot()
 		r.Sync = &status.Sync{

@@ -155,11 +155,7 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 		runtime.Gosched()
 	}
 
-	if n.diskTimeout.Load() > 0 {
-		call := local
-		local = func(ctx context.Context) error { return n.timedLocal(ctx, requestNoun(kind), off, length, call) }
-	}
-	lerr := n.writeLocal(ctx, kind, length, local)
+	lerr := n.writeLocal(ctx, kind, off, length, local)
 	unlock()
 	if ahead && lerr == nil {
 		n.ahead.start()
@@ -203,12 +199,22 @@ func (n *Node) writeOp(ctx context.Context, kind string, off, length int64, data
 	return lerr
 }
 
-// writeLocal runs a write's local part, local, counted in the status (lo:
-// while it runs, dw: for the bytes of a write, not a trim or zeroing).
-func (n *Node) writeLocal(ctx context.Context, kind string, length int64, local func(context.Context) error) error {
-	n.stats.localPending.Add(1)
-	err := local(ctx)
-	n.stats.localPending.Add(-1)
+// writeLocal runs a write's local part, local, under disk-timeout
+// (timedLocal), counted in the status (lo: while the disk has it, dw: for
+// the bytes of a write, not a trim or zeroing).
+func (n *Node) writeLocal(ctx context.Context, kind string, off, length int64, local func(context.Context) error) error {
+	var err error
+	if n.diskTimeout.Load() > 0 {
+		err = n.timedLocal(ctx, requestNoun(kind), off, length, func(ctx context.Context) error {
+			n.diskBegin()
+			defer n.diskEnd()
+			return local(ctx)
+		})
+	} else {
+		n.diskBegin()
+		err = local(ctx)
+		n.diskEnd()
+	}
 	if kind != "trim" && kind != "zero" {
 		n.stats.diskWrite.Add(uint64(length))
 	}
@@ -277,7 +283,7 @@ func (n *Node) flushBoth(ctx context.Context) (peerOK bool, err error) {
 		}
 		return true, nil
 	}
-	err = n.timedLocal(ctx, "a flush", 0, 0, n.backend().Flush)
+	err = n.timedLocal(ctx, "a flush", 0, 0, n.flushDisk)
 	if peer != nil {
 		peerOK = peer.wait(ctx, 'C')
 	}
@@ -286,6 +292,14 @@ func (n *Node) flushBoth(ctx context.Context) (peerOK bool, err error) {
 		return true, nil
 	}
 	return peerOK, err
+}
+
+// flushDisk runs the application's fdatasync of this node's disk, counted
+// in the status (lo: while it runs).
+func (n *Node) flushDisk(ctx context.Context) error {
+	n.diskBegin()
+	defer n.diskEnd()
+	return n.backend().Flush(ctx)
 }
 
 func (n *Node) observe(kind string, peer bool, bytes int, start time.Time) {

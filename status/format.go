@@ -95,7 +95,8 @@ func writeResource(b *bytes.Buffer, r *Resource) {
 		proto = r.Protocol[0]
 	}
 	// DRBD's six state flags: I/O running or suspended, (resync-after,
-	// unused), sync paused by the peer, sync paused here, then two unused.
+	// unused), sync paused by the peer, sync paused here, I/O blocked on
+	// the local disk (b), the peer (n) or both (a), then one unused.
 	flags := []byte("r-----")
 	if r.Suspended {
 		flags[0] = 's'
@@ -105,6 +106,14 @@ func writeResource(b *bytes.Buffer, r *Resource) {
 	}
 	if r.SyncPaused {
 		flags[3] = 'u'
+	}
+	switch {
+	case r.DiskBlockedSeconds > 0 && r.PeerBlockedSeconds > 0:
+		flags[4] = 'a'
+	case r.DiskBlockedSeconds > 0:
+		flags[4] = 'b'
+	case r.PeerBlockedSeconds > 0:
+		flags[4] = 'n'
 	}
 	fmt.Fprintf(b, "%2d: %scs:%s ro:%s/%s ds:%s/%s %c %s\n",
 		r.Minor, name,
@@ -117,6 +126,9 @@ func writeResource(b *bytes.Buffer, r *Resource) {
 		r.LocalPending, r.PeerPending, r.Unacked, r.AppPending, r.OutOfSyncKiB)
 	if r.Sync != nil {
 		writeProgress(b, r)
+	}
+	for _, line := range r.Blocked {
+		fmt.Fprintf(b, "    blocked: %s\n", oneLine(line, maxReasonLen))
 	}
 	if r.SplitBrain {
 		fmt.Fprintf(b, "    split brain: both nodes changed the data independently; nothing is copied until "+

@@ -105,6 +105,16 @@ func scenarios() map[string][]Resource {
 			LastVerify: &VerifyResult{Ended: time.Date(2026, 11, 1, 3, 12, 0, 0, time.UTC), FromKiB: 1 << 20, ToKiB: 2 << 20, Differing: 3},
 		}},
 		"unset": {{Minor: 0, Name: "bad name\n", Protocol: "X"}},
+		"blocked": {{
+			Minor: 0, Name: "r0", Protocol: "C", ConnState: "Connected", Role: "Primary", PeerRole: "Secondary",
+			DiskState: "UpToDate", PeerDisk: "UpToDate", LocalPending: 3, PeerPending: 5, AppPending: 5,
+			DiskBlockedSeconds: 12, PeerBlockedSeconds: 18,
+			Blocked: []string{
+				"the local disk has completed no request for 12s (--disk-timeout 30s)",
+				"the peer has completed no request for 18s (dropped after 42s: --ko-count 7 × --timeout 6s)",
+			},
+			SizeKiB: 1 << 20,
+		}},
 	}
 }
 
@@ -316,6 +326,24 @@ func TestWriteJSON(t *testing.T) {
 	}
 	if _, ok := raw[1]["sync"]; ok {
 		t.Errorf("sync present without a resync")
+	}
+
+	// The blocked keys are there only while something is blocked.
+	b.Reset()
+	if err := WriteJSON(&b, append(scenarios()["blocked"], Resource{Minor: 1})); err != nil {
+		t.Fatal(err)
+	}
+	raw = nil
+	if err := json.Unmarshal(b.Bytes(), &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"disk_blocked_seconds", "peer_blocked_seconds", "blocked"} {
+		if _, ok := raw[0][k]; !ok {
+			t.Errorf("json of a blocked resource lacks key %q", k)
+		}
+		if _, ok := raw[1][k]; ok {
+			t.Errorf("json of a resource that is not blocked has key %q", k)
+		}
 	}
 }
 

@@ -40,6 +40,15 @@ type Resource struct {
 	AppPending   uint64 `json:"ap"` // application requests in flight
 	OutOfSyncKiB uint64 `json:"oos"`
 
+	// DiskBlockedSeconds and PeerBlockedSeconds say how long requests
+	// have waited on the local disk, or at the peer, with none of them
+	// completing, once that is 2 s or more (0 otherwise): a disk or a peer
+	// that hangs. The status flags show them as b (the local disk), n (the
+	// peer) or a (both), and Blocked says each in words.
+	DiskBlockedSeconds int64    `json:"disk_blocked_seconds,omitempty"`
+	PeerBlockedSeconds int64    `json:"peer_blocked_seconds,omitempty"`
+	Blocked            []string `json:"blocked,omitempty"`
+
 	NBDClients int    `json:"nbd_clients"`
 	SizeKiB    uint64 `json:"size_kib"` // the disk's size (the export's), KiB
 

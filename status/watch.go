@@ -130,6 +130,9 @@ func renderResource(b *bytes.Buffer, r *Resource, width int) {
 	if r.Suspended {
 		line(b, "warning", ansiRed+"SUSPENDED"+ansiReset+": writes wait for the peer")
 	}
+	for _, l := range r.Blocked {
+		line(b, "blocked", ansiRed+oneLine(l, max(10, width-labelWidth))+ansiReset)
+	}
 	if r.Reason != "" {
 		line(b, "reason", oneLine(r.Reason, max(10, width-labelWidth)))
 	}
