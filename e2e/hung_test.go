@@ -164,6 +164,47 @@ func TestHungSecondaryDiskTimeout(t *testing.T) {
 	cmpFiles(t, c.a.disk, disk.backing)
 }
 
+// TestHungDiskShownBlocked: with ko-count and disk-timeout off, a write the
+// Secondary's disk holds waits as long as the disk hangs; meanwhile both
+// status files say what is blocked, the Primary's flag n and a line that
+// says it waits for the peer, the Secondary's flag b and a line about its
+// disk, and once the disk answers the write completes and the lines go.
+func TestHungDiskShownBlocked(t *testing.T) {
+	requireRoot(t)
+	disk := newKitDisk(t, 64<<20)
+	c := newCluster(t, clusterOpts{})
+	c.b.disk = disk.path
+	c.a.start("--ko-count", "0")
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+
+	disk.hang(t)
+	wait := startFio(c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=1M", "--iodepth=4", "--end_fsync=1")
+	statusFile := func(n *node) string { return string(fileBytes(t, filepath.Join(n.runDir, "r0", "status"))) }
+	c.a.waitFor("the peer shown blocked", 20*time.Second, func(s statusT) bool { return s.PeerBlockedSeconds >= 3 })
+	c.b.waitFor("the disk shown blocked", 20*time.Second, func(s statusT) bool { return s.DiskBlockedSeconds >= 3 })
+	time.Sleep(1100 * time.Millisecond) // a rewrite of the status files
+	if text := statusFile(c.a); !strings.Contains(text, " C r---n-\n") || !strings.Contains(text, "    blocked: the peer has completed no request for ") ||
+		!strings.Contains(text, "(--ko-count 0: waiting for it)") {
+		t.Errorf("the Primary's status file while the peer's disk hangs:\n%s", text)
+	}
+	if text := statusFile(c.b); !strings.Contains(text, " C r---b-\n") || !strings.Contains(text, "    blocked: the local disk has completed no request for ") {
+		t.Errorf("the Secondary's status file while its disk hangs:\n%s", text)
+	}
+
+	disk.answer()
+	if out, err := wait(); err != nil {
+		t.Fatalf("fio once the disk answered: %v\n%s", err, out)
+	}
+	c.a.waitFor("the peer no longer blocked", 10*time.Second, func(s statusT) bool { return s.PeerBlockedSeconds == 0 && s.ConnState == "Connected" })
+	c.b.waitFor("the disk no longer blocked", 10*time.Second, func(s statusT) bool { return s.DiskBlockedSeconds == 0 && s.Blocked == nil })
+	c.a.ctl("secondary", "r0")
+	c.a.stop()
+	c.b.stop()
+	cmpFiles(t, c.a.disk, disk.backing)
+}
+
 // ioErrorLog returns the flags that make a node append the reason of every
 // local-io-error event to a file in c's directory, and that file.
 func ioErrorLog(c *cluster) (flags []string, file string) {
