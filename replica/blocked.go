@@ -22,27 +22,35 @@ const blockedAfter = 2 * time.Second
 
 // stallWatch follows a count of completed requests over successive looks.
 type stallWatch struct {
-	mu    sync.Mutex
-	done  uint64    // the count at the last look
-	since time.Time // the look since which requests have waited and none completed; zero when not so
+	mu      sync.Mutex
+	done    uint64    // the count at the last look
+	pending bool      // whether requests were in flight at the last look
+	at      time.Time // the last look
+	since   time.Time // since when requests have waited and none completed; zero when not so
 }
 
-// look records that pending requests are in flight and done have completed
-// so far, at now, and returns how long requests have waited with none
-// completing: zero when none waits or one completed since the last look,
-// else the time since the first look that saw them waiting without
-// progress (so up to one look's interval less than the truth).
+// look records that requests are in flight (pending) and done have
+// completed so far, at now, and returns how long requests have waited with
+// none completing: zero when none waits or one completed since the last
+// look. A request in flight at the last look and none completed since
+// means it has waited at least since that look; a stall is measured from
+// the first such look, so it may have lasted up to one look's interval
+// longer.
 func (w *stallWatch) look(now time.Time, pending bool, done uint64) time.Duration {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	progress := done != w.done
-	w.done = done
+	prevAt, prevPending := w.at, w.pending
+	w.done, w.pending, w.at = done, pending, now
 	if !pending || progress {
 		w.since = time.Time{}
 		return 0
 	}
 	if w.since.IsZero() {
 		w.since = now
+		if prevPending && !prevAt.IsZero() {
+			w.since = prevAt
+		}
 	}
 	return now.Sub(w.since)
 }
@@ -67,9 +75,11 @@ func (n *Node) localBlocked(now time.Time) time.Duration {
 
 // blocked fills r's blocked fields: what has waited blockedAfter or more
 // with none of its requests completing, the local disk (local) or the peer
-// (peer, timeout being the session's), with a line for each.
+// (peer, timeout being the session's), with a line for each. A Diskless
+// node's disk is out of service, and a request disk-timeout gave up on may
+// still be in flight there: it is not shown as blocked.
 func (n *Node) blocked(r *status.Resource, local, peer, timeout time.Duration, st State) {
-	if local >= blockedAfter {
+	if local >= blockedAfter && st.Disk != Diskless {
 		r.DiskBlockedSeconds = int64(local / time.Second)
 		line := fmt.Sprintf("the local disk has completed no request for %s", local.Round(time.Second))
 		if d := time.Duration(n.diskTimeout.Load()); d > 0 {

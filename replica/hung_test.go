@@ -202,6 +202,15 @@ func TestScenarioHungPrimaryDiskDetached(t *testing.T) {
 			}
 			a.waitEvent("local-io-error")
 			b.waitState("the peer shown Diskless", func(s replica.State) bool { return s.PeerDisk == replica.Diskless })
+			if tc.name == "write" {
+				// The write given up on is still at the detached disk,
+				// which is out of service: not shown as blocked.
+				a.node.Status()
+				time.Sleep(blockedAfter + 100*time.Millisecond)
+				if r := a.node.Status(); r.LocalPending != 1 || r.DiskBlockedSeconds != 0 || r.Blocked != nil {
+					t.Errorf("status of the Diskless node, a write still at its old disk: lo %d, blocked %ds %q", r.LocalPending, r.DiskBlockedSeconds, r.Blocked)
+				}
+			}
 
 			// The disk answers at last: the node stays Diskless, and the
 			// peer still serves what was written.
@@ -324,6 +333,10 @@ func TestScenarioSlowPeerDiskKept(t *testing.T) {
 	b.disk.releaseWrites()
 	inSyncAndEqual(t, a, b)
 }
+
+// blockedAfter is replica's: how long the status waits before it calls the
+// disk or the peer blocked.
+const blockedAfter = 2 * time.Second
 
 // TestScenarioHungSecondaryDiskLeaves: with disk-timeout on the Secondary,
 // and ko-count off so that the Primary never drops it, a Secondary whose
