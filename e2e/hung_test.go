@@ -18,10 +18,7 @@ import (
 // follow do not wait again), both nodes say so, and once the disk answers
 // again the nodes reconnect and resync: both disks hold the same data.
 func TestHungSecondaryDisk(t *testing.T) {
-	requireRoot(t)
-	disk := newKitDisk(t, 64<<20)
-	c := newCluster(t, clusterOpts{})
-	c.b.disk = disk.path
+	c, disk := kitSecondary(t)
 	if out, err := c.a.command(c.a.upArgs("--ko-count", "201")...).CombinedOutput(); err == nil || !strings.Contains(string(out), "--ko-count 201: use 0 (never drop a peer that answers pings) to 200") {
 		t.Fatalf("urbd up --ko-count 201: %v: %s", err, out)
 	}
@@ -119,10 +116,7 @@ func TestHungPrimaryDisk(t *testing.T) {
 // without an error; once the disk answers, the nodes reconnect by
 // themselves and resync, and both disks hold the same data.
 func TestHungSecondaryDiskTimeout(t *testing.T) {
-	requireRoot(t)
-	disk := newKitDisk(t, 64<<20)
-	c := newCluster(t, clusterOpts{})
-	c.b.disk = disk.path
+	c, disk := kitSecondary(t)
 	handler, events := ioErrorLog(c)
 	c.a.start("--ko-count", "0")
 	c.b.start(append([]string{"--disk-timeout", "2s"}, handler...)...)
@@ -170,10 +164,7 @@ func TestHungSecondaryDiskTimeout(t *testing.T) {
 // says it waits for the peer, the Secondary's flag b and a line about its
 // disk, and once the disk answers the write completes and the lines go.
 func TestHungDiskShownBlocked(t *testing.T) {
-	requireRoot(t)
-	disk := newKitDisk(t, 64<<20)
-	c := newCluster(t, clusterOpts{})
-	c.b.disk = disk.path
+	c, disk := kitSecondary(t)
 	c.a.start("--ko-count", "0")
 	c.b.start()
 	c.a.waitInSync(30 * time.Second)
@@ -203,6 +194,16 @@ func TestHungDiskShownBlocked(t *testing.T) {
 	c.a.stop()
 	c.b.stop()
 	cmpFiles(t, c.a.disk, disk.backing)
+}
+
+// kitSecondary returns a cluster whose node b, not started yet, has a
+// kitDisk of 64 MiB, which the test can hang.
+func kitSecondary(t *testing.T) (*cluster, *kitDisk) {
+	requireRoot(t)
+	disk := newKitDisk(t, 64<<20)
+	c := newCluster(t, clusterOpts{})
+	c.b.disk = disk.path
+	return c, disk
 }
 
 // ioErrorLog returns the flags that make a node append the reason of every
