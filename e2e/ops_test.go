@@ -86,6 +86,8 @@ timeout = "2s"
 		`urbd_io_bytes_total{kind="write",resource="r0",side="local"}`,
 		`urbd_write_latency_seconds_bucket{resource="r0",side="peer"`,
 		`urbd_out_of_sync_bytes{resource="r0"} 0`,
+		`urbd_blocked_seconds{on="disk",resource="r0"} 0`,
+		`urbd_blocked_seconds{on="peer",resource="r0"} 0`,
 	} {
 		if !strings.Contains(string(body), w) {
 			t.Errorf("metrics lack %s", w)

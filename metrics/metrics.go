@@ -117,6 +117,7 @@ type Metrics struct {
 	splitBrain      *prometheus.GaugeVec
 	nbdClients      *prometheus.GaugeVec
 	pending         *prometheus.GaugeVec
+	blocked         *prometheus.GaugeVec
 	verifyEnd       *prometheus.GaugeVec
 	verifyBlocks    *prometheus.GaugeVec
 	verifyComplete  *prometheus.GaugeVec
@@ -176,6 +177,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "urbd_pending_requests", Help: "Requests in flight, as the status file's lo, pe, ua and ap: to the local disk (local), sent to the peer and not answered (peer), received from the peer and not answered (unacked), from the application (application).",
 		}, []string{"resource", "queue"}),
+		blocked: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "urbd_blocked_seconds", Help: "How long requests have waited with none of them completing, on the local disk (disk) or at the peer (peer), as the status's blocked lines: from 2 s on, else 0.",
+		}, []string{"resource", "on"}),
 		verifyEnd: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "urbd_last_verify_end_timestamp_seconds", Help: "When the last online verify this node ran ended (Unix time); 0 when it never ran one.",
 		}, []string{"resource"}),
@@ -190,7 +194,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.bytes, m.requests, m.latency, m.outOfSync, m.resyncRate, m.resyncRemaining,
 			m.connState, m.role, m.peerRole, m.protocol, m.diskState, m.suspended, m.splitBrain, m.nbdClients,
-			m.verifyEnd, m.verifyBlocks, m.verifyComplete, m.pending)
+			m.verifyEnd, m.verifyBlocks, m.verifyComplete, m.pending, m.blocked)
 	}
 	return m
 }
@@ -216,6 +220,8 @@ func (m *Metrics) Resource(name string) *Resource {
 			m.pending.WithLabelValues(name, "local"), m.pending.WithLabelValues(name, "peer"),
 			m.pending.WithLabelValues(name, "unacked"), m.pending.WithLabelValues(name, "application"),
 		},
+		blockedDisk:     m.blocked.WithLabelValues(name, "disk"),
+		blockedPeer:     m.blocked.WithLabelValues(name, "peer"),
 		verifyEnd:       m.verifyEnd.WithLabelValues(name),
 		verifyDiffering: m.verifyBlocks.WithLabelValues(name, "differing"),
 		verifyBad:       m.verifyBlocks.WithLabelValues(name, "unreadable"),
@@ -251,7 +257,7 @@ func (m *Metrics) Remove(name string) {
 		m.resyncRate.MetricVec, m.resyncRemaining.MetricVec, m.connState.MetricVec, m.role.MetricVec,
 		m.peerRole.MetricVec, m.protocol.MetricVec, m.diskState.MetricVec, m.suspended.MetricVec, m.splitBrain.MetricVec,
 		m.nbdClients.MetricVec, m.verifyEnd.MetricVec, m.verifyBlocks.MetricVec, m.verifyComplete.MetricVec,
-		m.pending.MetricVec,
+		m.pending.MetricVec, m.blocked.MetricVec,
 	} {
 		v.DeletePartialMatch(match)
 	}
@@ -271,6 +277,7 @@ type Resource struct {
 	verifyEnd, verifyComplete              prometheus.Gauge
 	verifyDiffering, verifyBad             prometheus.Gauge
 	pending                                [numQueues]prometheus.Gauge // local, peer, unacked, application
+	blockedDisk, blockedPeer               prometheus.Gauge
 
 	mu                        sync.Mutex // serialises the enum gauges' transitions
 	connState, role, peerRole *enum
@@ -356,6 +363,8 @@ func (r *Resource) Update(s *status.Resource) {
 	for i, n := range [numQueues]uint64{s.LocalPending, s.PeerPending, s.Unacked, s.AppPending} {
 		r.pending[i].Set(float64(n))
 	}
+	r.blockedDisk.Set(float64(s.DiskBlockedSeconds))
+	r.blockedPeer.Set(float64(s.PeerBlockedSeconds))
 	r.SetOutOfSync(kibToBytes(s.OutOfSyncKiB))
 	if s.Sync != nil {
 		r.SetResync(kibToBytes(s.Sync.SpeedKiB), kibToBytes(s.Sync.RemainingKiB))

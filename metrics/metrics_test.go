@@ -66,7 +66,7 @@ func TestServeScrape(t *testing.T) {
 	r0.Update(&status.Resource{
 		Name: "r0", Protocol: "B", ConnState: "SyncSource", Role: "Primary", PeerRole: "Secondary",
 		DiskState: "UpToDate", PeerDisk: "Inconsistent", OutOfSyncKiB: 20480, NBDClients: 2, Suspended: true,
-		LocalPending: 1, PeerPending: 3, AppPending: 3,
+		LocalPending: 1, PeerPending: 3, AppPending: 3, PeerBlockedSeconds: 12,
 		Sync:       &status.Sync{TotalKiB: 29312, RemainingKiB: 20480, SpeedKiB: 4096},
 		LastVerify: &status.VerifyResult{Ended: time.Unix(1793000000, 500e6), Complete: true, Differing: 3, Unreadable: 1},
 	})
@@ -122,6 +122,8 @@ func TestServeScrape(t *testing.T) {
 		`urbd_pending_requests{queue="peer",resource="r0"}`:                        3,
 		`urbd_pending_requests{queue="unacked",resource="r0"}`:                     0,
 		`urbd_pending_requests{queue="application",resource="r0"}`:                 3,
+		`urbd_blocked_seconds{on="peer",resource="r0"}`:                            12,
+		`urbd_blocked_seconds{on="disk",resource="r0"}`:                            0,
 		`urbd_connection_state{resource="r1",state="StandAlone"}`:                  1,
 		`urbd_split_brain{resource="r1"}`:                                          1,
 		`urbd_role{resource="r1",role="Primary"}`:                                  0,
