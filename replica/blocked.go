@@ -55,11 +55,11 @@ func (w *stallWatch) look(now time.Time, pending bool, done uint64) time.Duratio
 	return now.Sub(w.since)
 }
 
-// diskBegin and diskEnd bracket a request to this node's disk for the
-// application, on either node: a client's write, read or flush on the
-// Primary, the Primary's replicated write, flush or read on the Secondary.
-// The status counts those in flight (lo:) and calls the disk blocked when
-// they wait and none completes (localBlocked).
+// diskBegin and diskEnd bracket a request to this node's disk, on either
+// node: a client's write, read or flush on the Primary, the Primary's
+// replicated write, flush or read on the Secondary, a resync's copy or
+// read and a verify's read. The status counts those in flight (lo:) and
+// calls the disk blocked when they wait and none completes (localBlocked).
 func (n *Node) diskBegin() { n.stats.localPending.Add(1) }
 
 func (n *Node) diskEnd() {

@@ -441,3 +441,28 @@ func TestScenarioHungSecondaryDiskKeptForDisklessPrimary(t *testing.T) {
 		t.Error("the Secondary's disk does not hold the write")
 	}
 }
+
+// TestScenarioHungDiskDuringResyncShownBlocked: a SyncTarget whose disk
+// stops taking the resync's copies shows its disk blocked (the copies count
+// as requests to the disk, lo:), and the resync goes on once it answers.
+func TestScenarioHungDiskDuringResyncShownBlocked(t *testing.T) {
+	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
+	if err := b.node.Disconnect(false); err != nil {
+		t.Fatal(err)
+	}
+	a.waitState("peer gone", func(s replica.State) bool { return !s.Conn.Connected() })
+	a.write(0, pattern("to resync", 8*hBlock))
+	held := b.disk.hangWrites()
+	defer b.disk.releaseWrites()
+	if err := b.node.Connect(false); err != nil {
+		t.Fatal(err)
+	}
+	<-held
+	b.waitStatus("the disk shown blocked during the resync", func(r status.Resource) bool {
+		return r.ConnState == "SyncTarget" && r.DiskBlockedSeconds >= 2 && r.LocalPending >= 1 && len(r.Blocked) == 1
+	})
+	b.disk.releaseWrites()
+	a.waitConn(replica.Connected)
+	inSyncAndEqual(t, a, b)
+	b.waitStatus("the disk no longer blocked", func(r status.Resource) bool { return r.DiskBlockedSeconds == 0 && r.LocalPending == 0 })
+}

@@ -74,8 +74,8 @@ func (n *Node) readTimed(ctx context.Context, p []byte, off int64) error {
 	return err
 }
 
-// readLocal reads p at off from disk, counted in the status (lo: while it
-// runs, dr:).
+// readLocal reads p at off from disk, for the application, a resync or a
+// verify, counted in the status (lo: while it runs, dr:).
 func (n *Node) readLocal(ctx context.Context, disk nbd.Backend, p []byte, off int64) error {
 	n.diskBegin()
 	err := disk.ReadAt(ctx, p, off)

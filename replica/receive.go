@@ -630,7 +630,10 @@ func (s *session) applyResync(off, length, received int64, write func() error) u
 	if off < 0 || off+length > n.backend().Size() {
 		return protocol.CodeInvalid
 	}
-	if err := write(); err != nil {
+	n.diskBegin()
+	err := write()
+	n.diskEnd()
+	if err != nil {
 		s.diskFailed("writing a resync copy", err, true)
 		return protocol.CodeIO
 	}
@@ -665,8 +668,7 @@ func (s *session) checksums(m *protocol.ChecksumRequest) (*protocol.ChecksumRepl
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:length]
-	err := s.n.backend().ReadAt(s.ctx, buf, off)
-	s.n.stats.diskRead.Add(uint64(length))
+	err := s.n.readLocal(s.ctx, s.n.backend(), buf, off)
 	if err == nil {
 		reply.Sums = blockSums(buf, bs)
 		return reply, nil

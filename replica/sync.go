@@ -209,13 +209,12 @@ func (n *Node) copyRange(s *session, off, length int64) error {
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf := (*bp)[:length] // length <= syncChunk: NextDirty's limit
-	if err := n.backend().ReadAt(s.ctx, buf, off); err != nil {
+	if err := n.readLocal(s.ctx, n.backend(), buf, off); err != nil {
 		if s.ctx.Err() != nil {
 			return err // the session is ending, not the disk
 		}
 		return fmt.Errorf("%w %d bytes at %d: %w", errSourceRead, length, off, err)
 	}
-	n.stats.diskRead.Add(uint64(length))
 	if !s.csumResync {
 		if err := n.sendBlocks(s, off, buf); err != nil {
 			return err

@@ -359,10 +359,9 @@ func (w *verifyWalk) chunk(off, length int64) error {
 	if n.isHole(off, length) {
 		local = zeroSums(length, bs) // nothing to read, nothing to scrub
 	} else {
-		if err := n.backend().ReadAt(s.ctx, buf, off); err != nil && s.ctx.Err() == nil {
+		if err := n.readLocal(s.ctx, n.backend(), buf, off); err != nil && s.ctx.Err() == nil {
 			bad, readErr = readBlocks(s.ctx, n.backend(), buf, off, bs)
 		}
-		n.stats.diskRead.Add(uint64(length))
 		local = blockSums(buf, bs)
 	}
 	if s.ctx.Err() != nil {
