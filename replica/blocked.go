@@ -67,19 +67,23 @@ func (n *Node) diskEnd() {
 	n.stats.localDone.Add(1)
 }
 
+// localPending is lo:, the requests in flight to this node's disk, less
+// those disk-timeout gave up on (they wait at a detached disk).
+func (n *Node) localPending() int64 {
+	return n.stats.localPending.Load() - n.stats.localAbandoned.Load()
+}
+
 // localBlocked returns how long requests have waited on this node's disk
 // with none completing, as of now (see stallWatch.look).
 func (n *Node) localBlocked(now time.Time) time.Duration {
-	return n.diskStall.look(now, n.stats.localPending.Load() > 0, n.stats.localDone.Load())
+	return n.diskStall.look(now, n.localPending() > 0, n.stats.localDone.Load())
 }
 
 // blocked fills r's blocked fields: what has waited blockedAfter or more
 // with none of its requests completing, the local disk (local) or the peer
-// (peer, timeout being the session's), with a line for each. A Diskless
-// node's disk is out of service, and a request disk-timeout gave up on may
-// still be in flight there: it is not shown as blocked.
+// (peer, timeout being the session's), with a line for each.
 func (n *Node) blocked(r *status.Resource, local, peer, timeout time.Duration, st State) {
-	if local >= blockedAfter && st.Disk != Diskless {
+	if local >= blockedAfter {
 		r.DiskBlockedSeconds = int64(local / time.Second)
 		line := fmt.Sprintf("the local disk has completed no request for %s", local.Round(time.Second))
 		if d := time.Duration(n.diskTimeout.Load()); d > 0 {

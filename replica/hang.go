@@ -64,8 +64,9 @@ func (n *Node) SetDiskTimeout(d time.Duration) error {
 // timeout, the node detaches its disk if its peer holds the data (a Primary
 // connected to an UpToDate peer, with no resync running: goDisklessLocked),
 // and timedLocal returns errDiskTimeout, leaving call to finish, or not, in
-// the background: what it returns then is dropped, and the detached disk,
-// Inconsistent, gets a full resync when it is attached again. A node that
+// the background, no longer counted in lo: (localAbandoned): what it
+// returns then is dropped, and the detached disk, Inconsistent, gets a
+// full resync when it is attached again. A node that
 // cannot detach goes on waiting for the disk, as without disk-timeout (it
 // has no other copy to serve from), trying again every timeout, and says so
 // in the log at most once a minute.
@@ -79,7 +80,14 @@ func (n *Node) timedLocal(ctx context.Context, what string, off, length int64, c
 	}
 	start := n.clock.Now()
 	done := make(chan error, 1)
-	go func() { done <- call(ctx) }()
+	var state atomic.Int32 // 0 running, 1 returned, 2 given up on
+	go func() {
+		err := call(ctx)
+		if !state.CompareAndSwap(0, 1) {
+			n.stats.localAbandoned.Add(-1)
+		}
+		done <- err
+	}()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
@@ -95,6 +103,11 @@ func (n *Node) timedLocal(ctx context.Context, what string, off, length int64, c
 		}
 		err := n.detachFor(reason)
 		if err == nil {
+			if state.CompareAndSwap(0, 2) {
+				// Still at the detached disk, perhaps for good: no
+				// longer in lo: or the blocked flag (localPending).
+				n.stats.localAbandoned.Add(1)
+			}
 			return errDiskTimeout
 		}
 		if n.hungWarned.shouldSay(n.clock.Now()) {

@@ -204,6 +204,7 @@ type counters struct {
 	netSend, netRecv, diskWrite, diskRead atomic.Uint64 // bytes
 	localPending, peerPending, appPending atomic.Int64
 	localDone                             atomic.Uint64 // requests to the local disk completed (diskEnd)
+	localAbandoned                        atomic.Int64  // of localPending, requests timedLocal gave up on that have not returned
 }
 
 // New opens the resource described by cfg. It does not connect; call Run.

@@ -57,7 +57,7 @@ func (n *Node) Status() status.Resource {
 		DiskReadKiB:  n.stats.diskRead.Load() >> 10,
 		ALWrites:     al,
 		BMWrites:     bm,
-		LocalPending: uint64(max(0, n.stats.localPending.Load())),
+		LocalPending: uint64(max(0, n.localPending())),
 		PeerPending:  uint64(max(0, n.stats.peerPending.Load())),
 		Unacked:      uint64(max(0, unacked)),
 		AppPending:   uint64(max(0, n.stats.appPending.Load())),
