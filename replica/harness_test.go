@@ -639,6 +639,7 @@ type testDisk struct {
 	inFlush    atomic.Int64
 	maxInFlush atomic.Int64
 	writesDone atomic.Int64 // WriteAt calls that returned
+	writesIn   atomic.Int64 // WriteAt calls made
 	failAt     atomic.Int64 // offset+1 of the next WriteAt to fail with errDiskFailed; 0 = none
 	fuaWrites  atomic.Int64 // WriteAt and WriteZeroes calls with fua set
 	failFlush  atomic.Bool  // the next Flush fails with errDiskFailed
@@ -785,6 +786,7 @@ func (d *testDisk) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 func (d *testDisk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.writesIn.Add(1)
 	d.badMu.Lock()
 	if d.badLen > 0 && off <= d.badOff && d.badOff+d.badLen <= off+int64(len(p)) {
 		d.badLen = 0
