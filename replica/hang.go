@@ -97,10 +97,8 @@ func (n *Node) timedLocal(ctx context.Context, what string, off, length int64, c
 		case <-t.C:
 		}
 		waited := n.clock.Now().Sub(start).Round(time.Millisecond)
-		reason := fmt.Sprintf("local disk has not completed %s of %d bytes at %d in %s (--disk-timeout %s)", what, length, off, waited, d)
-		if length == 0 {
-			reason = fmt.Sprintf("local disk has not completed %s in %s (--disk-timeout %s)", what, waited, d)
-		}
+		op := watchedOp{what: what, off: off, length: length}
+		reason := fmt.Sprintf("local disk has not completed %s in %s (--disk-timeout %s)", op, waited, d)
 		err := n.detachFor(reason)
 		if err == nil {
 			if state.CompareAndSwap(0, 2) {
@@ -141,7 +139,7 @@ type diskWatch struct {
 	ops  map[uint64]watchedOp // by token
 }
 
-// watchedOp is a request diskWatch holds.
+// watchedOp is a request diskWatch holds, or one timedLocal names.
 type watchedOp struct {
 	what        string // "a replicated write", "a flush"...
 	off, length int64  // length 0: the request has no range (a flush)
