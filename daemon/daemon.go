@@ -525,19 +525,30 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 	return Response{OK: true, Message: msg}
 }
 
-// streamStatus sends the node's status now and after every state change,
-// until ctx ends or send fails (urbd events).
+// streamStatus sends the node's status now, after every state change, and
+// when what it is blocked on changes (looked at once a second, as the
+// status file is rewritten), until ctx ends or send fails (urbd events).
 func streamStatus(ctx context.Context, node *replica.Node, send func(Response) error) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	stateChanged := true // the first status is always sent
+	var blocked string   // what the last status sent was blocked on
 	for {
 		changed := node.Changed()
 		st := node.Status()
-		if err := send(Response{OK: true, Status: &st}); err != nil {
-			return err
+		if stateChanged || st.BlockedOn() != blocked {
+			if err := send(Response{OK: true, Status: &st}); err != nil {
+				return err
+			}
+			blocked = st.BlockedOn()
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+			stateChanged = true
+		case <-tick.C:
+			stateChanged = false
 		}
 	}
 }

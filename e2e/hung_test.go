@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -163,12 +164,18 @@ func TestHungSecondaryDiskTimeout(t *testing.T) {
 // status files say what is blocked, the Primary's flag n and a line that
 // says it waits for the peer, the Secondary's flag b and a line about its
 // disk, and once the disk answers the write completes and the lines go.
+// urbd events says the same on each node: blocked:peer or blocked:disk,
+// then blocked:no.
 func TestHungDiskShownBlocked(t *testing.T) {
 	c, disk := kitSecondary(t)
 	c.a.start("--ko-count", "0")
 	c.b.start()
 	c.a.waitInSync(30 * time.Second)
 	c.a.ctl("primary", "r0")
+	events := map[*node]*daemon{}
+	for _, n := range []*node{c.a, c.b} {
+		events[n] = startDaemon(t, urbdBin, "--run-dir", n.runDir, "events", "r0")
+	}
 
 	disk.hang(t)
 	wait := startFio(c.a.uri(), "--rw=randwrite", "--bs=16k", "--size=1M", "--iodepth=4", "--end_fsync=1")
@@ -190,10 +197,41 @@ func TestHungDiskShownBlocked(t *testing.T) {
 	}
 	c.a.waitFor("the peer no longer blocked", 10*time.Second, func(s statusT) bool { return s.PeerBlockedSeconds == 0 && s.ConnState == "Connected" })
 	c.b.waitFor("the disk no longer blocked", 10*time.Second, func(s statusT) bool { return s.DiskBlockedSeconds == 0 && s.Blocked == nil })
+	for n, want := range map[*node][]string{c.a: {"peer", "no"}, c.b: {"disk", "no"}} {
+		// The stream looks once a second: it may come a second after the status.
+		var blocked []string
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			blocked = blockedEvents(t, events[n].output())
+			if slices.Equal(blocked, want) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if !slices.Equal(blocked, want) {
+			t.Errorf("urbd events on %s printed blocked %q after the listing, want %q:\n%s", n.name, blocked, want, events[n].output())
+		}
+	}
 	c.a.ctl("secondary", "r0")
 	c.a.stop()
 	c.b.stop()
 	cmpFiles(t, c.a.disk, disk.backing)
+}
+
+// blockedEvents returns the values of the blocked field in the change
+// lines of out, the output of urbd events for one resource, after checking
+// that its listing says blocked:no.
+func blockedEvents(t *testing.T, out string) []string {
+	t.Helper()
+	lines := strings.Split(out, "\n")
+	if len(lines) < 2 || !strings.Contains(lines[0], " blocked:no ") || lines[1] != "exists -" {
+		t.Fatalf("urbd events began with:\n%s", out)
+	}
+	var blocked []string
+	for _, l := range lines[2:] {
+		if _, v, ok := strings.Cut(l, " blocked:"); ok {
+			blocked = append(blocked, strings.Fields(v)[0])
+		}
+	}
+	return blocked
 }
 
 // kitSecondary returns a cluster whose node b, not started yet, has a

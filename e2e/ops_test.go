@@ -504,7 +504,7 @@ func TestEvents(t *testing.T) {
 	c.a.waitInSync(30 * time.Second)
 	out := c.a.ctl("events", "--now", "r0")
 	if lines := strings.Split(out, "\n"); len(lines) != 2 || lines[1] != "exists -" ||
-		!strings.HasPrefix(lines[0], "exists resource name:r0 role:Secondary peer-role:Secondary cstate:Connected disk:UpToDate peer-disk:UpToDate protocol:C suspended:no split-brain:no reason:") {
+		!strings.HasPrefix(lines[0], "exists resource name:r0 role:Secondary peer-role:Secondary cstate:Connected disk:UpToDate peer-disk:UpToDate protocol:C suspended:no split-brain:no blocked:no reason:") {
 		t.Errorf("events --now printed:\n%s", out)
 	}
 	if out, err := c.a.try("events", "r9"); err == nil || !strings.Contains(out, "no daemon") || strings.Count(out, "\n") > 0 {

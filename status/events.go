@@ -8,9 +8,10 @@ import (
 // An event line, as `urbd events` prints it, in the shape of DRBD's
 // `drbdsetup events2`: a kind, the object, then key:value fields:
 //
-//	exists resource name:r0 role:Primary peer-role:Secondary cstate:Connected disk:UpToDate peer-disk:UpToDate protocol:C suspended:no split-brain:no reason:"promoted by operator"
+//	exists resource name:r0 role:Primary peer-role:Secondary cstate:Connected disk:UpToDate peer-disk:UpToDate protocol:C suspended:no split-brain:no blocked:no reason:"promoted by operator"
 //	exists -
 //	change resource name:r0 cstate:WFConnection peer-role:Unknown peer-disk:DUnknown reason:"peer lost: ..."
+//	change resource name:r0 blocked:peer
 //	destroy resource name:r0
 //	create resource name:r0 role:Secondary peer-role:Unknown cstate:WFConnection ...
 //
@@ -18,8 +19,12 @@ import (
 // field), "exists -" ends that first listing, "change" gives the fields
 // that differ from the resource's previous line, "destroy" says its
 // daemon went away, and "create" describes, with every field, a resource
-// whose daemon started after the listing. Values never contain spaces, except the reason, which
-// is quoted as a Go string literal and always comes last.
+// whose daemon started after the listing. blocked is the status's fifth
+// flag in a word: no, or what requests have waited on for 2 s with none
+// completing, disk, peer or both; unlike the other fields it follows
+// time, not a state change, and changes at most once a second. Values
+// never contain spaces, except the reason, which is quoted as a Go string
+// literal and always comes last.
 const (
 	EventExists  = "exists"
 	EventChange  = "change"
@@ -40,6 +45,7 @@ var eventFields = []struct {
 	{"protocol", func(r *Resource) string { return r.Protocol }},
 	{"suspended", func(r *Resource) string { return yesNo(r.Suspended) }},
 	{"split-brain", func(r *Resource) string { return yesNo(r.SplitBrain) }},
+	{"blocked", (*Resource).BlockedOn},
 	{"reason", func(r *Resource) string { return strconv.Quote(r.Reason) }},
 }
 

@@ -107,12 +107,12 @@ func writeResource(b *bytes.Buffer, r *Resource) {
 	if r.SyncPaused {
 		flags[3] = 'u'
 	}
-	switch {
-	case r.DiskBlockedSeconds > 0 && r.PeerBlockedSeconds > 0:
+	switch r.BlockedOn() {
+	case "both":
 		flags[4] = 'a'
-	case r.DiskBlockedSeconds > 0:
+	case "disk":
 		flags[4] = 'b'
-	case r.PeerBlockedSeconds > 0:
+	case "peer":
 		flags[4] = 'n'
 	}
 	fmt.Fprintf(b, "%2d: %scs:%s ro:%s/%s ds:%s/%s %c %s\n",

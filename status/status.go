@@ -90,3 +90,19 @@ func (s *Sync) Percent() float64 {
 	done := s.TotalKiB - min(s.RemainingKiB, s.TotalKiB)
 	return 100 * float64(done) / float64(s.TotalKiB)
 }
+
+// BlockedOn says what r's requests are blocked on: "disk" (the local disk),
+// "peer", "both", or "no" when neither has been blocked for 2 s or more.
+// The status flag and the events' blocked field are this, in a letter and
+// in a word.
+func (r *Resource) BlockedOn() string {
+	switch disk, peer := r.DiskBlockedSeconds > 0, r.PeerBlockedSeconds > 0; {
+	case disk && peer:
+		return "both"
+	case disk:
+		return "disk"
+	case peer:
+		return "peer"
+	}
+	return "no"
+}

@@ -23,7 +23,9 @@ var eventsCommand = &cli.Command{
 	Description: `Prints one "exists resource name:NAME role:... cstate:... disk:... reason:..." line per
 resource, then "exists -", then a "change resource name:NAME FIELD:VALUE ..." line with the fields
 that changed each time the state of a resource changes (role, peer-role, cstate, disk, peer-disk,
-protocol, suspended, split-brain, reason), and "destroy resource name:NAME" when its daemon stops.
+protocol, suspended, split-brain, blocked, reason), and "destroy resource name:NAME" when its daemon stops.
+blocked is no, or what requests have waited on for 2 s with none completing: disk (the local
+disk), peer or both, as the status's fifth flag (b, n, a); it is looked at once a second.
 Changes that follow each other within microseconds may be printed as one line.
 With NAME it follows that resource until its daemon stops. Without NAME it follows every resource
 until Ctrl-C, also those whose daemon starts later (or again): each is announced by a
