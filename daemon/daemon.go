@@ -268,7 +268,9 @@ func Run(ctx context.Context, o Options) error {
 	go serveControl(ctx, ctl, func(cctx context.Context, req Request) Response {
 		return execute(cctx, node, srv, adj, slot, req, stop)
 	}, func(cctx context.Context, send func(Response) error) error {
-		return streamStatus(cctx, node, send)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		return streamStatus(cctx, node, tick.C, send)
 	})
 	ms.use(ctx, metricsLn)
 	if addr := os.Getenv("URBD_PPROF"); addr != "" {
@@ -525,12 +527,17 @@ func execute(ctx context.Context, node *replica.Node, srv *nbd.Server, adj *adju
 	return Response{OK: true, Message: msg}
 }
 
+// statusSource is what streamStatus follows: a replica.Node.
+type statusSource interface {
+	Changed() <-chan struct{}
+	Status() status.Resource
+}
+
 // streamStatus sends the node's status now, after every state change, and
-// when what it is blocked on changes (looked at once a second, as the
-// status file is rewritten), until ctx ends or send fails (urbd events).
-func streamStatus(ctx context.Context, node *replica.Node, send func(Response) error) error {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+// when what it is blocked on changes (looked at on every tick: once a
+// second, as the status file is rewritten), until ctx ends or send fails
+// (urbd events).
+func streamStatus(ctx context.Context, node statusSource, tick <-chan time.Time, send func(Response) error) error {
 	stateChanged := true // the first status is always sent
 	var blocked string   // what the last status sent was blocked on
 	for {
@@ -547,8 +554,14 @@ func streamStatus(ctx context.Context, node *replica.Node, send func(Response) e
 			return nil
 		case <-changed:
 			stateChanged = true
-		case <-tick.C:
-			stateChanged = false
+		case <-tick:
+			// A change at the same moment is still a change.
+			select {
+			case <-changed:
+				stateChanged = true
+			default:
+				stateChanged = false
+			}
 		}
 	}
 }
