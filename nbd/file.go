@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/urbd/urbd/internal/aiosync"
+	"github.com/urbd/urbd/internal/bufpool"
 )
 
 // ErrNotBlockStorage is wrapped by OpenFile for paths that are neither a
@@ -61,6 +63,18 @@ var _ Backend = (*File)(nil)
 
 // fileZeroes is a shared read-only source for writing zeroes.
 var fileZeroes = make([]byte, 1<<20)
+
+// IsZero reports whether p holds only zeroes.
+func IsZero(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), len(fileZeroes))
+		if !bytes.Equal(p[:n], fileZeroes[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
 
 // OpenFile opens a regular file or a block device as a Backend. The size is
 // the file's size or, for a block device, BLKGETSIZE64. readOnly opens the
@@ -285,8 +299,10 @@ func (b *File) Trim(ctx context.Context, off, length int64, fua bool) error {
 // allocated, or, without noHole, first with fallocate PUNCH_HOLE, which the
 // kernel turns into a write of zeroes that may unmap (a loop device punches
 // its file, a device that zeroes by unmapping frees its blocks) and refuses
-// where the device cannot do that without writing zeroes. Where none of
-// those is supported it writes zeroes.
+// where the device cannot do that without writing zeroes. There it zeroes
+// only the parts that do not read as zeroes already (zeroWhereData), so
+// that a thin volume's unprovisioned blocks stay unprovisioned. Where none
+// of those is supported it writes zeroes.
 func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
 	if b.readOnly {
 		return ErrReadOnly
@@ -295,13 +311,16 @@ func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 		return nil
 	}
 	var err error
-	if b.blockDev {
-		if !noHole {
-			err = b.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	if b.blockDev && !noHole {
+		err = b.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if fileUnsupported(err) {
+			if err := b.zeroWhereData(off, length, b.zeroRange); err != nil {
+				return err
+			}
+			err = nil
 		}
-		if noHole || fileUnsupported(err) {
-			err = b.rangeIoctl(unix.BLKZEROOUT, off, length)
-		}
+	} else if b.blockDev {
+		err = b.rangeIoctl(unix.BLKZEROOUT, off, length)
 	} else if noHole {
 		err = b.fallocate(unix.FALLOC_FL_ZERO_RANGE, off, length)
 	} else {
@@ -320,6 +339,64 @@ func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 	}
 	if fua {
 		return b.Flush(ctx)
+	}
+	return nil
+}
+
+// zeroProbe is the piece zeroWhereData tells data from zeroes by: the
+// default chunk of an LVM thin pool, so that a piece holding data
+// provisions no more of a thin volume than a write of that data did.
+const zeroProbe = 64 << 10
+
+// zeroWhereData makes [off, off+length) read as zeroes on a device that
+// cannot zero by unmapping, such as a dm-thin volume, where writing zeroes
+// would provision every block they cover: it reads the range and calls
+// zero for each run of zeroProbe pieces that holds data, leaving the
+// pieces that read as zeroes already untouched. A piece that cannot be
+// read is zeroed too (the write may repair it). The reads cost what
+// writing the zeroes would, and save the writes where the range is zeroes
+// already, as most of a new disk is when a resync or attach-disk fills it.
+func (b *File) zeroWhereData(off, length int64, zero func(off, length int64) error) error {
+	buf := bufpool.Get(int(min(length, int64(len(fileZeroes)))))
+	defer bufpool.Put(buf)
+	runStart, runEnd := off, off // the run of pieces holding data, not zeroed yet
+	flush := func() error {
+		if runEnd == runStart {
+			return nil
+		}
+		err := zero(runStart, runEnd-runStart)
+		runStart = runEnd
+		return err
+	}
+	for done := int64(0); done < length; {
+		p := (*buf)[:min(length-done, int64(len(*buf)))]
+		readErr := b.ReadAt(context.Background(), p, off+done)
+		for i := 0; i < len(p); i += zeroProbe {
+			piece := p[i:min(i+zeroProbe, len(p))]
+			at := off + done + int64(i)
+			if readErr == nil && IsZero(piece) {
+				if err := flush(); err != nil {
+					return err
+				}
+				runStart, runEnd = at+int64(len(piece)), at+int64(len(piece))
+				continue
+			}
+			runEnd = at + int64(len(piece))
+		}
+		done += int64(len(p))
+	}
+	return flush()
+}
+
+// zeroRange makes [off, off+length) of a block device read as zeroes with
+// BLKZEROOUT, or by writing zeroes where the device refuses it.
+func (b *File) zeroRange(off, length int64) error {
+	err := b.rangeIoctl(unix.BLKZEROOUT, off, length)
+	if err != nil && fileUnsupported(err) {
+		return b.writeZeroes(off, length)
+	}
+	if err != nil {
+		return fmt.Errorf("nbd: write zeroes %d bytes at %d: %w", length, off, fileErrno(err))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -493,6 +494,72 @@ func TestFileHasData(t *testing.T) {
 // sparse file), WriteZeroes without noHole frees the blocks (the loop
 // device punches its file), and with noHole keeps them allocated; both read
 // back as zeroes.
+// TestFileZeroWhereData: on a device that cannot zero by unmapping,
+// WriteZeroes zeroes only the 64 KiB pieces that hold data, merging
+// neighbours into one call, also across its 1 MiB reads; pieces that read
+// as zeroes are not written, and a piece it cannot read is zeroed.
+func TestFileZeroWhereData(t *testing.T) {
+	const kib, mib = 1 << 10, 1 << 20
+	path := tempDisk(t, 4*mib)
+	f, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	for _, w := range []struct{ off, length int64 }{
+		{64 * kib, 128 * kib},    // two whole pieces
+		{mib + 10, 10},           // a few bytes of one piece
+		{2*mib - 4*kib, 8 * kib}, // two pieces, one each side of a read's end
+		{4*mib - 1, 1},           // the last byte
+	} {
+		if err := f.WriteAt(ctx, bytes.Repeat([]byte{0xa5}, int(w.length)), w.off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type call struct{ off, length int64 }
+	var calls []call
+	zero := func(off, length int64) error {
+		calls = append(calls, call{off, length})
+		return f.writeZeroes(off, length)
+	}
+	if err := f.zeroWhereData(0, 4*mib, zero); err != nil {
+		t.Fatal(err)
+	}
+	want := []call{{64 * kib, 128 * kib}, {mib, 64 * kib}, {2*mib - 64*kib, 128 * kib}, {4*mib - 64*kib, 64 * kib}}
+	if !slices.Equal(calls, want) {
+		t.Errorf("zeroed %v, want %v", calls, want)
+	}
+	got := make([]byte, 4*mib)
+	if err := f.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !IsZero(got) {
+		t.Error("the range does not read as zeroes")
+	}
+
+	// A range that reads as zeroes is not touched; pieces are counted from
+	// off; a read that fails (past the end) zeroes what it covered.
+	calls = nil
+	if err := f.zeroWhereData(4*kib, 2*mib, zero); err != nil || len(calls) != 0 {
+		t.Errorf("zeroes: %v, calls %v; want none", err, calls)
+	}
+	if err := f.WriteAt(ctx, []byte{1}, 4*kib+64*kib, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.zeroWhereData(4*kib, 2*mib, zero); err != nil || !slices.Equal(calls, []call{{68 * kib, 64 * kib}}) {
+		t.Errorf("a byte at 68 KiB: %v, calls %v; want the piece from 68 KiB", err, calls)
+	}
+	calls = nil
+	_ = f.zeroWhereData(4*mib-64*kib, 128*kib, func(off, length int64) error {
+		calls = append(calls, call{off, length})
+		return nil
+	})
+	if !slices.Equal(calls, []call{{4*mib - 64*kib, 128 * kib}}) {
+		t.Errorf("a range past the end: calls %v; want all of it", calls)
+	}
+}
+
 func TestFileWriteZeroesBlockDevice(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("this test needs root (a loop device)")

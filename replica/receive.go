@@ -390,7 +390,7 @@ func (s *session) answerRead(rd *protocol.Read) error {
 		}
 		n.stats.diskRead.Add(uint64(length))
 		reply.Err = protocol.CodeOK
-		if reply.Zero = allZero(*buf); !reply.Zero {
+		if reply.Zero = nbd.IsZero(*buf); !reply.Zero {
 			reply.Data = *buf
 			n.stats.netSend.Add(uint64(length))
 		}

@@ -1,12 +1,12 @@
 package replica
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/urbd/urbd/bitmap"
+	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/protocol"
 	"github.com/urbd/urbd/resync"
 )
@@ -333,7 +333,7 @@ func zeroPieces(b []byte, step int64) []piece {
 	}
 	for off := int64(0); off < int64(len(b)); off += step {
 		end := min(off+step, int64(len(b)))
-		add(off, end-off, allZero(b[off:end]))
+		add(off, end-off, nbd.IsZero(b[off:end]))
 	}
 	return ps
 }
@@ -387,20 +387,8 @@ func (n *Node) startCopy(s *session, off, length int64, data []byte) (wait func(
 	}, nil
 }
 
-// zeroChunk is syncChunk zero bytes, which allZero compares against.
+// zeroChunk is syncChunk zero bytes, whose checksums stand for a hole's.
 var zeroChunk = make([]byte, syncChunk)
-
-// allZero reports whether b holds only zeroes.
-func allZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroChunk))
-		if !bytes.Equal(b[:n], zeroChunk[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
-}
 
 // finishSyncSource completes a resync on this side and tells the target.
 func (n *Node) finishSyncSource(s *session) error {
