@@ -89,3 +89,22 @@ func TestKernelResizeOnline(t *testing.T) {
 		t.Fatal("attach did not log growing the device")
 	}
 }
+
+// TestKernelThinResync: the Secondary's disk is a dm-thin volume. A full
+// resync (urbd invalidate) of a 128 MiB disk holding 16 MiB of data leaves
+// its pool holding about those 16 MiB: the peer's zeroes, which the volume
+// already reads, provision nothing. The two disks end identical.
+func TestKernelThinResync(t *testing.T) {
+	kernelTierResult(t)
+	res := runVMScenario(t, "thin-resync.sh", 5*time.Minute)
+	found := false
+	for _, l := range strings.Split(res.file("scenario.log"), "\n") {
+		if strings.Contains(l, "provisioned") {
+			t.Log(l)
+			found = found || strings.Contains(l, "after the full resync of 128 MiB")
+		}
+	}
+	if !found {
+		t.Fatal("the scenario did not report the pool after the resync")
+	}
+}
