@@ -112,7 +112,9 @@ func TestScenarioKoCountOff(t *testing.T) {
 	if err := a.node.SetKoCount(-1); err == nil {
 		t.Error("ko-count -1 accepted")
 	}
-	held = b.disk.holdWrites()
+	// Hung, not only held: the write keeps b busy after the drop, so the
+	// nodes do not reconnect (and change the reason) before it is read.
+	held = b.disk.hangWrites()
 	done = a.asyncWrite(hBlock, pattern("waits, then ko-count is set", hBlock))
 	<-held
 	if err := a.node.SetKoCount(2); err != nil {

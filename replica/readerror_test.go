@@ -188,10 +188,16 @@ func TestScenarioResyncSourceReadErrorStops(t *testing.T) {
 func TestScenarioVerifyReadErrorIsReported(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
 	a.disk.setBad(3*hBlock, hBlock)
-	b.node.MarkOutOfSync(3*hBlock, hBlock)
+	// The block goes stale on the peer once it verifies: a Connected
+	// Secondary with blocks marked would reconnect to resync them first.
+	held := a.disk.hangReads()
 	if err := a.node.Verify(replica.VerifyRange{}); err != nil {
 		t.Fatal(err)
 	}
+	<-held
+	b.waitState("verifying", func(s replica.State) bool { return s.Conn == replica.VerifyT })
+	b.node.MarkOutOfSync(3*hBlock, hBlock)
+	a.disk.releaseReads()
 	st := a.waitState("verify over", func(s replica.State) bool { return s.Conn == replica.Connected })
 	if !strings.Contains(st.Reason, "online verify stopped") || !strings.Contains(st.Reason, errDiskFailed.Error()) {
 		t.Fatalf("reason after a verify whose read failed: %q", st.Reason)
