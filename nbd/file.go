@@ -1,7 +1,6 @@
 package nbd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/urbd/urbd/internal/aiosync"
 	"github.com/urbd/urbd/internal/bufpool"
+	"github.com/urbd/urbd/internal/zeroes"
 )
 
 // ErrNotBlockStorage is wrapped by OpenFile for paths that are neither a
@@ -63,18 +63,6 @@ var _ Backend = (*File)(nil)
 
 // fileZeroes is a shared read-only source for writing zeroes.
 var fileZeroes = make([]byte, 1<<20)
-
-// IsZero reports whether p holds only zeroes.
-func IsZero(p []byte) bool {
-	for len(p) > 0 {
-		n := min(len(p), len(fileZeroes))
-		if !bytes.Equal(p[:n], fileZeroes[:n]) {
-			return false
-		}
-		p = p[n:]
-	}
-	return true
-}
 
 // OpenFile opens a regular file or a block device as a Backend. The size is
 // the file's size or, for a block device, BLKGETSIZE64. readOnly opens the
@@ -359,33 +347,32 @@ const zeroProbe = 64 << 10
 func (b *File) zeroWhereData(off, length int64, zero func(off, length int64) error) error {
 	buf := bufpool.Get(int(min(length, int64(len(fileZeroes)))))
 	defer bufpool.Put(buf)
-	runStart, runEnd := off, off // the run of pieces holding data, not zeroed yet
-	flush := func() error {
-		if runEnd == runStart {
-			return nil
-		}
-		err := zero(runStart, runEnd-runStart)
-		runStart = runEnd
-		return err
-	}
+	run := [2]int64{off, off} // pieces holding data, not zeroed yet
 	for done := int64(0); done < length; {
 		p := (*buf)[:min(length-done, int64(len(*buf)))]
-		readErr := b.ReadAt(context.Background(), p, off+done)
-		for i := 0; i < len(p); i += zeroProbe {
-			piece := p[i:min(i+zeroProbe, len(p))]
-			at := off + done + int64(i)
-			if readErr == nil && IsZero(piece) {
-				if err := flush(); err != nil {
-					return err
-				}
-				runStart, runEnd = at+int64(len(piece)), at+int64(len(piece))
+		pieces := []zeroes.Piece{{Length: int64(len(p))}} // unreadable: data
+		if b.ReadAt(context.Background(), p, off+done) == nil {
+			pieces = zeroes.Split(p, zeroProbe)
+		}
+		for _, pc := range pieces {
+			at := off + done + pc.Off
+			if !pc.Zero {
+				run[1] = at + pc.Length
 				continue
 			}
-			runEnd = at + int64(len(piece))
+			if run[1] > run[0] {
+				if err := zero(run[0], run[1]-run[0]); err != nil {
+					return err
+				}
+			}
+			run = [2]int64{at + pc.Length, at + pc.Length}
 		}
 		done += int64(len(p))
 	}
-	return flush()
+	if run[1] > run[0] {
+		return zero(run[0], run[1]-run[0])
+	}
+	return nil
 }
 
 // zeroRange makes [off, off+length) of a block device read as zeroes with

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/urbd/urbd/internal/zeroes"
 )
 
 func tempDisk(t *testing.T, size int64) string {
@@ -534,7 +536,7 @@ func TestFileZeroWhereData(t *testing.T) {
 	if err := f.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
 	}
-	if !IsZero(got) {
+	if !zeroes.Is(got) {
 		t.Error("the range does not read as zeroes")
 	}
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/urbd/urbd/internal/bufpool"
+	"github.com/urbd/urbd/internal/zeroes"
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/protocol"
 )
@@ -390,7 +391,7 @@ func (s *session) answerRead(rd *protocol.Read) error {
 		}
 		n.stats.diskRead.Add(uint64(length))
 		reply.Err = protocol.CodeOK
-		if reply.Zero = nbd.IsZero(*buf); !reply.Zero {
+		if reply.Zero = zeroes.Is(*buf); !reply.Zero {
 			reply.Data = *buf
 			n.stats.netSend.Add(uint64(length))
 		}

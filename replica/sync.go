@@ -6,7 +6,7 @@ import (
 	"sync"
 
 	"github.com/urbd/urbd/bitmap"
-	"github.com/urbd/urbd/nbd"
+	"github.com/urbd/urbd/internal/zeroes"
 	"github.com/urbd/urbd/protocol"
 	"github.com/urbd/urbd/resync"
 )
@@ -288,12 +288,12 @@ func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
 // as ResyncData. Every piece is sent before the first answer is waited for.
 func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	var waits []func() error
-	for _, p := range zeroPieces(buf, zeroStep) {
-		data := buf[p.off : p.off+p.length]
-		if p.zero {
+	for _, p := range zeroes.Split(buf, zeroStep) {
+		data := buf[p.Off : p.Off+p.Length]
+		if p.Zero {
 			data = nil
 		}
-		wait, err := n.startCopy(s, off+p.off, p.length, data)
+		wait, err := n.startCopy(s, off+p.Off, p.Length, data)
 		if err != nil {
 			return err
 		}
@@ -308,35 +308,10 @@ func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 }
 
 // zeroStep is the granularity at which sendBlocks looks for zeroes inside a
-// resync run: a shorter run of zeroes travels with the data around it,
-// which costs less than a message and a write of its own.
+// resync run, and attach-disk's writePieces inside a chunk: a shorter run
+// of zeroes travels and is written with the data around it, which costs
+// less than a message and a write of its own.
 const zeroStep = 64 << 10
-
-// piece is a part of a resync run: zero says it holds only zeroes.
-type piece struct {
-	off, length int64
-	zero        bool
-}
-
-// zeroPieces splits b into pieces that alternate between data and runs of
-// zeroes made of whole steps of step bytes (a run of zeroes that covers no
-// whole step stays in the data around it). Together they cover b in order;
-// a b of zeroes is one zero piece.
-func zeroPieces(b []byte, step int64) []piece {
-	var ps []piece
-	add := func(off, length int64, zero bool) {
-		if k := len(ps) - 1; k >= 0 && ps[k].zero == zero {
-			ps[k].length += length
-			return
-		}
-		ps = append(ps, piece{off: off, length: length, zero: zero})
-	}
-	for off := int64(0); off < int64(len(b)); off += step {
-		end := min(off+step, int64(len(b)))
-		add(off, end-off, nbd.IsZero(b[off:end]))
-	}
-	return ps
-}
 
 // sendCopy sends the copy of [off, off+length) to the sync target, data as
 // a ResyncData, or zeroes as a ResyncZero when data is nil, and waits until
