@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/urbd/urbd/internal/units"
+	"github.com/urbd/urbd/internal/zeroes"
 	"github.com/urbd/urbd/nbd"
 	"github.com/urbd/urbd/protocol"
 	"github.com/urbd/urbd/resync"
@@ -594,13 +595,33 @@ func (n *Node) writeRead(s *session, ref *diskRef, r *request) (zero bool, err e
 	if r.zero {
 		err = ref.WriteZeroes(s.ctx, r.off, r.length, false, false)
 	} else {
-		err = ref.WriteAt(s.ctx, r.dst, r.off, false)
+		err = writePieces(s.ctx, ref, r.dst, r.off)
 	}
 	if err != nil {
 		return false, fmt.Errorf("writing the new disk at %d: %w", r.off, err)
 	}
 	n.stats.diskWrite.Add(uint64(r.length))
 	return r.zero, nil
+}
+
+// writePieces writes data at off to d, a disk being filled from the peer,
+// with its runs of zeroes of zeroStep steps or more as WriteZeroes without
+// no-hole, as a resync's source sends them: so the zeroes of a chunk that
+// also holds data (a file system's scattered metadata) leave a hole in a
+// sparse file and nothing provisioned on a thin volume.
+func writePieces(ctx context.Context, d nbd.Backend, data []byte, off int64) error {
+	for _, p := range zeroes.Split(data, zeroStep) {
+		var err error
+		if p.Zero {
+			err = d.WriteZeroes(ctx, off+p.Off, p.Length, false, false)
+		} else {
+			err = d.WriteAt(ctx, data[p.Off:p.Off+p.Length], off+p.Off, false)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // leaveDiskless ends an attach whose copy is done: the new disk is
