@@ -218,17 +218,3 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
-
-// logLines logs the lines of a scenario's log that contain what (the
-// numbers a scenario measures), and returns them.
-func logLines(t *testing.T, log, what string) string {
-	t.Helper()
-	var found []string
-	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, what) {
-			t.Log(strings.TrimSpace(l))
-			found = append(found, l)
-		}
-	}
-	return strings.Join(found, "\n")
-}
