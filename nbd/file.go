@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -36,6 +38,7 @@ type File struct {
 	size     atomic.Int64 // the size served; Grow raises it
 	readOnly bool
 	blockDev bool
+	discards bool // a block device that can discard (deviceDiscards)
 
 	// sync performs one fdatasync; tests replace it to count calls.
 	sync func() error
@@ -87,6 +90,7 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 	case fi.Mode().IsRegular():
 	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
 		b.blockDev = true
+		b.discards = deviceDiscards(b.fd)
 	default:
 		f.Close()
 		return nil, fmt.Errorf("%w: %s", ErrNotBlockStorage, path)
@@ -287,10 +291,12 @@ func (b *File) Trim(ctx context.Context, off, length int64, fua bool) error {
 // allocated, or, without noHole, first with fallocate PUNCH_HOLE, which the
 // kernel turns into a write of zeroes that may unmap (a loop device punches
 // its file, a device that zeroes by unmapping frees its blocks) and refuses
-// where the device cannot do that without writing zeroes. There it zeroes
-// only the parts that do not read as zeroes already (zeroWhereData), so
-// that a thin volume's unprovisioned blocks stay unprovisioned. Where none
-// of those is supported it writes zeroes.
+// where the device cannot do that without writing zeroes. There, if the
+// device can discard (so may be thin-provisioned, as a dm-thin volume), it
+// zeroes only the parts that do not read as zeroes already
+// (zeroWhereData), so that a thin volume's unprovisioned blocks stay
+// unprovisioned; one that cannot discard (a plain disk) gets BLKZEROOUT
+// at once. Where none of those is supported it writes zeroes.
 func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error {
 	if b.readOnly {
 		return ErrReadOnly
@@ -301,11 +307,14 @@ func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 	var err error
 	if b.blockDev && !noHole {
 		err = b.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-		if fileUnsupported(err) {
+		switch {
+		case fileUnsupported(err) && b.discards:
 			if err := b.zeroWhereData(off, length, b.zeroRange); err != nil {
 				return err
 			}
 			err = nil
+		case fileUnsupported(err):
+			err = b.rangeIoctl(unix.BLKZEROOUT, off, length)
 		}
 	} else if b.blockDev {
 		err = b.rangeIoctl(unix.BLKZEROOUT, off, length)
@@ -373,6 +382,30 @@ func (b *File) zeroWhereData(off, length int64, zero func(off, length int64) err
 		return zero(run[0], run[1]-run[0])
 	}
 	return nil
+}
+
+// deviceDiscards reports whether the block device open as fd can discard,
+// as sysfs says (queue/discard_max_bytes, which a partition finds in its
+// disk's directory): only such a device can be thin-provisioned. When
+// sysfs cannot say, it may.
+func deviceDiscards(fd int) bool {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return true
+	}
+	return sysfsDiscards(fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+}
+
+// sysfsDiscards is deviceDiscards for the device whose sysfs directory is
+// dev.
+func sysfsDiscards(dev string) bool {
+	for _, p := range []string{dev + "/queue/discard_max_bytes", dev + "/../queue/discard_max_bytes"} {
+		if v, err := os.ReadFile(p); err == nil {
+			n, err := strconv.ParseUint(strings.TrimSpace(string(v)), 10, 64)
+			return err != nil || n > 0
+		}
+	}
+	return true
 }
 
 // zeroRange makes [off, off+length) of a block device read as zeroes with

@@ -562,6 +562,39 @@ func TestFileZeroWhereData(t *testing.T) {
 	}
 }
 
+// TestSysfsDiscards: a device is taken as able to discard (so perhaps
+// thin) when sysfs says so, for a partition in its disk's directory, or
+// when sysfs cannot say.
+func TestSysfsDiscards(t *testing.T) {
+	root := t.TempDir()
+	put := func(dir, value string) string {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(root, dir, "queue"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, dir, "queue", "discard_max_bytes"), []byte(value+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Join(root, dir)
+	}
+	for _, c := range []struct {
+		dev  string
+		want bool
+	}{
+		{put("thin", "65536"), true},
+		{put("hdd", "0"), false},
+		{filepath.Join(put("ssd", "0"), "ssd1"), false}, // a partition: its disk's queue
+		{filepath.Join(root, "unknown"), true},          // no queue directory at all
+	} {
+		if err := os.MkdirAll(c.dev, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if got := sysfsDiscards(c.dev); got != c.want {
+			t.Errorf("%s: discards %v, want %v", c.dev, got, c.want)
+		}
+	}
+}
+
 func TestFileWriteZeroesBlockDevice(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("this test needs root (a loop device)")
@@ -579,8 +612,8 @@ func TestFileWriteZeroesBlockDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if !f.blockDev {
-		t.Fatalf("%s opened as a regular file", dev)
+	if !f.blockDev || !f.discards {
+		t.Fatalf("%s opened as a regular file, or as a block device that cannot discard (%v)", dev, f.discards)
 	}
 	ctx := context.Background()
 	data := bytes.Repeat([]byte{0x5a}, 4*mib)
