@@ -340,15 +340,10 @@ func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 	return nil
 }
 
-// zeroProbe is the piece zeroWhereData tells data from zeroes by: the
-// default chunk of an LVM thin pool, so that a piece holding data
-// provisions no more of a thin volume than a write of that data did.
-const zeroProbe = 64 << 10
-
 // zeroWhereData makes [off, off+length) read as zeroes on a device that
 // cannot zero by unmapping, such as a dm-thin volume, where writing zeroes
 // would provision every block they cover: it reads the range and calls
-// zero for each run of zeroProbe pieces that holds data, leaving the
+// zero for each run of zeroes.Step pieces that holds data, leaving the
 // pieces that read as zeroes already untouched. A piece that cannot be
 // read is zeroed too (the write may repair it). The reads cost what
 // writing the zeroes would, and save the writes where the range is zeroes
@@ -361,7 +356,7 @@ func (b *File) zeroWhereData(off, length int64, zero func(off, length int64) err
 		p := (*buf)[:min(length-done, int64(len(*buf)))]
 		pieces := []zeroes.Piece{{Length: int64(len(p))}} // unreadable: data
 		if b.ReadAt(context.Background(), p, off+done) == nil {
-			pieces = zeroes.Split(p, zeroProbe)
+			pieces = zeroes.Split(p, zeroes.Step)
 		}
 		for _, pc := range pieces {
 			at := off + done + pc.Off

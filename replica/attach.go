@@ -605,12 +605,12 @@ func (n *Node) writeRead(s *session, ref *diskRef, r *request) (zero bool, err e
 }
 
 // writePieces writes data at off to d, a disk being filled from the peer,
-// with its runs of zeroes of zeroStep steps or more as WriteZeroes without
+// with its runs of zeroes of zeroes.Step steps or more as WriteZeroes without
 // no-hole, as a resync's source sends them: so the zeroes of a chunk that
 // also holds data (a file system's scattered metadata) leave a hole in a
 // sparse file and nothing provisioned on a thin volume.
 func writePieces(ctx context.Context, d nbd.Backend, data []byte, off int64) error {
-	for _, p := range zeroes.Split(data, zeroStep) {
+	for _, p := range zeroes.Split(data, zeroes.Step) {
 		var err error
 		if p.Zero {
 			err = d.WriteZeroes(ctx, off+p.Off, p.Length, false, false)

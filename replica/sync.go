@@ -281,14 +281,14 @@ func (s *session) peerSums(off, length, bs int64) ([]protocol.Sum, error) {
 }
 
 // sendBlocks sends data for [off, off+len(buf)) to the sync target and waits
-// until the target wrote it. The steps of zeroStep bytes (from off) that hold
+// until the target wrote it. The steps of zeroes.Step bytes (from off) that hold
 // only zeroes go as ResyncZeros, merged with their zero neighbours, without
 // their bytes: the target punches a hole or writes zeroes itself, so an empty
 // region costs the link nothing and leaves a thin target thin. The rest goes
 // as ResyncData. Every piece is sent before the first answer is waited for.
 func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	var waits []func() error
-	for _, p := range zeroes.Split(buf, zeroStep) {
+	for _, p := range zeroes.Split(buf, zeroes.Step) {
 		data := buf[p.Off : p.Off+p.Length]
 		if p.Zero {
 			data = nil
@@ -306,12 +306,6 @@ func (n *Node) sendBlocks(s *session, off int64, buf []byte) error {
 	}
 	return nil
 }
-
-// zeroStep is the granularity at which sendBlocks looks for zeroes inside a
-// resync run, and attach-disk's writePieces inside a chunk: a shorter run
-// of zeroes travels and is written with the data around it, which costs
-// less than a message and a write of its own.
-const zeroStep = 64 << 10
 
 // sendCopy sends the copy of [off, off+length) to the sync target, data as
 // a ResyncData, or zeroes as a ResyncZero when data is nil, and waits until

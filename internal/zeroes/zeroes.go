@@ -6,6 +6,14 @@ package zeroes
 
 import "bytes"
 
+// Step is the granularity at which the project looks for zeroes inside
+// data: a resync run's, a copied chunk's, or a range a thin volume is
+// zeroed in. It is the default chunk of an LVM thin pool, so a step
+// holding data provisions no more of a thin volume than writing that data
+// does; a shorter run of zeroes travels and is written with the data
+// around it, which costs less than a message and a write of its own.
+const Step = 64 << 10
+
 // block is what Is compares against, a piece at a time.
 var block = make([]byte, 1<<20)
 
