@@ -215,20 +215,20 @@ synced_since() {
 	awk -v ms=$((t1 - $1)) -v kib=$((nr1 - $2)) 'BEGIN { printf "%.2f %.1f\n", ms / 1000, kib / 1024 }'
 }
 
-# full_resync_time RUN: wait for SyncTarget on RUN, then print the seconds
-# until it is in sync and the MiB it received meanwhile.
-full_resync_time() {
-	wait_state "$1" "cs:SyncTarget" 30
-	synced_since "$(now_ms)" "$(status_kib "$1" nr)" "$1"
-}
-
 # full_copy_run: a full resync of node b's disk by plain copies (urbd
-# invalidate), though b holds all of the data; prints seconds and MiB.
+# invalidate), though b holds all of the data; prints the seconds from the
+# invalidate until b is in sync again (its reconnection included) and the
+# MiB it received meanwhile. The daemon says when (wait-sync): the status
+# file may still show the state before the invalidate for a moment.
 full_copy_run() {
 	settle_cache "$A_DISK"
 	settle_cache "$B_DISK"
+	local t0 nr0
+	nr0=$(status_kib "$B_RUN" nr)
+	t0=$(now_ms)
 	"$URBD" --run-dir "$B_RUN" invalidate r0 >/dev/null
-	full_resync_time "$B_RUN"
+	"$URBD" --run-dir "$B_RUN" wait-sync --timeout 5m r0 >/dev/null || die "the resync after invalidate did not finish"
+	synced_since "$t0" "$nr0" "$B_RUN"
 }
 
 # attach_run: node a's disk is taken out (urbd detach-disk) and replaced by a
@@ -283,7 +283,10 @@ full_csum_run() {
 	"${B_UP[@]}" >/dev/null 2>>"$B_LOG" &
 	B_PID=$!
 	CLUSTER_PIDS+=($!)
-	full_resync_time "$B_RUN"
+	# From the resync's start; the restarted daemon has received nothing
+	# before it.
+	wait_state "$B_RUN" "cs:SyncTarget" 30
+	synced_since "$(now_ms)" 0 "$B_RUN"
 }
 
 # csums_run ALG ROUND: with csums-alg ALG set on node a, disconnect, write
