@@ -358,6 +358,10 @@ func (b *File) zeroWhereData(off, length int64, zero func(off, length int64) err
 		if b.ReadAt(context.Background(), p, off+done) == nil {
 			pieces = zeroes.Split(p, zeroes.Step)
 		}
+		// What was read only to be looked at leaves the page cache, so
+		// that the zeroes of a large volume do not push out what other
+		// readers keep there.
+		_ = unix.Fadvise(b.fd, off+done, int64(len(p)), unix.FADV_DONTNEED)
 		for _, pc := range pieces {
 			at := off + done + pc.Off
 			if !pc.Zero {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -532,6 +533,17 @@ func TestFileZeroWhereData(t *testing.T) {
 	if !slices.Equal(calls, want) {
 		t.Errorf("zeroed %v, want %v", calls, want)
 	}
+	// The pieces read only to be looked at left the page cache; the ones
+	// the test's zero wrote through it are there.
+	page := int64(os.Getpagesize())
+	for i, in := range residentPages(t, path, 4*mib) {
+		off := int64(i) * page
+		written := slices.ContainsFunc(calls, func(c call) bool { return off >= c.off && off < c.off+c.length })
+		if in && !written {
+			t.Errorf("the page at %d stays in the page cache after it was looked at", off)
+			break
+		}
+	}
 	got := make([]byte, 4*mib)
 	if err := f.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
@@ -560,6 +572,31 @@ func TestFileZeroWhereData(t *testing.T) {
 	if !slices.Equal(calls, []call{{4*mib - 64*kib, 128 * kib}}) {
 		t.Errorf("a range past the end: calls %v; want all of it", calls)
 	}
+}
+
+// residentPages says which pages of path's first size bytes are in the
+// page cache (mincore).
+func residentPages(t *testing.T, path string, size int) []bool {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (size+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(size), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	in := make([]bool, len(vec))
+	for i, v := range vec {
+		in[i] = v&1 != 0
+	}
+	return in
 }
 
 // TestSysfsDiscards: a device is taken as able to discard (so perhaps
