@@ -93,7 +93,8 @@ func TestKernelResizeOnline(t *testing.T) {
 // TestKernelThinResync: the Secondary's disk is a dm-thin volume. A full
 // resync (urbd invalidate) of a 128 MiB disk holding 16 MiB of data leaves
 // its pool holding about those 16 MiB: the peer's zeroes, which the volume
-// already reads, provision nothing. The two disks end identical.
+// already reads, provision nothing; nor does a client's WRITE_ZEROES (may
+// unmap) of 16 MiB more, replicated to it. The two disks end identical.
 func TestKernelThinResync(t *testing.T) {
 	kernelTierResult(t)
 	res := runVMScenario(t, "thin-resync.sh", 5*time.Minute)

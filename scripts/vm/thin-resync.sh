@@ -3,7 +3,8 @@
 # provisioning it. The Primary's 128 MiB disk holds 16 MiB of data; urbd
 # invalidate on the Secondary resyncs all of it. The peer's zeroes must not
 # provision the thin volume: afterwards its pool holds about the 16 MiB of
-# data, not 128 MiB, and the two disks are identical.
+# data, not 128 MiB. Nor does a client's WRITE_ZEROES of 16 MiB more, which
+# the Secondary applies too. The two disks end identical.
 . "$OUT/lib.sh"
 load_modules
 modprobe dm-thin-pool
@@ -40,6 +41,15 @@ used=$(used_blocks)
 step "after the full resync of 128 MiB: $used blocks provisioned"
 # 16 MiB is 256 blocks; a resync that wrote its zeroes provisions all 2048.
 [ "$used" -le 320 ] || fail "the resync provisioned $used of the thin volume's 2048 blocks: its zeroes were written"
+
+# A client's WRITE_ZEROES that may unmap (qemu-io's write -z -u; the
+# kernel's nbd client sends none) of 16 MiB that neither disk holds
+# provisions nothing on the Secondary's thin volume either.
+qemu-io -f raw -c "write -z -u $((80 << 20)) $((16 << 20))" "nbd+unix:///?socket=/run/a.sock" >/dev/null ||
+	fail "qemu-io write -z -u failed"
+used=$(used_blocks)
+step "after a WRITE_ZEROES of 16 MiB through the Primary: $used blocks provisioned"
+[ "$used" -le 320 ] || fail "a WRITE_ZEROES provisioned the Secondary's thin volume: $used blocks"
 
 detach nbd0
 "$URBD" --run-dir /run/urbd-a secondary r0
