@@ -146,7 +146,7 @@ func (r vmResult) file(name string) string {
 func runVMScenario(t *testing.T, scenario string, timeout time.Duration) vmResult {
 	t.Helper()
 	requireRoot(t)
-	requireCmds(t, "qemu-system-x86_64", "busybox", "cpio", "gzip", "lvm", "mkfs.ext4", "e2fsck", "modprobe", "nbdinfo")
+	requireCmds(t, "qemu-system-x86_64", "busybox", "cpio", "gzip", "lvm", "dmsetup", "mkfs.ext4", "e2fsck", "modprobe", "nbdinfo", "qemu-io")
 	kver, vmlinuz := vmKernel(t)
 	initrd := vmInitramfs(t, kver)
 
