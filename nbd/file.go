@@ -326,13 +326,8 @@ func (b *File) WriteZeroes(ctx context.Context, off, length int64, fua, noHole b
 			err = b.fallocate(unix.FALLOC_FL_ZERO_RANGE, off, length)
 		}
 	}
-	if err != nil {
-		if !fileUnsupported(err) {
-			return fmt.Errorf("nbd: write zeroes %d bytes at %d: %w", length, off, fileErrno(err))
-		}
-		if err := b.writeZeroes(off, length); err != nil {
-			return err
-		}
+	if err := b.orWriteZeroes(err, off, length); err != nil {
+		return err
 	}
 	if fua {
 		return b.Flush(ctx)
@@ -410,14 +405,20 @@ func sysfsDiscards(dev string) bool {
 // zeroRange makes [off, off+length) of a block device read as zeroes with
 // BLKZEROOUT, or by writing zeroes where the device refuses it.
 func (b *File) zeroRange(off, length int64) error {
-	err := b.rangeIoctl(unix.BLKZEROOUT, off, length)
-	if err != nil && fileUnsupported(err) {
+	return b.orWriteZeroes(b.rangeIoctl(unix.BLKZEROOUT, off, length), off, length)
+}
+
+// orWriteZeroes finishes a zeroing of [off, off+length) that returned err:
+// where the file system or device does not support the call it writes the
+// zeroes instead; another error is returned, saying what failed.
+func (b *File) orWriteZeroes(err error, off, length int64) error {
+	switch {
+	case err == nil:
+		return nil
+	case fileUnsupported(err):
 		return b.writeZeroes(off, length)
 	}
-	if err != nil {
-		return fmt.Errorf("nbd: write zeroes %d bytes at %d: %w", length, off, fileErrno(err))
-	}
-	return nil
+	return fmt.Errorf("nbd: write zeroes %d bytes at %d: %w", length, off, fileErrno(err))
 }
 
 func (b *File) writeZeroes(off, length int64) error {
