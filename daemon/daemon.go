@@ -543,11 +543,11 @@ func streamStatus(ctx context.Context, node statusSource, tick <-chan time.Time,
 	for {
 		changed := node.Changed()
 		st := node.Status()
-		if stateChanged || st.BlockedOn() != blocked {
+		if on := st.BlockedOn(); stateChanged || on != blocked {
 			if err := send(Response{OK: true, Status: &st}); err != nil {
 				return err
 			}
-			blocked = st.BlockedOn()
+			blocked = on
 		}
 		select {
 		case <-ctx.Done():
