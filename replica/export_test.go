@@ -109,3 +109,7 @@ func (n *Node) PendingPeerReads() int {
 	}
 	return reads
 }
+
+// AttachCopied is how far from the start an attach-disk copy has copied
+// every chunk (copyMark): reads below it come from the new disk.
+func (n *Node) AttachCopied() int64 { return n.disk.Load().copied.Load() }

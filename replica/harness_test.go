@@ -52,11 +52,12 @@ type nodeOpts struct {
 	fence       *fenceHandler // Config.FencePeer; nil = none configured
 	afterSB     replica.AfterSplitBrain
 	onIOError   replica.OnIOError
-	alExtents   int           // bitmap.Options.ALExtents; 0 = the default
-	grow        bool          // bitmap.Options.Grow: start on a disk grown since (urbd up --grow)
-	csums       bool          // Config.ResyncChecksums (csums-alg sha256)
-	koCount     int           // Config.KoCount; 0 = never
-	diskTimeout time.Duration // Config.DiskTimeout; 0 = off
+	alExtents   int                   // bitmap.Options.ALExtents; 0 = the default
+	grow        bool                  // bitmap.Options.Grow: start on a disk grown since (urbd up --grow)
+	csums       bool                  // Config.ResyncChecksums (csums-alg sha256)
+	koCount     int                   // Config.KoCount; 0 = never
+	diskTimeout time.Duration         // Config.DiskTimeout; 0 = off
+	balance     replica.ReadBalancing // Config.ReadBalancing
 }
 
 // tnode is one in-process node with its files.
@@ -271,6 +272,7 @@ func (x *tnode) start() {
 		FencePeer:         x.opts.fence.handler(),
 		AfterSB:           x.opts.afterSB,
 		OnIOError:         x.opts.onIOError,
+		ReadBalancing:     x.opts.balance,
 		ResyncChecksums:   x.opts.csums,
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,

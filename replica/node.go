@@ -63,8 +63,12 @@ type Config struct {
 	// after-sb-0pri and after-sb-1pri); the zero value leaves every split
 	// brain to the operator. The peer must have the same. SetAfterSB
 	// changes it.
-	AfterSB    AfterSplitBrain
-	ResyncRate int64 // bytes/s; 0 = unlimited
+	AfterSB AfterSplitBrain
+	// ReadBalancing is DRBD's read-balancing: which disk serves a
+	// Primary's reads (ReadPreferLocal by default; see balance.go).
+	// SetReadBalancing changes it.
+	ReadBalancing ReadBalancing
+	ResyncRate    int64 // bytes/s; 0 = unlimited
 	// ResyncChecksums makes every resync to a disk that holds data compare
 	// SHA-256 checksums before it copies (DRBD's csums-alg sha256): on
 	// either node, it applies to the resyncs between them.
@@ -153,7 +157,12 @@ type Node struct {
 	// onIOError is the on-io-error policy (Config.OnIOError, then
 	// SetOnIOError); written with mu held, read without it on the I/O path.
 	onIOError atomic.Uint32
-	afterSB   AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
+	// readBalancing is the read-balancing policy (Config.ReadBalancing,
+	// then SetReadBalancing); written with mu held, read without it on the
+	// read path. readTurn counts round-robin's reads.
+	readBalancing atomic.Uint32
+	readTurn      atomic.Uint64
+	afterSB       AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
 	// csums is Config.ResyncChecksums, then SetResyncChecksums.
 	csums atomic.Bool
 	// fencing is the fencing policy (Config.Fencing, then SetFencing);
@@ -203,6 +212,7 @@ type Node struct {
 type counters struct {
 	netSend, netRecv, diskWrite, diskRead atomic.Uint64 // bytes
 	localPending, peerPending, appPending atomic.Int64
+	peerReads                             atomic.Int64  // application reads sent to the peer by read-balancing, unanswered
 	localDone                             atomic.Uint64 // requests to the local disk completed (diskEnd)
 	localAbandoned                        atomic.Int64  // of localPending, requests timedLocal gave up on that have not returned
 }
@@ -252,6 +262,7 @@ func New(cfg Config) (*Node, error) {
 	n.diskTimeout.Store(int64(max(cfg.DiskTimeout, 0)))
 	n.verifyCkptEvery.Store(int64(verifyCheckpointEvery))
 	n.onIOError.Store(uint32(cfg.OnIOError))
+	n.readBalancing.Store(uint32(cfg.ReadBalancing))
 	n.afterSB = cfg.AfterSB
 	n.csums.Store(cfg.ResyncChecksums)
 	n.fencing.Store(uint32(cfg.Fencing))

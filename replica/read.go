@@ -16,6 +16,7 @@ import (
 const readErrorEventEvery = time.Minute
 
 // ReadAt reads from the local disk: a Primary is always UpToDate (or forced).
+// The read-balancing policy may send it to the peer instead (balancedRead).
 // When the local disk fails the read and the peer holds the same data, the
 // read is served from the peer instead (readFromPeer), as a mirror serves a
 // bad sector from the other disk; otherwise the local error is returned.
@@ -29,6 +30,10 @@ func (n *Node) ReadAt(ctx context.Context, p []byte, off int64) error {
 		if err := n.readFromPeer(ctx, p, off); err != nil {
 			return fmt.Errorf("%w: %w", errNoDisk, err)
 		}
+		n.observe("read", true, len(p), start)
+		return nil
+	}
+	if n.balancedRead(ctx, p, off) {
 		n.observe("read", true, len(p), start)
 		return nil
 	}
@@ -89,13 +94,12 @@ func (n *Node) readLocal(ctx context.Context, disk nbd.Backend, p []byte, off in
 var errPeerCannotServe = errors.New("the peer cannot serve it")
 
 // readFromPeer reads p at off from the peer, when the peer's copy of the
-// range is the one this node's disk should hold: the nodes are connected
-// with no resync running (an online verify may), the peer's disk is
-// UpToDate and no block of the range is out of sync, before and after the
-// read. It holds the range lock, so no write or resync copy of the range
-// runs meanwhile, and writes the data back to the local disk, which makes a
-// disk remap a bad sector; a failed write-back is only logged (the peer
-// still has the data, and the next read of the range comes here again).
+// range is the one this node's disk should hold (peerCanServe), for a read
+// the local disk failed or cannot serve. It holds the range lock, so no
+// write or resync copy of the range runs meanwhile, and writes the data back
+// to the local disk, which makes a disk remap a bad sector; a failed
+// write-back is only logged (the peer still has the data, and the next read
+// of the range comes here again).
 //
 // On a Diskless node the peer's copy is the only one: the bitmap, which
 // speaks of the detached disk, is not consulted and nothing is written back.
@@ -104,36 +108,59 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 	s := n.session()
 	st := n.State()
 	diskless := st.Disk == Diskless
-	switch {
-	case s == nil || !st.Conn.Connected() || st.Conn == SyncSource || st.Conn == SyncTarget:
-		return fmt.Errorf("%w: %s", errPeerCannotServe, st.Conn)
-	case st.PeerDisk != UpToDate:
-		return fmt.Errorf("%w: its disk is %s", errPeerCannotServe, st.PeerDisk)
-	case !diskless && n.store().Bitmap().IsSet(off, length):
-		return fmt.Errorf("%w: the range is out of sync", errPeerCannotServe)
-	case length > protocol.MaxData:
-		return fmt.Errorf("%w: %d bytes is more than one Read carries", errPeerCannotServe, length)
+	if err := n.peerCanServe(s, st, off, length); err != nil {
+		return err
 	}
 	unlock, err := n.rl.lock(ctx, off, length)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if err := n.readPeer(ctx, s, p, off, diskless); err != nil {
+		return err
+	}
+	if diskless {
+		return nil
+	}
+	if werr := n.backend().WriteAt(ctx, p, off, false); werr != nil {
+		n.log.Error("writing back a range read from the peer failed", "offset", off, "length", length, "err", werr)
+	}
+	return nil
+}
+
+// peerCanServe returns nil when the peer's copy of [off, off+length) is the
+// one this node's disk should hold, as of st, so a read of it may go to the
+// peer on session s: the nodes are connected with no resync running (an
+// online verify may), the peer's disk is UpToDate, the range fits one Read
+// and, unless this node is Diskless, none of it is out of sync. Otherwise
+// the error says why not.
+func (n *Node) peerCanServe(s *session, st State, off, length int64) error {
+	switch {
+	case s == nil || !st.Conn.Connected() || st.Conn == SyncSource || st.Conn == SyncTarget:
+		return fmt.Errorf("%w: %s", errPeerCannotServe, st.Conn)
+	case st.PeerDisk != UpToDate:
+		return fmt.Errorf("%w: its disk is %s", errPeerCannotServe, st.PeerDisk)
+	case st.Disk != Diskless && n.store().Bitmap().IsSet(off, length):
+		return fmt.Errorf("%w: the range is out of sync", errPeerCannotServe)
+	case length > protocol.MaxData:
+		return fmt.Errorf("%w: %d bytes is more than one Read carries", errPeerCannotServe, length)
+	}
+	return nil
+}
+
+// readPeer reads p at off from the peer on session s. Unless diskless, the
+// range must still be in sync once the answer is in: a write the peer failed
+// while the Read was on its way is marked (its answer came first), and the
+// peer's data for it is not this node's.
+func (n *Node) readPeer(ctx context.Context, s *session, p []byte, off int64, diskless bool) error {
+	length := int64(len(p))
 	r := s.sendRead(off, length)
 	if r == nil || !r.wait(ctx, 'C') {
 		return fmt.Errorf("%w: it did not answer", errPeerCannotServe)
 	}
 	copy(p, r.dst)
-	if diskless {
-		return nil
-	}
-	// A write the peer failed while the Read was on its way is marked (its
-	// answer came first): the peer's data for it is not ours.
-	if n.store().Bitmap().IsSet(off, length) {
+	if !diskless && n.store().Bitmap().IsSet(off, length) {
 		return fmt.Errorf("%w: the range went out of sync", errPeerCannotServe)
-	}
-	if werr := n.backend().WriteAt(ctx, p, off, false); werr != nil {
-		n.log.Error("writing back a range read from the peer failed", "offset", off, "length", length, "err", werr)
 	}
 	return nil
 }

@@ -197,7 +197,7 @@ const inlineApply = 64 << 10
 type applyItem struct {
 	seq     uint64
 	flush   bool           // a Flush: fdatasync once every earlier write is applied
-	barrier chan struct{}  // closed when reached: every earlier item is answered
+	barrier chan struct{}  // closed when reached: every earlier write is applied and answered (a Read may still be read: serveRead)
 	read    *protocol.Read // a Read: answer it with this disk's data
 	w       protocol.Write
 	buf     *[]byte // w.Data's pooled buffer, or nil
@@ -316,7 +316,7 @@ func (s *session) applyLoop() error {
 			if err := sendAcks(); err != nil {
 				return err
 			}
-			if err := s.answerRead(it.read); err != nil {
+			if err := s.serveRead(it.read); err != nil {
 				return err
 			}
 		case it.flush:
@@ -360,10 +360,40 @@ func (s *session) applyLoop() error {
 	}
 }
 
+// peerReadSlots is the most Reads of the peer a node answers at once: as
+// many as a client's queue of reads, so a Primary that sends its reads here
+// (read-balancing, Diskless) keeps this disk as busy as its own.
+const peerReadSlots = 32
+
+// serveRead answers the peer's Read in a goroutine of its own (answerRead),
+// once one of peerReadSlots is free, so the apply loop goes on with the
+// writes behind it. The apply loop calls it when every write received before
+// the Read is applied; a write received after it may land while it reads:
+// the Primary sent that write before the read was answered, so its client
+// issued them concurrently, and either order is the client's to expect (the
+// Primary's own reads that must not see such a write, the write-back of
+// readFromPeer and attach-disk's copy, hold the range lock).
+func (s *session) serveRead(rd *protocol.Read) error {
+	select {
+	case s.readSlots <- struct{}{}:
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+	s.wg.Add(1) // called from a counted loop: never races with Wait
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.readSlots }()
+		if err := s.answerRead(rd); err != nil {
+			s.close(err)
+		}
+	}()
+	return nil
+}
+
 // answerRead reads a range for the peer, a Primary whose own disk failed to
-// read it (or is Diskless, or is being attached), and sends it back. It
-// runs in the apply loop, so every write received before the Read is on the
-// disk. Only a disk that holds the data the Primary wrote answers: this node
+// read it (or is Diskless, or is being attached, or balances its reads), and
+// sends it back. Every write received before the Read is on the disk (see
+// serveRead). Only a disk that holds the data the Primary wrote answers: this node
 // UpToDate, not Primary, and none of the range out of sync; otherwise, or if
 // the read fails, it answers CodeIO. A range that reads as zeroes goes back
 // as a Zero reply without its bytes, and a hole of a sparse disk is not even

@@ -76,7 +76,8 @@ type session struct {
 	syncDone    chan struct{} // closed when the peer sent SyncDone
 	doneOnce    sync.Once
 
-	applyQ chan applyItem // secondary: replicated writes in stream order
+	applyQ    chan applyItem // secondary: replicated writes in stream order
+	readSlots chan struct{}  // secondary: the peer's Reads being answered (serveRead)
 
 	resized chan protocol.Resize // the peer's answers to this node's Resize (Node.Resize)
 
@@ -121,6 +122,7 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		finished:   make(chan struct{}),
 		tlog:       newTransferLog(n.store().ExtentSize()),
 		applyQ:     make(chan applyItem, applyQueue),
+		readSlots:  make(chan struct{}, peerReadSlots),
 		resized:    make(chan protocol.Resize, 1),
 	}
 	s.touch()
