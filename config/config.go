@@ -36,17 +36,18 @@ var (
 
 // Defaults, used when neither [common] nor the resource sets a value.
 const (
-	DefaultProtocol    = "C"
-	DefaultResyncRate  = 100 << 20 // bytes per second
-	DefaultTimeout     = 6 * time.Second
-	DefaultOnPeerLoss  = OnPeerLossContinue
-	DefaultFencing     = "dont-care"
-	DefaultAfterSB     = "disconnect" // after-sb-0pri and after-sb-1pri
-	DefaultOnIOError   = "detach"
-	DefaultCsumsAlg    = "none"
-	DefaultBitmapBlock = 4 << 10
-	DefaultALExtents   = bitmap.DefaultALExtents // 1237, DRBD's
-	DefaultKoCount     = replica.DefaultKoCount  // 7, DRBD's
+	DefaultProtocol      = "C"
+	DefaultResyncRate    = 100 << 20 // bytes per second
+	DefaultTimeout       = 6 * time.Second
+	DefaultOnPeerLoss    = OnPeerLossContinue
+	DefaultFencing       = "dont-care"
+	DefaultAfterSB       = "disconnect" // after-sb-0pri and after-sb-1pri
+	DefaultOnIOError     = "detach"
+	DefaultCsumsAlg      = "none"
+	DefaultReadBalancing = "prefer-local"
+	DefaultBitmapBlock   = 4 << 10
+	DefaultALExtents     = bitmap.DefaultALExtents // 1237, DRBD's
+	DefaultKoCount       = replica.DefaultKoCount  // 7, DRBD's
 )
 
 // Bounds of bitmap-block, a power of two.
@@ -119,6 +120,10 @@ type Resource struct {
 	AfterSB1Pri string        // after-sb-1pri: disconnect, consensus or discard-secondary
 	OnIOError   string        // on-io-error: detach or pass_on
 	CsumsAlg    string        // csums-alg: sha256 or none
+	// ReadBalancing is read-balancing: prefer-local, prefer-remote,
+	// round-robin, least-pending, when-congested-remote or 32K- to
+	// 1M-striping, as replica.ParseReadBalancing spells it.
+	ReadBalancing string
 	// TCPCongestion is tcp-congestion: a congestion control name or
 	// "system"; "" when neither [common] nor the resource sets it (urbd up
 	// then uses its default).
@@ -150,25 +155,26 @@ type fileTOML struct {
 
 // commonTOML is the [common] table: the keys a resource may also set.
 type commonTOML struct {
-	Protocol      protocolValue     `toml:"protocol"`
-	ResyncRate    rateValue         `toml:"resync-rate"`
-	SecretFile    string            `toml:"secret-file"`
-	TLSCert       string            `toml:"tls-cert"`
-	TLSKey        string            `toml:"tls-key"`
-	TLSCA         string            `toml:"tls-ca"`
-	Timeout       durationValue     `toml:"timeout"`
-	KoCount       countValue        `toml:"ko-count"`
-	DiskTimeout   diskTimeoutValue  `toml:"disk-timeout"`
-	OnPeerLoss    peerLossValue     `toml:"on-peer-loss"`
-	Fencing       fencingValue      `toml:"fencing"`
-	AfterSB0Pri   afterSB0Value     `toml:"after-sb-0pri"`
-	AfterSB1Pri   afterSB1Value     `toml:"after-sb-1pri"`
-	OnIOError     onIOErrorValue    `toml:"on-io-error"`
-	CsumsAlg      csumsAlgValue     `toml:"csums-alg"`
-	TCPCongestion congestionValue   `toml:"tcp-congestion"`
-	BitmapBlock   sizeValue         `toml:"bitmap-block"`
-	ALExtents     countValue        `toml:"al-extents"`
-	Handlers      map[string]string `toml:"handlers"`
+	Protocol      protocolValue      `toml:"protocol"`
+	ResyncRate    rateValue          `toml:"resync-rate"`
+	SecretFile    string             `toml:"secret-file"`
+	TLSCert       string             `toml:"tls-cert"`
+	TLSKey        string             `toml:"tls-key"`
+	TLSCA         string             `toml:"tls-ca"`
+	Timeout       durationValue      `toml:"timeout"`
+	KoCount       countValue         `toml:"ko-count"`
+	DiskTimeout   diskTimeoutValue   `toml:"disk-timeout"`
+	OnPeerLoss    peerLossValue      `toml:"on-peer-loss"`
+	Fencing       fencingValue       `toml:"fencing"`
+	AfterSB0Pri   afterSB0Value      `toml:"after-sb-0pri"`
+	AfterSB1Pri   afterSB1Value      `toml:"after-sb-1pri"`
+	OnIOError     onIOErrorValue     `toml:"on-io-error"`
+	CsumsAlg      csumsAlgValue      `toml:"csums-alg"`
+	ReadBalancing readBalancingValue `toml:"read-balancing"`
+	TCPCongestion congestionValue    `toml:"tcp-congestion"`
+	BitmapBlock   sizeValue          `toml:"bitmap-block"`
+	ALExtents     countValue         `toml:"al-extents"`
+	Handlers      map[string]string  `toml:"handlers"`
 }
 
 // resourceTOML is a resource table: every [common] key, which it
@@ -192,8 +198,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -419,6 +425,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		AfterSB1Pri:   first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
 		OnIOError:     first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
 		CsumsAlg:      first(rt.CsumsAlg.s, c.CsumsAlg.s, DefaultCsumsAlg),
+		ReadBalancing: first(rt.ReadBalancing.s, c.ReadBalancing.s, DefaultReadBalancing),
 		TCPCongestion: first(rt.TCPCongestion.s, c.TCPCongestion.s),
 		BitmapBlock:   firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
 		ALExtents:     int(firstSet(rt.ALExtents.n, rt.ALExtents.set, c.ALExtents.n, c.ALExtents.set, DefaultALExtents)),

@@ -29,7 +29,7 @@ func TestLoadExample(t *testing.T) {
 			ListenPeer: "10.0.0.1:7789", Peer: "10.0.0.2:7789",
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
 			Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
-			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none",
+			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none", ReadBalancing: "prefer-local",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -42,7 +42,7 @@ func TestLoadExample(t *testing.T) {
 			ListenPeer: "10.0.0.2:7789", Peer: "10.0.0.1:7789",
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
 			Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
-			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none",
+			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none", ReadBalancing: "prefer-local",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -55,7 +55,7 @@ func TestLoadExample(t *testing.T) {
 			ListenPeer: "10.0.0.1:7790", Peer: "10.0.0.2:7790",
 			Protocol: "A", ResyncRate: 50 << 20,
 			Timeout: 10 * time.Second, KoCount: 0, DiskTimeout: 30 * time.Second, OnPeerLoss: "suspend", Fencing: "resource-and-stonith", BitmapBlock: 64 << 10, ALExtents: 3389,
-			AfterSB0Pri: "discard-zero-changes", AfterSB1Pri: "consensus", OnIOError: "pass_on", CsumsAlg: "sha256", TCPCongestion: "bbr",
+			AfterSB0Pri: "discard-zero-changes", AfterSB1Pri: "consensus", OnIOError: "pass_on", CsumsAlg: "sha256", ReadBalancing: "1M-striping", TCPCongestion: "bbr",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "logger -t urbd peer lost",
@@ -278,6 +278,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad on-io-error", pair("r0", "7789", `on-io-error = "call-local-io-error" #<-`), ErrBadValue},
 		{"bad tcp-congestion", pair("r0", "7789", `tcp-congestion = "cu bic" #<-`), ErrBadValue},
 		{"bad csums-alg", pair("r0", "7789", `csums-alg = "md5" #<-`), ErrBadValue},
+		{"bad read-balancing", pair("r0", "7789", `read-balancing = "nearest" #<-`), ErrBadValue},
 		{"negative disk-timeout", pair("r0", "7789", `disk-timeout = "-1s" #<-`), ErrBadValue},
 		{"bad disk-timeout", pair("r0", "7789", `disk-timeout = "soon" #<-`), ErrBadValue},
 		{"negative ko-count", pair("r0", "7789", `ko-count = -1 #<-`), ErrBadValue},

@@ -169,6 +169,19 @@ func (v *onIOErrorValue) UnmarshalText(b []byte) error {
 	return v.set(b, func(s string) error { _, err := replica.ParseOnIOError(s); return err })
 }
 
+// readBalancingValue is a read-balancing policy, kept as
+// replica.ReadBalancing.String spells it.
+type readBalancingValue struct{ s string }
+
+func (v *readBalancingValue) UnmarshalText(b []byte) error {
+	p, err := replica.ParseReadBalancing(strings.TrimSpace(string(b)))
+	if err != nil {
+		return err
+	}
+	v.s = p.String()
+	return nil
+}
+
 // csumsAlgValue is a csums-alg (replica.ParseCsumsAlg's names).
 type csumsAlgValue struct{ policyValue }
 

@@ -21,8 +21,8 @@ import (
 // its command line, or the settings read again from where the daemon got
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
-// ko-count, disk-timeout, on-io-error and the handlers at once, csums-alg from the next
-// resync on,
+// ko-count, disk-timeout, on-io-error, read-balancing and the handlers at once,
+// csums-alg from the next resync on,
 // the timeout and the after-sb
 // policies, the addresses, the secret, TLS and the congestion control from
 // the next connection on, fencing from the next peer loss on, the NBD and
@@ -39,6 +39,7 @@ type adjuster struct {
 	setAfterSB     func(p replica.AfterSplitBrain)   // Node.SetAfterSB
 	setFencing     func(p replica.Fencing)           // Node.SetFencing
 	setCsums       func(on bool)                     // Node.SetResyncChecksums
+	setBalance     func(b replica.ReadBalancing)     // Node.SetReadBalancing
 	setLink        func(l replica.Link) error        // Node.SetLink
 	loadLink       func(o Options) (peerLink, error) // loadLink; tests replace it
 	setHandlers    func(commands map[string]string)  // Runner.SetCommands
@@ -124,6 +125,8 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 			next.Fencing = v
 		case "csums-alg":
 			next.CsumsAlg = v
+		case "read-balancing":
+			next.ReadBalancing = v
 		default:
 			return "", fmt.Errorf("%s cannot change while the resource runs", k)
 		}
@@ -336,6 +339,11 @@ func (a *adjuster) applyLocked(next Options) string {
 		done = append(done, "csums-alg set to "+cmp.Or(next.CsumsAlg, "none")+" (from the next resync on)")
 	}
 	a.cur.CsumsAlg = next.CsumsAlg
+	if want.balance != cur.balance {
+		a.setBalance(want.balance)
+		done = append(done, "read-balancing set to "+want.balance.String())
+	}
+	a.cur.ReadBalancing = next.ReadBalancing
 	if changed := changedHandlers(a.cur.Handlers, next.Handlers); len(changed) > 0 {
 		a.setHandlers(next.Handlers)
 		a.cur.Handlers = maps.Clone(next.Handlers)
@@ -445,6 +453,7 @@ var settingsTable = []struct {
 	{"after-sb-1pri", func(o Options) string { return o.AfterSB1Pri }, "disconnect", true},
 	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", true},
 	{"csums-alg", func(o Options) string { return o.CsumsAlg }, "none", true},
+	{"read-balancing", func(o Options) string { return readBalancingName(o.ReadBalancing) }, "", true},
 	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, true},
 	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
 	{"al-extents", func(o Options) string { return strconv.Itoa(cmp.Or(o.ALExtents, bitmap.DefaultALExtents)) }, "", false},
@@ -453,6 +462,16 @@ var settingsTable = []struct {
 	{"tls-key", func(o Options) string { return o.TLSKey }, "none", true},
 	{"tls-ca", func(o Options) string { return o.TLSCA }, "none", true},
 	{"metrics-listen", func(o Options) string { return o.MetricsListen }, "none", true},
+}
+
+// readBalancingName is a read-balancing setting as replica spells it
+// (prefer-local for ""), or as given when it is no policy.
+func readBalancingName(s string) string {
+	b, err := replica.ParseReadBalancing(s)
+	if err != nil {
+		return s
+	}
+	return b.String()
 }
 
 // formatDiskTimeout shows disk-timeout as urbd adjust takes it: a

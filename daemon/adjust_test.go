@@ -32,6 +32,7 @@ type fakeResource struct {
 	afterSB  []replica.AfterSplitBrain
 	fencing  []replica.Fencing
 	csums    []bool
+	balance  []replica.ReadBalancing
 	links    []replica.Link
 	handlers []map[string]string
 	secret   string // the secret file's contents, as the fake loadLink reads them
@@ -88,6 +89,7 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 		setAfterSB:     func(p replica.AfterSplitBrain) { f.afterSB = append(f.afterSB, p) },
 		setFencing:     func(p replica.Fencing) { f.fencing = append(f.fencing, p) },
 		setCsums:       func(on bool) { f.csums = append(f.csums, on) },
+		setBalance:     func(b replica.ReadBalancing) { f.balance = append(f.balance, b) },
 		setHandlers:    func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
 		reload:         reload,
 		log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -336,9 +338,6 @@ func TestAdjustLink(t *testing.T) {
 	}
 }
 
-// TestAdjustRefusals: without a resource file, with one that does not read,
-// and with one that drops the fence-peer handler fencing needs, adjust
-// changes nothing and says why.
 // TestAdjustCsumsAlg: csums-alg changes live, from the flag and from the
 // file; a value other than sha256 or none changes nothing.
 func TestAdjustCsumsAlg(t *testing.T) {
@@ -362,6 +361,37 @@ func TestAdjustCsumsAlg(t *testing.T) {
 	}
 }
 
+// TestAdjustReadBalancing: read-balancing changes live, from the flag (in
+// any case) and from the file; a name that is no policy changes nothing;
+// show spells the policy as DRBD does.
+func TestAdjustReadBalancing(t *testing.T) {
+	next := baseOptions()
+	next.ReadBalancing = "least-pending"
+	a, f := newAdjuster(baseOptions(), func() (Options, error) { return next, nil })
+	if msg, err := a.set(map[string]string{"read-balancing": "64k-striping"}); err != nil || msg != "read-balancing set to 64K-striping" {
+		t.Errorf("adjust --read-balancing 64k-striping: %q, %v", msg, err)
+	}
+	if settings, _ := a.show(); !slices.Contains(settings, Setting{"read-balancing", "64K-striping"}) {
+		t.Errorf("show after the flag: %v, want read-balancing 64K-striping", settings)
+	}
+	if _, err := a.set(map[string]string{"read-balancing": "nearest"}); err == nil || !strings.Contains(err.Error(), `--read-balancing: unknown read-balancing policy "nearest": use prefer-local, prefer-remote,`) {
+		t.Errorf("adjust --read-balancing nearest: %v, want a refusal", err)
+	}
+	if msg, err := a.fromFile(); err != nil || msg != "read-balancing set to least-pending" {
+		t.Errorf("adjust from a file with least-pending: %q, %v", msg, err)
+	}
+	if want := []replica.ReadBalancing{replica.Read64KStriping, replica.ReadLeastPending}; !slices.Equal(f.balance, want) {
+		t.Errorf("the node was told %v, want %v", f.balance, want)
+	}
+	b, _ := newAdjuster(baseOptions(), nil)
+	if settings, _ := b.show(); !slices.Contains(settings, Setting{"read-balancing", "prefer-local"}) {
+		t.Errorf("show without a setting: %v, want read-balancing prefer-local", settings)
+	}
+}
+
+// TestAdjustRefusals: without a resource file, with one that does not read,
+// and with one that drops the fence-peer handler fencing needs, adjust
+// changes nothing and says why.
 func TestAdjustRefusals(t *testing.T) {
 	a, f := newAdjuster(baseOptions(), nil)
 	if _, err := a.fromFile(); err == nil || !strings.Contains(err.Error(), "urbd adjust --resync-rate 200MiB r0") {

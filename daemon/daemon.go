@@ -72,6 +72,9 @@ type Options struct {
 	// CsumsAlg is csums-alg: sha256 makes resyncs compare checksums
 	// before they copy; none (or "") does not.
 	CsumsAlg string
+	// ReadBalancing is read-balancing: which disk serves the Primary's
+	// reads (replica.ParseReadBalancing's names; "" is prefer-local).
+	ReadBalancing string
 	// TCPCongestion is the congestion control of the peer connection: a
 	// name the kernel offers, or "system" for the kernel's default. ""
 	// asks for replica.DefaultCongestion and, where this process may not
@@ -145,6 +148,7 @@ type policies struct {
 	afterSB   replica.AfterSplitBrain
 	onIOError replica.OnIOError
 	csums     bool
+	balance   replica.ReadBalancing
 }
 
 // parsePolicies parses the policies of o, with the messages of urbd up for
@@ -166,6 +170,9 @@ func parsePolicies(o Options) (policies, error) {
 	}
 	if p.csums, err = replica.ParseCsumsAlg(o.CsumsAlg); err != nil {
 		return p, fmt.Errorf("--%w", err)
+	}
+	if p.balance, err = replica.ParseReadBalancing(o.ReadBalancing); err != nil {
+		return p, fmt.Errorf("--read-balancing: %w", err)
 	}
 	return p, nil
 }
@@ -228,6 +235,7 @@ func Run(ctx context.Context, o Options) error {
 		OnIOError:       pol.onIOError,
 		AfterSB:         pol.afterSB,
 		ResyncChecksums: pol.csums,
+		ReadBalancing:   pol.balance,
 		FencePeer: func(fctx context.Context) (int, error) {
 			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": node.PeerAddress()})
 		},
@@ -257,8 +265,8 @@ func Run(ctx context.Context, o Options) error {
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		setTimeout: node.SetTimeout, setKoCount: node.SetKoCount, setDiskTimeout: node.SetDiskTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
-		setCsums: node.SetResyncChecksums,
-		setLink:  node.SetLink, loadLink: loadLink, link: link,
+		setCsums: node.SetResyncChecksums, setBalance: node.SetReadBalancing,
+		setLink: node.SetLink, loadLink: loadLink, link: link,
 		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },
 		useMetrics:    func(ln net.Listener) { ms.use(ctx, ln) },
 		listenNBD:     nbd.Listen,

@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -34,6 +35,46 @@ func TestReplicationFioVerify(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReadBalancing: with --read-balancing round-robin (and protocol A,
+// whose writes are answered before the peer has them) fio writes with
+// verify through the Primary, and the verify's reads, half of which the
+// Secondary serves, find every block as written; urbd adjust then sets
+// prefer-local, and the Secondary reads nothing more for the Primary. A
+// name that is no policy is refused by urbd up in one line.
+func TestReadBalancing(t *testing.T) {
+	c := newCluster(t, clusterOpts{flags: []string{"--protocol", "A"}})
+	if out, err := c.a.command(c.a.upArgs("--read-balancing", "nearest")...).CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), `--read-balancing: unknown read-balancing policy "nearest": use prefer-local, prefer-remote, round-robin,`) {
+		t.Fatalf("urbd up --read-balancing nearest: %v: %s", err, out)
+	}
+	c.a.start("--read-balancing", "round-robin")
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	c.a.ctl("primary", "r0")
+	if show := c.a.ctl("show", "r0"); !regexp.MustCompile(`(?m)^  read-balancing +round-robin$`).MatchString(show) {
+		t.Errorf("urbd show: no read-balancing round-robin in\n%s", show)
+	}
+	before := c.b.status().DiskReadKiB
+	runFio(t, c.a.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=32M",
+		"--verify=crc32c", "--verify_fatal=1")
+	served := c.b.status().DiskReadKiB - before
+	t.Logf("the Secondary served %d KiB of the 32 MiB verified", served)
+	if served < 8<<10 || served > 24<<10 {
+		t.Errorf("round-robin: the Secondary served %d KiB of the 32 MiB the verify read, want about half", served)
+	}
+
+	if out := c.a.ctl("adjust", "--read-balancing", "prefer-local", "r0"); out != "r0: read-balancing set to prefer-local" {
+		t.Errorf("urbd adjust --read-balancing prefer-local: %q", out)
+	}
+	before = c.b.status().DiskReadKiB
+	runFio(t, c.a.uri(), "--rw=randread", "--bs=4k", "--iodepth=32", "--size=32M")
+	if served := c.b.status().DiskReadKiB - before; served != 0 {
+		t.Errorf("prefer-local: the Secondary served %d KiB", served)
+	}
+	c.a.waitInSync(30 * time.Second)
+	cmpFiles(t, c.a.disk, c.b.disk)
 }
 
 // TestSecondaryRefusesClients: an NBD client on the secondary is refused with

@@ -122,8 +122,8 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 		controlCommand("down", "stop the resource's daemon cleanly", "Example: urbd down r0", nil, plain("down")),
 		controlCommand("adjust", "change settings of a running resource",
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
-does: a new protocol, resync-rate, on-peer-loss, ko-count, disk-timeout, on-io-error and new
-handlers apply at once,
+does: a new protocol, resync-rate, on-peer-loss, ko-count, disk-timeout, on-io-error,
+read-balancing and new handlers apply at once,
 csums-alg from the next resync on, a
 new timeout, after-sb-0pri, after-sb-1pri, addresses, secret-file and TLS files (read again
 each time) and tcp-congestion from the next connection on, fencing from the next peer loss on,
@@ -144,12 +144,13 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				&cli.StringFlag{Name: "after-sb-1pri", Usage: "split-brain policy with one Primary, for the next connection on (see urbd up --help)"},
 				&cli.StringFlag{Name: "fencing", Usage: "dont-care, resource-only or resource-and-stonith, from the next peer loss on (needs a fence-peer handler)"},
 				&cli.StringFlag{Name: "csums-alg", Usage: "sha256 or none, from the next resync on (see urbd up --help)"},
+				&cli.StringFlag{Name: "read-balancing", Usage: "prefer-local, prefer-remote, round-robin, least-pending, when-congested-remote or 32K- to 1M-striping, from the next read on (see urbd up --help)"},
 			},
 			func(c *cli.Context) (daemon.Request, error) {
 				// The values go as typed: the daemon checks them, with the
 				// same messages as urbd up, and a bad one changes nothing.
 				settings := map[string]string{}
-				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "ko-count", "disk-timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing", "csums-alg"} {
+				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "ko-count", "disk-timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing", "csums-alg", "read-balancing"} {
 					if c.IsSet(k) {
 						settings[k] = c.String(k)
 					}

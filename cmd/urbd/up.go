@@ -60,6 +60,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "after-sb-1pri", Value: "disconnect", Usage: "split brain with one Primary: disconnect, consensus (discard the Secondary's changes when after-sb-0pri would) or discard-secondary; both nodes need the same"},
 		&cli.StringFlag{Name: "on-io-error", Value: "detach", Usage: "when the Primary's disk fails a write or a flush: detach (go on Diskless, all I/O served by the UpToDate peer, no error seen) or pass_on (the application gets EIO, the disk stays)"},
 		&cli.StringFlag{Name: "csums-alg", Value: "none", Usage: "sha256: every resync to a disk that holds data compares SHA-256 checksums of the marked blocks and sends only those that differ (DRBD's csums-alg; saves the link, reads the target's disk); none: copies them; on either node it applies to both"},
+		&cli.StringFlag{Name: "read-balancing", Value: "prefer-local", Usage: "which disk serves the Primary's reads while the peer's holds the same data: prefer-local, prefer-remote, round-robin, least-pending (the disk with fewer requests waiting), when-congested-remote (the peer while 32 wait at the local disk) or 32K-striping to 1M-striping (odd stripes from the peer); DRBD's read-balancing"},
 		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on initial-split-brain, split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted, local-io-error, fence-peer (repeatable)"},
 	},
 	Before: setCPUs,
@@ -97,7 +98,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		"secret-file": &o.SecretFile, "tls-cert": &o.TLSCert, "tls-key": &o.TLSKey, "tls-ca": &o.TLSCA,
 		"on-peer-loss": &o.OnPeerLoss, "metrics-listen": &o.MetricsListen, "fencing": &o.Fencing,
 		"after-sb-0pri": &o.AfterSB0Pri, "after-sb-1pri": &o.AfterSB1Pri, "on-io-error": &o.OnIOError,
-		"tcp-congestion": &o.TCPCongestion, "csums-alg": &o.CsumsAlg,
+		"tcp-congestion": &o.TCPCongestion, "csums-alg": &o.CsumsAlg, "read-balancing": &o.ReadBalancing,
 	}
 	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
 	o.Timeout = c.Duration("timeout")
@@ -114,7 +115,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 			"secret-file": r.SecretFile, "tls-cert": r.TLSCert, "tls-key": r.TLSKey, "tls-ca": r.TLSCA,
 			"on-peer-loss": r.OnPeerLoss, "metrics-listen": r.MetricsListen, "fencing": r.Fencing,
 			"after-sb-0pri": r.AfterSB0Pri, "after-sb-1pri": r.AfterSB1Pri, "on-io-error": r.OnIOError,
-			"tcp-congestion": r.TCPCongestion, "csums-alg": r.CsumsAlg,
+			"tcp-congestion": r.TCPCongestion, "csums-alg": r.CsumsAlg, "read-balancing": r.ReadBalancing,
 		}
 		for k, v := range fromFile {
 			*str[k] = v
