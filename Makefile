@@ -32,7 +32,7 @@ demo: deps build
 	./scripts/demo.sh
 
 bench: deps build
-	./scripts/bench.sh
+	./scripts/bench.sh all
 
 clean:
 	rm -rf bin e2e.log

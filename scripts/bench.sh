@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench.sh [serve|replication|resync|all]
+# bench.sh [serve|replication|resync|reads|all]
 #
 # Benchmarks urbd with fio's nbd engine over unix sockets. Each section is a
 # function named bench_<section>; shared helpers (servers, cache control,
@@ -18,6 +18,9 @@
 #          32 MiB of it, by checksum (restarted on its detached disk) vs by
 #          copy (urbd invalidate); throttled accuracy at 10, 50, 200 MiB/s
 #          over 10 s.
+#   reads: reads through a protocol C pair's Primary with read-balancing
+#          prefer-local, round-robin and prefer-remote: 4k randread QD32,
+#          1M seqread QD8, 4k randread QD1; ratios to prefer-local.
 #
 # Environment: URBD (binary, default bin/urbd, built if missing), RUNS (3),
 # RUNTIME (seconds per fio run, 5), SIZE (1G), WORK (scratch dir), KEEP=1
@@ -249,6 +252,9 @@ bench_serve() {
 # The replication and resync sections (bench_replication, bench_resync).
 # shellcheck source=scripts/bench-cluster.sh
 . "$ROOT/scripts/bench-cluster.sh"
+# The reads section (bench_reads).
+# shellcheck source=scripts/bench-reads.sh
+. "$ROOT/scripts/bench-reads.sh"
 
 main() {
 	local what=${1:-serve}
@@ -257,13 +263,14 @@ main() {
 	*) die "CACHE must be warm or cold, not $CACHE" ;;
 	esac
 	case $what in
-	serve | replication | resync) "bench_$what" ;;
+	serve | replication | resync | reads) "bench_$what" ;;
 	all)
 		bench_serve
 		bench_replication
 		bench_resync
+		bench_reads
 		;;
-	*) die "usage: bench.sh [serve|replication|resync|all]" ;;
+	*) die "usage: bench.sh [serve|replication|resync|reads|all]" ;;
 	esac
 }
 
