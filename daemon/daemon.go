@@ -285,7 +285,13 @@ func Run(ctx context.Context, o Options) error {
 		// Profiling for benchmarks: net/http/pprof on a loopback address.
 		go func() { log.Warn("pprof server stopped", "err", http.ListenAndServe(addr, nil)) }()
 	}
-	go threads.Run(ctx, o.Threads, threads.Interval, srv.Served)
+	// The peer's Reads block in pread as the clients' reads do: both count.
+	served := func() nbd.Served {
+		s := srv.Served()
+		s.Reads += node.ReadsForPeer()
+		return s
+	}
+	go threads.Run(ctx, o.Threads, threads.Interval, served)
 	statusDone := make(chan struct{})
 	go func() {
 		defer close(statusDone)

@@ -77,6 +77,11 @@ func (n *Node) SetReadBalancing(b ReadBalancing) {
 	n.log.Info("read-balancing changed", "read_balancing", b.String())
 }
 
+// ReadsForPeer is how many of the peer's Reads this node has answered: the
+// reads it serves besides its NBD clients' (the daemon counts both when it
+// adapts its thread count to reads).
+func (n *Node) ReadsForPeer() uint64 { return n.stats.readsForPeer.Load() }
+
 // wantsPeerRead applies the read-balancing policy to a read at off: whether
 // to ask the peer for it. It looks at counters only; whether
 // the peer can serve it is peerCanServe's.

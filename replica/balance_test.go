@@ -216,7 +216,8 @@ func TestScenarioReadBalancingFallsBackToLocal(t *testing.T) {
 
 // TestScenarioSecondaryAnswersReadsAtOnce: the peer reads the Primary's
 // reads side by side (up to 32 at a time), not one after another, so a
-// Primary that sends its reads there keeps the peer's disk busy.
+// Primary that sends its reads there keeps the peer's disk busy; it counts
+// them (ReadsForPeer).
 func TestScenarioSecondaryAnswersReadsAtOnce(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{balance: replica.ReadPreferRemote}, nodeOpts{})
 	const n = 8
@@ -246,4 +247,8 @@ func TestScenarioSecondaryAnswersReadsAtOnce(t *testing.T) {
 	}
 	b.disk.readGate.release()
 	wg.Wait()
+	// The daemon adapts its thread count to these reads as to its clients'.
+	if got := b.node.ReadsForPeer(); got != n {
+		t.Errorf("the peer counted %d Reads answered, want %d", got, n)
+	}
 }

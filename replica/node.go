@@ -213,6 +213,7 @@ type counters struct {
 	netSend, netRecv, diskWrite, diskRead atomic.Uint64 // bytes
 	localPending, peerPending, appPending atomic.Int64
 	peerReads                             atomic.Int64  // application reads sent to the peer by read-balancing, unanswered
+	readsForPeer                          atomic.Uint64 // the peer's Reads this node answered (answerRead)
 	localDone                             atomic.Uint64 // requests to the local disk completed (diskEnd)
 	localAbandoned                        atomic.Int64  // of localPending, requests timedLocal gave up on that have not returned
 }

@@ -427,6 +427,7 @@ func (s *session) answerRead(rd *protocol.Read) error {
 		}
 	}
 	s.unacked.Add(-1)
+	n.stats.readsForPeer.Add(1)
 	return s.ps.Data().Send(&reply)
 }
 
