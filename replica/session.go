@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/urbd/urbd/protocol"
 )
 
@@ -76,8 +78,8 @@ type session struct {
 	syncDone    chan struct{} // closed when the peer sent SyncDone
 	doneOnce    sync.Once
 
-	applyQ    chan applyItem // secondary: replicated writes in stream order
-	readSlots chan struct{}  // secondary: the peer's Reads being answered (serveRead)
+	applyQ    chan applyItem      // secondary: replicated writes in stream order
+	readSlots *semaphore.Weighted // secondary: the peer's Reads being answered (serveRead)
 
 	resized chan protocol.Resize // the peer's answers to this node's Resize (Node.Resize)
 
@@ -122,7 +124,7 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		finished:   make(chan struct{}),
 		tlog:       newTransferLog(n.store().ExtentSize()),
 		applyQ:     make(chan applyItem, applyQueue),
-		readSlots:  make(chan struct{}, peerReadSlots),
+		readSlots:  semaphore.NewWeighted(peerReadBytes),
 		resized:    make(chan protocol.Resize, 1),
 	}
 	s.touch()
