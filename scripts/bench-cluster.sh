@@ -96,7 +96,7 @@ bench_replication() {
 	# with --disk-timeout 30s: what watching the disk for a hang costs.
 	local modes=(standalone C B A Cdt)
 	declare -A res=() cpu=() sock=() disks=() pids=() rounds=()
-	local m t name metric unit bs args r d out val kib ticks alone
+	local m t name metric unit bs args r d out val us alone
 	sock[standalone]=$WORK/standalone.sock
 	disks[standalone]=$WORK/standalone.img
 	make_disk "${disks[standalone]}" "$SIZE"
@@ -125,11 +125,11 @@ bench_replication() {
 					settle_cache "$d"
 				done
 				# shellcheck disable=SC2086
-				out=$(run_fio_cpu "${pids[$m]}" "${sock[$m]}" "$metric" $args)
+				out=$(run_fio_cpu "${pids[$m]}" "$bs" "${sock[$m]}" "$metric" $args)
 				[ -n "$out" ] || continue
-				read -r val kib ticks <<<"$out"
+				read -r val us <<<"$out"
 				runs[$m]+="$val"$'\n'
-				cpus[$m]+="$(cpu_per_io "$ticks" "$kib" "$bs")"$'\n'
+				cpus[$m]+="$us"$'\n'
 				if [ "$m" = standalone ]; then
 					alone=$val
 				elif [ -n "$alone" ]; then
@@ -138,8 +138,8 @@ bench_replication() {
 			done
 		done
 		for m in "${modes[@]}"; do
-			res["$m|$name"]=$(printf '%s' "${runs[$m]}" | grep -v '^$' | median)
-			cpu["$m|$name"]=$(printf '%s' "${cpus[$m]}" | grep -v '^$' | median)
+			res["$m|$name"]=$(printf '%s' "${runs[$m]}" | median)
+			cpu["$m|$name"]=$(printf '%s' "${cpus[$m]}" | median)
 		done
 		unset runs cpus
 	done
@@ -174,7 +174,7 @@ bench_replication() {
 		IFS='|' read -r name metric unit bs args <<<"$t"
 		printf '%-26s' "$name"
 		for m in C B A Cdt; do
-			printf '   %s: %s(%s)' "$m" "${rounds[$m|$name]}" "$(printf '%s' "${rounds[$m|$name]}" | tr ' ' '\n' | grep -v '^$' | median)"
+			printf '   %s: %s(%s)' "$m" "${rounds[$m|$name]}" "$(printf '%s' "${rounds[$m|$name]}" | tr ' ' '\n' | median)"
 		done
 		printf '\n'
 	done

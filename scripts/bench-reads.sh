@@ -21,7 +21,7 @@ bench_reads() {
 	)
 	local modes=(prefer-local round-robin prefer-remote)
 	declare -A res=() cpu=()
-	local m t name metric unit bs args r d out val kib ticks pair
+	local m t name metric unit bs args r d out val us pair
 	log "reads: starting a protocol C pair"
 	cluster_up C "$SIZE"
 	pair="${CLUSTER_PIDS[-2]} ${CLUSTER_PIDS[-1]}"
@@ -35,16 +35,16 @@ bench_reads() {
 					settle_cache "$d"
 				done
 				# shellcheck disable=SC2086
-				out=$(run_fio_cpu "$pair" "$A_SOCK" "$metric" $args)
+				out=$(run_fio_cpu "$pair" "$bs" "$A_SOCK" "$metric" $args)
 				[ -n "$out" ] || continue
-				read -r val kib ticks <<<"$out"
+				read -r val us <<<"$out"
 				runs[$m]+="$val"$'\n'
-				cpus[$m]+="$(cpu_per_io "$ticks" "$kib" "$bs")"$'\n'
+				cpus[$m]+="$us"$'\n'
 			done
 		done
 		for m in "${modes[@]}"; do
-			res["$m|$name"]=$(printf '%s' "${runs[$m]}" | grep -v '^$' | median)
-			cpu["$m|$name"]=$(printf '%s' "${cpus[$m]}" | grep -v '^$' | median)
+			res["$m|$name"]=$(printf '%s' "${runs[$m]}" | median)
+			cpu["$m|$name"]=$(printf '%s' "${cpus[$m]}" | median)
 		done
 		unset runs cpus
 	done

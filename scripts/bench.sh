@@ -121,9 +121,10 @@ stop_server() {
 	wait "$1" 2>/dev/null || true
 }
 
-# median: the median of the numbers on stdin, one per line.
+# median: the median of the numbers on stdin, one per line (empty lines
+# skipped).
 median() {
-	sort -g | awk '{v[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+	sort -g | awk 'NF {v[++n]=$1} END {if (n==0) {print "nan"; exit} if (n%2) print v[(n+1)/2]; else print (v[n/2]+v[n/2+1])/2}'
 }
 
 # run_fio SOCK METRIC ARGS...: one fio run against SOCK; prints write or read
@@ -151,13 +152,14 @@ run_fio() {
 			}'
 }
 
-# run_fio_cpu "PIDS" SOCK METRIC ARGS...: run_fio, then the CPU ticks the
+# run_fio_cpu "PIDS" BS SOCK METRIC ARGS...: run_fio with I/Os of BS bytes;
+# prints its rate and the CPU time in microseconds per I/O that the
 # processes PIDS used during fio's measured time (from the end of its 1 s
-# ramp to its exit), on the same line. A failed run prints nothing.
+# ramp to its exit). A failed run prints nothing.
 run_fio_cpu() {
-	local pids=$1
-	shift
-	local out=$WORK/fio-cpu.out before fio_pid
+	local pids=$1 bs=$2
+	shift 2
+	local out=$WORK/fio-cpu.out before fio_pid val kib
 	run_fio "$@" >"$out" &
 	fio_pid=$!
 	sleep 1 # --ramp_time
@@ -165,8 +167,9 @@ run_fio_cpu() {
 	before=$(pids_ticks $pids)
 	wait "$fio_pid"
 	[ -s "$out" ] || return 0
+	read -r val kib <"$out"
 	# shellcheck disable=SC2086
-	echo "$(cat "$out") $(($(pids_ticks $pids) - before))"
+	echo "$val $(cpu_per_io $(($(pids_ticks $pids) - before)) "$kib" "$bs")"
 }
 
 # pids_ticks PID...: user+system CPU time of the PIDs together, in clock
@@ -214,7 +217,7 @@ bench_serve() {
 	# I/O (user+system, median over runs): on a shared machine the rate
 	# swings with other load, the CPU cost much less.
 	printf '\n%-26s %6s %9s %9s %9s %8s   %s\n' "serve: test" unit urbd nbdkit qemu-nbd "u/nbdkit" "CPU us/IO urbd nbdkit qemu-nbd"
-	local t name metric unit bs args r res val kib ticks
+	local t name metric unit bs args r res val us
 	for t in "${tests[@]}"; do
 		IFS='|' read -r name metric unit bs args <<<"$t"
 		declare -A vals=() cpus=()
@@ -229,17 +232,17 @@ bench_serve() {
 				fi
 				settle_cache "$disk"
 				# shellcheck disable=SC2086
-				res=$(run_fio_cpu "${pid[$s]}" "${sock[$s]}" "$metric" $args)
+				res=$(run_fio_cpu "${pid[$s]}" "$bs" "${sock[$s]}" "$metric" $args)
 				[ -n "$res" ] || continue
-				read -r val kib ticks <<<"$res"
+				read -r val us <<<"$res"
 				vals[$s]+="$val"$'\n'
-				cpus[$s]+="$(cpu_per_io "$ticks" "$kib" "$bs")"$'\n'
+				cpus[$s]+="$us"$'\n'
 			done
 		done
 		declare -A med=() cpu=()
 		for s in "${servers[@]}"; do
-			med[$s]=$(printf '%s' "${vals[$s]}" | grep -v '^$' | median)
-			cpu[$s]=$(printf '%s' "${cpus[$s]}" | grep -v '^$' | median)
+			med[$s]=$(printf '%s' "${vals[$s]}" | median)
+			cpu[$s]=$(printf '%s' "${cpus[$s]}" | median)
 		done
 		printf '%-26s %6s %9s %9s %9s %8s   %9s %6s %8s\n' "$name" "$unit" "${med[urbd]}" "${med[nbdkit]}" "${med[qemu-nbd]}" \
 			"$(ratio "${med[urbd]}" "${med[nbdkit]}")" "${cpu[urbd]}" "${cpu[nbdkit]}" "${cpu[qemu-nbd]}"
