@@ -83,7 +83,6 @@ now_ms() { date +%s%3N; }
 
 bench_replication() {
 	need fio nbdinfo numfmt python3
-	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
 	# name|metric|unit|block size|fio args
 	local tests=(
 		"4k randwrite QD32|wiops|IOPS|4096|--rw=randwrite --bs=4k --iodepth=32"
@@ -96,7 +95,7 @@ bench_replication() {
 	# with --disk-timeout 30s: what watching the disk for a hang costs.
 	local modes=(standalone C B A Cdt)
 	declare -A res=() cpu=() sock=() disks=() pids=() rounds=()
-	local m t name metric unit bs args r d out val us alone
+	local m t name metric unit bs args r alone
 	sock[standalone]=$WORK/standalone.sock
 	disks[standalone]=$WORK/standalone.img
 	make_disk "${disks[standalone]}" "$SIZE"
@@ -121,26 +120,17 @@ bench_replication() {
 		for r in $(seq "$RUNS"); do
 			alone=""
 			for m in "${modes[@]}"; do
-				for d in ${disks[$m]}; do
-					settle_cache "$d"
-				done
 				# shellcheck disable=SC2086
-				out=$(run_fio_cpu "${pids[$m]}" "$bs" "${sock[$m]}" "$metric" $args)
-				[ -n "$out" ] || continue
-				read -r val us <<<"$out"
-				runs[$m]+="$val"$'\n'
-				cpus[$m]+="$us"$'\n'
+				measure "$m" "${pids[$m]}" "${disks[$m]}" "$bs" "${sock[$m]}" "$metric" $args
+				[ -n "$RATE" ] || continue
 				if [ "$m" = standalone ]; then
-					alone=$val
+					alone=$RATE
 				elif [ -n "$alone" ]; then
-					rounds["$m|$name"]+="$(ratio "$val" "$alone") "
+					rounds["$m|$name"]+="$(ratio "$RATE" "$alone") "
 				fi
 			done
 		done
-		for m in "${modes[@]}"; do
-			res["$m|$name"]=$(printf '%s' "${runs[$m]}" | median)
-			cpu["$m|$name"]=$(printf '%s' "${cpus[$m]}" | median)
-		done
+		keep_medians "$name" "${modes[@]}"
 		unset runs cpus
 	done
 	stop_server "$standalone_pid"
@@ -349,7 +339,6 @@ rate_run() {
 
 bench_resync() {
 	need fio nbdcopy nbdinfo numfmt python3
-	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
 	local saved=$SIZE r
 	SIZE=1G
 	cluster_up C "$SIZE"

@@ -12,7 +12,6 @@
 # loopback link), not what a second disk adds.
 bench_reads() {
 	need fio nbdinfo numfmt python3
-	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
 	# name|metric|unit|block size|fio args
 	local tests=(
 		"4k randread QD32|riops|IOPS|4096|--rw=randread --bs=4k --iodepth=32"
@@ -21,7 +20,7 @@ bench_reads() {
 	)
 	local modes=(prefer-local round-robin prefer-remote)
 	declare -A res=() cpu=()
-	local m t name metric unit bs args r d out val us pair
+	local m t name metric unit bs args r pair
 	log "reads: starting a protocol C pair"
 	cluster_up C "$SIZE"
 	pair="${CLUSTER_PIDS[-2]} ${CLUSTER_PIDS[-1]}"
@@ -31,21 +30,11 @@ bench_reads() {
 		for r in $(seq "$RUNS"); do
 			for m in "${modes[@]}"; do
 				"$URBD" --run-dir "$A_RUN" adjust --read-balancing "$m" r0 >/dev/null
-				for d in "$A_DISK" "$B_DISK"; do
-					settle_cache "$d"
-				done
 				# shellcheck disable=SC2086
-				out=$(run_fio_cpu "$pair" "$bs" "$A_SOCK" "$metric" $args)
-				[ -n "$out" ] || continue
-				read -r val us <<<"$out"
-				runs[$m]+="$val"$'\n'
-				cpus[$m]+="$us"$'\n'
+				measure "$m" "$pair" "$A_DISK $B_DISK" "$bs" "$A_SOCK" "$metric" $args
 			done
 		done
-		for m in "${modes[@]}"; do
-			res["$m|$name"]=$(printf '%s' "${runs[$m]}" | median)
-			cpu["$m|$name"]=$(printf '%s' "${cpus[$m]}" | median)
-		done
+		keep_medians "$name" "${modes[@]}"
 		unset runs cpus
 	done
 	cluster_down

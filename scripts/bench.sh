@@ -172,6 +172,36 @@ run_fio_cpu() {
 	echo "$val $(cpu_per_io $(($(pids_ticks $pids) - before)) "$kib" "$bs")"
 }
 
+# measure KEY "PIDS" "DISKS" BS SOCK METRIC ARGS...: one measured run:
+# settles the cache of DISKS, runs fio (run_fio_cpu) and appends its rate to
+# runs[KEY] and its CPU time per I/O to cpus[KEY], associative arrays of the
+# caller (bash's dynamic scope); RATE holds the rate, empty after a failed
+# run.
+measure() {
+	local key=$1 pids=$2 disks=$3 bs=$4 d out us
+	shift 4
+	for d in $disks; do
+		settle_cache "$d"
+	done
+	RATE=""
+	out=$(run_fio_cpu "$pids" "$bs" "$@")
+	[ -n "$out" ] || return 0
+	read -r RATE us <<<"$out"
+	runs[$key]+="$RATE"$'\n'
+	cpus[$key]+="$us"$'\n'
+}
+
+# keep_medians NAME KEY...: res["KEY|NAME"] and cpu["KEY|NAME"], arrays of
+# the caller, get the medians of each KEY's runs and cpus (see measure).
+keep_medians() {
+	local name=$1 k
+	shift
+	for k in "$@"; do
+		res["$k|$name"]=$(printf '%s' "${runs[$k]}" | median)
+		cpu["$k|$name"]=$(printf '%s' "${cpus[$k]}" | median)
+	done
+}
+
 # pids_ticks PID...: user+system CPU time of the PIDs together, in clock
 # ticks (a PID that is gone counts 0).
 pids_ticks() {
@@ -193,7 +223,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 
 bench_serve() {
 	need fio nbdkit qemu-nbd nbdinfo numfmt
-	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
 	local disk=$WORK/disk.img
 	log "serve: writing a $SIZE disk in $WORK"
 	make_disk "$disk" "$SIZE"
@@ -217,11 +246,11 @@ bench_serve() {
 	# I/O (user+system, median over runs): on a shared machine the rate
 	# swings with other load, the CPU cost much less.
 	printf '\n%-26s %6s %9s %9s %9s %8s   %s\n' "serve: test" unit urbd nbdkit qemu-nbd "u/nbdkit" "CPU us/IO urbd nbdkit qemu-nbd"
-	local t name metric unit bs args r res val us
+	local t name metric unit bs args r
+	declare -A res=() cpu=()
 	for t in "${tests[@]}"; do
 		IFS='|' read -r name metric unit bs args <<<"$t"
-		declare -A vals=() cpus=()
-		for s in "${servers[@]}"; do vals[$s]="" cpus[$s]=""; done
+		declare -A runs=() cpus=()
 		# Servers take turns within each round, so drift hits all alike.
 		for r in $(seq "$RUNS"); do
 			for s in "${servers[@]}"; do
@@ -230,23 +259,14 @@ bench_serve() {
 					start_server "$s" "$disk" "${sock[$s]}"
 					pid[$s]=$SERVER_PID
 				fi
-				settle_cache "$disk"
 				# shellcheck disable=SC2086
-				res=$(run_fio_cpu "${pid[$s]}" "$bs" "${sock[$s]}" "$metric" $args)
-				[ -n "$res" ] || continue
-				read -r val us <<<"$res"
-				vals[$s]+="$val"$'\n'
-				cpus[$s]+="$us"$'\n'
+				measure "$s" "${pid[$s]}" "$disk" "$bs" "${sock[$s]}" "$metric" $args
 			done
 		done
-		declare -A med=() cpu=()
-		for s in "${servers[@]}"; do
-			med[$s]=$(printf '%s' "${vals[$s]}" | median)
-			cpu[$s]=$(printf '%s' "${cpus[$s]}" | median)
-		done
-		printf '%-26s %6s %9s %9s %9s %8s   %9s %6s %8s\n' "$name" "$unit" "${med[urbd]}" "${med[nbdkit]}" "${med[qemu-nbd]}" \
-			"$(ratio "${med[urbd]}" "${med[nbdkit]}")" "${cpu[urbd]}" "${cpu[nbdkit]}" "${cpu[qemu-nbd]}"
-		unset vals cpus med cpu
+		keep_medians "$name" "${servers[@]}"
+		printf '%-26s %6s %9s %9s %9s %8s   %9s %6s %8s\n' "$name" "$unit" "${res[urbd|$name]}" "${res[nbdkit|$name]}" "${res[qemu-nbd|$name]}" \
+			"$(ratio "${res[urbd|$name]}" "${res[nbdkit|$name]}")" "${cpu[urbd|$name]}" "${cpu[nbdkit|$name]}" "${cpu[qemu-nbd|$name]}"
+		unset runs cpus
 	done
 	for s in "${!PIDS[@]}"; do stop_server "${PIDS[$s]}"; done
 	PIDS=()
@@ -265,6 +285,7 @@ main() {
 	warm | cold) ;;
 	*) die "CACHE must be warm or cold, not $CACHE" ;;
 	esac
+	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
 	case $what in
 	serve | replication | resync | reads) "bench_$what" ;;
 	all)
