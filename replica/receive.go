@@ -365,7 +365,7 @@ func (s *session) applyLoop() error {
 // peerReadBytes. Up to 32 small reads (a client's queue of random reads)
 // are read side by side, which keeps this disk as busy as the Primary's
 // own (a Diskless Primary's 4k random reads from an evicted page cache ran
-// twice as fast as one at a time); reads of 1 MiB go one at a time, as a
+// up to twice as fast as one at a time); reads of 1 MiB go one at a time, as a
 // sequential reader's are best served (the disk's read-ahead keeps it busy,
 // and one buffer stays in the processor's cache: eight at once ran a
 // quarter slower).
