@@ -68,13 +68,7 @@ func ParseReadBalancing(s string) (ReadBalancing, error) {
 // SetReadBalancing changes the read-balancing policy (`urbd adjust
 // --read-balancing`), from the next read on.
 func (n *Node) SetReadBalancing(b ReadBalancing) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if ReadBalancing(n.readBalancing.Load()) == b {
-		return
-	}
-	n.readBalancing.Store(uint32(b))
-	n.log.Info("read-balancing changed", "read_balancing", b.String())
+	n.storePolicy(&n.readBalancing, uint32(b), "read-balancing", b.String())
 }
 
 // ReadsForPeer is how many of the peer's Reads this node has answered: the
@@ -116,8 +110,8 @@ func (n *Node) balancedRead(ctx context.Context, p []byte, off int64) bool {
 	if !n.wantsPeerRead(off) {
 		return false
 	}
-	s := n.session()
-	if n.peerCanServe(s, n.State(), off, int64(len(p))) != nil {
+	s, st := n.sessionState()
+	if n.peerCanServe(s, st, off, int64(len(p))) != nil {
 		return false
 	}
 	n.stats.peerReads.Add(1)

@@ -105,8 +105,7 @@ var errPeerCannotServe = errors.New("the peer cannot serve it")
 // speaks of the detached disk, is not consulted and nothing is written back.
 func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 	length := int64(len(p))
-	s := n.session()
-	st := n.State()
+	s, st := n.sessionState()
 	diskless := st.Disk == Diskless
 	if err := n.peerCanServe(s, st, off, length); err != nil {
 		return err

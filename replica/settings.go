@@ -2,6 +2,8 @@ package replica
 
 import (
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -160,13 +162,20 @@ func (n *Node) SetKoCount(count int) error {
 // flush (`urbd adjust --on-io-error`), from the next error on. A node
 // already Diskless stays so.
 func (n *Node) SetOnIOError(p OnIOError) {
+	n.storePolicy(&n.onIOError, uint32(p), "on-io-error", p.String())
+}
+
+// storePolicy sets a policy read without n.mu on the I/O path (word) to v,
+// with n.mu held, and logs "WHAT changed" with the new policy's name,
+// unless it holds v already.
+func (n *Node) storePolicy(word *atomic.Uint32, v uint32, what, name string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if OnIOError(n.onIOError.Load()) == p {
+	if word.Load() == v {
 		return
 	}
-	n.onIOError.Store(uint32(p))
-	n.log.Info("on-io-error changed", "on_io_error", p.String())
+	word.Store(v)
+	n.log.Info(what+" changed", strings.ReplaceAll(what, "-", "_"), name)
 }
 
 // SetAfterSB changes the automatic split-brain recovery policy

@@ -243,6 +243,14 @@ func (n *Node) session() *session {
 	return n.sess
 }
 
+// sessionState returns the peer session (nil when there is none) and the
+// state, as of one moment: one lock for a read that asks both.
+func (n *Node) sessionState() (*session, State) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sess, n.st
+}
+
 // Flush makes every completed write durable on both disks (protocol C and B;
 // protocol A flushes the peer too but cannot promise it for queued writes).
 // Concurrent flushes share fdatasync calls on each side (group commit). When
