@@ -74,6 +74,9 @@ func (s *Store) tryPin(e int64) bool {
 			return false
 		}
 		if p.CompareAndSwap(v, (v+1)|stRef|stTouched) {
+			if v&stInflight == 0 {
+				s.inUse.Add(1)
+			}
 			return true
 		}
 	}
@@ -106,6 +109,9 @@ func (s *Store) unpin(e int64, locked bool) {
 		// Touched again: a write that ended after a Sweep keeps its
 		// extent until the next one (see Sweep).
 		if p.CompareAndSwap(v, (v-1)|stTouched) {
+			if v&stInflight == 1 {
+				s.inUse.Add(-1)
+			}
 			if v&stInflight == 1 && s.waiters.Load() > 0 {
 				if !locked {
 					s.mu.Lock()

@@ -151,6 +151,7 @@ type Store struct {
 	covered atomic.Uint64
 
 	waiters  atomic.Int64 // BeginWrite calls in the slow path; EndWrite wakes them
+	inUse    atomic.Int64 // extents with writes in flight (BusyExtents)
 	outside  atomic.Bool  // bits were set outside hot extents since the last bitmap write
 	alWrites atomic.Uint64
 	bmWrites atomic.Uint64
@@ -619,6 +620,12 @@ func (s *Store) ExtentSize() int64 { return s.extent }
 
 // ALExtents is the activity-log capacity in extents.
 func (s *Store) ALExtents() int { return s.capacity }
+
+// BusyExtents is the number of extents with writes in flight: pinned by a
+// BeginWrite whose EndWrite has not come yet (DRBD's activity-log extents
+// "in use", which its congestion-extents compares). A write holds its
+// extents until the peer answered it, so a slow peer raises this count.
+func (s *Store) BusyExtents() int { return int(s.inUse.Load()) }
 
 // HotExtents is the number of extents currently in the activity log.
 func (s *Store) HotExtents() int {

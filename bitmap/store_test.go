@@ -120,6 +120,44 @@ func TestHotExtentCostsOneALWrite(t *testing.T) {
 	}
 }
 
+// TestBusyExtents: an extent counts as busy from its first BeginWrite to
+// its last EndWrite, however many writes overlap there, and a write across
+// two extents holds both; an idle extent stays hot but is not busy.
+func TestBusyExtents(t *testing.T) {
+	s := openMem(t, NewMemFS(), Options{Size: 64 * tMiB})
+	busy := func(want int) {
+		t.Helper()
+		if got := s.BusyExtents(); got != want {
+			t.Fatalf("%d busy extents, want %d", got, want)
+		}
+	}
+	begin := func(off, n int64) {
+		t.Helper()
+		if err := s.BeginWrite(off, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	busy(0)
+	begin(0, 4096)
+	begin(8192, 4096) // the same extent again
+	busy(1)
+	begin(8*tMiB-4096, 8192) // extents 1 and 2
+	busy(3)
+	s.EndWrite(0, 4096)
+	busy(3)
+	s.EndWrite(8192, 4096)
+	busy(2)
+	s.EndWrite(8*tMiB-4096, 8192)
+	busy(0)
+	if s.HotExtents() != 3 {
+		t.Fatalf("%d hot extents after the writes ended, want 3", s.HotExtents())
+	}
+	begin(0, 4096) // hot already: the fast path counts too
+	busy(1)
+	s.EndWrite(0, 4096)
+	busy(0)
+}
+
 func TestBeginWriteErrors(t *testing.T) {
 	s := openMem(t, NewMemFS(), Options{Size: 64 * tMiB, ALExtents: 2})
 	for _, c := range []struct {

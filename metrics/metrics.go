@@ -95,7 +95,7 @@ var LatencyBuckets = []float64{
 // Known values of the state gauges; each gets a series from the start, so a
 // dashboard sees the 0s as well as the 1.
 var (
-	ConnStates = []string{"StandAlone", "WFConnection", "Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT"}
+	ConnStates = []string{"StandAlone", "WFConnection", "Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT", "Ahead", "Behind"}
 	Roles      = []string{"Primary", "Secondary", "Unknown"}
 	DiskStates = []string{"UpToDate", "Inconsistent", "Outdated", "DUnknown", "Diskless"}
 	Protocols  = []string{"A", "B", "C"}

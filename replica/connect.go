@@ -545,7 +545,7 @@ func (n *Node) negotiate(s *session) error {
 			if err := n.runSyncSource(s); err != nil {
 				return err
 			}
-		} else if err := n.waitSyncTarget(s); err != nil {
+		} else if err := n.waitSyncTarget(s, s.syncDoneChan()); err != nil {
 			return err
 		}
 	}
@@ -618,7 +618,12 @@ func (n *Node) followPeer(s *session) error {
 				}
 			}
 			role, disk := peer.role(), ParseDiskState(peer.Disk)
-			n.setStateLocked(peerChange(n.st, role, disk), func(x *State) {
+			why := peerChange(n.st, role, disk)
+			if n.st.Conn == Ahead && disk == Outdated && n.st.PeerDisk != Outdated && role == n.st.PeerRole {
+				// The peer confirms it is Behind: keep saying why.
+				why = "the peer is Behind, its disk Outdated; " + n.st.Reason
+			}
+			n.setStateLocked(why, func(x *State) {
 				x.PeerRole, x.PeerDisk = role, disk
 			})
 			n.mu.Unlock()
@@ -627,13 +632,31 @@ func (n *Node) followPeer(s *session) error {
 		}
 		n.resumeAttach(s)
 		n.mu.Lock()
-		again := n.st.Conn == Connected && n.st.Role == Primary && n.st.Disk != Diskless && !n.resizing && n.store().Bitmap().DirtyBlocks() > 0
+		caughtUp := n.drainedAheadLocked()
+		again := caughtUp || n.st.Conn == Connected && n.st.Role == Primary && n.st.Disk != Diskless && !n.resizing && n.store().Bitmap().DirtyBlocks() > 0
 		if again {
 			why := "blocks went out of sync while connected"
 			if n.syncWhy != "" {
 				why, n.syncWhy = n.syncWhy, ""
 			}
-			n.setStateLocked(why, func(x *State) { x.Conn = SyncSource })
+			if caughtUp {
+				// Writes are replicated again from here on; what was
+				// written while Ahead is in the bitmap, and the resync
+				// copies it (the copies hold the range lock, so no copy
+				// overwrites a newer write on the peer).
+				why = "the link drained: resyncing what was written while Ahead"
+				n.pulledAhead.Store(false)
+				s.peerBehind = true
+			}
+			n.setStateLocked(why, func(x *State) {
+				x.Conn = SyncSource
+				if caughtUp {
+					x.PeerDisk = Inconsistent
+				}
+			})
+			if caughtUp {
+				n.event("resync-started", map[string]string{"URBD_DIRECTION": SyncSource.String()})
+			}
 			s.csumResync = n.csums.Load() || s.peerCsums.Load()
 		}
 		n.mu.Unlock()
@@ -668,6 +691,7 @@ func (n *Node) sessionEnded(s *session, err error) {
 	}
 	n.sess = nil
 	n.hasSession.Store(false)
+	n.pulledAhead.Store(false) // what was written while Ahead is in the bitmap
 	n.progress = nil
 	n.syncWhy = ""
 	n.resizing = false // a resize that grew both nodes ends with its session

@@ -58,6 +58,7 @@ type nodeOpts struct {
 	koCount     int                   // Config.KoCount; 0 = never
 	diskTimeout time.Duration         // Config.DiskTimeout; 0 = off
 	balance     replica.ReadBalancing // Config.ReadBalancing
+	congestion  replica.Congestion    // Config.Congestion
 }
 
 // tnode is one in-process node with its files.
@@ -273,6 +274,7 @@ func (x *tnode) start() {
 		AfterSB:           x.opts.afterSB,
 		OnIOError:         x.opts.onIOError,
 		ReadBalancing:     x.opts.balance,
+		Congestion:        x.opts.congestion,
 		ResyncChecksums:   x.opts.csums,
 		ResyncRate:        x.opts.rate,
 		Clock:             x.opts.clock,

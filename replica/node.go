@@ -68,7 +68,12 @@ type Config struct {
 	// Primary's reads (ReadPreferLocal by default; see balance.go).
 	// SetReadBalancing changes it.
 	ReadBalancing ReadBalancing
-	ResyncRate    int64 // bytes/s; 0 = unlimited
+	// Congestion is DRBD's on-congestion with congestion-fill and
+	// congestion-extents: what a Primary replicating with protocol A does
+	// when the link cannot keep up (CongestionBlock by default; see
+	// pullahead.go). SetCongestion changes it.
+	Congestion Congestion
+	ResyncRate int64 // bytes/s; 0 = unlimited
 	// ResyncChecksums makes every resync to a disk that holds data compare
 	// SHA-256 checksums before it copies (DRBD's csums-alg sha256): on
 	// either node, it applies to the resyncs between them.
@@ -162,7 +167,12 @@ type Node struct {
 	// read path. readTurn counts round-robin's reads.
 	readBalancing atomic.Uint32
 	readTurn      atomic.Uint64
-	afterSB       AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
+	// congestion is Config.Congestion, then SetCongestion; written with
+	// mu held, read without it on the write path. pulledAhead is set, with
+	// mu held, while the node is Ahead: writes are not replicated.
+	congestion  atomic.Pointer[Congestion]
+	pulledAhead atomic.Bool
+	afterSB     AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
 	// csums is Config.ResyncChecksums, then SetResyncChecksums.
 	csums atomic.Bool
 	// fencing is the fencing policy (Config.Fencing, then SetFencing);
@@ -229,6 +239,9 @@ func New(cfg Config) (*Node, error) {
 	if err := checkProtocol(cfg.Protocol); err != nil {
 		return nil, err
 	}
+	if err := checkCongestionLimits(cfg.Congestion); err != nil {
+		return nil, err
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -264,6 +277,8 @@ func New(cfg Config) (*Node, error) {
 	n.verifyCkptEvery.Store(int64(verifyCheckpointEvery))
 	n.onIOError.Store(uint32(cfg.OnIOError))
 	n.readBalancing.Store(uint32(cfg.ReadBalancing))
+	cong := cfg.Congestion
+	n.congestion.Store(&cong)
 	n.afterSB = cfg.AfterSB
 	n.csums.Store(cfg.ResyncChecksums)
 	n.fencing.Store(uint32(cfg.Fencing))

@@ -135,7 +135,7 @@ func (n *Node) readFromPeer(ctx context.Context, p []byte, off int64) error {
 // the error says why not.
 func (n *Node) peerCanServe(s *session, st State, off, length int64) error {
 	switch {
-	case s == nil || !st.Conn.Connected() || st.Conn == SyncSource || st.Conn == SyncTarget:
+	case s == nil || !st.Conn.Connected() || st.Conn == SyncSource || st.Conn == SyncTarget || st.Conn == Ahead || st.Conn == Behind:
 		return fmt.Errorf("%w: %s", errPeerCannotServe, st.Conn)
 	case st.PeerDisk != UpToDate:
 		return fmt.Errorf("%w: its disk is %s", errPeerCannotServe, st.PeerDisk)

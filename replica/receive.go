@@ -49,6 +49,11 @@ func (s *session) controlLoop() error {
 					return err
 				}
 			}
+			if m.Flags&flagAhead != 0 {
+				if err := s.n.fallBehind(s); err != nil {
+					return err
+				}
+			}
 			select {
 			case s.peerStates <- *m:
 			default:
@@ -72,12 +77,17 @@ func (s *session) controlLoop() error {
 				}
 				s.n.peerVerifying(true, total)
 			}
+			if m.Direction == protocol.SyncSource {
+				if err := s.n.catchUp(s); err != nil {
+					return err
+				}
+			}
 		case *protocol.SyncDone:
 			if m.Flags&protocol.SyncVerify != 0 {
 				s.n.peerVerifying(false, 0)
 				break
 			}
-			s.doneOnce.Do(func() { close(s.syncDone) })
+			s.peerSyncDone()
 		case *protocol.Resize:
 			if err := s.peerResize(m); err != nil {
 				return err

@@ -69,14 +69,24 @@ type session struct {
 	peerLeftUpToDate atomic.Bool
 	// peerPause: the last state the peer sent says its operator paused
 	// resyncs (see pause.go).
-	peerPause   atomic.Bool
-	barrierAck  chan struct{} // closed when the barrier's PingAck arrives
-	barrierOnce sync.Once
-	peerBitmap  chan struct{} // closed when the peer's bitmap arrived
-	bitmapSeen  bool          // guarded by mu
-	ready       chan struct{} // closed once this side decided (Decide)
-	syncDone    chan struct{} // closed when the peer sent SyncDone
-	doneOnce    sync.Once
+	peerPause  atomic.Bool
+	barriers   map[uint64]chan struct{} // guarded by mu: barrier's Pings awaiting their PingAck
+	barrierN   atomic.Uint64
+	peerBitmap chan struct{} // closed when the peer's bitmap arrived
+	bitmapSeen bool          // guarded by mu
+	ready      chan struct{} // closed once this side decided (Decide)
+	// syncDone is closed when the peer sent SyncDone for the resync this
+	// node is the target of (syncClosed says it was); a resync that ends
+	// Ahead makes a new one (newSyncDone). Guarded by mu.
+	syncDone   chan struct{}
+	syncClosed bool
+	// inflight is the write payload sent to the peer and not yet answered
+	// (on-congestion's congestion-fill compares it).
+	inflight atomic.Int64
+	// peerBehind, set and read by the goroutine that runs the resyncs of
+	// a Primary (followPeer), says that the next resync ends Ahead: the
+	// peer is Behind and learns of it from the SyncStart (runSyncSource).
+	peerBehind bool
 
 	applyQ    chan applyItem      // secondary: replicated writes in stream order
 	readSlots *semaphore.Weighted // secondary: the peer's Reads being answered (serveRead)
@@ -93,6 +103,7 @@ type request struct {
 	seq         uint64
 	off, length int64
 	flush, fua  bool
+	wire        int64         // a write's payload bytes (session.inflight)
 	read        bool          // a Read: the peer's data lands in dst
 	dst         []byte        // a read's own buffer; filled before done is closed
 	zero        bool          // a read the peer answered as zeroes (dst is zeroes); set before done is closed
@@ -117,7 +128,7 @@ func newSession(n *Node, ps *protocol.Session) *session {
 		rsWait:     make(map[uint64]chan uint32),
 		sumWait:    make(map[uint64]chan *protocol.ChecksumReply),
 		peerStates: make(chan protocol.State, 64),
-		barrierAck: make(chan struct{}),
+		barriers:   make(map[uint64]chan struct{}),
 		peerBitmap: make(chan struct{}),
 		ready:      make(chan struct{}),
 		syncDone:   make(chan struct{}),
@@ -173,7 +184,7 @@ func (r *request) wait(ctx context.Context, proto byte) bool {
 // deciding).
 func (s *session) sendWrite(off, length int64, data []byte, sum, flags uint32, proto byte) *request {
 	r := newRequest(s, proto)
-	r.off, r.length, r.fua = off, length, flags&protocol.FlagFUA != 0
+	r.off, r.length, r.fua, r.wire = off, length, flags&protocol.FlagFUA != 0, int64(len(data))
 	ok := s.send(r, sum, func(seq uint64) protocol.Message {
 		return &protocol.Write{Seq: seq, Offset: uint64(off), Flags: flags, Length: uint32(length), Data: data}
 	})
@@ -291,6 +302,7 @@ func (s *session) send(r *request, sum uint32, msg func(seq uint64) protocol.Mes
 	s.mu.Unlock()
 	if r.isWrite() {
 		s.n.stats.peerPending.Add(1)
+		s.inflight.Add(r.wire)
 	}
 	err := s.ps.Data().SendSummed(msg(r.seq), sum)
 	s.sendMu.Unlock()
@@ -401,7 +413,10 @@ func (s *session) finish(r *request, ok bool) {
 			s.n.store().MarkOutOfSync(r.off, r.length)
 		}
 		s.n.store().EndWrite(r.off, r.length)
-		s.n.stats.peerPending.Add(-1)
+		s.inflight.Add(-r.wire)
+		if s.n.stats.peerPending.Add(-1) == 0 && s.n.pulledAhead.Load() {
+			s.n.kickSync() // drained: the resync that ends Ahead may start
+		}
 	}
 	r.ok = ok
 	close(r.done)
@@ -541,6 +556,10 @@ const (
 	// flagStateCsums: the sender has ResyncChecksums set (csums-alg): a
 	// resync between the nodes to a disk with data compares checksums.
 	flagStateCsums uint32 = 1 << 25
+	// flagAhead: the sender, a Primary, pulled ahead on a congested link
+	// (on-congestion pull-ahead): it no longer replicates writes, so the
+	// receiver's disk is Outdated (Behind) until the resync that follows.
+	flagAhead uint32 = 1 << 26
 )
 
 func diskToWire(d DiskState) uint8 {
@@ -589,22 +608,33 @@ func sideFromWire(st protocol.State, nodeID uint64) Side {
 	}
 }
 
-// barrierSeq is the Ping sequence number of barrier, apart from the
+// barrierSeq marks the Ping sequence numbers of barrier, apart from the
 // keepalive's (which count up from 1).
 const barrierSeq = 1 << 63
 
 // barrier sends a Ping on the control stream and waits, at most d, for its
-// PingAck. The peer answers pings in stream order, so once it arrives the
-// peer has read every control frame this node sent before it. A session
-// needs it at most once (a Secondary leaving its Primary).
+// PingAck. The peer answers pings in stream order, once it has handled
+// every control frame before them, so once it arrives the peer has handled
+// every control frame this node sent before it (a Secondary leaving its
+// Primary; a resync that ends Ahead).
 func (s *session) barrier(d time.Duration) bool {
-	if s.ps.Control().Send(&protocol.Ping{Seq: barrierSeq}) != nil {
+	seq := barrierSeq | s.barrierN.Add(1)
+	ack := make(chan struct{})
+	s.mu.Lock()
+	s.barriers[seq] = ack
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.barriers, seq)
+		s.mu.Unlock()
+	}()
+	if s.ps.Control().Send(&protocol.Ping{Seq: seq}) != nil {
 		return false
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-s.barrierAck:
+	case <-ack:
 		return true
 	case <-t.C:
 	case <-s.ctx.Done():
@@ -612,10 +642,43 @@ func (s *session) barrier(d time.Duration) bool {
 	return false
 }
 
-// pingAnswered completes barrier when its PingAck arrives.
+// pingAnswered completes a barrier when its PingAck arrives.
 func (s *session) pingAnswered(seq uint64) {
-	if seq == barrierSeq {
-		s.barrierOnce.Do(func() { close(s.barrierAck) })
+	if seq&barrierSeq == 0 {
+		return
+	}
+	s.mu.Lock()
+	ack := s.barriers[seq]
+	delete(s.barriers, seq)
+	s.mu.Unlock()
+	if ack != nil {
+		close(ack)
+	}
+}
+
+// newSyncDone makes a new syncDone for a resync that is about to start,
+// and returns it.
+func (s *session) newSyncDone() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.syncDone, s.syncClosed = make(chan struct{}), false
+	return s.syncDone
+}
+
+// syncDoneChan returns the syncDone of the current resync.
+func (s *session) syncDoneChan() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.syncDone
+}
+
+// peerSyncDone closes syncDone, once: the peer sent SyncDone.
+func (s *session) peerSyncDone() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.syncClosed {
+		s.syncClosed = true
+		close(s.syncDone)
 	}
 }
 

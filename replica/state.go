@@ -37,9 +37,11 @@ const (
 	SyncTarget                    // session up, receiving a resync
 	VerifyS                       // online verify, this node compares
 	VerifyT                       // online verify, the peer compares
+	Ahead                         // session up, writes not replicated while the link is congested (on-congestion pull-ahead)
+	Behind                        // session up, the peer is Ahead: this disk is Outdated until the resync
 )
 
-var connNames = [...]string{"StandAlone", "WFConnection", "Connected", "SyncSource", "SyncTarget", "VerifyS", "VerifyT"}
+var connNames = [...]string{"StandAlone", "WFConnection", "Connected", "SyncSource", "SyncTarget", "VerifyS", "VerifyT", "Ahead", "Behind"}
 
 func (c ConnState) String() string {
 	if int(c) < len(connNames) {
@@ -137,6 +139,9 @@ func (s State) CanPromote(force bool) error {
 	}
 	if s.Conn == SyncTarget {
 		return fmt.Errorf("%w: this node is SyncTarget; wait for the resync to finish", ErrSyncing)
+	}
+	if s.Conn == Behind {
+		return fmt.Errorf("%w: this node is Behind (its peer pulled ahead on a congested link); wait for the resync to finish, or disconnect first", ErrSyncing)
 	}
 	if s.Disk == Diskless {
 		return fmt.Errorf("%w (Diskless): its disk was detached; replace or repair it, then run urbd attach-disk", ErrNotUpToDate)

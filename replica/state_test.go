@@ -54,6 +54,7 @@ func TestStateCanPromote(t *testing.T) {
 		{"a stale peer role does not count when disconnected", st(S, P, replica.WFConnection, replica.UpToDate), false, nil, nil},
 		{"SyncTarget must finish first", st(S, S, replica.SyncTarget, replica.Inconsistent), false, replica.ErrSyncing, []string{"SyncTarget", "wait"}},
 		{"SyncTarget even with force", st(S, S, replica.SyncTarget, replica.Inconsistent), true, replica.ErrSyncing, nil},
+		{"Behind a demoted Ahead peer, even with force", st(S, S, replica.Behind, replica.Outdated), true, replica.ErrSyncing, []string{"Behind", "disconnect first"}},
 		{"Inconsistent needs force", st(S, S, replica.Connected, replica.Inconsistent), false, replica.ErrNotUpToDate, []string{"Inconsistent", "urbd primary --force r0"}},
 		{"Outdated needs force", st(S, U, replica.WFConnection, replica.Outdated), false, replica.ErrNotUpToDate, []string{"Outdated", "--force"}},
 		{"Inconsistent with force wins", st(S, S, replica.Connected, replica.Inconsistent), true, nil, nil},

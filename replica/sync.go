@@ -27,8 +27,22 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, syncChunk); return
 func (n *Node) runSyncSource(s *session) error {
 	bm := n.store().Bitmap()
 	prog := n.startProgress(bm.DirtyBytes())
+	if s.peerBehind {
+		// The peer learns what it lacks (its bitmap then says so too, and
+		// its progress counts it), then that the resync starts.
+		if err := s.sendBitmap(); err != nil {
+			return err
+		}
+	}
 	if err := s.ps.Control().Send(&protocol.SyncStart{Direction: protocol.SyncSource, BitmapBlock: uint32(bm.BlockSize()), TotalBits: uint64(bm.NumWords()) * 64}); err != nil {
 		return err
+	}
+	if s.peerBehind {
+		s.peerBehind = false
+		// No copy before the peer has made itself Inconsistent (catchUp).
+		if !s.barrier(s.ps.Timeout()) {
+			return fmt.Errorf("replica: the peer did not confirm the start of the resync within %s", s.ps.Timeout())
+		}
 	}
 	n.log.Info("resync started", "direction", "SyncSource", "bytes", bm.DirtyBytes(), "by_checksum", s.csumResync)
 	// Copy only what this disk keeps. Data in its page cache only (writes
@@ -377,12 +391,13 @@ func (n *Node) startProgress(total int64) *resync.Progress {
 	return prog
 }
 
-// waitSyncTarget waits for the source's SyncDone and makes this disk UpToDate.
-func (n *Node) waitSyncTarget(s *session) error {
+// waitSyncTarget waits for the source's SyncDone (done) and makes this disk
+// UpToDate.
+func (n *Node) waitSyncTarget(s *session, done <-chan struct{}) error {
 	bm := n.store().Bitmap()
 	n.startProgress(bm.DirtyBytes())
 	select {
-	case <-s.syncDone:
+	case <-done:
 	case <-s.ctx.Done():
 		return s.ctx.Err()
 	}

@@ -223,12 +223,16 @@ func (n *Node) writeLocal(ctx context.Context, kind string, off, length int64, l
 
 // replicate sends a write to the peer if a session is replicating, and
 // returns the request tracking the peer's answers (those protocol proto waits
-// for), or nil when the write is not replicated. The request releases the
+// for), or nil when the write is not replicated: no session, or the node is
+// Ahead of its peer or goes Ahead for this write (on-congestion). The request releases the
 // activity-log extent when it completes.
 func (n *Node) replicate(off, length int64, data []byte, sum checksum, flags uint32, proto byte) *request {
 	s := n.session()
-	if s == nil {
+	if s == nil || n.pulledAhead.Load() {
 		return nil
+	}
+	if proto == 'A' && n.congested(s, int64(len(data))) {
+		return nil // Ahead, or the connection dropped: recorded in the bitmap
 	}
 	if !sum.ok {
 		sum = checksum{sum: protocol.Checksum(data), ok: true}

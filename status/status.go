@@ -12,7 +12,7 @@ type Resource struct {
 	Name     string `json:"name"`
 	Protocol string `json:"protocol"` // "A", "B" or "C"
 
-	ConnState  string `json:"cstate"`      // StandAlone, WFConnection, Connected, SyncSource, SyncTarget, PausedSyncS, PausedSyncT, VerifyS, VerifyT
+	ConnState  string `json:"cstate"`      // StandAlone, WFConnection, Connected, SyncSource, SyncTarget, PausedSyncS, PausedSyncT, VerifyS, VerifyT, Ahead, Behind
 	Role       string `json:"role"`        // Primary, Secondary
 	PeerRole   string `json:"peer_role"`   // Primary, Secondary, Unknown
 	DiskState  string `json:"dstate"`      // UpToDate, Inconsistent, Outdated, DUnknown, Diskless

@@ -49,7 +49,7 @@ func resourceStatus(c *cli.Context) (status.Resource, error) {
 }
 
 // connectedStates are the connection states in which the peer is connected.
-var connectedStates = []string{"Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT"}
+var connectedStates = []string{"Connected", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT", "Ahead", "Behind"}
 
 // Conditions of the wait commands.
 func isConnected(r status.Resource) bool { return slices.Contains(connectedStates, r.ConnState) }

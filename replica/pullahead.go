@@ -1,0 +1,234 @@
+package replica
+
+import (
+	"fmt"
+	"strings"
+)
+
+// On a congested link (DRBD's on-congestion).
+//
+// With protocol A a write is answered once it is handed to the network, so
+// the writes sent and not yet answered by the peer pile up while the link
+// is slower than the application: at most the data stream's window (16
+// MiB), after which writes wait for room, as with the other protocols. That
+// is OnCongestion's CongestionBlock, the default. Over a slow or distant
+// link an operator may prefer the application's speed to the peer's
+// currency:
+//
+//   - CongestionPullAhead: once the bytes in flight to the peer reach Fill,
+//     or the activity-log extents with writes in flight reach Extents, the
+//     Primary goes Ahead: it stops replicating writes and records them in
+//     its bitmap instead, as while disconnected, and tells the peer, which
+//     goes Behind with its disk Outdated (persisted: it cannot be promoted
+//     without --force, and while connected not at all). The connection
+//     stays up. Once every write sent before has been answered, the Primary
+//     resyncs what it recorded (Ahead, then SyncSource; the peer SyncTarget,
+//     Inconsistent) and both are Connected and UpToDate again.
+//   - CongestionDisconnect: the Primary drops the connection at the same
+//     thresholds; it reconnects and resyncs what changed, as after any peer
+//     loss.
+//
+// Only protocol A writes are looked at: under B and C a write waits for the
+// peer anyway. The node pulls ahead only from Connected, not during a
+// resync or a verify, and not with on-peer-loss suspend, which promises no
+// acknowledged write on one disk only.
+
+// OnCongestion is DRBD's on-congestion policy.
+type OnCongestion uint8
+
+const (
+	// CongestionBlock lets writes wait for room to the peer (the default).
+	CongestionBlock OnCongestion = iota
+	// CongestionPullAhead goes Ahead of the peer (see above).
+	CongestionPullAhead
+	// CongestionDisconnect drops the connection, to reconnect and resync.
+	CongestionDisconnect
+)
+
+var onCongestionNames = []string{"block", "pull-ahead", "disconnect"}
+
+func (p OnCongestion) String() string { return policyName(onCongestionNames, uint8(p)) }
+
+// ParseOnCongestion parses an on-congestion policy name (OnCongestion.String),
+// in any case; "" is the default, block.
+func ParseOnCongestion(s string) (OnCongestion, error) {
+	v, err := parsePolicy("on-congestion", onCongestionNames, strings.ToLower(strings.TrimSpace(s)))
+	return OnCongestion(v), err
+}
+
+// Congestion is the on-congestion policy with its thresholds.
+type Congestion struct {
+	Policy OnCongestion
+	// Fill is DRBD's congestion-fill: the bytes of write payload sent to
+	// the peer and not yet answered at which the link counts as congested;
+	// 0 looks only at Extents.
+	Fill int64
+	// Extents is DRBD's congestion-extents: the activity-log extents with
+	// writes in flight (bitmap.Store.BusyExtents) at which the link counts
+	// as congested; 0 looks only at Fill.
+	Extents int
+}
+
+// DefaultCongestionFill is the congestion-fill urbd uses when none is
+// configured: three quarters of the 16 MiB that protocol A may have queued
+// on the data stream before writes wait, so that a node set to pull ahead
+// does so before its writes would block. (DRBD's default is 0, off: there
+// only congestion-extents counts.)
+const DefaultCongestionFill = 12 << 20
+
+// checkCongestionLimits refuses thresholds below zero.
+func checkCongestionLimits(c Congestion) error {
+	if c.Fill < 0 || c.Extents < 0 {
+		return fmt.Errorf("replica: congestion-fill and congestion-extents must be 0 (off) or more")
+	}
+	return nil
+}
+
+// SetCongestion changes the on-congestion policy and its thresholds from the
+// next write on (`urbd adjust --on-congestion`, `--congestion-fill`,
+// `--congestion-extents`). A node that is Ahead stays so until the link
+// drains, whatever the new policy.
+func (n *Node) SetCongestion(c Congestion) error {
+	if err := checkCongestionLimits(c); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if *n.congestion.Load() == c {
+		return nil
+	}
+	n.congestion.Store(&c)
+	n.log.Info("on-congestion changed", "on_congestion", c.Policy.String(), "congestion_fill", c.Fill, "congestion_extents", c.Extents)
+	return nil
+}
+
+// CongestionSettings returns the on-congestion policy in effect.
+func (n *Node) CongestionSettings() Congestion { return *n.congestion.Load() }
+
+// congested decides, for a protocol A write of size bytes about to be sent
+// on session s, whether the link is congested, and if so acts on the
+// policy. It reports whether the write must not be sent (the node went
+// Ahead, or dropped the connection).
+func (n *Node) congested(s *session, size int64) bool {
+	c := n.congestion.Load()
+	if c.Policy == CongestionBlock {
+		return false
+	}
+	why := ""
+	if inflight := s.inflight.Load(); c.Fill > 0 && inflight+size > c.Fill {
+		why = fmt.Sprintf("%s in flight to the peer reached congestion-fill %s", kib(inflight+size), kib(c.Fill))
+	} else if busy := n.store().BusyExtents(); c.Extents > 0 && busy >= c.Extents {
+		why = fmt.Sprintf("%d activity-log extents in use reached congestion-extents %d", busy, c.Extents)
+	}
+	if why == "" {
+		return false
+	}
+	if c.Policy == CongestionDisconnect {
+		return n.disconnectCongested(s, why)
+	}
+	return n.pullAhead(s, why)
+}
+
+// kib spells a byte count in KiB, as the status does.
+func kib(b int64) string { return fmt.Sprintf("%d KiB", b>>10) }
+
+// pullAhead makes a connected Primary Ahead of its peer (see above), and
+// reports whether it is: false when it may not pull ahead, and the write
+// is sent as under CongestionBlock. The peer's disk shows Outdated once the
+// peer says so: until then its metadata still says UpToDate, and a lost
+// connection must be fenced as with an UpToDate peer.
+func (n *Node) pullAhead(s *session, why string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.pulledAhead.Load() {
+		return true
+	}
+	st := n.st
+	if n.sess != s || st.Conn != Connected || st.Role != Primary || st.Disk != UpToDate || st.PeerDisk != UpToDate || n.suspendOnLoss.Load() {
+		return false
+	}
+	n.pulledAhead.Store(true)
+	n.setStateLocked("pulled ahead of the peer: "+why+"; writes are recorded in the bitmap and resynced once the link drains",
+		func(st *State) { st.Conn = Ahead })
+	s.sendState(n.localSideLocked(), flagAhead)
+	n.log.Warn("the link to the peer is congested: pulled ahead", "why", why)
+	return true
+}
+
+// disconnectCongested drops the session s as on-congestion disconnect
+// says. It reports true: the write is not sent (s closes, and the write is
+// marked out of sync as written alone).
+func (n *Node) disconnectCongested(s *session, why string) bool {
+	reason := "disconnected on congestion: " + why
+	n.log.Warn("the link to the peer is congested: disconnecting", "why", why)
+	s.goodbye("the Primary disconnected on congestion: " + why)
+	s.close(&localStop{reason: reason})
+	return true
+}
+
+// fallBehind is the peer's side of pullAhead: a Secondary whose Primary
+// pulled ahead marks its disk Outdated, persists it, goes Behind and says
+// so.
+func (n *Node) fallBehind(s *session) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.sess != s || n.st.Role != Secondary || n.st.Conn != Connected {
+		return nil
+	}
+	n.setStateLocked("the Primary pulled ahead on a congested link: this disk is Outdated until the resync that follows",
+		func(st *State) {
+			st.Conn = Behind
+			if st.Disk == UpToDate {
+				st.Disk = Outdated
+			}
+		})
+	if err := n.saveMetaLocked(); err != nil {
+		return err
+	}
+	s.sendState(n.localSideLocked())
+	return nil
+}
+
+// drainedAhead reports, with n.mu held, whether an Ahead node may start the
+// resync of what it recorded: every write it sent before is answered (the
+// copies cannot overtake one of them on the way), and the peer is a
+// Secondary (a peer promoted meanwhile is resolved by reconnecting).
+func (n *Node) drainedAheadLocked() bool {
+	return n.st.Conn == Ahead && n.stats.peerPending.Load() == 0 && n.st.PeerRole == Secondary
+}
+
+// catchUp is the peer's side of the resync that ends Ahead: a Behind node
+// told that the resync starts (SyncStart; the source's bitmap arrived
+// before it) becomes SyncTarget, its disk Inconsistent, and persists that
+// and the bitmap before it answers anything after the SyncStart, so that
+// no copy lands on a disk whose metadata still says Outdated (the source
+// waits for a barrier). It then waits for SyncDone as a resync's target
+// does. A node that is not Behind ignores the SyncStart (a resync decided
+// when the nodes connected is under way already).
+func (n *Node) catchUp(s *session) error {
+	n.mu.Lock()
+	if n.sess != s || n.st.Conn != Behind {
+		n.mu.Unlock()
+		return nil
+	}
+	n.setStateLocked("the link drained: the Primary resyncs what it wrote while Ahead",
+		func(st *State) { st.Conn, st.Disk = SyncTarget, Inconsistent })
+	err := n.saveMetaLocked()
+	n.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := n.store().PersistBitmap(); err != nil {
+		return err
+	}
+	done := s.newSyncDone()
+	n.event("resync-started", map[string]string{"URBD_DIRECTION": SyncTarget.String()})
+	s.wg.Add(1) // from the counted control loop: never races with Wait
+	go func() {
+		defer s.wg.Done()
+		if err := n.waitSyncTarget(s, done); err != nil {
+			s.close(err)
+		}
+	}()
+	return nil
+}

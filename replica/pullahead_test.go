@@ -1,0 +1,135 @@
+package replica_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urbd/urbd/replica"
+	"github.com/urbd/urbd/status"
+)
+
+// congestedWrites writes n writes of 64 KiB from off on the Primary a in a
+// goroutine, each a pattern of tag, and returns the channel its result
+// arrives on.
+func congestedWrites(a *tnode, tag string, off int64, n int) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		p := pattern(tag, 64<<10)
+		for i := range n {
+			if err := a.node.WriteAt(context.Background(), p, off+int64(i)*int64(len(p)), false); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	return done
+}
+
+// TestScenarioPullAhead: a protocol A Primary set to pull ahead whose peer
+// stops answering (its disk holds every write) goes Ahead once 256 KiB are
+// in flight: its writes go on at local speed, recorded in the bitmap, the
+// connection stays up, and the peer is Behind with its disk Outdated (and
+// not promoted, even with --force). Once the peer's disk answers again the Primary
+// resyncs what it wrote meanwhile (SyncSource; the peer SyncTarget), both
+// end Connected and UpToDate with equal disks, and a second round in the
+// same session goes the same way.
+func TestScenarioPullAhead(t *testing.T) {
+	o := nodeOpts{protocol: 'A', timeout: 20 * time.Second,
+		congestion: replica.Congestion{Policy: replica.CongestionPullAhead, Fill: 256 << 10}}
+	a, b := cleanPair(t, o, o)
+	for round, tag := range []string{"first", "second"} {
+		b.disk.holdWrites()
+		// 4 MiB, sixteen times the fill: with the peer's disk held they
+		// return only if the Primary stops sending.
+		if err := recvErr(t, tag+" writes past a stuck peer", congestedWrites(a, tag, int64(round)*(2<<20), 64)); err != nil {
+			t.Fatal(err)
+		}
+		st := a.waitStatus("Ahead, the peer Outdated", func(s status.Resource) bool { return s.ConnState == "Ahead" && s.PeerDisk == "Outdated" })
+		if st.OutOfSyncKiB == 0 || !strings.Contains(st.Reason, "congestion-fill 256 KiB") {
+			t.Fatalf("round %d: the Ahead Primary's status: %d KiB out of sync, reason %q", round, st.OutOfSyncKiB, st.Reason)
+		}
+		bs := b.waitState("Behind, Outdated", func(s replica.State) bool { return s.Conn == replica.Behind && s.Disk == replica.Outdated })
+		if !strings.Contains(bs.Reason, "pulled ahead") {
+			t.Fatalf("round %d: the Behind node's reason: %q", round, bs.Reason)
+		}
+		if err := b.node.Promote(true); err == nil {
+			t.Fatalf("round %d: the Behind node was promoted", round)
+		}
+		b.disk.releaseWrites()
+		a.waitInSync()
+		b.waitInSync()
+		sameDisks(t, a, b)
+	}
+	for _, x := range []*tnode{a, b} {
+		if n := x.eventCount("peer-lost"); n != 0 {
+			t.Fatalf("%s: %d peer-lost events: the connection should have stayed up", x.label, n)
+		}
+		if n := x.eventCount("resync-done"); n != 2 {
+			t.Fatalf("%s: %d resync-done events, want one per round", x.label, n)
+		}
+	}
+}
+
+// TestScenarioCongestionDisconnect: with on-congestion disconnect the same
+// congestion drops the connection instead (the peer-lost reason says why),
+// the writes go on alone, and the nodes reconnect and resync what changed.
+func TestScenarioCongestionDisconnect(t *testing.T) {
+	o := nodeOpts{protocol: 'A', timeout: 20 * time.Second,
+		congestion: replica.Congestion{Policy: replica.CongestionDisconnect, Fill: 256 << 10}}
+	a, b := cleanPair(t, o, o)
+	b.disk.holdWrites()
+	if err := recvErr(t, "writes past a stuck peer", congestedWrites(a, "dropped", 0, 64)); err != nil {
+		t.Fatal(err)
+	}
+	a.waitEvent("peer-lost")
+	if why := a.nthLoss(1); !strings.Contains(why, "disconnected on congestion") || !strings.Contains(why, "congestion-fill 256 KiB") {
+		t.Fatalf("peer-lost reason %q", why)
+	}
+	b.disk.releaseWrites()
+	a.waitInSync()
+	sameDisks(t, a, b)
+}
+
+// TestScenarioCongestionOnlyProtocolA: under protocol C a write waits for
+// the peer whatever on-congestion says: a Primary set to pull ahead stays
+// Connected while its peer's disk holds the write, and answers it once the
+// peer wrote it.
+func TestScenarioCongestionOnlyProtocolA(t *testing.T) {
+	o := nodeOpts{congestion: replica.Congestion{Policy: replica.CongestionPullAhead, Fill: 4 << 10, Extents: 1}}
+	a, b := cleanPair(t, o, o)
+	b.disk.holdWrites()
+	done := congestedWrites(a, "protocol C", 0, 8)
+	select {
+	case err := <-done:
+		t.Fatalf("protocol C writes returned (%v) while the peer's disk held them", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if c := a.node.State().Conn; c != replica.Connected {
+		t.Fatalf("a is %v under protocol C with pull-ahead set, want Connected", c)
+	}
+	b.disk.releaseWrites()
+	if err := recvErr(t, "the protocol C writes", done); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	sameDisks(t, a, b)
+}
+
+// TestParseOnCongestion: DRBD's names in any case; anything else is refused
+// with the names to use.
+func TestParseOnCongestion(t *testing.T) {
+	for in, want := range map[string]replica.OnCongestion{
+		"": replica.CongestionBlock, "block": replica.CongestionBlock,
+		"Pull-Ahead": replica.CongestionPullAhead, " disconnect ": replica.CongestionDisconnect,
+	} {
+		if got, err := replica.ParseOnCongestion(in); err != nil || got != want {
+			t.Errorf("ParseOnCongestion(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	if _, err := replica.ParseOnCongestion("ahead"); err == nil || !strings.Contains(err.Error(), "block, pull-ahead or disconnect") {
+		t.Errorf("ParseOnCongestion(ahead): %v", err)
+	}
+}
