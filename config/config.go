@@ -48,6 +48,12 @@ const (
 	DefaultBitmapBlock   = 4 << 10
 	DefaultALExtents     = bitmap.DefaultALExtents // 1237, DRBD's
 	DefaultKoCount       = replica.DefaultKoCount  // 7, DRBD's
+	DefaultOnCongestion  = "block"
+	// DefaultCongestionFill is replica.DefaultCongestionFill (12 MiB);
+	// DefaultCongestionExtents is DRBD's congestion-extents, its default
+	// al-extents.
+	DefaultCongestionFill    = replica.DefaultCongestionFill
+	DefaultCongestionExtents = bitmap.DefaultALExtents
 )
 
 // Bounds of bitmap-block, a power of two.
@@ -128,8 +134,14 @@ type Resource struct {
 	// "system"; "" when neither [common] nor the resource sets it (urbd up
 	// then uses its default).
 	TCPCongestion string
-	BitmapBlock   int64 // bytes per bitmap bit, a power of two
-	ALExtents     int   // activity-log slots of one extent (4 MiB) each
+	// OnCongestion is on-congestion (block, pull-ahead or disconnect),
+	// with its thresholds congestion-fill (bytes) and congestion-extents;
+	// 0 turns a threshold off.
+	OnCongestion      string
+	CongestionFill    int64
+	CongestionExtents int
+	BitmapBlock       int64 // bytes per bitmap bit, a power of two
+	ALExtents         int   // activity-log slots of one extent (4 MiB) each
 
 	Handlers      map[string]string // event -> shell command; the caller owns this copy
 	MetricsListen string            // HOST:PORT for Prometheus, "" for none
@@ -172,6 +184,9 @@ type commonTOML struct {
 	CsumsAlg      csumsAlgValue      `toml:"csums-alg"`
 	ReadBalancing readBalancingValue `toml:"read-balancing"`
 	TCPCongestion congestionValue    `toml:"tcp-congestion"`
+	OnCongestion  onCongestionValue  `toml:"on-congestion"`
+	CongFill      sizeValue          `toml:"congestion-fill"`
+	CongExtents   countValue         `toml:"congestion-extents"`
 	BitmapBlock   sizeValue          `toml:"bitmap-block"`
 	ALExtents     countValue         `toml:"al-extents"`
 	Handlers      map[string]string  `toml:"handlers"`
@@ -198,8 +213,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "congestion-extents", "congestion-fill", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "on-congestion", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "congestion-extents", "congestion-fill", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-congestion", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -411,25 +426,28 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 	}
 	c := &raw.Common
 	base := Resource{
-		Name:          name,
-		Protocol:      first(rt.Protocol.s, c.Protocol.s, DefaultProtocol),
-		ResyncRate:    firstSet(rt.ResyncRate.n, rt.ResyncRate.set, c.ResyncRate.n, c.ResyncRate.set, DefaultResyncRate),
-		SecretFile:    p.abs(first(rt.SecretFile, c.SecretFile)),
-		TLSCA:         p.abs(first(rt.TLSCA, c.TLSCA)),
-		Timeout:       time.Duration(firstSet(int64(rt.Timeout.d), rt.Timeout.set, int64(c.Timeout.d), c.Timeout.set, int64(DefaultTimeout))),
-		KoCount:       int(firstSet(rt.KoCount.n, rt.KoCount.set, c.KoCount.n, c.KoCount.set, DefaultKoCount)),
-		DiskTimeout:   time.Duration(firstSet(int64(rt.DiskTimeout.d), rt.DiskTimeout.set, int64(c.DiskTimeout.d), c.DiskTimeout.set, 0)),
-		OnPeerLoss:    first(rt.OnPeerLoss.s, c.OnPeerLoss.s, DefaultOnPeerLoss),
-		Fencing:       first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
-		AfterSB0Pri:   first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
-		AfterSB1Pri:   first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
-		OnIOError:     first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
-		CsumsAlg:      first(rt.CsumsAlg.s, c.CsumsAlg.s, DefaultCsumsAlg),
-		ReadBalancing: first(rt.ReadBalancing.s, c.ReadBalancing.s, DefaultReadBalancing),
-		TCPCongestion: first(rt.TCPCongestion.s, c.TCPCongestion.s),
-		BitmapBlock:   firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
-		ALExtents:     int(firstSet(rt.ALExtents.n, rt.ALExtents.set, c.ALExtents.n, c.ALExtents.set, DefaultALExtents)),
-		Handlers:      mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
+		Name:              name,
+		Protocol:          first(rt.Protocol.s, c.Protocol.s, DefaultProtocol),
+		ResyncRate:        firstSet(rt.ResyncRate.n, rt.ResyncRate.set, c.ResyncRate.n, c.ResyncRate.set, DefaultResyncRate),
+		SecretFile:        p.abs(first(rt.SecretFile, c.SecretFile)),
+		TLSCA:             p.abs(first(rt.TLSCA, c.TLSCA)),
+		Timeout:           time.Duration(firstSet(int64(rt.Timeout.d), rt.Timeout.set, int64(c.Timeout.d), c.Timeout.set, int64(DefaultTimeout))),
+		KoCount:           int(firstSet(rt.KoCount.n, rt.KoCount.set, c.KoCount.n, c.KoCount.set, DefaultKoCount)),
+		DiskTimeout:       time.Duration(firstSet(int64(rt.DiskTimeout.d), rt.DiskTimeout.set, int64(c.DiskTimeout.d), c.DiskTimeout.set, 0)),
+		OnPeerLoss:        first(rt.OnPeerLoss.s, c.OnPeerLoss.s, DefaultOnPeerLoss),
+		Fencing:           first(rt.Fencing.s, c.Fencing.s, DefaultFencing),
+		AfterSB0Pri:       first(rt.AfterSB0Pri.s, c.AfterSB0Pri.s, DefaultAfterSB),
+		AfterSB1Pri:       first(rt.AfterSB1Pri.s, c.AfterSB1Pri.s, DefaultAfterSB),
+		OnIOError:         first(rt.OnIOError.s, c.OnIOError.s, DefaultOnIOError),
+		CsumsAlg:          first(rt.CsumsAlg.s, c.CsumsAlg.s, DefaultCsumsAlg),
+		ReadBalancing:     first(rt.ReadBalancing.s, c.ReadBalancing.s, DefaultReadBalancing),
+		TCPCongestion:     first(rt.TCPCongestion.s, c.TCPCongestion.s),
+		OnCongestion:      first(rt.OnCongestion.s, c.OnCongestion.s, DefaultOnCongestion),
+		CongestionFill:    firstSet(rt.CongFill.n, rt.CongFill.set, c.CongFill.n, c.CongFill.set, DefaultCongestionFill),
+		CongestionExtents: int(firstSet(rt.CongExtents.n, rt.CongExtents.set, c.CongExtents.n, c.CongExtents.set, DefaultCongestionExtents)),
+		BitmapBlock:       firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
+		ALExtents:         int(firstSet(rt.ALExtents.n, rt.ALExtents.set, c.ALExtents.n, c.ALExtents.set, DefaultALExtents)),
+		Handlers:          mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),
 	}
 	if b := base.BitmapBlock; b < MinBitmapBlock || b > MaxBitmapBlock || bits.OnesCount64(uint64(b)) != 1 {
 		key := append(rkey, "bitmap-block")
@@ -444,6 +462,13 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 			key = []string{"common", "al-extents"}
 		}
 		return nil, p.errf(ErrBadValue, key, "%s", err)
+	}
+	if base.CongestionExtents < 0 {
+		key := append(rkey, "congestion-extents")
+		if !rt.CongExtents.set {
+			key = []string{"common", "congestion-extents"}
+		}
+		return nil, p.errf(ErrBadValue, key, "congestion-extents %d: use 0 (off) or more, e.g. %d", base.CongestionExtents, DefaultCongestionExtents)
 	}
 	if err := replica.CheckKoCount(base.KoCount); err != nil {
 		key := append(rkey, "ko-count")

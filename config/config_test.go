@@ -30,6 +30,7 @@ func TestLoadExample(t *testing.T) {
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
 			Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none", ReadBalancing: "prefer-local",
+			OnCongestion: "block", CongestionFill: 12 << 20, CongestionExtents: 1237,
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -43,6 +44,7 @@ func TestLoadExample(t *testing.T) {
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
 			Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none", ReadBalancing: "prefer-local",
+			OnCongestion: "block", CongestionFill: 12 << 20, CongestionExtents: 1237,
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -56,6 +58,7 @@ func TestLoadExample(t *testing.T) {
 			Protocol: "A", ResyncRate: 50 << 20,
 			Timeout: 10 * time.Second, KoCount: 0, DiskTimeout: 30 * time.Second, OnPeerLoss: "suspend", Fencing: "resource-and-stonith", BitmapBlock: 64 << 10, ALExtents: 3389,
 			AfterSB0Pri: "discard-zero-changes", AfterSB1Pri: "consensus", OnIOError: "pass_on", CsumsAlg: "sha256", ReadBalancing: "1M-striping", TCPCongestion: "bbr",
+			OnCongestion: "disconnect", CongestionFill: 4 << 20, CongestionExtents: 0,
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "logger -t urbd peer lost",
@@ -279,6 +282,9 @@ func TestLoadErrors(t *testing.T) {
 		{"bad tcp-congestion", pair("r0", "7789", `tcp-congestion = "cu bic" #<-`), ErrBadValue},
 		{"bad csums-alg", pair("r0", "7789", `csums-alg = "md5" #<-`), ErrBadValue},
 		{"bad read-balancing", pair("r0", "7789", `read-balancing = "nearest" #<-`), ErrBadValue},
+		{"bad on-congestion", pair("r0", "7789", `on-congestion = "ahead" #<-`), ErrBadValue},
+		{"bad congestion-fill", pair("r0", "7789", `congestion-fill = "lots" #<-`), ErrBadValue},
+		{"negative congestion-extents", pair("r0", "7789", `congestion-extents = -1 #<-`), ErrBadValue},
 		{"negative disk-timeout", pair("r0", "7789", `disk-timeout = "-1s" #<-`), ErrBadValue},
 		{"bad disk-timeout", pair("r0", "7789", `disk-timeout = "soon" #<-`), ErrBadValue},
 		{"negative ko-count", pair("r0", "7789", `ko-count = -1 #<-`), ErrBadValue},

@@ -195,3 +195,11 @@ type congestionValue struct{ policyValue }
 func (v *congestionValue) UnmarshalText(b []byte) error {
 	return v.set(b, func(s string) error { _, err := replica.ParseCongestion(s); return err })
 }
+
+// onCongestionValue is an on-congestion policy (replica.ParseOnCongestion's
+// names).
+type onCongestionValue struct{ policyValue }
+
+func (v *onCongestionValue) UnmarshalText(b []byte) error {
+	return v.set(b, func(s string) error { _, err := replica.ParseOnCongestion(s); return err })
+}

@@ -21,7 +21,8 @@ import (
 // its command line, or the settings read again from where the daemon got
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
-// ko-count, disk-timeout, on-io-error, read-balancing and the handlers at once,
+// ko-count, disk-timeout, on-io-error, read-balancing, on-congestion and the
+// handlers at once,
 // csums-alg from the next resync on,
 // the timeout and the after-sb
 // policies, the addresses, the secret, TLS and the congestion control from
@@ -40,6 +41,7 @@ type adjuster struct {
 	setFencing     func(p replica.Fencing)           // Node.SetFencing
 	setCsums       func(on bool)                     // Node.SetResyncChecksums
 	setBalance     func(b replica.ReadBalancing)     // Node.SetReadBalancing
+	setCongestion  func(c replica.Congestion) error  // Node.SetCongestion
 	setLink        func(l replica.Link) error        // Node.SetLink
 	loadLink       func(o Options) (peerLink, error) // loadLink; tests replace it
 	setHandlers    func(commands map[string]string)  // Runner.SetCommands
@@ -127,6 +129,20 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 			next.CsumsAlg = v
 		case "read-balancing":
 			next.ReadBalancing = v
+		case "on-congestion":
+			next.OnCongestion = v
+		case "congestion-fill":
+			n, err := units.ParseSize(v)
+			if err != nil {
+				return "", fmt.Errorf("--congestion-fill: %w", err)
+			}
+			next.CongestionFill = n
+		case "congestion-extents":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return "", fmt.Errorf("--congestion-extents %q: use a whole number such as 1237, or 0 for off", v)
+			}
+			next.CongestionExtents = n
 		default:
 			return "", fmt.Errorf("%s cannot change while the resource runs", k)
 		}
@@ -344,6 +360,14 @@ func (a *adjuster) applyLocked(next Options) string {
 		done = append(done, "read-balancing set to "+want.balance.String())
 	}
 	a.cur.ReadBalancing = next.ReadBalancing
+	if want.congest != cur.congest {
+		if err := a.setCongestion(want.congest); err != nil {
+			a.log.Error("changing on-congestion failed", "err", err)
+		} else {
+			done = append(done, "on-congestion set to "+formatCongestion(next))
+		}
+	}
+	a.cur.OnCongestion, a.cur.CongestionFill, a.cur.CongestionExtents = next.OnCongestion, next.CongestionFill, next.CongestionExtents
 	if changed := changedHandlers(a.cur.Handlers, next.Handlers); len(changed) > 0 {
 		a.setHandlers(next.Handlers)
 		a.cur.Handlers = maps.Clone(next.Handlers)
@@ -454,6 +478,11 @@ var settingsTable = []struct {
 	{"on-io-error", func(o Options) string { return o.OnIOError }, "detach", true},
 	{"csums-alg", func(o Options) string { return o.CsumsAlg }, "none", true},
 	{"read-balancing", func(o Options) string { return readBalancingName(o.ReadBalancing) }, "", true},
+	{"on-congestion", func(o Options) string { return cmp.Or(strings.ToLower(o.OnCongestion), "block") }, "", true},
+	{"congestion-fill", func(o Options) string { return formatOff(o.CongestionFill, units.FormatSize(o.CongestionFill)) }, "", true},
+	{"congestion-extents", func(o Options) string {
+		return formatOff(int64(o.CongestionExtents), strconv.Itoa(o.CongestionExtents))
+	}, "", true},
 	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, true},
 	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
 	{"al-extents", func(o Options) string { return strconv.Itoa(cmp.Or(o.ALExtents, bitmap.DefaultALExtents)) }, "", false},
@@ -462,6 +491,21 @@ var settingsTable = []struct {
 	{"tls-key", func(o Options) string { return o.TLSKey }, "none", true},
 	{"tls-ca", func(o Options) string { return o.TLSCA }, "none", true},
 	{"metrics-listen", func(o Options) string { return o.MetricsListen }, "none", true},
+}
+
+// formatCongestion is on-congestion with its thresholds, as adjust reports
+// a change: "pull-ahead (congestion-fill 12MiB, congestion-extents 1237)".
+func formatCongestion(o Options) string {
+	return fmt.Sprintf("%s (congestion-fill %s, congestion-extents %s)", cmp.Or(strings.ToLower(o.OnCongestion), "block"),
+		formatOff(o.CongestionFill, units.FormatSize(o.CongestionFill)), formatOff(int64(o.CongestionExtents), strconv.Itoa(o.CongestionExtents)))
+}
+
+// formatOff is shown, or "0 (off)" when v is 0: a threshold turned off.
+func formatOff(v int64, shown string) string {
+	if v == 0 {
+		return "0 (off)"
+	}
+	return shown
 }
 
 // readBalancingName is a read-balancing setting as replica spells it
@@ -476,12 +520,7 @@ func readBalancingName(s string) string {
 
 // formatDiskTimeout shows disk-timeout as urbd adjust takes it: a
 // duration, "0 (off)" for none.
-func formatDiskTimeout(d time.Duration) string {
-	if d <= 0 {
-		return "0 (off)"
-	}
-	return d.String()
-}
+func formatDiskTimeout(d time.Duration) string { return formatOff(int64(max(d, 0)), d.String()) }
 
 // changedHandlers names the events whose command was added, changed or
 // removed, in order.

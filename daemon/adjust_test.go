@@ -33,6 +33,7 @@ type fakeResource struct {
 	fencing  []replica.Fencing
 	csums    []bool
 	balance  []replica.ReadBalancing
+	congest  []replica.Congestion
 	links    []replica.Link
 	handlers []map[string]string
 	secret   string // the secret file's contents, as the fake loadLink reads them
@@ -90,6 +91,7 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 		setFencing:     func(p replica.Fencing) { f.fencing = append(f.fencing, p) },
 		setCsums:       func(on bool) { f.csums = append(f.csums, on) },
 		setBalance:     func(b replica.ReadBalancing) { f.balance = append(f.balance, b) },
+		setCongestion:  func(c replica.Congestion) error { f.congest = append(f.congest, c); return nil },
 		setHandlers:    func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
 		reload:         reload,
 		log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -386,6 +388,42 @@ func TestAdjustReadBalancing(t *testing.T) {
 	b, _ := newAdjuster(baseOptions(), nil)
 	if settings, _ := b.show(); !slices.Contains(settings, Setting{"read-balancing", "prefer-local"}) {
 		t.Errorf("show without a setting: %v, want read-balancing prefer-local", settings)
+	}
+}
+
+// TestAdjustOnCongestion: on-congestion and its thresholds change live, by
+// flag (any case, sizes as urbd up takes them) and from the file; a bad
+// policy or count is refused and changes nothing; show lists all three.
+func TestAdjustOnCongestion(t *testing.T) {
+	start := baseOptions()
+	start.CongestionFill, start.CongestionExtents = 12<<20, 1237
+	next := start
+	next.OnCongestion, next.CongestionFill = "disconnect", 0
+	a, f := newAdjuster(start, func() (Options, error) { return next, nil })
+	if settings, _ := a.show(); !slices.Contains(settings, Setting{"on-congestion", "block"}) || !slices.Contains(settings, Setting{"congestion-fill", "12MiB"}) {
+		t.Errorf("show at start: %v, want on-congestion block and congestion-fill 12MiB", settings)
+	}
+	msg, err := a.set(map[string]string{"on-congestion": "Pull-Ahead", "congestion-fill": "4MiB"})
+	if err != nil || msg != "on-congestion set to pull-ahead (congestion-fill 4MiB, congestion-extents 1237)" {
+		t.Errorf("adjust --on-congestion Pull-Ahead --congestion-fill 4MiB: %q, %v", msg, err)
+	}
+	for _, bad := range []map[string]string{{"on-congestion": "ahead"}, {"congestion-extents": "-1"}, {"congestion-extents": "many"}, {"congestion-fill": "lots"}} {
+		if _, err := a.set(bad); err == nil {
+			t.Errorf("adjust %v was accepted", bad)
+		}
+	}
+	if msg, err := a.fromFile(); err != nil || msg != "on-congestion set to disconnect (congestion-fill 0 (off), congestion-extents 1237)" {
+		t.Errorf("adjust from a file with disconnect: %q, %v", msg, err)
+	}
+	want := []replica.Congestion{
+		{Policy: replica.CongestionPullAhead, Fill: 4 << 20, Extents: 1237},
+		{Policy: replica.CongestionDisconnect, Fill: 0, Extents: 1237},
+	}
+	if !slices.Equal(f.congest, want) {
+		t.Errorf("the node was told %+v, want %+v", f.congest, want)
+	}
+	if settings, _ := a.show(); !slices.Contains(settings, Setting{"congestion-fill", "0 (off)"}) || !slices.Contains(settings, Setting{"congestion-extents", "1237"}) {
+		t.Errorf("show after the file: %v", settings)
 	}
 }
 

@@ -80,9 +80,17 @@ type Options struct {
 	// asks for replica.DefaultCongestion and, where this process may not
 	// use it, keeps the kernel's default with a warning.
 	TCPCongestion string
-	BitmapBlock   int64
-	ALExtents     int // activity-log slots; 0 = bitmap.DefaultALExtents
-	AssumeClean   bool
+	// OnCongestion is on-congestion: what a Primary replicating with
+	// protocol A does when the link cannot keep up: block (or ""),
+	// pull-ahead or disconnect, at CongestionFill bytes in flight to the
+	// peer or CongestionExtents activity-log extents in use (0: that
+	// threshold is off).
+	OnCongestion      string
+	CongestionFill    int64
+	CongestionExtents int
+	BitmapBlock       int64
+	ALExtents         int // activity-log slots; 0 = bitmap.DefaultALExtents
+	AssumeClean       bool
 	// Grow accepts a disk larger than the metadata was made for: the
 	// metadata grows to it and the new part is marked out of sync.
 	Grow   bool
@@ -149,6 +157,7 @@ type policies struct {
 	onIOError replica.OnIOError
 	csums     bool
 	balance   replica.ReadBalancing
+	congest   replica.Congestion
 }
 
 // parsePolicies parses the policies of o, with the messages of urbd up for
@@ -173,6 +182,13 @@ func parsePolicies(o Options) (policies, error) {
 	}
 	if p.balance, err = replica.ParseReadBalancing(o.ReadBalancing); err != nil {
 		return p, fmt.Errorf("--read-balancing: %w", err)
+	}
+	if p.congest.Policy, err = replica.ParseOnCongestion(o.OnCongestion); err != nil {
+		return p, fmt.Errorf("--on-congestion: %w", err)
+	}
+	p.congest.Fill, p.congest.Extents = o.CongestionFill, o.CongestionExtents
+	if err := replica.CheckCongestionLimits(p.congest); err != nil {
+		return p, fmt.Errorf("--congestion-fill, --congestion-extents: %w", err)
 	}
 	return p, nil
 }
@@ -236,6 +252,7 @@ func Run(ctx context.Context, o Options) error {
 		AfterSB:         pol.afterSB,
 		ResyncChecksums: pol.csums,
 		ReadBalancing:   pol.balance,
+		Congestion:      pol.congest,
 		FencePeer: func(fctx context.Context) (int, error) {
 			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": node.PeerAddress()})
 		},
@@ -265,7 +282,7 @@ func Run(ctx context.Context, o Options) error {
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		setTimeout: node.SetTimeout, setKoCount: node.SetKoCount, setDiskTimeout: node.SetDiskTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
-		setCsums: node.SetResyncChecksums, setBalance: node.SetReadBalancing,
+		setCsums: node.SetResyncChecksums, setBalance: node.SetReadBalancing, setCongestion: node.SetCongestion,
 		setLink: node.SetLink, loadLink: loadLink, link: link,
 		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },
 		useMetrics:    func(ln net.Listener) { ms.use(ctx, ln) },

@@ -61,6 +61,9 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "on-io-error", Value: "detach", Usage: "when the Primary's disk fails a write or a flush: detach (go on Diskless, all I/O served by the UpToDate peer, no error seen) or pass_on (the application gets EIO, the disk stays)"},
 		&cli.StringFlag{Name: "csums-alg", Value: "none", Usage: "sha256: every resync to a disk that holds data compares SHA-256 checksums of the marked blocks and sends only those that differ (DRBD's csums-alg; saves the link, reads the target's disk); none: copies them; on either node it applies to both"},
 		&cli.StringFlag{Name: "read-balancing", Value: "prefer-local", Usage: "which disk serves the Primary's reads while the peer's holds the same data: prefer-local, prefer-remote, round-robin, least-pending (the disk with fewer requests waiting), when-congested-remote (the peer while 32 wait at the local disk) or 32K-striping to 1M-striping (odd stripes from the peer); DRBD's read-balancing"},
+		&cli.StringFlag{Name: "on-congestion", Value: "block", Usage: "with protocol A, when the link cannot keep up: block (writes wait for room), pull-ahead (go Ahead: record writes in the bitmap instead of sending them, the peer Behind and Outdated, and resync once the link drains) or disconnect (drop the connection, reconnect and resync); DRBD's on-congestion"},
+		&cli.StringFlag{Name: "congestion-fill", Value: "12MiB", Usage: "on-congestion acts once this much write data is in flight to the peer (0: off)"},
+		&cli.IntFlag{Name: "congestion-extents", Value: config.DefaultCongestionExtents, Usage: "on-congestion acts once this many activity-log extents have writes in flight (0: off)"},
 		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on initial-split-brain, split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted, local-io-error, fence-peer (repeatable)"},
 	},
 	Before: setCPUs,
@@ -99,8 +102,10 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		"on-peer-loss": &o.OnPeerLoss, "metrics-listen": &o.MetricsListen, "fencing": &o.Fencing,
 		"after-sb-0pri": &o.AfterSB0Pri, "after-sb-1pri": &o.AfterSB1Pri, "on-io-error": &o.OnIOError,
 		"tcp-congestion": &o.TCPCongestion, "csums-alg": &o.CsumsAlg, "read-balancing": &o.ReadBalancing,
+		"on-congestion": &o.OnCongestion,
 	}
-	proto, rate, block := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block")
+	proto, rate, block, fill := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block"), c.String("congestion-fill")
+	o.CongestionExtents = c.Int("congestion-extents")
 	o.Timeout = c.Duration("timeout")
 	o.ALExtents = c.Int("al-extents")
 	o.KoCount = c.Int("ko-count")
@@ -116,6 +121,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 			"on-peer-loss": r.OnPeerLoss, "metrics-listen": r.MetricsListen, "fencing": r.Fencing,
 			"after-sb-0pri": r.AfterSB0Pri, "after-sb-1pri": r.AfterSB1Pri, "on-io-error": r.OnIOError,
 			"tcp-congestion": r.TCPCongestion, "csums-alg": r.CsumsAlg, "read-balancing": r.ReadBalancing,
+			"on-congestion": r.OnCongestion,
 		}
 		for k, v := range fromFile {
 			*str[k] = v
@@ -140,6 +146,12 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		}
 		if !c.IsSet("disk-timeout") {
 			o.DiskTimeout = r.DiskTimeout
+		}
+		if !c.IsSet("congestion-fill") {
+			fill = fmt.Sprint(r.CongestionFill) // the file's, or its default
+		}
+		if !c.IsSet("congestion-extents") {
+			o.CongestionExtents = r.CongestionExtents
 		}
 		for k, v := range r.Handlers {
 			o.Handlers[k] = v
@@ -171,6 +183,9 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 	}
 	if o.ResyncRate, err = units.ParseRate(rate); err != nil {
 		return o, fmt.Errorf("--resync-rate: %w", err)
+	}
+	if o.CongestionFill, err = units.ParseSize(fill); err != nil {
+		return o, fmt.Errorf("--congestion-fill: %w", err)
 	}
 	if o.BitmapBlock, err = units.ParseSize(block); err != nil {
 		return o, fmt.Errorf("--bitmap-block: %w", err)
