@@ -62,6 +62,7 @@ func TestPullAhead(t *testing.T) {
 		t.Fatalf("the peer received %d KiB of 96 MiB by the time fio finished: the Primary did not pull ahead", got)
 	}
 	c.a.waitLog("cs=Ahead", 10*time.Second)
+	t.Logf("status of the Primary after fio:\n%s", c.a.ctl("status", "r0"))
 	c.b.waitLog("cs=Behind ro=Secondary/Primary ds=Outdated/UpToDate", 10*time.Second)
 	if logs := c.a.waitLog("pulled ahead", time.Second); strings.Contains(logs, "peer connection lost") {
 		t.Fatalf("the connection was dropped:\n%s", logs)
