@@ -239,7 +239,7 @@ func New(cfg Config) (*Node, error) {
 	if err := checkProtocol(cfg.Protocol); err != nil {
 		return nil, err
 	}
-	if err := checkCongestionLimits(cfg.Congestion); err != nil {
+	if err := CheckCongestionLimits(cfg.Congestion); err != nil {
 		return nil, err
 	}
 	if cfg.Logger == nil {

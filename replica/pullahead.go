@@ -76,8 +76,8 @@ type Congestion struct {
 // only congestion-extents counts.)
 const DefaultCongestionFill = 12 << 20
 
-// checkCongestionLimits refuses thresholds below zero.
-func checkCongestionLimits(c Congestion) error {
+// CheckCongestionLimits refuses thresholds below zero (on-congestion).
+func CheckCongestionLimits(c Congestion) error {
 	if c.Fill < 0 || c.Extents < 0 {
 		return fmt.Errorf("replica: congestion-fill and congestion-extents must be 0 (off) or more")
 	}
@@ -89,7 +89,7 @@ func checkCongestionLimits(c Congestion) error {
 // `--congestion-extents`). A node that is Ahead stays so until the link
 // drains, whatever the new policy.
 func (n *Node) SetCongestion(c Congestion) error {
-	if err := checkCongestionLimits(c); err != nil {
+	if err := CheckCongestionLimits(c); err != nil {
 		return err
 	}
 	n.mu.Lock()
@@ -113,6 +113,9 @@ func (n *Node) congested(s *session, size int64) bool {
 	c := n.congestion.Load()
 	if c.Policy == CongestionBlock {
 		return false
+	}
+	if s.dropping.Load() {
+		return true
 	}
 	why := ""
 	if inflight := s.inflight.Load(); c.Fill > 0 && inflight+size > c.Fill {
@@ -156,13 +159,20 @@ func (n *Node) pullAhead(s *session, why string) bool {
 }
 
 // disconnectCongested drops the session s as on-congestion disconnect
-// says. It reports true: the write is not sent (s closes, and the write is
-// marked out of sync as written alone).
+// says, in the background (the goodbye may wait for the congested link). It
+// reports true: this write and every later one are not sent on s, but
+// marked out of sync as written alone.
 func (n *Node) disconnectCongested(s *session, why string) bool {
-	reason := "disconnected on congestion: " + why
+	if !s.dropping.CompareAndSwap(false, true) {
+		return true
+	}
 	n.log.Warn("the link to the peer is congested: disconnecting", "why", why)
-	s.goodbye("the Primary disconnected on congestion: " + why)
-	s.close(&localStop{reason: reason})
+	stop := &localStop{reason: "disconnected on congestion: " + why}
+	s.leaving.Store(stop) // the reason, whichever side closes first
+	go func() {
+		s.goodbye("the Primary disconnected on congestion: " + why)
+		s.close(stop)
+	}()
 	return true
 }
 

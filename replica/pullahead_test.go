@@ -89,6 +89,10 @@ func TestScenarioCongestionDisconnect(t *testing.T) {
 		t.Fatalf("peer-lost reason %q", why)
 	}
 	b.disk.releaseWrites()
+	b.waitEvent("peer-lost")
+	if why := b.nthLoss(1); !strings.Contains(why, "the Primary disconnected on congestion") {
+		t.Fatalf("the peer's peer-lost reason %q", why)
+	}
 	a.waitInSync()
 	sameDisks(t, a, b)
 }

@@ -83,6 +83,9 @@ type session struct {
 	// inflight is the write payload sent to the peer and not yet answered
 	// (on-congestion's congestion-fill compares it).
 	inflight atomic.Int64
+	// dropping: on-congestion disconnect is ending the session; writes
+	// are no longer sent on it.
+	dropping atomic.Bool
 	// peerBehind, set and read by the goroutine that runs the resyncs of
 	// a Primary (followPeer), says that the next resync ends Ahead: the
 	// peer is Behind and learns of it from the SyncStart (runSyncSource).
