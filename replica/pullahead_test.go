@@ -55,6 +55,9 @@ func TestScenarioPullAhead(t *testing.T) {
 		if !strings.Contains(bs.Reason, "pulled ahead") {
 			t.Fatalf("round %d: the Behind node's reason: %q", round, bs.Reason)
 		}
+		if m := b.store.Meta(); m.Disk != "Outdated" {
+			t.Fatalf("round %d: the Behind node's metadata says its disk is %s, want Outdated (a restart would take it for current)", round, m.Disk)
+		}
 		if err := b.node.Promote(true); err == nil {
 			t.Fatalf("round %d: the Behind node was promoted", round)
 		}
