@@ -224,8 +224,9 @@ func (n *Node) writeLocal(ctx context.Context, kind string, off, length int64, l
 // replicate sends a write to the peer if a session is replicating, and
 // returns the request tracking the peer's answers (those protocol proto waits
 // for), or nil when the write is not replicated: no session, or the node is
-// Ahead of its peer or goes Ahead for this write (on-congestion). The request releases the
-// activity-log extent when it completes.
+// Ahead of its peer, or goes Ahead (or drops the session) for this write
+// (on-congestion, see congested). The request releases the activity-log
+// extent when it completes.
 func (n *Node) replicate(off, length int64, data []byte, sum checksum, flags uint32, proto byte) *request {
 	s := n.session()
 	if s == nil || n.pulledAhead.Load() {

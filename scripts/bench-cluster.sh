@@ -8,10 +8,15 @@
 # A_DISK, B_DISK, A_RUN, B_RUN, node b's command line B_UP, its log B_LOG and
 # its process B_PID, and adds the daemons to CLUSTER_PIDS. Without
 # CLUSTER it first stops every cluster; with CLUSTER=NAME it adds one more
-# next to those running, in its own directory.
+# next to those running, in its own directory. With A_NS and B_NS (network
+# namespaces) and A_HOST and B_HOST (their addresses) the nodes run there
+# instead, linked by whatever joins the namespaces.
 cluster_up() {
 	local proto=$1 size=$2
 	shift 2
+	local ha=${A_HOST:-127.0.0.1} hb=${B_HOST:-127.0.0.1} ina=() inb=()
+	[ -z "${A_NS:-}" ] || ina=(ip netns exec "$A_NS")
+	[ -z "${B_NS:-}" ] || inb=(ip netns exec "$B_NS")
 	local dir=$WORK/cluster${CLUSTER:+-$CLUSTER}
 	[ -n "${CLUSTER:-}" ] || cluster_down
 	rm -rf "$dir"
@@ -26,11 +31,11 @@ cluster_up() {
 	fi
 	local pa pb
 	pa=$(free_port) pb=$(free_port)
-	"$URBD" --run-dir "$A_RUN" up --disk "$A_DISK" --meta "$dir/meta-a" --nbd "unix:$A_SOCK" \
-		--listen-peer "127.0.0.1:$pa" --peer "127.0.0.1:$pb" --protocol "$proto" --assume-clean "$@" r0 2>>"$dir.a.log" &
+	"${ina[@]}" "$URBD" --run-dir "$A_RUN" up --disk "$A_DISK" --meta "$dir/meta-a" --nbd "unix:$A_SOCK" \
+		--listen-peer "$ha:$pa" --peer "$hb:$pb" --protocol "$proto" --assume-clean "$@" r0 2>>"$dir.a.log" &
 	CLUSTER_PIDS+=($!)
-	B_UP=("$URBD" --run-dir "$B_RUN" up --disk "$B_DISK" --meta "$dir/meta-b" --nbd "unix:$B_SOCK"
-		--listen-peer "127.0.0.1:$pb" --peer "127.0.0.1:$pa" --protocol "$proto" --assume-clean "$@" r0)
+	B_UP=("${inb[@]}" "$URBD" --run-dir "$B_RUN" up --disk "$B_DISK" --meta "$dir/meta-b" --nbd "unix:$B_SOCK"
+		--listen-peer "$hb:$pb" --peer "$ha:$pa" --protocol "$proto" --assume-clean "$@" r0)
 	B_LOG=$dir.b.log
 	"${B_UP[@]}" 2>>"$B_LOG" &
 	B_PID=$!

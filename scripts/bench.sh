@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench.sh [serve|replication|resync|reads|all]
+# bench.sh [serve|replication|resync|reads|congestion|all]
 #
 # Benchmarks urbd with fio's nbd engine over unix sockets. Each section is a
 # function named bench_<section>; shared helpers (servers, cache control,
@@ -21,6 +21,10 @@
 #   reads: reads through a protocol C pair's Primary with read-balancing
 #          prefer-local, round-robin and prefer-remote: 4k randread QD32,
 #          1M seqread QD8, 4k randread QD1; ratios to prefer-local.
+#   congestion: a protocol A pair in two network namespaces over a link
+#          shaped to LINK (200mbit) with on-congestion block and pull-ahead:
+#          1M seqwrite QD8, 4k randwrite QD32 over CONG_SIZE (128M); ratio
+#          pull-ahead/block, and the seconds until in sync after fio.
 #
 # Environment: URBD (binary, default bin/urbd, built if missing), RUNS (3),
 # RUNTIME (seconds per fio run, 5), SIZE (1G), WORK (scratch dir), KEEP=1
@@ -44,6 +48,7 @@ die() { log "bench: $*"; exit 1; }
 cleanup() {
 	local p
 	declare -F cluster_down >/dev/null && cluster_down
+	declare -F netns_down >/dev/null && netns_down
 	for p in "${PIDS[@]}"; do
 		kill "$p" 2>/dev/null || true
 	done
@@ -278,6 +283,9 @@ bench_serve() {
 # The reads section (bench_reads).
 # shellcheck source=scripts/bench-reads.sh
 . "$ROOT/scripts/bench-reads.sh"
+# The congestion section (bench_congestion).
+# shellcheck source=scripts/bench-congestion.sh
+. "$ROOT/scripts/bench-congestion.sh"
 
 main() {
 	local what=${1:-serve}
@@ -287,14 +295,15 @@ main() {
 	esac
 	[ -x "$URBD" ] || (cd "$ROOT" && go build -o "$URBD" ./cmd/urbd)
 	case $what in
-	serve | replication | resync | reads) "bench_$what" ;;
+	serve | replication | resync | reads | congestion) "bench_$what" ;;
 	all)
 		bench_serve
 		bench_replication
 		bench_resync
 		bench_reads
+		bench_congestion
 		;;
-	*) die "usage: bench.sh [serve|replication|resync|reads|all]" ;;
+	*) die "usage: bench.sh [serve|replication|resync|reads|congestion|all]" ;;
 	esac
 }
 
