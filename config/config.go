@@ -49,10 +49,10 @@ const (
 	DefaultALExtents     = bitmap.DefaultALExtents // 1237, DRBD's
 	DefaultKoCount       = replica.DefaultKoCount  // 7, DRBD's
 	DefaultOnCongestion  = "block"
-	// DefaultCongestionFill is replica.DefaultCongestionFill (12 MiB);
-	// DefaultCongestionExtents is DRBD's congestion-extents, its default
-	// al-extents.
-	DefaultCongestionFill    = replica.DefaultCongestionFill
+	// DefaultCongestionFill (off) and DefaultCongestionExtents (its
+	// default al-extents) are DRBD's congestion-fill and
+	// congestion-extents.
+	DefaultCongestionFill    = 0
 	DefaultCongestionExtents = bitmap.DefaultALExtents
 )
 

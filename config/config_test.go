@@ -30,7 +30,7 @@ func TestLoadExample(t *testing.T) {
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
 			Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none", ReadBalancing: "prefer-local",
-			OnCongestion: "block", CongestionFill: 12 << 20, CongestionExtents: 1237,
+			OnCongestion: "block", CongestionFill: 0, CongestionExtents: 1237,
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -44,7 +44,7 @@ func TestLoadExample(t *testing.T) {
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
 			Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none", ReadBalancing: "prefer-local",
-			OnCongestion: "block", CongestionFill: 12 << 20, CongestionExtents: 1237,
+			OnCongestion: "block", CongestionFill: 0, CongestionExtents: 1237,
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",

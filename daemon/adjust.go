@@ -494,7 +494,7 @@ var settingsTable = []struct {
 }
 
 // formatCongestion is on-congestion with its thresholds, as adjust reports
-// a change: "pull-ahead (congestion-fill 12MiB, congestion-extents 1237)".
+// a change: "pull-ahead (congestion-fill 8MiB, congestion-extents 1237)".
 func formatCongestion(o Options) string {
 	return fmt.Sprintf("%s (congestion-fill %s, congestion-extents %s)", cmp.Or(strings.ToLower(o.OnCongestion), "block"),
 		formatOff(o.CongestionFill, units.FormatSize(o.CongestionFill)), formatOff(int64(o.CongestionExtents), strconv.Itoa(o.CongestionExtents)))

@@ -542,10 +542,10 @@ func (n *Node) negotiate(s *session) error {
 		}
 		n.event("resync-started", map[string]string{"URBD_DIRECTION": conn.String()})
 		if conn == SyncSource {
-			if err := n.runSyncSource(s); err != nil {
+			if err := n.runSyncSource(s); err != nil && !errors.Is(err, errPulledAhead) {
 				return err
 			}
-		} else if err := n.waitSyncTarget(s, s.syncDoneChan()); err != nil {
+		} else if err := n.waitSyncTarget(s, s.syncDoneChan()); err != nil && !errors.Is(err, errResyncReplaced) {
 			return err
 		}
 	}
@@ -661,7 +661,7 @@ func (n *Node) followPeer(s *session) error {
 		}
 		n.mu.Unlock()
 		if again {
-			if err := n.runSyncSource(s); err != nil {
+			if err := n.runSyncSource(s); err != nil && !errors.Is(err, errPulledAhead) {
 				return err
 			}
 		}

@@ -172,7 +172,10 @@ type Node struct {
 	// mu held, while the node is Ahead: writes are not replicated.
 	congestion  atomic.Pointer[Congestion]
 	pulledAhead atomic.Bool
-	afterSB     AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
+	// aheadDrained is when an Ahead node found its writes all answered
+	// (drainedAheadLocked); guarded by mu.
+	aheadDrained time.Time
+	afterSB      AfterSplitBrain // guarded by mu: Config.AfterSB, then SetAfterSB
 	// csums is Config.ResyncChecksums, then SetResyncChecksums.
 	csums atomic.Bool
 	// fencing is the fencing policy (Config.Fencing, then SetFencing);

@@ -1,37 +1,42 @@
 package replica
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // On a congested link (DRBD's on-congestion).
 //
 // With protocol A a write is answered once it is handed to the network, so
-// the writes sent and not yet answered by the peer pile up while the link
-// is slower than the application: at most the data stream's window (16
-// MiB), after which writes wait for room, as with the other protocols. That
-// is OnCongestion's CongestionBlock, the default. Over a slow or distant
-// link an operator may prefer the application's speed to the peer's
-// currency:
+// while the link is slower than the application the writes wait for room
+// on it (the data stream's buffer, yamux's window, the socket's), as they
+// wait for the peer under the other protocols. That is OnCongestion's
+// CongestionBlock, the default. Over a slow or distant link an operator may
+// prefer the application's speed to the peer's currency. The link counts
+// as congested when a write waited congestionWait or more for room on it,
+// when the write payload sent and not yet answered reaches Fill, or when
+// the activity-log extents with writes in flight reach Extents; then:
 //
-//   - CongestionPullAhead: once the bytes in flight to the peer reach Fill,
-//     or the activity-log extents with writes in flight reach Extents, the
-//     Primary goes Ahead: it stops replicating writes and records them in
-//     its bitmap instead, as while disconnected, and tells the peer, which
-//     goes Behind with its disk Outdated (persisted: it cannot be promoted
-//     without --force, and while connected not at all). The connection
-//     stays up. Once every write sent before has been answered, the Primary
-//     resyncs what it recorded (Ahead, then SyncSource; the peer SyncTarget,
-//     Inconsistent) and both are Connected and UpToDate again.
-//   - CongestionDisconnect: the Primary drops the connection at the same
-//     thresholds; it reconnects and resyncs what changed, as after any peer
-//     loss.
+//   - CongestionPullAhead: the Primary goes Ahead: it stops replicating
+//     writes and records them in its bitmap instead, as while disconnected,
+//     and tells the peer, which goes Behind with its disk Outdated
+//     (persisted: it cannot be promoted without --force, and while
+//     connected not at all; a disk that was a resync's target stays
+//     Inconsistent). The connection stays up. Once every write sent before
+//     has been answered, the Primary resyncs what it recorded (Ahead, then
+//     SyncSource; the peer SyncTarget, Inconsistent) and both are Connected
+//     and UpToDate again. A Primary that is SyncSource pulls ahead too: its
+//     copies stop, and the resync that ends Ahead goes on with what is
+//     still marked.
+//   - CongestionDisconnect: the Primary drops the connection; it reconnects
+//     and resyncs what changed, as after any peer loss.
 //
 // Only protocol A writes are looked at: under B and C a write waits for the
-// peer anyway. The node pulls ahead only from Connected, not during a
-// resync or a verify, and not with on-peer-loss suspend, which promises no
-// acknowledged write on one disk only.
+// peer anyway. The node does not pull ahead during a verify, nor with
+// on-peer-loss suspend, which promises no acknowledged write on one disk
+// only.
 
 // OnCongestion is DRBD's on-congestion policy.
 type OnCongestion uint8
@@ -61,20 +66,13 @@ type Congestion struct {
 	Policy OnCongestion
 	// Fill is DRBD's congestion-fill: the bytes of write payload sent to
 	// the peer and not yet answered at which the link counts as congested;
-	// 0 looks only at Extents.
+	// 0 is off.
 	Fill int64
 	// Extents is DRBD's congestion-extents: the activity-log extents with
 	// writes in flight (bitmap.Store.BusyExtents) at which the link counts
-	// as congested; 0 looks only at Fill.
+	// as congested; 0 is off.
 	Extents int
 }
-
-// DefaultCongestionFill is the congestion-fill urbd uses when none is
-// configured: three quarters of the 16 MiB that protocol A may have queued
-// on the data stream before writes wait, so that a node set to pull ahead
-// does so before its writes would block. (DRBD's default is 0, off: there
-// only congestion-extents counts.)
-const DefaultCongestionFill = 12 << 20
 
 // CheckCongestionLimits refuses thresholds below zero (on-congestion).
 func CheckCongestionLimits(c Congestion) error {
@@ -118,7 +116,11 @@ func (n *Node) congested(s *session, size int64) bool {
 		return true
 	}
 	why := ""
-	if inflight := s.inflight.Load(); c.Fill > 0 && inflight+size > c.Fill {
+	if waited := time.Duration(s.sendWaited.Swap(0)); waited > 0 {
+		why = fmt.Sprintf("a write waited %s for room on the link", waited.Round(time.Millisecond))
+	} else if since := s.sending.Load(); since != 0 && time.Since(time.Unix(0, since)) >= congestionWait {
+		why = fmt.Sprintf("a write has waited %s for room on the link", time.Since(time.Unix(0, since)).Round(time.Millisecond))
+	} else if inflight := s.inflight.Load(); c.Fill > 0 && inflight+size > c.Fill {
 		why = fmt.Sprintf("%s in flight to the peer reached congestion-fill %s", kib(inflight+size), kib(c.Fill))
 	} else if busy := n.store().BusyExtents(); c.Extents > 0 && busy >= c.Extents {
 		why = fmt.Sprintf("%d activity-log extents in use reached congestion-extents %d", busy, c.Extents)
@@ -131,6 +133,28 @@ func (n *Node) congested(s *session, size int64) bool {
 	}
 	return n.pullAhead(s, why)
 }
+
+// congestionWait is how long a write may wait for room on the link to the
+// peer before the link counts as congested (besides Fill and Extents):
+// long past what a healthy link needs to take a burst, and far less than
+// what an application notices as a stall.
+const congestionWait = 100 * time.Millisecond
+
+// noteSendWait records how long a write waited to be handed to the link,
+// when it waited congestionWait or more.
+func (s *session) noteSendWait(d time.Duration) {
+	if d >= congestionWait {
+		s.sendWaited.Store(int64(d))
+	}
+}
+
+// errPulledAhead ends a resync whose source pulled ahead (runSyncSource);
+// errResyncReplaced ends the wait of its target (waitSyncTarget). Neither
+// ends the session.
+var (
+	errPulledAhead    = errors.New("replica: pulled ahead: the resync waits until the link drains")
+	errResyncReplaced = errors.New("replica: the source pulled ahead: the resync waits until the link drains")
+)
 
 // kib spells a byte count in KiB, as the status does.
 func kib(b int64) string { return fmt.Sprintf("%d KiB", b>>10) }
@@ -147,10 +171,12 @@ func (n *Node) pullAhead(s *session, why string) bool {
 		return true
 	}
 	st := n.st
-	if n.sess != s || st.Conn != Connected || st.Role != Primary || st.Disk != UpToDate || st.PeerDisk != UpToDate || n.suspendOnLoss.Load() {
+	from := st.Conn == Connected && st.PeerDisk == UpToDate || st.Conn == SyncSource
+	if n.sess != s || !from || st.Role != Primary || st.Disk != UpToDate || n.suspendOnLoss.Load() {
 		return false
 	}
 	n.pulledAhead.Store(true)
+	n.progress = nil // a resync stops here (runSyncSource), and goes on after
 	n.setStateLocked("pulled ahead of the peer: "+why+"; writes are recorded in the bitmap and resynced once the link drains",
 		func(st *State) { st.Conn = Ahead })
 	s.sendState(n.localSideLocked(), flagAhead)
@@ -182,16 +208,24 @@ func (n *Node) disconnectCongested(s *session, why string) bool {
 func (n *Node) fallBehind(s *session) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.sess != s || n.st.Role != Secondary || n.st.Conn != Connected {
+	if n.sess != s || n.st.Role != Secondary || (n.st.Conn != Connected && n.st.Conn != SyncTarget) {
 		return nil
 	}
-	n.setStateLocked("the Primary pulled ahead on a congested link: this disk is Outdated until the resync that follows",
-		func(st *State) {
-			st.Conn = Behind
-			if st.Disk == UpToDate {
-				st.Disk = Outdated
-			}
-		})
+	why := "the Primary pulled ahead on a congested link: this disk is Outdated until the resync that follows"
+	if n.st.Conn == SyncTarget {
+		// The resync stops where it is; its waiter gives up (the
+		// resync that ends Ahead has one of its own), and the disk
+		// stays Inconsistent.
+		why = "the Primary pulled ahead on a congested link: the resync goes on once it drains"
+		s.newSyncDone()
+		n.progress = nil
+	}
+	n.setStateLocked(why, func(st *State) {
+		st.Conn = Behind
+		if st.Disk == UpToDate {
+			st.Disk = Outdated
+		}
+	})
 	if err := n.saveMetaLocked(); err != nil {
 		return err
 	}
@@ -199,13 +233,34 @@ func (n *Node) fallBehind(s *session) error {
 	return nil
 }
 
-// drainedAhead reports, with n.mu held, whether an Ahead node may start the
-// resync of what it recorded: every write it sent before is answered (the
-// copies cannot overtake one of them on the way), and the peer is a
-// Secondary (a peer promoted meanwhile is resolved by reconnecting).
+// drainedAheadLocked reports, with n.mu held, whether an Ahead node may
+// start the resync of what it recorded: every write it sent before has
+// been answered (so no copy can overtake one of them on the way), for
+// aheadSettle already (as DRBD waits, so that a burst that congested the
+// link is likely over and the resync does not congest it again at once),
+// and the peer is a Secondary (a peer promoted meanwhile is resolved by
+// reconnecting).
 func (n *Node) drainedAheadLocked() bool {
-	return n.st.Conn == Ahead && n.stats.peerPending.Load() == 0 && n.st.PeerRole == Secondary
+	if n.st.Conn != Ahead || n.stats.peerPending.Load() != 0 || n.st.PeerRole != Secondary {
+		n.aheadDrained = time.Time{}
+		return false
+	}
+	now := time.Now()
+	if n.aheadDrained.IsZero() {
+		n.aheadDrained = now
+		time.AfterFunc(aheadSettle, n.kickSync)
+		return false
+	}
+	if now.Sub(n.aheadDrained) < aheadSettle {
+		return false
+	}
+	n.aheadDrained = time.Time{}
+	return true
 }
+
+// aheadSettle is how long an Ahead node waits, once the link drained,
+// before it resyncs (DRBD's one second).
+const aheadSettle = time.Second
 
 // catchUp is the peer's side of the resync that ends Ahead: a Behind node
 // told that the resync starts (SyncStart; the source's bitmap arrived
@@ -236,7 +291,7 @@ func (n *Node) catchUp(s *session) error {
 	s.wg.Add(1) // from the counted control loop: never races with Wait
 	go func() {
 		defer s.wg.Done()
-		if err := n.waitSyncTarget(s, done); err != nil {
+		if err := n.waitSyncTarget(s, done); err != nil && !errors.Is(err, errResyncReplaced) {
 			s.close(err)
 		}
 	}()

@@ -140,3 +140,92 @@ func TestParseOnCongestion(t *testing.T) {
 		t.Errorf("ParseOnCongestion(ahead): %v", err)
 	}
 }
+
+// TestScenarioPullAheadWhenWritesWait: with neither threshold set, a
+// Primary set to pull ahead does so once a write has waited 100 ms or more
+// for room on the link. The peer's disk takes one 1 MiB write every 150 ms
+// (a slow link, as the Primary sees it: the peer stops reading while it
+// writes); the writer's 48 MiB return, the Primary is Ahead saying that a
+// write waited, and once the peer's disk is fast again both end in sync.
+func TestScenarioPullAheadWhenWritesWait(t *testing.T) {
+	o := nodeOpts{protocol: 'A', timeout: 20 * time.Second,
+		congestion: replica.Congestion{Policy: replica.CongestionPullAhead}}
+	a, b := cleanPair(t, o, o)
+	b.disk.holdWrites()
+	stop := make(chan struct{})
+	slow := make(chan struct{})
+	go func() { // the slow link
+		defer close(slow)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(150 * time.Millisecond):
+				b.disk.allowWrites(1)
+			}
+		}
+	}()
+	done := make(chan error, 1)
+	go func() {
+		p := pattern("slow link", 1<<20)
+		for i := range 48 {
+			if err := a.node.WriteAt(context.Background(), p, int64(i%8)<<20, false); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	if err := recvErr(t, "48 MiB of writes over a slow link", done); err != nil {
+		t.Fatal(err)
+	}
+	st := a.waitStatus("Ahead", func(s status.Resource) bool { return s.ConnState == "Ahead" })
+	if !strings.Contains(st.Reason, "for room on the link") {
+		t.Fatalf("the Ahead Primary's reason: %q", st.Reason)
+	}
+	close(stop)
+	<-slow
+	b.disk.releaseWrites()
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if n := a.eventCount("peer-lost"); n != 0 {
+		t.Fatalf("%d peer-lost events: the connection should have stayed up", n)
+	}
+}
+
+// TestScenarioPullAheadDuringResync: a Primary that is SyncSource pulls
+// ahead too (DRBD goes from SyncSource to Ahead): its copies stop, the
+// target goes Behind with its disk still Inconsistent (not promotable),
+// and once the link drains one resync copies both what the first had left
+// and what was written while Ahead.
+func TestScenarioPullAheadDuringResync(t *testing.T) {
+	cong := replica.Congestion{Policy: replica.CongestionPullAhead, Fill: 256 << 10}
+	clk := heldClock{now: time.Unix(1_700_000_000, 0)} // holds a's resync until AdjustRate(0)
+	a, b := cleanPair(t,
+		nodeOpts{protocol: 'A', timeout: 20 * time.Second, rate: 1 << 20, clock: clk, congestion: cong},
+		nodeOpts{protocol: 'A', timeout: 20 * time.Second, congestion: cong})
+	b.stop()
+	a.waitConn(replica.WFConnection)
+	a.write(0, pattern("while b was away", 2<<20))
+	b.start()
+	a.waitConn(replica.SyncSource)
+	b.waitConn(replica.SyncTarget)
+	b.disk.holdWrites()
+	if err := recvErr(t, "writes during the resync past a stuck peer", congestedWrites(a, "during the resync", 4<<20, 64)); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.Ahead)
+	b.waitState("Behind, still Inconsistent", func(s replica.State) bool { return s.Conn == replica.Behind && s.Disk == replica.Inconsistent })
+	if err := b.node.Promote(true); err == nil {
+		t.Fatal("the Behind node was promoted")
+	}
+	a.node.AdjustRate(0)
+	b.disk.releaseWrites()
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+	if n := a.eventCount("resync-done"); n != 1 {
+		t.Fatalf("%d resync-done events on the source, want 1 (the resync cut by pulling ahead did not end)", n)
+	}
+}

@@ -86,6 +86,13 @@ type session struct {
 	// dropping: on-congestion disconnect is ending the session; writes
 	// are no longer sent on it.
 	dropping atomic.Bool
+	// sendWaited is how long the last write that waited congestionWait or
+	// more for room on the link waited, in nanoseconds, until congested
+	// takes it (0: none since).
+	sendWaited atomic.Int64
+	// sending is when the write being handed to the link now began
+	// (unix nanoseconds; 0: none), while on-congestion is not block.
+	sending atomic.Int64
 	// peerBehind, set and read by the goroutine that runs the resyncs of
 	// a Primary (followPeer), says that the next resync ends Ahead: the
 	// peer is Behind and learns of it from the SyncStart (runSyncSource).
@@ -287,12 +294,34 @@ func (r *request) closeReceived() {
 
 // send gives r the next sequence number, registers it as pending and sends
 // the message built for that number, all in sequence order (ordering rule
-// 3). sum is the CRC-32C of the message's payload (0 for none), known
+// 3). Under on-congestion pull-ahead or disconnect, a write that waited its
+// turn for congestionWait or more, or finds the node Ahead once its turn
+// comes, is not sent (false), as congested decides. sum is the CRC-32C of the message's payload (0 for none), known
 // beforehand so that it is not computed while sendMu holds every other
 // sender back. It returns false, with r untouched, when the session is not
 // replicating. A send error closes the session, which fails r.
 func (s *session) send(r *request, sum uint32, msg func(seq uint64) protocol.Message) bool {
+	var sentAt time.Time // how long a write waits for the link, for on-congestion
+	if r.isWrite() && s.n.congestion.Load().Policy != CongestionBlock {
+		sentAt = time.Now()
+	}
 	s.sendMu.Lock()
+	if !sentAt.IsZero() {
+		// The writes in front of this one may have waited for the link:
+		// on-congestion may keep this one from it too.
+		if s.n.pulledAhead.Load() || s.dropping.Load() {
+			s.sendMu.Unlock()
+			return false
+		}
+		if waited := time.Since(sentAt); waited >= congestionWait {
+			s.sendMu.Unlock()
+			s.noteSendWait(waited)
+			if s.n.congested(s, r.wire) {
+				return false
+			}
+			s.sendMu.Lock()
+		}
+	}
 	s.mu.Lock()
 	if s.closed || !s.live {
 		s.mu.Unlock()
@@ -307,7 +336,14 @@ func (s *session) send(r *request, sum uint32, msg func(seq uint64) protocol.Mes
 		s.n.stats.peerPending.Add(1)
 		s.inflight.Add(r.wire)
 	}
+	if !sentAt.IsZero() {
+		s.sending.Store(time.Now().UnixNano())
+	}
 	err := s.ps.Data().SendSummed(msg(r.seq), sum)
+	if !sentAt.IsZero() {
+		s.sending.Store(0)
+		s.noteSendWait(time.Since(sentAt))
+	}
 	s.sendMu.Unlock()
 	if err != nil {
 		s.close(fmt.Errorf("sending to the peer: %w", err))
@@ -659,13 +695,25 @@ func (s *session) pingAnswered(seq uint64) {
 	}
 }
 
-// newSyncDone makes a new syncDone for a resync that is about to start,
-// and returns it.
+// newSyncDone replaces syncDone with a new one, for a resync that is about
+// to start or for none, and returns it. It closes the one it replaces, so
+// that a waiter still on it wakes and finds it replaced (isSyncDone).
 func (s *session) newSyncDone() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.syncClosed {
+		close(s.syncDone)
+	}
 	s.syncDone, s.syncClosed = make(chan struct{}), false
 	return s.syncDone
+}
+
+// isSyncDone reports whether done, closed, is the current syncDone: the
+// peer sent SyncDone, rather than a new resync replacing it.
+func (s *session) isSyncDone(done <-chan struct{}) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return done == (<-chan struct{})(s.syncDone)
 }
 
 // syncDoneChan returns the syncDone of the current resync.

@@ -24,6 +24,9 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, syncChunk); return
 // runSyncSource copies every block set in the (merged) bitmap to the peer,
 // then completes the resync on both sides. Application writes go on; a copy
 // holds the range lock from its read to the target's answer (ordering rule 5).
+// A Primary that pulls ahead meanwhile (on-congestion) stops copying and
+// returns errPulledAhead once its copies in flight are answered: the resync
+// that ends Ahead goes on with what is still marked.
 func (n *Node) runSyncSource(s *session) error {
 	bm := n.store().Bitmap()
 	prog := n.startProgress(bm.DirtyBytes())
@@ -72,6 +75,12 @@ func (n *Node) runSyncSource(s *session) error {
 			if err := failed(); err != nil {
 				wg.Wait()
 				return err
+			}
+			if n.pulledAhead.Load() {
+				// The link is congested: the copies wait, with the
+				// blocks they have not copied marked, until it drains.
+				wg.Wait()
+				return errPulledAhead
 			}
 			off, length, ok := bm.NextDirty(pos, syncChunk)
 			if !ok {
@@ -392,7 +401,9 @@ func (n *Node) startProgress(total int64) *resync.Progress {
 }
 
 // waitSyncTarget waits for the source's SyncDone (done) and makes this disk
-// UpToDate.
+// UpToDate. It returns errResyncReplaced, leaving the disk Inconsistent,
+// when the source pulled ahead instead: the resync that ends Ahead has a
+// waiter of its own (catchUp).
 func (n *Node) waitSyncTarget(s *session, done <-chan struct{}) error {
 	bm := n.store().Bitmap()
 	n.startProgress(bm.DirtyBytes())
@@ -400,6 +411,9 @@ func (n *Node) waitSyncTarget(s *session, done <-chan struct{}) error {
 	case <-done:
 	case <-s.ctx.Done():
 		return s.ctx.Err()
+	}
+	if !s.isSyncDone(done) {
+		return errResyncReplaced // the source pulled ahead (fallBehind)
 	}
 	// The source walked the union of both bitmaps and made every marked
 	// block equal (sending it, or finding its checksum equal), and blocks
@@ -499,6 +513,12 @@ func (s *session) checkpointTarget() {
 // (the source also sends SyncDone first).
 func (n *Node) completeSync(s *session, role ConnState, uuids func(UUIDs) UUIDs, apply func(*State)) error {
 	n.mu.Lock()
+	if role == SyncSource && n.pulledAhead.Load() {
+		// Pulled ahead after the last copy: what was written since is
+		// marked, and the resync that ends Ahead completes instead.
+		n.mu.Unlock()
+		return errPulledAhead
+	}
 	if s.stopped != "" {
 		// The disk failed a flush or a copy meanwhile: a later flush that
 		// succeeded proves nothing about the copies (Linux reports a lost

@@ -146,7 +146,7 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				&cli.StringFlag{Name: "csums-alg", Usage: "sha256 or none, from the next resync on (see urbd up --help)"},
 				&cli.StringFlag{Name: "read-balancing", Usage: "prefer-local, prefer-remote, round-robin, least-pending, when-congested-remote or 32K- to 1M-striping, from the next read on (see urbd up --help)"},
 				&cli.StringFlag{Name: "on-congestion", Usage: "block, pull-ahead or disconnect, from the next write on (see urbd up --help)"},
-				&cli.StringFlag{Name: "congestion-fill", Usage: "write data in flight to the peer at which on-congestion acts, e.g. 12MiB; 0 = off"},
+				&cli.StringFlag{Name: "congestion-fill", Usage: "write data in flight to the peer at which on-congestion acts, e.g. 8MiB; 0 = off"},
 				&cli.StringFlag{Name: "congestion-extents", Usage: "activity-log extents in use at which on-congestion acts, e.g. 1237; 0 = off"},
 			},
 			func(c *cli.Context) (daemon.Request, error) {
