@@ -32,8 +32,9 @@ netns_down() {
 # bench_congestion: a protocol A pair whose link carries LINK (default
 # 200mbit, 25 MB/s), in two network namespaces; the Primary's
 # on-congestion is switched with urbd adjust between block (the default:
-# writes wait for the link) and pull-ahead (at the default congestion-fill
-# of 12 MiB the Primary goes Ahead and writes at local speed), and measured
+# writes wait for the link) and pull-ahead (once a write waits 100 ms for
+# the link the Primary goes Ahead and writes at local speed; CONG_FILL sets
+# a congestion-fill too), and measured
 # in turn within each round, each run starting in sync: 1 MiB sequential
 # writes at queue depth 8 and 4k random writes at queue depth 32 over
 # CONG_SIZE (128M), for RUNTIME seconds. For pull-ahead it also reports how
@@ -60,7 +61,7 @@ bench_congestion() {
 		declare -A runs=() cpus=() catch=()
 		for r in $(seq "$RUNS"); do
 			for m in "${modes[@]}"; do
-				"$URBD" --run-dir "$A_RUN" adjust --on-congestion "$m" r0 >/dev/null
+				"$URBD" --run-dir "$A_RUN" adjust --on-congestion "$m" ${CONG_FILL:+--congestion-fill "$CONG_FILL"} r0 >/dev/null
 				wait_in_sync "$A_RUN" 300
 				# shellcheck disable=SC2086
 				SIZE=$size measure "$m" "$pair" "$A_DISK $B_DISK" "$bs" "$A_SOCK" "$metric" $args
