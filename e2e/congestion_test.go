@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // shapeLink limits the veth end inside namespace ns to rate (tc's token
@@ -15,24 +14,13 @@ import (
 func shapeLink(t *testing.T, ns, rate string) {
 	t.Helper()
 	requireCmds(t, "tc")
-	h, err := netns.GetFromName(ns)
-	must(t, err)
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	must(t, err)
-	defer nh.Delete()
-	links, err := nh.LinkList()
-	must(t, err)
-	for _, l := range links {
-		if _, ok := l.(*netlink.Veth); !ok {
-			continue
-		}
+	eachVeth(t, ns, func(_ *netlink.Handle, l netlink.Link) {
 		args := []string{"netns", "exec", ns, "tc", "qdisc", "del", "dev", l.Attrs().Name, "root"}
 		if rate != "" {
 			args = []string{"netns", "exec", ns, "tc", "qdisc", "replace", "dev", l.Attrs().Name, "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "2s"}
 		}
 		runCmd(t, 10*time.Second, "ip", args...)
-	}
+	})
 }
 
 // TestPullAhead: a protocol A pair over a link of 5 MB/s, the Primary set

@@ -75,6 +75,19 @@ func makeNetnsPair(t *testing.T) (nsA, nsB, ipA, ipB string) {
 // through netlink: the way a cable pull or a switch failure looks to urbd.
 func setLink(t *testing.T, ns string, up bool) {
 	t.Helper()
+	eachVeth(t, ns, func(nh *netlink.Handle, l netlink.Link) {
+		if up {
+			must(t, nh.LinkSetUp(l))
+		} else {
+			must(t, nh.LinkSetDown(l))
+		}
+	})
+}
+
+// eachVeth calls f for each veth end inside namespace ns, with a netlink
+// handle in that namespace.
+func eachVeth(t *testing.T, ns string, f func(nh *netlink.Handle, l netlink.Link)) {
+	t.Helper()
 	h, err := netns.GetFromName(ns)
 	must(t, err)
 	defer h.Close()
@@ -84,13 +97,8 @@ func setLink(t *testing.T, ns string, up bool) {
 	links, err := nh.LinkList()
 	must(t, err)
 	for _, l := range links {
-		if _, ok := l.(*netlink.Veth); !ok {
-			continue
-		}
-		if up {
-			must(t, nh.LinkSetUp(l))
-		} else {
-			must(t, nh.LinkSetDown(l))
+		if _, ok := l.(*netlink.Veth); ok {
+			f(nh, l)
 		}
 	}
 }

@@ -28,6 +28,17 @@ func congestedWrites(a *tnode, tag string, off int64, n int) <-chan error {
 	return done
 }
 
+// releasedInSync lets the Secondary b's disk take writes again and waits
+// until both nodes are in sync, with equal disks: the link drained and the
+// resync that ends Ahead has run.
+func releasedInSync(t *testing.T, a, b *tnode) {
+	t.Helper()
+	b.disk.releaseWrites()
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
+}
+
 // TestScenarioPullAhead: a protocol A Primary set to pull ahead whose peer
 // stops answering (its disk holds every write) goes Ahead once 256 KiB are
 // in flight: its writes go on at local speed, recorded in the bitmap, the
@@ -61,10 +72,7 @@ func TestScenarioPullAhead(t *testing.T) {
 		if err := b.node.Promote(true); err == nil {
 			t.Fatalf("round %d: the Behind node was promoted", round)
 		}
-		b.disk.releaseWrites()
-		a.waitInSync()
-		b.waitInSync()
-		sameDisks(t, a, b)
+		releasedInSync(t, a, b)
 	}
 	for _, x := range []*tnode{a, b} {
 		if n := x.eventCount("peer-lost"); n != 0 {
@@ -185,10 +193,7 @@ func TestScenarioPullAheadWhenWritesWait(t *testing.T) {
 	}
 	close(stop)
 	<-slow
-	b.disk.releaseWrites()
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	releasedInSync(t, a, b)
 	if n := a.eventCount("peer-lost"); n != 0 {
 		t.Fatalf("%d peer-lost events: the connection should have stayed up", n)
 	}
@@ -221,10 +226,7 @@ func TestScenarioPullAheadDuringResync(t *testing.T) {
 		t.Fatal("the Behind node was promoted")
 	}
 	a.node.AdjustRate(0)
-	b.disk.releaseWrites()
-	a.waitInSync()
-	b.waitInSync()
-	sameDisks(t, a, b)
+	releasedInSync(t, a, b)
 	if n := a.eventCount("resync-done"); n != 1 {
 		t.Fatalf("%d resync-done events on the source, want 1 (the resync cut by pulling ahead did not end)", n)
 	}
