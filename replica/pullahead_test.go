@@ -2,6 +2,7 @@ package replica_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -230,4 +231,51 @@ func TestScenarioPullAheadDuringResync(t *testing.T) {
 	if n := a.eventCount("resync-done"); n != 1 {
 		t.Fatalf("%d resync-done events on the source, want 1 (the resync cut by pulling ahead did not end)", n)
 	}
+}
+
+// TestScenarioPullAheadResyncUnderWrites: the resync that ends Ahead runs
+// while the application keeps rewriting the blocks it copies (held by a
+// stopped clock until the writes are under way, then let go among them):
+// no copy overwrites a newer write on the peer, and the disks end equal.
+func TestScenarioPullAheadResyncUnderWrites(t *testing.T) {
+	cong := replica.Congestion{Policy: replica.CongestionPullAhead, Fill: 256 << 10}
+	clk := heldClock{now: time.Unix(1_700_000_000, 0)}
+	a, b := cleanPair(t,
+		nodeOpts{protocol: 'A', timeout: 20 * time.Second, rate: 1 << 20, clock: clk, congestion: cong},
+		nodeOpts{protocol: 'A', timeout: 20 * time.Second, congestion: cong})
+	b.disk.holdWrites()
+	if err := recvErr(t, "writes past a stuck peer", congestedWrites(a, "ahead", 0, 64)); err != nil {
+		t.Fatal(err)
+	}
+	a.waitConn(replica.Ahead)
+	b.disk.releaseWrites()
+	a.waitConn(replica.SyncSource) // its copies wait for the rate
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			p := pattern(fmt.Sprintf("rewrite %d", i), 3*hBlock)
+			off := int64(i*7919%1000) * hBlock // within the 4 MiB written while Ahead
+			if err := a.node.WriteAt(context.Background(), p, off, false); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	a.node.AdjustRate(0)
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	if err := recvErr(t, "the rewrites", done); err != nil {
+		t.Fatal(err)
+	}
+	a.waitInSync()
+	b.waitInSync()
+	sameDisks(t, a, b)
 }
