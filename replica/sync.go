@@ -37,7 +37,17 @@ func (n *Node) runSyncSource(s *session) error {
 			return err
 		}
 	}
-	if err := s.ps.Control().Send(&protocol.SyncStart{Direction: protocol.SyncSource, BitmapBlock: uint32(bm.BlockSize()), TotalBits: uint64(bm.NumWords()) * 64}); err != nil {
+	// Under the node's lock, which pullAhead holds while it tells the
+	// peer: a peer that learned this node is Ahead never takes this
+	// SyncStart for the start of the resync that ends it (catchUp).
+	n.mu.Lock()
+	if n.pulledAhead.Load() {
+		n.mu.Unlock()
+		return errPulledAhead
+	}
+	err := s.ps.Control().Send(&protocol.SyncStart{Direction: protocol.SyncSource, BitmapBlock: uint32(bm.BlockSize()), TotalBits: uint64(bm.NumWords()) * 64})
+	n.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	if s.peerBehind {
