@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/urbd/urbd/internal/units"
 )
 
 // On a congested link (DRBD's on-congestion).
@@ -100,9 +102,6 @@ func (n *Node) SetCongestion(c Congestion) error {
 	return nil
 }
 
-// CongestionSettings returns the on-congestion policy in effect.
-func (n *Node) CongestionSettings() Congestion { return *n.congestion.Load() }
-
 // congested decides, for a protocol A write of size bytes about to be sent
 // on session s, whether the link is congested, and if so acts on the
 // policy. It reports whether the write must not be sent (the node went
@@ -121,7 +120,7 @@ func (n *Node) congested(s *session, size int64) bool {
 	} else if since := s.sending.Load(); since != 0 && time.Since(time.Unix(0, since)) >= congestionWait {
 		why = fmt.Sprintf("a write has waited %s for room on the link", time.Since(time.Unix(0, since)).Round(time.Millisecond))
 	} else if inflight := s.inflight.Load(); c.Fill > 0 && inflight+size > c.Fill {
-		why = fmt.Sprintf("%s in flight to the peer reached congestion-fill %s", kib(inflight+size), kib(c.Fill))
+		why = fmt.Sprintf("%s in flight to the peer reached congestion-fill %s", units.FormatSize(inflight+size), units.FormatSize(c.Fill))
 	} else if busy := n.store().BusyExtents(); c.Extents > 0 && busy >= c.Extents {
 		why = fmt.Sprintf("%d activity-log extents in use reached congestion-extents %d", busy, c.Extents)
 	}
@@ -155,9 +154,6 @@ var (
 	errPulledAhead    = errors.New("replica: pulled ahead: the resync waits until the link drains")
 	errResyncReplaced = errors.New("replica: the source pulled ahead: the resync waits until the link drains")
 )
-
-// kib spells a byte count in KiB, as the status does.
-func kib(b int64) string { return fmt.Sprintf("%d KiB", b>>10) }
 
 // pullAhead makes a connected Primary Ahead of its peer (see above), and
 // reports whether it is: false when it may not pull ahead, and the write
