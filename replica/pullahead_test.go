@@ -60,7 +60,7 @@ func TestScenarioPullAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := a.waitStatus("Ahead, the peer Outdated", func(s status.Resource) bool { return s.ConnState == "Ahead" && s.PeerDisk == "Outdated" })
-		if st.OutOfSyncKiB == 0 || !strings.Contains(st.Reason, "congestion-fill 256 KiB") {
+		if st.OutOfSyncKiB == 0 || !strings.Contains(st.Reason, "congestion-fill 256KiB") {
 			t.Fatalf("round %d: the Ahead Primary's status: %d KiB out of sync, reason %q", round, st.OutOfSyncKiB, st.Reason)
 		}
 		bs := b.waitState("Behind, Outdated", func(s replica.State) bool { return s.Conn == replica.Behind && s.Disk == replica.Outdated })
@@ -97,7 +97,7 @@ func TestScenarioCongestionDisconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.waitEvent("peer-lost")
-	if why := a.nthLoss(1); !strings.Contains(why, "disconnected on congestion") || !strings.Contains(why, "congestion-fill 256 KiB") {
+	if why := a.nthLoss(1); !strings.Contains(why, "disconnected on congestion") || !strings.Contains(why, "congestion-fill 256KiB") {
 		t.Fatalf("peer-lost reason %q", why)
 	}
 	b.disk.releaseWrites()
@@ -109,29 +109,50 @@ func TestScenarioCongestionDisconnect(t *testing.T) {
 	sameDisks(t, a, b)
 }
 
-// TestScenarioCongestionOnlyProtocolA: under protocol C a write waits for
-// the peer whatever on-congestion says: a Primary set to pull ahead stays
-// Connected while its peer's disk holds the write, and answers it once the
-// peer wrote it.
+// TestScenarioCongestionOnlyProtocolA: on-congestion never keeps a write
+// from the peer where another setting promises it reaches the peer. Under
+// protocol C a write waits for the peer whatever on-congestion says: a
+// Primary set to pull ahead stays Connected while its peer's disk holds the
+// writes, and answers them once the peer wrote them. Under protocol A with
+// on-peer-loss suspend (no acknowledged write on one disk only) the
+// Primary does not pull ahead either: every write is sent, none is marked
+// out of sync.
 func TestScenarioCongestionOnlyProtocolA(t *testing.T) {
-	o := nodeOpts{congestion: replica.Congestion{Policy: replica.CongestionPullAhead, Fill: 4 << 10, Extents: 1}}
-	a, b := cleanPair(t, o, o)
-	b.disk.holdWrites()
-	done := congestedWrites(a, "protocol C", 0, 8)
-	select {
-	case err := <-done:
-		t.Fatalf("protocol C writes returned (%v) while the peer's disk held them", err)
-	case <-time.After(300 * time.Millisecond):
+	cong := replica.Congestion{Policy: replica.CongestionPullAhead, Fill: 4 << 10, Extents: 1}
+	for _, tc := range []struct {
+		name    string
+		o       nodeOpts
+		waitFor bool // the writes wait for the peer's disk
+	}{
+		{"protocol C", nodeOpts{congestion: cong}, true},
+		{"protocol A with on-peer-loss suspend", nodeOpts{protocol: 'A', suspend: true, timeout: 20 * time.Second, congestion: cong}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := cleanPair(t, tc.o, tc.o)
+			b.disk.holdWrites()
+			done := congestedWrites(a, tc.name, 0, 8)
+			if tc.waitFor {
+				select {
+				case err := <-done:
+					t.Fatalf("writes returned (%v) while the peer's disk held them", err)
+				case <-time.After(300 * time.Millisecond):
+				}
+			} else if err := recvErr(t, "the writes", done); err != nil {
+				t.Fatal(err)
+			}
+			if st := a.node.Status(); st.ConnState != "Connected" || st.OutOfSyncKiB != 0 {
+				t.Fatalf("a is %s with %d KiB out of sync, want Connected with none: every write goes to the peer", st.ConnState, st.OutOfSyncKiB)
+			}
+			b.disk.releaseWrites()
+			if tc.waitFor {
+				if err := recvErr(t, "the writes", done); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a.waitInSync()
+			sameDisks(t, a, b)
+		})
 	}
-	if c := a.node.State().Conn; c != replica.Connected {
-		t.Fatalf("a is %v under protocol C with pull-ahead set, want Connected", c)
-	}
-	b.disk.releaseWrites()
-	if err := recvErr(t, "the protocol C writes", done); err != nil {
-		t.Fatal(err)
-	}
-	a.waitInSync()
-	sameDisks(t, a, b)
 }
 
 // TestParseOnCongestion: DRBD's names in any case; anything else is refused
