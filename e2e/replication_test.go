@@ -265,7 +265,7 @@ func TestStatusFile(t *testing.T) {
 	}
 	s := waitText("Primary/Secondary", func(s string) bool { return strings.Contains(s, "ro:Primary/Secondary") })
 	lines := strings.Split(s, "\n")
-	if lines[0] != "urbd 0.1 (api:1/proto:7)" ||
+	if lines[0] != "urbd 0.1 (api:1/proto:8)" ||
 		!strings.HasPrefix(lines[1], " 0: r0 cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C r") ||
 		!strings.HasPrefix(strings.TrimSpace(lines[2]), "ns:") || !strings.Contains(lines[2], " oos:0") {
 		t.Fatalf("status file is not in the /proc/drbd shape:\n%s", s)

@@ -19,7 +19,7 @@ func sampleMessages() []Message {
 	}
 	return []Message{
 		&Hello{Version: Version, Resource: "r0", Size: 1 << 30, NodeID: 42, BitmapBlock: 4096},
-		&Hello{Version: 7, Resource: string(bytes.Repeat([]byte{'x'}, MaxResource))},
+		&Hello{Version: 8, Resource: string(bytes.Repeat([]byte{'x'}, MaxResource))},
 		&Refuse{Code: RefuseSize, Reason: "disk size mismatch: local 1 bytes, peer 2 bytes"},
 		&Refuse{Code: 300},
 		&AuthChallenge{Mode: AuthHMAC, Nonce: [NonceLen]byte{1, 2, 3, 31: 9}},
@@ -152,7 +152,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"crc bit flip", func(f []byte) []byte { f[19] ^= 0x80; return f }, ErrChecksum},
 		{"seq changed", func(f []byte) []byte { f[11] = 9; return f }, ErrChecksum},
 		{"version 1", func(f []byte) []byte { f[4] = 1; return reseal(f) }, ErrVersion},
-		{"version 5 (the previous one)", func(f []byte) []byte { f[4] = 5; return reseal(f) }, ErrVersion},
+		{"version 7 (the previous one)", func(f []byte) []byte { f[4] = 7; return reseal(f) }, ErrVersion},
 		{"version 0", func(f []byte) []byte { f[4] = 0; return reseal(f) }, ErrVersion},
 		{"unknown kind 0", func(f []byte) []byte { f[5] = 0; return reseal(f) }, ErrUnknownKind},
 		{"unknown kind 7", func(f []byte) []byte { f[5] = 7; return reseal(f) }, ErrUnknownKind},
@@ -505,9 +505,9 @@ func TestGoldenFrames(t *testing.T) {
 		m   Message
 		hex string
 	}{
-		{0, &Ping{Seq: 1}, "55524244071100000000000000000008" + "bb0fb8a6" + "0000000000000001"},
-		{5, &Ack{Seq: 7, Type: AckDone}, "555242440721000000000005" + "000000101ae61dd3" + "0000000000000007" + "0200000000000000"},
-		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440724000000000006" + "00000018fbba14f7" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
+		{0, &Ping{Seq: 1}, "55524244081100000000000000000008" + "8037b58c" + "0000000000000001"},
+		{5, &Ack{Seq: 7, Type: AckDone}, "555242440821000000000005" + "00000010784bc3d9" + "0000000000000007" + "0200000000000000"},
+		{6, &Read{Seq: 8, Offset: 1 << 20, Length: 4096}, "555242440824000000000006" + "00000018fb549dd2" + "0000000000000008" + "0000000000100000" + "0000100000000000"},
 	}
 	for _, tc := range tests {
 		got := hex.EncodeToString(mustFrame(t, tc.seq, tc.m))

@@ -358,11 +358,11 @@ func TestVersionMismatch(t *testing.T) {
 		f := &fake{t: t, c: mine}
 		f.send(&Hello{Version: 1, Resource: cfg.Resource, Size: cfg.Size, BitmapBlock: cfg.BitmapBlock})
 		m := f.recv()
-		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || !strings.Contains(r.Reason, "local version 1, peer version 7") {
+		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || !strings.Contains(r.Reason, "local version 1, peer version 8") {
 			t.Fatalf("got %#v", m)
 		}
 		r := <-res
-		if !errors.Is(r.err, ErrVersion) || !strings.Contains(r.err.Error(), "local version 7, peer version 1") {
+		if !errors.Is(r.err, ErrVersion) || !strings.Contains(r.err.Error(), "local version 8, peer version 1") {
 			t.Fatalf("acceptor: %v", r.err)
 		}
 	})
@@ -379,13 +379,13 @@ func TestVersionMismatch(t *testing.T) {
 		f := &fake{t: t, c: mine}
 		// Both sides name the two versions as for a Hello's version.
 		m := f.recv()
-		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || r.Reason != "version mismatch: local version 1, peer version 7" {
+		if r, ok := m.(*Refuse); !ok || r.Code != RefuseVersion || r.Reason != "version mismatch: local version 1, peer version 8" {
 			t.Fatalf("got %#v", m)
 		}
-		if r := <-res; !errors.Is(r.err, ErrVersion) || r.err.Error() != "protocol: version mismatch: local version 7, peer version 1" {
+		if r := <-res; !errors.Is(r.err, ErrVersion) || r.err.Error() != "protocol: version mismatch: local version 8, peer version 1" {
 			t.Fatalf("acceptor: %v", r.err)
 		}
-		if got := m.(*Refuse).Err().Error(); got != "protocol: version mismatch: local version 1, peer version 7" {
+		if got := m.(*Refuse).Err().Error(); got != "protocol: version mismatch: local version 1, peer version 8" {
 			t.Fatalf("the refused side reads %q", got)
 		}
 	})

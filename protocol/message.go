@@ -4,7 +4,7 @@ import "strconv"
 
 // Version is the protocol version this package speaks. It is carried in every
 // frame header and in Hello; peers must speak the same version.
-const Version = 7
+const Version = 8
 
 // Kind is a frame's type byte. Each Message type has exactly one Kind.
 type Kind uint8

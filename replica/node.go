@@ -105,8 +105,11 @@ type Node struct {
 	rate   *resync.Limiter
 	nodeID uint64
 
+	// promoteMu serializes Promote (operators, auto-promote's clients).
+	promoteMu    sync.Mutex
 	mu           sync.Mutex
 	st           State      // guarded by mu
+	asking       *promotion // guarded by mu: the question to the peer of a Promote waiting for its answer
 	uuids        UUIDs      // guarded by mu; persisted in the store's Meta
 	wantConn     bool       // guarded by mu: false in StandAlone (disconnect, split brain)
 	discard      bool       // guarded by mu: --discard-my-data for the next connection
@@ -461,15 +464,24 @@ func (n *Node) CheckServe() error {
 	return n.State().CanServe()
 }
 
-// Promote makes this node Primary (`urbd primary [--force]`). Without a
-// peer session and with fencing configured, the fence-peer handler runs
-// first (fenceBeforePromote).
+// Promote makes this node Primary (`urbd primary [--force]`). With a
+// connected peer, the peer agrees first (askPeerToPromote: of two nodes
+// promoted at once, one becomes Primary). Without a peer session and with
+// fencing configured, the fence-peer handler runs first
+// (fenceBeforePromote). Promotions on one node run one at a time.
 func (n *Node) Promote(force bool) error {
+	n.promoteMu.Lock()
+	defer n.promoteMu.Unlock()
 	if err := n.fenceBeforePromote(force); err != nil {
+		return err
+	}
+	asked, err := n.askPeerToPromote(force)
+	if err != nil {
 		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	defer n.endPromotionLocked(asked)
 	if err := n.st.CanPromote(force); err != nil {
 		return fmt.Errorf("%s: %w", n.cfg.Name, err)
 	}
@@ -486,6 +498,7 @@ func (n *Node) Promote(force bool) error {
 		reason = "promoted by operator with --force: local data wins"
 		n.st.Disk = UpToDate
 	}
+	n.asking = nil // the state sent below answers the peer
 	n.setStateLocked(reason, func(s *State) { s.Role = Primary })
 	n.crashedPri = false
 	if err := n.saveMetaLocked(); err != nil {

@@ -54,6 +54,13 @@ func (s *session) controlLoop() error {
 					return err
 				}
 			}
+			s.peerPrimary.Store(m.Role == protocol.RolePrimary)
+			switch {
+			case m.Flags&flagPromoteAsk != 0:
+				s.n.answerPromotion(s)
+			case m.Flags&(flagPromoteYes|flagPromoteNo) != 0:
+				s.n.promotionAnswered(s, m.Flags&flagPromoteYes != 0)
+			}
 			select {
 			case s.peerStates <- *m:
 			default:

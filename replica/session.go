@@ -75,6 +75,11 @@ type session struct {
 	peerBitmap chan struct{} // closed when the peer's bitmap arrived
 	bitmapSeen bool          // guarded by mu
 	ready      chan struct{} // closed once this side decided (Decide)
+
+	// peerPrimary: the last state the peer sent says Primary (set as it
+	// arrives, before followPeer applies it).
+	peerPrimary atomic.Bool
+
 	// syncDone is closed when the peer sent SyncDone for the resync this
 	// node is the target of (syncClosed says it was); a resync that ends
 	// Ahead makes a new one (newSyncDone). Guarded by mu.
@@ -599,6 +604,12 @@ const (
 	// (on-congestion pull-ahead): it no longer replicates writes, so the
 	// receiver's disk is Outdated (Behind) until the resync that follows.
 	flagAhead uint32 = 1 << 26
+	// flagPromoteAsk: the sender, a Secondary, asks to become Primary; the
+	// receiver answers with its state and flagPromoteYes or flagPromoteNo
+	// (promote.go).
+	flagPromoteAsk uint32 = 1 << 27
+	flagPromoteYes uint32 = 1 << 28
+	flagPromoteNo  uint32 = 1 << 29
 )
 
 func diskToWire(d DiskState) uint8 {

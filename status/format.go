@@ -23,7 +23,7 @@ var ErrWrite = errors.New("status: write failed")
 // API and wire-protocol versions shown in the first line of the status file.
 const (
 	APIVersion   = 1
-	ProtoVersion = 7 // protocol.Version (replica tests check they agree)
+	ProtoVersion = 8 // protocol.Version (replica tests check they agree)
 )
 
 // mibThresholdKiB is the resync size above which the progress line counts in
@@ -35,7 +35,7 @@ const maxReasonLen = 512
 
 // WriteText writes rs in the shape of DRBD 8.4's /proc/drbd:
 //
-//	urbd 0.1 (api:1/proto:7)
+//	urbd 0.1 (api:1/proto:8)
 //	 0: r0 cs:SyncSource ro:Primary/Secondary ds:UpToDate/Inconsistent C r-----
 //	    ns:1048576 nr:0 dw:1048576 dr:4096 al:12 bm:3 lo:0 pe:2 ua:0 ap:1 oos:20480
 //		[=====>..............] sync'ed: 30.1% (20480/29312)K

@@ -47,7 +47,7 @@ func designExample() Resource {
 }
 
 func TestWriteTextDesignExample(t *testing.T) {
-	const want = "urbd 0.1 (api:1/proto:7)\n" +
+	const want = "urbd 0.1 (api:1/proto:8)\n" +
 		" 0: r0 cs:SyncSource ro:Primary/Secondary ds:UpToDate/Inconsistent C r-----\n" +
 		"    ns:1048576 nr:0 dw:1048576 dr:4096 al:12 bm:3 lo:0 pe:2 ua:0 ap:1 oos:20480\n" +
 		"\t[=====>..............] sync'ed: 30.1% (20480/29312)K\n" +
@@ -142,7 +142,7 @@ func TestWriteTextDRBDShape(t *testing.T) {
 			t.Fatal(err)
 		}
 		lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
-		if lines[0] != "urbd 0.1 (api:1/proto:7)" {
+		if lines[0] != "urbd 0.1 (api:1/proto:8)" {
 			t.Errorf("%s: header %q", name, lines[0])
 		}
 		states := 0
