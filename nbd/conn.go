@@ -163,7 +163,10 @@ func (c *srvConn) serve(ctx context.Context) {
 	c.summed, _ = c.backend.(SummedWriter)
 	c.readOnly = res.exp.ReadOnly
 	c.s.clients.Add(1)
-	defer c.s.clients.Add(-1)
+	defer func() {
+		c.s.clients.Add(-1)
+		res.detach()
+	}()
 	c.log.Debug("nbd: client attached", "remote", c.nc.RemoteAddr(), "export", res.name, "size", c.backend.Size())
 
 	c.replies = make(chan *srvRequest, c.s.maxInFlight())

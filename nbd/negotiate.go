@@ -24,9 +24,18 @@ var errAbort = errors.New("nbd: client aborted negotiation")
 
 // negotiated is the outcome of a successful negotiation.
 type negotiated struct {
-	exp   *Export
-	name  string // the name the client asked for
-	flags uint16 // transmission flags sent
+	exp     *Export
+	name    string // the name the client asked for
+	flags   uint16 // transmission flags sent
+	release func() // from exp.Attach; nil if none
+}
+
+// attach runs exp.Attach, if any, for a client that selected exp.
+func attach(exp *Export) (release func(), err error) {
+	if exp.Attach == nil {
+		return nil, nil
+	}
+	return exp.Attach()
 }
 
 // transmissionFlags returns the flags advertised for exp.
@@ -117,6 +126,10 @@ func (n *negotiation) option(id uint32, data []byte) (res negotiated, done bool,
 			// NBD_OPT_EXPORT_NAME has no error reply: the spec says close.
 			return negotiated{}, true, fmt.Errorf("nbd: export %q refused: %w", name, lerr)
 		}
+		release, aerr := attach(exp)
+		if aerr != nil {
+			return negotiated{}, true, fmt.Errorf("nbd: export %q refused: %w", name, aerr)
+		}
 		flags := transmissionFlags(exp)
 		var b [10 + 124]byte
 		binary.BigEndian.PutUint64(b[0:], uint64(exp.Backend.Size()))
@@ -125,10 +138,16 @@ func (n *negotiation) option(id uint32, data []byte) (res negotiated, done bool,
 		if n.noZeroes {
 			out = b[:10]
 		}
+		res := negotiated{exp: exp, name: name, flags: flags, release: release}
 		if _, err := n.bw.Write(out); err != nil {
+			res.detach()
 			return negotiated{}, true, err
 		}
-		return negotiated{exp: exp, name: name, flags: flags}, true, n.bw.Flush()
+		if err := n.bw.Flush(); err != nil {
+			res.detach()
+			return negotiated{}, true, err
+		}
+		return res, true, nil
 	case OptAbort:
 		// The client may close without reading the ACK; ignore errors.
 		_ = n.reply(id, RepAck, nil)
@@ -192,6 +211,10 @@ func (n *negotiation) infoGo(id uint32, data []byte) (negotiated, bool, error) {
 		return negotiated{}, false, n.replyErr(id, RepErrInvalid, err.Error())
 	}
 	exp, lerr := n.resolve(name)
+	var release func()
+	if lerr == nil && id == OptGo {
+		release, lerr = attach(exp)
+	}
 	if lerr != nil {
 		typ := RepErrUnknown
 		switch {
@@ -202,7 +225,27 @@ func (n *negotiation) infoGo(id uint32, data []byte) (negotiated, bool, error) {
 		}
 		return negotiated{}, false, n.replyErr(id, typ, lerr.Error())
 	}
-	flags := transmissionFlags(exp)
+	res := negotiated{exp: exp, name: name, flags: transmissionFlags(exp), release: release}
+	res, done, err := n.goReplies(id, name, infos, res)
+	if err != nil {
+		res.detach()
+		return negotiated{}, done, err
+	}
+	return res, done, nil
+}
+
+// detach releases what Attach took: when the client leaves, or when it
+// never got to use the export.
+func (r negotiated) detach() {
+	if r.release != nil {
+		r.release()
+	}
+}
+
+// goReplies sends the replies to NBD_OPT_INFO or NBD_OPT_GO for the export
+// res names.
+func (n *negotiation) goReplies(id uint32, name string, infos []uint16, res negotiated) (negotiated, bool, error) {
+	exp, flags := res.exp, res.flags
 	var p [18]byte
 	binary.BigEndian.PutUint16(p[0:], InfoExport)
 	binary.BigEndian.PutUint64(p[2:], uint64(exp.Backend.Size()))
@@ -249,7 +292,7 @@ func (n *negotiation) infoGo(id uint32, data []byte) (negotiated, bool, error) {
 	if id == OptInfo {
 		return negotiated{}, false, nil
 	}
-	return negotiated{exp: exp, name: name, flags: flags}, true, n.bw.Flush()
+	return res, true, n.bw.Flush()
 }
 
 // resolve calls lookup and turns a nil export into ErrUnknownExport.

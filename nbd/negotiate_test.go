@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -303,4 +304,85 @@ func TestNegotiationTimeout(t *testing.T) {
 	time.Sleep(4 * srv.NegotiationTimeout) // the condition under test is elapsed time
 	c2.request(CmdRead, 0, 1, 0, 512, nil)
 	c2.expectReply(1, 0, 512)
+}
+
+// TestExportAttach: Attach runs when a client selects the export with
+// NBD_OPT_GO or NBD_OPT_EXPORT_NAME, never for NBD_OPT_INFO; its error
+// refuses the export with its text; its release runs once the client left,
+// after the disconnect flush, when Clients no longer counts it.
+func TestExportAttach(t *testing.T) {
+	mem := newMemBackend(8192)
+	var mu sync.Mutex
+	attached, released := 0, 0
+	var refuse error
+	var clientsAtRelease int
+	var srv *Server
+	exp := &Export{Backend: mem, Attach: func() (func(), error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if refuse != nil {
+			return nil, refuse
+		}
+		attached++
+		return func() {
+			mu.Lock()
+			defer mu.Unlock()
+			released++
+			clientsAtRelease = srv.Clients()
+		}, nil
+	}}
+	srv = &Server{Lookup: func(string) (*Export, error) { return exp, nil }}
+	addr := testServer(t, srv)
+	counts := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return attached, released
+	}
+
+	c := dialRaw(t, addr)
+	c.handshake(FlagCFixedNewstyle)
+	c.option(OptInfo, infoRequest(""))
+	for r := c.optReply(); r.typ != RepAck; r = c.optReply() {
+	}
+	if a, _ := counts(); a != 0 {
+		t.Fatalf("NBD_OPT_INFO attached %d times", a)
+	}
+	c.goExport2()
+	if a, r := counts(); a != 1 || r != 0 {
+		t.Fatalf("after NBD_OPT_GO: attached %d, released %d; want 1, 0", a, r)
+	}
+	c.request(CmdWrite, 0, 1, 0, 4, []byte("abcd"))
+	c.expectReply(1, 0, 0)
+	_, flushesBefore := mem.snapshot()
+	c.request(CmdDisc, 0, 2, 0, 0, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for _, r := counts(); r != 1; _, r = counts() {
+		if time.Now().After(deadline) {
+			t.Fatal("release not called after the client disconnected")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, flushes := mem.snapshot(); flushes <= flushesBefore {
+		t.Error("release ran before the disconnect flush")
+	}
+	if clientsAtRelease != 0 {
+		t.Errorf("Clients() = %d when release ran, want 0", clientsAtRelease)
+	}
+
+	mu.Lock()
+	refuse = Refuse(errors.New("resource r0 is Secondary; auto-promote refused: the peer is Primary"))
+	mu.Unlock()
+	c = dialRaw(t, addr)
+	c.handshake(FlagCFixedNewstyle)
+	c.option(OptGo, infoRequest(""))
+	if r := c.optReply(); r.typ != RepErrPolicy || string(r.data) != refuse.Error() {
+		t.Fatalf("refused attach: reply %#x %q, want ERR_POLICY %q", r.typ, r.data, refuse)
+	}
+	c = dialRaw(t, addr)
+	c.handshake(FlagCFixedNewstyle)
+	c.option(OptExportName, nil)
+	c.expectClosed()
+	if a, r := counts(); a != 1 || r != 1 {
+		t.Fatalf("after refusals: attached %d, released %d; want 1, 1", a, r)
+	}
 }

@@ -47,6 +47,14 @@ type Export struct {
 	// FLUSH on one connection covers writes completed on all connections
 	// (true of File, whose Flush is fdatasync of the whole file).
 	MultiConn bool
+	// Attach, if set, is called when a client selects the export with
+	// NBD_OPT_GO or NBD_OPT_EXPORT_NAME, before the server answers (not for
+	// NBD_OPT_INFO). An error refuses the export as Lookup's would (for
+	// NBD_OPT_EXPORT_NAME, by closing the connection). Otherwise release,
+	// which may be nil, is called once the client has detached: its
+	// requests answered, the disconnect flush done, and Clients no longer
+	// counting it. A replica promotes itself here (auto-promote).
+	Attach func() (release func(), err error)
 }
 
 // Server serves NBD clients in the fixed newstyle protocol. Configure the
