@@ -73,7 +73,11 @@ type Config struct {
 	// when the link cannot keep up (CongestionBlock by default; see
 	// pullahead.go). SetCongestion changes it.
 	Congestion Congestion
-	ResyncRate int64 // bytes/s; 0 = unlimited
+	// AutoPromote is DRBD 9's auto-promote: a Secondary promotes itself
+	// when an NBD client attaches, if it may (AttachClient), and demotes
+	// itself when the last one leaves. SetAutoPromote changes it.
+	AutoPromote bool
+	ResyncRate  int64 // bytes/s; 0 = unlimited
 	// ResyncChecksums makes every resync to a disk that holds data compare
 	// SHA-256 checksums before it copies (DRBD's csums-alg sha256): on
 	// either node, it applies to the resyncs between them.
@@ -110,6 +114,8 @@ type Node struct {
 	mu           sync.Mutex
 	st           State      // guarded by mu
 	asking       *promotion // guarded by mu: the question to the peer of a Promote waiting for its answer
+	autoPromoted bool       // guarded by mu: Primary by auto-promote, not by the operator
+	holders      int        // guarded by mu: NBD clients attached (AttachClient) and not yet released
 	uuids        UUIDs      // guarded by mu; persisted in the store's Meta
 	wantConn     bool       // guarded by mu: false in StandAlone (disconnect, split brain)
 	discard      bool       // guarded by mu: --discard-my-data for the next connection
@@ -175,6 +181,8 @@ type Node struct {
 	// mu held, while the node is Ahead: writes are not replicated.
 	congestion  atomic.Pointer[Congestion]
 	pulledAhead atomic.Bool
+	// autoPromote is Config.AutoPromote, then SetAutoPromote.
+	autoPromote atomic.Bool
 	// aheadDrained is when an Ahead node found its writes all answered
 	// (drainedAheadLocked); guarded by mu.
 	aheadDrained time.Time
@@ -285,6 +293,7 @@ func New(cfg Config) (*Node, error) {
 	n.readBalancing.Store(uint32(cfg.ReadBalancing))
 	cong := cfg.Congestion
 	n.congestion.Store(&cong)
+	n.autoPromote.Store(cfg.AutoPromote)
 	n.afterSB = cfg.AfterSB
 	n.csums.Store(cfg.ResyncChecksums)
 	n.fencing.Store(uint32(cfg.Fencing))
@@ -459,17 +468,16 @@ func (n *Node) State() State {
 	return n.st
 }
 
-// CheckServe is the NBD export's gate: nil when a client may attach.
-func (n *Node) CheckServe() error {
-	return n.State().CanServe()
-}
-
 // Promote makes this node Primary (`urbd primary [--force]`). With a
 // connected peer, the peer agrees first (askPeerToPromote: of two nodes
 // promoted at once, one becomes Primary). Without a peer session and with
 // fencing configured, the fence-peer handler runs first
 // (fenceBeforePromote). Promotions on one node run one at a time.
-func (n *Node) Promote(force bool) error {
+func (n *Node) Promote(force bool) error { return n.promote(force, false) }
+
+// promote is Promote, by the operator or, with auto, by auto-promote for
+// an NBD client (AttachClient).
+func (n *Node) promote(force, auto bool) error {
 	n.promoteMu.Lock()
 	defer n.promoteMu.Unlock()
 	if err := n.fenceBeforePromote(force); err != nil {
@@ -486,6 +494,9 @@ func (n *Node) Promote(force bool) error {
 		return fmt.Errorf("%s: %w", n.cfg.Name, err)
 	}
 	if n.st.Role == Primary {
+		if !auto {
+			n.autoPromoted = false // the operator's now: no auto-demote
+		}
 		return nil
 	}
 	if !n.st.Conn.Connected() || n.uuids.Current == 0 {
@@ -494,12 +505,16 @@ func (n *Node) Promote(force bool) error {
 		n.uuids = n.uuids.NewCurrent(randomID())
 	}
 	reason := "promoted by operator"
+	if auto {
+		reason = "promoted automatically: an NBD client attached (auto-promote)"
+	}
 	if force && n.st.Disk != UpToDate {
 		reason = "promoted by operator with --force: local data wins"
 		n.st.Disk = UpToDate
 	}
 	n.asking = nil // the state sent below answers the peer
 	n.setStateLocked(reason, func(s *State) { s.Role = Primary })
+	n.autoPromoted = auto
 	n.crashedPri = false
 	if err := n.saveMetaLocked(); err != nil {
 		return err
@@ -528,15 +543,27 @@ func (n *Node) Demote(force bool) error {
 	if n.isDiskless() {
 		return n.demoteDiskless()
 	}
+	return n.demote(false)
+}
+
+// demote flushes and makes this node Secondary: for the operator (Demote),
+// or with auto for auto-promote once the last NBD client left, if none
+// attached meanwhile and nobody promoted it since.
+func (n *Node) demote(auto bool) error {
 	if err := n.backend().Flush(context.Background()); err != nil {
 		return fmt.Errorf("replica: %s: flush before demotion: %w", n.cfg.Name, err)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.st.Role == Secondary {
+	if n.st.Role == Secondary || auto && !n.autoDemotableLocked() {
 		return nil
 	}
-	n.setStateLocked("demoted by operator", func(s *State) { s.Role = Secondary })
+	reason := "demoted by operator"
+	if auto {
+		reason = "demoted automatically: the last NBD client left (auto-promote)"
+	}
+	n.autoPromoted = false
+	n.setStateLocked(reason, func(s *State) { s.Role = Secondary })
 	if err := n.saveMetaLocked(); err != nil {
 		return err
 	}

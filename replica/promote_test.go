@@ -2,6 +2,7 @@ package replica_test
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 
@@ -100,5 +101,132 @@ func TestScenarioPromoteRightAfterPeer(t *testing.T) {
 			t.Fatal(err)
 		}
 		second.waitState("peer Secondary", func(s replica.State) bool { return s.PeerRole == replica.Secondary })
+	}
+}
+
+// TestScenarioAutoPromote: with auto-promote, a Secondary promotes itself
+// when an NBD client attaches and demotes itself when the last one left;
+// its peer then refuses clients, naming why; the node the operator promoted
+// stays Primary after its clients leave; without auto-promote a Secondary
+// refuses the client and stays Secondary.
+func TestScenarioAutoPromote(t *testing.T) {
+	a, b := connectedSecondaries(t, nodeOpts{}, nodeOpts{})
+	if _, err := b.node.AttachClient(); !errors.Is(err, replica.ErrIsSecondary) {
+		t.Fatalf("a client on a Secondary without auto-promote: %v, want ErrIsSecondary", err)
+	}
+	if st := b.node.State(); st.Role != replica.Secondary {
+		t.Fatalf("b is %v without auto-promote", st.Role)
+	}
+	a.node.SetAutoPromote(true)
+	b.node.SetAutoPromote(true)
+	if err := b.node.CheckServe(); err != nil {
+		t.Fatalf("an auto-promote Secondary that may be promoted refuses a client's question: %v", err)
+	}
+
+	// Four connections of one client attach at once: one promotion.
+	var releases []func()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			release, err := b.node.AttachClient()
+			if err != nil {
+				t.Errorf("attach on b: %v", err)
+				return
+			}
+			mu.Lock()
+			releases = append(releases, release)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	st := b.node.State()
+	if st.Role != replica.Primary || !strings.Contains(st.Reason, "auto-promote") {
+		t.Fatalf("b after its clients attached: %v, %q; want Primary by auto-promote", st.Role, st.Reason)
+	}
+	b.waitEvent("promoted")
+	if n := b.eventCount("promoted"); n != 1 {
+		t.Errorf("b promoted %d times for one client's 4 connections", n)
+	}
+	a.waitState("peer Primary", func(s replica.State) bool { return s.PeerRole == replica.Primary })
+	for _, check := range []func() error{a.node.CheckServe, func() error { _, err := a.node.AttachClient(); return err }} {
+		err := check()
+		if !errors.Is(err, replica.ErrIsSecondary) || !errors.Is(err, replica.ErrPeerPrimary) || !strings.Contains(err.Error(), "auto-promote") {
+			t.Fatalf("a client on the peer of an auto-promoted Primary: %v, want ErrIsSecondary and ErrPeerPrimary, naming auto-promote", err)
+		}
+		if want := "replica: resource is Secondary: r0; auto-promote cannot promote it: peer is Primary: demote the peer first (urbd secondary r0 on the other node)"; err.Error() != want {
+			t.Errorf("refusal %q, want %q", err, want)
+		}
+	}
+	p := pattern("auto", hBlock)
+	b.write(3*hBlock, p)
+	if got := a.read(3*hBlock, hBlock); string(got) != string(p) {
+		t.Fatal("the auto-promoted Primary's write is not on its peer")
+	}
+	for i, release := range releases {
+		release()
+		want := replica.Primary
+		if i == len(releases)-1 {
+			want = replica.Secondary
+		}
+		if st := b.node.State(); st.Role != want {
+			t.Fatalf("b after %d of %d clients left: %v, want %v", i+1, len(releases), st.Role, want)
+		}
+	}
+	if st := b.node.State(); !strings.Contains(st.Reason, "last NBD client left") {
+		t.Errorf("b's reason after its last client left: %q", st.Reason)
+	}
+
+	// Now a may: and once the operator promoted it too, it stays Primary.
+	a.waitState("peer Secondary", func(s replica.State) bool { return s.PeerRole == replica.Secondary })
+	release, err := a.node.AttachClient()
+	if err != nil {
+		t.Fatalf("attach on a once b demoted: %v", err)
+	}
+	if err := a.node.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if st := a.node.State(); st.Role != replica.Primary {
+		t.Fatalf("a, promoted by the operator as well, after its client left: %v, want Primary", st.Role)
+	}
+}
+
+// TestScenarioAutoPromoteBothAtOnce: clients attaching to both nodes at the
+// same moment make one node Primary; the other refuses its client.
+func TestScenarioAutoPromoteBothAtOnce(t *testing.T) {
+	a, b := connectedSecondaries(t, nodeOpts{}, nodeOpts{})
+	a.node.SetAutoPromote(true)
+	b.node.SetAutoPromote(true)
+	for round := range 10 {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		var relA, relB func()
+		var errA, errB error
+		wg.Add(2)
+		go func() { defer wg.Done(); <-start; relA, errA = a.node.AttachClient() }()
+		go func() { defer wg.Done(); <-start; relB, errB = b.node.AttachClient() }()
+		close(start)
+		wg.Wait()
+		if (errA == nil) == (errB == nil) {
+			t.Fatalf("round %d: a: %v; b: %v; want exactly one client attached", round, errA, errB)
+		}
+		release, winner, loser := relA, a, b
+		if errA != nil {
+			release, winner, loser = relB, b, a
+		}
+		if st := loser.node.State(); st.Role != replica.Secondary {
+			t.Fatalf("round %d: the refused node is %v", round, st.Role)
+		}
+		release()
+		if st := winner.node.State(); st.Role != replica.Secondary {
+			t.Fatalf("round %d: %s after its client left: %v", round, winner.label, st.Role)
+		}
+		loser.waitState("peer Secondary", func(s replica.State) bool { return s.PeerRole == replica.Secondary })
 	}
 }
