@@ -49,6 +49,7 @@ const (
 	DefaultALExtents     = bitmap.DefaultALExtents // 1237, DRBD's
 	DefaultKoCount       = replica.DefaultKoCount  // 7, DRBD's
 	DefaultOnCongestion  = "block"
+	DefaultAutoPromote   = "no"
 	// DefaultCongestionFill (off) and DefaultCongestionExtents (its
 	// default al-extents) are DRBD's congestion-fill and
 	// congestion-extents.
@@ -134,6 +135,7 @@ type Resource struct {
 	// "system"; "" when neither [common] nor the resource sets it (urbd up
 	// then uses its default).
 	TCPCongestion string
+	AutoPromote   string // auto-promote: yes or no
 	// OnCongestion is on-congestion (block, pull-ahead or disconnect),
 	// with its thresholds congestion-fill (bytes) and congestion-extents;
 	// 0 turns a threshold off.
@@ -187,6 +189,7 @@ type commonTOML struct {
 	OnCongestion  onCongestionValue  `toml:"on-congestion"`
 	CongFill      sizeValue          `toml:"congestion-fill"`
 	CongExtents   countValue         `toml:"congestion-extents"`
+	AutoPromote   autoPromoteValue   `toml:"auto-promote"`
 	BitmapBlock   sizeValue          `toml:"bitmap-block"`
 	ALExtents     countValue         `toml:"al-extents"`
 	Handlers      map[string]string  `toml:"handlers"`
@@ -213,8 +216,8 @@ type nodeTOML struct {
 // Valid keys per level, for the hint of an unknown key error.
 var (
 	topKeys      = []string{"common", "handlers", "resource"}
-	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "congestion-extents", "congestion-fill", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "on-congestion", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
-	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "bitmap-block", "congestion-extents", "congestion-fill", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-congestion", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	commonKeys   = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "auto-promote", "bitmap-block", "congestion-extents", "congestion-fill", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "on-congestion", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
+	resourceKeys = []string{"after-sb-0pri", "after-sb-1pri", "al-extents", "auto-promote", "bitmap-block", "congestion-extents", "congestion-fill", "csums-alg", "disk-timeout", "fencing", "handlers", "ko-count", "metrics-listen", "node", "on-congestion", "on-io-error", "on-peer-loss", "protocol", "read-balancing", "resync-rate", "secret-file", "tcp-congestion", "timeout", "tls-ca", "tls-cert", "tls-key"}
 	nodeKeys     = []string{"address", "disk", "meta", "metrics-listen", "nbd", "tls-cert", "tls-key"}
 )
 
@@ -445,6 +448,7 @@ func (p *parser) buildResource(name string, raw *fileTOML) (*resourceEntry, erro
 		OnCongestion:      first(rt.OnCongestion.s, c.OnCongestion.s, DefaultOnCongestion),
 		CongestionFill:    firstSet(rt.CongFill.n, rt.CongFill.set, c.CongFill.n, c.CongFill.set, DefaultCongestionFill),
 		CongestionExtents: int(firstSet(rt.CongExtents.n, rt.CongExtents.set, c.CongExtents.n, c.CongExtents.set, DefaultCongestionExtents)),
+		AutoPromote:       first(rt.AutoPromote.s, c.AutoPromote.s, DefaultAutoPromote),
 		BitmapBlock:       firstSet(rt.BitmapBlock.n, rt.BitmapBlock.set, c.BitmapBlock.n, c.BitmapBlock.set, DefaultBitmapBlock),
 		ALExtents:         int(firstSet(rt.ALExtents.n, rt.ALExtents.set, c.ALExtents.n, c.ALExtents.set, DefaultALExtents)),
 		Handlers:          mergeMaps(raw.Handlers, c.Handlers, rt.Handlers),

@@ -30,7 +30,7 @@ func TestLoadExample(t *testing.T) {
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
 			Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none", ReadBalancing: "prefer-local",
-			OnCongestion: "block", CongestionFill: 0, CongestionExtents: 1237,
+			OnCongestion: "block", CongestionFill: 0, CongestionExtents: 1237, AutoPromote: "no",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -44,7 +44,7 @@ func TestLoadExample(t *testing.T) {
 			Protocol: "C", ResyncRate: 100 << 20, SecretFile: "/etc/urbd/r0.secret",
 			Timeout: 6 * time.Second, KoCount: 7, OnPeerLoss: "continue", Fencing: "dont-care", BitmapBlock: 4096, ALExtents: 1237,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", OnIOError: "detach", CsumsAlg: "none", ReadBalancing: "prefer-local",
-			OnCongestion: "block", CongestionFill: 0, CongestionExtents: 1237,
+			OnCongestion: "block", CongestionFill: 0, CongestionExtents: 1237, AutoPromote: "no",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "/usr/local/bin/page-oncall",
@@ -58,7 +58,7 @@ func TestLoadExample(t *testing.T) {
 			Protocol: "A", ResyncRate: 50 << 20,
 			Timeout: 10 * time.Second, KoCount: 0, DiskTimeout: 30 * time.Second, OnPeerLoss: "suspend", Fencing: "resource-and-stonith", BitmapBlock: 64 << 10, ALExtents: 3389,
 			AfterSB0Pri: "discard-zero-changes", AfterSB1Pri: "consensus", OnIOError: "pass_on", CsumsAlg: "sha256", ReadBalancing: "1M-striping", TCPCongestion: "bbr",
-			OnCongestion: "disconnect", CongestionFill: 4 << 20, CongestionExtents: 0,
+			OnCongestion: "disconnect", CongestionFill: 4 << 20, CongestionExtents: 0, AutoPromote: "yes",
 			Handlers: map[string]string{
 				"split-brain": "/usr/local/bin/notify-admin",
 				"peer-lost":   "logger -t urbd peer lost",
@@ -283,6 +283,8 @@ func TestLoadErrors(t *testing.T) {
 		{"bad csums-alg", pair("r0", "7789", `csums-alg = "md5" #<-`), ErrBadValue},
 		{"bad read-balancing", pair("r0", "7789", `read-balancing = "nearest" #<-`), ErrBadValue},
 		{"bad on-congestion", pair("r0", "7789", `on-congestion = "ahead" #<-`), ErrBadValue},
+		{"bad auto-promote", pair("r0", "7789", `auto-promote = "maybe" #<-`), ErrBadValue},
+		{"auto-promote not yes or no", pair("r0", "7789", `auto-promote = 1 #<-`), ErrBadValue},
 		{"bad congestion-fill", pair("r0", "7789", `congestion-fill = "lots" #<-`), ErrBadValue},
 		{"negative congestion-extents", pair("r0", "7789", `congestion-extents = -1 #<-`), ErrBadValue},
 		{"negative disk-timeout", pair("r0", "7789", `disk-timeout = "-1s" #<-`), ErrBadValue},

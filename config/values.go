@@ -203,3 +203,17 @@ type onCongestionValue struct{ policyValue }
 func (v *onCongestionValue) UnmarshalText(b []byte) error {
 	return v.set(b, func(s string) error { _, err := replica.ParseOnCongestion(s); return err })
 }
+
+// autoPromoteValue is auto-promote: "yes" or "no", or a TOML boolean.
+type autoPromoteValue struct{ policyValue }
+
+func (v *autoPromoteValue) UnmarshalTOML(data any) error {
+	switch x := data.(type) {
+	case bool:
+		v.s = map[bool]string{true: "yes", false: "no"}[x]
+		return nil
+	case string:
+		return v.set([]byte(x), func(s string) error { _, err := replica.ParseAutoPromote(s); return err })
+	}
+	return fmt.Errorf("auto-promote %v: use yes or no", data)
+}

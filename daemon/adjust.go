@@ -21,8 +21,8 @@ import (
 // its command line, or the settings read again from where the daemon got
 // them (Options.Reload, the resource file). The live settings (settingsTable)
 // change while it runs: the protocol, the resync rate, on-peer-loss,
-// ko-count, disk-timeout, on-io-error, read-balancing, on-congestion and the
-// handlers at once,
+// ko-count, disk-timeout, on-io-error, read-balancing, on-congestion,
+// auto-promote and the handlers at once,
 // csums-alg from the next resync on,
 // the timeout and the after-sb
 // policies, the addresses, the secret, TLS and the congestion control from
@@ -42,6 +42,7 @@ type adjuster struct {
 	setCsums       func(on bool)                     // Node.SetResyncChecksums
 	setBalance     func(b replica.ReadBalancing)     // Node.SetReadBalancing
 	setCongestion  func(c replica.Congestion) error  // Node.SetCongestion
+	setAutoPromote func(on bool)                     // Node.SetAutoPromote
 	setLink        func(l replica.Link) error        // Node.SetLink
 	loadLink       func(o Options) (peerLink, error) // loadLink; tests replace it
 	setHandlers    func(commands map[string]string)  // Runner.SetCommands
@@ -137,6 +138,8 @@ func (a *adjuster) set(settings map[string]string) (string, error) {
 				return "", fmt.Errorf("--congestion-fill: %w", err)
 			}
 			next.CongestionFill = n
+		case "auto-promote":
+			next.AutoPromote = v
 		case "congestion-extents":
 			n, err := strconv.Atoi(v)
 			if err != nil {
@@ -368,6 +371,11 @@ func (a *adjuster) applyLocked(next Options) string {
 		}
 	}
 	a.cur.OnCongestion, a.cur.CongestionFill, a.cur.CongestionExtents = next.OnCongestion, next.CongestionFill, next.CongestionExtents
+	if want.autoPro != cur.autoPro {
+		a.setAutoPromote(want.autoPro)
+		done = append(done, "auto-promote set to "+yesNo(want.autoPro)+" (from the next NBD client on)")
+	}
+	a.cur.AutoPromote = next.AutoPromote
 	if changed := changedHandlers(a.cur.Handlers, next.Handlers); len(changed) > 0 {
 		a.setHandlers(next.Handlers)
 		a.cur.Handlers = maps.Clone(next.Handlers)
@@ -483,6 +491,7 @@ var settingsTable = []struct {
 	{"congestion-extents", func(o Options) string {
 		return formatOff(int64(o.CongestionExtents), strconv.Itoa(o.CongestionExtents))
 	}, "", true},
+	{"auto-promote", func(o Options) string { return autoPromoteName(o.AutoPromote) }, "", true},
 	{"tcp-congestion", func(o Options) string { return o.TCPCongestion }, replica.DefaultCongestion, true},
 	{"bitmap-block", func(o Options) string { return units.FormatSize(o.BitmapBlock) }, "", false},
 	{"al-extents", func(o Options) string { return strconv.Itoa(cmp.Or(o.ALExtents, bitmap.DefaultALExtents)) }, "", false},
@@ -516,6 +525,23 @@ func readBalancingName(s string) string {
 		return s
 	}
 	return b.String()
+}
+
+// autoPromoteName is an auto-promote setting as shown: yes or no (for
+// ""), or as given when it is neither.
+func autoPromoteName(s string) string {
+	on, err := replica.ParseAutoPromote(s)
+	if err != nil {
+		return s
+	}
+	return yesNo(on)
+}
+
+func yesNo(on bool) string {
+	if on {
+		return "yes"
+	}
+	return "no"
 }
 
 // formatDiskTimeout shows disk-timeout as urbd adjust takes it: a

@@ -34,6 +34,7 @@ type fakeResource struct {
 	csums    []bool
 	balance  []replica.ReadBalancing
 	congest  []replica.Congestion
+	autoPro  []bool
 	links    []replica.Link
 	handlers []map[string]string
 	secret   string // the secret file's contents, as the fake loadLink reads them
@@ -92,6 +93,7 @@ func newAdjuster(cur Options, reload func() (Options, error)) (*adjuster, *fakeR
 		setCsums:       func(on bool) { f.csums = append(f.csums, on) },
 		setBalance:     func(b replica.ReadBalancing) { f.balance = append(f.balance, b) },
 		setCongestion:  func(c replica.Congestion) error { f.congest = append(f.congest, c); return nil },
+		setAutoPromote: func(on bool) { f.autoPro = append(f.autoPro, on) },
 		setHandlers:    func(h map[string]string) { f.handlers = append(f.handlers, maps.Clone(h)) },
 		reload:         reload,
 		log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -424,6 +426,33 @@ func TestAdjustOnCongestion(t *testing.T) {
 	}
 	if settings, _ := a.show(); !slices.Contains(settings, Setting{"congestion-fill", "0 (off)"}) || !slices.Contains(settings, Setting{"congestion-extents", "1237"}) {
 		t.Errorf("show after the file: %v", settings)
+	}
+}
+
+// TestAdjustAutoPromote: auto-promote changes live, from the command line
+// or the file, shows as yes or no, and a bad value changes nothing.
+func TestAdjustAutoPromote(t *testing.T) {
+	start := baseOptions()
+	next := start
+	next.AutoPromote = "no"
+	a, f := newAdjuster(start, func() (Options, error) { return next, nil })
+	if settings, _ := a.show(); !slices.Contains(settings, Setting{"auto-promote", "no"}) {
+		t.Errorf("show at start: %v, want auto-promote no", settings)
+	}
+	if msg, err := a.set(map[string]string{"auto-promote": "Yes"}); err != nil || msg != "auto-promote set to yes (from the next NBD client on)" {
+		t.Errorf("adjust --auto-promote Yes: %q, %v", msg, err)
+	}
+	if settings, _ := a.show(); !slices.Contains(settings, Setting{"auto-promote", "yes"}) {
+		t.Errorf("show after adjust: %v, want auto-promote yes", settings)
+	}
+	if _, err := a.set(map[string]string{"auto-promote": "maybe"}); err == nil || !strings.Contains(err.Error(), `auto-promote "maybe": use yes or no`) {
+		t.Errorf("adjust --auto-promote maybe: %v", err)
+	}
+	if msg, err := a.fromFile(); err != nil || msg != "auto-promote set to no (from the next NBD client on)" {
+		t.Errorf("adjust from a file with auto-promote no: %q, %v", msg, err)
+	}
+	if want := []bool{true, false}; !slices.Equal(f.autoPro, want) {
+		t.Errorf("the node was told %v, want %v", f.autoPro, want)
 	}
 }
 

@@ -80,6 +80,10 @@ type Options struct {
 	// asks for replica.DefaultCongestion and, where this process may not
 	// use it, keeps the kernel's default with a warning.
 	TCPCongestion string
+	// AutoPromote is auto-promote: yes makes a Secondary promote itself
+	// when an NBD client attaches and demote itself when the last one
+	// leaves; no (or "") leaves roles to the operator.
+	AutoPromote string
 	// OnCongestion is on-congestion: what a Primary replicating with
 	// protocol A does when the link cannot keep up: block (or ""),
 	// pull-ahead or disconnect, at CongestionFill bytes in flight to the
@@ -158,6 +162,7 @@ type policies struct {
 	csums     bool
 	balance   replica.ReadBalancing
 	congest   replica.Congestion
+	autoPro   bool
 }
 
 // parsePolicies parses the policies of o, with the messages of urbd up for
@@ -185,6 +190,9 @@ func parsePolicies(o Options) (policies, error) {
 	}
 	if p.congest.Policy, err = replica.ParseOnCongestion(o.OnCongestion); err != nil {
 		return p, fmt.Errorf("--on-congestion: %w", err)
+	}
+	if p.autoPro, err = replica.ParseAutoPromote(o.AutoPromote); err != nil {
+		return p, fmt.Errorf("--%w", err)
 	}
 	p.congest.Fill, p.congest.Extents = o.CongestionFill, o.CongestionExtents
 	if err := replica.CheckCongestionLimits(p.congest); err != nil {
@@ -253,6 +261,7 @@ func Run(ctx context.Context, o Options) error {
 		ResyncChecksums: pol.csums,
 		ReadBalancing:   pol.balance,
 		Congestion:      pol.congest,
+		AutoPromote:     pol.autoPro,
 		FencePeer: func(fctx context.Context) (int, error) {
 			return runner.Run(fctx, o.Name, handlers.EventFencePeer, map[string]string{"URBD_PEER": node.PeerAddress()})
 		},
@@ -282,7 +291,7 @@ func Run(ctx context.Context, o Options) error {
 	adj := &adjuster{
 		setProtocol: node.SetProtocol, setRate: node.AdjustRate, setOnPeerLoss: node.SetOnPeerLoss, setHandlers: runner.SetCommands,
 		setTimeout: node.SetTimeout, setKoCount: node.SetKoCount, setDiskTimeout: node.SetDiskTimeout, setOnIOError: node.SetOnIOError, setAfterSB: node.SetAfterSB, setFencing: node.SetFencing,
-		setCsums: node.SetResyncChecksums, setBalance: node.SetReadBalancing, setCongestion: node.SetCongestion,
+		setCsums: node.SetResyncChecksums, setBalance: node.SetReadBalancing, setCongestion: node.SetCongestion, setAutoPromote: node.SetAutoPromote,
 		setLink: node.SetLink, loadLink: loadLink, link: link,
 		listenMetrics: func(addr string) (net.Listener, error) { return ms.listen(ctx, addr) },
 		useMetrics:    func(ln net.Listener) { ms.use(ctx, ln) },
@@ -384,7 +393,7 @@ func checkOptions(o Options) (policies, error) {
 }
 
 // newNBDServer serves the resource's export, which node refuses while it
-// is not Primary.
+// is not Primary and cannot promote itself for the client (auto-promote).
 func newNBDServer(name string, node *replica.Node, log *slog.Logger) *nbd.Server {
 	return &nbd.Server{
 		Logger: log,
@@ -392,7 +401,13 @@ func newNBDServer(name string, node *replica.Node, log *slog.Logger) *nbd.Server
 			if err := node.CheckServe(); err != nil {
 				return nil, nbd.Refuse(err)
 			}
-			return &nbd.Export{Name: name, Description: "urbd resource " + name, Backend: node, MultiConn: true}, nil
+			return &nbd.Export{Name: name, Description: "urbd resource " + name, Backend: node, MultiConn: true, Attach: func() (func(), error) {
+				release, err := node.AttachClient()
+				if err != nil {
+					return nil, nbd.Refuse(err)
+				}
+				return release, nil
+			}}, nil
 		},
 		List: func() []string { return []string{name} },
 	}

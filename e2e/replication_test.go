@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
@@ -342,4 +343,55 @@ func peerConnCongestion(t *testing.T, addrs ...string) []string {
 		}
 	}
 	return names
+}
+
+// TestAutoPromote: two daemons with --auto-promote yes and neither
+// promoted: fio with verify through either node promotes it for as long as
+// it runs and demotes it when it leaves; while a client holds one node, the
+// other refuses clients, saying why (qemu prints it); urbd adjust turns it
+// off, after which a Secondary refuses clients as without it.
+func TestAutoPromote(t *testing.T) {
+	c := newCluster(t, clusterOpts{flags: []string{"--auto-promote", "yes"}})
+	c.a.start()
+	c.b.start()
+	c.a.waitInSync(30 * time.Second)
+	if show := c.b.ctl("show", "r0"); !regexp.MustCompile(`(?m)^  auto-promote +yes$`).MatchString(show) {
+		t.Errorf("urbd show: no auto-promote yes in\n%s", show)
+	}
+	for i, x := range []*node{c.b, c.a} {
+		off := fmt.Sprintf("--offset=%dM", 16*i)
+		runFio(t, x.uri(), "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=16M", off, "--verify=crc32c", "--verify_fatal=1")
+		st := x.waitFor("demoted after fio left", 10*time.Second, func(s status.Resource) bool { return s.Role == "Secondary" })
+		if !strings.Contains(st.Reason, "last NBD client left (auto-promote)") {
+			t.Errorf("%s's reason after fio left: %q", x.name, st.Reason)
+		}
+		x.waitLog("promoted automatically: an NBD client attached (auto-promote)", 5*time.Second)
+		c.a.waitInSync(30 * time.Second)
+	}
+	cmpFiles(t, c.a.disk, c.b.disk)
+
+	cl, err := c.a.client()
+	must(t, err)
+	if st := c.a.status(); st.Role != "Primary" || st.NBDClients != 1 {
+		t.Fatalf("a with a client attached: %+v", st)
+	}
+	c.b.waitFor("peer Primary", 10*time.Second, func(s status.Resource) bool { return s.PeerRole == "Primary" })
+	out, err := exec.Command("qemu-img", "info", c.b.uri()).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Secondary: r0; auto-promote cannot promote it: peer is Primary") {
+		t.Fatalf("qemu-img info on the peer of an auto-promoted Primary: %v\n%s", err, out)
+	}
+	cl.Close()
+	c.a.waitFor("demoted after its client left", 10*time.Second, func(s status.Resource) bool { return s.Role == "Secondary" })
+	c.b.waitFor("peer Secondary", 10*time.Second, func(s status.Resource) bool { return s.PeerRole == "Secondary" })
+
+	if out := c.b.ctl("adjust", "--auto-promote", "no", "r0"); out != "r0: auto-promote set to no (from the next NBD client on)" {
+		t.Errorf("urbd adjust --auto-promote no: %q", out)
+	}
+	if _, err := c.b.client(); err == nil || !strings.Contains(err.Error(), "Secondary: r0; promote it with urbd primary r0") {
+		t.Fatalf("a client on a Secondary after auto-promote was turned off: %v", err)
+	}
+	if out, err := c.a.command(c.a.upArgs("--auto-promote", "maybe")...).CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), `--auto-promote "maybe": use yes or no`) {
+		t.Fatalf("urbd up --auto-promote maybe: %v: %s", err, out)
+	}
 }

@@ -123,7 +123,7 @@ alone until the peer is back. Example: urbd resume-io r0`, nil, plain("resume-io
 		controlCommand("adjust", "change settings of a running resource",
 			`Without flags, the daemon reads its resource file (urbd up --config) again, as drbdadm adjust
 does: a new protocol, resync-rate, on-peer-loss, ko-count, disk-timeout, on-io-error,
-read-balancing, on-congestion with its thresholds and new handlers apply at once,
+read-balancing, on-congestion with its thresholds, auto-promote and new handlers apply at once,
 csums-alg from the next resync on, a
 new timeout, after-sb-0pri, after-sb-1pri, addresses, secret-file and TLS files (read again
 each time) and tcp-congestion from the next connection on, fencing from the next peer loss on,
@@ -148,12 +148,13 @@ Examples: urbd adjust r0; urbd adjust --resync-rate 200MiB r0; urbd adjust --pro
 				&cli.StringFlag{Name: "on-congestion", Usage: "block, pull-ahead or disconnect, from the next write on (see urbd up --help)"},
 				&cli.StringFlag{Name: "congestion-fill", Usage: "write data in flight to the peer at which on-congestion acts, e.g. 8MiB; 0 = off"},
 				&cli.StringFlag{Name: "congestion-extents", Usage: "activity-log extents in use at which on-congestion acts, e.g. 1237; 0 = off"},
+				&cli.StringFlag{Name: "auto-promote", Usage: "yes or no, from the next NBD client on (see urbd up --help)"},
 			},
 			func(c *cli.Context) (daemon.Request, error) {
 				// The values go as typed: the daemon checks them, with the
 				// same messages as urbd up, and a bad one changes nothing.
 				settings := map[string]string{}
-				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "ko-count", "disk-timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing", "csums-alg", "read-balancing", "on-congestion", "congestion-fill", "congestion-extents"} {
+				for _, k := range []string{"protocol", "resync-rate", "on-peer-loss", "timeout", "ko-count", "disk-timeout", "on-io-error", "after-sb-0pri", "after-sb-1pri", "fencing", "csums-alg", "read-balancing", "on-congestion", "congestion-fill", "congestion-extents", "auto-promote"} {
 					if c.IsSet(k) {
 						settings[k] = c.String(k)
 					}

@@ -64,6 +64,7 @@ Example, node A (node B swaps the addresses):
 		&cli.StringFlag{Name: "on-congestion", Value: "block", Usage: "with protocol A, when the link cannot keep up: block (writes wait for room), pull-ahead (once a write waits 100ms for room on the link, or at --congestion-fill or --congestion-extents, go Ahead: record writes in the bitmap instead of sending them, the peer Behind and Outdated, and resync once the link drains) or disconnect (drop the connection, reconnect and resync); DRBD's on-congestion"},
 		&cli.StringFlag{Name: "congestion-fill", Value: "0", Usage: "on-congestion also acts once this much write data is in flight to the peer (0: off; it always acts when a write waits 100ms for room on the link)"},
 		&cli.IntFlag{Name: "congestion-extents", Value: config.DefaultCongestionExtents, Usage: "on-congestion acts once this many activity-log extents have writes in flight (0: off)"},
+		&cli.StringFlag{Name: "auto-promote", Value: "no", Usage: "yes: a Secondary promotes itself when an NBD client attaches, if urbd primary would (disk UpToDate, the peer not Primary and agreeing), and demotes itself when the last client leaves; DRBD 9's auto-promote; no: only urbd primary promotes"},
 		&cli.StringSliceFlag{Name: "handler", Usage: "EVENT=COMMAND run on initial-split-brain, split-brain, peer-lost, peer-back, resync-started, resync-done, promoted, demoted, local-io-error, fence-peer (repeatable)"},
 	},
 	Before: setCPUs,
@@ -102,7 +103,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 		"on-peer-loss": &o.OnPeerLoss, "metrics-listen": &o.MetricsListen, "fencing": &o.Fencing,
 		"after-sb-0pri": &o.AfterSB0Pri, "after-sb-1pri": &o.AfterSB1Pri, "on-io-error": &o.OnIOError,
 		"tcp-congestion": &o.TCPCongestion, "csums-alg": &o.CsumsAlg, "read-balancing": &o.ReadBalancing,
-		"on-congestion": &o.OnCongestion,
+		"on-congestion": &o.OnCongestion, "auto-promote": &o.AutoPromote,
 	}
 	proto, rate, block, fill := c.String("protocol"), c.String("resync-rate"), c.String("bitmap-block"), c.String("congestion-fill")
 	o.CongestionExtents = c.Int("congestion-extents")
@@ -121,7 +122,7 @@ func upOptions(c *cli.Context, name string) (daemon.Options, error) {
 			"on-peer-loss": r.OnPeerLoss, "metrics-listen": r.MetricsListen, "fencing": r.Fencing,
 			"after-sb-0pri": r.AfterSB0Pri, "after-sb-1pri": r.AfterSB1Pri, "on-io-error": r.OnIOError,
 			"tcp-congestion": r.TCPCongestion, "csums-alg": r.CsumsAlg, "read-balancing": r.ReadBalancing,
-			"on-congestion": r.OnCongestion,
+			"on-congestion": r.OnCongestion, "auto-promote": r.AutoPromote,
 		}
 		for k, v := range fromFile {
 			*str[k] = v
