@@ -29,7 +29,7 @@ import (
 
 // kernelTests lists the kernel tier's tests in file order, for the summary
 // line printed after the last selected one.
-var kernelTests = []string{"TestKernelServeExt4LVM", "TestKernelAttachReconnect", "TestKernelAttachOutageBeyondTimeout", "TestKernelFailover", "TestKernelAttachDisk", "TestKernelResizeOnline", "TestKernelThinResync"}
+var kernelTests = []string{"TestKernelServeExt4LVM", "TestKernelAttachReconnect", "TestKernelAttachOutageBeyondTimeout", "TestKernelFailover", "TestKernelAttachDisk", "TestKernelResizeOnline", "TestKernelThinResync", "TestKernelAutoPromote"}
 
 var kernelTier struct {
 	sync.Mutex

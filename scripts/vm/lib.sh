@@ -29,13 +29,15 @@ wait_for() {
 	done
 }
 
-# up_node NODE DISK PORT PEERPORT: start urbd up for node a or b of r0 on
-# DISK, the peers on 127.0.0.1; sets PID_<node>.
+# up_node NODE DISK PORT PEERPORT [FLAGS...]: start urbd up for node a or b
+# of r0 on DISK, the peers on 127.0.0.1, with FLAGS; sets PID_<node>.
 up_node() {
-	"$URBD" --run-dir "/run/urbd-$1" up --disk "$2" --meta "/tmp/meta-$1" \
-		--nbd "unix:/run/$1.sock" --listen-peer "127.0.0.1:$3" --peer "127.0.0.1:$4" \
-		--timeout 2s --assume-clean r0 >> "$OUT/node-$1.log" 2>&1 &
-	eval "PID_$1=$!"
+	node=$1 disk=$2 port=$3 peerport=$4
+	shift 4
+	"$URBD" --run-dir "/run/urbd-$node" up --disk "$disk" --meta "/tmp/meta-$node" \
+		--nbd "unix:/run/$node.sock" --listen-peer "127.0.0.1:$port" --peer "127.0.0.1:$peerport" \
+		--timeout 2s --assume-clean "$@" r0 >> "$OUT/node-$node.log" 2>&1 &
+	eval "PID_$node=$!"
 }
 
 # status_has NODE PATTERN: the node's status of r0 matches PATTERN.
