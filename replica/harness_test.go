@@ -207,9 +207,9 @@ func newPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
 	return a, b
 }
 
-// cleanPair starts two nodes created with assume-clean and waits until they
-// are Connected, both UpToDate, with a promoted Primary.
-func cleanPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
+// connectedSecondaries starts two nodes created with assume-clean and waits
+// until they are Connected, both Secondary and UpToDate.
+func connectedSecondaries(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
 	t.Helper()
 	oa.assumeClean, ob.assumeClean = true, true
 	a, b = newPair(t, oa, ob)
@@ -217,6 +217,14 @@ func cleanPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
 	b.start()
 	a.waitConn(replica.Connected)
 	b.waitConn(replica.Connected)
+	return a, b
+}
+
+// cleanPair starts two nodes created with assume-clean and waits until they
+// are Connected, both UpToDate, with a promoted Primary.
+func cleanPair(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
+	t.Helper()
+	a, b = connectedSecondaries(t, oa, ob)
 	if err := a.node.Promote(false); err != nil {
 		t.Fatalf("promote a: %v", err)
 	}

@@ -9,19 +9,6 @@ import (
 	"github.com/urbd/urbd/replica"
 )
 
-// connectedSecondaries starts two nodes created with assume-clean and waits
-// until they are Connected, both Secondary and UpToDate.
-func connectedSecondaries(t *testing.T, oa, ob nodeOpts) (a, b *tnode) {
-	t.Helper()
-	oa.assumeClean, ob.assumeClean = true, true
-	a, b = newPair(t, oa, ob)
-	a.start()
-	b.start()
-	a.waitConn(replica.Connected)
-	b.waitConn(replica.Connected)
-	return a, b
-}
-
 // promoteBoth promotes a and b at the same moment and returns their errors.
 func promoteBoth(a, b *tnode) (errA, errB error) {
 	var wg sync.WaitGroup
