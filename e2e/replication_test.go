@@ -348,8 +348,11 @@ func peerConnCongestion(t *testing.T, addrs ...string) []string {
 // TestAutoPromote: two daemons with --auto-promote yes and neither
 // promoted: fio with verify through either node promotes it for as long as
 // it runs and demotes it when it leaves; while a client holds one node, the
-// other refuses clients, saying why (qemu prints it); urbd adjust turns it
-// off, after which a Secondary refuses clients as without it.
+// other refuses clients, saying why (qemu prints it); a client that moves
+// to the other node at once is attached there once the first has demoted
+// itself; a daemon stopped with
+// a client attached comes back Secondary; urbd adjust turns it off, after
+// which a Secondary refuses clients as without it.
 func TestAutoPromote(t *testing.T) {
 	c := newCluster(t, clusterOpts{flags: []string{"--auto-promote", "yes"}})
 	c.a.start()
@@ -381,8 +384,25 @@ func TestAutoPromote(t *testing.T) {
 		t.Fatalf("qemu-img info on the peer of an auto-promoted Primary: %v\n%s", err, out)
 	}
 	cl.Close()
+	// A switchover: the client goes to b at once, before a demoted itself
+	// after it; b's promotion waits for that.
+	cl, err = c.b.client()
+	if err != nil {
+		t.Fatalf("a client moved to b right after it left a: %v", err)
+	}
 	c.a.waitFor("demoted after its client left", 10*time.Second, func(s status.Resource) bool { return s.Role == "Secondary" })
-	c.b.waitFor("peer Secondary", 10*time.Second, func(s status.Resource) bool { return s.PeerRole == "Secondary" })
+	if st := c.b.status(); st.Role != "Primary" {
+		t.Fatalf("b with the client attached: %s", st.Role)
+	}
+
+	// Stopped with a client attached, an auto-promoted Primary lets the
+	// client go first, demotes itself, and comes back Secondary.
+	c.b.stop()
+	cl.Close()
+	c.b.start()
+	if st := c.b.waitInSync(30 * time.Second); st.Role != "Secondary" || st.PeerRole != "Secondary" {
+		t.Fatalf("b restarted after a stop with a client attached: %s/%s, want Secondary/Secondary", st.Role, st.PeerRole)
+	}
 
 	if out := c.b.ctl("adjust", "--auto-promote", "no", "r0"); out != "r0: auto-promote set to no (from the next NBD client on)" {
 		t.Errorf("urbd adjust --auto-promote no: %q", out)

@@ -107,12 +107,13 @@ func TestKernelThinResync(t *testing.T) {
 // guest's loopback, neither promoted by hand. urbd attach of /dev/nbd0 (four
 // connections) to one promotes it, an attach to the other is refused with
 // the reason, ext4 is written, unmounted and detached, which demotes the
-// first; attached to the other, which is promoted, e2fsck -fn is clean and
-// every file is intact; detached, it is Secondary again.
+// first; attached at once to the other, which is promoted as soon as the
+// first demoted, e2fsck -fn is clean and every file is intact; detached, it
+// is Secondary again.
 func TestKernelAutoPromote(t *testing.T) {
 	kernelTierResult(t)
 	res := runVMScenario(t, "auto-promote.sh", 5*time.Minute)
-	if !strings.Contains(res.file("scenario.log"), "b demoted automatically") {
+	if !strings.Contains(res.file("scenario.log"), "b demoted automatically, a promoted") {
 		t.Fatal("the scenario did not report the automatic demotion")
 	}
 }

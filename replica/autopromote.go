@@ -1,8 +1,10 @@
 package replica
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Auto-promote is DRBD 9's auto-promote for NBD clients: a Secondary
@@ -11,7 +13,8 @@ import (
 // Primary and agreeing, as for `urbd primary` without --force), and
 // demotes itself when the last client has left, unless the operator
 // promoted it (or again) meanwhile. A client the promotion is refused to
-// is refused with the reason. `urbd attach` keeps its client attached
+// is refused with the reason, after up to autoPromoteWait if the peer is
+// Primary. `urbd attach` keeps its client attached
 // until `urbd detach`, so with it the node stays Primary as long as
 // /dev/nbdN is set up, not while it is open.
 
@@ -31,13 +34,14 @@ func (n *Node) SetAutoPromote(on bool) {
 
 // CheckServe is the NBD export's gate for a client asking about the export
 // (NBD_OPT_INFO, and before AttachClient): nil when a client may attach,
-// which for a Secondary with auto-promote means that it may be promoted.
+// which for a Secondary with auto-promote means that it may be promoted,
+// or that its peer is Primary (AttachClient waits for it to demote).
 func (n *Node) CheckServe() error {
 	st := n.State()
 	if st.Role == Primary || !n.autoPromote.Load() {
 		return st.CanServe()
 	}
-	if err := st.CanPromote(false); err != nil {
+	if err := st.CanPromote(false); err != nil && !errors.Is(err, ErrPeerPrimary) {
 		return n.autoRefused(err)
 	}
 	return nil
@@ -60,28 +64,48 @@ func (e *autoRefusal) Error() string {
 
 func (e *autoRefusal) Unwrap() []error { return []error{ErrIsSecondary, e.err} }
 
+// autoPromoteWait is how long a client waits for auto-promote while the
+// peer is Primary or being promoted (DRBD's auto-promote-timeout, 2 s): in a
+// switchover the peer demotes itself as its last client leaves, and the
+// client attaching here may come first. Node.autoWait holds it (tests
+// shorten it).
+const autoPromoteWait = 2 * time.Second
+
 // AttachClient is the export's gate for a client that selects it: a
-// Primary takes it; a Secondary with auto-promote promotes itself first.
-// release is called once the client has left.
+// Primary takes it; a Secondary with auto-promote promotes itself first,
+// waiting up to autoPromoteWait for a Primary peer to demote. release is
+// called once the client has left.
 func (n *Node) AttachClient() (release func(), err error) {
-	for range 3 {
+	deadline := time.Now().Add(time.Duration(n.autoWait.Load()))
+	for {
 		n.mu.Lock()
 		if n.st.Role == Primary {
 			n.holders++
 			n.mu.Unlock()
 			return n.releaseClient, nil
 		}
+		changed := n.changed
 		n.mu.Unlock()
 		if !n.autoPromote.Load() {
 			return nil, n.State().CanServe()
 		}
-		if err := n.promote(false, true); err != nil {
+		err := n.promote(false, true)
+		if err == nil {
+			// Primary now, unless the last client's auto-demotion, which
+			// could not see this one yet, came in between: look again.
+			continue
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 || !errors.Is(err, ErrPeerPrimary) && !errors.Is(err, ErrPeerPromoting) {
 			return nil, n.autoRefused(err)
 		}
-		// Primary now, unless the last client's auto-demotion, which
-		// could not see this one yet, came in between: look again.
+		timer := time.NewTimer(wait)
+		select {
+		case <-changed: // the peer's state, or this node's, changed
+		case <-timer.C:
+		}
+		timer.Stop()
 	}
-	return nil, n.State().CanServe()
 }
 
 // releaseClient ends an AttachClient; after the last client, a node that

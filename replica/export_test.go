@@ -13,6 +13,10 @@ const AckBatch = ackBatch
 // resume point (verifyCheckpointEvery).
 func (n *Node) SetVerifyCheckpointEvery(d time.Duration) { n.verifyCkptEvery.Store(int64(d)) }
 
+// SetAutoPromoteWait changes how long an attaching client waits for a
+// Primary peer to demote (autoPromoteWait).
+func (n *Node) SetAutoPromoteWait(d time.Duration) { n.autoWait.Store(int64(d)) }
+
 // TransferLogEmpty reports whether a replicating session's transfer log is
 // empty (every write the peer answered is covered by a peer flush). It is
 // false without a session.

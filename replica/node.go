@@ -181,8 +181,10 @@ type Node struct {
 	// mu held, while the node is Ahead: writes are not replicated.
 	congestion  atomic.Pointer[Congestion]
 	pulledAhead atomic.Bool
-	// autoPromote is Config.AutoPromote, then SetAutoPromote.
+	// autoPromote is Config.AutoPromote, then SetAutoPromote; autoWait is
+	// autoPromoteWait in nanoseconds.
 	autoPromote atomic.Bool
+	autoWait    atomic.Int64
 	// aheadDrained is when an Ahead node found its writes all answered
 	// (drainedAheadLocked); guarded by mu.
 	aheadDrained time.Time
@@ -294,6 +296,7 @@ func New(cfg Config) (*Node, error) {
 	cong := cfg.Congestion
 	n.congestion.Store(&cong)
 	n.autoPromote.Store(cfg.AutoPromote)
+	n.autoWait.Store(int64(autoPromoteWait))
 	n.afterSB = cfg.AfterSB
 	n.csums.Store(cfg.ResyncChecksums)
 	n.fencing.Store(uint32(cfg.Fencing))

@@ -21,8 +21,8 @@ import (
 // meanwhile. Without a connected peer there is nobody to ask, and fencing
 // (fenceBeforePromote) guards the promotion.
 
-// ErrPeerPromoting refuses a promotion because the peer, asked at the same
-// moment, is being promoted.
+// ErrPeerPromoting refuses a promotion because the peer is being promoted:
+// it asked first, or at the same moment and won.
 var ErrPeerPromoting = errors.New("replica: the peer is being promoted")
 
 // promotion is this node's question to the peer, open from the ask until
@@ -73,7 +73,7 @@ func (n *Node) askPeerToPromote(force bool) (*promotion, error) {
 	case s.peerPrimary.Load():
 		return nil, fmt.Errorf("%s: %w: demote the peer first (urbd secondary %s on the other node)", n.cfg.Name, ErrPeerPrimary, n.cfg.Name)
 	}
-	return nil, fmt.Errorf("%s: %w (it was asked to be at the same moment); demote it first (urbd secondary %s on the other node)", n.cfg.Name, ErrPeerPromoting, n.cfg.Name)
+	return nil, fmt.Errorf("%s: %w; demote it first (urbd secondary %s on the other node)", n.cfg.Name, ErrPeerPromoting, n.cfg.Name)
 }
 
 // endPromotionLocked closes the question p once Promote is done with it:

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/urbd/urbd/replica"
 )
@@ -141,14 +142,18 @@ func TestScenarioAutoPromote(t *testing.T) {
 		t.Errorf("b promoted %d times for one client's 4 connections", n)
 	}
 	a.waitState("peer Primary", func(s replica.State) bool { return s.PeerRole == replica.Primary })
-	for _, check := range []func() error{a.node.CheckServe, func() error { _, err := a.node.AttachClient(); return err }} {
-		err := check()
-		if !errors.Is(err, replica.ErrIsSecondary) || !errors.Is(err, replica.ErrPeerPrimary) || !strings.Contains(err.Error(), "auto-promote") {
-			t.Fatalf("a client on the peer of an auto-promoted Primary: %v, want ErrIsSecondary and ErrPeerPrimary, naming auto-promote", err)
-		}
-		if want := "replica: resource is Secondary: r0; auto-promote cannot promote it: peer is Primary: demote the peer first (urbd secondary r0 on the other node)"; err.Error() != want {
-			t.Errorf("refusal %q, want %q", err, want)
-		}
+	// The peer answers a question about the export (it may demote soon),
+	// and refuses a client once it waited for that in vain.
+	if err := a.node.CheckServe(); err != nil {
+		t.Errorf("a question on the peer of an auto-promoted Primary: %v", err)
+	}
+	a.node.SetAutoPromoteWait(50 * time.Millisecond)
+	_, err := a.node.AttachClient()
+	if !errors.Is(err, replica.ErrIsSecondary) || !errors.Is(err, replica.ErrPeerPrimary) {
+		t.Fatalf("a client on the peer of an auto-promoted Primary: %v, want ErrIsSecondary and ErrPeerPrimary", err)
+	}
+	if want := "replica: resource is Secondary: r0; auto-promote cannot promote it: peer is Primary: demote the peer first (urbd secondary r0 on the other node)"; err.Error() != want {
+		t.Errorf("refusal %q, want %q", err, want)
 	}
 	p := pattern("auto", hBlock)
 	b.write(3*hBlock, p)
@@ -188,8 +193,10 @@ func TestScenarioAutoPromote(t *testing.T) {
 // same moment make one node Primary; the other refuses its client.
 func TestScenarioAutoPromoteBothAtOnce(t *testing.T) {
 	a, b := connectedSecondaries(t, nodeOpts{}, nodeOpts{})
-	a.node.SetAutoPromote(true)
-	b.node.SetAutoPromote(true)
+	for _, x := range []*tnode{a, b} {
+		x.node.SetAutoPromote(true)
+		x.node.SetAutoPromoteWait(0) // the loser's client is refused at once
+	}
 	for round := range 10 {
 		var wg sync.WaitGroup
 		start := make(chan struct{})
@@ -216,4 +223,54 @@ func TestScenarioAutoPromoteBothAtOnce(t *testing.T) {
 		}
 		loser.waitState("peer Secondary", func(s replica.State) bool { return s.PeerRole == replica.Secondary })
 	}
+}
+
+// TestScenarioAutoPromoteWaitsForPeerDemotion: in a switchover a client
+// may attach to the Secondary before its peer, whose last client just
+// left, has demoted itself: the attach waits for the demotion (up to
+// DRBD's auto-promote-timeout, 2 s) and promotes; a client whose peer stays
+// Primary is refused once the wait is over.
+func TestScenarioAutoPromoteWaitsForPeerDemotion(t *testing.T) {
+	a, b := connectedSecondaries(t, nodeOpts{}, nodeOpts{})
+	a.node.SetAutoPromote(true)
+	b.node.SetAutoPromote(true)
+	releaseA, err := a.node.AttachClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitState("peer Primary", func(s replica.State) bool { return s.PeerRole == replica.Primary })
+	type result struct {
+		release func()
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		release, err := b.node.AttachClient()
+		done <- result{release, err}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("b's client did not wait for the Primary peer: %v", r.err)
+	default:
+	}
+	releaseA()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("b's client after a demoted itself: %v", r.err)
+	}
+	if st := b.node.State(); st.Role != replica.Primary {
+		t.Fatalf("b is %v with its client attached", st.Role)
+	}
+
+	a.node.SetAutoPromoteWait(300 * time.Millisecond)
+	a.waitState("peer Primary", func(s replica.State) bool { return s.PeerRole == replica.Primary })
+	start := time.Now()
+	if _, err := a.node.AttachClient(); !errors.Is(err, replica.ErrPeerPrimary) {
+		t.Fatalf("a client on the peer of a Primary that keeps its client: %v, want ErrPeerPrimary", err)
+	}
+	if waited := time.Since(start); waited < 300*time.Millisecond {
+		t.Errorf("refused after %v, before the wait of 300ms was over", waited)
+	}
+	r.release()
 }

@@ -85,7 +85,7 @@ start_attach() {
 # attach_refused DEV NODE PATTERN: urbd attach of DEV to NODE's export must
 # fail with a message matching PATTERN.
 attach_refused() {
-	if out=$("$URBD" attach --device "/dev/$1" --nbd "unix:/run/$2.sock" --timeout 2s 2>&1); then
+	if out=$("$URBD" attach --device "/dev/$1" --nbd "unix:/run/$2.sock" --timeout 5s 2>&1); then
 		fail "attach of /dev/$1 to node $2 succeeded"
 	fi
 	echo "$out" | grep -q "$3" || fail "refusal does not say \"$3\": $out"
