@@ -226,12 +226,12 @@ func (n *negotiation) infoGo(id uint32, data []byte) (negotiated, bool, error) {
 		return negotiated{}, false, n.replyErr(id, typ, lerr.Error())
 	}
 	res := negotiated{exp: exp, name: name, flags: transmissionFlags(exp), release: release}
-	res, done, err := n.goReplies(id, name, infos, res)
+	out, done, err := n.goReplies(id, name, infos, res)
 	if err != nil {
-		res.detach()
+		res.detach() // the client never got to use the export
 		return negotiated{}, done, err
 	}
-	return res, done, nil
+	return out, done, nil
 }
 
 // detach releases what Attach took: when the client leaves, or when it

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -384,5 +385,32 @@ func TestExportAttach(t *testing.T) {
 	c.expectClosed()
 	if a, r := counts(); a != 1 || r != 1 {
 		t.Fatalf("after refusals: attached %d, released %d; want 1, 1", a, r)
+	}
+}
+
+// failWriter fails every write, as a connection the client closed.
+type failWriter struct{}
+
+func (failWriter) Write([]byte) (int, error) { return 0, errors.New("connection reset") }
+
+// TestExportAttachReleasedWhenRepliesFail: a client that selected the export
+// but never got the answer (the replies failed) releases what Attach took.
+func TestExportAttachReleasedWhenRepliesFail(t *testing.T) {
+	for _, opt := range []uint32{OptGo, OptExportName} {
+		released := 0
+		exp := &Export{Backend: newMemBackend(4096), Attach: func() (func(), error) {
+			return func() { released++ }, nil
+		}}
+		n := negotiation{bw: bufio.NewWriterSize(failWriter{}, 16), lookup: func(string) (*Export, error) { return exp, nil }}
+		data := infoRequest("")
+		if opt == OptExportName {
+			data = nil
+		}
+		if _, _, err := n.option(opt, data); err == nil {
+			t.Fatalf("option %d: replies to a failed connection reported no error", opt)
+		}
+		if released != 1 {
+			t.Errorf("option %d: released %d times after the replies failed, want 1", opt, released)
+		}
 	}
 }
