@@ -412,12 +412,13 @@ func waitSplitBrain(a, b *tnode) *tnode {
 	return first
 }
 
-// waitInSync waits until the node is Connected, both disks UpToDate and
-// nothing is out of sync.
+// waitInSync waits until the node is Connected, both disks UpToDate,
+// nothing is out of sync and the peer answered every request the node sent
+// it (under protocol A a write returns before the peer wrote it).
 func (x *tnode) waitInSync() {
 	x.t.Helper()
 	x.waitStatus("in sync", func(s status.Resource) bool {
-		return s.ConnState == "Connected" && s.DiskState == "UpToDate" && s.PeerDisk == "UpToDate" && s.OutOfSyncKiB == 0
+		return s.ConnState == "Connected" && s.DiskState == "UpToDate" && s.PeerDisk == "UpToDate" && s.OutOfSyncKiB == 0 && s.PeerPending == 0
 	})
 }
 
