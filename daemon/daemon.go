@@ -273,7 +273,6 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	srv := newNBDServer(o.Name, node, log)
-	node.SetClientCounter(srv.Clients)
 
 	ctl, nbdLn, metricsLn, err := openListeners(ctx, o, ms)
 	if err != nil {

@@ -115,7 +115,7 @@ type Node struct {
 	st           State      // guarded by mu
 	asking       *promotion // guarded by mu: the question to the peer of a Promote waiting for its answer
 	autoPromoted bool       // guarded by mu: Primary by auto-promote, not by the operator
-	holders      int        // guarded by mu: NBD clients attached (AttachClient) and not yet released
+	holders      int        // guarded by mu: NBD clients attached (AttachClient), not yet released
 	uuids        UUIDs      // guarded by mu; persisted in the store's Meta
 	wantConn     bool       // guarded by mu: false in StandAlone (disconnect, split brain)
 	discard      bool       // guarded by mu: --discard-my-data for the next connection
@@ -219,7 +219,6 @@ type Node struct {
 	verify      *status.Sync
 	verifyLeft  *VerifyRange         // what is left of the last verify that stopped early, or nil
 	lastVerify  *status.VerifyResult // what the last verify found, or nil
-	clients     func() int           // how many NBD clients are attached
 	kick        chan struct{}        // wakes the dialer
 	syncKick    chan struct{}        // wakes the resync check
 	peerID      uint64               // guarded by mu: the peer's node id, once known
@@ -279,7 +278,6 @@ func New(cfg Config) (*Node, error) {
 		runDone:  make(chan struct{}),
 		link:     Link{ListenPeer: cfg.ListenPeer, Peer: cfg.Peer, Secret: cfg.Secret, TLS: cfg.TLS, Congestion: cfg.TCPCongestion},
 		syncKick: make(chan struct{}, 1),
-		clients:  func() int { return 0 },
 		ahead:    newFlushAhead(),
 	}
 	n.uuids = uuidsFromMeta(m)
@@ -417,10 +415,6 @@ func (n *Node) partialLocked() bool {
 	return n.st.Disk == Diskless || (n.partial && !n.st.Disk.consistent())
 }
 
-// SetClientCounter tells the node how to count attached NBD clients (for the
-// demotion check and the status).
-func (n *Node) SetClientCounter(f func() int) { n.clients = f }
-
 // Changed returns a channel closed at the next state change.
 func (n *Node) Changed() <-chan struct{} {
 	n.mu.Lock()
@@ -540,7 +534,10 @@ func (n *Node) promote(force, auto bool) error {
 // Demote makes this node Secondary (`urbd secondary [--force]`). The caller
 // disconnects the NBD clients first when force is set.
 func (n *Node) Demote(force bool) error {
-	if err := n.State().CanDemote(force, n.clients()); err != nil {
+	n.mu.Lock()
+	err := n.st.CanDemote(force, n.holders)
+	n.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("%s: %w", n.cfg.Name, err)
 	}
 	if n.isDiskless() {

@@ -700,11 +700,16 @@ func TestScenarioPromoteRefusedWhilePeerPrimary(t *testing.T) {
 	}
 }
 
-// TestScenarioDemoteRefusedWithClients: demotion is refused while the
-// client counter says NBD clients are attached, unless forced.
+// TestScenarioDemoteRefusedWithClients: demotion is refused while NBD
+// clients are attached (AttachClient), unless forced; the status counts
+// them.
 func TestScenarioDemoteRefusedWithClients(t *testing.T) {
 	a, b := cleanPair(t, nodeOpts{}, nodeOpts{})
-	a.node.SetClientCounter(func() int { return 2 })
+	for range 2 {
+		if _, err := a.node.AttachClient(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if got := a.node.Status().NBDClients; got != 2 {
 		t.Fatalf("status clients %d, want 2", got)
 	}

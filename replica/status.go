@@ -22,6 +22,7 @@ func (n *Node) Status() status.Resource {
 		last = &v
 	}
 	susp := n.suspendedLocked()
+	clients := n.holders
 	var unacked int64
 	var peerWait, timeout time.Duration
 	userPause, peerPause := n.userPause.Load(), false
@@ -62,7 +63,7 @@ func (n *Node) Status() status.Resource {
 		Unacked:      uint64(max(0, unacked)),
 		AppPending:   uint64(max(0, n.stats.appPending.Load())),
 		OutOfSyncKiB: uint64(n.store().Bitmap().DirtyBytes()) >> 10,
-		NBDClients:   n.clients(),
+		NBDClients:   clients,
 		SizeKiB:      uint64(n.backend().Size()) >> 10,
 	}
 	n.blocked(&r, n.localBlocked(time.Now()), peerWait, timeout, st)
